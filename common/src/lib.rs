@@ -1,0 +1,15 @@
+//! `dsf-common`: what every dsf process shares.
+//!
+//! - [`error`]: the wire's error codes and the library error mapping onto them.
+//! - [`wire`]: frames, envelopes, HMAC-MD5 signing, app keys, the replay
+//!   guard, and admission (all checks a server runs on a frame).
+//!
+//! The runtime pieces (reactor, worker pool, config, logging) are added next
+//! to these.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod wire;
+
+pub use error::{Error, ErrorCode, Result};

@@ -1,0 +1,180 @@
+//! Admission: the checks every server runs on a frame before it acts on it.
+//! Parse, find the app's key, verify the signature, then the timestamp, then
+//! remember the nonce (only once the signature is known good).
+
+use std::sync::Mutex;
+
+use crate::error::Error;
+use crate::wire::envelope::{self, Rejection, Request};
+use crate::wire::keys::AppKeys;
+use crate::wire::replay::ReplayGuard;
+use crate::wire::sign::Key;
+
+/// A request that passed admission, with the key its reply is signed with.
+#[derive(Debug)]
+pub struct Admitted {
+    pub request: Request,
+    pub key: Key,
+}
+
+/// A refused frame: the error, the id to answer under, and the key to sign
+/// the answer with (`None` when the app is unknown or the frame unparsable).
+#[derive(Debug)]
+pub struct Refused {
+    pub rejection: Rejection,
+    pub key: Option<Key>,
+}
+
+// === impl Refused ===
+
+impl Refused {
+    /// Appends the error reply to `out` as one frame.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        envelope::encode_error(
+            self.key.as_ref(),
+            self.rejection.id,
+            &self.rejection.error,
+            out,
+        )
+    }
+
+    /// Whether the connection must be closed after the reply.
+    pub fn closes_connection(&self) -> bool {
+        self.rejection.error.code().closes_connection()
+    }
+}
+
+/// Keys plus the replay guard; share one per server (`Arc`).
+#[derive(Debug)]
+pub struct Admission {
+    keys: AppKeys,
+    guard: Mutex<ReplayGuard>,
+}
+
+// === impl Admission ===
+
+impl Admission {
+    /// Admission over `keys` with the given replay guard.
+    pub fn new(keys: AppKeys, guard: ReplayGuard) -> Admission {
+        Admission {
+            keys,
+            guard: Mutex::new(guard),
+        }
+    }
+
+    /// The keys admitted.
+    pub fn keys(&self) -> &AppKeys {
+        &self.keys
+    }
+
+    /// Runs every check on one frame's payload.
+    pub fn admit(&self, payload: &[u8]) -> Result<Admitted, Refused> {
+        self.admit_at(payload, envelope::now_ms())
+    }
+
+    /// [`Admission::admit`] against a given clock.
+    pub fn admit_at(&self, payload: &[u8], now_ms: u64) -> Result<Admitted, Refused> {
+        let request = Request::parse(payload).map_err(|rejection| Refused {
+            rejection,
+            key: None,
+        })?;
+        let refuse = |error: Error, key: Option<&Key>| Refused {
+            rejection: Rejection {
+                id: request.id,
+                error,
+            },
+            key: key.cloned(),
+        };
+        let Some(key) = self.keys.get(&request.app) else {
+            return Err(refuse(
+                Error::Unauthorized(format!(
+                    "unknown app {:?}: this server has no key for it (add it to --app-keys)",
+                    request.app
+                )),
+                None,
+            ));
+        };
+        if let Err(e) = key.verify_request(&request.signed_fields(), &request.sig) {
+            return Err(refuse(e, Some(key)));
+        }
+        let admitted = self.guard.lock().unwrap_or_else(|p| p.into_inner()).admit(
+            &request.app,
+            &request.nonce,
+            request.ts,
+            now_ms,
+        );
+        if let Err(e) = admitted {
+            return Err(refuse(e, Some(key)));
+        }
+        let key = key.clone();
+        Ok(Admitted { request, key })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::wire::envelope::{encode_request_at, OutgoingRequest};
+    use crate::wire::frame::HEADER_LEN;
+
+    fn frame(key: &Key, app: &str, ts: u64, nonce: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let req = OutgoingRequest {
+            id: 7,
+            kind: "sys.ping",
+            app,
+            token: None,
+            body: "{}",
+        };
+        encode_request_at(key, &req, ts, nonce, &mut out);
+        out.split_off(HEADER_LEN)
+    }
+
+    fn admission() -> Admission {
+        let mut keys = AppKeys::new();
+        keys.insert("cli", b"secret");
+        Admission::new(keys, ReplayGuard::default())
+    }
+
+    const NOW: u64 = 1_763_700_000_000;
+
+    #[test]
+    fn a_good_request_is_admitted_once() {
+        let a = admission();
+        let f = frame(&Key::new(b"secret"), "cli", NOW, "00112233");
+        assert_eq!(a.admit_at(&f, NOW).unwrap().request.id, 7);
+        let r = a.admit_at(&f, NOW).unwrap_err();
+        assert_eq!(r.rejection.error.code(), ErrorCode::ReplayedNonce);
+        assert!(r.key.is_some() && !r.closes_connection());
+    }
+
+    #[test]
+    fn a_forged_request_does_not_burn_its_nonce() {
+        let a = admission();
+        let forged = frame(&Key::new(b"wrong"), "cli", NOW, "00112233");
+        let r = a.admit_at(&forged, NOW).unwrap_err();
+        assert_eq!(r.rejection.error.code(), ErrorCode::BadSignature);
+        // The genuine sender's request with the same nonce still goes through.
+        let good = frame(&Key::new(b"secret"), "cli", NOW, "00112233");
+        a.admit_at(&good, NOW).unwrap();
+    }
+
+    #[test]
+    fn unknown_app_is_answered_unsigned() {
+        let a = admission();
+        let f = frame(&Key::new(b"secret"), "who", NOW, "00112233");
+        let r = a.admit_at(&f, NOW).unwrap_err();
+        assert_eq!(r.rejection.error.code(), ErrorCode::Unauthorized);
+        assert!(r.key.is_none());
+    }
+
+    #[test]
+    fn stale_request_is_refused_signed() {
+        let a = admission();
+        let f = frame(&Key::new(b"secret"), "cli", NOW - 61_000, "00112233");
+        let r = a.admit_at(&f, NOW).unwrap_err();
+        assert_eq!(r.rejection.error.code(), ErrorCode::StaleTimestamp);
+        assert!(r.key.is_some());
+    }
+}

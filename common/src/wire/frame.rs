@@ -1,0 +1,215 @@
+//! Length framing: a 4-byte big-endian length N, then N bytes of payload.
+//!
+//! The decoder is incremental: bytes may arrive in any split, an incomplete
+//! frame is a normal state (`Ok(None)`), and a declared length is checked
+//! against the cap as soon as its four bytes are in, before anything is
+//! allocated for it. The buffer only ever grows by bytes actually received.
+
+use std::io::{self, Read};
+
+use crate::error::{Error, Result};
+
+/// Default cap on a frame's payload: 1 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+
+/// Bytes of the length prefix.
+pub const HEADER_LEN: usize = 4;
+
+/// Incremental frame decoder over a growable buffer.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    /// Start of the first byte not yet consumed.
+    pos: usize,
+    max: usize,
+}
+
+// === impl FrameDecoder ===
+
+impl FrameDecoder {
+    /// A decoder that refuses frames above `max` bytes of payload.
+    pub fn new(max: usize) -> FrameDecoder {
+        FrameDecoder {
+            buf: Vec::new(),
+            pos: 0,
+            max,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Reads once from `r` straight into the buffer, offering at least
+    /// `chunk` bytes of room. Returns what `read` returned (0 is EOF).
+    pub fn read_from<R: Read>(&mut self, r: &mut R, chunk: usize) -> io::Result<usize> {
+        self.compact();
+        let len = self.buf.len();
+        self.buf.resize(len + chunk, 0);
+        let res = r.read(&mut self.buf[len..]);
+        let n = *res.as_ref().unwrap_or(&0);
+        self.buf.truncate(len + n);
+        res
+    }
+
+    /// The next whole frame's payload, `Ok(None)` if more bytes are needed.
+    ///
+    /// After an error the stream cannot be trusted to be delimited any more;
+    /// the caller reports it and closes the connection.
+    pub fn next_frame(&mut self) -> Result<Option<&[u8]>> {
+        let avail = &self.buf[self.pos..];
+        if avail.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+        if len == 0 {
+            return Err(Error::BadFrame(
+                "frame of length 0: every frame holds one JSON object of 1 byte or more".into(),
+            ));
+        }
+        if len > self.max {
+            return Err(Error::frame_too_large(len, self.max));
+        }
+        if avail.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let start = self.pos + HEADER_LEN;
+        self.pos = start + len;
+        Ok(Some(&self.buf[start..start + len]))
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Capacity held by the buffer, for memory accounting in tests.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    fn compact(&mut self) {
+        if self.pos == 0 {
+            return;
+        }
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+        } else {
+            self.buf.drain(..self.pos);
+        }
+        self.pos = 0;
+        // Give back memory a burst of large frames left behind.
+        if self.buf.capacity() > 4 * self.max.max(64 * 1024) && self.buf.len() < 64 * 1024 {
+            self.buf.shrink_to(64 * 1024);
+        }
+    }
+}
+
+/// Appends `payload` as one frame to `out`.
+///
+/// # Panics
+/// If `payload` is longer than `u32::MAX` bytes; frames are capped far below.
+pub fn encode(payload: &[u8], out: &mut Vec<u8>) {
+    let len = u32::try_from(payload.len()).expect("frame payload above 4 GiB");
+    out.reserve(HEADER_LEN + payload.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// `payload` as one frame in a new buffer.
+pub fn encode_to_vec(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    encode(payload, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use proptest::prelude::*;
+
+    fn decode_all(dec: &mut FrameDecoder) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        while let Some(f) = dec.next_frame()? {
+            out.push(f.to_vec());
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn incomplete_header_and_body_wait_for_more_bytes() {
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        let bytes = encode_to_vec(b"{\"a\":1}");
+        dec.push(&bytes[..3]);
+        assert_eq!(dec.next_frame().unwrap(), None);
+        dec.push(&bytes[3..6]);
+        assert_eq!(dec.next_frame().unwrap(), None);
+        dec.push(&bytes[6..]);
+        assert_eq!(dec.next_frame().unwrap(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(dec.next_frame().unwrap(), None);
+        assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn zero_length_is_a_bad_frame() {
+        let mut dec = FrameDecoder::new(16);
+        dec.push(&[0, 0, 0, 0]);
+        assert_eq!(dec.next_frame().unwrap_err().code(), ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn length_above_cap_is_refused_before_the_body_arrives() {
+        let mut dec = FrameDecoder::new(16);
+        dec.push(&[0xff, 0xff, 0xff, 0xff]);
+        let err = dec.next_frame().unwrap_err();
+        assert_eq!(err.code(), ErrorCode::FrameTooLarge);
+        assert!(err.to_string().contains("4294967295"), "{err}");
+        // Nothing was reserved for the declared 4 GiB.
+        assert!(dec.capacity() < 1024);
+    }
+
+    #[test]
+    fn frame_of_exactly_the_cap_is_accepted() {
+        let mut dec = FrameDecoder::new(8);
+        dec.push(&encode_to_vec(b"12345678"));
+        assert_eq!(dec.next_frame().unwrap(), Some(&b"12345678"[..]));
+    }
+
+    #[test]
+    fn read_from_appends_what_was_read() {
+        let mut dec = FrameDecoder::new(64);
+        let bytes = encode_to_vec(b"hello");
+        let mut src = &bytes[..];
+        let n = dec.read_from(&mut src, 16 * 1024).unwrap();
+        assert_eq!(n, bytes.len());
+        assert_eq!(dec.next_frame().unwrap(), Some(&b"hello"[..]));
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_decodes_the_same_frames(
+            frames in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..300), 1..20),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..30),
+        ) {
+            let mut wire = Vec::new();
+            for f in &frames {
+                encode(f, &mut wire);
+            }
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+            points.push(0);
+            points.push(wire.len());
+            points.sort_unstable();
+            let mut dec = FrameDecoder::new(300);
+            let mut got = Vec::new();
+            for w in points.windows(2) {
+                dec.push(&wire[w[0]..w[1]]);
+                got.extend(decode_all(&mut dec).unwrap());
+            }
+            prop_assert_eq!(got, frames);
+            prop_assert_eq!(dec.buffered(), 0);
+        }
+    }
+}

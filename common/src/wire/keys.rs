@@ -1,0 +1,207 @@
+//! The secrets requests are signed with: app keys from a TOML file
+//! (`app_id = "secret"`, mode 0600) and the cluster secret, held under the
+//! app id `cluster`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::wire::sign::Key;
+
+/// The app id cluster-internal traffic is signed under.
+pub const CLUSTER_APP: &str = "cluster";
+
+/// Environment variable holding the cluster secret.
+pub const CLUSTER_SECRET_ENV: &str = "DSF_CLUSTER_SECRET";
+
+/// Environment variable holding a client's app secret.
+pub const APP_SECRET_ENV: &str = "DSF_APP_SECRET";
+
+/// Why keys could not be loaded; each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`")]
+    Permissions { path: String, mode: u32 },
+    #[error("{path} is not a TOML table of app_id = \"secret\": {reason}")]
+    Format { path: String, reason: String },
+    #[error("{path}: app {app:?} has an empty secret")]
+    EmptySecret { path: String, app: String },
+    #[error("{path}: app id \"cluster\" is reserved for the cluster secret (set it with DSF_CLUSTER_SECRET or --cluster-secret-file)")]
+    ReservedApp { path: String },
+    #[error("no cluster secret: set DSF_CLUSTER_SECRET or pass --cluster-secret-file FILE (a file of mode 0600 holding the secret)")]
+    NoClusterSecret,
+}
+
+/// Keys by app id.
+#[derive(Debug, Clone, Default)]
+pub struct AppKeys {
+    keys: HashMap<String, Key>,
+}
+
+// === impl AppKeys ===
+
+impl AppKeys {
+    /// An empty set.
+    pub fn new() -> AppKeys {
+        AppKeys::default()
+    }
+
+    /// Adds or replaces one app's secret.
+    pub fn insert(&mut self, app: &str, secret: &[u8]) {
+        self.keys.insert(app.to_string(), Key::new(secret));
+    }
+
+    /// Adds the cluster secret under [`CLUSTER_APP`].
+    pub fn with_cluster_secret(mut self, secret: &[u8]) -> AppKeys {
+        self.insert(CLUSTER_APP, secret);
+        self
+    }
+
+    /// The key of `app`, if known.
+    pub fn get(&self, app: &str) -> Option<&Key> {
+        self.keys.get(app)
+    }
+
+    /// Number of apps known.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no app is known.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Loads `app_id = "secret"` pairs from a TOML file that only its owner
+    /// may read.
+    pub fn load(path: &Path) -> Result<AppKeys, KeyError> {
+        let shown = path.display().to_string();
+        let text = read_private(path)?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| KeyError::Format {
+                path: shown.clone(),
+                reason: e.message().to_string(),
+            })?;
+        let mut keys = AppKeys::new();
+        for (app, value) in table {
+            let Some(secret) = value.as_str() else {
+                return Err(KeyError::Format {
+                    path: shown,
+                    reason: format!("the value of {app:?} must be a string"),
+                });
+            };
+            if secret.is_empty() {
+                return Err(KeyError::EmptySecret { path: shown, app });
+            }
+            if app == CLUSTER_APP {
+                return Err(KeyError::ReservedApp { path: shown });
+            }
+            keys.insert(&app, secret.as_bytes());
+        }
+        Ok(keys)
+    }
+}
+
+/// Reads a secrets file, refusing one that group or others may read.
+pub fn read_private(path: &Path) -> Result<String, KeyError> {
+    let shown = path.display().to_string();
+    let read_err = |source| KeyError::Read {
+        path: shown.clone(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Permissions { path: shown, mode });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    std::fs::read_to_string(path).map_err(read_err)
+}
+
+/// The cluster secret from `file` if given, else from `DSF_CLUSTER_SECRET`.
+/// Never from a flag value: flags show up in `ps`.
+pub fn cluster_secret(file: Option<&Path>) -> Result<Vec<u8>, KeyError> {
+    let secret = match file {
+        Some(path) => read_private(path)?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
+        None => std::env::var(CLUSTER_SECRET_ENV).unwrap_or_default(),
+    };
+    if secret.is_empty() {
+        return Err(KeyError::NoClusterSecret);
+    }
+    Ok(secret.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    fn tempdir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("dsf-keys-{}", crate::wire::new_nonce()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn loads_a_private_table_of_secrets() {
+        let d = tempdir();
+        let p = write(&d, "keys.toml", "cli = \"s1\"\ngate = \"s2\"\n", 0o600);
+        let keys = AppKeys::load(&p).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.get("cli").is_some() && keys.get("nope").is_none());
+    }
+
+    #[test]
+    fn refuses_files_others_can_read_and_says_how_to_fix() {
+        let d = tempdir();
+        let p = write(&d, "keys.toml", "cli = \"s1\"\n", 0o644);
+        let msg = AppKeys::load(&p).unwrap_err().to_string();
+        assert!(msg.contains("chmod 600"), "{msg}");
+    }
+
+    #[test]
+    fn refuses_malformed_tables() {
+        let d = tempdir();
+        for (text, want) in [
+            ("cli = 3", "must be a string"),
+            ("cli = \"\"", "empty secret"),
+            ("cluster = \"x\"", "reserved"),
+            ("= broken", "TOML"),
+        ] {
+            let p = write(&d, "k.toml", text, 0o600);
+            let msg = AppKeys::load(&p).unwrap_err().to_string();
+            assert!(msg.contains(want), "{text}: {msg}");
+        }
+    }
+
+    #[test]
+    fn cluster_secret_comes_from_a_private_file() {
+        let d = tempdir();
+        let p = write(&d, "secret", "hunter2\n", 0o600);
+        assert_eq!(cluster_secret(Some(&p)).unwrap(), b"hunter2");
+        let empty = write(&d, "empty", "", 0o600);
+        assert!(matches!(
+            cluster_secret(Some(&empty)),
+            Err(KeyError::NoClusterSecret)
+        ));
+    }
+}

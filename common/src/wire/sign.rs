@@ -1,0 +1,291 @@
+//! HMAC-MD5 signatures over the envelope's fields joined by `\n`.
+//!
+//! A [`Key`] holds an HMAC state already keyed with the secret, so signing a
+//! message clones that state instead of hashing the key again. Verification
+//! decodes the hex signature and compares in constant time
+//! (`Mac::verify_slice`).
+
+use hmac::{Hmac, Mac};
+use md5::Md5;
+
+use crate::error::{Error, Result};
+
+type HmacMd5 = Hmac<Md5>;
+
+/// Bytes of an HMAC-MD5 tag.
+pub const TAG_LEN: usize = 16;
+
+/// A signing secret, pre-keyed.
+#[derive(Clone)]
+pub struct Key {
+    mac: HmacMd5,
+}
+
+/// The fields of a request that its signature covers, in order.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFields<'a> {
+    pub v: u64,
+    pub id: u64,
+    pub kind: &'a str,
+    pub ts: u64,
+    pub nonce: &'a str,
+    /// Empty when the request has no token.
+    pub token: &'a str,
+    /// The exact bytes of `body` as sent.
+    pub body: &'a str,
+}
+
+/// The fields of a reply that its signature covers, in order.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyFields<'a> {
+    pub v: u64,
+    pub id: u64,
+    pub ok: bool,
+    /// The exact bytes of `body` (or of `error` when `ok` is false).
+    pub payload: &'a str,
+}
+
+// === impl Key ===
+
+impl Key {
+    /// A key from a secret of any length.
+    pub fn new(secret: &[u8]) -> Key {
+        Key {
+            mac: HmacMd5::new_from_slice(secret).expect("HMAC takes keys of any length"),
+        }
+    }
+
+    /// The raw HMAC-MD5 tag of `msg`.
+    pub fn tag(&self, msg: &[u8]) -> [u8; TAG_LEN] {
+        let mut mac = self.mac.clone();
+        mac.update(msg);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Lower-case hex signature of a request.
+    pub fn sign_request(&self, f: &RequestFields<'_>) -> String {
+        hex::encode(self.request_mac(f).finalize().into_bytes())
+    }
+
+    /// Checks `sig` (32 lower-case hex characters) against a request.
+    pub fn verify_request(&self, f: &RequestFields<'_>, sig: &str) -> Result<()> {
+        let tag = decode_sig(sig)?;
+        self.request_mac(f)
+            .verify_slice(&tag)
+            .map_err(|_| bad_signature())
+    }
+
+    /// Lower-case hex signature of a reply.
+    pub fn sign_reply(&self, f: &ReplyFields<'_>) -> String {
+        hex::encode(self.reply_mac(f).finalize().into_bytes())
+    }
+
+    /// Checks `sig` against a reply.
+    pub fn verify_reply(&self, f: &ReplyFields<'_>, sig: &str) -> Result<()> {
+        let tag = decode_sig(sig)?;
+        self.reply_mac(f)
+            .verify_slice(&tag)
+            .map_err(|_| Error::BadSignature("reply signature does not match: the server holds a different secret for this app, or the reply was altered".into()))
+    }
+
+    fn request_mac(&self, f: &RequestFields<'_>) -> HmacMd5 {
+        let mut mac = self.mac.clone();
+        let mut num = itoa::Buffer::new();
+        mac.update(num.format(f.v).as_bytes());
+        mac.update(b"\n");
+        mac.update(num.format(f.id).as_bytes());
+        mac.update(b"\n");
+        mac.update(f.kind.as_bytes());
+        mac.update(b"\n");
+        mac.update(num.format(f.ts).as_bytes());
+        mac.update(b"\n");
+        mac.update(f.nonce.as_bytes());
+        mac.update(b"\n");
+        mac.update(f.token.as_bytes());
+        mac.update(b"\n");
+        mac.update(f.body.as_bytes());
+        mac
+    }
+
+    fn reply_mac(&self, f: &ReplyFields<'_>) -> HmacMd5 {
+        let mut mac = self.mac.clone();
+        let mut num = itoa::Buffer::new();
+        mac.update(num.format(f.v).as_bytes());
+        mac.update(b"\n");
+        mac.update(num.format(f.id).as_bytes());
+        mac.update(b"\n");
+        mac.update(if f.ok { b"true" } else { b"false" });
+        mac.update(b"\n");
+        mac.update(f.payload.as_bytes());
+        mac
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+fn bad_signature() -> Error {
+    Error::BadSignature(
+        "signature does not match: sign v, id, type, ts, nonce, token and the exact body bytes, joined by \\n, with HMAC-MD5 and this app's secret".into(),
+    )
+}
+
+fn decode_sig(sig: &str) -> Result<[u8; TAG_LEN]> {
+    let mut tag = [0u8; TAG_LEN];
+    let lower = sig.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if sig.len() != 2 * TAG_LEN || !lower || hex::decode_to_slice(sig, &mut tag).is_err() {
+        return Err(Error::BadSignature(format!(
+            "sig: must be {} lower-case hex characters, got {} characters",
+            2 * TAG_LEN,
+            sig.chars().count()
+        )));
+    }
+    Ok(tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use proptest::prelude::*;
+
+    /// RFC 2202, section 2: the seven HMAC-MD5 test cases.
+    #[test]
+    fn rfc2202_hmac_md5_vectors() {
+        let cases: Vec<(Vec<u8>, Vec<u8>, &str)> = vec![
+            (
+                vec![0x0b; 16],
+                b"Hi There".to_vec(),
+                "9294727a3638bb1c13f48ef8158bfc9d",
+            ),
+            (
+                b"Jefe".to_vec(),
+                b"what do ya want for nothing?".to_vec(),
+                "750c783e6ab0b503eaa86e310a5db738",
+            ),
+            (
+                vec![0xaa; 16],
+                vec![0xdd; 50],
+                "56be34521d144c88dbb8c733f0e8b3f6",
+            ),
+            (
+                (1..=25).collect(),
+                vec![0xcd; 50],
+                "697eaf0aca3a3aea3a75164746ffaa79",
+            ),
+            (
+                vec![0x0c; 16],
+                b"Test With Truncation".to_vec(),
+                "56461ef2342edc00f9bab995690efd4c",
+            ),
+            (
+                vec![0xaa; 80],
+                b"Test Using Larger Than Block-Size Key - Hash Key First".to_vec(),
+                "6b1ab7fe4bd7bf8f0b62e6ce61b9d0cd",
+            ),
+            (
+                vec![0xaa; 80],
+                b"Test Using Larger Than Block-Size Key and Larger Than One Block-Size Data"
+                    .to_vec(),
+                "6f630fad67cda0ee1fb1f562db3aa53e",
+            ),
+        ];
+        for (key, data, want) in cases {
+            assert_eq!(hex::encode(Key::new(&key).tag(&data)), want);
+        }
+    }
+
+    fn fields<'a>(body: &'a str, token: &'a str) -> RequestFields<'a> {
+        RequestFields {
+            v: 1,
+            id: 42,
+            kind: "blacklist.add",
+            ts: 1_763_700_000_000,
+            nonce: "9f2c0011",
+            token,
+            body,
+        }
+    }
+
+    #[test]
+    fn request_signature_covers_the_joined_fields() {
+        let key = Key::new(b"secret");
+        let f = fields("{\"id_card\":\"1\"}", "");
+        let joined = "1\n42\nblacklist.add\n1763700000000\n9f2c0011\n\n{\"id_card\":\"1\"}";
+        assert_eq!(
+            key.sign_request(&f),
+            hex::encode(key.tag(joined.as_bytes()))
+        );
+    }
+
+    #[test]
+    fn reply_signature_covers_the_joined_fields() {
+        let key = Key::new(b"secret");
+        let f = ReplyFields {
+            v: 1,
+            id: 7,
+            ok: false,
+            payload: "{\"code\":\"x\"}",
+        };
+        assert_eq!(
+            key.sign_reply(&f),
+            hex::encode(key.tag(b"1\n7\nfalse\n{\"code\":\"x\"}"))
+        );
+        key.verify_reply(&f, &key.sign_reply(&f)).unwrap();
+    }
+
+    #[test]
+    fn malformed_signatures_are_refused_with_the_rule() {
+        let key = Key::new(b"secret");
+        let f = fields("{}", "");
+        let good = key.sign_request(&f);
+        for bad in [
+            String::new(),
+            "zz".repeat(16),
+            good.to_uppercase(),
+            format!("{good}00"),
+        ] {
+            let e = key.verify_request(&f, &bad).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::BadSignature);
+        }
+        assert!(key
+            .verify_request(&f, "abc")
+            .unwrap_err()
+            .to_string()
+            .contains("32 lower-case hex"));
+    }
+
+    proptest! {
+        #[test]
+        fn signing_round_trips(secret in prop::collection::vec(any::<u8>(), 0..100),
+                               body in "\\{[ -~]{0,80}\\}", token in "[a-f0-9]{0,40}") {
+            let key = Key::new(&secret);
+            let f = fields(&body, &token);
+            prop_assert!(key.verify_request(&f, &key.sign_request(&f)).is_ok());
+        }
+
+        #[test]
+        fn any_changed_byte_fails_verification(body in "\\{[ -~]{1,80}\\}",
+                                               at in any::<prop::sample::Index>(),
+                                               flip in 1u8..=255) {
+            let key = Key::new(b"k");
+            let f = fields(&body, "tok");
+            let sig = key.sign_request(&f);
+            // Change one byte of the body...
+            let mut bytes = body.clone().into_bytes();
+            let i = at.index(bytes.len());
+            bytes[i] ^= flip;
+            if let Ok(changed) = String::from_utf8(bytes) {
+                prop_assert!(key.verify_request(&fields(&changed, "tok"), &sig).is_err());
+            }
+            // ...or one character of the signature.
+            let mut s = sig.into_bytes();
+            let j = at.index(s.len());
+            s[j] = if s[j] == b'0' { b'1' } else { b'0' };
+            prop_assert!(key.verify_request(&f, std::str::from_utf8(&s).unwrap()).is_err());
+        }
+    }
+}
