@@ -5,6 +5,8 @@
 //! decodes the hex signature and compares in constant time
 //! (`Mac::verify_slice`).
 
+use std::sync::Arc;
+
 use hmac::{Hmac, Mac};
 use md5::Md5;
 
@@ -15,10 +17,10 @@ type HmacMd5 = Hmac<Md5>;
 /// Bytes of an HMAC-MD5 tag.
 pub const TAG_LEN: usize = 16;
 
-/// A signing secret, pre-keyed.
+/// A signing secret, pre-keyed. Cloning shares the keyed state.
 #[derive(Clone)]
 pub struct Key {
-    mac: HmacMd5,
+    mac: Arc<HmacMd5>,
 }
 
 /// The fields of a request that its signature covers, in order.
@@ -51,13 +53,13 @@ impl Key {
     /// A key from a secret of any length.
     pub fn new(secret: &[u8]) -> Key {
         Key {
-            mac: HmacMd5::new_from_slice(secret).expect("HMAC takes keys of any length"),
+            mac: Arc::new(HmacMd5::new_from_slice(secret).expect("HMAC takes keys of any length")),
         }
     }
 
     /// The raw HMAC-MD5 tag of `msg`.
     pub fn tag(&self, msg: &[u8]) -> [u8; TAG_LEN] {
-        let mut mac = self.mac.clone();
+        let mut mac = HmacMd5::clone(&self.mac);
         mac.update(msg);
         mac.finalize().into_bytes().into()
     }
@@ -89,7 +91,7 @@ impl Key {
     }
 
     fn request_mac(&self, f: &RequestFields<'_>) -> HmacMd5 {
-        let mut mac = self.mac.clone();
+        let mut mac = HmacMd5::clone(&self.mac);
         let mut num = itoa::Buffer::new();
         mac.update(num.format(f.v).as_bytes());
         mac.update(b"\n");
@@ -108,7 +110,7 @@ impl Key {
     }
 
     fn reply_mac(&self, f: &ReplyFields<'_>) -> HmacMd5 {
-        let mut mac = self.mac.clone();
+        let mut mac = HmacMd5::clone(&self.mac);
         let mut num = itoa::Buffer::new();
         mac.update(num.format(f.v).as_bytes());
         mac.update(b"\n");
