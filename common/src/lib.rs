@@ -3,13 +3,12 @@
 //! - [`error`]: the wire's error codes and the library error mapping onto them.
 //! - [`wire`]: frames, envelopes, HMAC-MD5 signing, app keys, the replay
 //!   guard, and admission (all checks a server runs on a frame).
-//!
-//! The runtime pieces (reactor, worker pool, config, logging) are added next
-//! to these.
+//! - [`view`]: the cluster view the collector pushes and balancers serve.
 
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod view;
 pub mod wire;
 
 pub use error::{Error, ErrorCode, Result};
