@@ -4,10 +4,17 @@
 //! - [`wire`]: frames, envelopes, HMAC-MD5 signing, app keys, the replay
 //!   guard, and admission (all checks a server runs on a frame).
 //! - [`view`]: the cluster view the collector pushes and balancers serve.
+//! - [`reactor`]: the mio event loop with framed connections, limits,
+//!   backpressure and graceful shutdown, which every server runs.
+//! - [`pool`]: the fixed worker pool over a bounded queue.
+//! - [`stream`]: a blocking framed connection for the sending side.
 
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod pool;
+pub mod reactor;
+pub mod stream;
 pub mod view;
 pub mod wire;
 

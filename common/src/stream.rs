@@ -1,0 +1,124 @@
+//! A blocking framed connection for the sending side: the client SDK,
+//! heartbeats and view pushes, and tests. Servers use the [`crate::reactor`].
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::wire::frame::FrameDecoder;
+
+/// A TCP stream with a frame decoder on its read side.
+#[derive(Debug)]
+pub struct FramedStream {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+}
+
+// === impl FramedStream ===
+
+impl FramedStream {
+    /// Connects with a timeout, trying each address `addr` resolves to.
+    pub fn connect(
+        addr: impl ToSocketAddrs,
+        timeout: Duration,
+        max_frame: usize,
+    ) -> io::Result<FramedStream> {
+        let mut last = io::Error::new(ErrorKind::InvalidInput, "address resolved to nothing");
+        for a in addr.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&a, timeout) {
+                Ok(s) => {
+                    s.set_nodelay(true)?;
+                    return Ok(FramedStream {
+                        stream: s,
+                        decoder: FrameDecoder::new(max_frame),
+                    });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.peer_addr()
+    }
+
+    /// The underlying stream (for shutdown or raw writes in tests).
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Writes already-encoded frames.
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// The next frame's payload, waiting until `deadline`. `Ok(None)` on a
+    /// clean EOF between frames; `TimedOut` when the deadline passes.
+    pub fn recv(&mut self, deadline: Instant) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(f)) => return Ok(Some(f.to_vec())),
+                Ok(None) => {}
+                Err(e) => return Err(io::Error::new(ErrorKind::InvalidData, e.to_string())),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    ErrorKind::TimedOut,
+                    "no reply before the deadline",
+                ));
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            match self.decoder.read_from(&mut self.stream, 64 << 10) {
+                Ok(0) if self.decoder.buffered() == 0 => return Ok(None),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "connection closed in the middle of a reply",
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(io::Error::new(
+                        ErrorKind::TimedOut,
+                        "no reply before the deadline",
+                    ))
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads until EOF or `deadline`, returning the raw bytes (for tests of
+    /// what a server sends before it closes).
+    pub fn read_to_end_until(&mut self, deadline: Instant) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    ErrorKind::TimedOut,
+                    "peer did not close before the deadline",
+                ));
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Ok(out),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(out),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(io::Error::new(
+                        ErrorKind::TimedOut,
+                        "peer did not close before the deadline",
+                    ))
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
