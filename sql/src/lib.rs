@@ -1,5 +1,81 @@
-//! `dsf-sql`: The MySQL layer: pool, migrations, one repository per table, error mapping.
+//! `dsf-sql`: the MySQL layer of dsf: the pool, migrations, one repository
+//! per table, and the mapping of database failures onto wire error codes.
 //!
-//! Work in progress: see the project's open issues.
+//! - [`db`]: [`Db`], a bounded `mysql::Pool` with connect/read timeouts,
+//!   start-up retries and a health check; [`DbConfig`] sizes it.
+//! - [`migrate`]: versioned migrations embedded from `sql/migrations/`,
+//!   recorded with checksums, serialised across processes by `GET_LOCK`.
+//! - [`users`], [`sessions`], [`blacklist`], [`gate_checks`]: the
+//!   repositories, reached from a `Db` (`db.blacklist().get("…")`); typed
+//!   rows in, typed rows out, prepared statements only.
+//! - [`validate`]: the field rules (`name: 1 to 64 characters…`) checked
+//!   before any value reaches the database; limits match the columns.
+//! - [`password`]: argon2id hashing and verification.
+//! - [`token`]: session tokens and the hash they are stored under.
+//! - [`error`]: [`Error`], whose [`Error::code`] is the wire code
+//!   (`conflict`, `unavailable`, `bad_request`, `not_found`, `internal`).
+//! - `testing` (feature `testing`): throwaway databases for tests.
+//!
+//! ```no_run
+//! use dsf_sql::{Db, DbConfig};
+//! let db = Db::connect(&DbConfig::new("mysql://dsf:pw@127.0.0.1:3306/dsf").workers(8))?;
+//! db.migrate()?;
+//! let hit = db.blacklist().get("11010119900307451X")?.is_some();
+//! # Ok::<(), dsf_sql::Error>(())
+//! ```
 
 #![forbid(unsafe_code)]
+
+pub mod blacklist;
+pub mod db;
+pub mod error;
+pub mod gate_checks;
+pub mod migrate;
+pub mod password;
+pub mod sessions;
+pub mod token;
+pub mod users;
+pub mod validate;
+
+pub mod time;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use blacklist::{Blacklist, Entry, EntryChange, ListQuery, NewEntry, Page};
+pub use db::{Db, DbConfig};
+pub use error::{Error, Result};
+pub use gate_checks::{GateCheck, GateChecks, HistoryQuery, NewCheck};
+pub use migrate::{Migration, Report};
+pub use sessions::{NewSession, Session, Sessions};
+pub use time::now_ms;
+pub use users::{Role, User, Users};
+
+// === impl Db: repositories ===
+
+impl Db {
+    /// Applies the embedded migrations (see [`migrate`]).
+    pub fn migrate(&self) -> Result<Report> {
+        migrate::migrate(self)
+    }
+
+    /// The `users` repository.
+    pub fn users(&self) -> Users<'_> {
+        Users::new(self)
+    }
+
+    /// The `sessions` repository.
+    pub fn sessions(&self) -> Sessions<'_> {
+        Sessions::new(self)
+    }
+
+    /// The `blacklist` repository.
+    pub fn blacklist(&self) -> Blacklist<'_> {
+        Blacklist::new(self)
+    }
+
+    /// The `gate_checks` repository.
+    pub fn gate_checks(&self) -> GateChecks<'_> {
+        GateChecks::new(self)
+    }
+}

@@ -1,0 +1,333 @@
+//! [`Db`]: the connection pool, its limits and timeouts, start-up retries and
+//! the health check.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql::prelude::Queryable;
+use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn};
+
+use crate::error::{Error, Result};
+
+/// Connections kept beyond the worker count: for the heartbeat, the health
+/// check and a migration running next to the workers.
+pub const DEFAULT_POOL_MARGIN: usize = 2;
+/// Workers assumed when the caller does not say.
+pub const DEFAULT_WORKERS: usize = 4;
+/// How long a TCP connect to the database may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one read or write on a connection may block.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a caller waits for a free pooled connection.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`Db::connect`] keeps retrying at start-up; `None` = forever.
+pub const DEFAULT_STARTUP_DEADLINE: Option<Duration> = Some(Duration::from_secs(120));
+
+/// Statements run on every new connection: utf8mb4 so 4-byte characters
+/// round-trip whatever the server's defaults, and strict mode so an
+/// over-long value is an error instead of being silently cut.
+const INIT: [&str; 2] = [
+    "SET NAMES utf8mb4 COLLATE utf8mb4_unicode_520_ci",
+    "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,\
+     ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'",
+];
+
+/// How to reach the database and how many connections to keep.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    /// `mysql://USER:PASS@HOST:PORT/DB`.
+    pub url: String,
+    /// Overrides the database named in `url` (tests use this for their
+    /// throwaway databases).
+    pub database: Option<String>,
+    /// Worker threads that will use the pool at once.
+    pub workers: usize,
+    /// Extra connections beyond `workers` (default [`DEFAULT_POOL_MARGIN`]).
+    pub pool_margin: usize,
+    /// Connections opened up front (default 1; at most the pool's bound).
+    pub pool_min: usize,
+    /// TCP connect timeout (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub connect_timeout: Duration,
+    /// Read and write timeout on a connection (default [`DEFAULT_IO_TIMEOUT`]).
+    pub io_timeout: Duration,
+    /// How long to wait for a free connection (default [`DEFAULT_ACQUIRE_TIMEOUT`]).
+    pub acquire_timeout: Duration,
+    /// How long [`Db::connect`] retries (default [`DEFAULT_STARTUP_DEADLINE`]).
+    pub startup_deadline: Option<Duration>,
+}
+
+// === impl DbConfig ===
+
+impl DbConfig {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> DbConfig {
+        DbConfig {
+            url: url.into(),
+            database: None,
+            workers: DEFAULT_WORKERS,
+            pool_margin: DEFAULT_POOL_MARGIN,
+            pool_min: 1,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            io_timeout: DEFAULT_IO_TIMEOUT,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            startup_deadline: DEFAULT_STARTUP_DEADLINE,
+        }
+    }
+
+    /// Sizes the pool for `workers` threads.
+    pub fn workers(mut self, workers: usize) -> DbConfig {
+        self.workers = workers;
+        self
+    }
+
+    /// Uses `name` instead of the database in the URL.
+    pub fn database(mut self, name: impl Into<String>) -> DbConfig {
+        self.database = Some(name.into());
+        self
+    }
+
+    /// The most connections the pool opens: workers plus the margin, at least 1.
+    pub fn pool_max(&self) -> usize {
+        (self.workers + self.pool_margin).max(1)
+    }
+
+    fn opts(&self) -> Result<Opts> {
+        let base = Opts::from_url(&self.url).map_err(|e| Error::Internal {
+            op: "connect",
+            message: format!("bad database URL: {e} (expected mysql://USER:PASS@HOST:PORT/DB)"),
+        })?;
+        let max = self.pool_max();
+        let min = self.pool_min.min(max);
+        let constraints = PoolConstraints::new(min, max).ok_or(Error::Internal {
+            op: "connect",
+            message: format!("pool bounds {min}..{max} are not valid"),
+        })?;
+        // reset_connection(false): a reset drops the connection's prepared
+        // statements, which would re-prepare every statement on every call.
+        // We leave no session state behind (transactions roll back on drop,
+        // the migration lock is released explicitly).
+        // check_health (the default) pings a pooled connection before handing
+        // it out, so connections left dead by a database restart are replaced
+        // instead of failing the next request.
+        let pool_opts = PoolOpts::default()
+            .with_constraints(constraints)
+            .with_reset_connection(false);
+        let mut b = OptsBuilder::from_opts(base)
+            .pool_opts(pool_opts)
+            .tcp_connect_timeout(Some(self.connect_timeout))
+            .read_timeout(Some(self.io_timeout))
+            .write_timeout(Some(self.io_timeout))
+            .tcp_keepalive_time_ms(Some(30_000))
+            .stmt_cache_size(Some(64))
+            .init(INIT.to_vec());
+        if let Some(db) = &self.database {
+            b = b.db_name(Some(db.clone()));
+        }
+        Ok(b.into())
+    }
+}
+
+/// The database: a bounded pool of connections. Cheap to clone; clones share
+/// the pool.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    acquire_timeout: Duration,
+    pool_max: usize,
+    /// `host:port/db`, never the password: for logs and errors.
+    target: String,
+}
+
+// === impl Db ===
+
+impl Db {
+    /// Connects, retrying with backoff while the database is unreachable,
+    /// still starting, or its database does not exist yet, until
+    /// `cfg.startup_deadline`. A server started before its database waits and
+    /// logs instead of crashing. Wrong credentials or a bad URL fail at once.
+    pub fn connect(cfg: &DbConfig) -> Result<Db> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 1u32;
+        loop {
+            match Db::connect_once(cfg) {
+                Ok(db) => {
+                    if attempt > 1 {
+                        log::info!(
+                            "database {} reachable after {attempt} attempts",
+                            db.target()
+                        );
+                    }
+                    return Ok(db);
+                }
+                Err(e) if retryable_at_startup(&e) => {
+                    let waited = started.elapsed();
+                    if cfg.startup_deadline.is_some_and(|d| waited + backoff > d) {
+                        return Err(e);
+                    }
+                    log::warn!(
+                        "database {} not ready (attempt {attempt}): {e}; retrying in {backoff:?}",
+                        target_of(cfg)
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Connects once: opens `pool_min` connections and runs the health check.
+    pub fn connect_once(cfg: &DbConfig) -> Result<Db> {
+        let pool = Pool::new(cfg.opts()?).map_err(|e| Error::from_mysql("connect", e))?;
+        let db = Db {
+            pool,
+            inner: Arc::new(Inner {
+                acquire_timeout: cfg.acquire_timeout,
+                pool_max: cfg.pool_max(),
+                target: target_of(cfg),
+            }),
+        };
+        db.health()?;
+        Ok(db)
+    }
+
+    /// A cheap health check: one round trip on a pooled connection.
+    pub fn health(&self) -> Result<()> {
+        self.with_conn("health", |c| c.query_drop("DO 1"))
+    }
+
+    /// `host:port/db` of the database, for logs (never the password).
+    pub fn target(&self) -> &str {
+        &self.inner.target
+    }
+
+    /// The underlying pool, for callers that need the raw driver (the
+    /// benchmark's baseline, tests holding connections).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Takes a connection, waiting at most the acquire timeout.
+    pub(crate) fn conn(&self, op: &'static str) -> Result<PooledConn> {
+        self.pool
+            .try_get_conn(self.inner.acquire_timeout)
+            .map_err(|e| match e {
+                mysql::Error::DriverError(mysql::DriverError::Timeout) => Error::PoolTimeout {
+                    op,
+                    waited: self.inner.acquire_timeout,
+                    max: self.inner.pool_max,
+                },
+                other => Error::from_mysql(op, other),
+            })
+    }
+
+    /// Runs `f` on a pooled connection, mapping driver errors for `op`.
+    pub(crate) fn with_conn<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut PooledConn) -> mysql::Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.conn(op)?;
+        f(&mut conn).map_err(|e| Error::from_mysql(op, e))
+    }
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("target", &self.inner.target)
+            .field("pool_max", &self.inner.pool_max)
+            .finish()
+    }
+}
+
+fn retryable_at_startup(e: &Error) -> bool {
+    match e {
+        Error::Unavailable { .. } | Error::PoolTimeout { .. } => true,
+        // 1049: unknown database; someone (scripts, an operator) is about to create it.
+        Error::Internal { message, .. } => message.starts_with("server error 1049"),
+        _ => false,
+    }
+}
+
+fn target_of(cfg: &DbConfig) -> String {
+    match Opts::from_url(&cfg.url) {
+        Ok(o) => format!(
+            "{}:{}/{}",
+            o.get_ip_or_hostname(),
+            o.get_tcp_port(),
+            cfg.database.as_deref().or(o.get_db_name()).unwrap_or("")
+        ),
+        Err(_) => "(bad url)".to_string(),
+    }
+}
+
+/// A database name we are willing to put into DDL (which cannot take
+/// parameters): letters, digits, `_`, at most 64 characters.
+fn check_identifier(name: &str) -> Result<()> {
+    if !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(Error::Invalid {
+            field: "database",
+            rule: "1 to 64 ASCII letters, digits or '_'",
+        })
+    }
+}
+
+/// The database `cfg` names (`cfg.database`, else the URL's path).
+fn database_name(cfg: &DbConfig) -> Result<String> {
+    let from_url = Opts::from_url(&cfg.url)
+        .ok()
+        .and_then(|o| o.get_db_name().map(str::to_string));
+    cfg.database.clone().or(from_url).ok_or(Error::Invalid {
+        field: "database",
+        rule: "name a database in the URL (mysql://USER:PASS@HOST:PORT/DB)",
+    })
+}
+
+/// Runs one statement on a short-lived connection to the server, without
+/// selecting a database.
+fn on_server(cfg: &DbConfig, op: &'static str, stmt: &str) -> Result<()> {
+    let mut server = cfg.clone();
+    server.database = None;
+    let opts: Opts = OptsBuilder::from_opts(server.opts()?)
+        .db_name(None::<String>)
+        .into();
+    let mut conn = mysql::Conn::new(opts).map_err(|e| Error::from_mysql(op, e))?;
+    conn.query_drop(stmt).map_err(|e| Error::from_mysql(op, e))
+}
+
+/// Creates the database `cfg` names if it does not exist (utf8mb4), so
+/// `migrate` can start from an empty server.
+pub fn ensure_database(cfg: &DbConfig) -> Result<()> {
+    let name = database_name(cfg)?;
+    check_identifier(&name)?;
+    on_server(
+        cfg,
+        "create database",
+        &format!(
+            "CREATE DATABASE IF NOT EXISTS `{name}` \
+             CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_520_ci"
+        ),
+    )
+}
+
+/// Drops database `name` on the server `cfg` reaches, if it exists.
+pub fn drop_database(cfg: &DbConfig, name: &str) -> Result<()> {
+    check_identifier(name)?;
+    on_server(
+        cfg,
+        "drop database",
+        &format!("DROP DATABASE IF EXISTS `{name}`"),
+    )
+}

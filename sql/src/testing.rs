@@ -1,0 +1,108 @@
+//! Test support (feature `testing`): a fresh, uniquely named database on the
+//! server named by `DSF_TEST_DB_URL`, dropped again when the handle drops.
+//!
+//! `scripts/test` starts a throwaway MariaDB and sets the variable; without
+//! it, tests panic and say so, rather than being silently skipped.
+
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use rand::Rng;
+
+use crate::db::{Db, DbConfig};
+use crate::migrate;
+
+/// The environment variable naming the test server (no database in the path).
+pub const URL_VAR: &str = "DSF_TEST_DB_URL";
+
+/// The test server's URL from `DSF_TEST_DB_URL`.
+///
+/// # Panics
+/// When the variable is unset: the message says to run `scripts/test`.
+pub fn server_url() -> String {
+    match std::env::var(URL_VAR) {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "{URL_VAR} is not set: these tests need a MariaDB. Run them through scripts/test, \
+             or: scripts/mariadb start && {URL_VAR}=$(scripts/mariadb url) cargo test"
+        ),
+    }
+}
+
+/// A throwaway database; derefs to its [`Db`] and drops the database when
+/// dropped.
+pub struct TestDb {
+    db: Db,
+    config: DbConfig,
+    name: String,
+}
+
+impl TestDb {
+    /// The database's name (`dsf_test_…`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A configuration reaching the same database, for tests that need a
+    /// second pool with other settings.
+    pub fn config(&self) -> DbConfig {
+        self.config.clone()
+    }
+}
+
+impl Deref for TestDb {
+    type Target = Db;
+
+    fn deref(&self) -> &Db {
+        &self.db
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Best effort: a test that stopped the server leaves its database
+        // behind, and the throwaway server goes with scripts/test's stop.
+        let _ = crate::db::drop_database(&server_config(), &self.name);
+    }
+}
+
+fn server_config() -> DbConfig {
+    let mut cfg = DbConfig::new(server_url());
+    cfg.workers = 1;
+    cfg.pool_margin = 0;
+    cfg.startup_deadline = Some(std::time::Duration::from_secs(10));
+    cfg
+}
+
+fn unique_name() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "dsf_test_{}_{}_{:08x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        rand::thread_rng().gen::<u32>()
+    )
+}
+
+/// A fresh database with every migration applied.
+///
+/// # Panics
+/// When `DSF_TEST_DB_URL` is unset or the server cannot be used.
+pub fn fresh() -> TestDb {
+    let t = fresh_empty();
+    migrate::migrate(&t).unwrap_or_else(|e| panic!("migrating {}: {e}", t.name));
+    t
+}
+
+/// A fresh database with nothing in it (for migration tests).
+///
+/// # Panics
+/// When `DSF_TEST_DB_URL` is unset or the server cannot be used.
+pub fn fresh_empty() -> TestDb {
+    let name = unique_name();
+    let config = DbConfig::new(server_url()).database(name.clone());
+    crate::db::ensure_database(&config)
+        .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
+    let db = Db::connect(&config).unwrap_or_else(|e| panic!("connecting to {name}: {e}"));
+    TestDb { db, config, name }
+}
