@@ -1,5 +1,26 @@
-//! `dsf-client`: The dsf SDK and command-line tool.
+//! `dsf-client`: the dsf SDK and the `client` command-line tool.
 //!
-//! Work in progress: see the project's open issues.
+//! - [`client`]: the SDK's [`Client`]: resolves a node through the balancers
+//!   (`lb.resolve`), connects to it directly, signs requests, verifies
+//!   replies, and fails over to another node under the resend rules
+//!   ([`is_idempotent`]).
+//! - [`conn`]: one signed, pipelined [`Connection`] to one server, replies
+//!   matched by id, failures sorted by whether the request may have landed.
+//! - [`error`]: the crate's one [`Error`] type; each message says what to do.
+//! - [`cli`]: the `client` tool's flags, subcommands, output and exit codes.
+//! - [`session`]: where `client login` keeps its token (mode 0600).
+//! - [`bench`]: `client bench`, a mio load generator with latency
+//!   percentiles, used by every figure in `docs/BENCHMARKS.md`.
 
 #![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod conn;
+pub mod error;
+pub mod session;
+
+pub use client::{is_idempotent, Client, ClientConfig, Resolved};
+pub use conn::{Connection, Failure, Signer};
+pub use error::{Error, Result};

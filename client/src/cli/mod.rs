@@ -1,0 +1,593 @@
+//! The `client` tool: flags ([`Cli`]), one function per subcommand, and
+//! the exit codes ([`exit`]). `main.rs` only calls [`main`].
+
+mod output;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::bench::{self, BenchArgs};
+use crate::client::{parse_body, Client, ClientConfig, DEFAULT_APP, DEFAULT_LB};
+use crate::error::{Error, Result};
+use crate::session::{self, Session};
+use output::Out;
+
+/// Exit codes of `client`, shown in `--help`.
+pub mod exit {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// A local failure: a file, the terminal.
+    pub const LOCAL: u8 = 1;
+    /// Bad flags or arguments, or no app secret.
+    pub const USAGE: u8 = 2;
+    /// The server refused the request (its code and message are printed).
+    pub const REFUSED: u8 = 3;
+    /// The cluster cannot be reached: no balancer, no node, or a timeout.
+    pub const UNREACHABLE: u8 = 4;
+    /// A write may or may not have happened (it was not resent).
+    pub const OUTCOME_UNKNOWN: u8 = 5;
+    /// A reply failed its signature check or could not be read.
+    pub const BAD_REPLY: u8 = 6;
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  export DSF_APP_SECRET=...              # the secret of app `cli` (or --app-secret-file FILE)
+  client ping                            # one sys.ping through the balancer
+  client register ann                    # asks for a password twice
+  client login ann                       # token saved to ~/.config/dsf/session (mode 0600)
+  client blacklist add 110101199001011234 'Li Lei' --reason 'fraud'
+  client blacklist list --prefix Li --json | jq .entries
+  client check 110101199001011234 'Li Lei' --gate north
+  cut -d, -f1,2 people.csv | client check --stdin --gate north
+  client resolve ann                     # which node owns key `ann`, and its share
+  client status --collector 127.0.0.1:6400
+  client bench --op ping --conns 50 --pipeline 16 --duration 10s
+
+Environment: DSF_LB, DSF_APP, DSF_APP_SECRET, DSF_APP_SECRET_FILE, DSF_NODE,
+DSF_ROUTE, DSF_COLLECTOR, DSF_SESSION_FILE (flags win over the environment).
+
+Exit codes:
+  0  done
+  1  local failure (a file, the terminal)
+  2  usage error: bad flags or arguments, or no app secret
+  3  refused by the server: its error code and message are printed
+  4  cluster unreachable: no balancer, no node, or a timeout
+  5  outcome unknown: a write may have happened and was not resent
+  6  bad reply: signature mismatch (wrong secret?) or unreadable reply";
+
+/// `client`: talk to a dsf cluster.
+#[derive(Debug, Parser)]
+#[command(
+    name = "client",
+    version,
+    about = "Talk to a dsf cluster: accounts, blacklist, gate checks, cluster status, benchmarks.",
+    long_about = "Talk to a dsf cluster. Requests are signed with the app's secret and go to the \
+                  node the balancer picks for the routing key (lb.resolve), then straight to that \
+                  node; if it goes away, reads are retried on another node, and writes are never \
+                  resent silently.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Balancers, tried in turn: HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "DSF_LB", value_delimiter = ',', default_value = DEFAULT_LB, global = true)]
+    pub lb: Vec<String>,
+    /// App id to sign as.
+    #[arg(long, env = "DSF_APP", default_value = DEFAULT_APP, global = true)]
+    pub app: String,
+    /// File (mode 0600) holding the app secret; else DSF_APP_SECRET is used.
+    #[arg(long, env = "DSF_APP_SECRET_FILE", value_name = "FILE", global = true)]
+    pub app_secret_file: Option<PathBuf>,
+    /// Talk to this app server directly instead of asking a balancer.
+    #[arg(long, env = "DSF_NODE", value_name = "HOST:PORT", global = true)]
+    pub node: Option<String>,
+    /// Routing key for the balancer (default: the logged-in user, else our IP).
+    #[arg(long, env = "DSF_ROUTE", value_name = "KEY", global = true)]
+    pub route: Option<String>,
+    /// Time allowed for each reply, e.g. 500ms, 10s, 1m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
+    pub timeout: Duration,
+    /// Print replies as JSON (one object per line) for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an account (user.register); asks for the password.
+    Register(Credentials),
+    /// Log in (user.login) and save the session token.
+    Login(Credentials),
+    /// End the session (user.logout) and delete the saved token.
+    Logout,
+    /// Show the logged-in user (user.me).
+    Whoami,
+    /// Give a user a role: viewer, operator or admin (user.set_role; admin only).
+    SetRole {
+        /// User name.
+        name: String,
+        /// viewer, operator or admin.
+        role: String,
+    },
+    /// Manage the blacklist (blacklist.*).
+    #[command(subcommand)]
+    Blacklist(BlacklistCmd),
+    /// Check a person at a gate (gate.check), or every `id_card,name` line of stdin.
+    Check(CheckArgs),
+    /// Show recorded gate checks (gate.history).
+    History {
+        /// Only checks of this id card.
+        #[arg(long)]
+        id_card: Option<String>,
+        /// Only checks at this gate.
+        #[arg(long)]
+        gate: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Show the cluster's members and load (cluster.status, from the collector).
+    Status {
+        /// The collector's address.
+        #[arg(long, env = "DSF_COLLECTOR", default_value = "127.0.0.1:6400")]
+        collector: String,
+    },
+    /// Show which node owns KEY (lb.resolve) and its share of keys (lb.view).
+    Resolve {
+        /// The routing key (user name, device id, ...).
+        key: String,
+    },
+    /// Ping a node (sys.ping) and show which one answered and how fast.
+    Ping,
+    /// Generate load and report requests/s and latency percentiles.
+    Bench(BenchArgs),
+}
+
+/// A user name; the password is asked for, never taken from a flag.
+#[derive(Debug, Args)]
+pub struct Credentials {
+    /// User name.
+    pub name: String,
+    /// Read the password from the first line of stdin (automatic when stdin is not a terminal).
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+/// `client blacklist ...`
+#[derive(Debug, Subcommand)]
+pub enum BlacklistCmd {
+    /// List a person (operator).
+    Add {
+        /// Id card number.
+        id_card: String,
+        /// Name on the id card.
+        name: String,
+        /// Why they are listed.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Show one entry.
+    Get {
+        /// Id card number.
+        id_card: String,
+    },
+    /// Change an entry's name or reason (operator).
+    Update {
+        /// Id card number.
+        id_card: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New reason.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove an entry (operator).
+    #[command(alias = "remove")]
+    Rm {
+        /// Id card number.
+        id_card: String,
+    },
+    /// List entries, a page at a time.
+    List {
+        /// Start after this id card (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// Entries per page (at most 500).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Only names starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+}
+
+/// `client check ...`
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Id card number (omit with --stdin).
+    #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
+    pub id_card: Option<String>,
+    /// Name on the id card (omit with --stdin).
+    #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
+    pub name: Option<String>,
+    /// The gate checking.
+    #[arg(long)]
+    pub gate: Option<String>,
+    /// Gate device mode: read `id_card,name` lines from stdin, print one result per line, in order.
+    #[arg(long)]
+    pub stdin: bool,
+    /// Checks in flight at once in --stdin mode.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 10s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses the process's arguments, runs the command, and returns the exit
+/// code. Usage errors exit with 2 from inside clap.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = env_logger::Builder::from_env(env_logger::Env::new().filter_or("DSF_LOG", "warn"))
+        .format_timestamp_millis()
+        .try_init();
+    ExitCode::from(run(cli))
+}
+
+/// Runs one parsed command; returns its exit code after printing its
+/// result (stdout) or its error (stderr, and stdout too with `--json`).
+pub fn run(cli: Cli) -> u8 {
+    let mut out = Out::new(cli.json);
+    match dispatch(&cli, &mut out) {
+        Ok(code) => code,
+        Err(e) => {
+            out.error(&e);
+            exit_code(&e)
+        }
+    }
+}
+
+/// The exit code of an error.
+pub fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::Refused { .. } => exit::REFUSED,
+        Error::NoBalancer { .. } | Error::NoNode { .. } | Error::Timeout { .. } => {
+            exit::UNREACHABLE
+        }
+        Error::OutcomeUnknown { .. } => exit::OUTCOME_UNKNOWN,
+        Error::BadReply { .. } => exit::BAD_REPLY,
+        Error::Config(_) => exit::USAGE,
+        Error::Io { .. } => exit::LOCAL,
+    }
+}
+
+/// The app secret: `--app-secret-file` (mode 0600) or `DSF_APP_SECRET`.
+fn app_secret(cli: &Cli) -> Result<Vec<u8>> {
+    let secret = match &cli.app_secret_file {
+        Some(path) => dsf_common::wire::keys::read_private(path)
+            .map_err(|e| Error::Config(e.to_string()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
+        None => std::env::var(dsf_common::wire::keys::APP_SECRET_ENV).unwrap_or_default(),
+    };
+    if secret.is_empty() {
+        return Err(Error::Config(format!(
+            "no secret for app {:?}: set {} or pass --app-secret-file FILE (mode 0600)",
+            cli.app,
+            dsf_common::wire::keys::APP_SECRET_ENV
+        )));
+    }
+    Ok(secret.into_bytes())
+}
+
+/// Builds the SDK client for `cli`, with the saved session attached.
+fn client(cli: &Cli) -> Result<(Client, Option<Session>)> {
+    let mut cfg = ClientConfig::new(cli.lb.clone(), cli.app.clone(), app_secret(cli)?);
+    cfg.node = cli.node.clone();
+    cfg.request_timeout = cli.timeout;
+    let session = Session::load(&session::default_path()?)?;
+    cfg.routing_key = cli
+        .route
+        .clone()
+        .or_else(|| session.as_ref().map(|s| s.user.clone()));
+    let mut client = Client::new(cfg)?;
+    client.set_token(session.as_ref().map(|s| s.token.clone()));
+    Ok((client, session))
+}
+
+fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
+    if let Command::Bench(args) = &cli.command {
+        let mut cfg = ClientConfig::new(cli.lb.clone(), cli.app.clone(), app_secret(cli)?);
+        cfg.request_timeout = cli.timeout;
+        let report = bench::run(&cfg, args)?;
+        out.bench(&report);
+        return Ok(exit::OK);
+    }
+    let (mut c, session) = client(cli)?;
+    match &cli.command {
+        Command::Register(cred) => {
+            let password = read_password(cred.password_stdin, true)?;
+            let v = c.call(
+                "user.register",
+                &json!({"name": cred.name, "password": password}),
+            )?;
+            out.registered(&v);
+        }
+        Command::Login(cred) => {
+            let password = read_password(cred.password_stdin, false)?;
+            c.set_token(None);
+            c.set_routing_key(cli.route.clone().or_else(|| Some(cred.name.clone())));
+            let v = c.call(
+                "user.login",
+                &json!({"name": cred.name, "password": password}),
+            )?;
+            let token = v["token"].as_str().ok_or_else(|| Error::BadReply {
+                server: c.node_id().unwrap_or("server").into(),
+                reason: "user.login reply has no token".into(),
+            })?;
+            let path = session::default_path()?;
+            Session {
+                token: token.into(),
+                user: cred.name.clone(),
+                expires_at: v["expires_at"].clone(),
+            }
+            .save(&path)?;
+            out.logged_in(&cred.name, &v, &path);
+        }
+        Command::Logout => {
+            let path = session::default_path()?;
+            if session.is_none() {
+                return Err(Error::Config(format!(
+                    "not logged in (no session at {})",
+                    path.display()
+                )));
+            }
+            let res = c.call("user.logout", &json!({}));
+            // A token refused as unauthorized is useless: forget it too.
+            match &res {
+                Ok(_) => Session::remove(&path)?,
+                Err(e) if e.code() == Some(dsf_common::ErrorCode::Unauthorized) => {
+                    Session::remove(&path)?
+                }
+                Err(_) => {}
+            }
+            out.value(&res?, "logged out");
+        }
+        Command::Whoami => {
+            let v = c.call("user.me", &json!({}))?;
+            out.user(&v);
+        }
+        Command::SetRole { name, role } => {
+            let v = c.call("user.set_role", &json!({"name": name, "role": role}))?;
+            out.user(&v);
+        }
+        Command::Blacklist(cmd) => blacklist(&mut c, cmd, out)?,
+        Command::Check(args) if args.stdin => return check_stdin(&mut c, args, out),
+        Command::Check(args) => {
+            let mut body = json!({"id_card": args.id_card, "name": args.name});
+            if let Some(g) = &args.gate {
+                body["gate"] = json!(g);
+            }
+            let v = c.call("gate.check", &body)?;
+            out.check(args.id_card.as_deref().unwrap_or(""), &Ok(v));
+        }
+        Command::History {
+            id_card,
+            gate,
+            limit,
+        } => {
+            let mut body = json!({});
+            set_opt(&mut body, "id_card", id_card);
+            set_opt(&mut body, "gate", gate);
+            if let Some(l) = limit {
+                body["limit"] = json!(l);
+            }
+            let v = c.call("gate.history", &body)?;
+            out.table(
+                &v["checks"],
+                &["at", "id_card", "name", "gate", "hit"],
+                "no checks",
+            );
+        }
+        Command::Status { collector } => {
+            let raw = c.call_at(collector, "cluster.status", "{}")?;
+            out.status(&parse_body(&raw, collector)?);
+        }
+        Command::Resolve { key } => {
+            let r = c.resolve(Some(key), &[])?;
+            let view = c.balancer_call("lb.view", "{}")?;
+            let view = parse_body(&view, "balancer")?;
+            out.resolved(key, &r, &view);
+        }
+        Command::Ping => {
+            let t = Instant::now();
+            let v = c.call("sys.ping", &json!({}))?;
+            out.ping(&v, c.node_id().unwrap_or("?"), t.elapsed());
+        }
+        Command::Bench(_) => unreachable!("handled above"),
+    }
+    Ok(exit::OK)
+}
+
+fn set_opt(body: &mut Value, field: &str, v: &Option<String>) {
+    if let Some(v) = v {
+        body[field] = json!(v);
+    }
+}
+
+fn blacklist(c: &mut Client, cmd: &BlacklistCmd, out: &mut Out) -> Result<()> {
+    match cmd {
+        BlacklistCmd::Add {
+            id_card,
+            name,
+            reason,
+        } => {
+            let mut body = json!({"id_card": id_card, "name": name});
+            set_opt(&mut body, "reason", reason);
+            out.entry(&c.call("blacklist.add", &body)?);
+        }
+        BlacklistCmd::Get { id_card } => {
+            out.entry(&c.call("blacklist.get", &json!({"id_card": id_card}))?);
+        }
+        BlacklistCmd::Update {
+            id_card,
+            name,
+            reason,
+        } => {
+            if name.is_none() && reason.is_none() {
+                return Err(Error::Config(
+                    "nothing to update: pass --name and/or --reason".into(),
+                ));
+            }
+            let mut body = json!({"id_card": id_card});
+            set_opt(&mut body, "name", name);
+            set_opt(&mut body, "reason", reason);
+            out.entry(&c.call("blacklist.update", &body)?);
+        }
+        BlacklistCmd::Rm { id_card } => {
+            let v = c.call("blacklist.remove", &json!({"id_card": id_card}))?;
+            out.value(&v, &format!("removed {id_card}"));
+        }
+        BlacklistCmd::List {
+            after,
+            limit,
+            prefix,
+        } => {
+            let mut body = json!({});
+            set_opt(&mut body, "after", after);
+            set_opt(&mut body, "name_prefix", prefix);
+            if let Some(l) = limit {
+                body["limit"] = json!(l);
+            }
+            let v = c.call("blacklist.list", &body)?;
+            out.list(&v);
+        }
+    }
+    Ok(())
+}
+
+/// Gate device mode: every `id_card,name` line of stdin becomes one
+/// pipelined `gate.check`; results are printed in input order as they come.
+/// Blank lines and `#` comments are skipped; malformed lines are reported
+/// on stderr and skipped.
+fn check_stdin(c: &mut Client, args: &CheckArgs, out: &mut Out) -> Result<u8> {
+    // Id cards of the checks sent and not yet printed: the input side
+    // pushes, the reply side pops, both in input order.
+    let queue = RefCell::new(VecDeque::<String>::new());
+    let mut read_error = None;
+    let mut bad_lines = 0usize;
+    let mut failed = 0usize;
+    let bodies = std::io::stdin()
+        .lock()
+        .lines()
+        .enumerate()
+        .map_while(|(n, line)| match line {
+            Ok(line) => Some((n, line)),
+            Err(e) => {
+                read_error = Some(e);
+                None
+            }
+        })
+        .filter_map(|(n, line)| {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                return None;
+            }
+            match line.split_once(',') {
+                Some((id, name)) if !id.trim().is_empty() && !name.trim().is_empty() => {
+                    let mut body = json!({"id_card": id.trim(), "name": name.trim()});
+                    if let Some(g) = &args.gate {
+                        body["gate"] = json!(g);
+                    }
+                    queue.borrow_mut().push_back(id.trim().to_string());
+                    Some(body.to_string())
+                }
+                _ => {
+                    bad_lines += 1;
+                    eprintln!(
+                        "line {} skipped: expected `id_card,name`, got {line:?}",
+                        n + 1
+                    );
+                    None
+                }
+            }
+        });
+    let res = c.call_many("gate.check", bodies, args.window, |_, r| {
+        let id_card = queue.borrow_mut().pop_front().unwrap_or_default();
+        if r.is_err() {
+            failed += 1;
+        }
+        out.check(&id_card, &r.and_then(|raw| parse_body(&raw, "node")));
+    });
+    out.flush();
+    if let Some(e) = read_error {
+        return Err(Error::io("cannot read stdin", e));
+    }
+    res?;
+    Ok(if failed > 0 || bad_lines > 0 {
+        exit::REFUSED
+    } else {
+        exit::OK
+    })
+}
+
+/// Reads a password: from stdin's first line when asked or when stdin is
+/// not a terminal, else from the terminal without echo (twice to confirm a
+/// new one).
+fn read_password(from_stdin: bool, confirm: bool) -> Result<String> {
+    let password = if from_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Error::io("cannot read the password from stdin", e))?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        let p = rpassword::prompt_password("password: ")
+            .map_err(|e| Error::io("cannot read the password from the terminal", e))?;
+        if confirm {
+            let again = rpassword::prompt_password("password again: ")
+                .map_err(|e| Error::io("cannot read the password from the terminal", e))?;
+            if again != p {
+                return Err(Error::Config("the passwords differ; try again".into()));
+            }
+        }
+        p
+    };
+    if password.is_empty() {
+        return Err(Error::Config("empty password".into()));
+    }
+    let _ = std::io::stderr().flush();
+    Ok(password)
+}

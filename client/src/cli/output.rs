@@ -1,0 +1,316 @@
+//! How results are shown: short sentences and aligned tables for people,
+//! one JSON object per line with `--json` for scripts.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::bench::Report;
+use crate::client::Resolved;
+use crate::error::{Error, Result};
+
+/// The tool's output.
+pub struct Out {
+    json: bool,
+    stdout: std::io::Stdout,
+}
+
+// === impl Out ===
+
+impl Out {
+    pub fn new(json: bool) -> Out {
+        Out {
+            json,
+            stdout: std::io::stdout(),
+        }
+    }
+
+    fn line(&mut self, s: &str) {
+        // A closed pipe (`| head`) is not worth a panic.
+        let _ = writeln!(self.stdout.lock(), "{s}");
+    }
+
+    fn json_line(&mut self, v: &Value) {
+        self.line(&v.to_string());
+    }
+
+    pub fn flush(&mut self) {
+        let _ = self.stdout.flush();
+    }
+
+    /// An error: always on stderr; with `--json` also as an object on stdout.
+    pub fn error(&mut self, e: &Error) {
+        eprintln!("error: {e}");
+        if self.json {
+            let mut v = json!({"error": {"kind": e.kind(), "message": e.to_string()}});
+            if let Error::Refused { code, message, .. } = e {
+                v["error"]["code"] = json!(code.as_str());
+                v["error"]["message"] = json!(message);
+            }
+            self.json_line(&v);
+        }
+    }
+
+    /// A reply with nothing to show but success.
+    pub fn value(&mut self, v: &Value, human: &str) {
+        if self.json {
+            self.json_line(v)
+        } else {
+            self.line(human)
+        }
+    }
+
+    pub fn registered(&mut self, v: &Value) {
+        if self.json {
+            return self.json_line(v);
+        }
+        self.line(&format!(
+            "registered {} (id {}, role {})",
+            s(&v["name"]),
+            s(&v["id"]),
+            s(&v["role"])
+        ));
+    }
+
+    pub fn logged_in(&mut self, name: &str, v: &Value, path: &Path) {
+        if self.json {
+            // The token stays in the session file, out of logs and pipes.
+            let mut v = v.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("token");
+                o.insert("session_file".into(), json!(path.display().to_string()));
+            }
+            return self.json_line(&v);
+        }
+        self.line(&format!(
+            "logged in as {name} (role {}) until {}; session saved to {}",
+            s(&v["user"]["role"]),
+            s(&v["expires_at"]),
+            path.display()
+        ));
+    }
+
+    pub fn user(&mut self, v: &Value) {
+        if self.json {
+            return self.json_line(v);
+        }
+        self.line(&format!(
+            "{} (id {}, role {})",
+            s(&v["name"]),
+            s(&v["id"]),
+            s(&v["role"])
+        ));
+    }
+
+    pub fn entry(&mut self, v: &Value) {
+        if self.json {
+            return self.json_line(v);
+        }
+        self.fields(v);
+    }
+
+    /// `key: value` lines for an object.
+    fn fields(&mut self, v: &Value) {
+        let Some(o) = v.as_object() else {
+            return self.line(&v.to_string());
+        };
+        let w = o.keys().map(|k| k.len()).max().unwrap_or(0);
+        for (k, val) in o {
+            self.line(&format!("{k:<w$}  {}", s(val)));
+        }
+    }
+
+    pub fn list(&mut self, v: &Value) {
+        if self.json {
+            return self.json_line(v);
+        }
+        self.table(
+            &v["entries"],
+            &["id_card", "name", "reason", "created_at"],
+            "no entries",
+        );
+        if let Some(next) = v["next"].as_str() {
+            self.line(&format!("more: --after {next}"));
+        }
+    }
+
+    /// An aligned table of an array of objects: `first` columns in that
+    /// order (those present), then any other field.
+    pub fn table(&mut self, rows: &Value, first: &[&str], empty: &str) {
+        if self.json {
+            return self.json_line(rows);
+        }
+        let rows: Vec<&serde_json::Map<String, Value>> = rows
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_object).collect())
+            .unwrap_or_default();
+        if rows.is_empty() {
+            return self.line(empty);
+        }
+        let mut cols: Vec<String> = first
+            .iter()
+            .filter(|c| rows.iter().any(|r| r.contains_key(**c)))
+            .map(|c| c.to_string())
+            .collect();
+        for r in &rows {
+            for k in r.keys() {
+                if !cols.contains(k) {
+                    cols.push(k.clone());
+                }
+            }
+        }
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                cols.iter()
+                    .map(|c| r.get(c).map(s).unwrap_or_default())
+                    .collect()
+            })
+            .collect();
+        let widths: Vec<usize> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                cells
+                    .iter()
+                    .map(|r| r[i].len())
+                    .max()
+                    .unwrap_or(0)
+                    .max(c.len())
+            })
+            .collect();
+        let fmt = |row: &[String]| {
+            row.iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        };
+        self.line(&fmt(&cols));
+        for r in &cells {
+            self.line(&fmt(r));
+        }
+    }
+
+    /// One gate check's result: `HIT` or `clear`, or the error.
+    pub fn check(&mut self, id_card: &str, r: &Result<Value>) {
+        match (r, self.json) {
+            (Ok(v), true) => {
+                let mut v = v.clone();
+                if let Some(o) = v.as_object_mut() {
+                    o.entry("id_card").or_insert(json!(id_card));
+                }
+                self.json_line(&v)
+            }
+            (Ok(v), false) if v["hit"].as_bool() == Some(true) => {
+                let e = &v["entry"];
+                self.line(&format!(
+                    "{id_card}\tHIT\t{}\t{}",
+                    s(&e["name"]),
+                    s(&e["reason"])
+                ))
+            }
+            (Ok(_), false) => self.line(&format!("{id_card}\tclear")),
+            (Err(e), true) => {
+                let mut v = json!({"id_card": id_card, "error": {"kind": e.kind(), "message": e.to_string()}});
+                if let Some(code) = e.code() {
+                    v["error"]["code"] = json!(code.as_str());
+                }
+                self.json_line(&v)
+            }
+            (Err(e), false) => self.line(&format!("{id_card}\terror\t{e}")),
+        }
+    }
+
+    pub fn status(&mut self, v: &Value) {
+        if self.json {
+            return self.json_line(v);
+        }
+        let version = v["view"]["version"]
+            .as_u64()
+            .or_else(|| v["view"].as_u64())
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| s(&v["view"]));
+        self.line(&format!("view {version}"));
+        let rows: Vec<Value> = v["nodes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|n| {
+                        let l = &n["load"];
+                        json!({"id": n["id"], "addr": n["addr"], "state": n["state"],
+                               "last_seen_ms": n["last_seen_ms"], "conns": l["conns"],
+                               "inflight": l["inflight"], "rps": l["rps"], "p99_ms": l["p99_ms"]})
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.table(
+            &Value::Array(rows),
+            &[
+                "id",
+                "addr",
+                "state",
+                "last_seen_ms",
+                "conns",
+                "inflight",
+                "rps",
+                "p99_ms",
+            ],
+            "no nodes",
+        );
+    }
+
+    pub fn resolved(&mut self, key: &str, r: &Resolved, view: &Value) {
+        let share = view["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["id"] == r.node.as_str()))
+            .and_then(|n| n["share"].as_f64());
+        if self.json {
+            return self.json_line(&json!({
+                "key": key, "node": r.node, "addr": r.addr, "view": r.view, "share": share,
+            }));
+        }
+        let share = share
+            .map(|x| format!(", which owns {:.2}% of the key space", x * 100.0))
+            .unwrap_or_default();
+        self.line(&format!(
+            "{key} -> node {} at {} (view {}){share}",
+            r.node, r.addr, r.view
+        ));
+    }
+
+    pub fn ping(&mut self, v: &Value, via: &str, rtt: Duration) {
+        let node = v["node"].as_str().unwrap_or(via).to_string();
+        if self.json {
+            return self.json_line(&json!({"node": node, "rtt_ms": ms(rtt)}));
+        }
+        self.line(&format!("pong from {node} in {:.3} ms", ms(rtt)));
+    }
+
+    pub fn bench(&mut self, r: &Report) {
+        if self.json {
+            return self.json_line(&serde_json::to_value(r).expect("report serialises"));
+        }
+        for l in r.human().lines() {
+            self.line(l);
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A JSON value as a table cell: strings bare, null empty.
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(x) => x.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,644 @@
+//! The SDK's entry point: [`Client`] resolves a node through the balancers,
+//! connects to it directly (lookaside balancing), signs every request,
+//! verifies every reply, and fails over to another node when one goes away.
+//!
+//! Resend rules. A request is sent again, on another node, only when it
+//! cannot have been acted on (the connection failed before it was written)
+//! or when its type is idempotent ([`is_idempotent`]). Otherwise a broken
+//! connection or a missing reply is [`Error::OutcomeUnknown`]: the caller
+//! decides, usually after a read. An idle connection is checked for a close
+//! by the server before it is reused, so a node that went away between two
+//! calls costs a reconnect, not an unknown outcome.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use dsf_common::wire::{Key, DEFAULT_MAX_FRAME};
+use dsf_common::ErrorCode;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::conn::{Connection, Failure, Signer};
+use crate::error::{Error, Result};
+
+/// Default balancer address.
+pub const DEFAULT_LB: &str = "127.0.0.1:6300";
+/// Default app id of the command-line tool.
+pub const DEFAULT_APP: &str = "cli";
+/// Default time allowed for one TCP connect.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time allowed for one reply.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default total time for finding a node and retrying, per call.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
+/// First pause between attempts; it doubles up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// Longest pause between attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Whether a message type may be sent again after it may have reached a
+/// server: reads and checks whose repetition changes nothing a caller can
+/// observe (a repeated `gate.check` records one more check, which the gate
+/// device would have done anyway).
+pub fn is_idempotent(kind: &str) -> bool {
+    kind.starts_with("lb.")
+        || matches!(
+            kind,
+            "sys.ping"
+                | "gate.check"
+                | "user.me"
+                | "blacklist.get"
+                | "blacklist.list"
+                | "gate.history"
+                | "cluster.status"
+        )
+}
+
+/// How a [`Client`] reaches the cluster and signs.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Balancer addresses (`host:port`), tried in turn.
+    pub balancers: Vec<String>,
+    /// App id requests are signed under.
+    pub app: String,
+    /// The app's secret.
+    pub secret: Vec<u8>,
+    /// Key the balancer routes by (user name, device id, ...); `None` lets
+    /// the balancer use our IP address.
+    pub routing_key: Option<String>,
+    /// Talk to this node directly and never ask a balancer.
+    pub node: Option<String>,
+    /// Time allowed for one TCP connect (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub connect_timeout: Duration,
+    /// Time allowed for one reply (default [`DEFAULT_REQUEST_TIMEOUT`]).
+    pub request_timeout: Duration,
+    /// Total time for resolving, connecting and retrying one call
+    /// (default [`DEFAULT_DEADLINE`]).
+    pub deadline: Duration,
+    /// Largest reply frame accepted.
+    pub max_frame: usize,
+}
+
+// === impl ClientConfig ===
+
+impl ClientConfig {
+    /// A configuration with every default.
+    pub fn new(balancers: Vec<String>, app: impl Into<String>, secret: impl Into<Vec<u8>>) -> Self {
+        ClientConfig {
+            balancers,
+            app: app.into(),
+            secret: secret.into(),
+            routing_key: None,
+            node: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            deadline: DEFAULT_DEADLINE,
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// `lb.resolve`'s answer: which node owns the key, and where it listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolved {
+    /// The node's stable id.
+    pub node: String,
+    /// Where to connect, `host:port`.
+    pub addr: String,
+    /// Version of the view the balancer answered from.
+    pub view: u64,
+}
+
+/// A connected node.
+#[derive(Debug)]
+struct Node {
+    id: String,
+    conn: Connection,
+}
+
+/// A client of one dsf cluster. Not shared between threads: give each
+/// thread its own (they are cheap: one connection each).
+#[derive(Debug)]
+pub struct Client {
+    cfg: ClientConfig,
+    signer: Signer,
+    token: Option<String>,
+    node: Option<Node>,
+    /// Balancer that answered last, tried first next time.
+    lb_first: usize,
+    lb_conn: Option<(usize, Connection)>,
+}
+
+/// The state of one call's attempts: what to avoid, how long to wait.
+struct Attempts {
+    started: Instant,
+    deadline: Instant,
+    backoff: Duration,
+    exclude: Vec<String>,
+    last: String,
+}
+
+// === impl Attempts ===
+
+impl Attempts {
+    fn new(total: Duration) -> Attempts {
+        let started = Instant::now();
+        Attempts {
+            started,
+            deadline: started + total,
+            backoff: FIRST_BACKOFF,
+            exclude: Vec::new(),
+            last: String::new(),
+        }
+    }
+
+    /// Records a failure on `node` and waits before the next attempt;
+    /// `false` when the deadline leaves no time for one.
+    fn failed(&mut self, node: Option<&str>, why: String) -> bool {
+        if let Some(n) = node {
+            if !self.exclude.iter().any(|e| e == n) {
+                self.exclude.push(n.to_string());
+            }
+        }
+        self.last = why;
+        let now = Instant::now();
+        if now + self.backoff >= self.deadline {
+            return false;
+        }
+        std::thread::sleep(self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        true
+    }
+}
+
+// === impl Client ===
+
+impl Client {
+    /// A client; connects lazily on the first call.
+    pub fn new(cfg: ClientConfig) -> Result<Client> {
+        if cfg.balancers.is_empty() && cfg.node.is_none() {
+            return Err(Error::Config(
+                "no balancer address: pass --lb HOST:PORT or set DSF_LB".into(),
+            ));
+        }
+        if cfg.secret.is_empty() {
+            return Err(Error::Config(format!(
+                "no secret for app {:?}: set {} or pass --app-secret-file FILE",
+                cfg.app,
+                dsf_common::wire::keys::APP_SECRET_ENV
+            )));
+        }
+        let signer = Signer {
+            app: cfg.app.clone(),
+            key: Key::new(&cfg.secret),
+        };
+        Ok(Client {
+            cfg,
+            signer,
+            token: None,
+            node: None,
+            lb_first: 0,
+            lb_conn: None,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    /// Attaches a session token to every later call (`None` detaches it).
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.token = token;
+    }
+
+    /// The session token attached to calls.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Routes later connections by `key`; drops the current connection if
+    /// the key changed, since another node may own the new key.
+    pub fn set_routing_key(&mut self, key: Option<String>) {
+        if self.cfg.routing_key != key {
+            self.cfg.routing_key = key;
+            self.node = None;
+        }
+    }
+
+    /// Id of the node currently connected, if any.
+    pub fn node_id(&self) -> Option<&str> {
+        self.node.as_ref().map(|n| n.id.as_str())
+    }
+
+    /// Sends `kind` with `body` (any serialisable object) and returns the
+    /// reply body. See the module documentation for what is retried.
+    pub fn call<B: Serialize + ?Sized>(
+        &mut self,
+        kind: &str,
+        body: &B,
+    ) -> Result<serde_json::Value> {
+        let body = serde_json::to_string(body)
+            .map_err(|e| Error::Config(format!("body of {kind} does not serialise: {e}")))?;
+        let raw = self.call_raw(kind, &body)?;
+        parse_body(&raw, self.node_id().unwrap_or("server"))
+    }
+
+    /// [`Client::call`] with an already-serialised body, returning the raw
+    /// reply body (exactly the bytes that were verified).
+    pub fn call_raw(&mut self, kind: &str, body: &str) -> Result<Box<RawValue>> {
+        let idempotent = is_idempotent(kind);
+        let mut tries = Attempts::new(self.cfg.deadline);
+        loop {
+            self.ensure_node(kind, &mut tries)?;
+            let node = self.node.as_mut().expect("ensure_node connected");
+            let deadline = Instant::now() + self.cfg.request_timeout;
+            let token = self.token.as_deref();
+            let failure = match node.conn.round_trip(kind, body, token, deadline) {
+                Ok(raw) => return Ok(raw),
+                Err(f) => f,
+            };
+            let id = node.id.clone();
+            if !failure.keeps_connection() {
+                self.node = None;
+            }
+            match self.after_failure(kind, &id, failure, idempotent, &mut tries) {
+                Some(e) => return Err(e),
+                None => continue,
+            }
+        }
+    }
+
+    /// Decides what a failed attempt means: `None` to try again (after the
+    /// backoff), or the error to return.
+    fn after_failure(
+        &mut self,
+        kind: &str,
+        node: &str,
+        failure: Failure,
+        idempotent: bool,
+        tries: &mut Attempts,
+    ) -> Option<Error> {
+        let why = match failure {
+            Failure::NotSent(why) => why,
+            Failure::Lost(why) if idempotent => why,
+            Failure::TimedOut(after) if idempotent => {
+                format!("no reply from {node} within {after:?}")
+            }
+            Failure::TimedOut(after) => {
+                self.node = None;
+                return Some(Error::OutcomeUnknown {
+                    kind: kind.into(),
+                    server: node.into(),
+                    reason: format!("no reply within {after:?}"),
+                });
+            }
+            // `unavailable` may follow a commit whose acknowledgement was
+            // lost (the database went away), so only idempotent requests
+            // are sent elsewhere; the connection is dropped either way so
+            // the next call picks another node.
+            Failure::Server(e) if e.code() == ErrorCode::Unavailable => {
+                self.node = None;
+                if !idempotent {
+                    return Some(Failure::Server(e).into_error(kind, node));
+                }
+                format!("{node}: unavailable: {e}")
+            }
+            other => return Some(other.into_error(kind, node)),
+        };
+        if tries.failed(Some(node), why) {
+            None
+        } else {
+            Some(self.no_node(kind, tries))
+        }
+    }
+
+    fn no_node(&self, kind: &str, tries: &Attempts) -> Error {
+        Error::NoNode {
+            kind: kind.into(),
+            deadline: tries.started.elapsed(),
+            last: tries.last.clone(),
+        }
+    }
+
+    /// Makes sure a live connection to a node is open: reuses the current
+    /// one if the server has not closed it, else resolves (excluding the
+    /// nodes that failed in this call) and connects.
+    fn ensure_node(&mut self, kind: &str, tries: &mut Attempts) -> Result<()> {
+        if let Some(n) = &mut self.node {
+            if !n.conn.is_closed() {
+                return Ok(());
+            }
+            log::debug!(
+                "connection to {} was closed by the server; reconnecting",
+                n.id
+            );
+            self.node = None;
+        }
+        loop {
+            let (id, addr) = match &self.cfg.node {
+                Some(addr) => (addr.clone(), addr.clone()),
+                None => {
+                    let key = self.cfg.routing_key.clone();
+                    let exclude = tries.exclude.clone();
+                    match self.resolve(key.as_deref(), &exclude) {
+                        Ok(r) => (r.node, r.addr),
+                        Err(Error::Refused {
+                            code: ErrorCode::Unavailable,
+                            message,
+                            ..
+                        }) => {
+                            // Nothing left once our exclusions are applied:
+                            // wait, then give every node another chance.
+                            tries.exclude.clear();
+                            if tries.failed(None, format!("balancer: unavailable: {message}")) {
+                                continue;
+                            }
+                            return Err(self.no_node(kind, tries));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            let conn = Connection::connect(
+                &addr,
+                &id,
+                self.signer.clone(),
+                self.cfg.connect_timeout,
+                self.cfg.max_frame,
+            );
+            match conn {
+                Ok(conn) => {
+                    log::debug!("connected to node {id} at {addr}");
+                    self.node = Some(Node { id, conn });
+                    return Ok(());
+                }
+                Err(e) => {
+                    let why = format!("cannot connect to {id} at {addr}: {e}");
+                    let node = self.cfg.node.is_none().then_some(id.as_str());
+                    if !tries.failed(node, why) {
+                        return Err(self.no_node(kind, tries));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the balancers which node owns `key` (`None`: our address),
+    /// avoiding the node ids in `exclude`.
+    pub fn resolve(&mut self, key: Option<&str>, exclude: &[String]) -> Result<Resolved> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            key: Option<&'a str>,
+            #[serde(skip_serializing_if = "<[String]>::is_empty")]
+            exclude: &'a [String],
+        }
+        let body = serde_json::to_string(&Body { key, exclude }).expect("plain strings serialise");
+        let raw = self.balancer_call("lb.resolve", &body)?;
+        serde_json::from_str(raw.get()).map_err(|e| Error::BadReply {
+            server: "balancer".into(),
+            reason: format!("lb.resolve reply has not the shape {{node, addr, view}}: {e}"),
+        })
+    }
+
+    /// Sends one `lb.*` request to the balancers, trying each in turn until
+    /// one answers. A balancer that answers `unavailable` is passed over
+    /// for the next one (it may hold an older view); if all do, that answer
+    /// is returned.
+    pub fn balancer_call(&mut self, kind: &str, body: &str) -> Result<Box<RawValue>> {
+        let n = self.cfg.balancers.len();
+        if n == 0 {
+            return Err(Error::Config(
+                "no balancer address: pass --lb HOST:PORT or set DSF_LB".into(),
+            ));
+        }
+        let mut tried = Vec::new();
+        let mut last = String::new();
+        let mut refusal = None;
+        for step in 0..n {
+            let i = (self.lb_first + step) % n;
+            let addr = self.cfg.balancers[i].clone();
+            tried.push(addr.clone());
+            let cached = match self.lb_conn.take() {
+                Some((j, mut c)) if j == i => (!c.is_closed()).then_some(c),
+                _ => None,
+            };
+            let mut conn = match cached {
+                Some(c) => c,
+                None => match Connection::connect(
+                    &addr,
+                    &addr,
+                    self.signer.clone(),
+                    self.cfg.connect_timeout,
+                    self.cfg.max_frame,
+                ) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = format!("{addr}: {e}");
+                        continue;
+                    }
+                },
+            };
+            let deadline = Instant::now() + self.cfg.request_timeout;
+            match conn.round_trip(kind, body, None, deadline) {
+                Ok(raw) => {
+                    self.lb_first = i;
+                    self.lb_conn = Some((i, conn));
+                    return Ok(raw);
+                }
+                Err(Failure::Server(e)) if e.code() == ErrorCode::Unavailable => {
+                    self.lb_conn = Some((i, conn));
+                    refusal = Some(Failure::Server(e).into_error(kind, &addr));
+                }
+                Err(f @ Failure::Server(_)) => {
+                    if f.keeps_connection() {
+                        self.lb_conn = Some((i, conn));
+                    }
+                    return Err(f.into_error(kind, &addr));
+                }
+                Err(f) => last = format!("{addr}: {}", f.into_error(kind, &addr)),
+            }
+        }
+        Err(refusal.unwrap_or(Error::NoBalancer { tried, last }))
+    }
+
+    /// Sends one request to `addr` on a connection of its own, without
+    /// resolving or retrying (e.g. `cluster.status` to the collector).
+    pub fn call_at(&self, addr: &str, kind: &str, body: &str) -> Result<Box<RawValue>> {
+        let mut conn = Connection::connect(
+            addr,
+            addr,
+            self.signer.clone(),
+            self.cfg.connect_timeout,
+            self.cfg.max_frame,
+        )
+        .map_err(|e| Error::NoNode {
+            kind: kind.into(),
+            deadline: self.cfg.connect_timeout,
+            last: format!("cannot connect to {addr}: {e}"),
+        })?;
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        conn.round_trip(kind, body, self.token.as_deref(), deadline)
+            .map_err(|f| match f {
+                Failure::TimedOut(after) if !is_idempotent(kind) => Error::OutcomeUnknown {
+                    kind: kind.into(),
+                    server: addr.into(),
+                    reason: format!("no reply within {after:?}"),
+                },
+                f => f.into_error(kind, addr),
+            })
+    }
+
+    /// Sends one request of type `kind` per body, up to `window` in flight
+    /// on one connection, and hands each reply to `on_reply` with the
+    /// body's index, in input order. Bodies are read from the iterator as
+    /// the window frees, so a stream of any length runs in bounded memory.
+    ///
+    /// When the connection breaks, idempotent requests still in flight are
+    /// sent again on another node; other ones are reported as
+    /// [`Error::OutcomeUnknown`]. Returns an error only when no node can be
+    /// reached at all.
+    pub fn call_many<I, F>(
+        &mut self,
+        kind: &str,
+        bodies: I,
+        window: usize,
+        mut on_reply: F,
+    ) -> Result<()>
+    where
+        I: IntoIterator<Item = String>,
+        F: FnMut(usize, Result<Box<RawValue>>),
+    {
+        struct Pending {
+            index: usize,
+            body: String,
+            /// `None` until written on the current connection.
+            id: Option<u64>,
+        }
+        let idempotent = is_idempotent(kind);
+        let window = window.max(1);
+        let mut input = bodies.into_iter().enumerate();
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut tries = Attempts::new(self.cfg.deadline);
+        let mut input_done = false;
+        loop {
+            if pending.is_empty() && input_done {
+                return Ok(());
+            }
+            self.ensure_node(kind, &mut tries)?;
+            let token = self.token.clone();
+            let node = self.node.as_mut().expect("ensure_node connected");
+            // Fill the window: first what must be (re)sent, then new input.
+            let mut send_failed = None;
+            for p in pending.iter_mut().filter(|p| p.id.is_none()) {
+                match node.conn.send(kind, &p.body, token.as_deref()) {
+                    Ok(id) => p.id = Some(id),
+                    Err(f) => {
+                        send_failed = Some(f);
+                        break;
+                    }
+                }
+            }
+            while send_failed.is_none() && !input_done && pending.len() < window {
+                match input.next() {
+                    Some((index, body)) => {
+                        let mut p = Pending {
+                            index,
+                            body,
+                            id: None,
+                        };
+                        match node.conn.send(kind, &p.body, token.as_deref()) {
+                            Ok(id) => p.id = Some(id),
+                            Err(f) => send_failed = Some(f),
+                        }
+                        pending.push_back(p);
+                    }
+                    None => input_done = true,
+                }
+            }
+            let failure = match send_failed {
+                Some(f) => f,
+                None => {
+                    let Some(head) = pending.front() else {
+                        continue;
+                    };
+                    let id = head.id.expect("sent above");
+                    let deadline = Instant::now() + self.cfg.request_timeout;
+                    match node.conn.recv(id, deadline) {
+                        Ok(raw) => {
+                            let p = pending.pop_front().expect("head exists");
+                            on_reply(p.index, Ok(raw));
+                            tries = Attempts::new(self.cfg.deadline);
+                            continue;
+                        }
+                        Err(f) if f.keeps_connection() && !(idempotent && is_unavailable(&f)) => {
+                            let p = pending.pop_front().expect("head exists");
+                            on_reply(p.index, Err(f.into_error(kind, &node.id)));
+                            continue;
+                        }
+                        Err(f) => f,
+                    }
+                }
+            };
+            // The connection is gone (or the node is unavailable): sort out
+            // what was in flight on it.
+            let id = node.id.clone();
+            self.node = None;
+            let resend = idempotent || matches!(failure, Failure::NotSent(_));
+            if !resend {
+                let why = match &failure {
+                    Failure::Lost(w) | Failure::NotSent(w) | Failure::BadReply(w) => w.clone(),
+                    Failure::TimedOut(after) => format!("no reply within {after:?}"),
+                    Failure::Server(e) => format!("{}: {e}", e.code()),
+                };
+                // Those never written can go to the next node; the others
+                // may have been acted on.
+                let mut kept = VecDeque::new();
+                for p in pending.drain(..) {
+                    if p.id.is_none() {
+                        kept.push_back(p);
+                    } else {
+                        on_reply(
+                            p.index,
+                            Err(Error::OutcomeUnknown {
+                                kind: kind.into(),
+                                server: id.clone(),
+                                reason: why.clone(),
+                            }),
+                        );
+                    }
+                }
+                pending = kept;
+                continue;
+            }
+            if let Failure::BadReply(reason) = &failure {
+                // Do not trust this node again in this call.
+                log::warn!("bad reply from {id}: {reason}; resending elsewhere");
+            }
+            for p in pending.iter_mut() {
+                p.id = None;
+            }
+            let why = match failure {
+                Failure::Lost(w) | Failure::NotSent(w) | Failure::BadReply(w) => w,
+                Failure::TimedOut(after) => format!("no reply from {id} within {after:?}"),
+                Failure::Server(e) => format!("{id}: {}: {e}", e.code()),
+            };
+            if !tries.failed(Some(&id), why) {
+                return Err(self.no_node(kind, &tries));
+            }
+        }
+    }
+}
+
+fn is_unavailable(f: &Failure) -> bool {
+    matches!(f, Failure::Server(e) if e.code() == ErrorCode::Unavailable)
+}
+
+/// Parses a verified raw body into a JSON value.
+pub(crate) fn parse_body(raw: &RawValue, server: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(raw.get()).map_err(|e| Error::BadReply {
+        server: server.into(),
+        reason: format!("reply body is not JSON: {e}"),
+    })
+}

@@ -1,0 +1,141 @@
+//! The one error type of `dsf-client`. Every variant says what happened,
+//! where (which balancer, which node, which message type), and what to do.
+
+use std::io;
+use std::time::Duration;
+
+use dsf_common::ErrorCode;
+
+/// What can go wrong talking to a dsf cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered, signed, and refused the request.
+    #[error("{kind} refused by {server}: {code}: {message}{}", hint(*code))]
+    Refused {
+        /// The message type that was refused.
+        kind: String,
+        /// Node id or address that answered.
+        server: String,
+        /// The wire code; match on this, not on the message.
+        code: ErrorCode,
+        /// The server's own message, which says what to fix.
+        message: String,
+    },
+
+    /// No balancer could be reached (all of `--lb` are down or refuse us).
+    #[error("no balancer reachable (tried {}): {last} (start lb-server, or point --lb / DSF_LB at a running one)", tried.join(", "))]
+    NoBalancer {
+        /// Every balancer address tried, in order.
+        tried: Vec<String>,
+        /// The last failure.
+        last: String,
+    },
+
+    /// The balancers answered, but no app-server node could be reached
+    /// before the deadline.
+    #[error("no node reachable for {kind} within {deadline:?}: {last} (check the app servers with `client status`)")]
+    NoNode {
+        /// The message type being sent.
+        kind: String,
+        /// The total deadline that ran out.
+        deadline: Duration,
+        /// The last failure (a refused connection, `unavailable`, ...).
+        last: String,
+    },
+
+    /// A request that is not idempotent may have reached the server, and
+    /// no reply came back: it was not resent, so whether it took effect is
+    /// unknown.
+    #[error("outcome of {kind} on {server} is unknown: {reason}; it was not resent because it is not idempotent (check with a read, e.g. `get`/`whoami`, before retrying)")]
+    OutcomeUnknown {
+        /// The message type sent.
+        kind: String,
+        /// The node it was sent to.
+        server: String,
+        /// What cut it off (EOF, reset, no reply in time).
+        reason: String,
+    },
+
+    /// A reply that cannot be trusted or read: forged or missing signature,
+    /// malformed envelope, unexpected id.
+    #[error("bad reply from {server}: {reason} (the server may use another secret for this app: check DSF_APP_SECRET / --app-secret-file and --app)")]
+    BadReply {
+        /// Who sent it.
+        server: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// No reply within the time allowed for an idempotent request.
+    #[error("{what} timed out after {after:?} (raise --timeout, or check the server's load with `client status`)")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long it waited.
+        after: Duration,
+    },
+
+    /// A local I/O failure (reading a file, the terminal, a socket set-up).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The failure.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The client is not configured well enough to send anything.
+    #[error("{0}")]
+    Config(String),
+}
+
+fn hint(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Unauthorized => {
+            " (log in with `client login NAME`, or check the app id and secret)"
+        }
+        ErrorCode::Forbidden => " (this needs a user with a higher role: ask an admin)",
+        ErrorCode::BadSignature => " (the server holds another secret for this app)",
+        ErrorCode::StaleTimestamp => " (this machine's clock is off: sync it)",
+        ErrorCode::Overloaded => " (the server is busy: retry later)",
+        ErrorCode::Unavailable => " (the cluster is degraded: retry later)",
+        _ => "",
+    }
+}
+
+// === impl Error ===
+
+impl Error {
+    /// The wire code when the server refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Short stable name of the variant, for `--json` output and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Refused { .. } => "refused",
+            Error::NoBalancer { .. } => "no_balancer",
+            Error::NoNode { .. } => "no_node",
+            Error::OutcomeUnknown { .. } => "outcome_unknown",
+            Error::BadReply { .. } => "bad_reply",
+            Error::Timeout { .. } => "timeout",
+            Error::Io { .. } => "io",
+            Error::Config(_) => "config",
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
