@@ -177,7 +177,18 @@ impl Connection {
         self.pending.remove(&id);
         if let Err(e) = reply.verify(&self.signer.key) {
             self.broken = true;
-            return Err(Failure::BadReply(format!("reply to request {id}: {e}")));
+            // With a wrong secret even the server's refusal cannot be
+            // verified; show what it claims, marked as such, since it
+            // usually says exactly that (`bad_signature`).
+            let claim = match (reply.ok, reply.into_result()) {
+                (false, Err(claimed)) => {
+                    format!(" (it claims, unverified: {}: {claimed})", claimed.code())
+                }
+                _ => String::new(),
+            };
+            return Err(Failure::BadReply(format!(
+                "reply to request {id}: {e}{claim}"
+            )));
         }
         match reply.into_result() {
             Ok(body) => Ok(body),
