@@ -8,10 +8,15 @@
 //!   backpressure and graceful shutdown, which every server runs.
 //! - [`pool`]: the fixed worker pool over a bounded queue.
 //! - [`stream`]: a blocking framed connection for the sending side.
+//! - [`config`]: one settings struct per binary, layered TOML file < `DSF_*`
+//!   environment < flags, with `--config` and `--check-config`.
+//! - [`logging`]: env_logger set-up with millisecond timestamps and thread names.
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod error;
+pub mod logging;
 pub mod pool;
 pub mod reactor;
 pub mod stream;

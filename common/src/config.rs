@@ -1,0 +1,831 @@
+//! Configuration: one struct per binary, layered file < environment < flag.
+//!
+//! A binary writes its settings once, as a struct that is both a
+//! [`clap::Args`] and a serde type, with every field an `Option`:
+//!
+//! ```
+//! use clap::Parser;
+//! use dsf_common::config::{self, Config, ConfigArgs, ConfigError, HumanDuration};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// Default `--vnodes`.
+//! pub const DEFAULT_VNODES: u32 = 160;
+//!
+//! #[derive(Debug, Default, clap::Args, Serialize, Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! pub struct LbConfig {
+//!     /// Address clients resolve on.
+//!     #[arg(long, value_name = "HOST:PORT")]
+//!     pub listen: Option<std::net::SocketAddr>,
+//!     /// Static member `ID=HOST:PORT[,WEIGHT]`; repeat the flag for more.
+//!     #[arg(long, value_name = "ID=HOST:PORT[,WEIGHT]")]
+//!     pub backend: Option<Vec<String>>,
+//!     /// Virtual nodes per unit of weight [default: 160].
+//!     #[arg(long)]
+//!     pub vnodes: Option<u32>,
+//!     /// How long a silent node lives [default: 3s].
+//!     #[arg(long)]
+//!     pub dead_after: Option<HumanDuration>,
+//! }
+//!
+//! impl LbConfig {
+//!     /// `--vnodes`, or [`DEFAULT_VNODES`].
+//!     pub fn vnodes(&self) -> u32 {
+//!         self.vnodes.unwrap_or(DEFAULT_VNODES)
+//!     }
+//! }
+//!
+//! impl Config for LbConfig {
+//!     fn validate(&self) -> Result<(), ConfigError> {
+//!         config::required(&self.listen, "listen")?;
+//!         if self.vnodes() == 0 {
+//!             return Err(ConfigError::invalid("vnodes", "must be at least 1"));
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[derive(Parser)]
+//! struct Cli {
+//!     #[command(flatten)]
+//!     files: ConfigArgs,
+//!     #[command(flatten)]
+//!     config: LbConfig,
+//! }
+//!
+//! # fn main() {
+//! # std::env::remove_var("DSF_LISTEN");
+//! # std::env::remove_var("DSF_CONFIG");
+//! // In main: clap with a DSF_* variable behind every flag, then the file.
+//! let cli: Cli = config::parse_from(["lb-server", "--listen", "127.0.0.1:6300"]);
+//! let config = cli.files.load(&cli.config).unwrap(); // or load_or_exit: handles --check-config
+//! assert_eq!(config.vnodes(), 160);
+//! # }
+//! ```
+//!
+//! How the layers meet:
+//! - [`parse`] gives every long flag `--foo-bar` the environment variable
+//!   `DSF_FOO_BAR` (unless the field names its own), so clap itself resolves
+//!   flag over environment. Flags that take no value (`--help`,
+//!   `--check-config`) get none.
+//! - [`load`] reads the TOML file (keys are the field names: the flag with
+//!   `-` written `_`), then overlays every field clap filled in. A value from
+//!   the flag or environment replaces the file's value whole, lists included:
+//!   `--lb a --lb b` replaces `lb = ["c"]`; it does not append to it.
+//! - Defaults are not clap's `default_value` (that would always override the
+//!   file) but named constants read through accessor methods. For an on/off
+//!   flag use `Option<bool>` with
+//!   `#[arg(long, num_args = 0..=1, default_missing_value = "true")]`, so
+//!   that `--json`, `--json=false`, `DSF_JSON=true` and `json = true` all
+//!   work. [`assert_layerable`] checks a struct keeps to this; call it in
+//!   a unit test of each binary.
+//! - A list flag repeats (`--backend A --backend B`); from the environment it
+//!   is one item unless the field sets `value_delimiter`
+//!   (`DSF_LB=a:1,b:2` with `value_delimiter = ','`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use clap::{ArgMatches, Command};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variable behind each flag.
+pub const ENV_PREFIX: &str = "DSF_";
+
+/// A binary's settings: a [`clap::Args`] struct of `Option` fields that serde
+/// reads from TOML. See the module documentation.
+pub trait Config: clap::Args + Serialize + DeserializeOwned {
+    /// Checks what no single field can (required values, ranges, pairs),
+    /// once every layer is in. [`load`] calls it.
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    /// What `--check-config` prints: by default the settings given, as TOML.
+    /// Override to show the effective values with defaults filled in.
+    fn describe(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot show as TOML: {e}\n"))
+    }
+}
+
+/// Why the configuration was refused; each message says where and what to
+/// fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config file {path}: unknown key `{key}` ({expected}; a key is the flag name with `-` written `_`)")]
+    UnknownKey {
+        path: String,
+        key: String,
+        expected: String,
+    },
+    #[error("config file {path}, key `{key}`: {message}")]
+    BadValue {
+        path: String,
+        key: String,
+        message: String,
+    },
+    #[error("missing {key}: pass --{flag}, set {env}, or add `{key} = …` to the --config file")]
+    Missing {
+        key: String,
+        flag: String,
+        env: String,
+    },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+// === impl ConfigError ===
+
+impl ConfigError {
+    /// A value that is well-formed but not allowed, named by its key.
+    pub fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The environment variable behind `--{long}`: `DSF_` then the flag in upper
+/// case with `-` written `_`.
+pub fn env_var(long: &str) -> String {
+    env_var_with(ENV_PREFIX, long)
+}
+
+fn env_var_with(prefix: &str, long: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + long.len());
+    s.push_str(prefix);
+    s.extend(long.chars().map(|c| match c {
+        '-' => '_',
+        c => c.to_ascii_uppercase(),
+    }));
+    s
+}
+
+/// `cmd` with `{prefix}{FLAG}` behind every long flag that takes a value and
+/// names no variable of its own, in every subcommand too.
+pub fn with_env(cmd: Command, prefix: &str) -> Command {
+    let prefix = prefix.to_string();
+    let sub_prefix = prefix.clone();
+    cmd.mut_args(move |arg| {
+        let takes_value = arg.get_action().takes_values();
+        match arg.get_long() {
+            Some(long) if takes_value && arg.get_env().is_none() => {
+                let var = env_var_with(&prefix, long);
+                arg.env(var)
+            }
+            _ => arg,
+        }
+    })
+    .mut_subcommands(move |sub| with_env(sub, &sub_prefix))
+}
+
+/// Parses the process's arguments into `P`, with `DSF_*` variables behind
+/// the flags; on error or `--help`, prints and exits as clap does.
+pub fn parse<P: clap::Parser>() -> P {
+    parse_from(std::env::args_os())
+}
+
+/// [`parse`] over the given arguments (the first is the program name).
+pub fn parse_from<P, I, T>(args: I) -> P
+where
+    P: clap::Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    try_parse_from_with_env::<P, _, _>(args, ENV_PREFIX).unwrap_or_else(|e| e.exit())
+}
+
+/// Parses `args` with `{prefix}{FLAG}` variables behind the flags, returning
+/// clap's error rather than exiting. Tests use their own prefix so that the
+/// variables they set cannot leak into one another.
+pub fn try_parse_from_with_env<P, I, T>(args: I, prefix: &str) -> Result<P, clap::Error>
+where
+    P: clap::Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut cmd = with_env(P::command(), prefix);
+    let matches: ArgMatches = cmd.try_get_matches_from_mut(args)?;
+    P::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
+/// Reads the TOML file (if any), overlays the fields set by flag or
+/// environment in `cli`, and validates the result.
+pub fn load<C: Config>(file: Option<&Path>, cli: &C) -> Result<C, ConfigError> {
+    let file = match file {
+        Some(path) => {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: shown.clone(),
+                source,
+            })?;
+            Some((shown, text))
+        }
+        None => None,
+    };
+    let config: C = layer(file.as_ref().map(|(p, t)| (p.as_str(), t.as_str())), cli)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// The layering itself, on text already read: `file` is `(name shown in
+/// errors, TOML text)`. Does not validate.
+pub fn layer<C>(file: Option<(&str, &str)>, cli: &C) -> Result<C, ConfigError>
+where
+    C: Serialize + DeserializeOwned,
+{
+    let mut merged = match file {
+        Some((path, text)) => read_table::<C>(path, text)?,
+        None => toml::Table::new(),
+    };
+    // `None` fields are left out when serialised: only what clap filled in
+    // overrides the file.
+    let over = toml::Table::try_from(cli).map_err(|e| ConfigError::Invalid {
+        key: "flags".into(),
+        message: format!("cannot be written as TOML: {e}"),
+    })?;
+    merged.extend(over);
+    merged
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Invalid {
+            key: "flags".into(),
+            message: e.message().trim().to_string(),
+        })
+}
+
+/// Parses a config file and checks each key on its own, so an error names
+/// the key it is about.
+fn read_table<C: DeserializeOwned>(path: &str, text: &str) -> Result<toml::Table, ConfigError> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map(|s| format!(" (line {})", 1 + text[..s.start].matches('\n').count()))
+            .unwrap_or_default();
+        ConfigError::Syntax {
+            path: path.to_string(),
+            message: format!("{}{line}", e.message().trim()),
+        }
+    })?;
+    // Every field is optional, so a table of one key deserialises unless
+    // that key is unknown or its value is wrong.
+    for (key, value) in &table {
+        let one = toml::Table::from_iter([(key.clone(), value.clone())]);
+        if let Err(e) = one.try_into::<C>() {
+            let message = e.message().trim().to_string();
+            return Err(match message.strip_prefix("unknown field") {
+                Some(rest) => ConfigError::UnknownKey {
+                    path: path.to_string(),
+                    key: key.clone(),
+                    expected: rest
+                        .split_once(", ")
+                        .map(|(_, expected)| expected.to_string())
+                        .unwrap_or_else(|| "no keys are accepted".into()),
+                },
+                None => ConfigError::BadValue {
+                    path: path.to_string(),
+                    key: key.clone(),
+                    message,
+                },
+            });
+        }
+    }
+    Ok(table)
+}
+
+/// The value of a setting that has no default, or an error saying every
+/// way to give it.
+pub fn required<'a, T>(value: &'a Option<T>, key: &str) -> Result<&'a T, ConfigError> {
+    value.as_ref().ok_or_else(|| ConfigError::Missing {
+        key: key.to_string(),
+        flag: key.replace('_', "-"),
+        env: env_var(&key.replace('_', "-")),
+    })
+}
+
+/// Checks that `C` can be layered: every flag is long, none is required and
+/// none has a default (either would hide the file's value). Panics naming
+/// the flag; call it from a unit test.
+pub fn assert_layerable<C: clap::Args>() {
+    let cmd = C::augment_args(Command::new("check"));
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id();
+        assert!(
+            arg.get_long().is_some(),
+            "{id}: config fields must be long flags"
+        );
+        assert!(
+            !arg.is_required_set(),
+            "{id}: config fields must be Option<_> (check requirements in Config::validate)"
+        );
+        assert!(
+            arg.get_default_values().is_empty(),
+            "{id}: has a clap default, which would override the config file; \
+             use Option<_> with a DEFAULT_ constant and an accessor (for a bool: \
+             Option<bool> with num_args = 0..=1, default_missing_value = \"true\")"
+        );
+    }
+}
+
+/// The `--config` and `--check-config` flags every binary shares; flatten it
+/// next to the binary's [`Config`].
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML file of settings (keys are the flag names with `-` written `_`);
+    /// DSF_* variables and flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration (file, environment and flags), print it, and
+    /// exit: 0 if valid, 2 if not.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+// === impl ConfigArgs ===
+
+impl ConfigArgs {
+    /// [`load`] from `--config`, over `cli`.
+    pub fn load<C: Config>(&self, cli: &C) -> Result<C, ConfigError> {
+        load(self.config.as_deref(), cli)
+    }
+
+    /// [`ConfigArgs::load`] for a `main`: an error is printed and exits with
+    /// status 2; with `--check-config`, a valid configuration is printed and
+    /// exits with status 0.
+    pub fn load_or_exit<C: Config>(&self, cli: &C) -> C {
+        let program = std::env::args()
+            .next()
+            .map(|p| {
+                Path::new(&p)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or(p)
+            })
+            .unwrap_or_else(|| "dsf".into());
+        match self.load(cli) {
+            Ok(config) if self.check_config => {
+                print!("# {program}: configuration OK\n{}", config.describe());
+                std::process::exit(0)
+            }
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("{program}: {e}");
+                std::process::exit(2)
+            }
+        }
+    }
+}
+
+/// A duration written with its unit: `250ms`, `3s`, `2m`, `1h`, or a sum of
+/// them (`1m30s`). TOML holds it as a string: `dead_after = "3s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct HumanDuration(pub std::time::Duration);
+
+// === impl HumanDuration ===
+
+impl HumanDuration {
+    /// The duration.
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl From<std::time::Duration> for HumanDuration {
+    fn from(d: std::time::Duration) -> Self {
+        HumanDuration(d)
+    }
+}
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("{s:?} is not a duration: write a number and a unit, like 250ms, 3s, 2m, 1h or 1m30s")
+        };
+        let mut total: u128 = 0;
+        let mut rest = s.trim();
+        if rest.is_empty() {
+            return Err(bad());
+        }
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let unit_len = rest[digits..]
+                .bytes()
+                .take_while(u8::is_ascii_alphabetic)
+                .count();
+            let n: u128 = rest[..digits].parse().map_err(|_| bad())?;
+            let ms_per = match &rest[digits..digits + unit_len] {
+                "ms" => 1,
+                "s" => 1_000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                _ => return Err(bad()),
+            };
+            total = n
+                .checked_mul(ms_per)
+                .and_then(|v| total.checked_add(v))
+                .filter(|&t| t <= u128::from(u64::MAX))
+                .ok_or_else(bad)?;
+            rest = &rest[digits + unit_len..];
+        }
+        Ok(HumanDuration(std::time::Duration::from_millis(
+            total as u64,
+        )))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        for (unit, per) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+            if ms >= per && ms.is_multiple_of(per) {
+                return write!(f, "{}{unit}", ms / per);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    /// `ID=HOST:PORT[,WEIGHT]`, as lb-server's `--backend` takes it.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(try_from = "String", into = "String")]
+    struct Backend {
+        id: String,
+        addr: SocketAddr,
+        weight: u32,
+    }
+
+    impl FromStr for Backend {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            let bad = || format!("{s:?}: expected ID=HOST:PORT[,WEIGHT]");
+            let (id, rest) = s.split_once('=').ok_or_else(bad)?;
+            let (addr, weight) = match rest.split_once(',') {
+                Some((a, w)) => (a, w.parse().map_err(|_| bad())?),
+                None => (rest, 1),
+            };
+            Ok(Backend {
+                id: id.into(),
+                addr: addr.parse().map_err(|_| bad())?,
+                weight,
+            })
+        }
+    }
+
+    impl TryFrom<String> for Backend {
+        type Error = String;
+        fn try_from(s: String) -> Result<Self, String> {
+            s.parse()
+        }
+    }
+
+    impl From<Backend> for String {
+        fn from(b: Backend) -> String {
+            format!("{}={},{}", b.id, b.addr, b.weight)
+        }
+    }
+
+    const DEFAULT_VNODES: u32 = 160;
+
+    #[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct TestConfig {
+        /// Listen address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Virtual nodes [default: 160].
+        #[arg(long)]
+        vnodes: Option<u32>,
+        /// Static members, repeatable.
+        #[arg(long)]
+        backend: Option<Vec<Backend>>,
+        /// Balancers, repeatable or comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        lb: Option<Vec<String>>,
+        /// How long a silent node lives.
+        #[arg(long)]
+        dead_after: Option<HumanDuration>,
+        /// Print JSON.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        json: Option<bool>,
+    }
+
+    impl TestConfig {
+        fn vnodes(&self) -> u32 {
+            self.vnodes.unwrap_or(DEFAULT_VNODES)
+        }
+    }
+
+    impl Config for TestConfig {
+        fn validate(&self) -> Result<(), ConfigError> {
+            required(&self.listen, "listen")?;
+            if self.vnodes() == 0 {
+                return Err(ConfigError::invalid("vnodes", "must be at least 1"));
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Debug, Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        files: ConfigArgs,
+        #[command(flatten)]
+        config: TestConfig,
+    }
+
+    /// Parses `args` with variables under `prefix`, which each test makes its
+    /// own so tests running in parallel never see each other's variables.
+    fn cli(prefix: &str, args: &[&str]) -> TestCli {
+        let argv = std::iter::once("test").chain(args.iter().copied());
+        try_parse_from_with_env::<TestCli, _, _>(argv, prefix).unwrap()
+    }
+
+    const FILE: &str = r#"
+listen = "127.0.0.1:6300"
+vnodes = 100
+lb = ["10.0.0.1:6200"]
+backend = ["a=127.0.0.1:7001,2", "b=127.0.0.1:7002"]
+dead_after = "3s"
+json = true
+"#;
+
+    fn from_file(cli: &TestCli) -> TestConfig {
+        layer(Some(("test.toml", FILE)), &cli.config).unwrap()
+    }
+
+    fn addr(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn the_file_alone_gives_every_value() {
+        let c = from_file(&cli("DSFTEST_FILEONLY_", &[]));
+        assert_eq!(c.listen, addr("127.0.0.1:6300"));
+        assert_eq!(c.vnodes(), 100);
+        assert_eq!(c.lb, Some(vec!["10.0.0.1:6200".to_string()]));
+        let backends = c.backend.unwrap();
+        assert_eq!((backends[0].id.as_str(), backends[0].weight), ("a", 2));
+        assert_eq!((backends[1].id.as_str(), backends[1].weight), ("b", 1));
+        assert_eq!(c.dead_after.unwrap().get(), Duration::from_secs(3));
+        assert_eq!(c.json, Some(true));
+    }
+
+    #[test]
+    fn nothing_given_leaves_the_defaults_to_the_accessors() {
+        let c: TestConfig = layer(None, &cli("DSFTEST_NOTHING_", &[]).config).unwrap();
+        assert_eq!(c, TestConfig::default());
+        assert_eq!(c.vnodes(), DEFAULT_VNODES);
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        std::env::set_var("DSFTEST_ENVFILE_VNODES", "200");
+        std::env::set_var("DSFTEST_ENVFILE_LB", "a:1,b:2");
+        std::env::set_var("DSFTEST_ENVFILE_BACKEND", "z=127.0.0.1:9000,5");
+        std::env::set_var("DSFTEST_ENVFILE_JSON", "false");
+        std::env::set_var("DSFTEST_ENVFILE_DEAD_AFTER", "1m30s");
+        let c = from_file(&cli("DSFTEST_ENVFILE_", &[]));
+        assert_eq!(c.vnodes(), 200);
+        assert_eq!(c.lb, Some(vec!["a:1".to_string(), "b:2".to_string()]));
+        let backends = c.backend.unwrap();
+        assert_eq!(backends.len(), 1);
+        assert_eq!((backends[0].id.as_str(), backends[0].weight), ("z", 5));
+        assert_eq!(c.json, Some(false));
+        assert_eq!(c.dead_after.unwrap().get(), Duration::from_secs(90));
+        // What the environment does not set still comes from the file.
+        assert_eq!(c.listen, addr("127.0.0.1:6300"));
+    }
+
+    #[test]
+    fn a_flag_overrides_the_environment_and_the_file() {
+        std::env::set_var("DSFTEST_FLAGENV_VNODES", "200");
+        std::env::set_var("DSFTEST_FLAGENV_LB", "env:1");
+        std::env::set_var("DSFTEST_FLAGENV_LISTEN", "127.0.0.2:1");
+        let c = from_file(&cli(
+            "DSFTEST_FLAGENV_",
+            &[
+                "--vnodes",
+                "300",
+                "--lb",
+                "x:1",
+                "--lb",
+                "y:2,z:3",
+                "--backend",
+                "p=127.0.0.1:1",
+                "--backend",
+                "q=127.0.0.1:2,7",
+                "--json",
+            ],
+        ));
+        assert_eq!(c.vnodes(), 300);
+        assert_eq!(
+            c.lb.unwrap(),
+            ["x:1", "y:2", "z:3"].map(String::from).to_vec()
+        );
+        let ids: Vec<_> = c.backend.unwrap().into_iter().map(|b| b.id).collect();
+        assert_eq!(ids, ["p", "q"]);
+        assert_eq!(c.json, Some(true));
+        // Environment over file where no flag was given.
+        assert_eq!(c.listen, addr("127.0.0.2:1"));
+    }
+
+    #[test]
+    fn a_field_may_name_its_own_variable() {
+        // Its own struct: no other test parses a field reading this variable.
+        #[derive(Debug, Parser)]
+        struct OwnVar {
+            #[arg(long, env = "DSFTEST_OWN_VAR")]
+            app_keys: Option<PathBuf>,
+        }
+        std::env::set_var("DSFTEST_OWN_VAR", "/etc/dsf/keys.toml");
+        let c: OwnVar = try_parse_from_with_env(["test"], "DSFTEST_OWNVAR_").unwrap();
+        assert_eq!(c.app_keys, Some(PathBuf::from("/etc/dsf/keys.toml")));
+    }
+
+    #[test]
+    fn config_file_path_comes_from_flag_or_environment_but_check_config_only_from_flag() {
+        std::env::set_var("DSFTEST_CFGPATH_CONFIG", "/tmp/from-env.toml");
+        std::env::set_var("DSFTEST_CFGPATH_CHECK_CONFIG", "true");
+        let c = cli("DSFTEST_CFGPATH_", &[]);
+        assert_eq!(c.files.config, Some(PathBuf::from("/tmp/from-env.toml")));
+        assert!(!c.files.check_config);
+        assert!(
+            cli("DSFTEST_CFGPATH_", &["--check-config"])
+                .files
+                .check_config
+        );
+    }
+
+    #[test]
+    fn env_var_names_follow_the_flag() {
+        assert_eq!(env_var("cluster-secret-file"), "DSF_CLUSTER_SECRET_FILE");
+        let cmd = with_env(TestCli::command(), ENV_PREFIX);
+        let env = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        assert_eq!(env("dead_after").as_deref(), Some("DSF_DEAD_AFTER"));
+        assert_eq!(env("config").as_deref(), Some("DSF_CONFIG"));
+        assert_eq!(env("check_config"), None);
+    }
+
+    #[test]
+    fn unknown_key_in_the_file_is_named_with_the_file() {
+        let e = layer::<TestConfig>(
+            Some(("lb.toml", "listen = \"127.0.0.1:1\"\nbakend = [\"a\"]\n")),
+            &TestConfig::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(&e, ConfigError::UnknownKey { key, .. } if key == "bakend"));
+        let msg = e.to_string();
+        assert!(msg.contains("lb.toml") && msg.contains("`bakend`"), "{msg}");
+        assert!(msg.contains("`backend`"), "lists the known keys: {msg}");
+    }
+
+    #[test]
+    fn bad_value_in_the_file_names_the_key_and_what_was_expected() {
+        for (text, key, want) in [
+            ("vnodes = \"many\"", "vnodes", "u32"),
+            ("vnodes = -1", "vnodes", "u32"),
+            ("listen = \"nowhere\"", "listen", "address"),
+            ("dead_after = \"3 weeks\"", "dead_after", "like 250ms"),
+            ("backend = [\"a=b\"]", "backend", "ID=HOST:PORT"),
+            ("lb = \"a:1\"", "lb", "sequence"),
+        ] {
+            let e =
+                layer::<TestConfig>(Some(("x.toml", text)), &TestConfig::default()).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                matches!(&e, ConfigError::BadValue { key: k, .. } if k == key),
+                "{text}: {msg}"
+            );
+            assert!(
+                msg.contains("x.toml") && msg.contains(want),
+                "{text}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn broken_toml_is_reported_with_its_line() {
+        let e = layer::<TestConfig>(
+            Some(("x.toml", "listen = 1\nvnodes = \n")),
+            &TestConfig::default(),
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{msg}");
+        assert!(msg.contains("x.toml") && msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_flag_value_is_refused_by_clap_naming_the_flag() {
+        let argv = ["test", "--vnodes", "many"];
+        let e = try_parse_from_with_env::<TestCli, _, _>(argv, "DSFTEST_BADFLAG_").unwrap_err();
+        assert!(e.to_string().contains("--vnodes"), "{e}");
+    }
+
+    #[test]
+    fn load_reads_the_file_and_validates() {
+        let dir = std::env::temp_dir().join(format!("dsf-config-{}", crate::wire::new_nonce()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "vnodes = 0\n").unwrap();
+        let missing = load(Some(&path), &TestConfig::default()).unwrap_err();
+        assert!(
+            missing.to_string().contains("--listen") && missing.to_string().contains("DSF_LISTEN"),
+            "{missing}"
+        );
+        let with_listen = TestConfig {
+            listen: addr("127.0.0.1:1"),
+            ..TestConfig::default()
+        };
+        let zero = load(Some(&path), &with_listen).unwrap_err();
+        assert!(
+            matches!(zero, ConfigError::Invalid { ref key, .. } if key == "vnodes"),
+            "{zero}"
+        );
+        let gone = load(Some(&dir.join("nope.toml")), &with_listen).unwrap_err();
+        assert!(gone.to_string().contains("nope.toml"), "{gone}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn check_config_output_round_trips_through_the_file() {
+        let c = from_file(&cli("DSFTEST_DESCRIBE_", &["--vnodes", "7"]));
+        let shown = c.describe();
+        let again: TestConfig = layer(Some(("shown", &shown)), &TestConfig::default()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn the_test_config_is_layerable() {
+        assert_layerable::<TestConfig>();
+    }
+
+    #[test]
+    #[should_panic(expected = "clap default")]
+    fn a_clap_default_is_caught() {
+        #[derive(clap::Args)]
+        struct Bad {
+            #[arg(long, default_value_t = 160)]
+            _vnodes: u32,
+        }
+        assert_layerable::<Bad>();
+    }
+
+    #[test]
+    fn durations_read_and_print_with_units() {
+        for (s, ms) in [
+            ("250ms", 250),
+            ("3s", 3000),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+            ("1m30s", 90_000),
+        ] {
+            let d: HumanDuration = s.parse().unwrap();
+            assert_eq!(d.get(), Duration::from_millis(ms), "{s}");
+            assert_eq!(d.to_string().parse::<HumanDuration>().unwrap(), d);
+        }
+        assert_eq!(
+            HumanDuration(Duration::from_millis(1500)).to_string(),
+            "1500ms"
+        );
+        for bad in ["", "3", "s", "3 s", "3x", "-1s", "99999999999999999999h"] {
+            assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?}");
+        }
+    }
+}
