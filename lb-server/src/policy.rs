@@ -119,6 +119,18 @@ impl Policy {
         Ok(Policy::new(kind, Ring::from_view(view, config)?))
     }
 
+    /// The same policy over the same points with the loads and version of
+    /// `view` (see [`Ring::with_loads`]): for a view where only loads moved.
+    /// The round-robin turn carries on where this one is.
+    pub fn with_loads(&self, view: &View) -> Policy {
+        Policy {
+            kind: self.kind,
+            ring: self.ring.with_loads(view),
+            takers: self.takers.clone(),
+            turn: AtomicUsize::new(self.turn.load(Ordering::Relaxed)),
+        }
+    }
+
     /// Which policy this is.
     pub fn kind(&self) -> PolicyKind {
         self.kind
@@ -293,6 +305,20 @@ mod tests {
         got.dedup();
         assert_eq!(got, ["b", "c"]);
         assert_eq!(p.pick(b"k", &["b", "c"]).unwrap().id, "a");
+    }
+
+    #[test]
+    fn with_loads_moves_least_loaded_to_the_new_minimum() {
+        let p = Policy::from_view(PolicyKind::LeastLoaded, &abc(), RingConfig::default()).unwrap();
+        let mut next = abc();
+        next.version = 10;
+        next.nodes[0].load.conns = 0;
+        let q = p.with_loads(&next);
+        assert_eq!(q.ring().version(), 10);
+        assert_eq!(q.kind(), PolicyKind::LeastLoaded);
+        for _ in 0..3 {
+            assert_eq!(q.pick(b"k", NO_EXCLUDE).unwrap().id, "a");
+        }
     }
 
     #[test]

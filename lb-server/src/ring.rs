@@ -31,6 +31,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use dsf_common::view::{NodeState, NodeView, View};
 use dsf_common::ErrorCode;
@@ -357,7 +358,8 @@ pub struct Ring {
     /// Sorted by id, so a node's index is the same for the same node set.
     nodes: Vec<RingNode>,
     /// The points, sorted by (position, node index).
-    points: Vec<Point>,
+    /// Shared with the rings [`Ring::with_loads`] derives.
+    points: Arc<[Point]>,
     /// `nodes[i].load`, packed so bounded load reads one small array
     /// rather than a 100-byte node per step.
     loads: Vec<u64>,
@@ -365,7 +367,7 @@ pub struct Ring {
     /// bits of a position narrow the search to about one point, so a lookup
     /// costs one or two cache misses instead of a dozen (binary search over
     /// 640k points is a chain of dependent misses).
-    buckets: Vec<u32>,
+    buckets: Arc<[u32]>,
     shift: u32,
     /// Nodes with points.
     takers: usize,
@@ -430,6 +432,7 @@ impl Ring {
             .map(|(pos, node)| Point { pos, node })
             .collect();
         let (buckets, shift) = bucket_index(&points);
+        let (points, buckets): (Arc<[Point]>, Arc<[u32]>) = (points.into(), buckets.into());
 
         // Point j owns the keys in (p[j-1], p[j]]; point 0 also owns the
         // wrap-around (p[last], 2^64) ∪ [0, p[0]].
@@ -456,6 +459,28 @@ impl Ring {
             takers,
             total_load,
         })
+    }
+
+    /// The same ring (same points, shared, not copied) with the loads and
+    /// version of `view`: for a view whose ids, weights and states are
+    /// unchanged, where only the reported loads moved. A node of the ring
+    /// missing from `view` keeps its old load; nodes of `view` not in the
+    /// ring are ignored (they need a rebuild to get points).
+    pub fn with_loads(&self, view: &View) -> Ring {
+        let mut ring = self.clone();
+        ring.version = view.version;
+        for n in &view.nodes {
+            if let Some(i) = ring.index_of(&n.id) {
+                ring.nodes[i].load = n.load.conns;
+                ring.loads[i] = n.load.conns;
+            }
+        }
+        ring.total_load = ring
+            .nodes
+            .iter()
+            .filter(|n| n.takes_keys())
+            .fold(0u64, |t, n| t.saturating_add(n.load));
+        ring
     }
 
     /// The view version this ring was built from.
@@ -498,26 +523,6 @@ impl Ring {
         self.points.is_empty()
     }
 
-    /// The same ring with the loads of `view` (matched by id; a node the
-    /// view does not name keeps its load). Points are copied, not hashed
-    /// again: this is the cheap path for a view whose membership is
-    /// unchanged and only its load figures moved.
-    pub fn with_loads(&self, view: &View) -> Ring {
-        let mut ring = self.clone();
-        ring.version = view.version;
-        for n in &view.nodes {
-            if let Some(i) = ring.index_of(&n.id) {
-                ring.nodes[i].load = n.load.conns;
-            }
-        }
-        ring.total_load = ring
-            .nodes
-            .iter()
-            .filter(|n| n.takes_keys())
-            .fold(0u64, |t, n| t.saturating_add(n.load));
-        ring
-    }
-
     /// Sum of the view loads (`conns`) of the nodes that take keys.
     pub fn total_load(&self) -> u64 {
         self.total_load
@@ -525,9 +530,9 @@ impl Ring {
 
     /// Bytes the ring holds on the heap (points, nodes and their strings).
     pub fn heap_bytes(&self) -> usize {
-        self.points.capacity() * std::mem::size_of::<Point>()
+        self.points.len() * std::mem::size_of::<Point>()
             + self.loads.capacity() * std::mem::size_of::<u64>()
-            + self.buckets.capacity() * std::mem::size_of::<u32>()
+            + self.buckets.len() * std::mem::size_of::<u32>()
             + self.nodes.capacity() * std::mem::size_of::<RingNode>()
             + self
                 .nodes
@@ -1008,6 +1013,27 @@ mod tests {
         counter.remove(a);
         counter.remove(a);
         assert_eq!(counter.total(), 0);
+    }
+
+    #[test]
+    fn with_loads_keeps_the_points_and_takes_the_new_loads() {
+        let ring = Ring::build(1, &ids(3), RingConfig::default()).unwrap();
+        let mut next = View {
+            version: 2,
+            nodes: ids(3),
+        };
+        next.nodes[1].load.conns = 40;
+        next.nodes.push(up("not-in-ring"));
+        let updated = ring.with_loads(&next);
+        assert_eq!(updated.version(), 2);
+        assert!(Arc::ptr_eq(&ring.points, &updated.points));
+        assert_eq!(updated.node(1).load, 40);
+        assert_eq!(updated.total_load(), 40);
+        assert_eq!(updated.nodes().len(), 3);
+        // The hot node is now skipped: cap ⌈1.25 × 41 / 3⌉ = 18 ≤ 40.
+        for k in keys(200) {
+            assert_ne!(updated.route(k.as_bytes(), NO_EXCLUDE).unwrap(), 1);
+        }
     }
 
     #[test]
