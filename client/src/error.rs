@@ -33,11 +33,11 @@ pub enum Error {
 
     /// The balancers answered, but no app-server node could be reached
     /// before the deadline.
-    #[error("no node reachable for {kind} within {deadline:?}: {last} (check the app servers with `client status`)")]
+    #[error("no node reachable for {kind} (tried for {deadline:?}): {last} (check the app servers with `client status`)")]
     NoNode {
         /// The message type being sent.
         kind: String,
-        /// The total deadline that ran out.
+        /// How long it kept trying.
         deadline: Duration,
         /// The last failure (a refused connection, `unavailable`, ...).
         last: String,
