@@ -642,3 +642,50 @@ pub(crate) fn parse_body(raw: &RawValue, server: &str) -> Result<serde_json::Val
         reason: format!("reply body is not JSON: {e}"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_checks_and_balancer_calls_are_idempotent_writes_are_not() {
+        for k in [
+            "sys.ping",
+            "gate.check",
+            "user.me",
+            "blacklist.get",
+            "blacklist.list",
+            "gate.history",
+            "lb.resolve",
+            "lb.view",
+            "cluster.status",
+        ] {
+            assert!(is_idempotent(k), "{k}");
+        }
+        for k in [
+            "user.register",
+            "user.login",
+            "user.logout",
+            "user.set_role",
+            "blacklist.add",
+            "blacklist.update",
+            "blacklist.remove",
+            "node.heartbeat",
+        ] {
+            assert!(!is_idempotent(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn a_client_without_secret_or_balancer_says_how_to_configure_one() {
+        let e = Client::new(ClientConfig::new(vec![], "cli", b"s".to_vec())).unwrap_err();
+        assert!(e.to_string().contains("DSF_LB"), "{e}");
+        let e = Client::new(ClientConfig::new(
+            vec![DEFAULT_LB.into()],
+            "cli",
+            Vec::new(),
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("DSF_APP_SECRET"), "{e}");
+    }
+}
