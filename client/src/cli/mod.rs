@@ -259,9 +259,9 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 /// code. Usage errors exit with 2 from inside clap.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = env_logger::Builder::from_env(env_logger::Env::new().filter_or("DSF_LOG", "warn"))
-        .format_timestamp_millis()
-        .try_init();
+    // A tool's stderr is for its answer's errors: only warnings by default
+    // (RUST_LOG=debug shows resolves, connects and failovers).
+    dsf_common::logging::init("warn");
     ExitCode::from(run(cli))
 }
 
