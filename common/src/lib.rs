@@ -8,6 +8,7 @@
 //!   backpressure and graceful shutdown, which every server runs.
 //! - [`pool`]: the fixed worker pool over a bounded queue.
 //! - [`stream`]: a blocking framed connection for the sending side.
+//! - [`signals`]: SIGTERM/SIGINT as a graceful shutdown request.
 //! - [`config`]: one settings struct per binary, layered TOML file < `DSF_*`
 //!   environment < flags, with `--config` and `--check-config`.
 //! - [`logging`]: env_logger set-up with millisecond timestamps and thread names.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod logging;
 pub mod pool;
 pub mod reactor;
+pub mod signals;
 pub mod stream;
 pub mod view;
 pub mod wire;

@@ -1,0 +1,253 @@
+//! `lb-server`'s settings: TOML file < `DSF_*` environment < flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dsf_common::config::{Config, ConfigError, HumanDuration};
+use dsf_common::reactor::{ReactorConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS};
+use dsf_common::wire::keys::{self, AppKeys};
+use dsf_common::wire::DEFAULT_MAX_FRAME;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::PolicyKind;
+use crate::ring::{BoundedLoad, RingConfig, DEFAULT_VNODES};
+use crate::server::{Backend, Settings};
+
+/// Default client port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6300";
+/// Default cluster port.
+pub const DEFAULT_CLUSTER_LISTEN: &str = "127.0.0.1:6200";
+
+/// Settings of `lb-server`. Every field is also a flag (`--cluster-listen`),
+/// an environment variable (`DSF_CLUSTER_LISTEN`) and a key of the
+/// `--config` file (`cluster_listen`).
+#[derive(Debug, Default, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbConfig {
+    /// Client port: lb.resolve and lb.view [default: 127.0.0.1:6300].
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+
+    /// Cluster port: lb.set_view from the collector, signed with the
+    /// cluster secret [default: 127.0.0.1:6200].
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_listen: Option<SocketAddr>,
+
+    /// A static member, ID=HOST:PORT[,WEIGHT] (or HOST:PORT, the id is then
+    /// the address); repeat for more. Serves without a collector; a view
+    /// from a collector replaces these.
+    #[arg(long, value_name = "ID=HOST:PORT[,WEIGHT]")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Vec<String>>,
+
+    /// How a node is chosen: ring (consistent hash with bounded load),
+    /// round-robin, random, or least-loaded [default: ring].
+    #[arg(long, value_name = "POLICY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+
+    /// Ring points per unit of weight [default: 160].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vnodes: Option<u32>,
+
+    /// Bounded-load factor c (a node at or above c × average load is
+    /// skipped), or "off" [default: 1.25].
+    #[arg(long, value_name = "C|off")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounded_load: Option<String>,
+
+    /// TOML table `app_id = "secret"` (mode 0600) of the keys clients sign with.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_keys: Option<PathBuf>,
+
+    /// File (mode 0600) holding the cluster secret; otherwise
+    /// DSF_CLUSTER_SECRET is read.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// Largest frame accepted, in bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frame: Option<usize>,
+
+    /// Connections held at once; more get `overloaded` [default: 10000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_conns: Option<usize>,
+
+    /// Close a connection silent this long [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<HumanDuration>,
+}
+
+// === impl LbConfig ===
+
+impl LbConfig {
+    /// `--listen`, or [`DEFAULT_LISTEN`].
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"))
+    }
+
+    /// `--cluster-listen`, or [`DEFAULT_CLUSTER_LISTEN`].
+    pub fn cluster_listen(&self) -> SocketAddr {
+        self.cluster_listen
+            .unwrap_or_else(|| DEFAULT_CLUSTER_LISTEN.parse().expect("valid default"))
+    }
+
+    /// The parsed `--backend`s.
+    pub fn backends(&self) -> Result<Vec<Backend>, ConfigError> {
+        self.backend
+            .iter()
+            .flatten()
+            .map(|b| {
+                b.parse()
+                    .map_err(|e: String| ConfigError::invalid("backend", e))
+            })
+            .collect()
+    }
+
+    /// `--policy`, or ring.
+    pub fn policy(&self) -> Result<PolicyKind, ConfigError> {
+        match &self.policy {
+            None => Ok(PolicyKind::default()),
+            Some(p) => p.parse().map_err(|e: crate::policy::UnknownPolicy| {
+                ConfigError::invalid("policy", e.to_string())
+            }),
+        }
+    }
+
+    /// `--vnodes` and `--bounded-load`.
+    pub fn ring(&self) -> Result<RingConfig, ConfigError> {
+        let vnodes = self.vnodes.unwrap_or(DEFAULT_VNODES);
+        if vnodes == 0 {
+            return Err(ConfigError::invalid("vnodes", "must be at least 1"));
+        }
+        let bound = match &self.bounded_load {
+            None => BoundedLoad::default(),
+            Some(b) => b.parse().map_err(|e: crate::ring::RingError| {
+                ConfigError::invalid("bounded_load", e.to_string())
+            })?,
+        };
+        Ok(RingConfig { vnodes, bound })
+    }
+
+    /// The reactor's limits.
+    pub fn reactor(&self) -> ReactorConfig {
+        ReactorConfig {
+            max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),
+            max_conns: self.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
+            idle_timeout: self
+                .idle_timeout
+                .map_or(DEFAULT_IDLE_TIMEOUT, HumanDuration::get),
+            ..ReactorConfig::default()
+        }
+    }
+
+    /// Everything resolved, secrets read: what [`crate::server::start`] takes.
+    pub fn settings(&self) -> Result<Settings, String> {
+        self.validate().map_err(|e| e.to_string())?;
+        let app_keys = match &self.app_keys {
+            Some(path) => AppKeys::load(path).map_err(|e| e.to_string())?,
+            None => {
+                return Err("no app keys: pass --app-keys FILE, a TOML table app_id = \"secret\" of mode 0600 holding the keys clients sign with".into())
+            }
+        };
+        let cluster_secret =
+            keys::cluster_secret(self.cluster_secret_file.as_deref()).map_err(|e| e.to_string())?;
+        Ok(Settings {
+            listen: self.listen(),
+            cluster_listen: self.cluster_listen(),
+            backends: self.backends().map_err(|e| e.to_string())?,
+            policy: self.policy().map_err(|e| e.to_string())?,
+            ring: self.ring().map_err(|e| e.to_string())?,
+            app_keys,
+            cluster_secret,
+            reactor: self.reactor(),
+        })
+    }
+}
+
+impl Config for LbConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let backends = self.backends()?;
+        let mut ids = std::collections::HashSet::new();
+        for b in &backends {
+            if !ids.insert(&b.id) {
+                return Err(ConfigError::invalid(
+                    "backend",
+                    format!("id {:?} is given twice", b.id),
+                ));
+            }
+        }
+        self.policy()?;
+        self.ring()?;
+        if self.max_frame == Some(0) {
+            return Err(ConfigError::invalid("max_frame", "must be at least 1"));
+        }
+        if self
+            .idle_timeout
+            .is_some_and(|d| d.get() < Duration::from_millis(10))
+        {
+            return Err(ConfigError::invalid(
+                "idle_timeout",
+                "must be at least 10ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_layers_over_the_file() {
+        dsf_common::config::assert_layerable::<LbConfig>();
+    }
+
+    #[test]
+    fn file_values_are_read_and_checked() {
+        let file = r#"
+            listen = "127.0.0.1:1"
+            backend = ["a=127.0.0.1:2,2", "127.0.0.1:3"]
+            policy = "least-loaded"
+            bounded_load = "off"
+        "#;
+        let c: LbConfig =
+            dsf_common::config::layer(Some(("lb.toml", file)), &LbConfig::default()).unwrap();
+        assert_eq!(c.listen().port(), 1);
+        assert_eq!(c.backends().unwrap().len(), 2);
+        assert_eq!(c.policy().unwrap(), PolicyKind::LeastLoaded);
+        assert_eq!(c.ring().unwrap().bound, BoundedLoad::Off);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (file, key) in [
+            ("policy = \"fastest\"", "policy"),
+            ("backend = [\"a=nohost\"]", "backend"),
+            ("backend = [\"a=h:1\", \"a=h:2\"]", "backend"),
+            ("vnodes = 0", "vnodes"),
+            ("bounded_load = \"lots\"", "bounded_load"),
+            ("listen_addr = \"x\"", "listen_addr"),
+        ] {
+            let e = dsf_common::config::layer::<LbConfig>(
+                Some(("lb.toml", file)),
+                &LbConfig::default(),
+            )
+            .and_then(|c| c.validate().map(|_| c))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(key), "{file}: {e}");
+        }
+    }
+}
