@@ -1,5 +1,6 @@
 //! The view of the cluster that the collector pushes to every balancer and
-//! that `lb.view` returns: a version that only grows and the member nodes.
+//! that `lb.view` returns (a version that only grows and the member nodes),
+//! and the heartbeat app servers send the collector.
 
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +61,57 @@ pub struct Load {
     pub rps: f64,
     #[serde(default)]
     pub p99_ms: f64,
+}
+
+/// `node.heartbeat`'s body: an app server saying it is alive, where, and
+/// how loaded. Sent to the collector every second under the cluster secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Stable node id (default: the advertised address).
+    pub id: String,
+    /// Where clients connect, `host:port`.
+    pub addr: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub state: NodeState,
+    #[serde(default)]
+    pub stats: Stats,
+}
+
+/// What a node measures about itself, over the last heartbeat interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stats {
+    /// Connections open now.
+    #[serde(default)]
+    pub conns: u64,
+    /// Requests being handled now.
+    #[serde(default)]
+    pub inflight: u64,
+    /// Requests waiting for a worker now.
+    #[serde(default)]
+    pub queue: u64,
+    /// Requests per second answered.
+    #[serde(default)]
+    pub rps: f64,
+    /// Error replies per second.
+    #[serde(default)]
+    pub errors_per_s: f64,
+    /// Median latency, milliseconds.
+    #[serde(default)]
+    pub p50_ms: f64,
+    /// 99th percentile latency, milliseconds.
+    #[serde(default)]
+    pub p99_ms: f64,
+}
+
+/// `node.leave`'s body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Leave {
+    pub id: String,
 }
 
 #[cfg(test)]
