@@ -1,5 +1,34 @@
-//! `collector`: Membership and load: heartbeats, health checks, views pushed to every balancer, status and Prometheus metrics.
+//! `collector`: membership and load for a dsf cluster. It takes app
+//! servers' heartbeats, health-checks static backends, evicts the dead,
+//! pushes versioned views to every balancer, answers `cluster.status`, and
+//! serves Prometheus metrics.
 //!
-//! Work in progress: see the project's open issues.
+//! - [`members`]: the member table and its rules, free of threads and
+//!   clocks: who is up, draining or down, rise/fall of static targets,
+//!   eviction of the silent, and the smoothing of load figures.
+//! - [`version`]: view versions that never go backwards, across restarts too.
+//! - [`cluster`]: the shared state: members, the published view, and the
+//!   mailbox the pushers wait on; every change of membership publishes.
+//! - [`service`]: `node.heartbeat`, `node.leave` and `cluster.status` on the
+//!   reactor, one file per message type.
+//! - [`push`]: one thread per balancer holding a signed connection and
+//!   sending it every view, reconnecting with backoff.
+//! - [`health`]: one thread per static `--target`, a TCP connect a second.
+//! - [`metrics`]: `GET /metrics` in the Prometheus text format.
+//! - [`server`]: starting and stopping it all; [`config`]: the binary's
+//!   settings; [`error`]: the crate's error.
 
 #![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod members;
+pub mod metrics;
+pub mod push;
+pub mod server;
+pub mod service;
+pub mod version;
+
+pub use error::CollectorError;

@@ -1,0 +1,297 @@
+//! `collector`'s settings: TOML file < `DSF_*` environment < flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dsf_common::config::{self, Config, ConfigError, HumanDuration};
+use dsf_common::reactor::{ReactorConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS};
+use dsf_common::wire::keys::{self, AppKeys};
+use dsf_common::wire::DEFAULT_MAX_FRAME;
+use serde::{Deserialize, Serialize};
+
+use crate::health::DEFAULT_CHECK_INTERVAL;
+use crate::members::{is_host_port, Target};
+use crate::push::PushConfig;
+use crate::server::{Settings, DEFAULT_DEAD_AFTER, DEFAULT_RESEND, DEFAULT_WARMUP};
+
+/// Default collector port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6400";
+/// Default metrics port.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9400";
+
+/// Settings of `collector`. Every field is also a flag (`--dead-after`), an
+/// environment variable (`DSF_DEAD_AFTER`) and a key of the `--config` file
+/// (`dead_after`).
+#[derive(Debug, Default, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Collector port: node.heartbeat and node.leave (cluster secret),
+    /// cluster.status (app keys) [default: 127.0.0.1:6400].
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+
+    /// Metrics port: GET /metrics in the Prometheus text format
+    /// [default: 127.0.0.1:9400].
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// A balancer's cluster port (its --cluster-listen); repeat the flag or
+    /// separate with commas for more. Required.
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lb: Option<Vec<String>>,
+
+    /// A static member that sends no heartbeats, ID=HOST:PORT[,WEIGHT] (or
+    /// HOST:PORT, the id is then the address), health-checked by TCP
+    /// connect: up after 2 good checks, down after 3 failed ones. Repeat
+    /// for more.
+    #[arg(long, value_name = "ID=HOST:PORT[,WEIGHT]")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<Vec<String>>,
+
+    /// A node with no heartbeat for this long is evicted [default: 3s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_after: Option<HumanDuration>,
+
+    /// Time between health checks of each --target [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check_interval: Option<HumanDuration>,
+
+    /// TOML table `app_id = "secret"` (mode 0600) of the keys operators sign
+    /// cluster.status with. Without it only the cluster secret is accepted.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_keys: Option<PathBuf>,
+
+    /// File (mode 0600) holding the cluster secret; otherwise
+    /// DSF_CLUSTER_SECRET is read.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// Largest frame accepted, in bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frame: Option<usize>,
+
+    /// Connections held at once; more get `overloaded` [default: 10000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_conns: Option<usize>,
+
+    /// Close a connection silent this long [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<HumanDuration>,
+}
+
+// === impl CollectorConfig ===
+
+impl CollectorConfig {
+    /// `--listen`, or [`DEFAULT_LISTEN`].
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"))
+    }
+
+    /// `--metrics-listen`, or [`DEFAULT_METRICS_LISTEN`].
+    pub fn metrics_listen(&self) -> SocketAddr {
+        self.metrics_listen
+            .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.parse().expect("valid default"))
+    }
+
+    /// `--dead-after`, or [`DEFAULT_DEAD_AFTER`].
+    pub fn dead_after(&self) -> Duration {
+        self.dead_after
+            .map_or(DEFAULT_DEAD_AFTER, HumanDuration::get)
+    }
+
+    /// `--check-interval`, or [`DEFAULT_CHECK_INTERVAL`].
+    pub fn check_interval(&self) -> Duration {
+        self.check_interval
+            .map_or(DEFAULT_CHECK_INTERVAL, HumanDuration::get)
+    }
+
+    /// The parsed `--target`s.
+    pub fn targets(&self) -> Result<Vec<Target>, ConfigError> {
+        self.target
+            .iter()
+            .flatten()
+            .map(|t| {
+                t.parse()
+                    .map_err(|e: String| ConfigError::invalid("target", e))
+            })
+            .collect()
+    }
+
+    /// The reactor's limits.
+    pub fn reactor(&self) -> ReactorConfig {
+        ReactorConfig {
+            max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),
+            max_conns: self.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
+            idle_timeout: self
+                .idle_timeout
+                .map_or(DEFAULT_IDLE_TIMEOUT, HumanDuration::get),
+            ..ReactorConfig::default()
+        }
+    }
+
+    /// Everything resolved, secrets read: what [`crate::server::start`] takes.
+    pub fn settings(&self) -> Result<Settings, String> {
+        self.validate().map_err(|e| e.to_string())?;
+        let app_keys = match &self.app_keys {
+            Some(path) => AppKeys::load(path).map_err(|e| e.to_string())?,
+            None => {
+                log::warn!("no --app-keys: cluster.status answers only requests signed with the cluster secret, so `client status` will be refused");
+                AppKeys::new()
+            }
+        };
+        let cluster_secret =
+            keys::cluster_secret(self.cluster_secret_file.as_deref()).map_err(|e| e.to_string())?;
+        let dead_after = self.dead_after();
+        Ok(Settings {
+            listen: self.listen(),
+            metrics_listen: self.metrics_listen(),
+            lbs: self.lb.clone().unwrap_or_default(),
+            targets: self.targets().map_err(|e| e.to_string())?,
+            dead_after,
+            check_interval: self.check_interval(),
+            resend: DEFAULT_RESEND,
+            warmup: DEFAULT_WARMUP.min(dead_after),
+            push: PushConfig {
+                max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),
+                ..PushConfig::default()
+            },
+            app_keys,
+            cluster_secret,
+            reactor: self.reactor(),
+        })
+    }
+}
+
+impl Config for CollectorConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let lbs = config::required(&self.lb, "lb")?;
+        if lbs.is_empty() {
+            return Err(ConfigError::invalid(
+                "lb",
+                "give at least one balancer's cluster port, e.g. --lb 127.0.0.1:6200",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for lb in lbs {
+            if !is_host_port(lb) {
+                return Err(ConfigError::invalid(
+                    "lb",
+                    format!("{lb:?} is not HOST:PORT (a balancer's --cluster-listen address)"),
+                ));
+            }
+            if !seen.insert(lb) {
+                return Err(ConfigError::invalid("lb", format!("{lb} is given twice")));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for t in self.targets()? {
+            if !ids.insert(t.id.clone()) {
+                return Err(ConfigError::invalid(
+                    "target",
+                    format!("id {:?} is given twice", t.id),
+                ));
+            }
+        }
+        if self.dead_after() < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "dead_after",
+                "must be at least 100ms (nodes heartbeat every second; 3s is the usual)",
+            ));
+        }
+        if self.check_interval() < Duration::from_millis(10) {
+            return Err(ConfigError::invalid(
+                "check_interval",
+                "must be at least 10ms",
+            ));
+        }
+        if self.listen() == self.metrics_listen() {
+            return Err(ConfigError::invalid(
+                "metrics_listen",
+                format!(
+                    "{} is also --listen; give the metrics their own port",
+                    self.listen()
+                ),
+            ));
+        }
+        if self.max_frame == Some(0) {
+            return Err(ConfigError::invalid("max_frame", "must be at least 1"));
+        }
+        if self
+            .idle_timeout
+            .is_some_and(|d| d.get() < Duration::from_millis(10))
+        {
+            return Err(ConfigError::invalid(
+                "idle_timeout",
+                "must be at least 10ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_layers_over_the_file() {
+        dsf_common::config::assert_layerable::<CollectorConfig>();
+    }
+
+    #[test]
+    fn file_values_are_read_with_defaults_for_the_rest() {
+        let file = r#"
+            lb = ["127.0.0.1:6200", "127.0.0.1:6201"]
+            target = ["a=127.0.0.1:7001,2", "127.0.0.1:7002"]
+            dead_after = "5s"
+        "#;
+        let c: CollectorConfig =
+            config::layer(Some(("c.toml", file)), &CollectorConfig::default()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen().port(), 6400);
+        assert_eq!(c.metrics_listen().port(), 9400);
+        assert_eq!(c.lb.as_ref().unwrap().len(), 2);
+        assert_eq!(c.targets().unwrap()[0].weight, 2);
+        assert_eq!(c.dead_after(), Duration::from_secs(5));
+        assert_eq!(c.check_interval(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (file, key) in [
+            ("", "--lb"),
+            ("lb = []", "lb"),
+            ("lb = [\"nohost\"]", "lb"),
+            ("lb = [\"h:1\", \"h:1\"]", "lb"),
+            ("lb = [\"h:1\"]\ntarget = [\"a=nohost\"]", "target"),
+            ("lb = [\"h:1\"]\ntarget = [\"a=h:1\", \"a=h:2\"]", "target"),
+            ("lb = [\"h:1\"]\ndead_after = \"10ms\"", "dead_after"),
+            (
+                "lb = [\"h:1\"]\nmetrics_listen = \"127.0.0.1:6400\"",
+                "metrics_listen",
+            ),
+            ("lb = [\"h:1\"]\nlisten_addr = \"x\"", "listen_addr"),
+        ] {
+            let e = config::layer::<CollectorConfig>(
+                Some(("c.toml", file)),
+                &CollectorConfig::default(),
+            )
+            .and_then(|c| c.validate().map(|_| c))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(key), "{file}: {e}");
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! One `push` thread per balancer: a persistent connection to its cluster
+//! port, every published view sent as `lb.set_view` under the cluster
+//! secret, the reply's `{"applied": version}` checked and recorded.
+//!
+//! Each balancer has its own thread and connection, so one that is down or
+//! slow delays nobody else. A failure drops the connection and retries with
+//! a doubling backoff capped at [`PushConfig::backoff_max`]; on reconnecting
+//! the newest view goes out at once, so a restarted balancer has it within
+//! the cap plus one round trip.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dsf_common::stream::FramedStream;
+use dsf_common::view::View;
+use dsf_common::wire::keys::CLUSTER_APP;
+use dsf_common::wire::{encode_request, Key, OutgoingRequest, Reply};
+use dsf_common::ErrorCode;
+use serde::Deserialize;
+
+use crate::cluster::Cluster;
+
+/// Timeouts and backoff of the pushers.
+#[derive(Debug, Clone, Copy)]
+pub struct PushConfig {
+    /// Time allowed to connect to a balancer.
+    pub connect_timeout: Duration,
+    /// Time allowed for a balancer to answer a push.
+    pub reply_timeout: Duration,
+    /// First wait after a failure.
+    pub backoff_min: Duration,
+    /// Longest wait between attempts; bounds how long a restarted balancer
+    /// waits for its view.
+    pub backoff_max: Duration,
+    /// Largest reply frame accepted.
+    pub max_frame: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            connect_timeout: Duration::from_secs(1),
+            reply_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(500),
+            max_frame: dsf_common::wire::DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// Why one push failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("connection lost: {0}")]
+    Io(std::io::Error),
+    #[error("the balancer closed the connection")]
+    Closed,
+    #[error("refused the view: {0}{hint}", hint = refusal_hint(.0))]
+    Refused(dsf_common::Error),
+    #[error("unreadable reply: {0}")]
+    BadReply(String),
+}
+
+fn refusal_hint(e: &dsf_common::Error) -> &'static str {
+    match e.code() {
+        ErrorCode::BadSignature | ErrorCode::Unauthorized => {
+            " (do the collector and the balancer have the same DSF_CLUSTER_SECRET?)"
+        }
+        ErrorCode::StaleTimestamp => " (are the two hosts' clocks in sync?)",
+        _ => "",
+    }
+}
+
+#[derive(Deserialize)]
+struct Applied {
+    applied: u64,
+}
+
+/// One balancer's connection.
+struct Pusher {
+    lb: String,
+    key: Key,
+    cfg: PushConfig,
+    conn: Option<FramedStream>,
+    next_id: u64,
+}
+
+// === impl Pusher ===
+
+impl Pusher {
+    /// Sends `view`; returns the version the balancer holds after it.
+    fn push(&mut self, view: &View) -> Result<u64, PushError> {
+        if self.conn.is_none() {
+            let conn =
+                FramedStream::connect(&self.lb, self.cfg.connect_timeout, self.cfg.max_frame)
+                    .map_err(PushError::Connect)?;
+            log::info!("connected to balancer {}", self.lb);
+            self.conn = Some(conn);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        self.next_id += 1;
+        let id = self.next_id;
+        let body = serde_json::to_string(view).expect("a view serialises");
+        let mut out = Vec::with_capacity(body.len() + 256);
+        let req = OutgoingRequest {
+            id,
+            kind: "lb.set_view",
+            app: CLUSTER_APP,
+            token: None,
+            body: &body,
+        };
+        encode_request(&self.key, &req, &mut out);
+        conn.send(&out).map_err(PushError::Io)?;
+        let frame = conn
+            .recv(Instant::now() + self.cfg.reply_timeout)
+            .map_err(PushError::Io)?
+            .ok_or(PushError::Closed)?;
+        let reply = Reply::parse(&frame).map_err(|e| PushError::BadReply(e.to_string()))?;
+        if reply.id != id {
+            return Err(PushError::BadReply(format!(
+                "reply to request {} while waiting for {id}",
+                reply.id
+            )));
+        }
+        reply.verify(&self.key).map_err(PushError::Refused)?;
+        let body = reply.into_result().map_err(PushError::Refused)?;
+        let applied: Applied = serde_json::from_str(body.get())
+            .map_err(|e| PushError::BadReply(format!("expected {{\"applied\": version}}: {e}")))?;
+        Ok(applied.applied)
+    }
+}
+
+/// The loop of one `push` thread; returns when the cluster stops.
+pub fn run_pusher(lb: String, cluster: Arc<Cluster>, key: Key, cfg: PushConfig) {
+    let mut p = Pusher {
+        lb,
+        key,
+        cfg,
+        conn: None,
+        next_id: 0,
+    };
+    let mut sent = 0;
+    let mut backoff = cfg.backoff_min;
+    let mut failing = false;
+    while let Some((view, seq)) = cluster.next_view(sent) {
+        match p.push(&view) {
+            Ok(applied) => {
+                if failing {
+                    log::info!("balancer {} is reachable again", p.lb);
+                    failing = false;
+                }
+                log::debug!(
+                    "balancer {} applied {applied} (sent {})",
+                    p.lb,
+                    view.version
+                );
+                cluster.pushed(&p.lb, view.version, applied);
+                sent = seq;
+                backoff = cfg.backoff_min;
+            }
+            Err(e) => {
+                p.conn = None;
+                // Warn once per outage, not once per retry.
+                if failing {
+                    log::debug!("balancer {}: {e}", p.lb);
+                } else {
+                    log::warn!(
+                        "cannot push views to balancer {}: {e}; retrying every {:?} at most",
+                        p.lb,
+                        cfg.backoff_max
+                    );
+                    failing = true;
+                }
+                cluster.push_failed(&p.lb, e.to_string());
+                if cluster.wait_stop(backoff) {
+                    return;
+                }
+                backoff = (backoff * 2).min(cfg.backoff_max);
+            }
+        }
+    }
+}

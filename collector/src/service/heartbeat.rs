@@ -1,0 +1,63 @@
+//! `node.heartbeat` (cluster secret): `{"id","addr","weight","state","stats"}`
+//! → `{"view": version}`, the version in force after this heartbeat.
+
+use dsf_common::view::Heartbeat;
+use dsf_common::wire::Admitted;
+use dsf_common::Error;
+
+use crate::cluster::Cluster;
+use crate::members::is_host_port;
+
+/// Longest node id or address accepted (the balancer's own limit).
+pub const MAX_FIELD: usize = 256;
+
+/// Checks what serde cannot: lengths and the address's shape.
+pub fn validate(hb: &Heartbeat) -> Result<(), Error> {
+    if hb.id.is_empty() || hb.id.len() > MAX_FIELD {
+        return Err(Error::bad_request(format!(
+            "id: 1 to {MAX_FIELD} bytes, got {}",
+            hb.id.len()
+        )));
+    }
+    if hb.addr.len() > MAX_FIELD || !is_host_port(&hb.addr) {
+        return Err(Error::bad_request(format!(
+            "addr: HOST:PORT where clients reach node {:?}, got {:?}",
+            hb.id, hb.addr
+        )));
+    }
+    Ok(())
+}
+
+/// The handler.
+pub fn handle(cluster: &Cluster, req: &Admitted) -> Result<String, Error> {
+    let hb: Heartbeat = req.request.body()?;
+    validate(&hb)?;
+    let version = cluster.heartbeat(&hb)?;
+    Ok(format!("{{\"view\":{version}}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dsf_common::view::{NodeState, Stats};
+
+    fn hb(id: &str, addr: &str) -> Heartbeat {
+        Heartbeat {
+            id: id.into(),
+            addr: addr.into(),
+            weight: 1,
+            state: NodeState::Up,
+            stats: Stats::default(),
+        }
+    }
+
+    #[test]
+    fn ids_and_addresses_are_checked() {
+        validate(&hb("a", "127.0.0.1:7000")).unwrap();
+        validate(&hb("a", "app1.local:7000")).unwrap();
+        for (id, addr) in [("", "h:1"), ("a", "h"), ("a", ":1"), ("a", "h:99999")] {
+            assert!(validate(&hb(id, addr)).is_err(), "{id} {addr}");
+        }
+        assert!(validate(&hb(&"x".repeat(257), "h:1")).is_err());
+    }
+}

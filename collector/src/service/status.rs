@@ -1,0 +1,76 @@
+//! `cluster.status` (any app key): `{}` →
+//! `{"view": version, "nodes": [{"id","addr","weight","state","source",
+//! "last_seen_ms","load","stats"}], "balancers": [...], "dead_after_ms"}`.
+//!
+//! `view` is the version last published. `state` is `up`, `draining` or
+//! `down` (a static target failing its checks: known, not in the view).
+//! `last_seen_ms` is how long ago, in milliseconds, the node last
+//! heartbeated or passed a check (`null` if never): an age reads at a
+//! glance in `client status`, where a timestamp would need arithmetic.
+//! `load` is the smoothed figures the view carries; `stats` the last ones
+//! sent.
+
+use dsf_common::view::{Load, Stats};
+use dsf_common::wire::Admitted;
+use dsf_common::Error;
+use serde::Serialize;
+
+use crate::cluster::{BalancerStatus, Cluster, Snapshot};
+use crate::members::{MemberState, Source};
+
+/// `cluster.status`'s reply.
+#[derive(Debug, Serialize)]
+pub struct Status<'a> {
+    pub view: u64,
+    pub nodes: Vec<NodeStatus<'a>>,
+    pub balancers: &'a [BalancerStatus],
+    pub dead_after_ms: u64,
+}
+
+/// One row of the node table.
+#[derive(Debug, Serialize)]
+pub struct NodeStatus<'a> {
+    pub id: &'a str,
+    pub addr: &'a str,
+    pub weight: u32,
+    pub state: MemberState,
+    pub source: Source,
+    pub last_seen_ms: Option<u64>,
+    pub load: Load,
+    pub stats: &'a Stats,
+}
+
+/// The reply body for a snapshot.
+pub fn render(snap: &Snapshot) -> String {
+    let nodes = snap
+        .members
+        .iter()
+        .map(|m| NodeStatus {
+            id: &m.id,
+            addr: &m.addr,
+            weight: m.weight,
+            state: m.state,
+            source: m.source,
+            last_seen_ms: m
+                .last_seen
+                .map(|t| snap.taken.saturating_duration_since(t).as_millis() as u64),
+            load: m.load.load(),
+            stats: &m.stats,
+        })
+        .collect();
+    let status = Status {
+        view: snap.view.version,
+        nodes,
+        balancers: &snap.balancers,
+        dead_after_ms: snap.members.dead_after().as_millis() as u64,
+    };
+    serde_json::to_string(&status).expect("status serialises")
+}
+
+/// The handler.
+pub fn handle(cluster: &Cluster, req: &Admitted) -> Result<String, Error> {
+    // Any body is accepted: there is nothing to ask for yet, and an old
+    // client sending a field we do not know should still get its table.
+    let _: serde_json::Value = req.request.body()?;
+    Ok(render(&cluster.snapshot()))
+}
