@@ -34,7 +34,7 @@ const GUARD_CAPACITY: usize = 1 << 20;
 fn framed_request(key: &Key, n: u64, want: usize) -> Vec<u8> {
     let encode = |pad: usize| {
         let body = format!(
-            "{{\"id_card\":\"110101199003077777\",\"name\":\"Li Lei{}\",\"gate\":\"north-2\"}}",
+            "{{\"id_card\":\"110101199003077777\",\"name\":\"L{}\"}}",
             "x".repeat(pad)
         );
         let req = OutgoingRequest {

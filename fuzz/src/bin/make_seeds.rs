@@ -7,9 +7,9 @@ use std::path::Path;
 
 use dsf_common::wire::envelope::{encode_ok, encode_request_at, OutgoingRequest};
 use dsf_common::wire::frame::HEADER_LEN;
-use dsf_common::wire::{encode_error, Key};
+use dsf_common::wire::{encode_error, Admission, Key, ReplayGuard};
 use dsf_common::Error;
-use dsf_fuzz::{key, APP, NOW_MS};
+use dsf_fuzz::{key, keys, APP, NOW_MS};
 
 fn request(
     key: &Key,
@@ -75,6 +75,17 @@ fn main() -> std::io::Result<()> {
         ),
         request(&k, 5, "sys.ping", APP, None, "[]", NOW_MS, "short"),
     ];
+    // The seeds are only useful if the valid ones get all the way through.
+    let admission = Admission::new(keys(), ReplayGuard::default());
+    for f in &good {
+        if let Err(r) = admission.admit_at(&f[HEADER_LEN..], NOW_MS) {
+            panic!("seed refused: {:?}", r.rejection);
+        }
+    }
+    for f in &near {
+        assert!(admission.admit_at(&f[HEADER_LEN..], NOW_MS).is_err());
+    }
+
     let mut replies = Vec::new();
     encode_ok(Some(&k), 1, "{\"node\":\"n1\"}", &mut replies);
     encode_error(
