@@ -1,0 +1,283 @@
+//! Settings of `app-server`: every field is a flag (`--node-id`), an
+//! environment variable (`DSF_NODE_ID`) and a key of the `--config` file
+//! (`node_id`); flags win over the environment, the environment over the
+//! file. [`AppConfig::settings`] resolves them, reading the secrets.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dsf_common::config::{self, Config, ConfigError, HumanDuration};
+use dsf_common::reactor::{ReactorConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS};
+use dsf_common::view::DEFAULT_WEIGHT;
+use dsf_common::wire::keys::{self, AppKeys};
+use dsf_common::wire::DEFAULT_MAX_FRAME;
+use dsf_sql::password::Cost;
+use dsf_sql::DbConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::server::Settings;
+
+/// Default client port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
+/// Default worker threads per core (workers mostly wait on MySQL).
+pub const DEFAULT_WORKERS_PER_CORE: usize = 4;
+/// Default requests waiting for a worker, per worker.
+pub const DEFAULT_QUEUE_PER_WORKER: usize = 64;
+/// Longest a token check may be cached: a logout elsewhere takes effect
+/// everywhere within this.
+pub const MAX_SESSION_CACHE: Duration = Duration::from_secs(2);
+/// Default lifetime of a login session.
+pub const DEFAULT_SESSION_TTL: Duration = dsf_sql::sessions::DEFAULT_TTL;
+/// Default time between heartbeats.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long shutdown waits for in-flight requests.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Settings of `app-server run` (see the module documentation).
+#[derive(Debug, Default, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// Client port [default: 127.0.0.1:7000].
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+
+    /// Address clients are told to connect to [default: the listen address].
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+
+    /// Stable node id on the ring [default: the advertised address].
+    #[arg(long, value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+
+    /// Relative share of keys on the ring [default: 1].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+
+    /// The database, mysql://USER:PASS@HOST:PORT/DB (required).
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db: Option<String>,
+
+    /// The collector's app-server port, HOST:PORT. Without it no heartbeats
+    /// are sent and no balancer fed by a collector will list this node.
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collector: Option<String>,
+
+    /// Worker threads [default: 4 per core].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+
+    /// Requests waiting for a worker before the reactor stops reading
+    /// [default: 64 per worker].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<usize>,
+
+    /// TOML table `app_id = "secret"` (mode 0600) of the keys clients sign with.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_keys: Option<PathBuf>,
+
+    /// File (mode 0600) holding the cluster secret; otherwise
+    /// DSF_CLUSTER_SECRET is read.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// How long a token check is cached, at most 2s; 0s turns it off [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_cache: Option<HumanDuration>,
+
+    /// Lifetime of a login session [default: 12h].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_ttl: Option<HumanDuration>,
+
+    /// Largest frame accepted, in bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frame: Option<usize>,
+
+    /// Connections held at once; more get `overloaded` [default: 10000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_conns: Option<usize>,
+
+    /// Close a connection silent this long [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<HumanDuration>,
+}
+
+// === impl AppConfig ===
+
+impl AppConfig {
+    /// `--listen`, or [`DEFAULT_LISTEN`].
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"))
+    }
+
+    /// `--workers`, or 4 per core.
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            cores * DEFAULT_WORKERS_PER_CORE
+        })
+    }
+
+    /// `--queue`, or 64 per worker.
+    pub fn queue(&self) -> usize {
+        self.queue
+            .unwrap_or_else(|| self.workers() * DEFAULT_QUEUE_PER_WORKER)
+    }
+
+    /// `--session-cache`, or [`MAX_SESSION_CACHE`].
+    pub fn session_cache(&self) -> Duration {
+        self.session_cache
+            .map_or(MAX_SESSION_CACHE, HumanDuration::get)
+    }
+
+    /// The reactor's limits.
+    pub fn reactor(&self) -> ReactorConfig {
+        ReactorConfig {
+            max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),
+            max_conns: self.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
+            idle_timeout: self
+                .idle_timeout
+                .map_or(DEFAULT_IDLE_TIMEOUT, HumanDuration::get),
+            shutdown_grace: SHUTDOWN_DEADLINE,
+            ..ReactorConfig::default()
+        }
+    }
+
+    /// The database settings, the pool sized for the workers.
+    pub fn db_config(&self) -> Result<DbConfig, ConfigError> {
+        let url = config::required(&self.db, "db")?;
+        Ok(DbConfig::new(url.clone()).workers(self.workers()))
+    }
+
+    /// Everything resolved and the secrets read: what [`crate::server::start`]
+    /// takes. Refuses to go on without app keys or a cluster secret.
+    pub fn settings(&self) -> Result<Settings, Error> {
+        self.validate()?;
+        let db = self.db_config()?;
+        let app_keys = match &self.app_keys {
+            Some(path) => AppKeys::load(path)?,
+            None => return Err(Error::NoAppKeys),
+        };
+        let cluster_secret = keys::cluster_secret(self.cluster_secret_file.as_deref())?;
+        Ok(Settings {
+            listen: self.listen(),
+            advertise: self.advertise.clone(),
+            node_id: self.node_id.clone(),
+            weight: self.weight.unwrap_or(DEFAULT_WEIGHT),
+            db,
+            collector: self.collector.clone(),
+            workers: self.workers(),
+            queue: self.queue(),
+            app_keys,
+            cluster_secret,
+            reactor: self.reactor(),
+            session_cache: self.session_cache(),
+            session_ttl: self
+                .session_ttl
+                .map_or(DEFAULT_SESSION_TTL, HumanDuration::get),
+            heartbeat_every: DEFAULT_HEARTBEAT,
+            password_cost: Cost::DEFAULT,
+        })
+    }
+}
+
+impl Config for AppConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == Some(0) {
+            return Err(ConfigError::invalid("workers", "must be at least 1"));
+        }
+        if self.queue == Some(0) {
+            return Err(ConfigError::invalid("queue", "must be at least 1"));
+        }
+        if self.max_frame == Some(0) {
+            return Err(ConfigError::invalid("max_frame", "must be at least 1"));
+        }
+        if self.session_cache() > MAX_SESSION_CACHE {
+            return Err(ConfigError::invalid(
+                "session_cache",
+                "at most 2s (a logout must take effect everywhere within 2 s)",
+            ));
+        }
+        if self
+            .session_ttl
+            .is_some_and(|d| d.get() < Duration::from_secs(1))
+        {
+            return Err(ConfigError::invalid("session_ttl", "must be at least 1s"));
+        }
+        if self
+            .idle_timeout
+            .is_some_and(|d| d.get() < Duration::from_millis(10))
+        {
+            return Err(ConfigError::invalid(
+                "idle_timeout",
+                "must be at least 10ms",
+            ));
+        }
+        for (key, value) in [
+            ("advertise", &self.advertise),
+            ("collector", &self.collector),
+        ] {
+            if let Some(v) = value {
+                let ok = v
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !ok {
+                    return Err(ConfigError::invalid(key, format!("{v:?} is not HOST:PORT")));
+                }
+            }
+        }
+        if self.node_id.as_deref() == Some("") {
+            return Err(ConfigError::invalid("node_id", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_layers_over_the_file() {
+        config::assert_layerable::<AppConfig>();
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (file, key) in [
+            ("workers = 0", "workers"),
+            ("session_cache = \"3s\"", "session_cache"),
+            ("collector = \"nohost\"", "collector"),
+            ("listen_addr = \"x\"", "listen_addr"),
+        ] {
+            let e = config::layer::<AppConfig>(Some(("app.toml", file)), &AppConfig::default())
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map_err(|e| e.to_string()))
+                .unwrap_err();
+            assert!(e.contains(key), "{file}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_db_says_how_to_set_it() {
+        let e = AppConfig::default().db_config().unwrap_err().to_string();
+        assert!(e.contains("--db") && e.contains("DSF_DB"), "{e}");
+    }
+}

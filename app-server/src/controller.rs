@@ -1,0 +1,312 @@
+//! The controller: a table from message type to [`Route`] (who may call it,
+//! where it runs, which handler), and the steps every request takes through
+//! it: admission (signature, timestamp, nonce), session and role, the
+//! handler, the signed reply.
+//!
+//! Admission runs on the reactor thread, so a request for an unknown type
+//! or with a bad signature never occupies a worker; everything that may
+//! touch MySQL (sessions included) runs on a worker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use dsf_common::wire::{self, Admission, Admitted, Refused, Request};
+use dsf_common::{Error, ErrorCode, Result};
+use dsf_sql::password::Cost;
+use dsf_sql::{Db, Role, Session};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::handlers;
+use crate::sessions::SessionCache;
+use crate::stats::Metrics;
+
+/// Who may send a message type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// A valid app signature is enough.
+    App,
+    /// A session token of a user with at least this role.
+    Role(Role),
+}
+
+/// Where a handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exec {
+    /// On the reactor thread: only for handlers that never block (no MySQL).
+    Inline,
+    /// On a worker.
+    Pool,
+}
+
+/// A handler: the call in, the reply body (a serialised JSON object) out.
+pub type Handler = fn(&Call<'_>) -> Result<String>;
+
+/// One entry of the table.
+#[derive(Debug)]
+pub struct Route {
+    /// The message type, e.g. `blacklist.add`.
+    pub kind: &'static str,
+    pub auth: Auth,
+    pub exec: Exec,
+    pub handler: Handler,
+}
+
+/// What a handler works with: the shared [`App`], the request, and the
+/// caller's session when the route needs one.
+pub struct Call<'a> {
+    pub app: &'a App,
+    pub request: &'a Request,
+    pub session: Option<&'a Session>,
+}
+
+// === impl Call ===
+
+impl Call<'_> {
+    /// The body as `T`; a mismatch is a `bad_request` naming the field and
+    /// what was expected (`name: invalid type: integer `5`, expected a string`).
+    pub fn body<T: DeserializeOwned>(&self) -> Result<T> {
+        parse_body(self.request.body.get())
+    }
+
+    /// The caller's session; only routes with [`Auth::Role`] have one.
+    pub fn session(&self) -> Result<&Session> {
+        self.session.ok_or_else(|| {
+            Error::Internal(format!(
+                "{} is routed without a session but its handler needs one",
+                self.request.kind
+            ))
+        })
+    }
+
+    /// The token the request carried (checked, for [`Auth::Role`] routes).
+    pub fn token(&self) -> Option<&str> {
+        self.request.token.as_deref()
+    }
+}
+
+/// Deserialises a body, naming the offending field in the error.
+pub fn parse_body<T: DeserializeOwned>(body: &str) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_str(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = strip_position(&e.into_inner().to_string());
+        if path == "." {
+            Error::bad_request(format!("body: {inner}"))
+        } else {
+            Error::bad_request(format!("{path}: {inner}"))
+        }
+    })
+}
+
+/// serde's message without " at line 1 column 17", which means nothing to
+/// the sender.
+fn strip_position(s: &str) -> String {
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s.to_string(),
+    }
+}
+
+/// Renders a reply body.
+pub fn json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Internal(format!("rendering a reply: {e}")))
+}
+
+/// What every handler shares: the database, the session cache, who this
+/// node is.
+#[derive(Debug)]
+pub struct App {
+    pub db: Db,
+    pub sessions: SessionCache,
+    /// Lifetime of sessions made by `user.login`.
+    pub session_ttl: Duration,
+    /// Work of each password hash (lowered only in tests).
+    pub password_cost: Cost,
+    node: OnceLock<String>,
+}
+
+// === impl App ===
+
+impl App {
+    /// The shared state; the node id is set once the listen address is known.
+    pub fn new(db: Db, session_cache: Duration, session_ttl: Duration, password_cost: Cost) -> App {
+        App {
+            db,
+            sessions: SessionCache::new(session_cache),
+            session_ttl,
+            password_cost,
+            node: OnceLock::new(),
+        }
+    }
+
+    /// Sets this node's id (once).
+    pub fn set_node(&self, id: String) {
+        let _ = self.node.set(id);
+    }
+
+    /// This node's id, as `sys.ping` and gate checks report it.
+    pub fn node(&self) -> &str {
+        self.node.get().map_or("unknown", String::as_str)
+    }
+}
+
+/// Admission, the route table and the shared state; one per server, shared
+/// by the reactor thread and the workers.
+pub struct Controller {
+    admission: Admission,
+    routes: HashMap<&'static str, &'static Route>,
+    app: App,
+    metrics: Arc<Metrics>,
+}
+
+// === impl Controller ===
+
+impl Controller {
+    /// A controller over every handler group's routes.
+    pub fn new(admission: Admission, app: App, metrics: Arc<Metrics>) -> Controller {
+        let mut routes = HashMap::new();
+        for r in handlers::routes() {
+            let dup = routes.insert(r.kind, r);
+            assert!(dup.is_none(), "message type {} is routed twice", r.kind);
+        }
+        Controller {
+            admission,
+            routes,
+            app,
+            metrics,
+        }
+    }
+
+    /// The shared state.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// The counters replies are recorded in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Every message type served.
+    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.routes.keys().copied()
+    }
+
+    /// Signature, timestamp and nonce of one frame.
+    pub fn admit(&self, payload: &[u8]) -> std::result::Result<Admitted, Refused> {
+        self.admission.admit(payload)
+    }
+
+    /// The route of a message type.
+    pub fn route(&self, kind: &str) -> Option<&'static Route> {
+        self.routes.get(kind).copied()
+    }
+
+    /// The error for a type no route serves.
+    pub fn unknown_type(kind: &str) -> Error {
+        Error::UnknownType(format!(
+            "no message type {kind:?} on app servers (see the message catalogue: sys.ping, user.*, blacklist.*, gate.*)"
+        ))
+    }
+
+    /// Runs an admitted request through its route and appends the signed
+    /// reply to `out`; records it in the metrics.
+    pub fn handle(&self, route: &Route, admitted: &Admitted, received: Instant, out: &mut Vec<u8>) {
+        let req = &admitted.request;
+        let result = self.call(route, req);
+        let ok = result.is_ok();
+        match result {
+            Ok(body) => wire::encode_ok(Some(&admitted.key), req.id, &body, out),
+            Err(e) => {
+                if e.code() == ErrorCode::Internal {
+                    log::error!(
+                        "{} (request {} from app {}): {e}",
+                        req.kind,
+                        req.id,
+                        req.app
+                    );
+                } else {
+                    log::debug!("{} (request {}): {}: {e}", req.kind, req.id, e.code());
+                }
+                wire::encode_error(Some(&admitted.key), req.id, &e, out)
+            }
+        }
+        self.metrics.record(received, ok);
+    }
+
+    fn call(&self, route: &Route, req: &Request) -> Result<String> {
+        let session = match route.auth {
+            Auth::App => None,
+            Auth::Role(min) => {
+                let s = self.authenticate(req)?;
+                if s.user.role < min {
+                    return Err(Error::Forbidden(format!(
+                        "{} needs role {min} or above; user {:?} is {}",
+                        req.kind, s.user.name, s.user.role
+                    )));
+                }
+                Some(s)
+            }
+        };
+        (route.handler)(&Call {
+            app: &self.app,
+            request: req,
+            session: session.as_ref(),
+        })
+    }
+
+    /// The session of the request's token, from the cache or MySQL.
+    fn authenticate(&self, req: &Request) -> Result<Session> {
+        let token = match req.token.as_deref() {
+            Some(t) if !t.is_empty() => t,
+            _ => {
+                return Err(Error::Unauthorized(format!(
+                    "{} needs a session token: log in with user.login and send its token",
+                    req.kind
+                )))
+            }
+        };
+        if let Some(s) = self.app.sessions.get(token) {
+            return Ok(s);
+        }
+        match self.app.db.sessions().get(token)? {
+            Some(s) => {
+                self.app.sessions.put(token, s.clone());
+                Ok(s)
+            }
+            None => Err(Error::Unauthorized(
+                "session token is unknown, expired or logged out: log in again with user.login"
+                    .into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        limit: Option<u32>,
+    }
+
+    #[test]
+    fn body_errors_name_the_field() {
+        let e = parse_body::<Body>(r#"{"name":5}"#).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadRequest);
+        assert!(e.to_string().starts_with("name: invalid type"), "{e}");
+        let e = parse_body::<Body>(r#"{"name":"a","limit":"x"}"#).unwrap_err();
+        assert!(e.to_string().starts_with("limit: "), "{e}");
+        let e = parse_body::<Body>(r#"{}"#).unwrap_err();
+        assert_eq!(e.to_string(), "body: missing field `name`");
+        let e = parse_body::<Body>(r#"{"name":"a","nme":1}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `nme`"), "{e}");
+    }
+}

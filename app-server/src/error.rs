@@ -1,0 +1,42 @@
+//! [`Error`]: why the server (or one of its commands) could not start or run.
+//! Errors met while serving a request are wire errors
+//! ([`dsf_common::Error`]) and go back to the client instead.
+
+use dsf_common::config::ConfigError;
+use dsf_common::wire::KeyError;
+
+/// What stops `app-server` from starting or a command from completing; each
+/// message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is missing or wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    /// The app keys or the cluster secret could not be read.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+
+    /// No `--app-keys`: clients would have nothing to sign with.
+    #[error(
+        "no app keys: pass --app-keys FILE (or set DSF_APP_KEYS), a TOML table \
+         app_id = \"secret\" of mode 0600 holding the keys clients sign with"
+    )]
+    NoAppKeys,
+
+    /// The database refused or failed.
+    #[error("database: {0}")]
+    Db(#[from] dsf_sql::Error),
+
+    /// A socket or thread could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done (`listening on 127.0.0.1:7000`).
+        what: String,
+        source: std::io::Error,
+    },
+
+    /// `create-admin` got no usable password.
+    #[error("password: {0}")]
+    Password(String),
+}

@@ -1,0 +1,250 @@
+//! The heartbeat thread: `node.heartbeat` to the collector every interval
+//! (id, advertised address, weight, state, stats), signed with the cluster
+//! secret; `node.leave` at the end of a graceful shutdown.
+//!
+//! A collector that is down is logged once and retried with backoff (up to
+//! [`MAX_BACKOFF`]); serving never depends on it. When it answers again,
+//! that is logged too.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use dsf_common::stream::FramedStream;
+use dsf_common::view::{Heartbeat, Leave, Stats};
+use dsf_common::wire::DEFAULT_MAX_FRAME;
+use dsf_common::wire::{encode_request, keys::CLUSTER_APP, Key, OutgoingRequest, Reply};
+
+use crate::stats::{Gauges, Metrics};
+
+/// Longest wait between attempts while the collector is down.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// How long one exchange with the collector may take.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Who this node is, as heartbeats say.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub id: String,
+    pub addr: String,
+    pub weight: u32,
+}
+
+enum Command {
+    /// Send a heartbeat now (the state changed); answer whether it went.
+    Now(Sender<bool>),
+    /// Send `node.leave`, answer whether it went, and stop.
+    Leave(Sender<bool>),
+}
+
+/// The running heartbeat thread.
+pub struct Heartbeats {
+    tx: Sender<Command>,
+    handle: JoinHandle<()>,
+}
+
+// === impl Heartbeats ===
+
+impl Heartbeats {
+    /// Starts the thread `heartbeat` sending to `collector` every `every`.
+    /// `gauges` reads connections, in-flight and queue depth at each beat.
+    pub fn start(
+        collector: String,
+        cluster_key: Key,
+        identity: Identity,
+        every: Duration,
+        metrics: Arc<Metrics>,
+        gauges: Box<dyn Fn() -> Gauges + Send>,
+    ) -> std::io::Result<Heartbeats> {
+        let (tx, rx) = bounded(4);
+        let sender = Link {
+            collector,
+            key: cluster_key,
+            conn: None,
+            next_id: 1,
+            failures: 0,
+        };
+        let handle = std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || run(sender, identity, every, metrics, gauges, rx))?;
+        Ok(Heartbeats { tx, handle })
+    }
+
+    /// Sends a heartbeat at once (used to report `draining`), waiting at most
+    /// `wait` for it to go; whether the collector took it.
+    pub fn beat_now(&self, wait: Duration) -> bool {
+        let (ack, done) = bounded(1);
+        if self.tx.send_timeout(Command::Now(ack), wait).is_err() {
+            return false;
+        }
+        done.recv_timeout(wait).unwrap_or(false)
+    }
+
+    /// Sends `node.leave` and stops the thread, waiting at most `wait`;
+    /// whether the collector took it.
+    pub fn leave(self, wait: Duration) -> bool {
+        let (ack, done) = bounded(1);
+        if self.tx.send_timeout(Command::Leave(ack), wait).is_err() {
+            return false;
+        }
+        match done.recv_timeout(wait) {
+            Ok(ok) => {
+                // It answered, so it has returned: the join is immediate.
+                let _ = self.handle.join();
+                ok
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// The connection to the collector and what is needed to sign for it.
+struct Link {
+    collector: String,
+    key: Key,
+    conn: Option<FramedStream>,
+    next_id: u64,
+    failures: u32,
+}
+
+impl Link {
+    /// One signed exchange; on any failure the connection is dropped so the
+    /// next attempt starts afresh.
+    fn exchange(&mut self, kind: &str, body: &str) -> Result<(), String> {
+        let result = self.try_exchange(kind, body);
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    fn try_exchange(&mut self, kind: &str, body: &str) -> Result<(), String> {
+        if self.conn.is_none() {
+            let c =
+                FramedStream::connect(self.collector.as_str(), EXCHANGE_TIMEOUT, DEFAULT_MAX_FRAME)
+                    .map_err(|e| format!("cannot connect: {e}"))?;
+            self.conn = Some(c);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut out = Vec::with_capacity(256 + body.len());
+        let req = OutgoingRequest {
+            id,
+            kind,
+            app: CLUSTER_APP,
+            token: None,
+            body,
+        };
+        encode_request(&self.key, &req, &mut out);
+        conn.send(&out).map_err(|e| format!("cannot send: {e}"))?;
+        let payload = conn
+            .recv(Instant::now() + EXCHANGE_TIMEOUT)
+            .map_err(|e| format!("no reply: {e}"))?
+            .ok_or("it closed the connection")?;
+        let reply = Reply::parse(&payload).map_err(|e| format!("bad reply: {e}"))?;
+        reply
+            .verify(&self.key)
+            .map_err(|e| format!("reply not signed with the cluster secret: {e}"))?;
+        if reply.id != id {
+            return Err(format!(
+                "reply to request {} while waiting for {id}",
+                reply.id
+            ));
+        }
+        reply
+            .into_result()
+            .map(|_| ())
+            .map_err(|e| format!("{}: {e}", e.code()))
+    }
+
+    /// Sends and logs the way an operator wants: the first failure and the
+    /// recovery at `warn`/`info`, the ones in between at `debug`.
+    fn send_logged(&mut self, kind: &str, body: &str) -> bool {
+        match self.exchange(kind, body) {
+            Ok(()) => {
+                if self.failures > 0 {
+                    log::info!(
+                        "collector {} reachable again after {} failed attempts",
+                        self.collector,
+                        self.failures
+                    );
+                }
+                self.failures = 0;
+                true
+            }
+            Err(e) => {
+                if self.failures == 0 {
+                    log::warn!(
+                        "{kind} to collector {} failed: {e}; still serving, retrying with backoff (logged again when it answers)",
+                        self.collector
+                    );
+                } else {
+                    log::debug!("{kind} to collector {} failed again: {e}", self.collector);
+                }
+                self.failures += 1;
+                false
+            }
+        }
+    }
+
+    /// How long to wait before the next heartbeat.
+    fn next_wait(&self, every: Duration) -> Duration {
+        if self.failures == 0 {
+            return every;
+        }
+        let doubled = every.saturating_mul(1 << self.failures.min(4));
+        doubled.min(MAX_BACKOFF).max(every)
+    }
+}
+
+fn heartbeat_body(identity: &Identity, metrics: &Metrics, stats: Stats) -> String {
+    serde_json::to_string(&Heartbeat {
+        id: identity.id.clone(),
+        addr: identity.addr.clone(),
+        weight: identity.weight,
+        state: metrics.state(),
+        stats,
+    })
+    .expect("a heartbeat serialises")
+}
+
+fn run(
+    mut sender: Link,
+    identity: Identity,
+    every: Duration,
+    metrics: Arc<Metrics>,
+    gauges: Box<dyn Fn() -> Gauges + Send>,
+    rx: Receiver<Command>,
+) {
+    let mut next = Instant::now();
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => {
+                let body = heartbeat_body(&identity, &metrics, metrics.sample(gauges()));
+                sender.send_logged("node.heartbeat", &body);
+                next = Instant::now() + sender.next_wait(every);
+            }
+            Ok(Command::Now(ack)) => {
+                let body = heartbeat_body(&identity, &metrics, metrics.sample(gauges()));
+                let _ = ack.send(sender.send_logged("node.heartbeat", &body));
+                next = Instant::now() + every;
+            }
+            Ok(Command::Leave(ack)) => {
+                let body = serde_json::to_string(&Leave {
+                    id: identity.id.clone(),
+                })
+                .expect("a leave serialises");
+                let ok = sender.send_logged("node.leave", &body);
+                if ok {
+                    log::info!("left collector {} as {}", sender.collector, identity.id);
+                }
+                let _ = ack.send(ok);
+                return;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}

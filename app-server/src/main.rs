@@ -1,0 +1,127 @@
+//! `app-server`: flags, config, signals and the three commands; everything
+//! else is in the library.
+
+use clap::{Args, Parser, Subcommand};
+use dsf_common::config::{self, ConfigArgs};
+use dsf_sql::password::Cost;
+use dsf_sql::Db;
+
+use app_server::config::AppConfig;
+
+/// Application server: serves the dsf message types over MySQL.
+///
+/// Clients sign with a key from --app-keys; heartbeats to the collector are
+/// signed with the cluster secret (DSF_CLUSTER_SECRET or
+/// --cluster-secret-file). SIGTERM or SIGINT drains and exits 0.
+#[derive(Parser)]
+#[command(
+    name = "app-server",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  \
+  app-server migrate --db mysql://dsf:pw@127.0.0.1:3306/dsf\n  \
+  echo \"$ADMIN_PW\" | app-server create-admin --db mysql://dsf:pw@127.0.0.1:3306/dsf --name root\n  \
+  DSF_CLUSTER_SECRET=… app-server --listen 127.0.0.1:7000 --db mysql://dsf:pw@127.0.0.1:3306/dsf \\\n      \
+  --collector 127.0.0.1:6400 --app-keys keys.toml\n\n\
+Every flag can also be set as DSF_<FLAG> (e.g. DSF_NODE_ID=a1) or as a key of the --config file.\n\
+Logs go to stderr; RUST_LOG=debug shows every request."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default when no command is given).
+    Run(Box<RunArgs>),
+    /// Create the database if needed and apply the schema migrations.
+    Migrate(DbArgs),
+    /// Create an admin user; the password is read from stdin.
+    CreateAdmin {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The admin's user name.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    files: ConfigArgs,
+    #[command(flatten)]
+    config: AppConfig,
+}
+
+#[derive(Args)]
+struct DbArgs {
+    /// TOML file of settings; only its `db` is used here.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// The database, mysql://USER:PASS@HOST:PORT/DB.
+    #[arg(long, value_name = "URL")]
+    db: Option<String>,
+}
+
+fn fail(code: i32, e: impl std::fmt::Display) -> ! {
+    eprintln!("app-server: {e}");
+    std::process::exit(code)
+}
+
+fn db_config(args: &DbArgs) -> dsf_sql::DbConfig {
+    let cli = AppConfig {
+        db: args.db.clone(),
+        workers: Some(1),
+        ..AppConfig::default()
+    };
+    let cfg = config::load(args.config.as_deref(), &cli).unwrap_or_else(|e| fail(2, e));
+    cfg.db_config().unwrap_or_else(|e| fail(2, e))
+}
+
+fn run(args: RunArgs) {
+    let config = args.files.load_or_exit(&args.config);
+    let settings = config.settings().unwrap_or_else(|e| fail(2, e));
+    let running = app_server::start(settings).unwrap_or_else(|e| fail(1, e));
+    let stop = running.stop_handle();
+    if let Err(e) = dsf_common::signals::on_terminate(move || stop.trigger()) {
+        log::warn!("cannot install signal handlers: {e}");
+    }
+    match running.wait() {
+        Ok(report) => log::info!(
+            "app-server stopped (draining reported: {}, workers finished: {}, left: {})",
+            report.reported_draining,
+            report.workers_finished,
+            report.left
+        ),
+        Err(e) => fail(1, e),
+    }
+}
+
+fn main() {
+    dsf_common::logging::init(dsf_common::logging::DEFAULT_FILTER);
+    let cli: Cli = config::parse();
+    match cli.command {
+        None => run(cli.run),
+        Some(Command::Run(args)) => run(*args),
+        Some(Command::Migrate(args)) => {
+            let report =
+                app_server::admin::migrate(&db_config(&args)).unwrap_or_else(|e| fail(1, e));
+            println!(
+                "schema at version {} (applied now: {:?})",
+                report.version, report.applied
+            );
+        }
+        Some(Command::CreateAdmin { db, name }) => {
+            let cfg = db_config(&db);
+            let password = app_server::admin::read_password().unwrap_or_else(|e| fail(2, e));
+            let db = Db::connect(&cfg).unwrap_or_else(|e| fail(1, e));
+            let user = app_server::admin::create_admin(&db, &name, &password, Cost::DEFAULT)
+                .unwrap_or_else(|e| fail(1, e));
+            println!("admin {:?} created (id {})", user.name, user.id);
+        }
+    }
+}

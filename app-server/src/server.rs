@@ -1,0 +1,288 @@
+//! Starting and stopping an app server: the database pool, the worker pool,
+//! the reactor, the heartbeat thread, and the graceful shutdown that ties
+//! them together.
+//!
+//! Shutdown ([`StopHandle::trigger`], SIGTERM/SIGINT in the binary):
+//! 1. report `draining` to the collector (balancers stop sending new keys);
+//! 2. stop accepting and reading; finish the requests already read, and
+//!    deliver their replies, within [`SHUTDOWN_DEADLINE`];
+//! 3. let the workers finish anything still running (a write that was
+//!    acknowledged was committed before its reply was written);
+//! 4. `node.leave`, and return.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use dsf_common::pool::WorkerPool;
+use dsf_common::reactor::{Reactor, ReactorConfig, ReactorStats, Shutdown};
+use dsf_common::wire::{Admission, AppKeys, Key, ReplayGuard};
+use dsf_sql::password::Cost;
+use dsf_sql::{Db, DbConfig};
+
+use crate::config::SHUTDOWN_DEADLINE;
+use crate::controller::{App, Controller};
+use crate::error::Error;
+use crate::heartbeat::{Heartbeats, Identity};
+use crate::service::{run_job, AppService, Job};
+use crate::stats::{Gauges, Metrics};
+
+/// Everything a server needs, resolved from flags, environment and file
+/// ([`crate::config::AppConfig::settings`]), or built by tests.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Client port; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Address heartbeats advertise [default: the bound listen address].
+    pub advertise: Option<String>,
+    /// Node id [default: the advertised address].
+    pub node_id: Option<String>,
+    /// Share of keys on the ring.
+    pub weight: u32,
+    pub db: DbConfig,
+    /// The collector's app-server port; `None` sends no heartbeats.
+    pub collector: Option<String>,
+    /// Worker threads.
+    pub workers: usize,
+    /// Requests waiting for a worker at most.
+    pub queue: usize,
+    /// Keys clients sign with.
+    pub app_keys: AppKeys,
+    /// Signs heartbeats (never from a flag value).
+    pub cluster_secret: Vec<u8>,
+    pub reactor: ReactorConfig,
+    /// How long a token check is cached (≤ 2 s).
+    pub session_cache: Duration,
+    /// Lifetime of a login session.
+    pub session_ttl: Duration,
+    /// Time between heartbeats.
+    pub heartbeat_every: Duration,
+    /// Work of each password hash ([`Cost::DEFAULT`] outside tests).
+    pub password_cost: Cost,
+}
+
+/// Asks a running server to shut down gracefully; clonable to any thread
+/// (the signal handler's).
+#[derive(Clone)]
+pub struct StopHandle {
+    tx: Sender<()>,
+}
+
+impl StopHandle {
+    /// Starts the graceful shutdown; [`Running::wait`] carries it out.
+    pub fn trigger(&self) {
+        let _ = self.tx.try_send(());
+    }
+}
+
+/// How a graceful shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// The collector took the `draining` heartbeat.
+    pub reported_draining: bool,
+    /// Every worker finished before the deadline.
+    pub workers_finished: bool,
+    /// The collector took `node.leave`.
+    pub left: bool,
+}
+
+/// A running app server.
+pub struct Running {
+    addr: SocketAddr,
+    node_id: String,
+    metrics: Arc<Metrics>,
+    reactor_stats: Arc<ReactorStats>,
+    shutdown: Shutdown,
+    reactor: JoinHandle<std::io::Result<()>>,
+    pool: WorkerPool<Job>,
+    heartbeats: Option<Heartbeats>,
+    stop_tx: Sender<()>,
+    stop_rx: Receiver<()>,
+    controller: Arc<Controller>,
+}
+
+// === impl Running ===
+
+impl Running {
+    /// Where the client port listens (port 0 resolved).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Request and error counters and latency.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The reactor's counters (connections, frames).
+    pub fn reactor_stats(&self) -> &Arc<ReactorStats> {
+        &self.reactor_stats
+    }
+
+    /// The database pool the handlers use.
+    pub fn db(&self) -> &Db {
+        &self.controller.app().db
+    }
+
+    /// A handle that starts the graceful shutdown from any thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            tx: self.stop_tx.clone(),
+        }
+    }
+
+    /// Waits for a stop request, then shuts down gracefully (see the module
+    /// documentation).
+    pub fn wait(self) -> Result<ShutdownReport, Error> {
+        let _ = self.stop_rx.recv();
+        self.shut_down()
+    }
+
+    /// Starts the graceful shutdown and waits for it.
+    pub fn stop(self) -> Result<ShutdownReport, Error> {
+        self.stop_handle().trigger();
+        self.wait()
+    }
+
+    fn shut_down(self) -> Result<ShutdownReport, Error> {
+        let started = Instant::now();
+        let deadline = started + SHUTDOWN_DEADLINE;
+        log::info!(
+            "{}: draining: {} requests in flight",
+            self.node_id,
+            self.shutdown.in_flight()
+        );
+        self.metrics.set_draining();
+        let reported_draining = match &self.heartbeats {
+            Some(h) => h.beat_now(Duration::from_secs(1)),
+            None => false,
+        };
+        // The reactor stops accepting and reading, and returns once every
+        // dispatched request is answered or its grace (the same 5 s) ends.
+        self.shutdown.trigger();
+        let reactor = self.reactor.join().map_err(|_| Error::Io {
+            what: "reactor".into(),
+            source: std::io::Error::other("the reactor thread panicked"),
+        })?;
+        if let Err(e) = reactor {
+            log::error!("reactor stopped with an error: {e}");
+        }
+        // Anything a worker still runs finishes its writes, even if the
+        // reply can no longer be delivered.
+        let left_for_workers = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(500));
+        let workers_finished = self.pool.shutdown(left_for_workers);
+        let left = match self.heartbeats {
+            Some(h) => h.leave(Duration::from_secs(2)),
+            None => false,
+        };
+        log::info!(
+            "{}: stopped after {:?} ({} requests answered)",
+            self.node_id,
+            started.elapsed(),
+            self.metrics.requests()
+        );
+        Ok(ShutdownReport {
+            reported_draining,
+            workers_finished,
+            left,
+        })
+    }
+}
+
+/// Connects to the database, binds the client port and starts serving.
+pub fn start(s: Settings) -> Result<Running, Error> {
+    let db = Db::connect(&s.db)?;
+    let admission = Admission::new(s.app_keys.clone(), ReplayGuard::default());
+    let metrics = Arc::new(Metrics::new());
+    let app = App::new(db, s.session_cache, s.session_ttl, s.password_cost);
+    let controller = Arc::new(Controller::new(admission, app, metrics.clone()));
+
+    let worker_controller = controller.clone();
+    let pool = WorkerPool::new("worker", s.workers, s.queue, move |job: Job| {
+        run_job(&worker_controller, job)
+    });
+    let submitter = pool.submitter();
+    let service = AppService::new(controller.clone(), pool.submitter());
+    let reactor =
+        Reactor::bind(s.reactor.clone(), &[s.listen], service).map_err(|e| Error::Io {
+            what: format!("listening on {}", s.listen),
+            source: e,
+        })?;
+    let addr = reactor.local_addrs()[0];
+    let advertise = s.advertise.clone().unwrap_or_else(|| addr.to_string());
+    if advertise.starts_with("0.0.0.0:") || advertise.starts_with("[::]:") {
+        log::warn!(
+            "advertising {advertise}, which clients cannot connect to: pass --advertise HOST:PORT"
+        );
+    }
+    let node_id = s.node_id.clone().unwrap_or_else(|| advertise.clone());
+    controller.app().set_node(node_id.clone());
+    let shutdown = reactor.shutdown_handle();
+    let reactor_stats = reactor.stats();
+
+    let heartbeats = match &s.collector {
+        Some(collector) => {
+            let stats = reactor_stats.clone();
+            let gauges = move || Gauges {
+                conns: stats.conns.load(std::sync::atomic::Ordering::Relaxed) as u64,
+                inflight: submitter.running() as u64,
+                queue: submitter.queued() as u64,
+            };
+            Some(
+                Heartbeats::start(
+                    collector.clone(),
+                    Key::new(&s.cluster_secret),
+                    Identity {
+                        id: node_id.clone(),
+                        addr: advertise.clone(),
+                        weight: s.weight,
+                    },
+                    s.heartbeat_every,
+                    metrics.clone(),
+                    Box::new(gauges),
+                )
+                .map_err(|e| Error::Io {
+                    what: "starting the heartbeat thread".into(),
+                    source: e,
+                })?,
+            )
+        }
+        None => {
+            log::warn!("no --collector: sending no heartbeats, so no collector-fed balancer will list this node");
+            None
+        }
+    };
+    let reactor = reactor.spawn().map_err(|e| Error::Io {
+        what: "starting the reactor thread".into(),
+        source: e,
+    })?;
+    log::info!(
+        "{node_id} serving on {addr} (advertised {advertise}), {} workers, queue {}, database {}",
+        s.workers,
+        s.queue,
+        controller.app().db.target()
+    );
+    let (stop_tx, stop_rx) = bounded(1);
+    Ok(Running {
+        addr,
+        node_id,
+        metrics,
+        reactor_stats,
+        shutdown,
+        reactor,
+        pool,
+        heartbeats,
+        stop_tx,
+        stop_rx,
+        controller,
+    })
+}

@@ -1,0 +1,93 @@
+//! The reactor's side of the server: for each frame, backpressure first,
+//! then admission, then either an inline answer or a job for the pool.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dsf_common::pool::Submitter;
+use dsf_common::reactor::{Context, Dispatch, ReplyTo, Service};
+use dsf_common::wire::{self, Admitted};
+use dsf_common::Error;
+
+use crate::controller::{Controller, Exec, Route};
+
+/// One request handed to a worker.
+pub struct Job {
+    pub admitted: Admitted,
+    pub route: &'static Route,
+    pub reply: ReplyTo,
+    /// When its frame was decoded: latency counts the queue wait too.
+    pub received: Instant,
+}
+
+/// Runs one job on a worker: the controller, then the reply.
+pub fn run_job(controller: &Controller, job: Job) {
+    let mut out = Vec::with_capacity(256);
+    controller.handle(job.route, &job.admitted, job.received, &mut out);
+    job.reply.send(out);
+}
+
+/// The [`Service`] the reactor drives.
+pub struct AppService {
+    controller: Arc<Controller>,
+    pool: Submitter<Job>,
+}
+
+// === impl AppService ===
+
+impl AppService {
+    /// Feeds `pool`, whose workers run [`run_job`] on `controller`.
+    pub fn new(controller: Arc<Controller>, pool: Submitter<Job>) -> AppService {
+        AppService { controller, pool }
+    }
+}
+
+impl Service for AppService {
+    fn on_frame(&mut self, payload: &[u8], cx: &mut Context<'_>) -> Dispatch {
+        let received = Instant::now();
+        // Before admission, which remembers the nonce: a Busy frame is
+        // offered again byte for byte, and must not then look replayed.
+        // Only this thread submits, so room seen here is still there below.
+        if self.pool.is_full() {
+            return Dispatch::Busy;
+        }
+        let admitted = match self.controller.admit(payload) {
+            Ok(a) => a,
+            Err(refused) => {
+                refused.encode(cx.out());
+                if refused.closes_connection() {
+                    cx.close();
+                }
+                self.controller.metrics().record(received, false);
+                return Dispatch::Done;
+            }
+        };
+        let Some(route) = self.controller.route(&admitted.request.kind) else {
+            let r = &admitted.request;
+            let e = Controller::unknown_type(&r.kind);
+            wire::encode_error(Some(&admitted.key), r.id, &e, cx.out());
+            self.controller.metrics().record(received, false);
+            return Dispatch::Done;
+        };
+        if route.exec == Exec::Inline {
+            self.controller.handle(route, &admitted, received, cx.out());
+            return Dispatch::Done;
+        }
+        let reply = cx.defer();
+        let job = Job {
+            admitted,
+            route,
+            reply,
+            received,
+        };
+        if let Err(job) = self.pool.try_submit(job) {
+            // The queue had room (checked above), so the pool is stopping.
+            let id = job.admitted.request.id;
+            cx.cancel(job.reply);
+            let e = Error::Unavailable("this node is shutting down: retry on another node".into());
+            wire::encode_error(Some(&job.admitted.key), id, &e, cx.out());
+            self.controller.metrics().record(received, false);
+        }
+        Dispatch::Done
+    }
+}
