@@ -77,6 +77,17 @@ struct Inner {
     balancers: BTreeMap<String, BalancerStatus>,
 }
 
+/// What a pusher waiting for a view got.
+#[derive(Debug)]
+pub enum Next {
+    /// A view newer than the one it has, with its sequence number.
+    View(Arc<View>, u64),
+    /// Nothing new yet.
+    Idle,
+    /// The collector is stopping.
+    Stop,
+}
+
 /// The shared state; one per collector, behind an `Arc`.
 pub struct Cluster {
     inner: Mutex<Inner>,
@@ -256,17 +267,39 @@ impl Cluster {
     }
 
     /// The newest view once its sequence number passes `after` (and views
-    /// are being sent), or `None` when stopping. Pushers wait here.
+    /// are being sent), or `None` when stopping.
     pub fn next_view(&self, after: u64) -> Option<(Arc<View>, u64)> {
+        loop {
+            match self.next_view_within(after, Duration::from_secs(3600)) {
+                Next::View(view, seq) => return Some((view, seq)),
+                Next::Stop => return None,
+                Next::Idle => {}
+            }
+        }
+    }
+
+    /// [`Cluster::next_view`], giving up after `timeout` with
+    /// [`Next::Idle`] so the caller can look after its connection. Pushers
+    /// wait here.
+    pub fn next_view_within(&self, after: u64, timeout: Duration) -> Next {
+        let deadline = Instant::now() + timeout;
         let mut inner = self.lock();
         loop {
             if inner.stopping {
-                return None;
+                return Next::Stop;
             }
             if inner.ready && inner.seq > after {
-                return Some((inner.view.clone(), inner.seq));
+                return Next::View(inner.view.clone(), inner.seq);
             }
-            inner = self.changed.wait(inner).unwrap_or_else(|p| p.into_inner());
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Next::Idle;
+            }
+            inner = self
+                .changed
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 

@@ -144,6 +144,8 @@ impl CollectorConfig {
     /// Everything resolved, secrets read: what [`crate::server::start`] takes.
     pub fn settings(&self) -> Result<Settings, String> {
         self.validate().map_err(|e| e.to_string())?;
+        let cluster_secret =
+            keys::cluster_secret(self.cluster_secret_file.as_deref()).map_err(|e| e.to_string())?;
         let app_keys = match &self.app_keys {
             Some(path) => AppKeys::load(path).map_err(|e| e.to_string())?,
             None => {
@@ -151,8 +153,6 @@ impl CollectorConfig {
                 AppKeys::new()
             }
         };
-        let cluster_secret =
-            keys::cluster_secret(self.cluster_secret_file.as_deref()).map_err(|e| e.to_string())?;
         let dead_after = self.dead_after();
         Ok(Settings {
             listen: self.listen(),

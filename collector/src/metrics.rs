@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::cluster::{Cluster, Counters, Snapshot};
+use crate::cluster::{BalancerStatus, Cluster, Counters, Snapshot};
 use crate::members::{MemberState, Source};
 
 /// The content type of the text format.
@@ -122,12 +122,8 @@ pub fn render(snap: &Snapshot, counters: &Counters) -> String {
         f.sample(name, &[], counter.load(Ordering::Relaxed) as f64);
     }
 
-    let lb_families: [(
-        &str,
-        &str,
-        &str,
-        fn(&crate::cluster::BalancerStatus) -> Option<f64>,
-    ); 4] = [
+    type LbGet = fn(&BalancerStatus) -> Option<f64>;
+    let lb_families: [(&str, &str, &str, LbGet); 4] = [
         (
             "dsf_collector_balancer_connected",
             "gauge",

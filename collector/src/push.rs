@@ -18,7 +18,7 @@ use dsf_common::wire::{encode_request, Key, OutgoingRequest, Reply};
 use dsf_common::ErrorCode;
 use serde::Deserialize;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Next};
 
 /// Timeouts and backoff of the pushers.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +73,9 @@ fn refusal_hint(e: &dsf_common::Error) -> &'static str {
     }
 }
 
+/// How often an idle pusher looks whether its balancer hung up.
+const PEER_CHECK: Duration = Duration::from_millis(100);
+
 #[derive(Deserialize)]
 struct Applied {
     applied: u64,
@@ -90,6 +93,24 @@ struct Pusher {
 // === impl Pusher ===
 
 impl Pusher {
+    /// Whether the balancer closed the connection while we were idle (it
+    /// never sends unasked, so readable means EOF or reset).
+    fn peer_closed(&self) -> bool {
+        let Some(conn) = &self.conn else {
+            return false;
+        };
+        let s = conn.get_ref();
+        if s.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let closed = match s.peek(&mut [0u8; 1]) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        };
+        closed || s.set_nonblocking(false).is_err()
+    }
+
     /// Sends `view`; returns the version the balancer holds after it.
     fn push(&mut self, view: &View) -> Result<u64, PushError> {
         if self.conn.is_none() {
@@ -144,7 +165,22 @@ pub fn run_pusher(lb: String, cluster: Arc<Cluster>, key: Key, cfg: PushConfig) 
     let mut sent = 0;
     let mut backoff = cfg.backoff_min;
     let mut failing = false;
-    while let Some((view, seq)) = cluster.next_view(sent) {
+    loop {
+        let (view, seq) = match cluster.next_view_within(sent, PEER_CHECK) {
+            Next::Stop => return,
+            Next::View(view, seq) => (view, seq),
+            Next::Idle => {
+                if p.peer_closed() {
+                    // A restarted balancer holds no view: reconnect and
+                    // send the current one now rather than at the next
+                    // re-send.
+                    log::info!("balancer {} closed the connection; reconnecting", p.lb);
+                    p.conn = None;
+                    sent = 0;
+                }
+                continue;
+            }
+        };
         match p.push(&view) {
             Ok(applied) => {
                 if failing {
