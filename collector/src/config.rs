@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::health::DEFAULT_CHECK_INTERVAL;
 use crate::members::{is_host_port, Target};
 use crate::push::PushConfig;
-use crate::server::{Settings, DEFAULT_DEAD_AFTER, DEFAULT_RESEND, DEFAULT_WARMUP};
+use crate::server::{Settings, DEFAULT_DEAD_AFTER, DEFAULT_RESEND};
 
 /// Default collector port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6400";
@@ -162,7 +162,7 @@ impl CollectorConfig {
             dead_after,
             check_interval: self.check_interval(),
             resend: DEFAULT_RESEND,
-            warmup: DEFAULT_WARMUP.min(dead_after),
+            warmup: dead_after,
             push: PushConfig {
                 max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),
                 ..PushConfig::default()

@@ -29,10 +29,6 @@ use crate::service::Collector;
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(3);
 /// How often the view goes out even without a change.
 pub const DEFAULT_RESEND: Duration = Duration::from_secs(1);
-/// How long a starting collector listens before its first push: one
-/// heartbeat interval and a half, so every live node has been heard from
-/// and a restart does not push a view missing most of them.
-pub const DEFAULT_WARMUP: Duration = Duration::from_millis(1500);
 
 /// Everything a collector needs, resolved from flags, env and file.
 #[derive(Debug, Clone)]
@@ -51,7 +47,13 @@ pub struct Settings {
     pub check_interval: Duration,
     /// How often the view is re-sent without a change.
     pub resend: Duration,
-    /// Listening time before the first push (at most `dead_after`).
+    /// Listening time before the first push; `dead_after` unless a test
+    /// wants it shorter. A restarted collector has not yet heard from the
+    /// nodes; waiting `dead_after` treats each as last seen when the
+    /// collector started, so a node is dropped by a restart only if it
+    /// would have been evicted anyway, and the balancers serve their last
+    /// view meanwhile. (A node retrying its connection with a long backoff
+    /// still gets `dead_after` to come back.)
     pub warmup: Duration,
     pub push: PushConfig,
     /// Keys operators sign `cluster.status` with (`--app-keys`).
@@ -79,7 +81,7 @@ impl Settings {
             dead_after: DEFAULT_DEAD_AFTER,
             check_interval: DEFAULT_CHECK_INTERVAL,
             resend: DEFAULT_RESEND,
-            warmup: DEFAULT_WARMUP.min(DEFAULT_DEAD_AFTER),
+            warmup: DEFAULT_DEAD_AFTER,
             push: PushConfig::default(),
             app_keys: AppKeys::new(),
             cluster_secret,

@@ -156,3 +156,36 @@ fn a_balancer_holding_a_newer_version_is_overtaken() {
     });
     assert!(col.view().version > ahead, "after {:?}", start.elapsed());
 }
+
+#[test]
+fn a_starting_collector_waits_before_its_first_push() {
+    let lb = start_lb();
+    let old = View {
+        version: 1,
+        nodes: vec![NodeView {
+            id: "a".into(),
+            addr: "127.0.0.1:7001".into(),
+            weight: 1,
+            state: Default::default(),
+            load: Default::default(),
+        }],
+    };
+    Client::cluster(lb.cluster_addr)
+        .call("lb.set_view", serde_json::to_value(&old).unwrap())
+        .unwrap();
+
+    let mut s = collector_settings(&[lb.cluster_addr]);
+    s.warmup = Duration::from_millis(800);
+    let started = Instant::now();
+    let _col = start_collector(s);
+    // Node a has not heartbeated yet: an early push would drop it.
+    holds_for(
+        "the balancer keeps its view during warm-up",
+        Duration::from_millis(400),
+        || lb.view().version == 1,
+    );
+    wait_until("the first push after warm-up", WAIT, || {
+        lb.view().version > 1
+    });
+    assert!(started.elapsed() >= Duration::from_millis(800));
+}
