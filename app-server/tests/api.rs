@@ -1,0 +1,441 @@
+//! Every message type of the app server over real sockets against a real
+//! MariaDB: the happy path and each documented error.
+
+mod support;
+
+use dsf_common::ErrorCode;
+use dsf_sql::{testing, Role};
+use serde_json::json;
+use support::{Server, PASSWORD};
+
+#[test]
+fn sys_ping_names_the_node() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let v = c.ok("sys.ping", json!({}), None);
+    assert_eq!(v["node"], server.addr.to_string());
+    let e = c.err("sys.ping", json!({"x": 1}), None, ErrorCode::BadRequest);
+    assert!(e.contains("unknown field `x`"), "{e}");
+}
+
+#[test]
+fn register_login_me_logout() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let v = c.ok(
+        "user.register",
+        json!({"name": "ann", "password": PASSWORD}),
+        None,
+    );
+    assert_eq!(v["name"], "ann");
+    assert_eq!(v["role"], "viewer");
+    assert!(v["id"].as_u64().is_some());
+
+    let v = c.ok(
+        "user.login",
+        json!({"name": "ann", "password": PASSWORD}),
+        None,
+    );
+    let token = v["token"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 64);
+    assert!(v["expires_at"].as_i64().unwrap() > dsf_sql::now_ms());
+    assert_eq!(v["user"]["name"], "ann");
+    assert_eq!(v["user"]["role"], "viewer");
+
+    let me = c.ok("user.me", json!({}), Some(&token));
+    assert_eq!(
+        (me["name"].as_str(), me["role"].as_str()),
+        (Some("ann"), Some("viewer"))
+    );
+
+    assert_eq!(c.ok("user.logout", json!({}), Some(&token)), json!({}));
+    c.err("user.me", json!({}), Some(&token), ErrorCode::Unauthorized);
+    c.err(
+        "user.logout",
+        json!({}),
+        Some(&token),
+        ErrorCode::Unauthorized,
+    );
+}
+
+#[test]
+fn register_conflicts_on_a_taken_name_whatever_its_case() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    c.user("bob");
+    let e = c.err(
+        "user.register",
+        json!({"name": "bob", "password": PASSWORD}),
+        None,
+        ErrorCode::Conflict,
+    );
+    assert!(e.contains("bob"), "{e}");
+    c.err(
+        "user.register",
+        json!({"name": "BOB", "password": PASSWORD}),
+        None,
+        ErrorCode::Conflict,
+    );
+}
+
+#[test]
+fn register_validation_names_the_field_and_rule() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let cases = [
+        (
+            json!({"name": "x".repeat(65), "password": PASSWORD}),
+            "name: 1 to 64 characters",
+        ),
+        (
+            json!({"name": "", "password": PASSWORD}),
+            "name: 1 to 64 characters",
+        ),
+        (
+            json!({"name": "ok", "password": "short"}),
+            "password: 8 to 128 characters",
+        ),
+        (json!({"name": "ok"}), "missing field `password`"),
+        (
+            json!({"name": 5, "password": PASSWORD}),
+            "name: invalid type: integer `5`",
+        ),
+        (
+            json!({"name": "ok", "password": ["x"]}),
+            "password: invalid type: sequence",
+        ),
+    ];
+    for (body, want) in cases {
+        let e = c.err("user.register", body.clone(), None, ErrorCode::BadRequest);
+        assert!(e.starts_with(want) || e.contains(want), "{body}: {e}");
+    }
+    // None of those created anyone.
+    assert!(db.users().get("ok").unwrap().is_none());
+}
+
+#[test]
+fn login_says_the_same_for_unknown_name_and_wrong_password() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    c.user("cy");
+    let wrong = c.err(
+        "user.login",
+        json!({"name": "cy", "password": "not-the-password"}),
+        None,
+        ErrorCode::Unauthorized,
+    );
+    let unknown = c.err(
+        "user.login",
+        json!({"name": "nobody", "password": PASSWORD}),
+        None,
+        ErrorCode::Unauthorized,
+    );
+    assert_eq!(wrong, unknown);
+}
+
+#[test]
+fn set_role_is_for_admins() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let admin = c.user_with_role(&db, "root", Role::Admin);
+    let operator = c.user_with_role(&db, "op", Role::Operator);
+    let viewer = c.user("dee");
+
+    let v = c.ok(
+        "user.set_role",
+        json!({"name": "dee", "role": "operator"}),
+        Some(&admin),
+    );
+    assert_eq!(
+        (v["name"].as_str(), v["role"].as_str()),
+        (Some("dee"), Some("operator"))
+    );
+    // The change applies at once on this node, cache or not.
+    assert_eq!(
+        c.ok("user.me", json!({}), Some(&viewer))["role"],
+        "operator"
+    );
+
+    c.err(
+        "user.set_role",
+        json!({"name": "dee", "role": "admin"}),
+        Some(&operator),
+        ErrorCode::Forbidden,
+    );
+    c.err(
+        "user.set_role",
+        json!({"name": "dee", "role": "admin"}),
+        None,
+        ErrorCode::Unauthorized,
+    );
+    let e = c.err(
+        "user.set_role",
+        json!({"name": "ghost", "role": "admin"}),
+        Some(&admin),
+        ErrorCode::NotFound,
+    );
+    assert!(e.contains("ghost"), "{e}");
+    let e = c.err(
+        "user.set_role",
+        json!({"name": "dee", "role": "king"}),
+        Some(&admin),
+        ErrorCode::BadRequest,
+    );
+    assert_eq!(e, "role: one of viewer, operator, admin");
+}
+
+#[test]
+fn blacklist_add_get_update_remove_list() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let op = c.user_with_role(&db, "op", Role::Operator);
+    let viewer = c.user("vi");
+
+    let e = c.ok(
+        "blacklist.add",
+        json!({"id_card": "1101-A", "name": "Li Lei", "reason": "fraud"}),
+        Some(&op),
+    );
+    assert_eq!(e["id_card"], "1101-A");
+    assert_eq!(e["created_by"], "op");
+    assert_eq!(e["reason"], "fraud");
+    c.ok(
+        "blacklist.add",
+        json!({"id_card": "1102-B", "name": "Han Mei"}),
+        Some(&op),
+    );
+    let e = c.err(
+        "blacklist.add",
+        json!({"id_card": "1101-A", "name": "Li Lei"}),
+        Some(&op),
+        ErrorCode::Conflict,
+    );
+    assert!(e.contains("1101-A"), "{e}");
+
+    let got = c.ok("blacklist.get", json!({"id_card": "1101-A"}), Some(&viewer));
+    assert_eq!(got["name"], "Li Lei");
+    let e = c.err(
+        "blacklist.get",
+        json!({"id_card": "9999"}),
+        Some(&viewer),
+        ErrorCode::NotFound,
+    );
+    assert_eq!(e, "no entry for id card 9999");
+
+    let u = c.ok(
+        "blacklist.update",
+        json!({"id_card": "1101-A", "reason": ""}),
+        Some(&op),
+    );
+    assert_eq!(u["reason"], json!(null));
+    assert_eq!(u["name"], "Li Lei");
+    c.err(
+        "blacklist.update",
+        json!({"id_card": "9999", "name": "x"}),
+        Some(&op),
+        ErrorCode::NotFound,
+    );
+
+    let page = c.ok("blacklist.list", json!({"limit": 1}), Some(&viewer));
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(page["next"], "1101-A");
+    let page = c.ok("blacklist.list", json!({"after": "1101-A"}), Some(&viewer));
+    assert_eq!(page["entries"][0]["id_card"], "1102-B");
+    assert_eq!(page["next"], json!(null));
+    let page = c.ok(
+        "blacklist.list",
+        json!({"name_prefix": "han"}),
+        Some(&viewer),
+    );
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+
+    assert_eq!(
+        c.ok("blacklist.remove", json!({"id_card": "1102-B"}), Some(&op)),
+        json!({})
+    );
+    c.err(
+        "blacklist.remove",
+        json!({"id_card": "1102-B"}),
+        Some(&op),
+        ErrorCode::NotFound,
+    );
+    c.err(
+        "blacklist.get",
+        json!({"id_card": "1102-B"}),
+        Some(&viewer),
+        ErrorCode::NotFound,
+    );
+}
+
+#[test]
+fn a_viewer_cannot_write_the_blacklist_and_nobody_reads_it_without_a_token() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let viewer = c.user("vi");
+    for (kind, body) in [
+        ("blacklist.add", json!({"id_card": "1", "name": "x"})),
+        ("blacklist.update", json!({"id_card": "1", "name": "x"})),
+        ("blacklist.remove", json!({"id_card": "1"})),
+    ] {
+        let e = c.err(kind, body.clone(), Some(&viewer), ErrorCode::Forbidden);
+        assert!(e.contains("operator") && e.contains("viewer"), "{e}");
+        c.err(kind, body, None, ErrorCode::Unauthorized);
+    }
+    for (kind, body) in [
+        ("blacklist.get", json!({"id_card": "1"})),
+        ("blacklist.list", json!({})),
+        ("gate.history", json!({})),
+        ("user.me", json!({})),
+        ("user.logout", json!({})),
+    ] {
+        let e = c.err(kind, body, None, ErrorCode::Unauthorized);
+        assert!(e.contains("user.login"), "{e}");
+    }
+    assert!(db.blacklist().get("1").unwrap().is_none());
+}
+
+#[test]
+fn blacklist_validation_names_the_field() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let op = c.user_with_role(&db, "op", Role::Operator);
+    let cases = [
+        (
+            "blacklist.add",
+            json!({"id_card": "a b", "name": "x"}),
+            "id_card: ",
+        ),
+        (
+            "blacklist.add",
+            json!({"id_card": "1", "name": "x".repeat(65)}),
+            "name: 1 to 64",
+        ),
+        (
+            "blacklist.add",
+            json!({"id_card": "1", "name": "x", "reason": "r".repeat(513)}),
+            "reason: ",
+        ),
+        (
+            "blacklist.add",
+            json!({"id_card": 1, "name": "x"}),
+            "id_card: invalid type",
+        ),
+        ("blacklist.get", json!({}), "missing field `id_card`"),
+        ("blacklist.list", json!({"limit": 501}), "limit: 1 to 500"),
+        (
+            "blacklist.list",
+            json!({"limit": "ten"}),
+            "limit: invalid type",
+        ),
+        (
+            "blacklist.list",
+            json!({"limit": -1}),
+            "limit: invalid value",
+        ),
+        (
+            "blacklist.update",
+            json!({"id_card": "1", "name": false}),
+            "name: invalid type",
+        ),
+    ];
+    for (kind, body, want) in cases {
+        let e = c.err(kind, body.clone(), Some(&op), ErrorCode::BadRequest);
+        assert!(
+            e.starts_with(want) || e.contains(want),
+            "{kind} {body}: {e}"
+        );
+    }
+}
+
+#[test]
+fn gate_check_answers_hit_or_clear_and_records_every_check() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let op = c.user_with_role(&db, "op", Role::Operator);
+    c.ok(
+        "blacklist.add",
+        json!({"id_card": "X-1", "name": "Bad", "reason": "r"}),
+        Some(&op),
+    );
+
+    let hit = c.ok(
+        "gate.check",
+        json!({"id_card": "X-1", "name": "Bad", "gate": "north"}),
+        None,
+    );
+    assert_eq!(hit["hit"], true);
+    assert_eq!(hit["entry"]["reason"], "r");
+    let clear = c.ok(
+        "gate.check",
+        json!({"id_card": "Y-2", "name": "Good"}),
+        None,
+    );
+    assert_eq!(clear, json!({"hit": false}));
+
+    let viewer = c.user("vi");
+    let h = c.ok("gate.history", json!({}), Some(&viewer));
+    let checks = h["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2);
+    assert_eq!(checks[0]["id_card"], "Y-2", "newest first");
+    assert_eq!(checks[1]["hit"], true);
+    assert_eq!(checks[1]["node"], server.node.as_str());
+    let h = c.ok("gate.history", json!({"gate": "north"}), Some(&viewer));
+    assert_eq!(h["checks"].as_array().unwrap().len(), 1);
+    let h = c.ok(
+        "gate.history",
+        json!({"id_card": "Y-2", "limit": 1}),
+        Some(&viewer),
+    );
+    assert_eq!(h["checks"][0]["name"], "Good");
+
+    for (kind, body, want) in [
+        (
+            "gate.check",
+            json!({"id_card": "Y-2"}),
+            "missing field `name`",
+        ),
+        (
+            "gate.check",
+            json!({"id_card": "Y-2", "name": "x", "gate": ""}),
+            "gate: 1 to 64",
+        ),
+        (
+            "gate.check",
+            json!({"id_card": "", "name": "x"}),
+            "id_card: ",
+        ),
+        ("gate.history", json!({"limit": 0}), "limit: 1 to 500"),
+        ("gate.history", json!({"gate": 3}), "gate: invalid type"),
+    ] {
+        let e = c.err(kind, body.clone(), Some(&viewer), ErrorCode::BadRequest);
+        assert!(e.contains(want), "{kind} {body}: {e}");
+    }
+    // Refused checks are not recorded.
+    let h = c.ok("gate.history", json!({}), Some(&viewer));
+    assert_eq!(h["checks"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn create_admin_makes_an_admin_who_can_log_in() {
+    let db = testing::fresh();
+    let u = app_server::admin::create_admin(&db, "root", PASSWORD, dsf_sql::password::Cost::TEST)
+        .unwrap();
+    assert_eq!(u.role, Role::Admin);
+    let e = app_server::admin::create_admin(&db, "root", PASSWORD, dsf_sql::password::Cost::TEST)
+        .unwrap_err();
+    assert!(e.to_string().contains("taken"), "{e}");
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let token = c.login("root");
+    assert_eq!(c.ok("user.me", json!({}), Some(&token))["role"], "admin");
+}
