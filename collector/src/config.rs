@@ -216,7 +216,8 @@ impl Config for CollectorConfig {
                 "must be at least 10ms",
             ));
         }
-        if self.listen() == self.metrics_listen() {
+        // Port 0 (any free port) twice is two different ports.
+        if self.listen() == self.metrics_listen() && self.listen().port() != 0 {
             return Err(ConfigError::invalid(
                 "metrics_listen",
                 format!(
