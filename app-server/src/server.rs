@@ -11,12 +11,12 @@
 //! 4. `node.leave`, and return.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use dsf_common::pool::WorkerPool;
+use dsf_common::pool::{Submitter, WorkerPool};
 use dsf_common::reactor::{Reactor, ReactorConfig, ReactorStats, Shutdown};
 use dsf_common::wire::{Admission, AppKeys, Key, ReplayGuard};
 use dsf_sql::password::Cost;
@@ -98,6 +98,9 @@ pub struct Running {
     reactor: JoinHandle<std::io::Result<()>>,
     pool: WorkerPool<Job>,
     heartbeats: Option<Heartbeats>,
+    /// The heartbeat's view of the queue. Taken away before the pool shuts
+    /// down: a submitter left alive would keep the workers waiting for jobs.
+    gauge_pool: Arc<Mutex<Option<Submitter<Job>>>>,
     stop_tx: Sender<()>,
     stop_rx: Receiver<()>,
     controller: Arc<Controller>,
@@ -179,6 +182,10 @@ impl Running {
         let left_for_workers = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(500));
+        self.gauge_pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let workers_finished = self.pool.shutdown(left_for_workers);
         let left = match self.heartbeats {
             Some(h) => h.leave(Duration::from_secs(2)),
@@ -210,7 +217,7 @@ pub fn start(s: Settings) -> Result<Running, Error> {
     let pool = WorkerPool::new("worker", s.workers, s.queue, move |job: Job| {
         run_job(&worker_controller, job)
     });
-    let submitter = pool.submitter();
+    let gauge_pool = Arc::new(Mutex::new(Some(pool.submitter())));
     let service = AppService::new(controller.clone(), pool.submitter());
     let reactor =
         Reactor::bind(s.reactor.clone(), &[s.listen], service).map_err(|e| Error::Io {
@@ -232,10 +239,14 @@ pub fn start(s: Settings) -> Result<Running, Error> {
     let heartbeats = match &s.collector {
         Some(collector) => {
             let stats = reactor_stats.clone();
-            let gauges = move || Gauges {
-                conns: stats.conns.load(std::sync::atomic::Ordering::Relaxed) as u64,
-                inflight: submitter.running() as u64,
-                queue: submitter.queued() as u64,
+            let pool = gauge_pool.clone();
+            let gauges = move || {
+                let pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+                Gauges {
+                    conns: stats.conns.load(std::sync::atomic::Ordering::Relaxed) as u64,
+                    inflight: pool.as_ref().map_or(0, |p| p.running() as u64),
+                    queue: pool.as_ref().map_or(0, |p| p.queued() as u64),
+                }
             };
             Some(
                 Heartbeats::start(
@@ -281,6 +292,7 @@ pub fn start(s: Settings) -> Result<Running, Error> {
         reactor,
         pool,
         heartbeats,
+        gauge_pool,
         stop_tx,
         stop_rx,
         controller,
