@@ -21,7 +21,7 @@
 //! once all are flushed or `shutdown_grace` has passed.
 
 use std::collections::HashMap;
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -334,6 +334,9 @@ pub struct Reactor<S: Service> {
     local: Vec<SocketAddr>,
     conns: HashMap<ConnId, Conn>,
     next_id: usize,
+    /// Every read lands here first and only the bytes received are copied
+    /// to the connection, so an idle connection holds no read buffer.
+    scratch: Vec<u8>,
     service: S,
     sink: Arc<ReplySink>,
     replies: Receiver<Reply>,
@@ -368,6 +371,7 @@ impl<S: Service> Reactor<S> {
         let mut cfg = cfg;
         cfg.read_chunk = cfg.read_chunk.max(16 << 10);
         Ok(Reactor {
+            scratch: vec![0; cfg.read_chunk],
             cfg,
             poll,
             next_id: addrs.len(),
@@ -575,7 +579,7 @@ impl<S: Service> Reactor<S> {
         let service = &mut self.service;
         let sink = &self.sink;
         let stats = &self.stats;
-        let read_chunk = self.cfg.read_chunk;
+        let scratch = &mut self.scratch;
         let mut reads = 0;
         let mut more = false;
 
@@ -622,7 +626,7 @@ impl<S: Service> Reactor<S> {
                     break;
                 }
                 reads += 1;
-                match c.decoder.read_from(&mut c.stream, read_chunk) {
+                match c.stream.read(scratch) {
                     Ok(0) => {
                         c.read_open = false;
                         if c.decoder.buffered() > 0 {
@@ -634,7 +638,10 @@ impl<S: Service> Reactor<S> {
                             c.closing = true;
                         }
                     }
-                    Ok(_) => c.last_active = now,
+                    Ok(n) => {
+                        c.decoder.push(&scratch[..n]);
+                        c.last_active = now;
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => c.want_read = false,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(_) => return Status::Close("read error"),

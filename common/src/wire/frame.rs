@@ -16,13 +16,22 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 pub const HEADER_LEN: usize = 4;
 
 /// Incremental frame decoder over a growable buffer.
+///
+/// Bytes live in `buf[pos..end]`; `buf[end..]` is room already zeroed, so a
+/// read into it costs only the bytes it brings (zeroing fresh room on every
+/// read would cost a memset of the whole chunk per call).
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
     /// Start of the first byte not yet consumed.
     pos: usize,
+    /// End of the bytes received.
+    end: usize,
     max: usize,
 }
+
+/// Room kept after the buffer empties; more is given back.
+const KEEP: usize = 64 * 1024;
 
 // === impl FrameDecoder ===
 
@@ -32,26 +41,25 @@ impl FrameDecoder {
         FrameDecoder {
             buf: Vec::new(),
             pos: 0,
+            end: 0,
             max,
         }
     }
 
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
-        self.compact();
-        self.buf.extend_from_slice(bytes);
+        self.reserve(bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
     }
 
     /// Reads once from `r` straight into the buffer, offering at least
     /// `chunk` bytes of room. Returns what `read` returned (0 is EOF).
     pub fn read_from<R: Read>(&mut self, r: &mut R, chunk: usize) -> io::Result<usize> {
-        self.compact();
-        let len = self.buf.len();
-        self.buf.resize(len + chunk, 0);
-        let res = r.read(&mut self.buf[len..]);
-        let n = *res.as_ref().unwrap_or(&0);
-        self.buf.truncate(len + n);
-        res
+        self.reserve(chunk);
+        let n = r.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
     }
 
     /// The next whole frame's payload, `Ok(None)` if more bytes are needed.
@@ -59,7 +67,7 @@ impl FrameDecoder {
     /// After an error the stream cannot be trusted to be delimited any more;
     /// the caller reports it and closes the connection.
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>> {
-        let avail = &self.buf[self.pos..];
+        let avail = &self.buf[self.pos..self.end];
         if avail.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -82,7 +90,7 @@ impl FrameDecoder {
 
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.pos
+        self.end - self.pos
     }
 
     /// Capacity held by the buffer, for memory accounting in tests.
@@ -90,19 +98,28 @@ impl FrameDecoder {
         self.buf.capacity()
     }
 
-    fn compact(&mut self) {
-        if self.pos == 0 {
+    /// Makes room for `n` more bytes after `end`: first by moving the
+    /// unconsumed bytes to the front, then by growing.
+    fn reserve(&mut self, n: usize) {
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+            // Give back what a burst of large frames left behind.
+            if self.buf.len() > KEEP.max(n) {
+                self.buf.truncate(KEEP.max(n));
+                self.buf.shrink_to_fit();
+            }
+        }
+        if self.buf.len() - self.end >= n {
             return;
         }
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-        } else {
-            self.buf.drain(..self.pos);
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
         }
-        self.pos = 0;
-        // Give back memory a burst of large frames left behind.
-        if self.buf.capacity() > 4 * self.max.max(64 * 1024) && self.buf.len() < 64 * 1024 {
-            self.buf.shrink_to(64 * 1024);
+        if self.buf.len() - self.end < n {
+            self.buf.resize(self.end + n, 0);
         }
     }
 }
