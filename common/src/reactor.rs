@@ -312,6 +312,8 @@ struct Conn {
     parked: Option<Vec<u8>>,
     /// The socket may hold unread bytes (edge-triggered readiness).
     want_read: bool,
+    /// The last event reported the peer's FIN: read until EOF.
+    read_closed: bool,
     /// The peer has not sent EOF.
     read_open: bool,
     /// Close once the output is written.
@@ -451,6 +453,7 @@ impl<S: Service> Reactor<S> {
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                         c.want_read = true;
                     }
+                    c.read_closed |= ev.is_read_closed() || ev.is_error();
                     turn.push(id);
                 }
             }
@@ -563,6 +566,7 @@ impl<S: Service> Reactor<S> {
                     inflight: 0,
                     parked: None,
                     want_read: true,
+                    read_closed: false,
                     read_open: true,
                     closing: false,
                     last_active: now,
@@ -641,6 +645,14 @@ impl<S: Service> Reactor<S> {
                     Ok(n) => {
                         c.decoder.push(&scratch[..n]);
                         c.last_active = now;
+                        // A short read drained the socket; with edge-triggered
+                        // readiness, anything arriving later (data or FIN)
+                        // raises a new event, so the read that would only say
+                        // WouldBlock is a syscall saved per request. A FIN
+                        // already reported needs reading to EOF now.
+                        if n < scratch.len() && !c.read_closed {
+                            c.want_read = false;
+                        }
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => c.want_read = false,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
