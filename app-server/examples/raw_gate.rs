@@ -7,6 +7,9 @@
 //! cargo run --release -p app-server --example raw_gate -- URL THREADS SECONDS KEYS
 //! ```
 //! Prints one JSON line: `{"threads","checks","rps","p50_ms","p99_ms"}`.
+//! A fifth argument `ping` adds a `COM_PING` before each statement, which is
+//! what taking a connection from `dsf-sql`'s pool costs (its health check),
+//! to show how much of the gap to the app server that accounts for.
 
 use std::time::{Duration, Instant};
 
@@ -17,14 +20,15 @@ type Row = (String, String, Option<String>, String, i64, String, i64);
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 5 {
-        eprintln!("usage: raw_gate URL THREADS SECONDS KEYS");
+    if !(5..=6).contains(&args.len()) {
+        eprintln!("usage: raw_gate URL THREADS SECONDS KEYS [ping]");
         std::process::exit(2);
     }
     let url = &args[1];
     let threads: usize = args[2].parse().expect("THREADS");
     let secs: u64 = args[3].parse().expect("SECONDS");
     let keys: u64 = args[4].parse().expect("KEYS");
+    let ping = args.get(5).is_some_and(|a| a == "ping");
     let opts = mysql::Opts::from_url(url).expect("a mysql:// URL");
     let until = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
@@ -42,6 +46,9 @@ fn main() {
                         let id_card = format!("{k:018}");
                         let name = format!("bench-{k}");
                         let t0 = Instant::now();
+                        if ping {
+                            conn.ping().expect("ping");
+                        }
                         let row: Option<Row> = conn
                             .exec_first(
                                 "SELECT id_card, name, reason, created_by, created_at, updated_by, updated_at \
@@ -49,6 +56,9 @@ fn main() {
                                 (&id_card,),
                             )
                             .expect("lookup");
+                        if ping {
+                            conn.ping().expect("ping");
+                        }
                         conn.exec_drop(
                             "INSERT INTO gate_checks (id_card, name, gate, node, hit, checked_at) \
                              VALUES (?, ?, ?, ?, ?, ?)",
