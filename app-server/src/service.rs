@@ -23,7 +23,18 @@ pub struct Job {
 /// Runs one job on a worker: the controller, then the reply.
 pub fn run_job(controller: &Controller, job: Job) {
     let mut out = Vec::with_capacity(256);
-    controller.handle(job.route, &job.admitted, job.received, &mut out);
+    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        controller.handle(job.route, &job.admitted, job.received, &mut out)
+    }));
+    if handled.is_err() {
+        // A bug in a handler: the client still gets an answer for its id.
+        let r = &job.admitted.request;
+        log::error!("{} (request {}) panicked", r.kind, r.id);
+        out.clear();
+        let e = Error::Internal(format!("{} failed on this node (logged)", r.kind));
+        wire::encode_error(Some(&job.admitted.key), r.id, &e, &mut out);
+        controller.metrics().record(job.received, false);
+    }
     job.reply.send(out);
 }
 

@@ -24,3 +24,34 @@ pub fn routes() -> impl Iterator<Item = &'static Route> {
         .chain(blacklist::ROUTES)
         .chain(gate::ROUTES)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::Auth;
+    use dsf_sql::Role;
+
+    #[test]
+    fn every_app_server_type_of_the_catalogue_is_routed_with_its_auth() {
+        let want = [
+            ("sys.ping", Auth::App),
+            ("user.register", Auth::App),
+            ("user.login", Auth::App),
+            ("user.logout", Auth::Role(Role::Viewer)),
+            ("user.me", Auth::Role(Role::Viewer)),
+            ("user.set_role", Auth::Role(Role::Admin)),
+            ("blacklist.add", Auth::Role(Role::Operator)),
+            ("blacklist.get", Auth::Role(Role::Viewer)),
+            ("blacklist.update", Auth::Role(Role::Operator)),
+            ("blacklist.remove", Auth::Role(Role::Operator)),
+            ("blacklist.list", Auth::Role(Role::Viewer)),
+            ("gate.check", Auth::App),
+            ("gate.history", Auth::Role(Role::Viewer)),
+        ];
+        let got: Vec<(&str, Auth)> = routes().map(|r| (r.kind, r.auth)).collect();
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for w in want {
+            assert!(got.contains(&w), "{w:?} missing from {got:?}");
+        }
+    }
+}
