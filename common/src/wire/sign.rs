@@ -136,14 +136,31 @@ fn bad_signature() -> Error {
 }
 
 fn decode_sig(sig: &str) -> Result<[u8; TAG_LEN]> {
-    let mut tag = [0u8; TAG_LEN];
-    let lower = sig.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if sig.len() != 2 * TAG_LEN || !lower || hex::decode_to_slice(sig, &mut tag).is_err() {
-        return Err(Error::BadSignature(format!(
+    // One pass over the 32 characters; only lower-case hex is a signature.
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let bad = || {
+        Error::BadSignature(format!(
             "sig: must be {} lower-case hex characters, got {} characters",
             2 * TAG_LEN,
             sig.chars().count()
-        )));
+        ))
+    };
+    let bytes = sig.as_bytes();
+    if bytes.len() != 2 * TAG_LEN {
+        return Err(bad());
+    }
+    let mut tag = [0u8; TAG_LEN];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        match (nibble(pair[0]), nibble(pair[1])) {
+            (Some(hi), Some(lo)) => tag[i] = hi << 4 | lo,
+            _ => return Err(bad()),
+        }
     }
     Ok(tag)
 }
