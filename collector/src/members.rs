@@ -13,10 +13,9 @@
 //!   back: the ring would move keys back and forth every second.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use dsf_common::view::{Heartbeat, Load, NodeState, NodeView, Stats, DEFAULT_WEIGHT};
+use dsf_common::view::{Heartbeat, Load, MemberSpec, NodeState, NodeView, Stats};
 use dsf_common::Error;
 use serde::Serialize;
 
@@ -28,53 +27,10 @@ pub const FALL: u32 = 3;
 /// two thirds of the way after this long.
 pub const SMOOTHING: Duration = Duration::from_secs(2);
 
-/// A static member, `ID=HOST:PORT[,WEIGHT]` or `HOST:PORT[,WEIGHT]` (the id
-/// is then the address), as lb-server's `--backend` reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub id: String,
-    pub addr: String,
-    pub weight: u32,
-}
+/// A static member, `--target ID=HOST:PORT[,WEIGHT]`.
+pub type Target = MemberSpec;
 
-impl FromStr for Target {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Target, String> {
-        let usage =
-            "expected ID=HOST:PORT[,WEIGHT] or HOST:PORT[,WEIGHT], e.g. app1=10.0.0.5:7000,2";
-        let (rest, weight) = match s.rsplit_once(',') {
-            Some((r, w)) => {
-                let w: u32 = w.trim().parse().map_err(|_| {
-                    format!("target {s:?}: weight {w:?} is not a whole number; {usage}")
-                })?;
-                (r, w)
-            }
-            None => (s, DEFAULT_WEIGHT),
-        };
-        let (id, addr) = match rest.split_once('=') {
-            Some((id, addr)) => (id.trim(), addr.trim()),
-            None => (rest.trim(), rest.trim()),
-        };
-        if id.is_empty() {
-            return Err(format!("target {s:?}: empty id; {usage}"));
-        }
-        if !is_host_port(addr) {
-            return Err(format!("target {s:?}: {addr:?} is not HOST:PORT; {usage}"));
-        }
-        Ok(Target {
-            id: id.to_string(),
-            addr: addr.to_string(),
-            weight,
-        })
-    }
-}
-
-/// Whether `s` looks like `host:port` with a numeric port.
-pub fn is_host_port(s: &str) -> bool {
-    s.rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-}
+pub use dsf_common::view::is_host_port;
 
 /// Where a member came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -425,21 +381,6 @@ mod tests {
 
     fn target(id: &str) -> Target {
         format!("{id}=127.0.0.1:9000").parse().unwrap()
-    }
-
-    #[test]
-    fn targets_parse_with_and_without_id_and_weight() {
-        let t: Target = "app1=10.0.0.5:7000,3".parse().unwrap();
-        assert_eq!(
-            (t.id.as_str(), t.addr.as_str(), t.weight),
-            ("app1", "10.0.0.5:7000", 3)
-        );
-        let t: Target = "db.local:7000".parse().unwrap();
-        assert_eq!((t.id.as_str(), t.weight), ("db.local:7000", 1));
-        for bad in ["", "a=", "a=host", "a=h:port", "a=h:1,x", "=h:1", ":80"] {
-            let e = bad.parse::<Target>().unwrap_err();
-            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
-        }
     }
 
     #[test]

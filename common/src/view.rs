@@ -114,6 +114,56 @@ pub struct Leave {
     pub id: String,
 }
 
+/// A static member as flags give it: `ID=HOST:PORT[,WEIGHT]`, or
+/// `HOST:PORT[,WEIGHT]` with the address as its id. lb-server's `--backend`
+/// and the collector's `--target` both read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSpec {
+    pub id: String,
+    pub addr: String,
+    pub weight: u32,
+}
+
+impl std::str::FromStr for MemberSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MemberSpec, String> {
+        let usage =
+            "expected ID=HOST:PORT[,WEIGHT] or HOST:PORT[,WEIGHT], e.g. app1=10.0.0.5:7000,2";
+        let (rest, weight) = match s.rsplit_once(',') {
+            Some((r, w)) => {
+                let w: u32 = w
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{s:?}: weight {w:?} is not a whole number; {usage}"))?;
+                (r, w)
+            }
+            None => (s, DEFAULT_WEIGHT),
+        };
+        let (id, addr) = match rest.split_once('=') {
+            Some((id, addr)) => (id.trim(), addr.trim()),
+            None => (rest.trim(), rest.trim()),
+        };
+        if id.is_empty() {
+            return Err(format!("{s:?}: empty id; {usage}"));
+        }
+        if !is_host_port(addr) {
+            return Err(format!("{s:?}: {addr:?} is not HOST:PORT; {usage}"));
+        }
+        Ok(MemberSpec {
+            id: id.to_string(),
+            addr: addr.to_string(),
+            weight,
+        })
+    }
+}
+
+/// Whether `s` looks like `host:port` with a numeric port.
+pub fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +180,22 @@ mod tests {
         assert_eq!(v.nodes[1].state, NodeState::Up);
         let back: View = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
         assert_eq!(back, v);
+    }
+
+    #[test]
+    fn member_specs_parse_with_and_without_id_and_weight() {
+        let m: MemberSpec = "app1=10.0.0.5:7000,3".parse().unwrap();
+        assert_eq!(
+            (m.id.as_str(), m.addr.as_str(), m.weight),
+            ("app1", "10.0.0.5:7000", 3)
+        );
+        let m: MemberSpec = "10.0.0.5:7000".parse().unwrap();
+        assert_eq!((m.id.as_str(), m.weight), ("10.0.0.5:7000", 1));
+        assert_eq!("a=h:1,0".parse::<MemberSpec>().unwrap().weight, 0);
+        for bad in ["", "a=", "a=host", "a=host:port", "a=h:1,x", "=h:1", ":80"] {
+            let e = bad.parse::<MemberSpec>().unwrap_err();
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
+        }
     }
 
     #[test]

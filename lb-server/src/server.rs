@@ -3,14 +3,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dsf_common::reactor::{Reactor, ReactorConfig, ReactorStats, Shutdown};
-use dsf_common::view::{Load, NodeState, NodeView, View, DEFAULT_WEIGHT};
+use dsf_common::view::{Load, MemberSpec, NodeState, NodeView, View};
 use dsf_common::wire::{Admission, AppKeys, ReplayGuard};
 
 use crate::policy::PolicyKind;
@@ -35,50 +34,8 @@ pub struct Settings {
     pub reactor: ReactorConfig,
 }
 
-/// A static member given as `ID=HOST:PORT[,WEIGHT]` or `HOST:PORT[,WEIGHT]`
-/// (the id is then the address).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backend {
-    pub id: String,
-    pub addr: String,
-    pub weight: u32,
-}
-
-impl FromStr for Backend {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Backend, String> {
-        let usage =
-            "expected ID=HOST:PORT[,WEIGHT] or HOST:PORT[,WEIGHT], e.g. app1=10.0.0.5:7000,2";
-        let (rest, weight) = match s.rsplit_once(',') {
-            Some((r, w)) => {
-                let w: u32 = w.trim().parse().map_err(|_| {
-                    format!("backend {s:?}: weight {w:?} is not a whole number; {usage}")
-                })?;
-                (r, w)
-            }
-            None => (s, DEFAULT_WEIGHT),
-        };
-        let (id, addr) = match rest.split_once('=') {
-            Some((id, addr)) => (id.trim(), addr.trim()),
-            None => (rest.trim(), rest.trim()),
-        };
-        if id.is_empty() {
-            return Err(format!("backend {s:?}: empty id; {usage}"));
-        }
-        let port_ok = addr
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !port_ok {
-            return Err(format!("backend {s:?}: {addr:?} is not HOST:PORT; {usage}"));
-        }
-        Ok(Backend {
-            id: id.to_string(),
-            addr: addr.to_string(),
-            weight,
-        })
-    }
-}
+/// A static member, `--backend ID=HOST:PORT[,WEIGHT]`.
+pub type Backend = MemberSpec;
 
 /// The view of the static members (version 0: any collector view replaces it).
 pub fn static_view(backends: &[Backend]) -> View {
@@ -168,30 +125,4 @@ pub fn start(s: Settings) -> io::Result<Running> {
         reactor,
         current: builder.current,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backends_parse_with_and_without_id_and_weight() {
-        let b: Backend = "app1=10.0.0.5:7000,3".parse().unwrap();
-        assert_eq!(
-            (b.id.as_str(), b.addr.as_str(), b.weight),
-            ("app1", "10.0.0.5:7000", 3)
-        );
-        let b: Backend = "10.0.0.5:7000".parse().unwrap();
-        assert_eq!((b.id.as_str(), b.weight), ("10.0.0.5:7000", 1));
-        let b: Backend = "a=h:1,0".parse().unwrap();
-        assert_eq!(b.weight, 0);
-    }
-
-    #[test]
-    fn bad_backends_say_what_is_expected() {
-        for bad in ["", "a=", "a=host", "a=host:port", "a=h:1,x", "=h:1", ":80"] {
-            let e = bad.parse::<Backend>().unwrap_err();
-            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
-        }
-    }
 }
