@@ -1,0 +1,557 @@
+//! A whole cluster of the real binaries for the end-to-end tests: a
+//! collector, one or more balancers and app servers, each a child process
+//! on its own free loopback port, over a fresh database from
+//! `dsf_sql::testing::fresh()` (`DSF_TEST_DB_URL`, set by `scripts/test`).
+//!
+//! Each process logs to a file in a temporary folder; when a test fails,
+//! the tail of every log is printed. Every wait has a deadline.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dsf_client::{Client, ClientConfig, Error};
+use dsf_sql::password::{self, Cost};
+use dsf_sql::testing::TestDb;
+use dsf_sql::{ListQuery, Role};
+use serde_json::{json, Value};
+
+pub const APP: &str = "e2e";
+pub const APP_SECRET: &str = "e2e-app-secret-0123456789";
+pub const CLUSTER_SECRET: &str = "e2e-cluster-secret-0123456789";
+pub const ADMIN: &str = "root";
+pub const ADMIN_PASSWORD: &str = "root-password";
+/// The collector's `--dead-after` in these tests: the design's 3 s bound on
+/// eviction (4 s to leave `lb.view`) needs at most 3 s; less keeps the
+/// suite short (a collector also waits this long before its first push).
+pub const DEAD_AFTER: &str = "2s";
+/// Longest any one wait in these tests may take.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Path of a workspace binary. Cargo hands an integration test only its
+/// own package's binaries (`CARGO_BIN_EXE_*`); the others are built next
+/// to them by `cargo test --workspace` / `cargo build --workspace`.
+pub fn binary(name: &str) -> PathBuf {
+    if name == "client" {
+        return PathBuf::from(env!("CARGO_BIN_EXE_client"));
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "binary {name} not found at {}: the end-to-end tests start the real servers; \
+         build them first with `cargo build --workspace` (same profile and target dir), \
+         or run `cargo test --workspace` / scripts/test, which build every binary",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound once to learn it, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, panicking with `what` at
+/// `within`.
+pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One child process and where its log goes.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+// === impl Proc ===
+
+impl Proc {
+    fn spawn(name: &str, bin: &str, args: &[String], envs: &[(&str, &str)], dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(binary(bin));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DSF_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(args)
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name} ({bin}): {e}"));
+        Proc {
+            name: name.into(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; the exit is awaited with [`Proc::wait_exit`].
+    pub fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -TERM {}", self.pid());
+    }
+
+    /// Waits for the exit (deadline `within`) and returns its code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let child = &mut self.child;
+        let status = wait_for(&format!("{} to exit", self.name), within, || {
+            child.try_wait().unwrap()
+        });
+        status.code()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What to start.
+pub struct Spec {
+    pub apps: usize,
+    pub balancers: usize,
+}
+
+/// The running cluster.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub db: TestDb,
+    pub db_url: String,
+    keys: PathBuf,
+    pub collector: Option<Proc>,
+    pub collector_addr: String,
+    metrics_addr: String,
+    /// Balancers: (client address, cluster address, process).
+    pub lbs: Vec<(String, String, Option<Proc>)>,
+    /// App servers by index: node id `app-{i}`, address, process.
+    pub apps: Vec<(String, String, Option<Proc>)>,
+}
+
+// === impl Cluster ===
+
+impl Cluster {
+    /// Starts `spec` and waits until every app server is `up` in every
+    /// balancer's view.
+    pub fn start(spec: Spec) -> Cluster {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let db = dsf_sql::testing::fresh();
+        let db_url = format!(
+            "{}/{}",
+            dsf_sql::testing::server_url().trim_end_matches('/'),
+            db.name()
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "dsf-e2e-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let keys = dir.join("app-keys.toml");
+        fs::write(&keys, format!("{APP} = \"{APP_SECRET}\"\n")).unwrap();
+        fs::set_permissions(&keys, fs::Permissions::from_mode(0o600)).unwrap();
+
+        // An admin made straight in the database (cheap hash: tests only).
+        let hash = password::hash_with(ADMIN_PASSWORD, Cost::TEST).unwrap();
+        db.users().create(ADMIN, &hash, Role::Admin).unwrap();
+
+        let lbs = (0..spec.balancers)
+            .map(|_| {
+                (
+                    format!("127.0.0.1:{}", free_port()),
+                    format!("127.0.0.1:{}", free_port()),
+                    None,
+                )
+            })
+            .collect();
+        let apps = (0..spec.apps)
+            .map(|i| (format!("app-{i}"), format!("127.0.0.1:{}", free_port()), None))
+            .collect();
+        let mut c = Cluster {
+            dir,
+            db,
+            db_url,
+            keys,
+            collector: None,
+            collector_addr: format!("127.0.0.1:{}", free_port()),
+            metrics_addr: format!("127.0.0.1:{}", free_port()),
+            lbs,
+            apps,
+        };
+        for i in 0..spec.balancers {
+            c.start_lb(i);
+        }
+        c.start_collector();
+        for i in 0..spec.apps {
+            c.start_app(i);
+        }
+        let ids: Vec<String> = c.apps.iter().map(|a| a.0.clone()).collect();
+        for i in 0..spec.balancers {
+            c.wait_view(i, &ids, WAIT);
+        }
+        c
+    }
+
+    fn env(&self) -> Vec<(&'static str, &'static str)> {
+        vec![("DSF_CLUSTER_SECRET", CLUSTER_SECRET)]
+    }
+
+    pub fn start_lb(&mut self, i: usize) {
+        let (listen, cluster) = (self.lbs[i].0.clone(), self.lbs[i].1.clone());
+        let args = vec![
+            "--listen".into(),
+            listen,
+            "--cluster-listen".into(),
+            cluster,
+            "--app-keys".into(),
+            self.keys.display().to_string(),
+            // Ownership must depend on the ring alone for these tests to
+            // compare owners across time; bounded load is lb-server's own
+            // tests' business.
+            "--bounded-load".into(),
+            "off".into(),
+        ];
+        let p = Proc::spawn(&format!("lb-{i}"), "lb-server", &args, &self.env(), &self.dir);
+        self.lbs[i].2 = Some(p);
+        let addr = self.lbs[i].0.clone();
+        wait_for(&format!("lb-{i} to listen on {addr}"), WAIT, || {
+            std::net::TcpStream::connect(&addr).ok()
+        });
+    }
+
+    pub fn start_collector(&mut self) {
+        let lbs: Vec<String> = self.lbs.iter().map(|l| l.1.clone()).collect();
+        let args = vec![
+            "--listen".into(),
+            self.collector_addr.clone(),
+            "--metrics-listen".into(),
+            self.metrics_addr.clone(),
+            "--lb".into(),
+            lbs.join(","),
+            "--dead-after".into(),
+            DEAD_AFTER.into(),
+            "--app-keys".into(),
+            self.keys.display().to_string(),
+        ];
+        let p = Proc::spawn("collector", "collector", &args, &self.env(), &self.dir);
+        self.collector = Some(p);
+        let addr = self.collector_addr.clone();
+        wait_for(&format!("the collector to listen on {addr}"), WAIT, || {
+            std::net::TcpStream::connect(&addr).ok()
+        });
+    }
+
+    pub fn start_app(&mut self, i: usize) {
+        let (id, addr) = (self.apps[i].0.clone(), self.apps[i].1.clone());
+        let args = vec![
+            "--listen".into(),
+            addr.clone(),
+            "--node-id".into(),
+            id.clone(),
+            "--collector".into(),
+            self.collector_addr.clone(),
+            "--workers".into(),
+            "4".into(),
+            "--app-keys".into(),
+            self.keys.display().to_string(),
+        ];
+        let mut env = self.env();
+        let url: &'static str = Box::leak(self.db_url.clone().into_boxed_str());
+        env.push(("DSF_DB", url));
+        let p = Proc::spawn(&id, "app-server", &args, &env, &self.dir);
+        self.apps[i].2 = Some(p);
+        wait_for(&format!("app-{i} to listen on {addr}"), WAIT, || {
+            std::net::TcpStream::connect(&addr).ok()
+        });
+    }
+
+    pub fn app(&mut self, i: usize) -> &mut Proc {
+        self.apps[i].2.as_mut().expect("app server started")
+    }
+
+    pub fn lb_addrs(&self) -> Vec<String> {
+        self.lbs.iter().map(|l| l.0.clone()).collect()
+    }
+
+    /// A client of app `e2e` through every balancer.
+    pub fn client(&self) -> Client {
+        let mut cfg = ClientConfig::new(self.lb_addrs(), APP, APP_SECRET.as_bytes().to_vec());
+        cfg.request_timeout = Duration::from_secs(10);
+        Client::new(cfg).unwrap()
+    }
+
+    /// A client that asks only balancer `i`.
+    pub fn client_of_lb(&self, i: usize) -> Client {
+        let cfg = ClientConfig::new(
+            vec![self.lbs[i].0.clone()],
+            APP,
+            APP_SECRET.as_bytes().to_vec(),
+        );
+        Client::new(cfg).unwrap()
+    }
+
+    /// A session token of the admin.
+    pub fn admin_token(&self) -> String {
+        let mut c = self.client();
+        let r = c
+            .call(
+                "user.login",
+                &json!({"name": ADMIN, "password": ADMIN_PASSWORD}),
+            )
+            .unwrap();
+        r["token"].as_str().unwrap().to_string()
+    }
+
+    /// Balancer `i`'s `lb.view`, if it answers.
+    pub fn view(&self, i: usize) -> Option<Value> {
+        let mut c = self.client_of_lb(i);
+        let raw = c.balancer_call("lb.view", "{}").ok()?;
+        serde_json::from_str(raw.get()).ok()
+    }
+
+    /// The ids of nodes `up` in balancer `i`'s view.
+    pub fn up_in_view(&self, i: usize) -> Option<Vec<String>> {
+        Some(up_ids(&self.view(i)?["nodes"]))
+    }
+
+    /// The ids of nodes `up` in the collector's `cluster.status`.
+    pub fn up_in_status(&self) -> Option<Vec<String>> {
+        let c = self.client();
+        let raw = c.call_at(&self.collector_addr, "cluster.status", "{}").ok()?;
+        let v: Value = serde_json::from_str(raw.get()).ok()?;
+        Some(up_ids(&v["nodes"]))
+    }
+
+    /// Waits until balancer `i` lists exactly `ids` as up.
+    pub fn wait_view(&self, i: usize, ids: &[String], within: Duration) {
+        let mut want: Vec<String> = ids.to_vec();
+        want.sort();
+        wait_for(
+            &format!("balancer {i}'s view to list exactly {want:?} as up"),
+            within,
+            || (self.up_in_view(i).as_ref() == Some(&want)).then_some(()),
+        );
+    }
+
+    /// Owner of each key according to balancer `lb` (one resolve each).
+    pub fn owners(&self, lb: usize, keys: &[String]) -> BTreeMap<String, String> {
+        let mut c = self.client_of_lb(lb);
+        keys.iter()
+            .map(|k| {
+                let r = c
+                    .resolve(Some(k), &[])
+                    .unwrap_or_else(|e| panic!("resolving {k}: {e}"));
+                (k.clone(), r.node)
+            })
+            .collect()
+    }
+
+    /// Every id card in the blacklist table.
+    pub fn blacklist_ids(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .db
+                .blacklist()
+                .list(&ListQuery {
+                    after: after.as_deref(),
+                    limit: Some(500),
+                    name_prefix: None,
+                })
+                .unwrap();
+            out.extend(page.entries.into_iter().map(|e| e.id_card));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return out,
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut procs: Vec<Proc> = Vec::new();
+        procs.extend(self.apps.iter_mut().filter_map(|a| a.2.take()));
+        procs.extend(self.collector.take());
+        procs.extend(self.lbs.iter_mut().filter_map(|l| l.2.take()));
+        for p in &mut procs {
+            p.kill();
+        }
+        if std::thread::panicking() {
+            for p in &procs {
+                let text = p.log_text();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!(
+                    "----- last {} lines of {} ({}) -----\n{}",
+                    tail.len(),
+                    p.name,
+                    p.log.display(),
+                    tail.join("\n")
+                );
+            }
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn up_ids(nodes: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = nodes
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|n| n["state"] == "up")
+        .filter_map(|n| n["id"].as_str().map(String::from))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The outcome of one write by a [`Writer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Unknown,
+}
+
+/// What a writing client saw.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Id cards whose `blacklist.add` got `ok`.
+    pub acked: Vec<String>,
+    /// Id cards whose outcome is unknown (may or may not be stored).
+    pub unknown: Vec<String>,
+    /// Failed resolves (no balancer answered) that were retried: nothing
+    /// had been sent to a node, so the write was sent again.
+    pub retried_resolves: usize,
+    /// Any other error: the tests require none.
+    pub errors: Vec<String>,
+}
+
+/// Runs `n` `blacklist.add` writes as client `who`, each with a unique id
+/// card. `rotate` routing keys per client: a new key each write makes every
+/// write resolve (and reconnect), so balancer restarts are exercised.
+pub fn write_many(
+    cluster_lbs: Vec<String>,
+    token: String,
+    who: usize,
+    n: usize,
+    rotate: usize,
+    mut progress: impl FnMut(),
+) -> Tally {
+    let mut cfg = ClientConfig::new(cluster_lbs, APP, APP_SECRET.as_bytes().to_vec());
+    cfg.request_timeout = Duration::from_secs(10);
+    let mut c = Client::new(cfg).unwrap();
+    c.set_token(Some(token));
+    let mut t = Tally::default();
+    for j in 0..n {
+        c.set_routing_key(Some(format!("writer-{who}-{}", j % rotate.max(1))));
+        let id_card = format!("{who:03}{j:05}");
+        let body = json!({"id_card": id_card, "name": format!("Person {who}-{j}")});
+        let mut resolves = 0;
+        loop {
+            match c.call("blacklist.add", &body) {
+                Ok(_) => t.acked.push(id_card.clone()),
+                Err(Error::OutcomeUnknown { .. }) => t.unknown.push(id_card.clone()),
+                Err(Error::NoBalancer { .. }) if resolves < 100 => {
+                    resolves += 1;
+                    t.retried_resolves += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                Err(e) => t.errors.push(format!("write {id_card}: {e}")),
+            }
+            break;
+        }
+        progress();
+    }
+    t
+}
+
+/// Checks what the design promises about acknowledged writes: each is in
+/// MySQL exactly once, and nothing is there that was never sent.
+pub fn check_writes(cluster: &Cluster, tallies: &[Tally]) {
+    let stored = cluster.blacklist_ids();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for id in &stored {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    let mut sent = 0;
+    for t in tallies {
+        for id in &t.acked {
+            assert_eq!(
+                counts.get(id.as_str()).copied().unwrap_or(0),
+                1,
+                "acknowledged write {id} must be stored exactly once"
+            );
+        }
+        sent += t.acked.len() + t.unknown.len();
+    }
+    assert!(
+        stored.len() <= sent,
+        "{} rows stored but only {sent} writes sent",
+        stored.len()
+    );
+}
