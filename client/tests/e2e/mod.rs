@@ -14,7 +14,8 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dsf_client::{Client, ClientConfig, Error};
@@ -373,6 +374,36 @@ impl Cluster {
         Some(up_ids(&self.view(i)?["nodes"]))
     }
 
+    /// The ids of every node in balancer `i`'s view, whatever its state.
+    pub fn ids_in_view(&self, i: usize) -> Option<Vec<String>> {
+        Some(all_ids(&self.view(i)?["nodes"]))
+    }
+
+    /// The ids of every node in the collector's `cluster.status`.
+    pub fn ids_in_status(&self) -> Option<Vec<String>> {
+        let c = self.client();
+        let raw = c.call_at(&self.collector_addr, "cluster.status", "{}").ok()?;
+        let v: Value = serde_json::from_str(raw.get()).ok()?;
+        Some(all_ids(&v["nodes"]))
+    }
+
+    /// `client status --json` run as a user would, through the CLI binary.
+    pub fn cli_status(&self) -> String {
+        let out = Command::new(binary("client"))
+            .args(["--app", APP, "status", "--json", "--collector"])
+            .arg(&self.collector_addr)
+            .env("DSF_APP_SECRET", APP_SECRET)
+            .env_remove("DSF_APP_SECRET_FILE")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "client status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// The ids of nodes `up` in the collector's `cluster.status`.
     pub fn up_in_status(&self) -> Option<Vec<String>> {
         let c = self.client();
@@ -456,6 +487,18 @@ impl Drop for Cluster {
     }
 }
 
+fn all_ids(nodes: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = nodes
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| n["id"].as_str().map(String::from))
+        .collect();
+    ids.sort();
+    ids
+}
+
 fn up_ids(nodes: &Value) -> Vec<String> {
     let mut ids: Vec<String> = nodes
         .as_array()
@@ -490,16 +533,18 @@ pub struct Tally {
     pub errors: Vec<String>,
 }
 
-/// Runs `n` `blacklist.add` writes as client `who`, each with a unique id
-/// card. `rotate` routing keys per client: a new key each write makes every
-/// write resolve (and reconnect), so balancer restarts are exercised.
+/// Runs up to `n` `blacklist.add` writes as client `who`, each with a
+/// unique id card, calling `progress` after each; it stops early when
+/// `progress` returns `false`. With `rotate` > 1 the client cycles through
+/// that many routing keys, a new one each write, so every write resolves
+/// (and reconnects): balancer restarts then meet resolves in flight.
 pub fn write_many(
     cluster_lbs: Vec<String>,
     token: String,
     who: usize,
     n: usize,
     rotate: usize,
-    mut progress: impl FnMut(),
+    mut progress: impl FnMut() -> bool,
 ) -> Tally {
     let mut cfg = ClientConfig::new(cluster_lbs, APP, APP_SECRET.as_bytes().to_vec());
     cfg.request_timeout = Duration::from_secs(10);
@@ -525,7 +570,9 @@ pub fn write_many(
             }
             break;
         }
-        progress();
+        if !progress() {
+            break;
+        }
     }
     t
 }
@@ -554,4 +601,56 @@ pub fn check_writes(cluster: &Cluster, tallies: &[Tally]) {
         "{} rows stored but only {sent} writes sent",
         stored.len()
     );
+}
+
+/// Clients writing until told to stop, counting what they did.
+pub struct Writers {
+    pub done: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Tally>>,
+}
+
+// === impl Writers ===
+
+impl Writers {
+    /// `clients` writers through the cluster's balancers, as the admin.
+    pub fn start(cluster: &Cluster, clients: usize, rotate: usize) -> Writers {
+        let token = cluster.admin_token();
+        let done = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|i| {
+                let (lbs, token) = (cluster.lb_addrs(), token.clone());
+                let (done, stop) = (done.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    write_many(lbs, token, i, 99_999, rotate, || {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        !stop.load(Ordering::Relaxed)
+                    })
+                })
+            })
+            .collect();
+        Writers {
+            done,
+            stop,
+            threads,
+        }
+    }
+
+    /// Waits until `more` writes have been done from now on.
+    pub fn wait_more(&self, more: usize) {
+        let target = self.done.load(Ordering::Relaxed) + more;
+        wait_for(&format!("{more} more writes"), WAIT, || {
+            (self.done.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    }
+
+    /// Stops them and returns what each saw.
+    pub fn finish(self) -> Vec<Tally> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("a writer panicked"))
+            .collect()
+    }
 }
