@@ -53,9 +53,39 @@ impl AppService {
     }
 }
 
+impl AppService {
+    /// While the node drains for shutdown, a new request is answered
+    /// `overloaded` without being run, so its client learns from a reply,
+    /// not from a closed connection, that it may send it (write or not)
+    /// to another node.
+    fn refuse_draining(&self, payload: &[u8], received: Instant, cx: &mut Context<'_>) -> Dispatch {
+        match self.controller.admit(payload) {
+            Ok(a) => {
+                let e = Error::Overloaded(format!(
+                    "node {} is draining for shutdown: {} was not run; send it to another node",
+                    self.controller.app().node(),
+                    a.request.kind
+                ));
+                wire::encode_error(Some(&a.key), a.request.id, &e, cx.out());
+            }
+            Err(refused) => {
+                refused.encode(cx.out());
+                if refused.closes_connection() {
+                    cx.close();
+                }
+            }
+        }
+        self.controller.metrics().record(received, false);
+        Dispatch::Done
+    }
+}
+
 impl Service for AppService {
     fn on_frame(&mut self, payload: &[u8], cx: &mut Context<'_>) -> Dispatch {
         let received = Instant::now();
+        if self.controller.metrics().is_draining() {
+            return self.refuse_draining(payload, received, cx);
+        }
         // Before admission, which remembers the nonce: a Busy frame is
         // offered again byte for byte, and must not then look replayed.
         // Only this thread submits, so room seen here is still there below.
@@ -65,10 +95,7 @@ impl Service for AppService {
         let admitted = match self.controller.admit(payload) {
             Ok(a) => a,
             Err(refused) => {
-                refused.encode(cx.out());
-                if refused.closes_connection() {
-                    cx.close();
-                }
+                cx.refuse(&refused);
                 self.controller.metrics().record(received, false);
                 return Dispatch::Done;
             }

@@ -34,6 +34,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::Error;
+use crate::wire::admission::Refused;
 use crate::wire::envelope::{encode_error, UNKNOWN_ID};
 use crate::wire::frame::{FrameDecoder, DEFAULT_MAX_FRAME};
 
@@ -153,6 +154,15 @@ impl Context<'_> {
     /// Close the connection once what is in its output is written.
     pub fn close(&mut self) {
         *self.close = true;
+    }
+
+    /// Answers a frame that admission refused, and closes the connection
+    /// when the frame broke framing (the stream can no longer be trusted).
+    pub fn refuse(&mut self, refused: &Refused) {
+        refused.encode(self.out);
+        if refused.closes_connection() {
+            *self.close = true;
+        }
     }
 
     /// A handle to answer this frame later, from any thread. The connection

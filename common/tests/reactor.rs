@@ -47,10 +47,7 @@ impl Service for Echo {
         let admitted = match self.admission.admit(payload) {
             Ok(a) => a,
             Err(refused) => {
-                refused.encode(cx.out());
-                if refused.closes_connection() {
-                    cx.close();
-                }
+                cx.refuse(&refused);
                 return Dispatch::Done;
             }
         };

@@ -251,10 +251,7 @@ impl Service for Recorder {
         let a = match self.admission.admit(payload) {
             Ok(a) => a,
             Err(refused) => {
-                refused.encode(cx.out());
-                if refused.closes_connection() {
-                    cx.close();
-                }
+                cx.refuse(&refused);
                 return Dispatch::Done;
             }
         };

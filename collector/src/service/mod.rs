@@ -84,10 +84,7 @@ impl Service for Collector {
                     cx.peer(),
                     refused.rejection.error
                 );
-                refused.encode(cx.out());
-                if refused.closes_connection() {
-                    cx.close();
-                }
+                cx.refuse(&refused);
                 return Dispatch::Done;
             }
         };
