@@ -3,7 +3,11 @@
 //! them together.
 //!
 //! Shutdown ([`StopHandle::trigger`], SIGTERM/SIGINT in the binary):
-//! 1. report `draining` to the collector (balancers stop sending new keys);
+//! 1. report `draining` to the collector (balancers stop sending new keys),
+//!    and answer every new request `overloaded` without running it, until
+//!    the requests already running are answered and [`REFUSE_SETTLE`] more
+//!    has passed: a client learns from a reply, not from a closed
+//!    connection, to take its request (even a write) to another node;
 //! 2. stop accepting and reading; finish the requests already read, and
 //!    deliver their replies, within [`SHUTDOWN_DEADLINE`];
 //! 3. let the workers finish anything still running (a write that was
@@ -167,6 +171,16 @@ impl Running {
             Some(h) => h.beat_now(Duration::from_secs(1)),
             None => false,
         };
+        // New requests are refused from set_draining on; let the running
+        // ones finish, and the clients waiting for them come back once
+        // more to be told to go elsewhere.
+        let refusing_until = deadline.min(Instant::now() + REFUSE_MAX);
+        while self.shutdown.in_flight() > 0 && Instant::now() < refusing_until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(
+            REFUSE_SETTLE.min(refusing_until.saturating_duration_since(Instant::now())),
+        );
         // The reactor stops accepting and reading, and returns once every
         // dispatched request is answered or its grace (the same 5 s) ends.
         self.shutdown.trigger();
@@ -204,6 +218,14 @@ impl Running {
         })
     }
 }
+
+/// How long, once the requests running at shutdown are answered, new
+/// requests are still refused before the connections close (see the
+/// module documentation): enough for a client to read its last reply and
+/// send its next request.
+pub const REFUSE_SETTLE: Duration = Duration::from_millis(200);
+/// Longest the refusing phase of shutdown may last.
+const REFUSE_MAX: Duration = Duration::from_secs(2);
 
 /// Connects to the database, binds the client port and starts serving.
 pub fn start(s: Settings) -> Result<Running, Error> {

@@ -68,12 +68,7 @@ impl AppService {
                 ));
                 wire::encode_error(Some(&a.key), a.request.id, &e, cx.out());
             }
-            Err(refused) => {
-                refused.encode(cx.out());
-                if refused.closes_connection() {
-                    cx.close();
-                }
-            }
+            Err(refused) => cx.refuse(&refused),
         }
         self.controller.metrics().record(received, false);
         Dispatch::Done

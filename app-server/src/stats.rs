@@ -97,6 +97,11 @@ impl Metrics {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// Whether shutdown started: new requests are then refused.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// `draining` once shutdown started, else `up`.
     pub fn state(&self) -> NodeState {
         if self.draining.load(Ordering::Acquire) {

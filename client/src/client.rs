@@ -3,8 +3,10 @@
 //! verifies every reply, and fails over to another node when one goes away.
 //!
 //! Resend rules. A request is sent again, on another node, only when it
-//! cannot have been acted on (the connection failed before it was written)
-//! or when its type is idempotent ([`is_idempotent`]). Otherwise a broken
+//! cannot have been acted on (the connection failed before it was written,
+//! or the node refused it as `overloaded`, which it does before any work,
+//! e.g. while draining for shutdown) or when its type is idempotent
+//! ([`is_idempotent`]). Otherwise a broken
 //! connection or a missing reply is [`Error::OutcomeUnknown`]: the caller
 //! decides, usually after a read. An idle connection is checked for a close
 //! by the server before it is reused, so a node that went away between two
@@ -303,6 +305,13 @@ impl Client {
                     return Some(Failure::Server(e).into_error(kind, node));
                 }
                 format!("{node}: unavailable: {e}")
+            }
+            // `overloaded` is a refusal before any work was done (a node
+            // at its limits, or draining for shutdown): any request, even
+            // a write, may go to another node.
+            Failure::Server(e) if e.code() == ErrorCode::Overloaded => {
+                self.node = None;
+                format!("{node}: overloaded: {e}")
             }
             other => return Some(other.into_error(kind, node)),
         };

@@ -78,7 +78,10 @@ fn a_killed_node_is_evicted_within_4s_no_acknowledged_write_is_lost_and_on_resta
         done.load(Ordering::Relaxed)
     );
     let status = cluster.cli_status();
-    assert!(!status.contains(victim), "client status still lists {victim}: {status}");
+    assert!(
+        !status.contains(victim),
+        "client status still lists {victim}: {status}"
+    );
 
     // Every client finishes; every acknowledged write is stored exactly once.
     let tallies: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
@@ -114,5 +117,8 @@ fn a_killed_node_is_evicted_within_4s_no_acknowledged_write_is_lost_and_on_resta
             before[k], without[k], after[k]
         );
     }
-    assert_eq!(after, before, "the rejoined cluster routes as before the kill");
+    assert_eq!(
+        after, before,
+        "the rejoined cluster routes as before the kill"
+    );
 }

@@ -55,6 +55,8 @@ fn balancer_and_collector_restarts_cost_clients_nothing_but_retried_resolves() {
     );
     let acked: usize = tallies.iter().map(|t| t.acked.len()).sum();
     let retried: usize = tallies.iter().map(|t| t.retried_resolves).sum();
-    eprintln!("{acked} writes acknowledged; {retried} resolves retried while the balancer was down");
+    eprintln!(
+        "{acked} writes acknowledged; {retried} resolves retried while the balancer was down"
+    );
     check_writes(&cluster, &tallies);
 }

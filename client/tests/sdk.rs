@@ -168,6 +168,21 @@ fn an_unavailable_node_is_skipped_for_reads_but_a_write_gets_the_refusal() {
 }
 
 #[test]
+fn a_write_refused_as_overloaded_goes_to_another_node() {
+    // `overloaded` is answered before any work (e.g. a node draining for
+    // shutdown), so even a write may be sent elsewhere.
+    let a = TestServer::start(|_| Action::Err(dsf_common::Error::Overloaded("draining".into())));
+    let b = TestServer::app("b");
+    let (lb, _) = fake_lb(vec![("a", a.addr_string()), ("b", b.addr_string())]);
+
+    let mut c = client(vec![lb.addr_string()]);
+    c.call("blacklist.add", &json!({"id_card": "1", "name": "x"}))
+        .unwrap();
+    assert_eq!(c.node_id(), Some("b"));
+    assert_eq!((a.seen("blacklist.add"), b.seen("blacklist.add")), (1, 1));
+}
+
+#[test]
 fn the_second_balancer_is_used_when_the_first_is_down() {
     let a = TestServer::app("a");
     let (lb, _) = fake_lb(vec![("a", a.addr_string())]);

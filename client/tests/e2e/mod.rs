@@ -225,7 +225,13 @@ impl Cluster {
             })
             .collect();
         let apps = (0..spec.apps)
-            .map(|i| (format!("app-{i}"), format!("127.0.0.1:{}", free_port()), None))
+            .map(|i| {
+                (
+                    format!("app-{i}"),
+                    format!("127.0.0.1:{}", free_port()),
+                    None,
+                )
+            })
             .collect();
         let mut c = Cluster {
             dir,
@@ -271,7 +277,13 @@ impl Cluster {
             "--bounded-load".into(),
             "off".into(),
         ];
-        let p = Proc::spawn(&format!("lb-{i}"), "lb-server", &args, &self.env(), &self.dir);
+        let p = Proc::spawn(
+            &format!("lb-{i}"),
+            "lb-server",
+            &args,
+            &self.env(),
+            &self.dir,
+        );
         self.lbs[i].2 = Some(p);
         let addr = self.lbs[i].0.clone();
         wait_for(&format!("lb-{i} to listen on {addr}"), WAIT, || {
@@ -382,7 +394,9 @@ impl Cluster {
     /// The ids of every node in the collector's `cluster.status`.
     pub fn ids_in_status(&self) -> Option<Vec<String>> {
         let c = self.client();
-        let raw = c.call_at(&self.collector_addr, "cluster.status", "{}").ok()?;
+        let raw = c
+            .call_at(&self.collector_addr, "cluster.status", "{}")
+            .ok()?;
         let v: Value = serde_json::from_str(raw.get()).ok()?;
         Some(all_ids(&v["nodes"]))
     }
@@ -407,7 +421,9 @@ impl Cluster {
     /// The ids of nodes `up` in the collector's `cluster.status`.
     pub fn up_in_status(&self) -> Option<Vec<String>> {
         let c = self.client();
-        let raw = c.call_at(&self.collector_addr, "cluster.status", "{}").ok()?;
+        let raw = c
+            .call_at(&self.collector_addr, "cluster.status", "{}")
+            .ok()?;
         let v: Value = serde_json::from_str(raw.get()).ok()?;
         Some(up_ids(&v["nodes"]))
     }

@@ -1,0 +1,39 @@
+//! End to end, real binaries: an app server drained (SIGTERM) under load.
+
+mod e2e;
+
+use std::time::Duration;
+
+use e2e::{check_writes, Cluster, Spec, Writers, WAIT};
+
+#[test]
+fn sigterm_under_load_drains_without_unretried_errors_or_lost_writes() {
+    let mut cluster = Cluster::start(Spec {
+        apps: 3,
+        balancers: 1,
+    });
+    let writers = Writers::start(&cluster, 20, 1);
+    writers.wait_more(500);
+
+    cluster.app(1).terminate();
+    assert_eq!(
+        cluster.app(1).wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "a drained app server exits 0"
+    );
+    let rest: Vec<String> = ["app-0", "app-2"].map(String::from).to_vec();
+    cluster.wait_view(0, &rest, WAIT);
+    writers.wait_more(500);
+
+    let tallies = writers.finish();
+    let errors: Vec<&String> = tallies.iter().flat_map(|t| &t.errors).collect();
+    let unknown: Vec<&String> = tallies.iter().flat_map(|t| &t.unknown).collect();
+    assert!(errors.is_empty(), "clients saw errors: {errors:#?}");
+    assert!(
+        unknown.is_empty(),
+        "writes cut off by the drain with an unknown outcome (an error no one retried): {unknown:?}"
+    );
+    let acked: usize = tallies.iter().map(|t| t.acked.len()).sum();
+    eprintln!("{acked} writes acknowledged");
+    check_writes(&cluster, &tallies);
+}
