@@ -2,8 +2,8 @@
 //! (id, advertised address, weight, state, stats), signed with the cluster
 //! secret; `node.leave` at the end of a graceful shutdown.
 //!
-//! A collector that is down is logged once and retried with backoff (up to
-//! [`MAX_BACKOFF`]); serving never depends on it. When it answers again,
+//! A collector that is down is logged once and retried with backoff (from
+//! [`FIRST_RETRY`] up to the heartbeat interval); serving never depends on it. When it answers again,
 //! that is logged too.
 
 use std::sync::Arc;
@@ -18,8 +18,11 @@ use dsf_common::wire::{encode_request, keys::CLUSTER_APP, Key, OutgoingRequest, 
 
 use crate::stats::{Gauges, Metrics};
 
-/// Longest wait between attempts while the collector is down.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// First retry after a failed exchange; doubles up to the heartbeat
+/// interval and never past it, so a collector that comes back (or restarts
+/// and starts from an empty table) hears from every node within one
+/// interval, well inside its `--dead-after`.
+pub const FIRST_RETRY: Duration = Duration::from_millis(250);
 /// How long one exchange with the collector may take.
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -191,11 +194,7 @@ impl Link {
 
     /// How long to wait before the next heartbeat.
     fn next_wait(&self, every: Duration) -> Duration {
-        if self.failures == 0 {
-            return every;
-        }
-        let doubled = every.saturating_mul(1 << self.failures.min(4));
-        doubled.min(MAX_BACKOFF).max(every)
+        retry_wait(self.failures, every)
     }
 }
 
@@ -246,5 +245,30 @@ fn run(
             }
             Err(RecvTimeoutError::Disconnected) => return,
         }
+    }
+}
+
+/// The pause before the next attempt after `failures` failed ones in a row:
+/// the interval when all is well, else [`FIRST_RETRY`] doubling up to the
+/// interval.
+fn retry_wait(failures: u32, every: Duration) -> Duration {
+    if failures == 0 {
+        return every;
+    }
+    FIRST_RETRY
+        .saturating_mul(1 << (failures - 1).min(8))
+        .min(every)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_from_a_quarter_second_to_the_interval_and_no_further() {
+        let every = Duration::from_secs(1);
+        let waits: Vec<u128> = (0..6).map(|f| retry_wait(f, every).as_millis()).collect();
+        assert_eq!(waits, vec![1000, 250, 500, 1000, 1000, 1000]);
+        assert_eq!(retry_wait(1000, every), every);
     }
 }
