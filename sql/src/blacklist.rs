@@ -139,7 +139,7 @@ fn parse_name_cursor(s: &str) -> Result<(String, String)> {
     Ok((id_card.to_string(), name))
 }
 
-fn select_one(c: &mut PooledConn, id_card: &str) -> mysql::Result<Option<Entry>> {
+pub(crate) fn select_one(c: &mut PooledConn, id_card: &str) -> mysql::Result<Option<Entry>> {
     let row: Option<EntryRow> = c.exec_first(
         "SELECT id_card, name, reason, created_by, created_at, updated_by, updated_at \
          FROM blacklist WHERE id_card = ?",

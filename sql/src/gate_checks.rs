@@ -3,6 +3,7 @@
 use mysql::prelude::Queryable;
 use serde::Serialize;
 
+use crate::blacklist::Entry;
 use crate::db::Db;
 use crate::error::Result;
 use crate::time::now_ms;
@@ -110,6 +111,46 @@ impl<'a> GateChecks<'a> {
             hit: c.hit,
             checked_at: now,
         })
+    }
+
+    /// A whole gate check: looks the id card up in the blacklist and records
+    /// the check with its outcome, on one pooled connection. Taking a
+    /// connection costs a health ping, so this is three round trips where a
+    /// `blacklist().get` followed by `record` would be four.
+    pub fn check_and_record(
+        &self,
+        id_card: &str,
+        name: &str,
+        gate: Option<&str>,
+        node: &str,
+    ) -> Result<(Option<Entry>, GateCheck)> {
+        const OP: &str = "gate_checks.check_and_record";
+        validate::id_card(id_card)?;
+        validate::name("name", name)?;
+        if let Some(g) = gate {
+            validate::gate(g)?;
+        }
+        validate::node(node)?;
+        let now = now_ms();
+        let (entry, id) = self.db.with_conn(OP, |conn| {
+            let entry = crate::blacklist::select_one(conn, id_card)?;
+            conn.exec_drop(
+                "INSERT INTO gate_checks (id_card, name, gate, node, hit, checked_at) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+                (id_card, name, gate, node, entry.is_some(), now),
+            )?;
+            Ok((entry, conn.last_insert_id()))
+        })?;
+        let check = GateCheck {
+            id,
+            id_card: id_card.to_string(),
+            name: name.to_string(),
+            gate: gate.map(str::to_string),
+            node: node.to_string(),
+            hit: entry.is_some(),
+            checked_at: now,
+        };
+        Ok((entry, check))
     }
 
     /// Checks, newest first, filtered by id card and/or gate.

@@ -337,6 +337,37 @@ fn listing_limit_and_cursor_are_validated() {
 // --- gate checks ---
 
 #[test]
+fn check_and_record_answers_hit_or_miss_and_records_both() {
+    let db = testing::fresh();
+    add(&db, "C1", "Listed Person");
+    let gc = db.gate_checks();
+
+    let (entry, hit) = gc
+        .check_and_record("C1", "Listed Person", Some("north"), "n1")
+        .unwrap();
+    assert_eq!(entry.unwrap().name, "Listed Person");
+    assert!(hit.hit);
+    let (entry, miss) = gc.check_and_record("C2", "Someone", None, "n1").unwrap();
+    assert!(entry.is_none());
+    assert!(!miss.hit);
+
+    let trail = gc.history(&HistoryQuery::default()).unwrap();
+    let seen: Vec<(u64, &str, bool)> = trail
+        .iter()
+        .map(|c| (c.id, c.id_card.as_str(), c.hit))
+        .collect();
+    assert_eq!(seen, vec![(miss.id, "C2", false), (hit.id, "C1", true)]);
+    assert_eq!(trail[1].gate.as_deref(), Some("north"));
+
+    // Bad input is refused before anything is recorded.
+    let e = gc
+        .check_and_record("x' OR '1'='1", "n", None, "n1")
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BadRequest);
+    assert_eq!(gc.history(&HistoryQuery::default()).unwrap().len(), 2);
+}
+
+#[test]
 fn gate_checks_come_back_newest_first_filtered_and_limited() {
     let db = testing::fresh();
     let gc = db.gate_checks();

@@ -3,7 +3,7 @@
 
 use dsf_common::Result;
 use dsf_sql::gate_checks::DEFAULT_LIMIT;
-use dsf_sql::{validate, Entry, GateCheck, HistoryQuery, NewCheck, Role};
+use dsf_sql::{validate, Entry, GateCheck, HistoryQuery, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::controller::{json, Auth, Call, Exec, Route};
@@ -59,15 +59,12 @@ pub struct Checked {
 pub fn check(call: &Call<'_>) -> Result<String> {
     let b: Check = call.body()?;
     b.validate()?;
-    let db = &call.app.db;
-    let entry = db.blacklist().get(&b.id_card)?;
-    db.gate_checks().record(&NewCheck {
-        id_card: &b.id_card,
-        name: &b.name,
-        gate: b.gate.as_deref(),
-        node: call.app.node(),
-        hit: entry.is_some(),
-    })?;
+    let (entry, _) = call.app.db.gate_checks().check_and_record(
+        &b.id_card,
+        &b.name,
+        b.gate.as_deref(),
+        call.app.node(),
+    )?;
     json(&Checked {
         hit: entry.is_some(),
         entry,
