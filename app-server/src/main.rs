@@ -83,8 +83,7 @@ fn db_config(args: &DbArgs) -> dsf_sql::DbConfig {
 }
 
 fn run(args: RunArgs) {
-    let config = args.files.load_or_exit(&args.config);
-    let settings = config.settings().unwrap_or_else(|e| fail(2, e));
+    let settings = args.files.load_or_exit(&args.config, AppConfig::settings);
     let running = app_server::start(settings).unwrap_or_else(|e| fail(1, e));
     let stop = running.stop_handle();
     if let Err(e) = dsf_common::signals::on_terminate(move || stop.trigger()) {

@@ -35,14 +35,9 @@ struct Cli {
 fn main() {
     dsf_common::logging::init(dsf_common::logging::DEFAULT_FILTER);
     let cli: Cli = config::parse();
-    let config = cli.files.load_or_exit(&cli.config);
-    let settings = match config.settings() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("collector: {e}");
-            std::process::exit(2);
-        }
-    };
+    let settings = cli
+        .files
+        .load_or_exit(&cli.config, CollectorConfig::settings);
     if let Err(e) = collector::server::run(settings) {
         eprintln!("collector: {e}");
         std::process::exit(1);

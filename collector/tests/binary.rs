@@ -35,6 +35,7 @@ fn without_a_cluster_secret_it_refuses_to_start_and_says_how_to_set_one() {
 #[test]
 fn check_config_validates_and_exits() {
     let o = collector()
+        .env("DSF_CLUSTER_SECRET", "c")
         .args([
             "--lb",
             "127.0.0.1:6200",
@@ -53,11 +54,20 @@ fn check_config_validates_and_exits() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("configuration OK"));
 
     let o = collector()
+        .env("DSF_CLUSTER_SECRET", "c")
         .args(["--lb", "nowhere", "--check-config"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("HOST:PORT"));
+
+    // A real start would stop without the secret, so the check does too.
+    let o = collector()
+        .args(["--lb", "127.0.0.1:6200", "--check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("DSF_CLUSTER_SECRET"));
 }
 
 #[test]

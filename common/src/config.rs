@@ -58,7 +58,7 @@
 //! # std::env::remove_var("DSF_CONFIG");
 //! // In main: clap with a DSF_* variable behind every flag, then the file.
 //! let cli: Cli = config::parse_from(["lb-server", "--listen", "127.0.0.1:6300"]);
-//! let config = cli.files.load(&cli.config).unwrap(); // or load_or_exit: handles --check-config
+//! let config = cli.files.load(&cli.config).unwrap(); // in main: load_or_exit(&cli.config, prepare), which handles --check-config
 //! assert_eq!(config.vnodes(), 160);
 //! # }
 //! ```
@@ -358,10 +358,18 @@ impl ConfigArgs {
         load(self.config.as_deref(), cli)
     }
 
-    /// [`ConfigArgs::load`] for a `main`: an error is printed and exits with
-    /// status 2; with `--check-config`, a valid configuration is printed and
-    /// exits with status 0.
-    pub fn load_or_exit<C: Config>(&self, cli: &C) -> C {
+    /// [`ConfigArgs::load`] for a `main`, followed by `prepare`: everything
+    /// a real start checks before it binds a port (secrets read, key files'
+    /// modes, required values), turning the configuration into what the
+    /// server runs with. An error from either is printed and exits with
+    /// status 2. With `--check-config`, a configuration that got through
+    /// both is printed and exits with status 0, so "OK" means the server
+    /// would start.
+    pub fn load_or_exit<C: Config, S, E: std::fmt::Display>(
+        &self,
+        cli: &C,
+        prepare: impl FnOnce(&C) -> Result<S, E>,
+    ) -> S {
         let program = std::env::args()
             .next()
             .map(|p| {
@@ -371,17 +379,17 @@ impl ConfigArgs {
                     .unwrap_or(p)
             })
             .unwrap_or_else(|| "dsf".into());
-        match self.load(cli) {
-            Ok(config) if self.check_config => {
-                print!("# {program}: configuration OK\n{}", config.describe());
-                std::process::exit(0)
-            }
-            Ok(config) => config,
-            Err(e) => {
-                eprintln!("{program}: {e}");
-                std::process::exit(2)
-            }
+        let fail = |e: &dyn std::fmt::Display| -> ! {
+            eprintln!("{program}: {e}");
+            std::process::exit(2)
+        };
+        let config = self.load(cli).unwrap_or_else(|e| fail(&e));
+        let prepared = prepare(&config).unwrap_or_else(|e| fail(&e));
+        if self.check_config {
+            print!("# {program}: configuration OK\n{}", config.describe());
+            std::process::exit(0)
         }
+        prepared
     }
 }
 

@@ -34,14 +34,7 @@ struct Cli {
 fn main() {
     dsf_common::logging::init(dsf_common::logging::DEFAULT_FILTER);
     let cli: Cli = config::parse();
-    let config = cli.files.load_or_exit(&cli.config);
-    let settings = match config.settings() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("lb-server: {e}");
-            std::process::exit(2);
-        }
-    };
+    let settings = cli.files.load_or_exit(&cli.config, LbConfig::settings);
     let running = match lb_server::server::start(settings) {
         Ok(r) => r,
         Err(e) => {

@@ -445,15 +445,19 @@ fn the_binary_refuses_to_start_without_secrets_and_says_how_to_set_them() {
 }
 
 #[test]
-fn check_config_validates_and_exits() {
+fn check_config_says_ok_only_when_the_server_would_start() {
+    let keys = private_file("keys.toml", "cli = \"s\"\n");
     let ok = lb_binary()
+        .env("DSF_CLUSTER_SECRET", "c")
         .args([
             "--check-config",
             "--backend",
             "a=127.0.0.1:1,2",
             "--policy",
             "random",
+            "--app-keys",
         ])
+        .arg(&keys)
         .output()
         .unwrap();
     assert_eq!(
@@ -463,12 +467,39 @@ fn check_config_validates_and_exits() {
         String::from_utf8_lossy(&ok.stderr)
     );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("configuration OK"));
-    let bad = lb_binary()
-        .args(["--check-config", "--bounded-load", "0.5"])
-        .output()
-        .unwrap();
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("bounded_load"));
+
+    // Each of these would stop a real start, so the check fails too.
+    let open_keys = private_file("keys.toml", "cli = \"s\"\n");
+    std::fs::set_permissions(
+        &open_keys,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let cases: Vec<(Vec<&str>, Option<&std::path::Path>, bool, &str)> = vec![
+        (
+            vec!["--bounded-load", "0.5"],
+            Some(&keys),
+            true,
+            "bounded_load",
+        ),
+        (vec![], Some(&keys), false, "DSF_CLUSTER_SECRET"),
+        (vec![], None, true, "--app-keys"),
+        (vec![], Some(&open_keys), true, "chmod 600"),
+    ];
+    for (args, keys, secret, want) in cases {
+        let mut cmd = lb_binary();
+        cmd.arg("--check-config").args(&args);
+        if let Some(k) = keys {
+            cmd.arg("--app-keys").arg(k);
+        }
+        if secret {
+            cmd.env("DSF_CLUSTER_SECRET", "c");
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
 }
 
 #[test]
