@@ -158,10 +158,24 @@ impl std::str::FromStr for MemberSpec {
     }
 }
 
-/// Whether `s` looks like `host:port` with a numeric port.
+/// Whether `s` looks like `host:port` with a numeric port: a host name or
+/// IPv4 address without `:` or spaces, or a bracketed IPv6 address
+/// (`[::1]:7000`). A stray `:` (`web1:10.0.0.1:8080`, a `:` typed for `=`)
+/// is refused rather than taken as a host.
 pub fn is_host_port(s: &str) -> bool {
-    s.rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        }
+    };
+    host_ok && port.parse::<u16>().is_ok()
 }
 
 #[cfg(test)]
@@ -192,7 +206,23 @@ mod tests {
         let m: MemberSpec = "10.0.0.5:7000".parse().unwrap();
         assert_eq!((m.id.as_str(), m.weight), ("10.0.0.5:7000", 1));
         assert_eq!("a=h:1,0".parse::<MemberSpec>().unwrap().weight, 0);
-        for bad in ["", "a=", "a=host", "a=host:port", "a=h:1,x", "=h:1", ":80"] {
+        assert_eq!(
+            "v6=[::1]:7000".parse::<MemberSpec>().unwrap().addr,
+            "[::1]:7000"
+        );
+        for bad in [
+            "",
+            "a=",
+            "a=host",
+            "a=host:port",
+            "a=h:1,x",
+            "=h:1",
+            ":80",
+            "web1:10.0.0.1:8080",
+            "web1=10.0.0.1:8080:2",
+            "web1=10.0.0.1:8080 a=b:1",
+            "a=[nope]:1",
+        ] {
             let e = bad.parse::<MemberSpec>().unwrap_err();
             assert!(e.contains("HOST:PORT"), "{bad}: {e}");
         }

@@ -100,10 +100,20 @@ pub fn start(s: Settings) -> io::Result<Running> {
     let view = static_view(&s.backends);
     let initial = Snapshot::build(view, s.policy, s.ring)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    if !s.backends.is_empty() {
+    if s.backends.is_empty() {
+        log::warn!(
+            "no --backend given and no view yet: resolves answer unavailable until a collector pushes a view to {} (or restart with --backend ID=HOST:PORT)",
+            s.cluster_listen
+        );
+    } else {
+        let members: Vec<String> = s
+            .backends
+            .iter()
+            .map(|b| format!("{}={} (weight {})", b.id, b.addr, b.weight))
+            .collect();
         log::info!(
-            "static view: {} backends, policy {}, vnodes {}, bounded load {}",
-            s.backends.len(),
+            "static view: {}; policy {}, vnodes {}, bounded load {}",
+            members.join(", "),
             s.policy,
             s.ring.vnodes,
             s.ring.bound
