@@ -78,6 +78,15 @@ impl FrameDecoder {
             ));
         }
         if len > self.max {
+            let head = [avail[0], avail[1], avail[2], avail[3]];
+            if head.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+                // "GET ", "HTTP", "{\"v\"": text where a length belongs.
+                return Err(Error::FrameTooLarge(format!(
+                    "the peer does not speak dsf: its stream starts with the text {:?} where a frame's 4-byte big-endian length belongs (read as {len} bytes, above max_frame {})",
+                    String::from_utf8_lossy(&head),
+                    self.max
+                )));
+            }
             return Err(Error::frame_too_large(len, self.max));
         }
         if avail.len() < HEADER_LEN + len {
@@ -186,6 +195,16 @@ mod tests {
         assert!(err.to_string().contains("4294967295"), "{err}");
         // Nothing was reserved for the declared 4 GiB.
         assert!(dec.capacity() < 1024);
+    }
+
+    #[test]
+    fn text_where_a_length_belongs_is_named_as_a_foreign_protocol() {
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        dec.push(b"GET / HTTP/1.1\r\n");
+        let err = dec.next_frame().unwrap_err();
+        assert_eq!(err.code(), ErrorCode::FrameTooLarge);
+        assert!(err.to_string().contains("does not speak dsf"), "{err}");
+        assert!(err.to_string().contains("\"GET \""), "{err}");
     }
 
     #[test]
