@@ -425,6 +425,7 @@ impl Client {
         let mut tried = Vec::new();
         let mut last = String::new();
         let mut refusal = None;
+        let mut bad_reply = None;
         for step in 0..n {
             let i = (self.lb_first + step) % n;
             let addr = self.cfg.balancers[i].clone();
@@ -466,10 +467,16 @@ impl Client {
                     }
                     return Err(f.into_error(kind, &addr));
                 }
+                // A reply that does not verify means the balancer is up and
+                // we hold the wrong secret (or app id): say that, not
+                // "unreachable", if no other balancer answers.
+                Err(f @ Failure::BadReply(_)) => bad_reply = Some(f.into_error(kind, &addr)),
                 Err(f) => last = format!("{addr}: {}", f.into_error(kind, &addr)),
             }
         }
-        Err(refusal.unwrap_or(Error::NoBalancer { tried, last }))
+        Err(bad_reply
+            .or(refusal)
+            .unwrap_or(Error::NoBalancer { tried, last }))
     }
 
     /// Sends one request to `addr` on a connection of its own, without

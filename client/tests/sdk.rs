@@ -58,6 +58,17 @@ fn a_wrong_secret_shows_the_servers_unverified_refusal() {
 }
 
 #[test]
+fn a_wrong_secret_at_the_balancer_is_a_bad_reply_not_an_unreachable_cluster() {
+    let a = TestServer::app("a");
+    let (lb, _) = fake_lb(vec![("a", a.addr_string())]);
+    let cfg = ClientConfig::new(vec![lb.addr_string()], APP, b"wrong".to_vec());
+    let mut c = Client::new(cfg).unwrap();
+    let e = c.call("sys.ping", &json!({})).unwrap_err();
+    assert!(matches!(e, Error::BadReply { .. }), "{e}");
+    assert!(e.to_string().contains("DSF_APP_SECRET"), "{e}");
+}
+
+#[test]
 fn a_forged_reply_signature_is_refused() {
     let a = TestServer::start(|_| Action::Forge("{\"node\":\"evil\"}".into()));
     let (lb, _) = fake_lb(vec![("a", a.addr_string())]);
