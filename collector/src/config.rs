@@ -38,9 +38,17 @@ pub struct CollectorConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// A balancer's cluster port (its --cluster-listen); repeat the flag or
-    /// separate with commas for more. Required.
-    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
+    /// A balancer's cluster port (its --cluster-listen, 6200 by default, not
+    /// the 6300 clients use); repeat the flag or separate with commas for
+    /// more. Required. Its variable is DSF_COLLECTOR_LB, not DSF_LB: clients
+    /// read DSF_LB as the balancers' client port, and one shell often holds
+    /// both.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        value_delimiter = ',',
+        env = "DSF_COLLECTOR_LB"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lb: Option<Vec<String>>,
 
@@ -176,7 +184,11 @@ impl CollectorConfig {
 
 impl Config for CollectorConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        let lbs = config::required(&self.lb, "lb")?;
+        let lbs = self.lb.as_ref().ok_or_else(|| ConfigError::Missing {
+            key: "lb".into(),
+            flag: "lb".into(),
+            env: "DSF_COLLECTOR_LB".into(),
+        })?;
         if lbs.is_empty() {
             return Err(ConfigError::invalid(
                 "lb",
