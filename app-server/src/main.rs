@@ -79,8 +79,26 @@ fn db_config(args: &DbArgs) -> dsf_sql::DbConfig {
         ..AppConfig::default()
     };
     let cfg = config::load(args.config.as_deref(), &cli).unwrap_or_else(|e| fail(2, e));
-    cfg.db_config().unwrap_or_else(|e| fail(2, e))
+    let mut db = cfg.db_config().unwrap_or_else(|e| fail(2, e));
+    // A one-shot command waits briefly for a database that is starting, not
+    // the two minutes a server waits: whoever typed it is watching.
+    db.startup_deadline = Some(ONE_SHOT_DB_WAIT);
+    db
 }
+
+/// An error of a one-shot command, with what to check when the database
+/// could not be reached.
+fn with_db_hint(e: impl std::fmt::Display) -> String {
+    let msg = e.to_string();
+    if msg.contains("unavailable") {
+        format!("{msg}\n  check --db (DSF_DB) and that the database runs, e.g. `scripts/mariadb start` and `scripts/mariadb url`")
+    } else {
+        msg
+    }
+}
+
+/// How long `migrate` and `create-admin` wait for the database.
+const ONE_SHOT_DB_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn run(args: RunArgs) {
     let settings = args.files.load_or_exit(&args.config, AppConfig::settings);
@@ -107,8 +125,8 @@ fn main() {
         None => run(cli.run),
         Some(Command::Run(args)) => run(*args),
         Some(Command::Migrate(args)) => {
-            let report =
-                app_server::admin::migrate(&db_config(&args)).unwrap_or_else(|e| fail(1, e));
+            let report = app_server::admin::migrate(&db_config(&args))
+                .unwrap_or_else(|e| fail(1, with_db_hint(e)));
             println!(
                 "schema at version {} (applied now: {:?})",
                 report.version, report.applied
@@ -117,7 +135,7 @@ fn main() {
         Some(Command::CreateAdmin { db, name }) => {
             let cfg = db_config(&db);
             let password = app_server::admin::read_password().unwrap_or_else(|e| fail(2, e));
-            let db = Db::connect(&cfg).unwrap_or_else(|e| fail(1, e));
+            let db = Db::connect(&cfg).unwrap_or_else(|e| fail(1, with_db_hint(e)));
             let user = app_server::admin::create_admin(&db, &name, &password, Cost::DEFAULT)
                 .unwrap_or_else(|e| fail(1, e));
             println!("admin {:?} created (id {})", user.name, user.id);
