@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dsf_common::config::{self, Config, ConfigError, HumanDuration};
+use dsf_common::config::{Config, ConfigError, HumanDuration};
 use dsf_common::reactor::{ReactorConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS};
 use dsf_common::wire::keys::{self, AppKeys};
 use dsf_common::wire::DEFAULT_MAX_FRAME;
