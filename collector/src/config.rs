@@ -257,6 +257,7 @@ impl Config for CollectorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dsf_common::config;
 
     #[test]
     fn every_field_layers_over_the_file() {
