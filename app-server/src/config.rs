@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dsf_common::config::{self, Config, ConfigError, HumanDuration};
-use dsf_common::reactor::{ReactorConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS};
+use dsf_common::reactor::ReactorConfig;
 use dsf_common::view::DEFAULT_WEIGHT;
 use dsf_common::wire::keys::{self, AppKeys};
-use dsf_common::wire::DEFAULT_MAX_FRAME;
 use dsf_sql::password::Cost;
 use dsf_sql::DbConfig;
 use serde::{Deserialize, Serialize};
@@ -150,13 +149,12 @@ impl AppConfig {
     /// The reactor's limits.
     pub fn reactor(&self) -> ReactorConfig {
         ReactorConfig {
-            max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),
-            max_conns: self.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
-            idle_timeout: self
-                .idle_timeout
-                .map_or(DEFAULT_IDLE_TIMEOUT, HumanDuration::get),
             shutdown_grace: SHUTDOWN_DEADLINE,
-            ..ReactorConfig::default()
+            ..ReactorConfig::with_limits(
+                self.max_frame,
+                self.max_conns,
+                self.idle_timeout.map(HumanDuration::get),
+            )
         }
     }
 

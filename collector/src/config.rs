@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dsf_common::config::{Config, ConfigError, HumanDuration};
-use dsf_common::reactor::{ReactorConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS};
+use dsf_common::reactor::ReactorConfig;
 use dsf_common::wire::keys::{self, AppKeys};
-use dsf_common::wire::DEFAULT_MAX_FRAME;
 use serde::{Deserialize, Serialize};
 
 use crate::health::DEFAULT_CHECK_INTERVAL;
@@ -139,14 +138,11 @@ impl CollectorConfig {
 
     /// The reactor's limits.
     pub fn reactor(&self) -> ReactorConfig {
-        ReactorConfig {
-            max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),
-            max_conns: self.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
-            idle_timeout: self
-                .idle_timeout
-                .map_or(DEFAULT_IDLE_TIMEOUT, HumanDuration::get),
-            ..ReactorConfig::default()
-        }
+        ReactorConfig::with_limits(
+            self.max_frame,
+            self.max_conns,
+            self.idle_timeout.map(HumanDuration::get),
+        )
     }
 
     /// Everything resolved, secrets read: what [`crate::server::start`] takes.
@@ -172,7 +168,7 @@ impl CollectorConfig {
             resend: DEFAULT_RESEND,
             warmup: dead_after,
             push: PushConfig {
-                max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),
+                max_frame: self.reactor().max_frame,
                 ..PushConfig::default()
             },
             app_keys,

@@ -88,6 +88,24 @@ impl Default for ReactorConfig {
     }
 }
 
+impl ReactorConfig {
+    /// The defaults, with the limits a server's flags may override
+    /// (`--max-frame`, `--max-conns`, `--idle-timeout`).
+    pub fn with_limits(
+        max_frame: Option<usize>,
+        max_conns: Option<usize>,
+        idle_timeout: Option<Duration>,
+    ) -> ReactorConfig {
+        let d = ReactorConfig::default();
+        ReactorConfig {
+            max_frame: max_frame.unwrap_or(d.max_frame),
+            max_conns: max_conns.unwrap_or(d.max_conns),
+            idle_timeout: idle_timeout.unwrap_or(d.idle_timeout),
+            ..d
+        }
+    }
+}
+
 /// Identifies a connection for the life of the reactor; never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(usize);

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dsf_common::config::{Config, ConfigError, HumanDuration};
-use dsf_common::reactor::{ReactorConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS};
+use dsf_common::reactor::ReactorConfig;
 use dsf_common::wire::keys::{self, AppKeys};
-use dsf_common::wire::DEFAULT_MAX_FRAME;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::PolicyKind;
@@ -141,14 +140,11 @@ impl LbConfig {
 
     /// The reactor's limits.
     pub fn reactor(&self) -> ReactorConfig {
-        ReactorConfig {
-            max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),
-            max_conns: self.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
-            idle_timeout: self
-                .idle_timeout
-                .map_or(DEFAULT_IDLE_TIMEOUT, HumanDuration::get),
-            ..ReactorConfig::default()
-        }
+        ReactorConfig::with_limits(
+            self.max_frame,
+            self.max_conns,
+            self.idle_timeout.map(HumanDuration::get),
+        )
     }
 
     /// Everything resolved, secrets read: what [`crate::server::start`] takes.
