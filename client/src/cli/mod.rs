@@ -232,27 +232,15 @@ pub struct CheckArgs {
     pub window: usize,
 }
 
-/// Parses `500ms`, `10s`, `2m`, `1h` or a bare number of seconds.
+/// Parses `500ms`, `10s`, `2m`, `1h` or sums like `1m30s` (more than zero).
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 10s, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a duration"));
+    // The servers' parser, so `--timeout` reads like `--idle-timeout`:
+    // 500ms, 10s, 2m, 1m30s; a bare number is refused rather than guessed.
+    let d = s.parse::<dsf_common::config::HumanDuration>()?.get();
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 /// Parses the process's arguments, runs the command, and returns the exit
@@ -607,7 +595,9 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("3").is_err(), "a bare number needs its unit");
+        assert!(parse_duration("0s").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("fast").is_err());
     }
