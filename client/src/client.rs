@@ -326,7 +326,10 @@ impl Client {
         Error::NoNode {
             kind: kind.into(),
             deadline: tries.started.elapsed(),
-            last: tries.last.clone(),
+            last: format!(
+                "{} (check the app servers with `client status`)",
+                tries.last
+            ),
         }
     }
 
@@ -492,7 +495,7 @@ impl Client {
         .map_err(|e| Error::NoNode {
             kind: kind.into(),
             deadline: self.cfg.connect_timeout,
-            last: format!("cannot connect to {addr}: {e}"),
+            last: format!("cannot connect to {addr}: {e} (is it running and is this its address?)"),
         })?;
         let deadline = Instant::now() + self.cfg.request_timeout;
         conn.round_trip(kind, body, self.token.as_deref(), deadline)

@@ -33,7 +33,7 @@ pub enum Error {
 
     /// The balancers answered, but no app-server node could be reached
     /// before the deadline.
-    #[error("no node reachable for {kind} (tried for {deadline:?}): {last} (check the app servers with `client status`)")]
+    #[error("no node reachable for {kind} (tried for {deadline:?}): {last}")]
     NoNode {
         /// The message type being sent.
         kind: String,
