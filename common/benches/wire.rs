@@ -18,42 +18,16 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dsf_common::wire::envelope::{encode_request_at, OutgoingRequest};
 use dsf_common::wire::frame::HEADER_LEN;
 use dsf_common::wire::{Admission, AppKeys, FrameDecoder, Key, ReplayGuard, Request};
 use hmac::{Hmac, Mac};
+use support::{framed_request, NOW, SECRET};
 
-const SECRET: &[u8] = b"bench-secret";
-const NOW: u64 = 1_763_700_000_000;
+mod support;
+
 /// Nonces the guard remembers: enough that a criterion run never evicts for
 /// long, as on a server whose window holds a minute of traffic.
 const GUARD_CAPACITY: usize = 1 << 20;
-
-/// A signed `gate.check` request of exactly `want` bytes of payload, with
-/// nonce `n`, framed.
-fn framed_request(key: &Key, n: u64, want: usize) -> Vec<u8> {
-    let encode = |pad: usize| {
-        let body = format!(
-            "{{\"id_card\":\"110101199003077777\",\"name\":\"L{}\"}}",
-            "x".repeat(pad)
-        );
-        let req = OutgoingRequest {
-            id: n + 1,
-            kind: "gate.check",
-            app: "gate",
-            token: None,
-            body: &body,
-        };
-        let mut out = Vec::new();
-        encode_request_at(key, &req, NOW, &format!("{n:016x}"), &mut out);
-        out
-    };
-    let base = encode(0).len() - HEADER_LEN;
-    assert!(base <= want, "the smallest request is {base} bytes");
-    let out = encode(want - base);
-    assert_eq!(out.len() - HEADER_LEN, want);
-    out
-}
 
 fn admission() -> Admission {
     let mut keys = AppKeys::new();

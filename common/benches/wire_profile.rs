@@ -14,35 +14,12 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use dsf_common::wire::envelope::{encode_request_at, OutgoingRequest};
 use dsf_common::wire::frame::HEADER_LEN;
 use dsf_common::wire::{Admission, AppKeys, FrameDecoder, Key, ReplayGuard, Request};
 use hmac::{Hmac, Mac};
+use support::{framed_request, NOW, SECRET};
 
-const SECRET: &[u8] = b"bench-secret";
-const NOW: u64 = 1_763_700_000_000;
-
-/// The same 200-byte request as `benches/wire.rs`.
-fn framed_request(key: &Key, n: u64) -> Vec<u8> {
-    let encode = |pad: usize| {
-        let body = format!(
-            "{{\"id_card\":\"110101199003077777\",\"name\":\"L{}\"}}",
-            "x".repeat(pad)
-        );
-        let req = OutgoingRequest {
-            id: n + 1,
-            kind: "gate.check",
-            app: "gate",
-            token: None,
-            body: &body,
-        };
-        let mut out = Vec::new();
-        encode_request_at(key, &req, NOW, &format!("{n:016x}"), &mut out);
-        out
-    };
-    let base = encode(0).len() - HEADER_LEN;
-    encode(200 - base)
-}
+mod support;
 
 #[inline(never)]
 fn run_admit(adm: &Admission, frames: &[Vec<u8>]) {
@@ -98,7 +75,7 @@ fn main() {
     let what = args.next().unwrap_or_else(|| "admit".into());
     let count: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(20_000);
     let key = Key::new(SECRET);
-    let frames: Vec<Vec<u8>> = (0..count).map(|n| framed_request(&key, n)).collect();
+    let frames: Vec<Vec<u8>> = (0..count).map(|n| framed_request(&key, n, 200)).collect();
     let payloads: Vec<&[u8]> = frames.iter().map(|f| &f[HEADER_LEN..]).collect();
     match what.as_str() {
         "admit" => {
