@@ -4,7 +4,9 @@ mod e2e;
 
 use std::time::Duration;
 
-use e2e::{check_writes, Cluster, Spec, Writers, WAIT};
+use e2e::{
+    assert_no_errors, assert_no_unknown_outcomes, check_writes, Cluster, Spec, Writers, WAIT,
+};
 
 #[test]
 fn sigterm_under_load_drains_without_unretried_errors_or_lost_writes() {
@@ -26,13 +28,8 @@ fn sigterm_under_load_drains_without_unretried_errors_or_lost_writes() {
     writers.wait_more(500);
 
     let tallies = writers.finish();
-    let errors: Vec<&String> = tallies.iter().flat_map(|t| &t.errors).collect();
-    let unknown: Vec<&String> = tallies.iter().flat_map(|t| &t.unknown).collect();
-    assert!(errors.is_empty(), "clients saw errors: {errors:#?}");
-    assert!(
-        unknown.is_empty(),
-        "writes cut off by the drain with an unknown outcome (an error no one retried): {unknown:?}"
-    );
+    assert_no_errors(&tallies);
+    assert_no_unknown_outcomes(&tallies, "cut off by the drain");
     let acked: usize = tallies.iter().map(|t| t.acked.len()).sum();
     eprintln!("{acked} writes acknowledged");
     check_writes(&cluster, &tallies);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::{check_writes, wait_for, write_many, Cluster, Spec, WAIT};
+use e2e::{assert_no_errors, check_writes, wait_for, write_many, Cluster, Spec, WAIT};
 
 const CLIENTS: usize = 20;
 const WRITES: usize = 200;
@@ -85,8 +85,7 @@ fn a_killed_node_is_evicted_within_4s_no_acknowledged_write_is_lost_and_on_resta
 
     // Every client finishes; every acknowledged write is stored exactly once.
     let tallies: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
-    let errors: Vec<&String> = tallies.iter().flat_map(|t| &t.errors).collect();
-    assert!(errors.is_empty(), "clients saw errors: {errors:#?}");
+    assert_no_errors(&tallies);
     let acked: usize = tallies.iter().map(|t| t.acked.len()).sum();
     let unknown: usize = tallies.iter().map(|t| t.unknown.len()).sum();
     assert_eq!(acked + unknown, CLIENTS * WRITES);

@@ -5,7 +5,10 @@ mod e2e;
 
 use std::time::Duration;
 
-use e2e::{check_writes, wait_for, Cluster, Spec, Writers, WAIT};
+use e2e::{
+    assert_no_errors, assert_no_unknown_outcomes, check_writes, wait_for, Cluster, Spec, Writers,
+    WAIT,
+};
 
 #[test]
 fn balancer_and_collector_restarts_cost_clients_nothing_but_retried_resolves() {
@@ -46,13 +49,8 @@ fn balancer_and_collector_restarts_cost_clients_nothing_but_retried_resolves() {
     writers.wait_more(300);
 
     let tallies = writers.finish();
-    let errors: Vec<&String> = tallies.iter().flat_map(|t| &t.errors).collect();
-    let unknown: Vec<&String> = tallies.iter().flat_map(|t| &t.unknown).collect();
-    assert!(errors.is_empty(), "clients saw errors: {errors:#?}");
-    assert!(
-        unknown.is_empty(),
-        "writes with an unknown outcome (an error no one retried): {unknown:?}"
-    );
+    assert_no_errors(&tallies);
+    assert_no_unknown_outcomes(&tallies, "during the restarts");
     let acked: usize = tallies.iter().map(|t| t.acked.len()).sum();
     let retried: usize = tallies.iter().map(|t| t.retried_resolves).sum();
     eprintln!(

@@ -593,6 +593,22 @@ pub fn write_many(
     t
 }
 
+/// Fails if any writing client saw an error that was not retried.
+pub fn assert_no_errors(tallies: &[Tally]) {
+    let errors: Vec<&String> = tallies.iter().flat_map(|t| &t.errors).collect();
+    assert!(errors.is_empty(), "clients saw errors: {errors:#?}");
+}
+
+/// Fails if any write ended with an unknown outcome; `during` says what
+/// cut it off, for the message.
+pub fn assert_no_unknown_outcomes(tallies: &[Tally], during: &str) {
+    let unknown: Vec<&String> = tallies.iter().flat_map(|t| &t.unknown).collect();
+    assert!(
+        unknown.is_empty(),
+        "writes {during} with an unknown outcome (an error no one retried): {unknown:?}"
+    );
+}
+
 /// Checks what the design promises about acknowledged writes: each is in
 /// MySQL exactly once, and nothing is there that was never sent.
 pub fn check_writes(cluster: &Cluster, tallies: &[Tally]) {
