@@ -449,6 +449,9 @@ impl<S: Service> Reactor<S> {
         let mut next_sweep = Instant::now() + tick;
         let mut again: Vec<ConnId> = Vec::new();
         let mut parked: Vec<ConnId> = Vec::new();
+        // The connections to drive this wake-up; kept across wake-ups so
+        // the loop does not allocate each time round.
+        let mut turn: Vec<ConnId> = Vec::new();
         let mut grace_until: Option<Instant> = None;
         for a in &self.local {
             log::info!("listening on {a}");
@@ -466,7 +469,8 @@ impl<S: Service> Reactor<S> {
                 return Err(e);
             }
             let now = Instant::now();
-            let mut turn = std::mem::take(&mut again);
+            turn.clear();
+            turn.append(&mut again);
             for ev in events.iter() {
                 let token = ev.token();
                 if token == WAKER {
@@ -500,7 +504,7 @@ impl<S: Service> Reactor<S> {
             let stopping = self.shutdown.load(Ordering::Acquire);
             turn.sort_unstable();
             turn.dedup();
-            for id in turn {
+            for &id in &turn {
                 match self.drive(id, now, stopping) {
                     Status::Open => {}
                     Status::More => again.push(id),
