@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dsf_common::config::{self, Config, ConfigError, HumanDuration};
-use dsf_common::reactor::ReactorConfig;
+use dsf_common::reactor::{Limits, ReactorConfig};
 use dsf_common::view::DEFAULT_WEIGHT;
 use dsf_common::wire::keys::{self, AppKeys};
 use dsf_sql::password::Cost;
@@ -115,6 +115,25 @@ pub struct AppConfig {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<HumanDuration>,
+
+    /// Bytes all connections together may hold in unfinished frames and
+    /// unsent replies; past it the biggest holders are paused, then closed
+    /// [default: 67108864, 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_budget: Option<usize>,
+
+    /// A frame must be complete within this time of its first byte;
+    /// trickled bytes do not extend it [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame_timeout: Option<HumanDuration>,
+
+    /// Refused frames in a row (bad JSON, signature, type…) that close a
+    /// connection [default: 16].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_refused: Option<u32>,
 }
 
 // === impl AppConfig ===
@@ -146,15 +165,23 @@ impl AppConfig {
             .map_or(MAX_SESSION_CACHE, HumanDuration::get)
     }
 
+    /// The connection limits given, `None` where the default holds.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame: self.max_frame,
+            max_conns: self.max_conns,
+            idle_timeout: self.idle_timeout.map(HumanDuration::get),
+            memory_budget: self.memory_budget,
+            frame_timeout: self.frame_timeout.map(HumanDuration::get),
+            max_refused: self.max_refused,
+        }
+    }
+
     /// The reactor's limits.
     pub fn reactor(&self) -> ReactorConfig {
         ReactorConfig {
             shutdown_grace: SHUTDOWN_DEADLINE,
-            ..ReactorConfig::with_limits(
-                self.max_frame,
-                self.max_conns,
-                self.idle_timeout.map(HumanDuration::get),
-            )
+            ..ReactorConfig::with_limits(&self.limits())
         }
     }
 
@@ -204,9 +231,6 @@ impl Config for AppConfig {
         if self.queue == Some(0) {
             return Err(ConfigError::invalid("queue", "must be at least 1"));
         }
-        if self.max_frame == Some(0) {
-            return Err(ConfigError::invalid("max_frame", "must be at least 1"));
-        }
         if self.session_cache() > MAX_SESSION_CACHE {
             return Err(ConfigError::invalid(
                 "session_cache",
@@ -219,15 +243,7 @@ impl Config for AppConfig {
         {
             return Err(ConfigError::invalid("session_ttl", "must be at least 1s"));
         }
-        if self
-            .idle_timeout
-            .is_some_and(|d| d.get() < Duration::from_millis(10))
-        {
-            return Err(ConfigError::invalid(
-                "idle_timeout",
-                "must be at least 10ms",
-            ));
-        }
+        config::check_limits(&self.limits())?;
         for (key, value) in [
             ("advertise", &self.advertise),
             ("collector", &self.collector),

@@ -155,6 +155,43 @@ impl ConfigError {
     }
 }
 
+/// Checks the connection limits every server takes (`--max-frame`,
+/// `--idle-timeout`, `--memory-budget`, `--frame-timeout`, `--max-refused`).
+pub fn check_limits(l: &crate::reactor::Limits) -> Result<(), ConfigError> {
+    let ms10 = std::time::Duration::from_millis(10);
+    if l.max_frame == Some(0) {
+        return Err(ConfigError::invalid("max_frame", "must be at least 1"));
+    }
+    if l.idle_timeout.is_some_and(|d| d < ms10) {
+        return Err(ConfigError::invalid(
+            "idle_timeout",
+            "must be at least 10ms",
+        ));
+    }
+    if l.frame_timeout.is_some_and(|d| d < ms10) {
+        return Err(ConfigError::invalid(
+            "frame_timeout",
+            "must be at least 10ms",
+        ));
+    }
+    if l.max_refused == Some(0) {
+        return Err(ConfigError::invalid("max_refused", "must be at least 1"));
+    }
+    let frame = l.max_frame.unwrap_or(crate::wire::frame::DEFAULT_MAX_FRAME);
+    if let Some(b) = l.memory_budget {
+        if b < 2 * frame {
+            return Err(ConfigError::invalid(
+                "memory_budget",
+                format!(
+                    "{b} bytes cannot hold two frames of max_frame {frame} bytes; give at least {}",
+                    2 * frame
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The environment variable behind `--{long}`: `DSF_` then the flag in upper
 /// case with `-` written `_`.
 pub fn env_var(long: &str) -> String {

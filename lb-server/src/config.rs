@@ -2,10 +2,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use dsf_common::config::{Config, ConfigError, HumanDuration};
-use dsf_common::reactor::ReactorConfig;
+use dsf_common::config::{self, Config, ConfigError, HumanDuration};
+use dsf_common::reactor::{Limits, ReactorConfig};
 use dsf_common::wire::keys::{self, AppKeys};
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +83,25 @@ pub struct LbConfig {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<HumanDuration>,
+
+    /// Bytes all connections together may hold in unfinished frames and
+    /// unsent replies; past it the biggest holders are paused, then closed
+    /// [default: 67108864, 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_budget: Option<usize>,
+
+    /// A frame must be complete within this time of its first byte;
+    /// trickled bytes do not extend it [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame_timeout: Option<HumanDuration>,
+
+    /// Refused frames in a row (bad JSON, signature, type…) that close a
+    /// connection [default: 16].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_refused: Option<u32>,
 }
 
 // === impl LbConfig ===
@@ -138,13 +156,21 @@ impl LbConfig {
         Ok(RingConfig { vnodes, bound })
     }
 
+    /// The connection limits given, `None` where the default holds.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame: self.max_frame,
+            max_conns: self.max_conns,
+            idle_timeout: self.idle_timeout.map(HumanDuration::get),
+            memory_budget: self.memory_budget,
+            frame_timeout: self.frame_timeout.map(HumanDuration::get),
+            max_refused: self.max_refused,
+        }
+    }
+
     /// The reactor's limits.
     pub fn reactor(&self) -> ReactorConfig {
-        ReactorConfig::with_limits(
-            self.max_frame,
-            self.max_conns,
-            self.idle_timeout.map(HumanDuration::get),
-        )
+        ReactorConfig::with_limits(&self.limits())
     }
 
     /// Everything resolved, secrets read: what [`crate::server::start`] takes.
@@ -185,18 +211,7 @@ impl Config for LbConfig {
         }
         self.policy()?;
         self.ring()?;
-        if self.max_frame == Some(0) {
-            return Err(ConfigError::invalid("max_frame", "must be at least 1"));
-        }
-        if self
-            .idle_timeout
-            .is_some_and(|d| d.get() < Duration::from_millis(10))
-        {
-            return Err(ConfigError::invalid(
-                "idle_timeout",
-                "must be at least 10ms",
-            ));
-        }
+        config::check_limits(&self.limits())?;
         Ok(())
     }
 }

@@ -209,9 +209,9 @@ impl Service for Balancer {
         let key = admitted.key.clone();
         let port = cx.listener();
         let answer = match (admitted.request.kind.as_str(), port) {
-            ("lb.resolve", CLIENT_PORT) => self.resolve(&admitted, cx.peer()),
+            ("lb.resolve", Some(CLIENT_PORT)) => self.resolve(&admitted, cx.peer()),
             ("lb.view", _) => Ok(self.current.load().describe()),
-            ("lb.set_view", CLUSTER_PORT) => match self.set_view(admitted, cx) {
+            ("lb.set_view", Some(CLUSTER_PORT)) => match self.set_view(admitted, cx) {
                 // Answered by the builder once the view is in force.
                 Ok(()) => return Dispatch::Done,
                 Err(e) => {

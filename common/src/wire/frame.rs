@@ -102,7 +102,18 @@ impl FrameDecoder {
         self.end - self.pos
     }
 
-    /// Capacity held by the buffer, for memory accounting in tests.
+    /// Gives the buffer back when nothing is buffered and it holds more
+    /// than `keep` bytes, so a connection that once received a burst does
+    /// not keep its memory while idle.
+    pub fn release(&mut self, keep: usize) {
+        if self.pos == self.end && self.buf.len() > keep {
+            self.buf = Vec::new();
+            self.pos = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Capacity held by the buffer, for memory accounting.
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
     }
