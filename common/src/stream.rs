@@ -39,6 +39,14 @@ impl FramedStream {
         Err(last)
     }
 
+    /// Frames over a stream already connected.
+    pub fn from_std(stream: TcpStream, max_frame: usize) -> FramedStream {
+        FramedStream {
+            stream,
+            decoder: FrameDecoder::new(max_frame),
+        }
+    }
+
     /// The peer's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.stream.peer_addr()

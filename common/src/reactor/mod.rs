@@ -21,10 +21,12 @@
 //!   (dsf: `overloaded`) and is closed. At start the file limit
 //!   (`RLIMIT_NOFILE`) is raised to what `max_conns` needs.
 //! - `memory_budget`: buffered input and unsent output of all connections
-//!   together. Near it, connections holding more than [`SMALL_HOLDER`] are
-//!   not read (the last eighth is kept for small ones, so a small request
-//!   is still served); at it nobody is read; connections that stay paused
-//!   for [`BUDGET_GRACE`] are closed, the largest first.
+//!   together, counted by the capacity of their buffers. In its last eighth
+//!   only connections holding nothing (no partial frame, no unsent reply)
+//!   are read, [`RESERVE_READ`] bytes at a time, so a small request is
+//!   still served while peers hold partial frames; at it nobody is read.
+//!   Connections that stay paused for [`BUDGET_GRACE`] are closed, the
+//!   largest first, until it has room again.
 //! - `frame_timeout`: a frame must be whole within this time of its first
 //!   byte; trickled bytes do not extend it (the idle timeout is separate).
 //! - `max_refused`: a run of refused frames closes the connection.
@@ -91,9 +93,9 @@ pub const DEFAULT_PIPE_HIGH_WATER: usize = 256 << 10;
 pub const READS_PER_TURN: usize = 4;
 /// Accepts per listener per turn.
 pub const ACCEPTS_PER_TURN: usize = 64;
-/// A connection holding at most this much may still read when the budget
-/// is nearly spent.
-pub const SMALL_HOLDER: usize = 64 << 10;
+/// What a connection holding nothing may read at a time from the last
+/// eighth of the budget.
+pub const RESERVE_READ: usize = 16 << 10;
 /// How long a connection may stay paused by a full budget before it is
 /// closed.
 pub const BUDGET_GRACE: Duration = Duration::from_secs(1);
@@ -362,7 +364,7 @@ enum Status {
 /// The budget for buffered bytes across all connections.
 struct Budget {
     limit: usize,
-    /// Kept for connections holding at most [`SMALL_HOLDER`].
+    /// The last part, kept for connections that hold nothing.
     reserve: usize,
     held: usize,
 }
@@ -370,17 +372,20 @@ struct Budget {
 // === impl Budget ===
 
 impl Budget {
-    /// Bytes a connection holding `conn_held` may read now (0: paused).
-    fn room(&self, conn_held: usize) -> usize {
-        let cap = if conn_held <= SMALL_HOLDER {
-            self.limit
+    /// Bytes a connection with `pending` bytes of unfinished input and
+    /// unsent output may read now (0: paused).
+    fn room(&self, pending: usize) -> usize {
+        let soft = self.limit - self.reserve;
+        if self.held < soft {
+            soft - self.held
+        } else if pending == 0 {
+            RESERVE_READ.min(self.limit.saturating_sub(self.held))
         } else {
-            self.limit - self.reserve
-        };
-        cap.saturating_sub(self.held)
+            0
+        }
     }
 
-    /// Whether big holders are being paused.
+    /// Whether only connections holding nothing are read.
     fn pressed(&self) -> bool {
         self.held >= self.limit - self.reserve
     }
@@ -496,10 +501,10 @@ impl<S: Service> Reactor<S> {
         cfg.pipe_high_water = cfg.pipe_high_water.max(4 << 10);
         // The budget must hold at least one frame of the largest size, and
         // the reserve at least one small holder.
-        let limit = cfg.memory_budget.max(cfg.max_frame + SMALL_HOLDER * 2);
+        let limit = cfg.memory_budget.max(2 * cfg.max_frame);
         let budget = Budget {
             limit,
-            reserve: (limit / 8).max(SMALL_HOLDER),
+            reserve: limit / 8,
             held: 0,
         };
         Ok(Reactor {
@@ -994,7 +999,8 @@ impl Core {
                     more = true;
                     break;
                 }
-                let room = budget.room(c.held).min(scratch.len());
+                let pending = f.decoder.buffered() + c.out.len() - c.out_pos;
+                let room = budget.room(pending).min(scratch.len());
                 if room == 0 {
                     pause(c, id, now, paused, stats, &mut warn.budget, budget);
                     break;

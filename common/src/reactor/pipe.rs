@@ -114,7 +114,11 @@ impl Core {
                 );
                 return Status::Close("first packet above its size cap");
             }
-            let room = self.budget.room(c.held).min(self.scratch.len()).min(left);
+            let room = self
+                .budget
+                .room(s.buf.len() + c.out.len() - c.out_pos)
+                .min(self.scratch.len())
+                .min(left);
             if room == 0 {
                 super::pause(
                     c,
@@ -410,7 +414,7 @@ fn pump(
         if *reads >= READS_PER_TURN * 2 {
             return Ok(Pumped::More);
         }
-        let room = budget.room(dst.held).min(scratch.len()).min(high - unsent);
+        let room = budget.room(unsent).min(scratch.len()).min(high - unsent);
         if room == 0 {
             if src.paused_since.is_none() {
                 src.paused_since = Some(now);

@@ -139,7 +139,13 @@ impl FrameDecoder {
             self.pos = 0;
         }
         if self.buf.len() - self.end < n {
-            self.buf.resize(self.end + n, 0);
+            // Exactly what is needed: memory is counted by capacity against
+            // the reactor's budget, and a doubling would hold twice what
+            // was received. Only growth past the largest partial frame yet
+            // reallocates.
+            let need = self.end + n;
+            self.buf.reserve_exact(need - self.buf.len());
+            self.buf.resize(need, 0);
         }
     }
 }
