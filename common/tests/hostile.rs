@@ -212,23 +212,3 @@ fn many_connections_at_once_are_all_accepted_and_served() {
     }
     assert_eq!(server.stats.accepted.load(Ordering::Relaxed), 300);
 }
-
-#[test]
-fn the_file_limit_is_raised_to_what_max_conns_needs() {
-    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
-    let low = 256.min(hard);
-    rlimit::setrlimit(rlimit::Resource::NOFILE, low, hard).unwrap();
-    let want = 3_000u64;
-    let cfg = ReactorConfig {
-        max_conns: want as usize,
-        ..Default::default()
-    };
-    let server = Server::start(cfg, 1, 4);
-    let (now, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
-    assert!(
-        now >= (want + 128).min(hard),
-        "soft limit {now} after asking for {want} connections (hard {hard}, was {soft})"
-    );
-    let mut s = server.connect();
-    ping(&mut s, 1);
-}
