@@ -319,16 +319,9 @@ impl Core {
         let [Some(a), Some(b)] = self.conns.get_disjoint_mut([&id, &other]) else {
             return Status::Close("the other side of the pipe is gone");
         };
-        if b.connecting.is_some() {
-            // Its own events finish the connect; until then a's bytes wait
-            // in b's output (up to the watermark).
-            match b.check_connected() {
-                Ok(true) => log::debug!("{other:?} connected to {}", b.peer),
-                Ok(false) => {}
-                // Its own turn reports it.
-                Err(_) => return Status::Open,
-            }
-        }
+        // A side still connecting is finished by its own events (its
+        // error is read once, there); until then the bytes for it wait in
+        // its output, up to the watermark.
         let high = self.cfg.pipe_high_water;
         let mut reads = 0;
         let mut more = false;
