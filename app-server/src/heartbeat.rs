@@ -11,10 +11,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
-use dsf_common::stream::FramedStream;
+use dsf_common::call::{Connection, Signer};
 use dsf_common::view::{Heartbeat, Leave, Stats};
 use dsf_common::wire::DEFAULT_MAX_FRAME;
-use dsf_common::wire::{encode_request, keys::CLUSTER_APP, Key, OutgoingRequest, Reply};
+use dsf_common::wire::{keys::CLUSTER_APP, Key};
 
 use crate::stats::{Gauges, Metrics};
 
@@ -63,9 +63,11 @@ impl Heartbeats {
         let (tx, rx) = bounded(4);
         let sender = Link {
             collector,
-            key: cluster_key,
+            signer: Signer {
+                app: CLUSTER_APP.into(),
+                key: cluster_key,
+            },
             conn: None,
-            next_id: 1,
             failures: 0,
         };
         let handle = std::thread::Builder::new()
@@ -105,9 +107,8 @@ impl Heartbeats {
 /// The connection to the collector and what is needed to sign for it.
 struct Link {
     collector: String,
-    key: Key,
-    conn: Option<FramedStream>,
-    next_id: u64,
+    signer: Signer,
+    conn: Option<Connection>,
     failures: u32,
 }
 
@@ -123,43 +124,29 @@ impl Link {
     }
 
     fn try_exchange(&mut self, kind: &str, body: &str) -> Result<(), String> {
+        if self.conn.as_mut().is_some_and(Connection::is_closed) {
+            self.conn = None;
+        }
         if self.conn.is_none() {
-            let c =
-                FramedStream::connect(self.collector.as_str(), EXCHANGE_TIMEOUT, DEFAULT_MAX_FRAME)
-                    .map_err(|e| format!("cannot connect: {e}"))?;
+            let c = Connection::connect(
+                &self.collector,
+                &self.collector,
+                self.signer.clone(),
+                EXCHANGE_TIMEOUT,
+                DEFAULT_MAX_FRAME,
+            )
+            .map_err(|e| format!("cannot connect: {e}"))?;
             self.conn = Some(c);
         }
         let conn = self.conn.as_mut().expect("connected above");
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut out = Vec::with_capacity(256 + body.len());
-        let req = OutgoingRequest {
-            id,
-            kind,
-            app: CLUSTER_APP,
-            token: None,
-            body,
-        };
-        encode_request(&self.key, &req, &mut out);
-        conn.send(&out).map_err(|e| format!("cannot send: {e}"))?;
-        let payload = conn
-            .recv(Instant::now() + EXCHANGE_TIMEOUT)
-            .map_err(|e| format!("no reply: {e}"))?
-            .ok_or("it closed the connection")?;
-        let reply = Reply::parse(&payload).map_err(|e| format!("bad reply: {e}"))?;
-        reply
-            .verify(&self.key)
-            .map_err(|e| format!("reply not signed with the cluster secret: {e}"))?;
-        if reply.id != id {
-            return Err(format!(
-                "reply to request {} while waiting for {id}",
-                reply.id
-            ));
-        }
-        reply
-            .into_result()
+        conn.round_trip(kind, body, None, Instant::now() + EXCHANGE_TIMEOUT)
             .map(|_| ())
-            .map_err(|e| format!("{}: {e}", e.code()))
+            .map_err(|f| match f {
+                dsf_common::call::Failure::BadReply(why) => format!(
+                    "{why} (do this node and the collector have the same DSF_CLUSTER_SECRET?)"
+                ),
+                f => f.to_string(),
+            })
     }
 
     /// Sends and logs the way an operator wants: the first failure and the

@@ -98,7 +98,7 @@ impl Service for AppService {
         let Some(route) = self.controller.route(&admitted.request.kind) else {
             let r = &admitted.request;
             let e = Controller::unknown_type(&r.kind);
-            wire::encode_error(Some(&admitted.key), r.id, &e, cx.out());
+            cx.reject(Some(&admitted.key), r.id, &e);
             self.controller.metrics().record(received, false);
             return Dispatch::Done;
         };

@@ -20,7 +20,7 @@ use dsf_common::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::conn::{Connection, Failure, Signer};
+use crate::conn::{Connection, Failure, IntoError, Signer};
 use crate::error::{Error, Result};
 
 /// Default balancer address.

@@ -4,8 +4,9 @@
 //!   (`lb.resolve`), connects to it directly, signs requests, verifies
 //!   replies, and fails over to another node under the resend rules
 //!   ([`is_idempotent`]).
-//! - [`conn`]: one signed, pipelined [`Connection`] to one server, replies
-//!   matched by id, failures sorted by whether the request may have landed.
+//! - [`conn`]: one signed, pipelined [`Connection`] to one server (the
+//!   shared `dsf_common::call`), replies matched by id, failures sorted by
+//!   whether the request may have landed, and how they become [`Error`]s.
 //! - [`error`]: the crate's one [`Error`] type; each message says what to do.
 //! - [`cli`]: the `client` tool's flags, subcommands, output and exit codes.
 //! - [`session`]: where `client login` keeps its token (mode 0600).

@@ -11,10 +11,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dsf_common::stream::FramedStream;
+use dsf_common::call::{Connection, Failure, Signer};
 use dsf_common::view::View;
 use dsf_common::wire::keys::CLUSTER_APP;
-use dsf_common::wire::{encode_request, Key, OutgoingRequest, Reply};
+use dsf_common::wire::Key;
 use dsf_common::ErrorCode;
 use serde::Deserialize;
 
@@ -53,13 +53,14 @@ impl Default for PushConfig {
 pub enum PushError {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
-    #[error("connection lost: {0}")]
-    Io(std::io::Error),
-    #[error("the balancer closed the connection")]
-    Closed,
+    #[error("{0}")]
+    Lost(Failure),
     #[error("refused the view: {0}{hint}", hint = refusal_hint(.0))]
     Refused(dsf_common::Error),
-    #[error("unreadable reply: {0}")]
+    #[error(
+        "unreadable reply: {0}{hint}",
+        hint = " (do the collector and the balancer have the same DSF_CLUSTER_SECRET?)"
+    )]
     BadReply(String),
 }
 
@@ -84,10 +85,9 @@ struct Applied {
 /// One balancer's connection.
 struct Pusher {
     lb: String,
-    key: Key,
+    signer: Signer,
     cfg: PushConfig,
-    conn: Option<FramedStream>,
-    next_id: u64,
+    conn: Option<Connection>,
 }
 
 // === impl Pusher ===
@@ -95,58 +95,34 @@ struct Pusher {
 impl Pusher {
     /// Whether the balancer closed the connection while we were idle (it
     /// never sends unasked, so readable means EOF or reset).
-    fn peer_closed(&self) -> bool {
-        let Some(conn) = &self.conn else {
-            return false;
-        };
-        let s = conn.get_ref();
-        if s.set_nonblocking(true).is_err() {
-            return true;
-        }
-        let closed = match s.peek(&mut [0u8; 1]) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        };
-        closed || s.set_nonblocking(false).is_err()
+    fn peer_closed(&mut self) -> bool {
+        self.conn.as_mut().is_some_and(Connection::is_closed)
     }
 
     /// Sends `view`; returns the version the balancer holds after it.
     fn push(&mut self, view: &View) -> Result<u64, PushError> {
         if self.conn.is_none() {
-            let conn =
-                FramedStream::connect(&self.lb, self.cfg.connect_timeout, self.cfg.max_frame)
-                    .map_err(PushError::Connect)?;
+            let conn = Connection::connect(
+                &self.lb,
+                &self.lb,
+                self.signer.clone(),
+                self.cfg.connect_timeout,
+                self.cfg.max_frame,
+            )
+            .map_err(PushError::Connect)?;
             log::info!("connected to balancer {}", self.lb);
             self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("connected above");
-        self.next_id += 1;
-        let id = self.next_id;
         let body = serde_json::to_string(view).expect("a view serialises");
-        let mut out = Vec::with_capacity(body.len() + 256);
-        let req = OutgoingRequest {
-            id,
-            kind: "lb.set_view",
-            app: CLUSTER_APP,
-            token: None,
-            body: &body,
-        };
-        encode_request(&self.key, &req, &mut out);
-        conn.send(&out).map_err(PushError::Io)?;
-        let frame = conn
-            .recv(Instant::now() + self.cfg.reply_timeout)
-            .map_err(PushError::Io)?
-            .ok_or(PushError::Closed)?;
-        let reply = Reply::parse(&frame).map_err(|e| PushError::BadReply(e.to_string()))?;
-        if reply.id != id {
-            return Err(PushError::BadReply(format!(
-                "reply to request {} while waiting for {id}",
-                reply.id
-            )));
-        }
-        reply.verify(&self.key).map_err(PushError::Refused)?;
-        let body = reply.into_result().map_err(PushError::Refused)?;
+        let deadline = Instant::now() + self.cfg.reply_timeout;
+        let body = conn
+            .round_trip("lb.set_view", &body, None, deadline)
+            .map_err(|f| match f {
+                Failure::Server(e) => PushError::Refused(e),
+                Failure::BadReply(why) => PushError::BadReply(why),
+                f => PushError::Lost(f),
+            })?;
         let applied: Applied = serde_json::from_str(body.get())
             .map_err(|e| PushError::BadReply(format!("expected {{\"applied\": version}}: {e}")))?;
         Ok(applied.applied)
@@ -157,10 +133,12 @@ impl Pusher {
 pub fn run_pusher(lb: String, cluster: Arc<Cluster>, key: Key, cfg: PushConfig) {
     let mut p = Pusher {
         lb,
-        key,
+        signer: Signer {
+            app: CLUSTER_APP.into(),
+            key,
+        },
         cfg,
         conn: None,
-        next_id: 0,
     };
     let mut sent = 0;
     let mut backoff = cfg.backoff_min;

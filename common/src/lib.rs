@@ -4,10 +4,14 @@
 //! - [`wire`]: frames, envelopes, HMAC-MD5 signing, app keys, the replay
 //!   guard, and admission (all checks a server runs on a frame).
 //! - [`view`]: the cluster view the collector pushes and balancers serve.
-//! - [`reactor`]: the mio event loop with framed connections, limits,
-//!   backpressure and graceful shutdown, which every server runs.
+//! - [`reactor`]: the connection core every server runs: one mio loop with
+//!   protocol adapters (framed dsf, byte pipes, first-bytes sniffing),
+//!   outboxes for other threads, outbound links, budgets that hold under
+//!   hostile peers, and graceful shutdown.
 //! - [`pool`]: the fixed worker pool over a bounded queue.
 //! - [`stream`]: a blocking framed connection for the sending side.
+//! - [`call`]: a signed, pipelined connection over it: the one signed-call
+//!   client, used by the SDK, heartbeats and view pushes.
 //! - [`signals`]: SIGTERM/SIGINT as a graceful shutdown request.
 //! - [`config`]: one settings struct per binary, layered TOML file < `DSF_*`
 //!   environment < flags, with `--config` and `--check-config`.
@@ -15,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod call;
 pub mod config;
 pub mod error;
 pub mod logging;

@@ -225,6 +225,10 @@ impl Service for Balancer {
         };
         match answer {
             Ok(body) => wire::encode_ok(Some(&key), id, &body, cx.out()),
+            // A run of these closes the connection, as refused frames do.
+            Err(e) if e.code() == dsf_common::ErrorCode::UnknownType => {
+                cx.reject(Some(&key), id, &e)
+            }
             Err(e) => wire::encode_error(Some(&key), id, &e, cx.out()),
         }
         Dispatch::Done

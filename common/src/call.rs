@@ -1,0 +1,309 @@
+//! One signed, pipelined, blocking connection to one server: the one
+//! implementation of a signed call, used by the SDK, heartbeats and view
+//! pushes alike.
+//!
+//! [`Connection::send`] signs and writes a request and returns its id;
+//! [`Connection::recv`] waits for the reply to a given id. Any number of
+//! requests may be in flight; replies that arrive for another id than the
+//! one waited for are kept until asked for, so a server may answer out of
+//! order. Every reply's signature is checked over the raw bytes received.
+//!
+//! Failures are classified by whether the request can have reached the
+//! server ([`Failure`]): that is what the [`crate::Client`]'s retry rules
+//! need, and what a caller pipelining by hand needs too.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, ErrorKind};
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+
+use crate::stream::FramedStream;
+use crate::wire::{encode_request, Key, OutgoingRequest, Reply};
+use crate::ErrorCode;
+
+/// Why a request on a [`Connection`] did not get a good reply, sorted by
+/// what it means for resending.
+#[derive(Debug)]
+pub enum Failure {
+    /// The request cannot have been acted on (the connection failed before
+    /// it was fully written, or the server refused the connection itself):
+    /// safe to send again anywhere.
+    NotSent(String),
+    /// The connection broke after the request was written: it may or may
+    /// not have been acted on.
+    Lost(String),
+    /// No reply before the deadline; it may or may not have been acted on.
+    TimedOut(Duration),
+    /// The reply cannot be trusted (bad signature, malformed, wrong id).
+    BadReply(String),
+    /// The server refused the request with a signed error.
+    Server(crate::Error),
+}
+
+// === impl Failure ===
+
+impl Failure {
+    /// Whether the connection can still be used after this failure.
+    pub fn keeps_connection(&self) -> bool {
+        matches!(self, Failure::Server(e) if !e.code().closes_connection())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NotSent(why) => write!(f, "not sent: {why}"),
+            Failure::Lost(why) => write!(f, "connection lost: {why}"),
+            Failure::TimedOut(after) => write!(f, "no reply within {after:?}"),
+            Failure::BadReply(why) => write!(f, "bad reply: {why}"),
+            Failure::Server(e) => write!(f, "{}: {e}", e.code()),
+        }
+    }
+}
+
+/// Who signs: the app id and its key.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    /// App id sent as `app`.
+    pub app: String,
+    /// The app's key.
+    pub key: Key,
+}
+
+/// A framed, signed connection to one server. See the module documentation.
+#[derive(Debug)]
+pub struct Connection {
+    stream: FramedStream,
+    signer: Signer,
+    /// Node id or address, for error messages.
+    server: String,
+    next_id: u64,
+    /// Ids sent and not yet answered.
+    pending: HashSet<u64>,
+    /// Replies that came before they were asked for.
+    early: HashMap<u64, Reply>,
+    /// Set once the stream cannot be used any more.
+    broken: bool,
+    out: Vec<u8>,
+}
+
+// === impl Connection ===
+
+impl Connection {
+    /// Connects to `addr` within `timeout`. `server` names it in errors
+    /// (its node id, or the address itself).
+    pub fn connect(
+        addr: &str,
+        server: &str,
+        signer: Signer,
+        timeout: Duration,
+        max_frame: usize,
+    ) -> io::Result<Connection> {
+        let stream = FramedStream::connect(addr, timeout, max_frame)?;
+        Ok(Connection {
+            stream,
+            signer,
+            server: server.to_string(),
+            next_id: 1,
+            pending: HashSet::new(),
+            early: HashMap::new(),
+            broken: false,
+            out: Vec::with_capacity(512),
+        })
+    }
+
+    /// The name given at connect time.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Requests sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Signs and writes one request; returns its id. `body` is a serialised
+    /// JSON object.
+    pub fn send(&mut self, kind: &str, body: &str, token: Option<&str>) -> Result<u64, Failure> {
+        if self.broken {
+            return Err(Failure::NotSent("connection already failed".into()));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.out.clear();
+        let req = OutgoingRequest {
+            id,
+            kind,
+            app: &self.signer.app,
+            token,
+            body,
+        };
+        encode_request(&self.signer.key, &req, &mut self.out);
+        // write_all fails only before the last byte is handed to the kernel,
+        // so the server never holds the whole frame: it cannot act on it.
+        if let Err(e) = self.stream.send(&self.out) {
+            self.broken = true;
+            return Err(Failure::NotSent(format!(
+                "write to {} failed: {e}",
+                self.server
+            )));
+        }
+        self.pending.insert(id);
+        Ok(id)
+    }
+
+    /// Waits until `deadline` for the reply to `id`, verifies it, and
+    /// returns its body or the server's error.
+    pub fn recv(&mut self, id: u64, deadline: Instant) -> Result<Box<RawValue>, Failure> {
+        let reply = self.recv_reply(id, deadline)?;
+        self.pending.remove(&id);
+        if let Err(e) = reply.verify(&self.signer.key) {
+            self.broken = true;
+            // With a wrong secret even the server's refusal cannot be
+            // verified; show what it claims, marked as such, since it
+            // usually says exactly that (`bad_signature`).
+            let claim = match (reply.ok, reply.into_result()) {
+                (false, Err(claimed)) => {
+                    format!(" (it claims, unverified: {}: {claimed})", claimed.code())
+                }
+                _ => String::new(),
+            };
+            return Err(Failure::BadReply(format!(
+                "reply to request {id}: {e}{claim}"
+            )));
+        }
+        match reply.into_result() {
+            Ok(body) => Ok(body),
+            Err(e) if e.code() == ErrorCode::BadJson && e.to_string().starts_with("reply") => {
+                self.broken = true;
+                Err(Failure::BadReply(e.to_string()))
+            }
+            Err(e) => {
+                if e.code().closes_connection() {
+                    self.broken = true;
+                }
+                Err(Failure::Server(e))
+            }
+        }
+    }
+
+    /// [`Connection::send`] then [`Connection::recv`].
+    pub fn round_trip(
+        &mut self,
+        kind: &str,
+        body: &str,
+        token: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Box<RawValue>, Failure> {
+        let id = self.send(kind, body, token)?;
+        self.recv(id, deadline)
+    }
+
+    fn recv_reply(&mut self, id: u64, deadline: Instant) -> Result<Reply, Failure> {
+        if let Some(r) = self.early.remove(&id) {
+            return Ok(r);
+        }
+        if !self.pending.contains(&id) {
+            return Err(Failure::BadReply(format!(
+                "no request {id} is in flight on this connection"
+            )));
+        }
+        if self.broken {
+            return Err(Failure::Lost(format!(
+                "connection to {} failed earlier",
+                self.server
+            )));
+        }
+        let started = Instant::now();
+        loop {
+            let payload = match self.stream.recv(deadline) {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    self.broken = true;
+                    return Err(Failure::Lost(format!(
+                        "{} closed the connection before replying",
+                        self.server
+                    )));
+                }
+                Err(e) if e.kind() == ErrorKind::TimedOut => {
+                    // The stream may be mid-frame now; never reuse it.
+                    self.broken = true;
+                    return Err(Failure::TimedOut(started.elapsed()));
+                }
+                Err(e) if e.kind() == ErrorKind::InvalidData => {
+                    self.broken = true;
+                    return Err(Failure::BadReply(format!("unreadable frame: {e}")));
+                }
+                Err(e) => {
+                    self.broken = true;
+                    return Err(Failure::Lost(format!(
+                        "connection to {} failed: {e}",
+                        self.server
+                    )));
+                }
+            };
+            let reply = match Reply::parse(&payload) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(Failure::BadReply(e.to_string()));
+                }
+            };
+            if reply.id == id {
+                return Ok(reply);
+            }
+            if reply.id == crate::wire::envelope::UNKNOWN_ID && !reply.ok {
+                // An error about the connection, not a request: e.g. refused
+                // at max_conns before anything was read.
+                self.broken = true;
+                let e = match reply.into_result() {
+                    Err(e) => e,
+                    Ok(_) => unreachable!("checked !ok"),
+                };
+                if e.code() == ErrorCode::Overloaded {
+                    return Err(Failure::NotSent(format!(
+                        "{} refused the connection: {e}",
+                        self.server
+                    )));
+                }
+                return Err(Failure::Server(e));
+            }
+            if !self.pending.contains(&reply.id) || self.early.contains_key(&reply.id) {
+                self.broken = true;
+                return Err(Failure::BadReply(format!(
+                    "reply for id {} that was not asked for",
+                    reply.id
+                )));
+            }
+            self.early.insert(reply.id, reply);
+        }
+    }
+
+    /// Whether the peer is known to have closed (or the stream is unusable)
+    /// while nothing is in flight. Checked before reusing an idle
+    /// connection, so that a request is not written into a connection the
+    /// server already closed (it would then look like an unknown outcome).
+    pub fn is_closed(&mut self) -> bool {
+        if self.broken || !self.pending.is_empty() {
+            return self.broken;
+        }
+        let s = self.stream.get_ref();
+        if s.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut b = [0u8; 1];
+        let closed = match s.peek(&mut b) {
+            // EOF, or bytes nobody asked for (an error before a close).
+            Ok(_) => true,
+            Err(e) => e.kind() != ErrorKind::WouldBlock,
+        };
+        if s.set_nonblocking(false).is_err() {
+            return true;
+        }
+        if closed {
+            self.broken = true;
+        }
+        closed
+    }
+}
