@@ -217,7 +217,10 @@ fn an_outbound_link_carries_requests_and_its_replies_reach_the_service() {
     let hub = HubServer::start(ReactorConfig::default());
     let echo = Server::start(ReactorConfig::default(), 2, 16);
     // Sent at once: written when the connect completes.
-    let link = hub.handle.connect(echo.addr, Duration::from_secs(2));
+    let link = hub
+        .handle
+        .connect_host(&echo.addr.to_string(), Duration::from_secs(2))
+        .unwrap();
     for id in 1..=20u64 {
         link.send(request(id, "echo", &format!("{{\"i\":{id}}}")))
             .unwrap();

@@ -250,6 +250,8 @@ struct Conn {
     last_active: Instant,
     /// Not read since then, because the memory budget is spent.
     paused_since: Option<Instant>,
+    /// Listed in [`Core::paused`] (listed once, however often it is paused).
+    listed_paused: bool,
     /// The turn it was last queued for (no connection is driven twice a turn).
     mark: u64,
     /// Bytes last counted against the budget.
@@ -277,6 +279,7 @@ impl Conn {
             connecting: None,
             last_active: Instant::now(),
             paused_since: None,
+            listed_paused: false,
             mark: 0,
             held: 0,
             proto: Proto::Sniff(pipe::Sniff::default()),
@@ -640,6 +643,9 @@ impl Core {
             }
             if !self.paused.is_empty() && !self.budget.pressed() {
                 for id in std::mem::take(&mut self.paused) {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.listed_paused = false;
+                    }
                     self.queue(id, &mut turn);
                 }
             }
@@ -1242,7 +1248,15 @@ fn pause(
             format!("memory budget nearly spent ({held} of {limit} bytes held in buffers): not reading from the connections that hold the most (--memory-budget)")
         });
     }
-    paused.push(id);
+    list_paused(c, id, paused);
+}
+
+/// Lists a paused connection to be read again when the budget has room.
+fn list_paused(c: &mut Conn, id: ConnId, paused: &mut Vec<ConnId>) {
+    if !c.listed_paused {
+        c.listed_paused = true;
+        paused.push(id);
+    }
 }
 
 /// Writes what the turn produced and says whether the connection stays.

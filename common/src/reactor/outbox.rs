@@ -250,6 +250,20 @@ impl Handle {
         }
     }
 
+    /// [`Handle::connect`] to `host:port`, the name resolved here, on the
+    /// calling thread (never on the reactor's, where a slow resolver would
+    /// stall every connection): the first address it resolves to.
+    pub fn connect_host(&self, host_port: &str, timeout: Duration) -> std::io::Result<Outbox> {
+        use std::net::ToSocketAddrs;
+        let addr = host_port.to_socket_addrs()?.next().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{host_port} resolves to no address"),
+            )
+        })?;
+        Ok(self.connect(addr, timeout))
+    }
+
     /// Starts the shutdown: stop accepting, deliver in-flight replies, return.
     pub fn trigger(&self) {
         self.sink.shutdown.store(true, Ordering::Release);

@@ -342,7 +342,14 @@ impl Core {
             ) {
                 Ok(Pumped::Done) => {}
                 Ok(Pumped::More) => more = true,
-                Ok(Pumped::Paused) => self.paused.push(if forward { id } else { other }),
+                Ok(Pumped::Paused) => {
+                    let (c, cid) = if forward {
+                        (&mut *a, id)
+                    } else {
+                        (&mut *b, other)
+                    };
+                    super::list_paused(c, cid, &mut self.paused);
+                }
                 Err(why) => return Status::Close(why),
             }
         }
