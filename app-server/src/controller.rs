@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use dsf_common::wire::{self, Admission, Admitted, Refused, Request};
+use dsf_common::wire::{Admission, Admitted, Refused, Request};
 use dsf_common::{Error, ErrorCode, Result};
 use dsf_sql::password::Cost;
 use dsf_sql::{Db, Role, Session};
@@ -218,7 +218,7 @@ impl Controller {
         let result = self.call(route, req);
         let ok = result.is_ok();
         match result {
-            Ok(body) => wire::encode_ok(Some(&admitted.key), req.id, &body, out),
+            Ok(body) => admitted.ok(&body, out),
             Err(e) => {
                 if e.code() == ErrorCode::Internal {
                     log::error!(
@@ -230,7 +230,7 @@ impl Controller {
                 } else {
                     log::debug!("{} (request {}): {}: {e}", req.kind, req.id, e.code());
                 }
-                wire::encode_error(Some(&admitted.key), req.id, &e, out)
+                admitted.error(&e, out)
             }
         }
         self.metrics.record(received, ok);

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use dsf_common::pool::Submitter;
 use dsf_common::reactor::{Context, Dispatch, ReplyTo, Service};
-use dsf_common::wire::{self, Admitted};
+use dsf_common::wire::Admitted;
 use dsf_common::Error;
 
 use crate::controller::{Controller, Exec, Route};
@@ -32,7 +32,7 @@ pub fn run_job(controller: &Controller, job: Job) {
         log::error!("{} (request {}) panicked", r.kind, r.id);
         out.clear();
         let e = Error::Internal(format!("{} failed on this node (logged)", r.kind));
-        wire::encode_error(Some(&job.admitted.key), r.id, &e, &mut out);
+        job.admitted.error(&e, &mut out);
         controller.metrics().record(job.received, false);
     }
     job.reply.send(out);
@@ -66,7 +66,7 @@ impl AppService {
                     self.controller.app().node(),
                     a.request.kind
                 ));
-                wire::encode_error(Some(&a.key), a.request.id, &e, cx.out());
+                a.error(&e, cx.out());
             }
             Err(refused) => cx.refuse(&refused),
         }
@@ -96,9 +96,8 @@ impl Service for AppService {
             }
         };
         let Some(route) = self.controller.route(&admitted.request.kind) else {
-            let r = &admitted.request;
-            let e = Controller::unknown_type(&r.kind);
-            cx.reject(Some(&admitted.key), r.id, &e);
+            let e = Controller::unknown_type(&admitted.request.kind);
+            cx.reject(&admitted, &e);
             self.controller.metrics().record(received, false);
             return Dispatch::Done;
         };
@@ -115,10 +114,9 @@ impl Service for AppService {
         };
         if let Err(job) = self.pool.try_submit(job) {
             // The queue had room (checked above), so the pool is stopping.
-            let id = job.admitted.request.id;
             cx.cancel(job.reply);
             let e = Error::Unavailable("this node is shutting down: retry on another node".into());
-            wire::encode_error(Some(&job.admitted.key), id, &e, cx.out());
+            job.admitted.error(&e, cx.out());
             self.controller.metrics().record(received, false);
         }
         Dispatch::Done

@@ -70,11 +70,11 @@ fn load(
                 token: None,
                 body: &body,
             };
-            encode_request(&key, &req, &mut out);
+            let nonce = encode_request(&key, &req, &mut out);
             if s.send(&out).is_err() {
                 return;
             }
-            pending.insert(n, id_card);
+            pending.insert(n, (id_card, nonce));
         }
         if pending.is_empty() {
             return;
@@ -84,8 +84,8 @@ fn load(
             _ => return, // closed by the shutdown: the rest are unanswered
         };
         let reply = Reply::parse(&payload).unwrap();
-        reply.verify(&key).unwrap();
-        let id_card = pending.remove(&reply.id).expect("a pending id");
+        let (id_card, nonce) = pending.remove(&reply.id).expect("a pending id");
+        reply.verify(&key, &nonce).unwrap();
         if reply.into_result().is_ok() {
             acked.lock().unwrap().push(id_card);
         }

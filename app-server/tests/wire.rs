@@ -47,7 +47,12 @@ fn bad_signature_is_refused_and_the_connection_stays_open() {
     let server = Server::start(&db);
     let mut c = server.connect();
     let id = c.next_id();
-    c.send_bytes(&ping_frame(id, b"not the secret", now_ms(), "00112233aa"));
+    c.send_bytes(&ping_frame(
+        id,
+        b"not the secret",
+        now_ms(),
+        "00112233445566aa",
+    ));
     expect_refused(&mut c, id, ErrorCode::BadSignature);
     still_open(&mut c);
 }
@@ -58,7 +63,12 @@ fn stale_timestamp_is_refused_and_the_connection_stays_open() {
     let server = Server::start(&db);
     let mut c = server.connect();
     let id = c.next_id();
-    c.send_bytes(&ping_frame(id, SECRET, now_ms() - 120_000, "00112233bb"));
+    c.send_bytes(&ping_frame(
+        id,
+        SECRET,
+        now_ms() - 120_000,
+        "00112233445566bb",
+    ));
     expect_refused(&mut c, id, ErrorCode::StaleTimestamp);
     still_open(&mut c);
 }
@@ -68,7 +78,7 @@ fn replayed_nonce_is_refused_and_the_connection_stays_open() {
     let db = testing::fresh();
     let server = Server::start(&db);
     let mut c = server.connect();
-    let frame = ping_frame(7, SECRET, now_ms(), "00112233cc");
+    let frame = ping_frame(7, SECRET, now_ms(), "00112233445566cc");
     c.send_bytes(&frame);
     let (id, r) = c.recv();
     assert_eq!(id, 7);

@@ -41,11 +41,11 @@ impl Service for Ping {
             other => {
                 let e =
                     dsf_common::Error::UnknownType(format!("ping_server does not answer {other}"));
-                wire::encode_error(Some(&a.key), r.id, &e, cx.out());
+                a.error(&e, cx.out());
                 return Dispatch::Done;
             }
         };
-        wire::encode_ok(Some(&a.key), r.id, &body, cx.out());
+        a.ok(&body, cx.out());
         Dispatch::Done
     }
 }

@@ -49,7 +49,7 @@ fn main() {
     let max_frame = DEFAULT_MAX_FRAME.max(body.len() * 2);
     let key = Key::new(secret.as_bytes());
     let mut out = Vec::with_capacity(body.len() + 256);
-    encode_request(
+    let nonce = encode_request(
         &key,
         &OutgoingRequest {
             id: 1,
@@ -72,7 +72,7 @@ fn main() {
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
     let reply = Reply::parse(&frame).unwrap_or_else(|e| fail(&format!("bad reply: {e}")));
     reply
-        .verify(&key)
+        .verify(&key, &nonce)
         .unwrap_or_else(|e| fail(&format!("reply not signed by the cluster secret: {e}")));
     let answer = reply
         .into_result()

@@ -216,7 +216,8 @@ struct Conn {
     out: Vec<u8>,
     written: usize,
     /// Send instant of each request in flight, by id.
-    inflight: HashMap<u64, Instant>,
+    /// Sent and unanswered: when, and the nonce its reply is signed over.
+    inflight: HashMap<u64, (Instant, String)>,
     next_id: u64,
     /// Requests still to send; `None` until told to stop (duration mode).
     quota: Option<u64>,
@@ -517,8 +518,8 @@ fn fill(plan: &Plan, c: &mut Conn, body: &mut String) {
             token: None,
             body,
         };
-        encode_request(&plan.key, &req, &mut c.out);
-        c.inflight.insert(id, Instant::now());
+        let nonce = encode_request(&plan.key, &req, &mut c.out);
+        c.inflight.insert(id, (Instant::now(), nonce));
         c.quota = c.quota.map(|q| q - 1);
     }
 }
@@ -569,7 +570,7 @@ fn read(plan: &Plan, c: &mut Conn, tally: &mut Tally) -> bool {
                 kill(c, tally, "bad_reply");
                 return progress;
             };
-            let Some(sent) = c.inflight.remove(&reply.id) else {
+            let Some((sent, nonce)) = c.inflight.remove(&reply.id) else {
                 // An error about the whole connection (id 0), or a stray id.
                 let code = match reply.into_result() {
                     Err(e) => e.code().as_str().to_string(),
@@ -582,7 +583,7 @@ fn read(plan: &Plan, c: &mut Conn, tally: &mut Tally) -> bool {
             tally.last_reply = Some(now);
             let micros = now.duration_since(sent).as_micros().max(1) as u64;
             tally.hist.saturating_record(micros);
-            if reply.verify(&plan.key).is_err() {
+            if reply.verify(&plan.key, &nonce).is_err() {
                 tally.error("bad_reply", 1);
                 continue;
             }

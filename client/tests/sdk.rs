@@ -194,6 +194,62 @@ fn a_write_refused_as_overloaded_goes_to_another_node() {
 }
 
 #[test]
+fn an_unsigned_overloaded_never_sends_a_write_elsewhere() {
+    // A signed `overloaded` moves a write (above); an unsigned one, which
+    // anyone on the path could inject, only drops the connection.
+    let a =
+        TestServer::start(|_| Action::Unsigned(dsf_common::Error::Overloaded("draining".into())));
+    let b = TestServer::app("b");
+    let (lb, _) = fake_lb(vec![("a", a.addr_string()), ("b", b.addr_string())]);
+    let mut c = client(vec![lb.addr_string()]);
+    let e = c
+        .call("blacklist.add", &json!({"id_card": "1", "name": "x"}))
+        .unwrap_err();
+    assert!(matches!(e, Error::BadReply { .. }), "{e}");
+    assert!(e.to_string().contains("unsigned reply"), "{e}");
+    assert_eq!((a.seen("blacklist.add"), b.seen("blacklist.add")), (1, 0));
+}
+
+#[test]
+fn a_recorded_reply_does_not_answer_a_later_request_with_the_same_id() {
+    // Record a genuine signed reply to request 1 on one connection...
+    let recorder = TestServer::start(|_| Action::Ok("{\"hit\":false}".into()));
+    let mut conn = Connection::connect(
+        &recorder.addr_string(),
+        "recorder",
+        Signer {
+            app: APP.into(),
+            key: Key::new(SECRET),
+        },
+        WAIT,
+        1 << 20,
+    )
+    .unwrap();
+    let id = conn.send("gate.check", "{}", None).unwrap();
+    assert_eq!(id, 1);
+    let recorded = recorded_reply(&recorder, &mut conn);
+    // ...then replay it to the next connection's request 1.
+    let replayer = TestServer::start(move |_| Action::Raw(recorded.clone()));
+    let (lb, _) = fake_lb(vec![("r", replayer.addr_string())]);
+    let mut cfg = ClientConfig::new(vec![lb.addr_string()], APP, SECRET);
+    cfg.node = Some(replayer.addr_string());
+    cfg.deadline = Duration::from_secs(5);
+    let mut c = Client::new(cfg).unwrap();
+    let e = c
+        .call("gate.check", &json!({"id_card": "1101", "name": "Li"}))
+        .unwrap_err();
+    assert!(matches!(e, Error::BadReply { .. }), "{e}");
+    assert!(e.to_string().contains("signature"), "{e}");
+}
+
+/// The frame `server` sent for request 1 on `conn`, as bytes on the wire.
+fn recorded_reply(server: &TestServer, conn: &mut Connection) -> Vec<u8> {
+    let body = conn.recv(1, Instant::now() + WAIT).unwrap();
+    assert_eq!(body.get(), "{\"hit\":false}");
+    server.last_reply().expect("the server kept what it sent")
+}
+
+#[test]
 fn the_second_balancer_is_used_when_the_first_is_down() {
     let a = TestServer::app("a");
     let (lb, _) = fake_lb(vec![("a", a.addr_string())]);

@@ -12,7 +12,7 @@
 //! server ([`Failure`]): that is what the [`crate::Client`]'s retry rules
 //! need, and what a caller pipelining by hand needs too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self, ErrorKind};
 use std::time::{Duration, Instant};
 
@@ -79,8 +79,9 @@ pub struct Connection {
     /// Node id or address, for error messages.
     server: String,
     next_id: u64,
-    /// Ids sent and not yet answered.
-    pending: HashSet<u64>,
+    /// Ids sent and not yet answered, with the nonce each was signed with
+    /// (its reply must be signed over it).
+    pending: HashMap<u64, String>,
     /// Replies that came before they were asked for.
     early: HashMap<u64, Reply>,
     /// Set once the stream cannot be used any more.
@@ -106,7 +107,7 @@ impl Connection {
             signer,
             server: server.to_string(),
             next_id: 1,
-            pending: HashSet::new(),
+            pending: HashMap::new(),
             early: HashMap::new(),
             broken: false,
             out: Vec::with_capacity(512),
@@ -139,7 +140,7 @@ impl Connection {
             token,
             body,
         };
-        encode_request(&self.signer.key, &req, &mut self.out);
+        let nonce = encode_request(&self.signer.key, &req, &mut self.out);
         // write_all fails only before the last byte is handed to the kernel,
         // so the server never holds the whole frame: it cannot act on it.
         if let Err(e) = self.stream.send(&self.out) {
@@ -149,7 +150,7 @@ impl Connection {
                 self.server
             )));
         }
-        self.pending.insert(id);
+        self.pending.insert(id, nonce);
         Ok(id)
     }
 
@@ -157,14 +158,16 @@ impl Connection {
     /// returns its body or the server's error.
     pub fn recv(&mut self, id: u64, deadline: Instant) -> Result<Box<RawValue>, Failure> {
         let reply = self.recv_reply(id, deadline)?;
-        self.pending.remove(&id);
-        if let Err(e) = reply.verify(&self.signer.key) {
+        let nonce = self.pending.remove(&id).unwrap_or_default();
+        if let Err(e) = reply.verify(&self.signer.key, &nonce) {
             self.broken = true;
-            // With a wrong secret even the server's refusal cannot be
-            // verified; show what it claims, marked as such, since it
-            // usually says exactly that (`bad_signature`).
+            // An unsigned reply is never acted on beyond dropping the
+            // connection; a signed one that does not verify (wrong secret,
+            // or a recorded reply to another request) neither. Show what it
+            // claims, marked as such: with a wrong secret it usually says
+            // exactly that (`bad_signature`).
             let claim = match (reply.ok, reply.into_result()) {
-                (false, Err(claimed)) => {
+                (false, Err(claimed)) if !e.to_string().starts_with("unsigned") => {
                     format!(" (it claims, unverified: {}: {claimed})", claimed.code())
                 }
                 _ => String::new(),
@@ -204,7 +207,7 @@ impl Connection {
         if let Some(r) = self.early.remove(&id) {
             return Ok(r);
         }
-        if !self.pending.contains(&id) {
+        if !self.pending.contains_key(&id) {
             return Err(Failure::BadReply(format!(
                 "no request {id} is in flight on this connection"
             )));
@@ -254,22 +257,20 @@ impl Connection {
                 return Ok(reply);
             }
             if reply.id == crate::wire::envelope::UNKNOWN_ID && !reply.ok {
-                // An error about the connection, not a request: e.g. refused
-                // at max_conns before anything was read.
+                // An error about the connection, not a request (refused at
+                // max_conns, a frame the server could not read): unsigned,
+                // so it is only a reason to stop using the connection. What
+                // happened to the request is unknown.
                 self.broken = true;
-                let e = match reply.into_result() {
-                    Err(e) => e,
-                    Ok(_) => unreachable!("checked !ok"),
-                };
-                if e.code() == ErrorCode::Overloaded {
-                    return Err(Failure::NotSent(format!(
-                        "{} refused the connection: {e}",
-                        self.server
-                    )));
-                }
-                return Err(Failure::Server(e));
+                let claim = reply
+                    .unsigned_error()
+                    .map_or_else(String::new, |e| format!(" (it claims {}: {e})", e.code()));
+                return Err(Failure::Lost(format!(
+                    "{} sent an unsigned error and the connection was dropped{claim}",
+                    self.server
+                )));
             }
-            if !self.pending.contains(&reply.id) || self.early.contains_key(&reply.id) {
+            if !self.pending.contains_key(&reply.id) || self.early.contains_key(&reply.id) {
                 self.broken = true;
                 return Err(Failure::BadReply(format!(
                     "reply for id {} that was not asked for",

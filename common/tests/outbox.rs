@@ -41,22 +41,25 @@ impl Service for Hub {
                 return Dispatch::Done;
             }
         };
-        let (id, key) = (a.request.id, a.key.clone());
         match a.request.kind.as_str() {
             "sub" => {
                 self.subs.lock().unwrap().push(cx.outbox());
-                wire::encode_ok(Some(&key), id, "{}", cx.out());
+                a.ok("{}", cx.out());
             }
             "stream" => {
                 let reply = cx.defer();
                 std::thread::spawn(move || {
+                    let r = &a.request;
                     for n in 1..=5 {
                         let mut ev = Vec::new();
-                        wire::encode_ok(Some(&key), id, &format!("{{\"event\":{n}}}"), &mut ev);
+                        let body = format!("{{\"n\":{n}}}");
+                        wire::envelope::encode_event(
+                            &a.key, r.id, &r.nonce, n, "tick", &body, &mut ev,
+                        );
                         reply.event(ev).unwrap();
                     }
                     let mut fin = Vec::new();
-                    wire::encode_ok(Some(&key), id, "{\"done\":true}", &mut fin);
+                    a.ok("{\"done\":true}", &mut fin);
                     reply.send(fin);
                 });
             }
@@ -122,11 +125,21 @@ impl Drop for HubServer {
     }
 }
 
+/// Pushes are signed as replies over this nonce here; the receiving test
+/// thread expects it.
+const PUSH_NONCE: &str = "00000000000000ff";
+
 fn push_frame(n: u64, pad: usize) -> Vec<u8> {
     let mut out = Vec::new();
     let body = format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(pad));
-    wire::encode_ok(Some(&Key::new(SECRET)), n, &body, &mut out);
+    wire::encode_ok(Some(&Key::new(SECRET)), n, PUSH_NONCE, &body, &mut out);
     out
+}
+
+/// The next push, checked.
+fn recv_push(s: &mut FramedStream, n: u64) {
+    expect_reply(n, PUSH_NONCE.into());
+    assert_eq!(recv_reply(s).id, n);
 }
 
 #[test]
@@ -139,7 +152,7 @@ fn pushes_from_another_thread_arrive_in_order() {
         }
     });
     for n in 1..=500 {
-        assert_eq!(recv_reply(&mut client).id, n);
+        recv_push(&mut client, n);
     }
     pusher.join().unwrap();
 }
@@ -156,7 +169,7 @@ fn a_push_to_a_closed_connection_is_refused_and_the_service_is_told() {
     assert_eq!(outbox.send(push_frame(1, 0)), Err(SendError::Closed));
     // The other subscriber still gets its pushes.
     other_box.send(push_frame(7, 0)).unwrap();
-    assert_eq!(recv_reply(&mut other).id, 7);
+    recv_push(&mut other, 7);
 }
 
 #[test]
@@ -195,7 +208,7 @@ fn pushes_past_the_output_budget_are_refused_not_queued() {
         "a full outbox does not close the connection"
     );
     good_box.send(push_frame(9, 0)).unwrap();
-    assert_eq!(recv_reply(&mut good).id, 9);
+    recv_push(&mut good, 9);
 }
 
 #[test]
@@ -205,8 +218,11 @@ fn a_streaming_request_gets_its_events_then_its_final_reply() {
     s.send(&request(42, "stream", "{}")).unwrap();
     for n in 1..=5 {
         let r = recv_reply(&mut s);
-        assert_eq!(r.id, 42);
-        assert_eq!(r.into_result().unwrap().get(), format!("{{\"event\":{n}}}"));
+        assert_eq!(
+            (r.id, r.seq, r.event.as_deref()),
+            (42, Some(n), Some("tick"))
+        );
+        assert_eq!(r.body.unwrap().get(), format!("{{\"n\":{n}}}"));
     }
     let fin = recv_reply(&mut s);
     assert_eq!(fin.into_result().unwrap().get(), "{\"done\":true}");
@@ -229,7 +245,7 @@ fn an_outbound_link_carries_requests_and_its_replies_reach_the_service() {
     for _ in 0..20 {
         let payload = hub.from_links.recv_timeout(WAIT).unwrap();
         let reply = Reply::parse(&payload).unwrap();
-        reply.verify(&Key::new(SECRET)).unwrap();
+        verify_sent(&reply);
         let id = reply.id;
         assert_eq!(
             reply.into_result().unwrap().get(),

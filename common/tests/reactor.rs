@@ -89,7 +89,8 @@ fn bad_signature_is_refused_and_the_connection_stays_open() {
         token: None,
         body: "{}",
     };
-    encode_request(&Key::new(b"not the secret"), &req, &mut forged);
+    let nonce = encode_request(&Key::new(b"not the secret"), &req, &mut forged);
+    expect_reply(3, nonce);
     s.send(&forged).unwrap();
     let r = recv_reply(&mut s);
     assert_eq!(r.id, 3);

@@ -12,7 +12,6 @@
 
 #![no_main]
 
-use dsf_common::wire::envelope::encode_ok;
 use dsf_common::wire::{Admission, FrameDecoder, ReplayGuard, Reply};
 use dsf_common::ErrorCode;
 use dsf_fuzz::{key, keys, split_input, MAX_FRAME, NOW_MS};
@@ -96,10 +95,10 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(again.rejection.error.code(), ErrorCode::ReplayedNonce);
                 assert_eq!(again.rejection.id, admitted.request.id);
                 let mut out = Vec::new();
-                encode_ok(Some(&admitted.key), admitted.request.id, "{}", &mut out);
+                admitted.ok("{}", &mut out);
                 let reply = check_reply_frame(&out, true);
                 reply
-                    .verify(&admitted.key)
+                    .verify(&admitted.key, &admitted.request.nonce)
                     .expect("our own signed reply verifies");
             }
             Err(refused) => {
@@ -109,7 +108,9 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!reply.ok);
                 assert_eq!(reply.id, refused.rejection.id);
                 if let Some(k) = &refused.key {
-                    reply.verify(k).expect("our own signed refusal verifies");
+                    reply
+                        .verify(k, &refused.rejection.nonce)
+                        .expect("our own signed refusal verifies");
                 }
                 let e = reply.into_result().unwrap_err();
                 assert_eq!(e.code(), refused.rejection.error.code());
@@ -117,7 +118,7 @@ fuzz_target!(|data: &[u8]| {
         }
         // The same bytes read as a reply, as a client would.
         if let Ok(reply) = Reply::parse(payload) {
-            let _ = reply.verify(&key);
+            let _ = reply.verify(&key, "00112233445566ff");
             let _ = reply.into_result();
         }
     }

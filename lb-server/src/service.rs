@@ -96,6 +96,7 @@ struct Build {
     view: View,
     reply: ReplyTo,
     id: u64,
+    nonce: String,
     key: Key,
 }
 
@@ -182,6 +183,7 @@ impl Balancer {
             view,
             reply,
             id: admitted.request.id,
+            nonce: admitted.request.nonce,
             key: admitted.key,
         };
         match self.builds.try_send(build) {
@@ -205,31 +207,31 @@ impl Service for Balancer {
                 return Dispatch::Done;
             }
         };
-        let id = admitted.request.id;
-        let key = admitted.key.clone();
         let port = cx.listener();
         let answer = match (admitted.request.kind.as_str(), port) {
             ("lb.resolve", Some(CLIENT_PORT)) => self.resolve(&admitted, cx.peer()),
             ("lb.view", _) => Ok(self.current.load().describe()),
-            ("lb.set_view", Some(CLUSTER_PORT)) => match self.set_view(admitted, cx) {
+            ("lb.set_view", Some(CLUSTER_PORT)) => {
+                let (id, nonce, key) = (
+                    admitted.request.id,
+                    admitted.request.nonce.clone(),
+                    admitted.key.clone(),
+                );
                 // Answered by the builder once the view is in force.
-                Ok(()) => return Dispatch::Done,
-                Err(e) => {
-                    wire::encode_error(Some(&key), id, &e, cx.out());
-                    return Dispatch::Done;
+                if let Err(e) = self.set_view(admitted, cx) {
+                    wire::encode_error(Some(&key), id, &nonce, &e, cx.out());
                 }
-            },
+                return Dispatch::Done;
+            }
             (other, _) => Err(Error::UnknownType(format!(
                 "type {other:?} is not served on this port; the client port serves lb.resolve and lb.view, the cluster port lb.set_view and lb.view"
             ))),
         };
         match answer {
-            Ok(body) => wire::encode_ok(Some(&key), id, &body, cx.out()),
+            Ok(body) => admitted.ok(&body, cx.out()),
             // A run of these closes the connection, as refused frames do.
-            Err(e) if e.code() == dsf_common::ErrorCode::UnknownType => {
-                cx.reject(Some(&key), id, &e)
-            }
-            Err(e) => wire::encode_error(Some(&key), id, &e, cx.out()),
+            Err(e) if e.code() == dsf_common::ErrorCode::UnknownType => cx.reject(&admitted, &e),
+            Err(e) => admitted.error(&e, cx.out()),
         }
         Dispatch::Done
     }
@@ -268,29 +270,30 @@ fn build_views(
     kind: PolicyKind,
     ring: RingConfig,
 ) {
-    for b in rx.iter() {
+    for mut b in rx.iter() {
         let cur = current.load_full();
-        let result = apply(&cur, b.view, kind, ring);
+        let view = std::mem::take(&mut b.view);
+        let result = apply(&cur, view, kind, ring);
         let mut out = Vec::new();
         match result {
             Ok(Some(next)) => {
                 let v = next.view.version;
                 current.store(Arc::new(next));
-                reply_applied(&b.key, b.id, v, &mut out);
+                reply_applied(&b, v, &mut out);
             }
-            Ok(None) => reply_applied(&b.key, b.id, cur.view.version, &mut out),
+            Ok(None) => reply_applied(&b, cur.view.version, &mut out),
             Err(e) => {
                 log::warn!("refused a view: {e}");
-                wire::encode_error(Some(&b.key), b.id, &e, &mut out);
+                wire::encode_error(Some(&b.key), b.id, &b.nonce, &e, &mut out);
             }
         }
         b.reply.send(out);
     }
 }
 
-fn reply_applied(key: &Key, id: u64, version: u64, out: &mut Vec<u8>) {
+fn reply_applied(b: &Build, version: u64, out: &mut Vec<u8>) {
     let body = format!("{{\"applied\":{version}}}");
-    wire::encode_ok(Some(key), id, &body, out);
+    wire::encode_ok(Some(&b.key), b.id, &b.nonce, &body, out);
 }
 
 /// The snapshot `view` leads to, or `None` when it is older than `cur`.

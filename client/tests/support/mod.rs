@@ -28,6 +28,11 @@ pub enum Action {
     Close,
     /// Answer, signed with the wrong key.
     Forge(String),
+    /// Answer with an unsigned error under the request's id, as an
+    /// attacker on the path could inject.
+    Unsigned(Error),
+    /// Answer with these frames as they are (a recorded reply replayed).
+    Raw(Vec<u8>),
     /// Keep the request; [`TestServer::release_reversed`] answers it later.
     Hold,
 }
@@ -38,12 +43,15 @@ struct Held {
     reply: ReplyTo,
     key: Key,
     id: u64,
+    nonce: String,
     body: String,
 }
 
 #[derive(Default)]
 struct Shared {
     seen: Mutex<Vec<String>>,
+    /// The frames last sent in answer, as bytes on the wire.
+    last: Mutex<Option<Vec<u8>>>,
     held: Mutex<Vec<Held>>,
 }
 
@@ -64,24 +72,42 @@ impl Service for Svc {
         };
         let r = &a.request;
         self.shared.seen.lock().unwrap().push(r.kind.clone());
+        let before = cx.out().len();
+        self.answer(&a, cx);
+        if cx.out().len() > before {
+            *self.shared.last.lock().unwrap() = Some(cx.out()[before..].to_vec());
+        }
+        Dispatch::Done
+    }
+}
+
+impl Svc {
+    fn answer(&self, a: &dsf_common::wire::Admitted, cx: &mut Context<'_>) {
+        let r = &a.request;
         match (self.handler)(r) {
-            Action::Ok(body) => wire::encode_ok(Some(&a.key), r.id, &body, cx.out()),
-            Action::Err(e) => wire::encode_error(Some(&a.key), r.id, &e, cx.out()),
+            Action::Ok(body) => a.ok(&body, cx.out()),
+            Action::Err(e) => a.error(&e, cx.out()),
             Action::Close => cx.close(),
-            Action::Forge(body) => {
-                wire::encode_ok(Some(&Key::new(b"not-the-secret")), r.id, &body, cx.out())
-            }
+            Action::Forge(body) => wire::encode_ok(
+                Some(&Key::new(b"not-the-secret")),
+                r.id,
+                &r.nonce,
+                &body,
+                cx.out(),
+            ),
+            Action::Unsigned(e) => wire::encode_error(None, r.id, "", &e, cx.out()),
+            Action::Raw(bytes) => cx.out().extend_from_slice(&bytes),
             Action::Hold => {
                 let reply = cx.defer();
                 self.shared.held.lock().unwrap().push(Held {
                     reply,
                     key: a.key.clone(),
                     id: r.id,
+                    nonce: r.nonce.clone(),
                     body: r.body.get().to_string(),
                 });
             }
         }
-        Dispatch::Done
     }
 }
 
@@ -139,6 +165,11 @@ impl TestServer {
             .count()
     }
 
+    /// The frames last sent in answer to a request.
+    pub fn last_reply(&self) -> Option<Vec<u8>> {
+        self.shared.last.lock().unwrap().clone()
+    }
+
     pub fn held(&self) -> usize {
         self.shared.held.lock().unwrap().len()
     }
@@ -148,7 +179,7 @@ impl TestServer {
         let held: Vec<Held> = std::mem::take(&mut *self.shared.held.lock().unwrap());
         for h in held.into_iter().rev() {
             let mut out = Vec::new();
-            wire::encode_ok(Some(&h.key), h.id, &h.body, &mut out);
+            wire::encode_ok(Some(&h.key), h.id, &h.nonce, &h.body, &mut out);
             h.reply.send(out);
         }
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use dsf_common::reactor::{Context, Dispatch, Service};
 use dsf_common::wire::keys::CLUSTER_APP;
-use dsf_common::wire::{self, Admission, Admitted};
+use dsf_common::wire::{Admission, Admitted};
 use dsf_common::Error;
 
 use crate::cluster::Cluster;
@@ -88,10 +88,9 @@ impl Service for Collector {
                 return Dispatch::Done;
             }
         };
-        let id = admitted.request.id;
         match self.route(&admitted) {
-            Ok(body) => wire::encode_ok(Some(&admitted.key), id, &body, cx.out()),
-            Err(e) => wire::encode_error(Some(&admitted.key), id, &e, cx.out()),
+            Ok(body) => admitted.ok(&body, cx.out()),
+            Err(e) => admitted.error(&e, cx.out()),
         }
         Dispatch::Done
     }

@@ -186,7 +186,7 @@ impl Client {
             token: None,
             body: &body,
         };
-        encode_request(&self.key, &req, &mut out);
+        let nonce = encode_request(&self.key, &req, &mut out);
         self.stream.send(&out).unwrap();
         let frame = self.stream.recv(Instant::now() + WAIT).unwrap().unwrap();
         let reply = Reply::parse(&frame).unwrap();
@@ -194,7 +194,7 @@ impl Client {
         // A forged request's refusal is signed with the real key, which a
         // forger cannot check: compare the error, not the signature.
         if reply.ok {
-            reply.verify(&self.key)?;
+            reply.verify(&self.key, &nonce)?;
         }
         let raw = reply.into_result()?;
         Ok(serde_json::from_str(raw.get()).unwrap())

@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 use super::outbox::{ConnShared, Handle, Outbox, ReplyTo, Sink};
 use super::{ConnId, ReactorStats, Warn};
 use crate::error::Error;
-use crate::wire::admission::Refused;
+use crate::wire::admission::{Admitted, Refused};
 use crate::wire::envelope::{encode_error, UNKNOWN_ID};
 use crate::wire::frame::FrameDecoder;
-use crate::wire::sign::Key;
 
 /// What a service did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +103,7 @@ pub trait Service: Send + 'static {
         let e = Error::Overloaded(format!(
             "server is at its limit of {max_conns} connections; retry later or on another node"
         ));
-        encode_error(None, UNKNOWN_ID, &e, out);
+        encode_error(None, UNKNOWN_ID, "", &e, out);
     }
 
     /// A connection is gone; replies still in flight for it are dropped and
@@ -176,8 +175,8 @@ impl Context<'_> {
 
     /// Answers a request with an error that counts toward the run of
     /// refused frames (an unknown type, say).
-    pub fn reject(&mut self, key: Option<&Key>, id: u64, error: &Error) {
-        encode_error(key, id, error, self.out);
+    pub fn reject(&mut self, admitted: &Admitted, error: &Error) {
+        admitted.error(error, self.out);
         *self.refused = true;
         if error.code().closes_connection() {
             *self.close = true;
@@ -326,7 +325,7 @@ pub(crate) fn dispatch<S: Service>(
             Err(e) => {
                 log::debug!("{:?} from {}: {e}", p.conn, p.peer);
                 rules.stats.closed_bad_frame.fetch_add(1, Ordering::Relaxed);
-                encode_error(None, UNKNOWN_ID, &e, p.out);
+                encode_error(None, UNKNOWN_ID, "", &e, p.out);
                 *p.closing = true;
             }
         }
@@ -383,12 +382,12 @@ fn count_refused(run: &mut u32, refused: bool, p: &mut Parts<'_>, rules: &mut Ru
             "closing the connection after {} refused frames in a row (max_refused); fix the requests above and reconnect",
             *run
         ));
-        encode_error(None, UNKNOWN_ID, &e, p.out);
+        encode_error(None, UNKNOWN_ID, "", &e, p.out);
         *p.closing = true;
     }
 }
 
 /// The error frame a framed connection is sent when the core closes it.
 pub(crate) fn farewell(e: &Error, out: &mut Vec<u8>) {
-    encode_error(None, UNKNOWN_ID, e, out);
+    encode_error(None, UNKNOWN_ID, "", e, out);
 }

@@ -33,6 +33,7 @@ impl Refused {
         envelope::encode_error(
             self.key.as_ref(),
             self.rejection.id,
+            &self.rejection.nonce,
             &self.rejection.error,
             out,
         )
@@ -41,6 +42,22 @@ impl Refused {
     /// Whether the connection must be closed after the reply.
     pub fn closes_connection(&self) -> bool {
         self.rejection.error.code().closes_connection()
+    }
+}
+
+// === impl Admitted ===
+
+impl Admitted {
+    /// Appends the signed reply `body` (a serialised JSON object).
+    pub fn ok(&self, body: &str, out: &mut Vec<u8>) {
+        let r = &self.request;
+        envelope::encode_ok(Some(&self.key), r.id, &r.nonce, body, out)
+    }
+
+    /// Appends the signed error reply.
+    pub fn error(&self, error: &Error, out: &mut Vec<u8>) {
+        let r = &self.request;
+        envelope::encode_error(Some(&self.key), r.id, &r.nonce, error, out)
     }
 }
 
@@ -81,6 +98,7 @@ impl Admission {
         let refuse = |error: Error, key: Option<&Key>| Refused {
             rejection: Rejection {
                 id: request.id,
+                nonce: request.nonce.clone(),
                 error,
             },
             key: key.cloned(),
@@ -142,7 +160,7 @@ mod tests {
     #[test]
     fn a_good_request_is_admitted_once() {
         let a = admission();
-        let f = frame(&Key::new(b"secret"), "cli", NOW, "00112233");
+        let f = frame(&Key::new(b"secret"), "cli", NOW, "0011223344556677");
         assert_eq!(a.admit_at(&f, NOW).unwrap().request.id, 7);
         let r = a.admit_at(&f, NOW).unwrap_err();
         assert_eq!(r.rejection.error.code(), ErrorCode::ReplayedNonce);
@@ -152,18 +170,18 @@ mod tests {
     #[test]
     fn a_forged_request_does_not_burn_its_nonce() {
         let a = admission();
-        let forged = frame(&Key::new(b"wrong"), "cli", NOW, "00112233");
+        let forged = frame(&Key::new(b"wrong"), "cli", NOW, "0011223344556677");
         let r = a.admit_at(&forged, NOW).unwrap_err();
         assert_eq!(r.rejection.error.code(), ErrorCode::BadSignature);
         // The genuine sender's request with the same nonce still goes through.
-        let good = frame(&Key::new(b"secret"), "cli", NOW, "00112233");
+        let good = frame(&Key::new(b"secret"), "cli", NOW, "0011223344556677");
         a.admit_at(&good, NOW).unwrap();
     }
 
     #[test]
     fn unknown_app_is_answered_unsigned() {
         let a = admission();
-        let f = frame(&Key::new(b"secret"), "who", NOW, "00112233");
+        let f = frame(&Key::new(b"secret"), "who", NOW, "0011223344556677");
         let r = a.admit_at(&f, NOW).unwrap_err();
         assert_eq!(r.rejection.error.code(), ErrorCode::Unauthorized);
         assert!(r.key.is_none());
@@ -172,7 +190,12 @@ mod tests {
     #[test]
     fn stale_request_is_refused_signed() {
         let a = admission();
-        let f = frame(&Key::new(b"secret"), "cli", NOW - 61_000, "00112233");
+        let f = frame(
+            &Key::new(b"secret"),
+            "cli",
+            NOW - 61_000,
+            "0011223344556677",
+        );
         let r = a.admit_at(&f, NOW).unwrap_err();
         assert_eq!(r.rejection.error.code(), ErrorCode::StaleTimestamp);
         assert!(r.key.is_some());

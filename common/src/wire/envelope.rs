@@ -11,10 +11,10 @@ use serde_json::value::RawValue;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::wire::frame;
-use crate::wire::sign::{Key, ReplyFields, RequestFields};
+use crate::wire::sign::{EventFields, Key, ReplyFields, RequestFields};
 
 /// The envelope version this code speaks.
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
 
 /// The `id` used in a reply to a frame whose own `id` could not be read.
 /// Clients number their requests from 1.
@@ -37,10 +37,12 @@ pub struct Request {
 }
 
 /// Why a frame was not accepted as a request: the error to send, and the id
-/// to send it under.
+/// and nonce to send it under (the nonce is empty when none could be read;
+/// such a reply is unsigned anyway).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     pub id: u64,
+    pub nonce: String,
     pub error: Error,
 }
 
@@ -50,7 +52,11 @@ impl Request {
     /// Parses and checks the shape of one frame's payload. Does not verify the
     /// signature (see [`crate::wire::Admission`]).
     pub fn parse(payload: &[u8]) -> std::result::Result<Request, Rejection> {
-        let reject = |id, error| Rejection { id, error };
+        let reject = |id, error| Rejection {
+            id,
+            nonce: String::new(),
+            error,
+        };
         let text = std::str::from_utf8(payload).map_err(|e| {
             reject(
                 UNKNOWN_ID,
@@ -64,14 +70,18 @@ impl Request {
             Ok(r) => r,
             Err(e) => return Err(reject_shape(text, e)),
         };
-        req.check().map_err(|e| reject(req.id, e))?;
+        req.check().map_err(|error| Rejection {
+            id: req.id,
+            nonce: req.nonce.clone(),
+            error,
+        })?;
         Ok(req)
     }
 
     fn check(&self) -> Result<()> {
         if self.v != VERSION {
             return Err(Error::bad_request(format!(
-                "v: must be {VERSION}, got {}",
+                "v: this server speaks wire version {VERSION}, got {}; update the client (replies are bound to the request's nonce since version 2)",
                 self.v
             )));
         }
@@ -79,9 +89,9 @@ impl Request {
             return Err(Error::bad_request("type: 1 to 64 characters"));
         }
         let n = self.nonce.len();
-        if !(8..=64).contains(&n) || !self.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !(16..=64).contains(&n) || !self.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::bad_request(format!(
-                "nonce: 8 to 64 hex characters, got {:?}",
+                "nonce: 16 to 64 hex characters, got {:?}",
                 truncate(&self.nonce, 80)
             )));
         }
@@ -120,6 +130,7 @@ fn reject_shape(text: &str, e: serde_json::Error) -> Rejection {
     match e.classify() {
         Category::Syntax | Category::Eof | Category::Io => Rejection {
             id: UNKNOWN_ID,
+            nonce: String::new(),
             error: Error::BadJson(format!("frame is not valid JSON: {e}")),
         },
         Category::Data => {
@@ -127,6 +138,7 @@ fn reject_shape(text: &str, e: serde_json::Error) -> Rejection {
             let Some(obj) = value.as_object() else {
                 return Rejection {
                     id: UNKNOWN_ID,
+                    nonce: String::new(),
                     error: Error::bad_request(format!(
                         "frame must hold a JSON object, got {}",
                         json_kind(&value)
@@ -135,6 +147,7 @@ fn reject_shape(text: &str, e: serde_json::Error) -> Rejection {
             };
             Rejection {
                 id: obj.get("id").and_then(|v| v.as_u64()).unwrap_or(UNKNOWN_ID),
+                nonce: String::new(),
                 error: Error::bad_request(format!("envelope: {}", strip_position(&e))),
             }
         }
@@ -194,9 +207,11 @@ pub struct OutgoingRequest<'a> {
 }
 
 /// Signs `req` with a fresh timestamp and nonce and appends it to `out` as
-/// one frame.
-pub fn encode_request(key: &Key, req: &OutgoingRequest<'_>, out: &mut Vec<u8>) {
-    encode_request_at(key, req, now_ms(), &new_nonce(), out)
+/// one frame; returns the nonce, which its reply's signature covers.
+pub fn encode_request(key: &Key, req: &OutgoingRequest<'_>, out: &mut Vec<u8>) -> String {
+    let nonce = new_nonce();
+    encode_request_at(key, req, now_ms(), &nonce, out);
+    nonce
 }
 
 /// [`encode_request`] with the timestamp and nonce given, for tests that
@@ -218,7 +233,7 @@ pub fn encode_request_at(
         body: req.body,
     });
     let mut json = Vec::with_capacity(128 + req.body.len());
-    json.extend_from_slice(b"{\"v\":1,\"id\":");
+    json.extend_from_slice(b"{\"v\":2,\"id\":");
     json.extend_from_slice(itoa::Buffer::new().format(req.id).as_bytes());
     json.extend_from_slice(b",\"type\":");
     write_json_str(&mut json, req.kind);
@@ -244,27 +259,40 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing a string to a Vec cannot fail");
 }
 
-/// Appends a successful reply to `out` as one frame. `body` is a serialised
-/// JSON object.
-pub fn encode_ok(key: Option<&Key>, id: u64, body: &str, out: &mut Vec<u8>) {
-    encode_reply(key, id, true, body, out)
+/// Appends a successful reply to `out` as one frame, signed over the
+/// request's `nonce`. `body` is a serialised JSON object.
+pub fn encode_ok(key: Option<&Key>, id: u64, nonce: &str, body: &str, out: &mut Vec<u8>) {
+    encode_reply(key, id, nonce, true, body, out)
 }
 
 /// Appends an error reply to `out` as one frame. `key` is `None` when the
 /// request could not be parsed or its app is unknown: such replies are
 /// unsigned.
-pub fn encode_error(key: Option<&Key>, id: u64, error: &Error, out: &mut Vec<u8>) {
-    let payload = serde_json::json!({
+pub fn encode_error(key: Option<&Key>, id: u64, nonce: &str, error: &Error, out: &mut Vec<u8>) {
+    encode_reply(key, id, nonce, false, &error_payload(error), out)
+}
+
+/// The `error` object of a reply.
+pub fn error_payload(error: &Error) -> String {
+    serde_json::json!({
         "code": error.code().as_str(),
         "message": error.to_string(),
     })
-    .to_string();
-    encode_reply(key, id, false, &payload, out)
+    .to_string()
 }
 
-fn encode_reply(key: Option<&Key>, id: u64, ok: bool, payload: &str, out: &mut Vec<u8>) {
+/// Appends a reply whose payload is already rendered: `body` when `ok`,
+/// the `error` object otherwise (a stored reply sent again).
+pub fn encode_reply(
+    key: Option<&Key>,
+    id: u64,
+    nonce: &str,
+    ok: bool,
+    payload: &str,
+    out: &mut Vec<u8>,
+) {
     let mut json = Vec::with_capacity(64 + payload.len());
-    json.extend_from_slice(b"{\"v\":1,\"id\":");
+    json.extend_from_slice(b"{\"v\":2,\"id\":");
     json.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
     json.extend_from_slice(if ok {
         b",\"ok\":true,\"body\":"
@@ -276,6 +304,7 @@ fn encode_reply(key: Option<&Key>, id: u64, ok: bool, payload: &str, out: &mut V
         let sig = key.sign_reply(&ReplyFields {
             v: VERSION,
             id,
+            nonce,
             ok,
             payload,
         });
@@ -287,12 +316,54 @@ fn encode_reply(key: Option<&Key>, id: u64, ok: bool, payload: &str, out: &mut V
     frame::encode(&json, out);
 }
 
-/// A reply as received by a client.
+/// Appends one event of a stream: `seq` from 1, `event` its name, `body` a
+/// serialised JSON object; signed over the request's `nonce`.
+pub fn encode_event(
+    key: &Key,
+    id: u64,
+    nonce: &str,
+    seq: u64,
+    event: &str,
+    body: &str,
+    out: &mut Vec<u8>,
+) {
+    let sig = key.sign_event(&EventFields {
+        v: VERSION,
+        id,
+        nonce,
+        seq,
+        event,
+        body,
+    });
+    let mut json = Vec::with_capacity(96 + body.len());
+    json.extend_from_slice(b"{\"v\":2,\"id\":");
+    json.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+    json.extend_from_slice(b",\"seq\":");
+    json.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    json.extend_from_slice(b",\"event\":");
+    write_json_str(&mut json, event);
+    json.extend_from_slice(b",\"body\":");
+    json.extend_from_slice(body.as_bytes());
+    json.extend_from_slice(b",\"sig\":\"");
+    json.extend_from_slice(sig.as_bytes());
+    json.extend_from_slice(b"\"}");
+    frame::encode(&json, out);
+}
+
+/// A reply (or an event of a stream) as received by a client.
 #[derive(Debug, Deserialize)]
 pub struct Reply {
     pub v: u64,
     pub id: u64,
+    /// Absent on events.
+    #[serde(default)]
     pub ok: bool,
+    /// An event's place in its stream, from 1.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    /// An event's name; `None` on the final reply.
+    #[serde(default)]
+    pub event: Option<String>,
     #[serde(default)]
     pub body: Option<Box<RawValue>>,
     #[serde(default)]
@@ -321,25 +392,57 @@ impl Reply {
         raw.as_deref().map(RawValue::get).unwrap_or("")
     }
 
-    /// Verifies the signature. An unsigned reply is accepted only when it is
-    /// an error (the server could not tell who we are), and is then returned
-    /// as that error by [`Reply::into_result`].
-    pub fn verify(&self, key: &Key) -> Result<()> {
-        match &self.sig {
-            Some(sig) => key.verify_reply(
-                &ReplyFields {
+    /// Whether this is an event of a stream rather than a final reply.
+    pub fn is_event(&self) -> bool {
+        self.event.is_some()
+    }
+
+    /// Verifies the signature against the key and the nonce of the request
+    /// it claims to answer. An unsigned frame never verifies: a client acts
+    /// on it only by dropping the connection (see [`Reply::unsigned_error`]).
+    pub fn verify(&self, key: &Key, nonce: &str) -> Result<()> {
+        let Some(sig) = &self.sig else {
+            return Err(Error::BadSignature(match self.unsigned_error() {
+                Some(e) => format!("unsigned reply (it claims {}: {e})", e.code()),
+                None => "reply claims success but carries no signature".into(),
+            }));
+        };
+        if let (Some(event), Some(seq)) = (&self.event, self.seq) {
+            return key.verify_event(
+                &EventFields {
                     v: self.v,
                     id: self.id,
-                    ok: self.ok,
-                    payload: self.payload(),
+                    nonce,
+                    seq,
+                    event,
+                    body: self.body.as_deref().map(RawValue::get).unwrap_or(""),
                 },
                 sig,
-            ),
-            None if !self.ok => Ok(()),
-            None => Err(Error::BadSignature(
-                "reply claims success but carries no signature".into(),
-            )),
+            );
         }
+        key.verify_reply(
+            &ReplyFields {
+                v: self.v,
+                id: self.id,
+                nonce,
+                ok: self.ok,
+                payload: self.payload(),
+            },
+            sig,
+        )
+    }
+
+    /// What an unsigned error reply claims (a server that could not read
+    /// the request, or not tell who sent it, cannot sign). Never a reason
+    /// to act beyond dropping the connection.
+    pub fn unsigned_error(&self) -> Option<Error> {
+        if self.sig.is_some() || self.ok || self.is_event() {
+            return None;
+        }
+        let raw = self.error.as_ref()?;
+        let e: ErrorBody = serde_json::from_str(raw.get()).ok()?;
+        let code = ErrorCode::parse(&e.code).unwrap_or(ErrorCode::Internal);
+        Some(Error::new(code, e.message))
     }
 
     /// The body on success, or the server's error with its code and message.
@@ -419,35 +522,92 @@ mod tests {
         }
     }
 
+    const NONCE: &str = "00112233445566ff";
+
     #[test]
     fn replies_round_trip_signed_and_unsigned() {
         let key = Key::new(b"s");
         let mut out = Vec::new();
-        encode_ok(Some(&key), 5, "{\"node\":\"a\"}", &mut out);
+        encode_ok(Some(&key), 5, NONCE, "{\"node\":\"a\"}", &mut out);
         let r = Reply::parse(&one_frame(&out)).unwrap();
-        r.verify(&key).unwrap();
+        r.verify(&key, NONCE).unwrap();
         assert_eq!(r.into_result().unwrap().get(), "{\"node\":\"a\"}");
 
         let mut out = Vec::new();
-        encode_error(None, 0, &Error::BadJson("nope \"x\"".into()), &mut out);
+        encode_error(None, 0, "", &Error::BadJson("nope \"x\"".into()), &mut out);
         let r = Reply::parse(&one_frame(&out)).unwrap();
         assert!(r.sig.is_none());
-        r.verify(&key).unwrap();
+        // Unsigned: never verified, but what it claims can be read.
+        let e = r.verify(&key, NONCE).unwrap_err();
+        assert!(
+            e.to_string().contains("unsigned reply (it claims bad_json"),
+            "{e}"
+        );
+        assert_eq!(r.unsigned_error().unwrap().code(), ErrorCode::BadJson);
         let e = r.into_result().unwrap_err();
         assert_eq!(e.code(), ErrorCode::BadJson);
         assert_eq!(e.to_string(), "nope \"x\"");
     }
 
     #[test]
+    fn a_reply_does_not_verify_for_another_request_with_the_same_id() {
+        let key = Key::new(b"s");
+        let mut out = Vec::new();
+        encode_ok(Some(&key), 5, NONCE, "{\"hit\":false}", &mut out);
+        let r = Reply::parse(&one_frame(&out)).unwrap();
+        let e = r.verify(&key, "00112233445566fe").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadSignature);
+    }
+
+    #[test]
+    fn events_round_trip_and_are_bound_to_their_sequence() {
+        let key = Key::new(b"s");
+        let mut out = Vec::new();
+        encode_event(&key, 9, NONCE, 3, "progress", "{\"done\":1}", &mut out);
+        let payload = one_frame(&out);
+        let r = Reply::parse(&payload).unwrap();
+        assert!(r.is_event());
+        assert_eq!(
+            (r.id, r.seq, r.event.as_deref()),
+            (9, Some(3), Some("progress"))
+        );
+        r.verify(&key, NONCE).unwrap();
+        // The same bytes claiming another place in the stream do not verify.
+        let moved = String::from_utf8(payload)
+            .unwrap()
+            .replace("\"seq\":3", "\"seq\":4");
+        let r = Reply::parse(moved.as_bytes()).unwrap();
+        assert!(r.verify(&key, NONCE).is_err());
+    }
+
+    #[test]
+    fn a_request_of_another_version_is_refused_naming_version_2() {
+        let v1 = br#"{"v":1,"id":3,"type":"sys.ping","ts":1,"nonce":"00112233445566ff","app":"x","body":{},"sig":"00"}"#;
+        let r = Request::parse(v1).unwrap_err();
+        assert_eq!(r.error.code(), ErrorCode::BadRequest);
+        assert!(
+            r.error.to_string().contains("wire version 2, got 1"),
+            "{}",
+            r.error
+        );
+    }
+
+    #[test]
     fn forged_reply_is_refused() {
         let key = Key::new(b"s");
         let mut out = Vec::new();
-        encode_ok(Some(&Key::new(b"other")), 5, "{}", &mut out);
+        encode_ok(Some(&Key::new(b"other")), 5, NONCE, "{}", &mut out);
         let r = Reply::parse(&one_frame(&out)).unwrap();
-        assert_eq!(r.verify(&key).unwrap_err().code(), ErrorCode::BadSignature);
+        assert_eq!(
+            r.verify(&key, NONCE).unwrap_err().code(),
+            ErrorCode::BadSignature
+        );
 
-        let unsigned_ok = br#"{"v":1,"id":5,"ok":true,"body":{}}"#;
+        let unsigned_ok = br#"{"v":2,"id":5,"ok":true,"body":{}}"#;
         let r = Reply::parse(unsigned_ok).unwrap();
-        assert_eq!(r.verify(&key).unwrap_err().code(), ErrorCode::BadSignature);
+        assert_eq!(
+            r.verify(&key, NONCE).unwrap_err().code(),
+            ErrorCode::BadSignature
+        );
     }
 }

@@ -1,38 +1,53 @@
-//! Replay guard: a timestamp window plus a bounded memory of nonces.
+//! Replay guard: a timestamp window plus a bounded memory of nonces, kept
+//! per app.
 //!
-//! A request is admitted when its `ts` is within ±window of our clock and its
-//! `(app, nonce)` was not seen before. Remembered nonces are forgotten once
-//! their `ts` has left the window (a replay of them is then stale anyway).
-//! Memory is bounded: when `capacity` nonces are held, the oldest is
-//! forgotten and `floor` rises to its `ts`; from then on any request with
-//! `ts <= floor` is refused as stale, so a forgotten nonce can never be
-//! replayed. Under a flood the window shrinks; it never opens a hole.
+//! A request is admitted when its `ts` is at most `window` behind our clock
+//! and at most [`FUTURE`] ahead of it, and its nonce was not seen before
+//! from that app. Remembered nonces are forgotten once their `ts` has left
+//! the window (a replay of them is then stale anyway). Memory is bounded
+//! per app: when `capacity` nonces are held, the oldest is forgotten and the
+//! app's `floor` rises to its `ts`; from then on any request of that app
+//! with `ts <= floor` is refused as stale, so a forgotten nonce can never be
+//! replayed. Under a flood the app's window shrinks; it never opens a hole,
+//! and no other app's window moves: the floor is per app, and a `ts` can be
+//! at most [`FUTURE`] ahead, so a flooder cannot push even its own floor
+//! further than that.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// The design's window: ±60 s.
+/// The design's window: 60 s into the past.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
-/// Default number of nonces remembered (about 100 bytes each).
+/// How far ahead of our clock a `ts` may be: 5 s.
+pub const FUTURE: Duration = Duration::from_secs(5);
+
+/// Default number of nonces remembered per app (about 40 bytes each).
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
 /// See the module documentation.
 ///
-/// A nonce is remembered as a 64-bit fingerprint of `(app, nonce)` under a
-/// key drawn at start-up, so remembering costs no allocation and an
-/// attacker cannot aim for collisions. Two different nonces sharing a
-/// fingerprint (odds about n/2^64 per request with n remembered) would make
-/// the second look replayed: a refused request, never an admitted replay.
+/// A nonce is remembered as a 64-bit fingerprint under a key drawn at
+/// start-up, so remembering costs no allocation and an attacker cannot aim
+/// for collisions. Two different nonces sharing a fingerprint (odds about
+/// n/2^64 per request with n remembered) would make the second look
+/// replayed: a refused request, never an admitted replay.
 #[derive(Debug)]
 pub struct ReplayGuard {
     window_ms: u64,
+    future_ms: u64,
     capacity: usize,
     hasher: RandomState,
+    apps: HashMap<String, AppNonces>,
+}
+
+/// One app's remembered nonces and floor.
+#[derive(Debug, Default)]
+struct AppNonces {
     seen: HashSet<u64, BuildHasherDefault<Fingerprint>>,
     /// Remembered fingerprints in arrival order, with their `ts`.
     order: VecDeque<(u64, u64)>,
@@ -43,31 +58,38 @@ pub struct ReplayGuard {
 // === impl ReplayGuard ===
 
 impl ReplayGuard {
-    /// A guard with the given window and nonce capacity (at least 1).
+    /// A guard with the given window and per-app nonce capacity (at least 1).
     pub fn new(window: Duration, capacity: usize) -> ReplayGuard {
         ReplayGuard {
             window_ms: window.as_millis() as u64,
+            future_ms: FUTURE.as_millis() as u64,
             capacity: capacity.max(1),
             hasher: RandomState::new(),
-            seen: HashSet::default(),
-            order: VecDeque::new(),
-            floor: 0,
+            apps: HashMap::new(),
         }
     }
 
-    /// Checks `ts` against the window only; cheap, and needs no signature.
-    pub fn check_time(&self, ts: u64, now_ms: u64) -> Result<()> {
-        let skew = now_ms.abs_diff(ts);
-        if skew > self.window_ms {
+    /// Checks `ts` against the window and the app's floor; cheap, and needs
+    /// no signature.
+    pub fn check_time(&self, app: &str, ts: u64, now_ms: u64) -> Result<()> {
+        if ts > now_ms.saturating_add(self.future_ms) {
             return Err(Error::StaleTimestamp(format!(
-                "ts {ts} is {skew} ms from this server's clock {now_ms}; it must be within {} ms (sync the clock, or send the current Unix time in milliseconds)",
+                "ts {ts} is {} ms ahead of this server's clock {now_ms}; at most {} ms ahead is accepted (sync the clock, or send the current Unix time in milliseconds)",
+                ts - now_ms,
+                self.future_ms
+            )));
+        }
+        if ts.saturating_add(self.window_ms) < now_ms {
+            return Err(Error::StaleTimestamp(format!(
+                "ts {ts} is {} ms behind this server's clock {now_ms}; at most {} ms behind is accepted (sync the clock, or send the current Unix time in milliseconds)",
+                now_ms - ts,
                 self.window_ms
             )));
         }
-        if ts <= self.floor {
+        let floor = self.apps.get(app).map_or(0, |a| a.floor);
+        if ts <= floor {
             return Err(Error::StaleTimestamp(format!(
-                "ts {ts} is older than {} that this busy server can still check for replays; send a fresh request",
-                self.floor
+                "ts {ts} is older than {floor}, the oldest this busy server can still check app {app:?} for replays; send a fresh request"
             )));
         }
         Ok(())
@@ -76,36 +98,48 @@ impl ReplayGuard {
     /// Admits `(app, nonce)` at `ts`, remembering it; call only after the
     /// request's signature verified.
     pub fn admit(&mut self, app: &str, nonce: &str, ts: u64, now_ms: u64) -> Result<()> {
-        self.expire(now_ms);
-        self.check_time(ts, now_ms)?;
-        let key = self.hasher.hash_one((app, nonce));
-        if self.seen.contains(&key) {
+        let window_ms = self.window_ms;
+        if let Some(a) = self.apps.get_mut(app) {
+            a.expire(now_ms, window_ms);
+        }
+        self.check_time(app, ts, now_ms)?;
+        let key = self.hasher.hash_one(nonce);
+        let capacity = self.capacity;
+        let a = match self.apps.get_mut(app) {
+            Some(a) => a,
+            None => self.apps.entry(app.to_string()).or_default(),
+        };
+        if a.seen.contains(&key) {
             return Err(Error::ReplayedNonce(format!(
                 "nonce {nonce} was already used by app {app:?} within the last {} s; send a fresh random nonce with every request",
-                self.window_ms / 1000
+                window_ms / 1000
             )));
         }
-        while self.order.len() >= self.capacity {
-            self.forget_oldest();
+        while a.order.len() >= capacity {
+            a.forget_oldest();
         }
-        self.seen.insert(key);
-        self.order.push_back((ts, key));
+        a.seen.insert(key);
+        a.order.push_back((ts, key));
         Ok(())
     }
 
-    /// Nonces currently remembered.
+    /// Nonces currently remembered, across apps.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.apps.values().map(|a| a.order.len()).sum()
     }
 
     /// Whether no nonce is remembered.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.len() == 0
     }
+}
 
-    fn expire(&mut self, now_ms: u64) {
+// === impl AppNonces ===
+
+impl AppNonces {
+    fn expire(&mut self, now_ms: u64, window_ms: u64) {
         while let Some((ts, _)) = self.order.front() {
-            if ts.saturating_add(self.window_ms) >= now_ms {
+            if ts.saturating_add(window_ms) >= now_ms {
                 break;
             }
             self.forget_oldest();
@@ -159,8 +193,8 @@ mod tests {
     fn timestamps_outside_the_window_are_stale() {
         let mut g = ReplayGuard::default();
         assert!(g.admit("a", "00000001", NOW - 60_000, NOW).is_ok());
-        assert!(g.admit("a", "00000002", NOW + 60_000, NOW).is_ok());
-        for ts in [NOW - 60_001, NOW + 60_001, 0] {
+        assert!(g.admit("a", "00000002", NOW + 5_000, NOW).is_ok());
+        for ts in [NOW - 60_001, NOW + 5_001, NOW + 60_000, 0] {
             let e = g.admit("a", "00000003", ts, NOW).unwrap_err();
             assert_eq!(e.code(), ErrorCode::StaleTimestamp);
         }
@@ -185,6 +219,26 @@ mod tests {
         assert_eq!(g.len(), 1);
         // The first is forgotten, and its replay is stale anyway.
         let e = g.admit("a", "deadbeef", NOW, NOW + 70_000).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::StaleTimestamp);
+    }
+
+    #[test]
+    fn one_apps_flood_of_future_nonces_leaves_another_app_untouched() {
+        let mut g = ReplayGuard::new(DEFAULT_WINDOW, 100);
+        // The flooder fills its memory with nonces dated as far ahead as
+        // allowed, pushing its own floor up.
+        for i in 0..1000u64 {
+            let _ = g.admit("flood", &format!("{i:016x}"), NOW + 5_000, NOW);
+        }
+        assert!(g.admit("flood", "ffffffffffffffff", NOW, NOW).is_err());
+        // Another app's requests of now go through as ever.
+        for i in 0..50u64 {
+            g.admit("gate", &format!("{i:016x}"), NOW, NOW).unwrap();
+        }
+        // And a flood dated beyond 5 s ahead is refused outright.
+        let e = g
+            .admit("flood", "eeeeeeeeeeeeeeee", NOW + 59_000, NOW)
+            .unwrap_err();
         assert_eq!(e.code(), ErrorCode::StaleTimestamp);
     }
 

@@ -42,9 +42,26 @@ pub struct RequestFields<'a> {
 pub struct ReplyFields<'a> {
     pub v: u64,
     pub id: u64,
+    /// The nonce of the request it answers: a recorded reply cannot answer
+    /// a later request that reuses its id.
+    pub nonce: &'a str,
     pub ok: bool,
     /// The exact bytes of `body` (or of `error` when `ok` is false).
     pub payload: &'a str,
+}
+
+/// The fields of a stream's event that its signature covers, in order.
+#[derive(Debug, Clone, Copy)]
+pub struct EventFields<'a> {
+    pub v: u64,
+    pub id: u64,
+    /// The nonce of the request whose stream it belongs to.
+    pub nonce: &'a str,
+    /// 1 for the first event of a stream, then one more each.
+    pub seq: u64,
+    pub event: &'a str,
+    /// The exact bytes of `body`.
+    pub body: &'a str,
 }
 
 // === impl Key ===
@@ -90,6 +107,36 @@ impl Key {
             .map_err(|_| Error::BadSignature("reply signature does not match: the server holds a different secret for this app, or the reply was altered".into()))
     }
 
+    /// Lower-case hex signature of an event.
+    pub fn sign_event(&self, f: &EventFields<'_>) -> String {
+        hex::encode(self.event_mac(f).finalize().into_bytes())
+    }
+
+    /// Checks `sig` against an event.
+    pub fn verify_event(&self, f: &EventFields<'_>, sig: &str) -> Result<()> {
+        let tag = decode_sig(sig)?;
+        self.event_mac(f)
+            .verify_slice(&tag)
+            .map_err(|_| Error::BadSignature("event signature does not match: the server holds a different secret for this app, or the event was altered".into()))
+    }
+
+    fn event_mac(&self, f: &EventFields<'_>) -> HmacMd5 {
+        let mut mac = HmacMd5::clone(&self.mac);
+        let mut num = itoa::Buffer::new();
+        mac.update(num.format(f.v).as_bytes());
+        mac.update(b"\n");
+        mac.update(num.format(f.id).as_bytes());
+        mac.update(b"\n");
+        mac.update(f.nonce.as_bytes());
+        mac.update(b"\n");
+        mac.update(num.format(f.seq).as_bytes());
+        mac.update(b"\n");
+        mac.update(f.event.as_bytes());
+        mac.update(b"\n");
+        mac.update(f.body.as_bytes());
+        mac
+    }
+
     fn request_mac(&self, f: &RequestFields<'_>) -> HmacMd5 {
         let mut mac = HmacMd5::clone(&self.mac);
         let mut num = itoa::Buffer::new();
@@ -115,6 +162,8 @@ impl Key {
         mac.update(num.format(f.v).as_bytes());
         mac.update(b"\n");
         mac.update(num.format(f.id).as_bytes());
+        mac.update(b"\n");
+        mac.update(f.nonce.as_bytes());
         mac.update(b"\n");
         mac.update(if f.ok { b"true" } else { b"false" });
         mac.update(b"\n");
@@ -219,7 +268,7 @@ mod tests {
 
     fn fields<'a>(body: &'a str, token: &'a str) -> RequestFields<'a> {
         RequestFields {
-            v: 1,
+            v: 2,
             id: 42,
             kind: "blacklist.add",
             ts: 1_763_700_000_000,
@@ -233,7 +282,7 @@ mod tests {
     fn request_signature_covers_the_joined_fields() {
         let key = Key::new(b"secret");
         let f = fields("{\"id_card\":\"1\"}", "");
-        let joined = "1\n42\nblacklist.add\n1763700000000\n9f2c0011\n\n{\"id_card\":\"1\"}";
+        let joined = "2\n42\nblacklist.add\n1763700000000\n9f2c0011\n\n{\"id_card\":\"1\"}";
         assert_eq!(
             key.sign_request(&f),
             hex::encode(key.tag(joined.as_bytes()))
@@ -241,19 +290,73 @@ mod tests {
     }
 
     #[test]
-    fn reply_signature_covers_the_joined_fields() {
+    fn reply_signature_covers_the_joined_fields_with_the_requests_nonce() {
         let key = Key::new(b"secret");
         let f = ReplyFields {
-            v: 1,
+            v: 2,
             id: 7,
+            nonce: "00112233445566ff",
             ok: false,
             payload: "{\"code\":\"x\"}",
         };
         assert_eq!(
             key.sign_reply(&f),
-            hex::encode(key.tag(b"1\n7\nfalse\n{\"code\":\"x\"}"))
+            hex::encode(key.tag(b"2\n7\n00112233445566ff\nfalse\n{\"code\":\"x\"}"))
         );
         key.verify_reply(&f, &key.sign_reply(&f)).unwrap();
+        // The same reply to another request with the same id does not verify.
+        let other = ReplyFields {
+            nonce: "00112233445566fe",
+            ..f
+        };
+        assert!(key.verify_reply(&other, &key.sign_reply(&f)).is_err());
+    }
+
+    /// The golden vectors of the README's wire section, computed with
+    /// Python's `hmac` module (an implementation independent of ours):
+    /// `hmac.new(b"gate-north-secret", msg, hashlib.md5).hexdigest()`.
+    #[test]
+    fn golden_vectors_for_request_reply_error_and_event() {
+        let key = Key::new(b"gate-north-secret");
+        let nonce = "9f2c00112233aabb";
+        let request = RequestFields {
+            v: 2,
+            id: 42,
+            kind: "blacklist.add",
+            ts: 1_763_700_000_000,
+            nonce,
+            token: "",
+            body: "{\"id_card\":\"1101\",\"name\":\"Li\"}",
+        };
+        assert_eq!(
+            key.sign_request(&request),
+            "946c563c103b2583b7f88ccabe9de257"
+        );
+        let reply = ReplyFields {
+            v: 2,
+            id: 42,
+            nonce,
+            ok: true,
+            payload: "{\"id_card\":\"1101\"}",
+        };
+        assert_eq!(key.sign_reply(&reply), "6ac1d3f2b5386ab543c0606237d2814b");
+        let error = ReplyFields {
+            ok: false,
+            payload: "{\"code\":\"not_found\",\"message\":\"no entry for id card 1101\"}",
+            ..reply
+        };
+        assert_eq!(key.sign_reply(&error), "e64d2b2e665c564e662d8f5bcd5a2325");
+        let event = EventFields {
+            v: 2,
+            id: 42,
+            nonce,
+            seq: 1,
+            event: "progress",
+            body: "{\"done\":3,\"total\":10}",
+        };
+        assert_eq!(key.sign_event(&event), "2097fe9c84bfb9c8a77922e451a16197");
+        key.verify_event(&event, "2097fe9c84bfb9c8a77922e451a16197")
+            .unwrap();
     }
 
     #[test]

@@ -16,7 +16,7 @@ use dsf_common::reactor::{
 };
 use dsf_common::stream::FramedStream;
 use dsf_common::wire::{
-    self, encode_request, Admission, Admitted, AppKeys, Key, OutgoingRequest, ReplayGuard, Reply,
+    encode_request, Admission, Admitted, AppKeys, Key, OutgoingRequest, ReplayGuard, Reply,
 };
 use dsf_common::ErrorCode;
 
@@ -49,8 +49,7 @@ impl Service for Echo {
             }
         };
         if admitted.request.kind == "echo.inline" {
-            let r = &admitted.request;
-            wire::encode_ok(Some(&admitted.key), r.id, r.body.get(), cx.out());
+            admitted.ok(admitted.request.body.get(), cx.out());
             return Dispatch::Done;
         }
         let reply = cx.defer();
@@ -59,10 +58,9 @@ impl Service for Echo {
             Err(job) => {
                 // Only this thread submits, so the queue had room: the pool
                 // is shutting down.
-                let id = job.admitted.request.id;
                 cx.cancel(job.reply);
                 let e = dsf_common::Error::Unavailable("server is shutting down".into());
-                wire::encode_error(Some(&job.admitted.key), id, &e, cx.out());
+                job.admitted.error(&e, cx.out());
                 Dispatch::Done
             }
         }
@@ -90,7 +88,7 @@ impl Server {
                 let _ = gate_rx.recv();
             }
             let mut out = Vec::new();
-            wire::encode_ok(Some(&job.admitted.key), r.id, r.body.get(), &mut out);
+            job.admitted.ok(r.body.get(), &mut out);
             job.reply.send(out);
         });
         let service = Echo {
@@ -145,18 +143,59 @@ pub fn request(id: u64, kind: &str, body: &str) -> Vec<u8> {
         token: None,
         body,
     };
-    encode_request(&Key::new(SECRET), &req, &mut out);
+    let nonce = encode_request(&Key::new(SECRET), &req, &mut out);
+    expect_reply(id, nonce);
     out
 }
 
+thread_local! {
+    /// The nonces of requests this thread sent, by id: a reply is signed
+    /// over its request's nonce, and the same id is used on many
+    /// connections.
+    static SENT: std::cell::RefCell<std::collections::HashMap<u64, Vec<String>>> =
+        Default::default();
+}
+
+/// Lets [`recv_reply`] verify a reply to `id` signed over `nonce`.
+pub fn expect_reply(id: u64, nonce: String) {
+    SENT.with(|m| m.borrow_mut().entry(id).or_default().push(nonce));
+}
+
+/// The next reply, verified against the nonce of a request this thread sent
+/// with its id.
 pub fn recv_reply(s: &mut FramedStream) -> Reply {
     let payload = s
         .recv(Instant::now() + WAIT)
         .unwrap()
         .expect("a reply, not EOF");
     let reply = Reply::parse(&payload).unwrap();
-    reply.verify(&Key::new(SECRET)).unwrap();
+    verify_sent(&reply);
     reply
+}
+
+/// Checks a reply (or event) against the nonces of the requests this thread
+/// sent with its id; a final reply uses its nonce up.
+pub fn verify_sent(reply: &Reply) {
+    if reply.sig.is_none() {
+        // Unsigned: only ever an error about a frame that could not be read.
+        assert!(!reply.ok, "an unsigned success");
+        return;
+    }
+    let key = Key::new(SECRET);
+    let verified = SENT.with(|m| {
+        let mut m = m.borrow_mut();
+        let nonces = m.get_mut(&reply.id)?;
+        let i = nonces.iter().position(|n| reply.verify(&key, n).is_ok())?;
+        if !reply.is_event() {
+            nonces.swap_remove(i);
+        }
+        Some(())
+    });
+    assert!(
+        verified.is_some(),
+        "reply {} does not verify against any request sent with that id",
+        reply.id
+    );
 }
 
 /// One round trip that must succeed.

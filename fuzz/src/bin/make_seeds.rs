@@ -39,7 +39,7 @@ fn main() -> std::io::Result<()> {
     let good = [
         request(&k, 1, "sys.ping", APP, None, "{}", NOW_MS, "0011223344556677"),
         request(&k, 42, "blacklist.add", APP, Some("tok3n"), "{\"id_card\":\"110101199003077777\",\"name\":\"Li Lei\",\"reason\":\"fraud\"}", NOW_MS - 1_000, "9f2c0011aabbccdd"),
-        request(&k, 7, "lb.resolve", APP, None, "{ \"key\" : \"user-42\", \"exclude\": [\"n1\"] }", NOW_MS + 5, "deadbeef"),
+        request(&k, 7, "lb.resolve", APP, None, "{ \"key\" : \"user-42\", \"exclude\": [\"n1\"] }", NOW_MS + 5, "deadbeefdeadbeef"),
         request(&Key::new(b"fuzz-cluster"), 9, "node.heartbeat", "cluster", None, "{\"id\":\"n1\",\"addr\":\"127.0.0.1:7000\",\"weight\":1,\"state\":\"up\",\"stats\":{}}", NOW_MS, "0123456789abcdef0123456789abcdef"),
     ];
     let near = [
@@ -87,16 +87,18 @@ fn main() -> std::io::Result<()> {
     }
 
     let mut replies = Vec::new();
-    encode_ok(Some(&k), 1, "{\"node\":\"n1\"}", &mut replies);
+    encode_ok(Some(&k), 1, "00112233445566ff", "{\"node\":\"n1\"}", &mut replies);
     encode_error(
         Some(&k),
         2,
+        "00112233445566fe",
         &Error::bad_request("body: missing field `name`"),
         &mut replies,
     );
     encode_error(
         None,
         0,
+        "",
         &Error::BadJson("frame is not valid JSON".into()),
         &mut replies,
     );
