@@ -7,14 +7,14 @@
 //! or with a bad signature never occupies a worker; everything that may
 //! touch MySQL (sessions included) runs on a worker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use dsf_common::wire::{Admission, Admitted, Refused, Request};
+use dsf_common::wire::{self, Admission, Admitted, Refused, Request};
 use dsf_common::{Error, ErrorCode, Result};
 use dsf_sql::password::Cost;
-use dsf_sql::{Db, Role, Session};
+use dsf_sql::{Db, Once, Role, Session};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -152,11 +152,36 @@ impl App {
     }
 }
 
+fn log_refusal(req: &Request, e: &Error) {
+    if e.code() == ErrorCode::Internal {
+        log::error!(
+            "{} (request {} from app {}): {e}",
+            req.kind,
+            req.id,
+            req.app
+        );
+    } else {
+        log::debug!("{} (request {}): {}: {e}", req.kind, req.id, e.code());
+    }
+}
+
+/// The catalogue's name for a route's auth.
+fn proto_auth(a: Auth) -> dsf_proto::Auth {
+    match a {
+        Auth::App => dsf_proto::Auth::App,
+        Auth::Role(Role::Viewer) => dsf_proto::Auth::Viewer,
+        Auth::Role(Role::Operator) => dsf_proto::Auth::Operator,
+        Auth::Role(Role::Admin) => dsf_proto::Auth::Admin,
+    }
+}
+
 /// Admission, the route table and the shared state; one per server, shared
 /// by the reactor thread and the workers.
 pub struct Controller {
     admission: Admission,
     routes: HashMap<&'static str, &'static Route>,
+    /// The routed types that write: run once, their replies stored.
+    writes: HashSet<&'static str>,
     app: App,
     metrics: Arc<Metrics>,
 }
@@ -167,13 +192,26 @@ impl Controller {
     /// A controller over every handler group's routes.
     pub fn new(admission: Admission, app: App, metrics: Arc<Metrics>) -> Controller {
         let mut routes = HashMap::new();
+        let mut writes = HashSet::new();
         for r in handlers::routes() {
             let dup = routes.insert(r.kind, r);
             assert!(dup.is_none(), "message type {} is routed twice", r.kind);
+            let t = dsf_proto::get(r.kind)
+                .unwrap_or_else(|| panic!("{} is routed but not in the catalogue", r.kind));
+            assert_eq!(
+                proto_auth(r.auth),
+                t.auth,
+                "{} is routed with another auth than the catalogue's",
+                r.kind
+            );
+            if t.writes {
+                writes.insert(r.kind);
+            }
         }
         Controller {
             admission,
             routes,
+            writes,
             app,
             metrics,
         }
@@ -194,9 +232,16 @@ impl Controller {
         self.routes.keys().copied()
     }
 
-    /// Signature, timestamp and nonce of one frame.
+    /// Signature, timestamp and nonce of one frame. A resend of a type that
+    /// writes is admitted as [`Admitted::replayed`]: it gets its stored reply.
     pub fn admit(&self, payload: &[u8]) -> std::result::Result<Admitted, Refused> {
-        self.admission.admit(payload)
+        self.admission
+            .admit_with(payload, |kind| self.writes.contains(kind))
+    }
+
+    /// Whether a type runs once (its reply stored with its write).
+    pub fn runs_once(&self, kind: &str) -> bool {
+        self.writes.contains(kind)
     }
 
     /// The route of a message type.
@@ -212,28 +257,88 @@ impl Controller {
     }
 
     /// Runs an admitted request through its route and appends the signed
-    /// reply to `out`; records it in the metrics.
+    /// reply to `out`; records it in the metrics. A type that writes runs
+    /// once: in one transaction with the record of its nonce and reply, or,
+    /// sent again, answered with the reply stored the first time.
     pub fn handle(&self, route: &Route, admitted: &Admitted, received: Instant, out: &mut Vec<u8>) {
         let req = &admitted.request;
-        let result = self.call(route, req);
-        let ok = result.is_ok();
-        match result {
-            Ok(body) => admitted.ok(&body, out),
-            Err(e) => {
-                if e.code() == ErrorCode::Internal {
-                    log::error!(
-                        "{} (request {} from app {}): {e}",
-                        req.kind,
-                        req.id,
-                        req.app
-                    );
-                } else {
-                    log::debug!("{} (request {}): {}: {e}", req.kind, req.id, e.code());
+        let ok = if self.runs_once(route.kind) {
+            self.handle_once(route, admitted, out)
+        } else {
+            match self.call(route, req) {
+                Ok(body) => {
+                    admitted.ok(&body, out);
+                    true
                 }
-                admitted.error(&e, out)
+                Err(e) => {
+                    log_refusal(req, &e);
+                    admitted.error(&e, out);
+                    false
+                }
+            }
+        };
+        self.metrics.record(received, ok);
+    }
+
+    fn handle_once(&self, route: &Route, admitted: &Admitted, out: &mut Vec<u8>) -> bool {
+        let req = &admitted.request;
+        let writes = self.app.db.writes();
+        let outcome = if admitted.replayed {
+            match writes.stored(&req.app, &req.nonce) {
+                Ok(Some(stored)) => Ok(stored),
+                Ok(None) => Err(Error::ReplayedNonce(format!(
+                    "nonce {} of app {:?} was already used and {} has no stored reply for it: it is still running (send it again shortly and get its reply), or it was refused without one; a new request needs a fresh nonce",
+                    req.nonce, req.app, req.kind
+                ))),
+                Err(e) => Err(e.into()),
+            }
+        } else {
+            let run = writes.run_once(&req.app, &req.nonce, &req.kind, || {
+                match self.call(route, req) {
+                    Ok(body) => (true, body, false),
+                    Err(e) => {
+                        log_refusal(req, &e);
+                        // Kept, so a resend gets the same answer; not those
+                        // that say to try again.
+                        let keep = !matches!(
+                            e.code(),
+                            ErrorCode::Unavailable | ErrorCode::Overloaded | ErrorCode::Internal
+                        );
+                        (false, wire::envelope::error_payload(&e), keep)
+                    }
+                }
+            });
+            match run {
+                Ok(Once::Ran(s)) => Ok(s),
+                Ok(Once::Replayed(s)) => {
+                    log::debug!(
+                        "{} (request {}): ran before on some node; answered with its stored reply",
+                        req.kind,
+                        req.id
+                    );
+                    Ok(s)
+                }
+                Err(e) => Err(e.into()),
+            }
+        };
+        match outcome {
+            Ok(s) => {
+                wire::envelope::encode_reply(
+                    Some(&admitted.key),
+                    req.id,
+                    &req.nonce,
+                    s.ok,
+                    &s.reply,
+                    out,
+                );
+                s.ok
+            }
+            Err(e) => {
+                log_refusal(req, &e);
+                admitted.error(&e, out);
+                false
             }
         }
-        self.metrics.record(received, ok);
     }
 
     fn call(&self, route: &Route, req: &Request) -> Result<String> {

@@ -108,6 +108,8 @@ pub struct Running {
     stop_tx: Sender<()>,
     stop_rx: Receiver<()>,
     controller: Arc<Controller>,
+    /// Dropped at shutdown: the janitor thread then stops.
+    _janitor: Sender<()>,
 }
 
 // === impl Running ===
@@ -304,6 +306,10 @@ pub fn start(s: Settings) -> Result<Running, Error> {
         s.queue,
         controller.app().db.target()
     );
+    let janitor = start_janitor(controller.app().db.clone()).map_err(|e| Error::Io {
+        what: "starting the janitor thread".into(),
+        source: e,
+    })?;
     let (stop_tx, stop_rx) = bounded(1);
     Ok(Running {
         addr,
@@ -318,5 +324,34 @@ pub fn start(s: Settings) -> Result<Running, Error> {
         stop_tx,
         stop_rx,
         controller,
+        _janitor: janitor,
     })
+}
+
+/// How often the janitor deletes expired run-once records.
+const JANITOR_EVERY: Duration = Duration::from_secs(10);
+/// Records are kept for twice the replay window: a resend older than the
+/// window is refused as stale before its record is looked up.
+const WRITES_KEPT: Duration = Duration::from_secs(2 * 60);
+
+/// The `janitor` thread: deletes run-once records past [`WRITES_KEPT`],
+/// every [`JANITOR_EVERY`], until the returned sender is dropped. Every
+/// app server runs one; they delete the same rows, which is harmless.
+fn start_janitor(db: Db) -> std::io::Result<Sender<()>> {
+    let (tx, rx) = bounded::<()>(1);
+    std::thread::Builder::new()
+        .name("janitor".into())
+        .spawn(move || loop {
+            match rx.recv_timeout(JANITOR_EVERY) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let before = dsf_sql::now_ms() - WRITES_KEPT.as_millis() as i64;
+            match db.writes().expire(before, 10_000) {
+                Ok(0) => {}
+                Ok(n) => log::debug!("janitor: deleted {n} expired run-once records"),
+                Err(e) => log::warn!("janitor: cannot delete expired run-once records: {e}"),
+            }
+        })?;
+    Ok(tx)
 }

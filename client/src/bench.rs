@@ -50,6 +50,9 @@ pub enum Op {
     Check,
     /// `user.login` of bench-user-N (create them with --setup).
     Login,
+    /// `blacklist.add` of a new id card each request (a write, run once);
+    /// needs an operator's session (`client login`).
+    Add,
 }
 
 // === impl Op ===
@@ -62,6 +65,7 @@ impl Op {
             Op::Resolve => "lb.resolve",
             Op::Check => "gate.check",
             Op::Login => "user.login",
+            Op::Add => "blacklist.add",
         }
     }
 
@@ -79,6 +83,10 @@ impl Op {
                 out,
                 "{{\"name\":\"bench-user-{k}\",\"password\":\"{BENCH_PASSWORD}\"}}"
             ),
+            Op::Add => write!(
+                out,
+                "{{\"id_card\":\"B{k:x}\",\"name\":\"bench-{k}\",\"reason\":\"bench\"}}"
+            ),
         };
     }
 }
@@ -91,6 +99,7 @@ Examples:
   client bench --op ping --target 127.0.0.1:7000 --requests 200000 --json
   client bench --op resolve --target 127.0.0.1:6300 --conns 8 --pipeline 32 --keys 100000
   client bench --op login --setup --keys 100 --conns 10 --requests 2000
+  client login op && client bench --op add --conns 16 --duration 5s
 
 Without --target, each connection resolves its own key (bench-0, bench-1, ...)
 through the balancer, so load spreads as real clients' would; --op resolve
@@ -179,6 +188,7 @@ impl Report {
                 Op::Resolve => "resolve",
                 Op::Check => "check",
                 Op::Login => "login",
+                Op::Add => "add",
             },
             self.requests,
             self.conns,
@@ -223,6 +233,8 @@ struct Conn {
     quota: Option<u64>,
     next_key: u64,
     key_step: u64,
+    /// This connection's number, which makes `--op add`'s id cards unique.
+    no: u64,
     dead: bool,
 }
 
@@ -264,11 +276,15 @@ struct Plan {
     keys: u64,
     stop_at: Option<Instant>,
     reply_timeout: Duration,
+    /// The session token sent with every request (`--op add` needs one).
+    token: Option<String>,
+    /// Random bits that keep `--op add`'s id cards apart between runs.
+    run_tag: u64,
 }
 
 /// Runs the benchmark `args` with the client settings `cfg` (balancers,
 /// app, secret, reply timeout).
-pub fn run(cfg: &ClientConfig, args: &BenchArgs) -> Result<Report> {
+pub fn run(cfg: &ClientConfig, args: &BenchArgs, token: Option<String>) -> Result<Report> {
     if args.conns == 0 || args.pipeline == 0 || args.keys == 0 {
         return Err(Error::Config(
             "--conns, --pipeline and --keys must be at least 1".into(),
@@ -309,6 +325,7 @@ pub fn run(cfg: &ClientConfig, args: &BenchArgs) -> Result<Report> {
             quota: quota.or(Some(u64::MAX)),
             next_key: i as u64 % args.keys,
             key_step: args.conns as u64,
+            no: i as u64,
             dead: false,
         });
     }
@@ -321,6 +338,8 @@ pub fn run(cfg: &ClientConfig, args: &BenchArgs) -> Result<Report> {
         keys: args.keys,
         stop_at: args.duration.map(|d| start + d),
         reply_timeout: cfg.request_timeout,
+        token,
+        run_tag: rand::random::<u64>() & 0xffff_ffff_ffff,
     });
     let handles: Vec<_> = per_thread
         .into_iter()
@@ -506,16 +525,21 @@ fn drive(plan: &Plan, mut conns: Vec<Conn>) -> io::Result<Tally> {
 fn fill(plan: &Plan, c: &mut Conn, body: &mut String) {
     let kind = plan.op.kind();
     while c.inflight.len() < plan.pipeline && c.quota.is_some_and(|q| q > 0) {
-        let k = c.next_key % plan.keys;
-        c.next_key = c.next_key.wrapping_add(c.key_step);
-        plan.op.body(k, body);
         let id = c.next_id;
         c.next_id += 1;
+        let k = if plan.op == Op::Add {
+            // A new id card every time, across connections and runs.
+            (c.no << 40 | id) ^ plan.run_tag
+        } else {
+            c.next_key % plan.keys
+        };
+        c.next_key = c.next_key.wrapping_add(c.key_step);
+        plan.op.body(k, body);
         let req = OutgoingRequest {
             id,
             kind,
             app: &plan.app,
-            token: None,
+            token: plan.token.as_deref(),
             body,
         };
         let nonce = encode_request(&plan.key, &req, &mut c.out);

@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 
 use crate::conn::{Connection, Failure, IntoError, Signer};
 use crate::error::{Error, Result};
+use dsf_common::call::Stamp;
 
 /// Default balancer address.
 pub const DEFAULT_LB: &str = "127.0.0.1:6300";
@@ -38,22 +39,14 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 /// Longest pause between attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Whether a message type may be sent again after it may have reached a
-/// server: reads and checks whose repetition changes nothing a caller can
-/// observe (a repeated `gate.check` records one more check, which the gate
-/// device would have done anyway).
+/// Whether a message type may be sent again, freshly signed, after it may
+/// have reached a server: the catalogue's reads (and `gate.check`, whose
+/// repetition records one more check the gate device would have made
+/// anyway). A write is resent too, but only with its first timestamp and
+/// nonce, so that the servers answer it with the stored reply
+/// ([`RESEND_WINDOW`]).
 pub fn is_idempotent(kind: &str) -> bool {
-    kind.starts_with("lb.")
-        || matches!(
-            kind,
-            "sys.ping"
-                | "gate.check"
-                | "user.me"
-                | "blacklist.get"
-                | "blacklist.list"
-                | "gate.history"
-                | "cluster.status"
-        )
+    !dsf_proto::writes(kind)
 }
 
 /// How a [`Client`] reaches the cluster and signs.
@@ -132,6 +125,34 @@ pub struct Client {
 }
 
 /// The state of one call's attempts: what to avoid, how long to wait.
+/// How long a write is resent with its first stamp: inside the servers'
+/// replay window (60 s), with room for clocks a few seconds apart.
+pub const RESEND_WINDOW: Duration = Duration::from_secs(50);
+
+/// What is known of a write whose reply has not been seen.
+#[derive(Debug, Default)]
+struct Unseen {
+    /// The node it may have reached, and why no reply came.
+    pending: Option<(String, String)>,
+}
+
+impl Unseen {
+    /// `e`, unless the write may have run: then its outcome is unknown
+    /// (rare: only when no node answered its resends within the window).
+    fn or(&self, kind: &str, e: Error) -> Error {
+        match (&self.pending, e) {
+            (Some((server, reason)), Error::NoNode { last, .. }) => Error::OutcomeUnknown {
+                kind: kind.into(),
+                server: server.clone(),
+                reason: format!(
+                    "{reason}; resent with the same nonce while it could be, and no node answered ({last})"
+                ),
+            },
+            (_, e) => e,
+        }
+    }
+}
+
 struct Attempts {
     started: Instant,
     deadline: Instant,
@@ -250,13 +271,29 @@ impl Client {
     /// reply body (exactly the bytes that were verified).
     pub fn call_raw(&mut self, kind: &str, body: &str) -> Result<Box<RawValue>> {
         let idempotent = is_idempotent(kind);
+        // A write runs once on the servers: every attempt carries the same
+        // timestamp and nonce, so a resend is answered with the stored
+        // reply, never run twice.
+        let stamp = Stamp::fresh();
+        let mut outcome = Unseen::default();
         let mut tries = Attempts::new(self.cfg.deadline);
         loop {
-            self.ensure_node(kind, &mut tries)?;
+            if let Err(e) = self.ensure_node(kind, &mut tries) {
+                return Err(outcome.or(kind, e));
+            }
+            if !idempotent && outcome.pending.is_some() && stamp.age() >= RESEND_WINDOW {
+                return Err(outcome.or(kind, self.no_node(kind, &tries)));
+            }
             let node = self.node.as_mut().expect("ensure_node connected");
             let deadline = Instant::now() + self.cfg.request_timeout;
             let token = self.token.as_deref();
-            let failure = match node.conn.round_trip(kind, body, token, deadline) {
+            let attempt = if idempotent {
+                node.conn.round_trip(kind, body, token, deadline)
+            } else {
+                node.conn
+                    .round_trip_stamped(kind, body, token, &stamp, deadline)
+            };
+            let failure = match attempt {
                 Ok(raw) => return Ok(raw),
                 Err(f) => f,
             };
@@ -264,7 +301,7 @@ impl Client {
             if !failure.keeps_connection() {
                 self.node = None;
             }
-            match self.after_failure(kind, &id, failure, idempotent, &mut tries) {
+            match self.after_failure(kind, &id, failure, idempotent, &mut outcome, &mut tries) {
                 Some(e) => return Err(e),
                 None => continue,
             }
@@ -279,46 +316,61 @@ impl Client {
         node: &str,
         failure: Failure,
         idempotent: bool,
+        outcome: &mut Unseen,
         tries: &mut Attempts,
     ) -> Option<Error> {
-        let why = match failure {
-            Failure::NotSent(why) => why,
-            Failure::Lost(why) if idempotent => why,
+        let (why, exclude) = match failure {
+            Failure::NotSent(why) => (why, true),
+            Failure::Lost(why) if idempotent => (why, true),
             Failure::TimedOut(after) if idempotent => {
-                format!("no reply from {node} within {after:?}")
+                (format!("no reply from {node} within {after:?}"), true)
+            }
+            // A write that may have run is sent again with the same stamp:
+            // if it ran, the stored reply comes back.
+            Failure::Lost(why) => {
+                outcome.pending = Some((node.to_string(), why.clone()));
+                (why, true)
             }
             Failure::TimedOut(after) => {
                 self.node = None;
-                return Some(Error::OutcomeUnknown {
-                    kind: kind.into(),
-                    server: node.into(),
-                    reason: format!("no reply within {after:?}"),
-                });
+                let why = format!("no reply within {after:?}");
+                outcome.pending = Some((node.to_string(), why.clone()));
+                (why, true)
+            }
+            // A resend of a write that is still running elsewhere: wait,
+            // then ask again for its stored reply.
+            Failure::Server(e)
+                if e.code() == ErrorCode::ReplayedNonce && outcome.pending.is_some() =>
+            {
+                (
+                    format!("{node}: the first attempt is still running: {e}"),
+                    false,
+                )
             }
             // `unavailable` may follow a commit whose acknowledgement was
-            // lost (the database went away), so only idempotent requests
-            // are sent elsewhere; the connection is dropped either way so
-            // the next call picks another node.
+            // lost (the database went away): a read goes elsewhere, a write
+            // too, with the same stamp, so it cannot run twice.
             Failure::Server(e) if e.code() == ErrorCode::Unavailable => {
                 self.node = None;
+                let why = format!("{node}: unavailable: {e}");
                 if !idempotent {
-                    return Some(Failure::Server(e).into_error(kind, node));
+                    outcome.pending = Some((node.to_string(), why.clone()));
                 }
-                format!("{node}: unavailable: {e}")
+                (why, true)
             }
             // `overloaded` is a refusal before any work was done (a node
             // at its limits, or draining for shutdown): any request, even
             // a write, may go to another node.
             Failure::Server(e) if e.code() == ErrorCode::Overloaded => {
                 self.node = None;
-                format!("{node}: overloaded: {e}")
+                (format!("{node}: overloaded: {e}"), true)
             }
             other => return Some(other.into_error(kind, node)),
         };
-        if tries.failed(Some(node), why) {
+        if tries.failed(exclude.then_some(node), why) {
             None
         } else {
-            Some(self.no_node(kind, tries))
+            Some(outcome.or(kind, self.no_node(kind, tries)))
         }
     }
 
@@ -678,18 +730,20 @@ mod tests {
             "lb.resolve",
             "lb.view",
             "cluster.status",
+            // A second session or heartbeat changes nothing that matters.
+            "user.login",
+            "node.heartbeat",
         ] {
             assert!(is_idempotent(k), "{k}");
         }
         for k in [
             "user.register",
-            "user.login",
             "user.logout",
             "user.set_role",
             "blacklist.add",
             "blacklist.update",
             "blacklist.remove",
-            "node.heartbeat",
+            "no.such.type",
         ] {
             assert!(!is_idempotent(k), "{k}");
         }

@@ -43,10 +43,11 @@ pub enum Error {
         last: String,
     },
 
-    /// A request that is not idempotent may have reached the server, and
-    /// no reply came back: it was not resent, so whether it took effect is
-    /// unknown.
-    #[error("outcome of {kind} on {server} is unknown: {reason}; it was not resent because it is not idempotent (check with a read, e.g. `get`/`whoami`, before retrying)")]
+    /// A write may have reached a server and no reply came back, even to
+    /// its resends with the same nonce within the replay window (or it went
+    /// by a path that does not resend): whether it took effect is unknown.
+    /// Rare: a write cut off by a failed node is resent and answered.
+    #[error("outcome of {kind} on {server} is unknown: {reason} (check with a read, e.g. `get`/`whoami`, before sending it again as a new request)")]
     OutcomeUnknown {
         /// The message type sent.
         kind: String,

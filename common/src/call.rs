@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 
 use crate::stream::FramedStream;
-use crate::wire::{encode_request, Key, OutgoingRequest, Reply};
+use crate::wire::envelope::encode_request_at;
+use crate::wire::{Key, OutgoingRequest, Reply};
 use crate::ErrorCode;
 
 /// Why a request on a [`Connection`] did not get a good reply, sorted by
@@ -59,6 +60,30 @@ impl std::fmt::Display for Failure {
             Failure::BadReply(why) => write!(f, "bad reply: {why}"),
             Failure::Server(e) => write!(f, "{}: {e}", e.code()),
         }
+    }
+}
+
+/// The timestamp and nonce a request is signed with. A type that runs
+/// once is resent with the same stamp (the server answers a resend with
+/// the stored reply) while the stamp is inside the replay window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub ts: u64,
+    pub nonce: String,
+}
+
+impl Stamp {
+    /// Now, with a fresh random nonce.
+    pub fn fresh() -> Stamp {
+        Stamp {
+            ts: crate::wire::now_ms(),
+            nonce: crate::wire::new_nonce(),
+        }
+    }
+
+    /// How long ago it was made.
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(crate::wire::now_ms().saturating_sub(self.ts))
     }
 }
 
@@ -127,6 +152,18 @@ impl Connection {
     /// Signs and writes one request; returns its id. `body` is a serialised
     /// JSON object.
     pub fn send(&mut self, kind: &str, body: &str, token: Option<&str>) -> Result<u64, Failure> {
+        self.send_stamped(kind, body, token, &Stamp::fresh())
+    }
+
+    /// [`Connection::send`] with the timestamp and nonce given: a resend of
+    /// a request that runs once (under a new id on this connection).
+    pub fn send_stamped(
+        &mut self,
+        kind: &str,
+        body: &str,
+        token: Option<&str>,
+        stamp: &Stamp,
+    ) -> Result<u64, Failure> {
         if self.broken {
             return Err(Failure::NotSent("connection already failed".into()));
         }
@@ -140,7 +177,13 @@ impl Connection {
             token,
             body,
         };
-        let nonce = encode_request(&self.signer.key, &req, &mut self.out);
+        encode_request_at(
+            &self.signer.key,
+            &req,
+            stamp.ts,
+            &stamp.nonce,
+            &mut self.out,
+        );
         // write_all fails only before the last byte is handed to the kernel,
         // so the server never holds the whole frame: it cannot act on it.
         if let Err(e) = self.stream.send(&self.out) {
@@ -150,7 +193,7 @@ impl Connection {
                 self.server
             )));
         }
-        self.pending.insert(id, nonce);
+        self.pending.insert(id, stamp.nonce.clone());
         Ok(id)
     }
 
@@ -199,7 +242,19 @@ impl Connection {
         token: Option<&str>,
         deadline: Instant,
     ) -> Result<Box<RawValue>, Failure> {
-        let id = self.send(kind, body, token)?;
+        self.round_trip_stamped(kind, body, token, &Stamp::fresh(), deadline)
+    }
+
+    /// [`Connection::send_stamped`] then [`Connection::recv`].
+    pub fn round_trip_stamped(
+        &mut self,
+        kind: &str,
+        body: &str,
+        token: Option<&str>,
+        stamp: &Stamp,
+        deadline: Instant,
+    ) -> Result<Box<RawValue>, Failure> {
+        let id = self.send_stamped(kind, body, token, stamp)?;
         self.recv(id, deadline)
     }
 

@@ -233,8 +233,19 @@ impl Db {
         op: &'static str,
         f: impl FnOnce(&mut PooledConn) -> mysql::Result<T>,
     ) -> Result<T> {
+        // Inside Writes::run_once, on this thread: its transaction.
+        if let Some(mut conn) = crate::writes::take_tx(self.id()) {
+            let r = f(&mut conn);
+            crate::writes::put_tx(self.id(), conn);
+            return r.map_err(|e| Error::from_mysql(op, e));
+        }
         let mut conn = self.conn(op)?;
         f(&mut conn).map_err(|e| Error::from_mysql(op, e))
+    }
+
+    /// Identifies the pool (clones share it), for the run-once transaction.
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
     }
 }
 

@@ -8,6 +8,9 @@
 //! - [`users`], [`sessions`], [`blacklist`], [`gate_checks`]: the
 //!   repositories, reached from a `Db` (`db.blacklist().get("…")`); typed
 //!   rows in, typed rows out, prepared statements only.
+//! - [`writes`]: `wire_writes`, writes that run once on any node: a
+//!   handler runs in one transaction with the record of its request's
+//!   `(app, nonce)` and reply.
 //! - [`validate`]: the field rules (`name: 1 to 64 characters…`) checked
 //!   before any value reaches the database; limits match the columns.
 //! - [`password`]: argon2id hashing and verification.
@@ -36,6 +39,7 @@ pub mod sessions;
 pub mod token;
 pub mod users;
 pub mod validate;
+pub mod writes;
 
 pub mod time;
 
@@ -50,6 +54,7 @@ pub use migrate::{Migration, Report};
 pub use sessions::{NewSession, Session, Sessions};
 pub use time::now_ms;
 pub use users::{Role, User, Users};
+pub use writes::{Once, Stored, Writes};
 
 // === impl Db: repositories ===
 
@@ -67,6 +72,11 @@ impl Db {
     /// The `sessions` repository.
     pub fn sessions(&self) -> Sessions<'_> {
         Sessions::new(self)
+    }
+
+    /// The `wire_writes` repository: writes that run once.
+    pub fn writes(&self) -> Writes<'_> {
+        Writes::new(self)
     }
 
     /// The `blacklist` repository.

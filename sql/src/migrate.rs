@@ -32,11 +32,18 @@ pub struct Migration {
 }
 
 /// Every migration of this version of dsf, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "wire_writes",
+        sql: include_str!("../migrations/0002_wire_writes.sql"),
+    },
+];
 
 /// How long one `GET_LOCK` call waits; kept under the connection's read
 /// timeout, and repeated until [`LOCK_DEADLINE`].

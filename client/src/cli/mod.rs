@@ -318,7 +318,13 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
     if let Command::Bench(args) = &cli.command {
         let mut cfg = ClientConfig::new(cli.lb.clone(), cli.app.clone(), app_secret(cli)?);
         cfg.request_timeout = cli.timeout;
-        let report = bench::run(&cfg, args)?;
+        let token = Session::load(&session::default_path()?)?.map(|s| s.token);
+        if args.op == bench::Op::Add && token.is_none() {
+            return Err(Error::Config(
+                "--op add sends blacklist.add, which needs an operator's session: log in first (client login NAME)".into(),
+            ));
+        }
+        let report = bench::run(&cfg, args, token)?;
         out.bench(&report);
         return Ok(exit::OK);
     }

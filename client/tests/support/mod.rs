@@ -50,6 +50,8 @@ struct Held {
 #[derive(Default)]
 struct Shared {
     seen: Mutex<Vec<String>>,
+    /// The nonce of every request, in arrival order.
+    nonces: Mutex<Vec<String>>,
     /// The frames last sent in answer, as bytes on the wire.
     last: Mutex<Option<Vec<u8>>>,
     held: Mutex<Vec<Held>>,
@@ -72,6 +74,9 @@ impl Service for Svc {
         };
         let r = &a.request;
         self.shared.seen.lock().unwrap().push(r.kind.clone());
+        if r.kind != "lb.resolve" {
+            self.shared.nonces.lock().unwrap().push(r.nonce.clone());
+        }
         let before = cx.out().len();
         self.answer(&a, cx);
         if cx.out().len() > before {
@@ -163,6 +168,11 @@ impl TestServer {
             .iter()
             .filter(|k| *k == kind)
             .count()
+    }
+
+    /// The nonces of the requests received (but `lb.resolve`), in order.
+    pub fn nonces(&self) -> Vec<String> {
+        self.shared.nonces.lock().unwrap().clone()
     }
 
     /// The frames last sent in answer to a request.

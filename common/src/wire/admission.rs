@@ -15,6 +15,9 @@ use crate::wire::sign::Key;
 pub struct Admitted {
     pub request: Request,
     pub key: Key,
+    /// Its nonce was seen before (only for types that run once, see
+    /// [`Admission::admit_with`]): answer with the stored reply, never run it.
+    pub replayed: bool,
 }
 
 /// A refused frame: the error, the id to answer under, and the key to sign
@@ -89,8 +92,29 @@ impl Admission {
         self.admit_at(payload, envelope::now_ms())
     }
 
+    /// [`Admission::admit`], except that a genuine request of a type for
+    /// which `runs_once` holds is admitted with [`Admitted::replayed`] set
+    /// when its nonce was seen before: such a type's reply is stored, and a
+    /// resend gets it rather than `replayed_nonce`.
+    pub fn admit_with(
+        &self,
+        payload: &[u8],
+        runs_once: impl Fn(&str) -> bool,
+    ) -> Result<Admitted, Refused> {
+        self.admit_checked(payload, envelope::now_ms(), runs_once)
+    }
+
     /// [`Admission::admit`] against a given clock.
     pub fn admit_at(&self, payload: &[u8], now_ms: u64) -> Result<Admitted, Refused> {
+        self.admit_checked(payload, now_ms, |_| false)
+    }
+
+    fn admit_checked(
+        &self,
+        payload: &[u8],
+        now_ms: u64,
+        runs_once: impl Fn(&str) -> bool,
+    ) -> Result<Admitted, Refused> {
         let request = Request::parse(payload).map_err(|rejection| Refused {
             rejection,
             key: None,
@@ -121,11 +145,20 @@ impl Admission {
             request.ts,
             now_ms,
         );
+        let mut replayed = false;
         if let Err(e) = admitted {
-            return Err(refuse(e, Some(key)));
+            if e.code() == crate::error::ErrorCode::ReplayedNonce && runs_once(&request.kind) {
+                replayed = true;
+            } else {
+                return Err(refuse(e, Some(key)));
+            }
         }
         let key = key.clone();
-        Ok(Admitted { request, key })
+        Ok(Admitted {
+            request,
+            key,
+            replayed,
+        })
     }
 }
 

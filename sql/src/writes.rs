@@ -1,0 +1,198 @@
+//! The `wire_writes` table: writes that run once, on any node.
+//!
+//! [`Writes::run_once`] runs a handler in one transaction with the record of
+//! its request's `(app, nonce)` and reply. While it runs, every repository
+//! call the handler makes on this thread through the same [`Db`] uses that
+//! transaction's connection, so the handler needs no change to take part.
+//! The record is inserted last, just before the commit: if the same request
+//! is running at the same time on another node, that insert waits for the
+//! other transaction and then meets its record (a duplicate key), and this
+//! run is rolled back whole and answered with the stored reply. A node that
+//! dies mid-way leaves nothing: its transaction rolls back with its
+//! connection, and a resend runs afresh.
+//!
+//! A refusal (the handler's error) is rolled back, then recorded on its own
+//! so a resend gets the same answer; errors that say "try again"
+//! (`unavailable`, `overloaded`, `internal`) are not recorded.
+
+use std::cell::RefCell;
+
+use mysql::prelude::Queryable;
+use mysql::PooledConn;
+
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::time::now_ms;
+
+thread_local! {
+    /// The connection of the run-once transaction open on this thread, with
+    /// the identity of the pool it belongs to.
+    static TX: RefCell<Option<(usize, PooledConn)>> = const { RefCell::new(None) };
+}
+
+/// A reply as stored: `ok`, and the body (or the error object) as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub ok: bool,
+    pub reply: String,
+}
+
+/// What became of a request of a type that writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Once {
+    /// It ran now; its reply is recorded (unless it was an error that says
+    /// try again).
+    Ran(Stored),
+    /// It had run before, here or on another node: the reply it got then.
+    Replayed(Stored),
+}
+
+/// The `wire_writes` repository; get one with [`Db::writes`].
+#[derive(Debug, Clone, Copy)]
+pub struct Writes<'a> {
+    db: &'a Db,
+}
+
+/// Holds the run-once transaction in [`TX`] while the handler runs. Taken
+/// back with [`TxGuard::finish`]; dropped without it (the handler
+/// panicked), it rolls the transaction back rather than hand a connection
+/// with an open transaction back to the pool.
+struct TxGuard;
+
+impl TxGuard {
+    fn finish(self) -> Option<PooledConn> {
+        let conn = TX.with(|t| t.borrow_mut().take()).map(|(_, c)| c);
+        std::mem::forget(self);
+        conn
+    }
+}
+
+impl Drop for TxGuard {
+    fn drop(&mut self) {
+        if let Some((_, mut conn)) = TX.with(|t| t.borrow_mut().take()) {
+            let _ = conn.query_drop("ROLLBACK");
+        }
+    }
+}
+
+/// The run-once transaction's connection, if one is open on this thread
+/// for the pool `db_id`; give it back with [`put_tx`].
+pub(crate) fn take_tx(db_id: usize) -> Option<PooledConn> {
+    TX.with(|t| {
+        let mut t = t.borrow_mut();
+        match &*t {
+            Some((id, _)) if *id == db_id => t.take().map(|(_, c)| c),
+            _ => None,
+        }
+    })
+}
+
+/// Gives back what [`take_tx`] took.
+pub(crate) fn put_tx(db_id: usize, conn: PooledConn) {
+    TX.with(|t| *t.borrow_mut() = Some((db_id, conn)));
+}
+
+const INSERT: &str = "INSERT INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
+                      VALUES (?, ?, ?, ?, ?, ?)";
+
+// === impl Writes ===
+
+impl<'a> Writes<'a> {
+    pub(crate) fn new(db: &'a Db) -> Writes<'a> {
+        Writes { db }
+    }
+
+    /// Runs `handler` once for `(app, nonce)`: see the module documentation.
+    /// `handler` returns whether it succeeded, the reply's payload (the body,
+    /// or the error object), and whether a refusal should be recorded.
+    pub fn run_once(
+        &self,
+        app: &str,
+        nonce: &str,
+        kind: &str,
+        handler: impl FnOnce() -> (bool, String, bool),
+    ) -> Result<Once> {
+        const OP: &str = "wire.run_once";
+        let mut conn = self.db.conn(OP)?;
+        conn.query_drop("START TRANSACTION")
+            .map_err(|e| Error::from_mysql(OP, e))?;
+        let guard = TxGuard;
+        TX.with(|t| *t.borrow_mut() = Some((self.db.id(), conn)));
+        let (ok, reply, keep_refusal) = handler();
+        let Some(mut conn) = guard.finish() else {
+            return Err(Error::Internal {
+                op: OP,
+                message: "the run-once transaction's connection was lost".into(),
+            });
+        };
+        let now = now_ms();
+        if ok {
+            let params = (app, nonce, kind, true, reply.as_str(), now);
+            return match conn.exec_drop(INSERT, params) {
+                Ok(()) => {
+                    conn.query_drop("COMMIT")
+                        .map_err(|e| Error::from_mysql(OP, e))?;
+                    Ok(Once::Ran(Stored { ok, reply }))
+                }
+                Err(e) => {
+                    let _ = conn.query_drop("ROLLBACK");
+                    drop(conn);
+                    match Error::from_mysql(OP, e) {
+                        // The same request committed first, elsewhere.
+                        Error::Conflict { .. } => self.replayed(app, nonce),
+                        other => Err(other),
+                    }
+                }
+            };
+        }
+        // A refusal: nothing it did stays.
+        let _ = conn.query_drop("ROLLBACK");
+        drop(conn);
+        if let Some(s) = self.stored(app, nonce)? {
+            // It ran meanwhile elsewhere (this run tripped over its writes).
+            return Ok(Once::Replayed(s));
+        }
+        if keep_refusal {
+            self.db.with_conn(OP, |c| {
+                c.exec_drop(
+                    "INSERT IGNORE INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                    (app, nonce, kind, false, reply.as_str(), now),
+                )
+            })?;
+        }
+        Ok(Once::Ran(Stored { ok, reply }))
+    }
+
+    fn replayed(&self, app: &str, nonce: &str) -> Result<Once> {
+        self.stored(app, nonce)?
+            .map(Once::Replayed)
+            .ok_or_else(|| Error::Internal {
+                op: "wire.run_once",
+                message: format!("nonce {nonce} of app {app:?} is recorded and then gone"),
+            })
+    }
+
+    /// The stored reply of `(app, nonce)`, if that request ran.
+    pub fn stored(&self, app: &str, nonce: &str) -> Result<Option<Stored>> {
+        self.db.with_conn("wire.stored", |c| {
+            let row: Option<(bool, String)> = c.exec_first(
+                "SELECT ok, reply FROM wire_writes WHERE app = ? AND nonce = ?",
+                (app, nonce),
+            )?;
+            Ok(row.map(|(ok, reply)| Stored { ok, reply }))
+        })
+    }
+
+    /// Deletes up to `limit` records made before `before_ms`; returns how
+    /// many went.
+    pub fn expire(&self, before_ms: i64, limit: u32) -> Result<u64> {
+        self.db.with_conn("wire.expire", |c| {
+            c.exec_drop(
+                "DELETE FROM wire_writes WHERE created_at < ? LIMIT ?",
+                (before_ms, limit),
+            )?;
+            Ok(c.affected_rows())
+        })
+    }
+}

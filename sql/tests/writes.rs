@@ -1,0 +1,156 @@
+//! Writes that run once (`wire_writes`) against a real MariaDB: a second run
+//! of the same `(app, nonce)` gets the stored reply and leaves no write of
+//! its own; a refusal leaves nothing but its record; two nodes running the
+//! same request at once commit one of them.
+
+use std::sync::{Arc, Barrier};
+
+use dsf_sql::{testing, Db, NewEntry, Once, Stored};
+
+fn add(db: &Db, id_card: &str) -> (bool, String, bool) {
+    let new = NewEntry {
+        id_card,
+        name: "Li",
+        reason: None,
+    };
+    match db.blacklist().add(&new, "op") {
+        Ok(e) => (true, format!("{{\"id_card\":\"{}\"}}", e.id_card), false),
+        Err(e) => (
+            false,
+            format!("{{\"code\":\"{}\"}}", e.code().as_str()),
+            true,
+        ),
+    }
+}
+
+fn listed(db: &Db, id_card: &str) -> bool {
+    db.blacklist().get(id_card).unwrap().is_some()
+}
+
+#[test]
+fn a_second_run_gets_the_stored_reply_and_its_own_write_is_undone() {
+    let db = testing::fresh();
+    let first = db
+        .writes()
+        .run_once("cli", "00112233445566aa", "blacklist.add", || {
+            add(&db, "A1")
+        })
+        .unwrap();
+    let stored = Stored {
+        ok: true,
+        reply: "{\"id_card\":\"A1\"}".into(),
+    };
+    assert_eq!(first, Once::Ran(stored.clone()));
+    // The same request again (a resend), whose handler would write A2.
+    let again = db
+        .writes()
+        .run_once("cli", "00112233445566aa", "blacklist.add", || {
+            add(&db, "A2")
+        })
+        .unwrap();
+    assert_eq!(again, Once::Replayed(stored));
+    assert!(listed(&db, "A1"));
+    assert!(!listed(&db, "A2"), "the resend's own write was committed");
+    // Another app's request with the same nonce is its own.
+    let other = db
+        .writes()
+        .run_once("gate", "00112233445566aa", "blacklist.add", || {
+            add(&db, "A3")
+        })
+        .unwrap();
+    assert!(matches!(other, Once::Ran(Stored { ok: true, .. })));
+}
+
+#[test]
+fn a_refusal_leaves_no_write_and_is_answered_the_same_again() {
+    let db = testing::fresh();
+    let run = |id_card: &'static str| {
+        db.writes()
+            .run_once("cli", "00112233445566bb", "blacklist.add", || {
+                // Writes, then refuses: the write must not stay.
+                assert!(add(&db, id_card).0);
+                (false, "{\"code\":\"conflict\"}".into(), true)
+            })
+            .unwrap()
+    };
+    assert!(matches!(run("B1"), Once::Ran(Stored { ok: false, .. })));
+    assert!(!listed(&db, "B1"));
+    assert_eq!(
+        run("B2"),
+        Once::Replayed(Stored {
+            ok: false,
+            reply: "{\"code\":\"conflict\"}".into()
+        })
+    );
+    assert!(!listed(&db, "B2"));
+}
+
+#[test]
+fn a_refusal_that_says_try_again_is_not_recorded() {
+    let db = testing::fresh();
+    let refused = db
+        .writes()
+        .run_once("cli", "00112233445566cc", "blacklist.add", || {
+            (false, "{\"code\":\"unavailable\"}".into(), false)
+        })
+        .unwrap();
+    assert!(matches!(refused, Once::Ran(Stored { ok: false, .. })));
+    let retried = db
+        .writes()
+        .run_once("cli", "00112233445566cc", "blacklist.add", || {
+            add(&db, "C1")
+        })
+        .unwrap();
+    assert!(matches!(retried, Once::Ran(Stored { ok: true, .. })));
+    assert!(listed(&db, "C1"));
+}
+
+#[test]
+fn the_same_request_on_two_nodes_at_once_commits_once() {
+    let db = testing::fresh();
+    // Two pools on one database: two app servers.
+    let other = Db::connect(&db.config()).unwrap();
+    let both_wrote = Arc::new(Barrier::new(2));
+    let run = |db: Db, id_card: &'static str, both_wrote: Arc<Barrier>| {
+        std::thread::spawn(move || {
+            db.writes()
+                .run_once("cli", "00112233445566dd", "blacklist.add", || {
+                    let r = add(&db, id_card);
+                    // Both handlers have written before either records.
+                    both_wrote.wait();
+                    r
+                })
+                .unwrap()
+        })
+    };
+    let a = run((*db).clone(), "D1", both_wrote.clone());
+    let b = run(other, "D2", both_wrote);
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    let ran = [&a, &b]
+        .iter()
+        .filter(|o| matches!(o, Once::Ran(_)))
+        .count();
+    assert_eq!(ran, 1, "{a:?} {b:?}");
+    assert!(
+        listed(&db, "D1") != listed(&db, "D2"),
+        "exactly one write stays"
+    );
+}
+
+#[test]
+fn records_older_than_the_window_are_deleted() {
+    let db = testing::fresh();
+    db.writes()
+        .run_once("cli", "00112233445566ee", "blacklist.add", || {
+            add(&db, "E1")
+        })
+        .unwrap();
+    assert_eq!(db.writes().expire(0, 100).unwrap(), 0);
+    let later = dsf_sql::now_ms() + 1;
+    assert_eq!(db.writes().expire(later, 100).unwrap(), 1);
+    assert!(db
+        .writes()
+        .stored("cli", "00112233445566ee")
+        .unwrap()
+        .is_none());
+}
