@@ -2,15 +2,18 @@
 //! connects to it directly (lookaside balancing), signs every request,
 //! verifies every reply, and fails over to another node when one goes away.
 //!
-//! Resend rules. A request is sent again, on another node, only when it
-//! cannot have been acted on (the connection failed before it was written,
-//! or the node refused it as `overloaded`, which it does before any work,
-//! e.g. while draining for shutdown) or when its type is idempotent
-//! ([`is_idempotent`]). Otherwise a broken
-//! connection or a missing reply is [`Error::OutcomeUnknown`]: the caller
-//! decides, usually after a read. An idle connection is checked for a close
-//! by the server before it is reused, so a node that went away between two
-//! calls costs a reconnect, not an unknown outcome.
+//! Resend rules. A read ([`is_idempotent`]) is sent again, freshly signed,
+//! on another node whenever an attempt fails. A write is sent again only
+//! with its first timestamp and nonce ([`dsf_common::call::Stamp`]): the
+//! servers run each write once and answer a resend with the reply they
+//! stored, or run it if its first attempt never committed. So after a lost
+//! connection, a missing reply or `unavailable`, a write is resent (on the
+//! same node or another) for [`RESEND_WINDOW`]; only past that is it
+//! [`Error::OutcomeUnknown`]. `overloaded` and a connection that failed
+//! before the request was written mean it never ran, and it goes
+//! elsewhere. An idle connection is checked for a close by the server
+//! before it is reused. [`Client::call_many`] does not resend writes: a
+//! write in flight when its connection breaks is reported as unknown.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
