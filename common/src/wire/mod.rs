@@ -1,7 +1,7 @@
 //! The wire every port speaks: length frames ([`frame`]) holding JSON
 //! envelopes ([`envelope`]) signed with HMAC-MD5 ([`sign`]) under per-app
 //! secrets ([`keys`]), guarded against replays ([`replay`]), checked in one
-//! place ([`admission`]).
+//! place ([`admission`]); streamed replies ([`streams`]).
 
 pub mod admission;
 pub mod envelope;
@@ -9,6 +9,7 @@ pub mod frame;
 pub mod keys;
 pub mod replay;
 pub mod sign;
+pub mod streams;
 
 pub use admission::{Admission, Admitted, Refused};
 pub use envelope::{
