@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dsf_common::pool::Submitter;
-use dsf_common::reactor::{Context, Dispatch, ReplyTo, Service};
+use dsf_common::reactor::{ConnId, Context, Dispatch, ReplyTo, Service};
+use dsf_common::wire::streams::{Streams, DEFAULT_STREAMS_PER_CONN};
 use dsf_common::wire::Admitted;
 use dsf_common::Error;
 
@@ -42,6 +43,8 @@ pub fn run_job(controller: &Controller, job: Job) {
 pub struct AppService {
     controller: Arc<Controller>,
     pool: Submitter<Job>,
+    /// Open streams by connection: `sys.cancel` and closes end them.
+    streams: Arc<Streams>,
 }
 
 // === impl AppService ===
@@ -49,7 +52,37 @@ pub struct AppService {
 impl AppService {
     /// Feeds `pool`, whose workers run [`run_job`] on `controller`.
     pub fn new(controller: Arc<Controller>, pool: Submitter<Job>) -> AppService {
-        AppService { controller, pool }
+        AppService {
+            controller,
+            pool,
+            streams: Streams::new(DEFAULT_STREAMS_PER_CONN),
+        }
+    }
+
+    /// `sys.cancel {"id"}`: ends that stream of this connection.
+    fn cancel(&self, admitted: &Admitted, received: Instant, cx: &mut Context<'_>) -> Dispatch {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            id: u64,
+        }
+        let result =
+            crate::controller::parse_body::<Body>(admitted.request.body.get()).and_then(|b| {
+                match self.streams.cancel(cx.conn(), b.id) {
+                    true => Ok(()),
+                    false => Err(Error::NotFound(format!(
+                        "no stream {} is open on this connection",
+                        b.id
+                    ))),
+                }
+            });
+        let ok = result.is_ok();
+        match result {
+            Ok(()) => admitted.ok("{}", cx.out()),
+            Err(e) => admitted.error(&e, cx.out()),
+        }
+        self.controller.metrics().record(received, ok);
+        Dispatch::Done
     }
 }
 
@@ -95,6 +128,9 @@ impl Service for AppService {
                 return Dispatch::Done;
             }
         };
+        if admitted.request.kind == "sys.cancel" {
+            return self.cancel(&admitted, received, cx);
+        }
         let Some(route) = self.controller.route(&admitted.request.kind) else {
             let e = Controller::unknown_type(&admitted.request.kind);
             cx.reject(&admitted, &e);
@@ -120,5 +156,9 @@ impl Service for AppService {
             self.controller.metrics().record(received, false);
         }
         Dispatch::Done
+    }
+
+    fn on_close(&mut self, conn: ConnId) {
+        self.streams.close_conn(conn);
     }
 }

@@ -20,6 +20,18 @@ fn sys_ping_names_the_node() {
 }
 
 #[test]
+fn sys_cancel_names_a_stream_of_this_connection() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let e = c.err("sys.cancel", json!({"id": 9}), None, ErrorCode::NotFound);
+    assert!(e.contains("no stream 9 is open on this connection"), "{e}");
+    let e = c.err("sys.cancel", json!({}), None, ErrorCode::BadRequest);
+    assert!(e.contains("missing field `id`"), "{e}");
+    c.ok("sys.ping", json!({}), None);
+}
+
+#[test]
 fn register_login_me_logout() {
     let db = testing::fresh();
     let server = Server::start(&db);
