@@ -338,6 +338,35 @@ impl Conn {
         Ok(())
     }
 
+    /// Reads once into `buf` (the budget already allowed its length) and
+    /// keeps the readiness bookkeeping.
+    fn read_into(&mut self, buf: &mut [u8], now: Instant) -> Got {
+        match self.stream.read(buf) {
+            Ok(0) => {
+                self.read_open = false;
+                Got::Eof
+            }
+            Ok(n) => {
+                self.last_active = now;
+                // A short read drained the socket; with edge-triggered
+                // readiness, anything arriving later (data or FIN) raises a
+                // new event, so the read that would only say WouldBlock is a
+                // syscall saved per request. A FIN already reported needs
+                // reading to EOF now.
+                if n < buf.len() && !self.read_closed {
+                    self.want_read = false;
+                }
+                Got::Bytes(n)
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                self.want_read = false;
+                Got::Nothing
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => Got::Nothing,
+            Err(_) => Got::Failed,
+        }
+    }
+
     /// Whether an outbound connect finished: `Ok(true)` connected,
     /// `Ok(false)` still going.
     fn check_connected(&mut self) -> io::Result<bool> {
@@ -354,6 +383,15 @@ impl Conn {
             Err(e) => Err(e),
         }
     }
+}
+
+/// What one read brought.
+enum Got {
+    Bytes(usize),
+    Eof,
+    /// Nothing now (would block, or interrupted).
+    Nothing,
+    Failed,
 }
 
 /// How a connection came out of its turn.
@@ -1013,34 +1051,25 @@ impl Core {
                 }
                 c.paused_since = None;
                 reads += 1;
-                match c.stream.read(&mut scratch[..room]) {
-                    Ok(0) => {
-                        c.read_open = false;
-                        if f.decoder.buffered() > 0 {
-                            let e = Error::BadFrame(format!(
-                                "connection closed in the middle of a frame ({} bytes of it received)",
-                                f.decoder.buffered()
-                            ));
-                            framed::farewell(&e, &mut c.out);
-                            c.closing = true;
-                        }
+                let got = c.read_into(&mut scratch[..room], now);
+                let Proto::Framed(f) = &mut c.proto else {
+                    unreachable!("drive_framed on a framed connection");
+                };
+                match got {
+                    Got::Eof if f.decoder.buffered() > 0 => {
+                        let e = Error::BadFrame(format!(
+                            "connection closed in the middle of a frame ({} bytes of it received)",
+                            f.decoder.buffered()
+                        ));
+                        framed::farewell(&e, &mut c.out);
+                        c.closing = true;
                     }
-                    Ok(n) => {
+                    Got::Bytes(n) => {
                         f.decoder.push(&scratch[..n]);
-                        c.last_active = now;
                         budget.recount(c);
-                        // A short read drained the socket; with edge-triggered
-                        // readiness, anything arriving later (data or FIN)
-                        // raises a new event, so the read that would only say
-                        // WouldBlock is a syscall saved per request. A FIN
-                        // already reported needs reading to EOF now.
-                        if n < room && !c.read_closed {
-                            c.want_read = false;
-                        }
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => c.want_read = false,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => return Status::Close("read error"),
+                    Got::Eof | Got::Nothing => {}
+                    Got::Failed => return Status::Close("read error"),
                 }
             }
         }

@@ -15,14 +15,14 @@
 //! (the bytes collected are sent to the backend first) or a framed
 //! connection, or closes it.
 
-use std::io::{self, ErrorKind, Read};
+use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::framed::{Context, Framed, Service, Sniffed};
 use super::outbox::ConnShared;
-use super::{Budget, Conn, ConnId, Core, Proto, Status, READS_PER_TURN};
+use super::{Budget, Conn, ConnId, Core, Got, Proto, Status, READS_PER_TURN};
 
 /// Backends tried for one client before it is closed.
 const PIPE_TRIES: usize = 8;
@@ -133,14 +133,13 @@ impl Core {
             }
             c.paused_since = None;
             reads += 1;
-            match c.stream.read(&mut self.scratch[..room]) {
-                Ok(0) => c.read_open = false,
-                Ok(n) => {
+            let got = c.read_into(&mut self.scratch[..room], now);
+            let Proto::Sniff(s) = &mut c.proto else {
+                unreachable!("drive_sniff on a sniffing connection");
+            };
+            match got {
+                Got::Bytes(n) => {
                     s.buf.extend_from_slice(&self.scratch[..n]);
-                    c.last_active = now;
-                    if n < room && !c.read_closed {
-                        c.want_read = false;
-                    }
                     let mut refused = false;
                     let mut cx = Context {
                         conn: id,
@@ -166,9 +165,8 @@ impl Core {
                         }
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => c.want_read = false,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return Status::Close("read error"),
+                Got::Eof | Got::Nothing => {}
+                Got::Failed => return Status::Close("read error"),
             }
             self.budget.recount(c);
         }
@@ -397,20 +395,18 @@ fn pump(
     now: Instant,
     reads: &mut usize,
 ) -> Result<Pumped, &'static str> {
-    let Proto::Pipe(end) = &mut src.proto else {
-        return Ok(Pumped::Done);
-    };
     loop {
         if !src.want_read || !src.read_open || src.connecting.is_some() {
             return Ok(Pumped::Done);
         }
         dst.flush(now)?;
         let unsent = dst.unsent();
-        if unsent >= high || (end.held_back && unsent > high / 4) {
-            end.held_back = true;
+        let held_back = held_back(src);
+        if unsent >= high || (*held_back && unsent > high / 4) {
+            *held_back = true;
             return Ok(Pumped::Done);
         }
-        end.held_back = false;
+        *held_back = false;
         if *reads >= READS_PER_TURN * 2 {
             return Ok(Pumped::More);
         }
@@ -423,22 +419,22 @@ fn pump(
         }
         src.paused_since = None;
         *reads += 1;
-        match src.stream.read(&mut scratch[..room]) {
-            Ok(0) => {
-                src.read_open = false;
-                return Ok(Pumped::Done);
-            }
-            Ok(n) => {
+        match src.read_into(&mut scratch[..room], now) {
+            Got::Bytes(n) => {
                 dst.out.extend_from_slice(&scratch[..n]);
-                src.last_active = now;
                 budget.recount(dst);
-                if n < room && !src.read_closed {
-                    src.want_read = false;
-                }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => src.want_read = false,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return Err("read error"),
+            Got::Eof => return Ok(Pumped::Done),
+            Got::Nothing => {}
+            Got::Failed => return Err("read error"),
         }
+    }
+}
+
+/// Whether a pipe side is held back by its other side's watermark.
+fn held_back(c: &mut Conn) -> &mut bool {
+    match &mut c.proto {
+        Proto::Pipe(end) => &mut end.held_back,
+        _ => unreachable!("a pipe side"),
     }
 }
