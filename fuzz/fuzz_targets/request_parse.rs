@@ -19,9 +19,9 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    assert_eq!(req.v, 1);
+    assert_eq!(req.v, 2);
     assert!((1..=64).contains(&req.kind.len()));
-    assert!((8..=64).contains(&req.nonce.len()));
+    assert!((16..=64).contains(&req.nonce.len()));
     assert!(req.nonce.bytes().all(|b| b.is_ascii_hexdigit()));
     assert!(req.body.get().starts_with('{'));
     let _ = req.body::<serde_json_value::Any>();
