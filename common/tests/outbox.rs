@@ -274,3 +274,29 @@ fn a_link_that_cannot_connect_is_closed_and_the_service_is_told() {
     assert!(link.is_closed());
     assert_eq!(link.send(request(1, "echo", "{}")), Err(SendError::Closed));
 }
+
+#[test]
+fn a_subscriber_that_stops_reading_is_closed_when_its_output_fills_the_budget() {
+    // A peer that only ever subscribed, and never reads: it never asks to
+    // read, so only its stalled output shows that it holds the budget.
+    let cfg = ReactorConfig {
+        memory_budget: 2 << 20,
+        max_frame: 64 << 10,
+        ..Default::default()
+    };
+    let hub = HubServer::start(cfg);
+    let (_deaf, outbox) = hub.subscribe();
+    let deadline = Instant::now() + WAIT;
+    while outbox.unsent() < (3 << 20) {
+        assert!(Instant::now() < deadline, "the pushes never piled up");
+        if outbox.send(push_frame(1, 16 << 10)).is_err() {
+            break;
+        }
+    }
+    let gone = hub.closed.recv_timeout(WAIT).unwrap();
+    assert_eq!(gone, outbox.conn());
+    // With the budget free again, others are served.
+    let (mut good, good_box) = hub.subscribe();
+    good_box.send(push_frame(9, 0)).unwrap();
+    recv_push(&mut good, 9);
+}

@@ -310,3 +310,23 @@ fn a_connection_may_hold_only_so_many_streams() {
     tick(&mut other, 1, 1, 0, false);
     assert!(recv_reply(&mut other).is_event());
 }
+
+#[test]
+fn a_second_stream_under_an_open_streams_id_is_refused() {
+    let server = TickServer::start(ReactorConfig::default(), 4);
+    let mut s = server.connect();
+    tick(&mut s, 1, 0, 5, false);
+    tick(&mut s, 1, 0, 5, false);
+    let refusal = loop {
+        let r = recv_reply(&mut s);
+        if !r.is_event() {
+            break r;
+        }
+    };
+    let e = refusal.into_result().unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BadRequest);
+    assert!(e.to_string().contains("open under that id"), "{e}");
+    // The first stream goes on, and cancelling it works.
+    s.send(&request(2, "sys.cancel", "{\"id\":1}")).unwrap();
+    assert_eq!(server.ended(), (1, Err(Ended::Cancelled)));
+}

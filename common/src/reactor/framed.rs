@@ -196,6 +196,11 @@ impl Context<'_> {
 
     /// Takes back a [`ReplyTo`] that was not handed on (its job was refused).
     pub fn cancel(&mut self, mut reply: ReplyTo) {
+        debug_assert_eq!(
+            reply.conn(),
+            self.conn,
+            "a ReplyTo cancelled on another connection"
+        );
         reply.done = true;
         *self.inflight -= 1;
         self.sink.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -284,6 +289,9 @@ pub(crate) fn dispatch_parked<S: Service>(
         f.parked = Some(frame);
         return Flow::Parked;
     }
+    // The frame behind it could not arrive while reading was stopped: its
+    // deadline starts now.
+    f.frame_started = (f.decoder.buffered() > 0).then_some(rules.now);
     Flow::Read
 }
 

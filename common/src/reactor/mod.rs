@@ -99,6 +99,9 @@ pub const RESERVE_READ: usize = 16 << 10;
 /// How long a connection may stay paused by a full budget before it is
 /// closed.
 pub const BUDGET_GRACE: Duration = Duration::from_secs(1);
+/// Room above `out_cap` for replies, which always go, before a connection
+/// that does not read is closed.
+const OUT_HEADROOM: usize = 64 << 10;
 /// Buffers above this are given back once empty.
 const KEEP_BUFFER: usize = 64 << 10;
 const WAKER: Token = Token(usize::MAX);
@@ -248,6 +251,14 @@ struct Conn {
     /// An outbound connect in progress, and when it gives up.
     connecting: Option<Instant>,
     last_active: Instant,
+    /// The last write that made progress (or found nothing to write): a
+    /// connection whose output has not moved for [`BUDGET_GRACE`] is
+    /// stalled, and can be closed when the budget is full.
+    last_write: Instant,
+    /// The socket reported an error.
+    failed: bool,
+    /// Backends tried for this client since its last working pipe.
+    pipe_tries: usize,
     /// Not read since then, because the memory budget is spent.
     paused_since: Option<Instant>,
     /// Listed in [`Core::paused`] (listed once, however often it is paused).
@@ -278,6 +289,9 @@ impl Conn {
             closing: false,
             connecting: None,
             last_active: Instant::now(),
+            last_write: Instant::now(),
+            failed: false,
+            pipe_tries: 0,
             paused_since: None,
             listed_paused: false,
             mark: 0,
@@ -309,6 +323,7 @@ impl Conn {
     /// Writes as much of the output as the socket takes.
     fn flush(&mut self, now: Instant) -> Result<(), &'static str> {
         if self.connecting.is_some() {
+            self.shared.unsent.store(self.unsent(), Ordering::Release);
             return Ok(());
         }
         while self.out_pos < self.out.len() {
@@ -317,6 +332,7 @@ impl Conn {
                 Ok(n) => {
                     self.out_pos += n;
                     self.last_active = now;
+                    self.last_write = now;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -324,13 +340,16 @@ impl Conn {
             }
         }
         if self.out_pos == self.out.len() {
+            // Nothing waits: as good as written, for the stall check.
+            self.last_write = now;
             self.out_pos = 0;
             if self.out.capacity() > KEEP_BUFFER {
                 self.out = Vec::new();
             } else {
                 self.out.clear();
             }
-        } else if self.out_pos > KEEP_BUFFER {
+        } else if self.out_pos > KEEP_BUFFER && self.out_pos > self.out.len() / 2 {
+            // Moving the rest down costs at most as much as was written.
             self.out.drain(..self.out_pos);
             self.out_pos = 0;
         }
@@ -471,6 +490,7 @@ impl Warn {
 #[derive(Default)]
 struct Warnings {
     full: Warn,
+    accept: Warn,
     budget: Warn,
     budget_close: Warn,
     frame_timeout: Warn,
@@ -499,6 +519,8 @@ struct Core {
     paused: Vec<ConnId>,
     /// Listeners that had more to accept when their turn ended.
     accept_more: Vec<usize>,
+    /// Listeners whose last accept failed; the sweep tries them again.
+    accept_retry: Vec<usize>,
     turn: u64,
     warn: Warnings,
 }
@@ -563,6 +585,7 @@ impl<S: Service> Reactor<S> {
                 parked: VecDeque::new(),
                 paused: Vec::new(),
                 accept_more: Vec::new(),
+                accept_retry: Vec::new(),
                 turn: 0,
                 warn: Warnings::default(),
             },
@@ -662,6 +685,7 @@ impl Core {
                         c.want_read = true;
                     }
                     c.read_closed |= ev.is_read_closed() || ev.is_error();
+                    c.failed |= ev.is_error() && c.connecting.is_none();
                     self.queue(id, &mut turn);
                 }
             }
@@ -679,7 +703,7 @@ impl Core {
             if !stopping {
                 self.serve_parked(service, now, &mut again);
             }
-            if !self.paused.is_empty() && !self.budget.pressed() {
+            if !self.paused.is_empty() && self.budget.room(0) > 0 {
                 for id in std::mem::take(&mut self.paused) {
                     if let Some(c) = self.conns.get_mut(&id) {
                         c.listed_paused = false;
@@ -761,15 +785,19 @@ impl Core {
                     let Some(c) = self.conns.get_mut(&conn) else {
                         continue;
                     };
-                    c.shared.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
                     if reply {
                         c.inflight -= 1;
                     }
+                    let n = bytes.len();
                     if c.out.is_empty() {
                         c.out = bytes;
                     } else {
                         c.out.extend_from_slice(&bytes);
                     }
+                    // Counted as unsent before it stops counting as queued,
+                    // so an outbox never sees it in neither.
+                    c.shared.unsent.store(c.unsent(), Ordering::Release);
+                    c.shared.queued.fetch_sub(n, Ordering::AcqRel);
                     c.closing |= close;
                     self.budget.recount(c);
                     self.queue(conn, turn);
@@ -813,7 +841,10 @@ impl Core {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         let mut c = Conn::new(stream, addr, Origin::Outbound, shared);
-        c.connecting = Some(now + timeout);
+        c.connecting = Some(
+            now.checked_add(timeout)
+                .unwrap_or(now + DEFAULT_CONNECT_TIMEOUT),
+        );
         c.last_active = now;
         self.conns.insert(id, c);
         self.stats.conns.fetch_add(1, Ordering::Relaxed);
@@ -837,9 +868,15 @@ impl Core {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: log and wait for the next event
-                    // rather than spin.
-                    log::warn!("accept on {} failed: {e}", self.local[index]);
+                    // EMFILE and friends: wait for the sweep to try again
+                    // rather than spin (the backlog raises no new event).
+                    let local = self.local[index];
+                    self.warn.accept.hit(now, || {
+                        format!("accept on {local} failed: {e} (connections wait in the backlog; is the file limit too low for --max-conns?)")
+                    });
+                    if !self.accept_retry.contains(&index) {
+                        self.accept_retry.push(index);
+                    }
                     return;
                 }
             };
@@ -895,7 +932,10 @@ impl Core {
             match accept {
                 Accept::Framed => c.proto = Proto::Framed(Framed::new(self.cfg.max_frame)),
                 Accept::Sniff { max, deadline } => {
-                    c.proto = Proto::Sniff(pipe::Sniff::new(max, now + deadline))
+                    let until = now
+                        .checked_add(deadline)
+                        .unwrap_or(now + DEFAULT_FRAME_TIMEOUT);
+                    c.proto = Proto::Sniff(pipe::Sniff::new(max, until))
                 }
                 Accept::Pipe(_) => {}
             }
@@ -968,6 +1008,10 @@ impl Core {
                 Ok(true) => log::debug!("{id:?} connected to {}", c.peer),
                 Err(e) => return self.connect_failed(service, id, e),
             }
+        }
+        if c.failed {
+            // Reset or broken: nothing more can be read or delivered.
+            return Status::Close("socket error");
         }
         match c.proto {
             Proto::Framed(_) => self.drive_framed(service, id, now, stopping),
@@ -1116,7 +1160,9 @@ impl Core {
                     .map_or(c.last_active, |o| o.last_active.max(c.last_active)),
                 _ => c.last_active,
             };
-            if c.inflight == 0 && now.duration_since(last) >= idle {
+            // A peer that closed its side is idle-closed even with work in
+            // flight: nothing it asked for may ever finish (a subscription).
+            if (c.inflight == 0 || !c.read_open) && now.duration_since(last) >= idle {
                 expired.push((*id, Expiry::Idle));
                 continue;
             }
@@ -1172,6 +1218,20 @@ impl Core {
         if self.budget.pressed() {
             self.evict(service, now);
         }
+        // Ids of connections that closed while listed.
+        let conns = &self.conns;
+        self.paused.retain(|id| conns.contains_key(id));
+        self.parked.retain(|id| conns.contains_key(id));
+        // Listeners whose accept failed (out of descriptors): try again.
+        if !stopping {
+            for i in std::mem::take(&mut self.accept_retry) {
+                let mut turn = Vec::new();
+                self.accept(service, i, now, &mut turn);
+                for id in turn {
+                    again.push(id);
+                }
+            }
+        }
         if !stopping {
             // Parked connections are retried on every reply; this catches a
             // service that reported Busy for a reason no reply will clear.
@@ -1179,15 +1239,20 @@ impl Core {
         }
     }
 
-    /// Closes connections the budget has paused for longer than
-    /// [`BUDGET_GRACE`], the largest first, until it has room again.
+    /// Closes connections the budget has paused, or whose output has not
+    /// moved, for longer than [`BUDGET_GRACE`], the largest first, until it
+    /// has room again.
     fn evict<S: Service>(&mut self, service: &mut S, now: Instant) {
         let mut held: Vec<(usize, ConnId)> = self
             .conns
             .iter()
             .filter(|(_, c)| {
-                c.paused_since
-                    .is_some_and(|t| now.duration_since(t) >= BUDGET_GRACE)
+                let paused = c
+                    .paused_since
+                    .is_some_and(|t| now.duration_since(t) >= BUDGET_GRACE);
+                // Output that has not moved: a peer that stopped reading.
+                let stalled = c.unsent() > 0 && now.duration_since(c.last_write) >= BUDGET_GRACE;
+                paused || stalled
             })
             .map(|(id, c)| (c.held, *id))
             .collect();
@@ -1300,7 +1365,9 @@ fn finish_turn(
     if let Err(why) = c.flush(now) {
         return Status::Close(why);
     }
-    if c.unsent() > out_cap {
+    // Outboxes stop at out_cap; replies always go, so the close comes only
+    // past some headroom above it.
+    if c.unsent() > out_cap + (out_cap / 8).max(OUT_HEADROOM) {
         stats.closed_slow.fetch_add(1, Ordering::Relaxed);
         let peer = c.peer;
         warn.hit(now, || {

@@ -210,7 +210,16 @@ impl Core {
         initial: Vec<u8>,
         now: Instant,
     ) {
-        for _ in 0..PIPE_TRIES {
+        loop {
+            // Counted on the client across asynchronous failures too, so a
+            // service that always names another backend cannot loop forever.
+            let Some(f) = self.conns.get_mut(&front) else {
+                return;
+            };
+            f.pipe_tries += 1;
+            if f.pipe_tries > PIPE_TRIES {
+                break;
+            }
             let back = ConnId(self.sink.next_id.fetch_add(1, Ordering::Relaxed));
             let shared = ConnShared::new(self.cfg.out_cap);
             match self.connect(back, shared, addr, self.cfg.connect_timeout, now) {

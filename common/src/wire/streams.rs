@@ -90,6 +90,17 @@ impl Streams {
         let r = &admitted.request;
         let mut open = self.lock();
         let streams = open.entry(conn).or_default();
+        if streams.contains_key(&r.id) {
+            drop(open);
+            let e = Error::bad_request(format!(
+                "id {}: a stream of this connection is open under that id; number each request afresh",
+                r.id
+            ));
+            let mut out = Vec::new();
+            admitted.error(&e, &mut out);
+            reply.send(out);
+            return Err(Ended::Finished);
+        }
         if streams.len() >= self.per_conn {
             drop(open);
             let e = Error::Overloaded(format!(
@@ -124,12 +135,24 @@ impl Streams {
     /// `sys.cancel`: ends stream `id` of `conn` with its final reply
     /// `{"cancelled":true}`; whether it was open.
     pub fn cancel(&self, conn: ConnId, id: u64) -> bool {
-        let slot = self.lock().get_mut(&conn).and_then(|s| s.remove(&id));
+        let slot = {
+            let mut open = self.lock();
+            let slot = open.get_mut(&conn).and_then(|s| s.remove(&id));
+            if open.get(&conn).is_some_and(HashMap::is_empty) {
+                open.remove(&conn);
+            }
+            slot
+        };
         let Some(slot) = slot else {
             return false;
         };
-        slot.cancelled.store(true, Ordering::Release);
-        let reply = slot.reply.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Under the reply's lock, so a producer sees the stream either open
+        // or cancelled, never finished in between.
+        let reply = {
+            let mut reply = slot.reply.lock().unwrap_or_else(|p| p.into_inner());
+            slot.cancelled.store(true, Ordering::Release);
+            reply.take()
+        };
         match reply {
             Some(reply) => {
                 reply.send(final_frame(&slot.key, id, &slot.nonce, CANCELLED));
@@ -156,10 +179,13 @@ impl Streams {
         self.lock().get(&conn).map_or(0, HashMap::len)
     }
 
-    fn forget(&self, conn: ConnId, id: u64) {
+    /// Drops `slot` from the registry, if it is still the one under its id.
+    fn forget(&self, conn: ConnId, id: u64, slot: &Arc<Slot>) {
         let mut open = self.lock();
         if let Some(s) = open.get_mut(&conn) {
-            s.remove(&id);
+            if s.get(&id).is_some_and(|o| Arc::ptr_eq(o, slot)) {
+                s.remove(&id);
+            }
             if s.is_empty() {
                 open.remove(&conn);
             }
@@ -240,8 +266,9 @@ impl Stream {
     pub fn finish(mut self, body: &str) -> Result<(), Ended> {
         if let Some((event, b)) = self.waiting.take() {
             // The last word on progress goes before the end if there is
-            // room; if not, the final reply says how it ended anyway.
-            let _ = self.send(&event, &b)?;
+            // room; if not, the final reply says how it ended anyway, and
+            // `end` reports a cancel or a close.
+            let _ = self.send(&event, &b);
         }
         let frame = final_frame(&self.key, self.id, &self.nonce, body);
         self.end(frame)
@@ -305,7 +332,7 @@ impl Stream {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        self.streams.forget(self.conn, self.id);
+        self.streams.forget(self.conn, self.id, &self.slot);
         match reply {
             Some(r) => {
                 r.send(frame);
@@ -336,7 +363,7 @@ impl Drop for Stream {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        self.streams.forget(self.conn, self.id);
+        self.streams.forget(self.conn, self.id, &self.slot);
         if let Some(r) = reply {
             let e = Error::Internal(format!(
                 "stream {} ended without a final reply (logged)",
