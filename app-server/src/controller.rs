@@ -43,6 +43,27 @@ pub enum Exec {
 /// A handler: the call in, the reply body (a serialised JSON object) out.
 pub type Handler = fn(&Call<'_>) -> Result<String>;
 
+/// The route of message `M` (its name and auth from the catalogue).
+pub const fn route<M: dsf_proto::Message>(exec: Exec, handler: Handler) -> Route {
+    Route {
+        kind: M::TYPE.name,
+        auth: auth_of(M::TYPE.auth),
+        exec,
+        handler,
+    }
+}
+
+/// The app server's name for a catalogue auth.
+const fn auth_of(a: dsf_proto::Auth) -> Auth {
+    match a {
+        dsf_proto::Auth::App => Auth::App,
+        dsf_proto::Auth::Viewer => Auth::Role(Role::Viewer),
+        dsf_proto::Auth::Operator => Auth::Role(Role::Operator),
+        dsf_proto::Auth::Admin => Auth::Role(Role::Admin),
+        dsf_proto::Auth::Cluster => panic!("app servers route no cluster types"),
+    }
+}
+
 /// One entry of the table.
 #[derive(Debug)]
 pub struct Route {

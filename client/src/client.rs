@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use dsf_common::wire::{Key, DEFAULT_MAX_FRAME};
 use dsf_common::ErrorCode;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::conn::{Connection, Failure, IntoError, Signer};
@@ -96,16 +96,9 @@ impl ClientConfig {
     }
 }
 
-/// `lb.resolve`'s answer: which node owns the key, and where it listens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Resolved {
-    /// The node's stable id.
-    pub node: String,
-    /// Where to connect, `host:port`.
-    pub addr: String,
-    /// Version of the view the balancer answered from.
-    pub view: u64,
-}
+/// `lb.resolve`'s answer: which node owns the key, and where it listens
+/// (the catalogue's type).
+pub use dsf_proto::lb::Resolved;
 
 /// A connected node.
 #[derive(Debug)]
@@ -268,6 +261,19 @@ impl Client {
             .map_err(|e| Error::Config(format!("body of {kind} does not serialise: {e}")))?;
         let raw = self.call_raw(kind, &body)?;
         parse_body(&raw, self.node_id().unwrap_or("server"))
+    }
+
+    /// A typed call: message `M`'s body in, its reply out, both the
+    /// catalogue's types (`dsf_proto`); resends as [`Client::call`] does.
+    pub fn send<M: dsf_proto::Message>(&mut self, body: &M::Body) -> Result<M::Reply> {
+        let kind = M::TYPE.name;
+        let body = serde_json::to_string(body)
+            .map_err(|e| Error::Config(format!("body of {kind} does not serialise: {e}")))?;
+        let raw = self.call_raw(kind, &body)?;
+        serde_json::from_str(raw.get()).map_err(|e| Error::BadReply {
+            server: self.node_id().unwrap_or("server").to_string(),
+            reason: format!("{kind} reply is not what the catalogue says: {e}"),
+        })
     }
 
     /// [`Client::call`] with an already-serialised body, returning the raw
@@ -454,14 +460,11 @@ impl Client {
     /// Asks the balancers which node owns `key` (`None`: our address),
     /// avoiding the node ids in `exclude`.
     pub fn resolve(&mut self, key: Option<&str>, exclude: &[String]) -> Result<Resolved> {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            key: Option<&'a str>,
-            #[serde(skip_serializing_if = "<[String]>::is_empty")]
-            exclude: &'a [String],
-        }
-        let body = serde_json::to_string(&Body { key, exclude }).expect("plain strings serialise");
+        let body = dsf_proto::lb::ResolveBody {
+            key: key.map(str::to_string),
+            exclude: exclude.to_vec(),
+        };
+        let body = serde_json::to_string(&body).expect("plain strings serialise");
         let raw = self.balancer_call("lb.resolve", &body)?;
         serde_json::from_str(raw.get()).map_err(|e| Error::BadReply {
             server: "balancer".into(),

@@ -3,7 +3,8 @@
 //! - [`client`]: the SDK's [`Client`]: resolves a node through the balancers
 //!   (`lb.resolve`), connects to it directly, signs requests, verifies
 //!   replies, and fails over to another node under the resend rules
-//!   ([`is_idempotent`]).
+//!   ([`is_idempotent`]). Typed calls take the catalogue's types:
+//!   `client.send::<dsf_proto::blacklist::Get>(&IdCard { .. })`.
 //! - [`conn`]: one signed, pipelined [`Connection`] to one server (the
 //!   shared `dsf_common::call`), replies matched by id, failures sorted by
 //!   whether the request may have landed, and how they become [`Error`]s.

@@ -42,6 +42,27 @@ fn a_call_is_signed_and_its_signed_reply_verified() {
 }
 
 #[test]
+fn a_typed_call_sends_the_catalogues_body_and_reads_its_reply() {
+    let a = TestServer::app("a");
+    let (lb, _) = fake_lb(vec![("a", a.addr_string())]);
+    let mut c = client(vec![lb.addr_string()]);
+    let pong = c
+        .send::<dsf_proto::sys::Ping>(&dsf_proto::Empty {})
+        .unwrap();
+    assert_eq!(pong.node, "a");
+
+    // A reply of another shape than the catalogue's is a bad reply.
+    let odd = TestServer::start(|_| Action::Ok("{\"nope\":1}".into()));
+    let (lb, _) = fake_lb(vec![("o", odd.addr_string())]);
+    let mut c = client(vec![lb.addr_string()]);
+    let e = c
+        .send::<dsf_proto::sys::Ping>(&dsf_proto::Empty {})
+        .unwrap_err();
+    assert!(matches!(e, Error::BadReply { .. }), "{e}");
+    assert!(e.to_string().contains("not what the catalogue says"), "{e}");
+}
+
+#[test]
 fn a_wrong_secret_shows_the_servers_unverified_refusal() {
     let a = TestServer::app("a");
     let (lb, _) = fake_lb(vec![("a", a.addr_string())]);

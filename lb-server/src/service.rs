@@ -20,7 +20,9 @@ use dsf_common::view::{NodeState, NodeView, View};
 use dsf_common::wire::keys::CLUSTER_APP;
 use dsf_common::wire::{self, Admission, Admitted, Key};
 use dsf_common::Error;
-use serde::{Deserialize, Serialize};
+// What `lb.resolve` takes and answers: the catalogue's types.
+use dsf_proto::lb::{ResolveBody, Resolved};
+use serde::Serialize;
 
 use crate::policy::{Policy, PolicyKind};
 use crate::ring::{Ring, RingConfig};
@@ -75,16 +77,6 @@ struct NodeShare<'a> {
     #[serde(flatten)]
     node: &'a NodeView,
     share: f64,
-}
-
-/// What `lb.resolve` takes.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResolveBody {
-    #[serde(default)]
-    key: Option<String>,
-    #[serde(default)]
-    exclude: Vec<String>,
 }
 
 /// Longest routing key accepted.
@@ -161,12 +153,12 @@ impl Balancer {
         }
         let snap = self.current.load();
         let node = snap.policy.pick(key.as_bytes(), &body.exclude)?;
-        Ok(serde_json::json!({
-            "node": node.id,
-            "addr": node.addr,
-            "view": snap.view.version,
-        })
-        .to_string())
+        let reply = Resolved {
+            node: node.id.clone(),
+            addr: node.addr.clone(),
+            view: snap.view.version,
+        };
+        Ok(serde_json::to_string(&reply).expect("strings and numbers serialise"))
     }
 
     fn set_view(&self, admitted: Admitted, cx: &mut Context<'_>) -> Result<(), Error> {

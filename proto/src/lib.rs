@@ -8,8 +8,387 @@
 //! on any node) and whether it *streams* (events before the final reply).
 //! The table is DESIGN.md's "Message types", plus the writes of the
 //! accounts and blacklist that the design leaves implicit.
+//!
+//! Each client-facing type is a [`Message`]: its [`Type`] entry, its body
+//! and its reply, written once here ([`sys`], [`user`], [`blacklist`],
+//! [`gate`], [`lb`]). The app server parses bodies and renders replies with
+//! these types; the SDK's typed calls (`Client::send::<M>`) send and read
+//! them. The cluster's own types (`lb.set_view`, `node.*`,
+//! `cluster.status`) carry the view types of `dsf-common` and are listed by
+//! name only.
 
 #![forbid(unsafe_code)]
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// One message type with its body and reply.
+pub trait Message {
+    /// Its catalogue entry.
+    const TYPE: Type;
+    /// What the request carries.
+    type Body: Serialize + DeserializeOwned;
+    /// What a successful reply carries.
+    type Reply: Serialize + DeserializeOwned;
+}
+
+/// Declares a [`Message`]: `Name = "type", auth, writes: Body => Reply`.
+macro_rules! message {
+    ($(#[$doc:meta])* $name:ident = $kind:literal, $auth:ident, $writes:literal: $body:ty => $reply:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name;
+
+        impl $crate::Message for $name {
+            const TYPE: $crate::Type = $crate::Type {
+                name: $kind,
+                auth: $crate::Auth::$auth,
+                writes: $writes,
+                streams: false,
+            };
+            type Body = $body;
+            type Reply = $reply;
+        }
+    };
+}
+
+/// A body or reply with nothing in it: `{}` (anything else is refused).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// `sys.*`.
+pub mod sys {
+    use super::*;
+
+    /// `sys.ping`'s reply.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Pong {
+        /// The node that answered.
+        pub node: String,
+    }
+
+    /// `sys.cancel`'s body.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CancelBody {
+        /// The id of the streaming request to end.
+        pub id: u64,
+    }
+
+    message!(
+        /// `sys.ping`: which node answers.
+        Ping = "sys.ping", App, false: Empty => Pong
+    );
+    message!(
+        /// `sys.cancel`: ends a stream of this connection.
+        Cancel = "sys.cancel", App, false: CancelBody => Empty
+    );
+}
+
+/// `user.*`: accounts and sessions.
+pub mod user {
+    use super::*;
+
+    /// What a user may do; each role includes the ones below it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Role {
+        /// Reads the blacklist and the gate history.
+        Viewer,
+        /// Also changes the blacklist.
+        Operator,
+        /// Also manages users.
+        Admin,
+    }
+
+    impl Role {
+        /// The name stored and sent on the wire.
+        pub fn as_str(self) -> &'static str {
+            match self {
+                Role::Viewer => "viewer",
+                Role::Operator => "operator",
+                Role::Admin => "admin",
+            }
+        }
+    }
+
+    impl std::fmt::Display for Role {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.as_str())
+        }
+    }
+
+    /// A role name that is none of viewer, operator, admin.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct UnknownRole;
+
+    impl std::str::FromStr for Role {
+        type Err = UnknownRole;
+
+        fn from_str(s: &str) -> Result<Role, UnknownRole> {
+            match s {
+                "viewer" => Ok(Role::Viewer),
+                "operator" => Ok(Role::Operator),
+                "admin" => Ok(Role::Admin),
+                _ => Err(UnknownRole),
+            }
+        }
+    }
+
+    /// `user.register` and `user.login`'s body.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Credentials {
+        pub name: String,
+        pub password: String,
+    }
+
+    /// A user as replies show it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct User {
+        pub id: u64,
+        pub name: String,
+        pub role: Role,
+    }
+
+    /// `user.login`'s reply.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct LoggedIn {
+        pub token: String,
+        /// Unix ms.
+        pub expires_at: i64,
+        pub user: User,
+    }
+
+    /// `user.set_role`'s body.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SetRoleBody {
+        pub name: String,
+        /// viewer, operator or admin.
+        pub role: String,
+    }
+
+    message!(
+        /// `user.register`: a new viewer; `conflict` if the name is taken.
+        Register = "user.register", App, true: Credentials => User
+    );
+    message!(
+        /// `user.login`: a session token. Not run once: its reply holds a
+        /// token, which must not be kept in clear (sessions are stored
+        /// hashed); a resend makes a second session, the first expires.
+        Login = "user.login", App, false: Credentials => LoggedIn
+    );
+    message!(
+        /// `user.logout`: ends the session of the token sent.
+        Logout = "user.logout", Viewer, true: Empty => Empty
+    );
+    message!(
+        /// `user.me`: who the token belongs to.
+        Me = "user.me", Viewer, false: Empty => User
+    );
+    message!(
+        /// `user.set_role`: gives a user a role.
+        SetRole = "user.set_role", Admin, true: SetRoleBody => User
+    );
+}
+
+/// `blacklist.*`: people refused at the gates.
+pub mod blacklist {
+    use super::*;
+
+    /// A blacklisted person.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Entry {
+        /// The id card, unique (case-insensitively).
+        pub id_card: String,
+        /// The person's name.
+        pub name: String,
+        /// Why they are listed, if anyone said.
+        pub reason: Option<String>,
+        /// Name of the user who listed them.
+        pub created_by: String,
+        /// When they were listed, Unix ms.
+        pub created_at: i64,
+        /// Name of the user who last changed the entry.
+        pub updated_by: String,
+        /// When the entry last changed, Unix ms.
+        pub updated_at: i64,
+    }
+
+    /// A page of [`List`].
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Page {
+        /// Up to `limit` entries, in id card order (or name order with a prefix).
+        pub entries: Vec<Entry>,
+        /// Pass as `after` to get the next page; `None` on the last page.
+        pub next: Option<String>,
+    }
+
+    /// `blacklist.add`'s body.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct AddBody {
+        pub id_card: String,
+        pub name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+    }
+
+    /// `blacklist.get` and `blacklist.remove`'s body.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct IdCard {
+        pub id_card: String,
+    }
+
+    /// `blacklist.update`'s body: fields left out stay as they are;
+    /// `reason: ""` clears the reason.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct UpdateBody {
+        pub id_card: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+    }
+
+    /// `blacklist.list`'s body.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ListBody {
+        /// The `next` of the previous page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub after: Option<String>,
+        /// 1 to 500 [default: 100].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub limit: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub name_prefix: Option<String>,
+    }
+
+    message!(
+        /// `blacklist.add`: lists a person; `conflict` if already listed.
+        Add = "blacklist.add", Operator, true: AddBody => Entry
+    );
+    message!(
+        /// `blacklist.get`: the entry, or `not_found`.
+        Get = "blacklist.get", Viewer, false: IdCard => Entry
+    );
+    message!(
+        /// `blacklist.update`: the changed entry, or `not_found`.
+        Update = "blacklist.update", Operator, true: UpdateBody => Entry
+    );
+    message!(
+        /// `blacklist.remove`: `{}`, or `not_found`.
+        Remove = "blacklist.remove", Operator, true: IdCard => Empty
+    );
+    message!(
+        /// `blacklist.list`: keyset-paginated entries.
+        List = "blacklist.list", Viewer, false: ListBody => Page
+    );
+}
+
+/// `gate.*`: checks at the gates and their history.
+pub mod gate {
+    use super::*;
+    use crate::blacklist::Entry;
+
+    /// `gate.check`'s body.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CheckBody {
+        pub id_card: String,
+        pub name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub gate: Option<String>,
+    }
+
+    /// `gate.check`'s reply.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Checked {
+        pub hit: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub entry: Option<Entry>,
+    }
+
+    /// `gate.history`'s body; filters combine.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct HistoryBody {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub id_card: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub gate: Option<String>,
+        /// 1 to 500 [default: 50].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub limit: Option<u32>,
+    }
+
+    /// One recorded check.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct GateCheck {
+        /// Increasing with insertion: newest has the largest id.
+        pub id: u64,
+        pub id_card: String,
+        pub name: String,
+        pub gate: Option<String>,
+        /// The app server that answered.
+        pub node: String,
+        pub hit: bool,
+        /// When, Unix ms.
+        pub checked_at: i64,
+    }
+
+    /// `gate.history`'s reply.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Checks {
+        pub checks: Vec<GateCheck>,
+    }
+
+    message!(
+        /// `gate.check`: whether the id card is listed; every check is
+        /// recorded. Not run once: a repeated check is one more record of
+        /// what the gate would have done anyway.
+        Check = "gate.check", App, false: CheckBody => Checked
+    );
+    message!(
+        /// `gate.history`: checks, newest first.
+        History = "gate.history", Viewer, false: HistoryBody => Checks
+    );
+}
+
+/// `lb.*`: the balancer's client port.
+pub mod lb {
+    use super::*;
+
+    /// `lb.resolve`'s body.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ResolveBody {
+        /// The routing key; without one the peer's IP address is the key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub key: Option<String>,
+        /// Node ids to skip (they failed for this client).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub exclude: Vec<String>,
+    }
+
+    /// `lb.resolve`'s reply.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Resolved {
+        pub node: String,
+        pub addr: String,
+        pub view: u64,
+    }
+
+    message!(
+        /// `lb.resolve`: which node owns the key.
+        Resolve = "lb.resolve", App, false: ResolveBody => Resolved
+    );
+}
 
 /// Who may send a message type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,37 +426,23 @@ const fn read(name: &'static str, auth: Auth) -> Type {
     }
 }
 
-const fn write(name: &'static str, auth: Auth) -> Type {
-    Type {
-        name,
-        auth,
-        writes: true,
-        streams: false,
-    }
-}
-
 /// Every message type of every part.
 pub const CATALOGUE: &[Type] = &[
-    read("sys.ping", Auth::App),
-    read("sys.cancel", Auth::App),
-    write("user.register", Auth::App),
-    // Not run once: its reply holds a session token, which must not be kept
-    // in clear (sessions are stored hashed). A resend makes a second
-    // session; the first expires unused.
-    read("user.login", Auth::App),
-    write("user.logout", Auth::Viewer),
-    read("user.me", Auth::Viewer),
-    write("user.set_role", Auth::Admin),
-    write("blacklist.add", Auth::Operator),
-    read("blacklist.get", Auth::Viewer),
-    write("blacklist.update", Auth::Operator),
-    write("blacklist.remove", Auth::Operator),
-    read("blacklist.list", Auth::Viewer),
-    // Every check is recorded, but a repeated check is one more record of
-    // what the gate would have done anyway: sent again freely, not run once.
-    read("gate.check", Auth::App),
-    read("gate.history", Auth::Viewer),
-    read("lb.resolve", Auth::App),
+    <sys::Ping as Message>::TYPE,
+    <sys::Cancel as Message>::TYPE,
+    <user::Register as Message>::TYPE,
+    <user::Login as Message>::TYPE,
+    <user::Logout as Message>::TYPE,
+    <user::Me as Message>::TYPE,
+    <user::SetRole as Message>::TYPE,
+    <blacklist::Add as Message>::TYPE,
+    <blacklist::Get as Message>::TYPE,
+    <blacklist::Update as Message>::TYPE,
+    <blacklist::Remove as Message>::TYPE,
+    <blacklist::List as Message>::TYPE,
+    <gate::Check as Message>::TYPE,
+    <gate::History as Message>::TYPE,
+    <lb::Resolve as Message>::TYPE,
     read("lb.view", Auth::App),
     read("lb.set_view", Auth::Cluster),
     read("node.heartbeat", Auth::Cluster),
@@ -109,6 +474,47 @@ mod tests {
                 t.name
             );
         }
+    }
+
+    #[test]
+    fn bodies_leave_out_what_is_not_given_and_refuse_unknown_fields() {
+        let add = blacklist::AddBody {
+            id_card: "1101".into(),
+            name: "Li".into(),
+            reason: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&add).unwrap(),
+            r#"{"id_card":"1101","name":"Li"}"#
+        );
+        let e = serde_json::from_str::<blacklist::IdCard>(r#"{"id_card":"1","x":1}"#);
+        assert!(e.unwrap_err().to_string().contains("unknown field `x`"));
+        assert_eq!(
+            serde_json::to_string(&lb::ResolveBody::default()).unwrap(),
+            "{}"
+        );
+    }
+
+    #[test]
+    fn every_message_is_in_the_catalogue_under_its_name() {
+        fn listed<M: Message>() {
+            assert_eq!(get(M::TYPE.name), Some(&M::TYPE), "{}", M::TYPE.name);
+        }
+        listed::<sys::Ping>();
+        listed::<sys::Cancel>();
+        listed::<user::Register>();
+        listed::<user::Login>();
+        listed::<user::Logout>();
+        listed::<user::Me>();
+        listed::<user::SetRole>();
+        listed::<blacklist::Add>();
+        listed::<blacklist::Get>();
+        listed::<blacklist::Update>();
+        listed::<blacklist::Remove>();
+        listed::<blacklist::List>();
+        listed::<gate::Check>();
+        listed::<gate::History>();
+        listed::<lb::Resolve>();
     }
 
     #[test]

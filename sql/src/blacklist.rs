@@ -6,7 +6,6 @@
 
 use mysql::prelude::Queryable;
 use mysql::PooledConn;
-use serde::Serialize;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
@@ -16,24 +15,10 @@ use crate::validate;
 /// Page size when the caller gives none.
 pub const DEFAULT_LIMIT: u32 = 100;
 
-/// A blacklisted person.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Entry {
-    /// The id card, unique (case-insensitively).
-    pub id_card: String,
-    /// The person's name.
-    pub name: String,
-    /// Why they are listed, if anyone said.
-    pub reason: Option<String>,
-    /// Name of the user who listed them.
-    pub created_by: String,
-    /// When they were listed, Unix ms.
-    pub created_at: i64,
-    /// Name of the user who last changed the entry.
-    pub updated_by: String,
-    /// When the entry last changed, Unix ms.
-    pub updated_at: i64,
-}
+/// A blacklisted person, as rows and replies show it: the catalogue's type.
+pub use dsf_proto::blacklist::Entry;
+/// What [`Blacklist::list`] returns: the catalogue's type.
+pub use dsf_proto::blacklist::Page;
 
 /// A new entry for [`Blacklist::add`].
 #[derive(Debug, Clone, Copy)]
@@ -53,15 +38,6 @@ pub struct EntryChange<'s> {
     pub name: Option<&'s str>,
     /// A new reason; `Some("")` clears it.
     pub reason: Option<&'s str>,
-}
-
-/// What [`Blacklist::list`] returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Page {
-    /// Up to `limit` entries, in id card order (or name order with a prefix).
-    pub entries: Vec<Entry>,
-    /// Pass as `after` to get the next page; `None` on the last page.
-    pub next: Option<String>,
 }
 
 /// A listing request for [`Blacklist::list`].

@@ -1,7 +1,6 @@
 //! The `gate_checks` table: the audit trail of every check at a gate.
 
 use mysql::prelude::Queryable;
-use serde::Serialize;
 
 use crate::blacklist::Entry;
 use crate::db::Db;
@@ -12,24 +11,8 @@ use crate::validate;
 /// History size when the caller gives none.
 pub const DEFAULT_LIMIT: u32 = 50;
 
-/// One recorded check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GateCheck {
-    /// Increasing with insertion: newest has the largest id.
-    pub id: u64,
-    /// The id card presented.
-    pub id_card: String,
-    /// The name presented.
-    pub name: String,
-    /// The gate, if the caller named one.
-    pub gate: Option<String>,
-    /// The app server that answered.
-    pub node: String,
-    /// Whether the id card was blacklisted.
-    pub hit: bool,
-    /// When, Unix ms.
-    pub checked_at: i64,
-}
+/// One recorded check: the catalogue's type.
+pub use dsf_proto::gate::GateCheck;
 
 /// A check to record with [`GateChecks::record`].
 #[derive(Debug, Clone, Copy)]

@@ -1,58 +1,22 @@
 //! The `users` table: accounts with a unique name, an argon2id password hash
 //! and a role.
 
-use std::fmt;
-use std::str::FromStr;
-
 use mysql::prelude::Queryable;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::time::now_ms;
 use crate::validate;
 
-/// What a user may do; each role includes the ones below it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Reads the blacklist and the gate history.
-    Viewer,
-    /// Also changes the blacklist.
-    Operator,
-    /// Also manages users.
-    Admin,
-}
+/// What a user may do: the catalogue's type (`dsf_proto::user::Role`).
+pub use dsf_proto::user::Role;
 
-impl Role {
-    /// The name stored in the database and sent on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Role> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "operator" => Ok(Role::Operator),
-            "admin" => Ok(Role::Admin),
-            _ => Err(Error::Invalid {
-                field: "role",
-                rule: "one of viewer, operator, admin",
-            }),
+impl From<dsf_proto::user::UnknownRole> for Error {
+    fn from(_: dsf_proto::user::UnknownRole) -> Error {
+        Error::Invalid {
+            field: "role",
+            rule: "one of viewer, operator, admin",
         }
     }
 }

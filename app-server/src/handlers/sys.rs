@@ -1,36 +1,20 @@
-//! `sys.ping`: `{}` → `{"node"}`. Answered on the reactor thread: it touches
-//! nothing that can block, so it measures the reactor and the wire, and
-//! tells a client which node it reached.
+//! `sys.ping` (app): answered on the reactor thread, no database. Its body
+//! and reply are the catalogue's (`dsf_proto::sys`). (`sys.cancel` is the
+//! service's own: it needs the connection, see `crate::service`.)
 
-use serde::{Deserialize, Serialize};
-
-use crate::controller::{json, Auth, Call, Exec, Route};
 use dsf_common::Result;
+use dsf_proto::sys::{self as msg, Pong};
+use dsf_proto::Empty;
+
+use crate::controller::{json, route, Call, Exec, Route};
 
 /// This group's routes.
-pub const ROUTES: &[Route] = &[Route {
-    kind: "sys.ping",
-    auth: Auth::App,
-    exec: Exec::Inline,
-    handler: ping,
-}];
-
-/// `sys.ping`'s body: nothing.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Ping {}
-
-/// `sys.ping`'s reply.
-#[derive(Debug, Serialize)]
-pub struct Pong<'a> {
-    /// The node that answered.
-    pub node: &'a str,
-}
+pub const ROUTES: &[Route] = &[route::<msg::Ping>(Exec::Inline, ping)];
 
 /// `sys.ping`.
 pub fn ping(call: &Call<'_>) -> Result<String> {
-    let Ping {} = call.body()?;
+    let Empty {} = call.body()?;
     json(&Pong {
-        node: call.app.node(),
+        node: call.app.node().to_string(),
     })
 }

@@ -17,6 +17,7 @@ use crate::bench::{self, BenchArgs};
 use crate::client::{parse_body, Client, ClientConfig, DEFAULT_APP, DEFAULT_LB};
 use crate::error::{Error, Result};
 use crate::session::{self, Session};
+use dsf_proto::{blacklist, gate, sys, user, Empty, Message};
 use output::Out;
 
 /// Exit codes of `client`, shown in `--help`.
@@ -332,9 +333,12 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
     match &cli.command {
         Command::Register(cred) => {
             let password = read_password(cred.password_stdin, true)?;
-            let v = c.call(
-                "user.register",
-                &json!({"name": cred.name, "password": password}),
+            let v = typed::<user::Register>(
+                &mut c,
+                &user::Credentials {
+                    name: cred.name.clone(),
+                    password,
+                },
             )?;
             out.registered(&v);
         }
@@ -342,9 +346,12 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
             let password = read_password(cred.password_stdin, false)?;
             c.set_token(None);
             c.set_routing_key(cli.route.clone().or_else(|| Some(cred.name.clone())));
-            let v = c.call(
-                "user.login",
-                &json!({"name": cred.name, "password": password}),
+            let v = typed::<user::Login>(
+                &mut c,
+                &user::Credentials {
+                    name: cred.name.clone(),
+                    password,
+                },
             )?;
             let token = v["token"].as_str().ok_or_else(|| Error::BadReply {
                 server: c.node_id().unwrap_or("server").into(),
@@ -367,7 +374,7 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
                     path.display()
                 )));
             }
-            let res = c.call("user.logout", &json!({}));
+            let res = typed::<user::Logout>(&mut c, &Empty {});
             // A token refused as unauthorized is useless: forget it too.
             match &res {
                 Ok(_) => Session::remove(&path)?,
@@ -379,21 +386,28 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
             out.value(&res?, "logged out");
         }
         Command::Whoami => {
-            let v = c.call("user.me", &json!({}))?;
+            let v = typed::<user::Me>(&mut c, &Empty {})?;
             out.user(&v);
         }
         Command::SetRole { name, role } => {
-            let v = c.call("user.set_role", &json!({"name": name, "role": role}))?;
+            let v = typed::<user::SetRole>(
+                &mut c,
+                &user::SetRoleBody {
+                    name: name.clone(),
+                    role: role.clone(),
+                },
+            )?;
             out.user(&v);
         }
         Command::Blacklist(cmd) => blacklist(&mut c, cmd, out)?,
         Command::Check(args) if args.stdin => return check_stdin(&mut c, args, out),
         Command::Check(args) => {
-            let mut body = json!({"id_card": args.id_card, "name": args.name});
-            if let Some(g) = &args.gate {
-                body["gate"] = json!(g);
-            }
-            let v = c.call("gate.check", &body)?;
+            let body = gate::CheckBody {
+                id_card: args.id_card.clone().unwrap_or_default(),
+                name: args.name.clone().unwrap_or_default(),
+                gate: args.gate.clone(),
+            };
+            let v = typed::<gate::Check>(&mut c, &body)?;
             out.check(args.id_card.as_deref().unwrap_or(""), &Ok(v));
         }
         Command::History {
@@ -401,13 +415,12 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
             gate,
             limit,
         } => {
-            let mut body = json!({});
-            set_opt(&mut body, "id_card", id_card);
-            set_opt(&mut body, "gate", gate);
-            if let Some(l) = limit {
-                body["limit"] = json!(l);
-            }
-            let v = c.call("gate.history", &body)?;
+            let body = gate::HistoryBody {
+                id_card: id_card.clone(),
+                gate: gate.clone(),
+                limit: *limit,
+            };
+            let v = typed::<gate::History>(&mut c, &body)?;
             out.table(
                 &v["checks"],
                 &["at", "id_card", "name", "gate", "hit"],
@@ -426,7 +439,7 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
         }
         Command::Ping => {
             let t = Instant::now();
-            let v = c.call("sys.ping", &json!({}))?;
+            let v = typed::<sys::Ping>(&mut c, &Empty {})?;
             out.ping(&v, c.node_id().unwrap_or("?"), t.elapsed());
         }
         Command::Bench(_) => unreachable!("handled above"),
@@ -434,10 +447,11 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
     Ok(exit::OK)
 }
 
-fn set_opt(body: &mut Value, field: &str, v: &Option<String>) {
-    if let Some(v) = v {
-        body[field] = json!(v);
-    }
+/// A typed call (the catalogue's body and reply), its reply as JSON for
+/// the printers.
+fn typed<M: Message>(c: &mut Client, body: &M::Body) -> Result<Value> {
+    let reply = c.send::<M>(body)?;
+    Ok(serde_json::to_value(reply).expect("a catalogue reply serialises"))
 }
 
 fn blacklist(c: &mut Client, cmd: &BlacklistCmd, out: &mut Out) -> Result<()> {
@@ -447,12 +461,18 @@ fn blacklist(c: &mut Client, cmd: &BlacklistCmd, out: &mut Out) -> Result<()> {
             name,
             reason,
         } => {
-            let mut body = json!({"id_card": id_card, "name": name});
-            set_opt(&mut body, "reason", reason);
-            out.entry(&c.call("blacklist.add", &body)?);
+            let body = blacklist::AddBody {
+                id_card: id_card.clone(),
+                name: name.clone(),
+                reason: reason.clone(),
+            };
+            out.entry(&typed::<blacklist::Add>(c, &body)?);
         }
         BlacklistCmd::Get { id_card } => {
-            out.entry(&c.call("blacklist.get", &json!({"id_card": id_card}))?);
+            let body = blacklist::IdCard {
+                id_card: id_card.clone(),
+            };
+            out.entry(&typed::<blacklist::Get>(c, &body)?);
         }
         BlacklistCmd::Update {
             id_card,
@@ -464,13 +484,18 @@ fn blacklist(c: &mut Client, cmd: &BlacklistCmd, out: &mut Out) -> Result<()> {
                     "nothing to update: pass --name and/or --reason".into(),
                 ));
             }
-            let mut body = json!({"id_card": id_card});
-            set_opt(&mut body, "name", name);
-            set_opt(&mut body, "reason", reason);
-            out.entry(&c.call("blacklist.update", &body)?);
+            let body = blacklist::UpdateBody {
+                id_card: id_card.clone(),
+                name: name.clone(),
+                reason: reason.clone(),
+            };
+            out.entry(&typed::<blacklist::Update>(c, &body)?);
         }
         BlacklistCmd::Rm { id_card } => {
-            let v = c.call("blacklist.remove", &json!({"id_card": id_card}))?;
+            let body = blacklist::IdCard {
+                id_card: id_card.clone(),
+            };
+            let v = typed::<blacklist::Remove>(c, &body)?;
             out.value(&v, &format!("removed {id_card}"));
         }
         BlacklistCmd::List {
@@ -478,13 +503,12 @@ fn blacklist(c: &mut Client, cmd: &BlacklistCmd, out: &mut Out) -> Result<()> {
             limit,
             prefix,
         } => {
-            let mut body = json!({});
-            set_opt(&mut body, "after", after);
-            set_opt(&mut body, "name_prefix", prefix);
-            if let Some(l) = limit {
-                body["limit"] = json!(l);
-            }
-            let v = c.call("blacklist.list", &body)?;
+            let body = blacklist::ListBody {
+                after: after.clone(),
+                limit: *limit,
+                name_prefix: prefix.clone(),
+            };
+            let v = typed::<blacklist::List>(c, &body)?;
             out.list(&v);
         }
     }
