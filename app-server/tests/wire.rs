@@ -273,3 +273,22 @@ fn fifty_threads_registering_the_same_name_exactly_one_wins() {
         .iter()
         .all(|o| matches!(o, Ok(()) | Err(ErrorCode::Conflict))));
 }
+
+#[test]
+fn a_request_of_wire_version_1_is_refused_naming_version_2_and_the_connection_stays_open() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let id = c.next_id();
+    let v1 = format!(
+        r#"{{"v":1,"id":{id},"type":"sys.ping","ts":{},"nonce":"00112233445566dd","app":"{APP}","body":{{}},"sig":"{}"}}"#,
+        now_ms(),
+        "0".repeat(32)
+    );
+    let mut frame = Vec::new();
+    dsf_common::wire::frame::encode(v1.as_bytes(), &mut frame);
+    c.send_bytes(&frame);
+    let e = expect_refused(&mut c, id, ErrorCode::BadRequest);
+    assert!(e.contains("wire version 2, got 1"), "{e}");
+    still_open(&mut c);
+}

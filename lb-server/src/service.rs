@@ -21,7 +21,7 @@ use dsf_common::wire::keys::CLUSTER_APP;
 use dsf_common::wire::{self, Admission, Admitted, Key};
 use dsf_common::Error;
 // What `lb.resolve` takes and answers: the catalogue's types.
-use dsf_proto::lb::{ResolveBody, Resolved};
+use dsf_proto::lb::{ResolveBody, Resolved, MAX_EXCLUDE, MAX_KEY};
 use serde::Serialize;
 
 use crate::policy::{Policy, PolicyKind};
@@ -78,11 +78,6 @@ struct NodeShare<'a> {
     node: &'a NodeView,
     share: f64,
 }
-
-/// Longest routing key accepted.
-const MAX_KEY: usize = 1024;
-/// Most ids a client may exclude in one resolve.
-const MAX_EXCLUDE: usize = 64;
 
 struct Build {
     view: View,

@@ -52,6 +52,9 @@ macro_rules! message {
     };
 }
 
+/// Largest page a listing returns (`blacklist.list`, `gate.history`).
+pub const LIMIT_MAX: u32 = 500;
+
 /// A body or reply with nothing in it: `{}` (anything else is refused).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -262,7 +265,7 @@ pub mod blacklist {
         /// The `next` of the previous page.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub after: Option<String>,
-        /// 1 to 500 [default: 100].
+        /// 1 to [`LIMIT_MAX`] [default: 100].
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub limit: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -322,7 +325,7 @@ pub mod gate {
         pub id_card: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub gate: Option<String>,
-        /// 1 to 500 [default: 50].
+        /// 1 to [`LIMIT_MAX`] [default: 50].
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub limit: Option<u32>,
     }
@@ -364,14 +367,21 @@ pub mod gate {
 pub mod lb {
     use super::*;
 
+    /// Longest routing key, in bytes.
+    pub const MAX_KEY: usize = 1024;
+    /// Most node ids one resolve may exclude.
+    pub const MAX_EXCLUDE: usize = 64;
+
     /// `lb.resolve`'s body.
     #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct ResolveBody {
-        /// The routing key; without one the peer's IP address is the key.
+        /// The routing key (at most [`MAX_KEY`] bytes); without one the
+        /// peer's IP address is the key.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub key: Option<String>,
-        /// Node ids to skip (they failed for this client).
+        /// Node ids to skip (they failed for this client), at most
+        /// [`MAX_EXCLUDE`].
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pub exclude: Vec<String>,
     }

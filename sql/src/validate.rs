@@ -22,7 +22,7 @@ pub const PASSWORD_MIN: usize = 8;
 /// work an unauthenticated request can ask for).
 pub const PASSWORD_MAX: usize = 128;
 /// Largest page of a listing or history query.
-pub const LIMIT_MAX: u32 = 500;
+pub const LIMIT_MAX: u32 = dsf_proto::LIMIT_MAX;
 
 /// A free-text field: `min..=max` characters, not blank, no control
 /// characters (they break logs and terminals and are never meant).
