@@ -304,62 +304,63 @@ impl Controller {
     fn handle_once(&self, route: &Route, admitted: &Admitted, out: &mut Vec<u8>) -> bool {
         let req = &admitted.request;
         let writes = self.app.db.writes();
-        let outcome = if admitted.replayed {
+        // A resend this node has seen: its stored reply, if it ran. If not
+        // (it is still running, or was refused with "try again" and not
+        // recorded), it runs: the record's unique key keeps it to once, and
+        // a run still going elsewhere is waited for and answers it.
+        if admitted.replayed {
             match writes.stored(&req.app, &req.nonce) {
-                Ok(Some(stored)) => Ok(stored),
-                Ok(None) => Err(Error::ReplayedNonce(format!(
-                    "nonce {} of app {:?} was already used and {} has no stored reply for it: it is still running (send it again shortly and get its reply), or it was refused without one; a new request needs a fresh nonce",
-                    req.nonce, req.app, req.kind
-                ))),
-                Err(e) => Err(e.into()),
-            }
-        } else {
-            let run = writes.run_once(&req.app, &req.nonce, &req.kind, || {
-                match self.call(route, req) {
-                    Ok(body) => (true, body, false),
-                    Err(e) => {
-                        log_refusal(req, &e);
-                        // Kept, so a resend gets the same answer; not those
-                        // that say to try again.
-                        let keep = !matches!(
-                            e.code(),
-                            ErrorCode::Unavailable | ErrorCode::Overloaded | ErrorCode::Internal
-                        );
-                        (false, wire::envelope::error_payload(&e), keep)
-                    }
+                Ok(Some(s)) => return self.reply_stored(admitted, &s, out),
+                Ok(None) => {}
+                Err(e) => {
+                    let e = e.into();
+                    log_refusal(req, &e);
+                    admitted.error(&e, out);
+                    return false;
                 }
-            });
-            match run {
-                Ok(Once::Ran(s)) => Ok(s),
-                Ok(Once::Replayed(s)) => {
-                    log::debug!(
-                        "{} (request {}): ran before on some node; answered with its stored reply",
-                        req.kind,
-                        req.id
+            }
+        }
+        let run = writes.run_once(&req.app, &req.nonce, &req.kind, || {
+            match self.call(route, req) {
+                Ok(body) => (true, body, false),
+                Err(e) => {
+                    log_refusal(req, &e);
+                    // Kept, so a resend gets the same answer; not those
+                    // that say to try again.
+                    let keep = !matches!(
+                        e.code(),
+                        ErrorCode::Unavailable | ErrorCode::Overloaded | ErrorCode::Internal
                     );
-                    Ok(s)
+                    (false, wire::envelope::error_payload(&e), keep)
                 }
-                Err(e) => Err(e.into()),
             }
+        });
+        let outcome = match run {
+            Ok(Once::Ran(s)) => Ok(s),
+            Ok(Once::Replayed(s)) => {
+                log::debug!(
+                    "{} (request {}): ran before on some node; answered with its stored reply",
+                    req.kind,
+                    req.id
+                );
+                Ok(s)
+            }
+            Err(e) => Err(e.into()),
         };
         match outcome {
-            Ok(s) => {
-                wire::envelope::encode_reply(
-                    Some(&admitted.key),
-                    req.id,
-                    &req.nonce,
-                    s.ok,
-                    &s.reply,
-                    out,
-                );
-                s.ok
-            }
+            Ok(s) => self.reply_stored(admitted, &s, out),
             Err(e) => {
                 log_refusal(req, &e);
                 admitted.error(&e, out);
                 false
             }
         }
+    }
+
+    fn reply_stored(&self, admitted: &Admitted, s: &dsf_sql::Stored, out: &mut Vec<u8>) -> bool {
+        let req = &admitted.request;
+        wire::envelope::encode_reply(Some(&admitted.key), req.id, &req.nonce, s.ok, &s.reply, out);
+        s.ok
     }
 
     fn call(&self, route: &Route, req: &Request) -> Result<String> {

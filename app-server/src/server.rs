@@ -346,8 +346,7 @@ fn start_janitor(db: Db) -> std::io::Result<Sender<()>> {
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 _ => return,
             }
-            let before = dsf_sql::now_ms() - WRITES_KEPT.as_millis() as i64;
-            match db.writes().expire(before, 10_000) {
+            match db.writes().expire(WRITES_KEPT, 10_000) {
                 Ok(0) => {}
                 Ok(n) => log::debug!("janitor: deleted {n} expired run-once records"),
                 Err(e) => log::warn!("janitor: cannot delete expired run-once records: {e}"),

@@ -80,6 +80,41 @@ fn a_signed_write_sent_again_to_any_server_gets_the_stored_reply_and_runs_once()
 }
 
 #[test]
+fn a_write_refused_with_try_again_runs_when_sent_again_to_the_same_server() {
+    let db = testing::fresh();
+    let a = Server::start(&db);
+    let mut c = a.connect();
+    let token = c.user_with_role(&db, "op", Role::Operator);
+    let nonce = new_nonce();
+    let write = signed(
+        "blacklist.add",
+        r#"{"id_card":"T1","name":"Li"}"#,
+        &token,
+        &nonce,
+    );
+    // Another transaction holds the record's key, uncommitted: the write
+    // waits for it, gives up after the lock wait (5 s), and is refused
+    // `unavailable`, which is not recorded.
+    let mut blocker = db.pool().get_conn().unwrap();
+    use mysql::prelude::Queryable;
+    blocker.query_drop("START TRANSACTION").unwrap();
+    blocker
+        .exec_drop(
+            "INSERT INTO wire_writes (app, nonce, kind, ok, reply, created_at) VALUES (?, ?, 'x', 0, '', 0)",
+            (APP, nonce.as_str()),
+        )
+        .unwrap();
+    let e = answer(&mut c, &write).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+    blocker.query_drop("ROLLBACK").unwrap();
+    // The same bytes again, to the node that has seen the nonce: it runs.
+    let mut c2 = a.connect();
+    let entry = answer(&mut c2, &write).unwrap();
+    assert_eq!(entry["id_card"], "T1");
+    assert!(db.blacklist().get("T1").unwrap().is_some());
+}
+
+#[test]
 fn a_read_sent_again_is_a_replayed_nonce_as_ever() {
     let db = testing::fresh();
     let a = Server::start(&db);

@@ -8,12 +8,17 @@
 //! servers run each write once and answer a resend with the reply they
 //! stored, or run it if its first attempt never committed. So after a lost
 //! connection, a missing reply or `unavailable`, a write is resent (on the
-//! same node or another) for [`RESEND_WINDOW`]; only past that is it
-//! [`Error::OutcomeUnknown`]. `overloaded` and a connection that failed
+//! same node or another) until the call's deadline, never past
+//! [`RESEND_WINDOW`]; only when no answer came by then is it
+//! [`Error::OutcomeUnknown`], as is a resend answered by anything that
+//! cannot be the write's stored reply (a stale timestamp, an internal
+//! error). `overloaded` and a connection that failed
 //! before the request was written mean it never ran, and it goes
 //! elsewhere. An idle connection is checked for a close by the server
-//! before it is reused. [`Client::call_many`] does not resend writes: a
-//! write in flight when its connection breaks is reported as unknown.
+//! before it is reused. [`Client::call_many`] sends every write under a
+//! stamp of its own, kept if it has to be sent again, but reports a write
+//! in flight when its connection breaks as unknown rather than resending
+//! it.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -134,17 +139,37 @@ struct Unseen {
 
 impl Unseen {
     /// `e`, unless the write may have run: then its outcome is unknown
-    /// (rare: only when no node answered its resends within the window).
+    /// (rare: only when no node gave its answer within the call's deadline
+    /// and the replay window).
     fn or(&self, kind: &str, e: Error) -> Error {
-        match (&self.pending, e) {
-            (Some((server, reason)), Error::NoNode { last, .. }) => Error::OutcomeUnknown {
-                kind: kind.into(),
-                server: server.clone(),
-                reason: format!(
-                    "{reason}; resent with the same nonce while it could be, and no node answered ({last})"
-                ),
-            },
-            (_, e) => e,
+        let Some((server, reason)) = &self.pending else {
+            return e;
+        };
+        let last = match e {
+            Error::NoNode { last, .. } => last,
+            other => other.to_string(),
+        };
+        Error::OutcomeUnknown {
+            kind: kind.into(),
+            server: server.clone(),
+            reason: format!(
+                "{reason}; resent with the same nonce while it could be, and no answer came ({last})"
+            ),
+        }
+    }
+
+    /// Whether `f`, for a resend, is the write's own answer (a stored
+    /// reply), rather than something about this attempt.
+    fn answered(&self, f: &Failure) -> bool {
+        match f {
+            Failure::Server(e) => matches!(
+                e.code(),
+                ErrorCode::Conflict
+                    | ErrorCode::NotFound
+                    | ErrorCode::BadRequest
+                    | ErrorCode::Forbidden
+            ),
+            _ => false,
         }
     }
 }
@@ -374,6 +399,13 @@ impl Client {
                 self.node = None;
                 (format!("{node}: overloaded: {e}"), true)
             }
+            // A resend's final word must be the write's stored answer;
+            // anything else (a stale timestamp, an internal error, a reply
+            // that does not verify) says nothing of whether it ran.
+            other if outcome.pending.is_some() && !outcome.answered(&other) => {
+                let e = other.into_error(kind, node);
+                return Some(outcome.or(kind, e));
+            }
             other => return Some(other.into_error(kind, node)),
         };
         if tries.failed(exclude.then_some(node), why) {
@@ -592,6 +624,8 @@ impl Client {
             body: String,
             /// `None` until written on the current connection.
             id: Option<u64>,
+            /// A write is sent again only under its first stamp.
+            stamp: Stamp,
         }
         let idempotent = is_idempotent(kind);
         let window = window.max(1);
@@ -608,8 +642,15 @@ impl Client {
             let node = self.node.as_mut().expect("ensure_node connected");
             // Fill the window: first what must be (re)sent, then new input.
             let mut send_failed = None;
+            let send = |conn: &mut Connection, p: &Pending| {
+                if idempotent {
+                    conn.send(kind, &p.body, token.as_deref())
+                } else {
+                    conn.send_stamped(kind, &p.body, token.as_deref(), &p.stamp)
+                }
+            };
             for p in pending.iter_mut().filter(|p| p.id.is_none()) {
-                match node.conn.send(kind, &p.body, token.as_deref()) {
+                match send(&mut node.conn, p) {
                     Ok(id) => p.id = Some(id),
                     Err(f) => {
                         send_failed = Some(f);
@@ -624,8 +665,9 @@ impl Client {
                             index,
                             body,
                             id: None,
+                            stamp: Stamp::fresh(),
                         };
-                        match node.conn.send(kind, &p.body, token.as_deref()) {
+                        match send(&mut node.conn, &p) {
                             Ok(id) => p.id = Some(id),
                             Err(f) => send_failed = Some(f),
                         }

@@ -157,6 +157,24 @@ fn a_write_cut_mid_flight_is_resent_with_the_same_nonce() {
 }
 
 #[test]
+fn a_resent_write_answered_by_what_cannot_be_its_stored_reply_is_an_unknown_outcome() {
+    let a = TestServer::start(|r| match r.kind.as_str() {
+        "blacklist.add" => Action::Close,
+        _ => support::app_handler("a", r),
+    });
+    let b = TestServer::start(|_| Action::Err(dsf_common::Error::Internal("boom".into())));
+    let (lb, _) = fake_lb(vec![("a", a.addr_string()), ("b", b.addr_string())]);
+    let mut c = client(vec![lb.addr_string()]);
+    let e = c
+        .call("blacklist.add", &json!({"id_card": "1", "name": "x"}))
+        .unwrap_err();
+    // The first attempt may have run on a; b's internal error says nothing
+    // of that.
+    assert!(matches!(e, Error::OutcomeUnknown { .. }), "{e}");
+    assert_eq!(b.nonces(), a.nonces());
+}
+
+#[test]
 fn a_write_no_node_answers_is_an_unknown_outcome_once_the_window_cannot_be_used() {
     let a = TestServer::start(|r| match r.kind.as_str() {
         "blacklist.add" => Action::Close,

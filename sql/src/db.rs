@@ -26,8 +26,13 @@ pub const DEFAULT_STARTUP_DEADLINE: Option<Duration> = Some(Duration::from_secs(
 /// Statements run on every new connection: utf8mb4 so 4-byte characters
 /// round-trip whatever the server's defaults, and strict mode so an
 /// over-long value is an error instead of being silently cut.
-const INIT: [&str; 2] = [
+const INIT: [&str; 3] = [
     "SET NAMES utf8mb4 COLLATE utf8mb4_unicode_520_ci",
+    // A write that trips over another's locks (the same request running
+    // elsewhere, a stuck transaction) gives up in 5 s, as `unavailable`,
+    // well inside a client's request timeout, instead of holding a worker
+    // for InnoDB's default 50 s.
+    "SET SESSION innodb_lock_wait_timeout = 5",
     "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,\
      ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'",
 ];
@@ -233,10 +238,21 @@ impl Db {
         op: &'static str,
         f: impl FnOnce(&mut PooledConn) -> mysql::Result<T>,
     ) -> Result<T> {
-        // Inside Writes::run_once, on this thread: its transaction.
-        if let Some(mut conn) = crate::writes::take_tx(self.id()) {
-            let r = f(&mut conn);
-            crate::writes::put_tx(self.id(), conn);
+        // Inside Writes::run_once, on this thread: its transaction. Given
+        // back even if `f` panics, so that run_once's guard rolls it back
+        // instead of the pool getting a connection with a transaction open.
+        if let Some(conn) = crate::writes::take_tx(self.id()) {
+            struct GiveBack(usize, Option<PooledConn>);
+            impl Drop for GiveBack {
+                fn drop(&mut self) {
+                    if let Some(c) = self.1.take() {
+                        crate::writes::put_tx(self.0, c);
+                    }
+                }
+            }
+            let mut held = GiveBack(self.id(), Some(conn));
+            let r = f(held.1.as_mut().expect("just put there"));
+            drop(held);
             return r.map_err(|e| Error::from_mysql(op, e));
         }
         let mut conn = self.conn(op)?;

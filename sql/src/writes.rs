@@ -22,7 +22,6 @@ use mysql::PooledConn;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::time::now_ms;
 
 thread_local! {
     /// The connection of the run-once transaction open on this thread, with
@@ -92,8 +91,13 @@ pub(crate) fn put_tx(db_id: usize, conn: PooledConn) {
     TX.with(|t| *t.borrow_mut() = Some((db_id, conn)));
 }
 
+/// Records are stamped with the database's clock, which the janitor
+/// compares with the same clock: app servers' clocks may differ.
 const INSERT: &str = "INSERT INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
-                      VALUES (?, ?, ?, ?, ?, ?)";
+                      VALUES (?, ?, ?, ?, ?, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))";
+/// [`INSERT`] for a refusal, recorded on its own after the rollback.
+const INSERT_REFUSAL: &str = "INSERT IGNORE INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
+                              VALUES (?, ?, ?, ?, ?, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))";
 
 // === impl Writes ===
 
@@ -125,9 +129,8 @@ impl<'a> Writes<'a> {
                 message: "the run-once transaction's connection was lost".into(),
             });
         };
-        let now = now_ms();
         if ok {
-            let params = (app, nonce, kind, true, reply.as_str(), now);
+            let params = (app, nonce, kind, true, reply.as_str());
             return match conn.exec_drop(INSERT, params) {
                 Ok(()) => {
                     conn.query_drop("COMMIT")
@@ -153,13 +156,15 @@ impl<'a> Writes<'a> {
             return Ok(Once::Replayed(s));
         }
         if keep_refusal {
-            self.db.with_conn(OP, |c| {
-                c.exec_drop(
-                    "INSERT IGNORE INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
-                     VALUES (?, ?, ?, ?, ?, ?)",
-                    (app, nonce, kind, false, reply.as_str(), now),
-                )
+            let inserted = self.db.with_conn(OP, |c| {
+                c.exec_drop(INSERT_REFUSAL, (app, nonce, kind, false, reply.as_str()))?;
+                Ok(c.affected_rows())
             })?;
+            if inserted == 0 {
+                // A run of the same request committed meanwhile (its record
+                // was not yet visible above): its reply is the answer.
+                return self.replayed(app, nonce);
+            }
         }
         Ok(Once::Ran(Stored { ok, reply }))
     }
@@ -184,13 +189,14 @@ impl<'a> Writes<'a> {
         })
     }
 
-    /// Deletes up to `limit` records made before `before_ms`; returns how
-    /// many went.
-    pub fn expire(&self, before_ms: i64, limit: u32) -> Result<u64> {
+    /// Deletes up to `limit` records older than `age` by the database's
+    /// clock; returns how many went.
+    pub fn expire(&self, age: std::time::Duration, limit: u32) -> Result<u64> {
         self.db.with_conn("wire.expire", |c| {
             c.exec_drop(
-                "DELETE FROM wire_writes WHERE created_at < ? LIMIT ?",
-                (before_ms, limit),
+                "DELETE FROM wire_writes \
+                 WHERE created_at < CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) - ? LIMIT ?",
+                (age.as_millis() as i64, limit),
             )?;
             Ok(c.affected_rows())
         })

@@ -4,6 +4,7 @@
 //! same request at once commit one of them.
 
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
 use dsf_sql::{testing, Db, NewEntry, Once, Stored};
 
@@ -145,9 +146,14 @@ fn records_older_than_the_window_are_deleted() {
             add(&db, "E1")
         })
         .unwrap();
-    assert_eq!(db.writes().expire(0, 100).unwrap(), 0);
-    let later = dsf_sql::now_ms() + 1;
-    assert_eq!(db.writes().expire(later, 100).unwrap(), 1);
+    // Younger than a minute: kept.
+    assert_eq!(db.writes().expire(Duration::from_secs(60), 100).unwrap(), 0);
+    // Past an age it has reached (a moment, by the database's clock): gone.
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        db.writes().expire(Duration::from_millis(5), 100).unwrap(),
+        1
+    );
     assert!(db
         .writes()
         .stored("cli", "00112233445566ee")

@@ -30,11 +30,20 @@ pub enum KeyError {
     Format { path: String, reason: String },
     #[error("{path}: app {app:?} has an empty secret")]
     EmptySecret { path: String, app: String },
+    #[error("{path}: app id {app:?} is {len} characters; at most {MAX_APP_ID} (it is stored with every write)")]
+    AppIdTooLong {
+        path: String,
+        app: String,
+        len: usize,
+    },
     #[error("{path}: app id \"cluster\" is reserved for the cluster secret (set it with DSF_CLUSTER_SECRET or --cluster-secret-file)")]
     ReservedApp { path: String },
     #[error("no cluster secret: set DSF_CLUSTER_SECRET or pass --cluster-secret-file FILE (a file of mode 0600 holding the secret)")]
     NoClusterSecret,
 }
+
+/// Longest app id: the column writes that run once are recorded under.
+pub const MAX_APP_ID: usize = 64;
 
 /// Keys by app id.
 #[derive(Debug, Clone, Default)]
@@ -100,6 +109,14 @@ impl AppKeys {
             }
             if app == CLUSTER_APP {
                 return Err(KeyError::ReservedApp { path: shown });
+            }
+            let len = app.chars().count();
+            if len > MAX_APP_ID {
+                return Err(KeyError::AppIdTooLong {
+                    path: shown,
+                    app,
+                    len,
+                });
             }
             keys.insert(&app, secret.as_bytes());
         }
@@ -181,7 +198,9 @@ mod tests {
     #[test]
     fn refuses_malformed_tables() {
         let d = tempdir();
+        let long = format!("{} = \"s\"", "a".repeat(65));
         for (text, want) in [
+            (long.as_str(), "at most 64"),
             ("cli = 3", "must be a string"),
             ("cli = \"\"", "empty secret"),
             ("cluster = \"x\"", "reserved"),
