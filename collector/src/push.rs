@@ -16,7 +16,7 @@ use dsf_common::view::View;
 use dsf_common::wire::keys::CLUSTER_APP;
 use dsf_common::wire::Key;
 use dsf_common::ErrorCode;
-use serde::Deserialize;
+use dsf_proto::cluster::Applied;
 
 use crate::cluster::{Cluster, Next};
 
@@ -76,11 +76,6 @@ fn refusal_hint(e: &dsf_common::Error) -> &'static str {
 
 /// How often an idle pusher looks whether its balancer hung up.
 const PEER_CHECK: Duration = Duration::from_millis(100);
-
-#[derive(Deserialize)]
-struct Applied {
-    applied: u64,
-}
 
 /// One balancer's connection.
 struct Pusher {

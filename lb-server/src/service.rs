@@ -21,6 +21,7 @@ use dsf_common::wire::keys::CLUSTER_APP;
 use dsf_common::wire::{self, Admission, Admitted, Key};
 use dsf_common::Error;
 // What `lb.resolve` takes and answers: the catalogue's types.
+use dsf_proto::cluster::Applied;
 use dsf_proto::lb::{ResolveBody, Resolved, MAX_EXCLUDE, MAX_KEY};
 use serde::Serialize;
 
@@ -279,7 +280,7 @@ fn build_views(
 }
 
 fn reply_applied(b: &Build, version: u64, out: &mut Vec<u8>) {
-    let body = format!("{{\"applied\":{version}}}");
+    let body = serde_json::to_string(&Applied { applied: version }).expect("a number serialises");
     wire::encode_ok(Some(&b.key), b.id, &b.nonce, &body, out);
 }
 

@@ -13,9 +13,9 @@
 //! and its reply, written once here ([`sys`], [`user`], [`blacklist`],
 //! [`gate`], [`lb`]). The app server parses bodies and renders replies with
 //! these types; the SDK's typed calls (`Client::send::<M>`) send and read
-//! them. The cluster's own types (`lb.set_view`, `node.*`,
-//! `cluster.status`) carry the view types of `dsf-common` and are listed by
-//! name only.
+//! them. The cluster's own types ([`cluster`]: `node.heartbeat`,
+//! `node.leave`, `lb.set_view`) are messages too; the two diagnostic
+//! reports, `lb.view` and `cluster.status`, are listed by name.
 
 #![forbid(unsafe_code)]
 
@@ -363,6 +363,148 @@ pub mod gate {
     );
 }
 
+/// The cluster's own types (cluster secret): the view the collector pushes
+/// to balancers, and the heartbeats app servers send the collector.
+pub mod cluster {
+    use super::*;
+
+    /// Default weight of a node.
+    pub const DEFAULT_WEIGHT: u32 = 1;
+
+    /// One version of the cluster's membership and load.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct View {
+        /// Only grows; a balancer ignores a view older than the one it holds.
+        pub version: u64,
+        pub nodes: Vec<NodeView>,
+    }
+
+    /// A member as the view describes it.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct NodeView {
+        /// Stable id (default: the advertised address); a node restarted under
+        /// the same id takes back the same ring points.
+        pub id: String,
+        /// Where clients connect, `host:port`.
+        pub addr: String,
+        /// Relative share of keys; 0 takes no new keys.
+        #[serde(default = "default_weight")]
+        pub weight: u32,
+        #[serde(default)]
+        pub state: NodeState,
+        #[serde(default)]
+        pub load: Load,
+    }
+
+    fn default_weight() -> u32 {
+        DEFAULT_WEIGHT
+    }
+
+    /// Whether a node takes new keys.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum NodeState {
+        /// Serving and taking new keys.
+        #[default]
+        Up,
+        /// Finishing what it has; gets no new keys.
+        Draining,
+    }
+
+    /// The load figures a node last reported (smoothed by the collector).
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Load {
+        #[serde(default)]
+        pub conns: u64,
+        #[serde(default)]
+        pub inflight: u64,
+        #[serde(default)]
+        pub rps: f64,
+        #[serde(default)]
+        pub p99_ms: f64,
+    }
+
+    /// `node.heartbeat`'s body: an app server saying it is alive, where, and
+    /// how loaded. Sent to the collector every second under the cluster secret.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Heartbeat {
+        /// Stable node id (default: the advertised address).
+        pub id: String,
+        /// Where clients connect, `host:port`.
+        pub addr: String,
+        #[serde(default = "default_weight")]
+        pub weight: u32,
+        #[serde(default)]
+        pub state: NodeState,
+        #[serde(default)]
+        pub stats: Stats,
+    }
+
+    /// What a node measures about itself, over the last heartbeat interval.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Stats {
+        /// Connections open now.
+        #[serde(default)]
+        pub conns: u64,
+        /// Requests being handled now.
+        #[serde(default)]
+        pub inflight: u64,
+        /// Requests waiting for a worker now.
+        #[serde(default)]
+        pub queue: u64,
+        /// Requests per second answered.
+        #[serde(default)]
+        pub rps: f64,
+        /// Error replies per second.
+        #[serde(default)]
+        pub errors_per_s: f64,
+        /// Median latency, milliseconds.
+        #[serde(default)]
+        pub p50_ms: f64,
+        /// 99th percentile latency, milliseconds.
+        #[serde(default)]
+        pub p99_ms: f64,
+    }
+
+    /// `node.leave`'s body.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Leave {
+        pub id: String,
+    }
+
+    /// `node.heartbeat`'s reply: the view version the collector holds.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct HeartbeatReply {
+        pub view: u64,
+    }
+
+    /// `lb.set_view`'s reply: the version the balancer holds after it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Applied {
+        pub applied: u64,
+    }
+
+    message!(
+        /// `node.heartbeat`: an app server to the collector.
+        NodeHeartbeat = "node.heartbeat", Cluster, false: Heartbeat => HeartbeatReply
+    );
+    message!(
+        /// `node.leave`: an app server leaving at the end of a graceful stop.
+        NodeLeave = "node.leave", Cluster, false: Leave => Empty
+    );
+    message!(
+        /// `lb.set_view`: the collector to a balancer; older versions are
+        /// ignored.
+        SetView = "lb.set_view", Cluster, false: View => Applied
+    );
+}
+
 /// `lb.*`: the balancer's client port.
 pub mod lb {
     use super::*;
@@ -453,10 +595,13 @@ pub const CATALOGUE: &[Type] = &[
     <gate::Check as Message>::TYPE,
     <gate::History as Message>::TYPE,
     <lb::Resolve as Message>::TYPE,
+    <cluster::NodeHeartbeat as Message>::TYPE,
+    <cluster::NodeLeave as Message>::TYPE,
+    <cluster::SetView as Message>::TYPE,
+    // Diagnostic reports whose shape belongs to the server that makes them
+    // (the ring's shares, the collector's member table; see the README);
+    // listed by name, their replies read as JSON.
     read("lb.view", Auth::App),
-    read("lb.set_view", Auth::Cluster),
-    read("node.heartbeat", Auth::Cluster),
-    read("node.leave", Auth::Cluster),
     read("cluster.status", Auth::App),
 ];
 
@@ -525,6 +670,9 @@ mod tests {
         listed::<gate::Check>();
         listed::<gate::History>();
         listed::<lb::Resolve>();
+        listed::<cluster::NodeHeartbeat>();
+        listed::<cluster::NodeLeave>();
+        listed::<cluster::SetView>();
     }
 
     #[test]

@@ -33,7 +33,10 @@ pub fn handle(cluster: &Cluster, req: &Admitted) -> Result<String, Error> {
     let hb: Heartbeat = req.request.body()?;
     validate(&hb)?;
     let version = cluster.heartbeat(&hb)?;
-    Ok(format!("{{\"view\":{version}}}"))
+    Ok(
+        serde_json::to_string(&dsf_proto::cluster::HeartbeatReply { view: version })
+            .expect("a number serialises"),
+    )
 }
 
 #[cfg(test)]
