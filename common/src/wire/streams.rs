@@ -96,9 +96,7 @@ impl Streams {
                 "id {}: a stream of this connection is open under that id; number each request afresh",
                 r.id
             ));
-            let mut out = Vec::new();
-            admitted.error(&e, &mut out);
-            reply.send(out);
+            refuse(admitted, reply, &e);
             return Err(Ended::Finished);
         }
         if streams.len() >= self.per_conn {
@@ -107,9 +105,7 @@ impl Streams {
                 "this connection has {} streams open, the most allowed; cancel one (sys.cancel) or open another connection",
                 self.per_conn
             ));
-            let mut out = Vec::new();
-            admitted.error(&e, &mut out);
-            reply.send(out);
+            refuse(admitted, reply, &e);
             return Err(Ended::Overloaded);
         }
         let slot = Arc::new(Slot {
@@ -191,6 +187,13 @@ impl Streams {
             }
         }
     }
+}
+
+/// Answers a request that opens no stream with `e`, as its final reply.
+fn refuse(admitted: &Admitted, reply: ReplyTo, e: &Error) {
+    let mut out = Vec::new();
+    admitted.error(e, &mut out);
+    reply.send(out);
 }
 
 fn final_frame(key: &Key, id: u64, nonce: &str, body: &str) -> Vec<u8> {
