@@ -266,6 +266,29 @@ pub(crate) struct Parts<'a> {
     pub(crate) shared: &'a Arc<ConnShared>,
 }
 
+// === impl Parts ===
+
+impl Parts<'_> {
+    /// The [`Context`] a service sees, over these fields.
+    pub(crate) fn context<'b>(
+        &'b mut self,
+        refused: &'b mut bool,
+        sink: &'b Arc<Sink>,
+    ) -> Context<'b> {
+        Context {
+            conn: self.conn,
+            peer: self.peer,
+            origin: self.origin,
+            out: self.out,
+            close: self.closing,
+            inflight: self.inflight,
+            refused,
+            shared: self.shared,
+            sink,
+        }
+    }
+}
+
 /// Limits the framed adapter enforces.
 pub(crate) struct Rules<'a> {
     pub(crate) max_refused: u32,
@@ -308,26 +331,14 @@ pub(crate) fn dispatch<S: Service>(
             Ok(Some(payload)) => {
                 decoded = true;
                 rules.stats.frames.fetch_add(1, Ordering::Relaxed);
-                // The payload borrows the decoder; `offer` needs `f` whole.
-                let (run, closing) = (&mut f.refused_run, &mut *p.closing);
                 let mut refused = false;
-                let mut cx = Context {
-                    conn: p.conn,
-                    peer: p.peer,
-                    origin: p.origin,
-                    out: p.out,
-                    close: closing,
-                    inflight: p.inflight,
-                    refused: &mut refused,
-                    shared: p.shared,
-                    sink: rules.sink,
-                };
+                let mut cx = p.context(&mut refused, rules.sink);
                 if service.on_frame(payload, &mut cx) == Dispatch::Busy {
                     f.parked = Some(payload.to_vec());
                     f.frame_started = (f.decoder.buffered() > 0).then_some(rules.now);
                     return Flow::Parked;
                 }
-                count_refused(run, refused, p, rules);
+                count_refused(&mut f.refused_run, refused, p, rules);
             }
             Ok(None) => break,
             Err(e) => {
@@ -354,17 +365,7 @@ fn offer<S: Service>(
     frame: &[u8],
 ) -> Dispatch {
     let mut refused = false;
-    let mut cx = Context {
-        conn: p.conn,
-        peer: p.peer,
-        origin: p.origin,
-        out: p.out,
-        close: p.closing,
-        inflight: p.inflight,
-        refused: &mut refused,
-        shared: p.shared,
-        sink: rules.sink,
-    };
+    let mut cx = p.context(&mut refused, rules.sink);
     let d = service.on_frame(frame, &mut cx);
     if d == Dispatch::Done {
         count_refused(&mut f.refused_run, refused, p, rules);

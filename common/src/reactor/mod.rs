@@ -39,6 +39,23 @@
 //! requests, deliver the replies of requests already dispatched, then return
 //! once all are flushed or `shutdown_grace` has passed.
 
+/// The [`framed::Parts`] of connection `$c` (id `$id`): its fields a
+/// service's [`Context`] borrows, taken one by one so that the rest of the
+/// connection (its protocol state) stays free to borrow.
+macro_rules! parts {
+    ($id:expr, $c:expr) => {
+        $crate::reactor::framed::Parts {
+            conn: $id,
+            peer: $c.peer,
+            origin: $c.origin,
+            out: &mut $c.out,
+            closing: &mut $c.closing,
+            inflight: &mut $c.inflight,
+            shared: &$c.shared,
+        }
+    };
+}
+
 mod framed;
 mod outbox;
 mod pipe;
@@ -61,7 +78,7 @@ pub use outbox::{Handle, Outbox, ReplyTo, SendError, Shutdown};
 
 use crate::error::Error;
 use crate::wire::frame::DEFAULT_MAX_FRAME;
-use framed::{Flow, Framed, Parts, Rules};
+use framed::{Flow, Framed, Rules};
 use outbox::{ConnShared, Msg, Sink};
 
 /// Default cap on connections: 10,000.
@@ -916,18 +933,8 @@ impl Core {
             c.last_active = now;
             let mut refused = false;
             let accept = {
-                let mut cx = Context {
-                    conn: id,
-                    peer,
-                    origin: c.origin,
-                    out: &mut c.out,
-                    close: &mut c.closing,
-                    inflight: &mut c.inflight,
-                    refused: &mut refused,
-                    shared: &c.shared,
-                    sink: &self.sink,
-                };
-                service.on_accept(&mut cx)
+                let mut parts = parts!(id, c);
+                service.on_accept(&mut parts.context(&mut refused, &self.sink))
             };
             match accept {
                 Accept::Framed => c.proto = Proto::Framed(Framed::new(self.cfg.max_frame)),
@@ -971,15 +978,7 @@ impl Core {
                 stats: &self.stats,
                 now,
             };
-            let mut parts = Parts {
-                conn: id,
-                peer: c.peer,
-                origin: c.origin,
-                out: &mut c.out,
-                closing: &mut c.closing,
-                inflight: &mut c.inflight,
-                shared: &c.shared,
-            };
+            let mut parts = parts!(id, c);
             f.parked = Some(frame);
             if let Flow::Parked = framed::dispatch_parked(f, &mut parts, service, &mut rules) {
                 break;
@@ -1059,15 +1058,7 @@ impl Core {
                     unreachable!("drive_framed on a framed connection");
                 };
                 let was_parked = f.parked.is_some();
-                let mut parts = Parts {
-                    conn: id,
-                    peer: c.peer,
-                    origin: c.origin,
-                    out: &mut c.out,
-                    closing: &mut c.closing,
-                    inflight: &mut c.inflight,
-                    shared: &c.shared,
-                };
+                let mut parts = parts!(id, c);
                 if was_parked {
                     // Waits its turn in `parked`.
                     break;

@@ -20,7 +20,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::framed::{Context, Framed, Service, Sniffed};
+use super::framed::{Framed, Service, Sniffed};
 use super::outbox::ConnShared;
 use super::{Budget, Conn, ConnId, Core, Got, Proto, Status, READS_PER_TURN};
 
@@ -141,17 +141,8 @@ impl Core {
                 Got::Bytes(n) => {
                     s.buf.extend_from_slice(&self.scratch[..n]);
                     let mut refused = false;
-                    let mut cx = Context {
-                        conn: id,
-                        peer: c.peer,
-                        origin: c.origin,
-                        out: &mut c.out,
-                        close: &mut c.closing,
-                        inflight: &mut c.inflight,
-                        refused: &mut refused,
-                        shared: &c.shared,
-                        sink: &self.sink,
-                    };
+                    let mut parts = parts!(id, c);
+                    let mut cx = parts.context(&mut refused, &self.sink);
                     match service.on_bytes(&s.buf, &mut cx) {
                         Sniffed::NeedMore => {}
                         Sniffed::Close => c.closing = true,
@@ -263,17 +254,8 @@ impl Core {
         // Detached until a backend takes it.
         c.proto = Proto::Sniff(Sniff::default());
         let mut refused = false;
-        let mut cx = Context {
-            conn: front,
-            peer: c.peer,
-            origin: c.origin,
-            out: &mut c.out,
-            close: &mut c.closing,
-            inflight: &mut c.inflight,
-            refused: &mut refused,
-            shared: &c.shared,
-            sink: &self.sink,
-        };
+        let mut parts = parts!(front, c);
+        let mut cx = parts.context(&mut refused, &self.sink);
         let next = service.on_pipe_failed(addr, e, &mut cx);
         if next.is_none() {
             self.flush_and_close(service, front, "backend unreachable");
