@@ -120,55 +120,60 @@ impl Key {
             .map_err(|_| Error::BadSignature("event signature does not match: the server holds a different secret for this app, or the event was altered".into()))
     }
 
-    fn event_mac(&self, f: &EventFields<'_>) -> HmacMd5 {
+    /// The keyed MAC over `fields` joined by `\n`: every frame's rule.
+    fn mac_over(&self, fields: &[&[u8]]) -> HmacMd5 {
         let mut mac = HmacMd5::clone(&self.mac);
-        let mut num = itoa::Buffer::new();
-        mac.update(num.format(f.v).as_bytes());
-        mac.update(b"\n");
-        mac.update(num.format(f.id).as_bytes());
-        mac.update(b"\n");
-        mac.update(f.nonce.as_bytes());
-        mac.update(b"\n");
-        mac.update(num.format(f.seq).as_bytes());
-        mac.update(b"\n");
-        mac.update(f.event.as_bytes());
-        mac.update(b"\n");
-        mac.update(f.body.as_bytes());
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                mac.update(b"\n");
+            }
+            mac.update(f);
+        }
         mac
+    }
+
+    fn event_mac(&self, f: &EventFields<'_>) -> HmacMd5 {
+        let (mut v, mut id, mut seq) = (
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+        );
+        self.mac_over(&[
+            v.format(f.v).as_bytes(),
+            id.format(f.id).as_bytes(),
+            f.nonce.as_bytes(),
+            seq.format(f.seq).as_bytes(),
+            f.event.as_bytes(),
+            f.body.as_bytes(),
+        ])
     }
 
     fn request_mac(&self, f: &RequestFields<'_>) -> HmacMd5 {
-        let mut mac = HmacMd5::clone(&self.mac);
-        let mut num = itoa::Buffer::new();
-        mac.update(num.format(f.v).as_bytes());
-        mac.update(b"\n");
-        mac.update(num.format(f.id).as_bytes());
-        mac.update(b"\n");
-        mac.update(f.kind.as_bytes());
-        mac.update(b"\n");
-        mac.update(num.format(f.ts).as_bytes());
-        mac.update(b"\n");
-        mac.update(f.nonce.as_bytes());
-        mac.update(b"\n");
-        mac.update(f.token.as_bytes());
-        mac.update(b"\n");
-        mac.update(f.body.as_bytes());
-        mac
+        let (mut v, mut id, mut ts) = (
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+        );
+        self.mac_over(&[
+            v.format(f.v).as_bytes(),
+            id.format(f.id).as_bytes(),
+            f.kind.as_bytes(),
+            ts.format(f.ts).as_bytes(),
+            f.nonce.as_bytes(),
+            f.token.as_bytes(),
+            f.body.as_bytes(),
+        ])
     }
 
     fn reply_mac(&self, f: &ReplyFields<'_>) -> HmacMd5 {
-        let mut mac = HmacMd5::clone(&self.mac);
-        let mut num = itoa::Buffer::new();
-        mac.update(num.format(f.v).as_bytes());
-        mac.update(b"\n");
-        mac.update(num.format(f.id).as_bytes());
-        mac.update(b"\n");
-        mac.update(f.nonce.as_bytes());
-        mac.update(b"\n");
-        mac.update(if f.ok { b"true" } else { b"false" });
-        mac.update(b"\n");
-        mac.update(f.payload.as_bytes());
-        mac
+        let (mut v, mut id) = (itoa::Buffer::new(), itoa::Buffer::new());
+        self.mac_over(&[
+            v.format(f.v).as_bytes(),
+            id.format(f.id).as_bytes(),
+            f.nonce.as_bytes(),
+            if f.ok { b"true" } else { b"false" },
+            f.payload.as_bytes(),
+        ])
     }
 }
 
