@@ -48,7 +48,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds the ring of `view`.
     pub fn build(view: View, kind: PolicyKind, ring: RingConfig) -> Result<Snapshot, Error> {
-        let policy = Policy::new(kind, Ring::from_view(&view, ring).map_err(Error::from)?);
+        let policy = Policy::new(
+            kind,
+            Ring::from_view(&view, ring).map_err(crate::ring_error)?,
+        );
         Ok(Snapshot { view, policy })
     }
 
@@ -148,7 +151,10 @@ impl Balancer {
             )));
         }
         let snap = self.current.load();
-        let node = snap.policy.pick(key.as_bytes(), &body.exclude)?;
+        let node = snap
+            .policy
+            .pick(key.as_bytes(), &body.exclude)
+            .map_err(crate::ring_error)?;
         let reply = Resolved {
             node: node.id.clone(),
             addr: node.addr.clone(),

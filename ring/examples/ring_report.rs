@@ -1,7 +1,7 @@
 //! How evenly and how stably the ring spreads keys, beside the usual
 //! alternatives, in one run on one machine.
 //!
-//! `cargo run --release -p lb-server --example ring_report [-- KEYS]`
+//! `cargo run --release -p dsf-ring --example ring_report [-- KEYS]`
 //!
 //! For n ∈ {3, 10, 100, 1000} nodes it hashes KEYS random keys (default
 //! 1,000,000) and prints a Markdown table row per scheme:
@@ -27,10 +27,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use dsf_common::view::{Load, NodeState, NodeView};
-use lb_server::ring::{
-    key_position, BoundedLoad, LoadCounter, Loads, Ring, RingConfig, NO_EXCLUDE,
-};
+use dsf_proto::cluster::{Load, NodeState, NodeView};
+use dsf_ring::{key_position, BoundedLoad, LoadCounter, Loads, Ring, RingConfig, NO_EXCLUDE};
 use md5::{Digest, Md5};
 use rand::{Rng, SeedableRng};
 

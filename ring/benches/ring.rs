@@ -1,7 +1,7 @@
 //! Lookup cost of the ring at the default size (100 nodes × 160 vnodes),
 //! including the key's MD5, as `lb.resolve` pays it.
 //!
-//! `cargo bench -p lb-server --bench ring`
+//! `cargo bench -p dsf-ring --bench ring`
 //!
 //! Each case runs twice: `wall/…` with criterion's usual wall clock, and
 //! `cpu/…` with the time this thread spent on a CPU (Linux
@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, SamplingMode};
-use dsf_common::view::{Load, NodeState, NodeView, View};
-use lb_server::policy::{Policy, PolicyKind};
-use lb_server::ring::{key_position, BoundedLoad, Ring, RingConfig, NO_EXCLUDE};
+use dsf_proto::cluster::{Load, NodeState, NodeView, View};
+use dsf_ring::policy::{Policy, PolicyKind};
+use dsf_ring::{key_position, BoundedLoad, Ring, RingConfig, NO_EXCLUDE};
 
 fn view(n: usize) -> View {
     View {

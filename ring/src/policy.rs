@@ -16,10 +16,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dsf_common::view::View;
+use dsf_proto::cluster::View;
 use rand::Rng;
 
-use crate::ring::{Ring, RingConfig, RingError, RingNode};
+use crate::{Ring, RingConfig, RingError, RingNode};
 
 /// Which policy `--policy` selects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -228,9 +228,8 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::{BoundedLoad, NO_EXCLUDE};
-    use dsf_common::view::{Load, NodeState, NodeView};
-    use dsf_common::ErrorCode;
+    use crate::{BoundedLoad, NO_EXCLUDE};
+    use dsf_proto::cluster::{Load, NodeState, NodeView};
     use proptest::prelude::*;
     use std::sync::Arc;
 
@@ -337,7 +336,7 @@ mod tests {
         for kind in PolicyKind::ALL {
             let p = Policy::from_view(kind, &View::default(), RingConfig::default()).unwrap();
             let err = p.pick(b"k", NO_EXCLUDE).unwrap_err();
-            assert_eq!(err.code(), ErrorCode::Unavailable, "{kind}");
+            assert!(err.is_unavailable(), "{kind}");
             assert!(matches!(err, RingError::NoNodes { .. }), "{kind}: {err}");
         }
     }
@@ -413,7 +412,7 @@ mod tests {
                         }
                         Err(e) => {
                             prop_assert_eq!(left, 0, "{} refused with {} left", kind, left);
-                            prop_assert_eq!(e.code(), ErrorCode::Unavailable);
+                            prop_assert!(e.is_unavailable());
                         }
                     }
                 }

@@ -28,13 +28,22 @@
 //! The ring is built once per view and then only read: it is `Send + Sync`
 //! and lookups allocate nothing (except [`Ring::successors`], which keeps a
 //! small bitset of the nodes it has yielded).
+//!
+//! [`policy`] holds the `--policy` choices (`ring`, `round-robin`, `random`,
+//! `least-loaded`) over one ring. The crate depends only on the view's
+//! types (`dsf-proto`), so the balancer's resolve path, its proxy mode
+//! and the collector's tests share one ring without depending on
+//! `lb-server`.
+
+#![forbid(unsafe_code)]
+
+pub mod policy;
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use dsf_common::view::{NodeState, NodeView, View};
-use dsf_common::ErrorCode;
+use dsf_proto::cluster::{NodeState, NodeView, View};
 use md5::{Digest, Md5};
 
 /// Points per unit of weight when no `--vnodes` is given.
@@ -125,23 +134,14 @@ pub enum RingError {
 // === impl RingError ===
 
 impl RingError {
-    /// The wire code this error is answered with: `unavailable` when no
-    /// node can take the key (the SDK retries elsewhere or later),
-    /// `bad_request` for a view or setting that cannot make a ring.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            RingError::NoNodes { .. } | RingError::AllExcluded { .. } => ErrorCode::Unavailable,
-            RingError::DuplicateId { .. }
-            | RingError::TooManyPoints { .. }
-            | RingError::BadVnodes(_)
-            | RingError::BadBound(_) => ErrorCode::BadRequest,
-        }
-    }
-}
-
-impl From<RingError> for dsf_common::Error {
-    fn from(e: RingError) -> Self {
-        dsf_common::Error::new(e.code(), e.to_string())
+    /// Whether no node can take the key now (answered `unavailable`: the
+    /// SDK retries elsewhere or later); every other error is a view or a
+    /// setting that cannot make a ring (`bad_request`).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            RingError::NoNodes { .. } | RingError::AllExcluded { .. }
+        )
     }
 }
 
@@ -781,7 +781,7 @@ impl Iterator for Successors<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dsf_common::view::Load;
+    use dsf_proto::cluster::Load;
     use proptest::prelude::*;
 
     fn node(id: &str, weight: u32, state: NodeState, conns: u64) -> NodeView {
@@ -900,7 +900,7 @@ mod tests {
                 id: "a".into()
             }
         );
-        assert_eq!(err.code(), ErrorCode::BadRequest);
+        assert!(!err.is_unavailable());
     }
 
     #[test]
@@ -924,8 +924,7 @@ mod tests {
         assert!(ring.is_empty());
         assert_eq!(ring.owner(42), None);
         let err = ring.route(b"k", NO_EXCLUDE).unwrap_err();
-        let wire: dsf_common::Error = err.clone().into();
-        assert_eq!(wire.code(), ErrorCode::Unavailable);
+        assert!(err.is_unavailable());
         assert!(err.to_string().contains("start an app server"), "{err}");
         assert_eq!(ring.successors(7).count(), 0);
     }
@@ -936,7 +935,7 @@ mod tests {
         let all = ["10.0.0.0:7000", "10.0.0.1:7000", "10.0.0.1:7000", "unknown"];
         let err = ring.route(b"k", &all).unwrap_err();
         assert!(matches!(err, RingError::AllExcluded { .. }));
-        assert_eq!(err.code(), ErrorCode::Unavailable);
+        assert!(err.is_unavailable());
     }
 
     #[test]
@@ -1238,7 +1237,7 @@ mod tests {
                     }
                     Err(e) => {
                         prop_assert_eq!(left, 0);
-                        prop_assert_eq!(e.code(), ErrorCode::Unavailable);
+                        prop_assert!(e.is_unavailable());
                     }
                 }
             }
@@ -1259,7 +1258,7 @@ mod tests {
                     }
                     Err(e) => {
                         prop_assert_eq!(takers, 0);
-                        prop_assert_eq!(e.code(), ErrorCode::Unavailable);
+                        prop_assert!(e.is_unavailable());
                     }
                 }
             }
