@@ -412,3 +412,115 @@ fn a_first_line_that_never_ends_is_cut_at_its_size_cap() {
     assert!(read_all(&mut client).is_empty());
     echo_round_trip(&proxy, echo);
 }
+
+/// Decides on another thread: `later ADDR` is piped from there, `deny` is
+/// answered and closed from there, `never` is left waiting; `idle MS ADDR`
+/// is piped at once with its own idle timeout.
+struct Deferred(crossbeam_channel::Sender<(dsf_common::reactor::Outbox, String)>);
+
+impl Service for Deferred {
+    fn on_frame(&mut self, _payload: &[u8], cx: &mut Context<'_>) -> Dispatch {
+        cx.close();
+        Dispatch::Done
+    }
+
+    fn on_accept(&mut self, _cx: &mut Context<'_>) -> Accept {
+        Accept::Sniff {
+            max: 256,
+            deadline: Duration::from_millis(500),
+        }
+    }
+
+    fn on_bytes(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> Sniffed {
+        let Some(nl) = bytes.iter().position(|b| *b == b'\n') else {
+            return Sniffed::NeedMore;
+        };
+        let line = String::from_utf8_lossy(&bytes[..nl]).into_owned();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["idle", ms, addr] = words[..] {
+            cx.set_idle_timeout(Duration::from_millis(ms.parse().unwrap()));
+            return Sniffed::Pipe(addr.parse().unwrap());
+        }
+        self.0.send((cx.outbox(), line)).unwrap();
+        Sniffed::Wait
+    }
+}
+
+/// A proxy over [`Deferred`] and the thread that decides for it.
+fn deferred_proxy() -> Proxy {
+    let (tx, rx) = crossbeam_channel::unbounded::<(dsf_common::reactor::Outbox, String)>();
+    std::thread::spawn(move || {
+        for (outbox, line) in rx {
+            // Decided a little later, as a database lookup would be.
+            std::thread::sleep(Duration::from_millis(20));
+            match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["later", addr] => outbox.pipe(addr.parse().unwrap()),
+                ["deny"] => {
+                    outbox.send(b"ERR denied\n".to_vec()).unwrap();
+                    outbox.close();
+                }
+                _ => {}
+            }
+        }
+    });
+    Proxy::start(ReactorConfig::default(), Deferred(tx))
+}
+
+#[test]
+fn a_decision_from_another_thread_pipes_the_waiting_connection() {
+    let proxy = deferred_proxy();
+    let echo = echo_backend();
+    let line = format!("later {echo}\n");
+    let mut s = proxy.open(&line);
+    // The first line goes to the backend first, then the pipe carries on.
+    assert_eq!(read_n(&mut s, line.len()), line.as_bytes());
+    s.write_all(b"after the wait").unwrap();
+    assert_eq!(read_n(&mut s, 14), b"after the wait");
+    assert_eq!(proxy.stats.pipes.load(Ordering::Relaxed), 1);
+    wait_until("the bytes both ways are counted", || {
+        proxy.stats.pipe_bytes.load(Ordering::Relaxed) == 2 * (line.len() as u64 + 14)
+    });
+}
+
+#[test]
+fn a_refusal_from_another_thread_answers_and_closes() {
+    let proxy = deferred_proxy();
+    let mut s = proxy.open("deny\n");
+    assert_eq!(read_all(&mut s), b"ERR denied\n");
+    assert_eq!(proxy.stats.pipes.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_wait_nobody_ends_is_closed_at_the_first_packet_deadline_and_others_are_served() {
+    let proxy = deferred_proxy();
+    let echo = echo_backend();
+    let started = Instant::now();
+    let mut stuck = proxy.open("never\n");
+    let mut other = proxy.open(&format!("later {echo}\n"));
+    other.write_all(b"x").unwrap();
+    assert!(read_all(&mut stuck).is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(
+        read_n(&mut other, echo.to_string().len() + 8),
+        format!("later {echo}\nx").as_bytes()
+    );
+}
+
+#[test]
+fn a_pipe_with_its_own_idle_timeout_closes_on_it_while_others_stay() {
+    let proxy = deferred_proxy();
+    let echo = echo_backend();
+    let mut short = proxy.open(&format!("idle 200 {echo}\n"));
+    let mut long = proxy.open(&format!("idle 60000 {echo}\n"));
+    let started = Instant::now();
+    let _ = read_n(&mut short, format!("idle 200 {echo}\n").len());
+    assert!(
+        read_all(&mut short).is_empty(),
+        "closed after 200 ms of silence"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    // The default (60 s) and the other pipe's own timeout still hold.
+    let _ = read_n(&mut long, format!("idle 60000 {echo}\n").len());
+    long.write_all(b"still here").unwrap();
+    assert_eq!(read_n(&mut long, 10), b"still here");
+}

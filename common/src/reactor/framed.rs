@@ -62,6 +62,12 @@ pub enum Sniffed {
     Framed,
     /// Close, after writing whatever was put in [`Context::out`].
     Close,
+    /// Stop reading and wait for a decision made on another thread (a
+    /// lookup that blocks): [`Outbox::pipe`] makes the connection a pipe
+    /// (every byte seen so far goes first), [`Outbox::send`] then
+    /// [`Outbox::close`] answers and closes it. The first-packet deadline
+    /// still holds: no decision in time closes the connection.
+    Wait,
 }
 
 /// The application side of a reactor.
@@ -119,6 +125,7 @@ pub struct Context<'a> {
     pub(crate) out: &'a mut Vec<u8>,
     pub(crate) close: &'a mut bool,
     pub(crate) inflight: &'a mut usize,
+    pub(crate) idle: &'a mut Option<Duration>,
     pub(crate) refused: &'a mut bool,
     pub(crate) shared: &'a Arc<ConnShared>,
     pub(crate) sink: &'a Arc<Sink>,
@@ -160,6 +167,13 @@ impl Context<'_> {
     /// Close the connection once what is in its output is written.
     pub fn close(&mut self) {
         *self.close = true;
+    }
+
+    /// This connection's idle timeout instead of the reactor's (an MQTT
+    /// device's keep-alive, say). A pipe's backend side takes the client
+    /// side's when the pipe opens.
+    pub fn set_idle_timeout(&mut self, idle: Duration) {
+        *self.idle = Some(idle);
     }
 
     /// Answers a frame that admission refused, and closes the connection
@@ -263,6 +277,7 @@ pub(crate) struct Parts<'a> {
     pub(crate) out: &'a mut Vec<u8>,
     pub(crate) closing: &'a mut bool,
     pub(crate) inflight: &'a mut usize,
+    pub(crate) idle: &'a mut Option<Duration>,
     pub(crate) shared: &'a Arc<ConnShared>,
 }
 
@@ -282,6 +297,7 @@ impl Parts<'_> {
             out: self.out,
             close: self.closing,
             inflight: self.inflight,
+            idle: self.idle,
             refused,
             shared: self.shared,
             sink,

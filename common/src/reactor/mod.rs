@@ -51,6 +51,7 @@ macro_rules! parts {
             out: &mut $c.out,
             closing: &mut $c.closing,
             inflight: &mut $c.inflight,
+            idle: &mut $c.idle,
             shared: &$c.shared,
         }
     };
@@ -236,6 +237,9 @@ pub struct ReactorStats {
     pub connect_failed: AtomicU64,
     /// Byte pipes opened.
     pub pipes: AtomicU64,
+    /// Bytes read on one side of a pipe (each byte counted once, as it is
+    /// read; it is then written to the other side).
+    pub pipe_bytes: AtomicU64,
 }
 
 /// The protocol a connection speaks now.
@@ -276,6 +280,9 @@ struct Conn {
     failed: bool,
     /// Backends tried for this client since its last working pipe.
     pipe_tries: usize,
+    /// This connection's idle timeout, when the service set one
+    /// ([`Context::set_idle_timeout`]); otherwise the reactor's.
+    idle: Option<Duration>,
     /// Not read since then, because the memory budget is spent.
     paused_since: Option<Instant>,
     /// Listed in [`Core::paused`] (listed once, however often it is paused).
@@ -309,6 +316,7 @@ impl Conn {
             last_write: Instant::now(),
             failed: false,
             pipe_tries: 0,
+            idle: None,
             paused_since: None,
             listed_paused: false,
             mark: 0,
@@ -819,6 +827,20 @@ impl Core {
                     self.budget.recount(c);
                     self.queue(conn, turn);
                 }
+                Msg::Pipe { conn, addr } => {
+                    // Only a connection still waiting on its first bytes'
+                    // decision becomes a pipe; one closed or decided since
+                    // ignores it.
+                    let Some(c) = self.conns.get_mut(&conn) else {
+                        continue;
+                    };
+                    let Proto::Sniff(s) = &mut c.proto else {
+                        continue;
+                    };
+                    let bytes = std::mem::take(&mut s.buf);
+                    self.open_pipe(service, conn, addr, bytes, now);
+                    self.queue(conn, turn);
+                }
                 Msg::Connect {
                     conn,
                     shared,
@@ -1134,7 +1156,6 @@ impl Core {
         stopping: bool,
         again: &mut Vec<ConnId>,
     ) {
-        let idle = self.cfg.idle_timeout;
         let frame_timeout = self.cfg.frame_timeout;
         let mut expired: Vec<(ConnId, Expiry)> = Vec::new();
         for (id, c) in &self.conns {
@@ -1153,6 +1174,7 @@ impl Core {
             };
             // A peer that closed its side is idle-closed even with work in
             // flight: nothing it asked for may ever finish (a subscription).
+            let idle = c.idle.unwrap_or(self.cfg.idle_timeout);
             if (c.inflight == 0 || !c.read_open) && now.duration_since(last) >= idle {
                 expired.push((*id, Expiry::Idle));
                 continue;

@@ -24,6 +24,7 @@ pub(crate) enum Msg {
         reply: bool,
     },
     /// Open an outbound framed link under an id already handed out.
+    Pipe { conn: ConnId, addr: SocketAddr },
     Connect {
         conn: ConnId,
         shared: Arc<ConnShared>,
@@ -143,6 +144,18 @@ impl Outbox {
         }
         self.push(bytes, false, false);
         Ok(())
+    }
+
+    /// Ends a [`Sniffed::Wait`](super::Sniffed::Wait): the connection
+    /// becomes a byte pipe to `addr`, the bytes it sent so far going first.
+    /// Ignored when the connection has closed or was decided meanwhile.
+    pub fn pipe(&self, addr: SocketAddr) {
+        if !self.is_closed() {
+            self.sink.push(Msg::Pipe {
+                conn: self.conn,
+                addr,
+            });
+        }
     }
 
     /// Closes the connection once what was sent before is written.

@@ -33,6 +33,8 @@ pub(crate) struct Sniff {
     pub(crate) buf: Vec<u8>,
     max: usize,
     pub(crate) deadline: Instant,
+    /// The service answered [`Sniffed::Wait`]: read nothing more.
+    waiting: bool,
 }
 
 impl Default for Sniff {
@@ -41,6 +43,7 @@ impl Default for Sniff {
             buf: Vec::new(),
             max: 0,
             deadline: Instant::now(),
+            waiting: false,
         }
     }
 }
@@ -51,6 +54,7 @@ impl Sniff {
             buf: Vec::new(),
             max: max.max(1),
             deadline,
+            waiting: false,
         }
     }
 }
@@ -105,6 +109,9 @@ impl Core {
             let Proto::Sniff(s) = &mut c.proto else {
                 unreachable!("drive_sniff on a sniffing connection");
             };
+            if s.waiting {
+                break;
+            }
             let left = s.max - s.buf.len();
             if left == 0 {
                 log::debug!(
@@ -146,6 +153,7 @@ impl Core {
                     match service.on_bytes(&s.buf, &mut cx) {
                         Sniffed::NeedMore => {}
                         Sniffed::Close => c.closing = true,
+                        Sniffed::Wait => s.waiting = true,
                         Sniffed::Pipe(addr) => {
                             decided = Decided::Pipe(addr, std::mem::take(&mut s.buf));
                             break;
@@ -217,11 +225,19 @@ impl Core {
                 Ok(()) => {
                     let b = self.conns.get_mut(&back).expect("inserted by connect");
                     b.proto = Proto::Pipe(PipeEnd::new(front));
+                    self.stats
+                        .pipe_bytes
+                        .fetch_add(initial.len() as u64, Ordering::Relaxed);
                     b.out = initial;
                     self.budget.recount(b);
+                    let mut idle = None;
                     if let Some(f) = self.conns.get_mut(&front) {
                         f.proto = Proto::Pipe(PipeEnd::new(back));
+                        idle = f.idle;
                         self.budget.recount(f);
+                    }
+                    if let Some(b) = self.conns.get_mut(&back) {
+                        b.idle = idle;
                     }
                     self.stats.pipes.fetch_add(1, Ordering::Relaxed);
                     log::debug!("{front:?} piped to {addr} as {back:?}");
@@ -313,6 +329,7 @@ impl Core {
         // its output, up to the watermark.
         let high = self.cfg.pipe_high_water;
         let mut reads = 0;
+        let mut moved = 0u64;
         let mut more = false;
         for forward in [true, false] {
             let (src, dst) = if forward {
@@ -320,15 +337,16 @@ impl Core {
             } else {
                 (&mut *b, &mut *a)
             };
-            match pump(
+            let pumped = pump(
                 src,
                 dst,
                 &mut self.scratch,
                 &mut self.budget,
                 high,
                 now,
-                &mut reads,
-            ) {
+                (&mut reads, &mut moved),
+            );
+            match pumped {
                 Ok(Pumped::Done) => {}
                 Ok(Pumped::More) => more = true,
                 Ok(Pumped::Paused) => {
@@ -339,9 +357,13 @@ impl Core {
                     };
                     super::list_paused(c, cid, &mut self.paused);
                 }
-                Err(why) => return Status::Close(why),
+                Err(why) => {
+                    self.stats.pipe_bytes.fetch_add(moved, Ordering::Relaxed);
+                    return Status::Close(why);
+                }
             }
         }
+        self.stats.pipe_bytes.fetch_add(moved, Ordering::Relaxed);
         for forward in [true, false] {
             let (src, dst) = if forward {
                 (&mut *a, &mut *b)
@@ -376,7 +398,8 @@ enum Pumped {
     Paused,
 }
 
-/// Copies from `src`'s socket into `dst`'s output while `dst` keeps up.
+/// Copies from `src`'s socket into `dst`'s output while `dst` keeps up,
+/// counting reads (this turn's share) and bytes moved.
 fn pump(
     src: &mut Conn,
     dst: &mut Conn,
@@ -384,7 +407,7 @@ fn pump(
     budget: &mut Budget,
     high: usize,
     now: Instant,
-    reads: &mut usize,
+    (reads, moved): (&mut usize, &mut u64),
 ) -> Result<Pumped, &'static str> {
     loop {
         if !src.want_read || !src.read_open || src.connecting.is_some() {
@@ -413,6 +436,7 @@ fn pump(
         match src.read_into(&mut scratch[..room], now) {
             Got::Bytes(n) => {
                 dst.out.extend_from_slice(&scratch[..n]);
+                *moved += n as u64;
                 budget.recount(dst);
             }
             Got::Eof => return Ok(Pumped::Done),
