@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod proxy;
 pub mod server;
 pub mod service;
 
