@@ -48,6 +48,12 @@ pub struct AppConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
 
+    /// Address a balancer's proxy mode splices devices to for this node,
+    /// when it is not --advertise (an MQTT broker beside this server, say).
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_advertise: Option<String>,
+
     /// Stable node id on the ring [default: the advertised address].
     #[arg(long, value_name = "ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -204,6 +210,7 @@ impl AppConfig {
         Ok(Settings {
             listen: self.listen(),
             advertise: self.advertise.clone(),
+            proxy_advertise: self.proxy_advertise.clone(),
             node_id: self.node_id.clone(),
             weight: self.weight.unwrap_or(DEFAULT_WEIGHT),
             db,
@@ -246,6 +253,7 @@ impl Config for AppConfig {
         config::check_limits(&self.limits())?;
         for (key, value) in [
             ("advertise", &self.advertise),
+            ("proxy_advertise", &self.proxy_advertise),
             ("collector", &self.collector),
         ] {
             if let Some(v) = value {

@@ -31,6 +31,7 @@ pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Identity {
     pub id: String,
     pub addr: String,
+    pub proxy_addr: Option<String>,
     pub weight: u32,
 }
 
@@ -189,6 +190,7 @@ fn heartbeat_body(identity: &Identity, metrics: &Metrics, stats: Stats) -> Strin
     serde_json::to_string(&Heartbeat {
         id: identity.id.clone(),
         addr: identity.addr.clone(),
+        proxy_addr: identity.proxy_addr.clone(),
         weight: identity.weight,
         state: metrics.state(),
         stats,

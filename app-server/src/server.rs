@@ -41,6 +41,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Address heartbeats advertise [default: the bound listen address].
     pub advertise: Option<String>,
+    /// Where a balancer's proxy mode splices to for this node, if not `advertise`.
+    pub proxy_advertise: Option<String>,
     /// Node id [default: the advertised address].
     pub node_id: Option<String>,
     /// Share of keys on the ring.
@@ -279,6 +281,7 @@ pub fn start(s: Settings) -> Result<Running, Error> {
                     Identity {
                         id: node_id.clone(),
                         addr: advertise.clone(),
+                        proxy_addr: s.proxy_advertise.clone(),
                         weight: s.weight,
                     },
                     s.heartbeat_every,

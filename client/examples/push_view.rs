@@ -38,6 +38,7 @@ fn main() {
             .map(|i| NodeView {
                 id: format!("node-{i:04}"),
                 addr: format!("10.{}.{}.1:7000", i / 250, i % 250),
+                proxy_addr: None,
                 weight: 1,
                 state: NodeState::Up,
                 load: Load::default(),

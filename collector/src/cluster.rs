@@ -405,6 +405,7 @@ mod tests {
         Heartbeat {
             id: id.into(),
             addr: "127.0.0.1:7000".into(),
+            proxy_addr: None,
             weight: 1,
             state,
             stats: Stats::default(),

@@ -159,6 +159,8 @@ fn round3(x: f64) -> f64 {
 pub struct Member {
     pub id: String,
     pub addr: String,
+    /// Where proxy mode splices to, when not `addr`.
+    pub proxy_addr: Option<String>,
     pub weight: u32,
     pub source: Source,
     pub state: MemberState,
@@ -203,6 +205,7 @@ impl Members {
                 let m = Member {
                     id: t.id.clone(),
                     addr: t.addr.clone(),
+                    proxy_addr: t.proxy_addr.clone(),
                     weight: t.weight,
                     source: Source::Static,
                     state: MemberState::Down,
@@ -255,6 +258,7 @@ impl Members {
                     Member {
                         id: hb.id.clone(),
                         addr: hb.addr.clone(),
+                        proxy_addr: hb.proxy_addr.clone(),
                         weight: hb.weight,
                         source: Source::Heartbeat,
                         state,
@@ -268,6 +272,7 @@ impl Members {
             }
         };
         m.addr.clone_from(&hb.addr);
+        m.proxy_addr.clone_from(&hb.proxy_addr);
         m.weight = hb.weight;
         m.last_seen = Some(now);
         m.stats = hb.stats;
@@ -345,6 +350,7 @@ impl Members {
                 Some(NodeView {
                     id: m.id.clone(),
                     addr: m.addr.clone(),
+                    proxy_addr: m.proxy_addr.clone(),
                     weight: m.weight,
                     state,
                     load: m.load.load(),
@@ -370,6 +376,7 @@ mod tests {
         Heartbeat {
             id: id.into(),
             addr: format!("127.0.0.1:{}", 7000 + id.len()),
+            proxy_addr: None,
             weight: 1,
             state,
             stats: Stats {
@@ -381,6 +388,36 @@ mod tests {
 
     fn target(id: &str) -> Target {
         format!("{id}=127.0.0.1:9000").parse().unwrap()
+    }
+
+    #[test]
+    fn a_proxy_address_reaches_the_view_from_heartbeats_and_targets() {
+        let now = Instant::now();
+        let t: Target = "broker=127.0.0.1:9000,proxy=127.0.0.1:1883"
+            .parse()
+            .unwrap();
+        let mut m = Members::new(Duration::from_secs(3), &[t]);
+        let mut beat = hb("app", NodeState::Up, 0);
+        beat.proxy_addr = Some("127.0.0.1:1884".into());
+        m.heartbeat(&beat, now).unwrap();
+        // A static target enters the view once a check passes.
+        let up = (0..10).find_map(|_| m.check("broker", true, now));
+        assert_eq!(up, Some(MemberState::Up));
+        let proxies: Vec<(String, Option<String>)> = m
+            .view_nodes()
+            .into_iter()
+            .map(|n| (n.id, n.proxy_addr))
+            .collect();
+        assert_eq!(
+            proxies,
+            [
+                ("app".to_string(), Some("127.0.0.1:1884".to_string())),
+                ("broker".to_string(), Some("127.0.0.1:1883".to_string()))
+            ]
+        );
+        // A heartbeat that stops advertising one clears it.
+        m.heartbeat(&hb("app", NodeState::Up, 0), now).unwrap();
+        assert_eq!(m.view_nodes()[0].proxy_addr, None);
     }
 
     #[test]

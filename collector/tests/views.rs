@@ -137,6 +137,7 @@ fn a_balancer_holding_a_newer_version_is_overtaken() {
         nodes: vec![NodeView {
             id: "old".into(),
             addr: "127.0.0.1:7999".into(),
+            proxy_addr: None,
             weight: 1,
             state: Default::default(),
             load: Default::default(),
@@ -165,6 +166,7 @@ fn a_starting_collector_waits_before_its_first_push() {
         nodes: vec![NodeView {
             id: "a".into(),
             addr: "127.0.0.1:7001".into(),
+            proxy_addr: None,
             weight: 1,
             state: Default::default(),
             load: Default::default(),

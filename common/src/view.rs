@@ -14,24 +14,32 @@ pub struct MemberSpec {
     pub id: String,
     pub addr: String,
     pub weight: u32,
+    /// `proxy=HOST:PORT`: where proxy mode splices to, when not `addr`.
+    pub proxy_addr: Option<String>,
 }
 
 impl std::str::FromStr for MemberSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<MemberSpec, String> {
-        let usage =
-            "expected ID=HOST:PORT[,WEIGHT] or HOST:PORT[,WEIGHT], e.g. app1=10.0.0.5:7000,2";
-        let (rest, weight) = match s.rsplit_once(',') {
-            Some((r, w)) => {
-                let w: u32 = w
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("{s:?}: weight {w:?} is not a whole number; {usage}"))?;
-                (r, w)
+        let usage = "expected ID=HOST:PORT[,WEIGHT][,proxy=HOST:PORT] or HOST:PORT[,WEIGHT], e.g. app1=10.0.0.5:7000,2";
+        let mut parts = s.split(',');
+        let rest = parts.next().unwrap_or_default();
+        let (mut weight, mut proxy_addr) = (None, None);
+        for part in parts.map(str::trim) {
+            if let Some(p) = part.strip_prefix("proxy=") {
+                if proxy_addr.is_some() || !is_host_port(p) {
+                    return Err(format!("{s:?}: proxy={p:?} is not one HOST:PORT; {usage}"));
+                }
+                proxy_addr = Some(p.to_string());
+            } else if weight.is_none() && proxy_addr.is_none() {
+                weight = Some(part.parse::<u32>().map_err(|_| {
+                    format!("{s:?}: weight {part:?} is not a whole number; {usage}")
+                })?);
+            } else {
+                return Err(format!("{s:?}: unexpected {part:?}; {usage}"));
             }
-            None => (s, DEFAULT_WEIGHT),
-        };
+        }
         let (id, addr) = match rest.split_once('=') {
             Some((id, addr)) => (id.trim(), addr.trim()),
             None => (rest.trim(), rest.trim()),
@@ -45,7 +53,8 @@ impl std::str::FromStr for MemberSpec {
         Ok(MemberSpec {
             id: id.to_string(),
             addr: addr.to_string(),
-            weight,
+            weight: weight.unwrap_or(DEFAULT_WEIGHT),
+            proxy_addr,
         })
     }
 }
@@ -98,6 +107,16 @@ mod tests {
         let m: MemberSpec = "10.0.0.5:7000".parse().unwrap();
         assert_eq!((m.id.as_str(), m.weight), ("10.0.0.5:7000", 1));
         assert_eq!("a=h:1,0".parse::<MemberSpec>().unwrap().weight, 0);
+        let m: MemberSpec = "a=10.0.0.5:7000,2,proxy=10.0.0.5:1883".parse().unwrap();
+        assert_eq!(
+            (m.weight, m.proxy_addr.as_deref()),
+            (2, Some("10.0.0.5:1883"))
+        );
+        let m: MemberSpec = "b=10.0.0.6:7000,proxy=10.0.0.6:1883".parse().unwrap();
+        assert_eq!(
+            (m.weight, m.proxy_addr.as_deref()),
+            (1, Some("10.0.0.6:1883"))
+        );
         assert_eq!(
             "v6=[::1]:7000".parse::<MemberSpec>().unwrap().addr,
             "[::1]:7000"
@@ -114,6 +133,10 @@ mod tests {
             "web1=10.0.0.1:8080:2",
             "web1=10.0.0.1:8080 a=b:1",
             "a=[nope]:1",
+            "a=h:1,proxy=broker",
+            "a=h:1,proxy=b:1,proxy=c:2",
+            "a=h:1,proxy=b:1,2",
+            "a=h:1,2,3",
         ] {
             let e = bad.parse::<MemberSpec>().unwrap_err();
             assert!(e.contains("HOST:PORT"), "{bad}: {e}");

@@ -46,6 +46,7 @@ pub fn static_view(backends: &[Backend]) -> View {
             .map(|b| NodeView {
                 id: b.id.clone(),
                 addr: b.addr.clone(),
+                proxy_addr: b.proxy_addr.clone(),
                 weight: b.weight,
                 state: NodeState::Up,
                 load: Load::default(),

@@ -97,6 +97,7 @@ fn node(id: &str, port: u16, weight: u32, state: NodeState, conns: u64) -> NodeV
     NodeView {
         id: id.into(),
         addr: format!("127.0.0.1:{port}"),
+        proxy_addr: None,
         weight,
         state,
         load: Load {

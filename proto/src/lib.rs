@@ -389,6 +389,10 @@ pub mod cluster {
         pub id: String,
         /// Where clients connect, `host:port`.
         pub addr: String,
+        /// Where the balancer's proxy mode splices connections, when it is
+        /// not `addr` (an MQTT broker beside an app server, say).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub proxy_addr: Option<String>,
         /// Relative share of keys; 0 takes no new keys.
         #[serde(default = "default_weight")]
         pub weight: u32,
@@ -436,6 +440,9 @@ pub mod cluster {
         pub id: String,
         /// Where clients connect, `host:port`.
         pub addr: String,
+        /// Where proxy mode splices to, when it is not `addr`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub proxy_addr: Option<String>,
         #[serde(default = "default_weight")]
         pub weight: u32,
         #[serde(default)]

@@ -25,6 +25,7 @@ fn view(n: usize) -> View {
             .map(|i| NodeView {
                 id: format!("10.0.{}.{}:7000", i / 256, i % 256),
                 addr: format!("10.0.{}.{}:7000", i / 256, i % 256),
+                proxy_addr: None,
                 weight: 1,
                 state: NodeState::Up,
                 // Uneven loads so bounded load does real work.

@@ -232,6 +232,7 @@ fn view_nodes(n: usize) -> Vec<NodeView> {
         .map(|i| NodeView {
             id: addr(i),
             addr: addr(i),
+            proxy_addr: None,
             weight: 1,
             state: NodeState::Up,
             load: Load::default(),

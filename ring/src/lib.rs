@@ -788,6 +788,7 @@ mod tests {
         NodeView {
             id: id.to_string(),
             addr: format!("{id}.addr:7000"),
+            proxy_addr: None,
             weight,
             state,
             load: Load {

@@ -237,6 +237,7 @@ mod tests {
         NodeView {
             id: id.into(),
             addr: format!("{id}:7000"),
+            proxy_addr: None,
             weight,
             state,
             load: Load {

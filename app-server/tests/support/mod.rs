@@ -35,6 +35,7 @@ pub fn settings(db: DbConfig, collector: Option<String>) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         advertise: None,
+        proxy_advertise: None,
         node_id: None,
         weight: 1,
         db: db.workers(4),

@@ -48,6 +48,7 @@ mod tests {
         Heartbeat {
             id: id.into(),
             addr: addr.into(),
+            proxy_addr: None,
             weight: 1,
             state: NodeState::Up,
             stats: Stats::default(),

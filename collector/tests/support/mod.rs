@@ -209,6 +209,7 @@ pub fn heartbeat(id: &str, addr: &str) -> Heartbeat {
     Heartbeat {
         id: id.into(),
         addr: addr.into(),
+        proxy_addr: None,
         weight: 1,
         state: NodeState::Up,
         stats: Stats::default(),

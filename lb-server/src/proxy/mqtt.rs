@@ -196,11 +196,7 @@ pub fn parse(bytes: &[u8], max: usize) -> Parsed<'_> {
         Ok(Some(v)) => v,
         Ok(None) => return Parsed::Incomplete,
         Err(detail) => {
-            return Parsed::Refused(Refusal::new(
-                Reason::Malformed,
-                peek_level(bytes),
-                detail,
-            ))
+            return Parsed::Refused(Refusal::new(Reason::Malformed, peek_level(bytes), detail))
         }
     };
     if remaining > max {
@@ -264,9 +260,7 @@ fn body(var: &[u8], len: usize) -> Result<Connect<'_>, Refusal> {
     let name = r
         .binary()
         .map_err(|_| malformed(None, "the protocol name overruns the packet"))?;
-    let level_byte = r
-        .byte()
-        .map_err(|_| malformed(None, "no protocol level"))?;
+    let level_byte = r.byte().map_err(|_| malformed(None, "no protocol level"))?;
     let level = level_of(name, level_byte).map_err(|reason| {
         let detail = match reason {
             Reason::ProtocolName => format!(
@@ -308,9 +302,8 @@ fn body(var: &[u8], len: usize) -> Result<Connect<'_>, Refusal> {
     let id = r
         .binary()
         .map_err(|_| malformed(lv, "the client id overruns the packet"))?;
-    let client_id = mqtt_str(id).map_err(|what| {
-        Refusal::new(Reason::ClientId, lv, format!("the client id {what}"))
-    })?;
+    let client_id = mqtt_str(id)
+        .map_err(|what| Refusal::new(Reason::ClientId, lv, format!("the client id {what}")))?;
     if client_id.is_empty() && !clean_start && level != Level::V5 {
         return Err(Refusal::new(
             Reason::ClientId,
@@ -421,7 +414,8 @@ impl<'a> Reader<'a> {
             Ok(Some(v)) => v,
             _ => return Err("the length is not a valid variable byte integer"),
         };
-        self.take(used).map_err(|_| "the length overruns the packet")?;
+        self.take(used)
+            .map_err(|_| "the length overruns the packet")?;
         self.take(n).map_err(|_| "they overrun the packet")?;
         Ok(())
     }
@@ -593,7 +587,11 @@ pub(crate) mod tests {
         let bytes = s.encode();
         assert!(bytes.len() > 128, "a 2-byte remaining length");
         for n in 0..bytes.len() {
-            assert_eq!(parse(&bytes[..n], DEFAULT_MAX_CONNECT), Parsed::Incomplete, "{n}");
+            assert_eq!(
+                parse(&bytes[..n], DEFAULT_MAX_CONNECT),
+                Parsed::Incomplete,
+                "{n}"
+            );
         }
         assert_eq!(connect(&bytes).len, bytes.len());
     }
@@ -614,8 +612,14 @@ pub(crate) mod tests {
         assert_eq!(r.reason, Reason::Malformed);
         assert!(r.detail.contains("4 bytes"), "{r}");
         // Refused as soon as the fourth continuation byte is seen.
-        assert_eq!(refusal(&[0x10, 0x80, 0x80, 0x80, 0x80]).reason, Reason::Malformed);
-        assert_eq!(parse(&[0x10, 0x80, 0x80, 0x80], 1 << 30), Parsed::Incomplete);
+        assert_eq!(
+            refusal(&[0x10, 0x80, 0x80, 0x80, 0x80]).reason,
+            Reason::Malformed
+        );
+        assert_eq!(
+            parse(&[0x10, 0x80, 0x80, 0x80], 1 << 30),
+            Parsed::Incomplete
+        );
     }
 
     #[test]
@@ -624,7 +628,11 @@ pub(crate) mod tests {
         varint(&mut bytes, 1 << 20);
         let r = refusal(&bytes);
         assert_eq!(r.reason, Reason::TooLarge);
-        assert_eq!(r.connack(), None, "3.x has no code for it, and no level is known");
+        assert_eq!(
+            r.connack(),
+            None,
+            "3.x has no code for it, and no level is known"
+        );
         // With the header of a 5.0 CONNECT in view, 5.0's own code.
         bytes.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 5]);
         assert_eq!(refusal(&bytes).connack(), Some(vec![0x20, 3, 0, 0x95, 0]));
@@ -658,7 +666,10 @@ pub(crate) mod tests {
         assert_eq!(r.reason, Reason::ClientId);
         assert_eq!(r.connack(), Some(vec![0x20, 2, 0, 0x02]));
         s.level = 5;
-        assert_eq!(refusal(&s.encode()).connack(), Some(vec![0x20, 3, 0, 0x85, 0]));
+        assert_eq!(
+            refusal(&s.encode()).connack(),
+            Some(vec![0x20, 3, 0, 0x85, 0])
+        );
         s.client_id = b"nul\0inside".to_vec();
         assert_eq!(refusal(&s.encode()).reason, Reason::ClientId);
     }
