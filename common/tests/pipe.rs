@@ -416,7 +416,10 @@ fn a_first_line_that_never_ends_is_cut_at_its_size_cap() {
 /// Decides on another thread: `later ADDR` is piped from there, `deny` is
 /// answered and closed from there, `never` is left waiting; `idle MS ADDR`
 /// is piped at once with its own idle timeout.
-struct Deferred(crossbeam_channel::Sender<(dsf_common::reactor::Outbox, String)>);
+struct Deferred(
+    crossbeam_channel::Sender<(dsf_common::reactor::Outbox, String)>,
+    Option<SocketAddr>,
+);
 
 impl Service for Deferred {
     fn on_frame(&mut self, _payload: &[u8], cx: &mut Context<'_>) -> Dispatch {
@@ -441,8 +444,38 @@ impl Service for Deferred {
             cx.set_idle_timeout(Duration::from_millis(ms.parse().unwrap()));
             return Sniffed::Pipe(addr.parse().unwrap());
         }
+        if let ["pre", dead, good] = words[..] {
+            let local = cx.local_addr().expect("an accepted connection has one");
+            cx.set_preamble(format!("from {} to {local}\n", cx.peer()).into_bytes());
+            self.1 = good.parse().ok();
+            return Sniffed::Pipe(dead.parse().unwrap());
+        }
         self.0.send((cx.outbox(), line)).unwrap();
         Sniffed::Wait
+    }
+
+    fn on_pipe_failed(
+        &mut self,
+        _backend: SocketAddr,
+        _error: &std::io::Error,
+        _cx: &mut Context<'_>,
+    ) -> Option<SocketAddr> {
+        self.1.take()
+    }
+}
+
+/// Closes every connection at once with a word.
+struct Closer;
+
+impl Service for Closer {
+    fn on_frame(&mut self, _payload: &[u8], cx: &mut Context<'_>) -> Dispatch {
+        cx.close();
+        Dispatch::Done
+    }
+
+    fn on_accept(&mut self, cx: &mut Context<'_>) -> Accept {
+        cx.out().extend_from_slice(b"no backend\n");
+        Accept::Close
     }
 }
 
@@ -463,7 +496,7 @@ fn deferred_proxy() -> Proxy {
             }
         }
     });
-    Proxy::start(ReactorConfig::default(), Deferred(tx))
+    Proxy::start(ReactorConfig::default(), Deferred(tx, None))
 }
 
 #[test]
@@ -523,4 +556,45 @@ fn a_pipe_with_its_own_idle_timeout_closes_on_it_while_others_stay() {
     let _ = read_n(&mut long, format!("idle 60000 {echo}\n").len());
     long.write_all(b"still here").unwrap();
     assert_eq!(read_n(&mut long, 10), b"still here");
+}
+
+#[test]
+fn a_preamble_goes_first_to_the_backend_that_takes_the_pipe_and_only_once() {
+    let proxy = deferred_proxy();
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (good, served) = backend(|mut s| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !got.ends_with(b"tail") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "EOF before the tail: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(&got).unwrap();
+    });
+    let line = format!("pre {dead} {good}\n");
+    let mut s = proxy.open(&line);
+    s.write_all(b"tail").unwrap();
+    let want = format!(
+        "from {} to {}\n{line}tail",
+        s.local_addr().unwrap(),
+        proxy.addr
+    );
+    assert_eq!(read_n(&mut s, want.len()), want.as_bytes());
+    served.join().unwrap();
+}
+
+#[test]
+fn accept_close_writes_its_word_and_closes() {
+    let proxy = Proxy::start(ReactorConfig::default(), Closer);
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(read_all(&mut s), b"no backend\n");
 }

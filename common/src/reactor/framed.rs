@@ -48,6 +48,9 @@ pub enum Accept {
     Sniff { max: usize, deadline: Duration },
     /// A byte pipe to this backend, at once.
     Pipe(SocketAddr),
+    /// Close at once, after writing whatever was put in [`Context::out`]
+    /// (no backend to send it to, say).
+    Close,
 }
 
 /// What [`Service::on_bytes`] decided about the first bytes of a connection.
@@ -126,6 +129,8 @@ pub struct Context<'a> {
     pub(crate) close: &'a mut bool,
     pub(crate) inflight: &'a mut usize,
     pub(crate) idle: &'a mut Option<Duration>,
+    pub(crate) preamble: &'a mut Vec<u8>,
+    pub(crate) local: Option<SocketAddr>,
     pub(crate) refused: &'a mut bool,
     pub(crate) shared: &'a Arc<ConnShared>,
     pub(crate) sink: &'a Arc<Sink>,
@@ -174,6 +179,18 @@ impl Context<'_> {
     /// side's when the pipe opens.
     pub fn set_idle_timeout(&mut self, idle: Duration) {
         *self.idle = Some(idle);
+    }
+
+    /// Bytes a pipe's backend gets before anything the client sent (a
+    /// PROXY protocol header, say); sent again to a backend tried after
+    /// one that failed.
+    pub fn set_preamble(&mut self, bytes: Vec<u8>) {
+        *self.preamble = bytes;
+    }
+
+    /// The local address an accepted connection came in on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local
     }
 
     /// Answers a frame that admission refused, and closes the connection
@@ -278,6 +295,8 @@ pub(crate) struct Parts<'a> {
     pub(crate) closing: &'a mut bool,
     pub(crate) inflight: &'a mut usize,
     pub(crate) idle: &'a mut Option<Duration>,
+    pub(crate) preamble: &'a mut Vec<u8>,
+    pub(crate) local: Option<SocketAddr>,
     pub(crate) shared: &'a Arc<ConnShared>,
 }
 
@@ -298,6 +317,8 @@ impl Parts<'_> {
             close: self.closing,
             inflight: self.inflight,
             idle: self.idle,
+            preamble: self.preamble,
+            local: self.local,
             refused,
             shared: self.shared,
             sink,

@@ -52,6 +52,8 @@ macro_rules! parts {
             closing: &mut $c.closing,
             inflight: &mut $c.inflight,
             idle: &mut $c.idle,
+            preamble: &mut $c.preamble,
+            local: $c.local,
             shared: &$c.shared,
         }
     };
@@ -283,6 +285,10 @@ struct Conn {
     /// This connection's idle timeout, when the service set one
     /// ([`Context::set_idle_timeout`]); otherwise the reactor's.
     idle: Option<Duration>,
+    /// Sent to a pipe's backend before the client's bytes.
+    preamble: Vec<u8>,
+    /// The local address of an accepted connection.
+    local: Option<SocketAddr>,
     /// Not read since then, because the memory budget is spent.
     paused_since: Option<Instant>,
     /// Listed in [`Core::paused`] (listed once, however often it is paused).
@@ -317,6 +323,8 @@ impl Conn {
             failed: false,
             pipe_tries: 0,
             idle: None,
+            preamble: Vec::new(),
+            local: None,
             paused_since: None,
             listed_paused: false,
             mark: 0,
@@ -953,6 +961,7 @@ impl Core {
                 ConnShared::new(self.cfg.out_cap),
             );
             c.last_active = now;
+            c.local = c.stream.local_addr().ok();
             let mut refused = false;
             let accept = {
                 let mut parts = parts!(id, c);
@@ -967,6 +976,7 @@ impl Core {
                     c.proto = Proto::Sniff(pipe::Sniff::new(max, until))
                 }
                 Accept::Pipe(_) => {}
+                Accept::Close => c.closing = true,
             }
             self.conns.insert(id, c);
             if let Accept::Pipe(backend) = accept {

@@ -219,6 +219,13 @@ impl Core {
             if f.pipe_tries > PIPE_TRIES {
                 break;
             }
+            let initial = if f.preamble.is_empty() {
+                initial.clone()
+            } else {
+                let mut all = f.preamble.clone();
+                all.extend_from_slice(&initial);
+                all
+            };
             let back = ConnId(self.sink.next_id.fetch_add(1, Ordering::Relaxed));
             let shared = ConnShared::new(self.cfg.out_cap);
             match self.connect(back, shared, addr, self.cfg.connect_timeout, now) {
@@ -301,7 +308,13 @@ impl Core {
         self.stats.conns.fetch_sub(1, Ordering::Relaxed);
         self.budget.held -= b.held;
         b.shared.closed.store(true, Ordering::Release);
-        let bytes = std::mem::take(&mut b.out);
+        let mut bytes = std::mem::take(&mut b.out);
+        // The preamble goes to the next backend afresh.
+        if let Some(f) = self.conns.get(&front) {
+            if !f.preamble.is_empty() && bytes.starts_with(&f.preamble) {
+                bytes.drain(..f.preamble.len());
+            }
+        }
         if let Some(next) = self.pipe_failed(service, front, b.peer, &e) {
             self.open_pipe(service, front, next, bytes, Instant::now());
         }
