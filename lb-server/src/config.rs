@@ -9,6 +9,7 @@ use dsf_common::wire::keys::{self, AppKeys};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::PolicyKind;
+use crate::proxy::{self, KeyBy, Protocol, ProxySettings};
 use crate::ring::{BoundedLoad, RingConfig, DEFAULT_VNODES};
 use crate::server::{Backend, Settings};
 
@@ -102,6 +103,78 @@ pub struct LbConfig {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_refused: Option<u32>,
+
+    /// Proxy mode: a listener whose connections are spliced to a backend of
+    /// the view; repeat for more, each with its --proxy-protocol.
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Proxy mode")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_listen: Option<Vec<SocketAddr>>,
+
+    /// What each --proxy-listen speaks, in the same order: mqtt (routed by
+    /// the CONNECT packet) or tcp (routed by the client's IP address); one
+    /// value applies to every listener.
+    #[arg(long, value_name = "mqtt|tcp", help_heading = "Proxy mode")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<Vec<String>>,
+
+    /// What an MQTT device is routed by: client-id (an empty one routes by
+    /// the peer address), username, triple (username, password and client
+    /// id) or peer-ip [default: client-id].
+    #[arg(long, value_name = "KEY", help_heading = "Proxy mode")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_key: Option<String>,
+
+    /// Time a device has to send its whole CONNECT [default: 10s].
+    #[arg(long, value_name = "DURATION", help_heading = "Proxy mode")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_first_packet_timeout: Option<HumanDuration>,
+
+    /// Largest CONNECT accepted (its remaining length), in bytes
+    /// [default: 65536].
+    #[arg(long, value_name = "BYTES", help_heading = "Proxy mode")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_max_connect: Option<usize>,
+
+    /// Idle timeout of a tcp pipe, and of an MQTT device with keep-alive 0
+    /// (others get 1.5 × their keep-alive) [default: 10m].
+    #[arg(long, value_name = "DURATION", help_heading = "Proxy mode")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_idle_timeout: Option<HumanDuration>,
+
+    /// Send each backend a PROXY protocol v2 header first, so it sees the
+    /// device's address.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Proxy mode")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_send_proxy_v2: Option<bool>,
+
+    /// A pin lives this long after a device last connected with its key
+    /// [default: 7d].
+    #[arg(long, value_name = "DURATION", help_heading = "Proxy mode")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_ttl: Option<HumanDuration>,
+
+    /// Most pins held; past it new keys are routed by the ring but not
+    /// stored [default: 1000000].
+    #[arg(long, value_name = "N", help_heading = "Proxy mode")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pins: Option<usize>,
+
+    /// Keep the pins in this MySQL/MariaDB database, shared by every
+    /// balancer replica (table dsf_lb_pins, created if missing), instead of
+    /// in memory.
+    #[arg(
+        long,
+        value_name = "mysql://USER:PASS@HOST:PORT/DB",
+        help_heading = "Proxy mode"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pins_db: Option<String>,
+
+    /// How long a pin read from --pins-db is trusted before it is read
+    /// again [default: 5s].
+    #[arg(long, value_name = "DURATION", help_heading = "Proxy mode")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pins_cache: Option<HumanDuration>,
 }
 
 // === impl LbConfig ===
@@ -156,6 +229,78 @@ impl LbConfig {
         Ok(RingConfig { vnodes, bound })
     }
 
+    /// Proxy mode's settings; `None` without --proxy-listen.
+    pub fn proxy(&self) -> Result<Option<ProxySettings>, ConfigError> {
+        let listens = self.proxy_listen.clone().unwrap_or_default();
+        let protocols: Vec<Protocol> = self
+            .proxy_protocol
+            .iter()
+            .flatten()
+            .map(|p| {
+                p.parse()
+                    .map_err(|e: String| ConfigError::invalid("proxy_protocol", e))
+            })
+            .collect::<Result<_, _>>()?;
+        if listens.is_empty() {
+            if !protocols.is_empty() {
+                return Err(ConfigError::invalid(
+                    "proxy_protocol",
+                    "given without --proxy-listen ADDR",
+                ));
+            }
+            return Ok(None);
+        }
+        let protocols = match protocols.len() {
+            0 => {
+                return Err(ConfigError::invalid(
+                    "proxy_protocol",
+                    "--proxy-listen needs --proxy-protocol mqtt|tcp",
+                ))
+            }
+            1 => vec![protocols[0]; listens.len()],
+            n if n == listens.len() => protocols,
+            n => {
+                return Err(ConfigError::invalid(
+                    "proxy_protocol",
+                    format!(
+                        "{n} given for {} --proxy-listen; give one for each, in the same order, or one for all",
+                        listens.len()
+                    ),
+                ))
+            }
+        };
+        let key: KeyBy = match &self.proxy_key {
+            Some(k) => k
+                .parse()
+                .map_err(|e: String| ConfigError::invalid("proxy_key", e))?,
+            None => KeyBy::default(),
+        };
+        let d = ProxySettings::default();
+        let max_connect = self.proxy_max_connect.unwrap_or(d.max_connect);
+        if max_connect == 0 || max_connect > 268_435_455 {
+            return Err(ConfigError::invalid(
+                "proxy_max_connect",
+                "1 to 268435455 bytes (MQTT's largest remaining length)",
+            ));
+        }
+        if self.max_pins == Some(0) {
+            return Err(ConfigError::invalid("max_pins", "must be at least 1"));
+        }
+        let dur = |v: Option<HumanDuration>, default| v.map_or(default, HumanDuration::get);
+        Ok(Some(ProxySettings {
+            listeners: listens.into_iter().zip(protocols).collect(),
+            key,
+            first_packet_timeout: dur(self.proxy_first_packet_timeout, d.first_packet_timeout),
+            max_connect,
+            idle_timeout: dur(self.proxy_idle_timeout, d.idle_timeout),
+            send_proxy_v2: self.proxy_send_proxy_v2.unwrap_or(false),
+            pin_ttl: dur(self.pin_ttl, d.pin_ttl),
+            max_pins: self.max_pins.unwrap_or(d.max_pins),
+            pins_db: self.pins_db.clone(),
+            pins_cache: dur(self.pins_cache, proxy::DEFAULT_PINS_CACHE),
+        }))
+    }
+
     /// The connection limits given, `None` where the default holds.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -193,6 +338,7 @@ impl LbConfig {
             app_keys,
             cluster_secret,
             reactor: self.reactor(),
+            proxy: self.proxy().map_err(|e| e.to_string())?,
         })
     }
 }
@@ -211,6 +357,7 @@ impl Config for LbConfig {
         }
         self.policy()?;
         self.ring()?;
+        self.proxy()?;
         config::check_limits(&self.limits())?;
         Ok(())
     }
@@ -249,6 +396,12 @@ mod tests {
             ("backend = [\"a=h:1\", \"a=h:2\"]", "backend"),
             ("vnodes = 0", "vnodes"),
             ("bounded_load = \"lots\"", "bounded_load"),
+            ("proxy_listen = [\"127.0.0.1:1883\"]", "proxy_protocol"),
+            ("proxy_protocol = [\"mqtt\"]", "proxy_protocol"),
+            ("proxy_listen = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\nproxy_protocol = [\"mqtt\", \"tcp\"]", "proxy_protocol"),
+            ("proxy_listen = [\"127.0.0.1:1\"]\nproxy_protocol = [\"amqp\"]", "proxy_protocol"),
+            ("proxy_listen = [\"127.0.0.1:1\"]\nproxy_protocol = [\"mqtt\"]\nproxy_key = \"ip\"", "proxy_key"),
+            ("proxy_listen = [\"127.0.0.1:1\"]\nproxy_protocol = [\"mqtt\"]\nmax_pins = 0", "max_pins"),
             ("listen_addr = \"x\"", "listen_addr"),
         ] {
             let e = dsf_common::config::layer::<LbConfig>(

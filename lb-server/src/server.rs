@@ -13,6 +13,7 @@ use dsf_common::view::{Load, MemberSpec, NodeState, NodeView, View};
 use dsf_common::wire::{Admission, AppKeys, ReplayGuard};
 
 use crate::policy::PolicyKind;
+use crate::proxy::{Proxy, ProxySettings};
 use crate::ring::RingConfig;
 use crate::service::{Balancer, Snapshot};
 
@@ -32,6 +33,8 @@ pub struct Settings {
     /// The cluster secret (never from a flag value).
     pub cluster_secret: Vec<u8>,
     pub reactor: ReactorConfig,
+    /// Proxy mode (`--proxy-listen`), if any.
+    pub proxy: Option<ProxySettings>,
 }
 
 /// A static member, `--backend ID=HOST:PORT[,WEIGHT]`.
@@ -61,6 +64,8 @@ pub struct Running {
     pub client_addr: SocketAddr,
     /// Where the cluster port listens.
     pub cluster_addr: SocketAddr,
+    /// Where each proxy listener listens, in the order given.
+    pub proxy_addrs: Vec<SocketAddr>,
     pub stats: Arc<ReactorStats>,
     shutdown: Shutdown,
     reactor: JoinHandle<io::Result<()>>,
@@ -120,17 +125,41 @@ pub fn start(s: Settings) -> io::Result<Running> {
             s.ring.bound
         );
     }
-    let (balancer, builder) = Balancer::new(admission, initial, s.policy, s.ring);
+    let (mut balancer, builder) = Balancer::new(admission, initial, s.policy, s.ring);
+    let mut addrs = vec![s.listen, s.cluster_listen];
+    if let Some(p) = &s.proxy {
+        for (addr, protocol) in &p.listeners {
+            log::info!(
+                "proxy mode on {addr}: {protocol}, routed by {}{}",
+                if *protocol == crate::proxy::Protocol::Mqtt {
+                    p.key.to_string()
+                } else {
+                    "peer-ip".into()
+                },
+                match &p.pins_db {
+                    Some(_) => ", pins shared in --pins-db",
+                    None => ", pins in memory",
+                }
+            );
+            addrs.push(*addr);
+        }
+        let proxy = Proxy::new(p.clone(), crate::service::FIRST_PROXY_PORT)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        balancer = balancer.with_proxy(proxy);
+    }
     let mut cfg = s.reactor.clone();
     cfg.shutdown_grace = cfg.shutdown_grace.min(Duration::from_secs(5));
-    let reactor = Reactor::bind(cfg, &[s.listen, s.cluster_listen], balancer)?;
-    let (client_addr, cluster_addr) = (reactor.local_addrs()[0], reactor.local_addrs()[1]);
-    let shutdown = reactor.shutdown_handle();
+    let mut reactor = Reactor::bind(cfg, &addrs, balancer)?;
     let stats = reactor.stats();
+    reactor.service_mut().set_reactor_stats(stats.clone());
+    let (client_addr, cluster_addr) = (reactor.local_addrs()[0], reactor.local_addrs()[1]);
+    let proxy_addrs = reactor.local_addrs()[2..].to_vec();
+    let shutdown = reactor.shutdown_handle();
     let reactor = reactor.spawn()?;
     Ok(Running {
         client_addr,
         cluster_addr,
+        proxy_addrs,
         stats,
         shutdown,
         reactor,

@@ -1,5 +1,7 @@
-//! The balancer's service: `lb.resolve` and `lb.view` on the client port,
-//! `lb.set_view` (cluster secret) and `lb.view` on the cluster port.
+//! The balancer's service: `lb.resolve`, `lb.view` and `lb.stats` on the
+//! client port; `lb.set_view`, `lb.pins` and `lb.unpin` (cluster secret),
+//! `lb.view` and `lb.stats` on the cluster port; proxy mode on the proxy
+//! listeners ([`crate::proxy`]).
 //!
 //! Lookups are answered inline on the reactor thread: admission, one ring
 //! walk, one reply, no hop to another thread. A new view is handed to the
@@ -9,29 +11,36 @@
 //! so views are applied in order and a stale one is never applied.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use dsf_common::reactor::{ConnId, Context, Dispatch, ReplyTo, Service};
+use dsf_common::reactor::{
+    Accept, ConnId, Context, Dispatch, ReactorStats, ReplyTo, Service, Sniffed,
+};
 use dsf_common::view::{NodeState, NodeView, View};
 use dsf_common::wire::keys::CLUSTER_APP;
 use dsf_common::wire::{self, Admission, Admitted, Key};
 use dsf_common::Error;
 // What `lb.resolve` takes and answers: the catalogue's types.
 use dsf_proto::cluster::Applied;
-use dsf_proto::lb::{ResolveBody, Resolved, MAX_EXCLUDE, MAX_KEY};
+use dsf_proto::lb::{
+    PinsBody, ResolveBody, Resolved, Stats, UnpinBody, Unpinned, MAX_EXCLUDE, MAX_KEY, PINS_MAX,
+};
 use serde::Serialize;
 
 use crate::policy::{Policy, PolicyKind};
+use crate::proxy::Proxy;
 use crate::ring::{Ring, RingConfig};
 
 /// Index of the client listener in the reactor's listen addresses.
 pub const CLIENT_PORT: usize = 0;
 /// Index of the cluster listener.
 pub const CLUSTER_PORT: usize = 1;
+/// Index of the first proxy listener (`--proxy-listen`, in order).
+pub const FIRST_PROXY_PORT: usize = 2;
 
 /// Views waiting for the builder; a collector sends one a second.
 const BUILD_QUEUE: usize = 64;
@@ -41,6 +50,10 @@ const BUILD_QUEUE: usize = 64;
 pub struct Snapshot {
     pub view: View,
     pub policy: Policy,
+    /// Where proxy mode splices to for each ring node (its `proxy_addr`,
+    /// else its `addr`), resolved when the view is built; `None` for an
+    /// address that does not resolve.
+    pub targets: Vec<Option<SocketAddr>>,
 }
 
 // === impl Snapshot ===
@@ -52,7 +65,12 @@ impl Snapshot {
             kind,
             Ring::from_view(&view, ring).map_err(crate::ring_error)?,
         );
-        Ok(Snapshot { view, policy })
+        let targets = resolve_targets(&view, policy.ring());
+        Ok(Snapshot {
+            view,
+            policy,
+            targets,
+        })
     }
 
     /// `lb.view`'s reply: the view with each node's exact share of the hash space.
@@ -85,10 +103,37 @@ struct NodeShare<'a> {
 
 struct Build {
     view: View,
+    /// The balancer's counters as the view arrived, for the collector.
+    stats: Stats,
     reply: ReplyTo,
     id: u64,
     nonce: String,
     key: Key,
+}
+
+/// Each ring node's proxy target, resolved (off the serving path).
+fn resolve_targets(view: &View, ring: &Ring) -> Vec<Option<SocketAddr>> {
+    ring.nodes()
+        .iter()
+        .map(|n| {
+            let addr = view
+                .nodes
+                .iter()
+                .find(|v| v.id == n.id)
+                .and_then(|v| v.proxy_addr.as_deref())
+                .unwrap_or(&n.addr);
+            match addr.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(a)) => Some(a),
+                Ok(None) | Err(_) => {
+                    log::warn!(
+                        "node {}: proxy target {addr} does not resolve; proxy mode skips it",
+                        n.id
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// The reactor-side half of the balancer.
@@ -96,6 +141,9 @@ pub struct Balancer {
     admission: Arc<Admission>,
     current: Arc<ArcSwap<Snapshot>>,
     builds: Sender<Build>,
+    proxy: Option<Proxy>,
+    /// The reactor's counters (set once the reactor is bound), for `lb.stats`.
+    reactor: Option<Arc<ReactorStats>>,
 }
 
 /// The builder thread and the snapshot it maintains.
@@ -127,8 +175,36 @@ impl Balancer {
             admission,
             current: current.clone(),
             builds,
+            proxy: None,
+            reactor: None,
         };
         (balancer, ViewBuilder { current, thread })
+    }
+
+    /// Serves proxy mode on the listeners from [`FIRST_PROXY_PORT`].
+    pub fn with_proxy(mut self, proxy: Proxy) -> Balancer {
+        self.proxy = Some(proxy);
+        self
+    }
+
+    /// Where `lb.stats` reads the connection counters.
+    pub fn set_reactor_stats(&mut self, stats: Arc<ReactorStats>) {
+        self.reactor = Some(stats);
+    }
+
+    /// `lb.stats`'s reply.
+    pub fn stats(&self) -> Stats {
+        let reactor = self.reactor.as_deref();
+        Stats {
+            view: self.current.load().view.version,
+            conns: reactor.map_or(0, |r| {
+                r.conns.load(std::sync::atomic::Ordering::Relaxed) as u64
+            }),
+            proxy: match (&self.proxy, reactor) {
+                (Some(p), Some(r)) => Some(p.counters.report(r)),
+                _ => None,
+            },
+        }
     }
 
     fn resolve(&self, req: &Admitted, peer: SocketAddr) -> Result<String, Error> {
@@ -175,6 +251,7 @@ impl Balancer {
         let reply = cx.defer();
         let build = Build {
             view,
+            stats: self.stats(),
             reply,
             id: admitted.request.id,
             nonce: admitted.request.nonce,
@@ -193,6 +270,40 @@ impl Balancer {
 }
 
 impl Service for Balancer {
+    fn on_accept(&mut self, cx: &mut Context<'_>) -> Accept {
+        let Some(proxy) = self.proxy.as_mut() else {
+            return Accept::Framed;
+        };
+        match proxy.protocol(cx.listener()) {
+            Some(protocol) => {
+                let snap = self.current.load_full();
+                proxy.accept(protocol, &snap, cx)
+            }
+            None => Accept::Framed,
+        }
+    }
+
+    fn on_bytes(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> Sniffed {
+        match self.proxy.as_mut() {
+            Some(proxy) => {
+                let snap = self.current.load_full();
+                proxy.bytes(bytes, &snap, cx)
+            }
+            None => Sniffed::Close,
+        }
+    }
+
+    fn on_pipe_failed(
+        &mut self,
+        backend: SocketAddr,
+        _error: &std::io::Error,
+        cx: &mut Context<'_>,
+    ) -> Option<SocketAddr> {
+        let proxy = self.proxy.as_mut()?;
+        let snap = self.current.load_full();
+        proxy.failed(backend, &snap, cx)
+    }
+
     fn on_frame(&mut self, payload: &[u8], cx: &mut Context<'_>) -> Dispatch {
         let admitted = match self.admission.admit(payload) {
             Ok(a) => a,
@@ -205,6 +316,11 @@ impl Service for Balancer {
         let answer = match (admitted.request.kind.as_str(), port) {
             ("lb.resolve", Some(CLIENT_PORT)) => self.resolve(&admitted, cx.peer()),
             ("lb.view", _) => Ok(self.current.load().describe()),
+            ("lb.stats", _) => Ok(serde_json::to_string(&self.stats()).expect("numbers serialise")),
+            ("lb.pins" | "lb.unpin", Some(CLUSTER_PORT)) => {
+                self.pins(admitted, cx);
+                return Dispatch::Done;
+            }
             ("lb.set_view", Some(CLUSTER_PORT)) => {
                 let (id, nonce, key) = (
                     admitted.request.id,
@@ -218,7 +334,7 @@ impl Service for Balancer {
                 return Dispatch::Done;
             }
             (other, _) => Err(Error::UnknownType(format!(
-                "type {other:?} is not served on this port; the client port serves lb.resolve and lb.view, the cluster port lb.set_view and lb.view"
+                "type {other:?} is not served on this port; the client port serves lb.resolve, lb.view and lb.stats, the cluster port lb.set_view, lb.pins, lb.unpin, lb.view and lb.stats"
             ))),
         };
         match answer {
@@ -230,7 +346,124 @@ impl Service for Balancer {
         Dispatch::Done
     }
 
-    fn on_close(&mut self, _conn: ConnId) {}
+    fn on_close(&mut self, conn: ConnId) {
+        if let Some(p) = self.proxy.as_mut() {
+            p.closed(conn);
+        }
+    }
+}
+
+// === impl Balancer (pins) ===
+
+impl Balancer {
+    /// `lb.pins` and `lb.unpin`, under the cluster secret: from memory at
+    /// once, or from the shared table on its thread.
+    fn pins(&mut self, admitted: Admitted, cx: &mut Context<'_>) {
+        if admitted.request.app != CLUSTER_APP {
+            let e = Error::Forbidden(format!(
+                "{} needs the cluster secret (app \"cluster\"), not app {:?}",
+                admitted.request.kind, admitted.request.app
+            ));
+            return admitted.error(&e, cx.out());
+        }
+        let Some(proxy) = self.proxy.as_ref() else {
+            let e = Error::NotFound(
+                "this balancer has no proxy listener, so no pins (start it with --proxy-listen ADDR --proxy-protocol mqtt|tcp)".into(),
+            );
+            return admitted.error(&e, cx.out());
+        };
+        if admitted.request.kind == "lb.pins" {
+            let list: PinsBody = match admitted.request.body() {
+                Ok(b) => b,
+                Err(e) => return admitted.error(&e, cx.out()),
+            };
+            let limit = list.limit.unwrap_or(100);
+            if limit == 0 || limit > PINS_MAX {
+                let e = Error::bad_request(format!("limit: 1 to {PINS_MAX}, got {limit}"));
+                return admitted.error(&e, cx.out());
+            }
+            match proxy.store() {
+                None => {
+                    let page =
+                        proxy.list(list.after.as_deref(), limit as usize, list.node.as_deref());
+                    admitted.ok(
+                        &serde_json::to_string(&page).expect("pins serialise"),
+                        cx.out(),
+                    );
+                }
+                Some(store) => {
+                    let answer = deferred(admitted, cx);
+                    store.list(
+                        list.after,
+                        limit as usize,
+                        list.node,
+                        Box::new(move |r| {
+                            answer(r.map(|p| serde_json::to_string(&p).expect("pins serialise")))
+                        }),
+                    );
+                }
+            }
+            return;
+        }
+        let unpin: UnpinBody = match admitted.request.body() {
+            Ok(b) => b,
+            Err(e) => return admitted.error(&e, cx.out()),
+        };
+        if unpin.key.is_none() && unpin.node.is_none() {
+            let e =
+                Error::bad_request("name a key or a node to unpin: {\"key\": …} or {\"node\": …}");
+            return admitted.error(&e, cx.out());
+        }
+        match proxy.store() {
+            None => {
+                let dropped = proxy.unpin(unpin.key.as_deref(), unpin.node.as_deref());
+                log::info!(
+                    "dropped {dropped} pins (key {:?}, node {:?})",
+                    unpin.key,
+                    unpin.node
+                );
+                let body =
+                    serde_json::to_string(&Unpinned { dropped }).expect("a number serialises");
+                admitted.ok(&body, cx.out());
+            }
+            Some(store) => {
+                let answer = deferred(admitted, cx);
+                let (key, node) = (unpin.key.clone(), unpin.node.clone());
+                store.unpin(
+                    unpin.key,
+                    unpin.node,
+                    Box::new(move |r| {
+                        if let Ok(n) = &r {
+                            log::info!("dropped {n} pins (key {key:?}, node {node:?})");
+                        }
+                        answer(r.map(|dropped| {
+                            serde_json::to_string(&Unpinned { dropped })
+                                .expect("a number serialises")
+                        }))
+                    }),
+                );
+            }
+        }
+    }
+}
+
+/// An answer to `admitted` from another thread.
+fn deferred(
+    admitted: Admitted,
+    cx: &mut Context<'_>,
+) -> impl FnOnce(Result<String, String>) + Send {
+    let reply = cx.defer();
+    let (id, nonce, key) = (admitted.request.id, admitted.request.nonce, admitted.key);
+    move |r: Result<String, String>| {
+        let mut out = Vec::new();
+        match r {
+            Ok(body) => wire::encode_ok(Some(&key), id, &nonce, &body, &mut out),
+            Err(why) => {
+                wire::encode_error(Some(&key), id, &nonce, &Error::Unavailable(why), &mut out)
+            }
+        }
+        reply.send(out);
+    }
 }
 
 /// Rejects views no ring can be built from, before they are queued.
@@ -286,7 +519,11 @@ fn build_views(
 }
 
 fn reply_applied(b: &Build, version: u64, out: &mut Vec<u8>) {
-    let body = serde_json::to_string(&Applied { applied: version }).expect("a number serialises");
+    let applied = Applied {
+        applied: version,
+        stats: Some(b.stats.clone()),
+    };
+    let body = serde_json::to_string(&applied).expect("numbers serialise");
     wire::encode_ok(Some(&b.key), b.id, &b.nonce, &body, out);
 }
 
@@ -306,18 +543,31 @@ pub fn apply(
         return Ok(None);
     }
     if same_membership(&cur.view, &view) {
-        // Only loads moved (or nothing): keep the points, take the new loads.
+        // Only loads moved (or nothing): keep the points and targets, take
+        // the new loads.
         let policy = cur.policy.with_loads(&view);
-        return Ok(Some(Snapshot { view, policy }));
+        let targets = cur.targets.clone();
+        return Ok(Some(Snapshot {
+            view,
+            policy,
+            targets,
+        }));
     }
     log_change(&cur.view, &view);
     Snapshot::build(view, kind, ring).map(Some)
 }
 
-fn membership(view: &View) -> BTreeMap<&str, (&str, u32, NodeState)> {
+type Membership<'a> = BTreeMap<&'a str, (&'a str, Option<&'a str>, u32, NodeState)>;
+
+fn membership(view: &View) -> Membership<'_> {
     view.nodes
         .iter()
-        .map(|n| (n.id.as_str(), (n.addr.as_str(), n.weight, n.state)))
+        .map(|n| {
+            (
+                n.id.as_str(),
+                (n.addr.as_str(), n.proxy_addr.as_deref(), n.weight, n.state),
+            )
+        })
         .collect()
 }
 
@@ -339,8 +589,8 @@ fn log_change(old: &View, new: &View) {
         .collect();
     let drained: Vec<&str> = after
         .iter()
-        .filter(|(id, (_, _, s))| {
-            *s == NodeState::Draining && before.get(*id).is_some_and(|b| b.2 != NodeState::Draining)
+        .filter(|(id, (_, _, _, s))| {
+            *s == NodeState::Draining && before.get(*id).is_some_and(|b| b.3 != NodeState::Draining)
         })
         .map(|(id, _)| *id)
         .collect();

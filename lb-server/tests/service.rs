@@ -34,6 +34,7 @@ fn settings(backends: &[&str]) -> Settings {
         app_keys,
         cluster_secret: CLUSTER_SECRET.to_vec(),
         reactor: ReactorConfig::default(),
+        proxy: None,
     }
 }
 

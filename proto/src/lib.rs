@@ -492,9 +492,13 @@ pub mod cluster {
     }
 
     /// `lb.set_view`'s reply: the version the balancer holds after it.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct Applied {
         pub applied: u64,
+        /// The balancer's counters at the time (absent from balancers
+        /// older than proxy mode).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub stats: Option<super::lb::Stats>,
     }
 
     message!(
@@ -546,6 +550,129 @@ pub mod lb {
     message!(
         /// `lb.resolve`: which node owns the key.
         Resolve = "lb.resolve", App, false: ResolveBody => Resolved
+    );
+
+    /// Largest page of pins `lb.pins` returns.
+    pub const PINS_MAX: u32 = 1000;
+
+    /// `lb.pins`'s body: a page of the stored routes of proxy mode.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PinsBody {
+        /// The `next` of the page before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub after: Option<String>,
+        /// At most [`PINS_MAX`] (default 100).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub limit: Option<u32>,
+        /// Only the pins to this node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub node: Option<String>,
+    }
+
+    /// One stored route.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Pin {
+        /// The routing key (lossy UTF-8; a `triple` key's parts are joined
+        /// by U+0000).
+        pub key: String,
+        pub node: String,
+        /// Milliseconds since a device last connected with this key.
+        pub idle_ms: u64,
+        /// When the key was pinned to this node (Unix milliseconds).
+        pub pinned_at_ms: u64,
+    }
+
+    /// `lb.pins`'s reply.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct PinPage {
+        pub pins: Vec<Pin>,
+        /// Pass as `after` for the next page; absent on the last.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub next: Option<String>,
+    }
+
+    /// `lb.unpin`'s body: one key, or every pin to one node.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct UnpinBody {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub node: Option<String>,
+    }
+
+    /// `lb.unpin`'s reply.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Unpinned {
+        pub dropped: u64,
+    }
+
+    /// Proxy mode's counters since start, as `lb.stats` reports them.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ProxyStats {
+        /// Connections accepted on proxy listeners.
+        pub accepted: u64,
+        /// Connections spliced to a backend (a failover counts once more).
+        pub piped: u64,
+        /// Bytes carried, both ways.
+        pub bytes: u64,
+        /// First packets refused, by reason (`not_connect`, `too_large`,
+        /// `malformed`, `protocol_name`, `protocol_level`, `client_id`).
+        pub refused: std::collections::BTreeMap<String, u64>,
+        /// Connections closed before their first packet was complete.
+        pub incomplete: u64,
+        /// Connections turned away because no node takes keys.
+        pub unavailable: u64,
+        /// Backends that refused or timed out, each followed by a failover.
+        pub backend_failures: u64,
+        pub pins: PinStats,
+    }
+
+    /// Pin events since start.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct PinStats {
+        /// Keys pinned for the first time.
+        pub created: u64,
+        /// Keys pinned anew because their node left the view or refused them.
+        pub moved: u64,
+        /// Pins dropped a TTL after their last use.
+        pub expired: u64,
+        /// Pins dropped by an operator (`lb.unpin`).
+        pub dropped: u64,
+        /// New keys routed but not stored: the table was at its cap.
+        pub full: u64,
+        /// Reads or writes of the shared table (`--pins-db`) that failed;
+        /// the key was routed by the ring meanwhile.
+        pub db_errors: u64,
+        /// Pins held now (with `--pins-db`: the shared table, as last counted).
+        pub held: u64,
+    }
+
+    /// `lb.stats`'s reply.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Stats {
+        /// The view in force.
+        pub view: u64,
+        /// Connections open now, all ports.
+        pub conns: u64,
+        /// Absent when no proxy listener is configured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub proxy: Option<ProxyStats>,
+    }
+
+    message!(
+        /// `lb.pins`: a page of proxy mode's stored routes (cluster secret).
+        Pins = "lb.pins", Cluster, false: PinsBody => PinPage
+    );
+    message!(
+        /// `lb.unpin`: drops stored routes; the next connection with the key
+        /// is routed by the ring again (cluster secret).
+        Unpin = "lb.unpin", Cluster, false: UnpinBody => Unpinned
+    );
+    message!(
+        /// `lb.stats`: the balancer's counters, proxy mode's included.
+        GetStats = "lb.stats", App, false: Empty => Stats
     );
 }
 
@@ -602,6 +729,9 @@ pub const CATALOGUE: &[Type] = &[
     <gate::Check as Message>::TYPE,
     <gate::History as Message>::TYPE,
     <lb::Resolve as Message>::TYPE,
+    <lb::Pins as Message>::TYPE,
+    <lb::Unpin as Message>::TYPE,
+    <lb::GetStats as Message>::TYPE,
     <cluster::NodeHeartbeat as Message>::TYPE,
     <cluster::NodeLeave as Message>::TYPE,
     <cluster::SetView as Message>::TYPE,

@@ -51,6 +51,7 @@ pub fn lb_settings(cluster_listen: SocketAddr) -> lb_server::server::Settings {
         app_keys: app_keys(),
         cluster_secret: CLUSTER_SECRET.to_vec(),
         reactor: ReactorConfig::default(),
+        proxy: None,
     }
 }
 

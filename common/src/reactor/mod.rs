@@ -626,6 +626,12 @@ impl<S: Service> Reactor<S> {
         })
     }
 
+    /// The service, before the loop starts (to hand it the reactor's
+    /// stats or handle).
+    pub fn service_mut(&mut self) -> &mut S {
+        &mut self.service
+    }
+
     /// The bound addresses, in the order given.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.core.local

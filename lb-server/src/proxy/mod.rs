@@ -1,5 +1,686 @@
 //! Proxy mode: connections spliced to a backend of the view, for clients
-//! that cannot speak dsf.
+//! that cannot speak dsf (`--proxy-listen ADDR --proxy-protocol mqtt|tcp`).
 //!
-//! - [`mqtt`]: the CONNECT parser that routing reads.
+//! - `mqtt`: the first packet is read (within `--proxy-first-packet-timeout`
+//!   and `--proxy-max-connect`) and parsed as a CONNECT ([`mqtt`]); the key
+//!   it yields (`--proxy-key`) picks the node, the CONNECT goes to the node
+//!   byte for byte, and the connection becomes a pipe whose idle timeout is
+//!   1.5 × the device's keep-alive. Anything else gets the protocol's
+//!   answer where it has one (a CONNACK with the right code) and a close.
+//! - `tcp`: the client's IP address is the key; a pipe at once.
+//!
+//! Either way the key's stored route ([`pins`]) is followed while its node
+//! is in the view; a new key is pinned to the ring's owner. A backend that
+//! refuses or does not answer is failed over, clockwise on the ring, and
+//! the key is pinned to the node that took it. With `--pins-db` the pins
+//! live in MySQL ([`store`]), shared by every balancer replica; lookups
+//! that miss the local cache are made off the reactor thread.
+//!
+//! With `--proxy-send-proxy-v2` each backend first gets a PROXY protocol v2
+//! header naming the device's address and the listener it came in on.
+
 pub mod mqtt;
+pub mod pins;
+pub mod store;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dsf_common::reactor::{Accept, ConnId, Context, ReactorStats, Sniffed};
+use dsf_proto::lb::ProxyStats as ProxyCounts;
+
+use crate::service::Snapshot;
+use mqtt::{Level, Parsed, Reason};
+use pins::{decide, fail_over, Decision, Lookup, PinStats, PinTable};
+
+/// Default time a device has to send its whole CONNECT.
+pub const DEFAULT_FIRST_PACKET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default idle timeout of a `tcp` pipe, and of an MQTT device that turned
+/// keep-alive off (0).
+pub const DEFAULT_PROXY_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a pin read from `--pins-db` is trusted before it is read again.
+pub const DEFAULT_PINS_CACHE: Duration = Duration::from_secs(5);
+
+/// What a proxy listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Mqtt,
+    Tcp,
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Protocol, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "mqtt" => Ok(Protocol::Mqtt),
+            "tcp" => Ok(Protocol::Tcp),
+            other => Err(format!(
+                "{other:?} is not a proxy protocol; use mqtt (routed by the CONNECT packet) or tcp (routed by the client's address)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Mqtt => "mqtt",
+            Protocol::Tcp => "tcp",
+        })
+    }
+}
+
+/// What an MQTT device is routed by (`--proxy-key`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyBy {
+    /// The client id; an empty one (allowed with clean start) routes by
+    /// the peer's IP address.
+    #[default]
+    ClientId,
+    /// The username; a device without one routes by its client id.
+    Username,
+    /// Username, password and client id together.
+    Triple,
+    /// The peer's IP address.
+    PeerIp,
+}
+
+impl FromStr for KeyBy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<KeyBy, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "client-id" => Ok(KeyBy::ClientId),
+            "username" => Ok(KeyBy::Username),
+            "triple" => Ok(KeyBy::Triple),
+            "peer-ip" => Ok(KeyBy::PeerIp),
+            other => Err(format!(
+                "{other:?} is not a proxy key; use client-id, username, triple or peer-ip"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for KeyBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyBy::ClientId => "client-id",
+            KeyBy::Username => "username",
+            KeyBy::Triple => "triple",
+            KeyBy::PeerIp => "peer-ip",
+        })
+    }
+}
+
+/// The routing key of a CONNECT from `peer`.
+pub fn routing_key(c: &mqtt::Connect<'_>, by: KeyBy, peer: SocketAddr) -> Vec<u8> {
+    let ip = || peer.ip().to_string().into_bytes();
+    let id = || {
+        if c.client_id.is_empty() {
+            ip()
+        } else {
+            c.client_id.as_bytes().to_vec()
+        }
+    };
+    match by {
+        KeyBy::ClientId => id(),
+        KeyBy::Username => match c.username {
+            Some(u) if !u.is_empty() => u.as_bytes().to_vec(),
+            _ => id(),
+        },
+        KeyBy::Triple => {
+            let mut k = c.username.unwrap_or("").as_bytes().to_vec();
+            k.push(0);
+            k.extend_from_slice(c.password.unwrap_or(b""));
+            k.push(0);
+            k.extend_from_slice(&id());
+            k
+        }
+        KeyBy::PeerIp => ip(),
+    }
+}
+
+/// Proxy mode's settings.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Each proxy listener and what it speaks.
+    pub listeners: Vec<(SocketAddr, Protocol)>,
+    pub key: KeyBy,
+    pub first_packet_timeout: Duration,
+    /// Largest CONNECT remaining length accepted.
+    pub max_connect: usize,
+    pub idle_timeout: Duration,
+    pub send_proxy_v2: bool,
+    pub pin_ttl: Duration,
+    pub max_pins: usize,
+    /// `--pins-db`: the shared pin table.
+    pub pins_db: Option<String>,
+    pub pins_cache: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            listeners: Vec::new(),
+            key: KeyBy::default(),
+            first_packet_timeout: DEFAULT_FIRST_PACKET_TIMEOUT,
+            max_connect: mqtt::DEFAULT_MAX_CONNECT,
+            idle_timeout: DEFAULT_PROXY_IDLE_TIMEOUT,
+            send_proxy_v2: false,
+            pin_ttl: pins::DEFAULT_PIN_TTL,
+            max_pins: pins::DEFAULT_MAX_PINS,
+            pins_db: None,
+            pins_cache: DEFAULT_PINS_CACHE,
+        }
+    }
+}
+
+/// Proxy mode's counters (the reactor counts the pipes and bytes).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub accepted: AtomicU64,
+    pub refused: [AtomicU64; 6],
+    pub incomplete: AtomicU64,
+    pub unavailable: AtomicU64,
+    pub backend_failures: AtomicU64,
+    pub pins: PinStats,
+}
+
+impl Counters {
+    fn refused(&self, r: Reason) {
+        let i = Reason::ALL.iter().position(|x| *x == r).expect("listed");
+        self.refused[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters as `lb.stats` reports them.
+    pub fn report(&self, reactor: &ReactorStats) -> ProxyCounts {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ProxyCounts {
+            accepted: get(&self.accepted),
+            piped: get(&reactor.pipes),
+            bytes: get(&reactor.pipe_bytes),
+            refused: Reason::ALL
+                .iter()
+                .zip(&self.refused)
+                .map(|(r, n)| (r.as_str().to_string(), get(n)))
+                .collect(),
+            incomplete: get(&self.incomplete),
+            unavailable: get(&self.unavailable),
+            backend_failures: get(&self.backend_failures),
+            pins: self.pins.counts(),
+        }
+    }
+}
+
+/// What the proxy knows of one client connection until it closes.
+struct Route {
+    protocol: Protocol,
+    /// The MQTT version, once the CONNECT is read (for a CONNACK on failure).
+    level: Option<Level>,
+    key: Vec<u8>,
+    pos: u64,
+    /// Nodes whose connect failed for this client.
+    failed: Vec<String>,
+    /// Whether a backend was chosen (else a close counts as incomplete).
+    decided: bool,
+}
+
+/// Where a key goes now.
+enum Placement {
+    To(SocketAddr),
+    /// Asked of the shared table; the answer comes through the outbox.
+    Asked,
+    /// No node takes keys.
+    Nowhere,
+}
+
+/// Proxy mode, on the reactor thread.
+pub struct Proxy {
+    settings: ProxySettings,
+    /// Listener index of the first proxy listener.
+    first: usize,
+    pins: Arc<Mutex<PinTable>>,
+    store: Option<store::Store>,
+    routes: HashMap<ConnId, Route>,
+    pub counters: Arc<Counters>,
+}
+
+impl Proxy {
+    /// Proxy mode over listeners numbered from `first`; opens the shared
+    /// pin table if one is given.
+    pub fn new(settings: ProxySettings, first: usize) -> Result<Proxy, String> {
+        let counters = Arc::new(Counters::default());
+        let cache = settings.pins_db.as_ref().map(|_| settings.pins_cache);
+        let pins = Arc::new(Mutex::new(PinTable::new(
+            settings.pin_ttl,
+            settings.max_pins,
+            cache,
+        )));
+        let store = match &settings.pins_db {
+            Some(url) => Some(store::Store::open(
+                url,
+                &settings,
+                pins.clone(),
+                counters.clone(),
+            )?),
+            None => None,
+        };
+        Ok(Proxy {
+            settings,
+            first,
+            pins,
+            store,
+            routes: HashMap::new(),
+            counters,
+        })
+    }
+
+    /// Whether listener `index` is a proxy listener, and what it speaks.
+    pub fn protocol(&self, index: Option<usize>) -> Option<Protocol> {
+        let i = index?.checked_sub(self.first)?;
+        self.settings.listeners.get(i).map(|l| l.1)
+    }
+
+    /// A connection accepted on a proxy listener.
+    pub fn accept(
+        &mut self,
+        protocol: Protocol,
+        snap: &Arc<Snapshot>,
+        cx: &mut Context<'_>,
+    ) -> Accept {
+        self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        if self.settings.send_proxy_v2 {
+            if let Some(local) = cx.local_addr() {
+                cx.set_preamble(proxy_v2_header(cx.peer(), local));
+            }
+        }
+        match protocol {
+            Protocol::Mqtt => {
+                self.routes.insert(
+                    cx.conn(),
+                    Route {
+                        protocol,
+                        level: None,
+                        key: Vec::new(),
+                        pos: 0,
+                        failed: Vec::new(),
+                        decided: false,
+                    },
+                );
+                Accept::Sniff {
+                    // The fixed header is at most 5 bytes.
+                    max: self.settings.max_connect + 5,
+                    deadline: self.settings.first_packet_timeout,
+                }
+            }
+            Protocol::Tcp => {
+                cx.set_idle_timeout(self.settings.idle_timeout);
+                let key = cx.peer().ip().to_string().into_bytes();
+                let pos = pins::position(&key);
+                let route = Route {
+                    protocol,
+                    level: None,
+                    key,
+                    pos,
+                    failed: Vec::new(),
+                    decided: true,
+                };
+                let placed = self.place(&route, snap, cx);
+                self.routes.insert(cx.conn(), route);
+                match placed {
+                    Placement::To(addr) => Accept::Pipe(addr),
+                    // A tcp client waits on the shared table like an MQTT
+                    // device: a sniff that reads nothing and is decided
+                    // from the store's thread.
+                    Placement::Asked => Accept::Sniff {
+                        max: 1,
+                        deadline: self.settings.first_packet_timeout,
+                    },
+                    Placement::Nowhere => {
+                        self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                        Accept::Close
+                    }
+                }
+            }
+        }
+    }
+
+    /// The bytes an MQTT device has sent so far.
+    pub fn bytes(&mut self, bytes: &[u8], snap: &Arc<Snapshot>, cx: &mut Context<'_>) -> Sniffed {
+        let Some(mut route) = self.routes.remove(&cx.conn()) else {
+            return Sniffed::Close;
+        };
+        if route.protocol == Protocol::Tcp {
+            // Waiting on the store: nothing to read yet.
+            self.routes.insert(cx.conn(), route);
+            return Sniffed::Wait;
+        }
+        let connect = match mqtt::parse(bytes, self.settings.max_connect) {
+            Parsed::Incomplete => {
+                self.routes.insert(cx.conn(), route);
+                return Sniffed::NeedMore;
+            }
+            Parsed::Refused(r) => {
+                self.counters.refused(r.reason);
+                log::info!("refused a first packet from {}: {r}", cx.peer());
+                if let Some(ack) = r.connack() {
+                    cx.out().extend_from_slice(&ack);
+                }
+                return Sniffed::Close;
+            }
+            Parsed::Connect(c) => c,
+        };
+        let idle = if connect.keep_alive == 0 {
+            self.settings.idle_timeout
+        } else {
+            // 1.5 × keep-alive, as MQTT's own servers time a device out.
+            Duration::from_millis(u64::from(connect.keep_alive) * 1500)
+        };
+        cx.set_idle_timeout(idle);
+        route.level = Some(connect.level);
+        route.key = routing_key(&connect, self.settings.key, cx.peer());
+        route.pos = pins::position(&route.key);
+        route.decided = true;
+        log::debug!(
+            "{:?} from {}: CONNECT {:?} level {}, keep-alive {}s",
+            cx.conn(),
+            cx.peer(),
+            connect.client_id,
+            connect.level.byte(),
+            connect.keep_alive
+        );
+        let placed = self.place(&route, snap, cx);
+        let level = route.level;
+        self.routes.insert(cx.conn(), route);
+        match placed {
+            Placement::To(addr) => Sniffed::Pipe(addr),
+            Placement::Asked => Sniffed::Wait,
+            Placement::Nowhere => {
+                self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                cx.out().extend_from_slice(&unavailable_connack(level));
+                Sniffed::Close
+            }
+        }
+    }
+
+    /// A backend refused or did not answer: fail over clockwise, and pin
+    /// the key to the node tried next.
+    pub fn failed(
+        &mut self,
+        backend: SocketAddr,
+        snap: &Arc<Snapshot>,
+        cx: &mut Context<'_>,
+    ) -> Option<SocketAddr> {
+        self.counters
+            .backend_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let route = self.routes.get_mut(&cx.conn())?;
+        let ring = snap.policy.ring();
+        // The node at that address (the pin may name it, or the owner).
+        if let Some(i) = snap.targets.iter().position(|t| *t == Some(backend)) {
+            let id = ring.node(i).id.clone();
+            if !route.failed.contains(&id) {
+                route.failed.push(id);
+            }
+        }
+        loop {
+            let Some(next) = fail_over(ring, route.pos, &route.failed) else {
+                log::warn!(
+                    "{:?} from {}: no node took the connection (tried {:?})",
+                    cx.conn(),
+                    cx.peer(),
+                    route.failed
+                );
+                self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                if route.protocol == Protocol::Mqtt {
+                    cx.out()
+                        .extend_from_slice(&unavailable_connack(route.level));
+                }
+                return None;
+            };
+            let node = &ring.node(next).id;
+            match snap.targets[next] {
+                Some(addr) => {
+                    let stats = &self.counters.pins;
+                    stats.moved.fetch_add(1, Ordering::Relaxed);
+                    let now = Instant::now();
+                    self.pins
+                        .lock()
+                        .expect("the pin table's lock")
+                        .set(&route.key, node, now, stats);
+                    if let Some(store) = &self.store {
+                        store.repin(route.key.clone(), route.failed.clone(), node.clone());
+                    }
+                    log::info!(
+                        "{:?} from {}: {backend} failed; re-pinned to {node} ({addr})",
+                        cx.conn(),
+                        cx.peer()
+                    );
+                    return Some(addr);
+                }
+                None => route.failed.push(node.clone()),
+            }
+        }
+    }
+
+    /// A connection closed.
+    pub fn closed(&mut self, conn: ConnId) {
+        if let Some(r) = self.routes.remove(&conn) {
+            if !r.decided {
+                self.counters.incomplete.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Where `route`'s key goes: its pin while the pinned node is in the
+    /// view, else the ring's owner, pinned now.
+    fn place(&mut self, route: &Route, snap: &Arc<Snapshot>, cx: &mut Context<'_>) -> Placement {
+        let ring = snap.policy.ring();
+        let now = Instant::now();
+        let mut table = self.pins.lock().expect("the pin table's lock");
+        let pinned = match table.get(&route.key, now) {
+            Lookup::Hit { node, stale_use } => {
+                if let Some(i) = ring.index_of(&node) {
+                    if stale_use {
+                        if let Some(store) = &self.store {
+                            store.touch(route.key.clone());
+                        }
+                    }
+                    drop(table);
+                    return self.target(i, route, snap);
+                }
+                Some(node)
+            }
+            Lookup::Miss => None,
+        };
+        if let Some(store) = &self.store {
+            drop(table);
+            let asked = store.route(store::Ask {
+                outbox: cx.outbox(),
+                key: route.key.clone(),
+                pos: route.pos,
+                snap: snap.clone(),
+                level: route.level,
+            });
+            return if asked {
+                Placement::Asked
+            } else {
+                // The store's queue is full: route by the ring, unpinned.
+                self.counters.pins.db_errors.fetch_add(1, Ordering::Relaxed);
+                match ring.owner(route.pos) {
+                    Some(i) => self.target(i, route, snap),
+                    None => Placement::Nowhere,
+                }
+            };
+        }
+        let Some(d) = decide(ring, pinned.as_deref(), route.pos) else {
+            return Placement::Nowhere;
+        };
+        self.counters.pins.count(d);
+        if !matches!(d, Decision::Kept(_)) {
+            table.set(
+                &route.key,
+                &ring.node(d.node()).id,
+                now,
+                &self.counters.pins,
+            );
+        }
+        drop(table);
+        self.target(d.node(), route, snap)
+    }
+
+    /// The address of node `i`; one that does not resolve is failed over
+    /// at once.
+    fn target(&mut self, i: usize, route: &Route, snap: &Arc<Snapshot>) -> Placement {
+        match snap.targets[i] {
+            Some(addr) => Placement::To(addr),
+            None => {
+                let ring = snap.policy.ring();
+                let mut failed = vec![ring.node(i).id.clone()];
+                while let Some(next) = fail_over(ring, route.pos, &failed) {
+                    if let Some(addr) = snap.targets[next] {
+                        return Placement::To(addr);
+                    }
+                    failed.push(ring.node(next).id.clone());
+                }
+                Placement::Nowhere
+            }
+        }
+    }
+
+    /// A page of pins (memory only; the store answers for `--pins-db`).
+    pub fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        node: Option<&str>,
+    ) -> dsf_proto::lb::PinPage {
+        let table = self.pins.lock().expect("the pin table's lock");
+        let pins = table.list(after.map(str::as_bytes), limit, node);
+        let next = (pins.len() == limit)
+            .then(|| pins.last().map(|p| p.key.clone()))
+            .flatten();
+        dsf_proto::lb::PinPage { pins, next }
+    }
+
+    /// Drops pins by key or node (memory; the store also drops its rows).
+    pub fn unpin(&self, key: Option<&str>, node: Option<&str>) -> u64 {
+        let mut table = self.pins.lock().expect("the pin table's lock");
+        let mut n = 0;
+        if let Some(k) = key {
+            n += u64::from(table.remove(k.as_bytes()));
+        }
+        if let Some(id) = node {
+            n += table.remove_node(id) as u64;
+        }
+        self.counters.pins.dropped.fetch_add(n, Ordering::Relaxed);
+        n
+    }
+
+    /// The shared table, when there is one.
+    pub fn store(&self) -> Option<&store::Store> {
+        self.store.as_ref()
+    }
+}
+
+/// The CONNACK for "no broker can take you now": 3.x return code 3
+/// (server unavailable), 5.0 reason 0x88.
+fn unavailable_connack(level: Option<Level>) -> Vec<u8> {
+    match level {
+        Some(Level::V5) => vec![0x20, 0x03, 0x00, 0x88, 0x00],
+        _ => vec![0x20, 0x02, 0x00, 0x03],
+    }
+}
+
+/// A PROXY protocol v2 header: a proxied TCP connection from `client` to
+/// `local` (the listener it came in on). Mixed families are given as IPv6.
+pub fn proxy_v2_header(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    use ppp::v2::{Builder, Command, Protocol, Version};
+    let (src, dst) = match (client, local) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => {
+            (client, local)
+        }
+        _ => (as_v6(client), as_v6(local)),
+    };
+    Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, (src, dst))
+        .build()
+        .expect("a header of two addresses fits")
+}
+
+fn as_v6(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        v6 => v6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect<'a>(
+        id: &'a str,
+        user: Option<&'a str>,
+        pass: Option<&'a [u8]>,
+    ) -> mqtt::Connect<'a> {
+        mqtt::Connect {
+            level: Level::V311,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: id,
+            username: user,
+            password: pass,
+            will: false,
+            len: 0,
+        }
+    }
+
+    #[test]
+    fn keys_follow_the_proxy_key_and_fall_back_to_the_peer() {
+        let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        let c = connect("dev-1", Some("alice"), Some(b"pw"));
+        assert_eq!(routing_key(&c, KeyBy::ClientId, peer), b"dev-1");
+        assert_eq!(routing_key(&c, KeyBy::Username, peer), b"alice");
+        assert_eq!(routing_key(&c, KeyBy::Triple, peer), b"alice\0pw\0dev-1");
+        assert_eq!(routing_key(&c, KeyBy::PeerIp, peer), b"10.1.2.3");
+        let anonymous = connect("", None, None);
+        assert_eq!(routing_key(&anonymous, KeyBy::ClientId, peer), b"10.1.2.3");
+        assert_eq!(
+            routing_key(&connect("d", None, None), KeyBy::Username, peer),
+            b"d"
+        );
+    }
+
+    #[test]
+    fn the_proxy_v2_header_is_the_specs_layout() {
+        let h = proxy_v2_header(
+            "192.0.2.1:51000".parse().unwrap(),
+            "127.0.0.1:1883".parse().unwrap(),
+        );
+        let mut want = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        // v2 PROXY, TCP over IPv4, 12 address bytes.
+        want.extend_from_slice(&[0x21, 0x11, 0x00, 0x0c]);
+        want.extend_from_slice(&[192, 0, 2, 1, 127, 0, 0, 1]);
+        want.extend_from_slice(&51000u16.to_be_bytes());
+        want.extend_from_slice(&1883u16.to_be_bytes());
+        assert_eq!(h, want);
+        let mixed = proxy_v2_header("192.0.2.1:1".parse().unwrap(), "[::1]:2".parse().unwrap());
+        assert_eq!(&mixed[12..16], &[0x21, 0x21, 0x00, 36]);
+    }
+
+    #[test]
+    fn protocols_and_keys_parse_with_a_useful_error() {
+        assert_eq!("MQTT".parse::<Protocol>(), Ok(Protocol::Mqtt));
+        assert!("http".parse::<Protocol>().unwrap_err().contains("mqtt"));
+        assert_eq!("peer-ip".parse::<KeyBy>(), Ok(KeyBy::PeerIp));
+        assert!("ip".parse::<KeyBy>().unwrap_err().contains("client-id"));
+    }
+}
