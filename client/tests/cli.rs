@@ -331,3 +331,66 @@ fn bench_counts_errors_by_code() {
     assert_eq!(r["ok"], 0);
     assert_eq!(r["errors"]["overloaded"], 500);
 }
+
+#[test]
+fn pins_are_listed_and_dropped_with_the_cluster_secret() {
+    use lb_server::proxy::{Protocol, ProxySettings};
+    // A balancer in tcp proxy mode in front of a plain listener; one
+    // connection through it pins 127.0.0.1.
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut keys = dsf_common::wire::AppKeys::new();
+    keys.insert("cli", SECRET);
+    let lb = lb_server::server::start(lb_server::server::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cluster_listen: "127.0.0.1:0".parse().unwrap(),
+        backends: vec![format!("plain={}", backend.local_addr().unwrap())
+            .parse()
+            .unwrap()],
+        policy: Default::default(),
+        ring: Default::default(),
+        app_keys: keys,
+        cluster_secret: b"pins-secret".to_vec(),
+        reactor: Default::default(),
+        proxy: Some(ProxySettings {
+            listeners: vec![("127.0.0.1:0".parse().unwrap(), Protocol::Tcp)],
+            ..ProxySettings::default()
+        }),
+    })
+    .unwrap();
+    let _through = std::net::TcpStream::connect(lb.proxy_addrs[0]).unwrap();
+    let _accepted = backend.accept().unwrap();
+    let cluster = lb.cluster_addr.to_string();
+    let pins = |args: &[&str]| {
+        let mut cmd = client("pins");
+        cmd.env("DSF_CLUSTER_SECRET", "pins-secret")
+            .args(["pins"])
+            .args(args)
+            .args(["--cluster", &cluster]);
+        run(&mut cmd)
+    };
+
+    let o = pins(&["list", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["pins"][0]["key"], "127.0.0.1");
+    assert_eq!(v["pins"][0]["node"], "plain");
+    let o = pins(&["list"]);
+    assert!(stdout(&o).starts_with("key"), "a table: {}", stdout(&o));
+    assert!(stdout(&o).contains("127.0.0.1  plain"), "{}", stdout(&o));
+
+    let o = pins(&["drop", "127.0.0.1"]);
+    assert_eq!(stdout(&o).trim(), "dropped 1 pins", "{}", stderr(&o));
+    let o = pins(&["list"]);
+    assert_eq!(stdout(&o).trim(), "no pins");
+    let o = pins(&["drop"]);
+    assert_eq!(o.status.code(), Some(2), "a usage error: {}", stderr(&o));
+    assert!(stderr(&o).contains("--node"), "{}", stderr(&o));
+
+    // The wrong secret: refused, and the message says which secret.
+    let mut cmd = client("pins");
+    cmd.env("DSF_CLUSTER_SECRET", "wrong")
+        .args(["pins", "list", "--cluster", &cluster]);
+    let o = run(&mut cmd);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("DSF_CLUSTER_SECRET"), "{}", stderr(&o));
+}

@@ -2,6 +2,7 @@
 //! the exit codes ([`exit`]). `main.rs` only calls [`main`].
 
 mod output;
+mod pins;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -152,6 +153,10 @@ pub enum Command {
     Ping,
     /// Generate load and report requests/s and latency percentiles.
     Bench(BenchArgs),
+    /// Proxy mode's stored routes on a balancer: list or drop them
+    /// (lb.pins, lb.unpin; needs the cluster secret).
+    #[command(subcommand)]
+    Pins(pins::PinsCmd),
 }
 
 /// A user name; the password is asked for, never taken from a flag.
@@ -329,6 +334,10 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
         out.bench(&report);
         return Ok(exit::OK);
     }
+    if let Command::Pins(cmd) = &cli.command {
+        pins::run(cmd, cli.timeout, out)?;
+        return Ok(exit::OK);
+    }
     let (mut c, session) = client(cli)?;
     match &cli.command {
         Command::Register(cred) => {
@@ -442,7 +451,7 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
             let v = typed::<sys::Ping>(&mut c, &Empty {})?;
             out.ping(&v, c.node_id().unwrap_or("?"), t.elapsed());
         }
-        Command::Bench(_) => unreachable!("handled above"),
+        Command::Bench(_) | Command::Pins(_) => unreachable!("handled above"),
     }
     Ok(exit::OK)
 }

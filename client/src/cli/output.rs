@@ -196,6 +196,22 @@ impl Out {
         }
     }
 
+    /// A page of proxy pins (`client pins list`): one JSON object with
+    /// `pins` and `next`, or a table and how to get the next page.
+    pub fn pins(&mut self, v: &Value) {
+        if self.json {
+            return self.json_line(v);
+        }
+        self.table(
+            &v["pins"],
+            &["key", "node", "idle_ms", "pinned_at_ms"],
+            "no pins",
+        );
+        if let Some(n) = v["next"].as_str() {
+            self.line(&format!("(more: client pins list --after {n}, or --all)"));
+        }
+    }
+
     /// One gate check's result: `HIT` or `clear`, or the error.
     pub fn check(&mut self, id_card: &str, r: &Result<Value>) {
         match (r, self.json) {
