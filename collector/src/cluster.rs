@@ -53,6 +53,10 @@ pub struct BalancerStatus {
     pub failures: u64,
     /// Why the last push failed, until one succeeds.
     pub last_error: Option<String>,
+    /// Its proxy mode's counters, as of the last push (absent without
+    /// proxy listeners).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<dsf_proto::lb::ProxyStats>,
 }
 
 /// A copy of the state at one instant, for status and metrics.
@@ -306,11 +310,12 @@ impl Cluster {
     /// A balancer acknowledged `sent` saying it holds `applied`. A balancer
     /// ahead of us (a collector before a clock step) is overtaken with a
     /// new version at once.
-    pub fn pushed(&self, lb: &str, sent: u64, applied: u64) {
+    pub fn pushed(&self, lb: &str, sent: u64, applied: u64, stats: Option<dsf_proto::lb::Stats>) {
         let mut inner = self.lock();
         if let Some(b) = inner.balancers.get_mut(lb) {
             b.connected = true;
             b.applied = Some(applied);
+            b.proxy = stats.and_then(|s| s.proxy);
             b.pushes += 1;
             b.last_error = None;
         }
@@ -445,7 +450,7 @@ mod tests {
     fn a_balancer_ahead_of_us_is_overtaken() {
         let c = Cluster::new(Duration::from_secs(3), &[], &["lb".into()]);
         let v = c.view().version;
-        c.pushed("lb", v, v + 1_000_000);
+        c.pushed("lb", v, v + 1_000_000, None);
         assert_eq!(c.view().version, v + 1_000_001);
         let snap = c.snapshot();
         assert_eq!(snap.balancers[0].applied, Some(v + 1_000_000));

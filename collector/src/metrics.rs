@@ -12,7 +12,13 @@
 //! The collector's own: `dsf_collector_view_version`,
 //! `dsf_collector_nodes{state}`, counters of heartbeats, leaves, evictions
 //! and refused frames, and per balancer (`lb="<addr>"`) whether it is
-//! connected, the version it holds, pushes and failed pushes.
+//! connected, the version it holds, pushes and failed pushes; and, for a
+//! balancer with proxy listeners, its proxy counters as of the last push:
+//! `dsf_collector_balancer_proxy_{accepted,piped,bytes,incomplete,
+//! unavailable,backend_failures}_total`,
+//! `dsf_collector_balancer_proxy_refused_total{reason}`,
+//! `dsf_collector_balancer_pin_events_total{event}` and
+//! `dsf_collector_balancer_pins`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -158,6 +164,8 @@ pub fn render(snap: &Snapshot, counters: &Counters) -> String {
         }
     }
 
+    proxy_families(&mut out, &snap.balancers);
+
     let mut f = Family::start(
         &mut out,
         "dsf_node_info",
@@ -255,6 +263,99 @@ pub fn render(snap: &Snapshot, counters: &Counters) -> String {
         }
     }
     out
+}
+
+/// Proxy mode's counters, per balancer that has proxy listeners.
+fn proxy_families(out: &mut String, balancers: &[BalancerStatus]) {
+    use dsf_proto::lb::ProxyStats;
+    let with: Vec<(&str, &ProxyStats)> = balancers
+        .iter()
+        .filter_map(|b| b.proxy.as_ref().map(|p| (b.addr.as_str(), p)))
+        .collect();
+    if with.is_empty() {
+        return;
+    }
+    type Get = fn(&ProxyStats) -> u64;
+    let counters: [(&str, &str, Get); 6] = [
+        (
+            "dsf_collector_balancer_proxy_accepted_total",
+            "Connections accepted on the balancer's proxy listeners.",
+            |p| p.accepted,
+        ),
+        (
+            "dsf_collector_balancer_proxy_piped_total",
+            "Connections the balancer spliced to a backend (a failover counts again).",
+            |p| p.piped,
+        ),
+        (
+            "dsf_collector_balancer_proxy_bytes_total",
+            "Bytes the balancer's pipes carried, both ways.",
+            |p| p.bytes,
+        ),
+        (
+            "dsf_collector_balancer_proxy_incomplete_total",
+            "Connections closed before their first packet was complete.",
+            |p| p.incomplete,
+        ),
+        (
+            "dsf_collector_balancer_proxy_unavailable_total",
+            "Connections turned away because no backend could take them.",
+            |p| p.unavailable,
+        ),
+        (
+            "dsf_collector_balancer_proxy_backend_failures_total",
+            "Backends that refused or did not answer a connect, each followed by a failover.",
+            |p| p.backend_failures,
+        ),
+    ];
+    for (name, help, get) in counters {
+        let mut f = Family::start(out, name, "counter", help);
+        for (lb, p) in &with {
+            f.sample(name, &[("lb", lb)], get(p) as f64);
+        }
+    }
+    let name = "dsf_collector_balancer_proxy_refused_total";
+    let mut f = Family::start(
+        out,
+        name,
+        "counter",
+        "First packets refused, by reason (not_connect, too_large, malformed, protocol_name, protocol_level, client_id).",
+    );
+    for (lb, p) in &with {
+        for (reason, n) in &p.refused {
+            f.sample(name, &[("lb", lb), ("reason", reason)], *n as f64);
+        }
+    }
+    let name = "dsf_collector_balancer_pin_events_total";
+    let mut f = Family::start(
+        out,
+        name,
+        "counter",
+        "Pin events: created, moved (the node left or refused), expired, dropped (by an operator), full (not stored: at the cap), db_error.",
+    );
+    for (lb, p) in &with {
+        let s = &p.pins;
+        for (event, n) in [
+            ("created", s.created),
+            ("moved", s.moved),
+            ("expired", s.expired),
+            ("dropped", s.dropped),
+            ("full", s.full),
+            ("db_error", s.db_errors),
+        ] {
+            f.sample(name, &[("lb", lb), ("event", event)], n as f64);
+        }
+    }
+    let name = "dsf_collector_balancer_pins";
+    let mut f = Family::start(
+        out,
+        name,
+        "gauge",
+        "Pins the balancer holds (with --pins-db: the shared table, as last counted).",
+    );
+    for (lb, p) in &with {
+        f.sample(name, &[("lb", lb)], p.pins.held as f64);
+    }
 }
 
 /// The loop of the `metrics` thread: answers until `server.unblock()`.

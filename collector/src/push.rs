@@ -95,7 +95,7 @@ impl Pusher {
     }
 
     /// Sends `view`; returns the version the balancer holds after it.
-    fn push(&mut self, view: &View) -> Result<u64, PushError> {
+    fn push(&mut self, view: &View) -> Result<Applied, PushError> {
         if self.conn.is_none() {
             let conn = Connection::connect(
                 &self.lb,
@@ -120,7 +120,7 @@ impl Pusher {
             })?;
         let applied: Applied = serde_json::from_str(body.get())
             .map_err(|e| PushError::BadReply(format!("expected {{\"applied\": version}}: {e}")))?;
-        Ok(applied.applied)
+        Ok(applied)
     }
 }
 
@@ -155,7 +155,7 @@ pub fn run_pusher(lb: String, cluster: Arc<Cluster>, key: Key, cfg: PushConfig) 
             }
         };
         match p.push(&view) {
-            Ok(applied) => {
+            Ok(Applied { applied, stats }) => {
                 if failing {
                     log::info!("balancer {} is reachable again", p.lb);
                     failing = false;
@@ -165,7 +165,7 @@ pub fn run_pusher(lb: String, cluster: Arc<Cluster>, key: Key, cfg: PushConfig) 
                     p.lb,
                     view.version
                 );
-                cluster.pushed(&p.lb, view.version, applied);
+                cluster.pushed(&p.lb, view.version, applied, stats);
                 sent = seq;
                 backoff = cfg.backoff_min;
             }

@@ -192,3 +192,64 @@ fn a_collector_stops_on_its_shutdown_handle() {
         std::net::TcpStream::connect_timeout(&metrics, Duration::from_secs(1)).is_err()
     });
 }
+
+#[test]
+fn a_balancers_proxy_counters_reach_the_metrics() {
+    // A balancer in tcp proxy mode in front of a plain listener.
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut s = lb_settings("127.0.0.1:0".parse().unwrap());
+    s.backends = vec![format!("plain={}", backend.local_addr().unwrap())
+        .parse()
+        .unwrap()];
+    s.proxy = Some(lb_server::proxy::ProxySettings {
+        listeners: vec![(
+            "127.0.0.1:0".parse().unwrap(),
+            lb_server::proxy::Protocol::Tcp,
+        )],
+        ..Default::default()
+    });
+    let lb = lb_server::server::start(s).unwrap();
+    // Through the proxy before the collector's first (empty) view replaces
+    // the static backend.
+    {
+        use std::io::{Read, Write};
+        let mut through = std::net::TcpStream::connect(lb.proxy_addrs[0]).unwrap();
+        let (mut far, _) = backend.accept().unwrap();
+        through.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        far.read_exact(&mut got).unwrap();
+    }
+    let mut cs = collector_settings(&[lb.cluster_addr]);
+    cs.resend = Duration::from_millis(100);
+    let col = start_collector(cs);
+    wait_until("the proxy counters in a push reply", WAIT, || {
+        col.cluster().snapshot().balancers[0]
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.bytes >= 4)
+    });
+    let (code, text) = http_get(col.metrics_addr, "/metrics");
+    assert_eq!(code, 200);
+    let lb_label = lb.cluster_addr.to_string();
+    for (series, want) in [
+        ("dsf_collector_balancer_proxy_accepted_total", " 1\n"),
+        ("dsf_collector_balancer_proxy_piped_total", " 1\n"),
+        ("dsf_collector_balancer_pins", " 1\n"),
+    ] {
+        let line = format!("{series}{{lb=\"{lb_label}\"}}{want}");
+        assert!(text.contains(&line), "no {line:?} in\n{text}");
+    }
+    let created = format!(
+        "dsf_collector_balancer_pin_events_total{{lb=\"{lb_label}\",event=\"created\"}} 1\n"
+    );
+    assert!(text.contains(&created), "{text}");
+    let refused = format!(
+        "dsf_collector_balancer_proxy_refused_total{{lb=\"{lb_label}\",reason=\"not_connect\"}} 0\n"
+    );
+    assert!(text.contains(&refused), "{text}");
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    if let Some(check) = promtool_check(&text) {
+        assert!(check.0, "promtool check metrics:\n{}", check.1);
+    }
+}
