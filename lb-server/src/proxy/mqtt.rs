@@ -196,7 +196,8 @@ pub fn parse(bytes: &[u8], max: usize) -> Parsed<'_> {
         Ok(Some(v)) => v,
         Ok(None) => return Parsed::Incomplete,
         Err(detail) => {
-            return Parsed::Refused(Refusal::new(Reason::Malformed, peek_level(bytes), detail))
+            // Where the variable header starts is not known: no version.
+            return Parsed::Refused(Refusal::new(Reason::Malformed, None, detail));
         }
     };
     if remaining > max {
@@ -713,6 +714,47 @@ pub(crate) mod tests {
         let r = refusal(&b);
         assert_eq!(r.reason, Reason::Malformed);
         assert_eq!(r.connack(), Some(vec![0x20, 3, 0, 0x81, 0]));
+    }
+
+    #[test]
+    fn the_packets_real_clients_sent_parse_as_they_said() {
+        // Captured from mosquitto_pub and paho-mqtt by
+        // fuzz/capture_mqtt_seeds.py (the fuzz target's seeds).
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/mqtt_connect");
+        let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+        let cases: [(&str, Level, &str, Option<&str>, bool); 6] = [
+            ("mosquitto_pub_31", Level::V31, "dev-31", None, false),
+            ("mosquitto_pub_311", Level::V311, "dev-311", None, false),
+            ("mosquitto_pub_311_empty_id", Level::V311, "", None, false),
+            (
+                "mosquitto_pub_311_will_user",
+                Level::V311,
+                "dev-w",
+                Some("alice"),
+                true,
+            ),
+            ("mosquitto_pub_5", Level::V5, "dev-5", None, false),
+            (
+                "paho_5_will_properties",
+                Level::V5,
+                "paho-v5-will",
+                Some("user"),
+                true,
+            ),
+        ];
+        for (name, level, id, user, will) in cases {
+            let bytes = read(name);
+            let c = connect(&bytes);
+            assert_eq!(
+                (c.level, c.client_id, c.username, c.will),
+                (level, id, user, will),
+                "{name}"
+            );
+            assert_eq!(c.len, bytes.len(), "{name}");
+        }
+        assert_eq!(refusal(&read("http_request")).reason, Reason::NotConnect);
+        assert_eq!(refusal(&read("five_byte_length")).reason, Reason::Malformed);
     }
 
     fn mqtt_string() -> impl Strategy<Value = Vec<u8>> {
