@@ -23,7 +23,7 @@ pub struct Target {
     #[arg(long, env = "DSF_LB_CLUSTER", default_value = "127.0.0.1:6200")]
     pub cluster: String,
     /// File holding the cluster secret; otherwise DSF_CLUSTER_SECRET is read.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "DSF_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
 }
 
