@@ -967,7 +967,13 @@ impl Core {
                 ConnShared::new(self.cfg.out_cap),
             );
             c.last_active = now;
-            c.local = c.stream.local_addr().ok();
+            // The listener's address, unless it is a wildcard (then ask).
+            let bound = self.local[index];
+            c.local = if bound.ip().is_unspecified() {
+                c.stream.local_addr().ok()
+            } else {
+                Some(bound)
+            };
             let mut refused = false;
             let accept = {
                 let mut parts = parts!(id, c);
@@ -1334,7 +1340,9 @@ impl Core {
         let Some(mut c) = self.conns.remove(&id) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut c.stream);
+        // No deregister: dropping the stream below closes its descriptor,
+        // which takes it out of the epoll set (one syscall fewer per close;
+        // tokens are never reused, so a stale event finds no connection).
         self.stats.conns.fetch_sub(1, Ordering::Relaxed);
         self.budget.held -= c.held;
         c.shared.closed.store(true, Ordering::Release);
