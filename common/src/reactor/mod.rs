@@ -1337,7 +1337,7 @@ impl Core {
     }
 
     fn close<S: Service>(&mut self, service: &mut S, id: ConnId, why: &str) {
-        let Some(mut c) = self.conns.remove(&id) else {
+        let Some(c) = self.conns.remove(&id) else {
             return;
         };
         // No deregister: dropping the stream below closes its descriptor,
