@@ -297,3 +297,62 @@ fn no_broker_up_gets_server_unavailable() {
     );
     assert_eq!(proxy_stats(&lb)["unavailable"], 2);
 }
+
+/// A broker stand-in that answers a CONNECT with a CONNACK and then holds
+/// the connection open without a word, whatever the device does.
+fn silent_broker() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                if s.read(&mut buf).unwrap_or(0) > 0 {
+                    let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]);
+                }
+                // Until the proxy closes its side.
+                while s.read(&mut buf).is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// Opens a device with `keep_alive` seconds and returns how long the
+/// proxy took to close it once it fell silent after its CONNACK.
+fn silent_for(proxy: std::net::SocketAddr, id: &[u8], keep_alive: u16) -> Duration {
+    let mut packet = connect(b"MQTT", 4, id, None);
+    packet[10..12].copy_from_slice(&keep_alive.to_be_bytes());
+    let mut d = TcpStream::connect(proxy).unwrap();
+    d.set_read_timeout(Some(WAIT)).unwrap();
+    d.write_all(&packet).unwrap();
+    let mut ack = [0u8; 4];
+    d.read_exact(&mut ack).unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    d.read_to_end(&mut rest)
+        .expect("the proxy closes the silent device within the read timeout");
+    started.elapsed()
+}
+
+#[test]
+fn a_silent_device_is_closed_after_one_and_a_half_keep_alives() {
+    let mut s = settings(&[format!("fake={}", silent_broker())], &[Protocol::Mqtt]);
+    // Keep-alive 0 turns MQTT's own timeout off: the proxy's idle timeout.
+    s.proxy.as_mut().unwrap().idle_timeout = Duration::from_millis(700);
+    let lb = start_lb(s);
+    let proxy = lb.proxy_addrs[0];
+    // Keep-alive 2 s: closed at 3 s of silence (the reactor's own idle
+    // timeout is 60 s, so nothing else would close it within the read
+    // timeout).
+    let two = std::thread::spawn(move || silent_for(proxy, b"ka-2", 2));
+    let zero = silent_for(proxy, b"ka-0", 0);
+    assert!(zero >= Duration::from_millis(700), "{zero:?}");
+    let two = two.join().unwrap();
+    assert!(two >= Duration::from_secs(3), "{two:?}");
+    assert!(
+        two > zero,
+        "the keep-alive, not the proxy default, timed it"
+    );
+}
