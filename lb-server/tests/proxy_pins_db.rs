@@ -80,3 +80,35 @@ fn two_replicas_with_pins_db_route_every_device_alike() {
     assert_eq!(stats["pins"]["db_errors"], 0);
     assert_eq!(stats["pins"]["created"], 200, "A pinned every device once");
 }
+
+#[test]
+fn shared_pins_expire_a_ttl_after_their_last_use() {
+    let db = dsf_sql::testing::fresh_empty();
+    let url = url_for(db.name());
+    let broker = Broker::start();
+    let b = [&broker];
+    let with_ttl = |ttl: Duration| {
+        let mut s = settings(&backends(&b), &[Protocol::Mqtt]);
+        let p = s.proxy.as_mut().unwrap();
+        p.pins_db = Some(url.clone());
+        p.pin_ttl = ttl;
+        start_lb(s)
+    };
+    let lb = with_ttl(Duration::from_secs(1));
+    devices(lb.proxy_addrs[0], &b, "dev", 20).all_served(20);
+    assert_eq!(pins(&lb).len(), 20);
+    lb.stop().unwrap();
+    // Unused for more than the TTL: the next replica's first sweep drops
+    // them (a replica sweeps at start, then every 30 s).
+    let unused_since = std::time::Instant::now();
+    wait_until("a TTL to pass", || {
+        unused_since.elapsed() > Duration::from_millis(1100)
+    });
+    let next = with_ttl(Duration::from_secs(1));
+    wait_until("the expired pins to be swept", || pins(&next).is_empty());
+    assert_eq!(proxy_stats(&next)["pins"]["expired"], 20);
+    // A long TTL keeps what is used: pinned again, and still there.
+    devices(next.proxy_addrs[0], &b, "dev", 20).all_served(20);
+    let kept = with_ttl(Duration::from_secs(3600));
+    assert_eq!(pins(&kept).len(), 20);
+}
