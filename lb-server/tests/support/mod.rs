@@ -142,6 +142,20 @@ impl Drop for Broker {
 /// Balancer settings with one proxy listener per protocol given, in
 /// front of `backends` (`ID=HOST:PORT`).
 pub fn settings(backends: &[String], proxies: &[Protocol]) -> Settings {
+    let mut s = base_settings(backends);
+    s.proxy = Some(ProxySettings {
+        listeners: proxies
+            .iter()
+            .map(|p| ("127.0.0.1:0".parse().unwrap(), *p))
+            .collect(),
+        ..ProxySettings::default()
+    });
+    s
+}
+
+/// Balancer settings on free ports, app `cli` and the cluster secret, no
+/// proxy listener.
+pub fn base_settings<S: AsRef<str>>(backends: &[S]) -> Settings {
     let mut app_keys = AppKeys::new();
     app_keys.insert("cli", APP_SECRET);
     Settings {
@@ -149,20 +163,14 @@ pub fn settings(backends: &[String], proxies: &[Protocol]) -> Settings {
         cluster_listen: "127.0.0.1:0".parse().unwrap(),
         backends: backends
             .iter()
-            .map(|b| b.parse::<Backend>().unwrap())
+            .map(|b| b.as_ref().parse::<Backend>().unwrap())
             .collect(),
         policy: PolicyKind::Ring,
         ring: RingConfig::default(),
         app_keys,
         cluster_secret: CLUSTER_SECRET.to_vec(),
         reactor: ReactorConfig::default(),
-        proxy: Some(ProxySettings {
-            listeners: proxies
-                .iter()
-                .map(|p| ("127.0.0.1:0".parse().unwrap(), *p))
-                .collect(),
-            ..ProxySettings::default()
-        }),
+        proxy: None,
     }
 }
 
