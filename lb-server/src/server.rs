@@ -143,8 +143,12 @@ pub fn start(s: Settings) -> io::Result<Running> {
             );
             addrs.push(*addr);
         }
-        let proxy = Proxy::new(p.clone(), crate::service::FIRST_PROXY_PORT)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let proxy = Proxy::new(
+            p.clone(),
+            crate::service::FIRST_PROXY_PORT,
+            s.reactor.max_conns,
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         balancer = balancer.with_proxy(proxy);
     }
     let mut cfg = s.reactor.clone();

@@ -283,6 +283,21 @@ impl Service for Balancer {
         }
     }
 
+    fn on_full(&mut self, listener: usize, max_conns: usize, out: &mut Vec<u8>) {
+        if self
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.protocol(Some(listener)).is_some())
+        {
+            // A device does not read dsf frames: closed without a word.
+            return;
+        }
+        let e = Error::Overloaded(format!(
+            "server is at its limit of {max_conns} connections; retry later or on another node"
+        ));
+        wire::encode_error(None, wire::envelope::UNKNOWN_ID, "", &e, out);
+    }
+
     fn on_bytes(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> Sniffed {
         match self.proxy.as_mut() {
             Some(proxy) => {
@@ -382,14 +397,21 @@ impl Balancer {
                 let e = Error::bad_request(format!("limit: 1 to {PINS_MAX}, got {limit}"));
                 return admitted.error(&e, cx.out());
             }
+            if let Some(Err(e)) = list.after.as_deref().map(crate::proxy::parse_cursor) {
+                return admitted.error(&Error::bad_request(e), cx.out());
+            }
             match proxy.store() {
                 None => {
-                    let page =
-                        proxy.list(list.after.as_deref(), limit as usize, list.node.as_deref());
-                    admitted.ok(
-                        &serde_json::to_string(&page).expect("pins serialise"),
-                        cx.out(),
-                    );
+                    let page = proxy
+                        .list(list.after.as_deref(), limit as usize, list.node.as_deref())
+                        .map_err(Error::bad_request);
+                    match page {
+                        Ok(page) => admitted.ok(
+                            &serde_json::to_string(&page).expect("pins serialise"),
+                            cx.out(),
+                        ),
+                        Err(e) => admitted.error(&e, cx.out()),
+                    }
                 }
                 Some(store) => {
                     let answer = deferred(admitted, cx);

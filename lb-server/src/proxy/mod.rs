@@ -36,7 +36,7 @@ use dsf_proto::lb::ProxyStats as ProxyCounts;
 
 use crate::service::Snapshot;
 use mqtt::{Level, Parsed, Reason};
-use pins::{decide, fail_over, Decision, Lookup, PinStats, PinTable};
+use pins::{decide, fail_over, Decision, KeyHash, Lookup, PinStats, PinTable};
 
 /// Default time a device has to send its whole CONNECT.
 pub const DEFAULT_FIRST_PACKET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -225,12 +225,36 @@ struct Route {
     protocol: Protocol,
     /// The MQTT version, once the CONNECT is read (for a CONNACK on failure).
     level: Option<Level>,
-    key: Vec<u8>,
+    /// The routing key, hashed; its first 8 bytes are its ring position.
+    hash: KeyHash,
+    /// What operators are shown of the key.
+    shown: String,
     pos: u64,
     /// Nodes whose connect failed for this client.
     failed: Vec<String>,
     /// Whether a backend was chosen (else a close counts as incomplete).
     decided: bool,
+}
+
+impl Route {
+    fn new(protocol: Protocol) -> Route {
+        Route {
+            protocol,
+            level: None,
+            hash: [0; 16],
+            shown: String::new(),
+            pos: 0,
+            failed: Vec::new(),
+            decided: false,
+        }
+    }
+
+    fn keyed(&mut self, key: &[u8], shown: String) {
+        self.hash = pins::key_hash(key);
+        self.pos = pins::position_of(&self.hash);
+        self.shown = shown;
+        self.decided = true;
+    }
 }
 
 /// Where a key goes now.
@@ -242,21 +266,28 @@ enum Placement {
     Nowhere,
 }
 
+/// Connections kept free for the client and cluster ports when proxied
+/// connections (two each: the client's and the backend's) fill the rest.
+pub const RESERVED_CONNS: usize = 64;
+
 /// Proxy mode, on the reactor thread.
 pub struct Proxy {
     settings: ProxySettings,
     /// Listener index of the first proxy listener.
     first: usize,
+    /// Most proxied clients at once: (max_conns - RESERVED_CONNS) / 2.
+    max_clients: usize,
     pins: Arc<Mutex<PinTable>>,
     store: Option<store::Store>,
     routes: HashMap<ConnId, Route>,
+    next_sweep: Instant,
     pub counters: Arc<Counters>,
 }
 
 impl Proxy {
-    /// Proxy mode over listeners numbered from `first`; opens the shared
-    /// pin table if one is given.
-    pub fn new(settings: ProxySettings, first: usize) -> Result<Proxy, String> {
+    /// Proxy mode over listeners numbered from `first`, in a reactor of
+    /// `max_conns` connections; opens the shared pin table if one is given.
+    pub fn new(settings: ProxySettings, first: usize, max_conns: usize) -> Result<Proxy, String> {
         let counters = Arc::new(Counters::default());
         let cache = settings.pins_db.as_ref().map(|_| settings.pins_cache);
         let pins = Arc::new(Mutex::new(PinTable::new(
@@ -276,9 +307,11 @@ impl Proxy {
         Ok(Proxy {
             settings,
             first,
+            max_clients: (max_conns.saturating_sub(RESERVED_CONNS) / 2).max(1),
             pins,
             store,
             routes: HashMap::new(),
+            next_sweep: Instant::now() + pins::SWEEP_EVERY,
             counters,
         })
     }
@@ -297,24 +330,31 @@ impl Proxy {
         cx: &mut Context<'_>,
     ) -> Accept {
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        if now >= self.next_sweep {
+            self.housekeeping(now);
+        }
+        if self.routes.len() >= self.max_clients {
+            // The rest of --max-conns belongs to the client and cluster
+            // ports (the collector's views must get through).
+            self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+            log::debug!(
+                "{:?} from {}: {} proxied clients, the most --max-conns leaves room for; closed",
+                cx.conn(),
+                cx.peer(),
+                self.max_clients
+            );
+            return Accept::Close;
+        }
         if self.settings.send_proxy_v2 {
             if let Some(local) = cx.local_addr() {
                 cx.set_preamble(proxy_v2_header(cx.peer(), local));
             }
         }
+        let mut route = Route::new(protocol);
         match protocol {
             Protocol::Mqtt => {
-                self.routes.insert(
-                    cx.conn(),
-                    Route {
-                        protocol,
-                        level: None,
-                        key: Vec::new(),
-                        pos: 0,
-                        failed: Vec::new(),
-                        decided: false,
-                    },
-                );
+                self.routes.insert(cx.conn(), route);
                 Accept::Sniff {
                     // The fixed header is at most 5 bytes.
                     max: self.settings.max_connect + 5,
@@ -323,16 +363,8 @@ impl Proxy {
             }
             Protocol::Tcp => {
                 cx.set_idle_timeout(self.settings.idle_timeout);
-                let key = cx.peer().ip().to_string().into_bytes();
-                let pos = pins::position(&key);
-                let route = Route {
-                    protocol,
-                    level: None,
-                    key,
-                    pos,
-                    failed: Vec::new(),
-                    decided: true,
-                };
+                let ip = cx.peer().ip().to_string();
+                route.keyed(ip.as_bytes(), ip.clone());
                 let placed = self.place(&route, snap, cx);
                 self.routes.insert(cx.conn(), route);
                 match placed {
@@ -386,14 +418,13 @@ impl Proxy {
         };
         cx.set_idle_timeout(idle);
         route.level = Some(connect.level);
-        route.key = routing_key(&connect, self.settings.key, cx.peer());
-        route.pos = pins::position(&route.key);
-        route.decided = true;
+        let key = routing_key(&connect, self.settings.key, cx.peer());
+        route.keyed(&key, shown_key(&connect, self.settings.key, &key));
         log::debug!(
             "{:?} from {}: CONNECT {:?} level {}, keep-alive {}s",
             cx.conn(),
             cx.peer(),
-            connect.client_id,
+            pins::shown(connect.client_id),
             connect.level.byte(),
             connect.keep_alive
         );
@@ -452,12 +483,15 @@ impl Proxy {
                     let stats = &self.counters.pins;
                     stats.moved.fetch_add(1, Ordering::Relaxed);
                     let now = Instant::now();
-                    self.pins
-                        .lock()
-                        .expect("the pin table's lock")
-                        .set(&route.key, node, now, stats);
+                    self.pins.lock().expect("the pin table's lock").set(
+                        &route.hash,
+                        &route.shown,
+                        node,
+                        now,
+                        stats,
+                    );
                     if let Some(store) = &self.store {
-                        store.repin(route.key.clone(), route.failed.clone(), node.clone());
+                        store.repin(route.hash, route.failed.clone(), node.clone());
                     }
                     log::info!(
                         "{:?} from {}: {backend} failed; re-pinned to {node} ({addr})",
@@ -471,13 +505,41 @@ impl Proxy {
         }
     }
 
-    /// A connection closed.
+    /// A connection closed: a device that was routed has just used its
+    /// pin, so a device connected for longer than the TTL keeps it.
     pub fn closed(&mut self, conn: ConnId) {
-        if let Some(r) = self.routes.remove(&conn) {
-            if !r.decided {
-                self.counters.incomplete.fetch_add(1, Ordering::Relaxed);
+        let Some(r) = self.routes.remove(&conn) else {
+            return;
+        };
+        if !r.decided {
+            self.counters.incomplete.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let stale = self
+            .pins
+            .lock()
+            .expect("the pin table's lock")
+            .touch(&r.hash, Instant::now());
+        if stale {
+            if let Some(store) = &self.store {
+                store.touch(r.hash);
             }
         }
+    }
+
+    /// Every [`pins::SWEEP_EVERY`]: the keys of connected devices are marked
+    /// used, then pins unused for a TTL are dropped.
+    fn housekeeping(&mut self, now: Instant) {
+        self.next_sweep = now + pins::SWEEP_EVERY;
+        let mut table = self.pins.lock().expect("the pin table's lock");
+        for r in self.routes.values().filter(|r| r.decided) {
+            if table.touch(&r.hash, now) {
+                if let Some(store) = &self.store {
+                    store.touch(r.hash);
+                }
+            }
+        }
+        table.sweep(now, &self.counters.pins);
     }
 
     /// Where `route`'s key goes: its pin while the pinned node is in the
@@ -486,12 +548,12 @@ impl Proxy {
         let ring = snap.policy.ring();
         let now = Instant::now();
         let mut table = self.pins.lock().expect("the pin table's lock");
-        let pinned = match table.get(&route.key, now) {
+        let pinned = match table.get(&route.hash, now) {
             Lookup::Hit { node, stale_use } => {
                 if let Some(i) = ring.index_of(&node) {
                     if stale_use {
                         if let Some(store) = &self.store {
-                            store.touch(route.key.clone());
+                            store.touch(route.hash);
                         }
                     }
                     drop(table);
@@ -505,18 +567,27 @@ impl Proxy {
             drop(table);
             let asked = store.route(store::Ask {
                 outbox: cx.outbox(),
-                key: route.key.clone(),
+                hash: route.hash,
+                shown: route.shown.clone(),
                 pos: route.pos,
                 snap: snap.clone(),
                 level: route.level,
+                until: now + self.settings.first_packet_timeout,
             });
             return if asked {
                 Placement::Asked
             } else {
-                // The store's queue is full: route by the ring, unpinned.
+                // The store's queue is full: what the cache last said, or
+                // the ring, unpinned.
                 self.counters.pins.db_errors.fetch_add(1, Ordering::Relaxed);
-                match ring.owner(route.pos) {
-                    Some(i) => self.target(i, route, snap),
+                let cached = self
+                    .pins
+                    .lock()
+                    .expect("the pin table's lock")
+                    .peek(&route.hash)
+                    .map(str::to_string);
+                match decide(ring, cached.as_deref(), route.pos) {
+                    Some(d) => self.target(d.node(), route, snap),
                     None => Placement::Nowhere,
                 }
             };
@@ -527,7 +598,8 @@ impl Proxy {
         self.counters.pins.count(d);
         if !matches!(d, Decision::Kept(_)) {
             table.set(
-                &route.key,
+                &route.hash,
+                &route.shown,
                 &ring.node(d.node()).id,
                 now,
                 &self.counters.pins,
@@ -539,7 +611,7 @@ impl Proxy {
 
     /// The address of node `i`; one that does not resolve is failed over
     /// at once.
-    fn target(&mut self, i: usize, route: &Route, snap: &Arc<Snapshot>) -> Placement {
+    fn target(&mut self, i: usize, route: &Route, snap: &Snapshot) -> Placement {
         match snap.targets[i] {
             Some(addr) => Placement::To(addr),
             None => {
@@ -557,18 +629,23 @@ impl Proxy {
     }
 
     /// A page of pins (memory only; the store answers for `--pins-db`).
+    /// `after` is the hex key hash a page ended on.
     pub fn list(
         &self,
         after: Option<&str>,
         limit: usize,
         node: Option<&str>,
-    ) -> dsf_proto::lb::PinPage {
+    ) -> Result<dsf_proto::lb::PinPage, String> {
+        let after = match after {
+            None => None,
+            Some(a) => Some(parse_cursor(a)?),
+        };
         let table = self.pins.lock().expect("the pin table's lock");
-        let pins = table.list(after.map(str::as_bytes), limit, node);
-        let next = (pins.len() == limit)
-            .then(|| pins.last().map(|p| p.key.clone()))
-            .flatten();
-        dsf_proto::lb::PinPage { pins, next }
+        let (pins, next) = table.list(after, limit, node);
+        Ok(dsf_proto::lb::PinPage {
+            pins,
+            next: next.map(hex::encode),
+        })
     }
 
     /// Drops pins by key or node (memory; the store also drops its rows).
@@ -576,7 +653,7 @@ impl Proxy {
         let mut table = self.pins.lock().expect("the pin table's lock");
         let mut n = 0;
         if let Some(k) = key {
-            n += u64::from(table.remove(k.as_bytes()));
+            n += u64::from(table.remove(&pins::key_hash(k.as_bytes())));
         }
         if let Some(id) = node {
             n += table.remove_node(id) as u64;
@@ -588,6 +665,24 @@ impl Proxy {
     /// The shared table, when there is one.
     pub fn store(&self) -> Option<&store::Store> {
         self.store.as_ref()
+    }
+}
+
+/// A page cursor: the 32 hex digits of a key hash.
+pub fn parse_cursor(a: &str) -> Result<KeyHash, String> {
+    let mut h = [0u8; 16];
+    hex::decode_to_slice(a, &mut h).map_err(|_| {
+        format!("after: {a:?} is not a cursor (the 32 hex digits a page's next gave)")
+    })?;
+    Ok(h)
+}
+
+/// What operators see of a key: for `triple`, the username and client id
+/// without the password.
+fn shown_key(c: &mqtt::Connect<'_>, by: KeyBy, key: &[u8]) -> String {
+    match by {
+        KeyBy::Triple => pins::shown(&format!("{}/{}", c.username.unwrap_or(""), c.client_id)),
+        _ => pins::shown(&String::from_utf8_lossy(key)),
     }
 }
 

@@ -305,11 +305,18 @@ fn body(var: &[u8], len: usize) -> Result<Connect<'_>, Refusal> {
         .map_err(|_| malformed(lv, "the client id overruns the packet"))?;
     let client_id = mqtt_str(id)
         .map_err(|what| Refusal::new(Reason::ClientId, lv, format!("the client id {what}")))?;
-    if client_id.is_empty() && !clean_start && level != Level::V5 {
+    if client_id.is_empty() && level == Level::V31 {
         return Err(Refusal::new(
             Reason::ClientId,
             lv,
-            "an empty client id needs clean session (3.x)",
+            "MQTT 3.1 needs a client id of at least one character",
+        ));
+    }
+    if client_id.is_empty() && !clean_start && level == Level::V311 {
+        return Err(Refusal::new(
+            Reason::ClientId,
+            lv,
+            "an empty client id needs clean session (3.1.1)",
         ));
     }
     if will {
@@ -676,7 +683,11 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn an_empty_client_id_needs_clean_session_in_3x_only() {
+    fn an_empty_client_id_needs_clean_session_in_311_and_is_refused_in_31() {
+        let mut s = Spec::v311("");
+        s.level = 3;
+        s.name = b"MQIsdp".to_vec();
+        assert_eq!(refusal(&s.encode()).connack(), Some(vec![0x20, 2, 0, 0x02]));
         let mut s = Spec::v311("");
         assert_eq!(connect(&s.encode()).client_id, "");
         s.clean = false;

@@ -13,12 +13,12 @@
 //! not stored (counted as `full`), so a flood of one-off keys cannot push
 //! out the pins of the devices that are connected.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use dsf_proto::lb::{Pin as PinView, PinStats as PinCounts};
-use dsf_ring::{key_position, Ring};
+use dsf_ring::Ring;
 
 /// Default time a pin lives after its last use.
 pub const DEFAULT_PIN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -26,8 +26,9 @@ pub const DEFAULT_PIN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default cap on pins held.
 pub const DEFAULT_MAX_PINS: usize = 1_000_000;
 
-/// How often expired pins are swept out.
-const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often expired pins are swept out (and the keys of connected devices
+/// marked used first).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Where a key goes, and what that did to its pin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,11 +69,6 @@ pub fn decide(ring: &Ring, pinned: Option<&str>, pos: u64) -> Option<Decision> {
 pub fn fail_over(ring: &Ring, pos: u64, failed: &[String]) -> Option<usize> {
     ring.successors(pos)
         .find(|&i| !failed.iter().any(|f| *f == ring.node(i).id))
-}
-
-/// The position of a routing key on the ring.
-pub fn position(key: &[u8]) -> u64 {
-    key_position(key)
 }
 
 /// Pin events, for the balancer's stats and the collector's metrics.
@@ -124,9 +120,42 @@ impl PinStats {
     }
 }
 
+/// A key as the pin table holds it: MD5 of the routing key (its first 8
+/// bytes, big-endian, are the key's ring position), so a pin costs the same
+/// whatever the length of the client id it came from.
+pub type KeyHash = [u8; 16];
+
+/// The hash of a routing key.
+pub fn key_hash(key: &[u8]) -> KeyHash {
+    use md5::{Digest, Md5};
+    Md5::digest(key).into()
+}
+
+/// The ring position of a hashed key (what [`dsf_ring::key_position`]
+/// gives the key).
+pub fn position_of(hash: &KeyHash) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&hash[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// Longest part of a key kept for operators to read.
+pub const SHOWN_KEY: usize = 64;
+
+/// What an operator is shown of a key: at most [`SHOWN_KEY`] bytes, cut at
+/// a character boundary.
+pub fn shown(key: &str) -> String {
+    let mut end = key.len().min(SHOWN_KEY);
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    key[..end].to_string()
+}
+
 #[derive(Debug, Clone)]
 struct Pin {
     node: String,
+    shown: String,
     last_used: Instant,
     /// When the shared table was last told of a use (`--pins-db`).
     stored_use: Instant,
@@ -136,16 +165,15 @@ struct Pin {
     fetched: Instant,
 }
 
-/// Pins in memory.
+/// Pins in memory, in key-hash order (pages for operators are a range).
 #[derive(Debug)]
 pub struct PinTable {
-    map: HashMap<Vec<u8>, Pin>,
+    map: BTreeMap<KeyHash, Pin>,
     ttl: Duration,
     capacity: usize,
     /// How long an entry is trusted without reading the shared table
     /// again; `None` when this table is the only one.
     cache_ttl: Option<Duration>,
-    next_sweep: Instant,
 }
 
 /// What [`PinTable::get`] found.
@@ -160,11 +188,10 @@ pub enum Lookup {
 impl PinTable {
     pub fn new(ttl: Duration, capacity: usize, cache_ttl: Option<Duration>) -> PinTable {
         PinTable {
-            map: HashMap::new(),
+            map: BTreeMap::new(),
             ttl,
             capacity,
             cache_ttl,
-            next_sweep: Instant::now() + SWEEP_EVERY,
         }
     }
 
@@ -177,7 +204,7 @@ impl PinTable {
     }
 
     /// The pin of `key`, marked used at `now`.
-    pub fn get(&mut self, key: &[u8], now: Instant) -> Lookup {
+    pub fn get(&mut self, key: &KeyHash, now: Instant) -> Lookup {
         let Some(p) = self.map.get_mut(key) else {
             return Lookup::Miss;
         };
@@ -189,26 +216,44 @@ impl PinTable {
                 return Lookup::Miss;
             }
         }
-        p.last_used = now;
-        // The shared table expires by its own last use: tell it about four
-        // times a TTL, never once per connection.
-        let stale_use = now.saturating_duration_since(p.stored_use) >= self.ttl / 4;
-        if stale_use {
-            p.stored_use = now;
-        }
+        let stale_use = mark_used(p, now, self.ttl);
         Lookup::Hit {
             node: p.node.clone(),
             stale_use,
         }
     }
 
+    /// The node `key` was last pinned to here, however old the entry (the
+    /// fallback while the shared table does not answer).
+    pub fn peek(&self, key: &KeyHash) -> Option<&str> {
+        self.map.get(key).map(|p| p.node.as_str())
+    }
+
+    /// Marks `key` used at `now` (a device still connected, or one that
+    /// just left); whether the shared table should hear of it.
+    pub fn touch(&mut self, key: &KeyHash, now: Instant) -> bool {
+        match self.map.get_mut(key) {
+            Some(p) => mark_used(p, now, self.ttl),
+            None => false,
+        }
+    }
+
     /// Pins `key` to `node` at `now`; `false` when the table is full and
     /// the key is new (it is then not stored).
-    pub fn set(&mut self, key: &[u8], node: &str, now: Instant, stats: &PinStats) -> bool {
-        self.sweep(now, stats);
+    pub fn set(
+        &mut self,
+        key: &KeyHash,
+        shown: &str,
+        node: &str,
+        now: Instant,
+        stats: &PinStats,
+    ) -> bool {
         if let Some(p) = self.map.get_mut(key) {
-            p.node.clear();
-            p.node.push_str(node);
+            if p.node != node {
+                p.node.clear();
+                p.node.push_str(node);
+                p.pinned_at = SystemTime::now();
+            }
             p.last_used = now;
             p.stored_use = now;
             p.fetched = now;
@@ -219,9 +264,10 @@ impl PinTable {
             return false;
         }
         self.map.insert(
-            key.to_vec(),
+            *key,
             Pin {
                 node: node.to_string(),
+                shown: shown.to_string(),
                 last_used: now,
                 stored_use: now,
                 pinned_at: SystemTime::now(),
@@ -235,7 +281,7 @@ impl PinTable {
     }
 
     /// Drops the pin of `key`; whether there was one.
-    pub fn remove(&mut self, key: &[u8]) -> bool {
+    pub fn remove(&mut self, key: &KeyHash) -> bool {
         self.map.remove(key).is_some()
     }
 
@@ -246,12 +292,9 @@ impl PinTable {
         before - self.map.len()
     }
 
-    /// Drops pins unused for a TTL, at most every [`SWEEP_EVERY`].
+    /// Drops pins unused for a TTL (the caller marks the keys of devices
+    /// still connected used first, so theirs stay).
     pub fn sweep(&mut self, now: Instant, stats: &PinStats) {
-        if now < self.next_sweep {
-            return;
-        }
-        self.next_sweep = now + SWEEP_EVERY;
         let ttl = self.ttl;
         let before = self.map.len();
         self.map
@@ -263,32 +306,51 @@ impl PinTable {
         }
     }
 
-    /// Pins in key order after `after`, at most `limit`, optionally only
-    /// those to `node`.
-    pub fn list(&self, after: Option<&[u8]>, limit: usize, node: Option<&str>) -> Vec<PinView> {
+    /// Pins in key-hash order after `after`, at most `limit`, optionally
+    /// only those to `node`; with the hash of the last one (the next
+    /// page's `after`) when the page is full.
+    pub fn list(
+        &self,
+        after: Option<KeyHash>,
+        limit: usize,
+        node: Option<&str>,
+    ) -> (Vec<PinView>, Option<KeyHash>) {
+        use std::ops::Bound;
         let now = Instant::now();
-        let mut keys: Vec<&Vec<u8>> = self
+        let from = match after {
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Unbounded,
+        };
+        let mut last = None;
+        let pins: Vec<PinView> = self
             .map
-            .iter()
-            .filter(|(k, p)| {
-                after.is_none_or(|a| k.as_slice() > a) && node.is_none_or(|n| p.node == n)
-            })
-            .map(|(k, _)| k)
-            .collect();
-        keys.sort();
-        keys.truncate(limit);
-        keys.into_iter()
-            .map(|k| {
-                let p = &self.map[k];
+            .range((from, Bound::Unbounded))
+            .filter(|(_, p)| node.is_none_or(|n| p.node == n))
+            .take(limit)
+            .map(|(k, p)| {
+                last = Some(*k);
                 PinView {
-                    key: String::from_utf8_lossy(k).into_owned(),
+                    key: p.shown.clone(),
                     node: p.node.clone(),
                     idle_ms: now.saturating_duration_since(p.last_used).as_millis() as u64,
                     pinned_at_ms: unix_ms(p.pinned_at),
                 }
             })
-            .collect()
+            .collect();
+        let next = if pins.len() == limit { last } else { None };
+        (pins, next)
     }
+}
+
+/// Marks a pin used; whether the shared table should hear of it (about
+/// four times a TTL, never once per connection).
+fn mark_used(p: &mut Pin, now: Instant, ttl: Duration) -> bool {
+    p.last_used = now;
+    let stale = now.saturating_duration_since(p.stored_use) >= ttl / 4;
+    if stale {
+        p.stored_use = now;
+    }
+    stale
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
@@ -324,6 +386,19 @@ mod tests {
         (0..2000).map(|i| format!("device-{i}"))
     }
 
+    fn h(k: &str) -> KeyHash {
+        key_hash(k.as_bytes())
+    }
+
+    #[test]
+    fn a_hashed_key_sits_where_the_ring_puts_the_key() {
+        for k in keys().take(100) {
+            assert_eq!(position_of(&h(&k)), dsf_ring::key_position(k.as_bytes()));
+        }
+        assert_eq!(shown(&"é".repeat(40)).len(), 64);
+        assert_eq!(shown("short"), "short");
+    }
+
     #[test]
     fn a_new_node_takes_no_pinned_key_and_a_leaving_node_frees_only_its_own() {
         use NodeState::Up;
@@ -334,29 +409,29 @@ mod tests {
         let mut pins = PinTable::new(DEFAULT_PIN_TTL, DEFAULT_MAX_PINS, None);
         let now = Instant::now();
         for k in keys() {
-            let d = decide(&two, None, position(k.as_bytes())).unwrap();
+            let d = decide(&two, None, position_of(&h(&k))).unwrap();
             assert!(matches!(d, Decision::New(_)));
-            pins.set(k.as_bytes(), &two.node(d.node()).id, now, &stats);
+            pins.set(&h(&k), &k, &two.node(d.node()).id, now, &stats);
         }
         // c joins: every pinned key stays where it is.
         for k in keys() {
-            let Lookup::Hit { node, .. } = pins.get(k.as_bytes(), now) else {
+            let Lookup::Hit { node, .. } = pins.get(&h(&k), now) else {
                 panic!("{k} lost its pin");
             };
-            let d = decide(&three, Some(&node), position(k.as_bytes())).unwrap();
+            let d = decide(&three, Some(&node), position_of(&h(&k))).unwrap();
             assert_eq!(d, Decision::Kept(three.index_of(&node).unwrap()), "{k}");
         }
         // a leaves: its keys move to the ring's owner without a (b or c),
         // b's keys stay on b.
         let mut moved = 0;
         for k in keys() {
-            let Lookup::Hit { node, .. } = pins.get(k.as_bytes(), now) else {
+            let Lookup::Hit { node, .. } = pins.get(&h(&k), now) else {
                 panic!("{k} lost its pin");
             };
-            let d = decide(&only_b, Some(&node), position(k.as_bytes())).unwrap();
+            let d = decide(&only_b, Some(&node), position_of(&h(&k))).unwrap();
             if node == "a" {
                 moved += 1;
-                let owner = only_b.owner(position(k.as_bytes())).unwrap();
+                let owner = only_b.owner(position_of(&h(&k))).unwrap();
                 assert_eq!(d, Decision::Moved(owner));
             } else {
                 assert_eq!(only_b.node(d.node()).id, "b");
@@ -372,7 +447,7 @@ mod tests {
     fn a_pin_holds_on_a_draining_node() {
         let r = ring(&[("a", NodeState::Draining), ("b", NodeState::Up)]);
         for k in keys().take(50) {
-            let pos = position(k.as_bytes());
+            let pos = position_of(&h(&k));
             assert_eq!(decide(&r, Some("a"), pos), Some(Decision::Kept(0)));
             // A new key never lands on the draining node.
             assert_eq!(decide(&r, None, pos), Some(Decision::New(1)));
@@ -383,7 +458,7 @@ mod tests {
     fn fail_over_walks_clockwise_past_the_failed_nodes() {
         use NodeState::Up;
         let r = ring(&[("a", Up), ("b", Up), ("c", Up)]);
-        let pos = position(b"k");
+        let pos = position_of(&h("k"));
         let first = r.owner(pos).unwrap();
         let second = fail_over(&r, pos, &[r.node(first).id.clone()]).unwrap();
         assert_ne!(first, second);
@@ -398,58 +473,80 @@ mod tests {
         let ttl = Duration::from_secs(60);
         let mut pins = PinTable::new(ttl, 2, None);
         let t0 = Instant::now();
-        assert!(pins.set(b"a", "n1", t0, &stats));
-        assert!(pins.set(b"b", "n1", t0, &stats));
-        assert!(!pins.set(b"c", "n1", t0, &stats), "at the cap");
+        assert!(pins.set(&h("a"), "a", "n1", t0, &stats));
+        assert!(pins.set(&h("b"), "b", "n1", t0, &stats));
+        assert!(!pins.set(&h("c"), "c", "n1", t0, &stats), "at the cap");
         assert_eq!(stats.full.load(Ordering::Relaxed), 1);
         // Re-pinning a held key is not a new pin.
-        assert!(pins.set(b"a", "n2", t0, &stats));
-        // a is used at t0+50s, b is not: at t0+70s b has expired, a has not.
-        assert!(matches!(
-            pins.get(b"a", t0 + Duration::from_secs(50)),
-            Lookup::Hit { .. }
-        ));
-        assert_eq!(pins.get(b"b", t0 + Duration::from_secs(70)), Lookup::Miss);
-        pins.sweep(t0 + SWEEP_EVERY + Duration::from_secs(70), &stats);
+        assert!(pins.set(&h("a"), "a", "n2", t0, &stats));
+        // a is used at t0+50s (a device still connected is marked used the
+        // same way), b is not: at t0+70s b has expired, a has not.
+        assert!(pins.touch(&h("a"), t0 + Duration::from_secs(50)));
+        assert_eq!(
+            pins.get(&h("b"), t0 + Duration::from_secs(70)),
+            Lookup::Miss
+        );
+        pins.sweep(t0 + Duration::from_secs(70), &stats);
         assert_eq!(pins.len(), 1);
         assert_eq!(stats.expired.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.held.load(Ordering::Relaxed), 1);
+        // Used again 10 s after its last use: no news for the shared table.
         assert_eq!(
-            pins.get(b"a", t0 + Duration::from_secs(100)),
+            pins.get(&h("a"), t0 + Duration::from_secs(60)),
             Lookup::Hit {
                 node: "n2".into(),
-                stale_use: true
+                stale_use: false
             }
         );
     }
 
     #[test]
-    fn a_cache_entry_is_read_again_after_the_cache_ttl() {
+    fn a_cache_entry_is_read_again_after_the_cache_ttl_but_peeked_at_any_age() {
         let stats = PinStats::default();
         let mut pins = PinTable::new(DEFAULT_PIN_TTL, 10, Some(Duration::from_secs(5)));
         let t0 = Instant::now();
-        pins.set(b"k", "n", t0, &stats);
+        pins.set(&h("k"), "k", "n", t0, &stats);
         assert!(matches!(
-            pins.get(b"k", t0 + Duration::from_secs(4)),
+            pins.get(&h("k"), t0 + Duration::from_secs(4)),
             Lookup::Hit { .. }
         ));
-        assert_eq!(pins.get(b"k", t0 + Duration::from_secs(6)), Lookup::Miss);
+        assert_eq!(pins.get(&h("k"), t0 + Duration::from_secs(6)), Lookup::Miss);
+        assert_eq!(pins.peek(&h("k")), Some("n"));
     }
 
     #[test]
-    fn operators_list_in_key_order_and_drop_by_key_or_node() {
+    fn operators_page_in_hash_order_and_drop_by_key_or_node() {
         let stats = PinStats::default();
-        let mut pins = PinTable::new(DEFAULT_PIN_TTL, 10, None);
+        let mut pins = PinTable::new(DEFAULT_PIN_TTL, 100, None);
         let now = Instant::now();
-        for (k, n) in [("c", "n1"), ("a", "n1"), ("b", "n2")] {
-            pins.set(k.as_bytes(), n, now, &stats);
+        for i in 0..25 {
+            let k = format!("k{i}");
+            pins.set(
+                &h(&k),
+                &k,
+                if i % 2 == 0 { "n1" } else { "n2" },
+                now,
+                &stats,
+            );
         }
-        let keys = |v: Vec<PinView>| v.into_iter().map(|p| p.key).collect::<Vec<_>>();
-        assert_eq!(keys(pins.list(None, 10, None)), ["a", "b", "c"]);
-        assert_eq!(keys(pins.list(Some(b"a"), 1, None)), ["b"]);
-        assert_eq!(keys(pins.list(None, 10, Some("n1"))), ["a", "c"]);
-        assert_eq!(pins.remove_node("n1"), 2);
-        assert!(pins.remove(b"b"));
-        assert!(!pins.remove(b"b"));
-        assert!(pins.is_empty());
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next) = pins.list(after, 7, None);
+            seen.extend(page.into_iter().map(|p| p.key));
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        seen.sort();
+        let mut all: Vec<String> = (0..25).map(|i| format!("k{i}")).collect();
+        all.sort();
+        assert_eq!(seen, all, "every pin once, across pages");
+        assert_eq!(pins.list(None, 100, Some("n1")).0.len(), 13);
+        assert_eq!(pins.remove_node("n1"), 13);
+        assert!(pins.remove(&h("k1")));
+        assert!(!pins.remove(&h("k1")));
+        assert_eq!(pins.len(), 11);
     }
 }

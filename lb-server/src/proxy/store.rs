@@ -14,10 +14,14 @@
 //!   the old node, so two replicas moving one key do not overwrite each
 //!   other, and the loser reads the winner's pin.
 //!
-//! A database that fails does not stop devices: the key is routed by the
-//! ring (what a pin would have said for any key pinned in the current
-//! view) and `db_errors` counts it. Uses reach the table about four times
-//! a TTL ([`PinTable::get`]), and each replica sweeps rows unused for a TTL.
+//! A database that fails does not stop devices: the key goes where the
+//! local cache last said (however old), else to the ring's owner, and
+//! `db_errors` counts it. Its queries time out after 2 s, and a device
+//! whose lookup waited past its first-packet deadline (or that left) is
+//! skipped rather than routed late. A use of a pin reaches the table at
+//! most about four times a TTL (a conditional update), and each replica
+//! sweeps rows unused for a TTL; the reactor marks the keys of connected
+//! devices used every 30 s, so theirs stay.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -27,12 +31,11 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use dsf_common::reactor::Outbox;
 use dsf_proto::lb::{Pin, PinPage};
 use dsf_sql::{Db, DbConfig};
-use md5::{Digest, Md5};
 use mysql::prelude::Queryable;
 use mysql::PooledConn;
 
 use super::mqtt::Level;
-use super::pins::{decide, Decision, PinTable};
+use super::pins::{decide, Decision, KeyHash, PinTable};
 use super::{unavailable_connack, Counters, ProxySettings};
 use crate::service::Snapshot;
 
@@ -42,12 +45,12 @@ const THREADS: usize = 2;
 const QUEUE: usize = 4096;
 /// How often each replica sweeps expired rows and counts the table.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
-/// Longest key prefix kept for operators to read (the hash is the key).
-const SHOWN_KEY: usize = 1024;
+/// How long one query may take before the device is routed without it.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS dsf_lb_pins (
     key_hash BINARY(16) NOT NULL PRIMARY KEY,
-    pin_key VARBINARY(1024) NOT NULL,
+    pin_key VARCHAR(64) NOT NULL,
     node VARCHAR(256) NOT NULL,
     pinned_at DATETIME(6) NOT NULL,
     last_used DATETIME(6) NOT NULL,
@@ -58,10 +61,15 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS dsf_lb_pins (
 /// A device waiting for its route.
 pub struct Ask {
     pub outbox: Outbox,
-    pub key: Vec<u8>,
+    pub hash: KeyHash,
+    /// What operators are shown of the key.
+    pub shown: String,
     pub pos: u64,
     pub snap: Arc<Snapshot>,
     pub level: Option<Level>,
+    /// The device's first-packet deadline: past it the reactor has closed
+    /// it, so the lookup is skipped.
+    pub until: Instant,
 }
 
 /// What an operator's request yields, answered by the caller's closure.
@@ -71,11 +79,11 @@ enum Job {
     Route(Ask),
     /// The key moved off the `from` nodes to `to` (a failover).
     Repin {
-        key: Vec<u8>,
+        key: KeyHash,
         from: Vec<String>,
         to: String,
     },
-    Touch(Vec<u8>),
+    Touch(KeyHash),
     List {
         after: Option<String>,
         limit: usize,
@@ -103,7 +111,10 @@ impl Store {
         cache: Arc<Mutex<PinTable>>,
         counters: Arc<Counters>,
     ) -> Result<Store, String> {
-        let cfg = DbConfig::new(url).workers(THREADS);
+        let mut cfg = DbConfig::new(url).workers(THREADS);
+        cfg.connect_timeout = QUERY_TIMEOUT;
+        cfg.io_timeout = QUERY_TIMEOUT;
+        cfg.acquire_timeout = QUERY_TIMEOUT;
         dsf_sql::db::ensure_database(&cfg).map_err(|e| format!("--pins-db: {e}"))?;
         let db = Db::connect(&cfg).map_err(|e| format!("--pins-db: {e}"))?;
         let mut conn = db
@@ -142,11 +153,11 @@ impl Store {
         self.jobs.try_send(Job::Route(ask)).is_ok()
     }
 
-    pub fn repin(&self, key: Vec<u8>, from: Vec<String>, to: String) {
+    pub fn repin(&self, key: KeyHash, from: Vec<String>, to: String) {
         let _ = self.jobs.try_send(Job::Repin { key, from, to });
     }
 
-    pub fn touch(&self, key: Vec<u8>) {
+    pub fn touch(&self, key: KeyHash) {
         let _ = self.jobs.try_send(Job::Touch(key));
     }
 
@@ -189,10 +200,6 @@ struct Worker {
     warned: Option<Instant>,
 }
 
-fn hash(key: &[u8]) -> [u8; 16] {
-    Md5::digest(key).into()
-}
-
 impl Worker {
     fn run(mut self) {
         let mut next_sweep = Instant::now();
@@ -222,7 +229,7 @@ impl Worker {
                     let touched = self.conn().and_then(|mut c| {
                         c.exec_drop(
                             "UPDATE dsf_lb_pins SET last_used = NOW(6) WHERE key_hash = ?",
-                            (hash(&key).to_vec(),),
+                            (key.to_vec(),),
                         )
                     });
                     if let Err(e) = touched {
@@ -246,7 +253,7 @@ impl Worker {
                     if r.is_ok() {
                         let mut cache = self.cache.lock().expect("the pin table's lock");
                         if let Some(k) = &key {
-                            cache.remove(k.as_bytes());
+                            cache.remove(&super::pins::key_hash(k.as_bytes()));
                         }
                         if let Some(n) = &node {
                             cache.remove_node(n);
@@ -286,13 +293,18 @@ impl Worker {
     /// Routes one device: the stored pin if its node is in the view, else
     /// the ring's owner, stored.
     fn route(&mut self, ask: Ask) {
+        if ask.outbox.is_closed() || Instant::now() >= ask.until {
+            // The device left, or its deadline passed while this waited.
+            return;
+        }
         let ring = ask.snap.policy.ring();
         let decided = self.conn().and_then(|mut c| self.decide(&mut c, &ask));
         let node = match decided {
             Ok(node) => node,
             Err(e) => {
                 self.failed("looking up a pin", &e);
-                ring.owner(ask.pos)
+                let cache = self.cache.lock().expect("the pin table's lock");
+                decide(ring, cache.peek(&ask.hash), ask.pos).map(Decision::node)
             }
         };
         let target = node.and_then(|i| ask.snap.targets[i].map(|a| (i, a)));
@@ -300,7 +312,8 @@ impl Worker {
             Some((i, addr)) => {
                 let mut cache = self.cache.lock().expect("the pin table's lock");
                 cache.set(
-                    &ask.key,
+                    &ask.hash,
+                    &ask.shown,
                     &ring.node(i).id,
                     Instant::now(),
                     &self.counters.pins,
@@ -322,8 +335,8 @@ impl Worker {
     /// takes keys.
     fn decide(&self, c: &mut PooledConn, ask: &Ask) -> mysql::Result<Option<usize>> {
         let ring = ask.snap.policy.ring();
-        let key_hash = hash(&ask.key).to_vec();
-        // Twice at most: a lost race is settled by reading the winner.
+        let key_hash = ask.hash.to_vec();
+        // A lost race is settled by reading the winner; three rounds at most.
         for _ in 0..3 {
             let pinned: Option<String> = c.exec_first(
                 "SELECT node FROM dsf_lb_pins WHERE key_hash = ?",
@@ -334,17 +347,25 @@ impl Worker {
             };
             let node = &ring.node(d.node()).id;
             match d {
-                Decision::Kept(i) => return Ok(Some(i)),
+                Decision::Kept(i) => {
+                    // A use: recorded when the last one is a quarter TTL old.
+                    let quarter = (self.ttl.as_secs() / 4).max(1);
+                    c.exec_drop(
+                        "UPDATE dsf_lb_pins SET last_used = NOW(6) \
+                         WHERE key_hash = ? AND last_used < NOW(6) - INTERVAL ? SECOND",
+                        (&key_hash, quarter),
+                    )?;
+                    return Ok(Some(i));
+                }
                 Decision::New(i) => {
                     if self.counters.pins.held.load(Ordering::Relaxed) >= self.max_pins {
                         self.counters.pins.full.fetch_add(1, Ordering::Relaxed);
                         return Ok(Some(i));
                     }
-                    let shown = &ask.key[..ask.key.len().min(SHOWN_KEY)];
                     c.exec_drop(
                         "INSERT IGNORE INTO dsf_lb_pins (key_hash, pin_key, node, pinned_at, last_used) \
                          VALUES (?, ?, ?, NOW(6), NOW(6))",
-                        (&key_hash, shown, node),
+                        (&key_hash, &ask.shown, node),
                     )?;
                     if c.affected_rows() == 1 {
                         self.counters.pins.count(d);
@@ -393,8 +414,8 @@ impl Worker {
     }
 }
 
-fn repin(c: &mut PooledConn, key: &[u8], from: &[String], to: &str) -> mysql::Result<()> {
-    let key_hash = hash(key).to_vec();
+fn repin(c: &mut PooledConn, key: &KeyHash, from: &[String], to: &str) -> mysql::Result<()> {
+    let key_hash = key.to_vec();
     for old in from {
         c.exec_drop(
             "UPDATE dsf_lb_pins SET node = ?, pinned_at = NOW(6), last_used = NOW(6) \
@@ -409,7 +430,7 @@ fn repin(c: &mut PooledConn, key: &[u8], from: &[String], to: &str) -> mysql::Re
 }
 
 /// `key_hash, pin_key, node, idle_ms, pinned_at_ms`.
-type PinRow = (Vec<u8>, Vec<u8>, String, u64, u64);
+type PinRow = (Vec<u8>, String, String, u64, u64);
 
 /// A page in key-hash order; `after` is the hex hash the page before ended on.
 fn list(
@@ -433,7 +454,7 @@ fn list(
     let pins = rows
         .into_iter()
         .map(|(_, key, node, idle_ms, pinned_at_ms)| Pin {
-            key: String::from_utf8_lossy(&key).into_owned(),
+            key,
             node,
             idle_ms,
             pinned_at_ms,
@@ -447,7 +468,7 @@ fn unpin(c: &mut PooledConn, key: Option<&str>, node: Option<&str>) -> mysql::Re
     if let Some(k) = key {
         c.exec_drop(
             "DELETE FROM dsf_lb_pins WHERE key_hash = ?",
-            (hash(k.as_bytes()).to_vec(),),
+            (super::pins::key_hash(k.as_bytes()).to_vec(),),
         )?;
         n += c.affected_rows();
     }
