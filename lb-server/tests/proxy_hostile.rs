@@ -58,11 +58,17 @@ fn v5_with_will_properties(id: &str) -> Vec<u8> {
 #[test]
 fn hostile_first_packets_get_their_answers_while_devices_are_served() {
     let broker = Broker::start();
+    // A first-packet deadline longer than any wait here: every close below
+    // but the partial CONNECT's is the proxy's answer, not the deadline.
     let mut s = settings(&backends(&[&broker]), &[Protocol::Mqtt]);
-    s.proxy.as_mut().unwrap().first_packet_timeout = Duration::from_millis(500);
+    s.proxy.as_mut().unwrap().first_packet_timeout = WAIT * 3;
     let lb = start_lb(s);
     let proxy = lb.proxy_addrs[0];
     let port = proxy.port().to_string();
+    // The partial CONNECT's balancer, with a short deadline.
+    let mut s = settings(&backends(&[&broker]), &[Protocol::Mqtt]);
+    s.proxy.as_mut().unwrap().first_packet_timeout = Duration::from_millis(500);
+    let short = start_lb(s);
 
     // A subscriber through the proxy for the whole test, and a device
     // publishing through it after every hostile case.
@@ -103,16 +109,17 @@ fn hostile_first_packets_get_their_answers_while_devices_are_served() {
     //    deadline, without a word.
     let whole = connect(b"MQTT", 4, b"slow", None);
     let started = Instant::now();
-    let mut slow = TcpStream::connect(proxy).unwrap();
+    let mut slow = TcpStream::connect(short.proxy_addrs[0]).unwrap();
     slow.write_all(&whole[..7]).unwrap();
     good_device("partial");
     slow.set_read_timeout(Some(WAIT)).unwrap();
     let mut got = Vec::new();
-    let _ = slow.read_to_end(&mut got);
+    slow.read_to_end(&mut got)
+        .expect("closed at the first-packet deadline");
     assert!(got.is_empty(), "{got:?}");
     assert!(started.elapsed() >= Duration::from_millis(500));
     wait_until("the partial CONNECT to be counted", || {
-        proxy_stats(&lb)["incomplete"] == 1
+        proxy_stats(&short)["incomplete"] == 1
     });
 
     // 2. A remaining length above the cap (64 KiB): closed at once, before
@@ -355,4 +362,41 @@ fn a_silent_device_is_closed_after_one_and_a_half_keep_alives() {
         two > zero,
         "the keep-alive, not the proxy default, timed it"
     );
+}
+
+#[test]
+fn proxied_clients_leave_room_for_the_client_and_cluster_ports() {
+    // Room for 3 proxied clients: (70 - 64 reserved) / 2 connections each.
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut s = settings(
+        &[format!("plain={}", backend.local_addr().unwrap())],
+        &[Protocol::Tcp],
+    );
+    s.reactor.max_conns = 70;
+    let lb = start_lb(s);
+    let proxy = lb.proxy_addrs[0];
+    let mut held = Vec::new();
+    for i in 0..3u8 {
+        let mut c = TcpStream::connect(proxy).unwrap();
+        c.write_all(&[i]).unwrap();
+        let (mut far, _) = backend.accept().unwrap();
+        let mut b = [0u8; 1];
+        far.read_exact(&mut b).unwrap();
+        held.push((c, far));
+    }
+    // The fourth is closed at once, without a dsf frame...
+    assert_eq!(exchange(proxy, b"x"), b"");
+    assert_eq!(proxy_stats(&lb)["unavailable"], 1);
+    // ...while both dsf ports still answer.
+    let view = call(lb.client_addr, false, "lb.view", serde_json::json!({})).unwrap();
+    assert_eq!(view["nodes"][0]["id"], "plain");
+    let applied = call(
+        lb.cluster_addr,
+        true,
+        "lb.set_view",
+        serde_json::json!({"version": 5, "nodes": []}),
+    )
+    .unwrap();
+    assert_eq!(applied["applied"], 5);
+    drop(held);
 }

@@ -82,7 +82,7 @@ fn two_replicas_with_pins_db_route_every_device_alike() {
 }
 
 #[test]
-fn shared_pins_expire_a_ttl_after_their_last_use() {
+fn shared_pins_expire_a_ttl_after_their_last_use_not_their_making() {
     let db = dsf_sql::testing::fresh_empty();
     let url = url_for(db.name());
     let broker = Broker::start();
@@ -91,24 +91,113 @@ fn shared_pins_expire_a_ttl_after_their_last_use() {
         let mut s = settings(&backends(&b), &[Protocol::Mqtt]);
         let p = s.proxy.as_mut().unwrap();
         p.pins_db = Some(url.clone());
+        p.pins_cache = Duration::from_millis(100);
         p.pin_ttl = ttl;
         start_lb(s)
     };
-    let lb = with_ttl(Duration::from_secs(1));
+    let ttl = Duration::from_secs(2);
+    let lb = with_ttl(ttl);
+    let made = std::time::Instant::now();
     devices(lb.proxy_addrs[0], &b, "dev", 20).all_served(20);
-    assert_eq!(pins(&lb).len(), 20);
+    // Used again half a TTL later (past the cache TTL, so read from the
+    // table, and past a quarter TTL, so the use is written).
+    wait_until("half a TTL", || made.elapsed() > ttl / 2);
+    devices(lb.proxy_addrs[0], &b, "dev", 20).all_served(20);
+    let used = std::time::Instant::now();
     lb.stop().unwrap();
-    // Unused for more than the TTL: the next replica's first sweep drops
-    // them (a replica sweeps at start, then every 30 s).
-    let unused_since = std::time::Instant::now();
-    wait_until("a TTL to pass", || {
-        unused_since.elapsed() > Duration::from_millis(1100)
+    // A TTL after their making but not after their last use: a replica's
+    // first sweep (at its start) keeps them.
+    wait_until("a TTL since the pins were made", || {
+        made.elapsed() > ttl + Duration::from_millis(100)
     });
-    let next = with_ttl(Duration::from_secs(1));
-    wait_until("the expired pins to be swept", || pins(&next).is_empty());
-    assert_eq!(proxy_stats(&next)["pins"]["expired"], 20);
-    // A long TTL keeps what is used: pinned again, and still there.
-    devices(next.proxy_addrs[0], &b, "dev", 20).all_served(20);
-    let kept = with_ttl(Duration::from_secs(3600));
-    assert_eq!(pins(&kept).len(), 20);
+    assert!(
+        used.elapsed() < ttl,
+        "the check below needs the last use under a TTL ago"
+    );
+    let next = with_ttl(ttl);
+    assert_eq!(pins(&next).len(), 20, "used under a TTL ago: kept");
+    next.stop().unwrap();
+    // A TTL after their last use: swept.
+    wait_until("a TTL since the last use", || {
+        used.elapsed() > ttl + Duration::from_millis(100)
+    });
+    let last = with_ttl(ttl);
+    wait_until("the expired pins to be swept", || pins(&last).is_empty());
+    assert_eq!(proxy_stats(&last)["pins"]["expired"], 20);
+}
+
+#[test]
+fn replicas_move_a_leaving_nodes_devices_alike() {
+    let db = dsf_sql::testing::fresh_empty();
+    let url = url_for(db.name());
+    let brokers = [Broker::start(), Broker::start(), Broker::start()];
+    let b: Vec<&Broker> = brokers.iter().collect();
+    let ids: BTreeMap<String, String> = b
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.addr(), format!("b{}", i + 1)))
+        .collect();
+    let a = replica(&backends(&b), &url);
+    let r = replica(&backends(&b), &url);
+    let before = by_id(&devices(a.proxy_addrs[0], &b, "dev", 200), &ids);
+    // Both replicas get a view without b3; half the devices reconnect
+    // through each, at the same time.
+    let keep: Vec<String> = backends(&b).into_iter().take(2).collect();
+    for lb in [&a, &r] {
+        let view = dsf_common::view::View {
+            version: 1,
+            nodes: keep
+                .iter()
+                .map(|spec| {
+                    let m: dsf_common::view::MemberSpec = spec.parse().unwrap();
+                    dsf_common::view::NodeView {
+                        id: m.id,
+                        addr: m.addr,
+                        proxy_addr: None,
+                        weight: 1,
+                        state: Default::default(),
+                        load: Default::default(),
+                    }
+                })
+                .collect(),
+        };
+        let applied = call(
+            lb.cluster_addr,
+            true,
+            "lb.set_view",
+            serde_json::to_value(view).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(applied["applied"], 1);
+    }
+    let (pa, pr) = (a.proxy_addrs[0], r.proxy_addrs[0]);
+    let two: Vec<&Broker> = b[..2].to_vec();
+    let (via_a, via_r) = std::thread::scope(|s| {
+        let via_r = s.spawn(|| served(pr, &two));
+        (served(pa, &two), via_r.join().unwrap())
+    });
+    assert_eq!(via_a, via_r, "both replicas moved every device alike");
+    for (dev, node) in &before {
+        if node != "b3" {
+            assert_eq!(&via_a[dev], node, "{dev} was not on b3 and moved");
+        }
+    }
+    wait_until("the table to agree", || {
+        pins(&a) == via_a && pins(&r) == via_a
+    });
+}
+
+fn ids_of(brokers: &[&Broker]) -> BTreeMap<String, String> {
+    brokers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.addr(), format!("b{}", i + 1)))
+        .collect()
+}
+
+/// 200 devices through `proxy`, every one reaching one of `brokers`.
+fn served(proxy: std::net::SocketAddr, brokers: &[&Broker]) -> BTreeMap<String, String> {
+    let run = devices(proxy, brokers, "dev", 200);
+    run.all_served(200);
+    by_id(&run, &ids_of(brokers))
 }

@@ -349,10 +349,10 @@ impl Worker {
             match d {
                 Decision::Kept(i) => {
                     // A use: recorded when the last one is a quarter TTL old.
-                    let quarter = (self.ttl.as_secs() / 4).max(1);
+                    let quarter = (self.ttl / 4).as_micros() as u64;
                     c.exec_drop(
                         "UPDATE dsf_lb_pins SET last_used = NOW(6) \
-                         WHERE key_hash = ? AND last_used < NOW(6) - INTERVAL ? SECOND",
+                         WHERE key_hash = ? AND last_used < NOW(6) - INTERVAL ? MICROSECOND",
                         (&key_hash, quarter),
                     )?;
                     return Ok(Some(i));
@@ -393,10 +393,10 @@ impl Worker {
     /// Drops rows unused for a TTL and counts what is left.
     fn sweep(&mut self) -> mysql::Result<()> {
         let mut c = self.conn()?;
-        let ttl = self.ttl.as_secs().max(1);
+        let ttl = self.ttl.as_micros() as u64;
         loop {
             c.exec_drop(
-                "DELETE FROM dsf_lb_pins WHERE last_used < NOW(6) - INTERVAL ? SECOND LIMIT 10000",
+                "DELETE FROM dsf_lb_pins WHERE last_used < NOW(6) - INTERVAL ? MICROSECOND LIMIT 10000",
                 (ttl,),
             )?;
             let n = c.affected_rows();

@@ -312,13 +312,21 @@ impl Run {
     }
 }
 
-/// Raw bytes to a proxy listener; what comes back until the proxy closes
-/// (or `WAIT`).
+/// Raw bytes to a proxy listener; what comes back before the proxy closes.
+/// Panics if it does not close within [`WAIT`] (a reset after our unread
+/// bytes counts as a close).
 pub fn exchange(proxy: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(proxy).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     let _ = s.write_all(bytes);
     let mut got = Vec::new();
-    let _ = s.read_to_end(&mut got);
-    got
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("the proxy did not close within {WAIT:?}: {e}"),
+        }
+    }
 }
