@@ -50,10 +50,49 @@ const BUILD_QUEUE: usize = 64;
 pub struct Snapshot {
     pub view: View,
     pub policy: Policy,
-    /// Where proxy mode splices to for each ring node (its `proxy_addr`,
-    /// else its `addr`), resolved when the view is built; `None` for an
-    /// address that does not resolve.
-    pub targets: Vec<Option<SocketAddr>>,
+    /// Proxy mode's ring: the nodes it can splice to.
+    pub proxy: Arc<ProxyRing>,
+}
+
+/// The ring proxy mode routes on: the view's nodes that have a proxy
+/// target (when any node advertises a `proxy_addr`, only those; a node's
+/// `addr` otherwise), each target resolved when the view is built. Plain
+/// [`Ring::owner`] over it places new keys.
+#[derive(Debug)]
+pub struct ProxyRing {
+    pub ring: Ring,
+    /// Each ring node's target, indexed like [`Ring::nodes`].
+    pub targets: Vec<SocketAddr>,
+}
+
+impl ProxyRing {
+    /// Resolves the targets (off the serving path) and builds the ring.
+    pub fn build(view: &View, config: RingConfig) -> Result<ProxyRing, Error> {
+        let advertised = view.nodes.iter().any(|n| n.proxy_addr.is_some());
+        let mut nodes = Vec::new();
+        let mut resolved = std::collections::HashMap::new();
+        for n in &view.nodes {
+            let target = match (&n.proxy_addr, advertised) {
+                (Some(p), _) => p.as_str(),
+                // Its dsf port is not what devices speak.
+                (None, true) => continue,
+                (None, false) => n.addr.as_str(),
+            };
+            match target.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(a)) => {
+                    resolved.insert(n.id.clone(), a);
+                    nodes.push(n.clone());
+                }
+                Ok(None) | Err(_) => log::warn!(
+                    "node {}: proxy target {target} does not resolve; proxy mode routes around it",
+                    n.id
+                ),
+            }
+        }
+        let ring = Ring::build(view.version, &nodes, config).map_err(crate::ring_error)?;
+        let targets = ring.nodes().iter().map(|n| resolved[&n.id]).collect();
+        Ok(ProxyRing { ring, targets })
+    }
 }
 
 // === impl Snapshot ===
@@ -65,11 +104,11 @@ impl Snapshot {
             kind,
             Ring::from_view(&view, ring).map_err(crate::ring_error)?,
         );
-        let targets = resolve_targets(&view, policy.ring());
+        let proxy = Arc::new(ProxyRing::build(&view, ring)?);
         Ok(Snapshot {
             view,
             policy,
-            targets,
+            proxy,
         })
     }
 
@@ -109,31 +148,6 @@ struct Build {
     id: u64,
     nonce: String,
     key: Key,
-}
-
-/// Each ring node's proxy target, resolved (off the serving path).
-fn resolve_targets(view: &View, ring: &Ring) -> Vec<Option<SocketAddr>> {
-    ring.nodes()
-        .iter()
-        .map(|n| {
-            let addr = view
-                .nodes
-                .iter()
-                .find(|v| v.id == n.id)
-                .and_then(|v| v.proxy_addr.as_deref())
-                .unwrap_or(&n.addr);
-            match addr.to_socket_addrs().map(|mut a| a.next()) {
-                Ok(Some(a)) => Some(a),
-                Ok(None) | Err(_) => {
-                    log::warn!(
-                        "node {}: proxy target {addr} does not resolve; proxy mode skips it",
-                        n.id
-                    );
-                    None
-                }
-            }
-        })
-        .collect()
 }
 
 /// The reactor-side half of the balancer.
@@ -565,14 +579,14 @@ pub fn apply(
         return Ok(None);
     }
     if same_membership(&cur.view, &view) {
-        // Only loads moved (or nothing): keep the points and targets, take
-        // the new loads.
+        // Only loads moved (or nothing): keep the points and proxy ring,
+        // take the new loads.
         let policy = cur.policy.with_loads(&view);
-        let targets = cur.targets.clone();
+        let proxy = cur.proxy.clone();
         return Ok(Some(Snapshot {
             view,
             policy,
-            targets,
+            proxy,
         }));
     }
     log_change(&cur.view, &view);

@@ -347,3 +347,24 @@ fn a_long_client_id_costs_a_short_pin() {
     let dropped = call(lb.cluster_addr, true, "lb.unpin", json!({"key": long})).unwrap();
     assert_eq!(dropped["dropped"], 1);
 }
+
+#[test]
+fn only_nodes_that_advertise_a_proxy_address_get_devices_when_any_does() {
+    let broker = Broker::start();
+    let lb = start_lb(settings(&[], &[Protocol::Mqtt]));
+    // app-1 has a broker beside it; app-2 advertises none, so its dsf
+    // port (where no MQTT is spoken) must get no device.
+    let dsf_port = free_port();
+    let view = json!({"version": 3, "nodes": [
+        {"id": "app-1", "addr": format!("127.0.0.1:{}", free_port()), "proxy_addr": broker.addr()},
+        {"id": "app-2", "addr": format!("127.0.0.1:{dsf_port}")},
+    ]});
+    call(lb.cluster_addr, true, "lb.set_view", view).unwrap();
+    devices(lb.proxy_addrs[0], &[&broker], "dev", 40).all_served(40);
+    assert!(pins(&lb).values().all(|n| n == "app-1"));
+    assert_eq!(
+        proxy_stats(&lb)["backend_failures"],
+        0,
+        "app-2 was never tried"
+    );
+}

@@ -454,55 +454,48 @@ impl Proxy {
             .backend_failures
             .fetch_add(1, Ordering::Relaxed);
         let route = self.routes.get_mut(&cx.conn())?;
-        let ring = snap.policy.ring();
+        let pr = &snap.proxy;
+        let ring = &pr.ring;
         // The node at that address (the pin may name it, or the owner).
-        if let Some(i) = snap.targets.iter().position(|t| *t == Some(backend)) {
+        if let Some(i) = pr.targets.iter().position(|t| *t == backend) {
             let id = ring.node(i).id.clone();
             if !route.failed.contains(&id) {
                 route.failed.push(id);
             }
         }
-        loop {
-            let Some(next) = fail_over(ring, route.pos, &route.failed) else {
-                log::warn!(
-                    "{:?} from {}: no node took the connection (tried {:?})",
-                    cx.conn(),
-                    cx.peer(),
-                    route.failed
-                );
-                self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
-                if route.protocol == Protocol::Mqtt {
-                    cx.out()
-                        .extend_from_slice(&unavailable_connack(route.level));
-                }
-                return None;
-            };
-            let node = &ring.node(next).id;
-            match snap.targets[next] {
-                Some(addr) => {
-                    let stats = &self.counters.pins;
-                    stats.moved.fetch_add(1, Ordering::Relaxed);
-                    let now = Instant::now();
-                    self.pins.lock().expect("the pin table's lock").set(
-                        &route.hash,
-                        &route.shown,
-                        node,
-                        now,
-                        stats,
-                    );
-                    if let Some(store) = &self.store {
-                        store.repin(route.hash, route.failed.clone(), node.clone());
-                    }
-                    log::info!(
-                        "{:?} from {}: {backend} failed; re-pinned to {node} ({addr})",
-                        cx.conn(),
-                        cx.peer()
-                    );
-                    return Some(addr);
-                }
-                None => route.failed.push(node.clone()),
+        let Some(next) = fail_over(ring, route.pos, &route.failed) else {
+            log::warn!(
+                "{:?} from {}: no node took the connection (tried {:?})",
+                cx.conn(),
+                cx.peer(),
+                route.failed
+            );
+            self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+            if route.protocol == Protocol::Mqtt {
+                cx.out()
+                    .extend_from_slice(&unavailable_connack(route.level));
             }
+            return None;
+        };
+        let (node, addr) = (&ring.node(next).id, pr.targets[next]);
+        let stats = &self.counters.pins;
+        stats.moved.fetch_add(1, Ordering::Relaxed);
+        self.pins.lock().expect("the pin table's lock").set(
+            &route.hash,
+            &route.shown,
+            node,
+            Instant::now(),
+            stats,
+        );
+        if let Some(store) = &self.store {
+            store.repin(route.hash, route.failed.clone(), node.clone());
         }
+        log::info!(
+            "{:?} from {}: {backend} failed; re-pinned to {node} ({addr})",
+            cx.conn(),
+            cx.peer()
+        );
+        Some(addr)
     }
 
     /// A connection closed: a device that was routed has just used its
@@ -545,7 +538,7 @@ impl Proxy {
     /// Where `route`'s key goes: its pin while the pinned node is in the
     /// view, else the ring's owner, pinned now.
     fn place(&mut self, route: &Route, snap: &Arc<Snapshot>, cx: &mut Context<'_>) -> Placement {
-        let ring = snap.policy.ring();
+        let ring = &snap.proxy.ring;
         let now = Instant::now();
         let mut table = self.pins.lock().expect("the pin table's lock");
         let pinned = match table.get(&route.hash, now) {
@@ -557,7 +550,7 @@ impl Proxy {
                         }
                     }
                     drop(table);
-                    return self.target(i, route, snap);
+                    return Placement::To(snap.proxy.targets[i]);
                 }
                 Some(node)
             }
@@ -587,7 +580,7 @@ impl Proxy {
                     .peek(&route.hash)
                     .map(str::to_string);
                 match decide(ring, cached.as_deref(), route.pos) {
-                    Some(d) => self.target(d.node(), route, snap),
+                    Some(d) => Placement::To(snap.proxy.targets[d.node()]),
                     None => Placement::Nowhere,
                 }
             };
@@ -606,26 +599,7 @@ impl Proxy {
             );
         }
         drop(table);
-        self.target(d.node(), route, snap)
-    }
-
-    /// The address of node `i`; one that does not resolve is failed over
-    /// at once.
-    fn target(&mut self, i: usize, route: &Route, snap: &Snapshot) -> Placement {
-        match snap.targets[i] {
-            Some(addr) => Placement::To(addr),
-            None => {
-                let ring = snap.policy.ring();
-                let mut failed = vec![ring.node(i).id.clone()];
-                while let Some(next) = fail_over(ring, route.pos, &failed) {
-                    if let Some(addr) = snap.targets[next] {
-                        return Placement::To(addr);
-                    }
-                    failed.push(ring.node(next).id.clone());
-                }
-                Placement::Nowhere
-            }
-        }
+        Placement::To(snap.proxy.targets[d.node()])
     }
 
     /// A page of pins (memory only; the store answers for `--pins-db`).

@@ -297,7 +297,7 @@ impl Worker {
             // The device left, or its deadline passed while this waited.
             return;
         }
-        let ring = ask.snap.policy.ring();
+        let ring = &ask.snap.proxy.ring;
         let decided = self.conn().and_then(|mut c| self.decide(&mut c, &ask));
         let node = match decided {
             Ok(node) => node,
@@ -307,7 +307,7 @@ impl Worker {
                 decide(ring, cache.peek(&ask.hash), ask.pos).map(Decision::node)
             }
         };
-        let target = node.and_then(|i| ask.snap.targets[i].map(|a| (i, a)));
+        let target = node.map(|i| (i, ask.snap.proxy.targets[i]));
         match target {
             Some((i, addr)) => {
                 let mut cache = self.cache.lock().expect("the pin table's lock");
@@ -334,7 +334,7 @@ impl Worker {
     /// The node for `ask`, with the table updated; `None` when no node
     /// takes keys.
     fn decide(&self, c: &mut PooledConn, ask: &Ask) -> mysql::Result<Option<usize>> {
-        let ring = ask.snap.policy.ring();
+        let ring = &ask.snap.proxy.ring;
         let key_hash = ask.hash.to_vec();
         // A lost race is settled by reading the winner; three rounds at most.
         for _ in 0..3 {
