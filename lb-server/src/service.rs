@@ -63,6 +63,9 @@ pub struct ProxyRing {
     pub ring: Ring,
     /// Each ring node's target, indexed like [`Ring::nodes`].
     pub targets: Vec<SocketAddr>,
+    /// Targets that did not resolve: tried again with the next view, even
+    /// one that changes only loads (the collector sends one a second).
+    pub unresolved: usize,
 }
 
 impl ProxyRing {
@@ -71,6 +74,7 @@ impl ProxyRing {
         let advertised = view.nodes.iter().any(|n| n.proxy_addr.is_some());
         let mut nodes = Vec::new();
         let mut resolved = std::collections::HashMap::new();
+        let mut unresolved = 0;
         for n in &view.nodes {
             let target = match (&n.proxy_addr, advertised) {
                 (Some(p), _) => p.as_str(),
@@ -83,15 +87,22 @@ impl ProxyRing {
                     resolved.insert(n.id.clone(), a);
                     nodes.push(n.clone());
                 }
-                Ok(None) | Err(_) => log::warn!(
-                    "node {}: proxy target {target} does not resolve; proxy mode routes around it",
-                    n.id
-                ),
+                Ok(None) | Err(_) => {
+                    unresolved += 1;
+                    log::warn!(
+                        "node {}: proxy target {target} does not resolve; proxy mode routes around it",
+                        n.id
+                    )
+                }
             }
         }
         let ring = Ring::build(view.version, &nodes, config).map_err(crate::ring_error)?;
         let targets = ring.nodes().iter().map(|n| resolved[&n.id]).collect();
-        Ok(ProxyRing { ring, targets })
+        Ok(ProxyRing {
+            ring,
+            targets,
+            unresolved,
+        })
     }
 }
 
@@ -582,7 +593,11 @@ pub fn apply(
         // Only loads moved (or nothing): keep the points and proxy ring,
         // take the new loads.
         let policy = cur.policy.with_loads(&view);
-        let proxy = cur.proxy.clone();
+        let proxy = if cur.proxy.unresolved > 0 {
+            Arc::new(ProxyRing::build(&view, ring)?)
+        } else {
+            cur.proxy.clone()
+        };
         return Ok(Some(Snapshot {
             view,
             policy,
