@@ -676,6 +676,231 @@ pub mod lb {
     );
 }
 
+/// `task.*` and `job.*`: the task service. A job belongs to the app (and
+/// the user, when a session is given) that submitted it.
+pub mod task {
+    use super::*;
+
+    /// Most tasks one `task.submit` carries.
+    pub const SUBMIT_MAX: usize = 1000;
+    /// Largest payload (its JSON), in bytes.
+    pub const PAYLOAD_MAX: usize = 64 * 1024;
+    /// Largest result or error kept, in bytes.
+    pub const RESULT_MAX: usize = 256 * 1024;
+    /// Most tasks one `task.claim` takes.
+    pub const CLAIM_MAX: u32 = 100;
+    /// Shortest and longest lease, in milliseconds.
+    pub const LEASE_MIN_MS: u64 = 1_000;
+    pub const LEASE_MAX_MS: u64 = 3_600_000;
+    /// Attempts a task gets when the submit names none.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+    /// One task of a submit.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct NewTask {
+        /// Any JSON value, at most [`PAYLOAD_MAX`] bytes as text.
+        pub payload: Box<serde_json::value::RawValue>,
+        /// Unique within the job: a task submitted again with a key the job
+        /// holds is not added twice.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub key: Option<String>,
+        /// Higher runs first (default 0).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub priority: Option<i32>,
+    }
+
+    /// `task.submit`'s body.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SubmitBody {
+        /// Add to this job (yours, not cancelled); without it a new job.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub job: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub name: Option<String>,
+        pub tasks: Vec<NewTask>,
+        /// For a new job: attempts per task, 1 to 100 (default 3).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub max_attempts: Option<u32>,
+    }
+
+    /// `task.submit`'s reply.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Submitted {
+        pub job: u64,
+        /// Tasks added (a key the job already held is not).
+        pub accepted: u64,
+    }
+
+    /// `task.claim`'s body.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ClaimBody {
+        /// 1 to [`CLAIM_MAX`].
+        pub n: u32,
+        pub lease_ms: u64,
+        /// Wait up to this long when nothing is ready (default 0).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub wait_ms: Option<u64>,
+    }
+
+    /// A claimed task.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Claimed {
+        pub task: u64,
+        pub job: u64,
+        pub payload: Box<serde_json::value::RawValue>,
+        /// 1 on the first claim.
+        pub attempt: u32,
+        /// Give it back with the completion: a completion under an older
+        /// fence (the lease expired and another worker took the task) is
+        /// refused.
+        pub fence: u64,
+        /// Unix milliseconds, by the database clock.
+        pub lease_until: i64,
+    }
+
+    /// `task.claim`'s reply.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ClaimReply {
+        pub tasks: Vec<Claimed>,
+    }
+
+    /// A lease a worker holds.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Lease {
+        pub task: u64,
+        pub fence: u64,
+    }
+
+    /// `task.heartbeat`'s body.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct HeartbeatBody {
+        pub leases: Vec<Lease>,
+        pub lease_ms: u64,
+    }
+
+    /// `task.heartbeat`'s reply: tasks whose lease was extended, and those
+    /// no longer this worker's.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Extended {
+        pub extended: Vec<u64>,
+        pub lost: Vec<u64>,
+    }
+
+    /// `task.complete`'s body.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CompleteBody {
+        pub task: u64,
+        pub fence: u64,
+        pub result: Box<serde_json::value::RawValue>,
+    }
+
+    /// `task.fail`'s body.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct FailBody {
+        pub task: u64,
+        pub fence: u64,
+        pub error: String,
+    }
+
+    /// A job, by id.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct JobRef {
+        pub job: u64,
+    }
+
+    /// `job.status`'s reply.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct JobStatus {
+        pub job: u64,
+        /// `running` (some task is ready, running or waiting), `done`
+        /// (every task done or dead) or `cancelled`.
+        pub state: String,
+        pub total: u64,
+        pub done: u64,
+        /// Failed attempts (each retried, until the last makes a task dead).
+        pub failed: u64,
+        pub dead: u64,
+        pub running: u64,
+        /// Ready now, or waiting out a retry's backoff.
+        pub ready: u64,
+    }
+
+    /// `job.results`' body.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ResultsBody {
+        pub job: u64,
+        /// The `next` of the page before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub after: Option<u64>,
+        /// At most [`LIMIT_MAX`] (default 100).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub limit: Option<u32>,
+    }
+
+    /// One task's outcome.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct TaskResult {
+        pub task: u64,
+        pub seq: u64,
+        pub state: String,
+        pub attempts: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub result: Option<Box<serde_json::value::RawValue>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub error: Option<String>,
+    }
+
+    /// `job.results`' reply.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Results {
+        pub results: Vec<TaskResult>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub next: Option<u64>,
+    }
+
+    message!(
+        /// `task.submit`: a batch of tasks, into a new job or one of yours.
+        Submit = "task.submit", App, true: SubmitBody => Submitted
+    );
+    message!(
+        /// `task.claim`: up to `n` ready tasks, leased.
+        Claim = "task.claim", App, true: ClaimBody => ClaimReply
+    );
+    message!(
+        /// `task.heartbeat`: extends the leases still held.
+        Heartbeat = "task.heartbeat", App, false: HeartbeatBody => Extended
+    );
+    message!(
+        /// `task.complete`: the result, under the lease's fence.
+        Complete = "task.complete", App, true: CompleteBody => Empty
+    );
+    message!(
+        /// `task.fail`: a failed attempt, retried with backoff until the last.
+        Fail = "task.fail", App, true: FailBody => Empty
+    );
+    message!(
+        /// `job.status`: the job's counts.
+        Status = "job.status", App, false: JobRef => JobStatus
+    );
+    message!(
+        /// `job.results`: a page of task outcomes in submit order.
+        GetResults = "job.results", App, false: ResultsBody => Results
+    );
+    message!(
+        /// `job.cancel`: ready and waiting tasks are dropped, leases revoked.
+        Cancel = "job.cancel", App, true: JobRef => Empty
+    );
+}
+
 /// Who may send a message type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Auth {
@@ -732,6 +957,14 @@ pub const CATALOGUE: &[Type] = &[
     <lb::Pins as Message>::TYPE,
     <lb::Unpin as Message>::TYPE,
     <lb::GetStats as Message>::TYPE,
+    <task::Submit as Message>::TYPE,
+    <task::Claim as Message>::TYPE,
+    <task::Heartbeat as Message>::TYPE,
+    <task::Complete as Message>::TYPE,
+    <task::Fail as Message>::TYPE,
+    <task::Status as Message>::TYPE,
+    <task::GetResults as Message>::TYPE,
+    <task::Cancel as Message>::TYPE,
     <cluster::NodeHeartbeat as Message>::TYPE,
     <cluster::NodeLeave as Message>::TYPE,
     <cluster::SetView as Message>::TYPE,

@@ -259,6 +259,47 @@ impl Db {
         f(&mut conn).map_err(|e| Error::from_mysql(op, e))
     }
 
+    /// Runs `f` in one transaction: the run-once write's, inside
+    /// [`Writes::run_once`](crate::Writes::run_once) on this thread (it
+    /// commits with the write's record); otherwise a new one, committed
+    /// when `f` returns `Ok` and rolled back on an error or a panic.
+    pub(crate) fn with_tx<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut PooledConn) -> Result<T>,
+    ) -> Result<T> {
+        if let Some(conn) = crate::writes::take_tx(self.id()) {
+            struct GiveBack(usize, Option<PooledConn>);
+            impl Drop for GiveBack {
+                fn drop(&mut self) {
+                    if let Some(c) = self.1.take() {
+                        crate::writes::put_tx(self.0, c);
+                    }
+                }
+            }
+            let mut held = GiveBack(self.id(), Some(conn));
+            return f(held.1.as_mut().expect("just put there"));
+        }
+        /// Rolls back unless committed, so a panic in `f` never returns a
+        /// connection to the pool with a transaction open.
+        struct Tx(PooledConn, bool);
+        impl Drop for Tx {
+            fn drop(&mut self) {
+                if !self.1 {
+                    let _ = self.0.query_drop("ROLLBACK");
+                }
+            }
+        }
+        let mut tx = Tx(self.conn(op)?, false);
+        tx.0.query_drop("START TRANSACTION")
+            .map_err(|e| Error::from_mysql(op, e))?;
+        let v = f(&mut tx.0)?;
+        tx.0.query_drop("COMMIT")
+            .map_err(|e| Error::from_mysql(op, e))?;
+        tx.1 = true;
+        Ok(v)
+    }
+
     /// Identifies the pool (clones share it), for the run-once transaction.
     pub(crate) fn id(&self) -> usize {
         Arc::as_ptr(&self.inner) as usize

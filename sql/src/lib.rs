@@ -5,7 +5,7 @@
 //!   start-up retries and a health check; [`DbConfig`] sizes it.
 //! - [`migrate`]: versioned migrations embedded from `sql/migrations/`,
 //!   recorded with checksums, serialised across processes by `GET_LOCK`.
-//! - [`users`], [`sessions`], [`blacklist`], [`gate_checks`]: the
+//! - [`users`], [`sessions`], [`blacklist`], [`gate_checks`], [`tasks`]: the
 //!   repositories, reached from a `Db` (`db.blacklist().get("…")`); typed
 //!   rows in, typed rows out, prepared statements only.
 //! - [`writes`]: `wire_writes`, writes that run once on any node: a
@@ -36,6 +36,7 @@ pub mod gate_checks;
 pub mod migrate;
 pub mod password;
 pub mod sessions;
+pub mod tasks;
 pub mod token;
 pub mod users;
 pub mod validate;
@@ -52,6 +53,7 @@ pub use error::{Error, Result};
 pub use gate_checks::{GateCheck, GateChecks, HistoryQuery, NewCheck};
 pub use migrate::{Migration, Report};
 pub use sessions::{NewSession, Session, Sessions};
+pub use tasks::Tasks;
 pub use time::now_ms;
 pub use users::{Role, User, Users};
 pub use writes::{Once, Stored, Writes};
@@ -87,5 +89,10 @@ impl Db {
     /// The `gate_checks` repository.
     pub fn gate_checks(&self) -> GateChecks<'_> {
         GateChecks::new(self)
+    }
+
+    /// The task service's tables.
+    pub fn tasks(&self) -> Tasks<'_> {
+        Tasks::new(self)
     }
 }

@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "wire_writes",
         sql: include_str!("../migrations/0002_wire_writes.sql"),
     },
+    Migration {
+        version: 3,
+        name: "tasks",
+        sql: include_str!("../migrations/0003_tasks.sql"),
+    },
 ];
 
 /// How long one `GET_LOCK` call waits; kept under the connection's read

@@ -1,0 +1,654 @@
+//! The task service's tables (migration 0003): jobs of tasks, claimed by
+//! workers on any app server, one lease per task at a time.
+//!
+//! - A task that can be claimed now has a row in `ready_tasks`; a claim
+//!   takes rows with `SELECT … FOR UPDATE SKIP LOCKED` in priority and id
+//!   order, so claimers on every node skip each other's rows instead of
+//!   queueing on them, and moves them to `claimed_tasks` with a lease and a
+//!   fence (the task's attempt number).
+//! - `task.complete` / `task.fail` must name the current fence: a worker
+//!   that stalled past its lease, whose task another worker took, is
+//!   refused (`conflict`) and cannot overwrite the other's result.
+//! - A failed attempt, or a lease that expired ([`Tasks::reap`]), waits in
+//!   `scheduled_tasks` for its backoff (1 s, doubling, at most 5 min), then
+//!   is ready again; after `max_attempts` the task is dead with its last
+//!   error.
+//! - Finished counts are sharded in `job_counts` (16 rows a job); ready,
+//!   waiting and running are counted from their tables.
+//!
+//! Every time is the database clock's (`NOW(3)`).
+
+use mysql::prelude::Queryable;
+use mysql::PooledConn;
+
+use crate::db::Db;
+use crate::error::{Error, Result};
+
+pub use dsf_proto::task::{Claimed, JobStatus, TaskResult, CLAIM_MAX, SUBMIT_MAX};
+
+/// Shards of a job's finished counts.
+const SHARDS: u64 = 16;
+/// First retry's backoff, doubled per attempt.
+const BACKOFF_BASE_MS: u64 = 1_000;
+/// Longest backoff.
+const BACKOFF_MAX_MS: u64 = 300_000;
+/// Most attempts a job may give its tasks.
+pub const MAX_ATTEMPTS_MAX: u32 = 100;
+
+/// Who is asking: the app, the user when a session was given, and whether
+/// that user may see every app's jobs (an operator).
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub app: &'a str,
+    pub user: Option<u64>,
+    pub operator: bool,
+}
+
+/// A task to submit: its payload as JSON text.
+#[derive(Debug, Clone, Copy)]
+pub struct NewTask<'a> {
+    pub payload: &'a str,
+    pub key: Option<&'a str>,
+    pub priority: i32,
+}
+
+/// What [`Tasks::reap`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// Leases that had expired: their tasks wait for a retry, or are dead.
+    pub expired: u64,
+    /// Waiting tasks whose backoff was over: ready again.
+    pub promoted: u64,
+}
+
+/// The task repository; get one with [`Db::tasks`].
+#[derive(Debug, Clone, Copy)]
+pub struct Tasks<'a> {
+    db: &'a Db,
+}
+
+fn sql(op: &'static str) -> impl Fn(mysql::Error) -> Error {
+    move |e| Error::from_mysql(op, e)
+}
+
+/// A retry's backoff after `attempts` attempts.
+pub fn backoff_ms(attempts: u32) -> u64 {
+    BACKOFF_BASE_MS
+        .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
+        .min(BACKOFF_MAX_MS)
+}
+
+// === impl Tasks ===
+
+impl<'a> Tasks<'a> {
+    pub(crate) fn new(db: &'a Db) -> Tasks<'a> {
+        Tasks { db }
+    }
+
+    /// Adds `tasks` to job `job` (the owner's, not cancelled), or to a new
+    /// job; returns the job and how many were added (a key the job holds
+    /// already is not added again).
+    pub fn submit(
+        &self,
+        owner: &Owner<'_>,
+        job: Option<u64>,
+        name: Option<&str>,
+        tasks: &[NewTask<'_>],
+        max_attempts: u32,
+    ) -> Result<(u64, u64)> {
+        const OP: &str = "tasks.submit";
+        if tasks.is_empty() || tasks.len() > SUBMIT_MAX {
+            return Err(Error::Invalid {
+                field: "tasks",
+                rule: "1 to 1000 tasks a submit",
+            });
+        }
+        if max_attempts == 0 || max_attempts > MAX_ATTEMPTS_MAX {
+            return Err(Error::Invalid {
+                field: "max_attempts",
+                rule: "1 to 100",
+            });
+        }
+        if name.is_some_and(|n| n.is_empty() || n.chars().count() > 200) {
+            return Err(Error::Invalid {
+                field: "name",
+                rule: "1 to 200 characters",
+            });
+        }
+        for t in tasks {
+            if t.key
+                .is_some_and(|k| k.is_empty() || k.chars().count() > 200)
+            {
+                return Err(Error::Invalid {
+                    field: "tasks[].key",
+                    rule: "1 to 200 characters",
+                });
+            }
+        }
+        let q = sql(OP);
+        self.db.with_tx(OP, |c| {
+            let (job, first_seq, attempts) = match job {
+                Some(id) => {
+                    let row: Option<(String, Option<u64>, bool, u32, u32)> = c
+                        .exec_first(
+                            "SELECT app, user_id, cancelled, next_seq, max_attempts FROM jobs WHERE id = ? FOR UPDATE",
+                            (id,),
+                        )
+                        .map_err(&q)?;
+                    let Some((app, user, cancelled, next_seq, attempts)) = row else {
+                        return Err(no_job(id));
+                    };
+                    if !owner.may_see(&app, user) {
+                        return Err(no_job(id));
+                    }
+                    if cancelled {
+                        return Err(Error::Conflict {
+                            op: OP,
+                            message: format!("job {id} is cancelled; submit to a new job"),
+                        });
+                    }
+                    (id, next_seq, attempts)
+                }
+                None => {
+                    c.exec_drop(
+                        "INSERT INTO jobs (app, user_id, name, max_attempts, created_at) VALUES (?, ?, ?, ?, NOW(3))",
+                        (owner.app, owner.user, name, max_attempts),
+                    )
+                    .map_err(&q)?;
+                    (c.last_insert_id(), 0, max_attempts)
+                }
+            };
+            let mut accepted = 0u64;
+            // Rows of 200 keep each statement well under max_allowed_packet
+            // for 64 KiB payloads.
+            for (chunk_no, chunk) in tasks.chunks(200).enumerate() {
+                let base = first_seq as usize + chunk_no * 200;
+                let mut stmt = String::from(
+                    "INSERT IGNORE INTO tasks (job_id, seq, task_key, payload, priority, state, max_attempts, created_at) VALUES ",
+                );
+                let mut params: Vec<mysql::Value> = Vec::with_capacity(chunk.len() * 6);
+                for (i, t) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        stmt.push(',');
+                    }
+                    stmt.push_str("(?, ?, ?, ?, ?, 'ready', ?, NOW(3))");
+                    params.extend([
+                        job.into(),
+                        ((base + i) as u64).into(),
+                        t.key.into(),
+                        t.payload.into(),
+                        t.priority.into(),
+                        attempts.into(),
+                    ]);
+                }
+                c.exec_drop(stmt, params).map_err(&q)?;
+                accepted += c.affected_rows();
+            }
+            let last_seq = first_seq as u64 + tasks.len() as u64;
+            c.exec_drop(
+                "INSERT INTO ready_tasks (task_id, app, job_id, neg_priority) \
+                 SELECT t.id, ?, t.job_id, -t.priority FROM tasks t \
+                 WHERE t.job_id = ? AND t.seq >= ? AND t.seq < ?",
+                (owner.app, job, first_seq, last_seq),
+            )
+            .map_err(&q)?;
+            c.exec_drop(
+                "UPDATE jobs SET total = total + ?, next_seq = ? WHERE id = ?",
+                (accepted, last_seq, job),
+            )
+            .map_err(&q)?;
+            Ok((job, accepted))
+        })
+    }
+
+    /// Leases up to `n` of the app's ready tasks to `worker` for
+    /// `lease_ms`, highest priority first, then oldest.
+    pub fn claim(&self, app: &str, worker: &str, n: u32, lease_ms: u64) -> Result<Vec<Claimed>> {
+        const OP: &str = "tasks.claim";
+        if n == 0 || n > CLAIM_MAX {
+            return Err(Error::Invalid {
+                field: "n",
+                rule: "1 to 100 tasks a claim",
+            });
+        }
+        check_lease(lease_ms)?;
+        if worker.is_empty() || worker.chars().count() > 128 {
+            return Err(Error::Invalid {
+                field: "worker",
+                rule: "1 to 128 characters",
+            });
+        }
+        let q = sql(OP);
+        self.db.with_tx(OP, |c| {
+            let ids: Vec<u64> = c
+                .exec(
+                    "SELECT task_id FROM ready_tasks WHERE app = ? \
+                     ORDER BY neg_priority, task_id LIMIT ? FOR UPDATE SKIP LOCKED",
+                    (app, n),
+                )
+                .map_err(&q)?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let list = placeholders(ids.len());
+            c.exec_drop(format!("DELETE FROM ready_tasks WHERE task_id IN ({list})"), &ids)
+                .map_err(&q)?;
+            c.exec_drop(
+                format!(
+                    "UPDATE tasks SET state = 'running', attempts = attempts + 1, \
+                     started_at = NOW(3) WHERE id IN ({list})"
+                ),
+                &ids,
+            )
+            .map_err(&q)?;
+            let mut params: Vec<mysql::Value> = vec![app.into(), worker.into(), (lease_ms * 1000).into()];
+            params.extend(ids.iter().map(|i| mysql::Value::from(*i)));
+            c.exec_drop(
+                format!(
+                    "INSERT INTO claimed_tasks (task_id, app, job_id, worker, fence, lease_until, claimed_at) \
+                     SELECT id, ?, job_id, ?, attempts, NOW(3) + INTERVAL ? MICROSECOND, NOW(3) \
+                     FROM tasks WHERE id IN ({list})"
+                ),
+                params,
+            )
+            .map_err(&q)?;
+            let rows: Vec<(u64, u64, String, u32, i64)> = c
+                .exec(
+                    format!(
+                        "SELECT t.id, t.job_id, t.payload, t.attempts, \
+                         CAST(UNIX_TIMESTAMP(c.lease_until) * 1000 AS SIGNED) \
+                         FROM tasks t JOIN claimed_tasks c ON c.task_id = t.id \
+                         WHERE t.id IN ({list}) ORDER BY -t.priority, t.id"
+                    ),
+                    &ids,
+                )
+                .map_err(&q)?;
+            rows.into_iter()
+                .map(|(task, job, payload, attempt, lease_until)| {
+                    Ok(Claimed {
+                        task,
+                        job,
+                        payload: raw(&payload, OP)?,
+                        attempt,
+                        fence: u64::from(attempt),
+                        lease_until,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Extends the leases `(task, fence)` still held; returns the tasks
+    /// extended and those lost (expired and taken, completed, cancelled).
+    pub fn heartbeat(
+        &self,
+        app: &str,
+        leases: &[(u64, u64)],
+        lease_ms: u64,
+    ) -> Result<(Vec<u64>, Vec<u64>)> {
+        const OP: &str = "tasks.heartbeat";
+        check_lease(lease_ms)?;
+        if leases.len() > 1000 {
+            return Err(Error::Invalid {
+                field: "leases",
+                rule: "at most 1000 a heartbeat",
+            });
+        }
+        self.db.with_conn(OP, |c| {
+            let (mut extended, mut lost) = (Vec::new(), Vec::new());
+            for &(task, fence) in leases {
+                c.exec_drop(
+                    "UPDATE claimed_tasks SET lease_until = NOW(3) + INTERVAL ? MICROSECOND \
+                     WHERE task_id = ? AND fence = ? AND app = ? AND lease_until >= NOW(3)",
+                    (lease_ms * 1000, task, fence, app),
+                )?;
+                if c.affected_rows() == 1 {
+                    extended.push(task);
+                } else {
+                    lost.push(task);
+                }
+            }
+            Ok((extended, lost))
+        })
+    }
+
+    /// Records task `task`'s result under `fence`; `conflict` when the
+    /// fence is not the current lease's.
+    pub fn complete(&self, app: &str, task: u64, fence: u64, result: &str) -> Result<()> {
+        self.finish(app, task, fence, Ok(result))
+    }
+
+    /// Records a failed attempt under `fence`: the task waits for its
+    /// retry, or is dead after its last attempt.
+    pub fn fail(&self, app: &str, task: u64, fence: u64, error: &str) -> Result<()> {
+        self.finish(app, task, fence, Err(error))
+    }
+
+    fn finish(
+        &self,
+        app: &str,
+        task: u64,
+        fence: u64,
+        outcome: std::result::Result<&str, &str>,
+    ) -> Result<()> {
+        const OP: &str = "tasks.finish";
+        let q = sql(OP);
+        self.db.with_tx(OP, |c| {
+            let held: Option<(u64, String)> = c
+                .exec_first(
+                    "SELECT fence, app FROM claimed_tasks WHERE task_id = ? FOR UPDATE",
+                    (task,),
+                )
+                .map_err(&q)?;
+            match held {
+                Some((f, a)) if f == fence && a == app => {}
+                Some((f, a)) if a == app => {
+                    return Err(Error::Conflict {
+                        op: OP,
+                        message: format!(
+                            "task {task}: fence {fence} is not the current lease's ({f}); the lease expired and the task went to another worker"
+                        ),
+                    })
+                }
+                _ => {
+                    return Err(Error::Conflict {
+                        op: OP,
+                        message: format!(
+                            "task {task} holds no lease under fence {fence} (it expired, or the task is finished or cancelled)"
+                        ),
+                    })
+                }
+            }
+            match outcome {
+                Ok(result) => {
+                    c.exec_drop("DELETE FROM claimed_tasks WHERE task_id = ?", (task,))
+                        .map_err(&q)?;
+                    c.exec_drop(
+                        "UPDATE tasks SET state = 'done', result = ?, finished_at = NOW(3) WHERE id = ?",
+                        (result, task),
+                    )
+                    .map_err(&q)?;
+                    count(c, task, "done").map_err(&q)
+                }
+                Err(error) => retry_or_bury(c, task, error).map_err(&q),
+            }
+        })
+    }
+
+    /// Returns expired leases' tasks to their retry (or buries them), and
+    /// makes waiting tasks whose backoff is over ready; at most `limit` of
+    /// each. Safe on every app server at once (rows are taken with SKIP
+    /// LOCKED).
+    pub fn reap(&self, limit: u32) -> Result<Reaped> {
+        const OP: &str = "tasks.reap";
+        let q = sql(OP);
+        let expired = self.db.with_tx(OP, |c| {
+            let ids: Vec<u64> = c
+                .exec(
+                    "SELECT task_id FROM claimed_tasks WHERE lease_until < NOW(3) \
+                     ORDER BY lease_until LIMIT ? FOR UPDATE SKIP LOCKED",
+                    (limit,),
+                )
+                .map_err(&q)?;
+            for &task in &ids {
+                retry_or_bury(c, task, "lease expired before the task was completed")
+                    .map_err(&q)?;
+            }
+            Ok(ids.len() as u64)
+        })?;
+        let promoted = self.db.with_tx(OP, |c| {
+            let ids: Vec<u64> = c
+                .exec(
+                    "SELECT task_id FROM scheduled_tasks WHERE available_at <= NOW(3) \
+                     ORDER BY available_at LIMIT ? FOR UPDATE SKIP LOCKED",
+                    (limit,),
+                )
+                .map_err(&q)?;
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            let list = placeholders(ids.len());
+            c.exec_drop(
+                format!(
+                    "INSERT INTO ready_tasks (task_id, app, job_id, neg_priority) \
+                     SELECT task_id, app, job_id, neg_priority FROM scheduled_tasks WHERE task_id IN ({list})"
+                ),
+                &ids,
+            )
+            .map_err(&q)?;
+            c.exec_drop(format!("DELETE FROM scheduled_tasks WHERE task_id IN ({list})"), &ids)
+                .map_err(&q)?;
+            c.exec_drop(format!("UPDATE tasks SET state = 'ready' WHERE id IN ({list})"), &ids)
+                .map_err(&q)?;
+            Ok(ids.len() as u64)
+        })?;
+        Ok(Reaped { expired, promoted })
+    }
+
+    /// Job `job`'s counts, if the owner may see it.
+    pub fn status(&self, owner: &Owner<'_>, job: u64) -> Result<JobStatus> {
+        const OP: &str = "tasks.status";
+        self.db
+            .with_conn(OP, |c| {
+                let row: Option<(String, Option<u64>, bool, u64)> = c.exec_first(
+                    "SELECT app, user_id, cancelled, total FROM jobs WHERE id = ?",
+                    (job,),
+                )?;
+                let counts: Option<(u64, u64, u64, u64, u64, u64)> = c.exec_first(
+                    "SELECT \
+                   (SELECT COALESCE(SUM(done), 0) FROM job_counts WHERE job_id = ?), \
+                   (SELECT COALESCE(SUM(failed), 0) FROM job_counts WHERE job_id = ?), \
+                   (SELECT COALESCE(SUM(dead), 0) FROM job_counts WHERE job_id = ?), \
+                   (SELECT COUNT(*) FROM claimed_tasks WHERE job_id = ?), \
+                   (SELECT COUNT(*) FROM ready_tasks WHERE job_id = ?), \
+                   (SELECT COUNT(*) FROM scheduled_tasks WHERE job_id = ?)",
+                    (job, job, job, job, job, job),
+                )?;
+                Ok(row.map(|r| (r, counts.unwrap_or_default())))
+            })
+            .and_then(|found| {
+                let Some((
+                    (app, user, cancelled, total),
+                    (done, failed, dead, running, ready, waiting),
+                )) = found
+                else {
+                    return Err(no_job(job));
+                };
+                if !owner.may_see(&app, user) {
+                    return Err(no_job(job));
+                }
+                let state = if cancelled {
+                    "cancelled"
+                } else if running + ready + waiting == 0 {
+                    "done"
+                } else {
+                    "running"
+                };
+                Ok(JobStatus {
+                    job,
+                    state: state.into(),
+                    total,
+                    done,
+                    failed,
+                    dead,
+                    running,
+                    ready: ready + waiting,
+                })
+            })
+    }
+
+    /// A page of job `job`'s tasks in submit order, after seq `after`.
+    pub fn results(
+        &self,
+        owner: &Owner<'_>,
+        job: u64,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<(Vec<TaskResult>, Option<u64>)> {
+        const OP: &str = "tasks.results";
+        self.check_owner(owner, job)?;
+        let rows: Vec<ResultRow> = self.db.with_conn(OP, |c| {
+            c.exec(
+                "SELECT id, seq, state, attempts, result, error FROM tasks \
+                     WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (job, after.map_or(-1i64, |a| a as i64), limit),
+            )
+        })?;
+        let next = (rows.len() == limit as usize)
+            .then(|| rows.last().map(|r| r.1))
+            .flatten();
+        let results = rows
+            .into_iter()
+            .map(|(task, seq, state, attempts, result, error)| {
+                Ok(TaskResult {
+                    task,
+                    seq,
+                    state,
+                    attempts,
+                    result: result.map(|r| raw(&r, OP)).transpose()?,
+                    error,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok((results, next))
+    }
+
+    /// Cancels job `job`: its ready and waiting tasks are dropped and its
+    /// leases revoked (a completion under them is refused).
+    pub fn cancel(&self, owner: &Owner<'_>, job: u64) -> Result<()> {
+        const OP: &str = "tasks.cancel";
+        let q = sql(OP);
+        self.db.with_tx(OP, |c| {
+            let row: Option<(String, Option<u64>)> = c
+                .exec_first(
+                    "SELECT app, user_id FROM jobs WHERE id = ? FOR UPDATE",
+                    (job,),
+                )
+                .map_err(&q)?;
+            match row {
+                Some((app, user)) if owner.may_see(&app, user) => {}
+                _ => return Err(no_job(job)),
+            }
+            for table in ["ready_tasks", "scheduled_tasks", "claimed_tasks"] {
+                c.exec_drop(format!("DELETE FROM {table} WHERE job_id = ?"), (job,))
+                    .map_err(&q)?;
+            }
+            c.exec_drop(
+                "UPDATE tasks SET state = 'cancelled', finished_at = NOW(3) \
+                 WHERE job_id = ? AND state IN ('ready', 'running', 'waiting')",
+                (job,),
+            )
+            .map_err(&q)?;
+            c.exec_drop("UPDATE jobs SET cancelled = TRUE WHERE id = ?", (job,))
+                .map_err(&q)?;
+            Ok(())
+        })
+    }
+
+    fn check_owner(&self, owner: &Owner<'_>, job: u64) -> Result<()> {
+        let row: Option<(String, Option<u64>)> = self.db.with_conn("tasks.job", |c| {
+            c.exec_first("SELECT app, user_id FROM jobs WHERE id = ?", (job,))
+        })?;
+        match row {
+            Some((app, user)) if owner.may_see(&app, user) => Ok(()),
+            _ => Err(no_job(job)),
+        }
+    }
+}
+
+impl Owner<'_> {
+    /// Jobs are the submitting app's (and user's, when one was given);
+    /// operators see every job.
+    fn may_see(&self, app: &str, user: Option<u64>) -> bool {
+        self.operator || (app == self.app && (user.is_none() || user == self.user))
+    }
+}
+
+/// `id, seq, state, attempts, result, error`.
+type ResultRow = (u64, u64, String, u32, Option<String>, Option<String>);
+
+fn no_job(id: u64) -> Error {
+    // Another app's job reads as missing: its id says nothing.
+    Error::NotFound(format!("no job {id} (or not yours)"))
+}
+
+fn check_lease(lease_ms: u64) -> Result<()> {
+    if !(dsf_proto::task::LEASE_MIN_MS..=dsf_proto::task::LEASE_MAX_MS).contains(&lease_ms) {
+        return Err(Error::Invalid {
+            field: "lease_ms",
+            rule: "1000 to 3600000 (1 s to 1 h)",
+        });
+    }
+    Ok(())
+}
+
+fn placeholders(n: usize) -> String {
+    let mut s = "?,".repeat(n);
+    s.pop();
+    s
+}
+
+fn raw(json: &str, op: &'static str) -> Result<Box<serde_json::value::RawValue>> {
+    serde_json::value::RawValue::from_string(json.to_string()).map_err(|e| Error::Internal {
+        op,
+        message: format!("a stored payload or result is not JSON: {e}"),
+    })
+}
+
+/// Adds one to a job's finished count `column` (`done`, `failed` or `dead`),
+/// on the shard of `task`.
+fn count(c: &mut PooledConn, task: u64, column: &str) -> mysql::Result<()> {
+    c.exec_drop(
+        format!(
+            "INSERT INTO job_counts (job_id, shard, {column}) \
+             SELECT job_id, ?, 1 FROM tasks WHERE id = ? \
+             ON DUPLICATE KEY UPDATE {column} = {column} + 1"
+        ),
+        (task % SHARDS, task),
+    )
+}
+
+/// A failed attempt of a claimed task: wait for a retry, or dead after the
+/// last attempt. The caller holds the claimed row's lock.
+fn retry_or_bury(c: &mut PooledConn, task: u64, error: &str) -> mysql::Result<()> {
+    let row: Option<(u32, u32, i32, u64, String)> = c.exec_first(
+        "SELECT t.attempts, t.max_attempts, t.priority, t.job_id, c.app \
+         FROM tasks t JOIN claimed_tasks c ON c.task_id = t.id WHERE t.id = ?",
+        (task,),
+    )?;
+    let Some((attempts, max, priority, job, app)) = row else {
+        return Ok(());
+    };
+    c.exec_drop("DELETE FROM claimed_tasks WHERE task_id = ?", (task,))?;
+    count(c, task, "failed")?;
+    if attempts >= max {
+        c.exec_drop(
+            "UPDATE tasks SET state = 'dead', error = ?, finished_at = NOW(3) WHERE id = ?",
+            (error, task),
+        )?;
+        return count(c, task, "dead");
+    }
+    c.exec_drop(
+        "UPDATE tasks SET state = 'waiting', error = ? WHERE id = ?",
+        (error, task),
+    )?;
+    c.exec_drop(
+        "INSERT INTO scheduled_tasks (task_id, app, job_id, neg_priority, available_at) \
+         VALUES (?, ?, ?, ?, NOW(3) + INTERVAL ? MICROSECOND)",
+        (task, app, job, -priority, backoff_ms(attempts) * 1000),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_second_up_to_five_minutes() {
+        assert_eq!(backoff_ms(1), 1_000);
+        assert_eq!(backoff_ms(2), 2_000);
+        assert_eq!(backoff_ms(4), 8_000);
+        assert_eq!(backoff_ms(30), 300_000);
+        assert_eq!(backoff_ms(0), 1_000);
+    }
+}

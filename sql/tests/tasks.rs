@@ -1,0 +1,325 @@
+//! The task tables against a real MariaDB (run through `scripts/test`):
+//! claims exclusive under concurrent claimers, fences, retries with
+//! backoff, dead after the last attempt, cancel, submit keys, owners.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use dsf_common::ErrorCode;
+use dsf_sql::tasks::{NewTask, Owner};
+use dsf_sql::testing;
+use mysql::prelude::Queryable;
+
+const APP: Owner<'static> = Owner {
+    app: "cli",
+    user: None,
+    operator: false,
+};
+
+fn payloads(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{{\"n\":{i}}}")).collect()
+}
+
+fn new_tasks(p: &[String]) -> Vec<NewTask<'_>> {
+    p.iter()
+        .map(|payload| NewTask {
+            payload,
+            key: None,
+            priority: 0,
+        })
+        .collect()
+}
+
+/// Moves every lease's expiry into the past (a stalled worker, without
+/// waiting out a real lease).
+fn expire_leases(db: &testing::TestDb) {
+    db.pool()
+        .get_conn()
+        .unwrap()
+        .query_drop("UPDATE claimed_tasks SET lease_until = NOW(3) - INTERVAL 1 SECOND")
+        .unwrap();
+}
+
+/// Makes every waiting retry due now.
+fn end_backoffs(db: &testing::TestDb) {
+    db.pool()
+        .get_conn()
+        .unwrap()
+        .query_drop("UPDATE scheduled_tasks SET available_at = NOW(3) - INTERVAL 1 SECOND")
+        .unwrap();
+}
+
+#[test]
+fn concurrent_claimers_on_many_connections_take_each_task_exactly_once() {
+    let db = Arc::new(testing::fresh());
+    let p = payloads(1000);
+    let (job, accepted) = db
+        .tasks()
+        .submit(&APP, None, Some("once"), &new_tasks(&p), 3)
+        .unwrap();
+    assert_eq!(accepted, 1000);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let start = Arc::new(Barrier::new(8));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (db, seen, start) = (db.clone(), seen.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                loop {
+                    let got = db
+                        .tasks()
+                        .claim("cli", &format!("w{w}"), 7, 30_000)
+                        .unwrap();
+                    if got.is_empty() {
+                        return;
+                    }
+                    for t in got {
+                        assert_eq!(t.attempt, 1);
+                        db.tasks()
+                            .complete("cli", t.task, t.fence, &format!("{{\"by\":{w}}}"))
+                            .unwrap();
+                        seen.lock().unwrap().push(t.task);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    let unique: HashSet<u64> = seen.iter().copied().collect();
+    assert_eq!(seen.len(), 1000, "claimed and completed");
+    assert_eq!(unique.len(), 1000, "no task twice");
+    let st = db.tasks().status(&APP, job).unwrap();
+    assert_eq!(
+        (st.state.as_str(), st.total, st.done, st.running, st.ready),
+        ("done", 1000, 1000, 0, 0)
+    );
+}
+
+#[test]
+fn a_stale_fence_is_refused_and_the_new_workers_result_is_kept() {
+    let db = testing::fresh();
+    let p = payloads(1);
+    let (job, _) = db
+        .tasks()
+        .submit(&APP, None, None, &new_tasks(&p), 3)
+        .unwrap();
+    let first = db
+        .tasks()
+        .claim("cli", "slow", 1, 30_000)
+        .unwrap()
+        .remove(0);
+    // The slow worker stalls past its lease; the reaper returns the task
+    // and, after the backoff, another worker takes it.
+    expire_leases(&db);
+    assert_eq!(db.tasks().reap(100).unwrap().expired, 1);
+    assert!(
+        db.tasks()
+            .claim("cli", "fast", 1, 30_000)
+            .unwrap()
+            .is_empty(),
+        "still backing off"
+    );
+    end_backoffs(&db);
+    assert_eq!(db.tasks().reap(100).unwrap().promoted, 1);
+    let second = db
+        .tasks()
+        .claim("cli", "fast", 1, 30_000)
+        .unwrap()
+        .remove(0);
+    assert_eq!((second.task, second.attempt), (first.task, 2));
+    assert_ne!(second.fence, first.fence);
+    db.tasks()
+        .complete("cli", second.task, second.fence, "\"fast\"")
+        .unwrap();
+    // The slow one wakes up: refused, and the result stays the fast one's.
+    let e = db
+        .tasks()
+        .complete("cli", first.task, first.fence, "\"slow\"")
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Conflict);
+    let (results, _) = db.tasks().results(&APP, job, None, 10).unwrap();
+    assert_eq!(results[0].result.as_ref().unwrap().get(), "\"fast\"");
+    assert_eq!(results[0].attempts, 2);
+    // A fence from the future is refused too.
+    let e = db.tasks().fail("cli", second.task, 99, "x").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Conflict);
+}
+
+#[test]
+fn a_failed_task_waits_out_its_backoff_and_is_dead_after_its_last_attempt() {
+    let db = testing::fresh();
+    let p = payloads(1);
+    let (job, _) = db
+        .tasks()
+        .submit(&APP, None, None, &new_tasks(&p), 2)
+        .unwrap();
+    let t = db.tasks().claim("cli", "w", 1, 30_000).unwrap().remove(0);
+    db.tasks().fail("cli", t.task, t.fence, "boom 1").unwrap();
+    let st = db.tasks().status(&APP, job).unwrap();
+    assert_eq!(
+        (st.state.as_str(), st.failed, st.ready, st.dead),
+        ("running", 1, 1, 0)
+    );
+    // The first backoff is a second: not claimable before it is over.
+    assert!(db.tasks().claim("cli", "w", 1, 30_000).unwrap().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        db.tasks().reap(100).unwrap();
+        if let Some(t) = db.tasks().claim("cli", "w", 1, 30_000).unwrap().pop() {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "the retry never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(again.attempt, 2);
+    db.tasks()
+        .fail("cli", again.task, again.fence, "boom 2")
+        .unwrap();
+    let st = db.tasks().status(&APP, job).unwrap();
+    assert_eq!(
+        (st.state.as_str(), st.failed, st.dead, st.ready),
+        ("done", 2, 1, 0)
+    );
+    let (results, _) = db.tasks().results(&APP, job, None, 10).unwrap();
+    assert_eq!(results[0].state, "dead");
+    assert_eq!(
+        results[0].error.as_deref(),
+        Some("boom 2"),
+        "keeps its last error"
+    );
+}
+
+#[test]
+fn keys_make_a_resubmit_harmless_and_priorities_go_first() {
+    let db = testing::fresh();
+    let p = payloads(3);
+    let keyed: Vec<NewTask<'_>> = p
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| NewTask {
+            payload,
+            key: Some(["a", "b", "c"][i]),
+            priority: i as i32,
+        })
+        .collect();
+    let (job, n) = db.tasks().submit(&APP, None, None, &keyed, 3).unwrap();
+    assert_eq!(n, 3);
+    let (same, n) = db.tasks().submit(&APP, Some(job), None, &keyed, 3).unwrap();
+    assert_eq!((same, n), (job, 0), "every key is held already");
+    assert_eq!(db.tasks().status(&APP, job).unwrap().total, 3);
+    let claimed = db.tasks().claim("cli", "w", 3, 30_000).unwrap();
+    let order: Vec<&str> = claimed.iter().map(|t| t.payload.get()).collect();
+    assert_eq!(
+        order,
+        ["{\"n\":2}", "{\"n\":1}", "{\"n\":0}"],
+        "highest priority first"
+    );
+}
+
+#[test]
+fn cancel_drops_ready_tasks_and_revokes_leases() {
+    let db = testing::fresh();
+    let p = payloads(5);
+    let (job, _) = db
+        .tasks()
+        .submit(&APP, None, None, &new_tasks(&p), 3)
+        .unwrap();
+    let held = db.tasks().claim("cli", "w", 2, 30_000).unwrap();
+    db.tasks().cancel(&APP, job).unwrap();
+    assert!(db.tasks().claim("cli", "w", 5, 30_000).unwrap().is_empty());
+    let e = db
+        .tasks()
+        .complete("cli", held[0].task, held[0].fence, "1")
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Conflict);
+    let st = db.tasks().status(&APP, job).unwrap();
+    assert_eq!(
+        (st.state.as_str(), st.running, st.ready),
+        ("cancelled", 0, 0)
+    );
+    let e = db
+        .tasks()
+        .submit(&APP, Some(job), None, &new_tasks(&p), 3)
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Conflict);
+}
+
+#[test]
+fn another_apps_job_reads_as_missing_and_its_tasks_are_not_claimed() {
+    let db = testing::fresh();
+    let p = payloads(2);
+    let (job, _) = db
+        .tasks()
+        .submit(&APP, None, None, &new_tasks(&p), 3)
+        .unwrap();
+    let other = Owner {
+        app: "gate-north",
+        user: None,
+        operator: false,
+    };
+    assert_eq!(
+        db.tasks().status(&other, job).unwrap_err().code(),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        db.tasks().cancel(&other, job).unwrap_err().code(),
+        ErrorCode::NotFound
+    );
+    assert!(db
+        .tasks()
+        .claim("gate-north", "w", 2, 30_000)
+        .unwrap()
+        .is_empty());
+    let operator = Owner {
+        operator: true,
+        ..other
+    };
+    assert_eq!(db.tasks().status(&operator, job).unwrap().total, 2);
+    assert_eq!(
+        db.tasks().status(&APP, 999_999).unwrap_err().code(),
+        ErrorCode::NotFound
+    );
+}
+
+#[test]
+fn bad_sizes_are_refused_with_what_is_allowed() {
+    let db = testing::fresh();
+    let p = payloads(1);
+    for (n, lease) in [(0, 30_000), (101, 30_000), (1, 10), (1, 7_200_000)] {
+        let e = db.tasks().claim("cli", "w", n, lease).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadRequest, "{n} {lease}");
+    }
+    let e = db.tasks().submit(&APP, None, None, &[], 3).unwrap_err();
+    assert!(e.to_string().contains("1 to 1000"), "{e}");
+    let e = db
+        .tasks()
+        .submit(&APP, None, None, &new_tasks(&p), 0)
+        .unwrap_err();
+    assert!(e.to_string().contains("max_attempts"), "{e}");
+}
+
+#[test]
+fn heartbeats_extend_held_leases_and_report_lost_ones() {
+    let db = testing::fresh();
+    let p = payloads(2);
+    db.tasks()
+        .submit(&APP, None, None, &new_tasks(&p), 3)
+        .unwrap();
+    let held = db.tasks().claim("cli", "w", 2, 30_000).unwrap();
+    db.tasks()
+        .complete("cli", held[1].task, held[1].fence, "1")
+        .unwrap();
+    let (extended, lost) = db
+        .tasks()
+        .heartbeat(
+            "cli",
+            &[(held[0].task, held[0].fence), (held[1].task, held[1].fence)],
+            60_000,
+        )
+        .unwrap();
+    assert_eq!((extended, lost), (vec![held[0].task], vec![held[1].task]));
+}
