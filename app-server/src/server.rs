@@ -112,6 +112,8 @@ pub struct Running {
     controller: Arc<Controller>,
     /// Dropped at shutdown: the janitor thread then stops.
     _janitor: Sender<()>,
+    /// Dropped at shutdown: the task reaper then stops.
+    _reaper: Sender<()>,
 }
 
 // === impl Running ===
@@ -313,6 +315,10 @@ pub fn start(s: Settings) -> Result<Running, Error> {
         what: "starting the janitor thread".into(),
         source: e,
     })?;
+    let reaper = start_reaper(controller.app().db.clone()).map_err(|e| Error::Io {
+        what: "starting the task reaper thread".into(),
+        source: e,
+    })?;
     let (stop_tx, stop_rx) = bounded(1);
     Ok(Running {
         addr,
@@ -328,7 +334,51 @@ pub fn start(s: Settings) -> Result<Running, Error> {
         stop_rx,
         controller,
         _janitor: janitor,
+        _reaper: reaper,
     })
+}
+
+/// How often the reaper looks for expired leases and due retries.
+const REAP_EVERY: Duration = Duration::from_millis(250);
+
+/// The `reaper` thread: returns tasks whose lease expired to their retry
+/// (or buries them after their last attempt) and makes due retries ready,
+/// every [`REAP_EVERY`], until the returned sender is dropped. Every app
+/// server runs one; they take rows with SKIP LOCKED, so they share the
+/// work rather than repeat it.
+fn start_reaper(db: Db) -> std::io::Result<Sender<()>> {
+    let (tx, rx) = bounded::<()>(1);
+    std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || {
+            let mut failing = false;
+            loop {
+                match rx.recv_timeout(REAP_EVERY) {
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                match db.tasks().reap(500) {
+                    Ok(r) => {
+                        if failing {
+                            log::info!("reaper: the database answers again");
+                            failing = false;
+                        }
+                        if r.expired > 0 {
+                            log::info!("reaper: {} leases expired; their tasks retry or are dead", r.expired);
+                        }
+                        if r.promoted > 0 {
+                            log::debug!("reaper: {} retries ready", r.promoted);
+                        }
+                    }
+                    Err(e) if !failing => {
+                        log::warn!("reaper: {e}; retrying every {REAP_EVERY:?} (logged again when it answers)");
+                        failing = true;
+                    }
+                    Err(e) => log::debug!("reaper: {e}"),
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 /// How often the janitor deletes expired run-once records.

@@ -10,7 +10,7 @@
 //!   that stalled past its lease, whose task another worker took, is
 //!   refused (`conflict`) and cannot overwrite the other's result.
 //! - A failed attempt, or a lease that expired ([`Tasks::reap`]), waits in
-//!   `scheduled_tasks` for its backoff (1 s, doubling, at most 5 min), then
+//!   `scheduled_tasks` for its backoff (0.5 s, doubling, at most 5 min), then
 //!   is ready again; after `max_attempts` the task is dead with its last
 //!   error.
 //! - Finished counts are sharded in `job_counts` (16 rows a job); ready,
@@ -29,7 +29,7 @@ pub use dsf_proto::task::{Claimed, JobStatus, TaskResult, CLAIM_MAX, SUBMIT_MAX}
 /// Shards of a job's finished counts.
 const SHARDS: u64 = 16;
 /// First retry's backoff, doubled per attempt.
-const BACKOFF_BASE_MS: u64 = 1_000;
+const BACKOFF_BASE_MS: u64 = 500;
 /// Longest backoff.
 const BACKOFF_MAX_MS: u64 = 300_000;
 /// Most attempts a job may give its tasks.
@@ -644,11 +644,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_from_a_second_up_to_five_minutes() {
-        assert_eq!(backoff_ms(1), 1_000);
-        assert_eq!(backoff_ms(2), 2_000);
-        assert_eq!(backoff_ms(4), 8_000);
+    fn backoff_doubles_from_half_a_second_up_to_five_minutes() {
+        assert_eq!(backoff_ms(1), 500);
+        assert_eq!(backoff_ms(2), 1_000);
+        assert_eq!(backoff_ms(4), 4_000);
         assert_eq!(backoff_ms(30), 300_000);
-        assert_eq!(backoff_ms(0), 1_000);
+        assert_eq!(backoff_ms(0), 500);
     }
 }

@@ -164,7 +164,7 @@ fn a_failed_task_waits_out_its_backoff_and_is_dead_after_its_last_attempt() {
         (st.state.as_str(), st.failed, st.ready, st.dead),
         ("running", 1, 1, 0)
     );
-    // The first backoff is a second: not claimable before it is over.
+    // The first backoff is half a second: not claimable before it is over.
     assert!(db.tasks().claim("cli", "w", 1, 30_000).unwrap().is_empty());
     let deadline = Instant::now() + Duration::from_secs(10);
     let again = loop {

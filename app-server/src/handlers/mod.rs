@@ -8,12 +8,14 @@
 //! | [`user`] | `user.register`, `user.login`, `user.logout`, `user.me`, `user.set_role` |
 //! | [`blacklist`] | `blacklist.add`, `.get`, `.update`, `.remove`, `.list` |
 //! | [`gate`] | `gate.check`, `gate.history` |
+//! | [`tasks`] | `task.submit`, `.claim`, `.heartbeat`, `.complete`, `.fail`; `job.status`, `.results`, `.cancel` |
 
 use crate::controller::Route;
 
 pub mod blacklist;
 pub mod gate;
 pub mod sys;
+pub mod tasks;
 pub mod user;
 
 /// Every route of every group.
@@ -23,6 +25,7 @@ pub fn routes() -> impl Iterator<Item = &'static Route> {
         .chain(user::ROUTES)
         .chain(blacklist::ROUTES)
         .chain(gate::ROUTES)
+        .chain(tasks::ROUTES)
 }
 
 #[cfg(test)]
@@ -47,6 +50,14 @@ mod tests {
             ("blacklist.list", Auth::Role(Role::Viewer)),
             ("gate.check", Auth::App),
             ("gate.history", Auth::Role(Role::Viewer)),
+            ("task.submit", Auth::App),
+            ("task.claim", Auth::App),
+            ("task.heartbeat", Auth::App),
+            ("task.complete", Auth::App),
+            ("task.fail", Auth::App),
+            ("job.status", Auth::App),
+            ("job.results", Auth::App),
+            ("job.cancel", Auth::App),
         ];
         let got: Vec<(&str, Auth)> = routes().map(|r| (r.kind, r.auth)).collect();
         assert_eq!(got.len(), want.len(), "{got:?}");

@@ -1,0 +1,204 @@
+//! The task service over real sockets on two app servers sharing one real
+//! MariaDB: submit on one, claim and complete on the other, a stalled
+//! worker's completion refused, the reaper returning an expired lease, and
+//! each bad input with its error.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use dsf_common::ErrorCode;
+use dsf_sql::testing;
+use serde_json::{json, Value};
+use support::{wait_until, Server};
+
+fn tasks(n: usize) -> Value {
+    Value::Array((0..n).map(|i| json!({"payload": {"n": i}})).collect())
+}
+
+#[test]
+fn a_job_submitted_on_one_node_is_worked_on_another_and_seen_from_both() {
+    let db = testing::fresh();
+    let (a, b) = (Server::start(&db), Server::start(&db));
+    let (mut ca, mut cb) = (a.connect(), b.connect());
+    let sub = ca.ok(
+        "task.submit",
+        json!({"name": "squares", "tasks": tasks(20)}),
+        None,
+    );
+    assert_eq!(sub["accepted"], 20);
+    let job = sub["job"].as_u64().unwrap();
+    let mut done = 0;
+    while done < 20 {
+        let got = cb.ok("task.claim", json!({"n": 8, "lease_ms": 30_000}), None);
+        for t in got["tasks"].as_array().unwrap() {
+            let n = t["payload"]["n"].as_u64().unwrap();
+            let body = json!({"task": t["task"], "fence": t["fence"], "result": {"square": n * n}});
+            cb.ok("task.complete", body, None);
+            done += 1;
+        }
+    }
+    let st = ca.ok("job.status", json!({"job": job}), None);
+    assert_eq!(
+        (st["state"].as_str(), st["done"].as_u64()),
+        (Some("done"), Some(20))
+    );
+    let page = ca.ok("job.results", json!({"job": job, "limit": 5}), None);
+    let first = &page["results"][0];
+    assert_eq!(
+        (first["seq"].as_u64(), first["state"].as_str()),
+        (Some(0), Some("done"))
+    );
+    assert_eq!(first["result"], json!({"square": 0}));
+    let next = page["next"].as_u64().unwrap();
+    let rest = ca.ok(
+        "job.results",
+        json!({"job": job, "after": next, "limit": 500}),
+        None,
+    );
+    assert_eq!(rest["results"].as_array().unwrap().len(), 15);
+    assert!(rest.get("next").is_none());
+}
+
+#[test]
+fn an_expired_lease_is_reaped_and_the_stalled_workers_completion_is_refused() {
+    let db = testing::fresh();
+    let (a, b) = (Server::start(&db), Server::start(&db));
+    let (mut ca, mut cb) = (a.connect(), b.connect());
+    let job = ca.ok("task.submit", json!({"tasks": tasks(1)}), None)["job"].clone();
+    let stalled = ca.ok("task.claim", json!({"n": 1, "lease_ms": 1_000}), None)["tasks"][0].clone();
+    let expired_at = Instant::now() + Duration::from_secs(1);
+    // The reapers (one per node) return it after the lease and the first
+    // half-second backoff; the other node's worker takes it.
+    let mut taken = Value::Null;
+    wait_until("the task to be claimable again", || {
+        let got = cb.ok("task.claim", json!({"n": 1, "lease_ms": 30_000}), None);
+        taken = got["tasks"][0].clone();
+        !taken.is_null()
+    });
+    assert!(Instant::now() >= expired_at, "not before the lease ran out");
+    assert_eq!(taken["attempt"], 2);
+    cb.ok(
+        "task.complete",
+        json!({"task": taken["task"], "fence": taken["fence"], "result": "second"}),
+        None,
+    );
+    let e = ca.err(
+        "task.complete",
+        json!({"task": stalled["task"], "fence": stalled["fence"], "result": "first"}),
+        None,
+        ErrorCode::Conflict,
+    );
+    assert!(e.contains("fence"), "{e}");
+    let page = ca.ok("job.results", json!({"job": job}), None);
+    assert_eq!(page["results"][0]["result"], "second");
+    let st = ca.ok("job.status", json!({"job": job}), None);
+    assert_eq!(
+        (st["done"].as_u64(), st["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[test]
+fn submitting_the_same_keys_again_adds_nothing() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let keyed = json!({"tasks": [
+        {"payload": 1, "key": "a"}, {"payload": 2, "key": "b"}
+    ]});
+    let sub = c.ok("task.submit", keyed.clone(), None);
+    let job = sub["job"].as_u64().unwrap();
+    let mut again = keyed;
+    again["job"] = job.into();
+    assert_eq!(c.ok("task.submit", again, None)["accepted"], 0);
+    assert_eq!(c.ok("job.status", json!({"job": job}), None)["total"], 2);
+}
+
+#[test]
+fn bad_task_input_gets_clear_errors_while_the_connection_serves_on() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let big = "x".repeat(70 * 1024);
+    let e = c.err(
+        "task.submit",
+        json!({"tasks": [{"payload": big}]}),
+        None,
+        ErrorCode::BadRequest,
+    );
+    assert!(e.contains("at most 65536 bytes"), "{e}");
+    let e = c.err(
+        "task.submit",
+        json!({"tasks": []}),
+        None,
+        ErrorCode::BadRequest,
+    );
+    assert!(e.contains("1 to 1000"), "{e}");
+    let e = c.err(
+        "task.claim",
+        json!({"n": 0, "lease_ms": 30_000}),
+        None,
+        ErrorCode::BadRequest,
+    );
+    assert!(e.contains("1 to 100"), "{e}");
+    let e = c.err(
+        "task.claim",
+        json!({"n": 500, "lease_ms": 30_000}),
+        None,
+        ErrorCode::BadRequest,
+    );
+    assert!(e.contains("1 to 100"), "{e}");
+    let e = c.err(
+        "task.claim",
+        json!({"n": 1, "lease_ms": 5}),
+        None,
+        ErrorCode::BadRequest,
+    );
+    assert!(e.contains("lease_ms"), "{e}");
+    let e = c.err(
+        "job.status",
+        json!({"job": 424242}),
+        None,
+        ErrorCode::NotFound,
+    );
+    assert!(e.contains("no job 424242"), "{e}");
+    let e = c.err(
+        "job.results",
+        json!({"job": 1, "limit": 0}),
+        None,
+        ErrorCode::BadRequest,
+    );
+    assert!(e.contains("limit"), "{e}");
+    let e = c.err(
+        "task.complete",
+        json!({"task": 1, "fence": 1, "result": 1}),
+        None,
+        ErrorCode::Conflict,
+    );
+    assert!(e.contains("holds no lease"), "{e}");
+    // Still served.
+    assert_eq!(
+        c.ok("task.submit", json!({"tasks": tasks(1)}), None)["accepted"],
+        1
+    );
+}
+
+#[test]
+fn cancel_stops_claims_and_the_job_reads_cancelled() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let job = c.ok("task.submit", json!({"tasks": tasks(3)}), None)["job"].clone();
+    c.ok("job.cancel", json!({"job": job}), None);
+    assert!(
+        c.ok("task.claim", json!({"n": 3, "lease_ms": 30_000}), None)["tasks"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        c.ok("job.status", json!({"job": job}), None)["state"],
+        "cancelled"
+    );
+}
