@@ -205,6 +205,7 @@ pub struct Controller {
     writes: HashSet<&'static str>,
     app: App,
     metrics: Arc<Metrics>,
+    waiters: crate::waiters::Waiters,
 }
 
 // === impl Controller ===
@@ -229,12 +230,37 @@ impl Controller {
                 writes.insert(r.kind);
             }
         }
+        let waiters = crate::waiters::Waiters::start(app.db.clone());
         Controller {
             admission,
             routes,
             writes,
             app,
             metrics,
+            waiters,
+        }
+    }
+
+    /// The parked long polls of `task.claim`.
+    pub fn waiters(&self) -> &crate::waiters::Waiters {
+        &self.waiters
+    }
+
+    /// How long a `task.claim` may wait, when it asks to and nothing of its
+    /// app is ready now; `None` to run it at once (no wait asked, a body
+    /// the handler will refuse, something ready, or no answer from the
+    /// database).
+    pub fn claim_wait(&self, admitted: &Admitted) -> Option<Instant> {
+        if self.metrics.is_draining() {
+            return None;
+        }
+        let b: dsf_proto::task::ClaimBody = parse_body(admitted.request.body.get()).ok()?;
+        let wait = b
+            .wait_ms
+            .filter(|w| *w > 0 && *w <= dsf_proto::task::WAIT_MAX_MS)?;
+        match self.app.db.tasks().has_ready(&admitted.request.app) {
+            Ok(false) => Some(Instant::now() + Duration::from_millis(wait)),
+            _ => None,
         }
     }
 

@@ -39,6 +39,7 @@ pub mod server;
 pub mod service;
 pub mod sessions;
 pub mod stats;
+pub mod waiters;
 
 pub use error::Error;
 pub use server::{start, Running, Settings, StopHandle};

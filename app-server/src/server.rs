@@ -139,6 +139,11 @@ impl Running {
         &self.reactor_stats
     }
 
+    /// The controller (routes, shared state, parked long polls).
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
+    }
+
     /// The database pool the handlers use.
     pub fn db(&self) -> &Db {
         &self.controller.app().db
@@ -173,6 +178,9 @@ impl Running {
             self.shutdown.in_flight()
         );
         self.metrics.set_draining();
+        // Parked long polls are answered now (with what they find), not
+        // at the end of their wait, and the waiters let go of the pool.
+        self.controller.waiters().close();
         let reported_draining = match &self.heartbeats {
             Some(h) => h.beat_now(Duration::from_secs(1)),
             None => false,
@@ -245,6 +253,7 @@ pub fn start(s: Settings) -> Result<Running, Error> {
     let pool = WorkerPool::new("worker", s.workers, s.queue, move |job: Job| {
         run_job(&worker_controller, job)
     });
+    controller.waiters().set_pool(pool.submitter());
     let gauge_pool = Arc::new(Mutex::new(Some(pool.submitter())));
     let service = AppService::new(controller.clone(), pool.submitter());
     let reactor =

@@ -19,10 +19,21 @@ pub struct Job {
     pub reply: ReplyTo,
     /// When its frame was decoded: latency counts the queue wait too.
     pub received: Instant,
+    /// Released by the claim waiters: runs now, whatever it finds.
+    pub woken: bool,
 }
 
-/// Runs one job on a worker: the controller, then the reply.
+/// Runs one job on a worker: the controller, then the reply. A claim that
+/// may wait and finds nothing ready is parked instead (see
+/// [`crate::waiters`]).
 pub fn run_job(controller: &Controller, job: Job) {
+    if !job.woken && job.route.kind == "task.claim" {
+        if let Some(until) = controller.claim_wait(&job.admitted) {
+            let app = job.admitted.request.app.clone();
+            controller.waiters().park(job, app, until);
+            return;
+        }
+    }
     let mut out = Vec::with_capacity(256);
     let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         controller.handle(job.route, &job.admitted, job.received, &mut out)
@@ -147,6 +158,7 @@ impl Service for AppService {
             route,
             reply,
             received,
+            woken: false,
         };
         if let Err(job) = self.pool.try_submit(job) {
             // The queue had room (checked above), so the pool is stopping.

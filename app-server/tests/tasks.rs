@@ -202,3 +202,107 @@ fn cancel_stops_claims_and_the_job_reads_cancelled() {
         "cancelled"
     );
 }
+
+#[test]
+fn a_waiting_claim_holds_no_worker_and_gets_a_task_submitted_on_another_node() {
+    let db = testing::fresh();
+    // One worker: three parked claims must leave it free.
+    let mut s = support::settings(db.config(), None);
+    s.workers = 1;
+    let a = Server::with(s);
+    let b = Server::start(&db);
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let mut c = a.connect();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let got = c.ok(
+                    "task.claim",
+                    json!({"n": 1, "lease_ms": 30_000, "wait_ms": 15_000}),
+                    None,
+                );
+                (got, t0.elapsed())
+            })
+        })
+        .collect();
+    wait_until("three claims parked", || {
+        a.running().controller().waiters().len() == 3
+    });
+    // The one worker still serves others.
+    let mut other = a.connect();
+    let e = other.err("job.status", json!({"job": 1}), None, ErrorCode::NotFound);
+    assert!(e.contains("no job 1"), "{e}");
+    // A submit on the other node wakes them: one gets the task, the
+    // others find nothing once they run (they are all released at once).
+    let mut cb = b.connect();
+    cb.ok("task.submit", json!({"tasks": tasks(1)}), None);
+    let results: Vec<(Value, Duration)> = waiting.into_iter().map(|w| w.join().unwrap()).collect();
+    let got: usize = results
+        .iter()
+        .map(|(v, _)| v["tasks"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(got, 1, "exactly one claim took the task");
+    for (_, waited) in &results {
+        assert!(
+            *waited < Duration::from_secs(15),
+            "woken before the wait ran out: {waited:?}"
+        );
+    }
+    // The waiters let go of the pool at shutdown: every worker finishes.
+    drop(other);
+    let mut a = a;
+    assert!(a.stop().workers_finished);
+}
+
+#[test]
+fn a_waiting_claim_with_nothing_to_do_answers_empty_when_its_wait_is_over() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let t0 = Instant::now();
+    let got = c.ok(
+        "task.claim",
+        json!({"n": 1, "lease_ms": 30_000, "wait_ms": 400}),
+        None,
+    );
+    assert!(got["tasks"].as_array().unwrap().is_empty());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t0.elapsed()
+    );
+    let e = c.err(
+        "task.claim",
+        json!({"n": 1, "lease_ms": 30_000, "wait_ms": 60_000}),
+        None,
+        ErrorCode::BadRequest,
+    );
+    assert!(e.contains("wait_ms: at most 20000"), "{e}");
+}
+
+#[test]
+fn a_parked_claim_is_answered_when_its_node_shuts_down() {
+    let db = testing::fresh();
+    let mut server = Server::start(&db);
+    let mut c = server.connect();
+    let waiting = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let got = c.call(
+            "task.claim",
+            json!({"n": 1, "lease_ms": 30_000, "wait_ms": 15_000}),
+            None,
+        );
+        (got, t0.elapsed())
+    });
+    wait_until("the claim parked", || {
+        server.running().controller().waiters().len() == 1
+    });
+    let report = server.stop();
+    assert!(report.workers_finished);
+    let (got, waited) = waiting.join().unwrap();
+    assert!(got.unwrap()["tasks"].as_array().unwrap().is_empty());
+    assert!(
+        waited < Duration::from_secs(15),
+        "answered at shutdown, not at the end of its wait: {waited:?}"
+    );
+}

@@ -692,6 +692,8 @@ pub mod task {
     /// Shortest and longest lease, in milliseconds.
     pub const LEASE_MIN_MS: u64 = 1_000;
     pub const LEASE_MAX_MS: u64 = 3_600_000;
+    /// Longest `wait_ms` of a claim.
+    pub const WAIT_MAX_MS: u64 = 20_000;
     /// Attempts a task gets when the submit names none.
     pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 

@@ -278,6 +278,14 @@ impl<'a> Tasks<'a> {
         })
     }
 
+    /// Whether `app` has a task ready to claim now (a cheap look, no lock).
+    pub fn has_ready(&self, app: &str) -> Result<bool> {
+        self.db.with_conn("tasks.has_ready", |c| {
+            c.exec_first::<u8, _, _>("SELECT 1 FROM ready_tasks WHERE app = ? LIMIT 1", (app,))
+                .map(|r| r.is_some())
+        })
+    }
+
     /// Extends the leases `(task, fence)` still held; returns the tasks
     /// extended and those lost (expired and taken, completed, cancelled).
     pub fn heartbeat(

@@ -8,6 +8,7 @@ use dsf_common::{Error, Result};
 use dsf_proto::task::{
     self as msg, ClaimBody, ClaimReply, CompleteBody, Extended, FailBody, HeartbeatBody, JobRef,
     Results, ResultsBody, SubmitBody, Submitted, DEFAULT_MAX_ATTEMPTS, PAYLOAD_MAX, RESULT_MAX,
+    WAIT_MAX_MS,
 };
 use dsf_proto::{Empty, LIMIT_MAX};
 use dsf_sql::tasks::{NewTask, Owner};
@@ -69,9 +70,13 @@ pub fn submit(call: &Call<'_>) -> Result<String> {
 /// `task.claim`: up to `n` of the app's ready tasks, leased.
 pub fn claim(call: &Call<'_>) -> Result<String> {
     let b: ClaimBody = call.body()?;
-    if b.wait_ms.is_some_and(|w| w > 0) {
-        // Answered at once for now: a long poll must not hold a worker.
-        log::debug!("task.claim: wait_ms is not served yet; answering at once");
+    // A claim that may wait and found nothing was parked before it got
+    // here (crate::waiters); this runs it.
+    if b.wait_ms.is_some_and(|w| w > WAIT_MAX_MS) {
+        return Err(Error::bad_request(format!(
+            "wait_ms: at most {WAIT_MAX_MS}, got {}",
+            b.wait_ms.unwrap_or_default()
+        )));
     }
     let worker = format!("{}@{}", call.request.app, call.app.node());
     let tasks = call
