@@ -144,11 +144,11 @@ fn run(inner: &Inner) {
             let mut job = p.job;
             job.woken = true;
             let pool = inner.pool.lock().expect("the pool's lock").clone();
-            match pool.map(|pool| pool.try_submit(job)) {
-                Some(Ok(())) => {}
-                // The pool is full (or not set yet): next time round.
-                Some(Err(job)) => keep.push(Parked { job, ..p }),
-                None => {}
+            // No pool: the node has closed the waiters (shutdown).
+            let Some(pool) = pool else { continue };
+            if let Err(job) = pool.try_submit(job) {
+                // The pool is full: next time round.
+                keep.push(Parked { job, ..p });
             }
         }
         inner
