@@ -22,6 +22,7 @@ pub mod client;
 pub mod conn;
 pub mod error;
 pub mod session;
+pub mod tasks;
 
 pub use client::{is_idempotent, Client, ClientConfig, Resolved};
 pub use conn::{Connection, Failure, Signer};

@@ -703,8 +703,8 @@ pub mod task {
     pub struct NewTask {
         /// Any JSON value, at most [`PAYLOAD_MAX`] bytes as text.
         pub payload: Box<serde_json::value::RawValue>,
-        /// Unique within the job: a task submitted again with a key the job
-        /// holds is not added twice.
+        /// Unique per app: a task submitted again with a key the app holds
+        /// is not added twice (running the same submit again is harmless).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub key: Option<String>,
         /// Higher runs first (default 0).

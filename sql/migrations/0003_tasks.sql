@@ -28,7 +28,9 @@ CREATE TABLE jobs (
 CREATE TABLE tasks (
     id           BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
     job_id       BIGINT UNSIGNED NOT NULL,
+    app          VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     seq          INT UNSIGNED NOT NULL,
+    -- Unique per app: running the same submit again adds nothing.
     task_key     VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
     payload      MEDIUMTEXT NOT NULL,
     priority     INT NOT NULL DEFAULT 0,
@@ -42,7 +44,7 @@ CREATE TABLE tasks (
     finished_at  DATETIME(3) NULL,
     PRIMARY KEY (id),
     UNIQUE KEY tasks_job_seq (job_id, seq),
-    UNIQUE KEY tasks_job_key (job_id, task_key)
+    UNIQUE KEY tasks_app_key (app, task_key)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_520_ci;
 
 CREATE TABLE ready_tasks (

@@ -86,8 +86,10 @@ impl<'a> Tasks<'a> {
     }
 
     /// Adds `tasks` to job `job` (the owner's, not cancelled), or to a new
-    /// job; returns the job and how many were added (a key the job holds
-    /// already is not added again).
+    /// job; returns the job and how many were added. A key is unique per
+    /// app: a task whose key the app holds already is not added again, and
+    /// a new-job submit whose every key is held answers with the job that
+    /// holds them (the same submit, run again).
     pub fn submit(
         &self,
         owner: &Owner<'_>,
@@ -127,6 +129,7 @@ impl<'a> Tasks<'a> {
         }
         let q = sql(OP);
         self.db.with_tx(OP, |c| {
+            let created = job.is_none();
             let (job, first_seq, attempts) = match job {
                 Some(id) => {
                     let row: Option<(String, Option<u64>, bool, u32, u32)> = c
@@ -164,16 +167,17 @@ impl<'a> Tasks<'a> {
             for (chunk_no, chunk) in tasks.chunks(200).enumerate() {
                 let base = first_seq as usize + chunk_no * 200;
                 let mut stmt = String::from(
-                    "INSERT IGNORE INTO tasks (job_id, seq, task_key, payload, priority, state, max_attempts, created_at) VALUES ",
+                    "INSERT IGNORE INTO tasks (job_id, app, seq, task_key, payload, priority, state, max_attempts, created_at) VALUES ",
                 );
                 let mut params: Vec<mysql::Value> = Vec::with_capacity(chunk.len() * 6);
                 for (i, t) in chunk.iter().enumerate() {
                     if i > 0 {
                         stmt.push(',');
                     }
-                    stmt.push_str("(?, ?, ?, ?, ?, 'ready', ?, NOW(3))");
+                    stmt.push_str("(?, ?, ?, ?, ?, ?, 'ready', ?, NOW(3))");
                     params.extend([
                         job.into(),
+                        owner.app.into(),
                         ((base + i) as u64).into(),
                         t.key.into(),
                         t.payload.into(),
@@ -183,6 +187,22 @@ impl<'a> Tasks<'a> {
                 }
                 c.exec_drop(stmt, params).map_err(&q)?;
                 accepted += c.affected_rows();
+            }
+            if accepted == 0 && created {
+                // Every key is held already: the submit ran before (a
+                // script run again). Its job, not a new empty one.
+                if let Some(key) = tasks[0].key {
+                    let held: Option<u64> = c
+                        .exec_first(
+                            "SELECT job_id FROM tasks WHERE app = ? AND task_key = ?",
+                            (owner.app, key),
+                        )
+                        .map_err(&q)?;
+                    if let Some(old) = held {
+                        c.exec_drop("DELETE FROM jobs WHERE id = ?", (job,)).map_err(&q)?;
+                        return Ok((old, 0));
+                    }
+                }
             }
             let last_seq = first_seq as u64 + tasks.len() as u64;
             c.exec_drop(

@@ -210,6 +210,19 @@ fn keys_make_a_resubmit_harmless_and_priorities_go_first() {
     assert_eq!(n, 3);
     let (same, n) = db.tasks().submit(&APP, Some(job), None, &keyed, 3).unwrap();
     assert_eq!((same, n), (job, 0), "every key is held already");
+    // The same submit run again as a new job: the job that holds the keys.
+    let (same, n) = db.tasks().submit(&APP, None, None, &keyed, 3).unwrap();
+    assert_eq!((same, n), (job, 0), "the script ran twice: one job");
+    // Another app's keys are its own.
+    let other = Owner {
+        app: "other",
+        user: None,
+        operator: false,
+    };
+    assert_eq!(
+        db.tasks().submit(&other, None, None, &keyed, 3).unwrap().1,
+        3
+    );
     assert_eq!(db.tasks().status(&APP, job).unwrap().total, 3);
     let claimed = db.tasks().claim("cli", "w", 3, 30_000).unwrap();
     let order: Vec<&str> = claimed.iter().map(|t| t.payload.get()).collect();

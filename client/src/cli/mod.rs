@@ -1,6 +1,7 @@
 //! The `client` tool: flags ([`Cli`]), one function per subcommand, and
 //! the exit codes ([`exit`]). `main.rs` only calls [`main`].
 
+mod job;
 mod output;
 mod pins;
 
@@ -157,6 +158,12 @@ pub enum Command {
     /// (lb.pins, lb.unpin; needs the cluster secret).
     #[command(subcommand)]
     Pins(pins::PinsCmd),
+    /// Jobs of tasks: submit, status, results, cancel (task.submit, job.*).
+    #[command(subcommand)]
+    Job(job::JobCmd),
+    /// Claim tasks and run a command for each (task.claim, task.complete):
+    /// payload on stdin, stdout the result, exit 0 done.
+    Worker(job::WorkerArgs),
 }
 
 /// A user name; the password is asked for, never taken from a flag.
@@ -338,6 +345,11 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
         pins::run(cmd, cli.timeout, out)?;
         return Ok(exit::OK);
     }
+    if let Command::Worker(args) = &cli.command {
+        let (c, _) = client(cli)?;
+        job::worker(c.config(), args, out)?;
+        return Ok(exit::OK);
+    }
     let (mut c, session) = client(cli)?;
     match &cli.command {
         Command::Register(cred) => {
@@ -451,7 +463,8 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
             let v = typed::<sys::Ping>(&mut c, &Empty {})?;
             out.ping(&v, c.node_id().unwrap_or("?"), t.elapsed());
         }
-        Command::Bench(_) | Command::Pins(_) => unreachable!("handled above"),
+        Command::Job(cmd) => job::run(&mut c, cmd, out)?,
+        Command::Bench(_) | Command::Pins(_) | Command::Worker(_) => unreachable!("handled above"),
     }
     Ok(exit::OK)
 }

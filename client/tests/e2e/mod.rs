@@ -94,7 +94,13 @@ pub struct Proc {
 // === impl Proc ===
 
 impl Proc {
-    fn spawn(name: &str, bin: &str, args: &[String], envs: &[(&str, &str)], dir: &Path) -> Proc {
+    pub fn spawn(
+        name: &str,
+        bin: &str,
+        args: &[String],
+        envs: &[(&str, &str)],
+        dir: &Path,
+    ) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let file = fs::OpenOptions::new()
             .create(true)

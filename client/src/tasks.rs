@@ -1,0 +1,328 @@
+//! The task service from Rust: submit payloads in batches, follow a job,
+//! and work tasks with an in-process handler ([`work`]); the `client job`
+//! and `client worker` commands are built on these.
+//!
+//! ```no_run
+//! use dsf_client::{ClientConfig, tasks};
+//! let cfg = ClientConfig::new(vec!["127.0.0.1:6300".into()], "cli", b"secret".to_vec());
+//! let mut c = dsf_client::Client::new(cfg.clone())?;
+//! let payloads = vec![r#"{"n":1}"#.to_string(), r#"{"n":2}"#.to_string()];
+//! let job = tasks::submit(&mut c, &tasks::Submit::new(&payloads), |_| {})?;
+//! let stop = std::sync::atomic::AtomicBool::new(false);
+//! tasks::work(&cfg, &tasks::WorkerOptions::new("w1"), &stop, |payload| Ok(payload.to_string()))?;
+//! # Ok::<(), dsf_client::Error>(())
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use dsf_proto::task::{self as msg, Claimed, JobStatus, Lease, NewTask, SUBMIT_MAX};
+use serde_json::value::RawValue;
+
+use crate::client::{Client, ClientConfig};
+use crate::error::{Error, Result};
+
+/// A submit: payloads (JSON text each) and the job's settings.
+#[derive(Debug, Clone)]
+pub struct Submit<'a> {
+    pub payloads: &'a [String],
+    pub name: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub priority: Option<i32>,
+    /// Task `i`'s key is `KEY:i`: submitting the same payloads with the
+    /// same key again adds nothing.
+    pub key: Option<String>,
+    /// Add to this job instead of a new one.
+    pub job: Option<u64>,
+}
+
+impl<'a> Submit<'a> {
+    pub fn new(payloads: &'a [String]) -> Submit<'a> {
+        Submit {
+            payloads,
+            name: None,
+            max_attempts: None,
+            priority: None,
+            key: None,
+            job: None,
+        }
+    }
+}
+
+/// What a submit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    pub job: u64,
+    /// Tasks added (a key the job held already is not).
+    pub accepted: u64,
+}
+
+/// Submits every payload, [`SUBMIT_MAX`] a call (each call runs once: a
+/// resend after a lost reply adds nothing); `progress` hears how many are
+/// sent after each batch.
+pub fn submit(
+    c: &mut Client,
+    s: &Submit<'_>,
+    mut progress: impl FnMut(usize),
+) -> Result<Submitted> {
+    if s.payloads.is_empty() {
+        return Err(Error::Config("nothing to submit: no payloads".into()));
+    }
+    let mut job = s.job;
+    let mut accepted = 0;
+    let mut sent = 0;
+    for (batch_no, batch) in s.payloads.chunks(SUBMIT_MAX).enumerate() {
+        let tasks = batch
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let payload = RawValue::from_string(p.clone()).map_err(|e| {
+                    Error::Config(format!(
+                        "payload {} is not JSON: {e}",
+                        batch_no * SUBMIT_MAX + i + 1
+                    ))
+                })?;
+                Ok(NewTask {
+                    payload,
+                    key: s
+                        .key
+                        .as_ref()
+                        .map(|k| format!("{k}:{}", batch_no * SUBMIT_MAX + i)),
+                    priority: s.priority,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let body = msg::SubmitBody {
+            job,
+            name: if job.is_none() { s.name.clone() } else { None },
+            tasks,
+            max_attempts: if job.is_none() { s.max_attempts } else { None },
+        };
+        let r = c.send::<msg::Submit>(&body)?;
+        job = Some(r.job);
+        accepted += r.accepted;
+        sent += batch.len();
+        progress(sent);
+    }
+    Ok(Submitted {
+        job: job.expect("one batch at least"),
+        accepted,
+    })
+}
+
+/// A job's counts.
+pub fn status(c: &mut Client, job: u64) -> Result<JobStatus> {
+    c.send::<msg::Status>(&msg::JobRef { job })
+}
+
+/// How a worker works.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Routes its claims (the balancer's key) and names it in logs.
+    pub id: String,
+    /// Tasks run at once (one thread each).
+    pub concurrency: usize,
+    pub lease: Duration,
+    /// Stop after this many tasks (done or failed), all threads together.
+    pub max_tasks: Option<u64>,
+}
+
+impl WorkerOptions {
+    pub fn new(id: impl Into<String>) -> WorkerOptions {
+        WorkerOptions {
+            id: id.into(),
+            concurrency: 1,
+            lease: Duration::from_secs(30),
+            max_tasks: None,
+        }
+    }
+}
+
+/// What a worker did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkReport {
+    pub done: u64,
+    pub failed: u64,
+    /// Completions refused: the lease had been lost (another worker took
+    /// the task), so this run's result was not kept.
+    pub refused: u64,
+}
+
+/// Claims and runs tasks until `stop` is set (tasks held are finished
+/// first): `handler` gets the payload and returns the result (JSON text)
+/// or an error message. Each of `concurrency` threads has its own
+/// connection; while a handler runs, its lease is extended every third of
+/// the lease.
+pub fn work<F>(
+    cfg: &ClientConfig,
+    opts: &WorkerOptions,
+    stop: &AtomicBool,
+    handler: F,
+) -> Result<WorkReport>
+where
+    F: Fn(&RawValue) -> std::result::Result<String, String> + Sync,
+{
+    if opts.concurrency == 0 {
+        return Err(Error::Config("--concurrency must be at least 1".into()));
+    }
+    let lease_ms = opts.lease.as_millis() as u64;
+    if !(msg::LEASE_MIN_MS..=msg::LEASE_MAX_MS).contains(&lease_ms) {
+        return Err(Error::Config("--lease: 1s to 1h".into()));
+    }
+    let started = AtomicU64::new(0);
+    let (done, failed, refused) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    // A claim waits for work up to this long, within the request timeout.
+    let wait_ms = cfg
+        .request_timeout
+        .saturating_sub(Duration::from_secs(2))
+        .min(Duration::from_millis(msg::WAIT_MAX_MS))
+        .as_millis() as u64;
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..opts.concurrency)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    let mut cfg = cfg.clone();
+                    cfg.routing_key = Some(opts.id.clone());
+                    let mut c = Client::new(cfg)?;
+                    while !stop.load(Ordering::Acquire) {
+                        if opts.max_tasks.is_some_and(|m| started.fetch_add(1, Ordering::AcqRel) >= m) {
+                            return Ok(());
+                        }
+                        let body = msg::ClaimBody {
+                            n: 1,
+                            lease_ms,
+                            wait_ms: Some(wait_ms),
+                        };
+                        let claimed = match c.send::<msg::Claim>(&body) {
+                            Ok(r) => r.tasks,
+                            Err(e) => {
+                                // The cluster may be failing over: the
+                                // worker waits and claims again.
+                                log::warn!("worker {}: claim failed: {e}; retrying in 1 s", opts.id);
+                                if opts.max_tasks.is_some() {
+                                    started.fetch_sub(1, Ordering::AcqRel);
+                                }
+                                std::thread::sleep(Duration::from_secs(1));
+                                continue;
+                            }
+                        };
+                        let Some(task) = claimed.into_iter().next() else {
+                            // Nothing came within the wait: the slot is free again.
+                            if opts.max_tasks.is_some() {
+                                started.fetch_sub(1, Ordering::AcqRel);
+                            }
+                            continue;
+                        };
+                        let outcome = match run_one(&mut c, &task, lease_ms, &handler) {
+                            Ok(o) => o,
+                            Err(e) => {
+                                // Its lease runs out and the task is retried.
+                                log::warn!(
+                                    "worker {}: task {} was run but could not be reported: {e}; it will be retried after its lease",
+                                    opts.id,
+                                    task.task
+                                );
+                                continue;
+                            }
+                        };
+                        let counter = match outcome {
+                            Outcome::Done => &done,
+                            Outcome::Failed => &failed,
+                            Outcome::Refused => &refused,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("a worker thread panicked")?;
+        }
+        Ok::<(), Error>(())
+    })?;
+    Ok(WorkReport {
+        done: done.into_inner(),
+        failed: failed.into_inner(),
+        refused: refused.into_inner(),
+    })
+}
+
+enum Outcome {
+    Done,
+    Failed,
+    Refused,
+}
+
+/// Runs one claimed task, extending its lease while the handler runs,
+/// then reports it.
+fn run_one<F>(c: &mut Client, task: &Claimed, lease_ms: u64, handler: &F) -> Result<Outcome>
+where
+    F: Fn(&RawValue) -> std::result::Result<String, String> + Sync,
+{
+    let (tx, rx) = mpsc::channel();
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = tx.send(handler(&task.payload));
+        });
+        let every = Duration::from_millis(lease_ms / 3);
+        let mut next = Instant::now() + every;
+        loop {
+            match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Ok(r) => return Ok(r),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let body = msg::HeartbeatBody {
+                        leases: vec![Lease {
+                            task: task.task,
+                            fence: task.fence,
+                        }],
+                        lease_ms,
+                    };
+                    let ext = c.send::<msg::Heartbeat>(&body)?;
+                    if !ext.lost.is_empty() {
+                        log::warn!(
+                            "task {}: lease lost while running (another worker may take it); its result will be refused",
+                            task.task
+                        );
+                    }
+                    next = Instant::now() + every;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Ok(Err("the handler panicked".to_string()))
+                }
+            }
+        }
+    })?;
+    let sent = match result {
+        Ok(json) => {
+            let result = RawValue::from_string(json).map_err(|e| {
+                Error::Config(format!(
+                    "task {}: the handler's result is not JSON: {e}",
+                    task.task
+                ))
+            })?;
+            let body = msg::CompleteBody {
+                task: task.task,
+                fence: task.fence,
+                result,
+            };
+            c.send::<msg::Complete>(&body).map(|_| Outcome::Done)
+        }
+        Err(error) => {
+            let body = msg::FailBody {
+                task: task.task,
+                fence: task.fence,
+                error,
+            };
+            c.send::<msg::Fail>(&body).map(|_| Outcome::Failed)
+        }
+    };
+    match sent {
+        Err(e) if e.code() == Some(dsf_common::ErrorCode::Conflict) => {
+            log::warn!("task {}: {e}", task.task);
+            Ok(Outcome::Refused)
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,139 @@
+//! End to end, real binaries: a job submitted with `client job submit`,
+//! worked by `client worker --exec` processes spread over three app
+//! servers, one worker SIGKILLed mid-run; every task ends done exactly
+//! once with its right result.
+
+mod e2e;
+
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::{binary, wait_for, Cluster, Proc, Spec, APP, APP_SECRET, WAIT};
+use serde_json::Value;
+
+const TASKS: usize = 300;
+
+fn client_cmd(cluster: &Cluster) -> Command {
+    let mut cmd = Command::new(binary("client"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DSF_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("DSF_LB", cluster.lb_addrs().join(","))
+        .env("DSF_APP", APP)
+        .env("DSF_APP_SECRET", APP_SECRET)
+        .env("DSF_SESSION_FILE", cluster.dir.join("no.session"));
+    cmd
+}
+
+fn json_of(cmd: &mut Command) -> Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn status(cluster: &Cluster, job: u64) -> Value {
+    json_of(client_cmd(cluster).args(["job", "status", &job.to_string(), "--json"]))
+}
+
+fn worker(cluster: &Cluster, i: usize) -> Proc {
+    let envs = [
+        ("DSF_LB", cluster.lb_addrs().join(",")),
+        ("DSF_APP", APP.to_string()),
+        ("DSF_APP_SECRET", APP_SECRET.to_string()),
+    ];
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The result is {"echo": PAYLOAD}.
+    let args: Vec<String> = [
+        "worker",
+        "--exec",
+        r#"read p; printf '{"echo":%s}' "$p""#,
+        "--concurrency",
+        "4",
+        "--lease",
+        "2s",
+        "--id",
+        &format!("w{i}"),
+        "--timeout",
+        "5s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Proc::spawn(&format!("worker-{i}"), "client", &args, &envs, &cluster.dir)
+}
+
+#[test]
+fn a_job_is_worked_by_client_workers_over_three_nodes_and_survives_a_killed_worker() {
+    let cluster = Cluster::start(Spec {
+        apps: 3,
+        balancers: 1,
+    });
+    let file = cluster.dir.join("payloads.jsonl");
+    let lines: Vec<String> = (0..TASKS).map(|i| format!("{{\"n\":{i}}}")).collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let sub = json_of(client_cmd(&cluster).args([
+        "job", "submit", "--file", &file, "--name", "e2e", "--key", "run1", "--json",
+    ]));
+    assert_eq!(sub["tasks"], TASKS as u64);
+    let job = sub["job"].as_u64().unwrap();
+
+    let mut workers: Vec<Proc> = (0..3).map(|i| worker(&cluster, i)).collect();
+    wait_for("a third of the tasks done", WAIT, || {
+        (status(&cluster, job)["done"].as_u64().unwrap() >= TASKS as u64 / 3).then_some(())
+    });
+    // One worker dies holding leases: they expire and others finish them.
+    workers[0].kill();
+    let end = wait_for("every task done", WAIT * 2, || {
+        let st = status(&cluster, job);
+        (st["state"] == "done").then_some(st)
+    });
+    assert_eq!(end["done"], TASKS as u64, "{end}");
+    assert_eq!(end["dead"], 0);
+
+    // Every task done once, with its own payload's result.
+    let out = client_cmd(&cluster)
+        .args(["job", "results", &job.to_string(), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let results: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), TASKS);
+    for r in &results {
+        let seq = r["seq"].as_u64().unwrap();
+        assert_eq!(r["state"], "done");
+        assert_eq!(r["result"]["echo"]["n"], seq, "{r}");
+    }
+    // The same submit again (same key) adds nothing.
+    let again = json_of(
+        client_cmd(&cluster).args(["job", "submit", "--file", &file, "--key", "run1", "--json"]),
+    );
+    assert_eq!(
+        (again["job"].as_u64(), again["tasks"].as_u64()),
+        (Some(job), Some(0)),
+        "the same job, nothing added"
+    );
+    // SIGTERM: the workers finish what they hold and exit 0.
+    for w in workers.iter_mut().skip(1) {
+        w.terminate();
+    }
+    for w in workers.iter_mut().skip(1) {
+        assert_eq!(
+            w.wait_exit(Duration::from_secs(20)),
+            Some(0),
+            "{}",
+            w.log_text()
+        );
+    }
+    let _ = cluster;
+}
