@@ -40,6 +40,7 @@ pub mod service;
 pub mod sessions;
 pub mod stats;
 pub mod waiters;
+pub mod watches;
 
 pub use error::Error;
 pub use server::{start, Running, Settings, StopHandle};

@@ -56,6 +56,8 @@ pub struct AppService {
     pool: Submitter<Job>,
     /// Open streams by connection: `sys.cancel` and closes end them.
     streams: Arc<Streams>,
+    /// The `job.watch` streams' thread.
+    watches: crate::watches::Watches,
 }
 
 // === impl AppService ===
@@ -63,11 +65,34 @@ pub struct AppService {
 impl AppService {
     /// Feeds `pool`, whose workers run [`run_job`] on `controller`.
     pub fn new(controller: Arc<Controller>, pool: Submitter<Job>) -> AppService {
+        let watches = crate::watches::Watches::start(controller.app().db.clone());
         AppService {
             controller,
             pool,
             streams: Streams::new(DEFAULT_STREAMS_PER_CONN),
+            watches,
         }
+    }
+
+    /// `job.watch {"job"}`: a stream served by the watches thread (which
+    /// also checks the job is the caller's, and ends the stream if not).
+    fn watch(&self, admitted: Admitted, received: Instant, cx: &mut Context<'_>) -> Dispatch {
+        let body =
+            crate::controller::parse_body::<dsf_proto::task::JobRef>(admitted.request.body.get());
+        let job = match body {
+            Ok(b) => b.job,
+            Err(e) => {
+                admitted.error(&e, cx.out());
+                self.controller.metrics().record(received, false);
+                return Dispatch::Done;
+            }
+        };
+        let reply = cx.defer();
+        if let Ok(stream) = self.streams.open(&admitted, reply) {
+            self.watches.add(stream, admitted.request.app.clone(), job);
+        }
+        self.controller.metrics().record(received, true);
+        Dispatch::Done
     }
 
     /// `sys.cancel {"id"}`: ends that stream of this connection.
@@ -141,6 +166,9 @@ impl Service for AppService {
         };
         if admitted.request.kind == "sys.cancel" {
             return self.cancel(&admitted, received, cx);
+        }
+        if admitted.request.kind == "job.watch" {
+            return self.watch(admitted, received, cx);
         }
         let Some(route) = self.controller.route(&admitted.request.kind) else {
             let e = Controller::unknown_type(&admitted.request.kind);

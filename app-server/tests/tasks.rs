@@ -306,3 +306,94 @@ fn a_parked_claim_is_answered_when_its_node_shuts_down() {
         "answered at shutdown, not at the end of its wait: {waited:?}"
     );
 }
+
+/// A `job.watch` on `server`, read to its end: the progress events' done
+/// counts in order, and the final status.
+fn watch_to_end(server: &Server, job: u64) -> (Vec<u64>, Value) {
+    use dsf_common::call::{Connection, Signer, Streamed};
+    use dsf_common::wire::Key;
+    let signer = Signer {
+        app: support::APP.into(),
+        key: Key::new(support::SECRET),
+    };
+    let addr = server.addr.to_string();
+    let mut c = Connection::connect(&addr, &addr, signer, support::WAIT, 1 << 20).unwrap();
+    let id = c
+        .send("job.watch", &json!({"job": job}).to_string(), None)
+        .unwrap();
+    let deadline = Instant::now() + support::WAIT;
+    let mut done = Vec::new();
+    loop {
+        match c.recv_stream(id, deadline).unwrap() {
+            Streamed::Event { event, body, .. } => {
+                assert_eq!(event, "progress");
+                let v: Value = serde_json::from_str(body.get()).unwrap();
+                done.push(v["done"].as_u64().unwrap());
+            }
+            Streamed::Final(body) => return (done, serde_json::from_str(body.get()).unwrap()),
+        }
+    }
+}
+
+#[test]
+fn a_watch_on_one_node_follows_completions_on_another_to_the_end() {
+    let db = testing::fresh();
+    let (a, b) = (Server::start(&db), Server::start(&db));
+    let mut cb = b.connect();
+    let job = cb.ok("task.submit", json!({"tasks": tasks(5)}), None)["job"]
+        .as_u64()
+        .unwrap();
+    let watcher = {
+        let addr_server = &a;
+        std::thread::scope(|s| {
+            let w = s.spawn(|| watch_to_end(addr_server, job));
+            // Completions on b, paced so the watch on a sees several steps.
+            for _ in 0..5 {
+                let t = cb.ok("task.claim", json!({"n": 1, "lease_ms": 30_000}), None)["tasks"][0]
+                    .clone();
+                std::thread::sleep(Duration::from_millis(250));
+                cb.ok(
+                    "task.complete",
+                    json!({"task": t["task"], "fence": t["fence"], "result": 1}),
+                    None,
+                );
+            }
+            w.join().unwrap()
+        })
+    };
+    let (done, last) = watcher;
+    assert_eq!(last["state"], "done");
+    assert_eq!(last["done"], 5);
+    // An event for each change of the counts (a claim moves `running`, a
+    // completion `done`): done never goes back, and most steps are seen.
+    assert!(
+        done.windows(2).all(|w| w[0] <= w[1]),
+        "progress only moves forward: {done:?}"
+    );
+    assert!(
+        done.iter().filter(|d| **d > 0).count() >= 3,
+        "several completions seen: {done:?}"
+    );
+    assert_eq!(done.last(), Some(&5));
+}
+
+#[test]
+fn a_watch_of_a_job_that_is_not_yours_ends_with_not_found() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    use dsf_common::call::{Connection, Failure, Signer};
+    let signer = Signer {
+        app: support::APP.into(),
+        key: dsf_common::wire::Key::new(support::SECRET),
+    };
+    let addr = server.addr.to_string();
+    let mut c = Connection::connect(&addr, &addr, signer, support::WAIT, 1 << 20).unwrap();
+    let id = c.send("job.watch", r#"{"job":777}"#, None).unwrap();
+    match c.recv_stream(id, Instant::now() + support::WAIT) {
+        Err(Failure::Server(e)) => {
+            assert_eq!(e.code(), ErrorCode::NotFound);
+            assert!(e.to_string().contains("no job 777"), "{e}");
+        }
+        other => panic!("expected not_found, got {other:?}"),
+    }
+}

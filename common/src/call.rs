@@ -112,6 +112,20 @@ pub struct Connection {
     /// Set once the stream cannot be used any more.
     broken: bool,
     out: Vec<u8>,
+    /// The last event seen of each streamed reply in flight.
+    seqs: HashMap<u64, u64>,
+}
+
+/// One item of a streamed reply ([`Connection::recv_stream`]).
+#[derive(Debug)]
+pub enum Streamed {
+    Event {
+        seq: u64,
+        event: String,
+        body: Box<RawValue>,
+    },
+    /// The final reply's body; the stream is over.
+    Final(Box<RawValue>),
 }
 
 // === impl Connection ===
@@ -134,6 +148,7 @@ impl Connection {
             next_id: 1,
             pending: HashMap::new(),
             early: HashMap::new(),
+            seqs: HashMap::new(),
             broken: false,
             out: Vec::with_capacity(512),
         })
@@ -232,6 +247,39 @@ impl Connection {
                 Err(Failure::Server(e))
             }
         }
+    }
+
+    /// The next item of the streamed reply to `id`: an event (verified, in
+    /// sequence), or the final reply, which ends the stream.
+    pub fn recv_stream(&mut self, id: u64, deadline: Instant) -> Result<Streamed, Failure> {
+        let reply = self.recv_reply(id, deadline)?;
+        if !reply.is_event() {
+            self.seqs.remove(&id);
+            self.early.insert(id, reply);
+            return self.recv(id, deadline).map(Streamed::Final);
+        }
+        let nonce = self.pending.get(&id).cloned().unwrap_or_default();
+        if let Err(e) = reply.verify(&self.signer.key, &nonce) {
+            self.broken = true;
+            return Err(Failure::BadReply(format!("event of request {id}: {e}")));
+        }
+        let seq = reply.seq.unwrap_or(0);
+        let last = self.seqs.entry(id).or_insert(0);
+        if seq != *last + 1 {
+            self.broken = true;
+            return Err(Failure::BadReply(format!(
+                "event {seq} of request {id} after event {last}: events come in order from 1"
+            )));
+        }
+        *last = seq;
+        let body = reply
+            .body
+            .unwrap_or_else(|| RawValue::from_string("{}".into()).expect("valid JSON"));
+        Ok(Streamed::Event {
+            seq,
+            event: reply.event.unwrap_or_default(),
+            body,
+        })
     }
 
     /// [`Connection::send`] then [`Connection::recv`].

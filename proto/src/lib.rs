@@ -901,6 +901,37 @@ pub mod task {
         /// `job.cancel`: ready and waiting tasks are dropped, leases revoked.
         Cancel = "job.cancel", App, true: JobRef => Empty
     );
+
+    /// A `progress` event of `job.watch`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Progress {
+        pub done: u64,
+        pub failed: u64,
+        pub dead: u64,
+        pub running: u64,
+        pub total: u64,
+        /// Tasks finished (done or dead) per second, over the last seconds.
+        pub rate: f64,
+    }
+
+    /// The name of `job.watch`'s events.
+    pub const PROGRESS: &str = "progress";
+
+    /// `job.watch`: `progress` events whenever the counts change (at most
+    /// every 100 ms), then the final [`JobStatus`] when the job ends.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Watch;
+
+    impl Message for Watch {
+        const TYPE: Type = Type {
+            name: "job.watch",
+            auth: Auth::App,
+            writes: false,
+            streams: true,
+        };
+        type Body = JobRef;
+        type Reply = JobStatus;
+    }
 }
 
 /// Who may send a message type.
@@ -967,6 +998,7 @@ pub const CATALOGUE: &[Type] = &[
     <task::Status as Message>::TYPE,
     <task::GetResults as Message>::TYPE,
     <task::Cancel as Message>::TYPE,
+    <task::Watch as Message>::TYPE,
     <cluster::NodeHeartbeat as Message>::TYPE,
     <cluster::NodeLeave as Message>::TYPE,
     <cluster::SetView as Message>::TYPE,
