@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use dsf_proto::task::{self as msg, Claimed, JobStatus, Lease, NewTask, SUBMIT_MAX};
+use dsf_common::call::{Connection, Failure, Signer, Streamed};
+use dsf_common::wire::Key;
+use dsf_proto::task::{self as msg, Claimed, JobStatus, Lease, NewTask, Progress, SUBMIT_MAX};
 use serde_json::value::RawValue;
 
 use crate::client::{Client, ClientConfig};
@@ -114,6 +116,83 @@ pub fn submit(
 /// A job's counts.
 pub fn status(c: &mut Client, job: u64) -> Result<JobStatus> {
     c.send::<msg::Status>(&msg::JobRef { job })
+}
+
+/// Follows job `job` to its end from whichever node the balancer names
+/// (another one if that node goes away): `on_progress` hears each change
+/// of the counts; returns the final status.
+pub fn watch(
+    c: &mut Client,
+    job: u64,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<JobStatus> {
+    let cfg = c.config().clone();
+    let mut exclude: Vec<String> = Vec::new();
+    let mut last_error = String::new();
+    for _ in 0..5 {
+        let (server, addr) = match &cfg.node {
+            Some(n) => (n.clone(), n.clone()),
+            None => {
+                let r = c.resolve(cfg.routing_key.as_deref(), &exclude)?;
+                (r.node, r.addr)
+            }
+        };
+        match watch_at(&cfg, &server, &addr, job, &mut on_progress) {
+            Ok(st) => return Ok(st),
+            Err(Failure::Server(e)) => {
+                return Err(Error::Refused {
+                    kind: "job.watch".into(),
+                    server,
+                    code: e.code(),
+                    message: e.to_string(),
+                })
+            }
+            Err(f) => {
+                log::info!("job.watch on {server} ended: {f}; watching from another node");
+                last_error = f.to_string();
+                exclude.push(server);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    Err(Error::NoNode {
+        kind: "job.watch".into(),
+        deadline: Duration::ZERO,
+        last: last_error,
+    })
+}
+
+fn watch_at(
+    cfg: &ClientConfig,
+    server: &str,
+    addr: &str,
+    job: u64,
+    on_progress: &mut impl FnMut(&Progress),
+) -> std::result::Result<JobStatus, Failure> {
+    let signer = Signer {
+        app: cfg.app.clone(),
+        key: Key::new(&cfg.secret),
+    };
+    let mut conn = Connection::connect(addr, server, signer, cfg.connect_timeout, cfg.max_frame)
+        .map_err(|e| Failure::NotSent(format!("cannot connect to {addr}: {e}")))?;
+    let body = serde_json::to_string(&msg::JobRef { job }).expect("a body serialises");
+    let id = conn.send(<msg::Watch as dsf_proto::Message>::TYPE.name, &body, None)?;
+    loop {
+        // Events come only when something changes: no deadline to speak of.
+        let deadline = Instant::now() + Duration::from_secs(24 * 3600);
+        match conn.recv_stream(id, deadline)? {
+            Streamed::Event { event, body, .. } if event == msg::PROGRESS => {
+                let p: Progress = serde_json::from_str(body.get())
+                    .map_err(|e| Failure::BadReply(format!("a progress event: {e}")))?;
+                on_progress(&p);
+            }
+            Streamed::Event { .. } => {}
+            Streamed::Final(body) => {
+                return serde_json::from_str(body.get())
+                    .map_err(|e| Failure::BadReply(format!("job.watch's final reply: {e}")))
+            }
+        }
+    }
 }
 
 /// How a worker works.

@@ -85,6 +85,13 @@ fn a_job_is_worked_by_client_workers_over_three_nodes_and_survives_a_killed_work
     assert_eq!(sub["tasks"], TASKS as u64);
     let job = sub["job"].as_u64().unwrap();
 
+    // A watcher follows it live (through the balancer, on any node).
+    let watcher = client_cmd(&cluster)
+        .args(["job", "watch", &job.to_string(), "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut workers: Vec<Proc> = (0..3).map(|i| worker(&cluster, i)).collect();
     wait_for("a third of the tasks done", WAIT, || {
         (status(&cluster, job)["done"].as_u64().unwrap() >= TASKS as u64 / 3).then_some(())
@@ -97,6 +104,26 @@ fn a_job_is_worked_by_client_workers_over_three_nodes_and_survives_a_killed_work
     });
     assert_eq!(end["done"], TASKS as u64, "{end}");
     assert_eq!(end["dead"], 0);
+    // The watcher saw progress and ended with the job.
+    let watched = watcher.wait_with_output().unwrap();
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&watched.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (last, events) = lines.split_last().expect("the final status");
+    assert_eq!(
+        (last["state"].as_str(), last["done"].as_u64()),
+        (Some("done"), Some(TASKS as u64))
+    );
+    assert!(events.len() >= 3, "progress events: {}", events.len());
+    assert!(events
+        .windows(2)
+        .all(|w| w[0]["done"].as_u64() <= w[1]["done"].as_u64()));
 
     // Every task done once, with its own payload's result.
     let out = client_cmd(&cluster)

@@ -41,6 +41,9 @@ pub enum JobCmd {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Follow a job live: a progress bar (done/total, failed, rate, ETA)
+    /// until it ends; with --json, one event a line, then the final status.
+    Watch { job: u64 },
     /// A job's counts and state.
     Status { job: u64 },
     /// One task a line, in submit order: state, attempts, result or error.
@@ -92,6 +95,37 @@ pub fn run(c: &mut Client, cmd: &JobCmd, out: &mut Out) -> Result<()> {
             bar.finish_and_clear();
             let v = json!({"job": r.job, "tasks": r.accepted});
             out.value(&v, &format!("{}", r.job));
+        }
+        JobCmd::Watch { job } => {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} done · {msg} · ETA {eta}",
+                )
+                .expect("a valid template"),
+            );
+            let json = out.is_json();
+            let st = tasks::watch(c, *job, |p| {
+                if json {
+                    out.value(&serde_json::to_value(p).expect("numbers serialise"), "");
+                } else {
+                    bar.set_length(p.total);
+                    bar.set_position(p.done + p.dead);
+                    bar.set_message(format!(
+                        "{} failed attempts, {} dead, {} running, {:.1}/s",
+                        p.failed, p.dead, p.running, p.rate
+                    ));
+                }
+            })?;
+            bar.finish_and_clear();
+            let v = serde_json::to_value(&st).expect("a status serialises");
+            out.value(
+                &v,
+                &format!(
+                    "job {}: {}, {}/{} done, {} dead, {} failed attempts",
+                    st.job, st.state, st.done, st.total, st.dead, st.failed
+                ),
+            );
         }
         JobCmd::Status { job } => {
             let st = tasks::status(c, *job)?;

@@ -36,6 +36,11 @@ impl Out {
         self.line(&v.to_string());
     }
 
+    /// Whether output is one JSON object a line (`--json`).
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
     pub fn flush(&mut self) {
         let _ = self.stdout.flush();
     }
