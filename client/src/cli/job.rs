@@ -140,6 +140,9 @@ pub fn run(c: &mut Client, cmd: &JobCmd, out: &mut Out) -> Result<()> {
         }
         JobCmd::Results { job } => {
             let mut after = None;
+            if !out.is_json() {
+                out.value(&Value::Null, "seq\tstate\tattempts\tresult");
+            }
             loop {
                 let body = msg::ResultsBody {
                     job: *job,
