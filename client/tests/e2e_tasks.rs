@@ -62,6 +62,7 @@ fn worker(cluster: &Cluster, i: usize) -> Proc {
         &format!("w{i}"),
         "--timeout",
         "5s",
+        "--json",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -163,4 +164,128 @@ fn a_job_is_worked_by_client_workers_over_three_nodes_and_survives_a_killed_work
         );
     }
     let _ = cluster;
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &p.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill {sig} {}", p.pid());
+}
+
+#[test]
+fn tasks_survive_killed_workers_a_killed_node_and_a_stalled_worker_and_end_done_once() {
+    const N: usize = 2000;
+    let mut cluster = Cluster::start(Spec {
+        apps: 3,
+        balancers: 1,
+    });
+    // Two submits through two nodes (routed by two keys), into one job.
+    let first: Vec<String> = (0..N / 2).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let second: Vec<String> = (N / 2..N).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let f1 = cluster.dir.join("first.jsonl");
+    let f2 = cluster.dir.join("second.jsonl");
+    std::fs::write(&f1, first.join("\n")).unwrap();
+    std::fs::write(&f2, second.join("\n")).unwrap();
+    let sub = json_of(client_cmd(&cluster).args([
+        "--route",
+        "alice",
+        "job",
+        "submit",
+        "--file",
+        f1.to_str().unwrap(),
+        "--json",
+    ]));
+    let job = sub["job"].as_u64().unwrap();
+    // The SDK appends to a job; the CLI makes one a submit, so the second
+    // half goes through the task.submit of another node with the job id.
+    let mut c = cluster.client();
+    c.set_routing_key(Some("bob".into()));
+    let payloads: Vec<String> = second.clone();
+    let mut s = dsf_client::tasks::Submit::new(&payloads);
+    s.job = Some(job);
+    let r = dsf_client::tasks::submit(&mut c, &s, |_| {}).unwrap();
+    assert_eq!((r.job, r.accepted), (job, (N / 2) as u64));
+
+    let mut workers: Vec<Proc> = (0..8).map(|i| worker(&cluster, i)).collect();
+    let done = |cluster: &Cluster| status(cluster, job)["done"].as_u64().unwrap();
+    wait_for("a tenth done", WAIT, || {
+        (done(&cluster) >= N as u64 / 10).then_some(())
+    });
+    // Two workers die holding leases.
+    workers[0].kill();
+    workers[1].kill();
+    // One stalls past its lease (2 s), then carries on: its completions
+    // for tasks others took by then are refused.
+    signal(&workers[2], "-STOP");
+    // An app server dies and comes back.
+    cluster.app(1).kill();
+    wait_for("a quarter done", WAIT, || {
+        (done(&cluster) >= N as u64 / 4).then_some(())
+    });
+    // The fault itself: the worker stays stopped for 1.5 leases.
+    std::thread::sleep(Duration::from_secs(3));
+    signal(&workers[2], "-CONT");
+    cluster.start_app(1);
+    let end = wait_for("every task done", WAIT * 4, || {
+        let st = status(&cluster, job);
+        (st["state"] == "done").then_some(st)
+    });
+    assert_eq!(
+        (end["done"].as_u64(), end["dead"].as_u64()),
+        (Some(N as u64), Some(0)),
+        "{end}"
+    );
+    assert!(
+        end["failed"].as_u64().unwrap() > 0,
+        "expired leases count as failed attempts: {end}"
+    );
+
+    // Every task done once (one result each), with its own result.
+    let out = client_cmd(&cluster)
+        .args(["job", "results", &job.to_string(), "--json"])
+        .output()
+        .unwrap();
+    let results: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), N);
+    let mut retried = 0;
+    for r in &results {
+        assert_eq!(r["state"], "done", "{r}");
+        assert_eq!(r["result"]["echo"]["n"], r["seq"], "{r}");
+        if r["attempts"].as_u64().unwrap() > 1 {
+            retried += 1;
+        }
+    }
+    assert!(
+        retried > 0,
+        "the killed and stalled workers' tasks were retried"
+    );
+    // The stalled worker was refused at least once when it came back.
+    for w in workers.iter_mut().skip(2) {
+        signal(w, "-TERM");
+    }
+    let mut refused = 0;
+    for w in workers.iter_mut().skip(2) {
+        assert_eq!(
+            w.wait_exit(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            w.log_text()
+        );
+        let text = w.log_text();
+        let report: Value = text
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("no report in {text}"));
+        refused += report["refused"].as_u64().unwrap();
+    }
+    assert!(
+        refused >= 1,
+        "the stalled worker's late completions were refused"
+    );
 }
