@@ -145,6 +145,8 @@ pub struct App {
     pub session_ttl: Duration,
     /// Work of each password hash (lowered only in tests).
     pub password_cost: Cost,
+    /// Nudges the parked long polls of `task.claim` (a submit here).
+    pub wake: Arc<crate::waiters::Wake>,
     node: OnceLock<String>,
 }
 
@@ -158,6 +160,7 @@ impl App {
             sessions: SessionCache::new(session_cache),
             session_ttl,
             password_cost,
+            wake: Arc::default(),
             node: OnceLock::new(),
         }
     }
@@ -230,7 +233,7 @@ impl Controller {
                 writes.insert(r.kind);
             }
         }
-        let waiters = crate::waiters::Waiters::start(app.db.clone());
+        let waiters = crate::waiters::Waiters::start(app.db.clone(), app.wake.clone());
         Controller {
             admission,
             routes,

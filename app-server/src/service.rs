@@ -48,6 +48,10 @@ pub fn run_job(controller: &Controller, job: Job) {
         controller.metrics().record(job.received, false);
     }
     job.reply.send(out);
+    if job.route.kind == "task.submit" {
+        // Committed now: claims parked on this node look at once.
+        controller.app().wake.notify();
+    }
 }
 
 /// The [`Service`] the reactor drives.

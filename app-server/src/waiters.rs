@@ -1,15 +1,16 @@
 //! Long polls of `task.claim`: a claim with `wait_ms` that finds nothing
 //! ready is parked here instead of holding a worker. One `claim-waits`
-//! thread checks, every [`POLL`], whether each app with parked claims has a
-//! ready task (one indexed `SELECT … LIMIT 1` per app, not per claim), and
-//! hands that app's claims back to the pool, oldest first; a claim whose
-//! wait is over goes back too, and is answered with what it finds then
-//! (often nothing). A parked claim has written nothing, so it runs once
-//! like any other when it runs.
+//! thread checks whether each app with parked claims has a ready task (one
+//! indexed `SELECT … LIMIT 1` per app, not per claim) and hands that app's
+//! claims back to the pool, oldest first; a claim whose wait is over goes
+//! back too, and is answered with what it finds then (often nothing). It
+//! checks at once when a submit on this node [`Wake`]s it, and every
+//! [`POLL`] for submits on other nodes. A parked claim has written nothing,
+//! so it runs once like any other when it runs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use dsf_common::pool::Submitter;
@@ -17,9 +18,33 @@ use dsf_sql::Db;
 
 use crate::service::Job;
 
-/// How often parked claims look for ready tasks: a task submitted on any
-/// node reaches a waiting worker within this (plus a claim).
-pub const POLL: Duration = Duration::from_millis(100);
+/// How often parked claims look for ready tasks: a task submitted on
+/// another node reaches a waiting worker within this (plus a claim).
+pub const POLL: Duration = Duration::from_millis(25);
+
+/// A nudge for the waiters: tasks were just submitted on this node.
+#[derive(Debug, Default)]
+pub struct Wake {
+    woken: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    pub fn notify(&self) {
+        *self.woken.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_one();
+    }
+
+    /// Waits for a nudge, at most `timeout`.
+    fn wait(&self, timeout: Duration) {
+        let guard = self.woken.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut woken, _) = self
+            .cv
+            .wait_timeout_while(guard, timeout, |w| !*w)
+            .unwrap_or_else(|p| p.into_inner());
+        *woken = false;
+    }
+}
 
 struct Parked {
     job: Job,
@@ -33,6 +58,7 @@ struct Inner {
     /// workers are not kept waiting for jobs by this submitter.
     pool: Mutex<Option<Submitter<Job>>>,
     db: Db,
+    wake: Arc<Wake>,
     stop: AtomicBool,
     /// Every parked claim runs at the next poll (the node drains).
     release: AtomicBool,
@@ -51,12 +77,13 @@ impl std::fmt::Debug for Waiters {
 }
 
 impl Waiters {
-    /// Starts the `claim-waits` thread over `db`.
-    pub fn start(db: Db) -> Waiters {
+    /// Starts the `claim-waits` thread over `db`, nudged by `wake`.
+    pub fn start(db: Db, wake: Arc<Wake>) -> Waiters {
         let inner = Arc::new(Inner {
             parked: Mutex::new(Vec::new()),
             pool: Mutex::new(None),
             db,
+            wake,
             stop: AtomicBool::new(false),
             release: AtomicBool::new(false),
         });
@@ -122,7 +149,7 @@ impl Drop for Waiters {
 
 fn run(inner: &Inner) {
     while !inner.stop.load(Ordering::Acquire) {
-        std::thread::sleep(POLL);
+        inner.wake.wait(POLL);
         let parked = std::mem::take(&mut *inner.parked.lock().expect("the parked claims' lock"));
         if parked.is_empty() {
             continue;
