@@ -232,29 +232,38 @@ impl Db {
             })
     }
 
-    /// Runs `f` on a pooled connection, mapping driver errors for `op`.
+    /// Runs `f` on the connection of the run-once write this thread is
+    /// inside ([`Writes::run_once`](crate::Writes::run_once)), if any;
+    /// gives `f` back otherwise. The connection is given back to the write
+    /// even if `f` panics, so that run_once's guard rolls its transaction
+    /// back instead of the pool getting one with a transaction open.
+    fn on_run_once<T, F: FnOnce(&mut PooledConn) -> T>(&self, f: F) -> std::result::Result<T, F> {
+        let Some(conn) = crate::writes::take_tx(self.id()) else {
+            return Err(f);
+        };
+        struct GiveBack(usize, Option<PooledConn>);
+        impl Drop for GiveBack {
+            fn drop(&mut self) {
+                if let Some(c) = self.1.take() {
+                    crate::writes::put_tx(self.0, c);
+                }
+            }
+        }
+        let mut held = GiveBack(self.id(), Some(conn));
+        Ok(f(held.1.as_mut().expect("just put there")))
+    }
+
+    /// Runs `f` on a pooled connection (the run-once write's transaction,
+    /// inside one), mapping driver errors for `op`.
     pub(crate) fn with_conn<T>(
         &self,
         op: &'static str,
         f: impl FnOnce(&mut PooledConn) -> mysql::Result<T>,
     ) -> Result<T> {
-        // Inside Writes::run_once, on this thread: its transaction. Given
-        // back even if `f` panics, so that run_once's guard rolls it back
-        // instead of the pool getting a connection with a transaction open.
-        if let Some(conn) = crate::writes::take_tx(self.id()) {
-            struct GiveBack(usize, Option<PooledConn>);
-            impl Drop for GiveBack {
-                fn drop(&mut self) {
-                    if let Some(c) = self.1.take() {
-                        crate::writes::put_tx(self.0, c);
-                    }
-                }
-            }
-            let mut held = GiveBack(self.id(), Some(conn));
-            let r = f(held.1.as_mut().expect("just put there"));
-            drop(held);
-            return r.map_err(|e| Error::from_mysql(op, e));
-        }
+        let f = match self.on_run_once(f) {
+            Ok(r) => return r.map_err(|e| Error::from_mysql(op, e)),
+            Err(f) => f,
+        };
         let mut conn = self.conn(op)?;
         f(&mut conn).map_err(|e| Error::from_mysql(op, e))
     }
@@ -268,18 +277,10 @@ impl Db {
         op: &'static str,
         f: impl FnOnce(&mut PooledConn) -> Result<T>,
     ) -> Result<T> {
-        if let Some(conn) = crate::writes::take_tx(self.id()) {
-            struct GiveBack(usize, Option<PooledConn>);
-            impl Drop for GiveBack {
-                fn drop(&mut self) {
-                    if let Some(c) = self.1.take() {
-                        crate::writes::put_tx(self.0, c);
-                    }
-                }
-            }
-            let mut held = GiveBack(self.id(), Some(conn));
-            return f(held.1.as_mut().expect("just put there"));
-        }
+        let f = match self.on_run_once(f) {
+            Ok(r) => return r,
+            Err(f) => f,
+        };
         /// Rolls back unless committed, so a panic in `f` never returns a
         /// connection to the pool with a transaction open.
         struct Tx(PooledConn, bool);

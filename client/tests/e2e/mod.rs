@@ -178,10 +178,67 @@ pub struct Spec {
     pub balancers: usize,
 }
 
+/// A MariaDB of the cluster's own (scripts/mariadb with its own folder
+/// and port), for tests that stop it; stopped and removed when dropped.
+pub struct PrivateDb {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivateDb {
+    fn start() -> PrivateDb {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let db = PrivateDb {
+            dir: std::env::temp_dir().join(format!(
+                "dsf-e2e-db-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            )),
+            port: free_port(),
+        };
+        db.script("start");
+        db
+    }
+
+    fn script(&self, cmd: &str) -> String {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mariadb");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg(cmd)
+            .env("DSF_MARIADB_DIR", &self.dir)
+            .env("DSF_MARIADB_PORT", self.port.to_string())
+            .output()
+            .expect("running scripts/mariadb");
+        assert!(
+            out.status.success(),
+            "scripts/mariadb {cmd} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for PrivateDb {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| self.script("stop"));
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where the cluster's database lives.
+enum Store {
+    /// A throwaway database on the shared test server.
+    Shared(#[allow(dead_code)] TestDb),
+    /// A server of its own.
+    Private(PrivateDb),
+}
+
 /// The running cluster.
 pub struct Cluster {
     pub dir: PathBuf,
-    pub db: TestDb,
+    pub db: dsf_sql::Db,
+    store: Store,
     pub db_url: String,
     keys: PathBuf,
     pub collector: Option<Proc>,
@@ -199,13 +256,42 @@ impl Cluster {
     /// Starts `spec` and waits until every app server is `up` in every
     /// balancer's view.
     pub fn start(spec: Spec) -> Cluster {
-        static N: AtomicU64 = AtomicU64::new(0);
         let db = dsf_sql::testing::fresh();
         let db_url = format!(
             "{}/{}",
             dsf_sql::testing::server_url().trim_end_matches('/'),
             db.name()
         );
+        let pool = (*db).clone();
+        Cluster::start_on(spec, pool, db_url, Store::Shared(db))
+    }
+
+    /// Like [`Cluster::start`], on a MariaDB of its own, which
+    /// [`Cluster::restart_db`] can stop and start again.
+    pub fn start_with_own_db(spec: Spec) -> Cluster {
+        let _ = dsf_sql::testing::server_url();
+        let own = PrivateDb::start();
+        let url = format!("{}dsf_e2e", own.script("url"));
+        let cfg = dsf_sql::DbConfig::new(url.clone());
+        dsf_sql::db::ensure_database(&cfg).unwrap();
+        let pool = dsf_sql::Db::connect(&cfg).unwrap();
+        pool.migrate().unwrap();
+        Cluster::start_on(spec, pool, url, Store::Private(own))
+    }
+
+    /// Stops the cluster's own MariaDB, waits `down`, and starts it again
+    /// on the same port and data.
+    pub fn restart_db(&self, down: Duration) {
+        let Store::Private(own) = &self.store else {
+            panic!("restart_db needs Cluster::start_with_own_db");
+        };
+        own.script("stop");
+        std::thread::sleep(down);
+        own.script("start");
+    }
+
+    fn start_on(spec: Spec, db: dsf_sql::Db, db_url: String, store: Store) -> Cluster {
+        static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "dsf-e2e-{}-{}",
             std::process::id(),
@@ -242,6 +328,7 @@ impl Cluster {
         let mut c = Cluster {
             dir,
             db,
+            store,
             db_url,
             keys,
             collector: None,
