@@ -27,6 +27,9 @@ use crate::stats::Metrics;
 pub enum Auth {
     /// A valid app signature is enough.
     App,
+    /// An app signature; a session token, when one is sent, must be valid
+    /// and is handed to the handler (a job is then the user's too).
+    AppMaybeUser,
     /// A session token of a user with at least this role.
     Role(Role),
 }
@@ -48,6 +51,21 @@ pub const fn route<M: dsf_proto::Message>(exec: Exec, handler: Handler) -> Route
     Route {
         kind: M::TYPE.name,
         auth: auth_of(M::TYPE.auth),
+        exec,
+        handler,
+    }
+}
+
+/// The route of message `M` (an app-auth type) taking a session when
+/// one is sent ([`Auth::AppMaybeUser`]).
+pub const fn route_maybe_user<M: dsf_proto::Message>(exec: Exec, handler: Handler) -> Route {
+    assert!(
+        matches!(M::TYPE.auth, dsf_proto::Auth::App),
+        "only app-auth types take an optional session"
+    );
+    Route {
+        kind: M::TYPE.name,
+        auth: Auth::AppMaybeUser,
         exec,
         handler,
     }
@@ -192,7 +210,7 @@ fn log_refusal(req: &Request, e: &Error) {
 /// The catalogue's name for a route's auth.
 fn proto_auth(a: Auth) -> dsf_proto::Auth {
     match a {
-        Auth::App => dsf_proto::Auth::App,
+        Auth::App | Auth::AppMaybeUser => dsf_proto::Auth::App,
         Auth::Role(Role::Viewer) => dsf_proto::Auth::Viewer,
         Auth::Role(Role::Operator) => dsf_proto::Auth::Operator,
         Auth::Role(Role::Admin) => dsf_proto::Auth::Admin,
@@ -395,6 +413,10 @@ impl Controller {
     fn call(&self, route: &Route, req: &Request) -> Result<String> {
         let session = match route.auth {
             Auth::App => None,
+            Auth::AppMaybeUser => match req.token.as_deref() {
+                Some(t) if !t.is_empty() => Some(self.authenticate(req)?),
+                _ => None,
+            },
             Auth::Role(min) => {
                 let s = self.authenticate(req)?;
                 if s.user.role < min {
@@ -415,12 +437,17 @@ impl Controller {
 
     /// The session of the request's token, from the cache or MySQL.
     fn authenticate(&self, req: &Request) -> Result<Session> {
-        let token = match req.token.as_deref() {
+        self.session_for(req.token.as_deref(), &req.kind)
+    }
+
+    /// The session of `token` (cached up to the session cache's age), for
+    /// a request of type `kind`.
+    pub fn session_for(&self, token: Option<&str>, kind: &str) -> Result<Session> {
+        let token = match token {
             Some(t) if !t.is_empty() => t,
             _ => {
                 return Err(Error::Unauthorized(format!(
-                    "{} needs a session token: log in with user.login and send its token",
-                    req.kind
+                    "{kind} needs a session token: log in with user.login and send its token"
                 )))
             }
         };

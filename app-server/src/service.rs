@@ -69,7 +69,7 @@ pub struct AppService {
 impl AppService {
     /// Feeds `pool`, whose workers run [`run_job`] on `controller`.
     pub fn new(controller: Arc<Controller>, pool: Submitter<Job>) -> AppService {
-        let watches = crate::watches::Watches::start(controller.app().db.clone());
+        let watches = crate::watches::Watches::start(controller.clone());
         AppService {
             controller,
             pool,
@@ -93,7 +93,9 @@ impl AppService {
         };
         let reply = cx.defer();
         if let Ok(stream) = self.streams.open(&admitted, reply) {
-            self.watches.add(stream, admitted.request.app.clone(), job);
+            let token = admitted.request.token.clone().filter(|t| !t.is_empty());
+            self.watches
+                .add(stream, admitted.request.app.clone(), job, token);
         }
         self.controller.metrics().record(received, true);
         Dispatch::Done

@@ -28,6 +28,10 @@ struct Watch {
     stream: Option<Stream>,
     app: String,
     job: u64,
+    /// The session token sent with the watch, checked on its first turn.
+    token: Option<String>,
+    user: Option<u64>,
+    operator: bool,
     /// The counts last sent.
     last: Option<(u64, u64, u64, u64, u64)>,
     /// (when, finished) samples for the rate.
@@ -47,23 +51,27 @@ impl std::fmt::Debug for Watches {
 }
 
 impl Watches {
-    pub fn start(db: Db) -> Watches {
+    pub fn start(controller: Arc<crate::controller::Controller>) -> Watches {
         let (tx, rx) = unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::Builder::new()
             .name("watches".into())
-            .spawn(move || run(&db, &rx, &flag))
+            .spawn(move || run(&controller, &rx, &flag))
             .expect("spawning the watches thread");
         Watches { tx, stop }
     }
 
-    /// Serves `stream`, a `job.watch` of `job` by `app`.
-    pub fn add(&self, stream: Stream, app: String, job: u64) {
+    /// Serves `stream`, a `job.watch` of `job` by `app` (with the
+    /// session `token` it sent, if any).
+    pub fn add(&self, stream: Stream, app: String, job: u64, token: Option<String>) {
         let _ = self.tx.send(Watch {
             stream: Some(stream),
             app,
             job,
+            token,
+            user: None,
+            operator: false,
             last: None,
             samples: Vec::new(),
         });
@@ -76,7 +84,8 @@ impl Drop for Watches {
     }
 }
 
-fn run(db: &Db, rx: &Receiver<Watch>, stop: &AtomicBool) {
+fn run(controller: &crate::controller::Controller, rx: &Receiver<Watch>, stop: &AtomicBool) {
+    let db: &Db = &controller.app().db;
     let mut watches: Vec<Watch> = Vec::new();
     while !stop.load(Ordering::Acquire) {
         // New watches are served at once; the rest every POLL.
@@ -86,21 +95,41 @@ fn run(db: &Db, rx: &Receiver<Watch>, stop: &AtomicBool) {
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         }
         watches.extend(rx.try_iter());
+        // A token sent with a watch: its session, once (a bad one ends it).
+        watches.retain_mut(|w| {
+            let Some(token) = w.token.take() else {
+                return true;
+            };
+            match controller.session_for(Some(&token), "job.watch") {
+                Ok(s) => {
+                    w.user = Some(s.user.id);
+                    w.operator = s.user.role >= dsf_sql::Role::Operator;
+                    true
+                }
+                Err(e) => {
+                    if let Some(s) = w.stream.take() {
+                        let _ = s.fail(&e);
+                    }
+                    false
+                }
+            }
+        });
         if watches.is_empty() {
             continue;
         }
         let now = Instant::now();
-        let mut read: HashMap<(String, u64), Result<JobStatus, dsf_common::Error>> = HashMap::new();
+        type Key = (String, Option<u64>, bool, u64);
+        let mut read: HashMap<Key, Result<JobStatus, dsf_common::Error>> = HashMap::new();
         watches = std::mem::take(&mut watches)
             .into_iter()
             .filter_map(|mut w| {
                 let st = read
-                    .entry((w.app.clone(), w.job))
+                    .entry((w.app.clone(), w.user, w.operator, w.job))
                     .or_insert_with(|| {
                         let owner = Owner {
                             app: &w.app,
-                            user: None,
-                            operator: false,
+                            user: w.user,
+                            operator: w.operator,
                         };
                         db.tasks().status(&owner, w.job).map_err(Into::into)
                     })

@@ -397,3 +397,51 @@ fn a_watch_of_a_job_that_is_not_yours_ends_with_not_found() {
         other => panic!("expected not_found, got {other:?}"),
     }
 }
+
+#[test]
+fn a_job_submitted_with_a_session_is_its_users_and_an_operators() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let ann = c.user("ann");
+    let bob = c.user("bob");
+    let op = c.user_with_role(&db, "olga", dsf_sql::Role::Operator);
+    let job = c.ok("task.submit", json!({"tasks": tasks(1)}), Some(&ann))["job"].clone();
+    assert_eq!(
+        c.ok("job.status", json!({"job": job}), Some(&ann))["total"],
+        1
+    );
+    for (who, token) in [("bob", Some(bob.as_str())), ("the bare app", None)] {
+        let e = c.err(
+            "job.status",
+            json!({"job": job}),
+            token,
+            ErrorCode::NotFound,
+        );
+        assert!(e.contains("not yours"), "{who}: {e}");
+    }
+    assert_eq!(
+        c.ok("job.status", json!({"job": job}), Some(&op))["total"],
+        1
+    );
+    // A bad token is refused, not ignored.
+    let e = c.err(
+        "job.status",
+        json!({"job": job}),
+        Some("nope"),
+        ErrorCode::Unauthorized,
+    );
+    assert!(e.contains("log in again"), "{e}");
+    // Bob cannot cancel it; ann can.
+    c.err(
+        "job.cancel",
+        json!({"job": job}),
+        Some(&bob),
+        ErrorCode::NotFound,
+    );
+    c.ok("job.cancel", json!({"job": job}), Some(&ann));
+    assert_eq!(
+        c.ok("job.status", json!({"job": job}), Some(&ann))["state"],
+        "cancelled"
+    );
+}

@@ -127,6 +127,8 @@ pub fn watch(
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<JobStatus> {
     let cfg = c.config().clone();
+    // A job submitted under a session is its user's: watched under it too.
+    let token = c.token().map(str::to_string);
     let mut exclude: Vec<String> = Vec::new();
     let mut last_error = String::new();
     for _ in 0..5 {
@@ -137,7 +139,14 @@ pub fn watch(
                 (r.node, r.addr)
             }
         };
-        match watch_at(&cfg, &server, &addr, job, &mut on_progress) {
+        match watch_at(
+            &cfg,
+            token.as_deref(),
+            &server,
+            &addr,
+            job,
+            &mut on_progress,
+        ) {
             Ok(st) => return Ok(st),
             Err(Failure::Server(e)) => {
                 return Err(Error::Refused {
@@ -164,6 +173,7 @@ pub fn watch(
 
 fn watch_at(
     cfg: &ClientConfig,
+    token: Option<&str>,
     server: &str,
     addr: &str,
     job: u64,
@@ -176,7 +186,7 @@ fn watch_at(
     let mut conn = Connection::connect(addr, server, signer, cfg.connect_timeout, cfg.max_frame)
         .map_err(|e| Failure::NotSent(format!("cannot connect to {addr}: {e}")))?;
     let body = serde_json::to_string(&msg::JobRef { job }).expect("a body serialises");
-    let id = conn.send(<msg::Watch as dsf_proto::Message>::TYPE.name, &body, None)?;
+    let id = conn.send(<msg::Watch as dsf_proto::Message>::TYPE.name, &body, token)?;
     loop {
         // Events come only when something changes: no deadline to speak of.
         let deadline = Instant::now() + Duration::from_secs(24 * 3600);

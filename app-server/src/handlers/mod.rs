@@ -50,14 +50,14 @@ mod tests {
             ("blacklist.list", Auth::Role(Role::Viewer)),
             ("gate.check", Auth::App),
             ("gate.history", Auth::Role(Role::Viewer)),
-            ("task.submit", Auth::App),
-            ("task.claim", Auth::App),
-            ("task.heartbeat", Auth::App),
-            ("task.complete", Auth::App),
-            ("task.fail", Auth::App),
-            ("job.status", Auth::App),
-            ("job.results", Auth::App),
-            ("job.cancel", Auth::App),
+            ("task.submit", Auth::AppMaybeUser),
+            ("task.claim", Auth::AppMaybeUser),
+            ("task.heartbeat", Auth::AppMaybeUser),
+            ("task.complete", Auth::AppMaybeUser),
+            ("task.fail", Auth::AppMaybeUser),
+            ("job.status", Auth::AppMaybeUser),
+            ("job.results", Auth::AppMaybeUser),
+            ("job.cancel", Auth::AppMaybeUser),
         ];
         let got: Vec<(&str, Auth)> = routes().map(|r| (r.kind, r.auth)).collect();
         assert_eq!(got.len(), want.len(), "{got:?}");

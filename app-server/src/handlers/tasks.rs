@@ -2,7 +2,8 @@
 //! `task.complete`, `task.fail`, `job.status`, `job.results` and
 //! `job.cancel` (app auth), over [`dsf_sql::tasks`]. Bodies and replies are
 //! the catalogue's (`dsf_proto::task`). A job belongs to the app that
-//! submitted it; another app's job reads as missing.
+//! submitted it, and to its user when a session token came with the
+//! submit; another's job reads as missing, except to an operator.
 
 use dsf_common::{Error, Result};
 use dsf_proto::task::{
@@ -13,7 +14,9 @@ use dsf_proto::task::{
 use dsf_proto::{Empty, LIMIT_MAX};
 use dsf_sql::tasks::{NewTask, Owner};
 
-use crate::controller::{json, route, Call, Exec, Route};
+use dsf_sql::Role;
+
+use crate::controller::{json, route_maybe_user as route, Call, Exec, Route};
 
 /// This group's routes.
 pub const ROUTES: &[Route] = &[
@@ -27,11 +30,13 @@ pub const ROUTES: &[Route] = &[
     route::<msg::Cancel>(Exec::Pool, cancel),
 ];
 
+/// The caller: its app, and its user when a session was sent (a job
+/// submitted with one is that user's; an operator sees every app's jobs).
 fn owner<'a>(call: &'a Call<'_>) -> Owner<'a> {
     Owner {
         app: &call.request.app,
-        user: None,
-        operator: false,
+        user: call.session.map(|s| s.user.id),
+        operator: call.session.is_some_and(|s| s.user.role >= Role::Operator),
     }
 }
 
