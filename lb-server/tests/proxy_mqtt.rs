@@ -15,18 +15,9 @@ use support::*;
 
 const DEVICES: usize = 200;
 
-/// Broker address → the backend id the balancer knows it by.
-fn ids(brokers: &[&Broker]) -> BTreeMap<String, String> {
-    brokers
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (b.addr(), format!("b{}", i + 1)))
-        .collect()
-}
-
 /// Where each device's messages went, by backend id.
 fn landed_ids(run: &Run, brokers: &[&Broker]) -> BTreeMap<String, String> {
-    let ids = ids(brokers);
+    let ids = backend_ids(brokers);
     run.landed
         .iter()
         .map(|(dev, broker)| (dev.clone(), ids[broker].clone()))

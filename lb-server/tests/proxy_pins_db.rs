@@ -42,11 +42,7 @@ fn two_replicas_with_pins_db_route_every_device_alike() {
     let url = url_for(db.name());
     let mut brokers = vec![Broker::start(), Broker::start(), Broker::start()];
     let b: Vec<&Broker> = brokers.iter().collect();
-    let ids: BTreeMap<String, String> = b
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (b.addr(), format!("b{}", i + 1)))
-        .collect();
+    let ids = backend_ids(&b);
     let a = replica(&backends(&b), &url);
     let r = replica(&backends(&b), &url);
 
@@ -132,11 +128,7 @@ fn replicas_move_a_leaving_nodes_devices_alike() {
     let url = url_for(db.name());
     let brokers = [Broker::start(), Broker::start(), Broker::start()];
     let b: Vec<&Broker> = brokers.iter().collect();
-    let ids: BTreeMap<String, String> = b
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (b.addr(), format!("b{}", i + 1)))
-        .collect();
+    let ids = backend_ids(&b);
     let a = replica(&backends(&b), &url);
     let r = replica(&backends(&b), &url);
     let before = by_id(&devices(a.proxy_addrs[0], &b, "dev", 200), &ids);
@@ -187,17 +179,9 @@ fn replicas_move_a_leaving_nodes_devices_alike() {
     });
 }
 
-fn ids_of(brokers: &[&Broker]) -> BTreeMap<String, String> {
-    brokers
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (b.addr(), format!("b{}", i + 1)))
-        .collect()
-}
-
 /// 200 devices through `proxy`, every one reaching one of `brokers`.
 fn served(proxy: std::net::SocketAddr, brokers: &[&Broker]) -> BTreeMap<String, String> {
     let run = devices(proxy, brokers, "dev", 200);
     run.all_served(200);
-    by_id(&run, &ids_of(brokers))
+    by_id(&run, &backend_ids(brokers))
 }

@@ -106,3 +106,60 @@ pub fn fresh_empty() -> TestDb {
     let db = Db::connect(&config).unwrap_or_else(|e| panic!("connecting to {name}: {e}"));
     TestDb { db, config, name }
 }
+
+/// A MariaDB of a test's own (`scripts/mariadb` with its own folder and a
+/// free port), for tests that stop and start it without disturbing the
+/// shared server; stopped and its folder removed when dropped.
+pub struct PrivateServer {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivateServer {
+    /// A server under a fresh folder named after `tag`; not started yet.
+    pub fn new(tag: &str) -> PrivateServer {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        PrivateServer {
+            dir: std::env::temp_dir().join(format!(
+                "dsf-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            )),
+            port,
+        }
+    }
+
+    /// Runs `scripts/mariadb CMD` (`start`, `stop`, `url`) on this server;
+    /// returns what it printed.
+    ///
+    /// # Panics
+    /// When the script fails, with its output.
+    pub fn script(&self, cmd: &str) -> String {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mariadb");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg(cmd)
+            .env("DSF_MARIADB_DIR", &self.dir)
+            .env("DSF_MARIADB_PORT", self.port.to_string())
+            .output()
+            .expect("running scripts/mariadb");
+        assert!(
+            out.status.success(),
+            "scripts/mariadb {cmd} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| self.script("stop"));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

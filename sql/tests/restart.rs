@@ -4,53 +4,11 @@
 //! Uses a second private MariaDB (its own DSF_MARIADB_DIR and port, started
 //! through scripts/mariadb) so the shared test server is not disturbed.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dsf_common::ErrorCode;
+use dsf_sql::testing::PrivateServer;
 use dsf_sql::{Db, DbConfig, NewEntry};
-
-struct PrivateServer {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl PrivateServer {
-    fn script(&self, cmd: &str) -> String {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mariadb");
-        let out = Command::new("bash")
-            .arg(script)
-            .arg(cmd)
-            .env("DSF_MARIADB_DIR", &self.dir)
-            .env("DSF_MARIADB_PORT", self.port.to_string())
-            .output()
-            .expect("running scripts/mariadb");
-        assert!(
-            out.status.success(),
-            "scripts/mariadb {cmd} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
-}
-
-impl Drop for PrivateServer {
-    fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(|| self.script("stop"));
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Polls `f` until it returns `Some`, failing the test after `deadline`.
 fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -71,10 +29,7 @@ fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>)
 fn calls_fail_unavailable_while_the_database_is_down_and_recover_after() {
     // Only to make sure the tests were started the documented way.
     let _ = dsf_sql::testing::server_url();
-    let server = PrivateServer {
-        dir: std::env::temp_dir().join(format!("dsf-sql-restart-{}", std::process::id())),
-        port: free_port(),
-    };
+    let server = PrivateServer::new("sql-restart");
     server.script("start");
     let mut cfg = DbConfig::new(server.script("url")).database("dsf_restart");
     cfg.workers = 2;
@@ -145,10 +100,7 @@ fn calls_fail_unavailable_while_the_database_is_down_and_recover_after() {
 #[test]
 fn connect_waits_for_a_database_that_starts_later() {
     let _ = dsf_sql::testing::server_url();
-    let server = PrivateServer {
-        dir: std::env::temp_dir().join(format!("dsf-sql-late-{}", std::process::id())),
-        port: free_port(),
-    };
+    let server = PrivateServer::new("sql-late");
     // Initialise (to learn the URL), then stop: the app starts first.
     server.script("start");
     let url = server.script("url");

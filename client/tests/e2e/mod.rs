@@ -178,60 +178,12 @@ pub struct Spec {
     pub balancers: usize,
 }
 
-/// A MariaDB of the cluster's own (scripts/mariadb with its own folder
-/// and port), for tests that stop it; stopped and removed when dropped.
-pub struct PrivateDb {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl PrivateDb {
-    fn start() -> PrivateDb {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let db = PrivateDb {
-            dir: std::env::temp_dir().join(format!(
-                "dsf-e2e-db-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            )),
-            port: free_port(),
-        };
-        db.script("start");
-        db
-    }
-
-    fn script(&self, cmd: &str) -> String {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mariadb");
-        let out = Command::new("bash")
-            .arg(script)
-            .arg(cmd)
-            .env("DSF_MARIADB_DIR", &self.dir)
-            .env("DSF_MARIADB_PORT", self.port.to_string())
-            .output()
-            .expect("running scripts/mariadb");
-        assert!(
-            out.status.success(),
-            "scripts/mariadb {cmd} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
-}
-
-impl Drop for PrivateDb {
-    fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(|| self.script("stop"));
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Where the cluster's database lives.
 enum Store {
     /// A throwaway database on the shared test server.
     Shared(#[allow(dead_code)] TestDb),
     /// A server of its own.
-    Private(PrivateDb),
+    Private(dsf_sql::testing::PrivateServer),
 }
 
 /// The running cluster.
@@ -270,7 +222,8 @@ impl Cluster {
     /// [`Cluster::restart_db`] can stop and start again.
     pub fn start_with_own_db(spec: Spec) -> Cluster {
         let _ = dsf_sql::testing::server_url();
-        let own = PrivateDb::start();
+        let own = dsf_sql::testing::PrivateServer::new("e2e-db");
+        own.script("start");
         let url = format!("{}dsf_e2e", own.script("url"));
         let cfg = dsf_sql::DbConfig::new(url.clone());
         dsf_sql::db::ensure_database(&cfg).unwrap();

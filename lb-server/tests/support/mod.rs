@@ -183,6 +183,15 @@ pub fn backends(brokers: &[&Broker]) -> Vec<String> {
         .collect()
 }
 
+/// Broker address → the backend id [`backends`] gives it (`bN`).
+pub fn backend_ids(brokers: &[&Broker]) -> BTreeMap<String, String> {
+    brokers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.addr(), format!("b{}", i + 1)))
+        .collect()
+}
+
 pub fn start_lb(s: Settings) -> Running {
     start(s).unwrap()
 }
