@@ -11,7 +11,7 @@
 //!
 //! Each client-facing type is a [`Message`]: its [`Type`] entry, its body
 //! and its reply, written once here ([`sys`], [`user`], [`blacklist`],
-//! [`gate`], [`lb`]). The app server parses bodies and renders replies with
+//! [`gate`], [`lb`], [`task`], [`msg`]). The app server parses bodies and renders replies with
 //! these types; the SDK's typed calls (`Client::send::<M>`) send and read
 //! them. The cluster's own types ([`cluster`]: `node.heartbeat`,
 //! `node.leave`, `lb.set_view`) are messages too; the two diagnostic
@@ -934,6 +934,198 @@ pub mod task {
     }
 }
 
+/// `msg.*`: messages between users, on any app server; `peer.notify`
+/// between app servers.
+pub mod msg {
+    use super::*;
+
+    /// Largest message body (its JSON), in bytes.
+    pub const BODY_MAX: usize = 64 * 1024;
+    /// Unacknowledged messages a subscription holds when it names no credit.
+    pub const CREDIT_DEFAULT: u32 = 100;
+    /// Largest credit a subscription may ask for.
+    pub const CREDIT_MAX: u32 = 1000;
+    /// Most members a room may have.
+    pub const ROOM_MEMBERS_MAX: u64 = 1000;
+    /// Longest room name, in characters.
+    pub const ROOM_MAX: usize = 64;
+    /// Default page of `msg.history`.
+    pub const HISTORY_DEFAULT: u32 = 50;
+    /// The name of `msg.subscribe`'s events.
+    pub const MESSAGE: &str = "message";
+
+    /// `msg.send`'s body: to one user (`to`) or to a room's members (`room`).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SendBody {
+        /// The recipient's user name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub to: Option<String>,
+        /// A room the sender is a member of.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub room: Option<String>,
+        /// Any JSON value, at most [`BODY_MAX`] bytes as text.
+        pub body: Box<serde_json::value::RawValue>,
+    }
+
+    /// `msg.send`'s reply.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Sent {
+        /// The message's id (one per send, however many inboxes list it).
+        pub id: u64,
+        /// Its number in the recipient's inbox (a direct message).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub seq: Option<u64>,
+        /// How many inboxes it went to (a room's message; the sender's is
+        /// not one of them).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub recipients: Option<u64>,
+    }
+
+    /// `msg.subscribe`'s body.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SubscribeBody {
+        /// Messages sent and not yet acknowledged at most, 1 to
+        /// [`CREDIT_MAX`] (default [`CREDIT_DEFAULT`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub credit: Option<u32>,
+    }
+
+    /// A `message` event of `msg.subscribe`: one message of the inbox, in
+    /// `seq` order.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Message {
+        pub id: u64,
+        /// Its number in this inbox: 1, 2, 3… with no gaps.
+        pub seq: u64,
+        /// The sender's user name.
+        pub from: String,
+        /// The room it was sent to, if it was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub room: Option<String>,
+        pub body: Box<serde_json::value::RawValue>,
+        /// When it was stored, Unix ms (the database's clock).
+        pub sent_at: u64,
+    }
+
+    /// `msg.ack`'s body: every message up to `upto` is handled.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct AckBody {
+        pub upto: u64,
+    }
+
+    /// `msg.history`'s body.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct HistoryBody {
+        /// Only the direct messages between you and this user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub with: Option<String>,
+        /// Messages older than this id (the `next` of the page before).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub before: Option<u64>,
+        /// At most [`LIMIT_MAX`] (default [`HISTORY_DEFAULT`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub limit: Option<u32>,
+    }
+
+    /// One message of `msg.history`, sent or received.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Entry {
+        pub id: u64,
+        pub from: String,
+        /// The recipient of a direct message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub to: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub room: Option<String>,
+        pub body: Box<serde_json::value::RawValue>,
+        pub sent_at: u64,
+        /// Its number in your inbox, for a message you received.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub seq: Option<u64>,
+    }
+
+    /// `msg.history`'s reply: newest first.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct History {
+        pub messages: Vec<Entry>,
+        /// Pass as `before` for the next (older) page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub next: Option<u64>,
+    }
+
+    /// `msg.join`'s and `msg.leave`'s body.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RoomBody {
+        /// 1 to [`ROOM_MAX`] letters, digits, `.`, `_` or `-`.
+        pub room: String,
+    }
+
+    /// `msg.join`'s reply.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Joined {
+        pub room: String,
+        /// Members now, you included.
+        pub members: u64,
+    }
+
+    /// `peer.notify`'s body: user `user` has message `seq` waiting.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct NotifyBody {
+        pub user: u64,
+        pub seq: u64,
+    }
+
+    message!(
+        /// `msg.send`: a message to a user's inbox, or to every member of a room.
+        Send = "msg.send", Viewer, true: SendBody => Sent
+    );
+    message!(
+        /// `msg.ack`: the messages up to `upto` are handled; frees credit.
+        Ack = "msg.ack", Viewer, false: AckBody => Empty
+    );
+    message!(
+        /// `msg.history`: messages you sent and received, newest first.
+        GetHistory = "msg.history", Viewer, false: HistoryBody => History
+    );
+    message!(
+        /// `msg.join`: joins a room, making it if it does not exist.
+        Join = "msg.join", Viewer, true: RoomBody => Joined
+    );
+    message!(
+        /// `msg.leave`: leaves a room.
+        Leave = "msg.leave", Viewer, true: RoomBody => Empty
+    );
+    message!(
+        /// `peer.notify`: an app server tells the one holding a user's
+        /// subscription that a message is waiting.
+        Notify = "peer.notify", Cluster, false: NotifyBody => Empty
+    );
+
+    /// `msg.subscribe`: the inbox's messages not yet acknowledged, in
+    /// order, then new ones as they come, at most `credit` unacknowledged
+    /// at a time. One per connection; a newer subscription of the same
+    /// user (on any node) ends this one with `conflict`.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Subscribe;
+
+    impl super::Message for Subscribe {
+        const TYPE: Type = Type {
+            name: "msg.subscribe",
+            auth: Auth::Viewer,
+            writes: false,
+            streams: true,
+        };
+        type Body = SubscribeBody;
+        type Reply = serde_json::Value;
+    }
+}
+
 /// Who may send a message type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Auth {
@@ -999,6 +1191,13 @@ pub const CATALOGUE: &[Type] = &[
     <task::GetResults as Message>::TYPE,
     <task::Cancel as Message>::TYPE,
     <task::Watch as Message>::TYPE,
+    <msg::Send as Message>::TYPE,
+    <msg::Subscribe as Message>::TYPE,
+    <msg::Ack as Message>::TYPE,
+    <msg::GetHistory as Message>::TYPE,
+    <msg::Join as Message>::TYPE,
+    <msg::Leave as Message>::TYPE,
+    <msg::Notify as Message>::TYPE,
     <cluster::NodeHeartbeat as Message>::TYPE,
     <cluster::NodeLeave as Message>::TYPE,
     <cluster::SetView as Message>::TYPE,
@@ -1077,6 +1276,13 @@ mod tests {
         listed::<cluster::NodeHeartbeat>();
         listed::<cluster::NodeLeave>();
         listed::<cluster::SetView>();
+        listed::<msg::Send>();
+        listed::<msg::Subscribe>();
+        listed::<msg::Ack>();
+        listed::<msg::GetHistory>();
+        listed::<msg::Join>();
+        listed::<msg::Leave>();
+        listed::<msg::Notify>();
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`Error::Invalid`] | `bad_request` |
 //! | [`Error::NotFound`] | `not_found` |
+//! | [`Error::Forbidden`] | `forbidden` |
 //! | [`Error::Conflict`] | `conflict` |
 //! | [`Error::Unavailable`], [`Error::PoolTimeout`] | `unavailable` |
 //! | [`Error::MigrationChanged`], [`Error::Internal`] | `internal` |
@@ -33,6 +34,11 @@ pub enum Error {
     /// The row an operation needs does not exist.
     #[error("{0}")]
     NotFound(String),
+
+    /// The row exists, and the caller may not act on it (a room they are
+    /// not a member of).
+    #[error("{0}")]
+    Forbidden(String),
 
     /// A unique key is taken (MySQL error 1062).
     #[error("{message}")]
@@ -112,6 +118,7 @@ impl Error {
         match self {
             Error::Invalid { .. } => ErrorCode::BadRequest,
             Error::NotFound(_) => ErrorCode::NotFound,
+            Error::Forbidden(_) => ErrorCode::Forbidden,
             Error::Conflict { .. } => ErrorCode::Conflict,
             Error::Unavailable { .. } | Error::PoolTimeout { .. } => ErrorCode::Unavailable,
             Error::MigrationChanged { .. } | Error::Internal { .. } => ErrorCode::Internal,

@@ -5,7 +5,8 @@
 //!   start-up retries and a health check; [`DbConfig`] sizes it.
 //! - [`migrate`]: versioned migrations embedded from `sql/migrations/`,
 //!   recorded with checksums, serialised across processes by `GET_LOCK`.
-//! - [`users`], [`sessions`], [`blacklist`], [`gate_checks`], [`tasks`]: the
+//! - [`users`], [`sessions`], [`blacklist`], [`gate_checks`], [`tasks`],
+//!   [`messages`]: the
 //!   repositories, reached from a `Db` (`db.blacklist().get("…")`); typed
 //!   rows in, typed rows out, prepared statements only.
 //! - [`writes`]: `wire_writes`, writes that run once on any node: a
@@ -33,6 +34,7 @@ pub mod blacklist;
 pub mod db;
 pub mod error;
 pub mod gate_checks;
+pub mod messages;
 pub mod migrate;
 pub mod password;
 pub mod sessions;
@@ -51,6 +53,7 @@ pub use blacklist::{Blacklist, Entry, EntryChange, ListQuery, NewEntry, Page};
 pub use db::{Db, DbConfig};
 pub use error::{Error, Result};
 pub use gate_checks::{GateCheck, GateChecks, HistoryQuery, NewCheck};
+pub use messages::Messages;
 pub use migrate::{Migration, Report};
 pub use sessions::{NewSession, Session, Sessions};
 pub use tasks::Tasks;
@@ -94,5 +97,10 @@ impl Db {
     /// The task service's tables.
     pub fn tasks(&self) -> Tasks<'_> {
         Tasks::new(self)
+    }
+
+    /// Messaging's tables: inboxes, rooms, presence.
+    pub fn messages(&self) -> Messages<'_> {
+        Messages::new(self)
     }
 }

@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tasks",
         sql: include_str!("../migrations/0003_tasks.sql"),
     },
+    Migration {
+        version: 4,
+        name: "messages",
+        sql: include_str!("../migrations/0004_messages.sql"),
+    },
 ];
 
 /// How long one `GET_LOCK` call waits; kept under the connection's read

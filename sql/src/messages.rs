@@ -1,0 +1,569 @@
+//! Messaging's tables (migration 0004): messages, each recipient's inbox
+//! with its own sequence, rooms, and presence (which app server holds a
+//! user's subscription).
+//!
+//! - A send takes the recipient's next number by locking their `inboxes`
+//!   row (one upsert), stores the message and lists it in the inbox, all
+//!   in one transaction: the run-once write's, so a resend of the same
+//!   signed request lists nothing twice. Because the number's row stays
+//!   locked until commit, a recipient's messages commit in number order: a
+//!   reader that sees number n has every number before it.
+//! - A room's send does the same for every member, taking their rows in
+//!   id order (two sends to one room never wait on each other in a cycle).
+//! - Acknowledgement is a high-water mark per user (`inboxes.acked`): a
+//!   new subscription starts after it, so what was delivered and not
+//!   acknowledged comes again (at least once on the wire; the SDK drops
+//!   numbers it has already handed over).
+//! - Presence is one row per subscribed user: the node and an epoch that
+//!   every new subscription increments. Senders read it to know whom to
+//!   notify; a subscription whose epoch is gone was taken over. The holder
+//!   refreshes `seen_at`; rows older than [`PRESENCE_STALE`] are ignored.
+
+use std::time::Duration;
+
+use mysql::prelude::Queryable;
+use mysql::PooledConn;
+
+use crate::db::Db;
+use crate::error::{Error, Result};
+
+pub use dsf_proto::msg::{BODY_MAX, ROOM_MAX, ROOM_MEMBERS_MAX};
+
+/// A presence row not refreshed for this long belongs to a node that died.
+pub const PRESENCE_STALE: Duration = Duration::from_secs(30);
+
+/// Who sends.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    pub id: u64,
+    pub name: &'a str,
+}
+
+/// One inbox a send listed its message in, and where its owner is
+/// subscribed (if anywhere, recently).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub user: u64,
+    pub seq: u64,
+    /// The node holding the user's subscription.
+    pub node: Option<String>,
+}
+
+/// What a send stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The message's id.
+    pub id: u64,
+    /// The inboxes it is listed in.
+    pub listed: Vec<Listed>,
+}
+
+/// A message as an inbox lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: u64,
+    pub seq: u64,
+    pub from: String,
+    pub room: Option<String>,
+    /// Its JSON text, as sent.
+    pub body: String,
+    /// Unix ms.
+    pub sent_at: u64,
+}
+
+/// A message of a user's history, sent or received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: u64,
+    pub from: String,
+    pub to: Option<String>,
+    pub room: Option<String>,
+    pub body: String,
+    pub sent_at: u64,
+    /// Its number in the user's inbox, when received.
+    pub seq: Option<u64>,
+}
+
+/// What the slow poll of a subscription reads: the newest number of the
+/// inbox and the epoch of the user's presence (`None`: no row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub user: u64,
+    pub last_seq: u64,
+    pub epoch: Option<u64>,
+}
+
+/// A subscription just recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// Its presence epoch.
+    pub epoch: u64,
+    /// The inbox's acknowledged mark: delivery starts after it.
+    pub acked: u64,
+}
+
+/// The messaging repository; get one with [`Db::messages`].
+#[derive(Debug, Clone, Copy)]
+pub struct Messages<'a> {
+    db: &'a Db,
+}
+
+fn sql(op: &'static str) -> impl Fn(mysql::Error) -> Error {
+    move |e| Error::from_mysql(op, e)
+}
+
+/// `sent_at` as Unix ms.
+const SENT_AT_MS: &str = "CAST(UNIX_TIMESTAMP(m.sent_at) * 1000 AS UNSIGNED)";
+
+/// A message body's rules.
+fn check_body(body: &str) -> Result<()> {
+    if body.len() > BODY_MAX {
+        return Err(Error::Invalid {
+            field: "body",
+            rule: "at most 65536 bytes of JSON",
+        });
+    }
+    Ok(())
+}
+
+/// A room name's rules.
+pub fn check_room(room: &str) -> Result<()> {
+    let ok = !room.is_empty()
+        && room.len() <= ROOM_MAX
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !ok {
+        return Err(Error::Invalid {
+            field: "room",
+            rule: "1 to 64 letters, digits, '.', '_' or '-'",
+        });
+    }
+    Ok(())
+}
+
+// === impl Messages ===
+
+impl<'a> Messages<'a> {
+    pub(crate) fn new(db: &'a Db) -> Messages<'a> {
+        Messages { db }
+    }
+
+    /// Sends `body` (JSON text) from `from` to the user named `to`:
+    /// `not_found` if there is none.
+    pub fn send(&self, from: Sender<'_>, to: &str, body: &str) -> Result<Stored> {
+        const OP: &str = "msg.send";
+        check_body(body)?;
+        let q = sql(OP);
+        self.db.with_tx(OP, |c| {
+            let to_id: Option<u64> = c
+                .exec_first("SELECT id FROM users WHERE name = ?", (to,))
+                .map_err(&q)?;
+            let Some(to_id) = to_id else {
+                return Err(Error::NotFound(format!(
+                    "no user named {to:?}: check the name (user names are case-insensitive)"
+                )));
+            };
+            // The next number, with the row locked until commit.
+            c.exec_drop(
+                "INSERT INTO inboxes (user_id, last_seq) VALUES (?, LAST_INSERT_ID(1)) \
+                 ON DUPLICATE KEY UPDATE last_seq = LAST_INSERT_ID(last_seq + 1)",
+                (to_id,),
+            )
+            .map_err(&q)?;
+            let seq = c.last_insert_id();
+            let id = insert_message(c, OP, from, Some(to_id), None, body)?;
+            c.exec_drop(
+                "INSERT INTO inbox (user_id, seq, message_id) VALUES (?, ?, ?)",
+                (to_id, seq, id),
+            )
+            .map_err(&q)?;
+            let mut listed = vec![Listed {
+                user: to_id,
+                seq,
+                node: None,
+            }];
+            find_nodes(c, OP, &mut listed)?;
+            Ok(Stored { id, listed })
+        })
+    }
+
+    /// Sends `body` to every member of `room` but the sender, who must be
+    /// one: `not_found` for a room that does not exist, `forbidden` for
+    /// one the sender is not in.
+    pub fn send_to_room(&self, from: Sender<'_>, room: &str, body: &str) -> Result<Stored> {
+        const OP: &str = "msg.send";
+        check_room(room)?;
+        check_body(body)?;
+        let q = sql(OP);
+        self.db.with_tx(OP, |c| {
+            let room_id = room_id(c, OP, room)?;
+            let members: Vec<u64> = c
+                .exec(
+                    "SELECT user_id FROM room_members WHERE room_id = ? ORDER BY user_id",
+                    (room_id,),
+                )
+                .map_err(&q)?;
+            if !members.contains(&from.id) {
+                return Err(Error::Forbidden(format!(
+                    "you are not in room {room:?}: join it first (msg.join)"
+                )));
+            }
+            let to: Vec<u64> = members.into_iter().filter(|m| *m != from.id).collect();
+            let id = insert_message(c, OP, from, None, Some(room_id), body)?;
+            if to.is_empty() {
+                return Ok(Stored { id, listed: vec![] });
+            }
+            let marks = vec!["(?, 1)"; to.len()].join(", ");
+            c.exec_drop(
+                format!(
+                    "INSERT INTO inboxes (user_id, last_seq) VALUES {marks} \
+                     ON DUPLICATE KEY UPDATE last_seq = last_seq + 1"
+                ),
+                to.clone(),
+            )
+            .map_err(&q)?;
+            let marks = vec!["?"; to.len()].join(", ");
+            let seqs: Vec<(u64, u64)> = c
+                .exec(
+                    format!(
+                        "SELECT user_id, last_seq FROM inboxes WHERE user_id IN ({marks}) FOR UPDATE"
+                    ),
+                    to.clone(),
+                )
+                .map_err(&q)?;
+            let marks = vec!["(?, ?, ?)"; seqs.len()].join(", ");
+            let params: Vec<u64> = seqs.iter().flat_map(|(u, s)| [*u, *s, id]).collect();
+            c.exec_drop(
+                format!("INSERT INTO inbox (user_id, seq, message_id) VALUES {marks}"),
+                params,
+            )
+            .map_err(&q)?;
+            let mut listed: Vec<Listed> = seqs
+                .into_iter()
+                .map(|(user, seq)| Listed {
+                    user,
+                    seq,
+                    node: None,
+                })
+                .collect();
+            find_nodes(c, OP, &mut listed)?;
+            Ok(Stored { id, listed })
+        })
+    }
+
+    /// Joins `room`, making it if it does not exist; the members after.
+    pub fn join(&self, user: u64, room: &str) -> Result<u64> {
+        const OP: &str = "msg.join";
+        check_room(room)?;
+        let q = sql(OP);
+        self.db.with_tx(OP, |c| {
+            c.exec_drop(
+                "INSERT IGNORE INTO rooms (name, created_by, created_at) VALUES (?, ?, NOW(3))",
+                (room, user),
+            )
+            .map_err(&q)?;
+            let room_id: u64 = c
+                .exec_first("SELECT id FROM rooms WHERE name = ? FOR UPDATE", (room,))
+                .map_err(&q)?
+                .ok_or_else(|| Error::Internal {
+                    op: OP,
+                    message: format!("room {room:?} vanished while being joined"),
+                })?;
+            let members: u64 = c
+                .exec_first(
+                    "SELECT COUNT(*) FROM room_members WHERE room_id = ?",
+                    (room_id,),
+                )
+                .map_err(&q)?
+                .unwrap_or(0);
+            let member: Option<u64> = c
+                .exec_first(
+                    "SELECT user_id FROM room_members WHERE room_id = ? AND user_id = ?",
+                    (room_id, user),
+                )
+                .map_err(&q)?;
+            if member.is_some() {
+                return Ok(members);
+            }
+            if members >= ROOM_MEMBERS_MAX {
+                return Err(Error::Conflict {
+                    op: OP,
+                    message: format!(
+                        "room {room:?} has {members} members, the most a room may have"
+                    ),
+                });
+            }
+            c.exec_drop(
+                "INSERT INTO room_members (room_id, user_id, joined_at) VALUES (?, ?, NOW(3))",
+                (room_id, user),
+            )
+            .map_err(&q)?;
+            Ok(members + 1)
+        })
+    }
+
+    /// Leaves `room`: `not_found` if it does not exist or the user is not in it.
+    pub fn leave(&self, user: u64, room: &str) -> Result<()> {
+        const OP: &str = "msg.leave";
+        check_room(room)?;
+        let q = sql(OP);
+        self.db.with_tx(OP, |c| {
+            let room_id = room_id(c, OP, room)?;
+            c.exec_drop(
+                "DELETE FROM room_members WHERE room_id = ? AND user_id = ?",
+                (room_id, user),
+            )
+            .map_err(&q)?;
+            if c.affected_rows() == 0 {
+                return Err(Error::NotFound(format!("you are not in room {room:?}")));
+            }
+            Ok(())
+        })
+    }
+
+    /// Records a subscription of `user` on `node`: its presence under a
+    /// new epoch, and where delivery starts.
+    pub fn subscribe(&self, user: u64, node: &str) -> Result<Subscribed> {
+        self.db.with_conn("msg.subscribe", |c| {
+            c.exec_drop(
+                "INSERT INTO presence (user_id, node, epoch, seen_at) VALUES (?, ?, LAST_INSERT_ID(1), NOW(3)) \
+                 ON DUPLICATE KEY UPDATE node = VALUES(node), epoch = LAST_INSERT_ID(epoch + 1), seen_at = NOW(3)",
+                (user, node),
+            )?;
+            let epoch = c.last_insert_id();
+            let acked: Option<u64> =
+                c.exec_first("SELECT acked FROM inboxes WHERE user_id = ?", (user,))?;
+            Ok(Subscribed {
+                epoch,
+                acked: acked.unwrap_or(0),
+            })
+        })
+    }
+
+    /// Clears the presence of a subscription that ended, unless a newer one
+    /// took its place.
+    pub fn unsubscribe(&self, user: u64, epoch: u64) -> Result<()> {
+        self.db.with_conn("msg.unsubscribe", |c| {
+            c.exec_drop(
+                "DELETE FROM presence WHERE user_id = ? AND epoch = ?",
+                (user, epoch),
+            )
+        })
+    }
+
+    /// Clears every presence of `node` (it starts: none of its
+    /// subscriptions survived); how many.
+    pub fn clear_node(&self, node: &str) -> Result<u64> {
+        self.db.with_conn("msg.clear_node", |c| {
+            c.exec_drop("DELETE FROM presence WHERE node = ?", (node,))?;
+            Ok(c.affected_rows())
+        })
+    }
+
+    /// Refreshes the presences of `node`'s subscriptions.
+    pub fn refresh(&self, node: &str) -> Result<()> {
+        self.db.with_conn("msg.refresh", |c| {
+            c.exec_drop(
+                "UPDATE presence SET seen_at = NOW(3) WHERE node = ?",
+                (node,),
+            )
+        })
+    }
+
+    /// Up to `limit` messages of `user`'s inbox after number `after`, in order.
+    pub fn after(&self, user: u64, after: u64, limit: u32) -> Result<Vec<Message>> {
+        type Row = (u64, u64, String, Option<String>, String, u64);
+        let rows: Vec<Row> = self.db.with_conn("msg.fetch", |c| {
+            c.exec(
+                format!(
+                    "SELECT i.seq, m.id, m.sender_name, r.name, m.body, {SENT_AT_MS} \
+                     FROM inbox i JOIN messages m ON m.id = i.message_id \
+                     LEFT JOIN rooms r ON r.id = m.room_id \
+                     WHERE i.user_id = ? AND i.seq > ? ORDER BY i.seq LIMIT ?"
+                ),
+                (user, after, limit),
+            )
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, id, from, room, body, sent_at)| Message {
+                id,
+                seq,
+                from,
+                room,
+                body,
+                sent_at,
+            })
+            .collect())
+    }
+
+    /// The inbox heads and presence epochs of `users`, in one query.
+    pub fn heads(&self, users: &[u64]) -> Result<Vec<Head>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; users.len()].join(", ");
+        let rows: Vec<(u64, Option<u64>, Option<u64>)> = self.db.with_conn("msg.poll", |c| {
+            c.exec(
+                format!(
+                    "SELECT u.id, b.last_seq, p.epoch FROM users u \
+                     LEFT JOIN inboxes b ON b.user_id = u.id \
+                     LEFT JOIN presence p ON p.user_id = u.id \
+                     WHERE u.id IN ({marks})"
+                ),
+                users.to_vec(),
+            )
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, last_seq, epoch)| Head {
+                user,
+                last_seq: last_seq.unwrap_or(0),
+                epoch,
+            })
+            .collect())
+    }
+
+    /// Marks everything up to `upto` acknowledged (a mark never goes back).
+    pub fn ack(&self, user: u64, upto: u64) -> Result<()> {
+        self.db.with_conn("msg.ack", |c| {
+            c.exec_drop(
+                "UPDATE inboxes SET acked = GREATEST(acked, ?) WHERE user_id = ? AND last_seq >= ?",
+                (upto, user, upto),
+            )
+        })
+    }
+
+    /// The acknowledged mark of `user`'s inbox.
+    pub fn acked(&self, user: u64) -> Result<u64> {
+        let v: Option<u64> = self.db.with_conn("msg.acked", |c| {
+            c.exec_first("SELECT acked FROM inboxes WHERE user_id = ?", (user,))
+        })?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Messages `user` sent or received, newest first, older than message
+    /// `before`; with `with`, only the direct ones between them and the
+    /// user named so (`not_found` if there is none).
+    pub fn history(
+        &self,
+        user: u64,
+        with: Option<&str>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<Entry>> {
+        const OP: &str = "msg.history";
+        let q = sql(OP);
+        let before = before.unwrap_or(u64::MAX);
+        let mut conn = self.db.conn(OP)?;
+        let c: &mut PooledConn = &mut conn;
+        let with_id = match with {
+            None => None,
+            Some(name) => {
+                let id: Option<u64> = c
+                    .exec_first("SELECT id FROM users WHERE name = ?", (name,))
+                    .map_err(&q)?;
+                Some(id.ok_or_else(|| Error::NotFound(format!("no user named {name:?}")))?)
+            }
+        };
+        type Row = (
+            u64,
+            String,
+            Option<String>,
+            Option<String>,
+            String,
+            u64,
+            Option<u64>,
+        );
+        let cols = format!("m.id, m.sender_name, u.name, r.name, m.body, {SENT_AT_MS}");
+        let joins =
+            "LEFT JOIN users u ON u.id = m.recipient_id LEFT JOIN rooms r ON r.id = m.room_id";
+        let (sent_filter, recv_filter) = match with_id {
+            Some(_) => (
+                "AND m.recipient_id = ?",
+                "AND m.sender_id = ? AND m.recipient_id IS NOT NULL",
+            ),
+            None => ("AND ? = 0", "AND ? = 0"),
+        };
+        let w = with_id.unwrap_or(0);
+        let rows: Vec<Row> = c
+            .exec(
+                format!(
+                    "(SELECT {cols}, NULL AS seq FROM messages m {joins} \
+                      WHERE m.sender_id = ? {sent_filter} AND m.id < ? ORDER BY m.id DESC LIMIT ?) \
+                     UNION ALL \
+                     (SELECT {cols}, i.seq FROM inbox i JOIN messages m ON m.id = i.message_id {joins} \
+                      WHERE i.user_id = ? {recv_filter} AND m.id < ? ORDER BY i.seq DESC LIMIT ?) \
+                     ORDER BY 1 DESC LIMIT ?"
+                ),
+                (user, w, before, limit, user, w, before, limit, limit),
+            )
+            .map_err(&q)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, from, to, room, body, sent_at, seq)| Entry {
+                id,
+                from,
+                to,
+                room,
+                body,
+                sent_at,
+                seq,
+            })
+            .collect())
+    }
+}
+
+fn insert_message(
+    c: &mut PooledConn,
+    op: &'static str,
+    from: Sender<'_>,
+    to: Option<u64>,
+    room: Option<u64>,
+    body: &str,
+) -> Result<u64> {
+    c.exec_drop(
+        "INSERT INTO messages (sender_id, sender_name, recipient_id, room_id, body, sent_at) \
+         VALUES (?, ?, ?, ?, ?, NOW(3))",
+        (from.id, from.name, to, room, body),
+    )
+    .map_err(sql(op))?;
+    Ok(c.last_insert_id())
+}
+
+fn room_id(c: &mut PooledConn, op: &'static str, room: &str) -> Result<u64> {
+    let id: Option<u64> = c
+        .exec_first("SELECT id FROM rooms WHERE name = ?", (room,))
+        .map_err(sql(op))?;
+    id.ok_or_else(|| {
+        Error::NotFound(format!(
+            "no room {room:?}: msg.join makes a room, and its first member"
+        ))
+    })
+}
+
+/// Fills in where each listed user is subscribed, from fresh presence rows.
+fn find_nodes(c: &mut PooledConn, op: &'static str, listed: &mut [Listed]) -> Result<()> {
+    if listed.is_empty() {
+        return Ok(());
+    }
+    let marks = vec!["?"; listed.len()].join(", ");
+    let mut params: Vec<mysql::Value> = listed.iter().map(|l| l.user.into()).collect();
+    params.push(PRESENCE_STALE.as_millis().to_string().into());
+    let rows: Vec<(u64, String)> = c
+        .exec(
+            format!(
+                "SELECT user_id, node FROM presence WHERE user_id IN ({marks}) \
+                 AND seen_at > NOW(3) - INTERVAL (? / 1000) SECOND"
+            ),
+            params,
+        )
+        .map_err(sql(op))?;
+    for (user, node) in rows {
+        if let Some(l) = listed.iter_mut().find(|l| l.user == user) {
+            l.node = Some(node);
+        }
+    }
+    Ok(())
+}

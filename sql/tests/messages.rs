@@ -1,0 +1,213 @@
+//! Messaging's tables against a real MariaDB (run through `scripts/test`):
+//! numbers per inbox in commit order under concurrent senders, rooms,
+//! presence epochs, acknowledgement marks, history.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Barrier};
+
+use dsf_common::ErrorCode;
+use dsf_sql::messages::Sender;
+use dsf_sql::{testing, Role};
+
+fn user(db: &testing::TestDb, name: &str) -> u64 {
+    db.users().create(name, "x", Role::Viewer).unwrap().id
+}
+
+fn from<'a>(id: u64, name: &'a str) -> Sender<'a> {
+    Sender { id, name }
+}
+
+#[test]
+fn concurrent_senders_give_each_inbox_numbers_from_one_without_gaps_in_send_order() {
+    let db = Arc::new(testing::fresh());
+    let bob = user(&db, "bob");
+    let senders: Vec<(u64, String)> = (0..8)
+        .map(|i| {
+            let n = format!("s{i}");
+            (user(&db, &n), n)
+        })
+        .collect();
+    let start = Arc::new(Barrier::new(senders.len()));
+    let threads: Vec<_> = senders
+        .iter()
+        .cloned()
+        .map(|(id, name)| {
+            let (db, start) = (db.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                (0..50)
+                    .map(|n| {
+                        let body = format!("{{\"n\":{n}}}");
+                        let s = db.messages().send(from(id, &name), "bob", &body).unwrap();
+                        assert_eq!(s.listed.len(), 1);
+                        assert_eq!(s.listed[0].user, bob);
+                        s.listed[0].seq
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        let seqs = t.join().unwrap();
+        // One sender's messages take increasing numbers.
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        all.extend(seqs);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=400).collect::<Vec<u64>>());
+    let got = db.messages().after(bob, 0, 1000).unwrap();
+    assert_eq!(got.len(), 400);
+    assert!(got.iter().zip(1..).all(|(m, n)| m.seq == n));
+    // Each sender's messages read back in the order they were sent.
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    for m in &got {
+        let v: serde_json::Value = serde_json::from_str(&m.body).unwrap();
+        let n = v["n"].as_i64().unwrap();
+        let prev = last.insert(m.from.as_str(), n).unwrap_or(-1);
+        assert!(n > prev, "{} sent {n} after {prev}", m.from);
+    }
+    // Paging by number.
+    let page = db.messages().after(bob, 390, 5).unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![391, 392, 393, 394, 395]
+    );
+}
+
+#[test]
+fn an_unknown_recipient_and_a_body_over_the_cap_are_refused_and_nothing_is_stored() {
+    let db = testing::fresh();
+    let ann = user(&db, "ann");
+    let e = db
+        .messages()
+        .send(from(ann, "ann"), "nobody", "1")
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound);
+    assert!(e.to_string().contains("no user named \"nobody\""), "{e}");
+    let big = format!("\"{}\"", "x".repeat(dsf_sql::messages::BODY_MAX));
+    let e = db
+        .messages()
+        .send(from(ann, "ann"), "ann", &big)
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BadRequest);
+    assert!(e.to_string().starts_with("body: at most"), "{e}");
+    assert!(db.messages().after(ann, 0, 10).unwrap().is_empty());
+}
+
+#[test]
+fn a_room_fans_out_to_its_members_but_the_sender_and_refuses_outsiders() {
+    let db = testing::fresh();
+    let [ann, bob, cy, dee] = ["ann", "bob", "cy", "dee"].map(|n| user(&db, n));
+    let m = db.messages();
+    let e = m.send_to_room(from(ann, "ann"), "ops", "1").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
+    assert_eq!(m.join(ann, "ops").unwrap(), 1);
+    assert_eq!(m.join(bob, "ops").unwrap(), 2);
+    assert_eq!(m.join(cy, "ops").unwrap(), 3);
+    assert_eq!(m.join(cy, "ops").unwrap(), 3, "joining twice is harmless");
+    // bob already has a direct message: the room's takes his next number.
+    m.send(from(dee, "dee"), "bob", "\"hi\"").unwrap();
+    let s = m
+        .send_to_room(from(ann, "ann"), "ops", "{\"deploy\":1}")
+        .unwrap();
+    let mut listed: Vec<(u64, u64)> = s.listed.iter().map(|l| (l.user, l.seq)).collect();
+    listed.sort_unstable();
+    assert_eq!(listed, vec![(bob, 2), (cy, 1)]);
+    let got = m.after(cy, 0, 10).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (
+            got[0].from.as_str(),
+            got[0].room.as_deref(),
+            got[0].body.as_str()
+        ),
+        ("ann", Some("ops"), "{\"deploy\":1}")
+    );
+    assert!(m.after(ann, 0, 10).unwrap().is_empty(), "not to the sender");
+    let e = m.send_to_room(from(dee, "dee"), "ops", "1").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Forbidden, "{e}");
+    m.leave(cy, "ops").unwrap();
+    let e = m.leave(cy, "ops").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
+    let e = m.leave(cy, "nope").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
+    let e = m.join(cy, "bad room!").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BadRequest, "{e}");
+}
+
+#[test]
+fn presence_epochs_grow_per_subscription_and_only_the_current_one_clears_it() {
+    let db = testing::fresh();
+    let ann = user(&db, "ann");
+    let bob = user(&db, "bob");
+    let m = db.messages();
+    let first = m.subscribe(bob, "node-a").unwrap();
+    assert_eq!(first.acked, 0);
+    // A send sees where bob is.
+    let s = m.send(from(ann, "ann"), "bob", "1").unwrap();
+    assert_eq!(s.listed[0].node.as_deref(), Some("node-a"));
+    let second = m.subscribe(bob, "node-b").unwrap();
+    assert!(second.epoch > first.epoch);
+    let heads = m.heads(&[bob, ann]).unwrap();
+    let h = heads.iter().find(|h| h.user == bob).unwrap();
+    assert_eq!((h.last_seq, h.epoch), (1, Some(second.epoch)));
+    let h = heads.iter().find(|h| h.user == ann).unwrap();
+    assert_eq!((h.last_seq, h.epoch), (0, None));
+    // The older subscription ending leaves the newer one's presence.
+    m.unsubscribe(bob, first.epoch).unwrap();
+    let s = m.send(from(ann, "ann"), "bob", "2").unwrap();
+    assert_eq!(s.listed[0].node.as_deref(), Some("node-b"));
+    m.unsubscribe(bob, second.epoch).unwrap();
+    let s = m.send(from(ann, "ann"), "bob", "3").unwrap();
+    assert_eq!(s.listed[0].node, None);
+    // A node that starts clears what it held.
+    m.subscribe(bob, "node-c").unwrap();
+    assert_eq!(m.clear_node("node-c").unwrap(), 1);
+}
+
+#[test]
+fn acknowledgement_marks_only_grow_and_never_pass_the_inbox() {
+    let db = testing::fresh();
+    let ann = user(&db, "ann");
+    let bob = user(&db, "bob");
+    let m = db.messages();
+    for n in 0..5 {
+        m.send(from(ann, "ann"), "bob", &n.to_string()).unwrap();
+    }
+    m.ack(bob, 3).unwrap();
+    assert_eq!(m.acked(bob).unwrap(), 3);
+    m.ack(bob, 2).unwrap();
+    assert_eq!(m.acked(bob).unwrap(), 3, "a mark never goes back");
+    m.ack(bob, 9).unwrap();
+    assert_eq!(m.acked(bob).unwrap(), 3, "not past the last number");
+    assert_eq!(m.subscribe(bob, "n").unwrap().acked, 3);
+}
+
+#[test]
+fn history_lists_sent_and_received_newest_first_and_pages() {
+    let db = testing::fresh();
+    let ann = user(&db, "ann");
+    let bob = user(&db, "bob");
+    let cy = user(&db, "cy");
+    let m = db.messages();
+    m.send(from(ann, "ann"), "bob", "1").unwrap();
+    m.send(from(bob, "bob"), "ann", "2").unwrap();
+    m.send(from(cy, "cy"), "ann", "3").unwrap();
+    m.send(from(ann, "ann"), "cy", "4").unwrap();
+    let all = m.history(ann, None, None, 10).unwrap();
+    let bodies: Vec<&str> = all.iter().map(|e| e.body.as_str()).collect();
+    assert_eq!(bodies, vec!["4", "3", "2", "1"]);
+    assert_eq!(all[0].to.as_deref(), Some("cy"));
+    assert_eq!(all[1].seq, Some(2), "received: its number in ann's inbox");
+    let with_bob = m.history(ann, Some("bob"), None, 10).unwrap();
+    let bodies: Vec<&str> = with_bob.iter().map(|e| e.body.as_str()).collect();
+    assert_eq!(bodies, vec!["2", "1"]);
+    let page = m.history(ann, None, None, 2).unwrap();
+    assert_eq!(page.len(), 2);
+    let older = m.history(ann, None, Some(page[1].id), 2).unwrap();
+    let bodies: Vec<&str> = older.iter().map(|e| e.body.as_str()).collect();
+    assert_eq!(bodies, vec!["2", "1"]);
+    let e = m.history(ann, Some("zed"), None, 10).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound);
+}
