@@ -226,6 +226,7 @@ impl AppConfig {
                 .map_or(DEFAULT_SESSION_TTL, HumanDuration::get),
             heartbeat_every: DEFAULT_HEARTBEAT,
             password_cost: Cost::DEFAULT,
+            msg_poll: crate::mailroom::POLL,
         })
     }
 }

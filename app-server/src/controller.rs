@@ -7,10 +7,13 @@
 //! or with a bad signature never occupies a worker; everything that may
 //! touch MySQL (sessions included) runs on a worker.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use dsf_common::reactor::ConnId;
+use dsf_common::wire::streams::{Streams, DEFAULT_STREAMS_PER_CONN};
 use dsf_common::wire::{self, Admission, Admitted, Refused, Request};
 use dsf_common::{Error, ErrorCode, Result};
 use dsf_sql::password::Cost;
@@ -92,12 +95,27 @@ pub struct Route {
     pub handler: Handler,
 }
 
-/// What a handler works with: the shared [`App`], the request, and the
-/// caller's session when the route needs one.
+/// What a handler works with: the shared [`App`], the request, the
+/// caller's session when the route needs one, and the connection it came
+/// on.
 pub struct Call<'a> {
     pub app: &'a App,
     pub request: &'a Request,
     pub session: Option<&'a Session>,
+    /// The connection the request came on (`msg.ack` acknowledges that
+    /// connection's subscription).
+    pub conn: Option<ConnId>,
+    /// What to do once the handler's write is committed.
+    pub effects: &'a RefCell<Vec<Effect>>,
+}
+
+/// Something a handler asks for after its write commits (never before:
+/// a peer told of a message must find it stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Tell the node holding `user`'s subscription that message `seq` is
+    /// waiting (this node's mailroom, or a peer's by `peer.notify`).
+    Notify { node: String, user: u64, seq: u64 },
 }
 
 // === impl Call ===
@@ -122,6 +140,11 @@ impl Call<'_> {
     /// The token the request carried (checked, for [`Auth::Role`] routes).
     pub fn token(&self) -> Option<&str> {
         self.request.token.as_deref()
+    }
+
+    /// Asks for `e` once the write commits.
+    pub fn after_commit(&self, e: Effect) {
+        self.effects.borrow_mut().push(e);
     }
 }
 
@@ -165,6 +188,10 @@ pub struct App {
     pub password_cost: Cost,
     /// Nudges the parked long polls of `task.claim` (a submit here).
     pub wake: Arc<crate::waiters::Wake>,
+    /// This node's `msg.subscribe` subscriptions.
+    pub mail: crate::mailroom::Mailroom,
+    /// Links to the other app servers (`peer.notify`).
+    pub peers: crate::peers::Peers,
     node: OnceLock<String>,
 }
 
@@ -172,8 +199,17 @@ pub struct App {
 
 impl App {
     /// The shared state; the node id is set once the listen address is known.
-    pub fn new(db: Db, session_cache: Duration, session_ttl: Duration, password_cost: Cost) -> App {
+    pub fn new(
+        db: Db,
+        session_cache: Duration,
+        session_ttl: Duration,
+        password_cost: Cost,
+        cluster_secret: &[u8],
+        msg_poll: Duration,
+    ) -> App {
         App {
+            mail: crate::mailroom::Mailroom::start(db.clone(), msg_poll),
+            peers: crate::peers::Peers::new(cluster_secret),
             db,
             sessions: SessionCache::new(session_cache),
             session_ttl,
@@ -185,7 +221,20 @@ impl App {
 
     /// Sets this node's id (once).
     pub fn set_node(&self, id: String) {
+        self.mail.set_node(&id);
         let _ = self.node.set(id);
+    }
+
+    /// Carries out what a committed write asked for.
+    pub fn apply(&self, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Notify { node, user, .. } if node == self.node() => self.mail.wake(user),
+                Effect::Notify { node, user, seq } => {
+                    self.peers.notify(&node, user, seq);
+                }
+            }
+        }
     }
 
     /// This node's id, as `sys.ping` and gate checks report it.
@@ -227,6 +276,8 @@ pub struct Controller {
     app: App,
     metrics: Arc<Metrics>,
     waiters: crate::waiters::Waiters,
+    /// Open streams by connection: `sys.cancel` and closes end them.
+    streams: Arc<Streams>,
 }
 
 // === impl Controller ===
@@ -259,7 +310,13 @@ impl Controller {
             app,
             metrics,
             waiters,
+            streams: Streams::new(DEFAULT_STREAMS_PER_CONN),
         }
+    }
+
+    /// The open streams (`job.watch`, `msg.subscribe`).
+    pub fn streams(&self) -> &Arc<Streams> {
+        &self.streams
     }
 
     /// The parked long polls of `task.claim`.
@@ -320,7 +377,7 @@ impl Controller {
     /// The error for a type no route serves.
     pub fn unknown_type(kind: &str) -> Error {
         Error::UnknownType(format!(
-            "no message type {kind:?} on app servers (see the message catalogue: sys.ping, user.*, blacklist.*, gate.*)"
+            "no message type {kind:?} on app servers (see the message catalogue: sys.ping, user.*, blacklist.*, gate.*, task.*, job.*, msg.*)"
         ))
     }
 
@@ -328,12 +385,21 @@ impl Controller {
     /// reply to `out`; records it in the metrics. A type that writes runs
     /// once: in one transaction with the record of its nonce and reply, or,
     /// sent again, answered with the reply stored the first time.
-    pub fn handle(&self, route: &Route, admitted: &Admitted, received: Instant, out: &mut Vec<u8>) {
+    /// `conn` is the connection the request came on.
+    pub fn handle(
+        &self,
+        route: &Route,
+        admitted: &Admitted,
+        conn: Option<ConnId>,
+        received: Instant,
+        out: &mut Vec<u8>,
+    ) {
         let req = &admitted.request;
+        let effects = RefCell::new(Vec::new());
         let ok = if self.runs_once(route.kind) {
-            self.handle_once(route, admitted, out)
+            self.handle_once(route, admitted, conn, &effects, out)
         } else {
-            match self.call(route, req) {
+            match self.call(route, req, conn, &effects) {
                 Ok(body) => {
                     admitted.ok(&body, out);
                     true
@@ -345,10 +411,22 @@ impl Controller {
                 }
             }
         };
+        // Effects are asked for only by a run that committed; a stored
+        // reply (a resend) has had its effects already.
+        if ok {
+            self.app.apply(effects.into_inner());
+        }
         self.metrics.record(received, ok);
     }
 
-    fn handle_once(&self, route: &Route, admitted: &Admitted, out: &mut Vec<u8>) -> bool {
+    fn handle_once(
+        &self,
+        route: &Route,
+        admitted: &Admitted,
+        conn: Option<ConnId>,
+        effects: &RefCell<Vec<Effect>>,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let req = &admitted.request;
         let writes = self.app.db.writes();
         // A resend this node has seen: its stored reply, if it ran. If not
@@ -368,9 +446,10 @@ impl Controller {
             }
         }
         let run = writes.run_once(&req.app, &req.nonce, &req.kind, || {
-            match self.call(route, req) {
+            match self.call(route, req, conn, effects) {
                 Ok(body) => (true, body, false),
                 Err(e) => {
+                    effects.borrow_mut().clear();
                     log_refusal(req, &e);
                     // Kept, so a resend gets the same answer; not those
                     // that say to try again.
@@ -385,6 +464,7 @@ impl Controller {
         let outcome = match run {
             Ok(Once::Ran(s)) => Ok(s),
             Ok(Once::Replayed(s)) => {
+                effects.borrow_mut().clear();
                 log::debug!(
                     "{} (request {}): ran before on some node; answered with its stored reply",
                     req.kind,
@@ -392,7 +472,10 @@ impl Controller {
                 );
                 Ok(s)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                effects.borrow_mut().clear();
+                Err(e.into())
+            }
         };
         match outcome {
             Ok(s) => self.reply_stored(admitted, &s, out),
@@ -410,7 +493,13 @@ impl Controller {
         s.ok
     }
 
-    fn call(&self, route: &Route, req: &Request) -> Result<String> {
+    fn call(
+        &self,
+        route: &Route,
+        req: &Request,
+        conn: Option<ConnId>,
+        effects: &RefCell<Vec<Effect>>,
+    ) -> Result<String> {
         let session = match route.auth {
             Auth::App => None,
             Auth::AppMaybeUser => match req.token.as_deref() {
@@ -432,6 +521,8 @@ impl Controller {
             app: &self.app,
             request: req,
             session: session.as_ref(),
+            conn,
+            effects,
         })
     }
 

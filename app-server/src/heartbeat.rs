@@ -1,6 +1,8 @@
 //! The heartbeat thread: `node.heartbeat` to the collector every interval
-//! (id, advertised address, weight, state, stats), signed with the cluster
-//! secret; `node.leave` at the end of a graceful shutdown.
+//! (id, advertised address, weight, state, stats, the view version held),
+//! signed with the cluster secret; `node.leave` at the end of a graceful
+//! shutdown. A reply carries the view's nodes when they changed: the peer
+//! links ([`crate::peers`]) are taken from them.
 //!
 //! A collector that is down is logged once and retried with backoff (from
 //! [`FIRST_RETRY`] up to the heartbeat interval); serving never depends on it. When it answers again,
@@ -12,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use dsf_common::call::{Connection, Signer};
-use dsf_common::view::{Heartbeat, Leave, Stats};
+use dsf_common::view::{Heartbeat, Leave, NodeView, Stats};
 use dsf_common::wire::DEFAULT_MAX_FRAME;
 use dsf_common::wire::{keys::CLUSTER_APP, Key};
+use dsf_proto::cluster::HeartbeatReply;
+use serde_json::value::RawValue;
 
 use crate::stats::{Gauges, Metrics};
 
@@ -52,7 +56,8 @@ pub struct Heartbeats {
 
 impl Heartbeats {
     /// Starts the thread `heartbeat` sending to `collector` every `every`.
-    /// `gauges` reads connections, in-flight and queue depth at each beat.
+    /// `gauges` reads connections, in-flight and queue depth at each beat;
+    /// `on_view` hears each new view the replies carry.
     pub fn start(
         collector: String,
         cluster_key: Key,
@@ -60,6 +65,7 @@ impl Heartbeats {
         every: Duration,
         metrics: Arc<Metrics>,
         gauges: Box<dyn Fn() -> Gauges + Send>,
+        on_view: OnView,
     ) -> std::io::Result<Heartbeats> {
         let (tx, rx) = bounded(4);
         let sender = Link {
@@ -73,7 +79,7 @@ impl Heartbeats {
         };
         let handle = std::thread::Builder::new()
             .name("heartbeat".into())
-            .spawn(move || run(sender, identity, every, metrics, gauges, rx))?;
+            .spawn(move || run(sender, identity, every, metrics, gauges, on_view, rx))?;
         Ok(Heartbeats { tx, handle })
     }
 
@@ -114,9 +120,9 @@ struct Link {
 }
 
 impl Link {
-    /// One signed exchange; on any failure the connection is dropped so the
-    /// next attempt starts afresh.
-    fn exchange(&mut self, kind: &str, body: &str) -> Result<(), String> {
+    /// One signed exchange, its reply's body; on any failure the connection
+    /// is dropped so the next attempt starts afresh.
+    fn exchange(&mut self, kind: &str, body: &str) -> Result<Box<RawValue>, String> {
         let result = self.try_exchange(kind, body);
         if result.is_err() {
             self.conn = None;
@@ -124,7 +130,7 @@ impl Link {
         result
     }
 
-    fn try_exchange(&mut self, kind: &str, body: &str) -> Result<(), String> {
+    fn try_exchange(&mut self, kind: &str, body: &str) -> Result<Box<RawValue>, String> {
         if self.conn.as_mut().is_some_and(Connection::is_closed) {
             self.conn = None;
         }
@@ -141,7 +147,6 @@ impl Link {
         }
         let conn = self.conn.as_mut().expect("connected above");
         conn.round_trip(kind, body, None, Instant::now() + EXCHANGE_TIMEOUT)
-            .map(|_| ())
             .map_err(|f| match f {
                 dsf_common::call::Failure::BadReply(why) => format!(
                     "{why} (do this node and the collector have the same DSF_CLUSTER_SECRET?)"
@@ -152,9 +157,9 @@ impl Link {
 
     /// Sends and logs the way an operator wants: the first failure and the
     /// recovery at `warn`/`info`, the ones in between at `debug`.
-    fn send_logged(&mut self, kind: &str, body: &str) -> bool {
+    fn send_logged(&mut self, kind: &str, body: &str) -> Option<Box<RawValue>> {
         match self.exchange(kind, body) {
-            Ok(()) => {
+            Ok(reply) => {
                 if self.failures > 0 {
                     log::info!(
                         "collector {} reachable again after {} failed attempts",
@@ -163,7 +168,7 @@ impl Link {
                     );
                 }
                 self.failures = 0;
-                true
+                Some(reply)
             }
             Err(e) => {
                 if self.failures == 0 {
@@ -175,7 +180,7 @@ impl Link {
                     log::debug!("{kind} to collector {} failed again: {e}", self.collector);
                 }
                 self.failures += 1;
-                false
+                None
             }
         }
     }
@@ -186,7 +191,7 @@ impl Link {
     }
 }
 
-fn heartbeat_body(identity: &Identity, metrics: &Metrics, stats: Stats) -> String {
+fn heartbeat_body(identity: &Identity, metrics: &Metrics, stats: Stats, known: u64) -> String {
     serde_json::to_string(&Heartbeat {
         id: identity.id.clone(),
         addr: identity.addr.clone(),
@@ -194,8 +199,40 @@ fn heartbeat_body(identity: &Identity, metrics: &Metrics, stats: Stats) -> Strin
         weight: identity.weight,
         state: metrics.state(),
         stats,
+        known_view: (known > 0).then_some(known),
     })
     .expect("a heartbeat serialises")
+}
+
+/// What a view in a heartbeat's reply is handed to: its version and nodes.
+pub type OnView = Box<dyn Fn(u64, &[NodeView]) + Send>;
+
+/// Sends one heartbeat; whether the collector took it. A reply carrying
+/// the view's nodes goes to `on_view`.
+fn beat(
+    sender: &mut Link,
+    identity: &Identity,
+    metrics: &Metrics,
+    gauges: &dyn Fn() -> Gauges,
+    known: &mut u64,
+    on_view: &OnView,
+) -> bool {
+    let body = heartbeat_body(identity, metrics, metrics.sample(gauges()), *known);
+    let Some(reply) = sender.send_logged("node.heartbeat", &body) else {
+        return false;
+    };
+    match serde_json::from_str::<HeartbeatReply>(reply.get()) {
+        Ok(HeartbeatReply {
+            view,
+            nodes: Some(nodes),
+        }) => {
+            *known = view;
+            on_view(view, &nodes);
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("the collector's heartbeat reply does not read: {e}"),
+    }
+    true
 }
 
 fn run(
@@ -204,20 +241,35 @@ fn run(
     every: Duration,
     metrics: Arc<Metrics>,
     gauges: Box<dyn Fn() -> Gauges + Send>,
+    on_view: OnView,
     rx: Receiver<Command>,
 ) {
     let mut next = Instant::now();
+    let mut known = 0u64;
     loop {
         let wait = next.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {
-                let body = heartbeat_body(&identity, &metrics, metrics.sample(gauges()));
-                sender.send_logged("node.heartbeat", &body);
+                beat(
+                    &mut sender,
+                    &identity,
+                    &metrics,
+                    &*gauges,
+                    &mut known,
+                    &on_view,
+                );
                 next = Instant::now() + sender.next_wait(every);
             }
             Ok(Command::Now(ack)) => {
-                let body = heartbeat_body(&identity, &metrics, metrics.sample(gauges()));
-                let _ = ack.send(sender.send_logged("node.heartbeat", &body));
+                let ok = beat(
+                    &mut sender,
+                    &identity,
+                    &metrics,
+                    &*gauges,
+                    &mut known,
+                    &on_view,
+                );
+                let _ = ack.send(ok);
                 next = Instant::now() + every;
             }
             Ok(Command::Leave(ack)) => {
@@ -225,7 +277,7 @@ fn run(
                     id: identity.id.clone(),
                 })
                 .expect("a leave serialises");
-                let ok = sender.send_logged("node.leave", &body);
+                let ok = sender.send_logged("node.leave", &body).is_some();
                 if ok {
                     log::info!("left collector {} as {}", sender.collector, identity.id);
                 }

@@ -17,8 +17,13 @@
 //! - [`controller`]: the table from message type to [`controller::Route`]
 //!   (auth level, where it runs, handler), authentication and rendering.
 //! - [`handlers`]: one file per handler group (`sys`, `user`, `blacklist`,
-//!   `gate`), each holding body types, validation and handlers; the models
-//!   are the repositories of `dsf-sql`.
+//!   `gate`, `tasks`, `messages`), each holding body types, validation and
+//!   handlers; the models are the repositories of `dsf-sql`.
+//! - [`waiters`], [`watches`]: parked `task.claim` long polls and
+//!   `job.watch` streams.
+//! - [`mailroom`]: `msg.subscribe` streams and the thread that fills them;
+//!   [`peers`]: the outbound links that carry `peer.notify` to other app
+//!   servers.
 //! - [`sessions`]: the short-lived (≤ 2 s) in-memory cache of token checks.
 //! - [`stats`]: request counters and the HDR latency histogram reported in
 //!   heartbeats.
@@ -35,6 +40,8 @@ pub mod controller;
 pub mod error;
 pub mod handlers;
 pub mod heartbeat;
+pub mod mailroom;
+pub mod peers;
 pub mod server;
 pub mod service;
 pub mod sessions;

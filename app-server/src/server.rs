@@ -67,6 +67,9 @@ pub struct Settings {
     pub heartbeat_every: Duration,
     /// Work of each password hash ([`Cost::DEFAULT`] outside tests).
     pub password_cost: Cost,
+    /// How often subscriptions poll their inboxes for messages whose
+    /// notification was lost ([`crate::mailroom::POLL`]).
+    pub msg_poll: Duration,
 }
 
 /// Asks a running server to shut down gracefully; clonable to any thread
@@ -181,6 +184,9 @@ impl Running {
         // Parked long polls are answered now (with what they find), not
         // at the end of their wait, and the waiters let go of the pool.
         self.controller.waiters().close();
+        // Subscriptions end with `unavailable`: their clients subscribe
+        // again elsewhere now, not when the connection drops.
+        self.controller.app().mail.close();
         let reported_draining = match &self.heartbeats {
             Some(h) => h.beat_now(Duration::from_secs(1)),
             None => false,
@@ -244,9 +250,19 @@ const REFUSE_MAX: Duration = Duration::from_secs(2);
 /// Connects to the database, binds the client port and starts serving.
 pub fn start(s: Settings) -> Result<Running, Error> {
     let db = Db::connect(&s.db)?;
-    let admission = Admission::new(s.app_keys.clone(), ReplayGuard::default());
+    // The cluster secret signs peer.notify from other app servers (and
+    // nothing else: see AppService::peer).
+    let keys = s.app_keys.clone().with_cluster_secret(&s.cluster_secret);
+    let admission = Admission::new(keys, ReplayGuard::default());
     let metrics = Arc::new(Metrics::new());
-    let app = App::new(db, s.session_cache, s.session_ttl, s.password_cost);
+    let app = App::new(
+        db,
+        s.session_cache,
+        s.session_ttl,
+        s.password_cost,
+        &s.cluster_secret,
+        s.msg_poll,
+    );
     let controller = Arc::new(Controller::new(admission, app, metrics.clone()));
 
     let worker_controller = controller.clone();
@@ -270,6 +286,15 @@ pub fn start(s: Settings) -> Result<Running, Error> {
     }
     let node_id = s.node_id.clone().unwrap_or_else(|| advertise.clone());
     controller.app().set_node(node_id.clone());
+    controller.app().peers.set_handle(reactor.handle());
+    // Subscriptions this node held before a restart are gone with it.
+    match controller.app().db.messages().clear_node(&node_id) {
+        Ok(0) => {}
+        Ok(n) => log::info!("{node_id}: cleared {n} subscriptions left from before a restart"),
+        Err(e) => {
+            log::warn!("{node_id}: cannot clear old subscriptions' presence: {e} (they go stale)")
+        }
+    }
     let shutdown = reactor.shutdown_handle();
     let reactor_stats = reactor.stats();
 
@@ -298,6 +323,10 @@ pub fn start(s: Settings) -> Result<Running, Error> {
                     s.heartbeat_every,
                     metrics.clone(),
                     Box::new(gauges),
+                    {
+                        let c = controller.clone();
+                        Box::new(move |version, nodes| c.app().peers.set_view(version, nodes))
+                    },
                 )
                 .map_err(|e| Error::Io {
                     what: "starting the heartbeat thread".into(),

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dsf_common::pool::Submitter;
-use dsf_common::reactor::{ConnId, Context, Dispatch, ReplyTo, Service};
-use dsf_common::wire::streams::{Streams, DEFAULT_STREAMS_PER_CONN};
+use dsf_common::reactor::{ConnId, Context, Dispatch, Origin, ReplyTo, Service};
+use dsf_common::wire::keys::CLUSTER_APP;
 use dsf_common::wire::Admitted;
 use dsf_common::Error;
 
@@ -34,9 +34,13 @@ pub fn run_job(controller: &Controller, job: Job) {
             return;
         }
     }
+    if job.route.kind == "msg.subscribe" {
+        return crate::handlers::messages::subscribe(controller, job);
+    }
     let mut out = Vec::with_capacity(256);
+    let conn = Some(job.reply.conn());
     let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        controller.handle(job.route, &job.admitted, job.received, &mut out)
+        controller.handle(job.route, &job.admitted, conn, job.received, &mut out)
     }));
     if handled.is_err() {
         // A bug in a handler: the client still gets an answer for its id.
@@ -58,8 +62,6 @@ pub fn run_job(controller: &Controller, job: Job) {
 pub struct AppService {
     controller: Arc<Controller>,
     pool: Submitter<Job>,
-    /// Open streams by connection: `sys.cancel` and closes end them.
-    streams: Arc<Streams>,
     /// The `job.watch` streams' thread.
     watches: crate::watches::Watches,
 }
@@ -73,7 +75,6 @@ impl AppService {
         AppService {
             controller,
             pool,
-            streams: Streams::new(DEFAULT_STREAMS_PER_CONN),
             watches,
         }
     }
@@ -92,7 +93,7 @@ impl AppService {
             }
         };
         let reply = cx.defer();
-        if let Ok(stream) = self.streams.open(&admitted, reply) {
+        if let Ok(stream) = self.controller.streams().open(&admitted, reply) {
             let token = admitted.request.token.clone().filter(|t| !t.is_empty());
             self.watches
                 .add(stream, admitted.request.app.clone(), job, token);
@@ -110,7 +111,7 @@ impl AppService {
         }
         let result =
             crate::controller::parse_body::<Body>(admitted.request.body.get()).and_then(|b| {
-                match self.streams.cancel(cx.conn(), b.id) {
+                match self.controller.streams().cancel(cx.conn(), b.id) {
                     true => Ok(()),
                     false => Err(Error::NotFound(format!(
                         "no stream {} is open on this connection",
@@ -129,6 +130,32 @@ impl AppService {
 }
 
 impl AppService {
+    /// `peer.*`, from another app server under the cluster secret; the
+    /// cluster secret signs nothing else here, and no app key signs these.
+    fn peer(&self, admitted: &Admitted, received: Instant, cx: &mut Context<'_>) -> Dispatch {
+        let r = &admitted.request;
+        let result = match (r.app == CLUSTER_APP, r.kind.as_str()) {
+            (true, "peer.notify") => {
+                crate::controller::parse_body::<dsf_proto::msg::NotifyBody>(r.body.get()).map(|b| {
+                    self.controller.app().mail.wake(b.user);
+                })
+            }
+            (true, kind) => Err(Error::Forbidden(format!(
+                "the cluster secret signs only peer.notify on app servers, not {kind}"
+            ))),
+            (false, kind) => Err(Error::Forbidden(format!(
+                "{kind} is for app servers, under the cluster secret"
+            ))),
+        };
+        let ok = result.is_ok();
+        match result {
+            Ok(()) => admitted.ok("{}", cx.out()),
+            Err(e) => admitted.error(&e, cx.out()),
+        }
+        self.controller.metrics().record(received, ok);
+        Dispatch::Done
+    }
+
     /// While the node drains for shutdown, a new request is answered
     /// `overloaded` without being run, so its client learns from a reply,
     /// not from a closed connection, that it may send it (write or not)
@@ -152,6 +179,11 @@ impl AppService {
 
 impl Service for AppService {
     fn on_frame(&mut self, payload: &[u8], cx: &mut Context<'_>) -> Dispatch {
+        if cx.origin() == Origin::Outbound {
+            // A peer's reply to our peer.notify.
+            self.controller.app().peers.on_reply(cx.conn(), payload);
+            return Dispatch::Done;
+        }
         let received = Instant::now();
         if self.controller.metrics().is_draining() {
             return self.refuse_draining(payload, received, cx);
@@ -170,6 +202,9 @@ impl Service for AppService {
                 return Dispatch::Done;
             }
         };
+        if admitted.request.app == CLUSTER_APP || admitted.request.kind.starts_with("peer.") {
+            return self.peer(&admitted, received, cx);
+        }
         if admitted.request.kind == "sys.cancel" {
             return self.cancel(&admitted, received, cx);
         }
@@ -183,7 +218,9 @@ impl Service for AppService {
             return Dispatch::Done;
         };
         if route.exec == Exec::Inline {
-            self.controller.handle(route, &admitted, received, cx.out());
+            let conn = Some(cx.conn());
+            self.controller
+                .handle(route, &admitted, conn, received, cx.out());
             return Dispatch::Done;
         }
         let reply = cx.defer();
@@ -205,6 +242,9 @@ impl Service for AppService {
     }
 
     fn on_close(&mut self, conn: ConnId) {
-        self.streams.close_conn(conn);
+        let app = self.controller.app();
+        app.mail.on_close(conn);
+        app.peers.on_close(conn);
+        self.controller.streams().close_conn(conn);
     }
 }

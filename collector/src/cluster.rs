@@ -414,6 +414,7 @@ mod tests {
             weight: 1,
             state,
             stats: Stats::default(),
+            known_view: None,
         }
     }
 

@@ -383,6 +383,7 @@ mod tests {
                 conns,
                 ..Stats::default()
             },
+            known_view: None,
         }
     }
 

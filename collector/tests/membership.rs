@@ -55,6 +55,37 @@ fn the_heartbeat_reply_carries_the_version_in_force() {
 }
 
 #[test]
+fn the_heartbeat_reply_carries_the_nodes_only_to_a_node_holding_another_version() {
+    let lb = start_lb();
+    let col = start_collector(collector_settings(&[lb.cluster_addr]));
+    let mut c = Client::cluster(col.listen_addr);
+    c.heartbeat(&heartbeat("b", "127.0.0.1:7002")).unwrap();
+    let first = c.heartbeat(&heartbeat("a", "127.0.0.1:7001")).unwrap();
+    let v = first["view"].as_u64().unwrap();
+    let mut ids: Vec<&str> = first["nodes"]
+        .as_array()
+        .expect("a node that holds no view gets the nodes")
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec!["a", "b"]);
+    assert_eq!(
+        first["nodes"][0]["addr"]
+            .as_str()
+            .map(|a| a.starts_with("127.0.0.1:700")),
+        Some(true)
+    );
+    let mut hb = heartbeat("a", "127.0.0.1:7001");
+    hb.known_view = Some(v);
+    let again = c.heartbeat(&hb).unwrap();
+    assert_eq!(again["view"].as_u64(), Some(v));
+    assert!(again.get("nodes").is_none(), "{again}");
+    hb.known_view = Some(v - 1);
+    assert!(c.heartbeat(&hb).unwrap()["nodes"].is_array());
+}
+
+#[test]
 fn a_node_that_stops_heartbeating_is_gone_within_dead_after_plus_a_second() {
     let lb = start_lb();
     let col = start_collector(collector_settings(&[lb.cluster_addr]));

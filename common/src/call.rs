@@ -12,7 +12,7 @@
 //! server ([`Failure`]): that is what the [`crate::Client`]'s retry rules
 //! need, and what a caller pipelining by hand needs too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, ErrorKind};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,9 @@ use crate::stream::FramedStream;
 use crate::wire::envelope::encode_request_at;
 use crate::wire::{Key, OutgoingRequest, Reply};
 use crate::ErrorCode;
+
+/// Frames a [`Connection`] keeps that came ahead of the one awaited.
+pub const EARLY_MAX: usize = 8192;
 
 /// Why a request on a [`Connection`] did not get a good reply, sorted by
 /// what it means for resending.
@@ -107,8 +110,11 @@ pub struct Connection {
     /// Ids sent and not yet answered, with the nonce each was signed with
     /// (its reply must be signed over it).
     pending: HashMap<u64, String>,
-    /// Replies that came before they were asked for.
-    early: HashMap<u64, Reply>,
+    /// Frames that came before they were asked for, by id: one reply, or
+    /// the events (then the final reply) of a stream read while another
+    /// request's reply was awaited. At most [`EARLY_MAX`] in all.
+    early: HashMap<u64, VecDeque<Reply>>,
+    early_len: usize,
     /// Set once the stream cannot be used any more.
     broken: bool,
     out: Vec<u8>,
@@ -148,6 +154,7 @@ impl Connection {
             next_id: 1,
             pending: HashMap::new(),
             early: HashMap::new(),
+            early_len: 0,
             seqs: HashMap::new(),
             broken: false,
             out: Vec::with_capacity(512),
@@ -215,7 +222,9 @@ impl Connection {
     /// Waits until `deadline` for the reply to `id`, verifies it, and
     /// returns its body or the server's error.
     pub fn recv(&mut self, id: u64, deadline: Instant) -> Result<Box<RawValue>, Failure> {
-        let reply = self.recv_reply(id, deadline)?;
+        let reply = self
+            .recv_reply(id, deadline, false)?
+            .expect("a deadline that passes fails the read");
         let nonce = self.pending.remove(&id).unwrap_or_default();
         if let Err(e) = reply.verify(&self.signer.key, &nonce) {
             self.broken = true;
@@ -252,10 +261,41 @@ impl Connection {
     /// The next item of the streamed reply to `id`: an event (verified, in
     /// sequence), or the final reply, which ends the stream.
     pub fn recv_stream(&mut self, id: u64, deadline: Instant) -> Result<Streamed, Failure> {
-        let reply = self.recv_reply(id, deadline)?;
+        let reply = self
+            .recv_reply(id, deadline, false)?
+            .expect("a deadline that passes fails the read");
+        self.stream_item(id, reply, deadline)
+    }
+
+    /// [`Connection::recv_stream`] that returns `Ok(None)` when nothing
+    /// came by `until`, leaving the connection usable (the frame decoder
+    /// keeps a frame cut short): for a subscription that also has other
+    /// work to do (acknowledgements, a time limit).
+    pub fn poll_stream(&mut self, id: u64, until: Instant) -> Result<Option<Streamed>, Failure> {
+        match self.recv_reply(id, until, true)? {
+            Some(reply) => self.stream_item(id, reply, until).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The reply to `id` if it has come already (read while waiting for
+    /// something else), verified; `None` if not yet.
+    pub fn ready(&mut self, id: u64) -> Option<Result<Box<RawValue>, Failure>> {
+        if self.early.get(&id).is_none_or(|q| q.is_empty()) {
+            return None;
+        }
+        Some(self.recv(id, Instant::now()))
+    }
+
+    fn stream_item(
+        &mut self,
+        id: u64,
+        reply: Reply,
+        deadline: Instant,
+    ) -> Result<Streamed, Failure> {
         if !reply.is_event() {
             self.seqs.remove(&id);
-            self.early.insert(id, reply);
+            self.put_early(id, reply)?;
             return self.recv(id, deadline).map(Streamed::Final);
         }
         let nonce = self.pending.get(&id).cloned().unwrap_or_default();
@@ -282,6 +322,39 @@ impl Connection {
         })
     }
 
+    /// Keeps a frame for later, in the order it came.
+    fn put_early(&mut self, id: u64, reply: Reply) -> Result<(), Failure> {
+        if self.early_len >= EARLY_MAX {
+            self.broken = true;
+            return Err(Failure::BadReply(format!(
+                "{} frames arrived ahead of the reply awaited: the server sends more than was asked for",
+                self.early_len
+            )));
+        }
+        let q = self.early.entry(id).or_default();
+        if q.iter().any(|r| !r.is_event()) {
+            self.broken = true;
+            return Err(Failure::BadReply(format!(
+                "a second reply for id {id}, after its final one"
+            )));
+        }
+        q.push_back(reply);
+        self.early_len += 1;
+        Ok(())
+    }
+
+    fn take_early(&mut self, id: u64) -> Option<Reply> {
+        let q = self.early.get_mut(&id)?;
+        let r = q.pop_front();
+        if q.is_empty() {
+            self.early.remove(&id);
+        }
+        if r.is_some() {
+            self.early_len -= 1;
+        }
+        r
+    }
+
     /// [`Connection::send`] then [`Connection::recv`].
     pub fn round_trip(
         &mut self,
@@ -306,9 +379,16 @@ impl Connection {
         self.recv(id, deadline)
     }
 
-    fn recv_reply(&mut self, id: u64, deadline: Instant) -> Result<Reply, Failure> {
-        if let Some(r) = self.early.remove(&id) {
-            return Ok(r);
+    /// The next frame for `id`; `Ok(None)` only when `idle_ok` and nothing
+    /// came by `deadline`.
+    fn recv_reply(
+        &mut self,
+        id: u64,
+        deadline: Instant,
+        idle_ok: bool,
+    ) -> Result<Option<Reply>, Failure> {
+        if let Some(r) = self.take_early(id) {
+            return Ok(Some(r));
         }
         if !self.pending.contains_key(&id) {
             return Err(Failure::BadReply(format!(
@@ -332,6 +412,7 @@ impl Connection {
                         self.server
                     )));
                 }
+                Err(e) if e.kind() == ErrorKind::TimedOut && idle_ok => return Ok(None),
                 Err(e) if e.kind() == ErrorKind::TimedOut => {
                     // The stream may be mid-frame now; never reuse it.
                     self.broken = true;
@@ -357,7 +438,7 @@ impl Connection {
                 }
             };
             if reply.id == id {
-                return Ok(reply);
+                return Ok(Some(reply));
             }
             if reply.id == crate::wire::envelope::UNKNOWN_ID && !reply.ok {
                 // An error about the connection, not a request (refused at
@@ -373,14 +454,14 @@ impl Connection {
                     self.server
                 )));
             }
-            if !self.pending.contains_key(&reply.id) || self.early.contains_key(&reply.id) {
+            if !self.pending.contains_key(&reply.id) {
                 self.broken = true;
                 return Err(Failure::BadReply(format!(
                     "reply for id {} that was not asked for",
                     reply.id
                 )));
             }
-            self.early.insert(reply.id, reply);
+            self.put_early(reply.id, reply)?;
         }
     }
 

@@ -449,6 +449,10 @@ pub mod cluster {
         pub state: NodeState,
         #[serde(default)]
         pub stats: Stats,
+        /// The view version this node holds (from an earlier reply): the
+        /// reply carries the view's nodes when the collector's is another.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub known_view: Option<u64>,
     }
 
     /// What a node measures about itself, over the last heartbeat interval.
@@ -485,10 +489,14 @@ pub mod cluster {
         pub id: String,
     }
 
-    /// `node.heartbeat`'s reply: the view version the collector holds.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    /// `node.heartbeat`'s reply: the view version the collector holds,
+    /// and its nodes when the heartbeat's `known_view` was another version
+    /// (app servers find their peers in it).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct HeartbeatReply {
         pub view: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub nodes: Option<Vec<NodeView>>,
     }
 
     /// `lb.set_view`'s reply: the version the balancer holds after it.

@@ -9,11 +9,13 @@
 //! | [`blacklist`] | `blacklist.add`, `.get`, `.update`, `.remove`, `.list` |
 //! | [`gate`] | `gate.check`, `gate.history` |
 //! | [`tasks`] | `task.submit`, `.claim`, `.heartbeat`, `.complete`, `.fail`; `job.status`, `.results`, `.cancel` |
+//! | [`messages`] | `msg.send`, `.subscribe`, `.ack`, `.history`, `.join`, `.leave` |
 
 use crate::controller::Route;
 
 pub mod blacklist;
 pub mod gate;
+pub mod messages;
 pub mod sys;
 pub mod tasks;
 pub mod user;
@@ -26,6 +28,7 @@ pub fn routes() -> impl Iterator<Item = &'static Route> {
         .chain(blacklist::ROUTES)
         .chain(gate::ROUTES)
         .chain(tasks::ROUTES)
+        .chain(messages::ROUTES)
 }
 
 #[cfg(test)]
@@ -58,6 +61,12 @@ mod tests {
             ("job.status", Auth::AppMaybeUser),
             ("job.results", Auth::AppMaybeUser),
             ("job.cancel", Auth::AppMaybeUser),
+            ("msg.send", Auth::Role(Role::Viewer)),
+            ("msg.subscribe", Auth::Role(Role::Viewer)),
+            ("msg.ack", Auth::Role(Role::Viewer)),
+            ("msg.history", Auth::Role(Role::Viewer)),
+            ("msg.join", Auth::Role(Role::Viewer)),
+            ("msg.leave", Auth::Role(Role::Viewer)),
         ];
         let got: Vec<(&str, Auth)> = routes().map(|r| (r.kind, r.auth)).collect();
         assert_eq!(got.len(), want.len(), "{got:?}");

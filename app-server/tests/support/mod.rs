@@ -52,6 +52,7 @@ pub fn settings(db: DbConfig, collector: Option<String>) -> Settings {
         session_ttl: Duration::from_secs(3600),
         heartbeat_every: Duration::from_millis(200),
         password_cost: Cost::TEST,
+        msg_poll: app_server::mailroom::POLL,
     }
 }
 

@@ -1,5 +1,7 @@
 //! `node.heartbeat` (cluster secret): `{"id","addr","weight","state","stats"}`
-//! → `{"view": version}`, the version in force after this heartbeat.
+//! → `{"view": version, "nodes"?}`, the version in force after this
+//! heartbeat, with the view's nodes when the heartbeat's `known_view` is
+//! another version.
 
 use dsf_common::view::Heartbeat;
 use dsf_common::wire::Admitted;
@@ -33,10 +35,20 @@ pub fn handle(cluster: &Cluster, req: &Admitted) -> Result<String, Error> {
     let hb: Heartbeat = req.request.body()?;
     validate(&hb)?;
     let version = cluster.heartbeat(&hb)?;
-    Ok(
-        serde_json::to_string(&dsf_proto::cluster::HeartbeatReply { view: version })
-            .expect("a number serialises"),
-    )
+    // The nodes only when the sender holds another version: most replies
+    // stay a few bytes.
+    let nodes = match hb.known_view {
+        Some(v) if v == version => None,
+        _ => {
+            let view = cluster.view();
+            (view.version == version).then(|| view.nodes.clone())
+        }
+    };
+    Ok(serde_json::to_string(&dsf_proto::cluster::HeartbeatReply {
+        view: version,
+        nodes,
+    })
+    .expect("a view serialises"))
 }
 
 #[cfg(test)]
@@ -52,6 +64,7 @@ mod tests {
             weight: 1,
             state: NodeState::Up,
             stats: Stats::default(),
+            known_view: None,
         }
     }
 

@@ -214,6 +214,7 @@ pub fn heartbeat(id: &str, addr: &str) -> Heartbeat {
         weight: 1,
         state: NodeState::Up,
         stats: Stats::default(),
+        known_view: None,
     }
 }
 

@@ -243,6 +243,17 @@ impl Stream {
         }
     }
 
+    /// Sends an event if the connection's output budget has room for it:
+    /// `Ok(false)` if not, and the stream goes on (the producer keeps the
+    /// event and offers it again later, as a subscription does with a
+    /// message it has not sent yet).
+    pub fn offer(&mut self, event: &str, body: &str) -> Result<bool, Ended> {
+        if !self.flush()? {
+            return Ok(false);
+        }
+        self.send(event, body)
+    }
+
     /// Sends an event that supersedes the one before it (progress): if the
     /// reader is behind, it waits in place of any older one, and goes out
     /// when there is room.

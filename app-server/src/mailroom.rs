@@ -1,0 +1,456 @@
+//! `msg.subscribe`: the open subscriptions of this node and the `mailroom`
+//! thread that fills them.
+//!
+//! A subscription belongs to one connection and one user, holds at most
+//! `credit` messages sent and not acknowledged, and is fed in inbox order:
+//! the thread reads the messages after the last one it sent (one indexed
+//! range read), and offers each to the stream; a full output budget only
+//! pauses it. It reads a user's inbox when
+//! - the subscription opens (everything after the acknowledged mark);
+//! - a send on this node or a `peer.notify` from another [`Mailroom::wake`]s it;
+//! - an acknowledgement frees credit;
+//! - every [`POLL`] (by default), for all subscriptions at once (one query per 500):
+//!   the inbox heads and presence epochs. This finds the messages whose
+//!   notification was lost, and the subscriptions another node took over
+//!   (a newer epoch), which end with `conflict`.
+//!
+//! One user has one subscription in the cluster: a newer one, here or on
+//! another node, ends the older.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use dsf_common::reactor::ConnId;
+use dsf_common::wire::streams::Stream;
+use dsf_common::Error;
+use dsf_proto::msg::MESSAGE;
+use dsf_sql::Db;
+
+/// How often every subscription's inbox head and presence are read.
+pub const POLL: Duration = Duration::from_secs(1);
+/// How often this node's presence rows are refreshed.
+const REFRESH: Duration = Duration::from_secs(10);
+/// Most messages read from one inbox at a time.
+const READ_MAX: u32 = 100;
+/// Most subscriptions one poll query covers.
+const POLL_BATCH: usize = 500;
+
+/// One open subscription.
+pub struct Sub {
+    pub user: u64,
+    pub name: String,
+    pub stream: Stream,
+    /// Its presence epoch.
+    pub epoch: u64,
+    /// Acknowledged up to here.
+    pub acked: u64,
+    /// Sent up to here.
+    pub sent: u64,
+    pub credit: u32,
+}
+
+enum Slot {
+    /// `msg.subscribe` is recording its presence.
+    Opening,
+    Open(Sub),
+}
+
+/// What the thread hears.
+enum Event {
+    Wake(u64),
+    /// A subscription went away: clear its presence.
+    Gone {
+        user: u64,
+        epoch: u64,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    subs: HashMap<ConnId, Slot>,
+    by_user: HashMap<u64, ConnId>,
+}
+
+struct Inner {
+    db: Db,
+    node: OnceLock<String>,
+    state: Mutex<State>,
+    tx: Sender<Event>,
+}
+
+/// This node's subscriptions and their thread; the thread stops when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct Mailroom {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Mailroom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailroom")
+            .field("subscriptions", &self.len())
+            .finish()
+    }
+}
+
+/// What `msg.ack` learns of a connection's subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubState {
+    pub user: u64,
+    pub acked: u64,
+    pub sent: u64,
+}
+
+// === impl Mailroom ===
+
+impl Mailroom {
+    /// Starts the `mailroom` thread over `db`, polling every `poll`.
+    pub fn start(db: Db, poll: Duration) -> Mailroom {
+        let (tx, rx) = unbounded();
+        let inner = Arc::new(Inner {
+            db,
+            node: OnceLock::new(),
+            state: Mutex::new(State::default()),
+            tx,
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("mailroom".into())
+            .spawn(move || run(&weak, &rx, poll))
+            .expect("spawning the mailroom thread");
+        Mailroom { inner }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets this node's id, under which presence is recorded.
+    pub fn set_node(&self, id: &str) {
+        let _ = self.inner.node.set(id.to_string());
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        self.inner.node.get().map_or("unknown", String::as_str)
+    }
+
+    /// Open subscriptions.
+    pub fn len(&self) -> usize {
+        self.lock()
+            .subs
+            .values()
+            .filter(|s| matches!(s, Slot::Open(_)))
+            .count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads `user`'s inbox soon (a message is waiting, or credit was freed).
+    pub fn wake(&self, user: u64) {
+        let _ = self.inner.tx.send(Event::Wake(user));
+    }
+
+    /// Reserves `conn` for a subscription being opened; `bad_request` if it
+    /// holds one.
+    pub fn reserve(&self, conn: ConnId) -> Result<(), Error> {
+        let mut st = self.lock();
+        if st.subs.contains_key(&conn) {
+            return Err(Error::bad_request(
+                "this connection has a msg.subscribe open: one a connection (cancel it with sys.cancel, or open another connection)",
+            ));
+        }
+        st.subs.insert(conn, Slot::Opening);
+        Ok(())
+    }
+
+    /// Gives up a reservation (the subscribe failed before opening).
+    pub fn unreserve(&self, conn: ConnId) {
+        let mut st = self.lock();
+        if matches!(st.subs.get(&conn), Some(Slot::Opening)) {
+            st.subs.remove(&conn);
+        }
+    }
+
+    /// Opens `sub` on `conn` (reserved with [`Mailroom::reserve`]). An
+    /// older subscription of the same user on this node ends with
+    /// `conflict`. If the connection closed meanwhile, the subscription
+    /// ends at once.
+    pub fn open(&self, conn: ConnId, sub: Sub) {
+        let (user, epoch) = (sub.user, sub.epoch);
+        let mut st = self.lock();
+        if !matches!(st.subs.get(&conn), Some(Slot::Opening)) {
+            drop(st);
+            let _ = sub
+                .stream
+                .fail(&Error::Unavailable("the connection closed".into()));
+            let _ = self.inner.tx.send(Event::Gone { user, epoch });
+            return;
+        }
+        if let Some(old) = st.by_user.insert(user, conn) {
+            if let Some(Slot::Open(s)) = st.subs.remove(&old) {
+                log::info!(
+                    "user {} subscribed again on this node: the older subscription ends",
+                    s.name
+                );
+                let _ = s.stream.fail(&taken_over());
+            }
+        }
+        st.subs.insert(conn, Slot::Open(sub));
+        drop(st);
+        self.wake(user);
+    }
+
+    /// The subscription of `conn`, if one is open.
+    pub fn state_of(&self, conn: ConnId) -> Option<SubState> {
+        match self.lock().subs.get(&conn) {
+            Some(Slot::Open(s)) => Some(SubState {
+                user: s.user,
+                acked: s.acked,
+                sent: s.sent,
+            }),
+            _ => None,
+        }
+    }
+
+    /// `msg.ack` recorded `upto` for `conn`'s subscription: credit frees.
+    pub fn acked(&self, conn: ConnId, upto: u64) {
+        let user = match self.lock().subs.get_mut(&conn) {
+            Some(Slot::Open(s)) => {
+                s.acked = s.acked.max(upto);
+                s.user
+            }
+            _ => return,
+        };
+        self.wake(user);
+    }
+
+    /// The connection closed: its subscription ends.
+    pub fn on_close(&self, conn: ConnId) {
+        let mut st = self.lock();
+        if let Some(Slot::Open(s)) = st.subs.remove(&conn) {
+            if st.by_user.get(&s.user) == Some(&conn) {
+                st.by_user.remove(&s.user);
+            }
+            let _ = self.inner.tx.send(Event::Gone {
+                user: s.user,
+                epoch: s.epoch,
+            });
+        }
+    }
+
+    /// At shutdown: every subscription ends with `unavailable`, so its
+    /// client subscribes again on another node at once.
+    pub fn close(&self) {
+        let subs: Vec<Sub> = {
+            let mut st = self.lock();
+            st.by_user.clear();
+            st.subs
+                .drain()
+                .filter_map(|(_, s)| match s {
+                    Slot::Open(s) => Some(s),
+                    Slot::Opening => None,
+                })
+                .collect()
+        };
+        let node = self.node().to_string();
+        for s in subs {
+            let _ = s.stream.fail(&Error::Unavailable(format!(
+                "node {node} is shutting down: subscribe again (the balancer names another node)"
+            )));
+            let _ = self.inner.db.messages().unsubscribe(s.user, s.epoch);
+        }
+    }
+}
+
+fn taken_over() -> Error {
+    Error::Conflict(
+        "a newer msg.subscribe of this user took over: one subscription a user at a time".into(),
+    )
+}
+
+/// Ends the subscription of `conn` (if it is still `epoch`'s) with `e`,
+/// or quietly when `e` is `None` (the stream ended already).
+fn end(state: &mut State, conn: ConnId, e: Option<Error>) -> Option<(u64, u64)> {
+    let Some(Slot::Open(s)) = state.subs.remove(&conn) else {
+        return None;
+    };
+    if state.by_user.get(&s.user) == Some(&conn) {
+        state.by_user.remove(&s.user);
+    }
+    if let Some(e) = e {
+        let _ = s.stream.fail(&e);
+    }
+    Some((s.user, s.epoch))
+}
+
+fn run(inner: &std::sync::Weak<Inner>, rx: &Receiver<Event>, every: Duration) {
+    let mut next_poll = Instant::now() + every;
+    let mut next_refresh = Instant::now() + REFRESH;
+    let mut failing = false;
+    loop {
+        let timeout = next_poll.saturating_duration_since(Instant::now());
+        let first = match rx.recv_timeout(timeout) {
+            Ok(e) => Some(e),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        let mut woken: HashSet<u64> = HashSet::new();
+        let mut gone: Vec<(u64, u64)> = Vec::new();
+        for e in first.into_iter().chain(rx.try_iter()) {
+            match e {
+                Event::Wake(u) => {
+                    woken.insert(u);
+                }
+                Event::Gone { user, epoch } => gone.push((user, epoch)),
+            }
+        }
+        let db = &inner.db;
+        for (user, epoch) in gone.drain(..) {
+            if let Err(e) = db.messages().unsubscribe(user, epoch) {
+                log::debug!("mailroom: clearing user {user}'s presence: {e} (it goes stale)");
+            }
+        }
+        let now = Instant::now();
+        if now >= next_poll {
+            next_poll = now + every;
+            match poll(&inner, &mut woken) {
+                Ok(()) if failing => {
+                    log::info!("mailroom: the database answers again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    log::warn!(
+                        "mailroom: {e}; subscriptions wait for it (logged again when it answers)"
+                    );
+                    failing = true;
+                }
+                Err(e) => log::debug!("mailroom: {e}"),
+            }
+        }
+        if now >= next_refresh {
+            next_refresh = now + REFRESH;
+            if let Some(node) = inner.node.get() {
+                if let Err(e) = db.messages().refresh(node) {
+                    log::debug!("mailroom: refreshing presence: {e}");
+                }
+            }
+        }
+        // A user whose read filled a whole batch is read again at once.
+        while !woken.is_empty() {
+            let mut again = HashSet::new();
+            for user in woken.drain() {
+                if deliver(&inner, user) {
+                    again.insert(user);
+                }
+            }
+            woken = again;
+        }
+    }
+}
+
+/// Reads the heads and epochs of every subscription; wakes those behind
+/// their inbox, ends those another node took over.
+fn poll(inner: &Inner, woken: &mut HashSet<u64>) -> Result<(), dsf_sql::Error> {
+    let subs: Vec<(ConnId, u64, u64, u64)> = {
+        let st = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.subs
+            .iter()
+            .filter_map(|(c, s)| match s {
+                Slot::Open(s) => Some((*c, s.user, s.epoch, s.sent)),
+                Slot::Opening => None,
+            })
+            .collect()
+    };
+    for chunk in subs.chunks(POLL_BATCH) {
+        let users: Vec<u64> = chunk.iter().map(|s| s.1).collect();
+        let heads = inner.db.messages().heads(&users)?;
+        let mut st = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        for (conn, user, epoch, sent) in chunk {
+            let Some(h) = heads.iter().find(|h| h.user == *user) else {
+                continue;
+            };
+            match h.epoch {
+                Some(e) if e != *epoch => {
+                    log::info!(
+                        "mailroom: user {user} subscribed on another node; this subscription ends"
+                    );
+                    end(&mut st, *conn, Some(taken_over()));
+                }
+                _ if h.last_seq > *sent => {
+                    woken.insert(*user);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends `user`'s next messages, as far as credit and budget allow;
+/// whether there may be more to read now.
+fn deliver(inner: &Inner, user: u64) -> bool {
+    let (conn, after, room) = {
+        let st = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(conn) = st.by_user.get(&user).copied() else {
+            return false;
+        };
+        let Some(Slot::Open(s)) = st.subs.get(&conn) else {
+            return false;
+        };
+        let unacked = s.sent.saturating_sub(s.acked);
+        let room = u64::from(s.credit).saturating_sub(unacked);
+        (conn, s.sent, room.min(u64::from(READ_MAX)) as u32)
+    };
+    if room == 0 {
+        return false;
+    }
+    let rows = match inner.db.messages().after(user, after, room) {
+        Ok(rows) => rows,
+        Err(e) => {
+            log::debug!("mailroom: reading user {user}'s inbox: {e} (the next poll tries again)");
+            return false;
+        }
+    };
+    let full = rows.len() == room as usize;
+    let mut st = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(Slot::Open(s)) = st.subs.get_mut(&conn) else {
+        return false;
+    };
+    if s.sent != after {
+        // Another read went first (a wake while this one read).
+        return true;
+    }
+    for m in rows {
+        let event = dsf_proto::msg::Message {
+            id: m.id,
+            seq: m.seq,
+            from: m.from,
+            room: m.room,
+            body: crate::handlers::messages::raw(m.body),
+            sent_at: m.sent_at,
+        };
+        let body = serde_json::to_string(&event).expect("a message serialises");
+        match s.stream.offer(MESSAGE, &body) {
+            Ok(true) => s.sent = m.seq,
+            // The reader is behind: the rest goes when it has read (the
+            // next wake or poll).
+            Ok(false) => return false,
+            Err(_) => {
+                // Closed, cancelled or finished: its final reply, if any,
+                // was sent by whoever ended it.
+                if let Some((user, epoch)) = end(&mut st, conn, None) {
+                    let _ = inner.tx.send(Event::Gone { user, epoch });
+                }
+                return false;
+            }
+        }
+    }
+    full
+}

@@ -1,0 +1,485 @@
+//! Messaging over real sockets on app servers sharing one real MariaDB:
+//! a subscriber on one node gets what is sent on another (by peer.notify,
+//! with the slow poll turned off, and by the poll alone with no peer
+//! links); offline inboxes delivered in order at the next subscribe;
+//! credit; acknowledgements; takeover by a newer subscription; and each
+//! bad input with its error while a good client is served.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use app_server::Settings;
+use dsf_common::call::{Connection, Failure, Signer, Streamed};
+use dsf_common::view::NodeView;
+use dsf_common::wire::Key;
+use dsf_common::ErrorCode;
+use dsf_sql::testing::{self, TestDb};
+use serde_json::{json, Value};
+use support::{settings, Conn, Server, WAIT};
+
+/// A server whose subscriptions poll their inboxes every `poll`.
+fn server(db: &TestDb, poll: Duration) -> Server {
+    Server::with(Settings {
+        msg_poll: poll,
+        ..settings(db.config(), None)
+    })
+}
+
+/// Tells each server of the others, as the collector's heartbeat reply does.
+fn introduce(servers: &[&Server]) {
+    let nodes: Vec<NodeView> = servers
+        .iter()
+        .map(|s| NodeView {
+            id: s.node.clone(),
+            addr: s.addr.to_string(),
+            proxy_addr: None,
+            weight: 1,
+            state: Default::default(),
+            load: Default::default(),
+        })
+        .collect();
+    for s in servers {
+        s.running().controller().app().peers.set_view(1, &nodes);
+    }
+}
+
+/// An open `msg.subscribe` of one user.
+struct Sub {
+    conn: Connection,
+    id: u64,
+    token: String,
+}
+
+impl Sub {
+    fn open(server: &Server, token: &str, credit: Option<u32>) -> Sub {
+        let signer = Signer {
+            app: support::APP.into(),
+            key: Key::new(support::SECRET),
+        };
+        let addr = server.addr.to_string();
+        let mut conn = Connection::connect(&addr, &addr, signer, WAIT, 1 << 20).unwrap();
+        let body = match credit {
+            Some(c) => json!({ "credit": c }),
+            None => json!({}),
+        };
+        let id = conn
+            .send("msg.subscribe", &body.to_string(), Some(token))
+            .unwrap();
+        Sub {
+            conn,
+            id,
+            token: token.to_string(),
+        }
+    }
+
+    /// The next message, within [`WAIT`].
+    fn next(&mut self) -> Value {
+        match self
+            .conn
+            .recv_stream(self.id, Instant::now() + WAIT)
+            .unwrap()
+        {
+            Streamed::Event { event, body, .. } => {
+                assert_eq!(event, "message");
+                serde_json::from_str(body.get()).unwrap()
+            }
+            Streamed::Final(b) => panic!("the subscription ended: {}", b.get()),
+        }
+    }
+
+    /// The next message if one comes within `within`.
+    fn poll(&mut self, within: Duration) -> Option<Value> {
+        match self
+            .conn
+            .poll_stream(self.id, Instant::now() + within)
+            .unwrap()?
+        {
+            Streamed::Event { body, .. } => Some(serde_json::from_str(body.get()).unwrap()),
+            Streamed::Final(b) => panic!("the subscription ended: {}", b.get()),
+        }
+    }
+
+    /// How the subscription ended: its final error.
+    fn ended(&mut self) -> dsf_common::Error {
+        loop {
+            match self.conn.recv_stream(self.id, Instant::now() + WAIT) {
+                Ok(Streamed::Event { .. }) => continue,
+                Ok(Streamed::Final(b)) => panic!("ended without an error: {}", b.get()),
+                Err(Failure::Server(e)) => return e,
+                Err(f) => panic!("the connection failed: {f}"),
+            }
+        }
+    }
+
+    /// `msg.ack` on this connection, its reply waited for (events that come
+    /// meanwhile are kept for `next`).
+    fn ack(&mut self, upto: u64) -> Result<Value, dsf_common::Error> {
+        let body = json!({ "upto": upto }).to_string();
+        let id = self.conn.send("msg.ack", &body, Some(&self.token)).unwrap();
+        match self.conn.recv(id, Instant::now() + WAIT) {
+            Ok(raw) => Ok(serde_json::from_str(raw.get()).unwrap()),
+            Err(Failure::Server(e)) => Err(e),
+            Err(f) => panic!("msg.ack: {f}"),
+        }
+    }
+}
+
+fn send(c: &mut Conn, token: &str, to: &str, body: Value) -> Value {
+    c.ok("msg.send", json!({"to": to, "body": body}), Some(token))
+}
+
+#[test]
+fn a_message_sent_on_one_node_reaches_a_subscriber_on_another_by_peer_notify() {
+    let db = testing::fresh();
+    // No poll within the test: only the notification can deliver.
+    let (a, b) = (
+        server(&db, Duration::from_secs(3600)),
+        server(&db, Duration::from_secs(3600)),
+    );
+    introduce(&[&a, &b]);
+    let mut ca = a.connect();
+    let ann = ca.user("ann");
+    let bob = ca.user("bob");
+    let mut sub = Sub::open(&b, &bob, None);
+    support::wait_until("bob's presence on b", || {
+        b.running().controller().app().mail.len() == 1
+    });
+    for n in 0..5 {
+        let sent = send(&mut ca, &ann, "bob", json!({"n": n}));
+        assert_eq!(sent["seq"], n + 1);
+    }
+    for n in 0..5u64 {
+        let m = sub.next();
+        assert_eq!(
+            (m["seq"].as_u64(), m["from"].as_str()),
+            (Some(n + 1), Some("ann"))
+        );
+        assert_eq!(m["body"], json!({"n": n}));
+        assert!(m["sent_at"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+    let peers = &a.running().controller().app().peers.counters;
+    assert_eq!(peers.sent.load(std::sync::atomic::Ordering::Relaxed), 5);
+    assert_eq!(
+        peers.connects.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one link, kept"
+    );
+}
+
+#[test]
+fn without_peer_links_the_poll_delivers_and_an_offline_inbox_comes_in_order_at_subscribe() {
+    let db = testing::fresh();
+    let (a, b) = (
+        server(&db, Duration::from_millis(200)),
+        server(&db, Duration::from_millis(200)),
+    );
+    let mut ca = a.connect();
+    let ann = ca.user("ann");
+    let bob = ca.user("bob");
+    // bob is offline: his inbox fills.
+    for n in 1..=30 {
+        send(&mut ca, &ann, "bob", json!(n));
+    }
+    let mut sub = Sub::open(&b, &bob, None);
+    for n in 1..=30u64 {
+        let m = sub.next();
+        assert_eq!((m["seq"].as_u64(), m["body"].as_u64()), (Some(n), Some(n)));
+    }
+    // No view, so no notification: the poll finds the next one.
+    send(&mut ca, &ann, "bob", json!("late"));
+    assert_eq!(sub.next()["body"], "late");
+    let peers = &a.running().controller().app().peers.counters;
+    assert_eq!(peers.sent.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
+fn credit_bounds_what_is_unacknowledged_and_a_new_subscription_starts_after_the_ack() {
+    let db = testing::fresh();
+    let a = server(&db, Duration::from_millis(200));
+    let mut ca = a.connect();
+    let ann = ca.user("ann");
+    let bob = ca.user("bob");
+    for n in 1..=10 {
+        send(&mut ca, &ann, "bob", json!(n));
+    }
+    let mut sub = Sub::open(&a, &bob, Some(3));
+    let got: Vec<u64> = (0..3)
+        .map(|_| sub.next()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, vec![1, 2, 3]);
+    assert!(
+        sub.poll(Duration::from_millis(600)).is_none(),
+        "three unacknowledged: nothing more until an ack"
+    );
+    sub.ack(2).unwrap();
+    assert_eq!(sub.next()["seq"], 4);
+    assert_eq!(sub.next()["seq"], 5);
+    assert!(sub.poll(Duration::from_millis(600)).is_none());
+    // Acked up to 2, delivered up to 5: a new subscription starts at 3
+    // (at least once on the wire) and takes over the old one.
+    let mut again = Sub::open(&a, &bob, Some(100));
+    let e = sub.ended();
+    assert_eq!(e.code(), ErrorCode::Conflict, "{e}");
+    assert!(e.to_string().contains("newer msg.subscribe"), "{e}");
+    let seqs: Vec<u64> = (0..8)
+        .map(|_| again.next()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (3..=10).collect::<Vec<u64>>());
+    again.ack(10).unwrap();
+    drop(again);
+    assert_eq!(
+        db.messages()
+            .acked(db.users().get("bob").unwrap().unwrap().id)
+            .unwrap(),
+        10
+    );
+}
+
+#[test]
+fn a_subscription_on_another_node_takes_over_and_the_old_one_ends_with_conflict() {
+    let db = testing::fresh();
+    let (a, b) = (
+        server(&db, Duration::from_millis(200)),
+        server(&db, Duration::from_millis(200)),
+    );
+    introduce(&[&a, &b]);
+    let mut ca = a.connect();
+    let ann = ca.user("ann");
+    let bob = ca.user("bob");
+    let mut old = Sub::open(&a, &bob, None);
+    send(&mut ca, &ann, "bob", json!(1));
+    assert_eq!(old.next()["seq"], 1);
+    let mut new = Sub::open(&b, &bob, None);
+    // Not acknowledged: the new one gets it again.
+    assert_eq!(new.next()["seq"], 1);
+    let e = old.ended();
+    assert_eq!(e.code(), ErrorCode::Conflict, "{e}");
+    // Sends now go to b's subscription.
+    send(&mut ca, &ann, "bob", json!(2));
+    assert_eq!(new.next()["seq"], 2);
+}
+
+#[test]
+fn rooms_fan_out_to_their_members_on_every_node() {
+    let db = testing::fresh();
+    let (a, b) = (
+        server(&db, Duration::from_secs(3600)),
+        server(&db, Duration::from_secs(3600)),
+    );
+    introduce(&[&a, &b]);
+    let mut ca = a.connect();
+    let ann = ca.user("ann");
+    let bob = ca.user("bob");
+    let cy = ca.user("cy");
+    for t in [&ann, &bob, &cy] {
+        ca.ok("msg.join", json!({"room": "ops"}), Some(t));
+    }
+    let mut sb = Sub::open(&a, &bob, None);
+    let mut sc = Sub::open(&b, &cy, None);
+    support::wait_until("both subscribed", || {
+        a.running().controller().app().mail.len() == 1
+            && b.running().controller().app().mail.len() == 1
+    });
+    let sent = ca.ok(
+        "msg.send",
+        json!({"room": "ops", "body": {"deploy": "v2"}}),
+        Some(&ann),
+    );
+    assert_eq!(sent["recipients"], 2);
+    for m in [sb.next(), sc.next()] {
+        assert_eq!(
+            (m["room"].as_str(), m["from"].as_str()),
+            (Some("ops"), Some("ann"))
+        );
+        assert_eq!(m["body"], json!({"deploy": "v2"}));
+    }
+    ca.ok("msg.leave", json!({"room": "ops"}), Some(&cy));
+    let e = ca.err(
+        "msg.send",
+        json!({"room": "ops", "body": 1}),
+        Some(&cy),
+        ErrorCode::Forbidden,
+    );
+    assert!(e.contains("join it first"), "{e}");
+}
+
+#[test]
+fn a_send_resent_on_another_node_is_stored_once_with_the_same_reply() {
+    let db = testing::fresh();
+    let (a, b) = (Server::start(&db), Server::start(&db));
+    let mut ca = a.connect();
+    let ann = ca.user("ann");
+    ca.user("bob");
+    let mut frame = Vec::new();
+    let body = json!({"to": "bob", "body": "once"}).to_string();
+    dsf_common::wire::envelope::encode_request(
+        &Key::new(support::SECRET),
+        &dsf_common::wire::OutgoingRequest {
+            id: 900,
+            kind: "msg.send",
+            app: support::APP,
+            token: Some(&ann),
+            body: &body,
+        },
+        &mut frame,
+    );
+    ca.send_bytes(&frame);
+    let (_, first) = ca.recv();
+    let mut cb = b.connect();
+    cb.send_bytes(&frame);
+    let (_, again) = cb.recv();
+    assert_eq!(first.unwrap(), again.unwrap());
+    let bob = db.users().get("bob").unwrap().unwrap().id;
+    assert_eq!(db.messages().after(bob, 0, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn bad_input_gets_its_error_and_a_good_client_is_served_meanwhile() {
+    let db = testing::fresh();
+    let a = server(&db, Duration::from_millis(200));
+    let mut good = a.connect();
+    let mut c = a.connect();
+    let ann = c.user("ann");
+    let bob = c.user("bob");
+    let checks: Vec<(&str, Value, Option<&str>, ErrorCode, &str)> = vec![
+        (
+            "msg.send",
+            json!({"to": "nobody", "body": 1}),
+            Some(&ann),
+            ErrorCode::NotFound,
+            "no user named \"nobody\"",
+        ),
+        (
+            "msg.send",
+            json!({"to": "bob", "body": "x".repeat(70_000)}),
+            Some(&ann),
+            ErrorCode::BadRequest,
+            "body: at most 65536 bytes",
+        ),
+        (
+            "msg.send",
+            json!({"to": "bob", "body": 1}),
+            None,
+            ErrorCode::Unauthorized,
+            "needs a session token",
+        ),
+        (
+            "msg.send",
+            json!({"to": "bob", "room": "ops", "body": 1}),
+            Some(&ann),
+            ErrorCode::BadRequest,
+            "not both",
+        ),
+        (
+            "msg.send",
+            json!({"body": 1}),
+            Some(&ann),
+            ErrorCode::BadRequest,
+            "name one recipient",
+        ),
+        (
+            "msg.send",
+            json!({"room": "nowhere", "body": 1}),
+            Some(&ann),
+            ErrorCode::NotFound,
+            "no room \"nowhere\"",
+        ),
+        (
+            "msg.leave",
+            json!({"room": "nowhere"}),
+            Some(&ann),
+            ErrorCode::NotFound,
+            "no room",
+        ),
+        (
+            "msg.join",
+            json!({"room": "a b"}),
+            Some(&ann),
+            ErrorCode::BadRequest,
+            "room: 1 to 64",
+        ),
+        (
+            "msg.ack",
+            json!({"upto": 1}),
+            Some(&ann),
+            ErrorCode::BadRequest,
+            "no msg.subscribe is open on this connection",
+        ),
+        (
+            "msg.history",
+            json!({"with": "nobody"}),
+            Some(&ann),
+            ErrorCode::NotFound,
+            "no user named",
+        ),
+        (
+            "msg.history",
+            json!({"limit": 0}),
+            Some(&ann),
+            ErrorCode::BadRequest,
+            "limit: 1 to 500",
+        ),
+        (
+            "peer.notify",
+            json!({"user": 1, "seq": 1}),
+            None,
+            ErrorCode::Forbidden,
+            "under the cluster secret",
+        ),
+    ];
+    for (kind, body, token, code, says) in checks {
+        let e = c.err(kind, body, token, code);
+        assert!(e.contains(says), "{kind}: {e}");
+        good.ok("sys.ping", json!({}), None);
+    }
+    // On a subscription's connection: an ack past what it delivered, a
+    // second subscribe, a credit out of range, no session.
+    send(&mut c, &ann, "bob", json!(1));
+    let mut sub = Sub::open(&a, &bob, None);
+    assert_eq!(sub.next()["seq"], 1);
+    let e = sub.ack(2).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BadRequest);
+    assert!(
+        e.to_string()
+            .contains("upto: 2 is beyond the last message this subscription delivered (1)"),
+        "{e}"
+    );
+    sub.ack(1).unwrap();
+    let id = sub.conn.send("msg.subscribe", "{}", Some(&bob)).unwrap();
+    match sub.conn.recv(id, Instant::now() + WAIT) {
+        Err(Failure::Server(e)) => {
+            assert_eq!(e.code(), ErrorCode::BadRequest);
+            assert!(e.to_string().contains("one a connection"), "{e}");
+        }
+        other => panic!("a second subscribe: {other:?}"),
+    }
+    // The first subscription still works.
+    send(&mut c, &ann, "bob", json!(2));
+    assert_eq!(sub.next()["seq"], 2);
+    for (body, token, code, says) in [
+        (
+            json!({"credit": 0}),
+            Some(bob.as_str()),
+            ErrorCode::BadRequest,
+            "credit: 1 to 1000",
+        ),
+        (
+            json!({"credit": 5000}),
+            Some(bob.as_str()),
+            ErrorCode::BadRequest,
+            "credit: 1 to 1000",
+        ),
+        (
+            json!({}),
+            None,
+            ErrorCode::Unauthorized,
+            "needs a session token",
+        ),
+    ] {
+        let mut other = a.connect();
+        let e = other.err("msg.subscribe", body.clone(), token, code);
+        assert!(e.contains(says), "{body}: {e}");
+        good.ok("sys.ping", json!({}), None);
+    }
+}
