@@ -242,9 +242,11 @@ impl Service for AppService {
     }
 
     fn on_close(&mut self, conn: ConnId) {
+        // Streams first: a subscription dropped after its stream is closed
+        // ends quietly (it has no one to send a final reply to).
+        self.controller.streams().close_conn(conn);
         let app = self.controller.app();
         app.mail.on_close(conn);
         app.peers.on_close(conn);
-        self.controller.streams().close_conn(conn);
     }
 }

@@ -10,6 +10,8 @@
 //!   whether the request may have landed, and how they become [`Error`]s.
 //! - [`error`]: the crate's one [`Error`] type; each message says what to do.
 //! - [`cli`]: the `client` tool's flags, subcommands, output and exit codes.
+//! - [`tasks`], [`messages`]: the task service and messaging (send, history,
+//!   and a [`messages::Listener`] that follows the inbox across nodes).
 //! - [`session`]: where `client login` keeps its token (mode 0600).
 //! - [`bench`]: `client bench`, a mio load generator with latency
 //!   percentiles, used by every figure in `docs/BENCHMARKS.md`.
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod client;
 pub mod conn;
 pub mod error;
+pub mod messages;
 pub mod session;
 pub mod tasks;
 

@@ -2,6 +2,7 @@
 //! the exit codes ([`exit`]). `main.rs` only calls [`main`].
 
 mod job;
+mod msg;
 mod output;
 mod pins;
 
@@ -53,6 +54,9 @@ Examples:
   client resolve ann                     # which node owns key `ann`, and its share
   client status --collector 127.0.0.1:6400
   client bench --op ping --conns 50 --pipeline 16 --duration 10s
+  client msg send bob 'lunch at noon?'   # logged in; stored even if bob is offline
+  client msg listen --for 1m             # your inbox, live, each message acknowledged once printed
+  client job submit --name squares < tasks.jsonl && client worker --exec ./work.sh
 
 Environment: DSF_LB, DSF_APP, DSF_APP_SECRET, DSF_APP_SECRET_FILE, DSF_NODE,
 DSF_ROUTE, DSF_COLLECTOR, DSF_SESSION_FILE (flags win over the environment).
@@ -71,7 +75,7 @@ Exit codes:
 #[command(
     name = "client",
     version,
-    about = "Talk to a dsf cluster: accounts, blacklist, gate checks, cluster status, benchmarks.",
+    about = "Talk to a dsf cluster: accounts, blacklist, gate checks, jobs, messages, cluster status, benchmarks.",
     long_about = "Talk to a dsf cluster. Requests are signed with the app's secret and go to the \
                   node the balancer picks for the routing key (lb.resolve), then straight to that \
                   node; if it goes away, reads are retried on another node, and writes are never \
@@ -164,6 +168,10 @@ pub enum Command {
     /// Claim tasks and run a command for each (task.claim, task.complete):
     /// payload on stdin, stdout the result, exit 0 done.
     Worker(job::WorkerArgs),
+    /// Messages between users, on any node: send, listen, history, rooms
+    /// (msg.*; logged in).
+    #[command(subcommand)]
+    Msg(msg::MsgCmd),
 }
 
 /// A user name; the password is asked for, never taken from a flag.
@@ -464,6 +472,7 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
             out.ping(&v, c.node_id().unwrap_or("?"), t.elapsed());
         }
         Command::Job(cmd) => job::run(&mut c, cmd, out)?,
+        Command::Msg(cmd) => msg::run(&mut c, session.as_ref(), cmd, out)?,
         Command::Bench(_) | Command::Pins(_) | Command::Worker(_) => unreachable!("handled above"),
     }
     Ok(exit::OK)

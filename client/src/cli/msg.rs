@@ -1,0 +1,272 @@
+//! `client msg send|listen|history|join|leave`: messaging from the command
+//! line, over [`crate::messages`].
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use dsf_proto::msg::HistoryBody;
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::messages::{self, ListenOptions, Listener};
+use crate::session::Session;
+
+use super::output::Out;
+
+/// `client msg ...`
+#[derive(Debug, Subcommand)]
+pub enum MsgCmd {
+    /// Send a message to a user (or with --room, to a room's members). It
+    /// is stored before this returns: an offline recipient gets it at
+    /// their next `msg listen`.
+    Send {
+        /// The recipient's user name (not with --room).
+        #[arg(required_unless_present = "room")]
+        to: Option<String>,
+        /// The text, sent as a JSON string (or give --body).
+        #[arg(conflicts_with = "body")]
+        text: Option<String>,
+        /// The body as JSON, e.g. '{"temp":21.5}'.
+        #[arg(long, value_name = "JSON")]
+        body: Option<String>,
+        /// Send to every other member of this room instead.
+        #[arg(long, conflicts_with = "to")]
+        room: Option<String>,
+    },
+    /// Print each message of your inbox as it arrives (first those waiting
+    /// since you last listened), and acknowledge it once printed. Follows
+    /// the subscription to another node when its node goes away. Ctrl-C
+    /// stops after acknowledging what was printed.
+    Listen {
+        /// Stop after this long, e.g. 30s, 10m [default: until Ctrl-C].
+        #[arg(long = "for", value_name = "DURATION", value_parser = super::parse_duration)]
+        duration: Option<Duration>,
+        /// Messages the server may send ahead of acknowledgements.
+        #[arg(long, default_value_t = dsf_proto::msg::CREDIT_DEFAULT)]
+        credit: u32,
+    },
+    /// Messages you sent and received, newest first.
+    History {
+        /// Only the direct messages between you and this user.
+        #[arg(long, value_name = "USER")]
+        with: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = dsf_proto::msg::HISTORY_DEFAULT)]
+        limit: u32,
+        /// Older than this message id (the `next` of a page).
+        #[arg(long, value_name = "ID")]
+        before: Option<u64>,
+    },
+    /// Join a room (it is made on its first join).
+    Join { room: String },
+    /// Leave a room.
+    Leave { room: String },
+}
+
+pub fn run(c: &mut Client, session: Option<&Session>, cmd: &MsgCmd, out: &mut Out) -> Result<()> {
+    let me = session.map(|s| s.user.clone()).ok_or_else(|| {
+        Error::Config("messages are a logged-in user's: log in first (client login NAME)".into())
+    })?;
+    match cmd {
+        MsgCmd::Send {
+            to,
+            text,
+            body,
+            room,
+        } => {
+            let body = match (text, body) {
+                (Some(t), None) => json!(t).to_string(),
+                (None, Some(b)) => {
+                    serde_json::from_str::<serde::de::IgnoredAny>(b).map_err(|e| {
+                        Error::Config(format!(
+                            "--body is not JSON: {e} (quote it: --body '{{\"a\":1}}')"
+                        ))
+                    })?;
+                    b.clone()
+                }
+                (None, None) => {
+                    return Err(Error::Config(
+                        "nothing to send: give the TEXT, or --body JSON".into(),
+                    ))
+                }
+                (Some(_), Some(_)) => unreachable!("clap refuses both"),
+            };
+            let (sent, to_whom) = match (room, to) {
+                (Some(r), _) => (messages::send_to_room(c, r, &body)?, format!("room {r}")),
+                (None, Some(t)) => (messages::send(c, t, &body)?, t.clone()),
+                (None, None) => unreachable!("clap asks for one"),
+            };
+            let v = serde_json::to_value(sent).expect("numbers serialise");
+            let human = match (sent.seq, sent.recipients) {
+                (Some(seq), _) => format!(
+                    "sent message {} to {to_whom} (#{seq} in their inbox)",
+                    sent.id
+                ),
+                (None, Some(n)) => {
+                    format!("sent message {} to {to_whom} ({n} recipients)", sent.id)
+                }
+                _ => format!("sent message {}", sent.id),
+            };
+            out.value(&v, &human);
+        }
+        MsgCmd::Listen { duration, credit } => listen(c, &me, *duration, *credit, out)?,
+        MsgCmd::History {
+            with,
+            limit,
+            before,
+        } => {
+            let page = messages::history(
+                c,
+                &HistoryBody {
+                    with: with.clone(),
+                    before: *before,
+                    limit: Some(*limit),
+                },
+            )?;
+            if out.is_json() {
+                for e in &page.messages {
+                    out.value(&serde_json::to_value(e).expect("an entry serialises"), "");
+                }
+            } else if page.messages.is_empty() {
+                out.value(&Value::Null, "no messages");
+            } else {
+                for e in &page.messages {
+                    let to = match (&e.to, &e.room) {
+                        (_, Some(r)) => format!("#{r}"),
+                        (Some(t), None) => t.clone(),
+                        (None, None) => "?".into(),
+                    };
+                    out.value(
+                        &Value::Null,
+                        &format!(
+                            "{}  {}  {} → {}: {}",
+                            e.id,
+                            when(e.sent_at),
+                            e.from,
+                            to,
+                            text_of(e.body.get())
+                        ),
+                    );
+                }
+                if let Some(n) = page.next {
+                    out.value(&Value::Null, &format!("(older: --before {n})"));
+                }
+            }
+        }
+        MsgCmd::Join { room } => {
+            let j = messages::join(c, room)?;
+            let v = serde_json::to_value(&j).expect("a reply serialises");
+            out.value(&v, &format!("joined {} ({} members)", j.room, j.members));
+        }
+        MsgCmd::Leave { room } => {
+            messages::leave(c, room)?;
+            out.value(&json!({}), &format!("left {room}"));
+        }
+    }
+    Ok(())
+}
+
+fn listen(
+    c: &Client,
+    me: &str,
+    duration: Option<Duration>,
+    credit: u32,
+    out: &mut Out,
+) -> Result<()> {
+    if credit == 0 || credit > dsf_proto::msg::CREDIT_MAX {
+        return Err(Error::Config(format!(
+            "--credit: 1 to {}",
+            dsf_proto::msg::CREDIT_MAX
+        )));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = dsf_common::signals::on_terminate(move || flag.store(true, Ordering::Release));
+    let opts = ListenOptions {
+        credit,
+        ack_every: u64::from(credit).div_ceil(4),
+        ..ListenOptions::default()
+    };
+    let mut inbox = Listener::new(c, me, opts)?;
+    let end = duration.map(|d| Instant::now() + d);
+    let json = out.is_json();
+    if !json {
+        eprintln!(
+            "listening as {me}{} (Ctrl-C stops)",
+            duration.map_or_else(String::new, |d| format!(" for {d:?}"))
+        );
+    }
+    let mut printed = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        // Wake at least every 200 ms to see Ctrl-C.
+        let step = Instant::now() + Duration::from_millis(200);
+        let until = end.map_or(step, |e| e.min(step));
+        if end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+        let Some(m) = inbox.next(until)? else {
+            continue;
+        };
+        let v = serde_json::to_value(&m).expect("a message serialises");
+        let from = match &m.room {
+            Some(r) => format!("#{r} {}", m.from),
+            None => m.from.clone(),
+        };
+        out.value(
+            &v,
+            &format!("[{}] {from}: {}", when(m.sent_at), text_of(m.body.get())),
+        );
+        out.flush();
+        let _ = std::io::stdout().flush();
+        // Printed: only now is it acknowledged.
+        inbox.handled(m.seq);
+        printed += 1;
+    }
+    inbox.close();
+    if !json {
+        eprintln!("{printed} messages");
+    }
+    Ok(())
+}
+
+/// A body for people: a JSON string as its text, anything else as JSON.
+fn text_of(body: &str) -> String {
+    match serde_json::from_str::<Value>(body) {
+        Ok(Value::String(s)) => s,
+        _ => body.to_string(),
+    }
+}
+
+/// Unix ms as a UTC time: `HH:MM:SS` today, with the date otherwise.
+fn when(ms: u64) -> String {
+    let Ok(t) = jiff::Timestamp::from_millisecond(ms as i64) else {
+        return ms.to_string();
+    };
+    let today = jiff::Timestamp::now().strftime("%F").to_string();
+    if t.strftime("%F").to_string() == today {
+        t.strftime("%T").to_string()
+    } else {
+        t.strftime("%F %T").to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_show_the_date_unless_today() {
+        assert_eq!(when(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(when(dsf_common::wire::now_ms()).len(), "12:00:00".len());
+    }
+
+    #[test]
+    fn string_bodies_print_as_their_text() {
+        assert_eq!(text_of(r#""hello""#), "hello");
+        assert_eq!(text_of(r#"{"a":1}"#), r#"{"a":1}"#);
+    }
+}

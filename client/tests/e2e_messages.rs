@@ -1,0 +1,336 @@
+//! End to end, real binaries: 30 users spread by key over three app
+//! servers send 200 messages each to random others while some recipients
+//! are offline for part of the run and one app server is SIGKILLed; every
+//! message reaches its recipient's application exactly once, in order per
+//! sender. Then `client msg send` and `client msg listen` from the command
+//! line.
+
+mod e2e;
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dsf_client::messages::{self, ListenOptions, Listener};
+use dsf_client::{Client, Error};
+use dsf_sql::password::{self, Cost};
+use dsf_sql::Role;
+use e2e::{binary, wait_for, Cluster, Spec, APP, APP_SECRET, WAIT};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+const USERS: usize = 30;
+const PER_USER: usize = 200;
+const PASSWORD: &str = "message-password";
+
+fn name(i: usize) -> String {
+    format!("u{i:02}")
+}
+
+/// A client logged in as user `i`, routed by its name.
+fn login(cluster: &Cluster, i: usize) -> Client {
+    let mut c = cluster.client();
+    c.set_routing_key(Some(name(i)));
+    let r = c
+        .call(
+            "user.login",
+            &json!({"name": name(i), "password": PASSWORD}),
+        )
+        .unwrap();
+    c.set_token(Some(r["token"].as_str().unwrap().to_string()));
+    c
+}
+
+/// What one recipient's application got: (sender, n) in arrival order.
+type Inbox = Arc<Mutex<Vec<(usize, u64)>>>;
+
+/// Listens as user `i` into `inbox` until `stop`; while `away` is set the
+/// user is offline (the listener closed, acknowledging what it printed).
+fn listener(
+    cluster: &Cluster,
+    i: usize,
+    inbox: Inbox,
+    away: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    subscriptions: Arc<AtomicUsize>,
+) -> impl FnOnce() + Send + 'static {
+    let c = login(cluster, i);
+    move || {
+        let opts = ListenOptions {
+            credit: 50,
+            ..ListenOptions::default()
+        };
+        while !stop.load(Ordering::Acquire) {
+            if away.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            let mut l = Listener::new(&c, &name(i), opts.clone()).unwrap();
+            while !stop.load(Ordering::Acquire) && !away.load(Ordering::Acquire) {
+                let Some(m) = l.next(Instant::now() + Duration::from_millis(100)).unwrap() else {
+                    continue;
+                };
+                let from = m.from[1..].parse::<usize>().unwrap();
+                let n = m.body.get().parse::<Value>().unwrap()["n"]
+                    .as_u64()
+                    .unwrap();
+                inbox.lock().unwrap().push((from, n));
+                l.handled(m.seq);
+            }
+            subscriptions.fetch_add(l.subscriptions as usize, Ordering::Relaxed);
+            l.close();
+        }
+    }
+}
+
+#[test]
+fn every_message_reaches_its_recipient_once_and_in_order_through_offline_users_and_a_killed_node() {
+    let mut cluster = Cluster::start(Spec {
+        apps: 3,
+        balancers: 1,
+    });
+    let hash = password::hash_with(PASSWORD, Cost::TEST).unwrap();
+    for i in 0..USERS {
+        cluster
+            .db
+            .users()
+            .create(&name(i), &hash, Role::Viewer)
+            .unwrap();
+    }
+    // Where each user's key lives, so the kill hits some subscriptions.
+    let owners = cluster.owners(0, &(0..USERS).map(name).collect::<Vec<_>>());
+    // Users 10-29 are online throughout: those on app-2 subscribe again.
+    let on_killed = (10..USERS)
+        .filter(|i| owners.get(&name(*i)).is_some_and(|n| n == "app-2"))
+        .count();
+    assert!(on_killed > 0, "some online users live on app-2: {owners:?}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let subscriptions = Arc::new(AtomicUsize::new(0));
+    let inboxes: Vec<Inbox> = (0..USERS).map(|_| Inbox::default()).collect();
+    // Users 0-4 are offline from the start until half the sends are done;
+    // users 5-9 go offline at a third and come back at two thirds.
+    let away: Vec<Arc<AtomicBool>> = (0..USERS)
+        .map(|i| Arc::new(AtomicBool::new(i < 5)))
+        .collect();
+    let listeners: Vec<_> = (0..USERS)
+        .map(|i| {
+            let f = listener(
+                &cluster,
+                i,
+                inboxes[i].clone(),
+                away[i].clone(),
+                stop.clone(),
+                subscriptions.clone(),
+            );
+            std::thread::spawn(f)
+        })
+        .collect();
+
+    let sent_total = Arc::new(AtomicUsize::new(0));
+    let senders: Vec<_> = (0..USERS)
+        .map(|i| {
+            let mut c = login(&cluster, i);
+            let sent_total = sent_total.clone();
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
+                let mut sent: Vec<(usize, u64)> = Vec::with_capacity(PER_USER);
+                let mut unknown = 0usize;
+                for n in 0..PER_USER {
+                    let to = loop {
+                        let t = rng.gen_range(0..USERS);
+                        if t != i {
+                            break t;
+                        }
+                    };
+                    let body = json!({ "n": n }).to_string();
+                    match messages::send(&mut c, &name(to), &body) {
+                        Ok(_) => sent.push((to, n as u64)),
+                        Err(Error::OutcomeUnknown { .. }) => unknown += 1,
+                        Err(e) => panic!("{} → {}: {e}", name(i), name(to)),
+                    }
+                    sent_total.fetch_add(1, Ordering::Relaxed);
+                }
+                (sent, unknown)
+            })
+        })
+        .collect();
+
+    let total = USERS * PER_USER;
+    let at = |fraction: f64| (total as f64 * fraction) as usize;
+    wait_for("a third of the sends", WAIT * 2, || {
+        (sent_total.load(Ordering::Relaxed) >= at(1.0 / 3.0)).then_some(())
+    });
+    for a in &away[5..10] {
+        a.store(true, Ordering::Release);
+    }
+    wait_for("40% of the sends", WAIT * 2, || {
+        (sent_total.load(Ordering::Relaxed) >= at(0.4)).then_some(())
+    });
+    cluster.app(2).kill();
+    wait_for("half the sends", WAIT * 2, || {
+        (sent_total.load(Ordering::Relaxed) >= at(0.5)).then_some(())
+    });
+    for a in &away[0..5] {
+        a.store(false, Ordering::Release);
+    }
+    wait_for("two thirds of the sends", WAIT * 2, || {
+        (sent_total.load(Ordering::Relaxed) >= at(2.0 / 3.0)).then_some(())
+    });
+    for a in &away[5..10] {
+        a.store(false, Ordering::Release);
+    }
+
+    // What each recipient must get: (sender, n) in send order.
+    let mut expected: Vec<Vec<(usize, u64)>> = vec![Vec::new(); USERS];
+    let mut unknown = 0;
+    for (i, s) in senders.into_iter().enumerate() {
+        let (sent, u) = s.join().unwrap();
+        unknown += u;
+        for (to, n) in sent {
+            expected[to].push((i, n));
+        }
+    }
+    assert_eq!(
+        unknown, 0,
+        "no send's outcome is unknown: they are resent with their nonce"
+    );
+    let want: usize = expected.iter().map(Vec::len).sum();
+    assert_eq!(want, total);
+    wait_for("every message delivered", WAIT * 2, || {
+        let got: usize = inboxes.iter().map(|b| b.lock().unwrap().len()).sum();
+        (got >= want).then_some(())
+    });
+    stop.store(true, Ordering::Release);
+    for l in listeners {
+        l.join().unwrap();
+    }
+
+    for (to, inbox) in inboxes.iter().enumerate() {
+        let got = inbox.lock().unwrap();
+        // Exactly once.
+        let mut count: HashMap<(usize, u64), usize> = HashMap::new();
+        for m in got.iter() {
+            *count.entry(*m).or_default() += 1;
+        }
+        let dups: Vec<_> = count.iter().filter(|(_, c)| **c > 1).collect();
+        assert!(
+            dups.is_empty(),
+            "{} got these more than once: {dups:?}",
+            name(to)
+        );
+        // Nothing lost, nothing extra.
+        let mut want_sorted = expected[to].clone();
+        want_sorted.sort_unstable();
+        let mut got_sorted = got.clone();
+        got_sorted.sort_unstable();
+        assert_eq!(got_sorted, want_sorted, "{}'s messages", name(to));
+        // In order per sender.
+        let mut per_sender: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+        for (from, n) in got.iter() {
+            per_sender.entry(*from).or_default().push(*n);
+        }
+        for (from, ns) in per_sender {
+            assert!(
+                ns.windows(2).all(|w| w[0] < w[1]),
+                "{} got {}'s messages out of order: {ns:?}",
+                name(to),
+                name(from)
+            );
+        }
+    }
+    // Offline users and the killed node's users subscribed more than once.
+    let subs = subscriptions.load(Ordering::Relaxed);
+    assert!(
+        subs >= USERS + 5 + on_killed,
+        "{subs} subscriptions: users 5-9 came back, and app-2's {on_killed} online users moved"
+    );
+
+    cli_send_and_listen(&cluster);
+}
+
+/// `client login`, `client msg send`, `client msg listen --json`.
+fn cli_send_and_listen(cluster: &Cluster) {
+    let cli = |user: &str| {
+        let mut cmd = Command::new(binary("client"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DSF_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("DSF_LB", cluster.lb_addrs().join(","))
+            .env("DSF_APP", APP)
+            .env("DSF_APP_SECRET", APP_SECRET)
+            .env(
+                "DSF_SESSION_FILE",
+                cluster.dir.join(format!("{user}.session")),
+            );
+        cmd
+    };
+    let run = |user: &str, args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = cli(user)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "client {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run("u00", &["login", "u00", "--password-stdin"], PASSWORD);
+    run("u01", &["login", "u01", "--password-stdin"], PASSWORD);
+    let sent: Value = serde_json::from_str(&run(
+        "u00",
+        &["msg", "send", "u01", "hello from the CLI", "--json"],
+        "",
+    ))
+    .unwrap();
+    assert!(sent["seq"].as_u64().unwrap() > 0, "{sent}");
+    let out = run("u01", &["msg", "listen", "--for", "3s", "--json"], "");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(
+        (lines[0]["from"].as_str(), lines[0]["body"].as_str()),
+        (Some("u00"), Some("hello from the CLI"))
+    );
+    assert_eq!(lines[0]["seq"], sent["seq"]);
+    // Printed, so acknowledged: a second listen prints nothing.
+    let again = run("u01", &["msg", "listen", "--for", "2s", "--json"], "");
+    assert_eq!(again, "", "acknowledged once printed");
+    let history = run(
+        "u01",
+        &["msg", "history", "--with", "u00", "--limit", "1", "--json"],
+        "",
+    );
+    let h: Value = serde_json::from_str(history.trim()).unwrap();
+    assert_eq!(h["body"], "hello from the CLI");
+    // A recipient that does not exist: refused, exit 3, with the reason.
+    let out = cli("u00")
+        .args(["msg", "send", "nobody", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no user named \"nobody\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
