@@ -114,8 +114,14 @@ pub struct Call<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// Tell the node holding `user`'s subscription that message `seq` is
-    /// waiting (this node's mailroom, or a peer's by `peer.notify`).
-    Notify { node: String, user: u64, seq: u64 },
+    /// waiting (this node's mailroom, or a peer's by `peer.notify`), with
+    /// the message as its `message` event's body.
+    Notify {
+        node: String,
+        user: u64,
+        seq: u64,
+        event: String,
+    },
 }
 
 // === impl Call ===
@@ -192,6 +198,9 @@ pub struct App {
     pub mail: crate::mailroom::Mailroom,
     /// Links to the other app servers (`peer.notify`).
     pub peers: crate::peers::Peers,
+    /// User ids by name, for `msg.send` (users are never deleted, so an
+    /// entry stays right); cleared when full.
+    pub user_ids: std::sync::Mutex<HashMap<String, u64>>,
     node: OnceLock<String>,
 }
 
@@ -210,6 +219,7 @@ impl App {
         App {
             mail: crate::mailroom::Mailroom::start(db.clone(), msg_poll),
             peers: crate::peers::Peers::new(cluster_secret),
+            user_ids: Default::default(),
             db,
             sessions: SessionCache::new(session_cache),
             session_ttl,
@@ -225,13 +235,44 @@ impl App {
         let _ = self.node.set(id);
     }
 
+    /// The id of the user named `name` (`not_found` if none), cached.
+    pub fn user_id(&self, name: &str) -> Result<u64> {
+        const MAX: usize = 100_000;
+        let cached = self
+            .user_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied();
+        if let Some(id) = cached {
+            return Ok(id);
+        }
+        let id = self.db.messages().user_id(name)?;
+        let mut ids = self.user_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if ids.len() >= MAX {
+            ids.clear();
+        }
+        ids.insert(name.to_string(), id);
+        Ok(id)
+    }
+
     /// Carries out what a committed write asked for.
     pub fn apply(&self, effects: Vec<Effect>) {
         for e in effects {
             match e {
-                Effect::Notify { node, user, .. } if node == self.node() => self.mail.wake(user),
-                Effect::Notify { node, user, seq } => {
-                    self.peers.notify(&node, user, seq);
+                Effect::Notify {
+                    node,
+                    user,
+                    seq,
+                    event,
+                } if node == self.node() => self.mail.push(user, seq, event),
+                Effect::Notify {
+                    node,
+                    user,
+                    seq,
+                    event,
+                } => {
+                    self.peers.notify(&node, user, seq, &event);
                 }
             }
         }

@@ -7,7 +7,10 @@
 //! range read), and offers each to the stream; a full output budget only
 //! pauses it. It reads a user's inbox when
 //! - the subscription opens (everything after the acknowledged mark);
-//! - a send on this node or a `peer.notify` from another [`Mailroom::wake`]s it;
+//! - a send on this node or a `peer.notify` from another finds the
+//!   subscription needs something else than the message it carries (a gap
+//!   in the numbers, no credit); when the carried message is the next one
+//!   due, it is sent as it is, without a read ([`Mailroom::push`]);
 //! - an acknowledgement frees credit;
 //! - every [`POLL`] (by default), for all subscriptions at once (one query per 500):
 //!   the inbox heads and presence epochs. This finds the messages whose
@@ -18,6 +21,7 @@
 //! another node, ends the older.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -60,6 +64,12 @@ enum Slot {
 /// What the thread hears.
 enum Event {
     Wake(u64),
+    /// Message `seq` of `user`, rendered as its event's body.
+    Pushed {
+        user: u64,
+        seq: u64,
+        event: String,
+    },
     /// A subscription went away: clear its presence.
     Gone {
         user: u64,
@@ -78,6 +88,16 @@ struct Inner {
     node: OnceLock<String>,
     state: Mutex<State>,
     tx: Sender<Event>,
+    counters: MailCounters,
+}
+
+/// What the mailroom has done, for logs and tests.
+#[derive(Debug, Default)]
+pub struct MailCounters {
+    /// Messages sent as a notification carried them, without a read.
+    pub pushed: AtomicU64,
+    /// Reads of an inbox.
+    pub reads: AtomicU64,
 }
 
 /// This node's subscriptions and their thread; the thread stops when the
@@ -114,6 +134,7 @@ impl Mailroom {
             node: OnceLock::new(),
             state: Mutex::new(State::default()),
             tx,
+            counters: MailCounters::default(),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -125,6 +146,11 @@ impl Mailroom {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Its counters.
+    pub fn counters(&self) -> &MailCounters {
+        &self.inner.counters
     }
 
     /// Sets this node's id, under which presence is recorded.
@@ -153,6 +179,14 @@ impl Mailroom {
     /// Reads `user`'s inbox soon (a message is waiting, or credit was freed).
     pub fn wake(&self, user: u64) {
         let _ = self.inner.tx.send(Event::Wake(user));
+    }
+
+    /// Message `seq` of `user` was stored; `event` is its `message` event's
+    /// body. Sent as it is when it is the subscription's next and credit
+    /// allows; otherwise the inbox is read (it is stored: nothing is lost
+    /// by not using this copy).
+    pub fn push(&self, user: u64, seq: u64, event: String) {
+        let _ = self.inner.tx.send(Event::Pushed { user, seq, event });
     }
 
     /// Reserves `conn` for a subscription being opened; `bad_request` if it
@@ -307,6 +341,11 @@ fn run(inner: &std::sync::Weak<Inner>, rx: &Receiver<Event>, every: Duration) {
                 Event::Wake(u) => {
                     woken.insert(u);
                 }
+                Event::Pushed { user, seq, event } => {
+                    if !woken.contains(&user) && !push(&inner, user, seq, &event) {
+                        woken.insert(user);
+                    }
+                }
                 Event::Gone { user, epoch } => gone.push((user, epoch)),
             }
         }
@@ -393,6 +432,42 @@ fn poll(inner: &Inner, woken: &mut HashSet<u64>) -> Result<(), dsf_sql::Error> {
     Ok(())
 }
 
+/// Sends `event`, message `seq` of `user`, if it is the subscription's
+/// next and credit and budget allow; whether it went (or is not needed:
+/// no subscription here, or sent already).
+fn push(inner: &Inner, user: u64, seq: u64, event: &str) -> bool {
+    let mut st = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(conn) = st.by_user.get(&user).copied() else {
+        return true;
+    };
+    let Some(Slot::Open(s)) = st.subs.get_mut(&conn) else {
+        return true;
+    };
+    if seq <= s.sent {
+        return true;
+    }
+    if seq != s.sent + 1 || s.sent - s.acked >= u64::from(s.credit) {
+        // A gap (another node's notification is behind this one), or no
+        // credit: the inbox is read (at once, or when an ack frees credit).
+        return false;
+    }
+    match s.stream.offer(MESSAGE, event) {
+        Ok(true) => {
+            s.sent = seq;
+            inner.counters.pushed.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        // The reader is behind: read later.
+        Ok(false) => false,
+        Err(_) => {
+            if let Some((user, epoch)) = end(&mut st, conn, None) {
+                let _ = inner.tx.send(Event::Gone { user, epoch });
+            }
+            true
+        }
+    }
+}
+
 /// Sends `user`'s next messages, as far as credit and budget allow;
 /// whether there may be more to read now.
 fn deliver(inner: &Inner, user: u64) -> bool {
@@ -411,6 +486,7 @@ fn deliver(inner: &Inner, user: u64) -> bool {
     if room == 0 {
         return false;
     }
+    inner.counters.reads.fetch_add(1, Ordering::Relaxed);
     let rows = match inner.db.messages().after(user, after, room) {
         Ok(rows) => rows,
         Err(e) => {

@@ -1,7 +1,8 @@
 //! Peer links: this app server's outbound connections to the others, over
 //! the reactor's [`Handle::connect`], signed with the cluster secret. They
 //! carry `peer.notify {"user","seq"}`: "a message is waiting for this user,
-//! whose subscription you hold".
+//! whose subscription you hold", with the message itself, which that
+//! server pushes without reading it back when it is the next one due.
 //!
 //! The peers come from the view (the collector's heartbeat reply). A link
 //! is opened on the first notify to a node and kept; one that closed or
@@ -115,10 +116,11 @@ impl Peers {
             .cloned()
     }
 
-    /// Tells node `node` that `user` has message `seq` waiting. Never
-    /// blocks on the network; whether the frame was handed to a link.
-    pub fn notify(&self, node: &str, user: u64, seq: u64) -> bool {
-        let sent = self.try_notify(node, user, seq);
+    /// Tells node `node` that `user` has message `seq` waiting, and what
+    /// it is (`event`, its `message` event's body). Never blocks on the
+    /// network; whether the frame was handed to a link.
+    pub fn notify(&self, node: &str, user: u64, seq: u64, event: &str) -> bool {
+        let sent = self.try_notify(node, user, seq, event);
         let c = if sent {
             &self.counters.sent
         } else {
@@ -128,7 +130,7 @@ impl Peers {
         sent
     }
 
-    fn try_notify(&self, node: &str, user: u64, seq: u64) -> bool {
+    fn try_notify(&self, node: &str, user: u64, seq: u64, event: &str) -> bool {
         let Some(handle) = self.handle.get() else {
             return false;
         };
@@ -136,8 +138,12 @@ impl Peers {
             log::debug!("peer.notify: node {node} is not in the view; its poll will find user {user}'s message");
             return false;
         };
-        let body = serde_json::to_string(&dsf_proto::msg::NotifyBody { user, seq })
-            .expect("numbers serialise");
+        let body = serde_json::to_string(&dsf_proto::msg::NotifyBody {
+            user,
+            seq,
+            message: serde_json::value::RawValue::from_string(event.to_string()).ok(),
+        })
+        .expect("a notify serialises");
         let stamp = Stamp::fresh();
         let mut frame = Vec::with_capacity(256);
         encode_request_at(

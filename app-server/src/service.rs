@@ -137,7 +137,11 @@ impl AppService {
         let result = match (r.app == CLUSTER_APP, r.kind.as_str()) {
             (true, "peer.notify") => {
                 crate::controller::parse_body::<dsf_proto::msg::NotifyBody>(r.body.get()).map(|b| {
-                    self.controller.app().mail.wake(b.user);
+                    let mail = &self.controller.app().mail;
+                    match b.message {
+                        Some(m) => mail.push(b.user, b.seq, m.get().to_string()),
+                        None => mail.wake(b.user),
+                    }
                 })
             }
             (true, kind) => Err(Error::Forbidden(format!(

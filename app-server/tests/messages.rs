@@ -145,11 +145,18 @@ fn a_message_sent_on_one_node_reaches_a_subscriber_on_another_by_peer_notify() {
     support::wait_until("bob's presence on b", || {
         b.running().controller().app().mail.len() == 1
     });
-    for n in 0..5 {
+    use std::sync::atomic::Ordering::Relaxed;
+    send(&mut ca, &ann, "bob", json!({"n": 0}));
+    assert_eq!(sub.next()["body"], json!({"n": 0}));
+    // From here on nothing else wakes b's mailroom: each message must come
+    // whole with its notification, and go out without a read.
+    let mail = b.running().controller().app().mail.counters();
+    let (pushed, reads) = (mail.pushed.load(Relaxed), mail.reads.load(Relaxed));
+    for n in 1..5 {
         let sent = send(&mut ca, &ann, "bob", json!({"n": n}));
         assert_eq!(sent["seq"], n + 1);
     }
-    for n in 0..5u64 {
+    for n in 1..5u64 {
         let m = sub.next();
         assert_eq!(
             (m["seq"].as_u64(), m["from"].as_str()),
@@ -158,13 +165,11 @@ fn a_message_sent_on_one_node_reaches_a_subscriber_on_another_by_peer_notify() {
         assert_eq!(m["body"], json!({"n": n}));
         assert!(m["sent_at"].as_u64().unwrap() > 1_700_000_000_000);
     }
+    assert_eq!(mail.pushed.load(Relaxed) - pushed, 4);
+    assert_eq!(mail.reads.load(Relaxed) - reads, 0, "no inbox read");
     let peers = &a.running().controller().app().peers.counters;
-    assert_eq!(peers.sent.load(std::sync::atomic::Ordering::Relaxed), 5);
-    assert_eq!(
-        peers.connects.load(std::sync::atomic::Ordering::Relaxed),
-        1,
-        "one link, kept"
-    );
+    assert_eq!(peers.sent.load(Relaxed), 5);
+    assert_eq!(peers.connects.load(Relaxed), 1, "one link, kept");
 }
 
 #[test]

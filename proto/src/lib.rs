@@ -1081,12 +1081,16 @@ pub mod msg {
         pub members: u64,
     }
 
-    /// `peer.notify`'s body: user `user` has message `seq` waiting.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    /// `peer.notify`'s body: user `user` has message `seq` waiting; the
+    /// message itself rides along (the `message` event's body), so the
+    /// node holding the subscription can push it without reading it back.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct NotifyBody {
         pub user: u64,
         pub seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub message: Option<Box<serde_json::value::RawValue>>,
     }
 
     message!(

@@ -14,7 +14,9 @@
 -- was taken over by a newer one. The holder refreshes seen_at; a row not
 -- refreshed for a while belongs to a server that died.
 --
--- Every time comes from the database clock (NOW(3)).
+-- A message's sent_at is the storing app server's clock (it goes out in
+-- the notification without a read); every other time is the database
+-- clock's (NOW(3)).
 CREATE TABLE messages (
     id           BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
     sender_id    BIGINT UNSIGNED NOT NULL,

@@ -54,6 +54,8 @@ pub struct Listed {
 pub struct Stored {
     /// The message's id.
     pub id: u64,
+    /// When, Unix ms (the storing node's clock).
+    pub sent_at: u64,
     /// The inboxes it is listed in.
     pub listed: Vec<Listed>,
 }
@@ -152,19 +154,30 @@ impl<'a> Messages<'a> {
     /// Sends `body` (JSON text) from `from` to the user named `to`:
     /// `not_found` if there is none.
     pub fn send(&self, from: Sender<'_>, to: &str, body: &str) -> Result<Stored> {
+        let to_id = self.user_id(to)?;
+        self.send_to_id(from, to_id, body)
+    }
+
+    /// The id of the user named `name`: `not_found` if there is none.
+    /// Users are never deleted, so an id found once stays right.
+    pub fn user_id(&self, name: &str) -> Result<u64> {
+        let id: Option<u64> = self.db.with_conn("msg.send", |c| {
+            c.exec_first("SELECT id FROM users WHERE name = ?", (name,))
+        })?;
+        id.ok_or_else(|| {
+            Error::NotFound(format!(
+                "no user named {name:?}: check the name (user names are case-insensitive)"
+            ))
+        })
+    }
+
+    /// [`Messages::send`] to the user with id `to_id` (from
+    /// [`Messages::user_id`]).
+    pub fn send_to_id(&self, from: Sender<'_>, to_id: u64, body: &str) -> Result<Stored> {
         const OP: &str = "msg.send";
         check_body(body)?;
         let q = sql(OP);
         self.db.with_tx(OP, |c| {
-            let to_id: Option<u64> = c
-                .exec_first("SELECT id FROM users WHERE name = ?", (to,))
-                .map_err(&q)?;
-            let Some(to_id) = to_id else {
-                return Err(Error::NotFound(format!(
-                    "no user named {to:?}: check the name (user names are case-insensitive)"
-                )));
-            };
-            // The next number, with the row locked until commit.
             c.exec_drop(
                 "INSERT INTO inboxes (user_id, last_seq) VALUES (?, LAST_INSERT_ID(1)) \
                  ON DUPLICATE KEY UPDATE last_seq = LAST_INSERT_ID(last_seq + 1)",
@@ -172,7 +185,7 @@ impl<'a> Messages<'a> {
             )
             .map_err(&q)?;
             let seq = c.last_insert_id();
-            let id = insert_message(c, OP, from, Some(to_id), None, body)?;
+            let (id, sent_at) = insert_message(c, OP, from, Some(to_id), None, body)?;
             c.exec_drop(
                 "INSERT INTO inbox (user_id, seq, message_id) VALUES (?, ?, ?)",
                 (to_id, seq, id),
@@ -184,7 +197,11 @@ impl<'a> Messages<'a> {
                 node: None,
             }];
             find_nodes(c, OP, &mut listed)?;
-            Ok(Stored { id, listed })
+            Ok(Stored {
+                id,
+                sent_at,
+                listed,
+            })
         })
     }
 
@@ -210,9 +227,13 @@ impl<'a> Messages<'a> {
                 )));
             }
             let to: Vec<u64> = members.into_iter().filter(|m| *m != from.id).collect();
-            let id = insert_message(c, OP, from, None, Some(room_id), body)?;
+            let (id, sent_at) = insert_message(c, OP, from, None, Some(room_id), body)?;
             if to.is_empty() {
-                return Ok(Stored { id, listed: vec![] });
+                return Ok(Stored {
+                    id,
+                    sent_at,
+                    listed: vec![],
+                });
             }
             let marks = vec!["(?, 1)"; to.len()].join(", ");
             c.exec_drop(
@@ -248,7 +269,11 @@ impl<'a> Messages<'a> {
                 })
                 .collect();
             find_nodes(c, OP, &mut listed)?;
-            Ok(Stored { id, listed })
+            Ok(Stored {
+                id,
+                sent_at,
+                listed,
+            })
         })
     }
 
@@ -522,14 +547,17 @@ fn insert_message(
     to: Option<u64>,
     room: Option<u64>,
     body: &str,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
+    // The storing node's clock, so the reply and the notification carry
+    // the time without a read.
+    let sent_at = crate::time::now_ms().max(0) as u64;
     c.exec_drop(
         "INSERT INTO messages (sender_id, sender_name, recipient_id, room_id, body, sent_at) \
-         VALUES (?, ?, ?, ?, ?, NOW(3))",
-        (from.id, from.name, to, room, body),
+         VALUES (?, ?, ?, ?, ?, FROM_UNIXTIME(? / 1000))",
+        (from.id, from.name, to, room, body, sent_at),
     )
     .map_err(sql(op))?;
-    Ok(c.last_insert_id())
+    Ok((c.last_insert_id(), sent_at))
 }
 
 fn room_id(c: &mut PooledConn, op: &'static str, room: &str) -> Result<u64> {

@@ -56,7 +56,7 @@ pub fn send(call: &Call<'_>) -> Result<String> {
     let m = call.app.db.messages();
     let (stored, sent) = match (&b.to, &b.room) {
         (Some(to), None) => {
-            let s = m.send(from, to, b.body.get())?;
+            let s = m.send_to_id(from, call.app.user_id(to)?, b.body.get())?;
             let seq = s.listed.first().map(|l| l.seq);
             let sent = Sent {
                 id: s.id,
@@ -81,13 +81,23 @@ pub fn send(call: &Call<'_>) -> Result<String> {
         }
     };
     for l in stored.listed {
-        if let Some(node) = l.node {
-            call.after_commit(Effect::Notify {
-                node,
-                user: l.user,
-                seq: l.seq,
-            });
-        }
+        let Some(node) = l.node else { continue };
+        // The recipient's `message` event, so their node pushes it
+        // without reading it back.
+        let event = msg::Message {
+            id: stored.id,
+            seq: l.seq,
+            from: me.name.clone(),
+            room: b.room.clone(),
+            body: b.body.clone(),
+            sent_at: stored.sent_at,
+        };
+        call.after_commit(Effect::Notify {
+            node,
+            user: l.user,
+            seq: l.seq,
+            event: json(&event)?,
+        });
     }
     json(&sent)
 }

@@ -228,7 +228,7 @@ fn listen(
     }
     inbox.close();
     if !json {
-        eprintln!("{printed} messages");
+        eprintln!("{printed} message{}", if printed == 1 { "" } else { "s" });
     }
     Ok(())
 }

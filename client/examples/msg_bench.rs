@@ -1,0 +1,207 @@
+//! Cross-node messaging, for `client/benches/messages/run.sh`.
+//!
+//! ```text
+//! msg_bench --lb HOST:PORT --app APP --secret-file F [--senders 16] [--recipients 16]
+//!           [--messages 20000] [--size 64] [--warmup 1000] [--credit 100]
+//! ```
+//!
+//! Senders all send through one app server; every recipient's key is owned
+//! by another one, where its subscription is, so each message crosses
+//! nodes (stored, then `peer.notify`, then pushed). Sender k sends its
+//! share of the messages, message i to recipient (k + i) mod R, each send
+//! awaited (stored) before the next. Latency is send to receipt (one
+//! clock); throughput is messages over first send to last receipt. Users
+//! are made fresh for each run. One JSON object on stdout.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dsf_client::messages::{self, ListenOptions, Listener};
+use dsf_client::{Client, ClientConfig};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+fn arg(args: &[String], name: &str, default: &str) -> String {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+const PASSWORD: &str = "bench-password";
+/// The phase whose latencies are recorded (1 is the warm-up).
+const MEASURED: u64 = 2;
+
+/// Registers `name` (if new) and logs in; a client routed by `name`.
+fn user(cfg: &ClientConfig, name: &str) -> Client {
+    let mut c = Client::new(cfg.clone()).unwrap();
+    c.set_routing_key(Some(name.to_string()));
+    let creds = json!({"name": name, "password": PASSWORD});
+    let _ = c.call("user.register", &creds);
+    let r = c.call("user.login", &creds).unwrap();
+    c.set_token(Some(r["token"].as_str().unwrap().to_string()));
+    c
+}
+
+struct Received {
+    latency: Mutex<Histogram<u64>>,
+    count: AtomicU64,
+    duplicates: AtomicU64,
+    last_us: AtomicU64,
+    /// Only messages of this phase count.
+    phase: AtomicU64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let secret = std::fs::read_to_string(arg(&args, "--secret-file", ".dsf/app.secret"))
+        .expect("--secret-file");
+    let mut cfg = ClientConfig::new(
+        vec![arg(&args, "--lb", "127.0.0.1:6300")],
+        arg(&args, "--app", "cli"),
+        secret.trim().as_bytes().to_vec(),
+    );
+    cfg.request_timeout = Duration::from_secs(15);
+    let senders: usize = arg(&args, "--senders", "16").parse().unwrap();
+    let recipients: usize = arg(&args, "--recipients", "16").parse().unwrap();
+    let n: u64 = arg(&args, "--messages", "20000").parse().unwrap();
+    let warmup: u64 = arg(&args, "--warmup", "1000").parse().unwrap();
+    let size: usize = arg(&args, "--size", "64").parse().unwrap();
+    let credit: u32 = arg(&args, "--credit", "100").parse().unwrap();
+    let tag = now_us() % 1_000_000_000;
+
+    // The node the senders use, and recipients owned by the others.
+    let mut c = Client::new(cfg.clone()).unwrap();
+    let send_node = c.resolve(Some("bench-sender"), &[]).unwrap();
+    let mut names = Vec::new();
+    let mut j = 0;
+    while names.len() < recipients {
+        let name = format!("b{tag}-r{j}");
+        if c.resolve(Some(&name), &[]).unwrap().node != send_node.node {
+            names.push(name);
+        }
+        j += 1;
+    }
+    let mut send_cfg = cfg.clone();
+    send_cfg.node = Some(send_node.addr.clone());
+
+    let received = Arc::new(Received {
+        latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()),
+        count: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        last_us: AtomicU64::new(0),
+        phase: AtomicU64::new(0),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let listeners: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let client = user(&cfg, name);
+            let (name, received, stop) = (name.clone(), received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let opts = ListenOptions {
+                    credit,
+                    ack_every: u64::from(credit / 4).max(1),
+                    ..ListenOptions::default()
+                };
+                let mut l = Listener::new(&client, &name, opts).unwrap();
+                let mut seen = HashSet::new();
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                while !stop.load(Ordering::Acquire) {
+                    let Some(m) = l.next(Instant::now() + Duration::from_millis(50)).unwrap()
+                    else {
+                        continue;
+                    };
+                    let now = now_us();
+                    let v: Value = serde_json::from_str(m.body.get()).unwrap();
+                    l.handled(m.seq);
+                    if v["p"].as_u64() != Some(received.phase.load(Ordering::Acquire)) {
+                        continue;
+                    }
+                    if !seen.insert((v["p"].as_u64(), v["k"].as_u64(), v["i"].as_u64())) {
+                        received.duplicates.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if v["p"].as_u64() == Some(MEASURED) {
+                        let t = v["t"].as_u64().unwrap();
+                        hist.record(now.saturating_sub(t).max(1)).unwrap();
+                    }
+                    received.last_us.fetch_max(now, Ordering::AcqRel);
+                    received.count.fetch_add(1, Ordering::AcqRel);
+                }
+                received.latency.lock().unwrap().add(&hist).unwrap();
+                l.close();
+            })
+        })
+        .collect();
+    let mut clients: Vec<Client> = (0..senders)
+        .map(|k| user(&send_cfg, &format!("b{tag}-s{k}")))
+        .collect();
+    let pad = "x".repeat(size);
+
+    // Runs one phase of `total` messages; (first send, last receipt) in µs.
+    let mut run = |phase: u64, total: u64| -> (u64, u64) {
+        received.phase.store(phase, Ordering::Release);
+        received.count.store(0, Ordering::Release);
+        let t0 = now_us();
+        std::thread::scope(|s| {
+            for (k, c) in clients.iter_mut().enumerate() {
+                let (names, pad) = (&names, &pad);
+                let share = total / senders as u64 + u64::from((k as u64) < total % senders as u64);
+                s.spawn(move || {
+                    for i in 0..share {
+                        let to = &names[(k + i as usize) % names.len()];
+                        let body = json!({"p": phase, "k": k, "i": i, "t": now_us(), "pad": pad});
+                        messages::send(c, to, &body.to_string()).unwrap();
+                    }
+                });
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while received.count.load(Ordering::Acquire) < total {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {total} messages arrived",
+                received.count.load(Ordering::Acquire)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (t0, received.last_us.load(Ordering::Acquire))
+    };
+    run(1, warmup);
+    let (t0, t1) = run(MEASURED, n);
+    stop.store(true, Ordering::Release);
+    for l in listeners {
+        l.join().unwrap();
+    }
+    let h = received.latency.lock().unwrap();
+    let seconds = (t1 - t0) as f64 / 1e6;
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "{}",
+        json!({
+            "system": "dsf",
+            "senders": senders,
+            "recipients": recipients,
+            "messages": n,
+            "size": size,
+            "send_node": send_node.node,
+            "seconds": (seconds * 1000.0).round() / 1000.0,
+            "rate": (n as f64 / seconds).round(),
+            "p50_ms": ms(0.5),
+            "p99_ms": ms(0.99),
+            "max_ms": h.max() as f64 / 1000.0,
+            "duplicates": received.duplicates.load(Ordering::Relaxed),
+        })
+    );
+}
