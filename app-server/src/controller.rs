@@ -115,12 +115,13 @@ pub struct Call<'a> {
 pub enum Effect {
     /// Tell the node holding `user`'s subscription that message `seq` is
     /// waiting (this node's mailroom, or a peer's by `peer.notify`), with
-    /// the message as its `message` event's body.
+    /// the message as its `message` event's body when it is small enough
+    /// to carry.
     Notify {
         node: String,
         user: u64,
         seq: u64,
-        event: String,
+        event: Option<String>,
     },
 }
 
@@ -265,14 +266,17 @@ impl App {
                     user,
                     seq,
                     event,
-                } if node == self.node() => self.mail.push(user, seq, event),
+                } if node == self.node() => match event {
+                    Some(event) => self.mail.push(user, seq, event),
+                    None => self.mail.wake(user),
+                },
                 Effect::Notify {
                     node,
                     user,
                     seq,
                     event,
                 } => {
-                    self.peers.notify(&node, user, seq, &event);
+                    self.peers.notify(&node, user, seq, event.as_deref());
                 }
             }
         }

@@ -246,30 +246,18 @@ fn run(
 ) {
     let mut next = Instant::now();
     let mut known = 0u64;
+    let send_beat = |sender: &mut Link, known: &mut u64| {
+        beat(sender, &identity, &metrics, &*gauges, known, &on_view)
+    };
     loop {
         let wait = next.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {
-                beat(
-                    &mut sender,
-                    &identity,
-                    &metrics,
-                    &*gauges,
-                    &mut known,
-                    &on_view,
-                );
+                send_beat(&mut sender, &mut known);
                 next = Instant::now() + sender.next_wait(every);
             }
             Ok(Command::Now(ack)) => {
-                let ok = beat(
-                    &mut sender,
-                    &identity,
-                    &metrics,
-                    &*gauges,
-                    &mut known,
-                    &on_view,
-                );
-                let _ = ack.send(ok);
+                let _ = ack.send(send_beat(&mut sender, &mut known));
                 next = Instant::now() + every;
             }
             Ok(Command::Leave(ack)) => {

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use dsf_common::reactor::ConnId;
 use dsf_common::wire::streams::Stream;
 use dsf_common::Error;
@@ -40,6 +40,12 @@ const REFRESH: Duration = Duration::from_secs(10);
 const READ_MAX: u32 = 100;
 /// Most subscriptions one poll query covers.
 const POLL_BATCH: usize = 500;
+/// Events waiting for the thread at most; a notification beyond it is
+/// dropped (the poll finds its message).
+const QUEUE: usize = 65_536;
+/// A reader this far behind (bytes unsent on its connection) gets no more
+/// reads until it catches up.
+const BACKLOG_MAX: usize = 1 << 20;
 
 /// One open subscription.
 pub struct Sub {
@@ -128,7 +134,7 @@ pub struct SubState {
 impl Mailroom {
     /// Starts the `mailroom` thread over `db`, polling every `poll`.
     pub fn start(db: Db, poll: Duration) -> Mailroom {
-        let (tx, rx) = unbounded();
+        let (tx, rx) = bounded(QUEUE);
         let inner = Arc::new(Inner {
             db,
             node: OnceLock::new(),
@@ -178,7 +184,7 @@ impl Mailroom {
 
     /// Reads `user`'s inbox soon (a message is waiting, or credit was freed).
     pub fn wake(&self, user: u64) {
-        let _ = self.inner.tx.send(Event::Wake(user));
+        let _ = self.inner.tx.try_send(Event::Wake(user));
     }
 
     /// Message `seq` of `user` was stored; `event` is its `message` event's
@@ -186,12 +192,13 @@ impl Mailroom {
     /// allows; otherwise the inbox is read (it is stored: nothing is lost
     /// by not using this copy).
     pub fn push(&self, user: u64, seq: u64, event: String) {
-        let _ = self.inner.tx.send(Event::Pushed { user, seq, event });
+        let _ = self.inner.tx.try_send(Event::Pushed { user, seq, event });
     }
 
     /// Reserves `conn` for a subscription being opened; `bad_request` if it
     /// holds one.
     pub fn reserve(&self, conn: ConnId) -> Result<(), Error> {
+        self.purge_ended(conn);
         let mut st = self.lock();
         if st.subs.contains_key(&conn) {
             return Err(Error::bad_request(
@@ -200,6 +207,23 @@ impl Mailroom {
         }
         st.subs.insert(conn, Slot::Opening);
         Ok(())
+    }
+
+    /// Drops `conn`'s subscription if its stream has ended (`sys.cancel`).
+    pub fn purge_ended(&self, conn: ConnId) {
+        let mut st = self.lock();
+        if matches!(st.subs.get(&conn), Some(Slot::Open(s)) if s.stream.is_ended()) {
+            if let Some(gone) = end(&mut st, conn, None) {
+                self.gone(gone);
+            }
+        }
+    }
+
+    /// Clears a subscription's presence (on the thread).
+    fn gone(&self, (user, epoch): (u64, u64)) {
+        // Never blocks (this runs on the reactor too): with the queue full,
+        // the presence goes stale instead, and the next subscribe replaces it.
+        let _ = self.inner.tx.try_send(Event::Gone { user, epoch });
     }
 
     /// Gives up a reservation (the subscribe failed before opening).
@@ -222,7 +246,22 @@ impl Mailroom {
             let _ = sub
                 .stream
                 .fail(&Error::Unavailable("the connection closed".into()));
-            let _ = self.inner.tx.send(Event::Gone { user, epoch });
+            self.gone((user, epoch));
+            return;
+        }
+        // Two subscribes of one user racing here: the newer epoch stays.
+        let newer = st
+            .by_user
+            .get(&user)
+            .and_then(|c| match st.subs.get(c) {
+                Some(Slot::Open(s)) => Some(s.epoch),
+                _ => None,
+            })
+            .is_some_and(|e| e > epoch);
+        if newer {
+            st.subs.remove(&conn);
+            drop(st);
+            let _ = sub.stream.fail(&taken_over());
             return;
         }
         if let Some(old) = st.by_user.insert(user, conn) {
@@ -251,15 +290,13 @@ impl Mailroom {
         }
     }
 
-    /// `msg.ack` recorded `upto` for `conn`'s subscription: credit frees.
-    pub fn acked(&self, conn: ConnId, upto: u64) {
-        let user = match self.lock().subs.get_mut(&conn) {
-            Some(Slot::Open(s)) => {
-                s.acked = s.acked.max(upto);
-                s.user
-            }
+    /// `msg.ack` recorded `upto` for `user`'s subscription on `conn`:
+    /// credit frees. (Another subscription there meanwhile is left alone.)
+    pub fn acked(&self, conn: ConnId, user: u64, upto: u64) {
+        match self.lock().subs.get_mut(&conn) {
+            Some(Slot::Open(s)) if s.user == user => s.acked = s.acked.max(upto.min(s.sent)),
             _ => return,
-        };
+        }
         self.wake(user);
     }
 
@@ -270,10 +307,7 @@ impl Mailroom {
             if st.by_user.get(&s.user) == Some(&conn) {
                 st.by_user.remove(&s.user);
             }
-            let _ = self.inner.tx.send(Event::Gone {
-                user: s.user,
-                epoch: s.epoch,
-            });
+            self.gone((s.user, s.epoch));
         }
     }
 
@@ -323,74 +357,98 @@ fn end(state: &mut State, conn: ConnId, e: Option<Error>) -> Option<(u64, u64)> 
 }
 
 fn run(inner: &std::sync::Weak<Inner>, rx: &Receiver<Event>, every: Duration) {
-    let mut next_poll = Instant::now() + every;
-    let mut next_refresh = Instant::now() + REFRESH;
-    let mut failing = false;
+    let mut clock = Clock {
+        next_poll: Instant::now() + every,
+        next_refresh: Instant::now() + REFRESH,
+        failing: false,
+        every,
+    };
     loop {
-        let timeout = next_poll.saturating_duration_since(Instant::now());
+        let timeout = clock.next_poll.saturating_duration_since(Instant::now());
         let first = match rx.recv_timeout(timeout) {
             Ok(e) => Some(e),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let Some(inner) = inner.upgrade() else { return };
-        let mut woken: HashSet<u64> = HashSet::new();
-        let mut gone: Vec<(u64, u64)> = Vec::new();
-        for e in first.into_iter().chain(rx.try_iter()) {
-            match e {
-                Event::Wake(u) => {
-                    woken.insert(u);
-                }
-                Event::Pushed { user, seq, event } => {
-                    if !woken.contains(&user) && !push(&inner, user, seq, &event) {
-                        woken.insert(user);
-                    }
-                }
-                Event::Gone { user, epoch } => gone.push((user, epoch)),
-            }
+        // A bug in one turn is logged; the subscriptions go on being served.
+        let turned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            turn(&inner, rx, first, &mut clock)
+        }));
+        if turned.is_err() {
+            log::error!("mailroom: a turn panicked (logged above); going on");
         }
-        let db = &inner.db;
-        for (user, epoch) in gone.drain(..) {
-            if let Err(e) = db.messages().unsubscribe(user, epoch) {
-                log::debug!("mailroom: clearing user {user}'s presence: {e} (it goes stale)");
+    }
+}
+
+/// When the thread polls and refreshes next.
+struct Clock {
+    next_poll: Instant,
+    next_refresh: Instant,
+    /// The database failed last time (logged once).
+    failing: bool,
+    every: Duration,
+}
+
+/// One turn of the thread: the events that came, then the poll and the
+/// refresh when due, then the reads they asked for.
+fn turn(inner: &Inner, rx: &Receiver<Event>, first: Option<Event>, clock: &mut Clock) {
+    let mut woken: HashSet<u64> = HashSet::new();
+    let mut gone: Vec<(u64, u64)> = Vec::new();
+    for e in first.into_iter().chain(rx.try_iter()) {
+        match e {
+            Event::Wake(u) => {
+                woken.insert(u);
             }
-        }
-        let now = Instant::now();
-        if now >= next_poll {
-            next_poll = now + every;
-            match poll(&inner, &mut woken) {
-                Ok(()) if failing => {
-                    log::info!("mailroom: the database answers again");
-                    failing = false;
-                }
-                Ok(()) => {}
-                Err(e) if !failing => {
-                    log::warn!(
-                        "mailroom: {e}; subscriptions wait for it (logged again when it answers)"
-                    );
-                    failing = true;
-                }
-                Err(e) => log::debug!("mailroom: {e}"),
-            }
-        }
-        if now >= next_refresh {
-            next_refresh = now + REFRESH;
-            if let Some(node) = inner.node.get() {
-                if let Err(e) = db.messages().refresh(node) {
-                    log::debug!("mailroom: refreshing presence: {e}");
+            Event::Pushed { user, seq, event } => {
+                if !woken.contains(&user) && !push(inner, user, seq, &event) {
+                    woken.insert(user);
                 }
             }
+            Event::Gone { user, epoch } => gone.push((user, epoch)),
         }
-        // A user whose read filled a whole batch is read again at once.
-        while !woken.is_empty() {
-            let mut again = HashSet::new();
-            for user in woken.drain() {
-                if deliver(&inner, user) {
-                    again.insert(user);
-                }
+    }
+    let db = &inner.db;
+    for (user, epoch) in gone.drain(..) {
+        if let Err(e) = db.messages().unsubscribe(user, epoch) {
+            log::debug!("mailroom: clearing user {user}'s presence: {e} (it goes stale)");
+        }
+    }
+    let now = Instant::now();
+    if now >= clock.next_poll {
+        clock.next_poll = now + clock.every;
+        match poll(inner, &mut woken) {
+            Ok(()) if clock.failing => {
+                log::info!("mailroom: the database answers again");
+                clock.failing = false;
             }
-            woken = again;
+            Ok(()) => {}
+            Err(e) if !clock.failing => {
+                log::warn!(
+                    "mailroom: {e}; subscriptions wait for it (logged again when it answers)"
+                );
+                clock.failing = true;
+            }
+            Err(e) => log::debug!("mailroom: {e}"),
         }
+    }
+    if now >= clock.next_refresh {
+        clock.next_refresh = now + REFRESH;
+        if let Some(node) = inner.node.get() {
+            if let Err(e) = db.messages().refresh(node) {
+                log::debug!("mailroom: refreshing presence: {e}");
+            }
+        }
+    }
+    // A user whose read filled a whole batch is read again at once.
+    while !woken.is_empty() {
+        let mut again = HashSet::new();
+        for user in woken.drain() {
+            if deliver(inner, user) {
+                again.insert(user);
+            }
+        }
+        woken = again;
     }
 }
 
@@ -398,7 +456,19 @@ fn run(inner: &std::sync::Weak<Inner>, rx: &Receiver<Event>, every: Duration) {
 /// their inbox, ends those another node took over.
 fn poll(inner: &Inner, woken: &mut HashSet<u64>) -> Result<(), dsf_sql::Error> {
     let subs: Vec<(ConnId, u64, u64, u64)> = {
-        let st = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Streams that ended on their own (sys.cancel) go first.
+        let ended: Vec<ConnId> = st
+            .subs
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Open(s) if s.stream.is_ended()))
+            .map(|(c, _)| *c)
+            .collect();
+        for c in ended {
+            if let Some((user, epoch)) = end(&mut st, c, None) {
+                let _ = inner.tx.try_send(Event::Gone { user, epoch });
+            }
+        }
         st.subs
             .iter()
             .filter_map(|(c, s)| match s {
@@ -415,10 +485,13 @@ fn poll(inner: &Inner, woken: &mut HashSet<u64>) -> Result<(), dsf_sql::Error> {
             let Some(h) = heads.iter().find(|h| h.user == *user) else {
                 continue;
             };
-            match h.epoch {
-                Some(e) if e != *epoch => {
+            // Another node's newer subscription took over. (A newer one of
+            // this node replaced this one when it opened; one that never
+            // opened, its connection gone, takes nothing over.)
+            match &h.presence {
+                Some((node, e)) if *e != *epoch && Some(node) != inner.node.get() => {
                     log::info!(
-                        "mailroom: user {user} subscribed on another node; this subscription ends"
+                        "mailroom: user {user} subscribed on node {node}; this subscription ends"
                     );
                     end(&mut st, *conn, Some(taken_over()));
                 }
@@ -446,7 +519,7 @@ fn push(inner: &Inner, user: u64, seq: u64, event: &str) -> bool {
     if seq <= s.sent {
         return true;
     }
-    if seq != s.sent + 1 || s.sent - s.acked >= u64::from(s.credit) {
+    if seq != s.sent + 1 || s.sent.saturating_sub(s.acked) >= u64::from(s.credit) {
         // A gap (another node's notification is behind this one), or no
         // credit: the inbox is read (at once, or when an ack frees credit).
         return false;
@@ -461,7 +534,7 @@ fn push(inner: &Inner, user: u64, seq: u64, event: &str) -> bool {
         Ok(false) => false,
         Err(_) => {
             if let Some((user, epoch)) = end(&mut st, conn, None) {
-                let _ = inner.tx.send(Event::Gone { user, epoch });
+                let _ = inner.tx.try_send(Event::Gone { user, epoch });
             }
             true
         }
@@ -471,7 +544,7 @@ fn push(inner: &Inner, user: u64, seq: u64, event: &str) -> bool {
 /// Sends `user`'s next messages, as far as credit and budget allow;
 /// whether there may be more to read now.
 fn deliver(inner: &Inner, user: u64) -> bool {
-    let (conn, after, room) = {
+    let (conn, epoch, after, room) = {
         let st = inner.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some(conn) = st.by_user.get(&user).copied() else {
             return false;
@@ -479,9 +552,14 @@ fn deliver(inner: &Inner, user: u64) -> bool {
         let Some(Slot::Open(s)) = st.subs.get(&conn) else {
             return false;
         };
+        if s.stream.backlog() > BACKLOG_MAX {
+            // Far behind: nothing more is read for it until it catches up
+            // (the next wake or poll after that).
+            return false;
+        }
         let unacked = s.sent.saturating_sub(s.acked);
         let room = u64::from(s.credit).saturating_sub(unacked);
-        (conn, s.sent, room.min(u64::from(READ_MAX)) as u32)
+        (conn, s.epoch, s.sent, room.min(u64::from(READ_MAX)) as u32)
     };
     if room == 0 {
         return false;
@@ -499,6 +577,10 @@ fn deliver(inner: &Inner, user: u64) -> bool {
     let Some(Slot::Open(s)) = st.subs.get_mut(&conn) else {
         return false;
     };
+    if s.user != user || s.epoch != epoch {
+        // Another subscription took this connection while this one read.
+        return false;
+    }
     if s.sent != after {
         // Another read went first (a wake while this one read).
         return true;
@@ -522,7 +604,7 @@ fn deliver(inner: &Inner, user: u64) -> bool {
                 // Closed, cancelled or finished: its final reply, if any,
                 // was sent by whoever ended it.
                 if let Some((user, epoch)) = end(&mut st, conn, None) {
-                    let _ = inner.tx.send(Event::Gone { user, epoch });
+                    let _ = inner.tx.try_send(Event::Gone { user, epoch });
                 }
                 return false;
             }

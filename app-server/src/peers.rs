@@ -119,7 +119,7 @@ impl Peers {
     /// Tells node `node` that `user` has message `seq` waiting, and what
     /// it is (`event`, its `message` event's body). Never blocks on the
     /// network; whether the frame was handed to a link.
-    pub fn notify(&self, node: &str, user: u64, seq: u64, event: &str) -> bool {
+    pub fn notify(&self, node: &str, user: u64, seq: u64, event: Option<&str>) -> bool {
         let sent = self.try_notify(node, user, seq, event);
         let c = if sent {
             &self.counters.sent
@@ -130,7 +130,7 @@ impl Peers {
         sent
     }
 
-    fn try_notify(&self, node: &str, user: u64, seq: u64, event: &str) -> bool {
+    fn try_notify(&self, node: &str, user: u64, seq: u64, event: Option<&str>) -> bool {
         let Some(handle) = self.handle.get() else {
             return false;
         };
@@ -141,7 +141,8 @@ impl Peers {
         let body = serde_json::to_string(&dsf_proto::msg::NotifyBody {
             user,
             seq,
-            message: serde_json::value::RawValue::from_string(event.to_string()).ok(),
+            message: event
+                .and_then(|e| serde_json::value::RawValue::from_string(e.to_string()).ok()),
         })
         .expect("a notify serialises");
         let stamp = Stamp::fresh();
@@ -159,26 +160,37 @@ impl Peers {
             &stamp.nonce,
             &mut frame,
         );
-        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         // A link that closed, or to an address the node no longer has, is
-        // opened again (once per notify).
-        let stale = links
-            .get(node)
-            .is_none_or(|l| l.outbox.is_closed() || l.addr != addr);
-        if stale {
-            match handle.connect_host(&addr, CONNECT_TIMEOUT) {
+        // opened again (once per notify). The address is resolved with no
+        // lock held: the reactor takes this lock when a connection closes.
+        let outbox = {
+            let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            links
+                .get(node)
+                .filter(|l| !l.outbox.is_closed() && l.addr == addr)
+                .map(|l| l.outbox.clone())
+        };
+        let outbox = match outbox {
+            Some(o) => o,
+            None => match handle.connect_host(&addr, CONNECT_TIMEOUT) {
                 Ok(outbox) => {
                     self.counters.connects.fetch_add(1, Ordering::Relaxed);
-                    links.insert(node.to_string(), Link { addr, outbox });
+                    self.links.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                        node.to_string(),
+                        Link {
+                            addr,
+                            outbox: outbox.clone(),
+                        },
+                    );
+                    outbox
                 }
                 Err(e) => {
                     log::warn!("peer link to {node} at {addr}: {e}");
                     return false;
                 }
-            }
-        }
-        let link = links.get(node).expect("inserted above");
-        match link.outbox.send(frame) {
+            },
+        };
+        match outbox.send(frame) {
             Ok(()) => true,
             Err(SendError::Full { .. }) => {
                 log::debug!(

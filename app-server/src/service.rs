@@ -112,19 +112,33 @@ impl AppService {
         let result =
             crate::controller::parse_body::<Body>(admitted.request.body.get()).and_then(|b| {
                 match self.controller.streams().cancel(cx.conn(), b.id) {
-                    true => Ok(()),
+                    true => {
+                        // A cancelled subscription frees its connection now.
+                        self.controller.app().mail.purge_ended(cx.conn());
+                        Ok(())
+                    }
                     false => Err(Error::NotFound(format!(
                         "no stream {} is open on this connection",
                         b.id
                     ))),
                 }
             });
-        let ok = result.is_ok();
+        self.answer(admitted, result, received, cx)
+    }
+
+    /// Answers a request served here `{}` or its error, and counts it.
+    fn answer(
+        &self,
+        admitted: &Admitted,
+        result: Result<(), Error>,
+        received: Instant,
+        cx: &mut Context<'_>,
+    ) -> Dispatch {
+        self.controller.metrics().record(received, result.is_ok());
         match result {
             Ok(()) => admitted.ok("{}", cx.out()),
             Err(e) => admitted.error(&e, cx.out()),
         }
-        self.controller.metrics().record(received, ok);
         Dispatch::Done
     }
 }
@@ -151,13 +165,7 @@ impl AppService {
                 "{kind} is for app servers, under the cluster secret"
             ))),
         };
-        let ok = result.is_ok();
-        match result {
-            Ok(()) => admitted.ok("{}", cx.out()),
-            Err(e) => admitted.error(&e, cx.out()),
-        }
-        self.controller.metrics().record(received, ok);
-        Dispatch::Done
+        self.answer(admitted, result, received, cx)
     }
 
     /// While the node drains for shutdown, a new request is answered

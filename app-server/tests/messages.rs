@@ -44,6 +44,37 @@ fn introduce(servers: &[&Server]) {
     }
 }
 
+/// Two app servers over one fresh database, polling every `poll` (told of
+/// each other when `peers`), a connection to the first, and ann and bob
+/// logged in on it. Hold `db` to the end: dropping it drops the database.
+struct Two {
+    db: TestDb,
+    a: Server,
+    b: Server,
+    ca: Conn,
+    ann: String,
+    bob: String,
+}
+
+fn two(poll: Duration, peers: bool) -> Two {
+    let db = testing::fresh();
+    let (a, b) = (server(&db, poll), server(&db, poll));
+    if peers {
+        introduce(&[&a, &b]);
+    }
+    let mut ca = a.connect();
+    let ann = ca.user("ann");
+    let bob = ca.user("bob");
+    Two {
+        db,
+        a,
+        b,
+        ca,
+        ann,
+        bob,
+    }
+}
+
 /// An open `msg.subscribe` of one user.
 struct Sub {
     conn: Connection,
@@ -131,16 +162,15 @@ fn send(c: &mut Conn, token: &str, to: &str, body: Value) -> Value {
 
 #[test]
 fn a_message_sent_on_one_node_reaches_a_subscriber_on_another_by_peer_notify() {
-    let db = testing::fresh();
     // No poll within the test: only the notification can deliver.
-    let (a, b) = (
-        server(&db, Duration::from_secs(3600)),
-        server(&db, Duration::from_secs(3600)),
-    );
-    introduce(&[&a, &b]);
-    let mut ca = a.connect();
-    let ann = ca.user("ann");
-    let bob = ca.user("bob");
+    let Two {
+        a,
+        b,
+        mut ca,
+        ann,
+        bob,
+        db: _db,
+    } = two(Duration::from_secs(3600), true);
     let mut sub = Sub::open(&b, &bob, None);
     support::wait_until("bob's presence on b", || {
         b.running().controller().app().mail.len() == 1
@@ -174,14 +204,14 @@ fn a_message_sent_on_one_node_reaches_a_subscriber_on_another_by_peer_notify() {
 
 #[test]
 fn without_peer_links_the_poll_delivers_and_an_offline_inbox_comes_in_order_at_subscribe() {
-    let db = testing::fresh();
-    let (a, b) = (
-        server(&db, Duration::from_millis(200)),
-        server(&db, Duration::from_millis(200)),
-    );
-    let mut ca = a.connect();
-    let ann = ca.user("ann");
-    let bob = ca.user("bob");
+    let Two {
+        a,
+        b,
+        mut ca,
+        ann,
+        bob,
+        db: _db,
+    } = two(Duration::from_millis(200), false);
     // bob is offline: his inbox fills.
     for n in 1..=30 {
         send(&mut ca, &ann, "bob", json!(n));
@@ -201,7 +231,8 @@ fn without_peer_links_the_poll_delivers_and_an_offline_inbox_comes_in_order_at_s
 #[test]
 fn credit_bounds_what_is_unacknowledged_and_a_new_subscription_starts_after_the_ack() {
     let db = testing::fresh();
-    let a = server(&db, Duration::from_millis(200));
+    // No poll: what credit held back comes by the ack's wake-up alone.
+    let a = server(&db, Duration::from_secs(3600));
     let mut ca = a.connect();
     let ann = ca.user("ann");
     let bob = ca.user("bob");
@@ -243,15 +274,14 @@ fn credit_bounds_what_is_unacknowledged_and_a_new_subscription_starts_after_the_
 
 #[test]
 fn a_subscription_on_another_node_takes_over_and_the_old_one_ends_with_conflict() {
-    let db = testing::fresh();
-    let (a, b) = (
-        server(&db, Duration::from_millis(200)),
-        server(&db, Duration::from_millis(200)),
-    );
-    introduce(&[&a, &b]);
-    let mut ca = a.connect();
-    let ann = ca.user("ann");
-    let bob = ca.user("bob");
+    let Two {
+        a,
+        b,
+        mut ca,
+        ann,
+        bob,
+        db: _db,
+    } = two(Duration::from_millis(200), true);
     let mut old = Sub::open(&a, &bob, None);
     send(&mut ca, &ann, "bob", json!(1));
     assert_eq!(old.next()["seq"], 1);
@@ -267,15 +297,14 @@ fn a_subscription_on_another_node_takes_over_and_the_old_one_ends_with_conflict(
 
 #[test]
 fn rooms_fan_out_to_their_members_on_every_node() {
-    let db = testing::fresh();
-    let (a, b) = (
-        server(&db, Duration::from_secs(3600)),
-        server(&db, Duration::from_secs(3600)),
-    );
-    introduce(&[&a, &b]);
-    let mut ca = a.connect();
-    let ann = ca.user("ann");
-    let bob = ca.user("bob");
+    let Two {
+        a,
+        b,
+        mut ca,
+        ann,
+        bob,
+        db: _db,
+    } = two(Duration::from_secs(3600), true);
     let cy = ca.user("cy");
     for t in [&ann, &bob, &cy] {
         ca.ok("msg.join", json!({"room": "ops"}), Some(t));
@@ -337,6 +366,78 @@ fn a_send_resent_on_another_node_is_stored_once_with_the_same_reply() {
     assert_eq!(first.unwrap(), again.unwrap());
     let bob = db.users().get("bob").unwrap().unwrap().id;
     assert_eq!(db.messages().after(bob, 0, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn a_cancelled_subscription_frees_its_connection_for_the_next() {
+    let Two {
+        a,
+        mut ca,
+        ann,
+        bob,
+        db: _db,
+        ..
+    } = two(Duration::from_secs(3600), false);
+    let mut sub = Sub::open(&a, &bob, None);
+    send(&mut ca, &ann, "bob", json!(1));
+    assert_eq!(sub.next()["seq"], 1);
+    let cancel = json!({ "id": sub.id }).to_string();
+    let id = sub.conn.send("sys.cancel", &cancel, None).unwrap();
+    sub.conn.recv(id, Instant::now() + WAIT).unwrap();
+    match sub.conn.recv_stream(sub.id, Instant::now() + WAIT).unwrap() {
+        Streamed::Final(b) => assert_eq!(b.get(), r#"{"cancelled":true}"#),
+        Streamed::Event { .. } => panic!("an event after the cancel"),
+    }
+    // The same connection subscribes again and gets what was not acked.
+    let id = sub.conn.send("msg.subscribe", "{}", Some(&bob)).unwrap();
+    sub.id = id;
+    assert_eq!(sub.next()["seq"], 1);
+    send(&mut ca, &ann, "bob", json!(2));
+    assert_eq!(sub.next()["seq"], 2);
+}
+
+#[test]
+fn an_ack_or_a_peer_type_under_the_wrong_credentials_is_forbidden() {
+    let Two {
+        a,
+        mut ca,
+        ann,
+        bob,
+        db: _db,
+        ..
+    } = two(Duration::from_secs(3600), false);
+    let mut sub = Sub::open(&a, &bob, None);
+    send(&mut ca, &ann, "bob", json!(1));
+    assert_eq!(sub.next()["seq"], 1);
+    // ann's token on bob's subscription's connection.
+    let id = sub
+        .conn
+        .send("msg.ack", r#"{"upto":1}"#, Some(&ann))
+        .unwrap();
+    match sub.conn.recv(id, Instant::now() + WAIT) {
+        Err(Failure::Server(e)) => {
+            assert_eq!(e.code(), ErrorCode::Forbidden);
+            assert!(e.to_string().contains("another user's"), "{e}");
+        }
+        other => panic!("ann acking bob's messages: {other:?}"),
+    }
+    // The cluster secret signs peer.notify and nothing else here.
+    let signer = Signer {
+        app: dsf_common::wire::keys::CLUSTER_APP.into(),
+        key: Key::new(support::CLUSTER_SECRET),
+    };
+    let addr = a.addr.to_string();
+    let mut peer = Connection::connect(&addr, &addr, signer, WAIT, 1 << 20).unwrap();
+    match peer.round_trip("sys.ping", "{}", None, Instant::now() + WAIT) {
+        Err(Failure::Server(e)) => {
+            assert_eq!(e.code(), ErrorCode::Forbidden);
+            assert!(e.to_string().contains("signs only peer.notify"), "{e}");
+        }
+        other => panic!("sys.ping under the cluster secret: {other:?}"),
+    }
+    let notify = r#"{"user":1,"seq":1}"#;
+    peer.round_trip("peer.notify", notify, None, Instant::now() + WAIT)
+        .unwrap();
 }
 
 #[test]

@@ -1,10 +1,5 @@
 //! Cross-node messaging, for `client/benches/messages/run.sh`.
 //!
-//! ```text
-//! msg_bench --lb HOST:PORT --app APP --secret-file F [--senders 16] [--recipients 16]
-//!           [--messages 20000] [--size 64] [--warmup 1000] [--credit 100]
-//! ```
-//!
 //! Senders all send through one app server; every recipient's key is owned
 //! by another one, where its subscription is, so each message crosses
 //! nodes (stored, then `peer.notify`, then pushed). Sender k sends its
@@ -23,12 +18,35 @@ use dsf_client::{Client, ClientConfig};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
+/// Cross-node messages: senders on one app server, recipients' subscriptions
+/// on the others.
+#[derive(Debug, clap::Parser)]
+struct Args {
+    /// A balancer of the cluster.
+    #[arg(long, default_value = "127.0.0.1:6300")]
+    lb: String,
+    /// The app to sign as.
+    #[arg(long, default_value = "cli")]
+    app: String,
+    /// A file holding the app's secret.
+    #[arg(long, default_value = ".dsf/app.secret")]
+    secret_file: String,
+    #[arg(long, default_value_t = 16)]
+    senders: usize,
+    #[arg(long, default_value_t = 16)]
+    recipients: usize,
+    /// Messages measured.
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Messages sent first and not measured.
+    #[arg(long, default_value_t = 1_000)]
+    warmup: u64,
+    /// Bytes of padding in each body.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Each subscription's credit.
+    #[arg(long, default_value_t = 100)]
+    credit: u32,
 }
 
 fn now_us() -> u64 {
@@ -63,21 +81,19 @@ struct Received {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let secret = std::fs::read_to_string(arg(&args, "--secret-file", ".dsf/app.secret"))
-        .expect("--secret-file");
-    let mut cfg = ClientConfig::new(
-        vec![arg(&args, "--lb", "127.0.0.1:6300")],
-        arg(&args, "--app", "cli"),
-        secret.trim().as_bytes().to_vec(),
-    );
+    let args = <Args as clap::Parser>::parse();
+    let secret = std::fs::read_to_string(&args.secret_file).expect("--secret-file");
+    let mut cfg = ClientConfig::new(vec![args.lb], args.app, secret.trim().as_bytes().to_vec());
     cfg.request_timeout = Duration::from_secs(15);
-    let senders: usize = arg(&args, "--senders", "16").parse().unwrap();
-    let recipients: usize = arg(&args, "--recipients", "16").parse().unwrap();
-    let n: u64 = arg(&args, "--messages", "20000").parse().unwrap();
-    let warmup: u64 = arg(&args, "--warmup", "1000").parse().unwrap();
-    let size: usize = arg(&args, "--size", "64").parse().unwrap();
-    let credit: u32 = arg(&args, "--credit", "100").parse().unwrap();
+    let Args {
+        senders,
+        recipients,
+        messages: n,
+        warmup,
+        size,
+        credit,
+        ..
+    } = args;
     let tag = now_us() % 1_000_000_000;
 
     // The node the senders use, and recipients owned by the others.

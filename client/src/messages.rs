@@ -114,10 +114,12 @@ struct Open {
     id: u64,
     /// The highest number this subscription delivered (what may be acked).
     seen: u64,
-    /// The highest number acked on it.
+    /// The highest number an ack was sent for on it.
     acked: u64,
-    /// Acks sent and not yet answered.
-    acks: Vec<u64>,
+    /// The highest number the server took an ack for.
+    confirmed: u64,
+    /// Acks sent and not yet answered: (request id, upto).
+    acks: Vec<(u64, u64)>,
     /// A `sys.ping` sent to check an idle node, and when.
     ping: Option<(u64, Instant)>,
     last_frame: Instant,
@@ -272,7 +274,7 @@ impl Listener {
         self.flush_acks(true);
         if let Some(mut o) = self.open.take() {
             let deadline = Instant::now() + self.cfg.request_timeout;
-            for id in std::mem::take(&mut o.acks) {
+            for (id, _) in std::mem::take(&mut o.acks) {
                 if let Err(f) = o.conn.recv(id, deadline) {
                     log::debug!("an acknowledgement at close: {f}");
                 }
@@ -299,16 +301,28 @@ impl Listener {
         let Some(o) = self.open.as_mut() else {
             return;
         };
-        // Answers to earlier acks: a refusal is logged (the next ack covers
-        // the same numbers).
-        o.acks.retain(|id| match o.conn.ready(*id) {
+        // Answers to earlier acks. A refusal (the database was away) is
+        // logged, and what it covered is acked again: otherwise the credit
+        // it held would never come back.
+        let mut refused = false;
+        o.acks.retain(|(id, upto)| match o.conn.ready(*id) {
             None => true,
-            Some(Ok(_)) => false,
+            Some(Ok(_)) => {
+                o.confirmed = o.confirmed.max(*upto);
+                false
+            }
             Some(Err(f)) => {
-                log::warn!("msg.ack refused by {}: {f}", o.node);
+                log::warn!("msg.ack refused by {}: {f}; sending it again", o.node);
+                refused = true;
                 false
             }
         });
+        if refused {
+            o.acked = o
+                .confirmed
+                .max(o.acks.iter().map(|a| a.1).max().unwrap_or(0));
+            self.handled_since.get_or_insert_with(Instant::now);
+        }
         let upto = self.handled.min(o.seen);
         if upto <= o.acked {
             if self.handled <= o.acked {
@@ -327,7 +341,7 @@ impl Listener {
         let body = serde_json::to_string(&msg::AckBody { upto }).expect("a number serialises");
         match o.conn.send("msg.ack", &body, Some(&self.token)) {
             Ok(id) => {
-                o.acks.push(id);
+                o.acks.push((id, upto));
                 o.acked = upto;
                 self.handled_since = (self.handled > upto).then(Instant::now);
             }
@@ -474,6 +488,7 @@ impl Listener {
             id,
             seen: 0,
             acked: 0,
+            confirmed: 0,
             acks: Vec::new(),
             ping: None,
             last_frame: Instant::now(),

@@ -8,7 +8,6 @@
 mod e2e;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use dsf_client::messages::{self, ListenOptions, Listener};
 use dsf_client::{Client, Error};
 use dsf_sql::password::{self, Cost};
 use dsf_sql::Role;
-use e2e::{binary, wait_for, Cluster, Spec, APP, APP_SECRET, WAIT};
+use e2e::{wait_for, Cluster, Spec, WAIT};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -253,22 +252,7 @@ fn every_message_reaches_its_recipient_once_and_in_order_through_offline_users_a
 
 /// `client login`, `client msg send`, `client msg listen --json`.
 fn cli_send_and_listen(cluster: &Cluster) {
-    let cli = |user: &str| {
-        let mut cmd = Command::new(binary("client"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("DSF_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("DSF_LB", cluster.lb_addrs().join(","))
-            .env("DSF_APP", APP)
-            .env("DSF_APP_SECRET", APP_SECRET)
-            .env(
-                "DSF_SESSION_FILE",
-                cluster.dir.join(format!("{user}.session")),
-            );
-        cmd
-    };
+    let cli = |user: &str| cluster.cli(&format!("{user}.session"));
     let run = |user: &str, args: &[&str], stdin: &str| {
         use std::io::Write;
         let mut child = cli(user)
@@ -322,6 +306,20 @@ fn cli_send_and_listen(cluster: &Cluster) {
     );
     let h: Value = serde_json::from_str(history.trim()).unwrap();
     assert_eq!(h["body"], "hello from the CLI");
+    // A room, from the command line.
+    run("u00", &["msg", "join", "e2e-room"], "");
+    run("u01", &["msg", "join", "e2e-room"], "");
+    run(
+        "u00",
+        &["msg", "send", "--room", "e2e-room", "to the room"],
+        "",
+    );
+    let out = run("u01", &["msg", "listen", "--for", "3s", "--json"], "");
+    let m: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (m["room"].as_str(), m["body"].as_str()),
+        (Some("e2e-room"), Some("to the room"))
+    );
     // A recipient that does not exist: refused, exit 3, with the reason.
     let out = cli("u00")
         .args(["msg", "send", "nobody", "hi"])

@@ -9,23 +9,13 @@ mod e2e;
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{binary, wait_for, Cluster, Proc, Spec, APP, APP_SECRET, WAIT};
+use e2e::{wait_for, Cluster, Proc, Spec, APP, APP_SECRET, WAIT};
 use serde_json::Value;
 
 const TASKS: usize = 300;
 
 fn client_cmd(cluster: &Cluster) -> Command {
-    let mut cmd = Command::new(binary("client"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DSF_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("DSF_LB", cluster.lb_addrs().join(","))
-        .env("DSF_APP", APP)
-        .env("DSF_APP_SECRET", APP_SECRET)
-        .env("DSF_SESSION_FILE", cluster.dir.join("no.session"));
-    cmd
+    cluster.cli("no.session")
 }
 
 fn json_of(cmd: &mut Command) -> Value {

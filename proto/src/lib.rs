@@ -1013,7 +1013,7 @@ pub mod msg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub room: Option<String>,
         pub body: Box<serde_json::value::RawValue>,
-        /// When it was stored, Unix ms (the database's clock).
+        /// When it was stored, Unix ms (the storing app server's clock).
         pub sent_at: u64,
     }
 

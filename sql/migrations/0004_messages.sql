@@ -14,9 +14,9 @@
 -- was taken over by a newer one. The holder refreshes seen_at; a row not
 -- refreshed for a while belongs to a server that died.
 --
--- A message's sent_at is the storing app server's clock (it goes out in
--- the notification without a read); every other time is the database
--- clock's (NOW(3)).
+-- A message's sent_at is Unix ms of the storing app server's clock (it
+-- goes out in the notification without a read); every other time is the
+-- database clock's (NOW(3)).
 CREATE TABLE messages (
     id           BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
     sender_id    BIGINT UNSIGNED NOT NULL,
@@ -25,7 +25,7 @@ CREATE TABLE messages (
     recipient_id BIGINT UNSIGNED NULL,
     room_id      BIGINT UNSIGNED NULL,
     body         MEDIUMTEXT NOT NULL,
-    sent_at      DATETIME(3) NOT NULL,
+    sent_at      BIGINT UNSIGNED NOT NULL,
     PRIMARY KEY (id),
     KEY messages_sender (sender_id, id),
     KEY messages_recipient (recipient_id, id)
@@ -45,7 +45,8 @@ CREATE TABLE inbox (
     seq        BIGINT UNSIGNED NOT NULL,
     message_id BIGINT UNSIGNED NOT NULL,
     PRIMARY KEY (user_id, seq),
-    KEY inbox_message (message_id)
+    -- History pages by message id.
+    KEY inbox_user_message (user_id, message_id)
 ) ENGINE = InnoDB;
 
 CREATE TABLE rooms (

@@ -87,12 +87,12 @@ pub struct Entry {
 }
 
 /// What the slow poll of a subscription reads: the newest number of the
-/// inbox and the epoch of the user's presence (`None`: no row).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// inbox and the node and epoch of the user's presence (`None`: no row).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     pub user: u64,
     pub last_seq: u64,
-    pub epoch: Option<u64>,
+    pub presence: Option<(String, u64)>,
 }
 
 /// A subscription just recorded.
@@ -113,9 +113,6 @@ pub struct Messages<'a> {
 fn sql(op: &'static str) -> impl Fn(mysql::Error) -> Error {
     move |e| Error::from_mysql(op, e)
 }
-
-/// `sent_at` as Unix ms.
-const SENT_AT_MS: &str = "CAST(UNIX_TIMESTAMP(m.sent_at) * 1000 AS UNSIGNED)";
 
 /// A message body's rules.
 fn check_body(body: &str) -> Result<()> {
@@ -161,6 +158,7 @@ impl<'a> Messages<'a> {
     /// The id of the user named `name`: `not_found` if there is none.
     /// Users are never deleted, so an id found once stays right.
     pub fn user_id(&self, name: &str) -> Result<u64> {
+        crate::validate::name("to", name)?;
         let id: Option<u64> = self.db.with_conn("msg.send", |c| {
             c.exec_first("SELECT id FROM users WHERE name = ?", (name,))
         })?;
@@ -283,18 +281,15 @@ impl<'a> Messages<'a> {
         check_room(room)?;
         let q = sql(OP);
         self.db.with_tx(OP, |c| {
+            // Made or found, its row locked (joins of one room queue here,
+            // so the member count below holds), its id either way.
             c.exec_drop(
-                "INSERT IGNORE INTO rooms (name, created_by, created_at) VALUES (?, ?, NOW(3))",
+                "INSERT INTO rooms (name, created_by, created_at) VALUES (?, ?, NOW(3)) \
+                 ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
                 (room, user),
             )
             .map_err(&q)?;
-            let room_id: u64 = c
-                .exec_first("SELECT id FROM rooms WHERE name = ? FOR UPDATE", (room,))
-                .map_err(&q)?
-                .ok_or_else(|| Error::Internal {
-                    op: OP,
-                    message: format!("room {room:?} vanished while being joined"),
-                })?;
+            let room_id = c.last_insert_id();
             let members: u64 = c
                 .exec_first(
                     "SELECT COUNT(*) FROM room_members WHERE room_id = ?",
@@ -401,12 +396,10 @@ impl<'a> Messages<'a> {
         type Row = (u64, u64, String, Option<String>, String, u64);
         let rows: Vec<Row> = self.db.with_conn("msg.fetch", |c| {
             c.exec(
-                format!(
-                    "SELECT i.seq, m.id, m.sender_name, r.name, m.body, {SENT_AT_MS} \
-                     FROM inbox i JOIN messages m ON m.id = i.message_id \
-                     LEFT JOIN rooms r ON r.id = m.room_id \
-                     WHERE i.user_id = ? AND i.seq > ? ORDER BY i.seq LIMIT ?"
-                ),
+                "SELECT i.seq, m.id, m.sender_name, r.name, m.body, m.sent_at \
+                 FROM inbox i JOIN messages m ON m.id = i.message_id \
+                 LEFT JOIN rooms r ON r.id = m.room_id \
+                 WHERE i.user_id = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
                 (user, after, limit),
             )
         })?;
@@ -429,10 +422,11 @@ impl<'a> Messages<'a> {
             return Ok(Vec::new());
         }
         let marks = vec!["?"; users.len()].join(", ");
-        let rows: Vec<(u64, Option<u64>, Option<u64>)> = self.db.with_conn("msg.poll", |c| {
+        type Row = (u64, Option<u64>, Option<String>, Option<u64>);
+        let rows: Vec<Row> = self.db.with_conn("msg.poll", |c| {
             c.exec(
                 format!(
-                    "SELECT u.id, b.last_seq, p.epoch FROM users u \
+                    "SELECT u.id, b.last_seq, p.node, p.epoch FROM users u \
                      LEFT JOIN inboxes b ON b.user_id = u.id \
                      LEFT JOIN presence p ON p.user_id = u.id \
                      WHERE u.id IN ({marks})"
@@ -442,10 +436,10 @@ impl<'a> Messages<'a> {
         })?;
         Ok(rows
             .into_iter()
-            .map(|(user, last_seq, epoch)| Head {
+            .map(|(user, last_seq, node, epoch)| Head {
                 user,
                 last_seq: last_seq.unwrap_or(0),
-                epoch,
+                presence: node.zip(epoch),
             })
             .collect())
     }
@@ -501,7 +495,7 @@ impl<'a> Messages<'a> {
             u64,
             Option<u64>,
         );
-        let cols = format!("m.id, m.sender_name, u.name, r.name, m.body, {SENT_AT_MS}");
+        let cols = "m.id, m.sender_name, u.name, r.name, m.body, m.sent_at";
         let joins =
             "LEFT JOIN users u ON u.id = m.recipient_id LEFT JOIN rooms r ON r.id = m.room_id";
         let (sent_filter, recv_filter) = match with_id {
@@ -519,7 +513,7 @@ impl<'a> Messages<'a> {
                       WHERE m.sender_id = ? {sent_filter} AND m.id < ? ORDER BY m.id DESC LIMIT ?) \
                      UNION ALL \
                      (SELECT {cols}, i.seq FROM inbox i JOIN messages m ON m.id = i.message_id {joins} \
-                      WHERE i.user_id = ? {recv_filter} AND m.id < ? ORDER BY i.seq DESC LIMIT ?) \
+                      WHERE i.user_id = ? {recv_filter} AND i.message_id < ? ORDER BY i.message_id DESC LIMIT ?) \
                      ORDER BY 1 DESC LIMIT ?"
                 ),
                 (user, w, before, limit, user, w, before, limit, limit),
@@ -553,7 +547,7 @@ fn insert_message(
     let sent_at = crate::time::now_ms().max(0) as u64;
     c.exec_drop(
         "INSERT INTO messages (sender_id, sender_name, recipient_id, room_id, body, sent_at) \
-         VALUES (?, ?, ?, ?, ?, FROM_UNIXTIME(? / 1000))",
+         VALUES (?, ?, ?, ?, ?, ?)",
         (from.id, from.name, to, room, body, sent_at),
     )
     .map_err(sql(op))?;

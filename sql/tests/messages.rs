@@ -151,9 +151,12 @@ fn presence_epochs_grow_per_subscription_and_only_the_current_one_clears_it() {
     assert!(second.epoch > first.epoch);
     let heads = m.heads(&[bob, ann]).unwrap();
     let h = heads.iter().find(|h| h.user == bob).unwrap();
-    assert_eq!((h.last_seq, h.epoch), (1, Some(second.epoch)));
+    assert_eq!(
+        (h.last_seq, h.presence.clone()),
+        (1, Some(("node-b".to_string(), second.epoch)))
+    );
     let h = heads.iter().find(|h| h.user == ann).unwrap();
-    assert_eq!((h.last_seq, h.epoch), (0, None));
+    assert_eq!((h.last_seq, h.presence.clone()), (0, None));
     // The older subscription ending leaves the newer one's presence.
     m.unsubscribe(bob, first.epoch).unwrap();
     let s = m.send(from(ann, "ann"), "bob", "2").unwrap();
@@ -210,4 +213,28 @@ fn history_lists_sent_and_received_newest_first_and_pages() {
     assert_eq!(bodies, vec!["2", "1"]);
     let e = m.history(ann, Some("zed"), None, 10).unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotFound);
+}
+
+#[test]
+fn concurrent_joins_of_a_new_room_all_land_without_deadlocks() {
+    let db = Arc::new(testing::fresh());
+    let users: Vec<u64> = (0..8).map(|i| user(&db, &format!("j{i}"))).collect();
+    let start = Arc::new(Barrier::new(users.len()));
+    let joins: Vec<_> = users
+        .iter()
+        .map(|&u| {
+            let (db, start) = (db.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                db.messages().join(u, "lobby")
+            })
+        })
+        .collect();
+    let mut counts: Vec<u64> = joins
+        .into_iter()
+        .map(|j| j.join().unwrap().expect("no join fails"))
+        .collect();
+    counts.sort_unstable();
+    // Each join saw the ones before it: 1, 2, ... 8.
+    assert_eq!(counts, (1..=8).collect::<Vec<u64>>());
 }

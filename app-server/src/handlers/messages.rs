@@ -32,6 +32,9 @@ pub const ROUTES: &[Route] = &[
     route::<msg::Leave>(Exec::Pool, leave),
 ];
 
+/// Largest body carried in a notification.
+const CARRY_MAX: usize = 8 * 1024;
+
 fn streamed(call: &Call<'_>) -> Result<String> {
     Err(Error::Internal(format!(
         "{} is a stream and is served by the mailroom, not by a handler",
@@ -80,23 +83,28 @@ pub fn send(call: &Call<'_>) -> Result<String> {
             ))
         }
     };
+    // A direct message of modest size rides in its notification as the
+    // recipient's `message` event, so their node pushes it without reading
+    // it back; a room's (one notification a member) and a big one do not.
+    let carry = b.room.is_none() && len <= CARRY_MAX;
     for l in stored.listed {
         let Some(node) = l.node else { continue };
-        // The recipient's `message` event, so their node pushes it
-        // without reading it back.
-        let event = msg::Message {
-            id: stored.id,
-            seq: l.seq,
-            from: me.name.clone(),
-            room: b.room.clone(),
-            body: b.body.clone(),
-            sent_at: stored.sent_at,
+        let event = match carry {
+            true => Some(json(&msg::Message {
+                id: stored.id,
+                seq: l.seq,
+                from: me.name.clone(),
+                room: None,
+                body: b.body.clone(),
+                sent_at: stored.sent_at,
+            })?),
+            false => None,
         };
         call.after_commit(Effect::Notify {
             node,
             user: l.user,
             seq: l.seq,
-            event: json(&event)?,
+            event,
         });
     }
     json(&sent)
@@ -128,7 +136,7 @@ pub fn ack(call: &Call<'_>) -> Result<String> {
     }
     if b.upto > sub.acked {
         call.app.db.messages().ack(me.id, b.upto)?;
-        call.app.mail.acked(conn, b.upto);
+        call.app.mail.acked(conn, me.id, b.upto);
     }
     json(&Empty {})
 }
@@ -213,6 +221,11 @@ pub fn subscribe(controller: &Controller, job: Job) {
             )));
         }
         let session = controller.session_for(admitted.request.token.as_deref(), "msg.subscribe")?;
+        if reply.outbox().is_closed() {
+            // Queued while its connection went away: it must not take over
+            // the subscription its client has made since.
+            return Err(Error::Unavailable("the connection closed".into()));
+        }
         app.mail.reserve(conn)?;
         match app.db.messages().subscribe(session.user.id, app.node()) {
             Ok(s) => Ok((session.user, credit, s)),

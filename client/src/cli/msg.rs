@@ -20,21 +20,19 @@ use super::output::Out;
 /// `client msg ...`
 #[derive(Debug, Subcommand)]
 pub enum MsgCmd {
-    /// Send a message to a user (or with --room, to a room's members). It
-    /// is stored before this returns: an offline recipient gets it at
+    /// Send a message to a user: `msg send USER TEXT`, or to a room's
+    /// members: `msg send --room ROOM TEXT` (or --body JSON for either).
+    /// It is stored before this returns: an offline recipient gets it at
     /// their next `msg listen`.
     Send {
-        /// The recipient's user name (not with --room).
-        #[arg(required_unless_present = "room")]
-        to: Option<String>,
-        /// The text, sent as a JSON string (or give --body).
-        #[arg(conflicts_with = "body")]
-        text: Option<String>,
-        /// The body as JSON, e.g. '{"temp":21.5}'.
+        /// USER then TEXT; with --room, only TEXT.
+        #[arg(value_name = "USER TEXT", num_args = 0..=2)]
+        words: Vec<String>,
+        /// The body as JSON instead of a TEXT, e.g. '{"temp":21.5}'.
         #[arg(long, value_name = "JSON")]
         body: Option<String>,
-        /// Send to every other member of this room instead.
-        #[arg(long, conflicts_with = "to")]
+        /// Send to every other member of this room.
+        #[arg(long)]
         room: Option<String>,
     },
     /// Print each message of your inbox as it arrives (first those waiting
@@ -72,12 +70,24 @@ pub fn run(c: &mut Client, session: Option<&Session>, cmd: &MsgCmd, out: &mut Ou
         Error::Config("messages are a logged-in user's: log in first (client login NAME)".into())
     })?;
     match cmd {
-        MsgCmd::Send {
-            to,
-            text,
-            body,
-            room,
-        } => {
+        MsgCmd::Send { words, body, room } => {
+            let (to, text) = match (room, words.as_slice()) {
+                (Some(_), [text]) => (None, Some(text)),
+                (Some(_), []) => (None, None),
+                (Some(_), _) => {
+                    return Err(Error::Config(
+                        "with --room, give only the TEXT (or --body JSON), not a user".into(),
+                    ))
+                }
+                (None, [to]) => (Some(to), None),
+                (None, [to, text]) => (Some(to), Some(text)),
+                (None, _) => {
+                    return Err(Error::Config(
+                        "give the recipient: client msg send USER TEXT (or --room ROOM TEXT)"
+                            .into(),
+                    ))
+                }
+            };
             let body = match (text, body) {
                 (Some(t), None) => json!(t).to_string(),
                 (None, Some(b)) => {
@@ -93,12 +103,16 @@ pub fn run(c: &mut Client, session: Option<&Session>, cmd: &MsgCmd, out: &mut Ou
                         "nothing to send: give the TEXT, or --body JSON".into(),
                     ))
                 }
-                (Some(_), Some(_)) => unreachable!("clap refuses both"),
+                (Some(_), Some(_)) => {
+                    return Err(Error::Config(
+                        "give the TEXT or --body JSON, not both".into(),
+                    ))
+                }
             };
             let (sent, to_whom) = match (room, to) {
                 (Some(r), _) => (messages::send_to_room(c, r, &body)?, format!("room {r}")),
                 (None, Some(t)) => (messages::send(c, t, &body)?, t.clone()),
-                (None, None) => unreachable!("clap asks for one"),
+                (None, None) => unreachable!("a user or a room, checked above"),
             };
             let v = serde_json::to_value(sent).expect("numbers serialise");
             let human = match (sent.seq, sent.recipients) {
@@ -208,8 +222,14 @@ fn listen(
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
-        let Some(m) = inbox.next(until)? else {
-            continue;
+        let m = match inbox.next(until) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(e) => {
+                // What was printed is acknowledged before giving up.
+                inbox.close();
+                return Err(e);
+            }
         };
         let v = serde_json::to_value(&m).expect("a message serialises");
         let from = match &m.room {

@@ -391,6 +391,23 @@ impl Cluster {
         self.lbs.iter().map(|l| l.0.clone()).collect()
     }
 
+    /// The `client` binary set up for this cluster (balancers, app, secret)
+    /// and none of the caller's `DSF_*`, its session kept in `session`
+    /// (a file name in the cluster's folder).
+    pub fn cli(&self, session: &str) -> Command {
+        let mut cmd = Command::new(binary("client"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DSF_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("DSF_LB", self.lb_addrs().join(","))
+            .env("DSF_APP", APP)
+            .env("DSF_APP_SECRET", APP_SECRET)
+            .env("DSF_SESSION_FILE", self.dir.join(session));
+        cmd
+    }
+
     /// A client of app `e2e` through every balancer.
     pub fn client(&self) -> Client {
         let mut cfg = ClientConfig::new(self.lb_addrs(), APP, APP_SECRET.as_bytes().to_vec());

@@ -229,6 +229,19 @@ impl Stream {
         self.seq
     }
 
+    /// Whether the stream has ended (cancelled, its connection closed, or
+    /// finished): nothing more can be sent on it.
+    pub fn is_ended(&self) -> bool {
+        self.state().is_err()
+    }
+
+    /// Bytes sent on its connection and not yet written: how far behind
+    /// the reader is.
+    pub fn backlog(&self) -> usize {
+        let reply = self.slot.reply.lock().unwrap_or_else(|p| p.into_inner());
+        reply.as_ref().map_or(0, |r| r.outbox().unsent())
+    }
+
     /// Sends an event that cannot be dropped; a reader too slow for it ends
     /// the stream with `overloaded`.
     pub fn event(&mut self, event: &str, body: &str) -> Result<(), Ended> {
