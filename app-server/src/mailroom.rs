@@ -5,17 +5,17 @@
 //! `credit` messages sent and not acknowledged, and is fed in inbox order:
 //! the thread reads the messages after the last one it sent (one indexed
 //! range read), and offers each to the stream; a full output budget only
-//! pauses it. It reads a user's inbox when
+//! pauses it. A notification (a send on this node, or `peer.notify` from
+//! another) that carries the next message due is sent as it is, without a
+//! read ([`Mailroom::push`]). The inbox is read when
 //! - the subscription opens (everything after the acknowledged mark);
-//! - a send on this node or a `peer.notify` from another finds the
-//!   subscription needs something else than the message it carries (a gap
-//!   in the numbers, no credit); when the carried message is the next one
-//!   due, it is sent as it is, without a read ([`Mailroom::push`]);
+//! - a notification carries no message (a room's, a big one), or not the
+//!   next one due (another node's is behind it), or finds no credit;
 //! - an acknowledgement frees credit;
-//! - every [`POLL`] (by default), for all subscriptions at once (one query per 500):
-//!   the inbox heads and presence epochs. This finds the messages whose
-//!   notification was lost, and the subscriptions another node took over
-//!   (a newer epoch), which end with `conflict`.
+//! - every [`POLL`] (by default), for all subscriptions at once (one query
+//!   per 500): the inbox heads and presence epochs. This finds the messages
+//!   whose notification was lost, and the subscriptions another node took
+//!   over (a newer epoch there), which end with `conflict`.
 //!
 //! One user has one subscription in the cluster: a newer one, here or on
 //! another node, ends the older.

@@ -20,6 +20,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a caller waits for a free pooled connection.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Times a transaction chosen as a deadlock's victim is run (see
+/// [`Db::with_tx`]).
+pub const DEADLOCK_TRIES: u32 = 4;
 /// How long [`Db::connect`] keeps retrying at start-up; `None` = forever.
 pub const DEFAULT_STARTUP_DEADLINE: Option<Duration> = Some(Duration::from_secs(120));
 
@@ -270,17 +273,38 @@ impl Db {
 
     /// Runs `f` in one transaction: the run-once write's, inside
     /// [`Writes::run_once`](crate::Writes::run_once) on this thread (it
-    /// commits with the write's record); otherwise a new one, committed
-    /// when `f` returns `Ok` and rolled back on an error or a panic.
+    /// commits with the write's record, and a deadlock there is the
+    /// caller's to retry, as `unavailable`); otherwise a new one, committed
+    /// when `f` returns `Ok` and rolled back on an error or a panic, and run
+    /// again, up to [`DEADLOCK_TRIES`] times, when InnoDB chose it as a
+    /// deadlock's victim (it rolled the whole transaction back).
     pub(crate) fn with_tx<T>(
         &self,
         op: &'static str,
-        f: impl FnOnce(&mut PooledConn) -> Result<T>,
+        f: impl FnMut(&mut PooledConn) -> Result<T>,
     ) -> Result<T> {
-        let f = match self.on_run_once(f) {
+        let mut f = match self.on_run_once(f) {
             Ok(r) => return r,
             Err(f) => f,
         };
+        let mut tries = 1;
+        loop {
+            match self.tx_once(op, &mut f) {
+                Err(e) if e.is_deadlock() && tries < DEADLOCK_TRIES => {
+                    log::debug!("{op}: deadlock victim, running the transaction again: {e}");
+                    std::thread::sleep(Duration::from_millis(2 << tries));
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn tx_once<T>(
+        &self,
+        op: &'static str,
+        f: &mut impl FnMut(&mut PooledConn) -> Result<T>,
+    ) -> Result<T> {
         /// Rolls back unless committed, so a panic in `f` never returns a
         /// connection to the pool with a transaction open.
         struct Tx(PooledConn, bool);

@@ -171,6 +171,12 @@ impl Error {
         }
     }
 
+    /// Whether InnoDB rolled this transaction back as a deadlock's victim
+    /// (MySQL error 1213): running it again is the cure.
+    pub fn is_deadlock(&self) -> bool {
+        matches!(self, Error::Unavailable { reason, .. } if reason.starts_with("server error 1213:"))
+    }
+
     /// Whether this error means the database could not be reached or used,
     /// as opposed to a problem with the request or a bug.
     pub fn is_unavailable(&self) -> bool {
@@ -194,6 +200,14 @@ mod tests {
             message: "Duplicate entry 'x' for key 'PRIMARY'".into(),
             code,
         })
+    }
+
+    #[test]
+    fn a_deadlock_is_unavailable_and_known_as_one() {
+        let e = Error::from_mysql("tasks.claim", server_error(1213));
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        assert!(e.is_deadlock());
+        assert!(!Error::from_mysql("x", server_error(1205)).is_deadlock());
     }
 
     #[test]
