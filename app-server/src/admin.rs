@@ -23,7 +23,15 @@ pub fn create_admin(db: &Db, name: &str, password: &str, cost: Cost) -> Result<U
     validate::name("name", name)?;
     validate::password(password)?;
     let hash = password::hash_with(password, cost)?;
-    Ok(db.users().create(name, &hash, Role::Admin)?)
+    let user = db.users().create(name, &hash, Role::Admin)?;
+    db.audit().record(&dsf_sql::audit::Record {
+        actor: None,
+        node: "command line",
+        action: "user.create",
+        subject: &user.name,
+        detail: Some(r#"{"role":"admin"}"#),
+    })?;
+    Ok(user)
 }
 
 /// Reads a password: prompted without echo on a terminal, else the first

@@ -149,6 +149,20 @@ impl Call<'_> {
         self.request.token.as_deref()
     }
 
+    /// Records `action` on `subject` in the audit trail, as the caller on
+    /// this node, in the write's transaction (`detail`: JSON text).
+    pub fn audit(&self, action: &str, subject: &str, detail: Option<&str>) -> Result<()> {
+        let actor = self.session.map(|s| s.user.name.as_str());
+        self.app.db.audit().record(&dsf_sql::audit::Record {
+            actor,
+            node: self.app.node(),
+            action,
+            subject,
+            detail,
+        })?;
+        Ok(())
+    }
+
     /// Asks for `e` once the write commits.
     pub fn after_commit(&self, e: Effect) {
         self.effects.borrow_mut().push(e);

@@ -942,6 +942,59 @@ pub mod task {
     }
 }
 
+/// `audit.list`: the audit trail of role changes, users made and blacklist
+/// changes.
+pub mod audit {
+    use super::*;
+
+    /// `audit.list`'s body.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ListBody {
+        /// Entries older than this id (the `next` of the page before).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub before: Option<u64>,
+        /// Only entries about this user name or id card.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub subject: Option<String>,
+        /// At most [`LIMIT_MAX`] (default 50).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub limit: Option<u32>,
+    }
+
+    /// One entry.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Entry {
+        pub id: u64,
+        /// Unix ms.
+        pub at: u64,
+        /// Who did it; absent for the command line (`app-server create-admin`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub actor: Option<String>,
+        /// The node that did it.
+        pub node: String,
+        /// `user.create`, `user.set_role`, `blacklist.add`, `.update` or `.remove`.
+        pub action: String,
+        /// The user name or id card acted on.
+        pub subject: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub detail: Option<Box<serde_json::value::RawValue>>,
+    }
+
+    /// `audit.list`'s reply: newest first.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Page {
+        pub entries: Vec<Entry>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub next: Option<u64>,
+    }
+
+    message!(
+        /// `audit.list`: a page of the audit trail (admins).
+        List = "audit.list", Admin, false: ListBody => Page
+    );
+}
+
 /// `msg.*`: messages between users, on any app server; `peer.notify`
 /// between app servers.
 pub mod msg {
@@ -1203,6 +1256,7 @@ pub const CATALOGUE: &[Type] = &[
     <task::GetResults as Message>::TYPE,
     <task::Cancel as Message>::TYPE,
     <task::Watch as Message>::TYPE,
+    <audit::List as Message>::TYPE,
     <msg::Send as Message>::TYPE,
     <msg::Subscribe as Message>::TYPE,
     <msg::Ack as Message>::TYPE,
@@ -1288,6 +1342,7 @@ mod tests {
         listed::<cluster::NodeHeartbeat>();
         listed::<cluster::NodeLeave>();
         listed::<cluster::SetView>();
+        listed::<audit::List>();
         listed::<msg::Send>();
         listed::<msg::Subscribe>();
         listed::<msg::Ack>();

@@ -30,6 +30,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod blacklist;
 pub mod db;
 pub mod error;
@@ -49,6 +50,7 @@ pub mod time;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use audit::Audit;
 pub use blacklist::{Blacklist, Entry, EntryChange, ListQuery, NewEntry, Page};
 pub use db::{Db, DbConfig};
 pub use error::{Error, Result};
@@ -97,6 +99,11 @@ impl Db {
     /// The task service's tables.
     pub fn tasks(&self) -> Tasks<'_> {
         Tasks::new(self)
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> Audit<'_> {
+        Audit::new(self)
     }
 
     /// Messaging's tables: inboxes, rooms, presence.

@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "messages",
         sql: include_str!("../migrations/0004_messages.sql"),
     },
+    Migration {
+        version: 5,
+        name: "audit",
+        sql: include_str!("../migrations/0005_audit.sql"),
+    },
 ];
 
 /// How long one `GET_LOCK` call waits; kept under the connection's read

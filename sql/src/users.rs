@@ -132,18 +132,43 @@ impl<'a> Users<'a> {
 
     /// Gives `name` the role `role`; `not_found` if there is no such user.
     pub fn set_role(&self, name: &str, role: Role) -> Result<User> {
+        self.change_role(name, role).map(|(_, user)| user)
+    }
+
+    /// [`Users::set_role`], with the role the user had before. The last
+    /// admin cannot be demoted (`conflict`): the admins' rows are locked
+    /// first, so two admins demoting each other at once cannot both pass.
+    pub fn change_role(&self, name: &str, role: Role) -> Result<(Role, User)> {
         const OP: &str = "users.set_role";
         validate::name("name", name)?;
-        self.db.with_conn(OP, |c| {
+        self.db.with_tx(OP, |c| {
+            let admins: Vec<u64> = c
+                .exec("SELECT id FROM users WHERE role = 'admin' FOR UPDATE", ())
+                .map_err(|e| Error::from_mysql(OP, e))?;
+            let row: Option<UserRow> = c
+                .exec_first(
+                    "SELECT id, name, role, created_at FROM users WHERE name = ? FOR UPDATE",
+                    (name,),
+                )
+                .map_err(|e| Error::from_mysql(OP, e))?;
+            let before = row
+                .map(|r| user_from_row(OP, r))
+                .transpose()?
+                .ok_or_else(|| Error::NotFound(format!("no user named {name:?}")))?;
+            if before.role == Role::Admin && role != Role::Admin && admins.len() <= 1 {
+                return Err(Error::Conflict {
+                    op: OP,
+                    message: format!("{name} is the last admin: make another user admin first"),
+                });
+            }
             c.exec_drop(
-                "UPDATE users SET role = ? WHERE name = ?",
-                (role.as_str(), name),
+                "UPDATE users SET role = ? WHERE id = ?",
+                (role.as_str(), before.id),
             )
-        })?;
-        // Read back rather than trust affected_rows: setting the role a user
-        // already has changes no row but is not an error.
-        self.get(name)?
-            .ok_or_else(|| Error::NotFound(format!("no user named {name:?}")))
+            .map_err(|e| Error::from_mysql(OP, e))?;
+            let old = before.role;
+            Ok((old, User { role, ..before }))
+        })
     }
 
     /// Replaces the password hash of `name`; `not_found` if there is no such user.

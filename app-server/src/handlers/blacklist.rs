@@ -36,6 +36,8 @@ pub fn add(call: &Call<'_>) -> Result<String> {
         },
         by,
     )?;
+    let detail = serde_json::json!({"name": b.name, "reason": b.reason}).to_string();
+    call.audit("blacklist.add", &b.id_card, Some(&detail))?;
     json(&entry)
 }
 
@@ -72,6 +74,8 @@ pub fn update(call: &Call<'_>) -> Result<String> {
         },
         by,
     )?;
+    let detail = serde_json::json!({"name": b.name, "reason": b.reason}).to_string();
+    call.audit("blacklist.update", &b.id_card, Some(&detail))?;
     json(&entry)
 }
 
@@ -80,6 +84,7 @@ pub fn remove(call: &Call<'_>) -> Result<String> {
     let b: IdCard = call.body()?;
     validate::id_card(&b.id_card)?;
     call.app.db.blacklist().remove(&b.id_card)?;
+    call.audit("blacklist.remove", &b.id_card, None)?;
     json(&Empty {})
 }
 

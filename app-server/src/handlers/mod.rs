@@ -9,10 +9,12 @@
 //! | [`blacklist`] | `blacklist.add`, `.get`, `.update`, `.remove`, `.list` |
 //! | [`gate`] | `gate.check`, `gate.history` |
 //! | [`tasks`] | `task.submit`, `.claim`, `.heartbeat`, `.complete`, `.fail`; `job.status`, `.results`, `.cancel` |
+//! | [`audit`] | `audit.list` |
 //! | [`messages`] | `msg.send`, `.subscribe`, `.ack`, `.history`, `.join`, `.leave` |
 
 use crate::controller::Route;
 
+pub mod audit;
 pub mod blacklist;
 pub mod gate;
 pub mod messages;
@@ -29,6 +31,7 @@ pub fn routes() -> impl Iterator<Item = &'static Route> {
         .chain(gate::ROUTES)
         .chain(tasks::ROUTES)
         .chain(messages::ROUTES)
+        .chain(audit::ROUTES)
 }
 
 #[cfg(test)]
@@ -67,6 +70,7 @@ mod tests {
             ("msg.history", Auth::Role(Role::Viewer)),
             ("msg.join", Auth::Role(Role::Viewer)),
             ("msg.leave", Auth::Role(Role::Viewer)),
+            ("audit.list", Auth::Role(Role::Admin)),
         ];
         let got: Vec<(&str, Auth)> = routes().map(|r| (r.kind, r.auth)).collect();
         assert_eq!(got.len(), want.len(), "{got:?}");

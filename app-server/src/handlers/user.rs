@@ -44,6 +44,7 @@ pub fn register(call: &Call<'_>) -> Result<String> {
     check_credentials(&b)?;
     let hash = password::hash_with(&b.password, call.app.password_cost)?;
     let user = call.app.db.users().create(&b.name, &hash, Role::Viewer)?;
+    call.audit("user.create", &user.name, Some(r#"{"role":"viewer"}"#))?;
     json(&view(&user))
 }
 
@@ -105,7 +106,9 @@ fn check_set_role(b: &SetRoleBody) -> Result<Role> {
 pub fn set_role(call: &Call<'_>) -> Result<String> {
     let b: SetRoleBody = call.body()?;
     let role = check_set_role(&b)?;
-    let user = call.app.db.users().set_role(&b.name, role)?;
+    let (before, user) = call.app.db.users().change_role(&b.name, role)?;
+    let detail = serde_json::json!({"from": before.as_str(), "to": role.as_str()}).to_string();
+    call.audit("user.set_role", &user.name, Some(&detail))?;
     // This node applies the change at once; others within the cache time.
     call.app.sessions.evict_user(user.id);
     json(&view(&user))

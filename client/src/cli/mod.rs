@@ -143,6 +143,19 @@ pub enum Command {
         #[arg(long)]
         limit: Option<u32>,
     },
+    /// Show the audit trail: role changes, users made, blacklist changes,
+    /// newest first (audit.list; admin only).
+    Audit {
+        /// Only entries about this user name or id card.
+        #[arg(long)]
+        subject: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Older than this entry id (the `next` a page printed).
+        #[arg(long, value_name = "ID")]
+        before: Option<u64>,
+    },
     /// Show the cluster's members and load (cluster.status, from the collector).
     Status {
         /// The collector's address.
@@ -455,6 +468,28 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
                 &["at", "id_card", "name", "gate", "hit"],
                 "no checks",
             );
+        }
+        Command::Audit {
+            subject,
+            limit,
+            before,
+        } => {
+            let body = dsf_proto::audit::ListBody {
+                before: *before,
+                subject: subject.clone(),
+                limit: *limit,
+            };
+            let v = typed::<dsf_proto::audit::List>(&mut c, &body)?;
+            out.table(
+                &v["entries"],
+                &["id", "at", "actor", "node", "action", "subject", "detail"],
+                "no audit entries",
+            );
+            if let Some(n) = v.get("next").and_then(Value::as_u64) {
+                if !out.is_json() {
+                    out.value(&Value::Null, &format!("(older: --before {n})"));
+                }
+            }
         }
         Command::Status { collector } => {
             let raw = c.call_at(collector, "cluster.status", "{}")?;
