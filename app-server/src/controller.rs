@@ -587,12 +587,25 @@ impl Controller {
 
     /// The session of the request's token, from the cache or MySQL.
     fn authenticate(&self, req: &Request) -> Result<Session> {
-        self.session_for(req.token.as_deref(), &req.kind)
+        self.session_for(&req.app, req.token.as_deref(), &req.kind)
     }
 
     /// The session of `token` (cached up to the session cache's age), for
-    /// a request of type `kind`.
-    pub fn session_for(&self, token: Option<&str>, kind: &str) -> Result<Session> {
+    /// a request of type `kind` signed by `app`: a session is good only
+    /// with the key of the app that logged in, so another app's key with a
+    /// sniffed token gets nothing.
+    pub fn session_for(&self, app: &str, token: Option<&str>, kind: &str) -> Result<Session> {
+        let s = self.find_session(token, kind)?;
+        if s.app.as_deref() != Some(app) {
+            return Err(Error::Unauthorized(
+                "this session token was made under another app's key: log in with this app (user.login)"
+                    .into(),
+            ));
+        }
+        Ok(s)
+    }
+
+    fn find_session(&self, token: Option<&str>, kind: &str) -> Result<Session> {
         let token = match token {
             Some(t) if !t.is_empty() => t,
             _ => {

@@ -96,6 +96,7 @@ mod tests {
                 role: Role::Viewer,
                 created_at: 0,
             },
+            app: Some("cli".into()),
             expires_at: now_ms() + 60_000,
         }
     }

@@ -100,7 +100,7 @@ fn run(controller: &crate::controller::Controller, rx: &Receiver<Watch>, stop: &
             let Some(token) = w.token.take() else {
                 return true;
             };
-            match controller.session_for(Some(&token), "job.watch") {
+            match controller.session_for(&w.app, Some(&token), "job.watch") {
                 Ok(s) => {
                     w.user = Some(s.user.id);
                     w.operator = s.user.role >= dsf_sql::Role::Operator;

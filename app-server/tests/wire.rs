@@ -129,7 +129,10 @@ fn expired_token_is_unauthorized_and_the_connection_stays_open() {
     c.user("eve");
     let user = db.users().get("eve").unwrap().unwrap();
     // A session that expires the moment it is made.
-    let expired = db.sessions().create(user.id, Duration::ZERO).unwrap();
+    let expired = db
+        .sessions()
+        .create(user.id, support::APP, Duration::ZERO)
+        .unwrap();
     let e = c.err(
         "user.me",
         json!({}),

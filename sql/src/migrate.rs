@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit",
         sql: include_str!("../migrations/0005_audit.sql"),
     },
+    Migration {
+        version: 6,
+        name: "session_app",
+        sql: include_str!("../migrations/0006_session_app.sql"),
+    },
 ];
 
 /// How long one `GET_LOCK` call waits; kept under the connection's read

@@ -30,6 +30,9 @@ pub struct NewSession {
 pub struct Session {
     /// Whose session it is, as of this lookup (a role change applies at once).
     pub user: User,
+    /// The app whose key logged in (`None`: made before sessions had one);
+    /// the token is good only with that app's key.
+    pub app: Option<String>,
     /// When it stops being valid, Unix ms.
     pub expires_at: i64,
 }
@@ -49,7 +52,7 @@ impl<'a> Sessions<'a> {
 
     /// Opens a session for `user_id` lasting `ttl`; `not_found` if the user
     /// does not exist.
-    pub fn create(&self, user_id: u64, ttl: Duration) -> Result<NewSession> {
+    pub fn create(&self, user_id: u64, app: &str, ttl: Duration) -> Result<NewSession> {
         const OP: &str = "sessions.create";
         let token = token::generate();
         let now = now_ms();
@@ -57,8 +60,8 @@ impl<'a> Sessions<'a> {
         self.db
             .with_conn(OP, |c| {
                 c.exec_drop(
-                    "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-                    (&token::hash(&token)[..], user_id, now, expires_at),
+                    "INSERT INTO sessions (token_hash, user_id, app, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                    (&token::hash(&token)[..], user_id, app, now, expires_at),
                 )
             })
             .map_err(|e| match e {
@@ -74,18 +77,19 @@ impl<'a> Sessions<'a> {
     /// The unexpired session for `token`, with its user, if any.
     pub fn get(&self, token: &str) -> Result<Option<Session>> {
         const OP: &str = "sessions.get";
-        type Row = (u64, String, String, i64, i64);
+        type Row = (u64, String, String, i64, Option<String>, i64);
         let row: Option<Row> = self.db.with_conn(OP, |c| {
             c.exec_first(
-                "SELECT u.id, u.name, u.role, u.created_at, s.expires_at \
+                "SELECT u.id, u.name, u.role, u.created_at, s.app, s.expires_at \
                  FROM sessions s JOIN users u ON u.id = s.user_id \
                  WHERE s.token_hash = ? AND s.expires_at > ?",
                 (&token::hash(token)[..], now_ms()),
             )
         })?;
-        row.map(|(id, name, role, created_at, expires_at)| {
+        row.map(|(id, name, role, created_at, app, expires_at)| {
             Ok(Session {
                 user: user_from_row(OP, (id, name, role, created_at))?,
+                app,
                 expires_at,
             })
         })

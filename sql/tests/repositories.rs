@@ -89,7 +89,7 @@ fn session_made_by_one_pool_is_valid_in_another() {
 
     let new = t
         .sessions()
-        .create(user.id, Duration::from_secs(3600))
+        .create(user.id, "cli", Duration::from_secs(3600))
         .unwrap();
     let found = other_server.sessions().get(&new.token).unwrap().unwrap();
 
@@ -106,7 +106,7 @@ fn session_stores_only_the_hash_of_its_token() {
     let user = db.users().create("dave", "h", Role::Viewer).unwrap();
     let new = db
         .sessions()
-        .create(user.id, Duration::from_secs(60))
+        .create(user.id, "cli", Duration::from_secs(60))
         .unwrap();
 
     use mysql::prelude::Queryable;
@@ -126,7 +126,10 @@ fn session_stores_only_the_hash_of_its_token() {
 fn expired_session_is_not_found_and_is_purged() {
     let db = testing::fresh();
     let user = db.users().create("erin", "h", Role::Viewer).unwrap();
-    let new = db.sessions().create(user.id, Duration::ZERO).unwrap();
+    let new = db
+        .sessions()
+        .create(user.id, "cli", Duration::ZERO)
+        .unwrap();
 
     assert_eq!(db.sessions().get(&new.token).unwrap(), None);
     assert_eq!(db.sessions().delete_expired(100).unwrap(), 1);
@@ -137,14 +140,14 @@ fn session_for_unknown_user_is_not_found_and_role_changes_apply_at_once() {
     let db = testing::fresh();
     let err = db
         .sessions()
-        .create(424242, Duration::from_secs(60))
+        .create(424242, "cli", Duration::from_secs(60))
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::NotFound, "{err}");
 
     let user = db.users().create("frank", "h", Role::Viewer).unwrap();
     let s = db
         .sessions()
-        .create(user.id, Duration::from_secs(60))
+        .create(user.id, "cli", Duration::from_secs(60))
         .unwrap();
     db.users().set_role("frank", Role::Operator).unwrap();
     assert_eq!(

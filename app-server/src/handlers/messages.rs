@@ -220,7 +220,8 @@ pub fn subscribe(controller: &Controller, job: Job) {
                 "credit: 1 to {CREDIT_MAX} messages unacknowledged at a time, got {credit}"
             )));
         }
-        let session = controller.session_for(admitted.request.token.as_deref(), "msg.subscribe")?;
+        let r = &admitted.request;
+        let session = controller.session_for(&r.app, r.token.as_deref(), "msg.subscribe")?;
         if reply.outbox().is_closed() {
             // Queued while its connection went away: it must not take over
             // the subscription its client has made since.

@@ -62,7 +62,10 @@ pub fn login(call: &Call<'_>) -> Result<String> {
     if !password::verify(&b.password, &hash)? {
         return Err(Error::Unauthorized(BAD_CREDENTIALS.into()));
     }
-    let new = app.db.sessions().create(user.id, app.session_ttl)?;
+    let new = app
+        .db
+        .sessions()
+        .create(user.id, &call.request.app, app.session_ttl)?;
     let reply = json(&LoggedIn {
         token: new.token.clone(),
         expires_at: new.expires_at,
@@ -72,6 +75,7 @@ pub fn login(call: &Call<'_>) -> Result<String> {
         &new.token,
         Session {
             user,
+            app: Some(call.request.app.clone()),
             expires_at: new.expires_at,
         },
     );
