@@ -566,6 +566,10 @@ fn room_id(c: &mut PooledConn, op: &'static str, room: &str) -> Result<u64> {
 }
 
 /// Fills in where each listed user is subscribed, from fresh presence rows.
+/// A locking read: it sees the latest presence, and a subscription being
+/// recorded at the same moment waits for this send to commit, so its first
+/// read of the inbox finds this message. Either the send sees the
+/// subscription and notifies it, or the subscription sees the message.
 fn find_nodes(c: &mut PooledConn, op: &'static str, listed: &mut [Listed]) -> Result<()> {
     if listed.is_empty() {
         return Ok(());
@@ -577,7 +581,7 @@ fn find_nodes(c: &mut PooledConn, op: &'static str, listed: &mut [Listed]) -> Re
         .exec(
             format!(
                 "SELECT user_id, node FROM presence WHERE user_id IN ({marks}) \
-                 AND seen_at > NOW(3) - INTERVAL (? / 1000) SECOND"
+                 AND seen_at > NOW(3) - INTERVAL (? / 1000) SECOND LOCK IN SHARE MODE"
             ),
             params,
         )

@@ -1,5 +1,6 @@
-//! Gate checks: `gate.check` (app: a gate terminal needs no login) and
-//! `gate.history` (viewer). Bodies and replies are the catalogue's
+//! Gate checks: `gate.check` (app: a gate terminal needs no login; it
+//! learns hit or miss, and the entry only with a session, whose user may
+//! read entries) and `gate.history` (viewer). Bodies and replies are the catalogue's
 //! (`dsf_proto::gate`).
 
 use dsf_common::Result;
@@ -7,11 +8,11 @@ use dsf_proto::gate::{self as msg, CheckBody, Checked, Checks, HistoryBody};
 use dsf_sql::gate_checks::DEFAULT_LIMIT;
 use dsf_sql::{validate, HistoryQuery};
 
-use crate::controller::{json, route, Call, Exec, Route};
+use crate::controller::{json, route, route_maybe_user, Call, Exec, Route};
 
 /// This group's routes.
 pub const ROUTES: &[Route] = &[
-    route::<msg::Check>(Exec::Pool, check),
+    route_maybe_user::<msg::Check>(Exec::Pool, check),
     route::<msg::History>(Exec::Pool, history),
 ];
 
@@ -30,9 +31,12 @@ pub fn check(call: &Call<'_>) -> Result<String> {
         b.gate.as_deref(),
         call.app.node(),
     )?;
+    // The entry (its reason, who listed it) is for those who may read the
+    // blacklist (`blacklist.get`: a viewer's session); a key alone learns
+    // hit or miss.
     json(&Checked {
         hit: entry.is_some(),
-        entry,
+        entry: entry.filter(|_| call.session.is_some()),
     })
 }
 

@@ -54,7 +54,7 @@ mod tests {
             ("blacklist.update", Auth::Role(Role::Operator)),
             ("blacklist.remove", Auth::Role(Role::Operator)),
             ("blacklist.list", Auth::Role(Role::Viewer)),
-            ("gate.check", Auth::App),
+            ("gate.check", Auth::AppMaybeUser),
             ("gate.history", Auth::Role(Role::Viewer)),
             ("task.submit", Auth::AppMaybeUser),
             ("task.claim", Auth::AppMaybeUser),

@@ -227,6 +227,10 @@ impl Out {
                 }
                 self.json_line(&v)
             }
+            // Without a session the server says hit or miss, not who.
+            (Ok(v), false) if v["hit"].as_bool() == Some(true) && v["entry"].is_null() => {
+                self.line(&format!("{id_card}\tHIT"))
+            }
             (Ok(v), false) if v["hit"].as_bool() == Some(true) => {
                 let e = &v["entry"];
                 self.line(&format!(

@@ -153,6 +153,13 @@ impl Admission {
                 return Err(refuse(e, Some(key)));
             }
         }
+        if let Err(allowed) = self.keys.scope(&request.app, &request.kind) {
+            let e = Error::Forbidden(format!(
+                "app {:?}'s key may send only {allowed}; {} is not among them (its entry in --app-keys scopes it)",
+                request.app, request.kind
+            ));
+            return Err(refuse(e, Some(key)));
+        }
         let key = key.clone();
         Ok(Admitted {
             request,

@@ -1,9 +1,19 @@
-//! The secrets requests are signed with: app keys from a TOML file
-//! (`app_id = "secret"`, mode 0600) and the cluster secret, held under the
-//! app id `cluster`.
+//! The secrets requests are signed with: app keys from a TOML file (mode
+//! 0600) and the cluster secret, held under the app id `cluster`.
+//!
+//! An entry `app_id = "secret"` may send every message type. A table
+//! scopes the key to the types it lists, every other type being
+//! `forbidden`:
+//!
+//! ```toml
+//! [gate-north]
+//! secret = "…"
+//! allow = ["gate.check", "sys.ping"]
+//! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::wire::sign::Key;
 
@@ -45,10 +55,13 @@ pub enum KeyError {
 /// Longest app id: the column writes that run once are recorded under.
 pub const MAX_APP_ID: usize = 64;
 
-/// Keys by app id.
+/// The message types a scoped key may send.
+type Allow = Arc<BTreeSet<String>>;
+
+/// Keys by app id, each with the message types it may send (`None`: all).
 #[derive(Debug, Clone, Default)]
 pub struct AppKeys {
-    keys: HashMap<String, Key>,
+    keys: HashMap<String, (Key, Option<Allow>)>,
 }
 
 // === impl AppKeys ===
@@ -59,9 +72,28 @@ impl AppKeys {
         AppKeys::default()
     }
 
-    /// Adds or replaces one app's secret.
+    /// Adds or replaces one app's secret, for every message type.
     pub fn insert(&mut self, app: &str, secret: &[u8]) {
-        self.keys.insert(app.to_string(), Key::new(secret));
+        self.keys.insert(app.to_string(), (Key::new(secret), None));
+    }
+
+    /// Adds or replaces one app's secret, scoped to the types in `allow`.
+    pub fn insert_scoped(&mut self, app: &str, secret: &[u8], allow: &[&str]) {
+        let allow = allow.iter().map(|s| s.to_string()).collect();
+        self.keys
+            .insert(app.to_string(), (Key::new(secret), Some(Arc::new(allow))));
+    }
+
+    /// Whether `app`'s key may send `kind`, and if not, the types it may.
+    pub fn scope(&self, app: &str, kind: &str) -> Result<(), String> {
+        match self.keys.get(app).and_then(|(_, allow)| allow.as_ref()) {
+            Some(allow) if !allow.contains(kind) => Err(allow
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")),
+            _ => Ok(()),
+        }
     }
 
     /// Adds the cluster secret under [`CLUSTER_APP`].
@@ -72,7 +104,7 @@ impl AppKeys {
 
     /// The key of `app`, if known.
     pub fn get(&self, app: &str) -> Option<&Key> {
-        self.keys.get(app)
+        self.keys.get(app).map(|(k, _)| k)
     }
 
     /// Number of apps known.
@@ -98,11 +130,18 @@ impl AppKeys {
             })?;
         let mut keys = AppKeys::new();
         for (app, value) in table {
-            let Some(secret) = value.as_str() else {
-                return Err(KeyError::Format {
-                    path: shown,
-                    reason: format!("the value of {app:?} must be a string"),
-                });
+            let format = |reason: String| KeyError::Format {
+                path: shown.clone(),
+                reason,
+            };
+            let (secret, allow) = match &value {
+                toml::Value::String(s) => (s.as_str(), None),
+                toml::Value::Table(t) => scoped(&app, t).map_err(format)?,
+                _ => {
+                    return Err(format(format!(
+                        "the value of {app:?} must be a string (the secret), or a table of `secret` and `allow`"
+                    )))
+                }
             };
             if secret.is_empty() {
                 return Err(KeyError::EmptySecret { path: shown, app });
@@ -118,10 +157,52 @@ impl AppKeys {
                     len,
                 });
             }
-            keys.insert(&app, secret.as_bytes());
+            match allow {
+                Some(allow) => keys.insert_scoped(&app, secret.as_bytes(), &allow),
+                None => keys.insert(&app, secret.as_bytes()),
+            }
         }
         Ok(keys)
     }
+}
+
+/// The `secret` and `allow` of a scoped key's table.
+fn scoped<'t>(app: &str, t: &'t toml::Table) -> Result<(&'t str, Option<Vec<&'t str>>), String> {
+    for k in t.keys() {
+        if k != "secret" && k != "allow" {
+            return Err(format!(
+                "[{app}]: unexpected key `{k}`; a scoped key has `secret` and `allow`"
+            ));
+        }
+    }
+    let secret = t
+        .get("secret")
+        .and_then(toml::Value::as_str)
+        .ok_or_else(|| format!("[{app}]: `secret` must be a string"))?;
+    let list = t
+        .get("allow")
+        .and_then(toml::Value::as_array)
+        .ok_or_else(|| {
+            format!("[{app}]: `allow` must list the message types the key may send, e.g. [\"gate.check\"]")
+        })?;
+    let mut allow = Vec::with_capacity(list.len());
+    for v in list {
+        let kind = v
+            .as_str()
+            .ok_or_else(|| format!("[{app}]: `allow` holds message type names (strings)"))?;
+        if dsf_proto::get(kind).is_none() {
+            return Err(format!(
+                "[{app}]: `allow` names {kind:?}, which is no message type (see the catalogue in the README)"
+            ));
+        }
+        allow.push(kind);
+    }
+    if allow.is_empty() {
+        return Err(format!(
+            "[{app}]: `allow` is empty, so the key could send nothing"
+        ));
+    }
+    Ok((secret, Some(allow)))
 }
 
 /// Reads a secrets file, refusing one that group or others may read.
@@ -185,6 +266,43 @@ mod tests {
         let keys = AppKeys::load(&p).unwrap();
         assert_eq!(keys.len(), 2);
         assert!(keys.get("cli").is_some() && keys.get("nope").is_none());
+    }
+
+    #[test]
+    fn a_table_scopes_a_key_to_the_types_it_allows() {
+        let d = tempdir();
+        let text =
+            "cli = \"s1\"\n[gate-north]\nsecret = \"s2\"\nallow = [\"gate.check\", \"sys.ping\"]\n";
+        let keys = AppKeys::load(&write(&d, "keys.toml", text, 0o600)).unwrap();
+        assert!(keys.get("gate-north").is_some());
+        assert_eq!(keys.scope("gate-north", "gate.check"), Ok(()));
+        assert_eq!(
+            keys.scope("gate-north", "blacklist.list"),
+            Err("gate.check, sys.ping".to_string())
+        );
+        assert_eq!(
+            keys.scope("cli", "blacklist.list"),
+            Ok(()),
+            "a string entry may send anything"
+        );
+        for (text, want) in [
+            ("[g]\nsecret = \"s\"", "`allow` must list"),
+            ("[g]\nsecret = \"s\"\nallow = []", "`allow` is empty"),
+            (
+                "[g]\nsecret = \"s\"\nallow = [\"gate.chek\"]",
+                "\"gate.chek\", which is no message type",
+            ),
+            ("[g]\nallow = [\"sys.ping\"]", "`secret` must be a string"),
+            (
+                "[g]\nsecret = \"s\"\nallow = [\"sys.ping\"]\nalow = 1",
+                "unexpected key `alow`",
+            ),
+        ] {
+            let msg = AppKeys::load(&write(&d, "k.toml", text, 0o600))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(want), "{text}: {msg}");
+        }
     }
 
     #[test]
