@@ -479,7 +479,18 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
                 subject: subject.clone(),
                 limit: *limit,
             };
-            let v = typed::<dsf_proto::audit::List>(&mut c, &body)?;
+            let mut v = typed::<dsf_proto::audit::List>(&mut c, &body)?;
+            if !out.is_json() {
+                // Unix ms as a UTC time for people; --json keeps the number.
+                for e in v["entries"].as_array_mut().into_iter().flatten() {
+                    let at = e["at"]
+                        .as_i64()
+                        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
+                    if let Some(t) = at {
+                        e["at"] = json!(t.strftime("%F %T").to_string());
+                    }
+                }
+            }
             out.table(
                 &v["entries"],
                 &["id", "at", "actor", "node", "action", "subject", "detail"],
