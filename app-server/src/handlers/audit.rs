@@ -2,9 +2,8 @@
 //! blacklist changes, newest first, written by the handlers that make them
 //! ([`crate::controller::Call::audit`]).
 
-use dsf_common::{Error, Result};
+use dsf_common::Result;
 use dsf_proto::audit::{self as msg, ListBody, Page};
-use dsf_proto::LIMIT_MAX;
 
 use crate::controller::{json, route, Call, Exec, Route};
 
@@ -17,12 +16,7 @@ const DEFAULT_LIMIT: u32 = 50;
 /// `audit.list {before?, subject?, limit?}`.
 pub fn list(call: &Call<'_>) -> Result<String> {
     let b: ListBody = call.body()?;
-    let limit = b.limit.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > LIMIT_MAX {
-        return Err(Error::bad_request(format!(
-            "limit: 1 to {LIMIT_MAX}, got {limit}"
-        )));
-    }
+    let limit = dsf_sql::validate::limit(b.limit, DEFAULT_LIMIT)?;
     let entries = call
         .app
         .db

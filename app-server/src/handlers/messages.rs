@@ -14,7 +14,7 @@ use dsf_proto::msg::{
     self as msg, AckBody, Entry, History, HistoryBody, Joined, RoomBody, SendBody, Sent,
     SubscribeBody, BODY_MAX, CREDIT_DEFAULT, CREDIT_MAX, HISTORY_DEFAULT,
 };
-use dsf_proto::{Empty, LIMIT_MAX};
+use dsf_proto::Empty;
 use dsf_sql::messages::Sender;
 
 use crate::controller::{json, parse_body, route, Call, Controller, Effect, Exec, Route};
@@ -145,12 +145,7 @@ pub fn ack(call: &Call<'_>) -> Result<String> {
 pub fn history(call: &Call<'_>) -> Result<String> {
     let b: HistoryBody = call.body()?;
     let me = &call.session()?.user;
-    let limit = b.limit.unwrap_or(HISTORY_DEFAULT);
-    if limit == 0 || limit > LIMIT_MAX {
-        return Err(Error::bad_request(format!(
-            "limit: 1 to {LIMIT_MAX}, got {limit}"
-        )));
-    }
+    let limit = dsf_sql::validate::limit(b.limit, HISTORY_DEFAULT)?;
     let rows = call
         .app
         .db
