@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dsf_common::config::{self, Config, ConfigError, HumanDuration};
-use dsf_common::reactor::{Limits, ReactorConfig};
+use dsf_common::config::{Config, ConfigError, HumanDuration, LimitArgs};
+use dsf_common::reactor::ReactorConfig;
 use dsf_common::wire::keys::{self, AppKeys};
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +23,6 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9400";
 /// environment variable (`DSF_DEAD_AFTER`) and a key of the `--config` file
 /// (`dead_after`).
 #[derive(Debug, Default, Clone, clap::Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CollectorConfig {
     /// Collector port: node.heartbeat and node.leave (cluster secret),
     /// cluster.status (app keys) [default: 127.0.0.1:6400].
@@ -81,39 +80,9 @@ pub struct CollectorConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_secret_file: Option<PathBuf>,
 
-    /// Largest frame accepted, in bytes [default: 1048576].
-    #[arg(long, value_name = "BYTES")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_frame: Option<usize>,
-
-    /// Connections held at once; more get `overloaded` [default: 10000].
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_conns: Option<usize>,
-
-    /// Close a connection silent this long [default: 60s].
-    #[arg(long, value_name = "DURATION")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<HumanDuration>,
-
-    /// Bytes all connections together may hold in unfinished frames and
-    /// unsent replies; past it the biggest holders are paused, then closed
-    /// [default: 67108864, 64 MiB].
-    #[arg(long, value_name = "BYTES")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_budget: Option<usize>,
-
-    /// A frame must be complete within this time of its first byte;
-    /// trickled bytes do not extend it [default: 10s].
-    #[arg(long, value_name = "DURATION")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub frame_timeout: Option<HumanDuration>,
-
-    /// Refused frames in a row (bad JSON, signature, type…) that close a
-    /// connection [default: 16].
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_refused: Option<u32>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub limits: LimitArgs,
 }
 
 // === impl CollectorConfig ===
@@ -155,21 +124,9 @@ impl CollectorConfig {
             .collect()
     }
 
-    /// The connection limits given, `None` where the default holds.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_frame: self.max_frame,
-            max_conns: self.max_conns,
-            idle_timeout: self.idle_timeout.map(HumanDuration::get),
-            memory_budget: self.memory_budget,
-            frame_timeout: self.frame_timeout.map(HumanDuration::get),
-            max_refused: self.max_refused,
-        }
-    }
-
     /// The reactor's limits.
     pub fn reactor(&self) -> ReactorConfig {
-        ReactorConfig::with_limits(&self.limits())
+        self.limits.reactor()
     }
 
     /// Everything resolved, secrets read: what [`crate::server::start`] takes.
@@ -261,7 +218,7 @@ impl Config for CollectorConfig {
                 ),
             ));
         }
-        config::check_limits(&self.limits())?;
+        self.limits.validate()?;
         Ok(())
     }
 }

@@ -66,12 +66,15 @@
 //! How the layers meet:
 //! - [`parse`] gives every long flag `--foo-bar` the environment variable
 //!   `DSF_FOO_BAR` (unless the field names its own), so clap itself resolves
-//!   flag over environment. Flags that take no value (`--help`,
-//!   `--check-config`) get none.
-//! - [`load`] reads the TOML file (keys are the field names: the flag with
-//!   `-` written `_`), then overlays every field clap filled in. A value from
-//!   the flag or environment replaces the file's value whole, lists included:
-//!   `--lb a --lb b` replaces `lb = ["c"]`; it does not append to it.
+//!   flag over environment, and `--help` names each variable. Flags that take
+//!   no value (`--help`, `--check-config`) get none.
+//! - [`load`] merges, with figment, the TOML file under every field clap
+//!   filled in (keys are the field names: the flag with `-` written `_`). A
+//!   value from the flag or environment replaces the file's value whole,
+//!   lists included: `--lb a --lb b` replaces `lb = ["c"]`; it does not
+//!   append to it.
+//! - The shared connection limits are [`LimitArgs`], flattened into each
+//!   server's struct; their keys stay flat.
 //! - Defaults are not clap's `default_value` (that would always override the
 //!   file) but named constants read through accessor methods. For an on/off
 //!   flag use `Option<bool>` with
@@ -88,6 +91,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use clap::{ArgMatches, Command};
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use figment::{Figment, Provider};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -155,41 +161,101 @@ impl ConfigError {
     }
 }
 
-/// Checks the connection limits every server takes (`--max-frame`,
-/// `--idle-timeout`, `--memory-budget`, `--frame-timeout`, `--max-refused`).
-pub fn check_limits(l: &crate::reactor::Limits) -> Result<(), ConfigError> {
-    let ms10 = std::time::Duration::from_millis(10);
-    if l.max_frame == Some(0) {
-        return Err(ConfigError::invalid("max_frame", "must be at least 1"));
-    }
-    if l.idle_timeout.is_some_and(|d| d < ms10) {
-        return Err(ConfigError::invalid(
-            "idle_timeout",
-            "must be at least 10ms",
-        ));
-    }
-    if l.frame_timeout.is_some_and(|d| d < ms10) {
-        return Err(ConfigError::invalid(
-            "frame_timeout",
-            "must be at least 10ms",
-        ));
-    }
-    if l.max_refused == Some(0) {
-        return Err(ConfigError::invalid("max_refused", "must be at least 1"));
-    }
-    let frame = l.max_frame.unwrap_or(crate::wire::frame::DEFAULT_MAX_FRAME);
-    if let Some(b) = l.memory_budget {
-        if b < 2 * frame {
-            return Err(ConfigError::invalid(
-                "memory_budget",
-                format!(
-                    "{b} bytes cannot hold two frames of max_frame {frame} bytes; give at least {}",
-                    2 * frame
-                ),
-            ));
+/// The connection limits every server takes, written once: flatten it into
+/// a binary's [`Config`] with `#[command(flatten)] #[serde(flatten)]`. The
+/// keys stay flat (`max_frame = …`, `--max-frame`, `DSF_MAX_FRAME`).
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Connection limits")]
+pub struct LimitArgs {
+    /// Largest frame accepted, in bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frame: Option<usize>,
+
+    /// Connections held at once; more get `overloaded` [default: 10000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_conns: Option<usize>,
+
+    /// Close a connection silent this long [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<HumanDuration>,
+
+    /// Bytes all connections together may hold in unfinished frames and
+    /// unsent replies; past it the biggest holders are paused, then closed
+    /// [default: 67108864, 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_budget: Option<usize>,
+
+    /// A frame must be complete within this time of its first byte;
+    /// trickled bytes do not extend it [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame_timeout: Option<HumanDuration>,
+
+    /// Refused frames in a row (bad JSON, signature, type…) that close a
+    /// connection [default: 16].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_refused: Option<u32>,
+}
+
+// === impl LimitArgs ===
+
+impl LimitArgs {
+    /// The limits given, `None` where the reactor's default holds.
+    pub fn get(&self) -> crate::reactor::Limits {
+        crate::reactor::Limits {
+            max_frame: self.max_frame,
+            max_conns: self.max_conns,
+            idle_timeout: self.idle_timeout.map(HumanDuration::get),
+            memory_budget: self.memory_budget,
+            frame_timeout: self.frame_timeout.map(HumanDuration::get),
+            max_refused: self.max_refused,
         }
     }
-    Ok(())
+
+    /// The reactor's settings with these limits.
+    pub fn reactor(&self) -> crate::reactor::ReactorConfig {
+        crate::reactor::ReactorConfig::with_limits(&self.get())
+    }
+
+    /// Checks what no single value can say: the ranges, and a memory budget
+    /// that holds two frames.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ms10 = std::time::Duration::from_millis(10);
+        if self.max_frame == Some(0) {
+            return Err(ConfigError::invalid("max_frame", "must be at least 1"));
+        }
+        for (key, d) in [
+            ("idle_timeout", self.idle_timeout),
+            ("frame_timeout", self.frame_timeout),
+        ] {
+            if d.is_some_and(|d| d.get() < ms10) {
+                return Err(ConfigError::invalid(key, "must be at least 10ms"));
+            }
+        }
+        if self.max_refused == Some(0) {
+            return Err(ConfigError::invalid("max_refused", "must be at least 1"));
+        }
+        let frame = self
+            .max_frame
+            .unwrap_or(crate::wire::frame::DEFAULT_MAX_FRAME);
+        if let Some(b) = self.memory_budget {
+            if b < 2 * frame {
+                return Err(ConfigError::invalid(
+                    "memory_budget",
+                    format!(
+                        "{b} bytes cannot hold two frames of max_frame {frame} bytes; give at least {}",
+                        2 * frame
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The environment variable behind `--{long}`: `DSF_` then the flag in upper
@@ -277,66 +343,87 @@ pub fn load<C: Config>(file: Option<&Path>, cli: &C) -> Result<C, ConfigError> {
 
 /// The layering itself, on text already read: `file` is `(name shown in
 /// errors, TOML text)`. Does not validate.
-pub fn layer<C>(file: Option<(&str, &str)>, cli: &C) -> Result<C, ConfigError>
-where
-    C: Serialize + DeserializeOwned,
-{
-    let mut merged = match file {
-        Some((path, text)) => read_table::<C>(path, text)?,
-        None => toml::Table::new(),
-    };
-    // `None` fields are left out when serialised: only what clap filled in
-    // overrides the file.
-    let over = toml::Table::try_from(cli).map_err(|e| ConfigError::Invalid {
-        key: "flags".into(),
-        message: format!("cannot be written as TOML: {e}"),
-    })?;
-    merged.extend(over);
-    merged
-        .try_into()
-        .map_err(|e: toml::de::Error| ConfigError::Invalid {
-            key: "flags".into(),
-            message: e.message().trim().to_string(),
+///
+/// figment merges the file under what clap resolved (flag over
+/// environment) and extracts `C`. The keys a file may hold are the flags'
+/// ids, asked of clap, so a struct may flatten [`LimitArgs`] (serde cannot
+/// combine `flatten` with `deny_unknown_fields`).
+pub fn layer<C: Config>(file: Option<(&str, &str)>, cli: &C) -> Result<C, ConfigError> {
+    let mut figment = Figment::new();
+    let mut file_keys = Dict::new();
+    if let Some((path, text)) = file {
+        let toml = Toml::string(text);
+        file_keys = toml
+            .data()
+            .map_err(|e| ConfigError::Syntax {
+                path: path.to_string(),
+                message: e.kind.to_string().trim().to_string(),
+            })?
+            .into_values()
+            .next()
+            .unwrap_or_default();
+        check_keys::<C>(path, &file_keys)?;
+        figment = figment.merge(toml);
+    }
+    // Fields clap left unset serialise as empty values, which would erase
+    // the file's: only what was given goes over it.
+    let mut given = Serialized::defaults(cli)
+        .data()
+        .map_err(|e| ConfigError::invalid("flags", e.to_string()))?
+        .into_values()
+        .next()
+        .unwrap_or_default();
+    given.retain(|_, v| !matches!(v, Value::Empty(..)));
+    figment
+        .merge(Serialized::defaults(given))
+        .extract()
+        .map_err(|e| {
+            let path = file.map_or("(flags)", |(p, _)| p).to_string();
+            let key = match e.path.first() {
+                Some(key) => key.clone(),
+                // Inside a flattened struct serde loses the key: find the
+                // one value that fails on its own.
+                None => failing_key::<C>(&file_keys).unwrap_or_else(|| "?".into()),
+            };
+            ConfigError::BadValue {
+                path,
+                key,
+                message: e.kind.to_string(),
+            }
         })
 }
 
-/// Parses a config file and checks each key on its own, so an error names
-/// the key it is about.
-fn read_table<C: DeserializeOwned>(path: &str, text: &str) -> Result<toml::Table, ConfigError> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let line = e
-            .span()
-            .map(|s| format!(" (line {})", 1 + text[..s.start].matches('\n').count()))
-            .unwrap_or_default();
-        ConfigError::Syntax {
+/// Refuses a file key that is no flag of `C`, listing the ones there are.
+fn check_keys<C: clap::Args>(path: &str, keys: &Dict) -> Result<(), ConfigError> {
+    let cmd = C::augment_args(Command::new("keys"));
+    let known: Vec<&str> = cmd.get_arguments().map(|a| a.get_id().as_str()).collect();
+    match keys.keys().find(|k| !known.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(key) => Err(ConfigError::UnknownKey {
             path: path.to_string(),
-            message: format!("{}{line}", e.message().trim()),
-        }
-    })?;
-    // Every field is optional, so a table of one key deserialises unless
-    // that key is unknown or its value is wrong.
-    for (key, value) in &table {
-        let one = toml::Table::from_iter([(key.clone(), value.clone())]);
-        if let Err(e) = one.try_into::<C>() {
-            let message = e.message().trim().to_string();
-            return Err(match message.strip_prefix("unknown field") {
-                Some(rest) => ConfigError::UnknownKey {
-                    path: path.to_string(),
-                    key: key.clone(),
-                    expected: rest
-                        .split_once(", ")
-                        .map(|(_, expected)| expected.to_string())
-                        .unwrap_or_else(|| "no keys are accepted".into()),
-                },
-                None => ConfigError::BadValue {
-                    path: path.to_string(),
-                    key: key.clone(),
-                    message,
-                },
-            });
-        }
+            key: key.clone(),
+            expected: format!(
+                "expected one of {}",
+                known
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
     }
-    Ok(table)
+}
+
+/// The first key of `keys` that `C` refuses alone.
+fn failing_key<C: DeserializeOwned>(keys: &Dict) -> Option<String> {
+    keys.iter()
+        .find(|(k, v)| {
+            let one = Dict::from([(k.to_string(), (*v).clone())]);
+            Figment::from(Serialized::defaults(one))
+                .extract::<C>()
+                .is_err()
+        })
+        .map(|(k, _)| k.clone())
 }
 
 /// The value of a setting that has no default, or an error saying every
@@ -563,7 +650,6 @@ mod tests {
     const DEFAULT_VNODES: u32 = 160;
 
     #[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
     struct TestConfig {
         /// Listen address.
         #[arg(long)]
@@ -583,6 +669,9 @@ mod tests {
         /// Print JSON.
         #[arg(long, num_args = 0..=1, default_missing_value = "true")]
         json: Option<bool>,
+        #[command(flatten)]
+        #[serde(flatten)]
+        limits: LimitArgs,
     }
 
     impl TestConfig {
@@ -623,6 +712,8 @@ lb = ["10.0.0.1:6200"]
 backend = ["a=127.0.0.1:7001,2", "b=127.0.0.1:7002"]
 dead_after = "3s"
 json = true
+max_frame = 4096
+idle_timeout = "5s"
 "#;
 
     fn from_file(cli: &TestCli) -> TestConfig {
@@ -644,6 +735,8 @@ json = true
         assert_eq!((backends[1].id.as_str(), backends[1].weight), ("b", 1));
         assert_eq!(c.dead_after.unwrap().get(), Duration::from_secs(3));
         assert_eq!(c.json, Some(true));
+        assert_eq!(c.limits.max_frame, Some(4096));
+        assert_eq!(c.limits.reactor().idle_timeout, Duration::from_secs(5));
     }
 
     #[test]
@@ -660,7 +753,10 @@ json = true
         std::env::set_var("DSFTEST_ENVFILE_BACKEND", "z=127.0.0.1:9000,5");
         std::env::set_var("DSFTEST_ENVFILE_JSON", "false");
         std::env::set_var("DSFTEST_ENVFILE_DEAD_AFTER", "1m30s");
+        std::env::set_var("DSFTEST_ENVFILE_MAX_FRAME", "8192");
         let c = from_file(&cli("DSFTEST_ENVFILE_", &[]));
+        assert_eq!(c.limits.max_frame, Some(8192));
+        assert_eq!(c.limits.idle_timeout.unwrap().get(), Duration::from_secs(5));
         assert_eq!(c.vnodes(), 200);
         assert_eq!(c.lb, Some(vec!["a:1".to_string(), "b:2".to_string()]));
         let backends = c.backend.unwrap();
@@ -691,8 +787,11 @@ json = true
                 "--backend",
                 "q=127.0.0.1:2,7",
                 "--json",
+                "--max-frame",
+                "100",
             ],
         ));
+        assert_eq!(c.limits.max_frame, Some(100));
         assert_eq!(c.vnodes(), 300);
         assert_eq!(
             c.lb.unwrap(),
@@ -769,6 +868,12 @@ json = true
             ("dead_after = \"3 weeks\"", "dead_after", "like 250ms"),
             ("backend = [\"a=b\"]", "backend", "ID=HOST:PORT"),
             ("lb = \"a:1\"", "lb", "sequence"),
+            ("max_frame = \"big\"", "max_frame", "usize"),
+            (
+                "vnodes = 1\nidle_timeout = \"soon\"",
+                "idle_timeout",
+                "like 250ms",
+            ),
         ] {
             let e =
                 layer::<TestConfig>(Some(("x.toml", text)), &TestConfig::default()).unwrap_err();

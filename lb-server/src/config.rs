@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use dsf_common::config::{self, Config, ConfigError, HumanDuration};
-use dsf_common::reactor::{Limits, ReactorConfig};
+use dsf_common::config::{Config, ConfigError, HumanDuration, LimitArgs};
+use dsf_common::reactor::ReactorConfig;
 use dsf_common::wire::keys::{self, AppKeys};
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +22,6 @@ pub const DEFAULT_CLUSTER_LISTEN: &str = "127.0.0.1:6200";
 /// an environment variable (`DSF_CLUSTER_LISTEN`) and a key of the
 /// `--config` file (`cluster_listen`).
 #[derive(Debug, Default, Clone, clap::Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LbConfig {
     /// Client port: lb.resolve and lb.view [default: 127.0.0.1:6300].
     #[arg(long, value_name = "HOST:PORT")]
@@ -70,39 +69,9 @@ pub struct LbConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_secret_file: Option<PathBuf>,
 
-    /// Largest frame accepted, in bytes [default: 1048576].
-    #[arg(long, value_name = "BYTES")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_frame: Option<usize>,
-
-    /// Connections held at once; more get `overloaded` [default: 10000].
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_conns: Option<usize>,
-
-    /// Close a connection silent this long [default: 60s].
-    #[arg(long, value_name = "DURATION")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<HumanDuration>,
-
-    /// Bytes all connections together may hold in unfinished frames and
-    /// unsent replies; past it the biggest holders are paused, then closed
-    /// [default: 67108864, 64 MiB].
-    #[arg(long, value_name = "BYTES")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_budget: Option<usize>,
-
-    /// A frame must be complete within this time of its first byte;
-    /// trickled bytes do not extend it [default: 10s].
-    #[arg(long, value_name = "DURATION")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub frame_timeout: Option<HumanDuration>,
-
-    /// Refused frames in a row (bad JSON, signature, type…) that close a
-    /// connection [default: 16].
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_refused: Option<u32>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub limits: LimitArgs,
 
     /// Proxy mode: a listener whose connections are spliced to a backend of
     /// the view; repeat for more, each with its --proxy-protocol.
@@ -301,21 +270,9 @@ impl LbConfig {
         }))
     }
 
-    /// The connection limits given, `None` where the default holds.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_frame: self.max_frame,
-            max_conns: self.max_conns,
-            idle_timeout: self.idle_timeout.map(HumanDuration::get),
-            memory_budget: self.memory_budget,
-            frame_timeout: self.frame_timeout.map(HumanDuration::get),
-            max_refused: self.max_refused,
-        }
-    }
-
     /// The reactor's limits.
     pub fn reactor(&self) -> ReactorConfig {
-        ReactorConfig::with_limits(&self.limits())
+        self.limits.reactor()
     }
 
     /// Everything resolved, secrets read: what [`crate::server::start`] takes.
@@ -358,7 +315,7 @@ impl Config for LbConfig {
         self.policy()?;
         self.ring()?;
         self.proxy()?;
-        config::check_limits(&self.limits())?;
+        self.limits.validate()?;
         Ok(())
     }
 }
