@@ -1,5 +1,8 @@
-//! `GET /metrics` on the metrics port, in the Prometheus text format
-//! (version 0.0.4), served by `tiny_http` on a thread named `metrics`.
+//! `GET /metrics` on the metrics port, rendered by the `prometheus-client`
+//! crate and served by `tiny_http` on a thread named `metrics`: in the
+//! OpenMetrics text format to a scraper that asks for it in `Accept` (as
+//! Prometheus does), and otherwise in the Prometheus text format 0.0.4
+//! ([`text_format`]), which curl shows and promtool checks.
 //!
 //! Per node, labelled `node="<id>"`: `dsf_node_up`, `dsf_node_draining`,
 //! `dsf_node_weight`, `dsf_node_connections`, `dsf_node_inflight`,
@@ -19,343 +22,432 @@
 //! `dsf_collector_balancer_proxy_refused_total{reason}`,
 //! `dsf_collector_balancer_pin_events_total{event}` and
 //! `dsf_collector_balancer_pins`.
+//!
+//! A counter's samples end in `_total`; in OpenMetrics its `# HELP` and
+//! `# TYPE` lines name the family without the suffix.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
 use crate::cluster::{BalancerStatus, Cluster, Counters, Snapshot};
-use crate::members::{MemberState, Source};
+use crate::members::{Member, MemberState, Source};
 
-/// The content type of the text format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of the page for a scraper that asks for OpenMetrics
+/// (Prometheus does).
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the page for everyone else (curl, promtool).
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Writes one metric family at a time: `# HELP`, `# TYPE`, then samples.
-struct Family<'a> {
-    out: &'a mut String,
-}
-
-impl Family<'_> {
-    fn start<'a>(out: &'a mut String, name: &str, kind: &str, help: &str) -> Family<'a> {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        Family { out }
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
+/// The page in the Prometheus text format 0.0.4, from its OpenMetrics form.
+/// Here the two differ only in a counter family's name (OpenMetrics drops
+/// the `_total` its samples carry) and the closing `# EOF`: the page has
+/// no units, exemplars or `_created` samples. The crate writes OpenMetrics
+/// alone, and promtool lints only the older format.
+pub fn text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let comment = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match comment {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
                 }
-                self.out.push_str(k);
-                self.out.push_str("=\"");
-                escape_label(self.out, v);
-                self.out.push('"');
+                out.push(' ');
+                out.push_str(tail);
             }
-            self.out.push('}');
+            None => out.push_str(line),
         }
-        self.out.push(' ');
-        push_value(self.out, value);
-        self.out.push('\n');
-    }
-}
-
-/// Label values escape backslash, double quote and newline; node ids are
-/// whatever a node chose.
-fn escape_label(out: &mut String, v: &str) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-fn push_value(out: &mut String, v: f64) {
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v.is_infinite() {
-        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
-    } else {
-        let _ = write!(out, "{v}");
-    }
-}
-
-/// The page for one snapshot.
-pub fn render(snap: &Snapshot, counters: &Counters) -> String {
-    let mut out = String::with_capacity(4096);
-    let members: Vec<_> = snap.members.iter().collect();
-
-    let mut f = Family::start(
-        &mut out,
-        "dsf_collector_view_version",
-        "gauge",
-        "Version of the view last published to the balancers.",
-    );
-    f.sample("dsf_collector_view_version", &[], snap.view.version as f64);
-
-    let mut f = Family::start(
-        &mut out,
-        "dsf_collector_nodes",
-        "gauge",
-        "Members known, by state (down: static targets failing their checks).",
-    );
-    for state in [MemberState::Up, MemberState::Draining, MemberState::Down] {
-        let n = members.iter().filter(|m| m.state == state).count();
-        f.sample(
-            "dsf_collector_nodes",
-            &[("state", state.as_str())],
-            n as f64,
-        );
-    }
-
-    for (name, help, counter) in [
-        ("dsf_collector_heartbeats_total", "Heartbeats accepted.", &counters.heartbeats),
-        ("dsf_collector_leaves_total", "Nodes removed by node.leave.", &counters.leaves),
-        ("dsf_collector_evictions_total", "Nodes evicted for missing heartbeats.", &counters.evictions),
-        (
-            "dsf_collector_refused_total",
-            "Frames refused before any handler ran (bad signature, stale timestamp, replayed nonce, malformed).",
-            &counters.refused,
-        ),
-    ] {
-        let mut f = Family::start(&mut out, name, "counter", help);
-        f.sample(name, &[], counter.load(Ordering::Relaxed) as f64);
-    }
-
-    type LbGet = fn(&BalancerStatus) -> Option<f64>;
-    let lb_families: [(&str, &str, &str, LbGet); 4] = [
-        (
-            "dsf_collector_balancer_connected",
-            "gauge",
-            "1 while the connection to the balancer is up.",
-            |b| Some(if b.connected { 1.0 } else { 0.0 }),
-        ),
-        (
-            "dsf_collector_balancer_applied_version",
-            "gauge",
-            "View version the balancer said it holds after the last push.",
-            |b| b.applied.map(|v| v as f64),
-        ),
-        (
-            "dsf_collector_pushes_total",
-            "counter",
-            "Views the balancer acknowledged.",
-            |b| Some(b.pushes as f64),
-        ),
-        (
-            "dsf_collector_push_failures_total",
-            "counter",
-            "Pushes to the balancer that failed.",
-            |b| Some(b.failures as f64),
-        ),
-    ];
-    for (name, kind, help, get) in lb_families {
-        let mut f = Family::start(&mut out, name, kind, help);
-        for b in &snap.balancers {
-            if let Some(v) = get(b) {
-                f.sample(name, &[("lb", b.addr.as_str())], v);
-            }
-        }
-    }
-
-    proxy_families(&mut out, &snap.balancers);
-
-    let mut f = Family::start(
-        &mut out,
-        "dsf_node_info",
-        "gauge",
-        "Always 1; where the node is and how it is known (heartbeat or static).",
-    );
-    for m in &members {
-        let source = match m.source {
-            Source::Heartbeat => "heartbeat",
-            Source::Static => "static",
-        };
-        f.sample(
-            "dsf_node_info",
-            &[
-                ("node", m.id.as_str()),
-                ("addr", m.addr.as_str()),
-                ("source", source),
-            ],
-            1.0,
-        );
-    }
-
-    type Get = fn(&crate::members::Member) -> f64;
-    let node_families: [(&str, &str, Get); 10] = [
-        (
-            "dsf_node_up",
-            "1 if the node is in the view (up or draining), 0 if down.",
-            |m| f64::from(u8::from(m.state != MemberState::Down)),
-        ),
-        (
-            "dsf_node_draining",
-            "1 while the node is draining (gets no new keys).",
-            |m| f64::from(u8::from(m.state == MemberState::Draining)),
-        ),
-        ("dsf_node_weight", "Relative share of keys.", |m| {
-            f64::from(m.weight)
-        }),
-        (
-            "dsf_node_connections",
-            "Connections open on the node, as it last reported.",
-            |m| m.stats.conns as f64,
-        ),
-        (
-            "dsf_node_inflight",
-            "Requests being handled on the node, as it last reported.",
-            |m| m.stats.inflight as f64,
-        ),
-        (
-            "dsf_node_queue",
-            "Requests waiting for a worker on the node, as it last reported.",
-            |m| m.stats.queue as f64,
-        ),
-        (
-            "dsf_node_requests_per_second",
-            "Requests answered per second, as the node last reported.",
-            |m| m.stats.rps,
-        ),
-        (
-            "dsf_node_errors_per_second",
-            "Error replies per second, as the node last reported.",
-            |m| m.stats.errors_per_s,
-        ),
-        (
-            "dsf_node_latency_p50_seconds",
-            "Median request latency, as the node last reported.",
-            |m| m.stats.p50_ms / 1000.0,
-        ),
-        (
-            "dsf_node_latency_p99_seconds",
-            "99th percentile request latency, as the node last reported.",
-            |m| m.stats.p99_ms / 1000.0,
-        ),
-    ];
-    for (name, help, get) in node_families {
-        let mut f = Family::start(&mut out, name, "gauge", help);
-        for m in &members {
-            f.sample(name, &[("node", m.id.as_str())], get(m));
-        }
-    }
-
-    let mut f = Family::start(
-        &mut out,
-        "dsf_node_last_seen_age_seconds",
-        "gauge",
-        "Seconds since the node's last heartbeat or good health check.",
-    );
-    for m in &members {
-        if let Some(t) = m.last_seen {
-            let age = snap.taken.saturating_duration_since(t).as_secs_f64();
-            f.sample(
-                "dsf_node_last_seen_age_seconds",
-                &[("node", m.id.as_str())],
-                age,
-            );
-        }
+        out.push('\n');
     }
     out
 }
 
+/// Whether an `Accept` header asks for OpenMetrics.
+fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.contains("application/openmetrics-text"))
+}
+
+/// The page for one snapshot.
+pub fn render(snap: Snapshot, counters: &Counters) -> String {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let page = Page {
+        snap,
+        heartbeats: load(&counters.heartbeats),
+        leaves: load(&counters.leaves),
+        evictions: load(&counters.evictions),
+        refused: load(&counters.refused),
+    };
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(page));
+    let mut out = String::with_capacity(4096);
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// What one scrape shows, read once so every family agrees.
+struct Page {
+    snap: Snapshot,
+    heartbeats: u64,
+    leaves: u64,
+    evictions: u64,
+    refused: u64,
+}
+
+impl fmt::Debug for Page {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Page")
+            .field("version", &self.snap.view.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A label value escaped as the format wants (backslash, double quote and
+/// newline); node ids and addresses are whatever a node chose, and the
+/// crate writes values as given.
+struct Escaped<'a>(&'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, out: &mut LabelValueEncoder) -> fmt::Result {
+        use fmt::Write as _;
+        for c in self.0.chars() {
+            match c {
+                '\\' => out.write_str("\\\\")?,
+                '"' => out.write_str("\\\"")?,
+                '\n' => out.write_str("\\n")?,
+                c => out.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+type Labels<'a> = Vec<(&'static str, Escaped<'a>)>;
+
+/// One family: its samples, each a label set and a value.
+fn family<'a, N: EncodeGaugeValue + fmt::Debug + Copy>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    kind: MetricType,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels<'a>, N)>,
+) -> fmt::Result
+where
+    ConstGauge<N>: EncodeMetric,
+    ConstCounter<N>: EncodeMetric,
+{
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in samples {
+        let sample = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(v).encode(sample)?,
+            _ => ConstGauge::new(v).encode(sample)?,
+        }
+    }
+    Ok(())
+}
+
+/// One family of one unlabelled sample.
+fn single<N: EncodeGaugeValue + fmt::Debug + Copy>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    kind: MetricType,
+    help: &str,
+    v: N,
+) -> fmt::Result
+where
+    ConstGauge<N>: EncodeMetric,
+    ConstCounter<N>: EncodeMetric,
+{
+    let m = enc.encode_descriptor(name, help, None, kind)?;
+    match kind {
+        MetricType::Counter => ConstCounter::new(v).encode(m),
+        _ => ConstGauge::new(v).encode(m),
+    }
+}
+
+fn node(m: &Member) -> Labels<'_> {
+    vec![("node", Escaped(&m.id))]
+}
+
+fn lb(addr: &str) -> Labels<'_> {
+    vec![("lb", Escaped(addr))]
+}
+
+impl Collector for Page {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let snap = &self.snap;
+        let members: Vec<&Member> = snap.members.iter().collect();
+        single(
+            &mut enc,
+            "dsf_collector_view_version",
+            Gauge,
+            "Version of the view last published to the balancers.",
+            snap.view.version,
+        )?;
+        family(
+            &mut enc,
+            "dsf_collector_nodes",
+            Gauge,
+            "Members known, by state (down: static targets failing their checks).",
+            [MemberState::Up, MemberState::Draining, MemberState::Down].map(|state| {
+                let n = members.iter().filter(|m| m.state == state).count() as u64;
+                (vec![("state", Escaped(state.as_str()))], n)
+            }),
+        )?;
+        for (name, help, n) in [
+            ("dsf_collector_heartbeats", "Heartbeats accepted.", self.heartbeats),
+            ("dsf_collector_leaves", "Nodes removed by node.leave.", self.leaves),
+            ("dsf_collector_evictions", "Nodes evicted for missing heartbeats.", self.evictions),
+            (
+                "dsf_collector_refused",
+                "Frames refused before any handler ran (bad signature, stale timestamp, replayed nonce, malformed).",
+                self.refused,
+            ),
+        ] {
+            single(&mut enc, name, Counter, help, n)?;
+        }
+
+        let lbs = &snap.balancers;
+        family(
+            &mut enc,
+            "dsf_collector_balancer_connected",
+            Gauge,
+            "1 while the connection to the balancer is up.",
+            lbs.iter().map(|b| (lb(&b.addr), u64::from(b.connected))),
+        )?;
+        family(
+            &mut enc,
+            "dsf_collector_balancer_applied_version",
+            Gauge,
+            "View version the balancer said it holds after the last push.",
+            lbs.iter()
+                .filter_map(|b| b.applied.map(|v| (lb(&b.addr), v))),
+        )?;
+        family(
+            &mut enc,
+            "dsf_collector_pushes",
+            Counter,
+            "Views the balancer acknowledged.",
+            lbs.iter().map(|b| (lb(&b.addr), b.pushes)),
+        )?;
+        family(
+            &mut enc,
+            "dsf_collector_push_failures",
+            Counter,
+            "Pushes to the balancer that failed.",
+            lbs.iter().map(|b| (lb(&b.addr), b.failures)),
+        )?;
+        proxy_families(&mut enc, lbs)?;
+
+        family(
+            &mut enc,
+            "dsf_node_info",
+            Gauge,
+            "Always 1; where the node is and how it is known (heartbeat or static).",
+            members.iter().map(|m| {
+                let source = match m.source {
+                    Source::Heartbeat => "heartbeat",
+                    Source::Static => "static",
+                };
+                let labels = vec![
+                    ("node", Escaped(&m.id)),
+                    ("addr", Escaped(&m.addr)),
+                    ("source", Escaped(source)),
+                ];
+                (labels, 1u64)
+            }),
+        )?;
+        type Count = fn(&Member) -> u64;
+        let counts: [(&str, &str, Count); 6] = [
+            (
+                "dsf_node_up",
+                "1 if the node is in the view (up or draining), 0 if down.",
+                |m| u64::from(m.state != MemberState::Down),
+            ),
+            (
+                "dsf_node_draining",
+                "1 while the node is draining (gets no new keys).",
+                |m| u64::from(m.state == MemberState::Draining),
+            ),
+            ("dsf_node_weight", "Relative share of keys.", |m| {
+                u64::from(m.weight)
+            }),
+            (
+                "dsf_node_connections",
+                "Connections open on the node, as it last reported.",
+                |m| m.stats.conns,
+            ),
+            (
+                "dsf_node_inflight",
+                "Requests being handled on the node, as it last reported.",
+                |m| m.stats.inflight,
+            ),
+            (
+                "dsf_node_queue",
+                "Requests waiting for a worker on the node, as it last reported.",
+                |m| m.stats.queue,
+            ),
+        ];
+        for (name, help, get) in counts {
+            let samples = members.iter().map(|m| (node(m), get(m)));
+            family(&mut enc, name, Gauge, help, samples)?;
+        }
+        type Rate = fn(&Member) -> f64;
+        let rates: [(&str, &str, Rate); 4] = [
+            (
+                "dsf_node_requests_per_second",
+                "Requests answered per second, as the node last reported.",
+                |m| m.stats.rps,
+            ),
+            (
+                "dsf_node_errors_per_second",
+                "Error replies per second, as the node last reported.",
+                |m| m.stats.errors_per_s,
+            ),
+            (
+                "dsf_node_latency_p50_seconds",
+                "Median request latency, as the node last reported.",
+                |m| m.stats.p50_ms / 1000.0,
+            ),
+            (
+                "dsf_node_latency_p99_seconds",
+                "99th percentile request latency, as the node last reported.",
+                |m| m.stats.p99_ms / 1000.0,
+            ),
+        ];
+        for (name, help, get) in rates {
+            let samples = members.iter().map(|m| (node(m), get(m)));
+            family(&mut enc, name, Gauge, help, samples)?;
+        }
+        family(
+            &mut enc,
+            "dsf_node_last_seen_age_seconds",
+            Gauge,
+            "Seconds since the node's last heartbeat or good health check.",
+            members.iter().filter_map(|m| {
+                let t = m.last_seen?;
+                Some((
+                    node(m),
+                    snap.taken.saturating_duration_since(t).as_secs_f64(),
+                ))
+            }),
+        )
+    }
+}
+
 /// Proxy mode's counters, per balancer that has proxy listeners.
-fn proxy_families(out: &mut String, balancers: &[BalancerStatus]) {
+fn proxy_families(enc: &mut DescriptorEncoder, balancers: &[BalancerStatus]) -> fmt::Result {
     use dsf_proto::lb::ProxyStats;
+    use MetricType::{Counter, Gauge};
     let with: Vec<(&str, &ProxyStats)> = balancers
         .iter()
         .filter_map(|b| b.proxy.as_ref().map(|p| (b.addr.as_str(), p)))
         .collect();
     if with.is_empty() {
-        return;
+        return Ok(());
     }
     type Get = fn(&ProxyStats) -> u64;
     let counters: [(&str, &str, Get); 6] = [
         (
-            "dsf_collector_balancer_proxy_accepted_total",
+            "dsf_collector_balancer_proxy_accepted",
             "Connections accepted on the balancer's proxy listeners.",
             |p| p.accepted,
         ),
         (
-            "dsf_collector_balancer_proxy_piped_total",
+            "dsf_collector_balancer_proxy_piped",
             "Connections the balancer spliced to a backend (a failover counts again).",
             |p| p.piped,
         ),
         (
-            "dsf_collector_balancer_proxy_bytes_total",
+            "dsf_collector_balancer_proxy_bytes",
             "Bytes the balancer's pipes carried, both ways.",
             |p| p.bytes,
         ),
         (
-            "dsf_collector_balancer_proxy_incomplete_total",
+            "dsf_collector_balancer_proxy_incomplete",
             "Connections closed before their first packet was complete.",
             |p| p.incomplete,
         ),
         (
-            "dsf_collector_balancer_proxy_unavailable_total",
+            "dsf_collector_balancer_proxy_unavailable",
             "Connections turned away because no backend could take them.",
             |p| p.unavailable,
         ),
         (
-            "dsf_collector_balancer_proxy_backend_failures_total",
+            "dsf_collector_balancer_proxy_backend_failures",
             "Backends that refused or did not answer a connect, each followed by a failover.",
             |p| p.backend_failures,
         ),
     ];
     for (name, help, get) in counters {
-        let mut f = Family::start(out, name, "counter", help);
-        for (lb, p) in &with {
-            f.sample(name, &[("lb", lb)], get(p) as f64);
-        }
+        family(
+            enc,
+            name,
+            Counter,
+            help,
+            with.iter().map(|(a, p)| (lb(a), get(p))),
+        )?;
     }
-    let name = "dsf_collector_balancer_proxy_refused_total";
-    let mut f = Family::start(
-        out,
-        name,
-        "counter",
+    family(
+        enc,
+        "dsf_collector_balancer_proxy_refused",
+        Counter,
         "First packets refused, by reason (not_connect, too_large, malformed, protocol_name, protocol_level, client_id).",
-    );
-    for (lb, p) in &with {
-        for (reason, n) in &p.refused {
-            f.sample(name, &[("lb", lb), ("reason", reason)], *n as f64);
-        }
-    }
-    let name = "dsf_collector_balancer_pin_events_total";
-    let mut f = Family::start(
-        out,
-        name,
-        "counter",
+        with.iter().flat_map(|(a, p)| {
+            p.refused.iter().map(move |(reason, n)| {
+                (vec![("lb", Escaped(a)), ("reason", Escaped(reason))], *n)
+            })
+        }),
+    )?;
+    family(
+        enc,
+        "dsf_collector_balancer_pin_events",
+        Counter,
         "Pin events: created, moved (the node left or refused), expired, dropped (by an operator), full (not stored: at the cap), db_error.",
-    );
-    for (lb, p) in &with {
-        let s = &p.pins;
-        for (event, n) in [
-            ("created", s.created),
-            ("moved", s.moved),
-            ("expired", s.expired),
-            ("dropped", s.dropped),
-            ("full", s.full),
-            ("db_error", s.db_errors),
-        ] {
-            f.sample(name, &[("lb", lb), ("event", event)], n as f64);
-        }
-    }
-    let name = "dsf_collector_balancer_pins";
-    let mut f = Family::start(
-        out,
-        name,
-        "gauge",
+        with.iter().flat_map(|(a, p)| {
+            let s = &p.pins;
+            [
+                ("created", s.created),
+                ("moved", s.moved),
+                ("expired", s.expired),
+                ("dropped", s.dropped),
+                ("full", s.full),
+                ("db_error", s.db_errors),
+            ]
+            .map(|(event, n)| (vec![("lb", Escaped(a)), ("event", Escaped(event))], n))
+        }),
+    )?;
+    family(
+        enc,
+        "dsf_collector_balancer_pins",
+        Gauge,
         "Pins the balancer holds (with --pins-db: the shared table, as last counted).",
-    );
-    for (lb, p) in &with {
-        f.sample(name, &[("lb", lb)], p.pins.held as f64);
-    }
+        with.iter().map(|(a, p)| (lb(a), p.pins.held)),
+    )
 }
 
 /// The loop of the `metrics` thread: answers until `server.unblock()`.
@@ -363,9 +455,18 @@ pub fn serve(server: Arc<tiny_http::Server>, cluster: Arc<Cluster>) {
     for req in server.incoming_requests() {
         let response = match (req.method(), req.url().split('?').next().unwrap_or("")) {
             (tiny_http::Method::Get, "/metrics") => {
-                let body = render(&cluster.snapshot(), &cluster.counters);
-                tiny_http::Response::from_string(body)
-                    .with_header(header("Content-Type", CONTENT_TYPE))
+                let page = render(cluster.snapshot(), &cluster.counters);
+                let accept = req
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Accept"))
+                    .map(|h| h.value.as_str());
+                let (body, kind) = if wants_openmetrics(accept) {
+                    (page, OPENMETRICS)
+                } else {
+                    (text_format(&page), TEXT_FORMAT)
+                };
+                tiny_http::Response::from_string(body).with_header(header("Content-Type", kind))
             }
             (tiny_http::Method::Get, _) => {
                 tiny_http::Response::from_string("not found: the collector serves GET /metrics\n")
@@ -392,22 +493,33 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        let mut s = String::new();
-        escape_label(&mut s, "a\"b\\c\nd");
-        assert_eq!(s, "a\\\"b\\\\c\\nd");
+        let mut registry = Registry::default();
+        #[derive(Debug)]
+        struct One;
+        impl Collector for One {
+            fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+                let labels = vec![("node", Escaped("a\"b\\c\nd"))];
+                family(&mut enc, "x", MetricType::Gauge, "x.", [(labels, 1u64)])
+            }
+        }
+        registry.register_collector(Box::new(One));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        assert!(out.contains("x{node=\"a\\\"b\\\\c\\nd\"} 1\n"), "{out}");
     }
 
     #[test]
-    fn values_are_written_as_the_format_wants() {
-        for (v, want) in [
-            (1.0, "1"),
-            (0.25, "0.25"),
-            (f64::NAN, "NaN"),
-            (f64::INFINITY, "+Inf"),
-        ] {
-            let mut s = String::new();
-            push_value(&mut s, v);
-            assert_eq!(s, want);
-        }
+    fn the_text_format_names_counter_families_with_their_suffix() {
+        let om = "# HELP a_x Things.\n# TYPE a_x counter\na_x_total{l=\"v\"} 3\n\
+                  # HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            text_format(om),
+            "# HELP a_x_total Things.\n# TYPE a_x_total counter\na_x_total{l=\"v\"} 3\n\
+             # HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        )));
+        assert!(!wants_openmetrics(Some("*/*")) && !wants_openmetrics(None));
     }
 }

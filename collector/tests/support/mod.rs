@@ -327,12 +327,19 @@ fn try_call(c: &mut Client, hb: &Heartbeat) -> bool {
 
 /// `GET path` on the metrics port: (status code, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (code, _, body) = http_get_with(addr, path, "");
+    (code, body)
+}
+
+/// [`http_get`] with extra header lines (each ending in `\r\n`); gives the
+/// status, the head and the body.
+pub fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (code, body.to_string())
+    (code, head.to_string(), body.to_string())
 }
