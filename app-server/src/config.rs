@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dsf_common::config::{self, Config, ConfigError, HumanDuration, LimitArgs};
+use dsf_common::config::{self, Config, ConfigError, HumanDuration, LimitArgs, SecretUrl};
 use dsf_common::reactor::ReactorConfig;
 use dsf_common::view::DEFAULT_WEIGHT;
 use dsf_common::wire::keys::{self, AppKeys};
@@ -31,6 +31,9 @@ pub const MAX_SESSION_CACHE: Duration = Duration::from_secs(2);
 pub const DEFAULT_SESSION_TTL: Duration = dsf_sql::sessions::DEFAULT_TTL;
 /// Default time between heartbeats.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// The variable the database password is read from, without
+/// --db-password-file.
+pub const DB_PASSWORD_ENV: &str = "DSF_DB_PASSWORD";
 /// How long shutdown waits for in-flight requests.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -63,10 +66,17 @@ pub struct AppConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
 
-    /// The database, mysql://USER:PASS@HOST:PORT/DB (required).
+    /// The database, mysql://USER@HOST:PORT/DB (required). Its password
+    /// comes from --db-password-file or DSF_DB_PASSWORD: flags show in `ps`.
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub db: Option<String>,
+    pub db: Option<SecretUrl>,
+
+    /// File (mode 0600) holding the database password; otherwise
+    /// DSF_DB_PASSWORD is read.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_password_file: Option<PathBuf>,
 
     /// The collector's app-server port, HOST:PORT. Without it no heartbeats
     /// are sent and no balancer fed by a collector will list this node.
@@ -151,7 +161,15 @@ impl AppConfig {
     /// The database settings, the pool sized for the workers.
     pub fn db_config(&self) -> Result<DbConfig, ConfigError> {
         let url = config::required(&self.db, "db")?;
-        Ok(DbConfig::new(url.clone()).workers(self.workers()))
+        let password = config::db_password(
+            url,
+            self.db_password_file.as_deref(),
+            "db-password-file",
+            DB_PASSWORD_ENV,
+        )?;
+        Ok(DbConfig::new(url.expose())
+            .password(password)
+            .workers(self.workers()))
     }
 
     /// Everything resolved and the secrets read: what [`crate::server::start`]
@@ -252,6 +270,24 @@ mod tests {
                 .and_then(|c| c.validate().map_err(|e| e.to_string()))
                 .unwrap_err();
             assert!(e.contains(key), "{file}: {e}");
+        }
+    }
+
+    #[test]
+    fn debug_output_never_holds_the_database_password() {
+        let cfg = AppConfig {
+            db: Some(SecretUrl::new("mysql://dsf:hunter2@127.0.0.1:3306/dsf")),
+            ..AppConfig::default()
+        };
+        let db = cfg.db_config().unwrap();
+        let with_file = db.clone().password(Some(config::Secret::new("hunter3")));
+        for shown in [
+            format!("{cfg:?}"),
+            format!("{db:?}"),
+            format!("{with_file:?}"),
+        ] {
+            assert!(!shown.contains("hunter"), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
         }
     }
 

@@ -19,10 +19,12 @@ use app_server::config::AppConfig;
     version,
     args_conflicts_with_subcommands = true,
     after_help = "Examples:\n  \
-  app-server migrate --db mysql://dsf:pw@127.0.0.1:3306/dsf\n  \
-  echo \"$ADMIN_PW\" | app-server create-admin --db mysql://dsf:pw@127.0.0.1:3306/dsf --name root\n  \
-  DSF_CLUSTER_SECRET=… app-server --listen 127.0.0.1:7000 --db mysql://dsf:pw@127.0.0.1:3306/dsf \\\n      \
-  --collector 127.0.0.1:6400 --app-keys keys.toml\n\n\
+  app-server migrate --db mysql://dsf@127.0.0.1:3306/dsf --db-password-file /etc/dsf/db.password\n  \
+  echo \"$ADMIN_PW\" | app-server create-admin --db mysql://dsf@127.0.0.1:3306/dsf --db-password-file /etc/dsf/db.password --name root\n  \
+  DSF_CLUSTER_SECRET=… app-server --listen 127.0.0.1:7000 --db mysql://dsf@127.0.0.1:3306/dsf \\\n      \
+  --db-password-file /etc/dsf/db.password --collector 127.0.0.1:6400 --app-keys keys.toml\n\n\
+The database password comes from --db-password-file (mode 0600) or DSF_DB_PASSWORD, never a flag:\n\
+flags show in `ps`. --check-config shows any password in a URL as ***.\n\n\
 Every flag can also be set as DSF_<FLAG> (e.g. DSF_NODE_ID=a1) or as a key of the --config file.\n\
 Logs go to stderr; RUST_LOG=debug shows every request."
 )]
@@ -59,12 +61,16 @@ struct RunArgs {
 
 #[derive(Args)]
 struct DbArgs {
-    /// TOML file of settings; only its `db` is used here.
+    /// TOML file of settings; only its `db` and `db_password_file` are used here.
     #[arg(long, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
-    /// The database, mysql://USER:PASS@HOST:PORT/DB.
+    /// The database, mysql://USER@HOST:PORT/DB; its password comes from
+    /// --db-password-file or DSF_DB_PASSWORD.
     #[arg(long, value_name = "URL")]
-    db: Option<String>,
+    db: Option<dsf_common::config::SecretUrl>,
+    /// File (mode 0600) holding the database password.
+    #[arg(long, value_name = "FILE")]
+    db_password_file: Option<std::path::PathBuf>,
 }
 
 fn fail(code: i32, e: impl std::fmt::Display) -> ! {
@@ -75,6 +81,7 @@ fn fail(code: i32, e: impl std::fmt::Display) -> ! {
 fn db_config(args: &DbArgs) -> dsf_sql::DbConfig {
     let cli = AppConfig {
         db: args.db.clone(),
+        db_password_file: args.db_password_file.clone(),
         workers: Some(1),
         ..AppConfig::default()
     };

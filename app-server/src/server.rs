@@ -57,7 +57,7 @@ pub struct Settings {
     /// Keys clients sign with.
     pub app_keys: AppKeys,
     /// Signs heartbeats (never from a flag value).
-    pub cluster_secret: Vec<u8>,
+    pub cluster_secret: dsf_common::config::Secret,
     pub reactor: ReactorConfig,
     /// How long a token check is cached (≤ 2 s).
     pub session_cache: Duration,
@@ -252,7 +252,10 @@ pub fn start(s: Settings) -> Result<Running, Error> {
     let db = Db::connect(&s.db)?;
     // The cluster secret signs peer.notify from other app servers (and
     // nothing else: see AppService::peer).
-    let keys = s.app_keys.clone().with_cluster_secret(&s.cluster_secret);
+    let keys = s
+        .app_keys
+        .clone()
+        .with_cluster_secret(s.cluster_secret.expose());
     let admission = Admission::new(keys, ReplayGuard::default());
     let metrics = Arc::new(Metrics::new());
     let app = App::new(
@@ -260,7 +263,7 @@ pub fn start(s: Settings) -> Result<Running, Error> {
         s.session_cache,
         s.session_ttl,
         s.password_cost,
-        &s.cluster_secret,
+        s.cluster_secret.expose(),
         s.msg_poll,
     );
     let controller = Arc::new(Controller::new(admission, app, metrics.clone()));
@@ -313,7 +316,7 @@ pub fn start(s: Settings) -> Result<Running, Error> {
             Some(
                 Heartbeats::start(
                     collector.clone(),
-                    Key::new(&s.cluster_secret),
+                    Key::new(s.cluster_secret.expose()),
                     Identity {
                         id: node_id.clone(),
                         addr: advertise.clone(),

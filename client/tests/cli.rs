@@ -349,7 +349,7 @@ fn pins_are_listed_and_dropped_with_the_cluster_secret() {
         policy: Default::default(),
         ring: Default::default(),
         app_keys: keys,
-        cluster_secret: b"pins-secret".to_vec(),
+        cluster_secret: dsf_common::config::Secret::new(b"pins-secret".to_vec()),
         reactor: Default::default(),
         proxy: Some(ProxySettings {
             listeners: vec![("127.0.0.1:0".parse().unwrap(), Protocol::Tcp)],

@@ -59,7 +59,7 @@ pub struct Settings {
     /// Keys operators sign `cluster.status` with (`--app-keys`).
     pub app_keys: AppKeys,
     /// The cluster secret (never from a flag value).
-    pub cluster_secret: Vec<u8>,
+    pub cluster_secret: dsf_common::config::Secret,
     pub reactor: ReactorConfig,
 }
 
@@ -84,7 +84,7 @@ impl Settings {
             warmup: DEFAULT_DEAD_AFTER,
             push: PushConfig::default(),
             app_keys: AppKeys::new(),
-            cluster_secret,
+            cluster_secret: dsf_common::config::Secret::new(cluster_secret),
             reactor: ReactorConfig::default(),
         }
     }
@@ -176,7 +176,7 @@ fn spawn_workers(
             cluster::run_ticker(cluster, warmup, resend)
         })?;
     }
-    let key = Key::new(&s.cluster_secret);
+    let key = Key::new(s.cluster_secret.expose());
     for lb in &s.lbs {
         let (lb, cluster, key, cfg) = (lb.clone(), cluster.clone(), key.clone(), s.push);
         spawn(threads, format!("push-{lb}"), move || {
@@ -197,7 +197,10 @@ fn spawn_workers(
 
 /// Binds both ports and starts every thread.
 pub fn start(s: Settings) -> Result<Running, CollectorError> {
-    let keys = s.app_keys.clone().with_cluster_secret(&s.cluster_secret);
+    let keys = s
+        .app_keys
+        .clone()
+        .with_cluster_secret(s.cluster_secret.expose());
     let admission = Arc::new(Admission::new(keys, ReplayGuard::default()));
     let cluster = Arc::new(Cluster::new(s.dead_after, &s.targets, &s.lbs));
 

@@ -510,10 +510,170 @@ impl ConfigArgs {
         let config = self.load(cli).unwrap_or_else(|e| fail(&e));
         let prepared = prepare(&config).unwrap_or_else(|e| fail(&e));
         if self.check_config {
-            print!("# {program}: configuration OK\n{}", config.describe());
+            // Passwords in URLs are never shown, whatever `describe` wrote.
+            print!(
+                "# {program}: configuration OK\n{}",
+                redact(&config.describe())
+            );
             std::process::exit(0)
         }
         prepared
+    }
+}
+
+/// A URL that may carry a password (`mysql://USER:PASS@HOST:PORT/DB`):
+/// kept whole for connecting, shown with the password as `***` in Debug and
+/// Display. A TOML file and the flags give it as a plain string.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+// === impl SecretUrl ===
+
+impl SecretUrl {
+    /// Wraps `url`.
+    pub fn new(url: impl Into<String>) -> SecretUrl {
+        SecretUrl(url.into())
+    }
+
+    /// The URL itself, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The password in the URL, if it holds one.
+    pub fn password(&self) -> Option<&str> {
+        let (_, userinfo, _) = split_userinfo(&self.0)?;
+        userinfo
+            .split_once(':')
+            .map(|(_, p)| p)
+            .filter(|p| !p.is_empty())
+    }
+}
+
+impl FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretUrl::new(s))
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redact(&self.0), f)
+    }
+}
+
+/// A password or other secret (the cluster secret, a database password)
+/// read from a file or the environment: shown as `***` in Debug and
+/// Display, so a settings struct may derive Debug.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+// === impl Secret ===
+
+impl Secret {
+    /// Wraps `secret`.
+    pub fn new(secret: impl Into<Vec<u8>>) -> Secret {
+        Secret(secret.into())
+    }
+
+    /// The secret itself: only for use, never for showing.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Splits `url` at the user information of its authority: (what comes
+/// before it, the user information, what comes after its `@`).
+fn split_userinfo(url: &str) -> Option<(&str, &str, &str)> {
+    let start = url.find("://")? + 3;
+    let rest = &url[start..];
+    let end = rest
+        .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace() || c == '"' || c == '\'')
+        .unwrap_or(rest.len());
+    let at = rest[..end].rfind('@')?;
+    Some((&url[..start], &rest[..at], &rest[at + 1..]))
+}
+
+/// `text` with the password of every `scheme://USER:PASS@…` in it written
+/// `***`: for showing a URL, or a whole configuration, that may hold one.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((before, userinfo, after)) = split_userinfo(rest) {
+        out.push_str(before);
+        match userinfo.split_once(':') {
+            Some((user, _)) => {
+                out.push_str(user);
+                out.push_str(":***");
+            }
+            None => out.push_str(userinfo),
+        }
+        out.push('@');
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The database password, when one is given apart from the URL: read from
+/// `file` (mode 0600, trailing newline dropped) or else from the variable
+/// `env`. `flag` names the file's flag in errors. Refuses a password given
+/// both in the URL and apart from it, rather than pick one silently.
+pub fn db_password(
+    url: &SecretUrl,
+    file: Option<&Path>,
+    flag: &str,
+    env: &str,
+) -> Result<Option<Secret>, ConfigError> {
+    let given = match file {
+        Some(path) => {
+            let text = crate::wire::keys::read_private(path)
+                .map_err(|e| ConfigError::invalid(&flag.replace('-', "_"), e.to_string()))?;
+            let password = text.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                return Err(ConfigError::invalid(
+                    &flag.replace('-', "_"),
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            Some((password.to_string(), format!("--{flag}")))
+        }
+        None => std::env::var(env)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .map(|p| (p, env.to_string())),
+    };
+    match given {
+        Some((_, from)) if url.password().is_some() => Err(ConfigError::invalid(
+            &flag.replace("-password-file", "").replace('-', "_"),
+            format!(
+                "the password is given twice, in the URL and by {from}: drop it from the URL \
+                 ({url}), which `ps` and shell histories show"
+            ),
+        )),
+        Some((password, _)) => Ok(Some(Secret::new(password))),
+        None => Ok(None),
     }
 }
 
@@ -955,6 +1115,64 @@ idle_timeout = "5s"
             _vnodes: u32,
         }
         assert_layerable::<Bad>();
+    }
+
+    #[test]
+    fn passwords_in_urls_are_never_shown() {
+        let url = SecretUrl::new("mysql://dsf:s3cret@127.0.0.1:3306/dsf");
+        assert_eq!(url.password(), Some("s3cret"));
+        assert_eq!(url.to_string(), "mysql://dsf:***@127.0.0.1:3306/dsf");
+        assert_eq!(format!("{url:?}"), "\"mysql://dsf:***@127.0.0.1:3306/dsf\"");
+        assert_eq!(url.expose(), "mysql://dsf:s3cret@127.0.0.1:3306/dsf");
+        for (text, want) in [
+            ("mysql://u@h/d", "mysql://u@h/d"),
+            ("mysql://h:3306/d", "mysql://h:3306/d"),
+            ("mysql://u:p@w@h/d", "mysql://u:***@h/d"),
+            (
+                "db = \"mysql://a:x@h/d\"\npins_db = \"mysql://b:y@h2\"\n",
+                "db = \"mysql://a:***@h/d\"\npins_db = \"mysql://b:***@h2\"\n",
+            ),
+            ("see http://example.com/a@b", "see http://example.com/a@b"),
+        ] {
+            assert_eq!(redact(text), want, "{text}");
+        }
+        assert_eq!(SecretUrl::new("mysql://u@h/d").password(), None);
+        let s = Secret::new("hunter2");
+        assert_eq!(
+            (format!("{s}"), format!("{s:?}")),
+            ("***".into(), "\"***\"".into())
+        );
+    }
+
+    #[test]
+    fn a_db_password_comes_from_a_private_file_or_the_environment_never_twice() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("dsf-dbpw-{}", crate::wire::new_nonce()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let bare = SecretUrl::new("mysql://dsf@127.0.0.1/dsf");
+        let env = "DSFTEST_DBPW_PASSWORD";
+        let got = |url: &SecretUrl, f: Option<&Path>| db_password(url, f, "db-password-file", env);
+        assert_eq!(got(&bare, None).unwrap(), None);
+        std::env::set_var(env, "from-env");
+        assert_eq!(got(&bare, None).unwrap().unwrap().expose(), b"from-env");
+        assert_eq!(
+            got(&bare, Some(&file)).unwrap().unwrap().expose(),
+            b"from-file"
+        );
+        let twice = got(&SecretUrl::new("mysql://dsf:inurl@h/d"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            twice.contains("given twice") && !twice.contains("inurl"),
+            "{twice}"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let open = got(&bare, Some(&file)).unwrap_err().to_string();
+        assert!(open.contains("chmod 600"), "{open}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use dsf_common::config::{Config, ConfigError, HumanDuration, LimitArgs};
+use dsf_common::config::{self, Config, ConfigError, HumanDuration, LimitArgs, SecretUrl};
 use dsf_common::reactor::ReactorConfig;
 use dsf_common::wire::keys::{self, AppKeys};
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,9 @@ use crate::server::{Backend, Settings};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6300";
 /// Default cluster port.
 pub const DEFAULT_CLUSTER_LISTEN: &str = "127.0.0.1:6200";
+/// The variable --pins-db's password is read from, without
+/// --pins-db-password-file.
+pub const PINS_DB_PASSWORD_ENV: &str = "DSF_PINS_DB_PASSWORD";
 
 /// Settings of `lb-server`. Every field is also a flag (`--cluster-listen`),
 /// an environment variable (`DSF_CLUSTER_LISTEN`) and a key of the
@@ -133,11 +136,18 @@ pub struct LbConfig {
     /// in memory.
     #[arg(
         long,
-        value_name = "mysql://USER:PASS@HOST:PORT/DB",
+        value_name = "mysql://USER@HOST:PORT/DB",
         help_heading = "Proxy mode"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pins_db: Option<String>,
+    pub pins_db: Option<SecretUrl>,
+
+    /// File (mode 0600) holding --pins-db's password; otherwise
+    /// DSF_PINS_DB_PASSWORD is read. Keep the password out of the URL:
+    /// flags show in `ps`.
+    #[arg(long, value_name = "FILE", help_heading = "Proxy mode")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pins_db_password_file: Option<PathBuf>,
 
     /// How long a pin read from --pins-db is trusted before it is read
     /// again [default: 5s].
@@ -200,6 +210,12 @@ impl LbConfig {
 
     /// Proxy mode's settings; `None` without --proxy-listen.
     pub fn proxy(&self) -> Result<Option<ProxySettings>, ConfigError> {
+        if self.pins_db_password_file.is_some() && self.pins_db.is_none() {
+            return Err(ConfigError::invalid(
+                "pins_db_password_file",
+                "given without --pins-db, whose password it holds",
+            ));
+        }
         let listens = self.proxy_listen.clone().unwrap_or_default();
         let protocols: Vec<Protocol> = self
             .proxy_protocol
@@ -265,7 +281,18 @@ impl LbConfig {
             send_proxy_v2: self.proxy_send_proxy_v2.unwrap_or(false),
             pin_ttl: dur(self.pin_ttl, d.pin_ttl),
             max_pins: self.max_pins.unwrap_or(d.max_pins),
-            pins_db: self.pins_db.clone(),
+            pins_db: match &self.pins_db {
+                Some(url) => {
+                    let password = config::db_password(
+                        url,
+                        self.pins_db_password_file.as_deref(),
+                        "pins-db-password-file",
+                        PINS_DB_PASSWORD_ENV,
+                    )?;
+                    Some(dsf_sql::DbConfig::new(url.expose()).password(password))
+                }
+                None => None,
+            },
             pins_cache: dur(self.pins_cache, proxy::DEFAULT_PINS_CACHE),
         }))
     }

@@ -31,7 +31,7 @@ pub struct Settings {
     /// Keys clients sign with (`--app-keys`).
     pub app_keys: AppKeys,
     /// The cluster secret (never from a flag value).
-    pub cluster_secret: Vec<u8>,
+    pub cluster_secret: dsf_common::config::Secret,
     pub reactor: ReactorConfig,
     /// Proxy mode (`--proxy-listen`), if any.
     pub proxy: Option<ProxySettings>,
@@ -101,7 +101,10 @@ impl Running {
 
 /// Binds both ports and starts serving.
 pub fn start(s: Settings) -> io::Result<Running> {
-    let keys = s.app_keys.clone().with_cluster_secret(&s.cluster_secret);
+    let keys = s
+        .app_keys
+        .clone()
+        .with_cluster_secret(s.cluster_secret.expose());
     let admission = Arc::new(Admission::new(keys, ReplayGuard::default()));
     let view = static_view(&s.backends);
     let initial = Snapshot::build(view, s.policy, s.ring)

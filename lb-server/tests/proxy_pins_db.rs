@@ -24,7 +24,7 @@ fn url_for(name: &str) -> String {
 fn replica(backends: &[String], db_url: &str) -> Running {
     let mut s = settings(backends, &[Protocol::Mqtt]);
     let p = s.proxy.as_mut().unwrap();
-    p.pins_db = Some(db_url.to_string());
+    p.pins_db = Some(dsf_sql::DbConfig::new(db_url));
     p.pins_cache = Duration::from_millis(100);
     start_lb(s)
 }
@@ -86,7 +86,7 @@ fn shared_pins_expire_a_ttl_after_their_last_use_not_their_making() {
     let with_ttl = |ttl: Duration| {
         let mut s = settings(&backends(&b), &[Protocol::Mqtt]);
         let p = s.proxy.as_mut().unwrap();
-        p.pins_db = Some(url.clone());
+        p.pins_db = Some(dsf_sql::DbConfig::new(url.clone()));
         p.pins_cache = Duration::from_millis(100);
         p.pin_ttl = ttl;
         start_lb(s)

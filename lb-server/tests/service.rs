@@ -469,6 +469,28 @@ fn check_config_says_ok_only_when_the_server_would_start() {
     );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("configuration OK"));
 
+    // --pins-db's password is shown as ***, and its file needs --pins-db.
+    let shown = lb_binary()
+        .env("DSF_CLUSTER_SECRET", "c")
+        .args([
+            "--check-config",
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--proxy-protocol",
+            "tcp",
+            "--pins-db",
+            "mysql://dsf:pins-pw-never-shown@127.0.0.1:1/pins",
+            "--app-keys",
+        ])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&shown.stdout).into_owned()
+        + &String::from_utf8_lossy(&shown.stderr);
+    assert_eq!(shown.status.code(), Some(0), "{out}");
+    assert!(out.contains("mysql://dsf:***@127.0.0.1:1/pins"), "{out}");
+    assert!(!out.contains("pins-pw-never-shown"), "{out}");
+
     // Each of these would stop a real start, so the check fails too.
     let open_keys = private_file("keys.toml", "cli = \"s\"\n");
     std::fs::set_permissions(
@@ -486,6 +508,12 @@ fn check_config_says_ok_only_when_the_server_would_start() {
         (vec![], Some(&keys), false, "DSF_CLUSTER_SECRET"),
         (vec![], None, true, "--app-keys"),
         (vec![], Some(&open_keys), true, "chmod 600"),
+        (
+            vec!["--pins-db-password-file", "/nonexistent"],
+            Some(&keys),
+            true,
+            "without --pins-db",
+        ),
     ];
     for (args, keys, secret, want) in cases {
         let mut cmd = lb_binary();

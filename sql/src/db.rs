@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dsf_common::config::{Secret, SecretUrl};
 use mysql::prelude::Queryable;
 use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn};
 
@@ -43,8 +44,11 @@ const INIT: [&str; 3] = [
 /// How to reach the database and how many connections to keep.
 #[derive(Debug, Clone)]
 pub struct DbConfig {
-    /// `mysql://USER:PASS@HOST:PORT/DB`.
-    pub url: String,
+    /// `mysql://USER[:PASS]@HOST:PORT/DB`; shown with its password as `***`.
+    pub url: SecretUrl,
+    /// The password, when it is kept out of the URL (`--db-password-file`,
+    /// `DSF_DB_PASSWORD`).
+    pub password: Option<Secret>,
     /// Overrides the database named in `url` (tests use this for their
     /// throwaway databases).
     pub database: Option<String>,
@@ -70,7 +74,8 @@ impl DbConfig {
     /// Defaults for `url`.
     pub fn new(url: impl Into<String>) -> DbConfig {
         DbConfig {
-            url: url.into(),
+            url: SecretUrl::new(url),
+            password: None,
             database: None,
             workers: DEFAULT_WORKERS,
             pool_margin: DEFAULT_POOL_MARGIN,
@@ -88,6 +93,12 @@ impl DbConfig {
         self
     }
 
+    /// Logs in with `password` (the URL then holds none).
+    pub fn password(mut self, password: Option<Secret>) -> DbConfig {
+        self.password = password;
+        self
+    }
+
     /// Uses `name` instead of the database in the URL.
     pub fn database(mut self, name: impl Into<String>) -> DbConfig {
         self.database = Some(name.into());
@@ -100,9 +111,9 @@ impl DbConfig {
     }
 
     fn opts(&self) -> Result<Opts> {
-        let base = Opts::from_url(&self.url).map_err(|e| Error::Internal {
+        let base = Opts::from_url(self.url.expose()).map_err(|e| Error::Internal {
             op: "connect",
-            message: format!("bad database URL: {e} (expected mysql://USER:PASS@HOST:PORT/DB)"),
+            message: format!("bad database URL: {e} (expected mysql://USER[:PASS]@HOST:PORT/DB)"),
         })?;
         let max = self.pool_max();
         let min = self.pool_min.min(max);
@@ -130,6 +141,9 @@ impl DbConfig {
             .init(INIT.to_vec());
         if let Some(db) = &self.database {
             b = b.db_name(Some(db.clone()));
+        }
+        if let Some(password) = &self.password {
+            b = b.pass(Some(String::from_utf8_lossy(password.expose())));
         }
         Ok(b.into())
     }
@@ -350,7 +364,7 @@ fn retryable_at_startup(e: &Error) -> bool {
 }
 
 fn target_of(cfg: &DbConfig) -> String {
-    match Opts::from_url(&cfg.url) {
+    match Opts::from_url(cfg.url.expose()) {
         Ok(o) => format!(
             "{}:{}/{}",
             o.get_ip_or_hostname(),
@@ -379,12 +393,12 @@ fn check_identifier(name: &str) -> Result<()> {
 
 /// The database `cfg` names (`cfg.database`, else the URL's path).
 fn database_name(cfg: &DbConfig) -> Result<String> {
-    let from_url = Opts::from_url(&cfg.url)
+    let from_url = Opts::from_url(cfg.url.expose())
         .ok()
         .and_then(|o| o.get_db_name().map(str::to_string));
     cfg.database.clone().or(from_url).ok_or(Error::Invalid {
         field: "database",
-        rule: "name a database in the URL (mysql://USER:PASS@HOST:PORT/DB)",
+        rule: "name a database in the URL (mysql://USER@HOST:PORT/DB)",
     })
 }
 

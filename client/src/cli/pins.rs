@@ -119,7 +119,7 @@ fn call<B: Serialize, R: DeserializeOwned>(
         .map_err(|e| Error::Config(e.to_string()))?;
     let signer = Signer {
         app: keys::CLUSTER_APP.into(),
-        key: Key::new(&secret),
+        key: Key::new(secret.expose()),
     };
     let addr = &target.cluster;
     let mut conn = Connection::connect(addr, addr, signer, timeout, 1 << 20).map_err(|e| {

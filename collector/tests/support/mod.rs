@@ -49,7 +49,7 @@ pub fn lb_settings(cluster_listen: SocketAddr) -> lb_server::server::Settings {
         policy: dsf_ring::policy::PolicyKind::Ring,
         ring: dsf_ring::RingConfig::default(),
         app_keys: app_keys(),
-        cluster_secret: CLUSTER_SECRET.to_vec(),
+        cluster_secret: dsf_common::config::Secret::new(CLUSTER_SECRET),
         reactor: ReactorConfig::default(),
         proxy: None,
     }

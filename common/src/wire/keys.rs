@@ -228,7 +228,7 @@ pub fn read_private(path: &Path) -> Result<String, KeyError> {
 
 /// The cluster secret from `file` if given, else from `DSF_CLUSTER_SECRET`.
 /// Never from a flag value: flags show up in `ps`.
-pub fn cluster_secret(file: Option<&Path>) -> Result<Vec<u8>, KeyError> {
+pub fn cluster_secret(file: Option<&Path>) -> Result<crate::config::Secret, KeyError> {
     let secret = match file {
         Some(path) => read_private(path)?
             .trim_end_matches(['\n', '\r'])
@@ -238,7 +238,7 @@ pub fn cluster_secret(file: Option<&Path>) -> Result<Vec<u8>, KeyError> {
     if secret.is_empty() {
         return Err(KeyError::NoClusterSecret);
     }
-    Ok(secret.into_bytes())
+    Ok(crate::config::Secret::new(secret))
 }
 
 #[cfg(test)]
@@ -334,7 +334,7 @@ mod tests {
     fn cluster_secret_comes_from_a_private_file() {
         let d = tempdir();
         let p = write(&d, "secret", "hunter2\n", 0o600);
-        assert_eq!(cluster_secret(Some(&p)).unwrap(), b"hunter2");
+        assert_eq!(cluster_secret(Some(&p)).unwrap().expose(), b"hunter2");
         let empty = write(&d, "empty", "", 0o600);
         assert!(matches!(
             cluster_secret(Some(&empty)),

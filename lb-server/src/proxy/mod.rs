@@ -162,7 +162,7 @@ pub struct ProxySettings {
     pub pin_ttl: Duration,
     pub max_pins: usize,
     /// `--pins-db`: the shared pin table.
-    pub pins_db: Option<String>,
+    pub pins_db: Option<dsf_sql::DbConfig>,
     pub pins_cache: Duration,
 }
 
@@ -296,8 +296,8 @@ impl Proxy {
             cache,
         )));
         let store = match &settings.pins_db {
-            Some(url) => Some(store::Store::open(
-                url,
+            Some(db) => Some(store::Store::open(
+                db,
                 &settings,
                 pins.clone(),
                 counters.clone(),

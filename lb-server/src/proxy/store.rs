@@ -106,12 +106,12 @@ impl Store {
     /// Connects (retrying while the database starts), creates the table if
     /// it is missing, and starts the threads.
     pub fn open(
-        url: &str,
+        db: &DbConfig,
         settings: &ProxySettings,
         cache: Arc<Mutex<PinTable>>,
         counters: Arc<Counters>,
     ) -> Result<Store, String> {
-        let mut cfg = DbConfig::new(url).workers(THREADS);
+        let mut cfg = db.clone().workers(THREADS);
         cfg.connect_timeout = QUERY_TIMEOUT;
         cfg.io_timeout = QUERY_TIMEOUT;
         cfg.acquire_timeout = QUERY_TIMEOUT;

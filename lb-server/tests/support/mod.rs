@@ -168,7 +168,7 @@ pub fn base_settings<S: AsRef<str>>(backends: &[S]) -> Settings {
         policy: PolicyKind::Ring,
         ring: RingConfig::default(),
         app_keys,
-        cluster_secret: CLUSTER_SECRET.to_vec(),
+        cluster_secret: dsf_common::config::Secret::new(CLUSTER_SECRET),
         reactor: ReactorConfig::default(),
         proxy: None,
     }
