@@ -16,6 +16,7 @@ use dsf_sql::DbConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::limits::{self, Rate, Registration};
 use crate::server::Settings;
 
 /// Default client port.
@@ -111,6 +112,25 @@ pub struct AppConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_cache: Option<HumanDuration>,
 
+    /// Whether user.register makes accounts: open (anyone with an app key
+    /// registers a viewer) or closed (an admin makes them with user.create,
+    /// `client user create`) [default: closed].
+    #[arg(long, value_name = "open|closed")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registration: Option<Registration>,
+
+    /// Logins and registrations per user name, on this node: N at once and
+    /// N more each DURATION, or off [default: 10/1m].
+    #[arg(long, value_name = "N/DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_rate_name: Option<Rate>,
+
+    /// Logins and registrations per peer address, on this node
+    /// [default: 60/1m].
+    #[arg(long, value_name = "N/DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_rate_addr: Option<Rate>,
+
     /// Lifetime of a login session [default: 12h].
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -202,6 +222,13 @@ impl AppConfig {
             heartbeat_every: DEFAULT_HEARTBEAT,
             password_cost: Cost::DEFAULT,
             msg_poll: crate::mailroom::POLL,
+            registration: self.registration.unwrap_or_default(),
+            auth_rate_name: self
+                .auth_rate_name
+                .unwrap_or_else(|| limits::DEFAULT_PER_NAME.parse().expect("valid default")),
+            auth_rate_addr: self
+                .auth_rate_addr
+                .unwrap_or_else(|| limits::DEFAULT_PER_ADDR.parse().expect("valid default")),
         })
     }
 }

@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -105,6 +106,8 @@ pub struct Call<'a> {
     /// The connection the request came on (`msg.ack` acknowledges that
     /// connection's subscription).
     pub conn: Option<ConnId>,
+    /// The address the request came from (rate limits of logins).
+    pub peer: Option<IpAddr>,
     /// What to do once the handler's write is committed.
     pub effects: &'a RefCell<Vec<Effect>>,
 }
@@ -216,6 +219,10 @@ pub struct App {
     /// User ids by name, for `msg.send` (users are never deleted, so an
     /// entry stays right); cleared when full.
     pub user_ids: std::sync::Mutex<HashMap<String, u64>>,
+    /// Whether `user.register` makes accounts.
+    pub registration: crate::limits::Registration,
+    /// The buckets of `user.login` and `user.register`.
+    pub auth_limits: crate::limits::AuthLimits,
     node: OnceLock<String>,
 }
 
@@ -235,6 +242,8 @@ impl App {
             mail: crate::mailroom::Mailroom::start(db.clone(), msg_poll),
             peers: crate::peers::Peers::new(cluster_secret),
             user_ids: Default::default(),
+            registration: crate::limits::Registration::Closed,
+            auth_limits: crate::limits::AuthLimits::off(),
             db,
             sessions: SessionCache::new(session_cache),
             session_ttl,
@@ -450,15 +459,16 @@ impl Controller {
         route: &Route,
         admitted: &Admitted,
         conn: Option<ConnId>,
+        peer: Option<IpAddr>,
         received: Instant,
         out: &mut Vec<u8>,
     ) {
         let req = &admitted.request;
         let effects = RefCell::new(Vec::new());
         let ok = if self.runs_once(route.kind) {
-            self.handle_once(route, admitted, conn, &effects, out)
+            self.handle_once(route, admitted, conn, peer, &effects, out)
         } else {
-            match self.call(route, req, conn, &effects) {
+            match self.call(route, req, conn, peer, &effects) {
                 Ok(body) => {
                     admitted.ok(&body, out);
                     true
@@ -483,6 +493,7 @@ impl Controller {
         route: &Route,
         admitted: &Admitted,
         conn: Option<ConnId>,
+        peer: Option<IpAddr>,
         effects: &RefCell<Vec<Effect>>,
         out: &mut Vec<u8>,
     ) -> bool {
@@ -505,7 +516,7 @@ impl Controller {
             }
         }
         let run = writes.run_once(&req.app, &req.nonce, &req.kind, || {
-            match self.call(route, req, conn, effects) {
+            match self.call(route, req, conn, peer, effects) {
                 Ok(body) => (true, body, false),
                 Err(e) => {
                     effects.borrow_mut().clear();
@@ -557,6 +568,7 @@ impl Controller {
         route: &Route,
         req: &Request,
         conn: Option<ConnId>,
+        peer: Option<IpAddr>,
         effects: &RefCell<Vec<Effect>>,
     ) -> Result<String> {
         let session = match route.auth {
@@ -581,6 +593,7 @@ impl Controller {
             request: req,
             session: session.as_ref(),
             conn,
+            peer,
             effects,
         })
     }

@@ -40,6 +40,7 @@ pub mod controller;
 pub mod error;
 pub mod handlers;
 pub mod heartbeat;
+pub mod limits;
 pub mod mailroom;
 pub mod peers;
 pub mod server;

@@ -30,6 +30,7 @@ use crate::config::SHUTDOWN_DEADLINE;
 use crate::controller::{App, Controller};
 use crate::error::Error;
 use crate::heartbeat::{Heartbeats, Identity};
+use crate::limits::{AuthLimits, Rate, Registration};
 use crate::service::{run_job, AppService, Job};
 use crate::stats::{Gauges, Metrics};
 
@@ -70,6 +71,11 @@ pub struct Settings {
     /// How often subscriptions poll their inboxes for messages whose
     /// notification was lost ([`crate::mailroom::POLL`]).
     pub msg_poll: Duration,
+    /// Whether `user.register` makes accounts.
+    pub registration: Registration,
+    /// Logins and registrations per user name, and per peer address.
+    pub auth_rate_name: Rate,
+    pub auth_rate_addr: Rate,
 }
 
 /// Asks a running server to shut down gracefully; clonable to any thread
@@ -258,7 +264,7 @@ pub fn start(s: Settings) -> Result<Running, Error> {
         .with_cluster_secret(s.cluster_secret.expose());
     let admission = Admission::new(keys, ReplayGuard::default());
     let metrics = Arc::new(Metrics::new());
-    let app = App::new(
+    let mut app = App::new(
         db,
         s.session_cache,
         s.session_ttl,
@@ -266,6 +272,8 @@ pub fn start(s: Settings) -> Result<Running, Error> {
         s.cluster_secret.expose(),
         s.msg_poll,
     );
+    app.registration = s.registration;
+    app.auth_limits = AuthLimits::new(s.auth_rate_name, s.auth_rate_addr);
     let controller = Arc::new(Controller::new(admission, app, metrics.clone()));
 
     let worker_controller = controller.clone();

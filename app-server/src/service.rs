@@ -21,6 +21,8 @@ pub struct Job {
     pub received: Instant,
     /// Released by the claim waiters: runs now, whatever it finds.
     pub woken: bool,
+    /// The client's address.
+    pub peer: std::net::IpAddr,
 }
 
 /// Runs one job on a worker: the controller, then the reply. A claim that
@@ -40,7 +42,8 @@ pub fn run_job(controller: &Controller, job: Job) {
     let mut out = Vec::with_capacity(256);
     let conn = Some(job.reply.conn());
     let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        controller.handle(job.route, &job.admitted, conn, job.received, &mut out)
+        let peer = Some(job.peer);
+        controller.handle(job.route, &job.admitted, conn, peer, job.received, &mut out)
     }));
     if handled.is_err() {
         // A bug in a handler: the client still gets an answer for its id.
@@ -230,9 +233,9 @@ impl Service for AppService {
             return Dispatch::Done;
         };
         if route.exec == Exec::Inline {
-            let conn = Some(cx.conn());
+            let (conn, peer) = (Some(cx.conn()), Some(cx.peer().ip()));
             self.controller
-                .handle(route, &admitted, conn, received, cx.out());
+                .handle(route, &admitted, conn, peer, received, cx.out());
             return Dispatch::Done;
         }
         let reply = cx.defer();
@@ -242,6 +245,7 @@ impl Service for AppService {
             reply,
             received,
             woken: false,
+            peer: cx.peer().ip(),
         };
         if let Err(job) = self.pool.try_submit(job) {
             // The queue had room (checked above), so the pool is stopping.

@@ -41,9 +41,7 @@ fn register_login_me_logout() {
         json!({"name": "ann", "password": PASSWORD}),
         None,
     );
-    assert_eq!(v["name"], "ann");
-    assert_eq!(v["role"], "viewer");
-    assert!(v["id"].as_u64().is_some());
+    assert_eq!(v, json!({"name": "ann"}));
 
     let v = c.ok(
         "user.login",
@@ -73,24 +71,169 @@ fn register_login_me_logout() {
 }
 
 #[test]
-fn register_conflicts_on_a_taken_name_whatever_its_case() {
+fn register_answers_a_taken_name_as_a_free_one_and_changes_nothing() {
     let db = testing::fresh();
     let server = Server::start(&db);
     let mut c = server.connect();
-    c.user("bob");
-    let e = c.err(
+    let free = c.ok(
         "user.register",
         json!({"name": "bob", "password": PASSWORD}),
         None,
-        ErrorCode::Conflict,
     );
-    assert!(e.contains("bob"), "{e}");
+    // Taken, in any case: the same answer, so it tells no one bob exists.
+    for name in ["bob", "BOB"] {
+        let taken = c.ok(
+            "user.register",
+            json!({"name": name, "password": "another-password"}),
+            None,
+        );
+        assert_eq!(taken, json!({"name": name}));
+    }
+    assert_eq!(free, json!({"name": "bob"}));
+    // bob's account and password are untouched.
     c.err(
-        "user.register",
-        json!({"name": "BOB", "password": PASSWORD}),
+        "user.login",
+        json!({"name": "bob", "password": "another-password"}),
         None,
+        ErrorCode::Unauthorized,
+    );
+    c.login("bob");
+    assert_eq!(db.users().get("bob").unwrap().unwrap().role, Role::Viewer);
+}
+
+#[test]
+fn closed_registration_refuses_and_an_admin_creates_accounts() {
+    let db = testing::fresh();
+    let mut s = support::settings(db.config(), None);
+    s.registration = app_server::limits::Registration::Closed;
+    let server = Server::with(s);
+    let mut c = server.connect();
+    let e = c.err(
+        "user.register",
+        json!({"name": "eve", "password": PASSWORD}),
+        None,
+        ErrorCode::Forbidden,
+    );
+    assert!(
+        e.contains("registration is closed") && e.contains("client user create"),
+        "{e}"
+    );
+    assert!(db.users().get("eve").unwrap().is_none());
+
+    let hash = dsf_sql::password::hash_with(PASSWORD, dsf_sql::password::Cost::TEST).unwrap();
+    db.users().create("root", &hash, Role::Admin).unwrap();
+    let admin = c.login("root");
+    let ann = c.ok(
+        "user.create",
+        json!({"name": "ann", "password": PASSWORD, "role": "operator"}),
+        Some(&admin),
+    );
+    assert_eq!(
+        (ann["name"].as_str(), ann["role"].as_str()),
+        (Some("ann"), Some("operator"))
+    );
+    let bob = c.ok(
+        "user.create",
+        json!({"name": "bob", "password": PASSWORD}),
+        Some(&admin),
+    );
+    assert_eq!(bob["role"], "viewer");
+    let token = c.login("ann");
+    // Only admins create; an admin is told a name is taken.
+    let e = c.err(
+        "user.create",
+        json!({"name": "cy", "password": PASSWORD}),
+        Some(&token),
+        ErrorCode::Forbidden,
+    );
+    assert!(e.contains("admin"), "{e}");
+    c.err(
+        "user.create",
+        json!({"name": "Ann", "password": PASSWORD}),
+        Some(&admin),
         ErrorCode::Conflict,
     );
+    for (body, want) in [
+        (
+            json!({"name": "cy", "password": "short"}),
+            "password: 8 to 128",
+        ),
+        (
+            json!({"name": "cy", "password": PASSWORD, "role": "god"}),
+            "role",
+        ),
+        (json!({"name": "", "password": PASSWORD}), "name: 1 to 64"),
+    ] {
+        let e = c.err(
+            "user.create",
+            body.clone(),
+            Some(&admin),
+            ErrorCode::BadRequest,
+        );
+        assert!(e.contains(want), "{body}: {e}");
+    }
+    assert!(db.users().get("cy").unwrap().is_none());
+    // Recorded, with the admin who did it.
+    let audit = c.ok("audit.list", json!({"subject": "ann"}), Some(&admin));
+    let made = &audit["entries"][0];
+    assert_eq!(
+        (made["action"].as_str(), made["actor"].as_str()),
+        (Some("user.create"), Some("root"))
+    );
+    assert_eq!(made["detail"], json!({"role": "operator"}));
+}
+
+#[test]
+fn logins_past_a_names_or_an_addresss_rate_are_refused_saying_when_to_retry() {
+    let db = testing::fresh();
+    let mut s = support::settings(db.config(), None);
+    s.auth_rate_name = "3/1m".parse().unwrap();
+    s.auth_rate_addr = "8/1m".parse().unwrap();
+    let server = Server::with(s);
+    let mut c = server.connect();
+    let hash = dsf_sql::password::hash_with(PASSWORD, dsf_sql::password::Cost::TEST).unwrap();
+    for name in ["ann", "bob", "cy"] {
+        db.users().create(name, &hash, Role::Viewer).unwrap();
+    }
+    let bad = |name: &str| json!({"name": name, "password": "wrong-password"});
+    c.err("user.login", bad("ann"), None, ErrorCode::Unauthorized);
+    c.err("user.login", bad("ann"), None, ErrorCode::Unauthorized);
+    let token = c.login("ann");
+    // ann's bucket is empty: even her right password waits, and the
+    // refusal is the same for a name that does not exist.
+    for name in ["ann", "ANN"] {
+        let e = c.err("user.login", bad(name), None, ErrorCode::Overloaded);
+        assert!(e.contains("for this name") && e.contains("retry in"), "{e}");
+    }
+    let e = c.err(
+        "user.login",
+        json!({"name": "ann", "password": PASSWORD}),
+        None,
+        ErrorCode::Overloaded,
+    );
+    assert!(e.contains("retry in"), "{e}");
+    // Meanwhile the same connection is served, ann's session works, and
+    // another name logs in.
+    c.ok("sys.ping", json!({}), None);
+    c.ok("user.me", json!({}), Some(&token));
+    c.login("bob");
+    // The address's bucket holds 8: ann's 3, the 3 refused by name (they
+    // count against the address too), bob's, and now cy's.
+    c.login("cy");
+    let e = c.err("user.login", bad("nobody"), None, ErrorCode::Overloaded);
+    assert!(
+        e.contains("from 127.0.0.1") && e.contains("retry in"),
+        "{e}"
+    );
+    // Registrations share the address's bucket.
+    let e = c.err(
+        "user.register",
+        json!({"name": "dee", "password": PASSWORD}),
+        None,
+        ErrorCode::Overloaded,
+    );
+    assert!(e.contains("registration attempts from 127.0.0.1"), "{e}");
+    c.ok("sys.ping", json!({}), None);
 }
 
 #[test]

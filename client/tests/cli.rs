@@ -191,6 +191,43 @@ fn login_saves_a_private_session_that_later_commands_use() {
 }
 
 #[test]
+fn register_logs_in_to_learn_whether_the_account_is_now_this_passwords() {
+    let a = TestServer::app("a");
+    let (lb, _) = fake_lb(vec![("a", a.addr_string())]);
+    let lbs = lb.addr_string();
+    let register = |password: &str| {
+        let mut child = client("register")
+            .args(["--lb", &lbs, "register", "ann", "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{password}").unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    // The server answers both alike; the login after it tells them apart.
+    let ok = register("pw-ann");
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert!(
+        stdout(&ok).starts_with("registered ann (id 1, role viewer) and logged in"),
+        "{}",
+        stdout(&ok)
+    );
+    assert!(session_path("register").exists());
+    let taken = register("someone-elses");
+    assert_eq!(taken.status.code(), Some(3), "{}", stderr(&taken));
+    let err = stderr(&taken);
+    assert!(
+        err.contains("the name is taken") && err.contains("client login ann"),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(session_path("register"));
+}
+
+#[test]
 fn check_stdin_answers_every_line_in_order() {
     let a = TestServer::app("a");
     let (lb, _) = fake_lb(vec![("a", a.addr_string())]);

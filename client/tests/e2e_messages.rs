@@ -248,6 +248,82 @@ fn every_message_reaches_its_recipient_once_and_in_order_through_offline_users_a
     );
 
     cli_send_and_listen(&cluster);
+    cli_accounts(&cluster);
+}
+
+/// Registration is closed by default: `client register` is refused saying
+/// who makes accounts, and an admin's `client user create` makes one.
+fn cli_accounts(cluster: &Cluster) {
+    let run = |session: &str, args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = cluster
+            .cli(session)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).unwrap();
+        drop(input);
+        child.wait_with_output().unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
+    let refused = run(
+        "eve.session",
+        &["register", "eve", "--password-stdin"],
+        "eve-password\n",
+    );
+    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("registration is closed")
+            && text(&refused).contains("client user create"),
+        "{}",
+        text(&refused)
+    );
+    let admin = run(
+        "root.session",
+        &["login", e2e::ADMIN, "--password-stdin"],
+        &format!("{}\n", e2e::ADMIN_PASSWORD),
+    );
+    assert!(admin.status.success(), "{}", text(&admin));
+    let made = run(
+        "root.session",
+        &[
+            "user",
+            "create",
+            "eve",
+            "--role",
+            "operator",
+            "--password-stdin",
+        ],
+        "eve-password\n",
+    );
+    assert!(made.status.success(), "{}", text(&made));
+    assert!(
+        text(&made).starts_with("created eve (id "),
+        "{}",
+        text(&made)
+    );
+    assert!(text(&made).contains("role operator"), "{}", text(&made));
+    let again = run(
+        "root.session",
+        &["user", "create", "EVE", "--password-stdin"],
+        "eve-password\n",
+    );
+    assert_eq!(again.status.code(), Some(3), "{}", text(&again));
+    assert!(text(&again).contains("conflict"), "{}", text(&again));
+    let eve = run(
+        "eve.session",
+        &["login", "eve", "--password-stdin"],
+        "eve-password\n",
+    );
+    assert!(eve.status.success(), "{}", text(&eve));
+    let me = run("eve.session", &["whoami"], "");
+    assert!(text(&me).starts_with("eve (id "), "{}", text(&me));
 }
 
 /// `client login`, `client msg send`, `client msg listen --json`.

@@ -164,6 +164,25 @@ pub mod user {
         pub user: User,
     }
 
+    /// `user.register`'s reply: the same whether the name was free (it is
+    /// now this account's) or taken (nothing changed), so that registering
+    /// tells no one which names exist. Log in to know.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Registered {
+        pub name: String,
+    }
+
+    /// `user.create`'s body.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CreateBody {
+        pub name: String,
+        pub password: String,
+        /// viewer (the default), operator or admin.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub role: Option<String>,
+    }
+
     /// `user.set_role`'s body.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -174,8 +193,16 @@ pub mod user {
     }
 
     message!(
-        /// `user.register`: a new viewer; `conflict` if the name is taken.
-        Register = "user.register", App, true: Credentials => User
+        /// `user.register`: a new viewer, when the server's registration is
+        /// open (`forbidden` when closed). The reply is the same for a
+        /// taken name, which keeps its account and password: no message
+        /// says which names exist.
+        Register = "user.register", App, true: Credentials => Registered
+    );
+    message!(
+        /// `user.create`: an admin makes an account (with registration
+        /// closed, the only way); `conflict` if the name is taken.
+        Create = "user.create", Admin, true: CreateBody => User
     );
     message!(
         /// `user.login`: a session token. Not run once: its reply holds a
@@ -1232,6 +1259,7 @@ pub const CATALOGUE: &[Type] = &[
     <sys::Ping as Message>::TYPE,
     <sys::Cancel as Message>::TYPE,
     <user::Register as Message>::TYPE,
+    <user::Create as Message>::TYPE,
     <user::Login as Message>::TYPE,
     <user::Logout as Message>::TYPE,
     <user::Me as Message>::TYPE,
@@ -1327,6 +1355,7 @@ mod tests {
         listed::<sys::Ping>();
         listed::<sys::Cancel>();
         listed::<user::Register>();
+        listed::<user::Create>();
         listed::<user::Login>();
         listed::<user::Logout>();
         listed::<user::Me>();

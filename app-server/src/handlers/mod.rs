@@ -71,6 +71,7 @@ mod tests {
             ("msg.join", Auth::Role(Role::Viewer)),
             ("msg.leave", Auth::Role(Role::Viewer)),
             ("audit.list", Auth::Role(Role::Admin)),
+            ("user.create", Auth::Role(Role::Admin)),
         ];
         let got: Vec<(&str, Auth)> = routes().map(|r| (r.kind, r.auth)).collect();
         assert_eq!(got.len(), want.len(), "{got:?}");

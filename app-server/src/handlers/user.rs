@@ -1,13 +1,19 @@
 //! Accounts and sessions: `user.register`, `user.login` (app), `user.logout`,
-//! `user.me` (viewer), `user.set_role` (admin). Bodies and replies are the
-//! catalogue's (`dsf_proto::user`).
+//! `user.me` (viewer), `user.create` and `user.set_role` (admin). Bodies and
+//! replies are the catalogue's (`dsf_proto::user`).
+//!
+//! No reply tells whether a name exists: a login answers an unknown name
+//! and a wrong password alike, and a registration answers a taken name as
+//! a free one. Logins and registrations are rate-limited per name and per
+//! address ([`crate::limits`]).
 
 use dsf_common::{Error, Result};
-use dsf_proto::user::{self as msg, Credentials, LoggedIn, SetRoleBody};
+use dsf_proto::user::{self as msg, CreateBody, Credentials, LoggedIn, Registered, SetRoleBody};
 use dsf_proto::Empty;
 use dsf_sql::{password, validate, Role, Session, User};
 
 use crate::controller::{json, route, Call, Exec, Route};
+use crate::limits::Registration;
 
 /// This group's routes.
 pub const ROUTES: &[Route] = &[
@@ -15,6 +21,7 @@ pub const ROUTES: &[Route] = &[
     route::<msg::Login>(Exec::Pool, login),
     route::<msg::Logout>(Exec::Pool, logout),
     route::<msg::Me>(Exec::Pool, me),
+    route::<msg::Create>(Exec::Pool, create),
     route::<msg::SetRole>(Exec::Pool, set_role),
 ];
 
@@ -38,13 +45,46 @@ fn check_credentials(b: &Credentials) -> Result<()> {
     Ok(())
 }
 
-/// `user.register`: a new viewer; `conflict` if the name is taken.
+/// `user.register`: a new viewer when registration is open (`forbidden`
+/// when closed). A taken name gets the same reply, after the same work (the
+/// hash), and its account is untouched.
 pub fn register(call: &Call<'_>) -> Result<String> {
     let b: Credentials = call.body()?;
     check_credentials(&b)?;
+    if call.app.registration == Registration::Closed {
+        return Err(Error::Forbidden(
+            "registration is closed on this server: an admin makes accounts (user.create, `client user create NAME`)"
+                .into(),
+        ));
+    }
+    call.app
+        .auth_limits
+        .check("registration", &b.name, call.peer)?;
     let hash = password::hash_with(&b.password, call.app.password_cost)?;
-    let user = call.app.db.users().create(&b.name, &hash, Role::Viewer)?;
-    call.audit("user.create", &user.name, Some(r#"{"role":"viewer"}"#))?;
+    match call.app.db.users().create(&b.name, &hash, Role::Viewer) {
+        Ok(user) => call.audit("user.create", &user.name, Some(r#"{"role":"viewer"}"#))?,
+        Err(dsf_sql::Error::Conflict { .. }) => {
+            log::info!("user.register of a taken name (request {}): answered as a new one, nothing changed", call.request.id);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    json(&Registered { name: b.name })
+}
+
+/// `user.create`: an admin makes an account of any role (viewer by
+/// default); `conflict` if the name is taken (admins may know who exists).
+pub fn create(call: &Call<'_>) -> Result<String> {
+    let b: CreateBody = call.body()?;
+    validate::name("name", &b.name)?;
+    validate::password(&b.password)?;
+    let role = match &b.role {
+        Some(r) => r.parse::<Role>().map_err(dsf_sql::Error::from)?,
+        None => Role::Viewer,
+    };
+    let hash = password::hash_with(&b.password, call.app.password_cost)?;
+    let user = call.app.db.users().create(&b.name, &hash, role)?;
+    let detail = serde_json::json!({"role": role.as_str()}).to_string();
+    call.audit("user.create", &user.name, Some(&detail))?;
     json(&view(&user))
 }
 
@@ -54,6 +94,7 @@ pub fn login(call: &Call<'_>) -> Result<String> {
     let b: Credentials = call.body()?;
     check_credentials(&b)?;
     let app = call.app;
+    app.auth_limits.check("login", &b.name, call.peer)?;
     let Some((user, hash)) = app.db.users().credentials(&b.name)? else {
         // As long as a real verification, so timing does not tell either.
         password::verify_nothing(&b.password);

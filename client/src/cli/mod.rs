@@ -45,7 +45,8 @@ const AFTER_HELP: &str = "\
 Examples:
   export DSF_APP_SECRET=...              # the secret of app `cli` (or --app-secret-file FILE)
   client ping                            # one sys.ping through the balancer
-  client register ann                    # asks for a password twice
+  client register ann                    # asks for a password twice; logs in
+  client user create bob --role operator # an admin makes an account
   client login ann                       # token saved to ~/.config/dsf/session (mode 0600)
   client blacklist add 110101199001011234 'Li Lei' --reason 'fraud'
   client blacklist list --prefix Li --json | jq .entries
@@ -111,7 +112,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create an account (user.register); asks for the password.
+    /// Create an account (user.register) and log in; asks for the password.
+    /// Works where the servers' registration is open; otherwise an admin
+    /// makes accounts with `client user create`.
     Register(Credentials),
     /// Log in (user.login) and save the session token.
     Login(Credentials),
@@ -119,6 +122,9 @@ pub enum Command {
     Logout,
     /// Show the logged-in user (user.me).
     Whoami,
+    /// Accounts made by an admin (user.create).
+    #[command(subcommand)]
+    User(UserCmd),
     /// Give a user a role: viewer, operator or admin (user.set_role; admin only).
     SetRole {
         /// User name.
@@ -195,6 +201,19 @@ pub struct Credentials {
     /// Read the password from the first line of stdin (automatic when stdin is not a terminal).
     #[arg(long)]
     pub password_stdin: bool,
+}
+
+/// `client user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Make an account (admin); asks for its password twice.
+    Create {
+        #[command(flatten)]
+        cred: Credentials,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
 }
 
 /// `client blacklist ...`
@@ -374,39 +393,49 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
     let (mut c, session) = client(cli)?;
     match &cli.command {
         Command::Register(cred) => {
-            let password = read_password(cred.password_stdin, true)?;
-            let v = typed::<user::Register>(
-                &mut c,
-                &user::Credentials {
-                    name: cred.name.clone(),
-                    password,
-                },
-            )?;
-            out.registered(&v);
+            let creds = user::Credentials {
+                name: cred.name.clone(),
+                password: read_password(cred.password_stdin, true)?,
+            };
+            typed::<user::Register>(&mut c, &creds)?;
+            // The reply is the same for a taken name, so only a login tells
+            // whether the account is now this password's.
+            match log_in(&mut c, cli, &creds) {
+                Ok((v, path)) => out.registered(&cred.name, &v, &path),
+                Err(e) if e.code() == Some(dsf_common::ErrorCode::Unauthorized) => {
+                    return Err(Error::Refused {
+                        kind: "user.register".into(),
+                        server: c.node_id().unwrap_or("server").into(),
+                        code: dsf_common::ErrorCode::Conflict,
+                        message: format!(
+                            "{:?} did not become an account with this password: the name is taken \
+                             (servers do not say which names exist, so this is learnt by logging in); \
+                             choose another, or `client login {}` if it is yours",
+                            cred.name, cred.name
+                        ),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
         }
         Command::Login(cred) => {
-            let password = read_password(cred.password_stdin, false)?;
-            c.set_token(None);
-            c.set_routing_key(cli.route.clone().or_else(|| Some(cred.name.clone())));
-            let v = typed::<user::Login>(
+            let creds = user::Credentials {
+                name: cred.name.clone(),
+                password: read_password(cred.password_stdin, false)?,
+            };
+            let (v, path) = log_in(&mut c, cli, &creds)?;
+            out.logged_in(&cred.name, &v, &path);
+        }
+        Command::User(UserCmd::Create { cred, role }) => {
+            let v = typed::<user::Create>(
                 &mut c,
-                &user::Credentials {
+                &user::CreateBody {
                     name: cred.name.clone(),
-                    password,
+                    password: read_password(cred.password_stdin, true)?,
+                    role: Some(role.clone()),
                 },
             )?;
-            let token = v["token"].as_str().ok_or_else(|| Error::BadReply {
-                server: c.node_id().unwrap_or("server").into(),
-                reason: "user.login reply has no token".into(),
-            })?;
-            let path = session::default_path()?;
-            Session {
-                token: token.into(),
-                user: cred.name.clone(),
-                expires_at: v["expires_at"].clone(),
-            }
-            .save(&path)?;
-            out.logged_in(&cred.name, &v, &path);
+            out.user_created(&v);
         }
         Command::Logout => {
             let path = session::default_path()?;
@@ -659,6 +688,31 @@ fn check_stdin(c: &mut Client, args: &CheckArgs, out: &mut Out) -> Result<u8> {
 
 /// Reads a password: from stdin's first line when asked or when stdin is
 /// not a terminal, else from the terminal without echo (twice to confirm a
+
+/// Logs in as `creds` (user.login) and saves the session; gives the reply
+/// and where the session was saved.
+fn log_in(
+    c: &mut Client,
+    cli: &Cli,
+    creds: &user::Credentials,
+) -> Result<(Value, std::path::PathBuf)> {
+    c.set_token(None);
+    c.set_routing_key(cli.route.clone().or_else(|| Some(creds.name.clone())));
+    let v = typed::<user::Login>(c, creds)?;
+    let token = v["token"].as_str().ok_or_else(|| Error::BadReply {
+        server: c.node_id().unwrap_or("server").into(),
+        reason: "user.login reply has no token".into(),
+    })?;
+    let path = session::default_path()?;
+    Session {
+        token: token.into(),
+        user: creds.name.clone(),
+        expires_at: v["expires_at"].clone(),
+    }
+    .save(&path)?;
+    Ok((v, path))
+}
+
 /// new one).
 fn read_password(from_stdin: bool, confirm: bool) -> Result<String> {
     let password = if from_stdin || !std::io::stdin().is_terminal() {

@@ -67,12 +67,27 @@ impl Out {
         }
     }
 
-    pub fn registered(&mut self, v: &Value) {
+    /// A registration, confirmed by the login after it (`v` is the login's
+    /// reply).
+    pub fn registered(&mut self, name: &str, v: &Value, path: &Path) {
+        if self.json {
+            return self.json_line(&serde_json::json!({"registered": name, "user": v["user"]}));
+        }
+        self.line(&format!(
+            "registered {name} (id {}, role {}) and logged in; session saved to {}",
+            s(&v["user"]["id"]),
+            s(&v["user"]["role"]),
+            path.display()
+        ));
+    }
+
+    /// An account an admin made.
+    pub fn user_created(&mut self, v: &Value) {
         if self.json {
             return self.json_line(v);
         }
         self.line(&format!(
-            "registered {} (id {}, role {})",
+            "created {} (id {}, role {})",
             s(&v["name"]),
             s(&v["id"]),
             s(&v["role"])

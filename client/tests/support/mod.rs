@@ -221,7 +221,8 @@ impl Drop for TestServer {
 
 /// The standard app-server stand-in: `sys.ping`, `gate.check` (ids ending
 /// in 7 are listed), `blacklist.get` (nothing is listed), `blacklist.add`,
-/// `user.login` / `user.me` for ann, `echo`.
+/// `user.register` (answered alike for every name, as the servers do),
+/// `user.login` / `user.me` for ann (password pw-ann), `echo`.
 pub fn app_handler(name: &str, r: &Request) -> Action {
     let body: Value = serde_json::from_str(r.body.get()).unwrap();
     match r.kind.as_str() {
@@ -244,6 +245,7 @@ pub fn app_handler(name: &str, r: &Request) -> Action {
         "blacklist.add" => Action::Ok(
             json!({"id_card": body["id_card"], "name": body["name"], "node": name}).to_string(),
         ),
+        "user.register" => Action::Ok(json!({ "name": body["name"] }).to_string()),
         "user.login" if body["name"] == "ann" && body["password"] == "pw-ann" => Action::Ok(
             json!({"token": "tok-ann", "expires_at": 1_900_000_000_000u64,
                    "user": {"id": 1, "name": "ann", "role": "viewer"}})
