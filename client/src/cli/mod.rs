@@ -686,9 +686,6 @@ fn check_stdin(c: &mut Client, args: &CheckArgs, out: &mut Out) -> Result<u8> {
     })
 }
 
-/// Reads a password: from stdin's first line when asked or when stdin is
-/// not a terminal, else from the terminal without echo (twice to confirm a
-
 /// Logs in as `creds` (user.login) and saves the session; gives the reply
 /// and where the session was saved.
 fn log_in(
@@ -713,6 +710,8 @@ fn log_in(
     Ok((v, path))
 }
 
+/// Reads a password: from stdin's first line when asked or when stdin is
+/// not a terminal, else from the terminal without echo (twice to confirm a
 /// new one).
 fn read_password(from_stdin: bool, confirm: bool) -> Result<String> {
     let password = if from_stdin || !std::io::stdin().is_terminal() {
