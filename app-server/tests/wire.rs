@@ -12,7 +12,7 @@ use dsf_common::wire::{frame, now_ms, Key, OutgoingRequest, Reply};
 use dsf_common::ErrorCode;
 use dsf_sql::testing;
 use serde_json::json;
-use support::{Conn, Server, APP, PASSWORD, SECRET, WAIT};
+use support::{Conn, Server, APP, SECRET, WAIT};
 
 /// A signed `sys.ping` frame with the given key, timestamp and nonce.
 fn ping_frame(id: u64, key: &[u8], ts: u64, nonce: &str) -> Vec<u8> {
