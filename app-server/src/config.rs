@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::limits::{self, Rate, Registration};
-use crate::server::Settings;
+use crate::server::{HeartbeatKey, Settings};
+use dsf_common::config::Secret;
 
 /// Default client port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
@@ -101,8 +102,24 @@ pub struct AppConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_keys: Option<PathBuf>,
 
-    /// File (mode 0600) holding the cluster secret; otherwise
-    /// DSF_CLUSTER_SECRET is read.
+    /// File (mode 0600) holding this node's own key, which signs its
+    /// heartbeats (the collector's --node-keys lists it under this node's
+    /// id); otherwise DSF_NODE_KEY is read.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_key_file: Option<PathBuf>,
+
+    /// File (mode 0600) holding the peer secret the app servers share for
+    /// peer.notify; otherwise DSF_PEER_SECRET is read.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_secret_file: Option<PathBuf>,
+
+    /// File (mode 0600) holding the cluster secret, otherwise
+    /// DSF_CLUSTER_SECRET is read: only where the collector has no node
+    /// keys (it then signs heartbeats) or no peer secret is given (it then
+    /// stands in for it). Without it this server holds nothing that signs
+    /// lb.set_view.
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_secret_file: Option<PathBuf>,
@@ -192,6 +209,34 @@ impl AppConfig {
             .workers(self.workers()))
     }
 
+    /// The heartbeats' key and the peer secret. The node key and the peer
+    /// secret are preferred; the cluster secret stands in for either.
+    fn secrets(&self) -> Result<(HeartbeatKey, Secret), Error> {
+        let file = |f: &Option<PathBuf>, env| keys::secret_from(f.as_deref(), env);
+        let node_key = file(&self.node_key_file, keys::NODE_KEY_ENV)?;
+        let peer = file(&self.peer_secret_file, keys::PEER_SECRET_ENV)?;
+        let cluster = file(&self.cluster_secret_file, keys::CLUSTER_SECRET_ENV)?;
+        if cluster.is_some() && node_key.is_some() && peer.is_some() {
+            log::warn!(
+                "the cluster secret is given but unused: this node signs heartbeats with its node key and peer.notify \
+                 with the peer secret; remove DSF_CLUSTER_SECRET / --cluster-secret-file from app servers, since it signs lb.set_view"
+            );
+        }
+        let heartbeat_key = match (node_key, &cluster) {
+            (Some(k), _) => HeartbeatKey::Node(k),
+            (None, Some(c)) => HeartbeatKey::Cluster(c.clone()),
+            (None, None) if self.collector.is_some() => return Err(Error::NoHeartbeatKey),
+            // No heartbeats are sent: nothing signs any.
+            (None, None) => HeartbeatKey::Node(Secret::new(Vec::new())),
+        };
+        let peer_secret = match (peer, &cluster) {
+            (Some(p), _) => p,
+            (None, Some(c)) => c.clone(),
+            (None, None) => return Err(Error::NoPeerSecret),
+        };
+        Ok((heartbeat_key, peer_secret))
+    }
+
     /// Everything resolved and the secrets read: what [`crate::server::start`]
     /// takes. Refuses to go on without app keys or a cluster secret.
     pub fn settings(&self) -> Result<Settings, Error> {
@@ -201,7 +246,7 @@ impl AppConfig {
             Some(path) => AppKeys::load(path)?,
             None => return Err(Error::NoAppKeys),
         };
-        let cluster_secret = keys::cluster_secret(self.cluster_secret_file.as_deref())?;
+        let (heartbeat_key, peer_secret) = self.secrets()?;
         Ok(Settings {
             listen: self.listen(),
             advertise: self.advertise.clone(),
@@ -213,7 +258,8 @@ impl AppConfig {
             workers: self.workers(),
             queue: self.queue(),
             app_keys,
-            cluster_secret,
+            heartbeat_key,
+            peer_secret,
             reactor: self.reactor(),
             session_cache: self.session_cache(),
             session_ttl: self
@@ -268,6 +314,18 @@ impl Config for AppConfig {
                 }
             }
         }
+        if self
+            .weight
+            .is_some_and(|w| !(1..=dsf_common::view::MAX_WEIGHT).contains(&w))
+        {
+            return Err(ConfigError::invalid(
+                "weight",
+                format!(
+                    "1 to {} (the collector refuses others)",
+                    dsf_common::view::MAX_WEIGHT
+                ),
+            ));
+        }
         if self.node_id.as_deref() == Some("") {
             return Err(ConfigError::invalid("node_id", "must not be empty"));
         }
@@ -288,6 +346,8 @@ mod tests {
     fn bad_values_name_the_key() {
         for (file, key) in [
             ("workers = 0", "workers"),
+            ("weight = 0", "weight"),
+            ("weight = 1001", "weight"),
             ("session_cache = \"3s\"", "session_cache"),
             ("collector = \"nohost\"", "collector"),
             ("listen_addr = \"x\"", "listen_addr"),

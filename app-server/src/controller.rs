@@ -235,12 +235,12 @@ impl App {
         session_cache: Duration,
         session_ttl: Duration,
         password_cost: Cost,
-        cluster_secret: &[u8],
+        peer_secret: &[u8],
         msg_poll: Duration,
     ) -> App {
         App {
             mail: crate::mailroom::Mailroom::start(db.clone(), msg_poll),
-            peers: crate::peers::Peers::new(cluster_secret),
+            peers: crate::peers::Peers::new(peer_secret),
             user_ids: Default::default(),
             registration: crate::limits::Registration::Closed,
             auth_limits: crate::limits::AuthLimits::off(),

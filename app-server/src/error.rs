@@ -24,6 +24,22 @@ pub enum Error {
     )]
     NoAppKeys,
 
+    /// Nothing to sign heartbeats with, while a collector is given.
+    #[error(
+        "no key for heartbeats: pass --node-key-file FILE (or set DSF_NODE_KEY), this node's own key, \
+         which the collector lists in its --node-keys; or, for a collector without node keys, \
+         the cluster secret (DSF_CLUSTER_SECRET or --cluster-secret-file)"
+    )]
+    NoHeartbeatKey,
+
+    /// Nothing to sign `peer.notify` with.
+    #[error(
+        "no peer secret: set DSF_PEER_SECRET or pass --peer-secret-file FILE (mode 0600), \
+         the secret every app server shares for peer.notify; the cluster secret \
+         (DSF_CLUSTER_SECRET) stands in for it when given"
+    )]
+    NoPeerSecret,
+
     /// The database refused or failed.
     #[error("database: {0}")]
     Db(#[from] dsf_sql::Error),

@@ -16,7 +16,6 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use dsf_common::call::{Connection, Signer};
 use dsf_common::view::{Heartbeat, Leave, NodeView, Stats};
 use dsf_common::wire::DEFAULT_MAX_FRAME;
-use dsf_common::wire::{keys::CLUSTER_APP, Key};
 use dsf_proto::cluster::HeartbeatReply;
 use serde_json::value::RawValue;
 
@@ -60,7 +59,7 @@ impl Heartbeats {
     /// `on_view` hears each new view the replies carry.
     pub fn start(
         collector: String,
-        cluster_key: Key,
+        signer: Signer,
         identity: Identity,
         every: Duration,
         metrics: Arc<Metrics>,
@@ -70,10 +69,7 @@ impl Heartbeats {
         let (tx, rx) = bounded(4);
         let sender = Link {
             collector,
-            signer: Signer {
-                app: CLUSTER_APP.into(),
-                key: cluster_key,
-            },
+            signer,
             conn: None,
             failures: 0,
         };

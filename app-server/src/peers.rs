@@ -20,7 +20,7 @@ use dsf_common::call::Stamp;
 use dsf_common::reactor::{ConnId, Handle, Outbox, SendError};
 use dsf_common::view::NodeView;
 use dsf_common::wire::envelope::encode_request_at;
-use dsf_common::wire::keys::CLUSTER_APP;
+use dsf_common::wire::keys::PEER_APP;
 use dsf_common::wire::{Key, OutgoingRequest, Reply};
 
 /// How long a link may take to connect.
@@ -66,11 +66,11 @@ impl std::fmt::Debug for Peers {
 // === impl Peers ===
 
 impl Peers {
-    /// Links signed with `cluster_secret`; they open once
+    /// Links signed with `peer_secret`; they open once
     /// [`Peers::set_handle`] gave them the reactor.
-    pub fn new(cluster_secret: &[u8]) -> Peers {
+    pub fn new(peer_secret: &[u8]) -> Peers {
         Peers {
-            key: Key::new(cluster_secret),
+            key: Key::new(peer_secret),
             handle: OnceLock::new(),
             view: Mutex::new((0, HashMap::new())),
             links: Mutex::new(HashMap::new()),
@@ -152,7 +152,7 @@ impl Peers {
             &OutgoingRequest {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 kind: "peer.notify",
-                app: CLUSTER_APP,
+                app: PEER_APP,
                 token: None,
                 body: &body,
             },

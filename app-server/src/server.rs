@@ -20,8 +20,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
+use dsf_common::call::Signer;
+use dsf_common::config::Secret;
 use dsf_common::pool::{Submitter, WorkerPool};
 use dsf_common::reactor::{Reactor, ReactorConfig, ReactorStats, Shutdown};
+use dsf_common::wire::keys::{self, PEER_APP};
 use dsf_common::wire::{Admission, AppKeys, Key, ReplayGuard};
 use dsf_sql::password::Cost;
 use dsf_sql::{Db, DbConfig};
@@ -58,7 +61,9 @@ pub struct Settings {
     /// Keys clients sign with.
     pub app_keys: AppKeys,
     /// Signs heartbeats (never from a flag value).
-    pub cluster_secret: dsf_common::config::Secret,
+    pub heartbeat_key: HeartbeatKey,
+    /// Signs `peer.notify` to and from the other app servers.
+    pub peer_secret: Secret,
     pub reactor: ReactorConfig,
     /// How long a token check is cached (≤ 2 s).
     pub session_cache: Duration,
@@ -76,6 +81,33 @@ pub struct Settings {
     /// Logins and registrations per user name, and per peer address.
     pub auth_rate_name: Rate,
     pub auth_rate_addr: Rate,
+}
+
+/// What an app server signs its heartbeats with.
+#[derive(Debug, Clone)]
+pub enum HeartbeatKey {
+    /// Its own node key, under `node:<id>`: it speaks only for its id.
+    Node(Secret),
+    /// The cluster secret, for a collector without node keys.
+    Cluster(Secret),
+}
+
+// === impl HeartbeatKey ===
+
+impl HeartbeatKey {
+    /// The signer of node `id`'s heartbeats.
+    pub fn signer(&self, id: &str) -> Signer {
+        match self {
+            HeartbeatKey::Node(k) => Signer {
+                app: keys::node_app(id),
+                key: Key::new(k.expose()),
+            },
+            HeartbeatKey::Cluster(k) => Signer {
+                app: keys::CLUSTER_APP.into(),
+                key: Key::new(k.expose()),
+            },
+        }
+    }
 }
 
 /// Asks a running server to shut down gracefully; clonable to any thread
@@ -256,12 +288,10 @@ const REFUSE_MAX: Duration = Duration::from_secs(2);
 /// Connects to the database, binds the client port and starts serving.
 pub fn start(s: Settings) -> Result<Running, Error> {
     let db = Db::connect(&s.db)?;
-    // The cluster secret signs peer.notify from other app servers (and
+    // The peer secret signs peer.notify from other app servers (and
     // nothing else: see AppService::peer).
-    let keys = s
-        .app_keys
-        .clone()
-        .with_cluster_secret(s.cluster_secret.expose());
+    let mut keys = s.app_keys.clone();
+    keys.insert(PEER_APP, s.peer_secret.expose());
     let admission = Admission::new(keys, ReplayGuard::default());
     let metrics = Arc::new(Metrics::new());
     let mut app = App::new(
@@ -269,7 +299,7 @@ pub fn start(s: Settings) -> Result<Running, Error> {
         s.session_cache,
         s.session_ttl,
         s.password_cost,
-        s.cluster_secret.expose(),
+        s.peer_secret.expose(),
         s.msg_poll,
     );
     app.registration = s.registration;
@@ -324,7 +354,7 @@ pub fn start(s: Settings) -> Result<Running, Error> {
             Some(
                 Heartbeats::start(
                     collector.clone(),
-                    Key::new(s.cluster_secret.expose()),
+                    s.heartbeat_key.signer(&node_id),
                     Identity {
                         id: node_id.clone(),
                         addr: advertise.clone(),

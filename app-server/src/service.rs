@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use dsf_common::pool::Submitter;
 use dsf_common::reactor::{ConnId, Context, Dispatch, Origin, ReplyTo, Service};
-use dsf_common::wire::keys::CLUSTER_APP;
+use dsf_common::wire::keys::PEER_APP;
 use dsf_common::wire::Admitted;
 use dsf_common::Error;
 
@@ -147,11 +147,11 @@ impl AppService {
 }
 
 impl AppService {
-    /// `peer.*`, from another app server under the cluster secret; the
-    /// cluster secret signs nothing else here, and no app key signs these.
+    /// `peer.*`, from another app server under the peer secret; the peer
+    /// secret signs nothing else here, and no app key signs these.
     fn peer(&self, admitted: &Admitted, received: Instant, cx: &mut Context<'_>) -> Dispatch {
         let r = &admitted.request;
-        let result = match (r.app == CLUSTER_APP, r.kind.as_str()) {
+        let result = match (r.app == PEER_APP, r.kind.as_str()) {
             (true, "peer.notify") => {
                 crate::controller::parse_body::<dsf_proto::msg::NotifyBody>(r.body.get()).map(|b| {
                     let mail = &self.controller.app().mail;
@@ -162,10 +162,11 @@ impl AppService {
                 })
             }
             (true, kind) => Err(Error::Forbidden(format!(
-                "the cluster secret signs only peer.notify on app servers, not {kind}"
+                "the peer secret signs only peer.notify on app servers, not {kind}"
             ))),
             (false, kind) => Err(Error::Forbidden(format!(
-                "{kind} is for app servers, under the cluster secret"
+                "{kind} is for app servers, under the peer secret (app \"peer\"), not app {:?}",
+                r.app
             ))),
         };
         self.answer(admitted, result, received, cx)
@@ -217,7 +218,7 @@ impl Service for AppService {
                 return Dispatch::Done;
             }
         };
-        if admitted.request.app == CLUSTER_APP || admitted.request.kind.starts_with("peer.") {
+        if admitted.request.app == PEER_APP || admitted.request.kind.starts_with("peer.") {
             return self.peer(&admitted, received, cx);
         }
         if admitted.request.kind == "sys.cancel" {

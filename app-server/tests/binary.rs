@@ -37,17 +37,32 @@ fn keys_file(dir: &str) -> PathBuf {
 }
 
 #[test]
-fn refuses_to_start_without_a_cluster_secret_and_says_how_to_set_one() {
+fn refuses_to_start_without_its_secrets_and_says_how_to_set_them() {
     let keys = keys_file("nosecret");
-    let out = bin()
-        .args(["--db", "mysql://u:p@127.0.0.1:1/x", "--app-keys"])
-        .arg(&keys)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let start = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut cmd = bin();
+        cmd.args(["--db", "mysql://u:p@127.0.0.1:1/x", "--app-keys"])
+            .arg(&keys)
+            .args(extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = start(&[], &[]);
     assert!(
-        err.contains("DSF_CLUSTER_SECRET") && err.contains("--cluster-secret-file"),
+        err.contains("no peer secret")
+            && err.contains("DSF_PEER_SECRET")
+            && err.contains("--peer-secret-file"),
+        "{err}"
+    );
+    let err = start(&[("DSF_PEER_SECRET", "p")], &["--collector", "127.0.0.1:1"]);
+    assert!(
+        err.contains("no key for heartbeats")
+            && err.contains("--node-key-file")
+            && err.contains("DSF_CLUSTER_SECRET"),
         "{err}"
     );
 }

@@ -421,19 +421,40 @@ fn an_ack_or_a_peer_type_under_the_wrong_credentials_is_forbidden() {
         }
         other => panic!("ann acking bob's messages: {other:?}"),
     }
-    // The cluster secret signs peer.notify and nothing else here.
-    let signer = Signer {
+    // The cluster secret signs nothing on an app server (it signs
+    // lb.set_view), and the peer secret signs peer.notify and nothing else.
+    let addr = a.addr.to_string();
+    let cluster = Signer {
         app: dsf_common::wire::keys::CLUSTER_APP.into(),
         key: Key::new(support::CLUSTER_SECRET),
     };
-    let addr = a.addr.to_string();
+    let mut as_cluster = Connection::connect(&addr, &addr, cluster, WAIT, 1 << 20).unwrap();
+    match as_cluster.round_trip(
+        "peer.notify",
+        r#"{"user":1,"seq":1}"#,
+        None,
+        Instant::now() + WAIT,
+    ) {
+        // Unsigned: the server has no key to sign a refusal of that app with.
+        Err(Failure::BadReply(e)) => {
+            assert!(
+                e.contains("unauthorized") && e.contains("takes no cluster secret"),
+                "{e}"
+            );
+        }
+        other => panic!("peer.notify under the cluster secret: {other:?}"),
+    }
+    let signer = Signer {
+        app: dsf_common::wire::keys::PEER_APP.into(),
+        key: Key::new(support::CLUSTER_SECRET),
+    };
     let mut peer = Connection::connect(&addr, &addr, signer, WAIT, 1 << 20).unwrap();
     match peer.round_trip("sys.ping", "{}", None, Instant::now() + WAIT) {
         Err(Failure::Server(e)) => {
             assert_eq!(e.code(), ErrorCode::Forbidden);
             assert!(e.to_string().contains("signs only peer.notify"), "{e}");
         }
-        other => panic!("sys.ping under the cluster secret: {other:?}"),
+        other => panic!("sys.ping under the peer secret: {other:?}"),
     }
     let notify = r#"{"user":1,"seq":1}"#;
     peer.round_trip("peer.notify", notify, None, Instant::now() + WAIT)
@@ -531,7 +552,7 @@ fn bad_input_gets_its_error_and_a_good_client_is_served_meanwhile() {
             json!({"user": 1, "seq": 1}),
             None,
             ErrorCode::Forbidden,
-            "under the cluster secret",
+            "under the peer secret",
         ),
     ];
     for (kind, body, token, code, says) in checks {

@@ -148,9 +148,9 @@ impl Cluster {
     }
 
     /// Applies a heartbeat; returns the version now in force.
-    pub fn heartbeat(&self, hb: &Heartbeat) -> Result<u64, Error> {
+    pub fn heartbeat(&self, hb: &Heartbeat, proven: bool) -> Result<u64, Error> {
         let mut inner = self.lock();
-        let beat = inner.members.heartbeat(hb, Instant::now())?;
+        let beat = inner.members.heartbeat(hb, proven, Instant::now())?;
         self.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
         match beat {
             Beat::Joined => log::info!(
@@ -422,10 +422,10 @@ mod tests {
     fn membership_changes_bump_the_version_and_loads_do_not() {
         let c = Cluster::new(Duration::from_secs(3), &[], &[]);
         let v0 = c.view().version;
-        let v1 = c.heartbeat(&hb("a", NodeState::Up)).unwrap();
+        let v1 = c.heartbeat(&hb("a", NodeState::Up), false).unwrap();
         assert!(v1 > v0);
-        assert_eq!(c.heartbeat(&hb("a", NodeState::Up)).unwrap(), v1);
-        let v2 = c.heartbeat(&hb("a", NodeState::Draining)).unwrap();
+        assert_eq!(c.heartbeat(&hb("a", NodeState::Up), false).unwrap(), v1);
+        let v2 = c.heartbeat(&hb("a", NodeState::Draining), false).unwrap();
         assert!(v2 > v1);
         let v3 = c.leave("a").unwrap();
         assert!(v3 > v2);
@@ -437,8 +437,8 @@ mod tests {
     #[test]
     fn pushers_wait_until_ready_and_then_see_the_newest_view() {
         let c = Cluster::new(Duration::from_secs(3), &[], &["lb".into()]);
-        c.heartbeat(&hb("a", NodeState::Up)).unwrap();
-        c.heartbeat(&hb("b", NodeState::Up)).unwrap();
+        c.heartbeat(&hb("a", NodeState::Up), false).unwrap();
+        c.heartbeat(&hb("b", NodeState::Up), false).unwrap();
         assert!(!c.is_ready());
         c.set_ready();
         let (view, seq) = c.next_view(0).unwrap();

@@ -74,6 +74,14 @@ pub struct CollectorConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_keys: Option<PathBuf>,
 
+    /// TOML table `node_id = "secret"` (mode 0600) of each app server's own
+    /// key (its --node-key-file). Heartbeats must then be signed with the
+    /// key of the node they name; without it they come under the cluster
+    /// secret, which lets any holder speak for any node.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_keys: Option<PathBuf>,
+
     /// File (mode 0600) holding the cluster secret; otherwise
     /// DSF_CLUSTER_SECRET is read.
     #[arg(long, value_name = "FILE")]
@@ -156,6 +164,10 @@ impl CollectorConfig {
                 ..PushConfig::default()
             },
             app_keys,
+            node_keys: match &self.node_keys {
+                Some(path) => Some(AppKeys::load_node_keys(path).map_err(|e| e.to_string())?),
+                None => None,
+            },
             cluster_secret,
             reactor: self.reactor(),
         })

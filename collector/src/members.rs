@@ -237,7 +237,11 @@ impl Members {
 
     /// Applies a heartbeat received at `now`. A heartbeat under the id of a
     /// static target is a `conflict`: two things claiming one ring position.
-    pub fn heartbeat(&mut self, hb: &Heartbeat, now: Instant) -> Result<Beat, Error> {
+    /// A heartbeat of node `hb.id`. `proven`: signed with that node's own
+    /// key. Without that proof a live node's address is not taken over: a
+    /// heartbeat from elsewhere under its id is refused until it has been
+    /// silent long enough to be evicted.
+    pub fn heartbeat(&mut self, hb: &Heartbeat, proven: bool, now: Instant) -> Result<Beat, Error> {
         let state = match hb.state {
             NodeState::Up => MemberState::Up,
             NodeState::Draining => MemberState::Draining,
@@ -247,6 +251,14 @@ impl Members {
                 return Err(Error::Conflict(format!(
                     "node id {:?} is a static --target of this collector; give the node another id (--node-id) or remove the --target",
                     hb.id
+                )))
+            }
+            Some(m) if !proven && m.addr != hb.addr => {
+                return Err(Error::Conflict(format!(
+                    "node id {:?} is alive at {}; a heartbeat from {} cannot take it over until that node is evicted \
+                     (silent for --dead-after). Give this node its own --node-id, or use node keys \
+                     (collector --node-keys, app-server --node-key-file), which prove who speaks",
+                    hb.id, m.addr, hb.addr
                 )))
             }
             Some(m) => m,
@@ -400,7 +412,7 @@ mod tests {
         let mut m = Members::new(Duration::from_secs(3), &[t]);
         let mut beat = hb("app", NodeState::Up, 0);
         beat.proxy_addr = Some("127.0.0.1:1884".into());
-        m.heartbeat(&beat, now).unwrap();
+        m.heartbeat(&beat, false, now).unwrap();
         // A static target enters the view once a check passes.
         let up = (0..10).find_map(|_| m.check("broker", true, now));
         assert_eq!(up, Some(MemberState::Up));
@@ -417,7 +429,8 @@ mod tests {
             ]
         );
         // A heartbeat that stops advertising one clears it.
-        m.heartbeat(&hb("app", NodeState::Up, 0), now).unwrap();
+        m.heartbeat(&hb("app", NodeState::Up, 0), false, now)
+            .unwrap();
         assert_eq!(m.view_nodes()[0].proxy_addr, None);
     }
 
@@ -426,17 +439,19 @@ mod tests {
         let now = Instant::now();
         let mut m = Members::new(Duration::from_secs(3), &[]);
         assert_eq!(
-            m.heartbeat(&hb("a", NodeState::Up, 0), now).unwrap(),
+            m.heartbeat(&hb("a", NodeState::Up, 0), false, now).unwrap(),
             Beat::Joined
         );
         assert_eq!(m.view_nodes()[0].state, NodeState::Up);
         assert_eq!(
-            m.heartbeat(&hb("a", NodeState::Draining, 0), now).unwrap(),
+            m.heartbeat(&hb("a", NodeState::Draining, 0), false, now)
+                .unwrap(),
             Beat::StateChanged(MemberState::Draining)
         );
         assert_eq!(m.view_nodes()[0].state, NodeState::Draining);
         assert_eq!(
-            m.heartbeat(&hb("a", NodeState::Draining, 5), now).unwrap(),
+            m.heartbeat(&hb("a", NodeState::Draining, 5), false, now)
+                .unwrap(),
             Beat::Refreshed
         );
     }
@@ -445,9 +460,13 @@ mod tests {
     fn a_silent_node_is_evicted_at_dead_after_and_not_before() {
         let t0 = Instant::now();
         let mut m = Members::new(Duration::from_secs(3), &[target("s")]);
-        m.heartbeat(&hb("a", NodeState::Up, 0), t0).unwrap();
-        m.heartbeat(&hb("b", NodeState::Up, 0), t0 + Duration::from_secs(2))
-            .unwrap();
+        m.heartbeat(&hb("a", NodeState::Up, 0), false, t0).unwrap();
+        m.heartbeat(
+            &hb("b", NodeState::Up, 0),
+            false,
+            t0 + Duration::from_secs(2),
+        )
+        .unwrap();
         assert!(m.evict_silent(t0 + Duration::from_millis(2999)).is_empty());
         assert_eq!(m.evict_silent(t0 + Duration::from_secs(3)), ["a"]);
         assert_eq!(m.evict_silent(t0 + Duration::from_secs(5)), ["b"]);
@@ -458,7 +477,7 @@ mod tests {
     #[test]
     fn leave_removes_at_once_and_twice_is_harmless() {
         let mut m = Members::new(Duration::from_secs(3), &[target("s")]);
-        m.heartbeat(&hb("a", NodeState::Up, 0), Instant::now())
+        m.heartbeat(&hb("a", NodeState::Up, 0), false, Instant::now())
             .unwrap();
         assert!(m.leave("a").unwrap());
         assert!(!m.leave("a").unwrap());
@@ -470,7 +489,7 @@ mod tests {
     fn a_heartbeat_cannot_take_a_static_targets_id() {
         let mut m = Members::new(Duration::from_secs(3), &[target("s")]);
         let e = m
-            .heartbeat(&hb("s", NodeState::Up, 0), Instant::now())
+            .heartbeat(&hb("s", NodeState::Up, 0), false, Instant::now())
             .unwrap_err();
         assert_eq!(e.code(), dsf_common::ErrorCode::Conflict);
     }
@@ -500,13 +519,14 @@ mod tests {
     fn the_shape_ignores_load_but_not_weight_address_or_state() {
         let now = Instant::now();
         let mut m = Members::new(Duration::from_secs(3), &[]);
-        m.heartbeat(&hb("a", NodeState::Up, 0), now).unwrap();
+        m.heartbeat(&hb("a", NodeState::Up, 0), false, now).unwrap();
         let before = m.shape();
-        m.heartbeat(&hb("a", NodeState::Up, 50), now).unwrap();
+        m.heartbeat(&hb("a", NodeState::Up, 50), false, now)
+            .unwrap();
         assert_eq!(m.shape(), before);
         let mut heavier = hb("a", NodeState::Up, 50);
         heavier.weight = 2;
-        m.heartbeat(&heavier, now).unwrap();
+        m.heartbeat(&heavier, false, now).unwrap();
         assert_ne!(m.shape(), before);
     }
 

@@ -58,6 +58,9 @@ pub struct Settings {
     pub push: PushConfig,
     /// Keys operators sign `cluster.status` with (`--app-keys`).
     pub app_keys: AppKeys,
+    /// Each node's own key, under `node:<id>` (`--node-keys`): heartbeats
+    /// must then come under them, each speaking only for its own node.
+    pub node_keys: Option<AppKeys>,
     /// The cluster secret (never from a flag value).
     pub cluster_secret: dsf_common::config::Secret,
     pub reactor: ReactorConfig,
@@ -84,6 +87,7 @@ impl Settings {
             warmup: DEFAULT_DEAD_AFTER,
             push: PushConfig::default(),
             app_keys: AppKeys::new(),
+            node_keys: None,
             cluster_secret: dsf_common::config::Secret::new(cluster_secret),
             reactor: ReactorConfig::default(),
         }
@@ -197,17 +201,27 @@ fn spawn_workers(
 
 /// Binds both ports and starts every thread.
 pub fn start(s: Settings) -> Result<Running, CollectorError> {
-    let keys = s
+    let mut keys = s
         .app_keys
         .clone()
         .with_cluster_secret(s.cluster_secret.expose());
+    match &s.node_keys {
+        Some(nodes) => {
+            log::info!("{} node keys: each node's heartbeats speak only for its own id", nodes.len());
+            keys.extend(nodes.clone());
+        }
+        None => log::warn!(
+            "no --node-keys: heartbeats come under the cluster secret, so any holder of it may speak for any node \
+             (and a live node's address is never taken over by a heartbeat from elsewhere)"
+        ),
+    }
     let admission = Arc::new(Admission::new(keys, ReplayGuard::default()));
     let cluster = Arc::new(Cluster::new(s.dead_after, &s.targets, &s.lbs));
 
     let reactor = Reactor::bind(
         s.reactor.clone(),
         &[s.listen],
-        Collector::new(admission, cluster.clone()),
+        Collector::new(admission, cluster.clone(), s.node_keys.is_some()),
     )
     .map_err(|source| CollectorError::Bind {
         what: "heartbeats and status",

@@ -3,7 +3,7 @@
 //! and the heartbeat app servers send the collector.
 
 pub use dsf_proto::cluster::{
-    Heartbeat, Leave, Load, NodeState, NodeView, Stats, View, DEFAULT_WEIGHT,
+    Heartbeat, Leave, Load, NodeState, NodeView, Stats, View, DEFAULT_WEIGHT, MAX_WEIGHT,
 };
 
 /// A static member as flags give it: `ID=HOST:PORT[,WEIGHT]`, or

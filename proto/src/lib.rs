@@ -398,6 +398,10 @@ pub mod cluster {
     /// Default weight of a node.
     pub const DEFAULT_WEIGHT: u32 = 1;
 
+    /// Largest weight a node may claim: a thousand times the share of a
+    /// node of weight 1 (each unit of weight is its own virtual nodes).
+    pub const MAX_WEIGHT: u32 = 1000;
+
     /// One version of the cluster's membership and load.
     #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -43,7 +43,10 @@ pub fn settings(db: DbConfig, collector: Option<String>) -> Settings {
         workers: 4,
         queue: 64,
         app_keys: keys,
-        cluster_secret: dsf_common::config::Secret::new(CLUSTER_SECRET),
+        heartbeat_key: app_server::server::HeartbeatKey::Cluster(dsf_common::config::Secret::new(
+            CLUSTER_SECRET,
+        )),
+        peer_secret: dsf_common::config::Secret::new(CLUSTER_SECRET),
         reactor: ReactorConfig {
             shutdown_grace: app_server::config::SHUTDOWN_DEADLINE,
             ..ReactorConfig::default()

@@ -27,6 +27,19 @@ use serde_json::{json, Value};
 pub const APP: &str = "e2e";
 pub const APP_SECRET: &str = "e2e-app-secret-0123456789";
 pub const CLUSTER_SECRET: &str = "e2e-cluster-secret-0123456789";
+/// What the app servers sign peer.notify with; they hold no cluster secret.
+pub const PEER_SECRET: &str = "e2e-peer-secret-0123456789";
+
+/// App server `id`'s own key, which signs its heartbeats.
+fn node_key(id: &str) -> String {
+    format!("e2e-node-key-of-{id}")
+}
+
+/// Writes `text` to `path`, readable by its owner alone.
+fn private(path: &std::path::Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+}
 pub const ADMIN: &str = "root";
 pub const ADMIN_PASSWORD: &str = "root-password";
 /// The collector's `--dead-after` in these tests: the design's 3 s bound on
@@ -278,6 +291,17 @@ impl Cluster {
                 )
             })
             .collect();
+        // Each app server signs its heartbeats with its own key, which the
+        // collector lists: none of them holds the cluster secret, which
+        // signs lb.set_view.
+        let node_keys: String = (0..spec.apps)
+            .map(|i| format!("\"app-{i}\" = \"{}\"\n", node_key(&format!("app-{i}"))))
+            .collect();
+        private(&dir.join("node-keys.toml"), &node_keys);
+        for i in 0..spec.apps {
+            let id = format!("app-{i}");
+            private(&dir.join(format!("{id}.node-key")), &node_key(&id));
+        }
         let mut c = Cluster {
             dir,
             db,
@@ -350,6 +374,8 @@ impl Cluster {
             DEAD_AFTER.into(),
             "--app-keys".into(),
             self.keys.display().to_string(),
+            "--node-keys".into(),
+            self.dir.join("node-keys.toml").display().to_string(),
         ];
         let p = Proc::spawn("collector", "collector", &args, &self.env(), &self.dir);
         self.collector = Some(p);
@@ -372,8 +398,13 @@ impl Cluster {
             "4".into(),
             "--app-keys".into(),
             self.keys.display().to_string(),
+            "--node-key-file".into(),
+            self.dir
+                .join(format!("{id}.node-key"))
+                .display()
+                .to_string(),
         ];
-        let mut env = self.env();
+        let mut env = vec![("DSF_PEER_SECRET", PEER_SECRET)];
         let url: &'static str = Box::leak(self.db_url.clone().into_boxed_str());
         env.push(("DSF_DB", url));
         let p = Proc::spawn(&id, "app-server", &args, &env, &self.dir);

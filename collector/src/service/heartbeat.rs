@@ -1,9 +1,10 @@
-//! `node.heartbeat` (cluster secret): `{"id","addr","weight","state","stats"}`
+//! `node.heartbeat` (the node's key, or the cluster secret):
+//! `{"id","addr","weight","state","stats"}`
 //! → `{"view": version, "nodes"?}`, the version in force after this
 //! heartbeat, with the view's nodes when the heartbeat's `known_view` is
 //! another version.
 
-use dsf_common::view::Heartbeat;
+use dsf_common::view::{Heartbeat, MAX_WEIGHT};
 use dsf_common::wire::Admitted;
 use dsf_common::Error;
 
@@ -13,8 +14,15 @@ use crate::members::is_host_port;
 /// Longest node id or address accepted (the balancer's own limit).
 pub const MAX_FIELD: usize = 256;
 
-/// Checks what serde cannot: lengths and the address's shape.
+/// Checks what serde cannot: lengths, the weight's range and the
+/// address's shape.
 pub fn validate(hb: &Heartbeat) -> Result<(), Error> {
+    if !(1..=MAX_WEIGHT).contains(&hb.weight) {
+        return Err(Error::bad_request(format!(
+            "weight: 1 to {MAX_WEIGHT}, got {} (node {:?})",
+            hb.weight, hb.id
+        )));
+    }
     if hb.id.is_empty() || hb.id.len() > MAX_FIELD {
         return Err(Error::bad_request(format!(
             "id: 1 to {MAX_FIELD} bytes, got {}",
@@ -34,7 +42,7 @@ pub fn validate(hb: &Heartbeat) -> Result<(), Error> {
 pub fn handle(cluster: &Cluster, req: &Admitted) -> Result<String, Error> {
     let hb: Heartbeat = req.request.body()?;
     validate(&hb)?;
-    let version = cluster.heartbeat(&hb)?;
+    let version = cluster.heartbeat(&hb, super::proven(req, &hb.id))?;
     // The nodes only when the sender holds another version: most replies
     // stay a few bytes.
     let nodes = match hb.known_view {

@@ -1,4 +1,4 @@
-//! `node.leave` (cluster secret): `{"id"}` → `{}`. The node is out of the
+//! `node.leave` (the node's key, or the cluster secret): `{"id"}` → `{}`. The node is out of the
 //! next view at once; leaving twice, or after eviction, is not an error.
 
 use dsf_common::view::Leave;

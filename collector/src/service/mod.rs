@@ -1,5 +1,6 @@
 //! The collector's port: `node.heartbeat` and `node.leave` from app servers
-//! (cluster secret), `cluster.status` for operators (any app key). Every
+//! (each under its own node key, or the cluster secret where no node keys
+//! are set), `cluster.status` for operators (any app key). Every
 //! request is answered inline on the reactor thread: each is a table update
 //! under one short lock, with nothing to wait for.
 //!
@@ -14,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use dsf_common::reactor::{Context, Dispatch, Service};
-use dsf_common::wire::keys::CLUSTER_APP;
+use dsf_common::wire::keys::{CLUSTER_APP, NODE_APP_PREFIX};
 use dsf_common::wire::{Admission, Admitted};
 use dsf_common::Error;
 
@@ -23,8 +24,10 @@ use crate::cluster::Cluster;
 /// Who may send a message type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Auth {
-    /// Only the cluster secret (app `cluster`).
-    Cluster,
+    /// A node about itself: its own key (app `node:<id>`, the body's `id`
+    /// the same), or the cluster secret when this collector has no node
+    /// keys.
+    Node,
     /// Any app this collector has a key for, the cluster included.
     App,
 }
@@ -34,8 +37,8 @@ pub type Handler = fn(&Cluster, &Admitted) -> Result<String, Error>;
 
 /// Message type → auth rule and handler.
 pub const ROUTES: &[(&str, Auth, Handler)] = &[
-    ("node.heartbeat", Auth::Cluster, heartbeat::handle),
-    ("node.leave", Auth::Cluster, leave::handle),
+    ("node.heartbeat", Auth::Node, heartbeat::handle),
+    ("node.leave", Auth::Node, leave::handle),
     ("cluster.status", Auth::App, status::handle),
 ];
 
@@ -43,14 +46,56 @@ pub const ROUTES: &[(&str, Auth, Handler)] = &[
 pub struct Collector {
     admission: Arc<Admission>,
     cluster: Arc<Cluster>,
+    /// Whether heartbeats must come under node keys (`--node-keys`).
+    node_keys: bool,
+}
+
+/// Whether a request about node `id` was signed with that node's own key.
+pub fn proven(req: &Admitted, id: &str) -> bool {
+    req.request.app.strip_prefix(NODE_APP_PREFIX) == Some(id)
 }
 
 // === impl Collector ===
 
 impl Collector {
     /// The service over `cluster`, admitting what `admission` admits.
-    pub fn new(admission: Arc<Admission>, cluster: Arc<Cluster>) -> Collector {
-        Collector { admission, cluster }
+    pub fn new(admission: Arc<Admission>, cluster: Arc<Cluster>, node_keys: bool) -> Collector {
+        Collector {
+            admission,
+            cluster,
+            node_keys,
+        }
+    }
+
+    /// The rule of [`Auth::Node`].
+    fn speaks_for(&self, req: &Admitted) -> Result<(), Error> {
+        #[derive(serde::Deserialize)]
+        struct Named {
+            id: String,
+        }
+        let (kind, app) = (req.request.kind.as_str(), req.request.app.as_str());
+        if app == CLUSTER_APP {
+            if self.node_keys {
+                return Err(Error::Forbidden(format!(
+                    "this collector takes {kind} only under node keys (--node-keys): sign with the node's own key \
+                     (app-server --node-key-file), not the cluster secret"
+                )));
+            }
+            return Ok(());
+        }
+        let Some(signer) = app.strip_prefix(NODE_APP_PREFIX) else {
+            return Err(Error::Forbidden(format!(
+                "{kind} needs a node's own key (app \"node:<id>\") or the cluster secret, not app {app:?}"
+            )));
+        };
+        let named: Named = req.request.body()?;
+        if named.id != signer {
+            return Err(Error::Forbidden(format!(
+                "signed with node {signer:?}'s key, which speaks only for {signer:?}, not for {:?}",
+                named.id
+            )));
+        }
+        Ok(())
     }
 
     fn route(&self, admitted: &Admitted) -> Result<String, Error> {
@@ -60,11 +105,15 @@ impl Collector {
                 "type {kind:?} is not served by the collector; it serves node.heartbeat, node.leave and cluster.status"
             )));
         };
-        if *auth == Auth::Cluster && admitted.request.app != CLUSTER_APP {
-            return Err(Error::Forbidden(format!(
-                "{kind} needs the cluster secret (app \"cluster\"), not app {:?}",
-                admitted.request.app
-            )));
+        match auth {
+            Auth::Node => self.speaks_for(admitted)?,
+            // A node key is for its heartbeats alone.
+            Auth::App if admitted.request.app.starts_with(NODE_APP_PREFIX) => {
+                return Err(Error::Forbidden(format!(
+                    "a node key signs only node.heartbeat and node.leave, not {kind}"
+                )))
+            }
+            Auth::App => {}
         }
         handler(&self.cluster, admitted)
     }

@@ -128,10 +128,19 @@ impl Admission {
             key: key.cloned(),
         };
         let Some(key) = self.keys.get(&request.app) else {
+            let app = request.app.as_str();
+            let fix = if let Some(node) = app.strip_prefix(crate::wire::keys::NODE_APP_PREFIX) {
+                format!("node {node:?} is not in this collector's --node-keys (only collectors take node keys)")
+            } else if app == crate::wire::keys::CLUSTER_APP {
+                "this server takes no cluster secret (app servers sign peer.notify with the peer secret, app \"peer\")".into()
+            } else if app == crate::wire::keys::PEER_APP {
+                "only app servers take the peer secret".into()
+            } else {
+                "add it to --app-keys".into()
+            };
             return Err(refuse(
                 Error::Unauthorized(format!(
-                    "unknown app {:?}: this server has no key for it (add it to --app-keys)",
-                    request.app
+                    "unknown app {app:?}: this server has no key for it ({fix})"
                 )),
                 None,
             ));

@@ -1,5 +1,16 @@
-//! The secrets requests are signed with: app keys from a TOML file (mode
-//! 0600) and the cluster secret, held under the app id `cluster`.
+//! The secrets requests are signed with, each under its own app id:
+//!
+//! - app keys, from a TOML file (mode 0600), under the ids the file names;
+//! - the cluster secret, under `cluster`: collectors and balancers
+//!   (`lb.set_view`, the pins admin), and heartbeats where no node keys are
+//!   used;
+//! - a node key, under `node:<id>`: one app server's heartbeats, which may
+//!   then speak only for node `<id>` (the collector holds every node's, in
+//!   its `--node-keys` file);
+//! - the peer secret, under `peer`: `peer.notify` between app servers.
+//!
+//! An app server given its node key and the peer secret holds nothing that
+//! signs `lb.set_view`.
 //!
 //! An entry `app_id = "secret"` may send every message type. A table
 //! scopes the key to the types it lists, every other type being
@@ -15,6 +26,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::config::Secret;
 use crate::wire::sign::Key;
 
 /// The app id cluster-internal traffic is signed under.
@@ -22,6 +34,23 @@ pub const CLUSTER_APP: &str = "cluster";
 
 /// Environment variable holding the cluster secret.
 pub const CLUSTER_SECRET_ENV: &str = "DSF_CLUSTER_SECRET";
+
+/// The app id app servers sign `peer.notify` under.
+pub const PEER_APP: &str = "peer";
+
+/// Environment variable holding the peer secret.
+pub const PEER_SECRET_ENV: &str = "DSF_PEER_SECRET";
+
+/// Environment variable holding an app server's node key.
+pub const NODE_KEY_ENV: &str = "DSF_NODE_KEY";
+
+/// What a node key's app id starts with: `node:<id>`.
+pub const NODE_APP_PREFIX: &str = "node:";
+
+/// The app id node `id`'s heartbeats are signed under.
+pub fn node_app(id: &str) -> String {
+    format!("{NODE_APP_PREFIX}{id}")
+}
 
 /// Environment variable holding a client's app secret.
 pub const APP_SECRET_ENV: &str = "DSF_APP_SECRET";
@@ -46,8 +75,8 @@ pub enum KeyError {
         app: String,
         len: usize,
     },
-    #[error("{path}: app id \"cluster\" is reserved for the cluster secret (set it with DSF_CLUSTER_SECRET or --cluster-secret-file)")]
-    ReservedApp { path: String },
+    #[error("{path}: app id {app:?} is reserved (\"cluster\" for the cluster secret, \"peer\" for the peer secret, \"node:…\" for node keys)")]
+    ReservedApp { path: String, app: String },
     #[error("no cluster secret: set DSF_CLUSTER_SECRET or pass --cluster-secret-file FILE (a file of mode 0600 holding the secret)")]
     NoClusterSecret,
 }
@@ -146,8 +175,8 @@ impl AppKeys {
             if secret.is_empty() {
                 return Err(KeyError::EmptySecret { path: shown, app });
             }
-            if app == CLUSTER_APP {
-                return Err(KeyError::ReservedApp { path: shown });
+            if app == CLUSTER_APP || app == PEER_APP || app.starts_with(NODE_APP_PREFIX) {
+                return Err(KeyError::ReservedApp { path: shown, app });
             }
             let len = app.chars().count();
             if len > MAX_APP_ID {
@@ -164,6 +193,63 @@ impl AppKeys {
         }
         Ok(keys)
     }
+
+    /// Loads a collector's node keys, `node_id = "secret"` (mode 0600),
+    /// each under the app id `node:<node_id>`.
+    pub fn load_node_keys(path: &Path) -> Result<AppKeys, KeyError> {
+        let shown = path.display().to_string();
+        let table: toml::Table =
+            read_private(path)?
+                .parse()
+                .map_err(|e: toml::de::Error| KeyError::Format {
+                    path: shown.clone(),
+                    reason: e.message().to_string(),
+                })?;
+        let mut keys = AppKeys::new();
+        for (id, value) in table {
+            let Some(secret) = value.as_str() else {
+                return Err(KeyError::Format {
+                    path: shown,
+                    reason: format!("the value of {id:?} must be a string, that node's key"),
+                });
+            };
+            if secret.is_empty() {
+                return Err(KeyError::EmptySecret {
+                    path: shown,
+                    app: id,
+                });
+            }
+            let app = node_app(&id);
+            let len = app.chars().count();
+            if len > MAX_APP_ID {
+                return Err(KeyError::AppIdTooLong {
+                    path: shown,
+                    app,
+                    len,
+                });
+            }
+            keys.insert(&app, secret.as_bytes());
+        }
+        Ok(keys)
+    }
+
+    /// Adds every key of `other`.
+    pub fn extend(&mut self, other: AppKeys) {
+        self.keys.extend(other.keys);
+    }
+}
+
+/// A secret from `file` (mode 0600, trailing newline dropped) if given,
+/// else from the variable `env`; `None` when neither holds one. Never from
+/// a flag's value: flags show in `ps`.
+pub fn secret_from(file: Option<&Path>, env: &str) -> Result<Option<Secret>, KeyError> {
+    let secret = match file {
+        Some(path) => read_private(path)?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
+        None => std::env::var(env).unwrap_or_default(),
+    };
+    Ok((!secret.is_empty()).then(|| Secret::new(secret)))
 }
 
 /// The `secret` and `allow` of a scoped key's table.
@@ -228,17 +314,8 @@ pub fn read_private(path: &Path) -> Result<String, KeyError> {
 
 /// The cluster secret from `file` if given, else from `DSF_CLUSTER_SECRET`.
 /// Never from a flag value: flags show up in `ps`.
-pub fn cluster_secret(file: Option<&Path>) -> Result<crate::config::Secret, KeyError> {
-    let secret = match file {
-        Some(path) => read_private(path)?
-            .trim_end_matches(['\n', '\r'])
-            .to_string(),
-        None => std::env::var(CLUSTER_SECRET_ENV).unwrap_or_default(),
-    };
-    if secret.is_empty() {
-        return Err(KeyError::NoClusterSecret);
-    }
-    Ok(crate::config::Secret::new(secret))
+pub fn cluster_secret(file: Option<&Path>) -> Result<Secret, KeyError> {
+    secret_from(file, CLUSTER_SECRET_ENV)?.ok_or(KeyError::NoClusterSecret)
 }
 
 #[cfg(test)]
