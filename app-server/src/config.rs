@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dsf_common::config::{self, Config, ConfigError, HumanDuration, LimitArgs, SecretUrl};
+use dsf_common::config::{self, Config, ConfigError, HumanDuration, LimitArgs, SecretUrl, TlsArgs};
 use dsf_common::reactor::ReactorConfig;
 use dsf_common::view::DEFAULT_WEIGHT;
 use dsf_common::wire::keys::{self, AppKeys};
@@ -156,6 +156,10 @@ pub struct AppConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: TlsArgs,
 }
 
 // === impl AppConfig ===
@@ -247,6 +251,8 @@ impl AppConfig {
             None => return Err(Error::NoAppKeys),
         };
         let (heartbeat_key, peer_secret) = self.secrets()?;
+        let mut reactor = self.reactor();
+        reactor.tls = vec![self.tls.server()?];
         Ok(Settings {
             listen: self.listen(),
             advertise: self.advertise.clone(),
@@ -260,7 +266,8 @@ impl AppConfig {
             app_keys,
             heartbeat_key,
             peer_secret,
-            reactor: self.reactor(),
+            tls_ca: self.tls.client()?,
+            reactor,
             session_cache: self.session_cache(),
             session_ttl: self
                 .session_ttl
@@ -300,6 +307,7 @@ impl Config for AppConfig {
             return Err(ConfigError::invalid("session_ttl", "must be at least 1s"));
         }
         self.limits.validate()?;
+        self.tls.validate()?;
         for (key, value) in [
             ("advertise", &self.advertise),
             ("proxy_advertise", &self.proxy_advertise),

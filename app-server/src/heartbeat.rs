@@ -51,15 +51,23 @@ pub struct Heartbeats {
     handle: JoinHandle<()>,
 }
 
+/// Where heartbeats go and how they are signed.
+pub struct Upstream {
+    /// The collector's app-server port, HOST:PORT.
+    pub collector: String,
+    pub signer: Signer,
+    /// The certificates to trust when the collector speaks TLS.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
 // === impl Heartbeats ===
 
 impl Heartbeats {
-    /// Starts the thread `heartbeat` sending to `collector` every `every`.
+    /// Starts the thread `heartbeat` sending to the collector every `every`.
     /// `gauges` reads connections, in-flight and queue depth at each beat;
     /// `on_view` hears each new view the replies carry.
     pub fn start(
-        collector: String,
-        signer: Signer,
+        to: Upstream,
         identity: Identity,
         every: Duration,
         metrics: Arc<Metrics>,
@@ -68,8 +76,9 @@ impl Heartbeats {
     ) -> std::io::Result<Heartbeats> {
         let (tx, rx) = bounded(4);
         let sender = Link {
-            collector,
-            signer,
+            collector: to.collector,
+            signer: to.signer,
+            tls: to.tls,
             conn: None,
             failures: 0,
         };
@@ -111,6 +120,7 @@ impl Heartbeats {
 struct Link {
     collector: String,
     signer: Signer,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     conn: Option<Connection>,
     failures: u32,
 }
@@ -131,12 +141,13 @@ impl Link {
             self.conn = None;
         }
         if self.conn.is_none() {
-            let c = Connection::connect(
+            let c = Connection::connect_tls(
                 &self.collector,
                 &self.collector,
                 self.signer.clone(),
                 EXCHANGE_TIMEOUT,
                 DEFAULT_MAX_FRAME,
+                self.tls.as_ref(),
             )
             .map_err(|e| format!("cannot connect: {e}"))?;
             self.conn = Some(c);
@@ -145,7 +156,7 @@ impl Link {
         conn.round_trip(kind, body, None, Instant::now() + EXCHANGE_TIMEOUT)
             .map_err(|f| match f {
                 dsf_common::call::Failure::BadReply(why) => format!(
-                    "{why} (do this node and the collector have the same DSF_CLUSTER_SECRET?)"
+                    "{why} (is this node's key the collector's --node-keys entry for it, or, without node keys, do both have the same DSF_CLUSTER_SECRET?)"
                 ),
                 f => f.to_string(),
             })

@@ -49,6 +49,8 @@ struct Link {
 pub struct Peers {
     key: Key,
     handle: OnceLock<Handle>,
+    /// The certificates a link trusts, when the peers speak TLS.
+    tls: OnceLock<std::sync::Arc<rustls::ClientConfig>>,
     /// Node id → address, from the latest view.
     view: Mutex<(u64, HashMap<String, String>)>,
     links: Mutex<HashMap<String, Link>>,
@@ -72,11 +74,17 @@ impl Peers {
         Peers {
             key: Key::new(peer_secret),
             handle: OnceLock::new(),
+            tls: OnceLock::new(),
             view: Mutex::new((0, HashMap::new())),
             links: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             counters: PeerCounters::default(),
         }
+    }
+
+    /// Opens the links over TLS, trusting `config` (set once, at start).
+    pub fn set_tls(&self, config: std::sync::Arc<rustls::ClientConfig>) {
+        let _ = self.tls.set(config);
     }
 
     /// The reactor that opens the links (set once, at start).
@@ -172,7 +180,7 @@ impl Peers {
         };
         let outbox = match outbox {
             Some(o) => o,
-            None => match handle.connect_host(&addr, CONNECT_TIMEOUT) {
+            None => match handle.connect_host_tls(&addr, CONNECT_TIMEOUT, self.tls.get()) {
                 Ok(outbox) => {
                     self.counters.connects.fetch_add(1, Ordering::Relaxed);
                     self.links.lock().unwrap_or_else(|p| p.into_inner()).insert(

@@ -32,7 +32,7 @@ use dsf_sql::{Db, DbConfig};
 use crate::config::SHUTDOWN_DEADLINE;
 use crate::controller::{App, Controller};
 use crate::error::Error;
-use crate::heartbeat::{Heartbeats, Identity};
+use crate::heartbeat::{Heartbeats, Identity, Upstream};
 use crate::limits::{AuthLimits, Rate, Registration};
 use crate::service::{run_job, AppService, Job};
 use crate::stats::{Gauges, Metrics};
@@ -64,6 +64,10 @@ pub struct Settings {
     pub heartbeat_key: HeartbeatKey,
     /// Signs `peer.notify` to and from the other app servers.
     pub peer_secret: Secret,
+    /// The certificates trusted when connecting out (the collector, other
+    /// app servers) over TLS; plain without. The server side of TLS is in
+    /// `reactor.tls`.
+    pub tls_ca: Option<Arc<rustls::ClientConfig>>,
     pub reactor: ReactorConfig,
     /// How long a token check is cached (≤ 2 s).
     pub session_cache: Duration,
@@ -303,6 +307,9 @@ pub fn start(s: Settings) -> Result<Running, Error> {
         s.msg_poll,
     );
     app.registration = s.registration;
+    if let Some(ca) = &s.tls_ca {
+        app.peers.set_tls(ca.clone());
+    }
     app.auth_limits = AuthLimits::new(s.auth_rate_name, s.auth_rate_addr);
     let controller = Arc::new(Controller::new(admission, app, metrics.clone()));
 
@@ -353,8 +360,11 @@ pub fn start(s: Settings) -> Result<Running, Error> {
             };
             Some(
                 Heartbeats::start(
-                    collector.clone(),
-                    s.heartbeat_key.signer(&node_id),
+                    Upstream {
+                        collector: collector.clone(),
+                        signer: s.heartbeat_key.signer(&node_id),
+                        tls: s.tls_ca.clone(),
+                    },
                     Identity {
                         id: node_id.clone(),
                         addr: advertise.clone(),

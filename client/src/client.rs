@@ -80,6 +80,9 @@ pub struct ClientConfig {
     pub deadline: Duration,
     /// Largest reply frame accepted.
     pub max_frame: usize,
+    /// The certificates to trust when the servers speak TLS
+    /// ([`ClientConfig::tls_ca`]); plain without.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 // === impl ClientConfig ===
@@ -97,7 +100,16 @@ impl ClientConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             deadline: DEFAULT_DEADLINE,
             max_frame: DEFAULT_MAX_FRAME,
+            tls: None,
         }
+    }
+
+    /// Speaks TLS to every server, trusting the PEM certificates in `ca`.
+    pub fn tls_ca(mut self, ca: &std::path::Path) -> Result<Self> {
+        let config =
+            dsf_common::tls::client_config(ca).map_err(|e| Error::Config(e.to_string()))?;
+        self.tls = Some(config);
+        Ok(self)
     }
 }
 
@@ -465,12 +477,13 @@ impl Client {
                     }
                 }
             };
-            let conn = Connection::connect(
+            let conn = Connection::connect_tls(
                 &addr,
                 &id,
                 self.signer.clone(),
                 self.cfg.connect_timeout,
                 self.cfg.max_frame,
+                self.cfg.tls.as_ref(),
             );
             match conn {
                 Ok(conn) => {
@@ -529,12 +542,13 @@ impl Client {
             };
             let mut conn = match cached {
                 Some(c) => c,
-                None => match Connection::connect(
+                None => match Connection::connect_tls(
                     &addr,
                     &addr,
                     self.signer.clone(),
                     self.cfg.connect_timeout,
                     self.cfg.max_frame,
+                    self.cfg.tls.as_ref(),
                 ) {
                     Ok(c) => c,
                     Err(e) => {
@@ -575,12 +589,13 @@ impl Client {
     /// Sends one request to `addr` on a connection of its own, without
     /// resolving or retrying (e.g. `cluster.status` to the collector).
     pub fn call_at(&self, addr: &str, kind: &str, body: &str) -> Result<Box<RawValue>> {
-        let mut conn = Connection::connect(
+        let mut conn = Connection::connect_tls(
             addr,
             addr,
             self.signer.clone(),
             self.cfg.connect_timeout,
             self.cfg.max_frame,
+            self.cfg.tls.as_ref(),
         )
         .map_err(|e| Error::NoNode {
             kind: kind.into(),

@@ -465,12 +465,13 @@ impl Listener {
             node: Some(node.clone()),
             why,
         };
-        let mut conn = Connection::connect(
+        let mut conn = Connection::connect_tls(
             &addr,
             &node,
             self.signer.clone(),
             self.cfg.connect_timeout,
             self.cfg.max_frame,
+            self.cfg.tls.as_ref(),
         )
         .map_err(|e| retry(format!("cannot connect to {node} at {addr}: {e}")))?;
         let body = serde_json::to_string(&msg::SubscribeBody {

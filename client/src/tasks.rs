@@ -183,8 +183,15 @@ fn watch_at(
         app: cfg.app.clone(),
         key: Key::new(&cfg.secret),
     };
-    let mut conn = Connection::connect(addr, server, signer, cfg.connect_timeout, cfg.max_frame)
-        .map_err(|e| Failure::NotSent(format!("cannot connect to {addr}: {e}")))?;
+    let mut conn = Connection::connect_tls(
+        addr,
+        server,
+        signer,
+        cfg.connect_timeout,
+        cfg.max_frame,
+        cfg.tls.as_ref(),
+    )
+    .map_err(|e| Failure::NotSent(format!("cannot connect to {addr}: {e}")))?;
     let body = serde_json::to_string(&msg::JobRef { job }).expect("a body serialises");
     let id = conn.send(<msg::Watch as dsf_proto::Message>::TYPE.name, &body, token)?;
     loop {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dsf_common::config::{Config, ConfigError, HumanDuration, LimitArgs};
+use dsf_common::config::{Config, ConfigError, HumanDuration, LimitArgs, TlsArgs};
 use dsf_common::reactor::ReactorConfig;
 use dsf_common::wire::keys::{self, AppKeys};
 use serde::{Deserialize, Serialize};
@@ -91,6 +91,10 @@ pub struct CollectorConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: TlsArgs,
 }
 
 // === impl CollectorConfig ===
@@ -161,6 +165,7 @@ impl CollectorConfig {
             warmup: dead_after,
             push: PushConfig {
                 max_frame: self.reactor().max_frame,
+                tls: self.tls.client().map_err(|e| e.to_string())?,
                 ..PushConfig::default()
             },
             app_keys,
@@ -169,7 +174,11 @@ impl CollectorConfig {
                 None => None,
             },
             cluster_secret,
-            reactor: self.reactor(),
+            reactor: {
+                let mut r = self.reactor();
+                r.tls = vec![self.tls.server().map_err(|e| e.to_string())?];
+                r
+            },
         })
     }
 }
@@ -231,6 +240,7 @@ impl Config for CollectorConfig {
             ));
         }
         self.limits.validate()?;
+        self.tls.validate()?;
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ use dsf_proto::cluster::Applied;
 use crate::cluster::{Cluster, Next};
 
 /// Timeouts and backoff of the pushers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PushConfig {
     /// Time allowed to connect to a balancer.
     pub connect_timeout: Duration,
@@ -34,6 +34,8 @@ pub struct PushConfig {
     pub backoff_max: Duration,
     /// Largest reply frame accepted.
     pub max_frame: usize,
+    /// The certificates to trust when the balancers speak TLS.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for PushConfig {
@@ -44,6 +46,7 @@ impl Default for PushConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(500),
             max_frame: dsf_common::wire::DEFAULT_MAX_FRAME,
+            tls: None,
         }
     }
 }
@@ -97,12 +100,13 @@ impl Pusher {
     /// Sends `view`; returns the version the balancer holds after it.
     fn push(&mut self, view: &View) -> Result<Applied, PushError> {
         if self.conn.is_none() {
-            let conn = Connection::connect(
+            let conn = Connection::connect_tls(
                 &self.lb,
                 &self.lb,
                 self.signer.clone(),
                 self.cfg.connect_timeout,
                 self.cfg.max_frame,
+                self.cfg.tls.as_ref(),
             )
             .map_err(PushError::Connect)?;
             log::info!("connected to balancer {}", self.lb);
@@ -132,7 +136,7 @@ pub fn run_pusher(lb: String, cluster: Arc<Cluster>, key: Key, cfg: PushConfig) 
             app: CLUSTER_APP.into(),
             key,
         },
-        cfg,
+        cfg: cfg.clone(),
         conn: None,
     };
     let mut sent = 0;

@@ -182,7 +182,7 @@ fn spawn_workers(
     }
     let key = Key::new(s.cluster_secret.expose());
     for lb in &s.lbs {
-        let (lb, cluster, key, cfg) = (lb.clone(), cluster.clone(), key.clone(), s.push);
+        let (lb, cluster, key, cfg) = (lb.clone(), cluster.clone(), key.clone(), s.push.clone());
         spawn(threads, format!("push-{lb}"), move || {
             push::run_pusher(lb, cluster, key, cfg)
         })?;

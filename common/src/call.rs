@@ -146,7 +146,23 @@ impl Connection {
         timeout: Duration,
         max_frame: usize,
     ) -> io::Result<Connection> {
-        let stream = FramedStream::connect(addr, timeout, max_frame)?;
+        Connection::connect_tls(addr, server, signer, timeout, max_frame, None)
+    }
+
+    /// [`Connection::connect`], over TLS when `tls` is given (the
+    /// certificates to trust; the server's must name the host of `addr`).
+    pub fn connect_tls(
+        addr: &str,
+        server: &str,
+        signer: Signer,
+        timeout: Duration,
+        max_frame: usize,
+        tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    ) -> io::Result<Connection> {
+        let mut stream = FramedStream::connect(addr, timeout, max_frame)?;
+        if let Some(config) = tls {
+            stream = stream.start_tls(config, addr, timeout)?;
+        }
         Ok(Connection {
             stream,
             signer,

@@ -521,6 +521,71 @@ impl ConfigArgs {
     }
 }
 
+/// TLS, written once like [`LimitArgs`]: a server's certificate and key,
+/// and the certificates it trusts where it connects out.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
+#[command(next_help_heading = "TLS")]
+pub struct TlsArgs {
+    /// PEM certificate chain: serve TLS on the dsf ports (with --tls-key).
+    /// It must name the host clients connect to.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM certificates to trust when connecting out over TLS (to the
+    /// collector, balancers or other app servers); without it, out is plain.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+// === impl TlsArgs ===
+
+impl TlsArgs {
+    /// Checks that the certificate and key come together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => Err(ConfigError::invalid(
+                "tls_key",
+                "--tls-cert needs --tls-key, its private key",
+            )),
+            (None, Some(_)) => Err(ConfigError::invalid(
+                "tls_cert",
+                "--tls-key needs --tls-cert, its certificate",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The server side, read from the files; `None` without --tls-cert.
+    pub fn server(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                crate::wire::keys::read_private(key)
+                    .map_err(|e| ConfigError::invalid("tls_key", e.to_string()))?;
+                crate::tls::server_config(cert, key)
+                    .map(Some)
+                    .map_err(|e| ConfigError::invalid("tls_cert", e.to_string()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The client side, read from --tls-ca; `None` without it.
+    pub fn client(&self) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, ConfigError> {
+        self.tls_ca
+            .as_deref()
+            .map(crate::tls::client_config)
+            .transpose()
+            .map_err(|e| ConfigError::invalid("tls_ca", e.to_string()))
+    }
+}
+
 /// A URL that may carry a password (`mysql://USER:PASS@HOST:PORT/DB`):
 /// kept whole for connecting, shown with the password as `***` in Debug and
 /// Display. A TOML file and the flags give it as a plain string.

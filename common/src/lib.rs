@@ -27,6 +27,7 @@ pub mod pool;
 pub mod reactor;
 pub mod signals;
 pub mod stream;
+pub mod tls;
 pub mod view;
 pub mod wire;
 

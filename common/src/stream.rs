@@ -3,15 +3,51 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::ClientConnection;
 
 use crate::wire::frame::FrameDecoder;
 
-/// A TCP stream with a frame decoder on its read side.
+/// A TCP stream, TLS or plain, with a frame decoder on its read side.
 #[derive(Debug)]
 pub struct FramedStream {
     stream: TcpStream,
+    tls: Option<Box<ClientConnection>>,
     decoder: FrameDecoder,
+}
+
+/// The bytes of a [`FramedStream`]: through its TLS session when it has
+/// one.
+struct Io<'a> {
+    stream: &'a mut TcpStream,
+    tls: Option<&'a mut ClientConnection>,
+}
+
+impl Read for Io<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.tls.as_deref_mut() {
+            Some(tls) => rustls::Stream::new(tls, self.stream).read(buf),
+            None => self.stream.read(buf),
+        }
+    }
+}
+
+impl Write for Io<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.tls.as_deref_mut() {
+            Some(tls) => rustls::Stream::new(tls, self.stream).write(buf),
+            None => self.stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.tls.as_deref_mut() {
+            Some(tls) => rustls::Stream::new(tls, self.stream).flush(),
+            None => self.stream.flush(),
+        }
+    }
 }
 
 // === impl FramedStream ===
@@ -30,6 +66,7 @@ impl FramedStream {
                     s.set_nodelay(true)?;
                     return Ok(FramedStream {
                         stream: s,
+                        tls: None,
                         decoder: FrameDecoder::new(max_frame),
                     });
                 }
@@ -43,7 +80,52 @@ impl FramedStream {
     pub fn from_std(stream: TcpStream, max_frame: usize) -> FramedStream {
         FramedStream {
             stream,
+            tls: None,
             decoder: FrameDecoder::new(max_frame),
+        }
+    }
+
+    /// Runs TLS over the connection, checking the server's certificate
+    /// against `config`'s roots and the host of `addr`; the handshake is
+    /// done before this returns, within `timeout`.
+    pub fn start_tls(
+        mut self,
+        config: &Arc<rustls::ClientConfig>,
+        addr: &str,
+        timeout: Duration,
+    ) -> io::Result<FramedStream> {
+        let name = crate::tls::server_name(addr)
+            .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+        let mut tls = ClientConnection::new(config.clone(), name)
+            .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+        self.stream.set_read_timeout(Some(timeout))?;
+        self.stream.set_write_timeout(Some(timeout))?;
+        while tls.is_handshaking() {
+            match tls.complete_io(&mut self.stream) {
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(io::Error::new(
+                        ErrorKind::TimedOut,
+                        format!("TLS handshake with {addr} did not finish in {timeout:?} (is it a TLS port?)"),
+                    ))
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("TLS handshake with {addr} failed: {e}"),
+                    ))
+                }
+            }
+        }
+        self.stream.set_write_timeout(None)?;
+        self.tls = Some(Box::new(tls));
+        Ok(self)
+    }
+
+    fn io(&mut self) -> Io<'_> {
+        Io {
+            stream: &mut self.stream,
+            tls: self.tls.as_deref_mut(),
         }
     }
 
@@ -59,7 +141,9 @@ impl FramedStream {
 
     /// Writes already-encoded frames.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)
+        let mut io = self.io();
+        io.write_all(bytes)?;
+        io.flush()
     }
 
     /// The next frame's payload, waiting until `deadline`. `Ok(None)` on a
@@ -79,7 +163,11 @@ impl FramedStream {
                 ));
             }
             self.stream.set_read_timeout(Some(left))?;
-            match self.decoder.read_from(&mut self.stream, 64 << 10) {
+            let mut io = Io {
+                stream: &mut self.stream,
+                tls: self.tls.as_deref_mut(),
+            };
+            match self.decoder.read_from(&mut io, 64 << 10) {
                 Ok(0) if self.decoder.buffered() == 0 => return Ok(None),
                 Ok(0) => {
                     return Err(io::Error::new(

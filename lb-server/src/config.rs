@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use dsf_common::config::{self, Config, ConfigError, HumanDuration, LimitArgs, SecretUrl};
+use dsf_common::config::{self, Config, ConfigError, HumanDuration, LimitArgs, SecretUrl, TlsArgs};
 use dsf_common::reactor::ReactorConfig;
 use dsf_common::wire::keys::{self, AppKeys};
 use serde::{Deserialize, Serialize};
@@ -75,6 +75,10 @@ pub struct LbConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: TlsArgs,
 
     /// Proxy mode: a listener whose connections are spliced to a backend of
     /// the view; repeat for more, each with its --proxy-protocol.
@@ -321,7 +325,14 @@ impl LbConfig {
             ring: self.ring().map_err(|e| e.to_string())?,
             app_keys,
             cluster_secret,
-            reactor: self.reactor(),
+            reactor: {
+                // The client and cluster ports; proxy listeners stay plain
+                // (their bytes are the devices', spliced as they come).
+                let mut r = self.reactor();
+                let tls = self.tls.server().map_err(|e| e.to_string())?;
+                r.tls = vec![tls.clone(), tls];
+                r
+            },
             proxy: self.proxy().map_err(|e| e.to_string())?,
         })
     }
@@ -343,6 +354,7 @@ impl Config for LbConfig {
         self.ring()?;
         self.proxy()?;
         self.limits.validate()?;
+        self.tls.validate()?;
         Ok(())
     }
 }

@@ -47,6 +47,7 @@ pub fn settings(db: DbConfig, collector: Option<String>) -> Settings {
             CLUSTER_SECRET,
         )),
         peer_secret: dsf_common::config::Secret::new(CLUSTER_SECRET),
+        tls_ca: None,
         reactor: ReactorConfig {
             shutdown_grace: app_server::config::SHUTDOWN_DEADLINE,
             ..ReactorConfig::default()

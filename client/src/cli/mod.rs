@@ -102,6 +102,10 @@ pub struct Cli {
     /// Time allowed for each reply, e.g. 500ms, 10s, 1m.
     #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
+    /// Speak TLS to the balancers and nodes, trusting the PEM certificates
+    /// in FILE (the servers run with --tls-cert).
+    #[arg(long, env = "DSF_TLS_CA", value_name = "FILE", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Print replies as JSON (one object per line) for scripts.
     #[arg(long, global = true)]
     pub json: bool,
@@ -353,8 +357,17 @@ fn app_secret(cli: &Cli) -> Result<Vec<u8>> {
 }
 
 /// Builds the SDK client for `cli`, with the saved session attached.
-fn client(cli: &Cli) -> Result<(Client, Option<Session>)> {
+/// The SDK's settings from the global flags.
+fn config(cli: &Cli) -> Result<ClientConfig> {
     let mut cfg = ClientConfig::new(cli.lb.clone(), cli.app.clone(), app_secret(cli)?);
+    if let Some(ca) = &cli.tls_ca {
+        cfg = cfg.tls_ca(ca)?;
+    }
+    Ok(cfg)
+}
+
+fn client(cli: &Cli) -> Result<(Client, Option<Session>)> {
+    let mut cfg = config(cli)?;
     cfg.node = cli.node.clone();
     cfg.request_timeout = cli.timeout;
     let session = Session::load(&session::default_path()?)?;
@@ -369,7 +382,7 @@ fn client(cli: &Cli) -> Result<(Client, Option<Session>)> {
 
 fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
     if let Command::Bench(args) = &cli.command {
-        let mut cfg = ClientConfig::new(cli.lb.clone(), cli.app.clone(), app_secret(cli)?);
+        let mut cfg = config(cli)?;
         cfg.request_timeout = cli.timeout;
         let token = Session::load(&session::default_path()?)?.map(|s| s.token);
         if args.op == bench::Op::Add && token.is_none() {

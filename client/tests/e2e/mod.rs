@@ -213,6 +213,9 @@ pub struct Cluster {
     pub lbs: Vec<(String, String, Option<Proc>)>,
     /// App servers by index: node id `app-{i}`, address, process.
     pub apps: Vec<(String, String, Option<Proc>)>,
+    /// With TLS on every dsf port: the folder of `scripts/tls-ca`'s
+    /// `ca.pem`, `cert.pem` and `key.pem`.
+    pub tls: Option<PathBuf>,
 }
 
 // === impl Cluster ===
@@ -228,7 +231,21 @@ impl Cluster {
             db.name()
         );
         let pool = (*db).clone();
-        Cluster::start_on(spec, pool, db_url, Store::Shared(db))
+        Cluster::start_on(spec, pool, db_url, Store::Shared(db), false)
+    }
+
+    /// Like [`Cluster::start`], with TLS on every dsf port (balancers,
+    /// collector, app servers, and the links between them) under a
+    /// throwaway CA; [`Cluster::client`] and [`Cluster::cli`] trust it.
+    pub fn start_tls(spec: Spec) -> Cluster {
+        let db = dsf_sql::testing::fresh();
+        let db_url = format!(
+            "{}/{}",
+            dsf_sql::testing::server_url().trim_end_matches('/'),
+            db.name()
+        );
+        let pool = (*db).clone();
+        Cluster::start_on(spec, pool, db_url, Store::Shared(db), true)
     }
 
     /// Like [`Cluster::start`], on a MariaDB of its own, which
@@ -242,7 +259,7 @@ impl Cluster {
         dsf_sql::db::ensure_database(&cfg).unwrap();
         let pool = dsf_sql::Db::connect(&cfg).unwrap();
         pool.migrate().unwrap();
-        Cluster::start_on(spec, pool, url, Store::Private(own))
+        Cluster::start_on(spec, pool, url, Store::Private(own), false)
     }
 
     /// Stops the cluster's own MariaDB, waits `down`, and starts it again
@@ -256,7 +273,7 @@ impl Cluster {
         own.script("start");
     }
 
-    fn start_on(spec: Spec, db: dsf_sql::Db, db_url: String, store: Store) -> Cluster {
+    fn start_on(spec: Spec, db: dsf_sql::Db, db_url: String, store: Store, tls: bool) -> Cluster {
         static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "dsf-e2e-{}-{}",
@@ -313,7 +330,22 @@ impl Cluster {
             metrics_addr: format!("127.0.0.1:{}", free_port()),
             lbs,
             apps,
+            tls: None,
         };
+        if tls {
+            let folder = c.dir.join("tls");
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tls-ca");
+            let out = std::process::Command::new(script)
+                .arg(&folder)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "scripts/tls-ca: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            c.tls = Some(folder);
+        }
         for i in 0..spec.balancers {
             c.start_lb(i);
         }
@@ -347,6 +379,7 @@ impl Cluster {
             "--bounded-load".into(),
             "off".into(),
         ];
+        let args = [args, self.tls_args()].concat();
         let p = Proc::spawn(
             &format!("lb-{i}"),
             "lb-server",
@@ -377,6 +410,7 @@ impl Cluster {
             "--node-keys".into(),
             self.dir.join("node-keys.toml").display().to_string(),
         ];
+        let args = [args, self.tls_args()].concat();
         let p = Proc::spawn("collector", "collector", &args, &self.env(), &self.dir);
         self.collector = Some(p);
         let addr = self.collector_addr.clone();
@@ -404,6 +438,7 @@ impl Cluster {
                 .display()
                 .to_string(),
         ];
+        let args = [args, self.tls_args()].concat();
         let mut env = vec![("DSF_PEER_SECRET", PEER_SECRET)];
         let url: &'static str = Box::leak(self.db_url.clone().into_boxed_str());
         env.push(("DSF_DB", url));
@@ -412,6 +447,31 @@ impl Cluster {
         wait_for(&format!("app-{i} to listen on {addr}"), WAIT, || {
             std::net::TcpStream::connect(&addr).ok()
         });
+    }
+
+    /// The TLS flags every server gets when the cluster speaks TLS.
+    fn tls_args(&self) -> Vec<String> {
+        let Some(dir) = &self.tls else {
+            return Vec::new();
+        };
+        let file = |f: &str| dir.join(f).display().to_string();
+        vec![
+            "--tls-cert".into(),
+            file("cert.pem"),
+            "--tls-key".into(),
+            file("key.pem"),
+            "--tls-ca".into(),
+            file("ca.pem"),
+        ]
+    }
+
+    /// The SDK's settings for this cluster, trusting its CA under TLS.
+    fn client_config(&self, balancers: Vec<String>) -> ClientConfig {
+        let cfg = ClientConfig::new(balancers, APP, APP_SECRET.as_bytes().to_vec());
+        match &self.tls {
+            Some(dir) => cfg.tls_ca(&dir.join("ca.pem")).unwrap(),
+            None => cfg,
+        }
     }
 
     pub fn app(&mut self, i: usize) -> &mut Proc {
@@ -436,23 +496,22 @@ impl Cluster {
             .env("DSF_APP", APP)
             .env("DSF_APP_SECRET", APP_SECRET)
             .env("DSF_SESSION_FILE", self.dir.join(session));
+        if let Some(dir) = &self.tls {
+            cmd.env("DSF_TLS_CA", dir.join("ca.pem"));
+        }
         cmd
     }
 
     /// A client of app `e2e` through every balancer.
     pub fn client(&self) -> Client {
-        let mut cfg = ClientConfig::new(self.lb_addrs(), APP, APP_SECRET.as_bytes().to_vec());
+        let mut cfg = self.client_config(self.lb_addrs());
         cfg.request_timeout = Duration::from_secs(10);
         Client::new(cfg).unwrap()
     }
 
     /// A client that asks only balancer `i`.
     pub fn client_of_lb(&self, i: usize) -> Client {
-        let cfg = ClientConfig::new(
-            vec![self.lbs[i].0.clone()],
-            APP,
-            APP_SECRET.as_bytes().to_vec(),
-        );
+        let cfg = self.client_config(vec![self.lbs[i].0.clone()]);
         Client::new(cfg).unwrap()
     }
 

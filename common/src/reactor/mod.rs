@@ -62,6 +62,7 @@ macro_rules! parts {
 mod framed;
 mod outbox;
 mod pipe;
+mod tls;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, ErrorKind, Read, Write};
@@ -83,6 +84,7 @@ use crate::error::Error;
 use crate::wire::frame::DEFAULT_MAX_FRAME;
 use framed::{Flow, Framed, Rules};
 use outbox::{ConnShared, Msg, Sink};
+use tls::Tls;
 
 /// Default cap on connections: 10,000.
 pub const DEFAULT_MAX_CONNS: usize = 10_000;
@@ -153,6 +155,10 @@ pub struct ReactorConfig {
     pub backlog: i32,
     /// How long shutdown waits for in-flight replies to be delivered.
     pub shutdown_grace: Duration,
+    /// TLS by listener, in the order of the addresses bound: `Some` makes
+    /// that listener's connections TLS ([`crate::tls`]); a listener past
+    /// the end of the list is plain.
+    pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
 }
 
 impl Default for ReactorConfig {
@@ -170,6 +176,7 @@ impl Default for ReactorConfig {
             read_chunk: DEFAULT_READ_CHUNK,
             backlog: DEFAULT_BACKLOG,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            tls: Vec::new(),
         }
     }
 }
@@ -201,6 +208,13 @@ impl ReactorConfig {
         }
     }
 }
+
+/// TLS for an outbound link: the certificates to trust, and the name the
+/// server's certificate must carry.
+pub type LinkTls = (
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+);
 
 /// Identifies a connection for the life of the reactor; never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -253,6 +267,9 @@ enum Proto {
 
 struct Conn {
     stream: TcpStream,
+    /// The TLS session, on a TLS listener's connection: `read_into` and
+    /// `flush` then move plaintext through it.
+    tls: Option<Box<Tls>>,
     peer: SocketAddr,
     origin: Origin,
     shared: Arc<ConnShared>,
@@ -306,6 +323,7 @@ impl Conn {
     fn new(stream: TcpStream, peer: SocketAddr, origin: Origin, shared: Arc<ConnShared>) -> Conn {
         Conn {
             stream,
+            tls: None,
             peer,
             origin,
             shared,
@@ -350,7 +368,7 @@ impl Conn {
     }
 
     fn flushed(&self) -> bool {
-        self.out_pos == self.out.len()
+        self.out_pos == self.out.len() && self.tls.as_ref().is_none_or(|t| !t.session.wants_write())
     }
 
     /// Writes as much of the output as the socket takes.
@@ -359,7 +377,15 @@ impl Conn {
             self.shared.unsent.store(self.unsent(), Ordering::Release);
             return Ok(());
         }
-        while self.out_pos < self.out.len() {
+        if let Some(tls) = self.tls.as_mut() {
+            let (out, pos) = (&self.out, &mut self.out_pos);
+            let progressed = tls.flush(&mut self.stream, out, pos)?;
+            if progressed {
+                self.last_active = now;
+                self.last_write = now;
+            }
+        }
+        while self.tls.is_none() && self.out_pos < self.out.len() {
             match self.stream.write(&self.out[self.out_pos..]) {
                 Ok(0) => return Err("peer closed while writing"),
                 Ok(n) => {
@@ -393,6 +419,15 @@ impl Conn {
     /// Reads once into `buf` (the budget already allowed its length) and
     /// keeps the readiness bookkeeping.
     fn read_into(&mut self, buf: &mut [u8], now: Instant) -> Got {
+        if let Some(tls) = self.tls.as_mut() {
+            let got = tls.read(&mut self.stream, buf, &mut self.want_read, self.peer);
+            match got {
+                Got::Eof => self.read_open = false,
+                Got::Bytes(_) => self.last_active = now,
+                _ => {}
+            }
+            return got;
+        }
         match self.stream.read(buf) {
             Ok(0) => {
                 self.read_open = false;
@@ -860,8 +895,9 @@ impl Core {
                     shared,
                     addr,
                     timeout,
+                    tls,
                 } => {
-                    if let Err(e) = self.connect(conn, shared.clone(), addr, timeout, now) {
+                    if let Err(e) = self.connect(conn, shared.clone(), addr, timeout, tls, now) {
                         log::info!("link {conn:?} to {addr} failed: {e}");
                         shared.closed.store(true, Ordering::Release);
                         self.stats.connect_failed.fetch_add(1, Ordering::Relaxed);
@@ -884,8 +920,14 @@ impl Core {
         shared: Arc<ConnShared>,
         addr: SocketAddr,
         timeout: Duration,
+        tls: Option<LinkTls>,
         now: Instant,
     ) -> io::Result<()> {
+        let tls = tls
+            .map(|(config, name)| Tls::client(config, name))
+            .transpose()
+            .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e.to_string()))?
+            .map(Box::new);
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         let mut stream = TcpStream::connect(addr)?;
         self.poll.registry().register(
@@ -894,6 +936,7 @@ impl Core {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         let mut c = Conn::new(stream, addr, Origin::Outbound, shared);
+        c.tls = tls;
         c.connecting = Some(
             now.checked_add(timeout)
                 .unwrap_or(now + DEFAULT_CONNECT_TIMEOUT),
@@ -933,17 +976,28 @@ impl Core {
                     return;
                 }
             };
+            let tls = self.cfg.tls.get(index).cloned().flatten();
             if self.conns.len() >= self.cfg.max_conns {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 let max = self.cfg.max_conns;
                 self.warn.full.hit(now, || {
                     format!("refusing connections from {peer} and others: at max_conns {max} (raise --max-conns if the host can take more)")
                 });
-                let mut out = Vec::new();
-                service.on_full(index, max, &mut out);
-                let _ = stream.write(&out);
+                // In plain only: a TLS client could not read it.
+                if tls.is_none() {
+                    let mut out = Vec::new();
+                    service.on_full(index, max, &mut out);
+                    let _ = stream.write(&out);
+                }
                 continue;
             }
+            let tls = match tls.map(Tls::server).transpose() {
+                Ok(t) => t.map(Box::new),
+                Err(e) => {
+                    log::warn!("cannot start TLS with {peer}: {e}");
+                    continue;
+                }
+            };
             if let Err(e) = stream.set_nodelay(true) {
                 log::debug!("nodelay on {peer}: {e}");
             }
@@ -967,6 +1021,7 @@ impl Core {
                 ConnShared::new(self.cfg.out_cap),
             );
             c.last_active = now;
+            c.tls = tls;
             // The listener's address, unless it is a wildcard (then ask).
             let bound = self.local[index];
             c.local = if bound.ip().is_unspecified() {

@@ -30,6 +30,7 @@ pub(crate) enum Msg {
         shared: Arc<ConnShared>,
         addr: SocketAddr,
         timeout: Duration,
+        tls: Option<super::LinkTls>,
     },
 }
 
@@ -248,6 +249,17 @@ impl Handle {
     /// [`Origin::Outbound`](super::Origin). If it cannot connect, or later
     /// closes, the service's `on_close` is called and the outbox refuses.
     pub fn connect(&self, addr: SocketAddr, timeout: Duration) -> Outbox {
+        self.connect_tls(addr, timeout, None)
+    }
+
+    /// [`Handle::connect`], over TLS when `tls` is given: the certificates
+    /// to trust, and the name the server's certificate must carry.
+    pub fn connect_tls(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<super::LinkTls>,
+    ) -> Outbox {
         let conn = ConnId(self.sink.next_id.fetch_add(1, Ordering::Relaxed));
         let shared = ConnShared::new(self.out_cap);
         self.sink.push(Msg::Connect {
@@ -255,6 +267,7 @@ impl Handle {
             shared: shared.clone(),
             addr,
             timeout,
+            tls,
         });
         Outbox {
             conn,
@@ -267,14 +280,34 @@ impl Handle {
     /// calling thread (never on the reactor's, where a slow resolver would
     /// stall every connection): the first address it resolves to.
     pub fn connect_host(&self, host_port: &str, timeout: Duration) -> std::io::Result<Outbox> {
+        self.connect_host_tls(host_port, timeout, None)
+    }
+
+    /// [`Handle::connect_host`], over TLS when `tls` is given (the
+    /// certificates to trust; the server's must name the host).
+    pub fn connect_host_tls(
+        &self,
+        host_port: &str,
+        timeout: Duration,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> std::io::Result<Outbox> {
         use std::net::ToSocketAddrs;
+        let tls = match tls {
+            Some(config) => {
+                let name = crate::tls::server_name(host_port).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                })?;
+                Some((config.clone(), name))
+            }
+            None => None,
+        };
         let addr = host_port.to_socket_addrs()?.next().ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!("{host_port} resolves to no address"),
             )
         })?;
-        Ok(self.connect(addr, timeout))
+        Ok(self.connect_tls(addr, timeout, tls))
     }
 
     /// Starts the shutdown: stop accepting, deliver in-flight replies, return.

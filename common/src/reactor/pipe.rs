@@ -228,7 +228,7 @@ impl Core {
             };
             let back = ConnId(self.sink.next_id.fetch_add(1, Ordering::Relaxed));
             let shared = ConnShared::new(self.cfg.out_cap);
-            match self.connect(back, shared, addr, self.cfg.connect_timeout, now) {
+            match self.connect(back, shared, addr, self.cfg.connect_timeout, None, now) {
                 Ok(()) => {
                     let b = self.conns.get_mut(&back).expect("inserted by connect");
                     b.proto = Proto::Pipe(PipeEnd::new(front));
