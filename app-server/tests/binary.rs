@@ -23,6 +23,18 @@ fn bin() -> Command {
     c
 }
 
+/// Runs `cmd` with [`PASSWORD`] on its stdin (create-admin reads it there).
+fn fed_password(mut cmd: Command) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn keys_file(dir: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("app-server-{dir}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -95,16 +107,11 @@ fn migrate_create_admin_serve_and_exit_0_on_sigterm() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let mut admin = bin()
+    let mut admin = bin();
+    admin
         .args(["create-admin", "--name", "root"])
-        .env("DSF_DB", &url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(admin.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    let out = admin.wait_with_output().unwrap();
+        .env("DSF_DB", &url);
+    let out = fed_password(admin);
     assert!(
         out.status.success(),
         "{}",
@@ -294,17 +301,12 @@ fn no_secret_shows_in_check_config_errors_or_debug_logs() {
     let text = said(&out);
     assert!(out.status.success(), "{text}");
     assert_eq!(shown(&secrets, &text), None, "{text}");
-    let mut admin = bin()
+    let mut admin = bin();
+    admin
         .args(["create-admin", "--name", "root", "--db", &bare])
         .env("DSF_DB_PASSWORD", &db_password)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(admin.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    let out = admin.wait_with_output().unwrap();
+        .env("RUST_LOG", "debug");
+    let out = fed_password(admin);
     let text = said(&out);
     assert!(out.status.success(), "{text}");
     secrets.push(PASSWORD.to_string());

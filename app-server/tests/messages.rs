@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use app_server::Settings;
 use dsf_common::call::{Connection, Failure, Signer, Streamed};
-use dsf_common::view::NodeView;
 use dsf_common::wire::Key;
 use dsf_common::ErrorCode;
 use dsf_sql::testing::{self, TestDb};
 use serde_json::{json, Value};
-use support::{settings, Conn, Server, WAIT};
+use support::{introduce, settings, Conn, Server, WAIT};
 
 /// A server whose subscriptions poll their inboxes every `poll`.
 fn server(db: &TestDb, poll: Duration) -> Server {
@@ -24,24 +23,6 @@ fn server(db: &TestDb, poll: Duration) -> Server {
         msg_poll: poll,
         ..settings(db.config(), None)
     })
-}
-
-/// Tells each server of the others, as the collector's heartbeat reply does.
-fn introduce(servers: &[&Server]) {
-    let nodes: Vec<NodeView> = servers
-        .iter()
-        .map(|s| NodeView {
-            id: s.node.clone(),
-            addr: s.addr.to_string(),
-            proxy_addr: None,
-            weight: 1,
-            state: Default::default(),
-            load: Default::default(),
-        })
-        .collect();
-    for s in servers {
-        s.running().controller().app().peers.set_view(1, &nodes);
-    }
 }
 
 /// Two app servers over one fresh database, polling every `poll` (told of

@@ -148,7 +148,6 @@ fn the_port_speaks_tls_to_openssl_and_signed_calls_and_tells_plain_clients() {
 
 #[test]
 fn peer_links_between_app_servers_speak_tls() {
-    use dsf_common::view::NodeView;
     let (ca, cert, key) = certificates("peers");
     let server_tls = dsf_common::tls::server_config(&cert, &key).unwrap();
     let trust = dsf_common::tls::client_config(&ca).unwrap();
@@ -162,20 +161,7 @@ fn peer_links_between_app_servers_speak_tls() {
         Server::with(s)
     };
     let (a, b) = (start(), start());
-    let nodes: Vec<NodeView> = [&a, &b]
-        .iter()
-        .map(|s| NodeView {
-            id: s.node.clone(),
-            addr: s.addr.to_string(),
-            proxy_addr: None,
-            weight: 1,
-            state: Default::default(),
-            load: Default::default(),
-        })
-        .collect();
-    for s in [&a, &b] {
-        s.running().controller().app().peers.set_view(1, &nodes);
-    }
+    support::introduce(&[&a, &b]);
     let connect = |s: &Server| {
         let addr = s.addr.to_string();
         Connection::connect_tls(&addr, &addr, signer(), WAIT, 1 << 20, Some(&trust)).unwrap()

@@ -254,21 +254,8 @@ fn every_message_reaches_its_recipient_once_and_in_order_through_offline_users_a
 /// Registration is closed by default: `client register` is refused saying
 /// who makes accounts, and an admin's `client user create` makes one.
 fn cli_accounts(cluster: &Cluster) {
-    let run = |session: &str, args: &[&str], stdin: &str| {
-        use std::io::Write;
-        let mut child = cluster
-            .cli(session)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.as_bytes()).unwrap();
-        drop(input);
-        child.wait_with_output().unwrap()
-    };
+    let run =
+        |session: &str, args: &[&str], stdin: &str| cli_with_stdin(cluster, session, args, stdin);
     let text = |o: &std::process::Output| {
         String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
     };
@@ -326,25 +313,33 @@ fn cli_accounts(cluster: &Cluster) {
     assert!(text(&me).starts_with("eve (id "), "{}", text(&me));
 }
 
+/// `client ARGS` with `stdin` as its input, under session file `session`.
+fn cli_with_stdin(
+    cluster: &Cluster,
+    session: &str,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cluster
+        .cli(session)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
 /// `client login`, `client msg send`, `client msg listen --json`.
 fn cli_send_and_listen(cluster: &Cluster) {
     let cli = |user: &str| cluster.cli(&format!("{user}.session"));
     let run = |user: &str, args: &[&str], stdin: &str| {
-        use std::io::Write;
-        let mut child = cli(user)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = cli_with_stdin(cluster, &format!("{user}.session"), args, stdin);
         assert!(
             out.status.success(),
             "client {args:?}: {}",

@@ -106,6 +106,24 @@ impl Drop for Server {
     }
 }
 
+/// Tells each server of the others, as the collector's heartbeat reply does.
+pub fn introduce(servers: &[&Server]) {
+    let nodes: Vec<dsf_common::view::NodeView> = servers
+        .iter()
+        .map(|s| dsf_common::view::NodeView {
+            id: s.node.clone(),
+            addr: s.addr.to_string(),
+            proxy_addr: None,
+            weight: 1,
+            state: Default::default(),
+            load: Default::default(),
+        })
+        .collect();
+    for s in servers {
+        s.running().controller().app().peers.set_view(1, &nodes);
+    }
+}
+
 /// A raw signed connection.
 pub struct Conn {
     pub stream: FramedStream,

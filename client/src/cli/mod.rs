@@ -395,7 +395,13 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
         return Ok(exit::OK);
     }
     if let Command::Pins(cmd) = &cli.command {
-        pins::run(cmd, cli.timeout, out)?;
+        let tls = cli
+            .tls_ca
+            .as_deref()
+            .map(dsf_common::tls::client_config)
+            .transpose()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        pins::run(cmd, cli.timeout, &tls, out)?;
         return Ok(exit::OK);
     }
     if let Command::Worker(args) = &cli.command {

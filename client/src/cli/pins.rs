@@ -60,7 +60,10 @@ pub enum PinsCmd {
     },
 }
 
-pub fn run(cmd: &PinsCmd, timeout: Duration, out: &mut Out) -> Result<()> {
+/// TLS to the cluster port, when the balancer speaks it (`--tls-ca`).
+pub type Tls = Option<std::sync::Arc<rustls::ClientConfig>>;
+
+pub fn run(cmd: &PinsCmd, timeout: Duration, tls: &Tls, out: &mut Out) -> Result<()> {
     match cmd {
         PinsCmd::List {
             target,
@@ -80,7 +83,7 @@ pub fn run(cmd: &PinsCmd, timeout: Duration, out: &mut Out) -> Result<()> {
             let mut rows = Vec::new();
             let mut next;
             loop {
-                let page: PinPage = call(target, "lb.pins", &body, timeout)?;
+                let page: PinPage = call(target, "lb.pins", &body, timeout, tls)?;
                 rows.extend(page.pins);
                 next = page.next;
                 match &next {
@@ -101,7 +104,7 @@ pub fn run(cmd: &PinsCmd, timeout: Duration, out: &mut Out) -> Result<()> {
                 key: key.clone(),
                 node: node.clone(),
             };
-            let r: Unpinned = call(target, "lb.unpin", &body, timeout)?;
+            let r: Unpinned = call(target, "lb.unpin", &body, timeout, tls)?;
             let v = serde_json::to_value(r).expect("a number serialises");
             out.value(&v, &format!("dropped {} pins", r.dropped));
         }
@@ -114,6 +117,7 @@ fn call<B: Serialize, R: DeserializeOwned>(
     kind: &str,
     body: &B,
     timeout: Duration,
+    tls: &Tls,
 ) -> Result<R> {
     let secret = keys::cluster_secret(target.cluster_secret_file.as_deref())
         .map_err(|e| Error::Config(e.to_string()))?;
@@ -122,7 +126,7 @@ fn call<B: Serialize, R: DeserializeOwned>(
         key: Key::new(secret.expose()),
     };
     let addr = &target.cluster;
-    let mut conn = Connection::connect(addr, addr, signer, timeout, 1 << 20).map_err(|e| {
+    let mut conn = Connection::connect_tls(addr, addr, signer, timeout, 1 << 20, tls.as_ref()).map_err(|e| {
         Error::Config(format!(
             "cannot connect to the balancer's cluster port {addr}: {e} (pass --cluster HOST:PORT, its --cluster-listen)"
         ))

@@ -224,20 +224,18 @@ impl Cluster {
     /// Starts `spec` and waits until every app server is `up` in every
     /// balancer's view.
     pub fn start(spec: Spec) -> Cluster {
-        let db = dsf_sql::testing::fresh();
-        let db_url = format!(
-            "{}/{}",
-            dsf_sql::testing::server_url().trim_end_matches('/'),
-            db.name()
-        );
-        let pool = (*db).clone();
-        Cluster::start_on(spec, pool, db_url, Store::Shared(db), false)
+        Cluster::start_shared(spec, false)
     }
 
     /// Like [`Cluster::start`], with TLS on every dsf port (balancers,
     /// collector, app servers, and the links between them) under a
     /// throwaway CA; [`Cluster::client`] and [`Cluster::cli`] trust it.
     pub fn start_tls(spec: Spec) -> Cluster {
+        Cluster::start_shared(spec, true)
+    }
+
+    /// On a throwaway database of the shared test server.
+    fn start_shared(spec: Spec, tls: bool) -> Cluster {
         let db = dsf_sql::testing::fresh();
         let db_url = format!(
             "{}/{}",
@@ -245,7 +243,7 @@ impl Cluster {
             db.name()
         );
         let pool = (*db).clone();
-        Cluster::start_on(spec, pool, db_url, Store::Shared(db), true)
+        Cluster::start_on(spec, pool, db_url, Store::Shared(db), tls)
     }
 
     /// Like [`Cluster::start`], on a MariaDB of its own, which

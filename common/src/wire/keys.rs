@@ -150,13 +150,7 @@ impl AppKeys {
     /// may read.
     pub fn load(path: &Path) -> Result<AppKeys, KeyError> {
         let shown = path.display().to_string();
-        let text = read_private(path)?;
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| KeyError::Format {
-                path: shown.clone(),
-                reason: e.message().to_string(),
-            })?;
+        let table = read_table(path)?;
         let mut keys = AppKeys::new();
         for (app, value) in table {
             let format = |reason: String| KeyError::Format {
@@ -198,13 +192,7 @@ impl AppKeys {
     /// each under the app id `node:<node_id>`.
     pub fn load_node_keys(path: &Path) -> Result<AppKeys, KeyError> {
         let shown = path.display().to_string();
-        let table: toml::Table =
-            read_private(path)?
-                .parse()
-                .map_err(|e: toml::de::Error| KeyError::Format {
-                    path: shown.clone(),
-                    reason: e.message().to_string(),
-                })?;
+        let table = read_table(path)?;
         let mut keys = AppKeys::new();
         for (id, value) in table {
             let Some(secret) = value.as_str() else {
@@ -237,6 +225,16 @@ impl AppKeys {
     pub fn extend(&mut self, other: AppKeys) {
         self.keys.extend(other.keys);
     }
+}
+
+/// A private TOML file's table.
+fn read_table(path: &Path) -> Result<toml::Table, KeyError> {
+    read_private(path)?
+        .parse()
+        .map_err(|e: toml::de::Error| KeyError::Format {
+            path: path.display().to_string(),
+            reason: e.message().to_string(),
+        })
 }
 
 /// A secret from `file` (mode 0600, trailing newline dropped) if given,
