@@ -207,3 +207,21 @@ fn peer_links_between_app_servers_speak_tls() {
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(peers.sent.load(Relaxed), 1);
 }
+
+#[test]
+fn a_server_closing_a_tls_connection_says_so_with_close_notify() {
+    let (ca, cert, key) = certificates("close");
+    let db = testing::fresh();
+    let mut s = support::settings(db.config(), None);
+    s.reactor.tls = vec![Some(dsf_common::tls::server_config(&cert, &key).unwrap())];
+    s.reactor.idle_timeout = Duration::from_millis(300);
+    let server = Server::with(s);
+    let addr = server.addr.to_string();
+    let trust = dsf_common::tls::client_config(&ca).unwrap();
+    let mut idle = FramedStream::connect(&addr, WAIT, 1 << 20)
+        .unwrap()
+        .start_tls(&trust, &addr, WAIT)
+        .unwrap();
+    // Closed for idling: a clean end of the stream, not a cut connection.
+    assert!(matches!(idle.recv(Instant::now() + WAIT), Ok(None)));
+}

@@ -1392,9 +1392,12 @@ impl Core {
     }
 
     fn close<S: Service>(&mut self, service: &mut S, id: ConnId, why: &str) {
-        let Some(c) = self.conns.remove(&id) else {
+        let Some(mut c) = self.conns.remove(&id) else {
             return;
         };
+        if let Some(tls) = c.tls.as_mut() {
+            tls.close_notify(&mut c.stream);
+        }
         // No deregister: dropping the stream below closes its descriptor,
         // which takes it out of the epoll set (one syscall fewer per close;
         // tokens are never reused, so a stale event finds no connection).

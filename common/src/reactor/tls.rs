@@ -85,6 +85,17 @@ impl Tls {
         }
     }
 
+    /// Tells the peer the session ends (best effort, without waiting), so
+    /// that it reads a clean end rather than a cut connection.
+    pub(super) fn close_notify(&mut self, stream: &mut TcpStream) {
+        self.session.send_close_notify();
+        while self.session.wants_write() {
+            if !matches!(self.session.write_tls(stream), Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
+
     /// One step of reading: plaintext the session already holds, else
     /// records from the socket. `want_read` is the connection's readiness
     /// flag (cleared once the socket is drained).
