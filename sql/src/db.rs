@@ -41,6 +41,10 @@ const INIT: [&str; 3] = [
      ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'",
 ];
 
+/// How long a pooled connection may go unused and still be handed out
+/// without a liveness check (HikariCP's `aliveBypassWindowMs`).
+pub const ALIVE_BYPASS: Duration = Duration::from_millis(500);
+
 /// How to reach the database and how many connections to keep.
 #[derive(Debug, Clone)]
 pub struct DbConfig {
@@ -66,6 +70,9 @@ pub struct DbConfig {
     pub acquire_timeout: Duration,
     /// How long [`Db::connect`] retries (default [`DEFAULT_STARTUP_DEADLINE`]).
     pub startup_deadline: Option<Duration>,
+    /// A connection unused for longer is pinged before it is handed out
+    /// (default [`ALIVE_BYPASS`]).
+    pub alive_bypass: Duration,
 }
 
 // === impl DbConfig ===
@@ -84,6 +91,7 @@ impl DbConfig {
             io_timeout: DEFAULT_IO_TIMEOUT,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             startup_deadline: DEFAULT_STARTUP_DEADLINE,
+            alive_bypass: ALIVE_BYPASS,
         }
     }
 
@@ -125,12 +133,13 @@ impl DbConfig {
         // statements, which would re-prepare every statement on every call.
         // We leave no session state behind (transactions roll back on drop,
         // the migration lock is released explicitly).
-        // check_health (the default) pings a pooled connection before handing
-        // it out, so connections left dead by a database restart are replaced
-        // instead of failing the next request.
+        // No check_health: the pool would ping every connection it hands
+        // out, one round trip per request. `Db::checkout` pings only those
+        // unused for longer than ALIVE_BYPASS.
         let pool_opts = PoolOpts::default()
             .with_constraints(constraints)
-            .with_reset_connection(false);
+            .with_reset_connection(false)
+            .with_check_health(false);
         let mut b = OptsBuilder::from_opts(base)
             .pool_opts(pool_opts)
             .tcp_connect_timeout(Some(self.connect_timeout))
@@ -160,6 +169,9 @@ pub struct Db {
 struct Inner {
     acquire_timeout: Duration,
     pool_max: usize,
+    alive_bypass: Duration,
+    /// When each connection (by its server thread id) was last handed out.
+    used: std::sync::Mutex<std::collections::HashMap<u32, Instant>>,
     /// `host:port/db`, never the password: for logs and errors.
     target: String,
 }
@@ -212,6 +224,8 @@ impl Db {
             inner: Arc::new(Inner {
                 acquire_timeout: cfg.acquire_timeout,
                 pool_max: cfg.pool_max(),
+                alive_bypass: cfg.alive_bypass,
+                used: Default::default(),
                 target: target_of(cfg),
             }),
         };
@@ -236,17 +250,50 @@ impl Db {
     }
 
     /// Takes a connection, waiting at most the acquire timeout.
+    /// A pooled connection, checked alive (`COM_PING`) only when it has
+    /// not been handed out for [`DbConfig::alive_bypass`] (default
+    /// [`ALIVE_BYPASS`]), as HikariCP does: a
+    /// connection in steady use costs no extra round trip, and one left
+    /// dead by a database restart (which takes longer than the window) is
+    /// found and replaced before a request meets it. A dead one is
+    /// discarded, so the pool opens a new one in its place.
+    pub fn checkout(&self) -> mysql::Result<PooledConn> {
+        for _ in 0..=self.inner.pool_max {
+            let mut c = self.pool.try_get_conn(self.inner.acquire_timeout)?;
+            let now = Instant::now();
+            let recent = {
+                let mut used = self.inner.used.lock().unwrap_or_else(|p| p.into_inner());
+                // Ids of connections long gone: forgetting all costs one
+                // ping each.
+                if used.len() > 4 * self.inner.pool_max {
+                    used.clear();
+                }
+                used.insert(c.connection_id(), now)
+                    .is_some_and(|t| now.duration_since(t) <= self.inner.alive_bypass)
+            };
+            if recent || c.as_mut().ping().is_ok() {
+                return Ok(c);
+            }
+            // The reset on return fails on a dead connection, which makes
+            // the pool forget it instead of taking it back.
+            c.reset_connection(true);
+            drop(c);
+        }
+        Err(mysql::Error::IoError(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "every pooled connection was dead",
+        )))
+    }
+
     pub(crate) fn conn(&self, op: &'static str) -> Result<PooledConn> {
-        self.pool
-            .try_get_conn(self.inner.acquire_timeout)
-            .map_err(|e| match e {
-                mysql::Error::DriverError(mysql::DriverError::Timeout) => Error::PoolTimeout {
-                    op,
-                    waited: self.inner.acquire_timeout,
-                    max: self.inner.pool_max,
-                },
-                other => Error::from_mysql(op, other),
-            })
+        self.checkout().map_err(|e| match e {
+            mysql::Error::DriverError(mysql::DriverError::Timeout) => Error::PoolTimeout {
+                op,
+                waited: self.inner.acquire_timeout,
+                max: self.inner.pool_max,
+            },
+            other => Error::from_mysql(op, other),
+        })
     }
 
     /// Runs `f` on the connection of the run-once write this thread is
@@ -282,7 +329,10 @@ impl Db {
             Err(f) => f,
         };
         let mut conn = self.conn(op)?;
-        f(&mut conn).map_err(|e| Error::from_mysql(op, e))
+        f(&mut conn).map_err(|e| {
+            forget_if_broken(&mut conn, &e);
+            Error::from_mysql(op, e)
+        })
     }
 
     /// Runs `f` in one transaction: the run-once write's, inside
@@ -325,7 +375,7 @@ impl Db {
         impl Drop for Tx {
             fn drop(&mut self) {
                 if !self.1 {
-                    let _ = self.0.query_drop("ROLLBACK");
+                    roll_back(&mut self.0);
                 }
             }
         }
@@ -351,6 +401,26 @@ impl std::fmt::Debug for Db {
             .field("target", &self.inner.target)
             .field("pool_max", &self.inner.pool_max)
             .finish()
+    }
+}
+
+/// Makes the pool forget `conn` once it is dropped, when `e` says the
+/// connection is broken: within the bypass window it would otherwise be
+/// handed out again unchecked.
+pub(crate) fn forget_if_broken(conn: &mut PooledConn, e: &mysql::Error) {
+    if e.is_connectivity_error() {
+        // The reset on return fails on a dead connection, so the pool
+        // drops it instead of taking it back.
+        conn.reset_connection(true);
+    }
+}
+
+/// Rolls back the transaction open on `conn`; a connection that cannot do
+/// even that is broken, and the pool forgets it.
+pub(crate) fn roll_back(conn: &mut PooledConn) {
+    if let Err(e) = conn.query_drop("ROLLBACK") {
+        log::debug!("ROLLBACK failed ({e}): the connection is dropped, not pooled");
+        conn.reset_connection(true);
     }
 }
 

@@ -69,7 +69,7 @@ impl TxGuard {
 impl Drop for TxGuard {
     fn drop(&mut self) {
         if let Some((_, mut conn)) = TX.with(|t| t.borrow_mut().take()) {
-            let _ = conn.query_drop("ROLLBACK");
+            crate::db::roll_back(&mut conn);
         }
     }
 }
@@ -118,8 +118,10 @@ impl<'a> Writes<'a> {
     ) -> Result<Once> {
         const OP: &str = "wire.run_once";
         let mut conn = self.db.conn(OP)?;
-        conn.query_drop("START TRANSACTION")
-            .map_err(|e| Error::from_mysql(OP, e))?;
+        conn.query_drop("START TRANSACTION").map_err(|e| {
+            crate::db::forget_if_broken(&mut conn, &e);
+            Error::from_mysql(OP, e)
+        })?;
         let guard = TxGuard;
         TX.with(|t| *t.borrow_mut() = Some((self.db.id(), conn)));
         let (ok, reply, keep_refusal) = handler();
@@ -138,7 +140,7 @@ impl<'a> Writes<'a> {
                     Ok(Once::Ran(Stored { ok, reply }))
                 }
                 Err(e) => {
-                    let _ = conn.query_drop("ROLLBACK");
+                    crate::db::roll_back(&mut conn);
                     drop(conn);
                     match Error::from_mysql(OP, e) {
                         // The same request committed first, elsewhere.
@@ -149,7 +151,7 @@ impl<'a> Writes<'a> {
             };
         }
         // A refusal: nothing it did stays.
-        let _ = conn.query_drop("ROLLBACK");
+        crate::db::roll_back(&mut conn);
         drop(conn);
         if let Some(s) = self.stored(app, nonce)? {
             // It ran meanwhile elsewhere (this run tripped over its writes).

@@ -117,10 +117,7 @@ impl Store {
         cfg.acquire_timeout = QUERY_TIMEOUT;
         dsf_sql::db::ensure_database(&cfg).map_err(|e| format!("--pins-db: {e}"))?;
         let db = Db::connect(&cfg).map_err(|e| format!("--pins-db: {e}"))?;
-        let mut conn = db
-            .pool()
-            .get_conn()
-            .map_err(|e| format!("--pins-db: {e}"))?;
+        let mut conn = db.checkout().map_err(|e| format!("--pins-db: {e}"))?;
         conn.query_drop(SCHEMA)
             .map_err(|e| format!("--pins-db: creating table dsf_lb_pins: {e}"))?;
         log::info!(
@@ -269,7 +266,7 @@ impl Worker {
     }
 
     fn conn(&self) -> mysql::Result<PooledConn> {
-        self.db.pool().get_conn()
+        self.db.checkout()
     }
 
     /// Logs a database failure: at warn once a minute, else at debug.
