@@ -275,6 +275,7 @@ impl AppConfig {
             heartbeat_every: DEFAULT_HEARTBEAT,
             password_cost: Cost::DEFAULT,
             msg_poll: crate::mailroom::POLL,
+            reap_every: crate::server::REAP_EVERY,
             registration: self.registration.unwrap_or_default(),
             auth_rate_name: self
                 .auth_rate_name

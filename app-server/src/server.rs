@@ -80,6 +80,9 @@ pub struct Settings {
     /// How often subscriptions poll their inboxes for messages whose
     /// notification was lost ([`crate::mailroom::POLL`]).
     pub msg_poll: Duration,
+    /// How often the task reaper looks for expired leases and due retries
+    /// ([`REAP_EVERY`]).
+    pub reap_every: Duration,
     /// Whether `user.register` makes accounts.
     pub registration: Registration,
     /// Logins and registrations per user name, and per peer address.
@@ -404,10 +407,11 @@ pub fn start(s: Settings) -> Result<Running, Error> {
         what: "starting the janitor thread".into(),
         source: e,
     })?;
-    let reaper = start_reaper(controller.app().db.clone()).map_err(|e| Error::Io {
-        what: "starting the task reaper thread".into(),
-        source: e,
-    })?;
+    let reaper =
+        start_reaper(controller.app().db.clone(), s.reap_every).map_err(|e| Error::Io {
+            what: "starting the task reaper thread".into(),
+            source: e,
+        })?;
     let (stop_tx, stop_rx) = bounded(1);
     Ok(Running {
         addr,
@@ -428,21 +432,21 @@ pub fn start(s: Settings) -> Result<Running, Error> {
 }
 
 /// How often the reaper looks for expired leases and due retries.
-const REAP_EVERY: Duration = Duration::from_millis(250);
+pub const REAP_EVERY: Duration = Duration::from_millis(250);
 
 /// The `reaper` thread: returns tasks whose lease expired to their retry
 /// (or buries them after their last attempt) and makes due retries ready,
-/// every [`REAP_EVERY`], until the returned sender is dropped. Every app
+/// every `every`, until the returned sender is dropped. Every app
 /// server runs one; they take rows with SKIP LOCKED, so they share the
 /// work rather than repeat it.
-fn start_reaper(db: Db) -> std::io::Result<Sender<()>> {
+fn start_reaper(db: Db, every: Duration) -> std::io::Result<Sender<()>> {
     let (tx, rx) = bounded::<()>(1);
     std::thread::Builder::new()
         .name("reaper".into())
         .spawn(move || {
             let mut failing = false;
             loop {
-                match rx.recv_timeout(REAP_EVERY) {
+                match rx.recv_timeout(every) {
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                     _ => return,
                 }
@@ -453,14 +457,19 @@ fn start_reaper(db: Db) -> std::io::Result<Sender<()>> {
                             failing = false;
                         }
                         if r.expired > 0 {
-                            log::info!("reaper: {} leases expired; their tasks retry or are dead", r.expired);
+                            log::info!(
+                                "reaper: {} leases expired; their tasks retry or are dead",
+                                r.expired
+                            );
                         }
                         if r.promoted > 0 {
                             log::debug!("reaper: {} retries ready", r.promoted);
                         }
                     }
                     Err(e) if !failing => {
-                        log::warn!("reaper: {e}; retrying every {REAP_EVERY:?} (logged again when it answers)");
+                        log::warn!(
+                            "reaper: {e}; retrying every {every:?} (logged again when it answers)"
+                        );
                         failing = true;
                     }
                     Err(e) => log::debug!("reaper: {e}"),

@@ -4,7 +4,8 @@
 //! liveness ping for a connection in steady use.
 //!
 //! The app server runs over a MariaDB of its own, so the server's global
-//! counters hear nobody else.
+//! counters hear nobody else. New connections (the pool grows when the
+//! machine is slow) are allowed their one first ping.
 
 mod support;
 
@@ -14,11 +15,15 @@ use mysql::prelude::Queryable;
 use serde_json::json;
 use support::{settings, Server};
 
-/// `Questions` (statements, prepared executions included) and
-/// `Com_admin_commands` (pings among them), as the server counts them.
-fn counters(c: &mut mysql::Conn) -> (u64, u64) {
+/// What the server counted: prepared statements executed
+/// (`Com_stmt_execute`: both of a check's statements are), pings among
+/// `Com_admin_commands`, and connections opened (`Connections`).
+fn counters(c: &mut mysql::Conn) -> (u64, u64, u64) {
     let rows: Vec<(String, u64)> = c
-        .query("SHOW GLOBAL STATUS WHERE Variable_name IN ('Questions', 'Com_admin_commands')")
+        .query(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN \
+             ('Com_stmt_execute', 'Com_admin_commands', 'Connections')",
+        )
         .unwrap();
     let get = |name: &str| {
         rows.iter()
@@ -26,7 +31,11 @@ fn counters(c: &mut mysql::Conn) -> (u64, u64) {
             .map(|(_, v)| *v)
             .unwrap()
     };
-    (get("Questions"), get("Com_admin_commands"))
+    (
+        get("Com_stmt_execute"),
+        get("Com_admin_commands"),
+        get("Connections"),
+    )
 }
 
 #[test]
@@ -39,8 +48,11 @@ fn a_gate_check_is_two_statements_and_no_ping() {
     dsf_sql::db::ensure_database(&cfg).unwrap();
     dsf_sql::Db::connect(&cfg).unwrap().migrate().unwrap();
     let mut s = settings(cfg, None);
-    // Nothing in the background: no inbox poll within the test.
+    // Nothing in the background: no inbox poll and no task reaper within
+    // the test (the reaper's two statements every 250 ms would land in a
+    // slow run).
     s.msg_poll = Duration::from_secs(3600);
+    s.reap_every = Duration::from_secs(3600);
     let app = Server::with(s);
     let mut c = app.connect();
     let check = |c: &mut support::Conn, i: usize| {
@@ -56,20 +68,25 @@ fn a_gate_check_is_two_statements_and_no_ping() {
     }
     let mut status = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
     const N: u64 = 200;
-    let (q0, p0) = counters(&mut status);
+    let (e0, p0, c0) = counters(&mut status);
     for i in 0..N as usize {
         check(&mut c, i);
     }
-    let (q1, p1) = counters(&mut status);
-    // The second SHOW counts itself.
-    let statements = q1 - q0 - 1;
+    let (e1, p1, c1) = counters(&mut status);
+    let executed = e1 - e0;
     assert_eq!(
-        statements,
+        executed,
         2 * N,
         "statements per gate.check: {}",
-        statements as f64 / N as f64
+        executed as f64 / N as f64
     );
-    assert_eq!(p1 - p0, 0, "pings during {N} gate checks in steady use");
+    // A connection is pinged the first time the pool hands it out; one in
+    // steady use never is (the old pool pinged on every check-out).
+    let (pings, opened) = (p1 - p0, c1 - c0);
+    assert!(
+        pings <= opened,
+        "{pings} pings during {N} gate checks, with {opened} connections opened"
+    );
     drop(app);
     server.script("stop");
 }

@@ -57,6 +57,7 @@ pub fn settings(db: DbConfig, collector: Option<String>) -> Settings {
         heartbeat_every: Duration::from_millis(200),
         password_cost: Cost::TEST,
         msg_poll: app_server::mailroom::POLL,
+        reap_every: app_server::server::REAP_EVERY,
         registration: app_server::limits::Registration::Open,
         auth_rate_name: app_server::limits::Rate::Off,
         auth_rate_addr: app_server::limits::Rate::Off,
