@@ -10,9 +10,12 @@ use app_server::config::AppConfig;
 
 /// Application server: serves the dsf message types over MySQL.
 ///
-/// Clients sign with a key from --app-keys; heartbeats to the collector are
-/// signed with the cluster secret (DSF_CLUSTER_SECRET or
-/// --cluster-secret-file). SIGTERM or SIGINT drains and exits 0.
+/// Clients sign with a key from --app-keys. Heartbeats to the collector are
+/// signed with this node's own key (--node-key-file, DSF_NODE_KEY), and
+/// peer.notify to the other app servers with the peer secret
+/// (DSF_PEER_SECRET, --peer-secret-file); the cluster secret
+/// (DSF_CLUSTER_SECRET) stands in for either where they are not used.
+/// SIGTERM or SIGINT drains and exits 0.
 #[derive(Parser)]
 #[command(
     name = "app-server",
@@ -21,8 +24,9 @@ use app_server::config::AppConfig;
     after_help = "Examples:\n  \
   app-server migrate --db mysql://dsf@127.0.0.1:3306/dsf --db-password-file /etc/dsf/db.password\n  \
   echo \"$ADMIN_PW\" | app-server create-admin --db mysql://dsf@127.0.0.1:3306/dsf --db-password-file /etc/dsf/db.password --name root\n  \
-  DSF_CLUSTER_SECRET=… app-server --listen 127.0.0.1:7000 --db mysql://dsf@127.0.0.1:3306/dsf \\\n      \
-  --db-password-file /etc/dsf/db.password --collector 127.0.0.1:6400 --app-keys keys.toml\n\n\
+  DSF_PEER_SECRET=… app-server --listen 127.0.0.1:7000 --node-id a1 --node-key-file a1.key \\\n      \
+  --db mysql://dsf@127.0.0.1:3306/dsf --db-password-file /etc/dsf/db.password \\\n      \
+  --collector 127.0.0.1:6400 --app-keys keys.toml\n\n\
 The database password comes from --db-password-file (mode 0600) or DSF_DB_PASSWORD, never a flag:\n\
 flags show in `ps`. --check-config shows any password in a URL as ***.\n\n\
 Every flag can also be set as DSF_<FLAG> (e.g. DSF_NODE_ID=a1) or as a key of the --config file.\n\

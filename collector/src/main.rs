@@ -14,8 +14,9 @@ use dsf_common::config::{self, ConfigArgs};
     name = "collector",
     version,
     after_help = "Examples:\n  \
-  # one balancer (started with --cluster-listen 127.0.0.1:6200), app servers heartbeating here:\n  \
-  DSF_CLUSTER_SECRET=… collector --lb 127.0.0.1:6200 --app-keys keys.toml\n\n  \
+  # one balancer (started with --cluster-listen 127.0.0.1:6200), app servers heartbeating here,\n  \
+  # each under its own key (node-keys.toml: node_id = \"key\", one line per app server):\n  \
+  DSF_CLUSTER_SECRET=… collector --lb 127.0.0.1:6200 --app-keys keys.toml --node-keys node-keys.toml\n\n  \
   # two balancers and two servers that send no heartbeats, checked by TCP connect:\n  \
   DSF_CLUSTER_SECRET=… collector --lb 10.0.0.1:6200,10.0.0.2:6200 \\\n      \
   --target a=10.0.0.5:8080 --target b=10.0.0.6:8080,2\n\n  \
