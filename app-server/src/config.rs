@@ -215,7 +215,7 @@ impl AppConfig {
 
     /// The heartbeats' key and the peer secret. The node key and the peer
     /// secret are preferred; the cluster secret stands in for either.
-    fn secrets(&self) -> Result<(HeartbeatKey, Secret), Error> {
+    fn secrets(&self) -> Result<(Option<HeartbeatKey>, Secret), Error> {
         let file = |f: &Option<PathBuf>, env| keys::secret_from(f.as_deref(), env);
         let node_key = file(&self.node_key_file, keys::NODE_KEY_ENV)?;
         let peer = file(&self.peer_secret_file, keys::PEER_SECRET_ENV)?;
@@ -227,11 +227,11 @@ impl AppConfig {
             );
         }
         let heartbeat_key = match (node_key, &cluster) {
-            (Some(k), _) => HeartbeatKey::Node(k),
-            (None, Some(c)) => HeartbeatKey::Cluster(c.clone()),
+            (Some(k), _) => Some(HeartbeatKey::Node(k)),
+            (None, Some(c)) => Some(HeartbeatKey::Cluster(c.clone())),
             (None, None) if self.collector.is_some() => return Err(Error::NoHeartbeatKey),
             // No heartbeats are sent: nothing signs any.
-            (None, None) => HeartbeatKey::Node(Secret::new(Vec::new())),
+            (None, None) => None,
         };
         let peer_secret = match (peer, &cluster) {
             (Some(p), _) => p,

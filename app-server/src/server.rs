@@ -60,8 +60,8 @@ pub struct Settings {
     pub queue: usize,
     /// Keys clients sign with.
     pub app_keys: AppKeys,
-    /// Signs heartbeats (never from a flag value).
-    pub heartbeat_key: HeartbeatKey,
+    /// Signs heartbeats (never from a flag value); needed with `collector`.
+    pub heartbeat_key: Option<HeartbeatKey>,
     /// Signs `peer.notify` to and from the other app servers.
     pub peer_secret: Secret,
     /// The certificates trusted when connecting out (the collector, other
@@ -349,8 +349,9 @@ pub fn start(s: Settings) -> Result<Running, Error> {
     let shutdown = reactor.shutdown_handle();
     let reactor_stats = reactor.stats();
 
-    let heartbeats = match &s.collector {
-        Some(collector) => {
+    let heartbeats = match (&s.collector, &s.heartbeat_key) {
+        (Some(_), None) => return Err(Error::NoHeartbeatKey),
+        (Some(collector), Some(key)) => {
             let stats = reactor_stats.clone();
             let pool = gauge_pool.clone();
             let gauges = move || {
@@ -365,7 +366,7 @@ pub fn start(s: Settings) -> Result<Running, Error> {
                 Heartbeats::start(
                     Upstream {
                         collector: collector.clone(),
-                        signer: s.heartbeat_key.signer(&node_id),
+                        signer: key.signer(&node_id),
                         tls: s.tls_ca.clone(),
                     },
                     Identity {
@@ -388,7 +389,7 @@ pub fn start(s: Settings) -> Result<Running, Error> {
                 })?,
             )
         }
-        None => {
+        (None, _) => {
             log::warn!("no --collector: sending no heartbeats, so no collector-fed balancer will list this node");
             None
         }

@@ -43,8 +43,8 @@ pub fn settings(db: DbConfig, collector: Option<String>) -> Settings {
         workers: 4,
         queue: 64,
         app_keys: keys,
-        heartbeat_key: app_server::server::HeartbeatKey::Cluster(dsf_common::config::Secret::new(
-            CLUSTER_SECRET,
+        heartbeat_key: Some(app_server::server::HeartbeatKey::Cluster(
+            dsf_common::config::Secret::new(CLUSTER_SECRET),
         )),
         peer_secret: dsf_common::config::Secret::new(CLUSTER_SECRET),
         tls_ca: None,
