@@ -338,9 +338,9 @@ fn proto_auth(a: Auth) -> dsf_proto::Auth {
 /// by the reactor thread and the workers.
 pub struct Controller {
     admission: Admission,
-    routes: HashMap<&'static str, &'static Route>,
+    routes: HashMap<&'static str, &'static Route, foldhash::fast::RandomState>,
     /// The routed types that write: run once, their replies stored.
-    writes: HashSet<&'static str>,
+    writes: HashSet<&'static str, foldhash::fast::RandomState>,
     app: App,
     metrics: Arc<Metrics>,
     waiters: crate::waiters::Waiters,
@@ -353,8 +353,8 @@ pub struct Controller {
 impl Controller {
     /// A controller over every handler group's routes.
     pub fn new(admission: Admission, app: App, metrics: Arc<Metrics>) -> Controller {
-        let mut routes = HashMap::new();
-        let mut writes = HashSet::new();
+        let mut routes = HashMap::default();
+        let mut writes = HashSet::default();
         for r in handlers::routes() {
             let dup = routes.insert(r.kind, r);
             assert!(dup.is_none(), "message type {} is routed twice", r.kind);

@@ -232,27 +232,28 @@ pub fn encode_request_at(
         token: req.token.unwrap_or(""),
         body: req.body,
     });
-    let mut json = Vec::with_capacity(128 + req.body.len());
+    let frame = frame::InPlace::start(out, 128 + req.body.len());
+    let json = &mut *frame.buf;
     json.extend_from_slice(b"{\"v\":2,\"id\":");
     json.extend_from_slice(itoa::Buffer::new().format(req.id).as_bytes());
     json.extend_from_slice(b",\"type\":");
-    write_json_str(&mut json, req.kind);
+    write_json_str(json, req.kind);
     json.extend_from_slice(b",\"ts\":");
     json.extend_from_slice(itoa::Buffer::new().format(ts).as_bytes());
     json.extend_from_slice(b",\"nonce\":");
-    write_json_str(&mut json, nonce);
+    write_json_str(json, nonce);
     json.extend_from_slice(b",\"app\":");
-    write_json_str(&mut json, req.app);
+    write_json_str(json, req.app);
     if let Some(token) = req.token {
         json.extend_from_slice(b",\"token\":");
-        write_json_str(&mut json, token);
+        write_json_str(json, token);
     }
     json.extend_from_slice(b",\"body\":");
     json.extend_from_slice(req.body.as_bytes());
     json.extend_from_slice(b",\"sig\":\"");
     json.extend_from_slice(sig.as_bytes());
     json.extend_from_slice(b"\"}");
-    frame::encode(&json, out);
+    frame.finish();
 }
 
 fn write_json_str(out: &mut Vec<u8>, s: &str) {
@@ -291,7 +292,8 @@ pub fn encode_reply(
     payload: &str,
     out: &mut Vec<u8>,
 ) {
-    let mut json = Vec::with_capacity(64 + payload.len());
+    let frame = frame::InPlace::start(out, 64 + payload.len());
+    let json = &mut *frame.buf;
     json.extend_from_slice(b"{\"v\":2,\"id\":");
     json.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
     json.extend_from_slice(if ok {
@@ -313,7 +315,7 @@ pub fn encode_reply(
         json.push(b'"');
     }
     json.push(b'}');
-    frame::encode(&json, out);
+    frame.finish();
 }
 
 /// Appends one event of a stream: `seq` from 1, `event` its name, `body` a
@@ -335,19 +337,20 @@ pub fn encode_event(
         event,
         body,
     });
-    let mut json = Vec::with_capacity(96 + body.len());
+    let frame = frame::InPlace::start(out, 96 + body.len());
+    let json = &mut *frame.buf;
     json.extend_from_slice(b"{\"v\":2,\"id\":");
     json.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
     json.extend_from_slice(b",\"seq\":");
     json.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
     json.extend_from_slice(b",\"event\":");
-    write_json_str(&mut json, event);
+    write_json_str(json, event);
     json.extend_from_slice(b",\"body\":");
     json.extend_from_slice(body.as_bytes());
     json.extend_from_slice(b",\"sig\":\"");
     json.extend_from_slice(sig.as_bytes());
     json.extend_from_slice(b"\"}");
-    frame::encode(&json, out);
+    frame.finish();
 }
 
 /// A reply (or an event of a stream) as received by a client.

@@ -161,6 +161,31 @@ pub fn encode(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// A frame being written in place at the end of a buffer: the payload is
+/// appended to [`InPlace::buf`], and [`InPlace::finish`] fills in its length,
+/// so no payload is built apart and copied.
+pub struct InPlace<'a> {
+    pub buf: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl<'a> InPlace<'a> {
+    /// Starts a frame of about `hint` bytes at the end of `out`.
+    pub fn start(out: &'a mut Vec<u8>, hint: usize) -> InPlace<'a> {
+        out.reserve(HEADER_LEN + hint);
+        let start = out.len();
+        out.extend_from_slice(&[0; HEADER_LEN]);
+        InPlace { buf: out, start }
+    }
+
+    /// Writes the payload's length into its header.
+    pub fn finish(self) {
+        let len = self.buf.len() - self.start - HEADER_LEN;
+        let len = u32::try_from(len).expect("frame payload above 4 GiB");
+        self.buf[self.start..self.start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
 /// `payload` as one frame in a new buffer.
 pub fn encode_to_vec(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());

@@ -90,7 +90,7 @@ type Allow = Arc<BTreeSet<String>>;
 /// Keys by app id, each with the message types it may send (`None`: all).
 #[derive(Debug, Clone, Default)]
 pub struct AppKeys {
-    keys: HashMap<String, (Key, Option<Allow>)>,
+    keys: HashMap<String, (Key, Option<Allow>), foldhash::fast::RandomState>,
 }
 
 // === impl AppKeys ===

@@ -13,9 +13,10 @@
 //! at most [`FUTURE`] ahead, so a flooder cannot push even its own floor
 //! further than that.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+use foldhash::quality::RandomState;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -42,7 +43,7 @@ pub struct ReplayGuard {
     future_ms: u64,
     capacity: usize,
     hasher: RandomState,
-    apps: HashMap<String, AppNonces>,
+    apps: HashMap<String, AppNonces, foldhash::fast::RandomState>,
 }
 
 /// One app's remembered nonces and floor.
@@ -64,14 +65,19 @@ impl ReplayGuard {
             window_ms: window.as_millis() as u64,
             future_ms: FUTURE.as_millis() as u64,
             capacity: capacity.max(1),
-            hasher: RandomState::new(),
-            apps: HashMap::new(),
+            hasher: RandomState::default(),
+            apps: HashMap::default(),
         }
     }
 
     /// Checks `ts` against the window and the app's floor; cheap, and needs
     /// no signature.
     pub fn check_time(&self, app: &str, ts: u64, now_ms: u64) -> Result<()> {
+        self.check_clock(ts, now_ms)?;
+        check_floor(app, ts, self.apps.get(app).map_or(0, |a| a.floor))
+    }
+
+    fn check_clock(&self, ts: u64, now_ms: u64) -> Result<()> {
         if ts > now_ms.saturating_add(self.future_ms) {
             return Err(Error::StaleTimestamp(format!(
                 "ts {ts} is {} ms ahead of this server's clock {now_ms}; at most {} ms ahead is accepted (sync the clock, or send the current Unix time in milliseconds)",
@@ -86,29 +92,21 @@ impl ReplayGuard {
                 self.window_ms
             )));
         }
-        let floor = self.apps.get(app).map_or(0, |a| a.floor);
-        if ts <= floor {
-            return Err(Error::StaleTimestamp(format!(
-                "ts {ts} is older than {floor}, the oldest this busy server can still check app {app:?} for replays; send a fresh request"
-            )));
-        }
         Ok(())
     }
 
     /// Admits `(app, nonce)` at `ts`, remembering it; call only after the
-    /// request's signature verified.
+    /// request's signature verified. The app is looked up once.
     pub fn admit(&mut self, app: &str, nonce: &str, ts: u64, now_ms: u64) -> Result<()> {
-        let window_ms = self.window_ms;
-        if let Some(a) = self.apps.get_mut(app) {
-            a.expire(now_ms, window_ms);
-        }
-        self.check_time(app, ts, now_ms)?;
+        self.check_clock(ts, now_ms)?;
         let key = self.hasher.hash_one(nonce);
-        let capacity = self.capacity;
+        let (window_ms, capacity) = (self.window_ms, self.capacity);
         let a = match self.apps.get_mut(app) {
             Some(a) => a,
             None => self.apps.entry(app.to_string()).or_default(),
         };
+        a.expire(now_ms, window_ms);
+        check_floor(app, ts, a.floor)?;
         if a.seen.contains(&key) {
             return Err(Error::ReplayedNonce(format!(
                 "nonce {nonce} was already used by app {app:?} within the last {} s; send a fresh random nonce with every request",
@@ -132,6 +130,15 @@ impl ReplayGuard {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn check_floor(app: &str, ts: u64, floor: u64) -> Result<()> {
+    if ts <= floor {
+        return Err(Error::StaleTimestamp(format!(
+            "ts {ts} is older than {floor}, the oldest this busy server can still check app {app:?} for replays; send a fresh request"
+        )));
+    }
+    Ok(())
 }
 
 // === impl AppNonces ===

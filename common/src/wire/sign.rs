@@ -64,6 +64,60 @@ pub struct EventFields<'a> {
     pub body: &'a str,
 }
 
+/// A signature as sent: 32 lower-case hex characters, kept on the stack
+/// (every reply is signed, so a `String` each would be an allocation per
+/// request). Derefs to `str`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Sig([u8; 2 * TAG_LEN]);
+
+// === impl Sig ===
+
+impl Sig {
+    fn of(mac: HmacMd5) -> Sig {
+        let mut hex = [0u8; 2 * TAG_LEN];
+        hex::encode_to_slice(mac.finalize().into_bytes(), &mut hex)
+            .expect("32 hex characters hold a 16-byte tag");
+        Sig(hex)
+    }
+
+    /// The signature's characters.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex is ASCII")
+    }
+}
+
+impl std::ops::Deref for Sig {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for Sig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Sig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<String> for Sig {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Sig {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 // === impl Key ===
 
 impl Key {
@@ -82,8 +136,8 @@ impl Key {
     }
 
     /// Lower-case hex signature of a request.
-    pub fn sign_request(&self, f: &RequestFields<'_>) -> String {
-        hex::encode(self.request_mac(f).finalize().into_bytes())
+    pub fn sign_request(&self, f: &RequestFields<'_>) -> Sig {
+        Sig::of(self.request_mac(f))
     }
 
     /// Checks `sig` (32 lower-case hex characters) against a request.
@@ -95,8 +149,8 @@ impl Key {
     }
 
     /// Lower-case hex signature of a reply.
-    pub fn sign_reply(&self, f: &ReplyFields<'_>) -> String {
-        hex::encode(self.reply_mac(f).finalize().into_bytes())
+    pub fn sign_reply(&self, f: &ReplyFields<'_>) -> Sig {
+        Sig::of(self.reply_mac(f))
     }
 
     /// Checks `sig` against a reply.
@@ -108,8 +162,8 @@ impl Key {
     }
 
     /// Lower-case hex signature of an event.
-    pub fn sign_event(&self, f: &EventFields<'_>) -> String {
-        hex::encode(self.event_mac(f).finalize().into_bytes())
+    pub fn sign_event(&self, f: &EventFields<'_>) -> Sig {
+        Sig::of(self.event_mac(f))
     }
 
     /// Checks `sig` against an event.
@@ -189,15 +243,24 @@ fn bad_signature() -> Error {
     )
 }
 
+/// Each byte's value as a lower-case hex digit, or 0xff.
+const NIBBLE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut c = 0;
+    while c < 10 {
+        t[b'0' as usize + c] = c as u8;
+        c += 1;
+    }
+    let mut c = 0;
+    while c < 6 {
+        t[b'a' as usize + c] = 10 + c as u8;
+        c += 1;
+    }
+    t
+};
+
 fn decode_sig(sig: &str) -> Result<[u8; TAG_LEN]> {
     // One pass over the 32 characters; only lower-case hex is a signature.
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        }
-    }
     let bad = || {
         Error::BadSignature(format!(
             "sig: must be {} lower-case hex characters, got {} characters",
@@ -210,11 +273,14 @@ fn decode_sig(sig: &str) -> Result<[u8; TAG_LEN]> {
         return Err(bad());
     }
     let mut tag = [0u8; TAG_LEN];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        match (nibble(pair[0]), nibble(pair[1])) {
-            (Some(hi), Some(lo)) => tag[i] = hi << 4 | lo,
-            _ => return Err(bad()),
-        }
+    let mut invalid = 0u8;
+    for (t, pair) in tag.iter_mut().zip(bytes.chunks_exact(2)) {
+        let (hi, lo) = (NIBBLE[pair[0] as usize], NIBBLE[pair[1] as usize]);
+        invalid |= (hi | lo) & 0xf0;
+        *t = hi << 4 | (lo & 0x0f);
+    }
+    if invalid != 0 {
+        return Err(bad());
     }
     Ok(tag)
 }
@@ -386,6 +452,22 @@ mod tests {
     }
 
     proptest! {
+        /// The table decoder takes exactly the lower-case hex `hex` takes,
+        /// whatever the 32 bytes.
+        #[test]
+        fn decode_sig_takes_only_lower_case_hex(chars in prop::collection::vec(
+            prop::sample::select(b"0123456789abcdefABCDEFgz/:@`G\x00\xff".to_vec()), 32)) {
+            let text: String = chars.iter().map(|&b| b as char).collect();
+            let lower = text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            match decode_sig(&text) {
+                Ok(tag) => {
+                    prop_assert!(lower, "{text:?} was taken");
+                    prop_assert_eq!(hex::encode(tag), text);
+                }
+                Err(_) => prop_assert!(!lower, "{text:?} was refused"),
+            }
+        }
+
         #[test]
         fn signing_round_trips(secret in prop::collection::vec(any::<u8>(), 0..100),
                                body in "\\{[ -~]{0,80}\\}", token in "[a-f0-9]{0,40}") {
@@ -409,7 +491,7 @@ mod tests {
                 prop_assert!(key.verify_request(&fields(&changed, "tok"), &sig).is_err());
             }
             // ...or one character of the signature.
-            let mut s = sig.into_bytes();
+            let mut s = sig.as_bytes().to_vec();
             let j = at.index(s.len());
             s[j] = if s[j] == b'0' { b'1' } else { b'0' };
             prop_assert!(key.verify_request(&f, std::str::from_utf8(&s).unwrap()).is_err());
