@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dsf_common::config::{self, Config, ConfigError, HumanDuration, LimitArgs, SecretUrl, TlsArgs};
-use dsf_common::reactor::ReactorConfig;
+use dsf_common::reactor::{ReactorConfig, MAX_REACTORS};
 use dsf_common::view::DEFAULT_WEIGHT;
 use dsf_common::wire::keys::{self, AppKeys};
 use dsf_sql::password::Cost;
@@ -90,6 +90,13 @@ pub struct AppConfig {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+
+    /// Reactor threads accepting on --listen (SO_REUSEPORT), sharing the
+    /// workers. One serves a 2-core machine best; more help only with cores
+    /// to spare for them (see docs/BENCHMARKS.md) [default: 1].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reactors: Option<usize>,
 
     /// Requests waiting for a worker before the reactor stops reading
     /// [default: 64 per worker].
@@ -262,6 +269,7 @@ impl AppConfig {
             db,
             collector: self.collector.clone(),
             workers: self.workers(),
+            reactors: self.reactors.unwrap_or(1),
             queue: self.queue(),
             app_keys,
             heartbeat_key,
@@ -291,6 +299,12 @@ impl Config for AppConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.workers == Some(0) {
             return Err(ConfigError::invalid("workers", "must be at least 1"));
+        }
+        if !(1..=MAX_REACTORS).contains(&self.reactors.unwrap_or(1)) {
+            return Err(ConfigError::invalid(
+                "reactors",
+                format!("must be 1 to {MAX_REACTORS} (one per core at most is useful)"),
+            ));
         }
         if self.queue == Some(0) {
             return Err(ConfigError::invalid("queue", "must be at least 1"));
@@ -355,6 +369,8 @@ mod tests {
     fn bad_values_name_the_key() {
         for (file, key) in [
             ("workers = 0", "workers"),
+            ("reactors = 0", "reactors"),
+            ("reactors = 65", "reactors"),
             ("weight = 0", "weight"),
             ("weight = 1001", "weight"),
             ("session_cache = \"3s\"", "session_cache"),

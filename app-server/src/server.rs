@@ -69,6 +69,9 @@ pub struct Settings {
     /// `reactor.tls`.
     pub tls_ca: Option<Arc<rustls::ClientConfig>>,
     pub reactor: ReactorConfig,
+    /// Reactor threads accepting on `listen` (`SO_REUSEPORT`), sharing the
+    /// workers; `reactor`'s memory budget is split between them.
+    pub reactors: usize,
     /// How long a token check is cached (≤ 2 s).
     pub session_cache: Duration,
     /// Lifetime of a login session.
@@ -149,7 +152,9 @@ pub struct Running {
     metrics: Arc<Metrics>,
     reactor_stats: Arc<ReactorStats>,
     shutdown: Shutdown,
-    reactor: JoinHandle<std::io::Result<()>>,
+    /// Every reactor thread, the first one's (which holds the outbound
+    /// links) first.
+    reactors: Vec<JoinHandle<std::io::Result<()>>>,
     pool: WorkerPool<Job>,
     heartbeats: Option<Heartbeats>,
     /// The heartbeat's view of the queue. Taken away before the pool shuts
@@ -249,12 +254,14 @@ impl Running {
         // The reactor stops accepting and reading, and returns once every
         // dispatched request is answered or its grace (the same 5 s) ends.
         self.shutdown.trigger();
-        let reactor = self.reactor.join().map_err(|_| Error::Io {
-            what: "reactor".into(),
-            source: std::io::Error::other("the reactor thread panicked"),
-        })?;
-        if let Err(e) = reactor {
-            log::error!("reactor stopped with an error: {e}");
+        for reactor in self.reactors {
+            let reactor = reactor.join().map_err(|_| Error::Io {
+                what: "reactor".into(),
+                source: std::io::Error::other("the reactor thread panicked"),
+            })?;
+            if let Err(e) = reactor {
+                log::error!("reactor stopped with an error: {e}");
+            }
         }
         // Anything a worker still runs finishes its writes, even if the
         // reply can no longer be delivered.
@@ -323,11 +330,18 @@ pub fn start(s: Settings) -> Result<Running, Error> {
     controller.waiters().set_pool(pool.submitter());
     let gauge_pool = Arc::new(Mutex::new(Some(pool.submitter())));
     let service = AppService::new(controller.clone(), pool.submitter());
+    let siblings: Vec<AppService> = (1..s.reactors).map(|_| service.sibling()).collect();
+    let listening = |e| Error::Io {
+        what: format!("listening on {}", s.listen),
+        source: e,
+    };
     let reactor =
-        Reactor::bind(s.reactor.clone(), &[s.listen], service).map_err(|e| Error::Io {
-            what: format!("listening on {}", s.listen),
-            source: e,
-        })?;
+        Reactor::bind(s.reactor.for_group(s.reactors), &[s.listen], service).map_err(listening)?;
+    let siblings = siblings
+        .into_iter()
+        .map(|service| reactor.sibling(&[0], service))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(listening)?;
     let addr = reactor.local_addrs()[0];
     let advertise = s.advertise.clone().unwrap_or_else(|| addr.to_string());
     if advertise.starts_with("0.0.0.0:") || advertise.starts_with("[::]:") {
@@ -394,12 +408,18 @@ pub fn start(s: Settings) -> Result<Running, Error> {
             None
         }
     };
-    let reactor = reactor.spawn().map_err(|e| Error::Io {
-        what: "starting the reactor thread".into(),
+    let spawned = |e| Error::Io {
+        what: "starting the reactor threads".into(),
         source: e,
-    })?;
+    };
+    let mut reactors = vec![reactor.spawn().map_err(spawned)?];
+    for (i, r) in siblings.into_iter().enumerate() {
+        reactors.push(r.spawn_as(&format!("reactor-{}", i + 1)).map_err(spawned)?);
+    }
     log::info!(
-        "{node_id} serving on {addr} (advertised {advertise}), {} workers, queue {}, database {}",
+        "{node_id} serving on {addr} (advertised {advertise}), {} reactor{}, {} workers, queue {}, database {}",
+        s.reactors,
+        if s.reactors == 1 { "" } else { "s" },
         s.workers,
         s.queue,
         controller.app().db.target()
@@ -420,7 +440,7 @@ pub fn start(s: Settings) -> Result<Running, Error> {
         metrics,
         reactor_stats,
         shutdown,
-        reactor,
+        reactors,
         pool,
         heartbeats,
         gauge_pool,

@@ -65,8 +65,8 @@ pub fn run_job(controller: &Controller, job: Job) {
 pub struct AppService {
     controller: Arc<Controller>,
     pool: Submitter<Job>,
-    /// The `job.watch` streams' thread.
-    watches: crate::watches::Watches,
+    /// The `job.watch` streams' thread, one for every reactor.
+    watches: Arc<crate::watches::Watches>,
 }
 
 // === impl AppService ===
@@ -74,11 +74,21 @@ pub struct AppService {
 impl AppService {
     /// Feeds `pool`, whose workers run [`run_job`] on `controller`.
     pub fn new(controller: Arc<Controller>, pool: Submitter<Job>) -> AppService {
-        let watches = crate::watches::Watches::start(controller.clone());
+        let watches = Arc::new(crate::watches::Watches::start(controller.clone()));
         AppService {
             controller,
             pool,
             watches,
+        }
+    }
+
+    /// The service for another reactor on the same port: the same
+    /// controller, pool and watches.
+    pub fn sibling(&self) -> AppService {
+        AppService {
+            controller: self.controller.clone(),
+            pool: self.pool.clone(),
+            watches: self.watches.clone(),
         }
     }
 
@@ -206,10 +216,11 @@ impl Service for AppService {
         }
         // Before admission, which remembers the nonce: a Busy frame is
         // offered again byte for byte, and must not then look replayed.
-        // Only this thread submits, so room seen here is still there below.
-        if self.pool.is_full() {
+        // The place is reserved, so with other reactors submitting too it
+        // is still there below (an inline request gives it back).
+        let Some(slot) = self.pool.try_reserve() else {
             return Dispatch::Busy;
-        }
+        };
         let admitted = match self.controller.admit(payload) {
             Ok(a) => a,
             Err(refused) => {
@@ -248,8 +259,8 @@ impl Service for AppService {
             woken: false,
             peer: cx.peer().ip(),
         };
-        if let Err(job) = self.pool.try_submit(job) {
-            // The queue had room (checked above), so the pool is stopping.
+        if let Err(job) = slot.submit(job) {
+            // The place was reserved, so the pool is stopping.
             cx.cancel(job.reply);
             let e = Error::Unavailable("this node is shutting down: retry on another node".into());
             job.admitted.error(&e, cx.out());

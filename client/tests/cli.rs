@@ -388,6 +388,7 @@ fn pins_are_listed_and_dropped_with_the_cluster_secret() {
         app_keys: keys,
         cluster_secret: dsf_common::config::Secret::new(b"pins-secret".to_vec()),
         reactor: Default::default(),
+        reactors: 1,
         proxy: Some(ProxySettings {
             listeners: vec![("127.0.0.1:0".parse().unwrap(), Protocol::Tcp)],
             ..ProxySettings::default()

@@ -4,6 +4,10 @@
 //! when the queue is full, so the reactor can stop reading from that
 //! connection (backpressure) instead of queueing without bound. A job that
 //! panics is logged and the worker goes on with the next one.
+//!
+//! Several threads may submit (one per reactor): [`Submitter::try_reserve`]
+//! takes a place in the queue before the caller does anything it could not
+//! undo, and the [`Slot`] it returns always submits.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,22 +22,40 @@ pub struct WorkerPool<J: Send + 'static> {
     tx: Option<Sender<J>>,
     done_rx: Receiver<()>,
     handles: Vec<JoinHandle<()>>,
-    busy: Arc<AtomicUsize>,
+    counts: Arc<Counts>,
+}
+
+/// Jobs queued or promised a place (`taken`, never above `queue`), and jobs
+/// running.
+#[derive(Debug)]
+struct Counts {
+    taken: AtomicUsize,
+    queue: usize,
+    busy: AtomicUsize,
 }
 
 /// A cheap handle for submitting jobs, clonable to other threads.
 pub struct Submitter<J> {
     tx: Sender<J>,
-    busy: Arc<AtomicUsize>,
+    counts: Arc<Counts>,
 }
 
 impl<J> Clone for Submitter<J> {
     fn clone(&self) -> Self {
         Submitter {
             tx: self.tx.clone(),
-            busy: self.busy.clone(),
+            counts: self.counts.clone(),
         }
     }
+}
+
+/// A place in the queue, taken by [`Submitter::try_reserve`]: submitting
+/// through it never finds the queue full. Dropped unused, it gives the
+/// place back.
+pub struct Slot<J> {
+    tx: Sender<J>,
+    counts: Arc<Counts>,
+    used: bool,
 }
 
 // === impl WorkerPool ===
@@ -48,21 +70,26 @@ impl<J: Send + 'static> WorkerPool<J> {
         let (tx, rx) = bounded::<J>(queue.max(1));
         let (done_tx, done_rx) = bounded::<()>(workers.max(1));
         let handler = Arc::new(handler);
-        let busy = Arc::new(AtomicUsize::new(0));
+        let counts = Arc::new(Counts {
+            taken: AtomicUsize::new(0),
+            queue: queue.max(1),
+            busy: AtomicUsize::new(0),
+        });
         let handles = (0..workers.max(1))
             .map(|i| {
                 let rx = rx.clone();
                 let handler = handler.clone();
                 let done_tx = done_tx.clone();
-                let busy = busy.clone();
+                let counts = counts.clone();
                 let thread_name = format!("{name}-{i}");
                 std::thread::Builder::new()
                     .name(thread_name.clone())
                     .spawn(move || {
                         for job in rx.iter() {
-                            busy.fetch_add(1, Ordering::Relaxed);
+                            counts.busy.fetch_add(1, Ordering::Relaxed);
+                            counts.taken.fetch_sub(1, Ordering::AcqRel);
                             let outcome = catch_unwind(AssertUnwindSafe(|| handler(job)));
-                            busy.fetch_sub(1, Ordering::Relaxed);
+                            counts.busy.fetch_sub(1, Ordering::Relaxed);
                             if outcome.is_err() {
                                 log::error!("{thread_name}: a job panicked; the worker goes on");
                             }
@@ -76,7 +103,7 @@ impl<J: Send + 'static> WorkerPool<J> {
             tx: Some(tx),
             done_rx,
             handles,
-            busy,
+            counts,
         }
     }
 
@@ -84,14 +111,18 @@ impl<J: Send + 'static> WorkerPool<J> {
     pub fn submitter(&self) -> Submitter<J> {
         Submitter {
             tx: self.tx.clone().expect("pool is running"),
-            busy: self.busy.clone(),
+            counts: self.counts.clone(),
         }
     }
 
     /// Queues `job`, or hands it back if the queue is full.
     pub fn try_submit(&self, job: J) -> Result<(), J> {
         match &self.tx {
-            Some(tx) => try_send(tx, job),
+            Some(tx) => Submitter {
+                tx: tx.clone(),
+                counts: self.counts.clone(),
+            }
+            .try_submit(job),
             None => Err(job),
         }
     }
@@ -136,15 +167,32 @@ impl<J: Send + 'static> WorkerPool<J> {
 impl<J> Submitter<J> {
     /// Queues `job`, or hands it back if the queue is full.
     pub fn try_submit(&self, job: J) -> Result<(), J> {
-        try_send(&self.tx, job)
+        match self.try_reserve() {
+            Some(slot) => slot.submit(job),
+            None => Err(job),
+        }
     }
 
-    /// Whether the queue is full now. With a single submitting thread (the
-    /// reactor) a `false` stays true until that thread submits, since
-    /// workers only ever take from the queue: check it before doing
-    /// anything with side effects, then submit.
+    /// Takes a place in the queue, or `None` if it is full. Take it before
+    /// doing anything with side effects (a reactor: before admission
+    /// remembers the nonce), then submit through it.
+    pub fn try_reserve(&self) -> Option<Slot<J>> {
+        let c = &self.counts;
+        c.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < c.queue).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot {
+            tx: self.tx.clone(),
+            counts: self.counts.clone(),
+            used: false,
+        })
+    }
+
+    /// Whether the queue is full now (every place queued or reserved).
     pub fn is_full(&self) -> bool {
-        self.tx.is_full()
+        self.counts.taken.load(Ordering::Acquire) >= self.counts.queue
     }
 
     /// Jobs waiting in the queue.
@@ -154,14 +202,33 @@ impl<J> Submitter<J> {
 
     /// Jobs being run right now.
     pub fn running(&self) -> usize {
-        self.busy.load(Ordering::Relaxed)
+        self.counts.busy.load(Ordering::Relaxed)
     }
 }
 
-fn try_send<J>(tx: &Sender<J>, job: J) -> Result<(), J> {
-    tx.try_send(job).map_err(|e| match e {
-        TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
-    })
+// === impl Slot ===
+
+impl<J> Slot<J> {
+    /// Queues `job` in the place taken. Hands it back only when the pool
+    /// is shutting down.
+    pub fn submit(mut self, job: J) -> Result<(), J> {
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                // The worker that takes it gives the place back.
+                self.used = true;
+                Ok(())
+            }
+            Err(TrySendError::Full(j) | TrySendError::Disconnected(j)) => Err(j),
+        }
+    }
+}
+
+impl<J> Drop for Slot<J> {
+    fn drop(&mut self) {
+        if !self.used {
+            self.counts.taken.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -207,6 +274,53 @@ mod tests {
         assert_eq!(pool.try_submit(3), Err(3));
         gate_tx.send(()).unwrap();
         gate_tx.send(()).unwrap();
+        assert!(pool.shutdown(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_reserved_place_is_never_refused_with_many_submitters() {
+        let (gate_tx, gate_rx) = bounded::<()>(0);
+        let (started_tx, started_rx) = bounded::<()>(1);
+        let pool = WorkerPool::new("w", 1, 8, move |_: u32| {
+            let _ = started_tx.try_send(());
+            let _ = gate_rx.recv();
+        });
+        // The worker holds one job, so the queue's 8 places are free.
+        pool.try_submit(0).unwrap();
+        started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let reserved = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let submitter = pool.submitter();
+                let reserved = reserved.clone();
+                std::thread::spawn(move || {
+                    for n in 0..50 {
+                        if let Some(slot) = submitter.try_reserve() {
+                            reserved.fetch_add(1, Ordering::Relaxed);
+                            std::thread::yield_now();
+                            assert!(slot.submit(t * 100 + n).is_ok(), "a reserved place refused");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(reserved.load(Ordering::Relaxed), 8);
+        assert!(pool.submitter().is_full());
+        // A place reserved and dropped is given back.
+        drop(gate_tx);
+        let s = pool.submitter();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s.is_full() {
+            assert!(Instant::now() < deadline, "the queue never drained");
+            std::thread::yield_now();
+        }
+        let before = s.counts.taken.load(Ordering::Acquire);
+        drop(s.try_reserve().unwrap());
+        assert_eq!(s.counts.taken.load(Ordering::Acquire), before);
+        drop(s);
         assert!(pool.shutdown(Duration::from_secs(5)));
     }
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use dsf_common::config::{self, Config, ConfigError, HumanDuration, LimitArgs, SecretUrl, TlsArgs};
-use dsf_common::reactor::ReactorConfig;
+use dsf_common::reactor::{ReactorConfig, MAX_REACTORS};
 use dsf_common::wire::keys::{self, AppKeys};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,14 @@ pub struct LbConfig {
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_listen: Option<SocketAddr>,
+
+    /// Reactor threads accepting on the client port (SO_REUSEPORT), sharing
+    /// the view; the cluster and proxy ports stay on the first. One serves
+    /// a 2-core machine best; more help only with cores to spare for them
+    /// (see docs/BENCHMARKS.md) [default: 1].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reactors: Option<usize>,
 
     /// A static member, ID=HOST:PORT[,WEIGHT] (or HOST:PORT, the id is then
     /// the address); repeat for more. Serves without a collector; a view
@@ -325,6 +333,7 @@ impl LbConfig {
             ring: self.ring().map_err(|e| e.to_string())?,
             app_keys,
             cluster_secret,
+            reactors: self.reactors.unwrap_or(1),
             reactor: {
                 // The client and cluster ports; proxy listeners stay plain
                 // (their bytes are the devices', spliced as they come).
@@ -349,6 +358,12 @@ impl Config for LbConfig {
                     format!("id {:?} is given twice", b.id),
                 ));
             }
+        }
+        if !(1..=MAX_REACTORS).contains(&self.reactors.unwrap_or(1)) {
+            return Err(ConfigError::invalid(
+                "reactors",
+                format!("must be 1 to {MAX_REACTORS} (one per core at most is useful)"),
+            ));
         }
         self.policy()?;
         self.ring()?;
@@ -391,6 +406,7 @@ mod tests {
             ("backend = [\"a=nohost\"]", "backend"),
             ("backend = [\"a=h:1\", \"a=h:2\"]", "backend"),
             ("vnodes = 0", "vnodes"),
+            ("reactors = 0", "reactors"),
             ("bounded_load = \"lots\"", "bounded_load"),
             ("proxy_listen = [\"127.0.0.1:1883\"]", "proxy_protocol"),
             ("proxy_protocol = [\"mqtt\"]", "proxy_protocol"),

@@ -33,6 +33,9 @@ pub struct Settings {
     /// The cluster secret (never from a flag value).
     pub cluster_secret: dsf_common::config::Secret,
     pub reactor: ReactorConfig,
+    /// Reactor threads on the client port (`SO_REUSEPORT`); the cluster
+    /// and proxy ports are the first one's.
+    pub reactors: usize,
     /// Proxy mode (`--proxy-listen`), if any.
     pub proxy: Option<ProxySettings>,
 }
@@ -68,7 +71,8 @@ pub struct Running {
     pub proxy_addrs: Vec<SocketAddr>,
     pub stats: Arc<ReactorStats>,
     shutdown: Shutdown,
-    reactor: JoinHandle<io::Result<()>>,
+    /// Every reactor thread, the first (all ports) first.
+    reactors: Vec<JoinHandle<io::Result<()>>>,
     current: Arc<ArcSwap<Snapshot>>,
 }
 
@@ -87,9 +91,14 @@ impl Running {
 
     /// Waits until the reactor has stopped (after a shutdown).
     pub fn wait(self) -> io::Result<()> {
-        self.reactor
-            .join()
-            .map_err(|_| io::Error::other("the reactor thread panicked"))?
+        let mut result = Ok(());
+        for r in self.reactors {
+            let stopped = r
+                .join()
+                .map_err(|_| io::Error::other("the reactor thread panicked"))?;
+            result = result.and(stopped);
+        }
+        result
     }
 
     /// Stops and waits.
@@ -154,22 +163,37 @@ pub fn start(s: Settings) -> io::Result<Running> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         balancer = balancer.with_proxy(proxy);
     }
-    let mut cfg = s.reactor.clone();
+    let mut cfg = s.reactor.for_group(s.reactors);
     cfg.shutdown_grace = cfg.shutdown_grace.min(Duration::from_secs(5));
+    let siblings: Vec<Balancer> = (1..s.reactors).map(|_| balancer.sibling()).collect();
     let mut reactor = Reactor::bind(cfg, &addrs, balancer)?;
     let stats = reactor.stats();
     reactor.service_mut().set_reactor_stats(stats.clone());
+    let siblings = siblings
+        .into_iter()
+        .map(|mut b| {
+            // The group shares its counters.
+            b.set_reactor_stats(stats.clone());
+            reactor.sibling(&[0], b)
+        })
+        .collect::<io::Result<Vec<_>>>()?;
     let (client_addr, cluster_addr) = (reactor.local_addrs()[0], reactor.local_addrs()[1]);
     let proxy_addrs = reactor.local_addrs()[2..].to_vec();
     let shutdown = reactor.shutdown_handle();
-    let reactor = reactor.spawn()?;
+    let mut reactors = vec![reactor.spawn()?];
+    for (i, r) in siblings.into_iter().enumerate() {
+        reactors.push(r.spawn_as(&format!("reactor-{}", i + 1))?);
+    }
+    if s.reactors > 1 {
+        log::info!("{} reactors accept on {client_addr}", s.reactors);
+    }
     Ok(Running {
         client_addr,
         cluster_addr,
         proxy_addrs,
         stats,
         shutdown,
-        reactor,
+        reactors,
         current: builder.current,
     })
 }

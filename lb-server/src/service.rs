@@ -206,6 +206,18 @@ impl Balancer {
         (balancer, ViewBuilder { current, thread })
     }
 
+    /// The service for another reactor on the client port: the same
+    /// admission and view, no proxy (its ports stay on the first reactor).
+    pub fn sibling(&self) -> Balancer {
+        Balancer {
+            admission: self.admission.clone(),
+            current: self.current.clone(),
+            builds: self.builds.clone(),
+            proxy: None,
+            reactor: self.reactor.clone(),
+        }
+    }
+
     /// Serves proxy mode on the listeners from [`FIRST_PROXY_PORT`].
     pub fn with_proxy(mut self, proxy: Proxy) -> Balancer {
         self.proxy = Some(proxy);

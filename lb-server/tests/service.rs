@@ -585,3 +585,47 @@ fn the_binary_serves_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn every_reactor_on_the_client_port_answers_from_the_same_view() {
+    let lb = start(Settings {
+        reactors: 3,
+        ..settings(&["a=127.0.0.1:7001", "b=127.0.0.1:7002"])
+    })
+    .unwrap();
+    let ring = |v: &View| Ring::from_view(v, RingConfig::default()).unwrap();
+    // Twenty-four connections: the kernel spreads them over the three
+    // reactors; each resolves every key as one ring of the view does.
+    let mut clients: Vec<Client> = (0..24).map(|_| Client::app(lb.client_addr)).collect();
+    let check = |clients: &mut [Client], expected: &Ring| {
+        for (i, c) in clients.iter_mut().enumerate() {
+            for k in 0..10 {
+                let key = format!("key-{i}-{k}");
+                let want = expected.node(expected.route(key.as_bytes(), &[] as &[&str]).unwrap());
+                assert_eq!(c.resolve(&key).unwrap(), want.id, "{key} on connection {i}");
+            }
+        }
+    };
+    check(&mut clients, &ring(&lb.view()));
+    // A view pushed to the cluster port (on the first reactor) is the one
+    // every reactor answers from.
+    let view = View {
+        version: 7,
+        nodes: vec![
+            node("x", 8001, 1, NodeState::Up, 0),
+            node("y", 8002, 2, NodeState::Up, 0),
+            node("z", 8003, 1, NodeState::Up, 0),
+        ],
+    };
+    let mut cluster = Client::cluster(lb.cluster_addr);
+    assert_eq!(
+        cluster.call("lb.set_view", view_json(&view)).unwrap()["applied"],
+        7
+    );
+    wait_for_view(&lb, 7);
+    check(&mut clients, &ring(&view));
+    for c in &mut clients {
+        assert_eq!(c.call("lb.view", json!({})).unwrap()["version"], 7);
+    }
+    lb.stop().unwrap();
+}

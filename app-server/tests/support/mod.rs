@@ -41,6 +41,7 @@ pub fn settings(db: DbConfig, collector: Option<String>) -> Settings {
         db: db.workers(4),
         collector,
         workers: 4,
+        reactors: 1,
         queue: 64,
         app_keys: keys,
         heartbeat_key: Some(app_server::server::HeartbeatKey::Cluster(

@@ -51,6 +51,7 @@ pub fn lb_settings(cluster_listen: SocketAddr) -> lb_server::server::Settings {
         app_keys: app_keys(),
         cluster_secret: dsf_common::config::Secret::new(CLUSTER_SECRET),
         reactor: ReactorConfig::default(),
+        reactors: 1,
         proxy: None,
     }
 }

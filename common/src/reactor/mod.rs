@@ -83,7 +83,7 @@ pub use outbox::{Handle, Outbox, ReplyTo, SendError, Shutdown};
 use crate::error::Error;
 use crate::wire::frame::DEFAULT_MAX_FRAME;
 use framed::{Flow, Framed, Rules};
-use outbox::{ConnShared, Msg, Sink};
+use outbox::{ConnShared, Group, Msg, Sink};
 use tls::Tls;
 
 /// Default cap on connections: 10,000.
@@ -155,6 +155,11 @@ pub struct ReactorConfig {
     pub backlog: i32,
     /// How long shutdown waits for in-flight replies to be delivered.
     pub shutdown_grace: Duration,
+    /// Bind the listeners with `SO_REUSEPORT`, so that
+    /// [`Reactor::sibling`]s can accept on the same ports. Each address is
+    /// first checked to be free, so a second server started on a port in
+    /// use still fails to bind rather than sharing it.
+    pub reuse_port: bool,
     /// TLS by listener, in the order of the addresses bound: `Some` makes
     /// that listener's connections TLS ([`crate::tls`]); a listener past
     /// the end of the list is plain.
@@ -176,6 +181,7 @@ impl Default for ReactorConfig {
             read_chunk: DEFAULT_READ_CHUNK,
             backlog: DEFAULT_BACKLOG,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            reuse_port: false,
             tls: Vec::new(),
         }
     }
@@ -193,7 +199,22 @@ pub struct Limits {
     pub max_refused: Option<u32>,
 }
 
+/// Most reactors one port takes (`--reactors`).
+pub const MAX_REACTORS: usize = 64;
+
 impl ReactorConfig {
+    /// The settings for each of `n` reactors on one port: the listeners
+    /// shared when there is more than one, and the memory budget split, so
+    /// that the group holds no more than one reactor would.
+    pub fn for_group(&self, n: usize) -> ReactorConfig {
+        let n = n.max(1);
+        ReactorConfig {
+            reuse_port: n > 1,
+            memory_budget: self.memory_budget / n,
+            ..self.clone()
+        }
+    }
+
     /// The defaults, with the limits a server's flags override.
     pub fn with_limits(l: &Limits) -> ReactorConfig {
         let d = ReactorConfig::default();
@@ -604,61 +625,59 @@ pub struct Reactor<S: Service> {
 impl<S: Service> Reactor<S> {
     /// Binds every address (port 0 picks a free one) and prepares the loop.
     pub fn bind(cfg: ReactorConfig, addrs: &[SocketAddr], service: S) -> io::Result<Reactor<S>> {
-        let poll = Poll::new()?;
         let mut listeners = Vec::with_capacity(addrs.len());
-        let mut local = Vec::with_capacity(addrs.len());
-        for (i, addr) in addrs.iter().enumerate() {
-            let mut l = listen(*addr, cfg.backlog)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            poll.registry()
-                .register(&mut l, Token(i), Interest::READABLE)?;
-            local.push(l.local_addr()?);
-            listeners.push(Some(l));
+        for addr in addrs {
+            let l = if cfg.reuse_port {
+                listen_shared(*addr, cfg.backlog, true)
+            } else {
+                listen(*addr, cfg.backlog)
+            };
+            listeners.push(Some(l.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?));
         }
         raise_file_limit(cfg.max_conns);
-        let waker = Waker::new(poll.registry(), WAKER)?;
-        let (tx, inbox) = unbounded();
-        let sink = Arc::new(Sink {
-            tx,
-            waker,
-            woken: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
-            next_id: AtomicUsize::new(addrs.len()),
-            shutdown: AtomicBool::new(false),
-        });
-        let mut cfg = cfg;
-        cfg.read_chunk = cfg.read_chunk.max(16 << 10);
-        cfg.max_refused = cfg.max_refused.max(1);
-        cfg.pipe_high_water = cfg.pipe_high_water.max(4 << 10);
-        // The budget must hold at least one frame of the largest size, and
-        // the reserve at least one small holder.
-        let limit = cfg.memory_budget.max(2 * cfg.max_frame);
-        let budget = Budget {
-            limit,
-            reserve: limit / 8,
-            held: 0,
-        };
-        Ok(Reactor {
-            core: Core {
-                scratch: vec![0; cfg.read_chunk],
-                cfg,
-                poll,
-                listeners,
-                local,
-                conns: HashMap::new(),
-                sink,
-                inbox,
-                stats: Arc::new(ReactorStats::default()),
-                budget,
-                parked: VecDeque::new(),
-                paused: Vec::new(),
-                accept_more: Vec::new(),
-                accept_retry: Vec::new(),
-                turn: 0,
-                warn: Warnings::default(),
-            },
-            service,
-        })
+        let group = Group::new(addrs.len());
+        let stats = Arc::new(ReactorStats::default());
+        let core = Core::new(cfg, listeners, group, stats)?;
+        Ok(Reactor { core, service })
+    }
+
+    /// Another reactor, on its own thread, accepting on the same ports as
+    /// this one for the listeners in `listeners` (indexes into
+    /// [`Reactor::local_addrs`]; the kernel spreads new connections over
+    /// the group with `SO_REUSEPORT`). It shares this reactor's counters,
+    /// its connection ids and so `max_conns`, which counts the whole
+    /// group's connections, and its shutdown: [`Handle::trigger`] on any of
+    /// them stops all. Connections are not moved between reactors.
+    ///
+    /// This reactor must have been bound with [`ReactorConfig::reuse_port`].
+    pub fn sibling<T: Service>(&self, listeners: &[usize], service: T) -> io::Result<Reactor<T>> {
+        if !self.core.cfg.reuse_port {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "a sibling reactor needs the first one bound with ReactorConfig::reuse_port",
+            ));
+        }
+        let mut bound = Vec::with_capacity(self.core.local.len());
+        for (i, addr) in self.core.local.iter().enumerate() {
+            bound.push(match listeners.contains(&i) {
+                true => Some(
+                    listen_shared(*addr, self.core.cfg.backlog, false).map_err(|e| {
+                        io::Error::new(e.kind(), format!("cannot listen again on {addr}: {e}"))
+                    })?,
+                ),
+                false => None,
+            });
+        }
+        let mut core = Core::new(
+            self.core.cfg.clone(),
+            bound,
+            self.core.sink.group.clone(),
+            self.core.stats.clone(),
+        )?;
+        core.local = self.core.local.clone();
+        Ok(Reactor { core, service })
     }
 
     /// The service, before the loop starts (to hand it the reactor's
@@ -693,8 +712,14 @@ impl<S: Service> Reactor<S> {
 
     /// Runs the loop on a new thread named `reactor`.
     pub fn spawn(self) -> io::Result<JoinHandle<io::Result<()>>> {
+        self.spawn_as("reactor")
+    }
+
+    /// Runs the loop on a new thread of that name (`reactor-1`, ... for
+    /// siblings).
+    pub fn spawn_as(self, name: &str) -> io::Result<JoinHandle<io::Result<()>>> {
         std::thread::Builder::new()
-            .name("reactor".into())
+            .name(name.into())
             .spawn(move || self.run())
     }
 
@@ -711,6 +736,71 @@ impl<S: Service> Reactor<S> {
 // === impl Core ===
 
 impl Core {
+    /// A loop over `listeners` (by index; `None` for an address this
+    /// reactor does not accept on), in `group`, counting into `stats`.
+    fn new(
+        cfg: ReactorConfig,
+        mut listeners: Vec<Option<TcpListener>>,
+        group: Arc<Group>,
+        stats: Arc<ReactorStats>,
+    ) -> io::Result<Core> {
+        let poll = Poll::new()?;
+        let mut local = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.iter_mut().enumerate() {
+            if let Some(l) = l {
+                poll.registry().register(l, Token(i), Interest::READABLE)?;
+                local.push(l.local_addr()?);
+            } else {
+                local.push(SocketAddr::from(([0, 0, 0, 0], 0)));
+            }
+        }
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let (tx, inbox) = unbounded();
+        let sink = Arc::new(Sink {
+            tx,
+            waker,
+            woken: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            group: group.clone(),
+        });
+        group
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&sink));
+        let mut cfg = cfg;
+        cfg.read_chunk = cfg.read_chunk.max(16 << 10);
+        cfg.max_refused = cfg.max_refused.max(1);
+        cfg.pipe_high_water = cfg.pipe_high_water.max(4 << 10);
+        // The budget must hold at least one frame of the largest size, and
+        // the reserve at least one small holder.
+        let limit = cfg.memory_budget.max(2 * cfg.max_frame);
+        let budget = Budget {
+            limit,
+            reserve: limit / 8,
+            held: 0,
+        };
+        Ok(Core {
+            scratch: vec![0; cfg.read_chunk],
+            cfg,
+            poll,
+            listeners,
+            local,
+            conns: HashMap::new(),
+            sink,
+            inbox,
+            stats,
+            budget,
+            parked: VecDeque::new(),
+            paused: Vec::new(),
+            accept_more: Vec::new(),
+            accept_retry: Vec::new(),
+            turn: 0,
+            warn: Warnings::default(),
+        })
+    }
+
     fn run<S: Service>(&mut self, service: &mut S) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let tick = (self.cfg.idle_timeout / 4)
@@ -721,8 +811,10 @@ impl Core {
         // Kept across turns so the loop does not allocate each time round.
         let mut turn: Vec<ConnId> = Vec::new();
         let mut grace_until: Option<Instant> = None;
-        for a in &self.local {
-            log::info!("listening on {a}");
+        for (l, a) in self.listeners.iter().zip(&self.local) {
+            if l.is_some() {
+                log::info!("listening on {a}");
+            }
         }
         loop {
             let timeout = if again.is_empty() && self.accept_more.is_empty() {
@@ -977,7 +1069,8 @@ impl Core {
                 }
             };
             let tls = self.cfg.tls.get(index).cloned().flatten();
-            if self.conns.len() >= self.cfg.max_conns {
+            // The group's count: siblings share max_conns.
+            if self.stats.conns.load(Ordering::Relaxed) >= self.cfg.max_conns {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 let max = self.cfg.max_conns;
                 self.warn.full.hit(now, || {
@@ -1001,7 +1094,7 @@ impl Core {
             if let Err(e) = stream.set_nodelay(true) {
                 log::debug!("nodelay on {peer}: {e}");
             }
-            let id = ConnId(self.sink.next_id.fetch_add(1, Ordering::Relaxed));
+            let id = self.sink.group.next_id();
             let registered = self.poll.registry().register(
                 &mut stream,
                 Token(id.0),
@@ -1489,6 +1582,29 @@ fn finish_turn(
 fn listen(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// A listener with `SO_REUSEPORT` as well, that siblings can bind again.
+/// With `probe`, the address is first bound without it, so that a port in
+/// use by anyone fails here as it would without sharing, and port 0 is
+/// resolved to a free port that the group then shares.
+fn listen_shared(addr: SocketAddr, backlog: i32, probe: bool) -> io::Result<TcpListener> {
+    let mut addr = addr;
+    if probe {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        if let Some(bound) = socket.local_addr()?.as_socket() {
+            addr = bound;
+        }
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;

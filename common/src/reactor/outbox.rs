@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -46,9 +46,36 @@ pub(crate) struct Sink {
     pub(crate) woken: AtomicBool,
     /// Deferred requests not yet answered, across all connections.
     pub(crate) in_flight: AtomicUsize,
+    pub(crate) shutdown: AtomicBool,
+    /// The reactors this one shares a port with (itself included).
+    pub(crate) group: Arc<Group>,
+}
+
+/// What reactors sharing a port share: their connection ids, so an id
+/// names one connection across the group, and each other, so that one
+/// handle shuts them all down.
+pub(crate) struct Group {
     /// Connection ids are handed out here, by accepts and by [`Handle::connect`].
     pub(crate) next_id: AtomicUsize,
-    pub(crate) shutdown: AtomicBool,
+    pub(crate) members: Mutex<Vec<Weak<Sink>>>,
+}
+
+impl Group {
+    pub(crate) fn new(first_id: usize) -> Arc<Group> {
+        Arc::new(Group {
+            next_id: AtomicUsize::new(first_id),
+            members: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub(crate) fn next_id(&self) -> ConnId {
+        ConnId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn sinks(&self) -> Vec<Arc<Sink>> {
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        members.iter().filter_map(Weak::upgrade).collect()
+    }
 }
 
 impl Sink {
@@ -260,7 +287,7 @@ impl Handle {
         timeout: Duration,
         tls: Option<super::LinkTls>,
     ) -> Outbox {
-        let conn = ConnId(self.sink.next_id.fetch_add(1, Ordering::Relaxed));
+        let conn = self.sink.group.next_id();
         let shared = ConnShared::new(self.out_cap);
         self.sink.push(Msg::Connect {
             conn,
@@ -310,10 +337,14 @@ impl Handle {
         Ok(self.connect_tls(addr, timeout, tls))
     }
 
-    /// Starts the shutdown: stop accepting, deliver in-flight replies, return.
+    /// Starts the shutdown: stop accepting, deliver in-flight replies,
+    /// return. Every reactor of the group (see [`super::Reactor::sibling`])
+    /// stops.
     pub fn trigger(&self) {
-        self.sink.shutdown.store(true, Ordering::Release);
-        let _ = self.sink.waker.wake();
+        for sink in self.sink.group.sinks() {
+            sink.shutdown.store(true, Ordering::Release);
+            let _ = sink.waker.wake();
+        }
     }
 
     /// Whether shutdown was asked for.
@@ -321,9 +352,14 @@ impl Handle {
         self.sink.shutdown.load(Ordering::Acquire)
     }
 
-    /// Requests dispatched and not yet answered, across all connections.
+    /// Requests dispatched and not yet answered, across all connections
+    /// of every reactor of the group.
     pub fn in_flight(&self) -> usize {
-        self.sink.in_flight.load(Ordering::Relaxed)
+        let sinks = self.sink.group.sinks();
+        sinks
+            .iter()
+            .map(|s| s.in_flight.load(Ordering::Relaxed))
+            .sum()
     }
 }
 

@@ -226,7 +226,7 @@ impl Core {
                 all.extend_from_slice(&initial);
                 all
             };
-            let back = ConnId(self.sink.next_id.fetch_add(1, Ordering::Relaxed));
+            let back = self.sink.group.next_id();
             let shared = ConnShared::new(self.cfg.out_cap);
             match self.connect(back, shared, addr, self.cfg.connect_timeout, None, now) {
                 Ok(()) => {

@@ -5,14 +5,15 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use dsf_common::pool::{Submitter, WorkerPool};
 use dsf_common::reactor::{
-    Context, Dispatch, Reactor, ReactorConfig, ReactorStats, ReplyTo, Service, Shutdown,
+    Accept, ConnId, Context, Dispatch, Reactor, ReactorConfig, ReactorStats, ReplyTo, Service,
+    Shutdown,
 };
 use dsf_common::stream::FramedStream;
 use dsf_common::wire::{
@@ -30,17 +31,25 @@ struct Job {
 
 /// Echoes the body. `echo.inline` answers on the reactor thread; `echo`
 /// goes through the pool; `echo.gated` waits for the test to open the gate.
+/// Every connection accepted is noted with the reactor thread that took it.
 struct Echo {
     admission: Arc<Admission>,
     pool: Submitter<Job>,
+    accepted: Arc<Mutex<Vec<(ConnId, String)>>>,
 }
 
 impl Service for Echo {
+    fn on_accept(&mut self, cx: &mut Context<'_>) -> Accept {
+        let thread = std::thread::current().name().unwrap_or("").to_string();
+        self.accepted.lock().unwrap().push((cx.conn(), thread));
+        Accept::Framed
+    }
+
     fn on_frame(&mut self, payload: &[u8], cx: &mut Context<'_>) -> Dispatch {
         // Before admission, which remembers the nonce: a Busy frame comes back.
-        if self.pool.is_full() {
+        let Some(slot) = self.pool.try_reserve() else {
             return Dispatch::Busy;
-        }
+        };
         let admitted = match self.admission.admit(payload) {
             Ok(a) => a,
             Err(refused) => {
@@ -53,11 +62,10 @@ impl Service for Echo {
             return Dispatch::Done;
         }
         let reply = cx.defer();
-        match self.pool.try_submit(Job { admitted, reply }) {
+        match slot.submit(Job { admitted, reply }) {
             Ok(()) => Dispatch::Done,
             Err(job) => {
-                // Only this thread submits, so the queue had room: the pool
-                // is shutting down.
+                // The place was reserved: the pool is shutting down.
                 cx.cancel(job.reply);
                 let e = dsf_common::Error::Unavailable("server is shutting down".into());
                 job.admitted.error(&e, cx.out());
@@ -72,12 +80,25 @@ pub struct Server {
     pub shutdown: Shutdown,
     pub stats: Arc<ReactorStats>,
     pub gate: Sender<()>,
-    reactor: Option<JoinHandle<std::io::Result<()>>>,
+    /// Connections accepted, with the reactor thread that took each.
+    pub accepted: Arc<Mutex<Vec<(ConnId, String)>>>,
+    reactors: Vec<JoinHandle<std::io::Result<()>>>,
     pool: Option<WorkerPool<Job>>,
 }
 
 impl Server {
     pub fn start(cfg: ReactorConfig, workers: usize, queue: usize) -> Server {
+        Server::start_group(cfg, workers, queue, 1)
+    }
+
+    /// `reactors` reactors on one port, sharing one pool; the first is
+    /// thread `reactor-0`.
+    pub fn start_group(
+        mut cfg: ReactorConfig,
+        workers: usize,
+        queue: usize,
+        reactors: usize,
+    ) -> Server {
         let mut keys = AppKeys::new();
         keys.insert("test", SECRET);
         let admission = Arc::new(Admission::new(keys, ReplayGuard::default()));
@@ -91,21 +112,31 @@ impl Server {
             job.admitted.ok(r.body.get(), &mut out);
             job.reply.send(out);
         });
-        let service = Echo {
-            admission,
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let service = || Echo {
+            admission: admission.clone(),
             pool: pool.submitter(),
+            accepted: accepted.clone(),
         };
-        let reactor = Reactor::bind(cfg, &["127.0.0.1:0".parse().unwrap()], service).unwrap();
-        let addr = reactor.local_addrs()[0];
-        let shutdown = reactor.shutdown_handle();
-        let stats = reactor.stats();
-        let reactor = Some(reactor.spawn().unwrap());
+        cfg.reuse_port = reactors > 1;
+        let first = Reactor::bind(cfg, &["127.0.0.1:0".parse().unwrap()], service()).unwrap();
+        let siblings: Vec<_> = (1..reactors)
+            .map(|_| first.sibling(&[0], service()).unwrap())
+            .collect();
+        let addr = first.local_addrs()[0];
+        let shutdown = first.shutdown_handle();
+        let stats = first.stats();
+        let mut threads = vec![first.spawn_as("reactor-0").unwrap()];
+        for (i, r) in siblings.into_iter().enumerate() {
+            threads.push(r.spawn_as(&format!("reactor-{}", i + 1)).unwrap());
+        }
         Server {
             addr,
             shutdown,
             stats,
             gate,
-            reactor,
+            accepted,
+            reactors: threads,
             pool: Some(pool),
         }
     }
@@ -116,7 +147,7 @@ impl Server {
 
     pub fn stop(&mut self) {
         self.shutdown.trigger();
-        if let Some(r) = self.reactor.take() {
+        for r in self.reactors.drain(..) {
             r.join().unwrap().unwrap();
         }
         if let Some(p) = self.pool.take() {

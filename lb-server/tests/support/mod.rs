@@ -170,6 +170,7 @@ pub fn base_settings<S: AsRef<str>>(backends: &[S]) -> Settings {
         app_keys,
         cluster_secret: dsf_common::config::Secret::new(CLUSTER_SECRET),
         reactor: ReactorConfig::default(),
+        reactors: 1,
         proxy: None,
     }
 }
