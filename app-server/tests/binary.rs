@@ -77,6 +77,7 @@ fn refuses_to_start_without_its_secrets_and_says_how_to_set_them() {
             && err.contains("DSF_CLUSTER_SECRET"),
         "{err}"
     );
+    std::fs::remove_dir_all(keys.parent().unwrap()).unwrap();
 }
 
 #[test]

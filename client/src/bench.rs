@@ -170,6 +170,14 @@ pub struct Report {
     /// Answered requests (ok or error) per second.
     pub rps: f64,
     pub latency_ms: Latency,
+    /// Cores this process may run on (its CPU affinity).
+    pub cores: usize,
+    /// CPU time this process used during the run, all threads.
+    pub cpu_s: f64,
+    /// `cpu_s` over the time of the run on the cores the threads could
+    /// use (`min(threads, cores)`): near 1, the load generator and not the
+    /// server may be what limits the run.
+    pub busy: f64,
 }
 
 // === impl Report ===
@@ -207,6 +215,20 @@ impl Report {
             s,
             "  latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}",
             l.p50, l.p90, l.p99, l.p999, l.max, l.mean
+        );
+        let _ = writeln!(
+            s,
+            "  load gen    {:.0}% busy on {} of {} cores ({:.2} s of CPU, {:.2} µs per request){}",
+            self.busy * 100.0,
+            self.threads.min(self.cores),
+            self.cores,
+            self.cpu_s,
+            self.cpu_s * 1e6 / self.requests.max(1) as f64,
+            if self.busy >= BUSY_WARN {
+                "\n  warning     the load generator was near its limit: the server may be faster than this shows (give it more --threads, or cores)"
+            } else {
+                ""
+            }
         );
         let _ = write!(s, "  outcome     {} ok, {} errors", self.ok, errors);
         if self.unsent > 0 {
@@ -330,6 +352,7 @@ pub fn run(cfg: &ClientConfig, args: &BenchArgs, token: Option<String>) -> Resul
         });
     }
     let start = Instant::now();
+    let cpu_start = cpu_time();
     let plan = std::sync::Arc::new(Plan {
         op: args.op,
         app: cfg.app.clone(),
@@ -366,6 +389,7 @@ pub fn run(cfg: &ClientConfig, args: &BenchArgs, token: Option<String>) -> Resul
         total.unsent += t.unsent;
         total.last_reply = total.last_reply.max(t.last_reply);
     }
+    let cpu_s = (cpu_time() - cpu_start).as_secs_f64();
     let elapsed = total
         .last_reply
         .map_or(Duration::ZERO, |t| t.duration_since(start))
@@ -394,7 +418,20 @@ pub fn run(cfg: &ClientConfig, args: &BenchArgs, token: Option<String>) -> Resul
             max: h.max() as f64 / 1000.0,
             mean: h.mean() / 1000.0,
         },
+        cores,
+        cpu_s,
+        busy: cpu_s / (start.elapsed().as_secs_f64() * threads.min(cores) as f64),
     })
+}
+
+/// Past this share of its cores busy, the report warns that the load
+/// generator may be what limits the run.
+const BUSY_WARN: f64 = 0.9;
+
+/// CPU time used by this process so far, every thread.
+fn cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Registers bench-user-0.. so that `--op login` has accounts to log in.
