@@ -107,16 +107,17 @@ impl ReplayGuard {
         };
         a.expire(now_ms, window_ms);
         check_floor(app, ts, a.floor)?;
-        if a.seen.contains(&key) {
+        // One probe both checks and remembers.
+        if !a.seen.insert(key) {
             return Err(Error::ReplayedNonce(format!(
                 "nonce {nonce} was already used by app {app:?} within the last {} s; send a fresh random nonce with every request",
                 window_ms / 1000
             )));
         }
+        // Room first, so the order never grows past its capacity.
         while a.order.len() >= capacity {
             a.forget_oldest();
         }
-        a.seen.insert(key);
         a.order.push_back((ts, key));
         Ok(())
     }
@@ -247,6 +248,30 @@ mod tests {
             .admit("flood", "eeeeeeeeeeeeeeee", NOW + 59_000, NOW)
             .unwrap_err();
         assert_eq!(e.code(), ErrorCode::StaleTimestamp);
+    }
+
+    proptest::proptest! {
+        /// Whatever the order, the clock and the capacity, the same request
+        /// (app, nonce and ts alike, as a replay is) is admitted once at
+        /// most, and the memory stays within its capacity.
+        #[test]
+        fn the_same_request_is_never_admitted_twice(
+            capacity in 1usize..12,
+            steps in proptest::collection::vec((0u8..2, 0u64..40, 0u64..3_000, 0u64..20_000), 1..400),
+        ) {
+            let mut g = ReplayGuard::new(Duration::from_secs(60), capacity);
+            let mut now = NOW;
+            let mut admitted = std::collections::HashSet::new();
+            for (app, nonce, back, tick) in steps {
+                now += tick;
+                let (app, ts) = (["a", "b"][app as usize], now.saturating_sub(back * 25));
+                let nonce = format!("{nonce:016x}");
+                if g.admit(app, &nonce, ts, now).is_ok() {
+                    proptest::prop_assert!(admitted.insert((app, nonce, ts)), "admitted twice");
+                }
+                proptest::prop_assert!(g.len() <= 2 * capacity);
+            }
+        }
     }
 
     #[test]
