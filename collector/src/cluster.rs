@@ -12,7 +12,7 @@
 //! that was away has no use for the views it missed, only for the latest,
 //! so it cannot fall behind and nothing queues up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -68,7 +68,25 @@ pub struct Snapshot {
     pub taken: Instant,
     /// Whether the first view has gone out (see [`Cluster::set_ready`]).
     pub ready: bool,
+    /// The recent changes of membership, oldest first.
+    pub history: Vec<Change>,
 }
+
+/// One change of membership that made a new view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The view it made.
+    pub version: u64,
+    pub node: String,
+    /// `joined`, `left`, `evicted`, `draining`, `up`, `down` or `changed`
+    /// (a new address or weight).
+    pub event: &'static str,
+}
+
+/// Changes kept for the dashboard.
+pub const HISTORY: usize = 100;
 
 struct Inner {
     members: Members,
@@ -79,6 +97,7 @@ struct Inner {
     ready: bool,
     stopping: bool,
     balancers: BTreeMap<String, BalancerStatus>,
+    history: VecDeque<Change>,
 }
 
 /// What a pusher waiting for a view got.
@@ -130,6 +149,7 @@ impl Cluster {
                 ready: false,
                 stopping: false,
                 balancers,
+                history: VecDeque::with_capacity(HISTORY),
             }),
             changed: Condvar::new(),
             counters: Counters::default(),
@@ -164,7 +184,7 @@ impl Cluster {
             Beat::StateChanged(s) => log::info!("node {} is {}", hb.id, s.as_str()),
             Beat::Refreshed => log::debug!("heartbeat from {}", hb.id),
         }
-        self.settle(&mut inner);
+        self.settle(&mut inner, "left");
         Ok(inner.view.version)
     }
 
@@ -174,7 +194,7 @@ impl Cluster {
         if inner.members.leave(id)? {
             self.counters.leaves.fetch_add(1, Ordering::Relaxed);
             log::info!("node {id} left");
-            self.settle(&mut inner);
+            self.settle(&mut inner, "left");
         }
         Ok(inner.view.version)
     }
@@ -194,7 +214,7 @@ impl Cluster {
             ),
             None => return,
         }
-        self.settle(&mut inner);
+        self.settle(&mut inner, "down");
     }
 
     /// Evicts nodes silent for `dead_after`.
@@ -211,7 +231,7 @@ impl Cluster {
         self.counters
             .evictions
             .fetch_add(dead.len() as u64, Ordering::Relaxed);
-        self.settle(&mut inner);
+        self.settle(&mut inner, "evicted");
     }
 
     /// Publishes the current loads at the current version (the re-send).
@@ -243,11 +263,41 @@ impl Cluster {
 
     /// After each mutation: a new version if what the ring is built from
     /// changed.
-    fn settle(&self, inner: &mut Inner) {
+    /// Publishes a new version if the shape changed, and records each
+    /// node's change; a node gone from the shape went as `removed`.
+    fn settle(&self, inner: &mut Inner, removed: &'static str) {
         let shape = inner.members.shape();
         if shape != inner.shape {
-            inner.shape = shape;
+            let old = std::mem::replace(&mut inner.shape, shape);
             self.publish(inner, true);
+            let (at_ms, version) = (now_ms(), inner.view.version);
+            let mut changes: Vec<(String, &'static str)> = Vec::new();
+            for (id, (addr, weight, state)) in &inner.shape {
+                let event = match old.get(id) {
+                    None => "joined",
+                    Some((_, _, was)) if was != state => match state {
+                        dsf_common::view::NodeState::Draining => "draining",
+                        _ => "up",
+                    },
+                    Some((a, w, _)) if a != addr || w != weight => "changed",
+                    Some(_) => continue,
+                };
+                changes.push((id.clone(), event));
+            }
+            for id in old.keys().filter(|id| !inner.shape.contains_key(*id)) {
+                changes.push((id.clone(), removed));
+            }
+            for (node, event) in changes {
+                if inner.history.len() == HISTORY {
+                    inner.history.pop_front();
+                }
+                inner.history.push_back(Change {
+                    at_ms,
+                    version,
+                    node,
+                    event,
+                });
+            }
             log::info!(
                 "view {}: {} nodes",
                 inner.view.version,
@@ -346,6 +396,7 @@ impl Cluster {
             balancers: inner.balancers.values().cloned().collect(),
             taken: Instant::now(),
             ready: inner.ready,
+            history: inner.history.iter().cloned().collect(),
         }
     }
 

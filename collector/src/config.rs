@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dsf_common::config::{Config, ConfigError, HumanDuration, LimitArgs, TlsArgs};
+use dsf_common::config::{Config, ConfigError, HumanDuration, LimitArgs, SecretUrl, TlsArgs};
 use dsf_common::reactor::ReactorConfig;
 use dsf_common::wire::keys::{self, AppKeys};
+use dsf_sql::DbConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::health::DEFAULT_CHECK_INTERVAL;
@@ -19,6 +20,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:6400";
 /// Default metrics port.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9400";
 
+/// Where `--db`'s password is read when no file is given.
+pub const DB_PASSWORD_ENV: &str = "DSF_DB_PASSWORD";
+
 /// Settings of `collector`. Every field is also a flag (`--dead-after`), an
 /// environment variable (`DSF_DEAD_AFTER`) and a key of the `--config` file
 /// (`dead_after`).
@@ -30,8 +34,8 @@ pub struct CollectorConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
 
-    /// Metrics port: GET /metrics in the Prometheus text format
-    /// [default: 127.0.0.1:9400].
+    /// Metrics port: GET /metrics in the Prometheus text format, and the
+    /// dashboard at / with its JSON under /api/ [default: 127.0.0.1:9400].
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
@@ -88,6 +92,19 @@ pub struct CollectorConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_secret_file: Option<PathBuf>,
 
+    /// The app servers' database, mysql://USER@HOST:PORT/DB: the dashboard
+    /// (on the metrics port) then shows jobs in progress. Read only; its
+    /// password comes from --db-password-file or DSF_DB_PASSWORD.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db: Option<SecretUrl>,
+
+    /// File (mode 0600) holding the database password; otherwise
+    /// DSF_DB_PASSWORD is read.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_password_file: Option<PathBuf>,
+
     #[command(flatten)]
     #[serde(flatten)]
     pub limits: LimitArgs,
@@ -141,6 +158,22 @@ impl CollectorConfig {
         self.limits.reactor()
     }
 
+    /// `--db` with its password, sized for the dashboard's one reader.
+    pub fn db_config(&self) -> Result<Option<DbConfig>, ConfigError> {
+        let Some(url) = &self.db else {
+            return Ok(None);
+        };
+        let password = dsf_common::config::db_password(
+            url,
+            self.db_password_file.as_deref(),
+            "db-password-file",
+            DB_PASSWORD_ENV,
+        )?;
+        Ok(Some(
+            DbConfig::new(url.expose()).password(password).workers(1),
+        ))
+    }
+
     /// Everything resolved, secrets read: what [`crate::server::start`] takes.
     pub fn settings(&self) -> Result<Settings, String> {
         self.validate().map_err(|e| e.to_string())?;
@@ -174,6 +207,7 @@ impl CollectorConfig {
                 None => None,
             },
             cluster_secret,
+            db: self.db_config().map_err(|e| e.to_string())?,
             reactor: {
                 let mut r = self.reactor();
                 r.tls = vec![self.tls.server().map_err(|e| e.to_string())?];

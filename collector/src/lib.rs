@@ -14,7 +14,9 @@
 //! - [`push`]: one thread per balancer holding a signed connection and
 //!   sending it every view, reconnecting with backoff.
 //! - [`health`]: one thread per static `--target`, a TCP connect a second.
-//! - [`metrics`]: `GET /metrics` in the Prometheus text format.
+//! - [`metrics`]: `GET /metrics` in the Prometheus text format, and the
+//!   routes of that port.
+//! - [`dashboard`]: the live page at `/` and its JSON under `/api/`.
 //! - [`server`]: starting and stopping it all; [`config`]: the binary's
 //!   settings; [`error`]: the crate's error.
 
@@ -22,6 +24,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod members;

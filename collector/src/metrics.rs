@@ -451,9 +451,26 @@ fn proxy_families(enc: &mut DescriptorEncoder, balancers: &[BalancerStatus]) -> 
 }
 
 /// The loop of the `metrics` thread: answers until `server.unblock()`.
-pub fn serve(server: Arc<tiny_http::Server>, cluster: Arc<Cluster>) {
+pub fn serve(
+    server: Arc<tiny_http::Server>,
+    cluster: Arc<Cluster>,
+    jobs: Option<Arc<crate::dashboard::Jobs>>,
+) {
     for req in server.incoming_requests() {
-        let response = match (req.method(), req.url().split('?').next().unwrap_or("")) {
+        let path = req.url().split('?').next().unwrap_or("");
+        if req.method() == &tiny_http::Method::Get {
+            if let Some(page) = crate::dashboard::route(path, &cluster, jobs.as_deref()) {
+                let response = tiny_http::Response::from_data(page.body)
+                    .with_status_code(page.status)
+                    .with_header(header("Content-Type", page.kind))
+                    .with_header(header("Cache-Control", "no-store"));
+                if let Err(e) = req.respond(response) {
+                    log::debug!("dashboard: cannot answer: {e}");
+                }
+                continue;
+            }
+        }
+        let response = match (req.method(), path) {
             (tiny_http::Method::Get, "/metrics") => {
                 let page = render(cluster.snapshot(), &cluster.counters);
                 let accept = req
@@ -469,7 +486,7 @@ pub fn serve(server: Arc<tiny_http::Server>, cluster: Arc<Cluster>) {
                 tiny_http::Response::from_string(body).with_header(header("Content-Type", kind))
             }
             (tiny_http::Method::Get, _) => {
-                tiny_http::Response::from_string("not found: the collector serves GET /metrics\n")
+                tiny_http::Response::from_string("not found: the collector serves GET /metrics, the dashboard at /, and /api/status and /api/jobs\n")
                     .with_status_code(404)
             }
             _ => tiny_http::Response::from_string("method not allowed: use GET /metrics\n")

@@ -64,6 +64,8 @@ pub struct Settings {
     /// The cluster secret (never from a flag value).
     pub cluster_secret: dsf_common::config::Secret,
     pub reactor: ReactorConfig,
+    /// The app servers' database, for the dashboard's jobs (`--db`).
+    pub db: Option<dsf_sql::DbConfig>,
 }
 
 // === impl Settings ===
@@ -90,6 +92,7 @@ impl Settings {
             node_keys: None,
             cluster_secret: dsf_common::config::Secret::new(cluster_secret),
             reactor: ReactorConfig::default(),
+            db: None,
         }
     }
 }
@@ -193,9 +196,20 @@ fn spawn_workers(
             health::run_checker(t, cluster, every)
         })?;
     }
+    let jobs = match &s.db {
+        Some(db) => {
+            let jobs = Arc::new(crate::dashboard::Jobs::default());
+            let (jobs2, db, cluster) = (jobs.clone(), db.clone(), cluster.clone());
+            spawn(threads, "jobs".into(), move || {
+                crate::dashboard::run_jobs(jobs2, db, cluster)
+            })?;
+            Some(jobs)
+        }
+        None => None,
+    };
     let (server, cluster) = (metrics.clone(), cluster.clone());
     spawn(threads, "metrics".into(), move || {
-        crate::metrics::serve(server, cluster)
+        crate::metrics::serve(server, cluster, jobs)
     })
 }
 

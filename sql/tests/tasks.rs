@@ -336,3 +336,60 @@ fn heartbeats_extend_held_leases_and_report_lost_ones() {
         .unwrap();
     assert_eq!((extended, lost), (vec![held[0].task], vec![held[1].task]));
 }
+
+#[test]
+fn recent_lists_every_apps_newest_jobs_with_the_counts_status_gives() {
+    let db = testing::fresh();
+    assert!(db.tasks().recent(10).unwrap().is_empty());
+    let other = Owner {
+        app: "gate-north",
+        user: None,
+        operator: false,
+    };
+    let p = payloads(4);
+    let (first, _) = db
+        .tasks()
+        .submit(&APP, None, Some("nightly"), &new_tasks(&p), 1)
+        .unwrap();
+    let (second, _) = db
+        .tasks()
+        .submit(&other, None, None, &new_tasks(&p[..2]), 1)
+        .unwrap();
+    let (third, _) = db
+        .tasks()
+        .submit(&APP, None, None, &new_tasks(&p[..1]), 1)
+        .unwrap();
+    // Of the first job: one done, one dead, one running, one ready.
+    let held = db.tasks().claim("cli", "w", 3, 30_000).unwrap();
+    assert!(held.iter().all(|c| c.job == first || c.job == third));
+    let of_first: Vec<_> = held.iter().filter(|c| c.job == first).collect();
+    db.tasks()
+        .complete("cli", of_first[0].task, of_first[0].fence, "1")
+        .unwrap();
+    db.tasks()
+        .fail("cli", of_first[1].task, of_first[1].fence, "no")
+        .unwrap();
+    let recent = db.tasks().recent(10).unwrap();
+    let ids: Vec<u64> = recent.iter().map(|j| j.status.job).collect();
+    assert_eq!(ids, vec![third, second, first], "newest first, every app");
+    for j in &recent {
+        let owner = Owner {
+            app: &j.app,
+            user: None,
+            operator: false,
+        };
+        assert_eq!(j.status, db.tasks().status(&owner, j.status.job).unwrap());
+    }
+    let f = &recent[2];
+    assert_eq!(
+        (f.app.as_str(), f.name.as_deref()),
+        ("cli", Some("nightly"))
+    );
+    assert_eq!(
+        (f.status.done, f.status.dead, f.status.total),
+        (1, 1, 4),
+        "{f:?}"
+    );
+    assert!(f.created_at_ms > 1_700_000_000_000);
+    assert_eq!(db.tasks().recent(1).unwrap()[0].status.job, third);
+}

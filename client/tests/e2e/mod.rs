@@ -409,12 +409,20 @@ impl Cluster {
             self.dir.join("node-keys.toml").display().to_string(),
         ];
         let args = [args, self.tls_args()].concat();
-        let p = Proc::spawn("collector", "collector", &args, &self.env(), &self.dir);
+        // The app servers' database, for the dashboard's jobs.
+        let url: &'static str = Box::leak(self.db_url.clone().into_boxed_str());
+        let env = [self.env(), vec![("DSF_DB", url)]].concat();
+        let p = Proc::spawn("collector", "collector", &args, &env, &self.dir);
         self.collector = Some(p);
         let addr = self.collector_addr.clone();
         wait_for(&format!("the collector to listen on {addr}"), WAIT, || {
             std::net::TcpStream::connect(&addr).ok()
         });
+    }
+
+    /// The collector's dashboard, on its metrics port.
+    pub fn dashboard_url(&self) -> String {
+        format!("http://{}/", self.metrics_addr)
     }
 
     pub fn start_app(&mut self, i: usize) {

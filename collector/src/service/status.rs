@@ -42,6 +42,11 @@ pub struct NodeStatus<'a> {
 
 /// The reply body for a snapshot.
 pub fn render(snap: &Snapshot) -> String {
+    serde_json::to_string(&status(snap)).expect("status serialises")
+}
+
+/// The status of a snapshot, borrowed from it.
+pub fn status(snap: &Snapshot) -> Status<'_> {
     let nodes = snap
         .members
         .iter()
@@ -58,13 +63,12 @@ pub fn render(snap: &Snapshot) -> String {
             stats: &m.stats,
         })
         .collect();
-    let status = Status {
+    Status {
         view: snap.view.version,
         nodes,
         balancers: &snap.balancers,
         dead_after_ms: snap.members.dead_after().as_millis() as u64,
-    };
-    serde_json::to_string(&status).expect("status serialises")
+    }
 }
 
 /// The handler.
