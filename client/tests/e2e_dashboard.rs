@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use e2e::{free_port, wait_for, Cluster, Proc, Spec, APP, APP_SECRET, DEAD_AFTER, WAIT};
+use e2e::{free_port, wait_for, Cluster, Proc, Spec, DEAD_AFTER, WAIT};
 use serde_json::{json, Value};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -145,15 +145,9 @@ fn browser_present() -> bool {
 }
 
 fn worker(cluster: &Cluster) -> Proc {
-    let envs = [
-        ("DSF_LB", cluster.lb_addrs().join(",")),
-        ("DSF_APP", APP.to_string()),
-        ("DSF_APP_SECRET", APP_SECRET.to_string()),
-    ];
-    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // A tenth of a second a task, two at a time: the job takes seconds, so
     // the page sees it move.
-    let args: Vec<String> = [
+    let args = [
         "worker",
         "--exec",
         "read p; sleep 0.1; printf '{}'",
@@ -161,11 +155,8 @@ fn worker(cluster: &Cluster) -> Proc {
         "2",
         "--id",
         "dash",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    Proc::spawn("worker", "client", &args, &envs, &cluster.dir)
+    ];
+    cluster.spawn_client("worker", &args)
 }
 
 #[test]

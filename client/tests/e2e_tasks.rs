@@ -9,7 +9,7 @@ mod e2e;
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{wait_for, Cluster, Proc, Spec, APP, APP_SECRET, WAIT};
+use e2e::{wait_for, Cluster, Proc, Spec, WAIT};
 use serde_json::Value;
 
 const TASKS: usize = 300;
@@ -46,14 +46,9 @@ fn try_status(cluster: &Cluster, job: u64) -> Option<Value> {
 }
 
 fn worker(cluster: &Cluster, i: usize) -> Proc {
-    let envs = [
-        ("DSF_LB", cluster.lb_addrs().join(",")),
-        ("DSF_APP", APP.to_string()),
-        ("DSF_APP_SECRET", APP_SECRET.to_string()),
-    ];
-    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let id = format!("w{i}");
     // The result is {"echo": PAYLOAD}.
-    let args: Vec<String> = [
+    let args = [
         "worker",
         "--exec",
         r#"read p; printf '{"echo":%s}' "$p""#,
@@ -62,15 +57,12 @@ fn worker(cluster: &Cluster, i: usize) -> Proc {
         "--lease",
         "2s",
         "--id",
-        &format!("w{i}"),
+        &id,
         "--timeout",
         "5s",
         "--json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    Proc::spawn(&format!("worker-{i}"), "client", &args, &envs, &cluster.dir)
+    ];
+    cluster.spawn_client(&format!("worker-{i}"), &args)
 }
 
 #[test]

@@ -212,7 +212,14 @@ fn promtool_check(text: &str) -> Option<(bool, String)> {
 fn other_paths_and_methods_get_http_errors() {
     let lb = start_lb();
     let col = start_collector(collector_settings(&[lb.cluster_addr]));
-    assert_eq!(http_get(col.metrics_addr, "/").0, 404);
+    // "/" is the dashboard (tests/dashboard.rs); anything else is not.
+    assert_eq!(http_get(col.metrics_addr, "/").0, 200);
+    let (code, body) = http_get(col.metrics_addr, "/metrics/x");
+    assert_eq!(code, 404);
+    assert!(
+        body.contains("/api/status"),
+        "the 404 names what is served: {body}"
+    );
     assert_eq!(http_get(col.metrics_addr, "/metrics?x=1").0, 200);
 }
 

@@ -420,6 +420,19 @@ impl Cluster {
         });
     }
 
+    /// Runs `client ARGS` as a long-lived child (a `client worker`) named
+    /// `name`, reaching the cluster through its balancers as app [`APP`].
+    pub fn spawn_client(&self, name: &str, args: &[&str]) -> Proc {
+        let envs = [
+            ("DSF_LB", self.lb_addrs().join(",")),
+            ("DSF_APP", APP.to_string()),
+            ("DSF_APP_SECRET", APP_SECRET.to_string()),
+        ];
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        Proc::spawn(name, "client", &args, &envs, &self.dir)
+    }
+
     /// The collector's dashboard, on its metrics port.
     pub fn dashboard_url(&self) -> String {
         format!("http://{}/", self.metrics_addr)
