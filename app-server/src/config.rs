@@ -68,9 +68,12 @@ pub struct AppConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
 
-    /// The database, mysql://USER@HOST:PORT/DB (required). Its password
-    /// comes from --db-password-file or DSF_DB_PASSWORD: flags show in `ps`.
-    #[arg(long, value_name = "URL")]
+    /// The database, mysql://USER@HOST:PORT/DB (required); or a
+    /// comma-separated list of a cluster's nodes (Galera): the first that
+    /// answers is used, the next when it fails, and the first again once it
+    /// is back. Its password comes from --db-password-file or
+    /// DSF_DB_PASSWORD: flags show in `ps`.
+    #[arg(long, value_name = "URL[,URL…]")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db: Option<SecretUrl>,
 

@@ -506,9 +506,11 @@ const JANITOR_EVERY: Duration = Duration::from_secs(10);
 /// window is refused as stale before its record is looked up.
 const WRITES_KEPT: Duration = Duration::from_secs(2 * 60);
 
-/// The `janitor` thread: deletes run-once records past [`WRITES_KEPT`],
-/// every [`JANITOR_EVERY`], until the returned sender is dropped. Every
-/// app server runs one; they delete the same rows, which is harmless.
+/// The `janitor` thread: every [`JANITOR_EVERY`], until the returned
+/// sender is dropped, it moves back to the first database node of a `--db`
+/// list once that answers again ([`Db::prefer_first`]), and deletes
+/// run-once records past [`WRITES_KEPT`]. Every app server runs one; they
+/// delete the same rows, which is harmless.
 fn start_janitor(db: Db) -> std::io::Result<Sender<()>> {
     let (tx, rx) = bounded::<()>(1);
     std::thread::Builder::new()
@@ -518,6 +520,9 @@ fn start_janitor(db: Db) -> std::io::Result<Sender<()>> {
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 _ => return,
             }
+            // With a list of database nodes (--db A,B,…), back to the
+            // first once it answers again.
+            db.prefer_first();
             match db.writes().expire(WRITES_KEPT, 10_000) {
                 Ok(0) => {}
                 Ok(n) => log::debug!("janitor: deleted {n} expired run-once records"),

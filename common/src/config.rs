@@ -1194,6 +1194,10 @@ idle_timeout = "5s"
             ("mysql://h:3306/d", "mysql://h:3306/d"),
             ("mysql://u:p@w@h/d", "mysql://u:***@h/d"),
             (
+                "mysql://a:p1@h1:1/d,mysql://b:p2@h2:2/d",
+                "mysql://a:***@h1:1/d,mysql://b:***@h2:2/d",
+            ),
+            (
                 "db = \"mysql://a:x@h/d\"\npins_db = \"mysql://b:y@h2\"\n",
                 "db = \"mysql://a:***@h/d\"\npins_db = \"mysql://b:***@h2\"\n",
             ),

@@ -1,6 +1,12 @@
 //! [`Db`]: the connection pool, its limits and timeouts, start-up retries and
 //! the health check.
+//!
+//! The URL may be a comma-separated list, one database node each (a Galera
+//! cluster's, say): the pool uses the first that answers, moves to the next
+//! when the one in use cannot be reached, and goes back to the first once
+//! [`Db::prefer_first`] finds it answering again.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -118,6 +124,20 @@ impl DbConfig {
         (self.workers + self.pool_margin).max(1)
     }
 
+    /// One setting per URL of the list (one for a single URL), in order.
+    pub fn each_url(&self) -> Vec<DbConfig> {
+        self.url
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| DbConfig {
+                url: SecretUrl::new(u),
+                ..self.clone()
+            })
+            .collect()
+    }
+
     fn opts(&self) -> Result<Opts> {
         let base = Opts::from_url(self.url.expose()).map_err(|e| Error::Internal {
             op: "connect",
@@ -158,20 +178,30 @@ impl DbConfig {
     }
 }
 
-/// The database: a bounded pool of connections. Cheap to clone; clones share
-/// the pool.
+/// The database: a bounded pool of connections (one per node of a list,
+/// the one in use at a time). Cheap to clone; clones share the pool.
 #[derive(Clone)]
 pub struct Db {
-    pool: Pool,
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    /// One pool per URL of the list, in order; pools of nodes not in use
+    /// hold no connection.
+    nodes: Vec<Node>,
+    /// The node in use.
+    current: AtomicUsize,
     acquire_timeout: Duration,
     pool_max: usize,
     alive_bypass: Duration,
-    /// When each connection (by its server thread id) was last handed out.
-    used: std::sync::Mutex<std::collections::HashMap<u32, Instant>>,
+    /// When each connection (by node and server thread id) was last handed
+    /// out.
+    used: std::sync::Mutex<std::collections::HashMap<(usize, u32), Instant>>,
+}
+
+/// One database node of the list.
+struct Node {
+    pool: Pool,
     /// `host:port/db`, never the password: for logs and errors.
     target: String,
 }
@@ -216,17 +246,50 @@ impl Db {
         }
     }
 
-    /// Connects once: opens `pool_min` connections and runs the health check.
+    /// Connects once: the first node of the list that answers its health
+    /// check is the one in use (a single URL: that node, which must answer).
     pub fn connect_once(cfg: &DbConfig) -> Result<Db> {
-        let pool = Pool::new(cfg.opts()?).map_err(|e| Error::from_mysql("connect", e))?;
+        let each = cfg.each_url();
+        if each.is_empty() {
+            return Err(Error::Internal {
+                op: "connect",
+                message: "no database URL given (expected mysql://USER[:PASS]@HOST:PORT/DB, or a comma-separated list)".into(),
+            });
+        }
+        let mut nodes = Vec::with_capacity(each.len());
+        for (i, one) in each.iter().enumerate() {
+            // Only the first opens connections up front; the others open
+            // theirs when they are needed.
+            let mut one = one.clone();
+            if i > 0 {
+                one.pool_min = 0;
+            }
+            let pool = Pool::new(one.opts()?).map_err(|e| Error::from_mysql("connect", e));
+            let pool = match pool {
+                Ok(p) => p,
+                Err(e) if each.len() > 1 => {
+                    log::warn!(
+                        "database {}: {e}; trying the next of the list",
+                        target_of(&one)
+                    );
+                    one.pool_min = 0;
+                    Pool::new(one.opts()?).map_err(|e| Error::from_mysql("connect", e))?
+                }
+                Err(e) => return Err(e),
+            };
+            nodes.push(Node {
+                pool,
+                target: target_of(&one),
+            });
+        }
         let db = Db {
-            pool,
             inner: Arc::new(Inner {
+                nodes,
+                current: AtomicUsize::new(0),
                 acquire_timeout: cfg.acquire_timeout,
                 pool_max: cfg.pool_max(),
                 alive_bypass: cfg.alive_bypass,
                 used: Default::default(),
-                target: target_of(cfg),
             }),
         };
         db.health()?;
@@ -238,15 +301,43 @@ impl Db {
         self.with_conn("health", |c| c.query_drop("DO 1"))
     }
 
-    /// `host:port/db` of the database, for logs (never the password).
+    /// `host:port/db` of the node in use, for logs (never the password).
     pub fn target(&self) -> &str {
-        &self.inner.target
+        &self.inner.nodes[self.current()].target
     }
 
-    /// The underlying pool, for callers that need the raw driver (the
-    /// benchmark's baseline, tests holding connections).
+    /// Which node of the list is in use, from 0.
+    pub fn current(&self) -> usize {
+        self.inner.current.load(Ordering::Relaxed)
+    }
+
+    /// The pool of the node in use, for callers that need the raw driver
+    /// (the benchmark's baseline, tests holding connections).
     pub fn pool(&self) -> &Pool {
-        &self.pool
+        &self.inner.nodes[self.current()].pool
+    }
+
+    /// Goes back to the first node of the list if another is in use and the
+    /// first answers a health check again. Call it now and then off the
+    /// request path (the app server's janitor does, every few seconds): the
+    /// check may wait a connect timeout. Returns whether it moved.
+    pub fn prefer_first(&self) -> bool {
+        if self.current() == 0 {
+            return false;
+        }
+        let answers = self
+            .checkout_from(0)
+            .and_then(|mut c| c.query_drop("DO 1"))
+            .is_ok();
+        if answers {
+            let from = self.inner.current.swap(0, Ordering::Relaxed);
+            log::info!(
+                "database: back on {} (the first of the list) from {}",
+                self.inner.nodes[0].target,
+                self.inner.nodes[from].target
+            );
+        }
+        answers
     }
 
     /// Takes a connection, waiting at most the acquire timeout.
@@ -257,18 +348,56 @@ impl Db {
     /// dead by a database restart (which takes longer than the window) is
     /// found and replaced before a request meets it. A dead one is
     /// discarded, so the pool opens a new one in its place.
+    ///
+    /// With a list of nodes, a node that cannot be reached (refused, timed
+    /// out, every connection dead, or a Galera node not ready) passes the
+    /// request to the next, which is then the one in use.
     pub fn checkout(&self) -> mysql::Result<PooledConn> {
+        let n = self.inner.nodes.len();
+        let start = self.current();
+        let mut last = None;
+        for step in 0..n {
+            let i = (start + step) % n;
+            match self.checkout_from(i) {
+                Ok(c) => {
+                    if i != start
+                        && self
+                            .inner
+                            .current
+                            .compare_exchange(start, i, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        log::warn!(
+                            "database: {} cannot be reached ({}); now using {}",
+                            self.inner.nodes[start].target,
+                            last.as_ref()
+                                .map_or(String::new(), |e: &mysql::Error| e.to_string()),
+                            self.inner.nodes[i].target
+                        );
+                    }
+                    return Ok(c);
+                }
+                Err(e) if n > 1 && unreachable(&e) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("a list has at least one node"))
+    }
+
+    /// [`Db::checkout`] from node `i` only.
+    fn checkout_from(&self, i: usize) -> mysql::Result<PooledConn> {
+        let pool = &self.inner.nodes[i].pool;
         for _ in 0..=self.inner.pool_max {
-            let mut c = self.pool.try_get_conn(self.inner.acquire_timeout)?;
+            let mut c = pool.try_get_conn(self.inner.acquire_timeout)?;
             let now = Instant::now();
             let recent = {
                 let mut used = self.inner.used.lock().unwrap_or_else(|p| p.into_inner());
                 // Ids of connections long gone: forgetting all costs one
                 // ping each.
-                if used.len() > 4 * self.inner.pool_max {
+                if used.len() > 4 * self.inner.pool_max * self.inner.nodes.len() {
                     used.clear();
                 }
-                used.insert(c.connection_id(), now)
+                used.insert((i, c.connection_id()), now)
                     .is_some_and(|t| now.duration_since(t) <= self.inner.alive_bypass)
             };
             if recent || c.as_mut().ping().is_ok() {
@@ -398,7 +527,8 @@ impl Db {
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Db")
-            .field("target", &self.inner.target)
+            .field("target", &self.target())
+            .field("nodes", &self.inner.nodes.len())
             .field("pool_max", &self.inner.pool_max)
             .finish()
     }
@@ -424,6 +554,19 @@ pub(crate) fn roll_back(conn: &mut PooledConn) {
     }
 }
 
+/// Whether `e` says the node cannot be reached (as opposed to a query's own
+/// failure, or every connection busy): the next node of a list may serve.
+fn unreachable(e: &mysql::Error) -> bool {
+    match e {
+        // Every connection in use: waiting elsewhere would not help.
+        mysql::Error::DriverError(mysql::DriverError::Timeout) => false,
+        // 1047: a Galera node not yet (or no longer) part of the primary
+        // component ("WSREP has not yet prepared node for application use").
+        mysql::Error::MySqlError(m) => m.code == 1047,
+        other => other.is_connectivity_error(),
+    }
+}
+
 fn retryable_at_startup(e: &Error) -> bool {
     match e {
         Error::Unavailable { .. } | Error::PoolTimeout { .. } => true,
@@ -434,7 +577,8 @@ fn retryable_at_startup(e: &Error) -> bool {
 }
 
 fn target_of(cfg: &DbConfig) -> String {
-    match Opts::from_url(cfg.url.expose()) {
+    let first = cfg.url.expose().split(',').next().unwrap_or("").trim();
+    match Opts::from_url(first) {
         Ok(o) => format!(
             "{}:{}/{}",
             o.get_ip_or_hostname(),
@@ -463,7 +607,8 @@ fn check_identifier(name: &str) -> Result<()> {
 
 /// The database `cfg` names (`cfg.database`, else the URL's path).
 fn database_name(cfg: &DbConfig) -> Result<String> {
-    let from_url = Opts::from_url(cfg.url.expose())
+    let first = cfg.url.expose().split(',').next().unwrap_or("").trim();
+    let from_url = Opts::from_url(first)
         .ok()
         .and_then(|o| o.get_db_name().map(str::to_string));
     cfg.database.clone().or(from_url).ok_or(Error::Invalid {
@@ -474,14 +619,26 @@ fn database_name(cfg: &DbConfig) -> Result<String> {
 
 /// Runs one statement on a short-lived connection to the server, without
 /// selecting a database.
+/// With a list, the first node that can be reached runs it (a Galera
+/// cluster replicates it to the others).
 fn on_server(cfg: &DbConfig, op: &'static str, stmt: &str) -> Result<()> {
-    let mut server = cfg.clone();
-    server.database = None;
-    let opts: Opts = OptsBuilder::from_opts(server.opts()?)
-        .db_name(None::<String>)
-        .into();
-    let mut conn = mysql::Conn::new(opts).map_err(|e| Error::from_mysql(op, e))?;
-    conn.query_drop(stmt).map_err(|e| Error::from_mysql(op, e))
+    let mut last = None;
+    for one in cfg.each_url() {
+        let mut server = one;
+        server.database = None;
+        let opts: Opts = OptsBuilder::from_opts(server.opts()?)
+            .db_name(None::<String>)
+            .into();
+        match mysql::Conn::new(opts) {
+            Ok(mut conn) => return conn.query_drop(stmt).map_err(|e| Error::from_mysql(op, e)),
+            Err(e) if unreachable(&e) => last = Some(Error::from_mysql(op, e)),
+            Err(e) => return Err(Error::from_mysql(op, e)),
+        }
+    }
+    Err(last.unwrap_or(Error::Internal {
+        op,
+        message: "no database URL given".into(),
+    }))
 }
 
 /// Creates the database `cfg` names if it does not exist (utf8mb4), so
