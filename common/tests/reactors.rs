@@ -45,6 +45,26 @@ fn two_reactors_share_one_port_and_both_serve() {
         32,
         "the group shares its counters"
     );
+    // The group's buffered bytes count every reactor's: 60,000 bytes of a
+    // 100,000-byte frame on each connection, far more than one reactor's
+    // half of the connections holds.
+    let partial = 60_000usize;
+    for c in &mut conns {
+        let mut part = 100_000u32.to_be_bytes().to_vec();
+        part.resize(partial, b' ');
+        c.send(&part).unwrap();
+    }
+    let all = partial * conns.len();
+    wait_until(
+        "the group's buffered bytes to count every connection",
+        || {
+            server
+                .stats
+                .buffered
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= all
+        },
+    );
     // One trigger stops both reactors (stop joins every thread).
     server.stop();
 }

@@ -610,6 +610,8 @@ struct Core {
     accept_more: Vec<usize>,
     /// Listeners whose last accept failed; the sweep tries them again.
     accept_retry: Vec<usize>,
+    /// This reactor's share of `stats.buffered` as last added.
+    reported: usize,
     turn: u64,
     warn: Warnings,
 }
@@ -796,6 +798,7 @@ impl Core {
             paused: Vec::new(),
             accept_more: Vec::new(),
             accept_retry: Vec::new(),
+            reported: 0,
             turn: 0,
             warn: Warnings::default(),
         })
@@ -885,9 +888,18 @@ impl Core {
                 self.sweep(service, now, stopping, &mut again);
                 next_sweep = now + tick;
             }
-            self.stats
-                .buffered
-                .store(self.budget.held, Ordering::Relaxed);
+            // The group's counter: each reactor adds what changed in its own.
+            let held = self.budget.held;
+            if held >= self.reported {
+                self.stats
+                    .buffered
+                    .fetch_add(held - self.reported, Ordering::Relaxed);
+            } else {
+                self.stats
+                    .buffered
+                    .fetch_sub(self.reported - held, Ordering::Relaxed);
+            }
+            self.reported = held;
             if stopping {
                 let until = *grace_until.get_or_insert_with(|| {
                     self.stop_accepting();
