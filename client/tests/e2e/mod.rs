@@ -197,6 +197,32 @@ enum Store {
     Shared(#[allow(dead_code)] TestDb),
     /// A server of its own.
     Private(dsf_sql::testing::PrivateServer),
+    /// A throwaway database on a Galera cluster (`DSF_TEST_GALERA_URLS`),
+    /// dropped with the cluster.
+    Galera(dsf_sql::DbConfig, String),
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Store::Galera(cfg, name) = self {
+            if let Err(e) = dsf_sql::db::drop_database(cfg, name) {
+                eprintln!("dropping Galera test database {name}: {e}");
+            }
+        }
+    }
+}
+
+/// The Galera cluster every e2e cluster runs on when `DSF_TEST_GALERA_URLS`
+/// is set (`scripts/test` sets it for its Galera run): its nodes' server
+/// URLs, `mysql://USER:PASS@HOST:PORT/`, comma-separated.
+pub fn galera_nodes() -> Option<Vec<String>> {
+    let urls = std::env::var("DSF_TEST_GALERA_URLS").ok()?;
+    let nodes: Vec<String> = urls
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_string() + "/")
+        .filter(|u| u.len() > 1)
+        .collect();
+    (!nodes.is_empty()).then_some(nodes)
 }
 
 /// The running cluster.
@@ -205,6 +231,9 @@ pub struct Cluster {
     pub db: dsf_sql::Db,
     store: Store,
     pub db_url: String,
+    /// On Galera: each node's URL of the database, app server `i`
+    /// preferring node `i` (its `--db` list starts there).
+    pub db_nodes: Vec<String>,
     keys: PathBuf,
     pub collector: Option<Proc>,
     pub collector_addr: String,
@@ -234,8 +263,24 @@ impl Cluster {
         Cluster::start_shared(spec, true)
     }
 
-    /// On a throwaway database of the shared test server.
+    /// On a throwaway database of the shared test server, or of the
+    /// Galera cluster when `DSF_TEST_GALERA_URLS` names one.
     fn start_shared(spec: Spec, tls: bool) -> Cluster {
+        if let Some(nodes) = galera_nodes() {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let name = format!(
+                "dsf_e2e_{}_{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            );
+            let list: Vec<String> = nodes.iter().map(|n| format!("{n}{name}")).collect();
+            let cfg = dsf_sql::DbConfig::new(list.join(","));
+            dsf_sql::db::ensure_database(&cfg).unwrap();
+            let pool = dsf_sql::Db::connect(&cfg).unwrap();
+            pool.migrate().unwrap();
+            let url = list.join(",");
+            return Cluster::start_on(spec, pool, url, list, Store::Galera(cfg, name), tls);
+        }
         let db = dsf_sql::testing::fresh();
         let db_url = format!(
             "{}/{}",
@@ -243,7 +288,7 @@ impl Cluster {
             db.name()
         );
         let pool = (*db).clone();
-        Cluster::start_on(spec, pool, db_url, Store::Shared(db), tls)
+        Cluster::start_on(spec, pool, db_url, Vec::new(), Store::Shared(db), tls)
     }
 
     /// Like [`Cluster::start`], on a MariaDB of its own, which
@@ -257,7 +302,7 @@ impl Cluster {
         dsf_sql::db::ensure_database(&cfg).unwrap();
         let pool = dsf_sql::Db::connect(&cfg).unwrap();
         pool.migrate().unwrap();
-        Cluster::start_on(spec, pool, url, Store::Private(own), false)
+        Cluster::start_on(spec, pool, url, Vec::new(), Store::Private(own), false)
     }
 
     /// Stops the cluster's own MariaDB, waits `down`, and starts it again
@@ -271,7 +316,14 @@ impl Cluster {
         own.script("start");
     }
 
-    fn start_on(spec: Spec, db: dsf_sql::Db, db_url: String, store: Store, tls: bool) -> Cluster {
+    fn start_on(
+        spec: Spec,
+        db: dsf_sql::Db,
+        db_url: String,
+        db_nodes: Vec<String>,
+        store: Store,
+        tls: bool,
+    ) -> Cluster {
         static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "dsf-e2e-{}-{}",
@@ -322,6 +374,7 @@ impl Cluster {
             db,
             store,
             db_url,
+            db_nodes,
             keys,
             collector: None,
             collector_addr: format!("127.0.0.1:{}", free_port()),
@@ -433,6 +486,18 @@ impl Cluster {
         Proc::spawn(name, "client", &args, &envs, &self.dir)
     }
 
+    /// App server `i`'s `--db`: on Galera, the list from node `i` round.
+    pub fn app_db_url(&self, i: usize) -> String {
+        let n = self.db_nodes.len();
+        if n < 2 {
+            return self.db_url.clone();
+        }
+        (0..n)
+            .map(|k| self.db_nodes[(i + k) % n].as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The collector's dashboard, on its metrics port.
     pub fn dashboard_url(&self) -> String {
         format!("http://{}/", self.metrics_addr)
@@ -459,7 +524,7 @@ impl Cluster {
         ];
         let args = [args, self.tls_args()].concat();
         let mut env = vec![("DSF_PEER_SECRET", PEER_SECRET)];
-        let url: &'static str = Box::leak(self.db_url.clone().into_boxed_str());
+        let url: &'static str = Box::leak(self.app_db_url(i).into_boxed_str());
         env.push(("DSF_DB", url));
         let p = Proc::spawn(&id, "app-server", &args, &env, &self.dir);
         self.apps[i].2 = Some(p);
