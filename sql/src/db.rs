@@ -47,6 +47,10 @@ const INIT: [&str; 3] = [
      ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'",
 ];
 
+/// What a Galera node's connections run to read their writes from anywhere
+/// (see [`DbConfig::causal_reads`]).
+pub const CAUSAL_READS: &str = "SET SESSION wsrep_sync_wait = 1";
+
 /// How long a pooled connection may go unused and still be handed out
 /// without a liveness check (HikariCP's `aliveBypassWindowMs`).
 pub const ALIVE_BYPASS: Duration = Duration::from_millis(500);
@@ -79,6 +83,12 @@ pub struct DbConfig {
     /// A connection unused for longer is pinged before it is handed out
     /// (default [`ALIVE_BYPASS`]).
     pub alive_bypass: Duration,
+    /// Causal reads on a Galera cluster (`wsrep_sync_wait = 1`): a read
+    /// waits until the node has applied every write the cluster committed
+    /// before it, so a session made, a run-once record written, a task
+    /// claimed or a message stored through another node is seen. Set by
+    /// [`Db::connect_once`] when the server has `wsrep_on`.
+    pub causal_reads: bool,
 }
 
 // === impl DbConfig ===
@@ -98,6 +108,7 @@ impl DbConfig {
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             startup_deadline: DEFAULT_STARTUP_DEADLINE,
             alive_bypass: ALIVE_BYPASS,
+            causal_reads: false,
         }
     }
 
@@ -138,6 +149,15 @@ impl DbConfig {
             .collect()
     }
 
+    /// The statements every new connection runs.
+    fn init(&self) -> Vec<&'static str> {
+        let mut init = INIT.to_vec();
+        if self.causal_reads {
+            init.push(CAUSAL_READS);
+        }
+        init
+    }
+
     fn opts(&self) -> Result<Opts> {
         let base = Opts::from_url(self.url.expose()).map_err(|e| Error::Internal {
             op: "connect",
@@ -167,7 +187,7 @@ impl DbConfig {
             .write_timeout(Some(self.io_timeout))
             .tcp_keepalive_time_ms(Some(30_000))
             .stmt_cache_size(Some(64))
-            .init(INIT.to_vec());
+            .init(self.init());
         if let Some(db) = &self.database {
             b = b.db_name(Some(db.clone()));
         }
@@ -256,11 +276,18 @@ impl Db {
                 message: "no database URL given (expected mysql://USER[:PASS]@HOST:PORT/DB, or a comma-separated list)".into(),
             });
         }
+        let galera = each.iter().any(is_galera);
+        if galera {
+            log::info!(
+                "database is a Galera cluster (wsrep_on): reads are causal (wsrep_sync_wait = 1)"
+            );
+        }
         let mut nodes = Vec::with_capacity(each.len());
         for (i, one) in each.iter().enumerate() {
             // Only the first opens connections up front; the others open
             // theirs when they are needed.
             let mut one = one.clone();
+            one.causal_reads |= galera;
             if i > 0 {
                 one.pool_min = 0;
             }
@@ -552,6 +579,25 @@ pub(crate) fn roll_back(conn: &mut PooledConn) {
         log::debug!("ROLLBACK failed ({e}): the connection is dropped, not pooled");
         conn.reset_connection(true);
     }
+}
+
+/// Whether the server `cfg` reaches runs Galera replication (`wsrep_on`);
+/// `false` if it cannot be asked (a server without wsrep has no such
+/// variable).
+fn is_galera(cfg: &DbConfig) -> bool {
+    let mut server = cfg.clone();
+    server.database = None;
+    let Ok(opts) = server.opts() else {
+        return false;
+    };
+    let opts: Opts = OptsBuilder::from_opts(opts).db_name(None::<String>).into();
+    let Ok(mut conn) = mysql::Conn::new(opts) else {
+        return false;
+    };
+    let on: Option<(String, String)> = conn
+        .query_first("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+        .unwrap_or(None);
+    on.is_some_and(|(_, v)| v.eq_ignore_ascii_case("ON"))
 }
 
 /// Whether `e` says the node cannot be reached (as opposed to a query's own
