@@ -7,9 +7,19 @@
 //! so a migration is recorded after all its statements ran: keep each one
 //! small, and make a failed one safe to re-run (or fix it by hand).
 //!
-//! Several processes may migrate at once: the first takes a named lock
-//! (`GET_LOCK`), the others wait for it and then find nothing left to do.
+//! Several processes may migrate at once, also through different nodes of
+//! a Galera cluster: the first takes a lease on the one row of
+//! `schema_lock`, the others wait for it and then find nothing left to do.
+//! A lease, not `GET_LOCK`: a named lock lives on one server, so on Galera
+//! two processes on two nodes would both hold it and both run a migration's
+//! statements. The row is replicated like any other, and the conditional
+//! `UPDATE` that takes it succeeds for one writer only (on Galera the other
+//! fails certification or finds it taken). The holder renews it from a
+//! second connection while it migrates; one that dies mid-migration holds
+//! it [`LEASE`] longer at most.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
@@ -65,9 +75,11 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// How long one `GET_LOCK` call waits; kept under the connection's read
-/// timeout, and repeated until [`LOCK_DEADLINE`].
-const LOCK_POLL_SECS: u32 = 5;
+/// How long the lease on `schema_lock` runs unless renewed; renewed every
+/// third of it while the holder migrates.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How often a waiting process tries to take the lease.
+const LOCK_POLL: Duration = Duration::from_millis(200);
 /// How long a process waits for another one's migration to finish.
 const LOCK_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -124,15 +136,25 @@ pub fn migrate(db: &Db) -> Result<Report> {
 /// one still has its recorded checksum, then runs the rest in order.
 pub fn apply(db: &Db, migrations: &[Migration]) -> Result<Report> {
     let mut conn = db.conn("migrate")?;
-    let lock = Lock::take(&mut conn)?;
-    let result = apply_locked(&mut conn, migrations);
-    lock.release(&mut conn);
+    create_tables(&mut conn)?;
+    let lease = Lease::take(&mut conn)?;
+    let result = std::thread::scope(|s| {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let renewing = &lease;
+        s.spawn(move || renewing.keep(db, &stopped));
+        let result = apply_locked(&mut conn, migrations, &lease.lost);
+        drop(stop);
+        result
+    });
+    lease.release(&mut conn);
     result
 }
 
-fn apply_locked(conn: &mut PooledConn, migrations: &[Migration]) -> Result<Report> {
-    let op = "migrate";
-    let sql_err = |e| Error::from_mysql(op, e);
+/// The bookkeeping tables, before the lease: `IF NOT EXISTS` makes them
+/// safe to create from every process at once (on Galera, DDL runs in total
+/// order on every node).
+fn create_tables(conn: &mut PooledConn) -> Result<()> {
+    let sql_err = |e| Error::from_mysql("migrate", e);
     conn.query_drop(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version    INT UNSIGNED NOT NULL PRIMARY KEY,
@@ -142,6 +164,31 @@ fn apply_locked(conn: &mut PooledConn, migrations: &[Migration]) -> Result<Repor
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
     )
     .map_err(sql_err)?;
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS schema_lock (
+            id         TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+            holder     VARCHAR(255) NOT NULL,
+            expires_at BIGINT NOT NULL
+        ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
+    )
+    .map_err(sql_err)?;
+    // Two processes inserting at once on two Galera nodes: one of them
+    // fails certification, and the row is there either way.
+    match conn
+        .query_drop("INSERT IGNORE INTO schema_lock (id, holder, expires_at) VALUES (1, '', 0)")
+    {
+        Err(e) if !failed_certification(&e) => Err(sql_err(e)),
+        _ => Ok(()),
+    }
+}
+
+fn apply_locked(
+    conn: &mut PooledConn,
+    migrations: &[Migration],
+    lost: &AtomicBool,
+) -> Result<Report> {
+    let op = "migrate";
+    let sql_err = |e| Error::from_mysql(op, e);
     let applied: Vec<(u32, String, String)> = conn
         .exec(
             "SELECT version, name, checksum FROM schema_migrations ORDER BY version",
@@ -178,6 +225,15 @@ fn apply_locked(conn: &mut PooledConn, migrations: &[Migration]) -> Result<Repor
         if applied.iter().any(|a| a.0 == m.version) {
             continue;
         }
+        if lost.load(Ordering::SeqCst) {
+            return Err(Error::Internal {
+                op,
+                message: format!(
+                    "the migration lease could not be renewed for {LEASE:?}, so another process may be migrating too; stopped before migration {} ({}): run `app-server migrate` again",
+                    m.version, m.name
+                ),
+            });
+        }
         log::info!("applying migration {} ({})", m.version, m.name);
         for stmt in m.statements() {
             // Migration text is a constant compiled into the binary, never
@@ -202,46 +258,136 @@ fn apply_locked(conn: &mut PooledConn, migrations: &[Migration]) -> Result<Repor
     Ok(report)
 }
 
-/// The server-wide named lock that serialises migrations of one database.
-struct Lock;
+/// The lease on `schema_lock`'s row, held while migrating.
+struct Lease {
+    /// Who holds it: host, process and a random tag, so a process that
+    /// migrates twice never mistakes an old lease of its own for the new one.
+    holder: String,
+    /// Set when a renewal found the lease taken by another, or could not
+    /// renew it in time.
+    lost: AtomicBool,
+}
 
-impl Lock {
-    fn take(conn: &mut PooledConn) -> Result<Lock> {
+impl Lease {
+    fn take(conn: &mut PooledConn) -> Result<Lease> {
         let op = "migrate";
+        let holder = format!(
+            "{}:{}:{:08x}",
+            hostname(),
+            std::process::id(),
+            rand::random::<u32>()
+        );
         let started = Instant::now();
+        let mut said = false;
         loop {
-            // The name is derived from DATABASE() on the server, so different
-            // databases on one server migrate independently.
-            let got: Option<Option<i64>> = conn
-                .exec_first(
-                    "SELECT GET_LOCK(CONCAT('dsf_migrate:', IFNULL(DATABASE(), '')), ?)",
-                    (LOCK_POLL_SECS,),
+            let now = now_ms();
+            let taken = conn
+                .exec_drop(
+                    "UPDATE schema_lock SET holder = ?, expires_at = ? \
+                     WHERE id = 1 AND (holder = '' OR expires_at < ?)",
+                    (&holder, now + LEASE.as_millis() as i64, now),
                 )
-                .map_err(|e| Error::from_mysql(op, e))?;
-            match got.flatten() {
-                Some(1) => return Ok(Lock),
-                _ if started.elapsed() >= LOCK_DEADLINE => {
-                    return Err(Error::Internal {
-                        op,
-                        message: format!(
-                            "another process held the migration lock for {LOCK_DEADLINE:?}; \
-                             is a migration stuck? (see SHOW PROCESSLIST)"
-                        ),
+                .map(|()| conn.affected_rows() == 1);
+            match taken {
+                Ok(true) => {
+                    return Ok(Lease {
+                        holder,
+                        lost: AtomicBool::new(false),
                     })
                 }
-                _ => log::info!("waiting for another process's migration to finish"),
+                Ok(false) => {}
+                // Taken at the same moment through another Galera node.
+                Err(e) if failed_certification(&e) => {}
+                Err(e) => return Err(Error::from_mysql(op, e)),
+            }
+            if started.elapsed() >= LOCK_DEADLINE {
+                return Err(Error::Internal {
+                    op,
+                    message: format!(
+                        "another process held the migration lease for {LOCK_DEADLINE:?}; \
+                         is a migration stuck? (SELECT * FROM schema_lock shows who holds it)"
+                    ),
+                });
+            }
+            if !said {
+                let by: Option<(String, i64)> = conn
+                    .query_first("SELECT holder, expires_at FROM schema_lock WHERE id = 1")
+                    .map_err(|e| Error::from_mysql(op, e))?;
+                if let Some((by, until)) = by {
+                    log::info!(
+                        "waiting for the migration of {by} to finish (its lease ends in {} s unless renewed)",
+                        (until - now_ms()).max(0) / 1000
+                    );
+                }
+                said = true;
+            }
+            std::thread::sleep(LOCK_POLL);
+        }
+    }
+
+    /// Renews the lease every third of [`LEASE`] until `stop` hangs up,
+    /// each time on a connection from the pool; marks it lost when it was
+    /// taken over or not renewed before it ran out.
+    fn keep(&self, db: &Db, stop: &mpsc::Receiver<()>) {
+        let mut renewed = Instant::now();
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(LEASE / 3) {
+            match self.renew(db) {
+                Ok(true) => renewed = Instant::now(),
+                Ok(false) => {
+                    log::error!("the migration lease was taken over by another process");
+                    self.lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("renewing the migration lease: {e}");
+                    if renewed.elapsed() >= LEASE {
+                        self.lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
             }
         }
     }
 
+    fn renew(&self, db: &Db) -> Result<bool> {
+        let op = "migrate";
+        let mut conn = db.conn(op)?;
+        conn.exec_drop(
+            "UPDATE schema_lock SET expires_at = ? WHERE id = 1 AND holder = ?",
+            (now_ms() + LEASE.as_millis() as i64, &self.holder),
+        )
+        .map_err(|e| Error::from_mysql(op, e))?;
+        // An unchanged expiry (same millisecond) counts as not affected.
+        let held: Option<String> = conn
+            .query_first("SELECT holder FROM schema_lock WHERE id = 1")
+            .map_err(|e| Error::from_mysql(op, e))?;
+        Ok(held.as_deref() == Some(self.holder.as_str()))
+    }
+
     fn release(self, conn: &mut PooledConn) {
-        // Best effort: if the connection is gone, so is the lock.
-        if let Err(e) =
-            conn.query_drop("DO RELEASE_LOCK(CONCAT('dsf_migrate:', IFNULL(DATABASE(), '')))")
-        {
-            log::warn!("releasing the migration lock: {e}");
+        // Best effort: a lease not released runs out after LEASE.
+        if let Err(e) = conn.exec_drop(
+            "UPDATE schema_lock SET holder = '', expires_at = 0 WHERE id = 1 AND holder = ?",
+            (&self.holder,),
+        ) {
+            log::warn!("releasing the migration lease: {e} (it runs out by itself in {LEASE:?})");
         }
     }
+}
+
+/// Whether a statement lost to a concurrent write of the same row through
+/// another Galera node (reported as a deadlock, 1213).
+fn failed_certification(e: &mysql::Error) -> bool {
+    matches!(e, mysql::Error::MySqlError(m) if m.code == 1213)
+}
+
+/// This host's name, for telling who holds the lease.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]

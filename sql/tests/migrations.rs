@@ -130,3 +130,39 @@ fn every_table_has_a_primary_key() {
         "tables without a primary key: {without:?}"
     );
 }
+
+/// A process that died while migrating leaves its lease behind: the next
+/// one waits for the lease to run out, then migrates.
+#[test]
+fn a_lease_left_by_a_dead_migrator_is_taken_when_it_runs_out() {
+    let db = testing::fresh();
+    let until = dsf_sql::time::now_ms() + 1_500;
+    db.pool()
+        .get_conn()
+        .unwrap()
+        .exec_drop(
+            "UPDATE schema_lock SET holder = 'gone-host:1:0', expires_at = ? WHERE id = 1",
+            (until,),
+        )
+        .unwrap();
+    let extra = Migration {
+        version: 9998,
+        name: "after_the_dead",
+        sql: "CREATE TABLE after_the_dead (x INT PRIMARY KEY);\n",
+    };
+
+    let report = migrate::apply(&db, &[MIGRATIONS[0], extra]).unwrap();
+
+    assert_eq!(report.applied, vec![9998]);
+    assert!(
+        dsf_sql::time::now_ms() >= until,
+        "migrated before the dead holder's lease ran out"
+    );
+    let holder: Option<String> = db
+        .pool()
+        .get_conn()
+        .unwrap()
+        .query_first("SELECT holder FROM schema_lock WHERE id = 1")
+        .unwrap();
+    assert_eq!(holder.as_deref(), Some(""), "released after migrating");
+}
