@@ -516,6 +516,8 @@ impl Controller {
             }
         }
         let run = writes.run_once(&req.app, &req.nonce, &req.kind, || {
+            // A run rolled back and started again leaves nothing behind.
+            effects.borrow_mut().clear();
             match self.call(route, req, conn, peer, effects) {
                 Ok(body) => (true, body, false),
                 Err(e) => {

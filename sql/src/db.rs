@@ -27,9 +27,17 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a caller waits for a free pooled connection.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Times a transaction chosen as a deadlock's victim is run (see
-/// [`Db::with_tx`]).
-pub const DEADLOCK_TRIES: u32 = 4;
+/// Warming runs of one kind of transaction on one connection, at most
+/// (see [`op_key`]).
+const WARMING_RUNS: usize = 4;
+
+/// How long a transaction chosen as a deadlock's victim, or failing
+/// certification on Galera, is run again (see [`Db::with_tx`]). On Galera
+/// a row written through several nodes at once loses often: each loser
+/// pauses a random time up to a cap that doubles ([`retry_pause`]), which
+/// spreads the contenders out, and a budget in time rather than tries
+/// bounds the wait however hot the row.
+pub const RETRY_CONFLICTS_FOR: Duration = Duration::from_secs(1);
 /// How long [`Db::connect`] keeps retrying at start-up; `None` = forever.
 pub const DEFAULT_STARTUP_DEADLINE: Option<Duration> = Some(Duration::from_secs(120));
 
@@ -217,6 +225,12 @@ struct Inner {
     /// When each connection (by node and server thread id) was last handed
     /// out.
     used: std::sync::Mutex<std::collections::HashMap<(usize, u32), Instant>>,
+    /// Whether the database is a Galera cluster: the first transaction of
+    /// each kind on a connection then runs once to prepare its statements
+    /// (see [`op_key`]).
+    galera: bool,
+    /// The (node, connection, kind of transaction) that ran that way.
+    warm: std::sync::Mutex<std::collections::HashSet<(usize, u32, u64)>>,
 }
 
 /// One database node of the list.
@@ -317,6 +331,8 @@ impl Db {
                 pool_max: cfg.pool_max(),
                 alive_bypass: cfg.alive_bypass,
                 used: Default::default(),
+                galera,
+                warm: Default::default(),
             }),
         };
         db.health()?;
@@ -380,6 +396,11 @@ impl Db {
     /// out, every connection dead, or a Galera node not ready) passes the
     /// request to the next, which is then the one in use.
     pub fn checkout(&self) -> mysql::Result<PooledConn> {
+        self.checkout_at().map(|(_, c)| c)
+    }
+
+    /// [`Db::checkout`], with the index of the node it is on.
+    fn checkout_at(&self) -> mysql::Result<(usize, PooledConn)> {
         let n = self.inner.nodes.len();
         let start = self.current();
         let mut last = None;
@@ -402,7 +423,7 @@ impl Db {
                             self.inner.nodes[i].target
                         );
                     }
-                    return Ok(c);
+                    return Ok((i, c));
                 }
                 Err(e) if n > 1 && unreachable(&e) => last = Some(e),
                 Err(e) => return Err(e),
@@ -442,7 +463,12 @@ impl Db {
     }
 
     pub(crate) fn conn(&self, op: &'static str) -> Result<PooledConn> {
-        self.checkout().map_err(|e| match e {
+        self.conn_at(op).map(|(_, c)| c)
+    }
+
+    /// [`Db::conn`], with the index of the node it is on.
+    pub(crate) fn conn_at(&self, op: &'static str) -> Result<(usize, PooledConn)> {
+        self.checkout_at().map_err(|e| match e {
             mysql::Error::DriverError(mysql::DriverError::Timeout) => Error::PoolTimeout {
                 op,
                 waited: self.inner.acquire_timeout,
@@ -496,8 +522,9 @@ impl Db {
     /// commits with the write's record, and a deadlock there is the
     /// caller's to retry, as `unavailable`); otherwise a new one, committed
     /// when `f` returns `Ok` and rolled back on an error or a panic, and run
-    /// again, up to [`DEADLOCK_TRIES`] times, when InnoDB chose it as a
-    /// deadlock's victim (it rolled the whole transaction back).
+    /// again, for up to [`RETRY_CONFLICTS_FOR`], when InnoDB chose it as a
+    /// deadlock's victim (it rolled the whole transaction back) or Galera
+    /// failed it in certification.
     pub(crate) fn with_tx<T>(
         &self,
         op: &'static str,
@@ -507,12 +534,12 @@ impl Db {
             Ok(r) => return r,
             Err(f) => f,
         };
-        let mut tries = 1;
+        let (started, mut tries) = (Instant::now(), 1);
         loop {
             match self.tx_once(op, &mut f) {
-                Err(e) if e.is_deadlock() && tries < DEADLOCK_TRIES => {
-                    log::debug!("{op}: deadlock victim, running the transaction again: {e}");
-                    std::thread::sleep(Duration::from_millis(2 << tries));
+                Err(e) if e.is_deadlock() && started.elapsed() < RETRY_CONFLICTS_FOR => {
+                    log::debug!("{op}: deadlock victim or certification failure, running the transaction again (try {tries}): {e}");
+                    std::thread::sleep(retry_pause(tries));
                     tries += 1;
                 }
                 other => return other,
@@ -535,7 +562,22 @@ impl Db {
                 }
             }
         }
-        let mut tx = Tx(self.conn(op)?, false);
+        let (node, conn) = self.conn_at(op)?;
+        let mut tx = Tx(conn, false);
+        // A warming run cut short (a deadlock) prepared only part of the
+        // statements: another one prepares the rest.
+        for _ in 0..WARMING_RUNS {
+            if !self.needs_warming(node, &tx.0, op_key(op)) {
+                break;
+            }
+            tx.0.query_drop("START TRANSACTION")
+                .map_err(|e| Error::from_mysql(op, e))?;
+            let ran = f(&mut tx.0).is_ok();
+            roll_back(&mut tx.0);
+            if ran {
+                self.warmed(node, &tx.0, op_key(op));
+            }
+        }
         tx.0.query_drop("START TRANSACTION")
             .map_err(|e| Error::from_mysql(op, e))?;
         let v = f(&mut tx.0)?;
@@ -543,6 +585,32 @@ impl Db {
             .map_err(|e| Error::from_mysql(op, e))?;
         tx.1 = true;
         Ok(v)
+    }
+
+    /// Whether the database is a Galera cluster (the server says `wsrep_on`).
+    pub fn is_galera(&self) -> bool {
+        self.inner.galera
+    }
+
+    /// On Galera, whether transactions of kind `key` ([`op_key`]) have not
+    /// yet run on `conn` of node `node`: the caller then runs one and rolls
+    /// it back, so that the real one prepares nothing (see [`op_key`]).
+    pub(crate) fn needs_warming(&self, node: usize, conn: &PooledConn, key: u64) -> bool {
+        if !self.inner.galera {
+            return false;
+        }
+        let warm = self.inner.warm.lock().unwrap_or_else(|p| p.into_inner());
+        !warm.contains(&(node, conn.connection_id(), key))
+    }
+
+    /// Records that a warming run of kind `key` went through on `conn`.
+    pub(crate) fn warmed(&self, node: usize, conn: &PooledConn, key: u64) {
+        let mut warm = self.inner.warm.lock().unwrap_or_else(|p| p.into_inner());
+        // Connections long gone: forgetting them costs a warming run each.
+        if warm.len() > 64 * self.inner.pool_max * self.inner.nodes.len() {
+            warm.clear();
+        }
+        warm.insert((node, conn.connection_id(), key));
     }
 
     /// Identifies the pool (clones share it), for the run-once transaction.
@@ -570,6 +638,31 @@ pub(crate) fn forget_if_broken(conn: &mut PooledConn, e: &mysql::Error) {
         // drops it instead of taking it back.
         conn.reset_connection(true);
     }
+}
+
+/// Galera, under writes to one row through several nodes, can lose a
+/// transaction that prepared a statement: its `COMMIT` answers OK and
+/// nothing of it stays (MariaDB 10.11.19 with galera-4 26.4.23; found by
+/// `certification_failures_are_retried_and_lose_nothing` in
+/// `sql/tests/galera.rs`, and shown without dsf by
+/// `sql/examples/galera_prepare_loss.rs`). A statement is prepared the
+/// first time a connection runs it, so on Galera the first transaction of
+/// each kind on a connection is run once to prepare its statements and
+/// rolled back, then run for real.
+pub(crate) fn op_key(op: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    op.hash(&mut h);
+    h.finish()
+}
+
+/// The pause before running a transaction again after its `tries`-th
+/// loss: 1 ms plus a random part up to 2^tries ms, capped at 50 ms
+/// ("full jitter": contenders that lost together do not come back
+/// together).
+pub(crate) fn retry_pause(tries: u32) -> Duration {
+    let cap = (1u64 << tries.min(16)).min(50);
+    Duration::from_millis(1 + rand::random::<u64>() % (cap + 1))
 }
 
 /// Rolls back the transaction open on `conn`; a connection that cannot do

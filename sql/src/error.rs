@@ -171,8 +171,9 @@ impl Error {
         }
     }
 
-    /// Whether InnoDB rolled this transaction back as a deadlock's victim
-    /// (MySQL error 1213): running it again is the cure.
+    /// Whether InnoDB rolled this transaction back as a deadlock's victim,
+    /// or Galera failed it in certification (MySQL error 1213 both):
+    /// running it again is the cure.
     pub fn is_deadlock(&self) -> bool {
         matches!(self, Error::Unavailable { reason, .. } if reason.starts_with("server error 1213:"))
     }

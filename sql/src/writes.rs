@@ -108,29 +108,29 @@ impl<'a> Writes<'a> {
 
     /// Runs `handler` once for `(app, nonce)`: see the module documentation.
     /// `handler` returns whether it succeeded, the reply's payload (the body,
-    /// or the error object), and whether a refusal should be recorded.
+    /// or the error object), and whether a refusal should be recorded. On
+    /// Galera it runs twice the first time a connection meets a `kind`: once
+    /// to prepare the statements, rolled back, then for real (see
+    /// `db::op_key`); it must start afresh each time.
     pub fn run_once(
         &self,
         app: &str,
         nonce: &str,
         kind: &str,
-        handler: impl FnOnce() -> (bool, String, bool),
+        mut handler: impl FnMut() -> (bool, String, bool),
     ) -> Result<Once> {
         const OP: &str = "wire.run_once";
-        let mut conn = self.db.conn(OP)?;
-        conn.query_drop("START TRANSACTION").map_err(|e| {
-            crate::db::forget_if_broken(&mut conn, &e);
-            Error::from_mysql(OP, e)
-        })?;
-        let guard = TxGuard;
-        TX.with(|t| *t.borrow_mut() = Some((self.db.id(), conn)));
-        let (ok, reply, keep_refusal) = handler();
-        let Some(mut conn) = guard.finish() else {
-            return Err(Error::Internal {
-                op: OP,
-                message: "the run-once transaction's connection was lost".into(),
-            });
-        };
+        let (node, mut conn) = self.db.conn_at(OP)?;
+        let key = crate::db::op_key(kind);
+        if self.db.needs_warming(node, &conn, key) {
+            conn.prep(INSERT).map_err(|e| Error::from_mysql(OP, e))?;
+            conn = self.in_tx(conn, &mut handler)?.1;
+            crate::db::roll_back(&mut conn);
+            // Even a refusal prepared what it reached; what it did not
+            // reach is rare enough to leave.
+            self.db.warmed(node, &conn, key);
+        }
+        let ((ok, reply, keep_refusal), mut conn) = self.in_tx(conn, &mut handler)?;
         if ok {
             let params = (app, nonce, kind, true, reply.as_str());
             return match conn.exec_drop(INSERT, params) {
@@ -169,6 +169,31 @@ impl<'a> Writes<'a> {
             }
         }
         Ok(Once::Ran(Stored { ok, reply }))
+    }
+
+    /// Opens a transaction on `conn`, runs `handler` inside it (as the
+    /// run-once transaction of this thread), and gives back what it said
+    /// and the connection, the transaction still open.
+    fn in_tx<R>(
+        &self,
+        mut conn: PooledConn,
+        handler: &mut impl FnMut() -> R,
+    ) -> Result<(R, PooledConn)> {
+        const OP: &str = "wire.run_once";
+        conn.query_drop("START TRANSACTION").map_err(|e| {
+            crate::db::forget_if_broken(&mut conn, &e);
+            Error::from_mysql(OP, e)
+        })?;
+        let guard = TxGuard;
+        TX.with(|t| *t.borrow_mut() = Some((self.db.id(), conn)));
+        let said = handler();
+        match guard.finish() {
+            Some(conn) => Ok((said, conn)),
+            None => Err(Error::Internal {
+                op: OP,
+                message: "the run-once transaction's connection was lost".into(),
+            }),
+        }
     }
 
     fn replayed(&self, app: &str, nonce: &str) -> Result<Once> {
