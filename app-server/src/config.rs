@@ -83,11 +83,13 @@ pub struct AppConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_password_file: Option<PathBuf>,
 
-    /// The collector's app-server port, HOST:PORT. Without it no heartbeats
-    /// are sent and no balancer fed by a collector will list this node.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The collector's app-server port, HOST:PORT; with a standby collector
+    /// (its --standby-for), both, comma-separated: each gets every
+    /// heartbeat. Without it no heartbeats are sent and no balancer fed by
+    /// a collector will list this node.
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub collector: Option<String>,
+    pub collector: Option<Vec<String>>,
 
     /// Worker threads [default: 4 per core].
     #[arg(long, value_name = "N")]
@@ -239,7 +241,7 @@ impl AppConfig {
         let heartbeat_key = match (node_key, &cluster) {
             (Some(k), _) => Some(HeartbeatKey::Node(k)),
             (None, Some(c)) => Some(HeartbeatKey::Cluster(c.clone())),
-            (None, None) if self.collector.is_some() => return Err(Error::NoHeartbeatKey),
+            (None, None) if !self.collectors().is_empty() => return Err(Error::NoHeartbeatKey),
             // No heartbeats are sent: nothing signs any.
             (None, None) => None,
         };
@@ -249,6 +251,16 @@ impl AppConfig {
             (None, None) => return Err(Error::NoPeerSecret),
         };
         Ok((heartbeat_key, peer_secret))
+    }
+
+    /// `--collector`'s addresses, blanks dropped.
+    pub fn collectors(&self) -> Vec<String> {
+        self.collector
+            .iter()
+            .flatten()
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect()
     }
 
     /// Everything resolved and the secrets read: what [`crate::server::start`]
@@ -270,7 +282,7 @@ impl AppConfig {
             node_id: self.node_id.clone(),
             weight: self.weight.unwrap_or(DEFAULT_WEIGHT),
             db,
-            collector: self.collector.clone(),
+            collectors: self.collectors(),
             workers: self.workers(),
             reactors: self.reactors.unwrap_or(1),
             queue: self.queue(),
@@ -326,11 +338,14 @@ impl Config for AppConfig {
         }
         self.limits.validate()?;
         self.tls.validate()?;
-        for (key, value) in [
-            ("advertise", &self.advertise),
-            ("proxy_advertise", &self.proxy_advertise),
-            ("collector", &self.collector),
-        ] {
+        let collectors = self.collectors();
+        let addrs = [
+            ("advertise", self.advertise.as_ref()),
+            ("proxy_advertise", self.proxy_advertise.as_ref()),
+        ]
+        .into_iter()
+        .chain(collectors.iter().map(|c| ("collector", Some(c))));
+        for (key, value) in addrs {
             if let Some(v) = value {
                 let ok = v
                     .rsplit_once(':')
@@ -350,6 +365,18 @@ impl Config for AppConfig {
                     "1 to {} (the collector refuses others)",
                     dsf_common::view::MAX_WEIGHT
                 ),
+            ));
+        }
+        if collectors.len() > 2 {
+            return Err(ConfigError::invalid(
+                "collector",
+                "at most two: an active collector and its standby (--standby-for)",
+            ));
+        }
+        if collectors.len() == 2 && collectors[0] == collectors[1] {
+            return Err(ConfigError::invalid(
+                "collector",
+                format!("{} is given twice", collectors[0]),
             ));
         }
         if self.node_id.as_deref() == Some("") {
@@ -377,7 +404,9 @@ mod tests {
             ("weight = 0", "weight"),
             ("weight = 1001", "weight"),
             ("session_cache = \"3s\"", "session_cache"),
-            ("collector = \"nohost\"", "collector"),
+            ("collector = [\"nohost\"]", "collector"),
+            ("collector = [\"a:1\", \"b:1\", \"c:1\"]", "collector"),
+            ("collector = [\"a:1\", \"a:1\"]", "collector"),
             ("listen_addr = \"x\"", "listen_addr"),
         ] {
             let e = config::layer::<AppConfig>(Some(("app.toml", file)), &AppConfig::default())

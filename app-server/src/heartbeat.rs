@@ -1,12 +1,18 @@
-//! The heartbeat thread: `node.heartbeat` to the collector every interval
+//! The heartbeat thread: `node.heartbeat` to each collector every interval
 //! (id, advertised address, weight, state, stats, the view version held),
 //! signed with the cluster secret; `node.leave` at the end of a graceful
 //! shutdown. A reply carries the view's nodes when they changed: the peer
 //! links ([`crate::peers`]) are taken from them.
 //!
+//! With more than one collector (an active one and its standby, see the
+//! collector's `--standby-for`) each gets every heartbeat over its own
+//! connection, so the standby's table is whole when it takes over. The
+//! stats are sampled once per interval and the same figures go to each.
+//!
 //! A collector that is down is logged once and retried with backoff (from
-//! [`FIRST_RETRY`] up to the heartbeat interval); serving never depends on it. When it answers again,
-//! that is logged too.
+//! [`FIRST_RETRY`] up to the heartbeat interval); serving never depends on
+//! it, nor does the other collector. When it answers again, that is logged
+//! too.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -53,8 +59,8 @@ pub struct Heartbeats {
 
 /// Where heartbeats go and how they are signed.
 pub struct Upstream {
-    /// The collector's app-server port, HOST:PORT.
-    pub collector: String,
+    /// Each collector's app-server port, HOST:PORT; at least one.
+    pub collectors: Vec<String>,
     pub signer: Signer,
     /// The certificates to trust when the collector speaks TLS.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
@@ -74,22 +80,29 @@ impl Heartbeats {
         gauges: Box<dyn Fn() -> Gauges + Send>,
         on_view: OnView,
     ) -> std::io::Result<Heartbeats> {
+        assert!(!to.collectors.is_empty(), "heartbeats need a collector");
         let (tx, rx) = bounded(4);
-        let sender = Link {
-            collector: to.collector,
-            signer: to.signer,
-            tls: to.tls,
-            conn: None,
-            failures: 0,
-        };
+        let links = to
+            .collectors
+            .into_iter()
+            .map(|collector| Link {
+                collector,
+                signer: to.signer.clone(),
+                tls: to.tls.clone(),
+                conn: None,
+                failures: 0,
+                known: 0,
+                next: Instant::now(),
+            })
+            .collect();
         let handle = std::thread::Builder::new()
             .name("heartbeat".into())
-            .spawn(move || run(sender, identity, every, metrics, gauges, on_view, rx))?;
+            .spawn(move || run(links, identity, every, metrics, gauges, on_view, rx))?;
         Ok(Heartbeats { tx, handle })
     }
 
     /// Sends a heartbeat at once (used to report `draining`), waiting at most
-    /// `wait` for it to go; whether the collector took it.
+    /// `wait` for it to go; whether a collector took it.
     pub fn beat_now(&self, wait: Duration) -> bool {
         let (ack, done) = bounded(1);
         if self.tx.send_timeout(Command::Now(ack), wait).is_err() {
@@ -99,7 +112,7 @@ impl Heartbeats {
     }
 
     /// Sends `node.leave` and stops the thread, waiting at most `wait`;
-    /// whether the collector took it.
+    /// whether a collector took it.
     pub fn leave(self, wait: Duration) -> bool {
         let (ack, done) = bounded(1);
         if self.tx.send_timeout(Command::Leave(ack), wait).is_err() {
@@ -116,13 +129,17 @@ impl Heartbeats {
     }
 }
 
-/// The connection to the collector and what is needed to sign for it.
+/// The connection to one collector and what is needed to sign for it.
 struct Link {
     collector: String,
     signer: Signer,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     conn: Option<Connection>,
     failures: u32,
+    /// The view version this collector last sent the nodes of.
+    known: u64,
+    /// When its next heartbeat is due.
+    next: Instant,
 }
 
 impl Link {
@@ -192,9 +209,9 @@ impl Link {
         }
     }
 
-    /// How long to wait before the next heartbeat.
-    fn next_wait(&self, every: Duration) -> Duration {
-        retry_wait(self.failures, every)
+    /// Schedules the next heartbeat after one just sent.
+    fn schedule(&mut self, every: Duration) {
+        self.next = Instant::now() + retry_wait(self.failures, every);
     }
 }
 
@@ -214,18 +231,17 @@ fn heartbeat_body(identity: &Identity, metrics: &Metrics, stats: Stats, known: u
 /// What a view in a heartbeat's reply is handed to: its version and nodes.
 pub type OnView = Box<dyn Fn(u64, &[NodeView]) + Send>;
 
-/// Sends one heartbeat; whether the collector took it. A reply carrying
-/// the view's nodes goes to `on_view`.
+/// Sends one heartbeat with `stats`; whether the collector took it. A
+/// reply carrying the view's nodes goes to `on_view`.
 fn beat(
-    sender: &mut Link,
+    link: &mut Link,
     identity: &Identity,
     metrics: &Metrics,
-    gauges: &dyn Fn() -> Gauges,
-    known: &mut u64,
+    stats: &Stats,
     on_view: &OnView,
 ) -> bool {
-    let body = heartbeat_body(identity, metrics, metrics.sample(gauges()), *known);
-    let Some(reply) = sender.send_logged("node.heartbeat", &body) else {
+    let body = heartbeat_body(identity, metrics, *stats, link.known);
+    let Some(reply) = link.send_logged("node.heartbeat", &body) else {
         return false;
     };
     match serde_json::from_str::<HeartbeatReply>(reply.get()) {
@@ -233,7 +249,7 @@ fn beat(
             view,
             nodes: Some(nodes),
         }) => {
-            *known = view;
+            link.known = view;
             on_view(view, &nodes);
         }
         Ok(_) => {}
@@ -243,7 +259,7 @@ fn beat(
 }
 
 fn run(
-    mut sender: Link,
+    mut links: Vec<Link>,
     identity: Identity,
     every: Duration,
     metrics: Arc<Metrics>,
@@ -251,32 +267,51 @@ fn run(
     on_view: OnView,
     rx: Receiver<Command>,
 ) {
-    let mut next = Instant::now();
-    let mut known = 0u64;
-    let send_beat = |sender: &mut Link, known: &mut u64| {
-        beat(sender, &identity, &metrics, &*gauges, known, &on_view)
-    };
+    // Sampled once per interval, whatever the number of collectors and
+    // retries: each sample starts a new window of rates and latencies.
+    let mut stats = metrics.sample(gauges());
+    let mut next_sample = Instant::now() + every;
     loop {
-        let wait = next.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
+        let due = links
+            .iter()
+            .map(|l| l.next)
+            .min()
+            .expect("one collector at least");
+        match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
             Err(RecvTimeoutError::Timeout) => {
-                send_beat(&mut sender, &mut known);
-                next = Instant::now() + sender.next_wait(every);
+                let now = Instant::now();
+                if now >= next_sample {
+                    stats = metrics.sample(gauges());
+                    next_sample = now + every;
+                }
+                for link in links.iter_mut().filter(|l| l.next <= now) {
+                    beat(link, &identity, &metrics, &stats, &on_view);
+                    link.schedule(every);
+                }
             }
             Ok(Command::Now(ack)) => {
-                let _ = ack.send(send_beat(&mut sender, &mut known));
-                next = Instant::now() + every;
+                stats = metrics.sample(gauges());
+                next_sample = Instant::now() + every;
+                let mut took = false;
+                for link in &mut links {
+                    took |= beat(link, &identity, &metrics, &stats, &on_view);
+                    link.schedule(every);
+                }
+                let _ = ack.send(took);
             }
             Ok(Command::Leave(ack)) => {
                 let body = serde_json::to_string(&Leave {
                     id: identity.id.clone(),
                 })
                 .expect("a leave serialises");
-                let ok = sender.send_logged("node.leave", &body).is_some();
-                if ok {
-                    log::info!("left collector {} as {}", sender.collector, identity.id);
+                let mut took = false;
+                for link in &mut links {
+                    if link.send_logged("node.leave", &body).is_some() {
+                        log::info!("left collector {} as {}", link.collector, identity.id);
+                        took = true;
+                    }
                 }
-                let _ = ack.send(ok);
+                let _ = ack.send(took);
                 return;
             }
             Err(RecvTimeoutError::Disconnected) => return,

@@ -52,8 +52,8 @@ pub struct Settings {
     /// Share of keys on the ring.
     pub weight: u32,
     pub db: DbConfig,
-    /// The collector's app-server port; `None` sends no heartbeats.
-    pub collector: Option<String>,
+    /// Each collector's app-server port; none sends no heartbeats.
+    pub collectors: Vec<String>,
     /// Worker threads.
     pub workers: usize,
     /// Requests waiting for a worker at most.
@@ -363,9 +363,9 @@ pub fn start(s: Settings) -> Result<Running, Error> {
     let shutdown = reactor.shutdown_handle();
     let reactor_stats = reactor.stats();
 
-    let heartbeats = match (&s.collector, &s.heartbeat_key) {
-        (Some(_), None) => return Err(Error::NoHeartbeatKey),
-        (Some(collector), Some(key)) => {
+    let heartbeats = match (s.collectors.is_empty(), &s.heartbeat_key) {
+        (false, None) => return Err(Error::NoHeartbeatKey),
+        (false, Some(key)) => {
             let stats = reactor_stats.clone();
             let pool = gauge_pool.clone();
             let gauges = move || {
@@ -379,7 +379,7 @@ pub fn start(s: Settings) -> Result<Running, Error> {
             Some(
                 Heartbeats::start(
                     Upstream {
-                        collector: collector.clone(),
+                        collectors: s.collectors.clone(),
                         signer: key.signer(&node_id),
                         tls: s.tls_ca.clone(),
                     },
@@ -403,7 +403,7 @@ pub fn start(s: Settings) -> Result<Running, Error> {
                 })?,
             )
         }
-        (None, _) => {
+        (true, _) => {
             log::warn!("no --collector: sending no heartbeats, so no collector-fed balancer will list this node");
             None
         }

@@ -234,3 +234,37 @@ fn the_server_serves_while_the_collector_is_down_and_finds_it_again() {
     });
     c.ok("sys.ping", json!({}), None);
 }
+
+/// An active collector and its standby: `--collector A,B` sends every
+/// heartbeat to both, one of them going down stops nothing for the other,
+/// and `node.leave` reaches the one still up.
+#[test]
+fn heartbeats_go_to_each_collector_and_one_down_does_not_hold_up_the_other() {
+    let db = testing::fresh();
+    let (got_a, got_b): (Received, Received) = Default::default();
+    let mut a = Collector::start("127.0.0.1:0".parse().unwrap(), got_a);
+    let b = Collector::start("127.0.0.1:0".parse().unwrap(), got_b);
+    let mut s = settings(db.config(), None);
+    s.collectors = vec![a.addr.to_string(), b.addr.to_string()];
+    let mut server = Server::with(s);
+    let node = server.node.clone();
+    wait_until("heartbeats at both collectors", || {
+        !heartbeat_from(&a.bodies("node.heartbeat"), &node).is_empty()
+            && !heartbeat_from(&b.bodies("node.heartbeat"), &node).is_empty()
+    });
+
+    a.stop();
+    let before = b.bodies("node.heartbeat").len();
+    wait_until("more heartbeats at the collector still up", || {
+        b.bodies("node.heartbeat").len() >= before + 2
+    });
+    let mut c = server.connect();
+    c.ok("sys.ping", json!({}), None);
+
+    let report = server.stop();
+    assert!(report.reported_draining && report.left, "{report:?}");
+    assert!(b
+        .bodies("node.leave")
+        .iter()
+        .any(|l| l["id"] == node.as_str()));
+}

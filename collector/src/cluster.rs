@@ -68,6 +68,10 @@ pub struct Snapshot {
     pub taken: Instant,
     /// Whether the first view has gone out (see [`Cluster::set_ready`]).
     pub ready: bool,
+    /// `active`, `standby` or `took-over` (see [`Cluster::role`]).
+    pub role: &'static str,
+    /// The collector this one stands by for (`--standby-for`).
+    pub standby_for: Option<String>,
     /// The recent changes of membership, oldest first.
     pub history: Vec<Change>,
 }
@@ -95,6 +99,11 @@ struct Inner {
     view: Arc<View>,
     seq: u64,
     ready: bool,
+    /// On a standby: the active collector's address.
+    standby_for: Option<String>,
+    /// On a standby, while the active collector answers and feeds the
+    /// balancers: no views go out.
+    standing_by: bool,
     stopping: bool,
     balancers: BTreeMap<String, BalancerStatus>,
     history: VecDeque<Change>,
@@ -123,6 +132,17 @@ pub struct Cluster {
 impl Cluster {
     /// The state at start: static targets known but down, no view sent yet.
     pub fn new(dead_after: Duration, targets: &[Target], balancers: &[String]) -> Cluster {
+        Cluster::with_standby(dead_after, targets, balancers, None)
+    }
+
+    /// [`Cluster::new`] for a standby of the collector at `standby_for`,
+    /// which starts standing by.
+    pub fn with_standby(
+        dead_after: Duration,
+        targets: &[Target],
+        balancers: &[String],
+        standby_for: Option<String>,
+    ) -> Cluster {
         let members = Members::new(dead_after, targets);
         let mut clock = VersionClock::new();
         let view = View {
@@ -147,6 +167,8 @@ impl Cluster {
                 view: Arc::new(view),
                 seq: 0,
                 ready: false,
+                standing_by: standby_for.is_some(),
+                standby_for,
                 stopping: false,
                 balancers,
                 history: VecDeque::with_capacity(HISTORY),
@@ -247,18 +269,57 @@ impl Cluster {
         let mut inner = self.lock();
         if !inner.ready {
             inner.ready = true;
-            log::info!(
-                "sending views to {} balancers from version {}",
-                inner.balancers.len(),
-                inner.view.version
-            );
+            match &inner.standby_for {
+                Some(active) if inner.standing_by => log::info!(
+                    "warmed up; standing by for collector {active}: no views go out while it answers and feeds the balancers"
+                ),
+                _ => log::info!(
+                    "sending views to {} balancers from version {}",
+                    inner.balancers.len(),
+                    inner.view.version
+                ),
+            }
             self.publish(&mut inner, false);
         }
     }
 
-    /// Whether views are being sent.
+    /// Whether the warm-up is over.
     pub fn is_ready(&self) -> bool {
         self.lock().ready
+    }
+
+    /// Whether views go to the balancers: after the warm-up, and on a
+    /// standby only once it took over.
+    pub fn feeding(&self) -> bool {
+        let inner = self.lock();
+        inner.ready && !inner.standing_by
+    }
+
+    /// `active` (no `--standby-for`), `standby` (its active collector feeds
+    /// the balancers) or `took-over` (a standby feeding them itself).
+    pub fn role(&self) -> &'static str {
+        role(&self.lock())
+    }
+
+    /// On a standby: stand by (`true`) or take over (`false`), saying why
+    /// in the log. Taking over publishes a new version at once, past the
+    /// active collector's last (versions follow the clock), so the
+    /// balancers take it.
+    pub fn stand_by(&self, yes: bool, why: &str) {
+        let mut inner = self.lock();
+        if inner.standby_for.is_none() || inner.standing_by == yes {
+            return;
+        }
+        inner.standing_by = yes;
+        if yes {
+            log::info!("standing by again: {why}");
+        } else {
+            log::warn!(
+                "taking over: {why}; sending views to {} balancers",
+                inner.balancers.len()
+            );
+            self.publish(&mut inner, true);
+        }
     }
 
     /// After each mutation: a new version if what the ring is built from
@@ -342,7 +403,7 @@ impl Cluster {
             if inner.stopping {
                 return Next::Stop;
             }
-            if inner.ready && inner.seq > after {
+            if inner.ready && !inner.standing_by && inner.seq > after {
                 return Next::View(inner.view.clone(), inner.seq);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -396,6 +457,8 @@ impl Cluster {
             balancers: inner.balancers.values().cloned().collect(),
             taken: Instant::now(),
             ready: inner.ready,
+            role: role(&inner),
+            standby_for: inner.standby_for.clone(),
             history: inner.history.iter().cloned().collect(),
         }
     }
@@ -424,6 +487,14 @@ impl Cluster {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+}
+
+fn role(inner: &Inner) -> &'static str {
+    match (&inner.standby_for, inner.standing_by) {
+        (None, _) => "active",
+        (Some(_), true) => "standby",
+        (Some(_), false) => "took-over",
     }
 }
 

@@ -54,6 +54,15 @@ pub struct CollectorConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lb: Option<Vec<String>>,
 
+    /// Run as the standby of the active collector at HOST:PORT (its
+    /// --listen): take heartbeats as it does (give app servers both in
+    /// their --collector), but send views to the balancers only while it
+    /// has not been seen feeding them for 1.5s; stand by again when it
+    /// does. Give the active collector no --standby-for.
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_for: Option<String>,
+
     /// A static member that sends no heartbeats, ID=HOST:PORT[,WEIGHT] (or
     /// HOST:PORT, the id is then the address), health-checked by TCP
     /// connect: up after 2 good checks, down after 3 failed ones. Repeat
@@ -191,6 +200,7 @@ impl CollectorConfig {
             listen: self.listen(),
             metrics_listen: self.metrics_listen(),
             lbs: self.lb.clone().unwrap_or_default(),
+            standby_for: self.standby_for.clone(),
             targets: self.targets().map_err(|e| e.to_string())?,
             dead_after,
             check_interval: self.check_interval(),
@@ -248,6 +258,24 @@ impl Config for CollectorConfig {
                 return Err(ConfigError::invalid(
                     "target",
                     format!("id {:?} is given twice", t.id),
+                ));
+            }
+        }
+        if let Some(active) = &self.standby_for {
+            if !is_host_port(active) {
+                return Err(ConfigError::invalid(
+                    "standby_for",
+                    format!(
+                        "{active:?} is not HOST:PORT (the active collector's --listen address)"
+                    ),
+                ));
+            }
+            if active.parse::<SocketAddr>().ok() == Some(self.listen()) {
+                return Err(ConfigError::invalid(
+                    "standby_for",
+                    format!(
+                        "{active} is this collector's own --listen; name the active collector's"
+                    ),
                 ));
             }
         }
@@ -322,6 +350,11 @@ mod tests {
                 "metrics_listen",
             ),
             ("lb = [\"h:1\"]\nlisten_addr = \"x\"", "listen_addr"),
+            ("lb = [\"h:1\"]\nstandby_for = \"nohost\"", "standby_for"),
+            (
+                "lb = [\"h:1\"]\nstandby_for = \"127.0.0.1:6400\"",
+                "standby_for",
+            ),
         ] {
             let e = config::layer::<CollectorConfig>(
                 Some(("c.toml", file)),

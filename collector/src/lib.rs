@@ -13,6 +13,8 @@
 //!   reactor, one file per message type.
 //! - [`push`]: one thread per balancer holding a signed connection and
 //!   sending it every view, reconnecting with backoff.
+//! - [`standby`]: a standby collector's watch on the active one, taking
+//!   over the balancers when it goes silent.
 //! - [`health`]: one thread per static `--target`, a TCP connect a second.
 //! - [`metrics`]: `GET /metrics` in the Prometheus text format, and the
 //!   routes of that port.
@@ -32,6 +34,7 @@ pub mod metrics;
 pub mod push;
 pub mod server;
 pub mod service;
+pub mod standby;
 pub mod version;
 
 pub use error::CollectorError;

@@ -39,6 +39,8 @@ pub struct Settings {
     pub metrics_listen: SocketAddr,
     /// Every balancer's cluster port, `HOST:PORT`.
     pub lbs: Vec<String>,
+    /// The active collector this one is the standby of (`--standby-for`).
+    pub standby_for: Option<String>,
     /// Static members, health-checked by TCP connect.
     pub targets: Vec<Target>,
     /// A heartbeating node silent this long is evicted.
@@ -82,6 +84,7 @@ impl Settings {
                 .parse()
                 .expect("valid default"),
             lbs,
+            standby_for: None,
             targets: Vec::new(),
             dead_after: DEFAULT_DEAD_AFTER,
             check_interval: DEFAULT_CHECK_INTERVAL,
@@ -190,6 +193,13 @@ fn spawn_workers(
             push::run_pusher(lb, cluster, key, cfg)
         })?;
     }
+    if let Some(active) = &s.standby_for {
+        let (active, cluster, key, cfg) =
+            (active.clone(), cluster.clone(), key.clone(), s.push.clone());
+        spawn(threads, "standby".into(), move || {
+            crate::standby::run_standby(active, cluster, key, cfg)
+        })?;
+    }
     for t in &s.targets {
         let (t, cluster, every) = (t.clone(), cluster.clone(), s.check_interval);
         spawn(threads, format!("check-{}", t.id), move || {
@@ -230,7 +240,12 @@ pub fn start(s: Settings) -> Result<Running, CollectorError> {
         ),
     }
     let admission = Arc::new(Admission::new(keys, ReplayGuard::default()));
-    let cluster = Arc::new(Cluster::new(s.dead_after, &s.targets, &s.lbs));
+    let cluster = Arc::new(Cluster::with_standby(
+        s.dead_after,
+        &s.targets,
+        &s.lbs,
+        s.standby_for.clone(),
+    ));
 
     let reactor = Reactor::bind(
         s.reactor.clone(),
@@ -262,10 +277,14 @@ pub fn start(s: Settings) -> Result<Running, CollectorError> {
         return Err(e);
     }
     log::info!(
-        "collector: {} balancers, {} static targets, dead after {:?}",
+        "collector: {} balancers, {} static targets, dead after {:?}{}",
         s.lbs.len(),
         s.targets.len(),
-        s.dead_after
+        s.dead_after,
+        match &s.standby_for {
+            Some(a) => format!(", standby for collector {a}"),
+            None => String::new(),
+        }
     );
 
     let shutdown = reactor.shutdown_handle();

@@ -39,7 +39,7 @@ pub fn settings(db: DbConfig, collector: Option<String>) -> Settings {
         node_id: None,
         weight: 1,
         db: db.workers(4),
-        collector,
+        collectors: collector.into_iter().collect(),
         workers: 4,
         reactors: 1,
         queue: 64,

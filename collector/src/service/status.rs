@@ -1,6 +1,7 @@
 //! `cluster.status` (any app key): `{}` →
 //! `{"view": version, "nodes": [{"id","addr","weight","state","source",
-//! "last_seen_ms","load","stats"}], "balancers": [...], "dead_after_ms"}`.
+//! "last_seen_ms","load","stats"}], "balancers": [...], "dead_after_ms",
+//! "role", "feeding", "standby_for"}`.
 //!
 //! `view` is the version last published. `state` is `up`, `draining` or
 //! `down` (a static target failing its checks: known, not in the view).
@@ -8,7 +9,11 @@
 //! heartbeated or passed a check (`null` if never): an age reads at a
 //! glance in `client status`, where a timestamp would need arithmetic.
 //! `load` is the smoothed figures the view carries; `stats` the last ones
-//! sent.
+//! sent. `role` is `active`, `standby` (another collector, `standby_for`,
+//! feeds the balancers) or `took-over` (a standby feeding them because its
+//! active collector went silent); `feeding` is whether this collector sends
+//! views now (not during its warm-up, nor while standing by). A standby
+//! reads its active collector's `feeding` and `role` to decide.
 
 use dsf_common::view::{Load, Stats};
 use dsf_common::wire::Admitted;
@@ -25,6 +30,9 @@ pub struct Status<'a> {
     pub nodes: Vec<NodeStatus<'a>>,
     pub balancers: &'a [BalancerStatus],
     pub dead_after_ms: u64,
+    pub role: &'static str,
+    pub feeding: bool,
+    pub standby_for: Option<&'a str>,
 }
 
 /// One row of the node table.
@@ -68,6 +76,9 @@ pub fn status(snap: &Snapshot) -> Status<'_> {
         nodes,
         balancers: &snap.balancers,
         dead_after_ms: snap.members.dead_after().as_millis() as u64,
+        role: snap.role,
+        feeding: snap.ready && snap.role != "standby",
+        standby_for: snap.standby_for.as_deref(),
     }
 }
 

@@ -227,7 +227,7 @@ pub fn heartbeat(id: &str, addr: &str) -> Heartbeat {
 pub struct Node {
     pub hb: Arc<Mutex<Heartbeat>>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Node {
@@ -237,22 +237,27 @@ impl Node {
 
     /// A node whose heartbeats, from the first, are changed by `f`.
     pub fn start_with(collector: SocketAddr, id: &str, f: impl FnOnce(&mut Heartbeat)) -> Node {
+        Node::start_to(&[collector], id, f)
+    }
+
+    /// A node heartbeating to each of `collectors` (an active collector
+    /// and its standby), over one connection each.
+    pub fn start_to(collectors: &[SocketAddr], id: &str, f: impl FnOnce(&mut Heartbeat)) -> Node {
         let mut first = heartbeat(id, &format!("127.0.0.1:{}", 17000 + id.len()));
         f(&mut first);
         let hb = Arc::new(Mutex::new(first));
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (hb, stop) = (hb.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name(format!("node-{id}"))
-                .spawn(move || beat(collector, hb, stop))
-                .unwrap()
-        };
-        Node {
-            hb,
-            stop,
-            thread: Some(thread),
-        }
+        let threads = collectors
+            .iter()
+            .map(|&collector| {
+                let (hb, stop) = (hb.clone(), stop.clone());
+                std::thread::Builder::new()
+                    .name(format!("node-{id}"))
+                    .spawn(move || beat(collector, hb, stop))
+                    .unwrap()
+            })
+            .collect();
+        Node { hb, stop, threads }
     }
 
     pub fn set(&self, f: impl FnOnce(&mut Heartbeat)) {
@@ -266,7 +271,7 @@ impl Node {
 
     fn halt(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             t.join().unwrap();
         }
     }

@@ -1,0 +1,137 @@
+//! A standby collector (`--standby-for HOST:PORT`): it takes heartbeats
+//! like the active one (app servers send to both), so its member table is
+//! whole, but sends no views while the active collector answers and feeds
+//! the balancers. The `standby` thread asks the active one for
+//! `cluster.status` every [`CHECK_EVERY`]. When it has not answered for
+//! [`TAKE_OVER_AFTER`], or has answered without feeding for longer than that
+//! plus a warm-up (`--dead-after`, which both should share), the standby
+//! takes over with a new version; when the active one feeds again, it
+//! stands by again. A restarted active collector warms up before it feeds,
+//! and the standby feeds meanwhile.
+//!
+//! Active/standby rather than both feeding: two collectors with different
+//! tables (one missed a node's heartbeats) would each push their own view,
+//! and the balancers would flip between them, moving keys every time. With
+//! one feeder, a balancer's view changes only when membership does. Versions
+//! follow the clock in both, so the one that takes over sends versions above
+//! the last one the other sent (and a balancer that holds a greater one
+//! says so in its reply, which the pusher overtakes).
+//!
+//! Only a true active collector counts: one that is itself a standby (two
+//! collectors given `--standby-for` each other) is logged as a mistake and
+//! not deferred to.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dsf_common::call::{Connection, Signer};
+use dsf_common::wire::keys::CLUSTER_APP;
+use dsf_common::wire::Key;
+use serde::Deserialize;
+
+use crate::cluster::Cluster;
+use crate::push::PushConfig;
+
+/// How often the standby asks the active collector.
+pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How long the active collector may go without answering before the
+/// standby takes over.
+pub const TAKE_OVER_AFTER: Duration = Duration::from_millis(1500);
+
+/// The part of the active collector's `cluster.status` the standby reads.
+#[derive(Debug, Deserialize)]
+struct Peer {
+    feeding: bool,
+    #[serde(default)]
+    standby_for: Option<String>,
+}
+
+/// The loop of the `standby` thread; returns when the cluster stops.
+pub fn run_standby(active: String, cluster: Arc<Cluster>, key: Key, cfg: PushConfig) {
+    let signer = Signer {
+        app: CLUSTER_APP.into(),
+        key,
+    };
+    let mut conn: Option<Connection> = None;
+    // The active collector's warm-up, taken to be ours: it may answer
+    // without feeding that long (after a start) before we feed instead.
+    let patience = TAKE_OVER_AFTER + cluster.snapshot().members.dead_after();
+    let (mut seen_alive, mut seen_feeding) = (Instant::now(), Instant::now());
+    let mut said_misconfigured = false;
+    loop {
+        if cluster.wait_stop(CHECK_EVERY) {
+            return;
+        }
+        let why = match ask(&active, &signer, &cfg, &mut conn) {
+            Ok(Peer {
+                feeding: true,
+                standby_for: None,
+            }) => {
+                (seen_alive, seen_feeding) = (Instant::now(), Instant::now());
+                said_misconfigured = false;
+                cluster.stand_by(
+                    true,
+                    &format!("collector {active} answers and feeds the balancers"),
+                );
+                continue;
+            }
+            Ok(Peer {
+                standby_for: Some(theirs),
+                ..
+            }) => {
+                seen_alive = Instant::now();
+                if !said_misconfigured {
+                    log::error!(
+                        "collector {active} is itself a standby (for {theirs}): give the active collector no --standby-for; feeding the balancers meanwhile"
+                    );
+                    said_misconfigured = true;
+                }
+                format!("collector {active} is a standby too")
+            }
+            Ok(Peer { feeding: false, .. }) => {
+                seen_alive = Instant::now();
+                format!("collector {active} answers but has sent no views for {patience:?}")
+            }
+            Err(e) => {
+                conn = None;
+                format!("collector {active} has not answered for {TAKE_OVER_AFTER:?} ({e})")
+            }
+        };
+        if seen_alive.elapsed() >= TAKE_OVER_AFTER || seen_feeding.elapsed() >= patience {
+            cluster.stand_by(false, &why);
+        }
+    }
+}
+
+fn ask(
+    active: &str,
+    signer: &Signer,
+    cfg: &PushConfig,
+    conn: &mut Option<Connection>,
+) -> Result<Peer, String> {
+    if conn.as_mut().is_some_and(Connection::is_closed) {
+        *conn = None;
+    }
+    if conn.is_none() {
+        let c = Connection::connect_tls(
+            active,
+            active,
+            signer.clone(),
+            cfg.connect_timeout,
+            cfg.max_frame,
+            cfg.tls.as_ref(),
+        )
+        .map_err(|e| format!("cannot connect: {e}"))?;
+        *conn = Some(c);
+    }
+    let c = conn.as_mut().expect("connected above");
+    let reply = c
+        .round_trip(
+            "cluster.status",
+            "{}",
+            None,
+            Instant::now() + cfg.reply_timeout,
+        )
+        .map_err(|f| f.to_string())?;
+    serde_json::from_str(reply.get()).map_err(|e| format!("unreadable status: {e}"))
+}
