@@ -126,6 +126,10 @@ pub enum Effect {
         seq: u64,
         event: Option<String>,
     },
+    /// The subscription on `conn` is acknowledged up to `upto`: its credit
+    /// comes back. After the commit, so that a run rolled back (a refusal,
+    /// or Galera's warming run) leaves the mark where the database has it.
+    Acked { conn: ConnId, user: u64, upto: u64 },
 }
 
 // === impl Call ===
@@ -301,6 +305,7 @@ impl App {
                 } => {
                     self.peers.notify(&node, user, seq, event.as_deref());
                 }
+                Effect::Acked { conn, user, upto } => self.mail.acked(conn, user, upto),
             }
         }
     }

@@ -28,22 +28,70 @@ fn nodes() -> Option<Vec<String>> {
     )
 }
 
+/// A database made for one test on every node, dropped when it passes.
+struct Shared {
+    nodes: Vec<String>,
+    name: String,
+}
+
+impl Shared {
+    fn create(nodes: Vec<String>, prefix: &str) -> Shared {
+        let name = format!("{prefix}_{}", std::process::id());
+        let shared = Shared { nodes, name };
+        dsf_sql::db::ensure_database(&shared.all()).unwrap();
+        shared
+    }
+
+    /// Every node, as one `--db` list.
+    fn all(&self) -> DbConfig {
+        let list: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{n}{}", self.name))
+            .collect();
+        DbConfig::new(list.join(","))
+    }
+
+    /// Node `i` alone (wrapping around the list).
+    fn node(&self, i: usize) -> DbConfig {
+        DbConfig::new(format!("{}{}", self.nodes[i % self.nodes.len()], self.name))
+    }
+
+    fn connect(&self, i: usize) -> Db {
+        Db::connect(&self.node(i)).unwrap()
+    }
+
+    fn drop_it(self) {
+        dsf_sql::db::drop_database(&self.all(), &self.name).unwrap();
+    }
+}
+
+/// User `bob` and `n` senders `s0`.. on a migrated `db`: bob's id, and
+/// each sender's id and name.
+fn bob_and_senders(db: &Db, n: usize) -> (u64, Vec<(u64, String)>) {
+    db.migrate().unwrap();
+    let bob = db.users().create("bob", "x", Role::Viewer).unwrap().id;
+    let senders = (0..n)
+        .map(|i| {
+            let name = format!("s{i}");
+            (
+                db.users().create(&name, "x", Role::Viewer).unwrap().id,
+                name,
+            )
+        })
+        .collect();
+    (bob, senders)
+}
+
 #[test]
 fn reads_through_one_node_see_writes_through_another() {
     let Some(nodes) = nodes() else {
         return;
     };
-    let name = format!("dsf_galera_{}", std::process::id());
-    let list = nodes
-        .iter()
-        .map(|n| format!("{n}{name}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let all = DbConfig::new(list);
-    dsf_sql::db::ensure_database(&all).unwrap();
+    let shared = Shared::create(nodes, "dsf_galera");
     // One pool on node 1, one on node 2: each is a list of one.
-    let one = Db::connect(&DbConfig::new(format!("{}{name}", nodes[0]))).unwrap();
-    let two = Db::connect(&DbConfig::new(format!("{}{name}", nodes[1]))).unwrap();
+    let one = shared.connect(0);
+    let two = shared.connect(1);
     for db in [&one, &two] {
         let wait: u64 = db
             .checkout()
@@ -70,7 +118,7 @@ fn reads_through_one_node_see_writes_through_another() {
         );
     }
     drop((w, r));
-    dsf_sql::db::drop_database(&all, &name).unwrap();
+    shared.drop_it();
 }
 
 /// `GET_LOCK` is local to one node, so migrations take a lease on a
@@ -82,14 +130,7 @@ fn migrations_through_three_nodes_at_once_run_once() {
     let Some(nodes) = nodes() else {
         return;
     };
-    let name = format!("dsf_galera_migrate_{}", std::process::id());
-    let list = nodes
-        .iter()
-        .map(|n| format!("{n}{name}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let all = DbConfig::new(list);
-    dsf_sql::db::ensure_database(&all).unwrap();
+    let shared = Shared::create(nodes, "dsf_galera_migrate");
     let set = [
         Migration {
             version: 1,
@@ -102,11 +143,10 @@ fn migrations_through_three_nodes_at_once_run_once() {
             sql: "ALTER TABLE twice ADD COLUMN y INT;\n",
         },
     ];
-    let barrier = Arc::new(Barrier::new(nodes.len()));
-    let runs: Vec<_> = nodes
-        .iter()
-        .map(|n| {
-            let cfg = DbConfig::new(format!("{n}{name}"));
+    let barrier = Arc::new(Barrier::new(shared.nodes.len()));
+    let runs: Vec<_> = (0..shared.nodes.len())
+        .map(|i| {
+            let cfg = shared.node(i);
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 let db = Db::connect(&cfg).unwrap();
@@ -124,7 +164,7 @@ fn migrations_through_three_nodes_at_once_run_once() {
     assert_eq!(appliers.len(), 1, "one process applies: {reports:?}");
     assert_eq!(appliers[0].applied, vec![1, 2]);
     assert!(reports.iter().all(|r| r.version == 2), "{reports:?}");
-    let db = Db::connect(&DbConfig::new(format!("{}{name}", nodes[2]))).unwrap();
+    let db = shared.connect(2);
     let versions: Vec<u32> = db
         .checkout()
         .unwrap()
@@ -132,7 +172,7 @@ fn migrations_through_three_nodes_at_once_run_once() {
         .unwrap();
     assert_eq!(versions, vec![1, 2]);
     drop(db);
-    dsf_sql::db::drop_database(&all, &name).unwrap();
+    shared.drop_it();
 }
 
 /// The sum over the nodes of a `wsrep_*` status counter.
@@ -161,28 +201,11 @@ fn certification_failures_are_retried_and_lose_nothing() {
     let Some(nodes) = nodes() else {
         return;
     };
-    let name = format!("dsf_galera_cert_{}", std::process::id());
-    let list = nodes
-        .iter()
-        .map(|n| format!("{n}{name}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let all = DbConfig::new(list);
-    dsf_sql::db::ensure_database(&all).unwrap();
-    let dbs: Vec<Db> = nodes
-        .iter()
-        .map(|n| Db::connect(&DbConfig::new(format!("{n}{name}"))).unwrap())
-        .collect();
-    dbs[0].migrate().unwrap();
-    let bob = dbs[0].users().create("bob", "x", Role::Viewer).unwrap().id;
+    let shared = Shared::create(nodes, "dsf_galera_cert");
+    let dbs: Vec<Db> = (0..shared.nodes.len()).map(|i| shared.connect(i)).collect();
     const SENDERS: usize = 6;
     const EACH: u64 = 40;
-    let senders: Vec<(u64, String)> = (0..SENDERS)
-        .map(|i| {
-            let n = format!("s{i}");
-            (dbs[0].users().create(&n, "x", Role::Viewer).unwrap().id, n)
-        })
-        .collect();
+    let (bob, senders) = bob_and_senders(&dbs[0], SENDERS);
     let failures = || {
         wsrep_counter(&dbs, "wsrep_local_cert_failures")
             + wsrep_counter(&dbs, "wsrep_local_bf_aborts")
@@ -193,7 +216,7 @@ fn certification_failures_are_retried_and_lose_nothing() {
         .into_iter()
         .enumerate()
         .map(|(i, (id, sender))| {
-            let cfg = DbConfig::new(format!("{}{name}", nodes[i % nodes.len()]));
+            let cfg = shared.node(i);
             let start = start.clone();
             std::thread::spawn(move || {
                 let db = Db::connect(&cfg).unwrap();
@@ -229,7 +252,7 @@ fn certification_failures_are_retried_and_lose_nothing() {
         "no transaction conflicted across nodes, so this test tested nothing"
     );
     drop(dbs);
-    dsf_sql::db::drop_database(&all, &name).unwrap();
+    shared.drop_it();
 }
 
 /// The same through run-once writes, as app servers on three nodes run
@@ -242,31 +265,17 @@ fn run_once_writes_through_three_nodes_lose_nothing() {
     let Some(nodes) = nodes() else {
         return;
     };
-    let name = format!("dsf_galera_once_{}", std::process::id());
-    let list = nodes
-        .iter()
-        .map(|n| format!("{n}{name}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let all = DbConfig::new(list);
-    dsf_sql::db::ensure_database(&all).unwrap();
-    let first = Db::connect(&DbConfig::new(format!("{}{name}", nodes[0]))).unwrap();
-    first.migrate().unwrap();
-    let bob = first.users().create("bob", "x", Role::Viewer).unwrap().id;
+    let shared = Shared::create(nodes, "dsf_galera_once");
+    let first = shared.connect(0);
     const SENDERS: usize = 6;
     const EACH: u64 = 30;
-    let senders: Vec<(u64, String)> = (0..SENDERS)
-        .map(|i| {
-            let n = format!("s{i}");
-            (first.users().create(&n, "x", Role::Viewer).unwrap().id, n)
-        })
-        .collect();
+    let (bob, senders) = bob_and_senders(&first, SENDERS);
     let start = Arc::new(Barrier::new(SENDERS));
     let threads: Vec<_> = senders
         .into_iter()
         .enumerate()
         .map(|(i, (id, sender))| {
-            let cfg = DbConfig::new(format!("{}{name}", nodes[i % nodes.len()]));
+            let cfg = shared.node(i);
             let start = start.clone();
             std::thread::spawn(move || {
                 let db = Db::connect(&cfg).unwrap();
@@ -308,5 +317,5 @@ fn run_once_writes_through_three_nodes_lose_nothing() {
     let got = first.messages().after(bob, 0, 1000).unwrap();
     assert_eq!(got.len(), SENDERS * EACH as usize);
     drop(first);
-    dsf_sql::db::drop_database(&all, &name).unwrap();
+    shared.drop_it();
 }

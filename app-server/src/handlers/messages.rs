@@ -136,7 +136,11 @@ pub fn ack(call: &Call<'_>) -> Result<String> {
     }
     if b.upto > sub.acked {
         call.app.db.messages().ack(me.id, b.upto)?;
-        call.app.mail.acked(conn, me.id, b.upto);
+        call.after_commit(Effect::Acked {
+            conn,
+            user: me.id,
+            upto: b.upto,
+        });
     }
     json(&Empty {})
 }
