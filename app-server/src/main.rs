@@ -113,9 +113,10 @@ const ONE_SHOT_DB_WAIT: std::time::Duration = std::time::Duration::from_secs(10)
 
 fn run(args: RunArgs) {
     let settings = args.files.load_or_exit(&args.config, AppConfig::settings);
+    let signals = dsf_common::signals::Terminate::install();
     let running = app_server::start(settings).unwrap_or_else(|e| fail(1, e));
     let stop = running.stop_handle();
-    if let Err(e) = dsf_common::signals::on_terminate(move || stop.trigger()) {
+    if let Err(e) = signals.and_then(|t| t.then(move || stop.trigger())) {
         log::warn!("cannot install signal handlers: {e}");
     }
     match running.wait() {

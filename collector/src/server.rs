@@ -315,9 +315,10 @@ pub fn start(s: Settings) -> Result<Running, CollectorError> {
 /// Starts, stops on SIGTERM or SIGINT, and returns once everything is
 /// stopped: what the binary runs.
 pub fn run(s: Settings) -> Result<(), CollectorError> {
+    let signals = dsf_common::signals::Terminate::install();
     let running = start(s)?;
     let shutdown = running.shutdown_handle();
-    if let Err(e) = dsf_common::signals::on_terminate(move || shutdown.trigger()) {
+    if let Err(e) = signals.and_then(|t| t.then(move || shutdown.trigger())) {
         log::warn!("cannot install signal handlers (stop with SIGKILL only): {e}");
     }
     running.wait()

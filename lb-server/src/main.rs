@@ -40,6 +40,7 @@ fn main() {
     dsf_common::logging::init(dsf_common::logging::DEFAULT_FILTER);
     let cli: Cli = config::parse();
     let settings = cli.files.load_or_exit(&cli.config, LbConfig::settings);
+    let signals = dsf_common::signals::Terminate::install();
     let running = match lb_server::server::start(settings) {
         Ok(r) => r,
         Err(e) => {
@@ -48,7 +49,7 @@ fn main() {
         }
     };
     let shutdown = running.shutdown_handle();
-    if let Err(e) = dsf_common::signals::on_terminate(move || shutdown.trigger()) {
+    if let Err(e) = signals.and_then(|t| t.then(move || shutdown.trigger())) {
         log::warn!("cannot install signal handlers: {e}");
     }
     if let Err(e) = running.wait() {
