@@ -181,30 +181,7 @@ fn the_dashboard_shows_nodes_a_job_moving_and_a_killed_node_gone() {
     });
 
     // A job of 120 tasks, worked at about 20 a second.
-    let file = cluster.dir.join("dash.jsonl");
-    let lines: Vec<String> = (0..120).map(|i| format!("{{\"n\":{i}}}")).collect();
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let out = cluster
-        .cli("no.session")
-        .args([
-            "job",
-            "submit",
-            "--file",
-            file.to_str().unwrap(),
-            "--name",
-            "dash",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job = serde_json::from_slice::<Value>(&out.stdout).unwrap()["job"]
-        .as_u64()
-        .unwrap();
+    let job = cluster.submit_job("dash", 120);
     let mut w = worker(&cluster);
     let (first, total, width) = wait_for("the job under way on the page", WAIT, || {
         browser.job_row(job).filter(|r| r.0 > 0 && r.0 < r.1)

@@ -31,17 +31,6 @@ fn galera(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn status(cluster: &Cluster, job: u64) -> Option<Value> {
-    let out = cluster
-        .cli("no.session")
-        .args(["job", "status", &job.to_string(), "--json"])
-        .output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).unwrap())
-}
-
 fn worker(cluster: &Cluster, i: usize) -> Proc {
     let id = format!("g{i}");
     let args = [
@@ -87,39 +76,18 @@ fn a_job_survives_the_database_node_under_an_app_server_being_killed() {
         let first = url.split(',').next().unwrap().to_string();
         assert_eq!(first, cluster.db_nodes[i], "app-{i} prefers node {}", i + 1);
     }
-    let file = cluster.dir.join("galera.jsonl");
-    let lines: Vec<String> = (0..TASKS).map(|i| format!("{{\"n\":{i}}}")).collect();
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let out = cluster
-        .cli("no.session")
-        .args([
-            "job",
-            "submit",
-            "--file",
-            file.to_str().unwrap(),
-            "--name",
-            "galera",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job = serde_json::from_slice::<Value>(&out.stdout).unwrap()["job"]
-        .as_u64()
-        .unwrap();
+    let job = cluster.submit_job("galera", TASKS);
     let mut workers: Vec<Proc> = (0..3).map(|i| worker(&cluster, i)).collect();
     wait_for("a third of the tasks done", WAIT, || {
-        status(&cluster, job).filter(|s| s["done"].as_u64().unwrap() >= TASKS as u64 / 3)
+        cluster
+            .job_status(job)
+            .filter(|s| s["done"].as_u64().unwrap() >= TASKS as u64 / 3)
     });
 
     // The node app-1 uses dies.
     galera(&["kill", "2"]);
     let end = wait_for("every task done with node 2 dead", WAIT * 3, || {
-        status(&cluster, job).filter(|s| s["state"] == "done")
+        cluster.job_status(job).filter(|s| s["state"] == "done")
     });
     assert_eq!(end["done"], TASKS as u64, "{end}");
     assert_eq!(end["dead"], 0, "{end}");

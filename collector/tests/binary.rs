@@ -9,13 +9,7 @@ use std::process::{Command, Stdio};
 use support::*;
 
 fn collector() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_collector"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DSF_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
+    collector_binary()
 }
 
 #[test]

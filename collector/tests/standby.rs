@@ -8,7 +8,7 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,13 +24,7 @@ struct Active {
 
 impl Active {
     fn start(listen: SocketAddr, lb: SocketAddr) -> Active {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_collector"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("DSF_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
+        let mut child = collector_binary()
             .env(
                 "DSF_CLUSTER_SECRET",
                 std::str::from_utf8(CLUSTER_SECRET).unwrap(),

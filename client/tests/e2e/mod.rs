@@ -586,6 +586,47 @@ impl Cluster {
         cmd
     }
 
+    /// Submits a job `name` of `tasks` tasks `{"n": i}` with `client job
+    /// submit`; its id.
+    pub fn submit_job(&self, name: &str, tasks: usize) -> u64 {
+        let file = self.dir.join(format!("{name}.jsonl"));
+        let lines: Vec<String> = (0..tasks).map(|i| format!("{{\"n\":{i}}}")).collect();
+        fs::write(&file, lines.join("\n") + "\n").unwrap();
+        let out = self
+            .cli("no.session")
+            .args([
+                "job",
+                "submit",
+                "--file",
+                file.to_str().unwrap(),
+                "--name",
+                name,
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["job"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// `client job status JOB`, or `None` while it fails (for waits).
+    pub fn job_status(&self, job: u64) -> Option<serde_json::Value> {
+        let out = self
+            .cli("no.session")
+            .args(["job", "status", &job.to_string(), "--json"])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
     /// A client of app `e2e` through every balancer.
     pub fn client(&self) -> Client {
         let mut cfg = self.client_config(self.lb_addrs());

@@ -95,6 +95,17 @@ pub fn collector_settings(lbs: &[SocketAddr]) -> Settings {
     s
 }
 
+/// The `collector` binary, without any of the caller's `DSF_*` settings.
+pub fn collector_binary() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_collector"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DSF_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 pub fn start_collector(s: Settings) -> collector::server::Running {
     init_logs();
     collector::server::start(s).unwrap()
