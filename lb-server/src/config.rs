@@ -145,7 +145,8 @@ pub struct LbConfig {
 
     /// Keep the pins in this MySQL/MariaDB database, shared by every
     /// balancer replica (table dsf_lb_pins, created if missing), instead of
-    /// in memory.
+    /// in memory. A comma-separated list (Galera nodes) uses the first that
+    /// answers and goes back to it once it answers again.
     #[arg(
         long,
         value_name = "mysql://USER@HOST:PORT/DB",

@@ -3,9 +3,10 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use dsf_sql::testing::PrivateServer;
 use lb_server::proxy::Protocol;
 use lb_server::server::Running;
 use support::*;
@@ -184,4 +185,65 @@ fn served(proxy: std::net::SocketAddr, brokers: &[&Broker]) -> BTreeMap<String, 
     let run = devices(proxy, brokers, "dev", 200);
     run.all_served(200);
     by_id(&run, &backend_ids(brokers))
+}
+
+/// The keys of the pins `lb` lists (read from the node it is on), or
+/// `None` while its database fails.
+fn listed(lb: &Running) -> Option<BTreeSet<String>> {
+    let page = call(
+        lb.cluster_addr,
+        true,
+        "lb.pins",
+        serde_json::json!({"limit": 1000}),
+    )
+    .ok()?;
+    let keys = page["pins"].as_array()?.iter();
+    Some(
+        keys.map(|p| p["key"].as_str().unwrap().to_string())
+            .collect(),
+    )
+}
+
+fn keys(prefix: &str, count: usize) -> BTreeSet<String> {
+    (0..count).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// `--pins-db A,B`: a replica passes to B while A is down and goes back to
+/// A once it answers again. Two servers that do not replicate stand in for
+/// two Galera nodes, so which one a replica is on shows in what it lists.
+#[test]
+fn a_pins_db_list_moves_to_the_next_node_and_back_to_the_first() {
+    let _ = dsf_sql::testing::server_url(); // DSF_TEST_DB_URL, as every test needs
+    let (a, b) = (PrivateServer::new("pins-a"), PrivateServer::new("pins-b"));
+    a.script("start");
+    b.script("start");
+    let (url_a, url_b) = (
+        format!("{}dsf_pins", a.script("url")),
+        format!("{}dsf_pins", b.script("url")),
+    );
+    let broker = Broker::start();
+    let brokers = [&broker];
+    // B needs the table a Galera node would have from A; a replica on B
+    // alone makes it.
+    replica(&backends(&brokers), &url_b).stop().unwrap();
+    let lb = replica(&backends(&brokers), &format!("{url_a},{url_b}"));
+    devices(lb.proxy_addrs[0], &brokers, "first", 10).all_served(10);
+    assert_eq!(listed(&lb), Some(keys("first", 10)), "on A");
+
+    a.script("stop");
+    // Devices are served while A is down (by the ring while the replica
+    // finds A gone), and their pins go to B.
+    devices(lb.proxy_addrs[0], &brokers, "second", 10).all_served(10);
+    wait_until("the replica to be on B", || {
+        listed(&lb).is_some_and(|k| !k.is_empty() && k.is_subset(&keys("second", 10)))
+    });
+
+    a.script("start");
+    wait_until("the replica to be back on A", || {
+        listed(&lb) == Some(keys("first", 10))
+    });
+    devices(lb.proxy_addrs[0], &brokers, "third", 10).all_served(10);
+    let mut on_a = keys("first", 10);
+    on_a.extend(keys("third", 10));
+    assert_eq!(listed(&lb), Some(on_a), "new pins are written to A again");
 }

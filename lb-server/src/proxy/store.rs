@@ -18,7 +18,9 @@
 //! local cache last said (however old), else to the ring's owner, and
 //! `db_errors` counts it. Its queries time out after 2 s, and a device
 //! whose lookup waited past its first-packet deadline (or that left) is
-//! skipped rather than routed late. A use of a pin reaches the table at
+//! skipped rather than routed late. With a list of nodes (`--pins-db
+//! A,B`), a failing node passes the query to the next, and the sweeping
+//! thread goes back to the first once it answers again. A use of a pin reaches the table at
 //! most about four times a TTL (a conditional update), and each replica
 //! sweeps rows unused for a TTL; the reactor marks the keys of connected
 //! devices used every 30 s, so theirs stay.
@@ -45,6 +47,9 @@ const THREADS: usize = 2;
 const QUEUE: usize = 4096;
 /// How often each replica sweeps expired rows and counts the table.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often a replica on a later node of a `--pins-db A,B,…` list checks
+/// whether the first answers again, to go back to it.
+const FIRST_NODE_EVERY: Duration = Duration::from_secs(10);
 /// How long one query may take before the device is routed without it.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -191,7 +196,8 @@ struct Worker {
     counters: Arc<Counters>,
     ttl: Duration,
     max_pins: u64,
-    /// This thread sweeps expired rows and counts the table.
+    /// This thread sweeps expired rows, counts the table, and goes back to
+    /// the first node of the list once it answers again.
     sweeps: bool,
     /// When a database failure was last logged at warn.
     warned: Option<Instant>,
@@ -200,14 +206,21 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         let mut next_sweep = Instant::now();
+        let mut next_first = Instant::now() + FIRST_NODE_EVERY;
         loop {
+            if self.sweeps && Instant::now() >= next_first {
+                // Off the devices' path: the check may wait a connect
+                // timeout while the first is still down.
+                self.db.prefer_first();
+                next_first = Instant::now() + FIRST_NODE_EVERY;
+            }
             if self.sweeps && Instant::now() >= next_sweep {
                 if let Err(e) = self.sweep() {
                     self.failed("sweeping expired pins", &e);
                 }
                 next_sweep = Instant::now() + SWEEP_EVERY;
             }
-            let job = match self.rx.recv_timeout(SWEEP_EVERY) {
+            let job = match self.rx.recv_timeout(FIRST_NODE_EVERY.min(SWEEP_EVERY)) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
