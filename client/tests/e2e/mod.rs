@@ -238,6 +238,11 @@ pub struct Cluster {
     pub collector: Option<Proc>,
     pub collector_addr: String,
     metrics_addr: String,
+    /// With [`Cluster::start_with_standby`]: the standby collector
+    /// (`--standby-for` the one above), which every app server heartbeats
+    /// to as well.
+    pub standby: Option<Proc>,
+    pub standby_addr: Option<String>,
     /// Balancers: (client address, cluster address, process).
     pub lbs: Vec<(String, String, Option<Proc>)>,
     /// App servers by index: node id `app-{i}`, address, process.
@@ -253,19 +258,25 @@ impl Cluster {
     /// Starts `spec` and waits until every app server is `up` in every
     /// balancer's view.
     pub fn start(spec: Spec) -> Cluster {
-        Cluster::start_shared(spec, false)
+        Cluster::start_shared(spec, false, false)
+    }
+
+    /// Like [`Cluster::start`], with a second collector standing by for the
+    /// first (`--standby-for`) and every app server heartbeating to both.
+    pub fn start_with_standby(spec: Spec) -> Cluster {
+        Cluster::start_shared(spec, false, true)
     }
 
     /// Like [`Cluster::start`], with TLS on every dsf port (balancers,
     /// collector, app servers, and the links between them) under a
     /// throwaway CA; [`Cluster::client`] and [`Cluster::cli`] trust it.
     pub fn start_tls(spec: Spec) -> Cluster {
-        Cluster::start_shared(spec, true)
+        Cluster::start_shared(spec, true, false)
     }
 
     /// On a throwaway database of the shared test server, or of the
     /// Galera cluster when `DSF_TEST_GALERA_URLS` names one.
-    fn start_shared(spec: Spec, tls: bool) -> Cluster {
+    fn start_shared(spec: Spec, tls: bool, standby: bool) -> Cluster {
         if let Some(nodes) = galera_nodes() {
             static N: AtomicU64 = AtomicU64::new(0);
             let name = format!(
@@ -279,7 +290,8 @@ impl Cluster {
             let pool = dsf_sql::Db::connect(&cfg).unwrap();
             pool.migrate().unwrap();
             let url = list.join(",");
-            return Cluster::start_on(spec, pool, url, list, Store::Galera(cfg, name), tls);
+            let store = Store::Galera(cfg, name);
+            return Cluster::start_on(spec, pool, url, list, store, tls, standby);
         }
         let db = dsf_sql::testing::fresh();
         let db_url = format!(
@@ -288,7 +300,8 @@ impl Cluster {
             db.name()
         );
         let pool = (*db).clone();
-        Cluster::start_on(spec, pool, db_url, Vec::new(), Store::Shared(db), tls)
+        let store = Store::Shared(db);
+        Cluster::start_on(spec, pool, db_url, Vec::new(), store, tls, standby)
     }
 
     /// Like [`Cluster::start`], on a MariaDB of its own, which
@@ -302,7 +315,15 @@ impl Cluster {
         dsf_sql::db::ensure_database(&cfg).unwrap();
         let pool = dsf_sql::Db::connect(&cfg).unwrap();
         pool.migrate().unwrap();
-        Cluster::start_on(spec, pool, url, Vec::new(), Store::Private(own), false)
+        Cluster::start_on(
+            spec,
+            pool,
+            url,
+            Vec::new(),
+            Store::Private(own),
+            false,
+            false,
+        )
     }
 
     /// Stops the cluster's own MariaDB, waits `down`, and starts it again
@@ -323,6 +344,7 @@ impl Cluster {
         db_nodes: Vec<String>,
         store: Store,
         tls: bool,
+        standby: bool,
     ) -> Cluster {
         static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -379,6 +401,8 @@ impl Cluster {
             collector: None,
             collector_addr: format!("127.0.0.1:{}", free_port()),
             metrics_addr: format!("127.0.0.1:{}", free_port()),
+            standby: None,
+            standby_addr: standby.then(|| format!("127.0.0.1:{}", free_port())),
             lbs,
             apps,
             tls: None,
@@ -401,6 +425,9 @@ impl Cluster {
             c.start_lb(i);
         }
         c.start_collector();
+        if c.standby_addr.is_some() {
+            c.start_standby();
+        }
         for i in 0..spec.apps {
             c.start_app(i);
         }
@@ -446,12 +473,26 @@ impl Cluster {
     }
 
     pub fn start_collector(&mut self) {
+        let (listen, metrics) = (self.collector_addr.clone(), self.metrics_addr.clone());
+        self.collector = Some(self.spawn_collector("collector", &listen, &metrics, &[]));
+    }
+
+    /// Starts the standby collector of [`Cluster::start_with_standby`].
+    pub fn start_standby(&mut self) {
+        let listen = self.standby_addr.clone().expect("a cluster with a standby");
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let active = self.collector_addr.clone();
+        let p = self.spawn_collector("standby", &listen, &metrics, &["--standby-for", &active]);
+        self.standby = Some(p);
+    }
+
+    fn spawn_collector(&self, name: &str, listen: &str, metrics: &str, more: &[&str]) -> Proc {
         let lbs: Vec<String> = self.lbs.iter().map(|l| l.1.clone()).collect();
         let args = vec![
             "--listen".into(),
-            self.collector_addr.clone(),
+            listen.to_string(),
             "--metrics-listen".into(),
-            self.metrics_addr.clone(),
+            metrics.to_string(),
             "--lb".into(),
             lbs.join(","),
             "--dead-after".into(),
@@ -461,16 +502,16 @@ impl Cluster {
             "--node-keys".into(),
             self.dir.join("node-keys.toml").display().to_string(),
         ];
-        let args = [args, self.tls_args()].concat();
+        let more: Vec<String> = more.iter().map(|s| s.to_string()).collect();
+        let args = [args, more, self.tls_args()].concat();
         // The app servers' database, for the dashboard's jobs.
         let url: &'static str = Box::leak(self.db_url.clone().into_boxed_str());
         let env = [self.env(), vec![("DSF_DB", url)]].concat();
-        let p = Proc::spawn("collector", "collector", &args, &env, &self.dir);
-        self.collector = Some(p);
-        let addr = self.collector_addr.clone();
-        wait_for(&format!("the collector to listen on {addr}"), WAIT, || {
-            std::net::TcpStream::connect(&addr).ok()
+        let p = Proc::spawn(name, "collector", &args, &env, &self.dir);
+        wait_for(&format!("{name} to listen on {listen}"), WAIT, || {
+            std::net::TcpStream::connect(listen).ok()
         });
+        p
     }
 
     /// Runs `client ARGS` as a long-lived child (a `client worker`) named
@@ -511,7 +552,10 @@ impl Cluster {
             "--node-id".into(),
             id.clone(),
             "--collector".into(),
-            self.collector_addr.clone(),
+            match &self.standby_addr {
+                Some(standby) => format!("{},{standby}", self.collector_addr),
+                None => self.collector_addr.clone(),
+            },
             "--workers".into(),
             "4".into(),
             "--app-keys".into(),
@@ -669,6 +713,12 @@ impl Cluster {
         Some(all_ids(&self.view(i)?["nodes"]))
     }
 
+    /// `cluster.status` of the collector at `addr`, if it answers.
+    pub fn status_at(&self, addr: &str) -> Option<Value> {
+        let raw = self.client().call_at(addr, "cluster.status", "{}").ok()?;
+        serde_json::from_str(raw.get()).ok()
+    }
+
     /// The ids of every node in the collector's `cluster.status`.
     pub fn ids_in_status(&self) -> Option<Vec<String>> {
         let c = self.client();
@@ -758,6 +808,7 @@ impl Drop for Cluster {
         let mut procs: Vec<Proc> = Vec::new();
         procs.extend(self.apps.iter_mut().filter_map(|a| a.2.take()));
         procs.extend(self.collector.take());
+        procs.extend(self.standby.take());
         procs.extend(self.lbs.iter_mut().filter_map(|l| l.2.take()));
         for p in &mut procs {
             p.kill();
