@@ -1,4 +1,4 @@
-//! The heartbeat thread: `node.heartbeat` to each collector every interval
+//! The heartbeat threads: `node.heartbeat` to each collector every interval
 //! (id, advertised address, weight, state, stats, the view version held),
 //! signed with the cluster secret; `node.leave` at the end of a graceful
 //! shutdown. A reply carries the view's nodes when they changed: the peer
@@ -6,15 +6,18 @@
 //!
 //! With more than one collector (an active one and its standby, see the
 //! collector's `--standby-for`) each gets every heartbeat over its own
-//! connection, so the standby's table is whole when it takes over. The
-//! stats are sampled once per interval and the same figures go to each.
+//! connection, from its own thread: a collector whose host went silent
+//! (each exchange waiting out [`EXCHANGE_TIMEOUT`]) does not slow the
+//! heartbeats to the other, so the standby's table is whole, and nobody in
+//! it is evicted, when it takes over. The stats are sampled once per
+//! interval and the same figures go to each.
 //!
 //! A collector that is down is logged once and retried with backoff (from
 //! [`FIRST_RETRY`] up to the heartbeat interval); serving never depends on
 //! it, nor does the other collector. When it answers again, that is logged
 //! too.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -45,16 +48,44 @@ pub struct Identity {
 }
 
 enum Command {
-    /// Send a heartbeat now (the state changed); answer whether it went.
-    Now(Sender<bool>),
-    /// Send `node.leave`, answer whether it went, and stop.
-    Leave(Sender<bool>),
+    /// Send a heartbeat with these stats now (the state changed); answer
+    /// with the link's index and whether it went.
+    Now(Stats, Sender<(usize, bool)>),
+    /// Send `node.leave`, answer as above, and stop.
+    Leave(Sender<(usize, bool)>),
 }
 
-/// The running heartbeat thread.
+/// The running heartbeat threads, one per collector.
 pub struct Heartbeats {
-    tx: Sender<Command>,
-    handle: JoinHandle<()>,
+    links: Vec<(Sender<Command>, JoinHandle<()>)>,
+    shared: Arc<Shared>,
+}
+
+/// What every link's thread reads.
+struct Shared {
+    identity: Identity,
+    every: Duration,
+    metrics: Arc<Metrics>,
+    gauges: Mutex<Box<dyn Fn() -> Gauges + Send>>,
+    on_view: Mutex<OnView>,
+    /// The stats of this interval and when the next sample is due.
+    sampled: Mutex<(Stats, Instant)>,
+}
+
+impl Shared {
+    /// This interval's stats, sampled anew once it is over (or when
+    /// `fresh`): each sample starts a new window of rates and latencies,
+    /// so they are sampled once per interval, whatever the number of
+    /// collectors and retries.
+    fn stats(&self, fresh: bool) -> Stats {
+        let mut sampled = self.sampled.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if fresh || now >= sampled.1 {
+            let gauges = (self.gauges.lock().unwrap_or_else(|p| p.into_inner()))();
+            *sampled = (self.metrics.sample(gauges), now + self.every);
+        }
+        sampled.0
+    }
 }
 
 /// Where heartbeats go and how they are signed.
@@ -69,7 +100,8 @@ pub struct Upstream {
 // === impl Heartbeats ===
 
 impl Heartbeats {
-    /// Starts the thread `heartbeat` sending to the collector every `every`.
+    /// Starts a thread `heartbeat-N` for each collector, sending to it every
+    /// `every`.
     /// `gauges` reads connections, in-flight and queue depth at each beat;
     /// `on_view` hears each new view the replies carry.
     pub fn start(
@@ -81,11 +113,18 @@ impl Heartbeats {
         on_view: OnView,
     ) -> std::io::Result<Heartbeats> {
         assert!(!to.collectors.is_empty(), "heartbeats need a collector");
-        let (tx, rx) = bounded(4);
-        let links = to
-            .collectors
-            .into_iter()
-            .map(|collector| Link {
+        let stats = metrics.sample(gauges());
+        let shared = Arc::new(Shared {
+            identity,
+            every,
+            metrics,
+            gauges: Mutex::new(gauges),
+            on_view: Mutex::new(on_view),
+            sampled: Mutex::new((stats, Instant::now() + every)),
+        });
+        let mut links = Vec::new();
+        for (i, collector) in to.collectors.into_iter().enumerate() {
+            let link = Link {
                 collector,
                 signer: to.signer.clone(),
                 tls: to.tls.clone(),
@@ -93,39 +132,68 @@ impl Heartbeats {
                 failures: 0,
                 known: 0,
                 next: Instant::now(),
-            })
-            .collect();
-        let handle = std::thread::Builder::new()
-            .name("heartbeat".into())
-            .spawn(move || run(links, identity, every, metrics, gauges, on_view, rx))?;
-        Ok(Heartbeats { tx, handle })
+            };
+            let (tx, rx) = bounded(4);
+            let shared = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("heartbeat-{i}"))
+                .spawn(move || run(i, link, &shared, rx))?;
+            links.push((tx, handle));
+        }
+        Ok(Heartbeats { links, shared })
     }
 
-    /// Sends a heartbeat at once (used to report `draining`), waiting at most
-    /// `wait` for it to go; whether a collector took it.
+    /// Sends a heartbeat to every collector at once (used to report
+    /// `draining`), waiting at most `wait` for one to take it; whether one
+    /// did.
     pub fn beat_now(&self, wait: Duration) -> bool {
-        let (ack, done) = bounded(1);
-        if self.tx.send_timeout(Command::Now(ack), wait).is_err() {
-            return false;
-        }
-        done.recv_timeout(wait).unwrap_or(false)
+        let stats = self.shared.stats(true);
+        self.each(wait, false, |ack| Command::Now(stats, ack)).0
     }
 
-    /// Sends `node.leave` and stops the thread, waiting at most `wait`;
-    /// whether a collector took it.
+    /// Sends `node.leave` to every collector and stops the threads, waiting
+    /// at most `wait` for them all; whether a collector took it.
     pub fn leave(self, wait: Duration) -> bool {
-        let (ack, done) = bounded(1);
-        if self.tx.send_timeout(Command::Leave(ack), wait).is_err() {
-            return false;
-        }
-        match done.recv_timeout(wait) {
-            Ok(ok) => {
+        let (took, answered) = self.each(wait, true, Command::Leave);
+        for ((_, handle), answered) in self.links.into_iter().zip(answered) {
+            if answered {
                 // It answered, so it has returned: the join is immediate.
-                let _ = self.handle.join();
-                ok
+                let _ = handle.join();
             }
-            Err(_) => false,
         }
+        took
+    }
+
+    /// Sends `command` to each link's thread and waits until `wait` has
+    /// passed for every answer, or only for the first that went unless
+    /// `all`; whether one went, and which links answered.
+    fn each(
+        &self,
+        wait: Duration,
+        all: bool,
+        command: impl Fn(Sender<(usize, bool)>) -> Command,
+    ) -> (bool, Vec<bool>) {
+        let until = Instant::now() + wait;
+        let (ack, done) = bounded(self.links.len());
+        let mut asked = 0;
+        for (tx, _) in &self.links {
+            let wait = until.saturating_duration_since(Instant::now());
+            if tx.send_timeout(command(ack.clone()), wait).is_ok() {
+                asked += 1;
+            }
+        }
+        let (mut took, mut answered) = (false, vec![false; self.links.len()]);
+        for _ in 0..asked {
+            let Ok((i, went)) = done.recv_deadline(until) else {
+                break;
+            };
+            answered[i] = true;
+            took |= went;
+            if took && !all {
+                break;
+            }
+        }
+        (took, answered)
     }
 }
 
@@ -233,14 +301,8 @@ pub type OnView = Box<dyn Fn(u64, &[NodeView]) + Send>;
 
 /// Sends one heartbeat with `stats`; whether the collector took it. A
 /// reply carrying the view's nodes goes to `on_view`.
-fn beat(
-    link: &mut Link,
-    identity: &Identity,
-    metrics: &Metrics,
-    stats: &Stats,
-    on_view: &OnView,
-) -> bool {
-    let body = heartbeat_body(identity, metrics, *stats, link.known);
+fn beat(link: &mut Link, shared: &Shared, stats: Stats) -> bool {
+    let body = heartbeat_body(&shared.identity, &shared.metrics, stats, link.known);
     let Some(reply) = link.send_logged("node.heartbeat", &body) else {
         return false;
     };
@@ -250,7 +312,7 @@ fn beat(
             nodes: Some(nodes),
         }) => {
             link.known = view;
-            on_view(view, &nodes);
+            (shared.on_view.lock().unwrap_or_else(|p| p.into_inner()))(view, &nodes);
         }
         Ok(_) => {}
         Err(e) => log::warn!("the collector's heartbeat reply does not read: {e}"),
@@ -258,60 +320,34 @@ fn beat(
     true
 }
 
-fn run(
-    mut links: Vec<Link>,
-    identity: Identity,
-    every: Duration,
-    metrics: Arc<Metrics>,
-    gauges: Box<dyn Fn() -> Gauges + Send>,
-    on_view: OnView,
-    rx: Receiver<Command>,
-) {
-    // Sampled once per interval, whatever the number of collectors and
-    // retries: each sample starts a new window of rates and latencies.
-    let mut stats = metrics.sample(gauges());
-    let mut next_sample = Instant::now() + every;
+/// Link `index`'s thread: a heartbeat whenever one is due, and the
+/// commands of [`Heartbeats`].
+fn run(index: usize, mut link: Link, shared: &Shared, rx: Receiver<Command>) {
     loop {
-        let due = links
-            .iter()
-            .map(|l| l.next)
-            .min()
-            .expect("one collector at least");
-        match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+        match rx.recv_timeout(link.next.saturating_duration_since(Instant::now())) {
             Err(RecvTimeoutError::Timeout) => {
-                let now = Instant::now();
-                if now >= next_sample {
-                    stats = metrics.sample(gauges());
-                    next_sample = now + every;
-                }
-                for link in links.iter_mut().filter(|l| l.next <= now) {
-                    beat(link, &identity, &metrics, &stats, &on_view);
-                    link.schedule(every);
-                }
+                beat(&mut link, shared, shared.stats(false));
+                link.schedule(shared.every);
             }
-            Ok(Command::Now(ack)) => {
-                stats = metrics.sample(gauges());
-                next_sample = Instant::now() + every;
-                let mut took = false;
-                for link in &mut links {
-                    took |= beat(link, &identity, &metrics, &stats, &on_view);
-                    link.schedule(every);
-                }
-                let _ = ack.send(took);
+            Ok(Command::Now(stats, ack)) => {
+                let took = beat(&mut link, shared, stats);
+                link.schedule(shared.every);
+                let _ = ack.send((index, took));
             }
             Ok(Command::Leave(ack)) => {
                 let body = serde_json::to_string(&Leave {
-                    id: identity.id.clone(),
+                    id: shared.identity.id.clone(),
                 })
                 .expect("a leave serialises");
-                let mut took = false;
-                for link in &mut links {
-                    if link.send_logged("node.leave", &body).is_some() {
-                        log::info!("left collector {} as {}", link.collector, identity.id);
-                        took = true;
-                    }
+                let took = link.send_logged("node.leave", &body).is_some();
+                if took {
+                    log::info!(
+                        "left collector {} as {}",
+                        link.collector,
+                        shared.identity.id
+                    );
                 }
-                let _ = ack.send(took);
+                let _ = ack.send((index, took));
                 return;
             }
             Err(RecvTimeoutError::Disconnected) => return,

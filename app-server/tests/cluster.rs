@@ -268,3 +268,40 @@ fn heartbeats_go_to_each_collector_and_one_down_does_not_hold_up_the_other() {
         .iter()
         .any(|l| l["id"] == node.as_str()));
 }
+
+/// A collector whose host went silent (connections are taken but nothing
+/// answers, so every exchange waits out the heartbeat's 1 s timeout) does
+/// not slow the heartbeats to the other, which is the standby taking over
+/// from it: it goes on hearing every interval (200 ms here), inside any
+/// `--dead-after`.
+#[test]
+fn a_silent_collector_does_not_slow_the_heartbeats_to_the_other() {
+    let db = testing::fresh();
+    // Connections complete in the backlog and are never read.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let got: Received = Default::default();
+    let b = Collector::start("127.0.0.1:0".parse().unwrap(), got);
+    let mut s = settings(db.config(), None);
+    s.collectors = vec![silent.local_addr().unwrap().to_string(), b.addr.to_string()];
+    let mut server = Server::with(s);
+    let node = server.node.clone();
+    let beats = || heartbeat_from(&b.bodies("node.heartbeat"), &node).len();
+    wait_until("a first heartbeat at the collector that answers", || {
+        beats() > 0
+    });
+    // Taking turns with the silent one, five would take over 5 s; one
+    // thread per collector sends them in about 1 s. The bound is the
+    // silent one's third timeout, under the 3 s of the default
+    // --dead-after.
+    let (from, start) = (beats(), Instant::now());
+    let bound = 3 * app_server::heartbeat::EXCHANGE_TIMEOUT;
+    while beats() < from + 5 {
+        assert!(
+            start.elapsed() < bound,
+            "{} heartbeats in {bound:?} at the collector that answers",
+            beats() - from
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.stop();
+}
