@@ -19,12 +19,15 @@
 //!
 //! Only a true active collector counts: one that is itself a standby (two
 //! collectors given `--standby-for` each other) is logged as a mistake and
-//! not deferred to.
+//! not deferred to. One that answers but refuses the question (another
+//! cluster secret, TLS on one side only, not a collector at all) is alive
+//! and may well be feeding: that is logged as an error, and the standby
+//! stands by, since taking over would make two feeders.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dsf_common::call::{Connection, Signer};
+use dsf_common::call::{Connection, Failure, Signer};
 use dsf_common::wire::keys::CLUSTER_APP;
 use dsf_common::wire::Key;
 use serde::Deserialize;
@@ -57,7 +60,7 @@ pub fn run_standby(active: String, cluster: Arc<Cluster>, key: Key, cfg: PushCon
     // without feeding that long (after a start) before we feed instead.
     let patience = TAKE_OVER_AFTER + cluster.snapshot().members.dead_after();
     let (mut seen_alive, mut seen_feeding) = (Instant::now(), Instant::now());
-    let mut said_misconfigured = false;
+    let (mut said_misconfigured, mut said_refused) = (false, false);
     loop {
         if cluster.wait_stop(CHECK_EVERY) {
             return;
@@ -68,7 +71,7 @@ pub fn run_standby(active: String, cluster: Arc<Cluster>, key: Key, cfg: PushCon
                 standby_for: None,
             }) => {
                 (seen_alive, seen_feeding) = (Instant::now(), Instant::now());
-                said_misconfigured = false;
+                (said_misconfigured, said_refused) = (false, false);
                 cluster.stand_by(
                     true,
                     &format!("collector {active} answers and feeds the balancers"),
@@ -92,15 +95,40 @@ pub fn run_standby(active: String, cluster: Arc<Cluster>, key: Key, cfg: PushCon
                 seen_alive = Instant::now();
                 format!("collector {active} answers but has sent no views for {patience:?}")
             }
-            Err(e) => {
+            Err(Asked::Refused(e)) => {
+                conn = None;
+                (seen_alive, seen_feeding) = (Instant::now(), Instant::now());
+                if !said_refused {
+                    log::error!(
+                        "collector {active} answers but refuses this standby's cluster.status: {e}; \
+                         standing by, since it may be feeding the balancers. Give both collectors the \
+                         same DSF_CLUSTER_SECRET, and --tls-ca when the active speaks TLS, and check \
+                         that --standby-for is the active collector's --listen"
+                    );
+                    said_refused = true;
+                }
+                cluster.stand_by(true, &format!("collector {active} answers (and refuses)"));
+                continue;
+            }
+            Err(Asked::Silent(e)) => {
                 conn = None;
                 format!("collector {active} has not answered for {TAKE_OVER_AFTER:?} ({e})")
             }
         };
+        said_refused = false;
         if seen_alive.elapsed() >= TAKE_OVER_AFTER || seen_feeding.elapsed() >= patience {
             cluster.stand_by(false, &why);
         }
     }
+}
+
+/// Why the active collector's status was not had.
+enum Asked {
+    /// No answer: refused, reset, or timed out.
+    Silent(String),
+    /// An answer that is not a status: an error, a reply that does not
+    /// verify, or one that does not read.
+    Refused(String),
 }
 
 fn ask(
@@ -108,7 +136,7 @@ fn ask(
     signer: &Signer,
     cfg: &PushConfig,
     conn: &mut Option<Connection>,
-) -> Result<Peer, String> {
+) -> Result<Peer, Asked> {
     if conn.as_mut().is_some_and(Connection::is_closed) {
         *conn = None;
     }
@@ -121,7 +149,7 @@ fn ask(
             cfg.max_frame,
             cfg.tls.as_ref(),
         )
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .map_err(|e| Asked::Silent(format!("cannot connect: {e}")))?;
         *conn = Some(c);
     }
     let c = conn.as_mut().expect("connected above");
@@ -132,6 +160,9 @@ fn ask(
             None,
             Instant::now() + cfg.reply_timeout,
         )
-        .map_err(|f| f.to_string())?;
-    serde_json::from_str(reply.get()).map_err(|e| format!("unreadable status: {e}"))
+        .map_err(|f| match f {
+            Failure::Server(_) | Failure::BadReply(_) => Asked::Refused(f.to_string()),
+            _ => Asked::Silent(f.to_string()),
+        })?;
+    serde_json::from_str(reply.get()).map_err(|e| Asked::Refused(format!("unreadable status: {e}")))
 }

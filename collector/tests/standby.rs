@@ -193,3 +193,29 @@ fn a_standby_whose_active_collector_never_answers_feeds_the_balancers_itself() {
     });
     assert_eq!(standby.cluster().role(), "took-over");
 }
+
+/// An active collector that answers but refuses the standby's question
+/// (here: another cluster secret) is alive, and may be feeding: the standby
+/// says what to fix and stands by rather than make a second feeder.
+#[test]
+fn a_standby_refused_by_a_live_active_collector_stands_by() {
+    let lb = start_lb();
+    let active_addr = free_port();
+    let _active = Active::start(active_addr, lb.cluster_addr);
+    wait_until("the active collector feeding the balancer", WAIT, || {
+        lb_view(&lb)["version"].as_u64().unwrap_or(0) > 0
+    });
+    let mut s = collector_settings(&[lb.cluster_addr]);
+    s.cluster_secret = dsf_common::config::Secret::new(b"not-the-active-one's-secret".to_vec());
+    s.standby_for = Some(active_addr.to_string());
+    let standby = start_collector(s);
+    // Past the time a silent active collector gets, and its warm-up.
+    holds_for(
+        "the standby stands by",
+        2 * collector::standby::TAKE_OVER_AFTER + DEAD_AFTER,
+        || {
+            standby.cluster().role() == "standby"
+                && standby.cluster().snapshot().balancers[0].pushes == 0
+        },
+    );
+}
