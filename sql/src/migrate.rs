@@ -258,6 +258,10 @@ fn apply_locked(
     Ok(report)
 }
 
+/// The database's clock in milliseconds since the epoch: leases are timed
+/// by it, so app servers whose clocks differ agree on when one runs out.
+const DB_NOW_MS: &str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
+
 /// The lease on `schema_lock`'s row, held while migrating.
 struct Lease {
     /// Who holds it: host, process and a random tag, so a process that
@@ -280,12 +284,13 @@ impl Lease {
         let started = Instant::now();
         let mut said = false;
         loop {
-            let now = now_ms();
             let taken = conn
                 .exec_drop(
-                    "UPDATE schema_lock SET holder = ?, expires_at = ? \
-                     WHERE id = 1 AND (holder = '' OR expires_at < ?)",
-                    (&holder, now + LEASE.as_millis() as i64, now),
+                    format!(
+                        "UPDATE schema_lock SET holder = ?, expires_at = {DB_NOW_MS} + ? \
+                         WHERE id = 1 AND (holder = '' OR expires_at < {DB_NOW_MS})"
+                    ),
+                    (&holder, LEASE.as_millis() as i64),
                 )
                 .map(|()| conn.affected_rows() == 1);
             match taken {
@@ -311,12 +316,14 @@ impl Lease {
             }
             if !said {
                 let by: Option<(String, i64)> = conn
-                    .query_first("SELECT holder, expires_at FROM schema_lock WHERE id = 1")
+                    .query_first(format!(
+                        "SELECT holder, expires_at - {DB_NOW_MS} FROM schema_lock WHERE id = 1"
+                    ))
                     .map_err(|e| Error::from_mysql(op, e))?;
-                if let Some((by, until)) = by {
+                if let Some((by, left)) = by {
                     log::info!(
                         "waiting for the migration of {by} to finish (its lease ends in {} s unless renewed)",
-                        (until - now_ms()).max(0) / 1000
+                        left.max(0) / 1000
                     );
                 }
                 said = true;
@@ -353,8 +360,10 @@ impl Lease {
         let op = "migrate";
         let mut conn = db.conn(op)?;
         conn.exec_drop(
-            "UPDATE schema_lock SET expires_at = ? WHERE id = 1 AND holder = ?",
-            (now_ms() + LEASE.as_millis() as i64, &self.holder),
+            format!(
+                "UPDATE schema_lock SET expires_at = {DB_NOW_MS} + ? WHERE id = 1 AND holder = ?"
+            ),
+            (LEASE.as_millis() as i64, &self.holder),
         )
         .map_err(|e| Error::from_mysql(op, e))?;
         // An unchanged expiry (same millisecond) counts as not affected.
