@@ -49,6 +49,10 @@ fn the_standby_collector_takes_over_a_whole_cluster_when_the_active_one_is_kille
     wait_for("the standby to take over", WAIT, || {
         (role(&cluster)? == "took-over").then_some(())
     });
+    // `client status` given both shows the one feeding: the standby now.
+    let both = format!("{},{standby}", cluster.collector_addr);
+    let shown: serde_json::Value = serde_json::from_str(&cluster.cli_status_of(&both)).unwrap();
+    assert_eq!(shown["role"], "took-over");
     cluster.app(1).kill();
     let rest = vec!["app-0".to_string(), "app-2".to_string()];
     for lb in 0..2 {
@@ -70,6 +74,11 @@ fn the_standby_collector_takes_over_a_whole_cluster_when_the_active_one_is_kille
     let status = cluster.status_at(&cluster.collector_addr).unwrap();
     assert_eq!(status["role"], "active");
     assert_eq!(status["feeding"], true);
+    let shown: serde_json::Value = serde_json::from_str(&cluster.cli_status_of(&both)).unwrap();
+    assert_eq!(
+        shown["role"], "active",
+        "the active again, of two that answer"
+    );
     // It learned every node from their heartbeats, and feeds them alike.
     let mut ids = cluster.ids_in_status().unwrap();
     ids.sort();

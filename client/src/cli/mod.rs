@@ -168,9 +168,16 @@ pub enum Command {
     },
     /// Show the cluster's members and load (cluster.status, from the collector).
     Status {
-        /// The collector's address.
-        #[arg(long, env = "DSF_COLLECTOR", default_value = "127.0.0.1:6400")]
-        collector: String,
+        /// The collector's address; with an active and a standby, both
+        /// (A,B, as app servers take them): the one feeding the balancers
+        /// is shown.
+        #[arg(
+            long,
+            env = "DSF_COLLECTOR",
+            default_value = "127.0.0.1:6400",
+            value_delimiter = ','
+        )]
+        collector: Vec<String>,
     },
     /// Show which node owns KEY (lb.resolve) and its share of keys (lb.view).
     Resolve {
@@ -550,10 +557,7 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
                 }
             }
         }
-        Command::Status { collector } => {
-            let raw = c.call_at(collector, "cluster.status", "{}")?;
-            out.status(&parse_body(&raw, collector)?);
-        }
+        Command::Status { collector } => out.status(&feeding_status(&c, collector)?),
         Command::Resolve { key } => {
             let r = c.resolve(Some(key), &[])?;
             let view = c.balancer_call("lb.view", "{}")?;
@@ -570,6 +574,30 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
         Command::Bench(_) | Command::Pins(_) | Command::Worker(_) => unreachable!("handled above"),
     }
     Ok(exit::OK)
+}
+
+/// `cluster.status` of the first collector of `collectors` that says it
+/// feeds the balancers, else of the first that answers, else the last
+/// error.
+fn feeding_status(c: &Client, collectors: &[String]) -> Result<Value> {
+    let (mut answered, mut failed) = (None, None);
+    for addr in collectors {
+        match c
+            .call_at(addr, "cluster.status", "{}")
+            .and_then(|raw| parse_body(&raw, addr))
+        {
+            Ok(v) if v["feeding"] == true => return Ok(v),
+            Ok(v) => answered = answered.or(Some(v)),
+            Err(e) => failed = Some(e),
+        }
+    }
+    match (answered, failed) {
+        (Some(v), _) => Ok(v),
+        (None, Some(e)) => Err(e),
+        (None, None) => Err(Error::Config(
+            "--collector: give the collector's address, HOST:PORT".into(),
+        )),
+    }
 }
 
 /// A typed call (the catalogue's body and reply), its reply as JSON for

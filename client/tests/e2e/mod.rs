@@ -731,9 +731,15 @@ impl Cluster {
 
     /// `client status --json` run as a user would, through the CLI binary.
     pub fn cli_status(&self) -> String {
+        self.cli_status_of(&self.collector_addr)
+    }
+
+    /// `client status --json --collector COLLECTORS` (one address, or a
+    /// list), through the CLI binary.
+    pub fn cli_status_of(&self, collectors: &str) -> String {
         let out = Command::new(binary("client"))
             .args(["--app", APP, "status", "--json", "--collector"])
-            .arg(&self.collector_addr)
+            .arg(collectors)
             .env("DSF_APP_SECRET", APP_SECRET)
             .env_remove("DSF_APP_SECRET_FILE")
             .output()
