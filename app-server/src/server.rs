@@ -500,34 +500,50 @@ fn start_reaper(db: Db, every: Duration) -> std::io::Result<Sender<()>> {
     Ok(tx)
 }
 
-/// How often the janitor deletes expired run-once records.
+/// How often the janitor checks that the database node in use serves.
+const JANITOR_TICK: Duration = Duration::from_secs(1);
+/// How often the janitor goes back to the first node of a list and
+/// deletes expired run-once records.
 const JANITOR_EVERY: Duration = Duration::from_secs(10);
 /// Records are kept for twice the replay window: a resend older than the
 /// window is refused as stale before its record is looked up.
 const WRITES_KEPT: Duration = Duration::from_secs(2 * 60);
 
-/// The `janitor` thread: every [`JANITOR_EVERY`], until the returned
-/// sender is dropped, it moves back to the first database node of a `--db`
-/// list once that answers again ([`Db::prefer_first`]), and deletes
-/// run-once records past [`WRITES_KEPT`]. Every app server runs one; they
-/// delete the same rows, which is harmless.
+/// The `janitor` thread, until the returned sender is dropped: every
+/// [`JANITOR_TICK`], with a `--db` list, it moves off a node that answers
+/// but cannot serve ([`Db::check_in_use`]: a Galera node cut off from the
+/// others); every [`JANITOR_EVERY`] it moves back to the first node once
+/// that serves again ([`Db::prefer_first`]), and deletes run-once records
+/// past [`WRITES_KEPT`]. Every app server runs one; they delete the same
+/// rows, which is harmless.
 fn start_janitor(db: Db) -> std::io::Result<Sender<()>> {
     let (tx, rx) = bounded::<()>(1);
     std::thread::Builder::new()
         .name("janitor".into())
-        .spawn(move || loop {
-            match rx.recv_timeout(JANITOR_EVERY) {
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                _ => return,
-            }
-            // With a list of database nodes (--db A,B,…), back to the
-            // first once it answers again.
-            db.prefer_first();
-            match db.writes().expire(WRITES_KEPT, 10_000) {
-                Ok(0) => {}
-                Ok(n) => log::debug!("janitor: deleted {n} expired run-once records"),
-                Err(e) => log::warn!("janitor: cannot delete expired run-once records: {e}"),
+        .spawn(move || {
+            let mut next = Instant::now() + JANITOR_EVERY;
+            loop {
+                match rx.recv_timeout(JANITOR_TICK) {
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                db.check_in_use();
+                if Instant::now() < next {
+                    continue;
+                }
+                next = Instant::now() + JANITOR_EVERY;
+                janitor_round(&db);
             }
         })?;
     Ok(tx)
+}
+
+/// The janitor's work every [`JANITOR_EVERY`].
+fn janitor_round(db: &Db) {
+    db.prefer_first();
+    match db.writes().expire(WRITES_KEPT, 10_000) {
+        Ok(0) => {}
+        Ok(n) => log::debug!("janitor: deleted {n} expired run-once records"),
+        Err(e) => log::warn!("janitor: cannot delete expired run-once records: {e}"),
+    }
 }

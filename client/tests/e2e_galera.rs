@@ -2,7 +2,10 @@
 //! three app servers, each preferring a different database node, work a
 //! job while the node under one of them is SIGKILLed. That app server moves
 //! to another node, every task ends done exactly once, and the node comes
-//! back. Runs when `DSF_TEST_GALERA_URLS` names the cluster (`scripts/test`
+//! back. Then another job while the node under another app server is cut
+//! off from the others (`scripts/galera isolate`, a network partition): it
+//! still answers pings but refuses statements, and its app server moves
+//! off it all the same. Runs when `DSF_TEST_GALERA_URLS` names the cluster (`scripts/test`
 //! sets it for its Galera run); says so and passes otherwise, unless
 //! `DSF_NEED_GALERA` is set.
 
@@ -98,7 +101,45 @@ fn a_job_survives_the_database_node_under_an_app_server_being_killed() {
             .contains("now using")
             .then_some(())
     });
-    // Each task done exactly once, with its own result.
+    each_done_once(&cluster, job);
+
+    // Node 2 back; the node app-2 uses is cut off from the others.
+    galera(&["start"]);
+    let job = cluster.submit_job("partition", TASKS);
+    wait_for("a third of the second job's tasks done", WAIT, || {
+        cluster
+            .job_status(job)
+            .filter(|s| s["done"].as_u64().unwrap() >= TASKS as u64 / 3)
+    });
+    galera(&["isolate", "3"]);
+    struct Rejoin;
+    impl Drop for Rejoin {
+        fn drop(&mut self) {
+            galera(&["rejoin", "3"]);
+        }
+    }
+    let rejoin = Rejoin;
+    let end = wait_for("every task done with node 3 cut off", WAIT * 3, || {
+        cluster.job_status(job).filter(|s| s["state"] == "done")
+    });
+    assert_eq!(end["done"], TASKS as u64, "{end}");
+    assert_eq!(end["dead"], 0, "{end}");
+    wait_for("app-2 to move off node 3", WAIT, || {
+        cluster
+            .app(2)
+            .log_text()
+            .contains("cannot serve")
+            .then_some(())
+    });
+    drop(rejoin);
+    each_done_once(&cluster, job);
+    for w in &mut workers {
+        w.kill();
+    }
+}
+
+/// Each task of `job` done exactly once, with its own result.
+fn each_done_once(cluster: &Cluster, job: u64) {
     let mut results = cluster.cli("no.session");
     let out = results
         .args(["job", "results", &job.to_string(), "--json"])
@@ -117,8 +158,5 @@ fn a_job_survives_the_database_node_under_an_app_server_being_killed() {
     for r in &results {
         assert_eq!(r["state"], "done");
         assert_eq!(r["result"]["echo"]["n"], r["seq"], "{r}");
-    }
-    for w in &mut workers {
-        w.kill();
     }
 }

@@ -383,6 +383,44 @@ impl Db {
         answers
     }
 
+    /// Moves off the node in use when it accepts connections but cannot
+    /// serve, to the next of the list that can: a Galera node that left the
+    /// primary component (cut off from the others) answers pings and
+    /// refuses every statement with error 1047, so a checkout alone never
+    /// leaves it. Call it every second or so off the request path (the app
+    /// server's janitor does); the check may wait a connect timeout.
+    /// Returns whether it moved.
+    pub fn check_in_use(&self) -> bool {
+        let n = self.inner.nodes.len();
+        if n < 2 {
+            return false;
+        }
+        let from = self.current();
+        let serves = |i: usize| self.checkout_from(i).and_then(|mut c| c.query_drop("DO 1"));
+        let why = match serves(from) {
+            Err(e) if unreachable(&e) => e,
+            _ => return false,
+        };
+        for step in 1..n {
+            let to = (from + step) % n;
+            if serves(to).is_ok()
+                && self
+                    .inner
+                    .current
+                    .compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                log::warn!(
+                    "database: {} cannot serve ({why}); now using {}",
+                    self.inner.nodes[from].target,
+                    self.inner.nodes[to].target
+                );
+                return true;
+            }
+        }
+        false
+    }
+
     /// Takes a connection, waiting at most the acquire timeout.
     /// A pooled connection, checked alive (`COM_PING`) only when it has
     /// not been handed out for [`DbConfig::alive_bypass`] (default

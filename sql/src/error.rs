@@ -103,11 +103,12 @@ pub enum Error {
 // === impl Error ===
 
 /// MySQL server errors that mean "the server cannot serve you right now"
-/// rather than "your statement is wrong": too many connections (1040), server
-/// shutdown (1053), lock wait timeout (1205), deadlock (1213), query
-/// interrupted (1317), connection killed (1927), read-only (1290 during a
-/// failover), and MariaDB's idle disconnect (4031).
-const UNAVAILABLE_CODES: [u16; 8] = [1040, 1053, 1205, 1213, 1290, 1317, 1927, 4031];
+/// rather than "your statement is wrong": too many connections (1040), a
+/// Galera node outside the primary component (1047), server shutdown
+/// (1053), lock wait timeout (1205), deadlock (1213), query interrupted
+/// (1317), connection killed (1927), read-only (1290 during a failover), and
+/// MariaDB's idle disconnect (4031).
+const UNAVAILABLE_CODES: [u16; 9] = [1040, 1047, 1053, 1205, 1213, 1290, 1317, 1927, 4031];
 
 /// Duplicate entry for a unique key.
 const ER_DUP_ENTRY: u16 = 1062;

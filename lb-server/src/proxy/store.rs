@@ -50,6 +50,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often a replica on a later node of a `--pins-db A,B,…` list checks
 /// whether the first answers again, to go back to it.
 const FIRST_NODE_EVERY: Duration = Duration::from_secs(10);
+/// How often a replica with a list checks that the node in use serves (a
+/// Galera node cut off from the others answers but refuses statements).
+const IN_USE_EVERY: Duration = Duration::from_secs(1);
 /// How long one query may take before the device is routed without it.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -196,8 +199,9 @@ struct Worker {
     counters: Arc<Counters>,
     ttl: Duration,
     max_pins: u64,
-    /// This thread sweeps expired rows, counts the table, and goes back to
-    /// the first node of the list once it answers again.
+    /// This thread sweeps expired rows, counts the table, moves off a node
+    /// that cannot serve, and goes back to the first node of the list once
+    /// it serves again.
     sweeps: bool,
     /// When a database failure was last logged at warn.
     warned: Option<Instant>,
@@ -207,7 +211,12 @@ impl Worker {
     fn run(mut self) {
         let mut next_sweep = Instant::now();
         let mut next_first = Instant::now() + FIRST_NODE_EVERY;
+        let mut next_check = Instant::now() + IN_USE_EVERY;
         loop {
+            if self.sweeps && Instant::now() >= next_check {
+                self.db.check_in_use();
+                next_check = Instant::now() + IN_USE_EVERY;
+            }
             if self.sweeps && Instant::now() >= next_first {
                 // Off the devices' path: the check may wait a connect
                 // timeout while the first is still down.
@@ -220,7 +229,7 @@ impl Worker {
                 }
                 next_sweep = Instant::now() + SWEEP_EVERY;
             }
-            let job = match self.rx.recv_timeout(FIRST_NODE_EVERY.min(SWEEP_EVERY)) {
+            let job = match self.rx.recv_timeout(IN_USE_EVERY) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
