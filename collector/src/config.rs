@@ -56,9 +56,12 @@ pub struct CollectorConfig {
 
     /// Run as the standby of the active collector at HOST:PORT (its
     /// --listen): take heartbeats as it does (give app servers both in
-    /// their --collector), but send views to the balancers only while it
-    /// has not been seen feeding them for 1.5s; stand by again when it
-    /// does. Give the active collector no --standby-for.
+    /// their --collector), but send views to the balancers only once it
+    /// has not answered for 1.5s (asked every 0.5s), or has answered
+    /// without feeding them for 1.5s past its --dead-after warm-up; stand
+    /// by again when it feeds. One that answers but refuses (another
+    /// cluster secret) is not taken over from. Give the active collector
+    /// no --standby-for.
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub standby_for: Option<String>,
@@ -101,9 +104,11 @@ pub struct CollectorConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_secret_file: Option<PathBuf>,
 
-    /// The app servers' database, mysql://USER@HOST:PORT/DB: the dashboard
-    /// (on the metrics port) then shows jobs in progress. Read only; its
-    /// password comes from --db-password-file or DSF_DB_PASSWORD.
+    /// The app servers' database, mysql://USER@HOST:PORT/DB, or a
+    /// comma-separated list of them (Galera nodes, as the app servers'
+    /// --db): the dashboard (on the metrics port) then shows jobs in
+    /// progress. Read only; its password (one for every node) comes from
+    /// --db-password-file or DSF_DB_PASSWORD.
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db: Option<SecretUrl>,

@@ -155,7 +155,14 @@ pub fn run_jobs(jobs: Arc<Jobs>, cfg: DbConfig, cluster: Arc<Cluster>) {
                 }
             }
         }
-        let read = db.as_ref().map(|d| d.tasks().recent(JOBS_SHOWN));
+        let read = db.as_ref().map(|d| {
+            // With a list (Galera nodes): off a node that cannot serve,
+            // back to the first once it can.
+            if !d.check_in_use() {
+                d.prefer_first();
+            }
+            d.tasks().recent(JOBS_SHOWN)
+        });
         let mut state = jobs.state.lock().unwrap_or_else(|p| p.into_inner());
         match read {
             Some(Ok(list)) => {

@@ -606,13 +606,16 @@ impl SecretUrl {
         &self.0
     }
 
-    /// The password in the URL, if it holds one.
+    /// The password in the URL, if it holds one; of a comma-separated list
+    /// (Galera nodes), the first URL's that holds one.
     pub fn password(&self) -> Option<&str> {
-        let (_, userinfo, _) = split_userinfo(&self.0)?;
-        userinfo
-            .split_once(':')
-            .map(|(_, p)| p)
-            .filter(|p| !p.is_empty())
+        self.0.split(',').find_map(|url| {
+            let (_, userinfo, _) = split_userinfo(url)?;
+            userinfo
+                .split_once(':')
+                .map(|(_, p)| p)
+                .filter(|p| !p.is_empty())
+        })
     }
 }
 
@@ -1234,6 +1237,13 @@ idle_timeout = "5s"
         let twice = got(&SecretUrl::new("mysql://dsf:inurl@h/d"), None)
             .unwrap_err()
             .to_string();
+        assert!(
+            twice.contains("given twice") && !twice.contains("inurl"),
+            "{twice}"
+        );
+        // In any URL of a list, not only the first.
+        let list = SecretUrl::new("mysql://dsf@a/d,mysql://dsf:inurl@b/d");
+        let twice = got(&list, None).unwrap_err().to_string();
         assert!(
             twice.contains("given twice") && !twice.contains("inurl"),
             "{twice}"
