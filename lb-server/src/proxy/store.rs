@@ -14,6 +14,11 @@
 //!   the old node, so two replicas moving one key do not overwrite each
 //!   other, and the loser reads the winner's pin.
 //!
+//! Each statement stands alone (autocommit): on Galera one that loses
+//! certification is run again by the node itself
+//! (`wsrep_retry_autocommit`), and one that still fails counts as a
+//! failure below; nothing here needs a transaction's all-or-nothing.
+//!
 //! A database that fails does not stop devices: the key goes where the
 //! local cache last said (however old), else to the ring's owner, and
 //! `db_errors` counts it. Its queries time out after 2 s, and a device
