@@ -20,9 +20,11 @@
 //! Only a true active collector counts: one that is itself a standby (two
 //! collectors given `--standby-for` each other) is logged as a mistake and
 //! not deferred to. One that answers but refuses the question (another
-//! cluster secret, TLS on one side only, not a collector at all) is alive
-//! and may well be feeding: that is logged as an error, and the standby
-//! stands by, since taking over would make two feeders.
+//! cluster secret, TLS on one side only) is alive and may well be feeding:
+//! that is logged as an error, and the standby stands by, since taking
+//! over would make two feeders. One that answers with errors of its own
+//! (overloaded, internal) is alive but not known to feed: it is given the
+//! same time as one that answers without feeding.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +32,7 @@ use std::time::{Duration, Instant};
 use dsf_common::call::{Connection, Failure, Signer};
 use dsf_common::wire::keys::CLUSTER_APP;
 use dsf_common::wire::Key;
+use dsf_common::ErrorCode;
 use serde::Deserialize;
 
 use crate::cluster::Cluster;
@@ -110,6 +113,11 @@ pub fn run_standby(active: String, cluster: Arc<Cluster>, key: Key, cfg: PushCon
                 cluster.stand_by(true, &format!("collector {active} answers (and refuses)"));
                 continue;
             }
+            Err(Asked::Failing(e)) => {
+                conn = None;
+                seen_alive = Instant::now();
+                format!("collector {active} answers with errors ({e}) and has sent no views for {patience:?}")
+            }
             Err(Asked::Silent(e)) => {
                 conn = None;
                 format!("collector {active} has not answered for {TAKE_OVER_AFTER:?} ({e})")
@@ -124,11 +132,15 @@ pub fn run_standby(active: String, cluster: Arc<Cluster>, key: Key, cfg: PushCon
 
 /// Why the active collector's status was not had.
 enum Asked {
-    /// No answer: refused, reset, or timed out.
+    /// No answer: the connection refused, reset, closed or timed out.
     Silent(String),
-    /// An answer that is not a status: an error, a reply that does not
-    /// verify, or one that does not read.
+    /// Something answers, but not to this standby: a reply that does not
+    /// verify (another cluster secret), a refusal of the request, a status
+    /// that does not read, TLS on one side only. It may well be feeding.
     Refused(String),
+    /// The active collector answers with an error of its own (overloaded,
+    /// unavailable, internal): alive, not known to feed.
+    Failing(String),
 }
 
 fn ask(
@@ -149,7 +161,14 @@ fn ask(
             cfg.max_frame,
             cfg.tls.as_ref(),
         )
-        .map_err(|e| Asked::Silent(format!("cannot connect: {e}")))?;
+        .map_err(|e| match e.kind() {
+            // A TLS handshake that failed on what came back (a plain port,
+            // a certificate not trusted), or an address TLS cannot name.
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                Asked::Refused(format!("cannot connect: {e}"))
+            }
+            _ => Asked::Silent(format!("cannot connect: {e}")),
+        })?;
         *conn = Some(c);
     }
     let c = conn.as_mut().expect("connected above");
@@ -160,9 +179,25 @@ fn ask(
             None,
             Instant::now() + cfg.reply_timeout,
         )
-        .map_err(|f| match f {
-            Failure::Server(_) | Failure::BadReply(_) => Asked::Refused(f.to_string()),
-            _ => Asked::Silent(f.to_string()),
+        .map_err(|f| {
+            let failing = |code| {
+                matches!(
+                    code,
+                    ErrorCode::Overloaded | ErrorCode::Unavailable | ErrorCode::Internal
+                )
+            };
+            match &f {
+                Failure::Server(e) if failing(e.code()) => Asked::Failing(f.to_string()),
+                Failure::Server(_) | Failure::BadReply(_) => Asked::Refused(f.to_string()),
+                // An unsigned error about the connection: something speaks
+                // the wire there (a TLS port spoken to in plain, a full one).
+                Failure::Lost(_) => match c.unsigned_error() {
+                    Some(e) if failing(e.code()) => Asked::Failing(f.to_string()),
+                    Some(_) => Asked::Refused(f.to_string()),
+                    None => Asked::Silent(f.to_string()),
+                },
+                _ => Asked::Silent(f.to_string()),
+            }
         })?;
     serde_json::from_str(reply.get()).map_err(|e| Asked::Refused(format!("unreadable status: {e}")))
 }

@@ -1,7 +1,8 @@
 //! TLS between the parts: a balancer and a collector serving TLS, the
 //! collector pushing its views over TLS, a node's heartbeats over TLS, and
 //! `openssl s_client` completing a verified handshake with each port; a
-//! plain client on a TLS port is told so.
+//! plain client on a TLS port is told so. A standby collector with TLS on
+//! one side only of its link to the active one stands by, saying why.
 
 mod support;
 
@@ -15,8 +16,14 @@ use dsf_common::wire::Key;
 use dsf_common::ErrorCode;
 use support::*;
 
-/// `scripts/tls-ca`'s throwaway CA and certificate: (ca, cert, key).
+/// `scripts/tls-ca`'s throwaway CA and certificate: (ca, cert, key), made
+/// once for every test of this binary.
 fn certificates() -> (PathBuf, PathBuf, PathBuf) {
+    static MADE: std::sync::OnceLock<(PathBuf, PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    MADE.get_or_init(make_certificates).clone()
+}
+
+fn make_certificates() -> (PathBuf, PathBuf, PathBuf) {
     let dir = std::env::temp_dir().join(format!("dsf-tls-collector-{}", std::process::id()));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tls-ca");
     let out = Command::new(script).arg(&dir).output().unwrap();
@@ -107,4 +114,42 @@ fn views_and_heartbeats_cross_tls_and_every_port_verifies_with_openssl() {
     // And the node's connection still works.
     node.round_trip("node.heartbeat", &hb, None, Instant::now() + WAIT)
         .unwrap();
+}
+
+/// A standby whose link to the active collector has TLS on one side only
+/// finds it alive (something answers) and stands by rather than make a
+/// second feeder: `standby_tls` on its side, `active_tls` on the active's.
+fn standby_across_half_tls(active_tls: bool, standby_tls: bool) {
+    let (ca, cert, key) = certificates();
+    let server = dsf_common::tls::server_config(&cert, &key).unwrap();
+    let trust = dsf_common::tls::client_config(&ca).unwrap();
+    let lb = start_lb();
+    let mut a = collector_settings(&[lb.cluster_addr]);
+    if active_tls {
+        a.reactor.tls = vec![Some(server)];
+    }
+    let active = start_collector(a);
+    wait_for_first_push(&lb);
+    let mut s = collector_settings(&[lb.cluster_addr]);
+    s.standby_for = Some(active.listen_addr.to_string());
+    if standby_tls {
+        s.push.tls = Some(trust);
+    }
+    let standby = start_collector(s);
+    // Past the time a silent active collector gets, and its warm-up.
+    holds_for(
+        "the standby stands by",
+        2 * collector::standby::TAKE_OVER_AFTER + DEAD_AFTER,
+        || standby.cluster().role() == "standby",
+    );
+}
+
+#[test]
+fn a_plain_standby_of_an_active_collector_on_tls_stands_by() {
+    standby_across_half_tls(true, false);
+}
+
+#[test]
+fn a_tls_standby_of_a_plain_active_collector_stands_by() {
+    standby_across_half_tls(false, true);
 }

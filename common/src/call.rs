@@ -117,6 +117,8 @@ pub struct Connection {
     early_len: usize,
     /// Set once the stream cannot be used any more.
     broken: bool,
+    /// What the unsigned error that broke it claimed, if one did.
+    unsigned: Option<crate::Error>,
     out: Vec<u8>,
     /// The last event seen of each streamed reply in flight.
     seqs: HashMap<u64, u64>,
@@ -173,8 +175,17 @@ impl Connection {
             early_len: 0,
             seqs: HashMap::new(),
             broken: false,
+            unsigned: None,
             out: Vec::with_capacity(512),
         })
+    }
+
+    /// What the server claimed in the unsigned error about the connection
+    /// that ended it ([`Failure::Lost`]): it cannot be trusted, but says
+    /// something speaks the wire there (refused at its connection limit, a
+    /// TLS port spoken to in plain).
+    pub fn unsigned_error(&self) -> Option<&crate::Error> {
+        self.unsigned.as_ref()
     }
 
     /// The name given at connect time.
@@ -462,8 +473,8 @@ impl Connection {
                 // so it is only a reason to stop using the connection. What
                 // happened to the request is unknown.
                 self.broken = true;
-                let claim = reply
-                    .unsigned_error()
+                self.unsigned = reply.unsigned_error();
+                let claim = (self.unsigned.as_ref())
                     .map_or_else(String::new, |e| format!(" (it claims {}: {e})", e.code()));
                 return Err(Failure::Lost(format!(
                     "{} sent an unsigned error and the connection was dropped{claim}",
