@@ -91,7 +91,7 @@ fn the_standby_takes_over_when_the_active_collector_is_killed_and_stands_by_when
     s.standby_for = Some(active_addr.to_string());
     let standby = start_collector(s);
     let collectors = [active_addr, standby.listen_addr];
-    let _a = Node::start_to(&collectors, "a", |_| {});
+    let a = Node::start_to(&collectors, "a", |_| {});
     let b = Node::start_to(&collectors, "b", |_| {});
 
     wait_until("a and b in the balancer's view", WAIT, || {
@@ -115,6 +115,11 @@ fn the_standby_takes_over_when_the_active_collector_is_killed_and_stands_by_when
         })
     };
 
+    // A standby standing by sends no view's nodes in its heartbeat replies
+    // (app servers take their peers from the feeder alone): one more of a's.
+    let a_beat = || Client::cluster(standby.listen_addr).heartbeat(&a.hb.lock().unwrap().clone());
+    let reply = a_beat().unwrap();
+    assert!(reply.get("nodes").is_none(), "{reply}");
     let members = || {
         let snap = standby.cluster().snapshot();
         let mut ids: Vec<String> = snap.members.iter().map(|m| m.id.clone()).collect();
@@ -148,6 +153,9 @@ fn the_standby_takes_over_when_the_active_collector_is_killed_and_stands_by_when
         .unwrap();
     assert_eq!(status["role"], "took-over");
     assert_eq!(status["feeding"], true);
+    // Feeding, it sends them.
+    let reply = a_beat().unwrap();
+    assert!(reply["nodes"].is_array(), "{reply}");
     assert_eq!(status["standby_for"], active_addr.to_string());
 
     // The active collector comes back: after its warm-up it feeds again,

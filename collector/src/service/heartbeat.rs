@@ -2,7 +2,9 @@
 //! `{"id","addr","weight","state","stats"}`
 //! → `{"view": version, "nodes"?}`, the version in force after this
 //! heartbeat, with the view's nodes when the heartbeat's `known_view` is
-//! another version.
+//! another version. A standby standing by sends no nodes: app servers take
+//! their peers from the collector that feeds the balancers, not from two
+//! views numbered apart.
 
 use dsf_common::view::{Heartbeat, MAX_WEIGHT};
 use dsf_common::wire::Admitted;
@@ -47,6 +49,7 @@ pub fn handle(cluster: &Cluster, req: &Admitted) -> Result<String, Error> {
     // stay a few bytes.
     let nodes = match hb.known_view {
         Some(v) if v == version => None,
+        _ if cluster.role() == "standby" => None,
         _ => {
             let view = cluster.view();
             (view.version == version).then(|| view.nodes.clone())
