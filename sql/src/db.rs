@@ -335,6 +335,11 @@ impl Db {
                 warm: Default::default(),
             }),
         };
+        // A first node that connects but cannot serve (a Galera node cut
+        // off from the others): start on the next that can.
+        if db.health().is_err() {
+            db.check_in_use();
+        }
         db.health()?;
         Ok(db)
     }
@@ -403,12 +408,14 @@ impl Db {
         };
         for step in 1..n {
             let to = (from + step) % n;
-            if serves(to).is_ok()
-                && self
-                    .inner
-                    .current
-                    .compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
+            if serves(to).is_err() {
+                continue;
+            }
+            if self
+                .inner
+                .current
+                .compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
             {
                 log::warn!(
                     "database: {} cannot serve ({why}); now using {}",
@@ -417,6 +424,8 @@ impl Db {
                 );
                 return true;
             }
+            // Another thread moved it meanwhile.
+            return false;
         }
         false
     }

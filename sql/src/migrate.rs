@@ -258,9 +258,14 @@ fn apply_locked(
     Ok(report)
 }
 
-/// The database's clock in milliseconds since the epoch: leases are timed
-/// by it, so app servers whose clocks differ agree on when one runs out.
-const DB_NOW_MS: &str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
+/// The database's clock in milliseconds since the epoch, to the second:
+/// leases are timed by it, so app servers whose clocks differ agree on when
+/// one runs out (on Galera, the nodes' clocks must then agree: run NTP).
+/// `UNIX_TIMESTAMP()` with no argument reads the epoch without going
+/// through the session's time zone, which `UNIX_TIMESTAMP(NOW())` does (an
+/// hour off around a daylight-saving change). Truncation to the second
+/// only makes a lease look alive a little longer.
+const DB_NOW_MS: &str = "(UNIX_TIMESTAMP() * 1000)";
 
 /// The lease on `schema_lock`'s row, held while migrating.
 struct Lease {
