@@ -24,9 +24,10 @@
 //! `db_errors` counts it. Its queries time out after 2 s, and a device
 //! whose lookup waited past its first-packet deadline (or that left) is
 //! skipped rather than routed late. With a list of nodes (`--pins-db
-//! A,B`), a failing node passes the query to the next, and the sweeping
-//! thread goes back to the first once it answers again. A use of a pin reaches the table at
-//! most about four times a TTL (a conditional update), and each replica
+//! A,B`), a failing node passes the query to the next, and the keeper
+//! thread moves off a node that cannot serve and goes back to the first
+//! once it serves again. A use of a pin reaches the table at most about
+//! four times a TTL (a conditional update), and each replica
 //! sweeps rows unused for a TTL; the reactor marks the keys of connected
 //! devices used every 30 s, so theirs stay.
 
@@ -46,7 +47,8 @@ use super::pins::{decide, Decision, KeyHash, PinTable};
 use super::{unavailable_connack, Counters, ProxySettings};
 use crate::service::Snapshot;
 
-/// Threads that talk to the database.
+/// Threads that serve the devices' lookups and the operators' requests;
+/// one more, the keeper, sweeps and watches the node in use.
 const THREADS: usize = 2;
 /// Jobs waiting for them; past it a device is routed by the ring unpinned.
 const QUEUE: usize = 4096;
@@ -110,9 +112,10 @@ enum Job {
     },
 }
 
-/// The reactor's handle on the store's threads.
+/// The reactor's handle on the store's threads; they stop when it drops.
 pub struct Store {
     jobs: Sender<Job>,
+    _keeper: Sender<()>,
 }
 
 impl Store {
@@ -139,23 +142,32 @@ impl Store {
             settings.pins_cache
         );
         let (jobs, rx) = bounded(QUEUE);
+        let worker = |_| Worker {
+            db: db.clone(),
+            rx: rx.clone(),
+            cache: cache.clone(),
+            counters: counters.clone(),
+            ttl: settings.pin_ttl,
+            max_pins: settings.max_pins as u64,
+            warned: None,
+        };
         for i in 0..THREADS {
-            let worker = Worker {
-                db: db.clone(),
-                rx: rx.clone(),
-                cache: cache.clone(),
-                counters: counters.clone(),
-                ttl: settings.pin_ttl,
-                max_pins: settings.max_pins as u64,
-                sweeps: i == 0,
-                warned: None,
-            };
+            let w = worker(i);
             std::thread::Builder::new()
                 .name(format!("pins-db-{i}"))
-                .spawn(move || worker.run())
+                .spawn(move || w.run())
                 .map_err(|e| format!("starting the pins-db thread: {e}"))?;
         }
-        Ok(Store { jobs })
+        let (keeper, stop) = bounded(0);
+        let w = worker(THREADS);
+        std::thread::Builder::new()
+            .name("pins-db-keeper".into())
+            .spawn(move || w.keep(&stop))
+            .map_err(|e| format!("starting the pins-db thread: {e}"))?;
+        Ok(Store {
+            jobs,
+            _keeper: keeper,
+        })
     }
 
     /// Queues a lookup; `false` when the queue is full.
@@ -204,40 +216,42 @@ struct Worker {
     counters: Arc<Counters>,
     ttl: Duration,
     max_pins: u64,
-    /// This thread sweeps expired rows, counts the table, moves off a node
-    /// that cannot serve, and goes back to the first node of the list once
-    /// it serves again.
-    sweeps: bool,
     /// When a database failure was last logged at warn.
     warned: Option<Instant>,
 }
 
 impl Worker {
-    fn run(mut self) {
+    /// The keeper's loop, until `stop` hangs up: sweeps expired rows and
+    /// counts the table, moves off a node of the list that cannot serve,
+    /// and goes back to the first once it serves again. Off the devices'
+    /// path: each check may wait a connect timeout.
+    fn keep(mut self, stop: &Receiver<()>) {
         let mut next_sweep = Instant::now();
         let mut next_first = Instant::now() + FIRST_NODE_EVERY;
-        let mut next_check = Instant::now() + IN_USE_EVERY;
         loop {
-            if self.sweeps && Instant::now() >= next_check {
-                self.db.check_in_use();
-                next_check = Instant::now() + IN_USE_EVERY;
-            }
-            if self.sweeps && Instant::now() >= next_first {
-                // Off the devices' path: the check may wait a connect
-                // timeout while the first is still down.
+            self.db.check_in_use();
+            if Instant::now() >= next_first {
                 self.db.prefer_first();
                 next_first = Instant::now() + FIRST_NODE_EVERY;
             }
-            if self.sweeps && Instant::now() >= next_sweep {
+            if Instant::now() >= next_sweep {
                 if let Err(e) = self.sweep() {
                     self.failed("sweeping expired pins", &e);
                 }
                 next_sweep = Instant::now() + SWEEP_EVERY;
             }
-            let job = match self.rx.recv_timeout(IN_USE_EVERY) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
+            match stop.recv_timeout(IN_USE_EVERY) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// A serving thread's loop, until the store drops.
+    fn run(mut self) {
+        loop {
+            let Ok(job) = self.rx.recv() else {
+                return;
             };
             match job {
                 Job::Route(ask) => self.route(ask),
