@@ -13,7 +13,7 @@ mod e2e;
 
 use std::process::Command;
 
-use e2e::{galera_nodes, wait_for, Cluster, Proc, Spec, WAIT};
+use e2e::{wait_for, Cluster, Proc, Spec, WAIT};
 use serde_json::Value;
 
 const TASKS: usize = 150;
@@ -52,12 +52,7 @@ fn worker(cluster: &Cluster, i: usize) -> Proc {
 
 #[test]
 fn a_job_survives_the_database_node_under_an_app_server_being_killed() {
-    if galera_nodes().is_none() {
-        assert!(
-            std::env::var_os("DSF_NEED_GALERA").is_none(),
-            "DSF_NEED_GALERA is set but DSF_TEST_GALERA_URLS is not: run scripts/galera start and export its urls"
-        );
-        eprintln!("skipping the Galera test: DSF_TEST_GALERA_URLS is not set (scripts/test sets it for its Galera run)");
+    if dsf_sql::testing::galera_or_skip().is_none() {
         return;
     }
     // All three nodes up (a test before may have left one down), and up

@@ -29,6 +29,41 @@ pub fn server_url() -> String {
     }
 }
 
+/// The variable naming a Galera cluster's nodes for the tests that run on
+/// one (`scripts/test` sets it for its Galera run): each node's server URL,
+/// `mysql://USER:PASS@HOST:PORT/`, comma-separated.
+pub const GALERA_VAR: &str = "DSF_TEST_GALERA_URLS";
+
+/// The Galera nodes' server URLs from [`GALERA_VAR`], each ending in `/`,
+/// or `None` when it is not set.
+pub fn galera_urls() -> Option<Vec<String>> {
+    let urls = std::env::var(GALERA_VAR).ok()?;
+    let nodes: Vec<String> = urls
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_string() + "/")
+        .filter(|u| u.len() > 1)
+        .collect();
+    (!nodes.is_empty()).then_some(nodes)
+}
+
+/// [`galera_urls`] for a test that needs the cluster: `None` (the test
+/// then passes, saying it skipped) when it is not set.
+///
+/// # Panics
+/// When it is not set but `DSF_NEED_GALERA` is (`scripts/test`'s Galera
+/// run), so that a missing cluster never passes quietly there.
+pub fn galera_or_skip() -> Option<Vec<String>> {
+    let nodes = galera_urls();
+    if nodes.is_none() {
+        assert!(
+            std::env::var_os("DSF_NEED_GALERA").is_none(),
+            "DSF_NEED_GALERA is set but {GALERA_VAR} is not: run scripts/galera start and export its urls"
+        );
+        eprintln!("skipping the Galera test: {GALERA_VAR} is not set (scripts/test sets it for its Galera run)");
+    }
+    nodes
+}
+
 /// A throwaway database; derefs to its [`Db`] and drops the database when
 /// dropped.
 pub struct TestDb {

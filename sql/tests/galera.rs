@@ -11,23 +11,6 @@ use dsf_sql::migrate::{self, Migration};
 use dsf_sql::{Db, DbConfig, Once, Role};
 use mysql::prelude::Queryable;
 
-fn nodes() -> Option<Vec<String>> {
-    let urls = std::env::var("DSF_TEST_GALERA_URLS").ok();
-    let Some(urls) = urls else {
-        assert!(
-            std::env::var_os("DSF_NEED_GALERA").is_none(),
-            "DSF_NEED_GALERA is set but DSF_TEST_GALERA_URLS is not"
-        );
-        eprintln!("skipping the Galera test: DSF_TEST_GALERA_URLS is not set (scripts/test sets it for its Galera run)");
-        return None;
-    };
-    Some(
-        urls.split(',')
-            .map(|u| u.trim().trim_end_matches('/').to_string() + "/")
-            .collect(),
-    )
-}
-
 /// A database made for one test on every node, dropped when it passes.
 struct Shared {
     nodes: Vec<String>,
@@ -85,7 +68,7 @@ fn bob_and_senders(db: &Db, n: usize) -> (u64, Vec<(u64, String)>) {
 
 #[test]
 fn reads_through_one_node_see_writes_through_another() {
-    let Some(nodes) = nodes() else {
+    let Some(nodes) = dsf_sql::testing::galera_or_skip() else {
         return;
     };
     let shared = Shared::create(nodes, "dsf_galera");
@@ -127,7 +110,7 @@ fn reads_through_one_node_see_writes_through_another() {
 /// column, which fails if it runs twice.
 #[test]
 fn migrations_through_three_nodes_at_once_run_once() {
-    let Some(nodes) = nodes() else {
+    let Some(nodes) = dsf_sql::testing::galera_or_skip() else {
         return;
     };
     let shared = Shared::create(nodes, "dsf_galera_migrate");
@@ -198,7 +181,7 @@ fn wsrep_counter(dbs: &[Db], name: &str) -> u64 {
 /// again, and the inbox ends numbered 1..n without a gap or a double.
 #[test]
 fn certification_failures_are_retried_and_lose_nothing() {
-    let Some(nodes) = nodes() else {
+    let Some(nodes) = dsf_sql::testing::galera_or_skip() else {
         return;
     };
     let shared = Shared::create(nodes, "dsf_galera_cert");
@@ -262,7 +245,7 @@ fn certification_failures_are_retried_and_lose_nothing() {
 /// inbox once, numbered 1..n.
 #[test]
 fn run_once_writes_through_three_nodes_lose_nothing() {
-    let Some(nodes) = nodes() else {
+    let Some(nodes) = dsf_sql::testing::galera_or_skip() else {
         return;
     };
     let shared = Shared::create(nodes, "dsf_galera_once");

@@ -19,22 +19,6 @@ use std::sync::Mutex;
 use dsf_common::ErrorCode;
 use dsf_sql::{Db, DbConfig, Role};
 
-fn nodes() -> Option<Vec<String>> {
-    let Ok(urls) = std::env::var("DSF_TEST_GALERA_URLS") else {
-        assert!(
-            std::env::var_os("DSF_NEED_GALERA").is_none(),
-            "DSF_NEED_GALERA is set but DSF_TEST_GALERA_URLS is not"
-        );
-        eprintln!("skipping the Galera test: DSF_TEST_GALERA_URLS is not set (scripts/test sets it for its Galera run)");
-        return None;
-    };
-    Some(
-        urls.split(',')
-            .map(|u| u.trim().trim_end_matches('/').to_string() + "/")
-            .collect(),
-    )
-}
-
 /// The cluster is shared: one fault at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -90,7 +74,9 @@ fn database(nodes: &[String], tag: &str) -> (String, DbConfig, Vec<DbConfig>) {
 #[test]
 fn a_node_cut_off_from_the_others_is_left_for_the_next_and_come_back_to() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(nodes) = nodes() else { return };
+    let Some(nodes) = dsf_sql::testing::galera_or_skip() else {
+        return;
+    };
     let (name, cfg, _) = database(&nodes, "partition");
     let db = Db::connect(&cfg).unwrap();
     db.migrate().unwrap();
@@ -124,7 +110,9 @@ fn a_node_cut_off_from_the_others_is_left_for_the_next_and_come_back_to() {
 #[test]
 fn a_cluster_stopped_or_crashed_after_node_1_died_starts_again_from_its_most_advanced_node() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(nodes) = nodes() else { return };
+    let Some(nodes) = dsf_sql::testing::galera_or_skip() else {
+        return;
+    };
     let (name, cfg, each) = database(&nodes, "bootstrap");
     Db::connect(&cfg).unwrap().migrate().unwrap();
     let _start = Finally(&["start"]);

@@ -214,15 +214,9 @@ impl Drop for Store {
 
 /// The Galera cluster every e2e cluster runs on when `DSF_TEST_GALERA_URLS`
 /// is set (`scripts/test` sets it for its Galera run): its nodes' server
-/// URLs, `mysql://USER:PASS@HOST:PORT/`, comma-separated.
+/// URLs.
 pub fn galera_nodes() -> Option<Vec<String>> {
-    let urls = std::env::var("DSF_TEST_GALERA_URLS").ok()?;
-    let nodes: Vec<String> = urls
-        .split(',')
-        .map(|u| u.trim().trim_end_matches('/').to_string() + "/")
-        .filter(|u| u.len() > 1)
-        .collect();
-    (!nodes.is_empty()).then_some(nodes)
+    dsf_sql::testing::galera_urls()
 }
 
 /// The running cluster.
