@@ -77,11 +77,46 @@ fn client_status_with_an_unknown_app_is_refused() {
     assert!(err.contains("app-keys"), "{err}");
 }
 
+fn client_status_from_a_standby_that_took_over_says_so() {
+    let lb = start_lb();
+    let mut s = collector_settings(&[lb.cluster_addr]);
+    // An active collector that never answers: the standby takes over.
+    let active = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    s.standby_for = Some(active.clone());
+    let standby = start_collector(s);
+    wait_until("the standby to take over", WAIT, || {
+        standby.cluster().role() == "took-over"
+    });
+    let o = client(&[
+        "--app",
+        APP,
+        "status",
+        "--collector",
+        &standby.listen_addr.to_string(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with(&format!("from the standby of {active}, took over"))),
+        "{out}"
+    );
+}
+
 fn main() -> ExitCode {
     if std::env::var_os(AS_CLIENT).is_some() {
         return dsf_client::cli::main();
     }
-    let tests: [(&str, fn()); 2] = [
+    let tests: [(&str, fn()); 3] = [
+        (
+            "client_status_from_a_standby_that_took_over_says_so",
+            client_status_from_a_standby_that_took_over_says_so,
+        ),
         (
             "client_status_prints_the_node_table",
             client_status_prints_the_node_table,

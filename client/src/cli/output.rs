@@ -276,6 +276,15 @@ impl Out {
             .map(|n| n.to_string())
             .unwrap_or_else(|| s(&v["view"]));
         self.line(&format!("view {version}"));
+        // From a standby (there are two collectors): which it is, and
+        // whether it feeds the balancers.
+        if let Some(active) = v["standby_for"].as_str() {
+            let doing = match v["role"].as_str() {
+                Some("took-over") => "took over: it feeds the balancers while the active is silent",
+                _ => "standing by: the active feeds the balancers",
+            };
+            self.line(&format!("from the standby of {active}, {doing}"));
+        }
         let rows: Vec<Value> = v["nodes"]
             .as_array()
             .map(|a| {
