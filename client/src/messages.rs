@@ -268,16 +268,40 @@ impl Listener {
         }
     }
 
-    /// Sends the acknowledgements still waiting and waits briefly for
-    /// their answers; the subscription ends.
+    /// Sends the acknowledgements still waiting and waits for their
+    /// answers, until the request timeout; one refused (the database was
+    /// busy or away) is sent again, since what it covered would otherwise
+    /// come back at the next subscribe. The subscription ends.
     pub fn close(mut self) {
         self.flush_acks(true);
-        if let Some(mut o) = self.open.take() {
-            let deadline = Instant::now() + self.cfg.request_timeout;
-            for (id, _) in std::mem::take(&mut o.acks) {
-                if let Err(f) = o.conn.recv(id, deadline) {
-                    log::debug!("an acknowledgement at close: {f}");
+        let Some(mut o) = self.open.take() else {
+            return;
+        };
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let mut waiting = std::mem::take(&mut o.acks);
+        while !waiting.is_empty() {
+            let mut refused = 0;
+            for (id, upto) in std::mem::take(&mut waiting) {
+                match o.conn.recv(id, deadline) {
+                    Ok(_) => o.confirmed = o.confirmed.max(upto),
+                    Err(f) => {
+                        log::debug!("an acknowledgement at close: {f}");
+                        if !f.keeps_connection() {
+                            // The connection is gone: nothing more to send.
+                            return;
+                        }
+                        refused = refused.max(upto);
+                    }
                 }
+            }
+            if refused <= o.confirmed || Instant::now() >= deadline {
+                return;
+            }
+            let body = serde_json::to_string(&msg::AckBody { upto: refused })
+                .expect("a number serialises");
+            match o.conn.send("msg.ack", &body, Some(&self.token)) {
+                Ok(id) => waiting.push((id, refused)),
+                Err(f) => log::debug!("msg.ack at close on {}: {f}", o.node),
             }
         }
     }

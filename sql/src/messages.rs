@@ -445,12 +445,19 @@ impl<'a> Messages<'a> {
     }
 
     /// Marks everything up to `upto` acknowledged (a mark never goes back).
+    ///
+    /// In a transaction of its own, run again when it loses a deadlock or,
+    /// on Galera, certification: the inbox's row is the one every message
+    /// to the user also writes, through any node, and an acknowledgement
+    /// that failed would bring its messages back at the next subscribe.
     pub fn ack(&self, user: u64, upto: u64) -> Result<()> {
-        self.db.with_conn("msg.ack", |c| {
+        const OP: &str = "msg.ack";
+        self.db.with_tx(OP, |c| {
             c.exec_drop(
                 "UPDATE inboxes SET acked = GREATEST(acked, ?) WHERE user_id = ? AND last_seq >= ?",
                 (upto, user, upto),
             )
+            .map_err(sql(OP))
         })
     }
 
