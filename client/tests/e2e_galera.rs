@@ -76,36 +76,17 @@ fn a_job_survives_the_database_node_under_an_app_server_being_killed() {
     }
     let job = cluster.submit_job("galera", TASKS);
     let mut workers: Vec<Proc> = (0..3).map(|i| worker(&cluster, i)).collect();
-    wait_for("a third of the tasks done", WAIT, || {
-        cluster
-            .job_status(job)
-            .filter(|s| s["done"].as_u64().unwrap() >= TASKS as u64 / 3)
-    });
+    a_third_done(&cluster, job);
 
     // The node app-1 uses dies.
     galera(&["kill", "2"]);
-    let end = wait_for("every task done with node 2 dead", WAIT * 3, || {
-        cluster.job_status(job).filter(|s| s["state"] == "done")
-    });
-    assert_eq!(end["done"], TASKS as u64, "{end}");
-    assert_eq!(end["dead"], 0, "{end}");
-    wait_for("app-1 to move off node 2", WAIT, || {
-        cluster
-            .app(1)
-            .log_text()
-            .contains("now using")
-            .then_some(())
-    });
+    all_done_and_moved(&mut cluster, job, "node 2 dead", 1, "now using");
     each_done_once(&cluster, job);
 
     // Node 2 back; the node app-2 uses is cut off from the others.
     galera(&["start"]);
     let job = cluster.submit_job("partition", TASKS);
-    wait_for("a third of the second job's tasks done", WAIT, || {
-        cluster
-            .job_status(job)
-            .filter(|s| s["done"].as_u64().unwrap() >= TASKS as u64 / 3)
-    });
+    a_third_done(&cluster, job);
     galera(&["isolate", "3"]);
     struct Rejoin;
     impl Drop for Rejoin {
@@ -114,23 +95,36 @@ fn a_job_survives_the_database_node_under_an_app_server_being_killed() {
         }
     }
     let rejoin = Rejoin;
-    let end = wait_for("every task done with node 3 cut off", WAIT * 3, || {
-        cluster.job_status(job).filter(|s| s["state"] == "done")
-    });
-    assert_eq!(end["done"], TASKS as u64, "{end}");
-    assert_eq!(end["dead"], 0, "{end}");
-    wait_for("app-2 to move off node 3", WAIT, || {
-        cluster
-            .app(2)
-            .log_text()
-            .contains("cannot serve")
-            .then_some(())
-    });
+    all_done_and_moved(&mut cluster, job, "node 3 cut off", 2, "cannot serve");
     drop(rejoin);
     each_done_once(&cluster, job);
     for w in &mut workers {
         w.kill();
     }
+}
+
+fn a_third_done(cluster: &Cluster, job: u64) {
+    wait_for(&format!("a third of job {job}'s tasks done"), WAIT, || {
+        cluster
+            .job_status(job)
+            .filter(|s| s["done"].as_u64().unwrap() >= TASKS as u64 / 3)
+    });
+}
+
+/// Every task of `job` ends done, none dead, with the database fault
+/// `during`; app server `app`, whose node it hit, logs `moved` (it left
+/// the node).
+fn all_done_and_moved(cluster: &mut Cluster, job: u64, during: &str, app: usize, moved: &str) {
+    let end = wait_for(&format!("every task done with {during}"), WAIT * 3, || {
+        cluster.job_status(job).filter(|s| s["state"] == "done")
+    });
+    assert_eq!(end["done"], TASKS as u64, "{end}");
+    assert_eq!(end["dead"], 0, "{end}");
+    wait_for(
+        &format!("app-{app} to move off its node ({during})"),
+        WAIT,
+        || cluster.app(app).log_text().contains(moved).then_some(()),
+    );
 }
 
 /// Each task of `job` done exactly once, with its own result.

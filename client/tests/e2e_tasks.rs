@@ -33,18 +33,6 @@ fn status(cluster: &Cluster, job: u64) -> Value {
     json_of(client_cmd(cluster).args(["job", "status", &job.to_string(), "--json"]))
 }
 
-/// The job's status, or `None` while the cluster cannot answer (its
-/// database restarting): for waits.
-fn try_status(cluster: &Cluster, job: u64) -> Option<Value> {
-    let out = client_cmd(cluster)
-        .args(["job", "status", &job.to_string(), "--json"])
-        .output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).unwrap())
-}
-
 fn worker(cluster: &Cluster, i: usize) -> Proc {
     let id = format!("w{i}");
     // The result is {"echo": PAYLOAD}.
@@ -205,8 +193,11 @@ fn ten_thousand_tasks_survive_killed_workers_a_killed_node_a_database_restart_an
     assert_eq!((r.job, r.accepted), (job, (N / 2) as u64));
 
     let mut workers: Vec<Proc> = (0..8).map(|i| worker(&cluster, i)).collect();
-    let done =
-        |cluster: &Cluster| try_status(cluster, job).map_or(0, |st| st["done"].as_u64().unwrap());
+    let done = |cluster: &Cluster| {
+        cluster
+            .job_status(job)
+            .map_or(0, |st| st["done"].as_u64().unwrap())
+    };
     wait_for("a tenth done", WAIT, || {
         (done(&cluster) >= N as u64 / 10).then_some(())
     });
@@ -232,7 +223,7 @@ fn ten_thousand_tasks_survive_killed_workers_a_killed_node_a_database_restart_an
     // workers ride it out.
     cluster.restart_db(Duration::from_secs(1));
     let end = wait_for("every task done", WAIT * 6, || {
-        try_status(&cluster, job).filter(|st| st["state"] == "done")
+        cluster.job_status(job).filter(|st| st["state"] == "done")
     });
     assert_eq!(
         (end["done"].as_u64(), end["dead"].as_u64()),
