@@ -15,6 +15,7 @@
 //! - [`signals`]: SIGTERM/SIGINT as a graceful shutdown request.
 //! - [`config`]: one settings struct per binary, layered TOML file < `DSF_*`
 //!   environment < flags, with `--config` and `--check-config`.
+//! - [`testing`]: free ports for servers that tests start as processes.
 //! - [`logging`]: env_logger set-up with millisecond timestamps and thread names.
 
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod pool;
 pub mod reactor;
 pub mod signals;
 pub mod stream;
+pub mod testing;
 pub mod tls;
 pub mod view;
 pub mod wire;

@@ -84,9 +84,5 @@ fn a_list_starts_on_the_next_node_when_the_first_is_down() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    dsf_common::testing::free_port()
 }

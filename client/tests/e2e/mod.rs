@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -73,12 +72,10 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port (bound once to learn it, then released).
+/// A free loopback port, below the range outgoing connections take theirs
+/// from: an app server restarted on it finds it free.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    dsf_common::testing::free_port()
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, panicking with `what` at
