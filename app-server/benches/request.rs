@@ -1,7 +1,7 @@
 //! An app server's whole wire path for one request, on one core: decode the
 //! frame, parse the envelope, verify its HMAC-MD5, check the replay guard,
-//! route the type through the real route table, then encode and sign the
-//! reply. What is left out is the handler and the sockets.
+//! find the type's route in a pipeline's route table, then encode and sign
+//! the reply. What is left out is the layers, the handler and the sockets.
 //!
 //! ```text
 //! cargo bench -p app-server --bench request
@@ -25,12 +25,12 @@
 //!     target/release/deps/request-<hash> count ping 20000
 //! ```
 
-use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use app_server::controller::Route;
 use criterion::{Criterion, Throughput};
+use dsf_common::pipeline::{Pipeline, Route};
 use dsf_common::wire::envelope::{encode_request_at, OutgoingRequest};
 use dsf_common::wire::{Admission, AppKeys, FrameDecoder, Key, ReplayGuard};
 
@@ -84,7 +84,7 @@ fn frames(case: &Case, first: u64, n: usize) -> Vec<Vec<u8>> {
 
 struct Server {
     admission: Admission,
-    routes: HashMap<&'static str, &'static Route, foldhash::fast::RandomState>,
+    routes: Arc<Pipeline<()>>,
 }
 
 /// A server whose guard is full: the default capacity of nonces, a moment
@@ -103,9 +103,20 @@ fn server() -> Server {
     keys.insert("bench", SECRET);
     Server {
         admission: Admission::new(keys, guard),
-        routes: app_server::handlers::routes()
-            .map(|r| (r.kind, r))
-            .collect(),
+        // The route table of a pipeline serving the app server's types
+        // (the handlers are not run here).
+        routes: Pipeline::builder()
+            .routes(
+                "bench",
+                [
+                    Route::unary::<dsf_proto::sys::Ping>(|_, _| unreachable!()),
+                    Route::unary::<dsf_proto::gate::Check>(|_, _| unreachable!()),
+                    Route::unary::<dsf_proto::blacklist::Add>(|_, _| unreachable!()),
+                    Route::unary::<dsf_proto::task::Submit>(|_, _| unreachable!()),
+                ],
+            )
+            .build((), AppKeys::new())
+            .expect("a pipeline of four routes"),
     }
 }
 
@@ -121,7 +132,7 @@ fn round(s: &Server, frames: &[Vec<u8>], reply: &str, out: &mut Vec<u8>) {
             .admission
             .admit_with(payload, |_| false)
             .unwrap_or_else(|r| panic!("refused: {}", r.rejection.error));
-        let route = s.routes.get(admitted.request.kind.as_str()).unwrap();
+        let route = s.routes.route_of(&admitted.request.kind, Some(0)).unwrap();
         black_box(route);
         admitted.ok(reply, out);
         if out.len() > 64 << 10 {

@@ -1,21 +1,21 @@
-//! The operator commands: `app-server migrate` (create the database if
-//! needed, apply the embedded migrations) and `app-server create-admin`
-//! (the first admin, password from stdin).
+//! The operator commands: `migrate` (create the database if needed, apply
+//! every service's migrations) and `create-admin` (the first admin,
+//! password from stdin).
 
 use std::io::{BufRead, IsTerminal};
 
-use dsf_sql::migrate::Report;
+use dsf_sql::migrate::{Migration, Report};
 use dsf_sql::password::{self, Cost};
 use dsf_sql::{validate, Db, DbConfig, Role, User};
 
 use crate::error::Error;
 
 /// Creates the database named in `cfg` if it does not exist, then applies
-/// every migration not yet applied.
-pub fn migrate(cfg: &DbConfig) -> Result<Report, Error> {
+/// every migration of `sets` (by namespace) not yet applied.
+pub fn migrate(cfg: &DbConfig, sets: &[(&str, &[Migration])]) -> Result<Vec<Report>, Error> {
     dsf_sql::db::ensure_database(cfg)?;
     let db = Db::connect(cfg)?;
-    Ok(db.migrate()?)
+    Ok(dsf_sql::migrate::apply_all(&db, sets)?)
 }
 
 /// Creates user `name` with role admin; `conflict` if the name is taken.

@@ -15,10 +15,11 @@ use dsf_sql::password::Cost;
 use dsf_sql::DbConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::accounts::{self, Registration};
 use crate::error::Error;
-use crate::limits::{self, Rate, Registration};
 use crate::server::{HeartbeatKey, Settings};
 use dsf_common::config::Secret;
+use dsf_common::pipeline::Rate;
 
 /// Default client port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
@@ -160,6 +161,12 @@ pub struct AppConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_rate_addr: Option<Rate>,
 
+    /// Where to serve GET /metrics (Prometheus): requests, errors and
+    /// latency by message type. Not served unless given.
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Lifetime of a login session [default: 12h].
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -297,15 +304,16 @@ impl AppConfig {
                 .map_or(DEFAULT_SESSION_TTL, HumanDuration::get),
             heartbeat_every: DEFAULT_HEARTBEAT,
             password_cost: Cost::DEFAULT,
-            msg_poll: crate::mailroom::POLL,
+            msg_poll: crate::messaging::mailroom::POLL,
             reap_every: crate::server::REAP_EVERY,
             registration: self.registration.unwrap_or_default(),
             auth_rate_name: self
                 .auth_rate_name
-                .unwrap_or_else(|| limits::DEFAULT_PER_NAME.parse().expect("valid default")),
+                .unwrap_or_else(|| accounts::DEFAULT_PER_NAME.parse().expect("valid default")),
             auth_rate_addr: self
                 .auth_rate_addr
-                .unwrap_or_else(|| limits::DEFAULT_PER_ADDR.parse().expect("valid default")),
+                .unwrap_or_else(|| accounts::DEFAULT_PER_ADDR.parse().expect("valid default")),
+            metrics_listen: self.metrics_listen,
         })
     }
 }

@@ -52,6 +52,20 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The services cannot be composed: a name twice, one missing that
+    /// another needs, two providing sessions.
+    #[error("{0}")]
+    Compose(String),
+
+    /// The services' routes cannot make a pipeline: two services declaring
+    /// one message type, a scoped key naming a type none serves.
+    #[error(transparent)]
+    Pipeline(#[from] dsf_common::pipeline::BuildError),
+
+    /// A service's start-up failed.
+    #[error("service {service:?} could not start: {message}")]
+    Service { service: String, message: String },
+
     /// `create-admin` got no usable password.
     #[error("password: {0}")]
     Password(String),

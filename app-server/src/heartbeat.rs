@@ -28,7 +28,10 @@ use dsf_common::wire::DEFAULT_MAX_FRAME;
 use dsf_proto::cluster::HeartbeatReply;
 use serde_json::value::RawValue;
 
-use crate::stats::{Gauges, Metrics};
+use dsf_common::pipeline::{Gauges, Pipeline};
+use dsf_common::view::NodeState;
+
+use crate::node::Node;
 
 /// First retry after a failed exchange; doubles up to the heartbeat
 /// interval and never past it, so a collector that comes back (or restarts
@@ -65,7 +68,7 @@ pub struct Heartbeats {
 struct Shared {
     identity: Identity,
     every: Duration,
-    metrics: Arc<Metrics>,
+    pipeline: Arc<Pipeline<Node>>,
     gauges: Mutex<Box<dyn Fn() -> Gauges + Send>>,
     on_view: Mutex<OnView>,
     /// The stats of this interval and when the next sample is due.
@@ -82,7 +85,7 @@ impl Shared {
         let now = Instant::now();
         if fresh || now >= sampled.1 {
             let gauges = (self.gauges.lock().unwrap_or_else(|p| p.into_inner()))();
-            *sampled = (self.metrics.sample(gauges), now + self.every);
+            *sampled = (sample(&self.pipeline, gauges), now + self.every);
         }
         sampled.0
     }
@@ -108,16 +111,16 @@ impl Heartbeats {
         to: Upstream,
         identity: Identity,
         every: Duration,
-        metrics: Arc<Metrics>,
+        pipeline: Arc<Pipeline<Node>>,
         gauges: Box<dyn Fn() -> Gauges + Send>,
         on_view: OnView,
     ) -> std::io::Result<Heartbeats> {
         assert!(!to.collectors.is_empty(), "heartbeats need a collector");
-        let stats = metrics.sample(gauges());
+        let stats = sample(&pipeline, gauges());
         let shared = Arc::new(Shared {
             identity,
             every,
-            metrics,
+            pipeline,
             gauges: Mutex::new(gauges),
             on_view: Mutex::new(on_view),
             sampled: Mutex::new((stats, Instant::now() + every)),
@@ -283,13 +286,30 @@ impl Link {
     }
 }
 
-fn heartbeat_body(identity: &Identity, metrics: &Metrics, stats: Stats, known: u64) -> String {
+/// The figures of the interval since the last sample.
+fn sample(pipeline: &Pipeline<Node>, gauges: Gauges) -> Stats {
+    match pipeline.metrics().load() {
+        Some(load) => load.sample(gauges),
+        None => Stats::default(),
+    }
+}
+
+fn heartbeat_body(
+    identity: &Identity,
+    pipeline: &Pipeline<Node>,
+    stats: Stats,
+    known: u64,
+) -> String {
     serde_json::to_string(&Heartbeat {
         id: identity.id.clone(),
         addr: identity.addr.clone(),
         proxy_addr: identity.proxy_addr.clone(),
         weight: identity.weight,
-        state: metrics.state(),
+        state: if pipeline.drain().is_draining() {
+            NodeState::Draining
+        } else {
+            NodeState::Up
+        },
         stats,
         known_view: (known > 0).then_some(known),
     })
@@ -302,7 +322,7 @@ pub type OnView = Box<dyn Fn(u64, &[NodeView]) + Send>;
 /// Sends one heartbeat with `stats`; whether the collector took it. A
 /// reply carrying the view's nodes goes to `on_view`.
 fn beat(link: &mut Link, shared: &Shared, stats: Stats) -> bool {
-    let body = heartbeat_body(&shared.identity, &shared.metrics, stats, link.known);
+    let body = heartbeat_body(&shared.identity, &shared.pipeline, stats, link.known);
     let Some(reply) = link.send_logged("node.heartbeat", &body) else {
         return false;
     };

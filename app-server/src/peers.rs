@@ -1,15 +1,16 @@
 //! Peer links: this app server's outbound connections to the others, over
-//! the reactor's [`Handle::connect`], signed with the cluster secret. They
-//! carry `peer.notify {"user","seq"}`: "a message is waiting for this user,
-//! whose subscription you hold", with the message itself, which that
-//! server pushes without reading it back when it is the next one due.
+//! the reactor's [`Handle::connect`], signed with the peer secret (app
+//! `peer`). Any service sends its own `peer.*` types over them
+//! ([`Peers::send`], [`Peers::broadcast`]): messaging's `peer.notify` ("a
+//! message is waiting for this user, whose subscription you hold"), the
+//! framework's `peer.wake` (topics whose state changed).
 //!
 //! The peers come from the view (the collector's heartbeat reply). A link
-//! is opened on the first notify to a node and kept; one that closed or
-//! failed to connect is opened again on the next. A notify is fire and
+//! is opened on the first frame to a node and kept; one that closed or
+//! failed to connect is opened again on the next. A frame is fire and
 //! forget: if it cannot go (the node is not in the view, its link is down,
-//! its output budget is full), the recipient's server still finds the
-//! message by its slow poll of its subscribers' inboxes.
+//! its output budget is full), what it said is found some other way (the
+//! recipient's slow poll of its subscribers' inboxes, a stream's interval).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use dsf_common::view::NodeView;
 use dsf_common::wire::envelope::encode_request_at;
 use dsf_common::wire::keys::PEER_APP;
 use dsf_common::wire::{Key, OutgoingRequest, Reply};
+use dsf_proto::Message;
 
 /// How long a link may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -29,10 +31,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// What the peer links have done, for logs and tests.
 #[derive(Debug, Default)]
 pub struct PeerCounters {
-    /// `peer.notify` frames handed to a link.
+    /// `peer.*` frames handed to a link.
     pub sent: AtomicU64,
-    /// Notifies that could not go (no such node in the view, link down,
-    /// budget full); the recipient's poll delivers those messages.
+    /// Frames that could not go (no such node in the view, link down,
+    /// budget full).
     pub dropped: AtomicU64,
     /// Replies from peers that were errors.
     pub refused: AtomicU64,
@@ -124,11 +126,16 @@ impl Peers {
             .cloned()
     }
 
-    /// Tells node `node` that `user` has message `seq` waiting, and what
-    /// it is (`event`, its `message` event's body). Never blocks on the
-    /// network; whether the frame was handed to a link.
-    pub fn notify(&self, node: &str, user: u64, seq: u64, event: Option<&str>) -> bool {
-        let sent = self.try_notify(node, user, seq, event);
+    /// Sends `body` of `M` (a `peer.*` type) to node `node`. Never
+    /// blocks on the network; whether the frame was handed to a link.
+    pub fn send<M: Message>(&self, node: &str, body: &M::Body) -> bool {
+        let sent = match serde_json::to_string(body) {
+            Ok(body) => self.try_send(node, M::TYPE.name, &body),
+            Err(e) => {
+                log::error!("{}: rendering its body: {e}", M::TYPE.name);
+                false
+            }
+        };
         let c = if sent {
             &self.counters.sent
         } else {
@@ -138,38 +145,44 @@ impl Peers {
         sent
     }
 
-    fn try_notify(&self, node: &str, user: u64, seq: u64, event: Option<&str>) -> bool {
+    /// Sends `body` of `M` to every node of the view but `me`; how many
+    /// frames went.
+    pub fn broadcast<M: Message>(&self, me: &str, body: &M::Body) -> usize {
+        let others: Vec<String> = {
+            let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+            view.1.keys().filter(|id| *id != me).cloned().collect()
+        };
+        others
+            .iter()
+            .filter(|node| self.send::<M>(node, body))
+            .count()
+    }
+
+    fn try_send(&self, node: &str, kind: &'static str, body: &str) -> bool {
         let Some(handle) = self.handle.get() else {
             return false;
         };
         let Some(addr) = self.addr_of(node) else {
-            log::debug!("peer.notify: node {node} is not in the view; its poll will find user {user}'s message");
+            log::debug!("{kind}: node {node} is not in the view");
             return false;
         };
-        let body = serde_json::to_string(&dsf_proto::msg::NotifyBody {
-            user,
-            seq,
-            message: event
-                .and_then(|e| serde_json::value::RawValue::from_string(e.to_string()).ok()),
-        })
-        .expect("a notify serialises");
         let stamp = Stamp::fresh();
-        let mut frame = Vec::with_capacity(256);
+        let mut frame = Vec::with_capacity(64 + body.len());
         encode_request_at(
             &self.key,
             &OutgoingRequest {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
-                kind: "peer.notify",
+                kind,
                 app: PEER_APP,
                 token: None,
-                body: &body,
+                body,
             },
             stamp.ts,
             &stamp.nonce,
             &mut frame,
         );
         // A link that closed, or to an address the node no longer has, is
-        // opened again (once per notify). The address is resolved with no
+        // opened again (once per frame). The address is resolved with no
         // lock held: the reactor takes this lock when a connection closes.
         let outbox = {
             let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
@@ -201,9 +214,7 @@ impl Peers {
         match outbox.send(frame) {
             Ok(()) => true,
             Err(SendError::Full { .. }) => {
-                log::debug!(
-                    "peer link to {node} is full; its poll will find user {user}'s message"
-                );
+                log::debug!("peer link to {node} is full; {kind} dropped");
                 false
             }
             Err(SendError::Closed) => false,
@@ -227,7 +238,7 @@ impl Peers {
                 Err(e) => format!("{}: {e}", e.code()),
                 Ok(_) => "an error".into(),
             };
-            log::warn!("a peer refused peer.notify ({} so far): {why} (do all app servers have the same DSF_CLUSTER_SECRET?)", n + 1);
+            log::warn!("a peer refused a peer.* frame ({} so far): {why} (do all app servers have the same DSF_PEER_SECRET?)", n + 1);
         }
     }
 

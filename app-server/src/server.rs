@@ -1,6 +1,7 @@
-//! Starting and stopping an app server: the database pool, the worker pool,
-//! the reactor, the heartbeat thread, and the graceful shutdown that ties
-//! them together.
+//! Starting and stopping an app server: the services it is composed of
+//! ([`Server`]), the database pool, the pipeline and its worker pool, the
+//! reactors, the heartbeat threads, the services' jobs, and the graceful
+//! shutdown that ties them together.
 //!
 //! Shutdown ([`StopHandle::trigger`], SIGTERM/SIGINT in the binary):
 //! 1. report `draining` to the collector (balancers stop sending new keys),
@@ -8,34 +9,42 @@
 //!    the requests already running are answered and [`REFUSE_SETTLE`] more
 //!    has passed: a client learns from a reply, not from a closed
 //!    connection, to take its request (even a write) to another node;
+//!    parked long polls run now, and streams end (each service's
+//!    [`Service::on_drain`]);
 //! 2. stop accepting and reading; finish the requests already read, and
 //!    deliver their replies, within [`SHUTDOWN_DEADLINE`];
 //! 3. let the workers finish anything still running (a write that was
 //!    acknowledged was committed before its reply was written);
 //! 4. `node.leave`, and return.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use dsf_common::call::Signer;
 use dsf_common::config::Secret;
+use dsf_common::pipeline::metrics::MetricsServer;
+use dsf_common::pipeline::{Drain, Gauges, Pipeline, Rate};
 use dsf_common::pool::{Submitter, WorkerPool};
 use dsf_common::reactor::{Reactor, ReactorConfig, ReactorStats, Shutdown};
 use dsf_common::wire::keys::{self, PEER_APP};
-use dsf_common::wire::{Admission, AppKeys, Key, ReplayGuard};
+use dsf_common::wire::{AppKeys, Key};
+use dsf_sql::migrate::Migration;
 use dsf_sql::password::Cost;
 use dsf_sql::{Db, DbConfig};
 
+use crate::accounts::Registration;
 use crate::config::SHUTDOWN_DEADLINE;
-use crate::controller::{App, Controller};
 use crate::error::Error;
 use crate::heartbeat::{Heartbeats, Identity, Upstream};
-use crate::limits::{AuthLimits, Rate, Registration};
-use crate::service::{run_job, AppService, Job};
-use crate::stats::{Gauges, Metrics};
+use crate::layers::{once::RunOnce, poll::LongPolls};
+use crate::node::{Call, Node};
+use crate::reactor::AppService;
+use crate::service::{DrainFn, Job, Service};
 
 /// Everything a server needs, resolved from flags, environment and file
 /// ([`crate::config::AppConfig::settings`]), or built by tests.
@@ -81,17 +90,39 @@ pub struct Settings {
     /// Work of each password hash ([`Cost::DEFAULT`] outside tests).
     pub password_cost: Cost,
     /// How often subscriptions poll their inboxes for messages whose
-    /// notification was lost ([`crate::mailroom::POLL`]).
+    /// notification was lost ([`crate::messaging::mailroom::POLL`]).
     pub msg_poll: Duration,
     /// How often the task reaper looks for expired leases and due retries
     /// ([`REAP_EVERY`]).
     pub reap_every: Duration,
     /// Whether `user.register` makes accounts.
     pub registration: Registration,
-    /// Logins and registrations per user name, and per peer address.
+    /// Logins and registrations per user name, and per peer address (the
+    /// rate limits `auth-name` and `auth-addr`).
     pub auth_rate_name: Rate,
     pub auth_rate_addr: Rate,
+    /// Where `GET /metrics` is served; nowhere when `None`.
+    pub metrics_listen: Option<SocketAddr>,
 }
+
+// === impl Settings ===
+
+impl Settings {
+    /// The rate this server sets for the rate limit named `name`.
+    pub fn rate(&self, name: &str) -> Option<Rate> {
+        match name {
+            AUTH_NAME => Some(self.auth_rate_name),
+            AUTH_ADDR => Some(self.auth_rate_addr),
+            _ => None,
+        }
+    }
+}
+
+/// The rate limit of logins and registrations per user name
+/// (`--auth-rate-name`).
+pub const AUTH_NAME: &str = "auth-name";
+/// ... per peer address (`--auth-rate-addr`).
+pub const AUTH_ADDR: &str = "auth-addr";
 
 /// What an app server signs its heartbeats with.
 #[derive(Debug, Clone)]
@@ -149,24 +180,24 @@ pub struct ShutdownReport {
 pub struct Running {
     addr: SocketAddr,
     node_id: String,
-    metrics: Arc<Metrics>,
+    pipeline: Arc<Pipeline<Node>>,
     reactor_stats: Arc<ReactorStats>,
     shutdown: Shutdown,
     /// Every reactor thread, the first one's (which holds the outbound
     /// links) first.
     reactors: Vec<JoinHandle<std::io::Result<()>>>,
-    pool: WorkerPool<Job>,
+    pool: WorkerPool<Call>,
     heartbeats: Option<Heartbeats>,
     /// The heartbeat's view of the queue. Taken away before the pool shuts
     /// down: a submitter left alive would keep the workers waiting for jobs.
-    gauge_pool: Arc<Mutex<Option<Submitter<Job>>>>,
+    gauge_pool: Arc<Mutex<Option<Submitter<Call>>>>,
     stop_tx: Sender<()>,
     stop_rx: Receiver<()>,
-    controller: Arc<Controller>,
-    /// Dropped at shutdown: the janitor thread then stops.
-    _janitor: Sender<()>,
-    /// Dropped at shutdown: the task reaper then stops.
-    _reaper: Sender<()>,
+    /// What the services run when the node starts draining.
+    on_drain: Vec<DrainFn>,
+    /// Dropped at shutdown: the services' job threads then stop.
+    _jobs: Vec<Sender<()>>,
+    metrics: Option<MetricsServer>,
 }
 
 // === impl Running ===
@@ -182,9 +213,14 @@ impl Running {
         &self.node_id
     }
 
-    /// Request and error counters and latency.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+    /// The node's shared state: database, peers, each service's state.
+    pub fn node(&self) -> &Node {
+        self.pipeline.server()
+    }
+
+    /// The pipeline: routes, metrics, streams.
+    pub fn pipeline(&self) -> &Arc<Pipeline<Node>> {
+        &self.pipeline
     }
 
     /// The reactor's counters (connections, frames).
@@ -192,14 +228,14 @@ impl Running {
         &self.reactor_stats
     }
 
-    /// The controller (routes, shared state, parked long polls).
-    pub fn controller(&self) -> &Arc<Controller> {
-        &self.controller
-    }
-
     /// The database pool the handlers use.
     pub fn db(&self) -> &Db {
-        &self.controller.app().db
+        self.node().db()
+    }
+
+    /// Where `GET /metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::addr)
     }
 
     /// A handle that starts the graceful shutdown from any thread.
@@ -230,18 +266,21 @@ impl Running {
             self.node_id,
             self.shutdown.in_flight()
         );
-        self.metrics.set_draining();
+        self.pipeline.drain().start();
+        let node = self.pipeline.server();
         // Parked long polls are answered now (with what they find), not
-        // at the end of their wait, and the waiters let go of the pool.
-        self.controller.waiters().close();
-        // Subscriptions end with `unavailable`: their clients subscribe
-        // again elsewhere now, not when the connection drops.
-        self.controller.app().mail.close();
+        // at the end of their wait, and the waits let go of the pool.
+        node.topics().release_all();
+        // Streams end with `unavailable`: their clients go elsewhere now,
+        // not when the connection drops.
+        for f in self.on_drain {
+            f(node);
+        }
         let reported_draining = match &self.heartbeats {
             Some(h) => h.beat_now(Duration::from_secs(1)),
             None => false,
         };
-        // New requests are refused from set_draining on; let the running
+        // New requests are refused from the drain on; let the running
         // ones finish, and the clients waiting for them come back once
         // more to be told to go elsewhere.
         let refusing_until = deadline.min(Instant::now() + REFUSE_MAX);
@@ -277,11 +316,11 @@ impl Running {
             Some(h) => h.leave(Duration::from_secs(2)),
             None => false,
         };
+        let requests = self.pipeline.metrics().load().map_or(0, |l| l.requests());
         log::info!(
-            "{}: stopped after {:?} ({} requests answered)",
+            "{}: stopped after {:?} ({requests} requests answered)",
             self.node_id,
             started.elapsed(),
-            self.metrics.requests()
         );
         Ok(ShutdownReport {
             reported_draining,
@@ -299,251 +338,346 @@ pub const REFUSE_SETTLE: Duration = Duration::from_millis(200);
 /// Longest the refusing phase of shutdown may last.
 const REFUSE_MAX: Duration = Duration::from_secs(2);
 
-/// Connects to the database, binds the client port and starts serving.
-pub fn start(s: Settings) -> Result<Running, Error> {
-    let db = Db::connect(&s.db)?;
-    // The peer secret signs peer.notify from other app servers (and
-    // nothing else: see AppService::peer).
-    let mut keys = s.app_keys.clone();
-    keys.insert(PEER_APP, s.peer_secret.expose());
-    let admission = Admission::new(keys, ReplayGuard::default());
-    let metrics = Arc::new(Metrics::new());
-    let mut app = App::new(
-        db,
-        s.session_cache,
-        s.session_ttl,
-        s.password_cost,
-        s.peer_secret.expose(),
-        s.msg_poll,
-    );
-    app.registration = s.registration;
-    if let Some(ca) = &s.tls_ca {
-        app.peers.set_tls(ca.clone());
-    }
-    app.auth_limits = AuthLimits::new(s.auth_rate_name, s.auth_rate_addr);
-    let controller = Arc::new(Controller::new(admission, app, metrics.clone()));
-
-    let worker_controller = controller.clone();
-    let pool = WorkerPool::new("worker", s.workers, s.queue, move |job: Job| {
-        run_job(&worker_controller, job)
-    });
-    controller.waiters().set_pool(pool.submitter());
-    let gauge_pool = Arc::new(Mutex::new(Some(pool.submitter())));
-    let service = AppService::new(controller.clone(), pool.submitter());
-    let siblings: Vec<AppService> = (1..s.reactors).map(|_| service.sibling()).collect();
-    let listening = |e| Error::Io {
-        what: format!("listening on {}", s.listen),
-        source: e,
-    };
-    let reactor =
-        Reactor::bind(s.reactor.for_group(s.reactors), &[s.listen], service).map_err(listening)?;
-    let siblings = siblings
-        .into_iter()
-        .map(|service| reactor.sibling(&[0], service))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(listening)?;
-    let addr = reactor.local_addrs()[0];
-    let advertise = s.advertise.clone().unwrap_or_else(|| addr.to_string());
-    if advertise.starts_with("0.0.0.0:") || advertise.starts_with("[::]:") {
-        log::warn!(
-            "advertising {advertise}, which clients cannot connect to: pass --advertise HOST:PORT"
-        );
-    }
-    let node_id = s.node_id.clone().unwrap_or_else(|| advertise.clone());
-    controller.app().set_node(node_id.clone());
-    controller.app().peers.set_handle(reactor.handle());
-    // Subscriptions this node held before a restart are gone with it.
-    match controller.app().db.messages().clear_node(&node_id) {
-        Ok(0) => {}
-        Ok(n) => log::info!("{node_id}: cleared {n} subscriptions left from before a restart"),
-        Err(e) => {
-            log::warn!("{node_id}: cannot clear old subscriptions' presence: {e} (they go stale)")
-        }
-    }
-    let shutdown = reactor.shutdown_handle();
-    let reactor_stats = reactor.stats();
-
-    let heartbeats = match (s.collectors.is_empty(), &s.heartbeat_key) {
-        (false, None) => return Err(Error::NoHeartbeatKey),
-        (false, Some(key)) => {
-            let stats = reactor_stats.clone();
-            let pool = gauge_pool.clone();
-            let gauges = move || {
-                let pool = pool.lock().unwrap_or_else(|p| p.into_inner());
-                Gauges {
-                    conns: stats.conns.load(std::sync::atomic::Ordering::Relaxed) as u64,
-                    inflight: pool.as_ref().map_or(0, |p| p.running() as u64),
-                    queue: pool.as_ref().map_or(0, |p| p.queued() as u64),
-                }
-            };
-            Some(
-                Heartbeats::start(
-                    Upstream {
-                        collectors: s.collectors.clone(),
-                        signer: key.signer(&node_id),
-                        tls: s.tls_ca.clone(),
-                    },
-                    Identity {
-                        id: node_id.clone(),
-                        addr: advertise.clone(),
-                        proxy_addr: s.proxy_advertise.clone(),
-                        weight: s.weight,
-                    },
-                    s.heartbeat_every,
-                    metrics.clone(),
-                    Box::new(gauges),
-                    {
-                        let c = controller.clone();
-                        Box::new(move |version, nodes| c.app().peers.set_view(version, nodes))
-                    },
-                )
-                .map_err(|e| Error::Io {
-                    what: "starting the heartbeat thread".into(),
-                    source: e,
-                })?,
-            )
-        }
-        (true, _) => {
-            log::warn!("no --collector: sending no heartbeats, so no collector-fed balancer will list this node");
-            None
-        }
-    };
-    let spawned = |e| Error::Io {
-        what: "starting the reactor threads".into(),
-        source: e,
-    };
-    let mut reactors = vec![reactor.spawn().map_err(spawned)?];
-    for (i, r) in siblings.into_iter().enumerate() {
-        reactors.push(r.spawn_as(&format!("reactor-{}", i + 1)).map_err(spawned)?);
-    }
-    log::info!(
-        "{node_id} serving on {addr} (advertised {advertise}), {} reactor{}, {} workers, queue {}, database {}",
-        s.reactors,
-        if s.reactors == 1 { "" } else { "s" },
-        s.workers,
-        s.queue,
-        controller.app().db.target()
-    );
-    let janitor = start_janitor(controller.app().db.clone()).map_err(|e| Error::Io {
-        what: "starting the janitor thread".into(),
-        source: e,
-    })?;
-    let reaper =
-        start_reaper(controller.app().db.clone(), s.reap_every).map_err(|e| Error::Io {
-            what: "starting the task reaper thread".into(),
-            source: e,
-        })?;
-    let (stop_tx, stop_rx) = bounded(1);
-    Ok(Running {
-        addr,
-        node_id,
-        metrics,
-        reactor_stats,
-        shutdown,
-        reactors,
-        pool,
-        heartbeats,
-        gauge_pool,
-        stop_tx,
-        stop_rx,
-        controller,
-        _janitor: janitor,
-        _reaper: reaper,
-    })
-}
-
-/// How often the reaper looks for expired leases and due retries.
+/// How often the task reaper looks for expired leases and due retries.
 pub const REAP_EVERY: Duration = Duration::from_millis(250);
 
-/// The `reaper` thread: returns tasks whose lease expired to their retry
-/// (or buries them after their last attempt) and makes due retries ready,
-/// every `every`, until the returned sender is dropped. Every app
-/// server runs one; they take rows with SKIP LOCKED, so they share the
-/// work rather than repeat it.
-fn start_reaper(db: Db, every: Duration) -> std::io::Result<Sender<()>> {
-    let (tx, rx) = bounded::<()>(1);
-    std::thread::Builder::new()
-        .name("reaper".into())
-        .spawn(move || {
-            let mut failing = false;
-            loop {
-                match rx.recv_timeout(every) {
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-                match db.tasks().reap(500) {
-                    Ok(r) => {
-                        if failing {
-                            log::info!("reaper: the database answers again");
-                            failing = false;
-                        }
-                        if r.expired > 0 {
-                            log::info!(
-                                "reaper: {} leases expired; their tasks retry or are dead",
-                                r.expired
-                            );
-                        }
-                        if r.promoted > 0 {
-                            log::debug!("reaper: {} retries ready", r.promoted);
-                        }
-                    }
-                    Err(e) if !failing => {
-                        log::warn!(
-                            "reaper: {e}; retrying every {every:?} (logged again when it answers)"
-                        );
-                        failing = true;
-                    }
-                    Err(e) => log::debug!("reaper: {e}"),
-                }
-            }
-        })?;
-    Ok(tx)
+/// The services an app server is made of; [`Server::start`] runs them.
+///
+/// ```no_run
+/// # fn settings() -> app_server::Settings { unimplemented!() }
+/// let running = app_server::Server::new()
+///     .service(app_server::accounts())
+///     .service(app_server::blacklist())
+///     .start(settings())?;
+/// # Ok::<(), app_server::Error>(())
+/// ```
+pub struct Server {
+    services: Vec<Service>,
 }
 
-/// How often the janitor checks that the database node in use serves.
-const JANITOR_TICK: Duration = Duration::from_secs(1);
-/// How often the janitor goes back to the first node of a list and
-/// deletes expired run-once records.
-const JANITOR_EVERY: Duration = Duration::from_secs(10);
-/// Records are kept for twice the replay window: a resend older than the
-/// window is refused as stale before its record is looked up.
-const WRITES_KEPT: Duration = Duration::from_secs(2 * 60);
-
-/// The `janitor` thread, until the returned sender is dropped: every
-/// [`JANITOR_TICK`], with a `--db` list, it moves off a node that answers
-/// but cannot serve ([`Db::check_in_use`]: a Galera node cut off from the
-/// others); every [`JANITOR_EVERY`] it moves back to the first node once
-/// that serves again ([`Db::prefer_first`]), and deletes run-once records
-/// past [`WRITES_KEPT`]. Every app server runs one; they delete the same
-/// rows, which is harmless.
-fn start_janitor(db: Db) -> std::io::Result<Sender<()>> {
-    let (tx, rx) = bounded::<()>(1);
-    std::thread::Builder::new()
-        .name("janitor".into())
-        .spawn(move || {
-            let mut next = Instant::now() + JANITOR_EVERY;
-            loop {
-                match rx.recv_timeout(JANITOR_TICK) {
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-                db.check_in_use();
-                if Instant::now() < next {
-                    continue;
-                }
-                next = Instant::now() + JANITOR_EVERY;
-                janitor_round(&db);
-            }
-        })?;
-    Ok(tx)
-}
-
-/// The janitor's work every [`JANITOR_EVERY`].
-fn janitor_round(db: &Db) {
-    db.prefer_first();
-    match db.writes().expire(WRITES_KEPT, 10_000) {
-        Ok(0) => {}
-        Ok(n) => log::debug!("janitor: deleted {n} expired run-once records"),
-        Err(e) => log::warn!("janitor: cannot delete expired run-once records: {e}"),
+impl Default for Server {
+    fn default() -> Self {
+        Server::new()
     }
+}
+
+// === impl Server ===
+
+impl Server {
+    /// A server of the framework's own service alone (`sys.ping`,
+    /// `sys.cancel`, `peer.wake`, the run-once records and their janitor).
+    pub fn new() -> Server {
+        Server {
+            services: vec![crate::sys::service()],
+        }
+    }
+
+    /// Every dsf service: accounts, blacklist, tasks, messaging (what the
+    /// `app-server` binary runs).
+    pub fn dsf() -> Server {
+        Server::new()
+            .service(crate::accounts())
+            .service(crate::blacklist())
+            .service(crate::tasks())
+            .service(crate::messaging())
+    }
+
+    /// Adds `service`.
+    pub fn service(mut self, service: Service) -> Server {
+        self.services.push(service);
+        self
+    }
+
+    /// The services' names, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.services.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// Every service's migrations, by namespace, in order.
+    pub fn migrations(&self) -> Vec<(&str, &[Migration])> {
+        self.services
+            .iter()
+            .filter(|s| !s.migrations.is_empty())
+            .map(|s| (s.name.as_str(), s.migrations.as_slice()))
+            .collect()
+    }
+
+    /// Checks the composition: names unique, every required service there.
+    pub fn check(&self) -> Result<(), Error> {
+        let names = self.names();
+        for (i, n) in names.iter().enumerate() {
+            if names[..i].contains(n) {
+                return Err(Error::Compose(format!(
+                    "service {n:?} is composed in twice"
+                )));
+            }
+        }
+        for s in &self.services {
+            for r in &s.requires {
+                if !names.contains(r) {
+                    return Err(Error::Compose(format!(
+                        "service {:?} needs service {r:?}, which this server does not run (add it)",
+                        s.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every type a scoped key of `keys` allows is one of the
+    /// composed services' (the server refuses to start otherwise).
+    pub fn check_keys(&self, keys: &AppKeys) -> Result<(), Error> {
+        let served = |kind: &str| {
+            self.services
+                .iter()
+                .flat_map(|s| s.routes.iter())
+                .any(|r| r.ty().name == kind)
+        };
+        keys.check_scopes(served)
+            .map_err(|e| Error::Pipeline(dsf_common::pipeline::BuildError::Scope(e)))
+    }
+
+    /// Connects to the database, binds the client port and starts serving.
+    pub fn start(self, s: Settings) -> Result<Running, Error> {
+        self.check()?;
+        let db = Db::connect(&s.db)?;
+        let drain = Arc::new(Drain::default());
+        let node = Node::new(db, s.clone(), drain.clone());
+        let mut services = self.services;
+
+        // Each service's state, then what reads it.
+        let mut states: HashMap<TypeId, Arc<dyn Any + Send + Sync>> = HashMap::new();
+        for svc in &mut services {
+            for make in svc.states.drain(..) {
+                let (id, state) = make(&node).map_err(|e| Error::Service {
+                    service: svc.name.clone(),
+                    message: e.to_string(),
+                })?;
+                states.insert(id, state);
+            }
+        }
+        node.set_states(states);
+        let mut sessions = None;
+        let mut close_hooks = Vec::new();
+        let mut on_start = Vec::new();
+        let mut on_drain = Vec::new();
+        let mut jobs = Vec::new();
+        // The peer secret signs the peer.* types between app servers (and
+        // nothing else: the auth layer keeps it to them).
+        let mut keys: AppKeys = s.app_keys.clone();
+        keys.insert(PEER_APP, s.peer_secret.expose());
+        let rates = s.clone();
+        let mut builder = Pipeline::builder()
+            .track_load()
+            .check_scopes()
+            .drain(drain)
+            .rates(move |name| rates.rate(name))
+            .layer(LongPolls)
+            .layer(RunOnce);
+        for svc in services {
+            if let Some(f) = svc.sessions {
+                if sessions.is_some() {
+                    return Err(Error::Compose(format!(
+                        "service {:?} provides sessions, and so does another: one service at most",
+                        svc.name
+                    )));
+                }
+                sessions = Some(f(&node));
+            }
+            close_hooks.extend(svc.on_close);
+            on_start.extend(svc.on_start.into_iter().map(|f| (svc.name.clone(), f)));
+            on_drain.extend(svc.on_drain);
+            jobs.extend(svc.jobs);
+            builder = builder.routes(&svc.name, svc.routes);
+        }
+        node.set_close_hooks(close_hooks);
+        if let Some(sessions) = sessions {
+            builder = builder.sessions(sessions);
+        }
+        let pipeline = builder.build(node, keys)?;
+        let node = pipeline.server();
+
+        let worker_pipeline = pipeline.clone();
+        let pool = WorkerPool::new("worker", s.workers, s.queue, move |call: Call| {
+            if let Some((call, wait)) = worker_pipeline.run_job(call) {
+                worker_pipeline.server().topics().park(call, wait);
+            }
+        });
+        node.topics().set_pool(pool.submitter());
+        let gauge_pool = Arc::new(Mutex::new(Some(pool.submitter())));
+        let service = AppService::new(pipeline.clone(), pool.submitter());
+        let siblings: Vec<AppService> = (1..s.reactors).map(|_| service.sibling()).collect();
+        let listening = |e| Error::Io {
+            what: format!("listening on {}", s.listen),
+            source: e,
+        };
+        let reactor = Reactor::bind(s.reactor.for_group(s.reactors), &[s.listen], service)
+            .map_err(listening)?;
+        let siblings = siblings
+            .into_iter()
+            .map(|service| reactor.sibling(&[0], service))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(listening)?;
+        let addr = reactor.local_addrs()[0];
+        let advertise = s.advertise.clone().unwrap_or_else(|| addr.to_string());
+        if advertise.starts_with("0.0.0.0:") || advertise.starts_with("[::]:") {
+            log::warn!(
+                "advertising {advertise}, which clients cannot connect to: pass --advertise HOST:PORT"
+            );
+        }
+        let node_id = s.node_id.clone().unwrap_or_else(|| advertise.clone());
+        node.set_id(&node_id);
+        node.peers().set_handle(reactor.handle());
+        for (service, f) in on_start {
+            f(node).map_err(|e| Error::Service {
+                service,
+                message: e.to_string(),
+            })?;
+        }
+        let shutdown = reactor.shutdown_handle();
+        let reactor_stats = reactor.stats();
+
+        let heartbeats = match (s.collectors.is_empty(), &s.heartbeat_key) {
+            (false, None) => return Err(Error::NoHeartbeatKey),
+            (false, Some(key)) => {
+                let stats = reactor_stats.clone();
+                let pool = gauge_pool.clone();
+                let gauges = move || {
+                    let pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+                    Gauges {
+                        conns: stats.conns.load(std::sync::atomic::Ordering::Relaxed) as u64,
+                        inflight: pool.as_ref().map_or(0, |p| p.running() as u64),
+                        queue: pool.as_ref().map_or(0, |p| p.queued() as u64),
+                    }
+                };
+                Some(
+                    Heartbeats::start(
+                        Upstream {
+                            collectors: s.collectors.clone(),
+                            signer: key.signer(&node_id),
+                            tls: s.tls_ca.clone(),
+                        },
+                        Identity {
+                            id: node_id.clone(),
+                            addr: advertise.clone(),
+                            proxy_addr: s.proxy_advertise.clone(),
+                            weight: s.weight,
+                        },
+                        s.heartbeat_every,
+                        pipeline.clone(),
+                        Box::new(gauges),
+                        {
+                            let p = pipeline.clone();
+                            Box::new(move |version, nodes| {
+                                p.server().peers().set_view(version, nodes)
+                            })
+                        },
+                    )
+                    .map_err(|e| Error::Io {
+                        what: "starting the heartbeat thread".into(),
+                        source: e,
+                    })?,
+                )
+            }
+            (true, _) => {
+                log::warn!("no --collector: sending no heartbeats, so no collector-fed balancer will list this node");
+                None
+            }
+        };
+        let metrics = match s.metrics_listen {
+            Some(at) => {
+                let p = pipeline.clone();
+                let server = dsf_common::pipeline::metrics::serve(at, move || p.metrics().render())
+                    .map_err(|e| Error::Io {
+                        what: format!("listening on {at} for GET /metrics (--metrics-listen)"),
+                        source: e,
+                    })?;
+                log::info!("metrics on http://{}/metrics", server.addr());
+                Some(server)
+            }
+            None => None,
+        };
+        let spawned = |e| Error::Io {
+            what: "starting the reactor threads".into(),
+            source: e,
+        };
+        let mut reactors = vec![reactor.spawn().map_err(spawned)?];
+        for (i, r) in siblings.into_iter().enumerate() {
+            reactors.push(r.spawn_as(&format!("reactor-{}", i + 1)).map_err(spawned)?);
+        }
+        log::info!(
+            "{node_id} serving on {addr} (advertised {advertise}), {} reactor{}, {} workers, queue {}, database {}; services: {}",
+            s.reactors,
+            if s.reactors == 1 { "" } else { "s" },
+            s.workers,
+            s.queue,
+            node.db().target(),
+            pipeline
+                .catalogue()
+                .iter()
+                .map(|(_, o)| o)
+                .fold(Vec::<&str>::new(), |mut v, o| {
+                    if !v.contains(&o) {
+                        v.push(o);
+                    }
+                    v
+                })
+                .join(", "),
+        );
+        let jobs = jobs
+            .into_iter()
+            .map(|job| start_job(pipeline.clone(), job))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (stop_tx, stop_rx) = bounded(1);
+        Ok(Running {
+            addr,
+            node_id,
+            pipeline,
+            reactor_stats,
+            shutdown,
+            reactors,
+            pool,
+            heartbeats,
+            gauge_pool,
+            stop_tx,
+            stop_rx,
+            on_drain,
+            _jobs: jobs,
+            metrics,
+        })
+    }
+}
+
+/// Connects to the database, binds the client port and starts serving
+/// every dsf service ([`Server::dsf`]).
+pub fn start(s: Settings) -> Result<Running, Error> {
+    Server::dsf().start(s)
+}
+
+/// A service's job on a thread of its own, until the returned sender is
+/// dropped. A run that panics is logged; the next one goes on.
+fn start_job(pipeline: Arc<Pipeline<Node>>, mut job: Job) -> Result<Sender<()>, Error> {
+    let (tx, rx) = bounded::<()>(1);
+    let name = job.name.clone();
+    let every = (job.every)(pipeline.server().settings());
+    std::thread::Builder::new()
+        .name(job.name.clone())
+        .spawn(move || loop {
+            match rx.recv_timeout(every) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                (job.run)(pipeline.server())
+            }));
+            if ran.is_err() {
+                log::error!("{}: a run panicked (logged above); going on", job.name);
+            }
+        })
+        .map_err(|e| Error::Io {
+            what: format!("starting the {name} thread"),
+            source: e,
+        })?;
+    Ok(tx)
 }

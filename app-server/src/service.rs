@@ -1,280 +1,233 @@
-//! The reactor's side of the server: for each frame, backpressure first,
-//! then admission, then either an inline answer or a job for the pool.
+//! [`Service`]: the unit an app server is composed of. A service has a
+//! name, its message types and their routes, its migrations (numbered in a
+//! namespace of their own, its name), state made at start, hooks, and
+//! background jobs. dsf's own services (accounts, blacklist, tasks,
+//! messaging) are built with this API alone, as a user's are.
+//!
+//! ```no_run
+//! use app_server::prelude::*;
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Serialize, Deserialize)] pub struct GetBody { id: u64 }
+//! # #[derive(Serialize, Deserialize)] pub struct Order { id: u64, item: String }
+//! # dsf_proto::message!(pub Get = "order.get", Viewer, read: GetBody => Order);
+//! use app_server::Migration;
+//!
+//! const MIGRATIONS: &[Migration] = &[Migration {
+//!     version: 1,
+//!     name: "orders",
+//!     sql: "CREATE TABLE orders (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, item VARCHAR(100) NOT NULL);",
+//! }];
+//!
+//! pub fn service() -> Service {
+//!     Service::new("orders")
+//!         .requires("accounts")
+//!         .migrations(MIGRATIONS)
+//!         .unary::<Get>(|call, b| {
+//!             let row: Option<(u64, String)> =
+//!                 call.conn(|c| Ok(c.exec_first("SELECT id, item FROM orders WHERE id = ?", (b.id,))?))?;
+//!             let (id, item) = row.ok_or_else(|| Error::NotFound(format!("no order {}", b.id)))?;
+//!             Ok(Order { id, item })
+//!         })
+//! }
+//! ```
 
+use std::any::{Any, TypeId};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
-use dsf_common::pool::Submitter;
-use dsf_common::reactor::{ConnId, Context, Dispatch, Origin, ReplyTo, Service};
-use dsf_common::wire::keys::PEER_APP;
-use dsf_common::wire::Admitted;
-use dsf_common::Error;
+use dsf_common::pipeline::{Sessions, Wait};
+use dsf_common::reactor::ConnId;
+use dsf_common::Result;
+use dsf_proto::Message;
+use dsf_sql::migrate::Migration;
 
-use crate::controller::{Controller, Exec, Route};
+use crate::node::{Call, CloseHook, Node, Route};
+use crate::server::Settings;
+use dsf_common::pipeline::Stream;
 
-/// One request handed to a worker.
+/// An error a service's start-up hook returns (it stops the server from
+/// starting, with the service named).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub(crate) type StateFn =
+    Box<dyn FnOnce(&Node) -> std::result::Result<(TypeId, Arc<dyn Any + Send + Sync>), BoxError>>;
+pub(crate) type StartFn = Box<dyn FnOnce(&Node) -> std::result::Result<(), BoxError>>;
+pub(crate) type DrainFn = Box<dyn FnOnce(&Node) + Send + Sync>;
+pub(crate) type SessionsFn = Box<dyn FnOnce(&Node) -> Arc<dyn Sessions>>;
+
+/// A background job: `run` every `every` on a thread of its own, named
+/// after it, until the server stops.
 pub struct Job {
-    pub admitted: Admitted,
-    pub route: &'static Route,
-    pub reply: ReplyTo,
-    /// When its frame was decoded: latency counts the queue wait too.
-    pub received: Instant,
-    /// Released by the claim waiters: runs now, whatever it finds.
-    pub woken: bool,
-    /// The client's address.
-    pub peer: std::net::IpAddr,
+    pub(crate) name: String,
+    pub(crate) every: Box<dyn FnOnce(&Settings) -> Duration>,
+    pub(crate) run: Box<dyn FnMut(&Node) + Send>,
 }
 
-/// Runs one job on a worker: the controller, then the reply. A claim that
-/// may wait and finds nothing ready is parked instead (see
-/// [`crate::waiters`]).
-pub fn run_job(controller: &Controller, job: Job) {
-    if !job.woken && job.route.kind == "task.claim" {
-        if let Some(until) = controller.claim_wait(&job.admitted) {
-            let app = job.admitted.request.app.clone();
-            controller.waiters().park(job, app, until);
-            return;
-        }
-    }
-    if job.route.kind == "msg.subscribe" {
-        return crate::handlers::messages::subscribe(controller, job);
-    }
-    let mut out = Vec::with_capacity(256);
-    let conn = Some(job.reply.conn());
-    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let peer = Some(job.peer);
-        controller.handle(job.route, &job.admitted, conn, peer, job.received, &mut out)
-    }));
-    if handled.is_err() {
-        // A bug in a handler: the client still gets an answer for its id.
-        let r = &job.admitted.request;
-        log::error!("{} (request {}) panicked", r.kind, r.id);
-        out.clear();
-        let e = Error::Internal(format!("{} failed on this node (logged)", r.kind));
-        job.admitted.error(&e, &mut out);
-        controller.metrics().record(job.received, false);
-    }
-    job.reply.send(out);
-    if job.route.kind == "task.submit" {
-        // Committed now: claims parked on this node look at once.
-        controller.app().wake.notify();
+/// One service; see the module documentation.
+pub struct Service {
+    pub(crate) name: String,
+    pub(crate) routes: Vec<Route>,
+    pub(crate) migrations: Vec<Migration>,
+    pub(crate) states: Vec<StateFn>,
+    pub(crate) on_start: Vec<StartFn>,
+    pub(crate) on_drain: Vec<DrainFn>,
+    pub(crate) on_close: Vec<CloseHook>,
+    pub(crate) jobs: Vec<Job>,
+    pub(crate) sessions: Option<SessionsFn>,
+    pub(crate) requires: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("routes", &self.routes.len())
+            .field("migrations", &self.migrations.len())
+            .finish()
     }
 }
 
-/// The [`Service`] the reactor drives.
-pub struct AppService {
-    controller: Arc<Controller>,
-    pool: Submitter<Job>,
-    /// The `job.watch` streams' thread, one for every reactor.
-    watches: Arc<crate::watches::Watches>,
-}
+// === impl Service ===
 
-// === impl AppService ===
-
-impl AppService {
-    /// Feeds `pool`, whose workers run [`run_job`] on `controller`.
-    pub fn new(controller: Arc<Controller>, pool: Submitter<Job>) -> AppService {
-        let watches = Arc::new(crate::watches::Watches::start(controller.clone()));
-        AppService {
-            controller,
-            pool,
-            watches,
+impl Service {
+    /// An empty service named `name`: its migrations' namespace, and how
+    /// errors and logs name it. 1 to 64 letters, digits, `_` or `-`.
+    pub fn new(name: impl Into<String>) -> Service {
+        Service {
+            name: name.into(),
+            routes: Vec::new(),
+            migrations: Vec::new(),
+            states: Vec::new(),
+            on_start: Vec::new(),
+            on_drain: Vec::new(),
+            on_close: Vec::new(),
+            jobs: Vec::new(),
+            sessions: None,
+            requires: Vec::new(),
         }
     }
 
-    /// The service for another reactor on the same port: the same
-    /// controller, pool and watches.
-    pub fn sibling(&self) -> AppService {
-        AppService {
-            controller: self.controller.clone(),
-            pool: self.pool.clone(),
-            watches: self.watches.clone(),
-        }
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    /// `job.watch {"job"}`: a stream served by the watches thread (which
-    /// also checks the job is the caller's, and ends the stream if not).
-    fn watch(&self, admitted: Admitted, received: Instant, cx: &mut Context<'_>) -> Dispatch {
-        let body =
-            crate::controller::parse_body::<dsf_proto::task::JobRef>(admitted.request.body.get());
-        let job = match body {
-            Ok(b) => b.job,
-            Err(e) => {
-                admitted.error(&e, cx.out());
-                self.controller.metrics().record(received, false);
-                return Dispatch::Done;
-            }
-        };
-        let reply = cx.defer();
-        if let Ok(stream) = self.controller.streams().open(&admitted, reply) {
-            let token = admitted.request.token.clone().filter(|t| !t.is_empty());
-            self.watches
-                .add(stream, admitted.request.app.clone(), job, token);
-        }
-        self.controller.metrics().record(received, true);
-        Dispatch::Done
+    /// Serves `route`: its message type is this service's (no other
+    /// service of the server may declare it).
+    pub fn route(mut self, route: Route) -> Service {
+        self.routes.push(route);
+        self
     }
 
-    /// `sys.cancel {"id"}`: ends that stream of this connection.
-    fn cancel(&self, admitted: &Admitted, received: Instant, cx: &mut Context<'_>) -> Dispatch {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Body {
-            id: u64,
-        }
-        let result =
-            crate::controller::parse_body::<Body>(admitted.request.body.get()).and_then(|b| {
-                match self.controller.streams().cancel(cx.conn(), b.id) {
-                    true => {
-                        // A cancelled subscription frees its connection now.
-                        self.controller.app().mail.purge_ended(cx.conn());
-                        Ok(())
-                    }
-                    false => Err(Error::NotFound(format!(
-                        "no stream {} is open on this connection",
-                        b.id
-                    ))),
-                }
-            });
-        self.answer(admitted, result, received, cx)
+    /// Serves `M` with a unary handler, on a worker ([`Route::unary`]).
+    pub fn unary<M: Message>(
+        self,
+        handler: impl Fn(&Call, M::Body) -> Result<M::Reply> + Send + Sync + 'static,
+    ) -> Service {
+        self.route(Route::unary::<M>(handler))
     }
 
-    /// Answers a request served here `{}` or its error, and counts it.
-    fn answer(
-        &self,
-        admitted: &Admitted,
-        result: Result<(), Error>,
-        received: Instant,
-        cx: &mut Context<'_>,
-    ) -> Dispatch {
-        self.controller.metrics().record(received, result.is_ok());
-        match result {
-            Ok(()) => admitted.ok("{}", cx.out()),
-            Err(e) => admitted.error(&e, cx.out()),
-        }
-        Dispatch::Done
-    }
-}
-
-impl AppService {
-    /// `peer.*`, from another app server under the peer secret; the peer
-    /// secret signs nothing else here, and no app key signs these.
-    fn peer(&self, admitted: &Admitted, received: Instant, cx: &mut Context<'_>) -> Dispatch {
-        let r = &admitted.request;
-        let result = match (r.app == PEER_APP, r.kind.as_str()) {
-            (true, "peer.notify") => {
-                crate::controller::parse_body::<dsf_proto::msg::NotifyBody>(r.body.get()).map(|b| {
-                    let mail = &self.controller.app().mail;
-                    match b.message {
-                        Some(m) => mail.push(b.user, b.seq, m.get().to_string()),
-                        None => mail.wake(b.user),
-                    }
-                })
-            }
-            (true, kind) => Err(Error::Forbidden(format!(
-                "the peer secret signs only peer.notify on app servers, not {kind}"
-            ))),
-            (false, kind) => Err(Error::Forbidden(format!(
-                "{kind} is for app servers, under the peer secret (app \"peer\"), not app {:?}",
-                r.app
-            ))),
-        };
-        self.answer(admitted, result, received, cx)
+    /// Serves `M` as a stream ([`Route::stream`]); [`Node::follow`] keeps
+    /// one going off the workers.
+    pub fn stream<M: Message>(
+        self,
+        handler: impl Fn(&Call, M::Body, Stream<M>) -> Result<()> + Send + Sync + 'static,
+    ) -> Service {
+        self.route(Route::stream::<M>(handler))
     }
 
-    /// While the node drains for shutdown, a new request is answered
-    /// `overloaded` without being run, so its client learns from a reply,
-    /// not from a closed connection, that it may send it (write or not)
-    /// to another node.
-    fn refuse_draining(&self, payload: &[u8], received: Instant, cx: &mut Context<'_>) -> Dispatch {
-        match self.controller.admit(payload) {
-            Ok(a) => {
-                let e = Error::Overloaded(format!(
-                    "node {} is draining for shutdown: {} was not run; send it to another node",
-                    self.controller.app().node(),
-                    a.request.kind
-                ));
-                a.error(&e, cx.out());
-            }
-            Err(refused) => cx.refuse(&refused),
-        }
-        self.controller.metrics().record(received, false);
-        Dispatch::Done
-    }
-}
-
-impl Service for AppService {
-    fn on_frame(&mut self, payload: &[u8], cx: &mut Context<'_>) -> Dispatch {
-        if cx.origin() == Origin::Outbound {
-            // A peer's reply to our peer.notify.
-            self.controller.app().peers.on_reply(cx.conn(), payload);
-            return Dispatch::Done;
-        }
-        let received = Instant::now();
-        if self.controller.metrics().is_draining() {
-            return self.refuse_draining(payload, received, cx);
-        }
-        // Before admission, which remembers the nonce: a Busy frame is
-        // offered again byte for byte, and must not then look replayed.
-        // The place is reserved, so with other reactors submitting too it
-        // is still there below (an inline request gives it back).
-        let Some(slot) = self.pool.try_reserve() else {
-            return Dispatch::Busy;
-        };
-        let admitted = match self.controller.admit(payload) {
-            Ok(a) => a,
-            Err(refused) => {
-                cx.refuse(&refused);
-                self.controller.metrics().record(received, false);
-                return Dispatch::Done;
-            }
-        };
-        if admitted.request.app == PEER_APP || admitted.request.kind.starts_with("peer.") {
-            return self.peer(&admitted, received, cx);
-        }
-        if admitted.request.kind == "sys.cancel" {
-            return self.cancel(&admitted, received, cx);
-        }
-        if admitted.request.kind == "job.watch" {
-            return self.watch(admitted, received, cx);
-        }
-        let Some(route) = self.controller.route(&admitted.request.kind) else {
-            let e = Controller::unknown_type(&admitted.request.kind);
-            cx.reject(&admitted, &e);
-            self.controller.metrics().record(received, false);
-            return Dispatch::Done;
-        };
-        if route.exec == Exec::Inline {
-            let (conn, peer) = (Some(cx.conn()), Some(cx.peer().ip()));
-            self.controller
-                .handle(route, &admitted, conn, peer, received, cx.out());
-            return Dispatch::Done;
-        }
-        let reply = cx.defer();
-        let job = Job {
-            admitted,
-            route,
-            reply,
-            received,
-            woken: false,
-            peer: cx.peer().ip(),
-        };
-        if let Err(job) = slot.submit(job) {
-            // The place was reserved, so the pool is stopping.
-            cx.cancel(job.reply);
-            let e = Error::Unavailable("this node is shutting down: retry on another node".into());
-            job.admitted.error(&e, cx.out());
-            self.controller.metrics().record(received, false);
-        }
-        Dispatch::Done
+    /// Serves `M` as a long poll ([`Route::long_poll`]).
+    pub fn long_poll<M: Message>(
+        self,
+        wait: impl Fn(&Call, &M::Body) -> Option<Wait> + Send + Sync + 'static,
+        handler: impl Fn(&Call, M::Body) -> Result<M::Reply> + Send + Sync + 'static,
+    ) -> Service {
+        self.route(Route::long_poll::<M>(wait, handler))
     }
 
-    fn on_close(&mut self, conn: ConnId) {
-        // Streams first: a subscription dropped after its stream is closed
-        // ends quietly (it has no one to send a final reply to).
-        self.controller.streams().close_conn(conn);
-        let app = self.controller.app();
-        app.mail.on_close(conn);
-        app.peers.on_close(conn);
+    /// Its migrations, numbered in the namespace of its name: applied by
+    /// `migrate` and checked at start, never colliding with another
+    /// service's.
+    pub fn migrations(mut self, migrations: &[Migration]) -> Service {
+        self.migrations.extend_from_slice(migrations);
+        self
+    }
+
+    /// State made at start, once the database is reached: handlers get it
+    /// with `call.state::<T>()`, hooks and jobs with `node.state::<T>()`.
+    /// A state maker sees no other service's state.
+    pub fn state<T: Any + Send + Sync>(
+        mut self,
+        make: impl FnOnce(&Node) -> std::result::Result<T, BoxError> + 'static,
+    ) -> Service {
+        self.states.push(Box::new(move |node| {
+            let state: Arc<dyn Any + Send + Sync> = Arc::new(make(node)?);
+            Ok((TypeId::of::<T>(), state))
+        }));
+        self
+    }
+
+    /// Runs `f` once every state is made and the node has its id, before
+    /// it serves (clearing what a crash left behind, say).
+    pub fn on_start(
+        mut self,
+        f: impl FnOnce(&Node) -> std::result::Result<(), BoxError> + 'static,
+    ) -> Service {
+        self.on_start.push(Box::new(f));
+        self
+    }
+
+    /// Runs `f` when the node starts draining for shutdown (ending streams
+    /// with `unavailable`, so their clients go elsewhere now).
+    pub fn on_drain(mut self, f: impl FnOnce(&Node) + Send + Sync + 'static) -> Service {
+        self.on_drain.push(Box::new(f));
+        self
+    }
+
+    /// Runs `f` when a client's connection closes (after its streams end).
+    pub fn on_close(mut self, f: impl Fn(&Node, ConnId) + Send + Sync + 'static) -> Service {
+        self.on_close.push(Box::new(f));
+        self
+    }
+
+    /// Runs `f` every `every` on a thread named `name` until the server
+    /// stops: a janitor, a reaper, a fallback poll.
+    pub fn job(
+        self,
+        name: impl Into<String>,
+        every: Duration,
+        f: impl FnMut(&Node) + Send + 'static,
+    ) -> Service {
+        self.job_every(name, move |_| every, f)
+    }
+
+    /// [`Service::job`], its interval read from the server's settings at
+    /// start (the reaper's `reap_every`).
+    pub fn job_every(
+        mut self,
+        name: impl Into<String>,
+        every: impl FnOnce(&Settings) -> Duration + 'static,
+        f: impl FnMut(&Node) + Send + 'static,
+    ) -> Service {
+        self.jobs.push(Job {
+            name: name.into(),
+            every: Box::new(every),
+            run: Box::new(f),
+        });
+        self
+    }
+
+    /// Provides the sessions the auth layer checks tokens against (the
+    /// accounts service does; one service of a server at most).
+    pub fn sessions(mut self, f: impl FnOnce(&Node) -> Arc<dyn Sessions> + 'static) -> Service {
+        self.sessions = Some(Box::new(f));
+        self
+    }
+
+    /// Refuses to start without service `name` in the same server (the
+    /// blacklist writes the accounts' audit trail).
+    pub fn requires(mut self, name: &'static str) -> Service {
+        self.requires.push(name);
+        self
     }
 }

@@ -105,7 +105,7 @@ fn register_answers_a_taken_name_as_a_free_one_and_changes_nothing() {
 fn closed_registration_refuses_and_an_admin_creates_accounts() {
     let db = testing::fresh();
     let mut s = support::settings(db.config(), None);
-    s.registration = app_server::limits::Registration::Closed;
+    s.registration = app_server::accounts::Registration::Closed;
     let server = Server::with(s);
     let mut c = server.connect();
     let e = c.err(

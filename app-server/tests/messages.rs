@@ -154,14 +154,22 @@ fn a_message_sent_on_one_node_reaches_a_subscriber_on_another_by_peer_notify() {
     } = two(Duration::from_secs(3600), true);
     let mut sub = Sub::open(&b, &bob, None);
     support::wait_until("bob's presence on b", || {
-        b.running().controller().app().mail.len() == 1
+        b.running()
+            .node()
+            .state::<app_server::messaging::mailroom::Mailroom>()
+            .len()
+            == 1
     });
     use std::sync::atomic::Ordering::Relaxed;
     send(&mut ca, &ann, "bob", json!({"n": 0}));
     assert_eq!(sub.next()["body"], json!({"n": 0}));
     // From here on nothing else wakes b's mailroom: each message must come
     // whole with its notification, and go out without a read.
-    let mail = b.running().controller().app().mail.counters();
+    let mail = b
+        .running()
+        .node()
+        .state::<app_server::messaging::mailroom::Mailroom>()
+        .counters();
     let (pushed, reads) = (mail.pushed.load(Relaxed), mail.reads.load(Relaxed));
     for n in 1..5 {
         let sent = send(&mut ca, &ann, "bob", json!({"n": n}));
@@ -178,7 +186,7 @@ fn a_message_sent_on_one_node_reaches_a_subscriber_on_another_by_peer_notify() {
     }
     assert_eq!(mail.pushed.load(Relaxed) - pushed, 4);
     assert_eq!(mail.reads.load(Relaxed) - reads, 0, "no inbox read");
-    let peers = &a.running().controller().app().peers.counters;
+    let peers = &a.running().node().peers().counters;
     assert_eq!(peers.sent.load(Relaxed), 5);
     assert_eq!(peers.connects.load(Relaxed), 1, "one link, kept");
 }
@@ -205,7 +213,7 @@ fn without_peer_links_the_poll_delivers_and_an_offline_inbox_comes_in_order_at_s
     // No view, so no notification: the poll finds the next one.
     send(&mut ca, &ann, "bob", json!("late"));
     assert_eq!(sub.next()["body"], "late");
-    let peers = &a.running().controller().app().peers.counters;
+    let peers = &a.running().node().peers().counters;
     assert_eq!(peers.sent.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
@@ -293,8 +301,16 @@ fn rooms_fan_out_to_their_members_on_every_node() {
     let mut sb = Sub::open(&a, &bob, None);
     let mut sc = Sub::open(&b, &cy, None);
     support::wait_until("both subscribed", || {
-        a.running().controller().app().mail.len() == 1
-            && b.running().controller().app().mail.len() == 1
+        a.running()
+            .node()
+            .state::<app_server::messaging::mailroom::Mailroom>()
+            .len()
+            == 1
+            && b.running()
+                .node()
+                .state::<app_server::messaging::mailroom::Mailroom>()
+                .len()
+                == 1
     });
     let sent = ca.ok(
         "msg.send",

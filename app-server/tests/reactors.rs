@@ -64,7 +64,11 @@ fn two_reactors_serve_streams_peer_links_and_requests_on_one_port() {
     let names: Vec<String> = (0..16).map(|i| format!("user{i}")).collect();
     let mut subs: Vec<Sub> = names.iter().map(|n| Sub::open(&b, &ca.user(n))).collect();
     wait_until("every subscription's presence on b", || {
-        b.running().controller().app().mail.len() == names.len()
+        b.running()
+            .node()
+            .state::<app_server::messaging::mailroom::Mailroom>()
+            .len()
+            == names.len()
     });
     for n in &names {
         ca.ok("msg.send", json!({"to": n, "body": {"for": n}}), Some(&ann));

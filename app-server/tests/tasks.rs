@@ -225,9 +225,7 @@ fn a_waiting_claim_holds_no_worker_and_gets_a_task_submitted_on_another_node() {
             })
         })
         .collect();
-    wait_until("three claims parked", || {
-        a.running().controller().waiters().len() == 3
-    });
+    wait_until("three claims parked", || a.running().node().parked() == 3);
     // The one worker still serves others.
     let mut other = a.connect();
     let e = other.err("job.status", json!({"job": 1}), None, ErrorCode::NotFound);
@@ -294,9 +292,7 @@ fn a_parked_claim_is_answered_when_its_node_shuts_down() {
         );
         (got, t0.elapsed())
     });
-    wait_until("the claim parked", || {
-        server.running().controller().waiters().len() == 1
-    });
+    wait_until("the claim parked", || server.running().node().parked() == 1);
     let report = server.stop();
     assert!(report.workers_finished);
     let (got, waited) = waiting.join().unwrap();

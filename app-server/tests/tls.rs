@@ -184,7 +184,11 @@ fn peer_links_between_app_servers_speak_tls() {
     let mut sub = connect(&b);
     let id = sub.send("msg.subscribe", "{}", Some(bob)).unwrap();
     support::wait_until("bob's presence on b", || {
-        b.running().controller().app().mail.len() == 1
+        b.running()
+            .node()
+            .state::<app_server::messaging::mailroom::Mailroom>()
+            .len()
+            == 1
     });
     call(
         &mut on_a,
@@ -203,7 +207,7 @@ fn peer_links_between_app_servers_speak_tls() {
     };
     let m: serde_json::Value = serde_json::from_str(body.get()).unwrap();
     assert_eq!(m["body"], serde_json::json!({"over": "tls"}));
-    let peers = &a.running().controller().app().peers.counters;
+    let peers = &a.running().node().peers().counters;
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(peers.sent.load(Relaxed), 1);
 }

@@ -34,8 +34,6 @@ pub struct Counters {
     pub leaves: AtomicU64,
     /// Nodes evicted for silence.
     pub evictions: AtomicU64,
-    /// Frames refused by admission (bad signature, stale, replayed, …).
-    pub refused: AtomicU64,
 }
 
 /// What the collector knows of one balancer.

@@ -20,6 +20,9 @@ pub enum CollectorError {
         name: String,
         source: std::io::Error,
     },
+    /// The routes could not make a pipeline.
+    #[error(transparent)]
+    Pipeline(#[from] dsf_common::pipeline::BuildError),
     /// The reactor failed while running.
     #[error("the reactor failed: {0}")]
     Reactor(std::io::Error),

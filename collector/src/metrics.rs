@@ -42,65 +42,22 @@ use prometheus_client::registry::Registry;
 use crate::cluster::{BalancerStatus, Cluster, Counters, Snapshot};
 use crate::members::{Member, MemberState, Source};
 
-/// The content type of the page for a scraper that asks for OpenMetrics
-/// (Prometheus does).
-pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// The content type of the page for everyone else (curl, promtool).
-pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+use dsf_common::pipeline::metrics::{respond, Metrics};
 
-/// The page in the Prometheus text format 0.0.4, from its OpenMetrics form.
-/// Here the two differ only in a counter family's name (OpenMetrics drops
-/// the `_total` its samples carry) and the closing `# EOF`: the page has
-/// no units, exemplars or `_created` samples. The crate writes OpenMetrics
-/// alone, and promtool lints only the older format.
-pub fn text_format(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" {
-            continue;
-        }
-        let comment = ["# HELP ", "# TYPE "]
-            .into_iter()
-            .find_map(|p| Some((p, line.strip_prefix(p)?)));
-        match comment {
-            Some((prefix, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                out.push_str(prefix);
-                out.push_str(name);
-                if counters.contains(name) {
-                    out.push_str("_total");
-                }
-                out.push(' ');
-                out.push_str(tail);
-            }
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
-}
-
-/// Whether an `Accept` header asks for OpenMetrics.
-fn wants_openmetrics(accept: Option<&str>) -> bool {
-    accept.is_some_and(|a| a.contains("application/openmetrics-text"))
-}
-
-/// The page for one snapshot.
-pub fn render(snap: Snapshot, counters: &Counters) -> String {
+/// The page for one snapshot, with the requests of every message type
+/// (`requests`: the pipeline's families).
+pub fn render(snap: Snapshot, counters: &Counters, requests: &Metrics) -> String {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let page = Page {
         snap,
         heartbeats: load(&counters.heartbeats),
         leaves: load(&counters.leaves),
         evictions: load(&counters.evictions),
-        refused: load(&counters.refused),
+        refused: requests.refused_count(),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(page));
+    requests.register(&mut registry);
     let mut out = String::with_capacity(4096);
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
@@ -455,6 +412,7 @@ pub fn serve(
     server: Arc<tiny_http::Server>,
     cluster: Arc<Cluster>,
     jobs: Option<Arc<crate::dashboard::Jobs>>,
+    pipeline: Arc<dsf_common::pipeline::Pipeline<crate::service::State>>,
 ) {
     for req in server.incoming_requests() {
         let path = req.url().split('?').next().unwrap_or("");
@@ -472,18 +430,8 @@ pub fn serve(
         }
         let response = match (req.method(), path) {
             (tiny_http::Method::Get, "/metrics") => {
-                let page = render(cluster.snapshot(), &cluster.counters);
-                let accept = req
-                    .headers()
-                    .iter()
-                    .find(|h| h.field.equiv("Accept"))
-                    .map(|h| h.value.as_str());
-                let (body, kind) = if wants_openmetrics(accept) {
-                    (page, OPENMETRICS)
-                } else {
-                    (text_format(&page), TEXT_FORMAT)
-                };
-                tiny_http::Response::from_string(body).with_header(header("Content-Type", kind))
+                let page = render(cluster.snapshot(), &cluster.counters, pipeline.metrics());
+                respond(&req, page)
             }
             (tiny_http::Method::Get, _) => {
                 tiny_http::Response::from_string("not found: the collector serves GET /metrics, the dashboard at /, and /api/status and /api/jobs\n")
@@ -523,20 +471,5 @@ mod tests {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
         assert!(out.contains("x{node=\"a\\\"b\\\\c\\nd\"} 1\n"), "{out}");
-    }
-
-    #[test]
-    fn the_text_format_names_counter_families_with_their_suffix() {
-        let om = "# HELP a_x Things.\n# TYPE a_x counter\na_x_total{l=\"v\"} 3\n\
-                  # HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
-        assert_eq!(
-            text_format(om),
-            "# HELP a_x_total Things.\n# TYPE a_x_total counter\na_x_total{l=\"v\"} 3\n\
-             # HELP g A gauge.\n# TYPE g gauge\ng 1\n"
-        );
-        assert!(wants_openmetrics(Some(
-            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
-        )));
-        assert!(!wants_openmetrics(Some("*/*")) && !wants_openmetrics(None));
     }
 }

@@ -14,16 +14,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use dsf_common::pipeline::Pipeline;
 use dsf_common::reactor::{Reactor, ReactorConfig, ReactorStats, Shutdown};
 use dsf_common::view::View;
-use dsf_common::wire::{Admission, AppKeys, Key, ReplayGuard};
+use dsf_common::wire::{AppKeys, Key};
 
 use crate::cluster::{self, Cluster};
 use crate::error::CollectorError;
 use crate::health::{self, DEFAULT_CHECK_INTERVAL};
 use crate::members::Target;
 use crate::push::{self, PushConfig};
-use crate::service::Collector;
+use crate::service::{Collector, State};
 
 /// Default `--dead-after`.
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(3);
@@ -177,6 +178,7 @@ fn spawn_workers(
     s: &Settings,
     cluster: &Arc<Cluster>,
     metrics: &Arc<tiny_http::Server>,
+    pipeline: &Arc<Pipeline<State>>,
     threads: &mut Vec<JoinHandle<()>>,
 ) -> Result<(), CollectorError> {
     {
@@ -217,9 +219,9 @@ fn spawn_workers(
         }
         None => None,
     };
-    let (server, cluster) = (metrics.clone(), cluster.clone());
+    let (server, cluster, pipeline) = (metrics.clone(), cluster.clone(), pipeline.clone());
     spawn(threads, "metrics".into(), move || {
-        crate::metrics::serve(server, cluster, jobs)
+        crate::metrics::serve(server, cluster, jobs, pipeline)
     })
 }
 
@@ -239,18 +241,21 @@ pub fn start(s: Settings) -> Result<Running, CollectorError> {
              (and a live node's address is never taken over by a heartbeat from elsewhere)"
         ),
     }
-    let admission = Arc::new(Admission::new(keys, ReplayGuard::default()));
     let cluster = Arc::new(Cluster::with_standby(
         s.dead_after,
         &s.targets,
         &s.lbs,
         s.standby_for.clone(),
     ));
+    let pipeline = Pipeline::builder()
+        .routes("collector", crate::service::routes())
+        .node_keys(s.node_keys.is_some())
+        .build(cluster.clone(), keys)?;
 
     let reactor = Reactor::bind(
         s.reactor.clone(),
         &[s.listen],
-        Collector::new(admission, cluster.clone(), s.node_keys.is_some()),
+        Collector::new(pipeline.clone()),
     )
     .map_err(|source| CollectorError::Bind {
         what: "heartbeats and status",
@@ -270,7 +275,7 @@ pub fn start(s: Settings) -> Result<Running, CollectorError> {
     log::info!("metrics on http://{metrics_addr}/metrics");
 
     let mut threads = Vec::new();
-    if let Err(e) = spawn_workers(&s, &cluster, &metrics, &mut threads) {
+    if let Err(e) = spawn_workers(&s, &cluster, &metrics, &pipeline, &mut threads) {
         // Those already started are waiting on the cluster: release them.
         cluster.stop();
         metrics.unblock();

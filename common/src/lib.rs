@@ -9,6 +9,9 @@
 //!   outboxes for other threads, outbound links, budgets that hold under
 //!   hostile peers, and graceful shutdown.
 //! - [`pool`]: the fixed worker pool over a bounded queue.
+//! - [`pipeline`]: the typed, layered request path every server runs:
+//!   routes declared from catalogue types, and the layers (drain, auth,
+//!   rate limits, metrics) between the reactor and a handler.
 //! - [`stream`]: a blocking framed connection for the sending side.
 //! - [`call`]: a signed, pipelined connection over it: the one signed-call
 //!   client, used by the SDK, heartbeats and view pushes.
@@ -24,6 +27,7 @@ pub mod call;
 pub mod config;
 pub mod error;
 pub mod logging;
+pub mod pipeline;
 pub mod pool;
 pub mod reactor;
 pub mod signals;

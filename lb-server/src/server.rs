@@ -8,14 +8,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use dsf_common::pipeline::Pipeline;
 use dsf_common::reactor::{Reactor, ReactorConfig, ReactorStats, Shutdown};
 use dsf_common::view::{Load, MemberSpec, NodeState, NodeView, View};
-use dsf_common::wire::{Admission, AppKeys, ReplayGuard};
+use dsf_common::wire::AppKeys;
 
 use crate::policy::PolicyKind;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::ring::RingConfig;
-use crate::service::{Balancer, Snapshot};
+use crate::service::{Balancer, Lb, Snapshot};
 
 /// Everything a balancer needs, resolved from flags, env and file.
 #[derive(Debug, Clone)]
@@ -114,7 +115,6 @@ pub fn start(s: Settings) -> io::Result<Running> {
         .app_keys
         .clone()
         .with_cluster_secret(s.cluster_secret.expose());
-    let admission = Arc::new(Admission::new(keys, ReplayGuard::default()));
     let view = static_view(&s.backends);
     let initial = Snapshot::build(view, s.policy, s.ring)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -137,8 +137,8 @@ pub fn start(s: Settings) -> io::Result<Running> {
             s.ring.bound
         );
     }
-    let (mut balancer, builder) = Balancer::new(admission, initial, s.policy, s.ring);
     let mut addrs = vec![s.listen, s.cluster_listen];
+    let mut proxy = None;
     if let Some(p) = &s.proxy {
         for (addr, protocol) in &p.listeners {
             log::info!(
@@ -155,27 +155,34 @@ pub fn start(s: Settings) -> io::Result<Running> {
             );
             addrs.push(*addr);
         }
-        let proxy = Proxy::new(
-            p.clone(),
-            crate::service::FIRST_PROXY_PORT,
-            s.reactor.max_conns,
-        )
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        proxy = Some(
+            Proxy::new(
+                p.clone(),
+                crate::service::FIRST_PROXY_PORT,
+                s.reactor.max_conns,
+            )
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        );
+    }
+    let (lb, builder) = Lb::new(initial, s.policy, s.ring, proxy.as_ref().map(Proxy::admin));
+    let pipeline = Pipeline::builder()
+        .routes("lb", crate::service::routes())
+        .build(lb, keys)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let mut balancer = Balancer::new(pipeline.clone());
+    if let Some(proxy) = proxy {
         balancer = balancer.with_proxy(proxy);
     }
     let mut cfg = s.reactor.for_group(s.reactors);
     cfg.shutdown_grace = cfg.shutdown_grace.min(Duration::from_secs(5));
     let siblings: Vec<Balancer> = (1..s.reactors).map(|_| balancer.sibling()).collect();
-    let mut reactor = Reactor::bind(cfg, &addrs, balancer)?;
+    let reactor = Reactor::bind(cfg, &addrs, balancer)?;
+    // The group shares its counters.
     let stats = reactor.stats();
-    reactor.service_mut().set_reactor_stats(stats.clone());
+    pipeline.server().set_reactor_stats(stats.clone());
     let siblings = siblings
         .into_iter()
-        .map(|mut b| {
-            // The group shares its counters.
-            b.set_reactor_stats(stats.clone());
-            reactor.sibling(&[0], b)
-        })
+        .map(|b| reactor.sibling(&[0], b))
         .collect::<io::Result<Vec<_>>>()?;
     let (client_addr, cluster_addr) = (reactor.local_addrs()[0], reactor.local_addrs()[1]);
     let proxy_addrs = reactor.local_addrs()[2..].to_vec();

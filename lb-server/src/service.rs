@@ -12,27 +12,28 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use dsf_common::reactor::{
-    Accept, ConnId, Context, Dispatch, ReactorStats, ReplyTo, Service, Sniffed,
-};
+use dsf_common::pipeline::{Call, Front, Pipeline, Responder, Route};
+use dsf_common::reactor::{Accept, ConnId, Context, Dispatch, ReactorStats, Service, Sniffed};
 use dsf_common::view::{NodeState, NodeView, View};
-use dsf_common::wire::keys::CLUSTER_APP;
-use dsf_common::wire::{self, Admission, Admitted, Key};
+use dsf_common::wire;
 use dsf_common::Error;
 // What `lb.resolve` takes and answers: the catalogue's types.
-use dsf_proto::cluster::Applied;
+use dsf_proto::cluster::{Applied, SetView};
 use dsf_proto::lb::{
-    PinsBody, ResolveBody, Resolved, Stats, UnpinBody, Unpinned, MAX_EXCLUDE, MAX_KEY, PINS_MAX,
+    GetStats, GetView, Pins, PinsBody, Resolve, ResolveBody, Resolved, Stats, Unpin, UnpinBody,
+    Unpinned, MAX_EXCLUDE, MAX_KEY, PINS_MAX,
 };
 use serde::Serialize;
 
 use crate::policy::{Policy, PolicyKind};
-use crate::proxy::Proxy;
+use crate::proxy::pins::PinTable;
+use crate::proxy::store::Store;
+use crate::proxy::{Counters, Proxy};
 use crate::ring::{Ring, RingConfig};
 
 /// Index of the client listener in the reactor's listen addresses.
@@ -124,7 +125,7 @@ impl Snapshot {
     }
 
     /// `lb.view`'s reply: the view with each node's exact share of the hash space.
-    pub fn describe(&self) -> String {
+    pub fn describe(&self) -> serde_json::Value {
         let ring = self.policy.ring();
         let nodes: Vec<NodeShare<'_>> = self
             .view
@@ -140,7 +141,6 @@ impl Snapshot {
             "policy": self.policy.kind().as_str(),
             "nodes": nodes,
         })
-        .to_string()
     }
 }
 
@@ -155,20 +155,18 @@ struct Build {
     view: View,
     /// The balancer's counters as the view arrived, for the collector.
     stats: Stats,
-    reply: ReplyTo,
-    id: u64,
-    nonce: String,
-    key: Key,
+    responder: Responder<SetView>,
 }
 
-/// The reactor-side half of the balancer.
-pub struct Balancer {
-    admission: Arc<Admission>,
-    current: Arc<ArcSwap<Snapshot>>,
+/// What the balancer's routes share, on every reactor.
+pub struct Lb {
+    /// The view and ring in force.
+    pub current: Arc<ArcSwap<Snapshot>>,
     builds: Sender<Build>,
-    proxy: Option<Proxy>,
-    /// The reactor's counters (set once the reactor is bound), for `lb.stats`.
-    reactor: Option<Arc<ReactorStats>>,
+    /// Proxy mode's pins and counters, when it is on.
+    proxy: Option<PinAdmin>,
+    /// The reactors' counters (set once the reactor is bound), for `lb.stats`.
+    reactor: OnceLock<Arc<ReactorStats>>,
 }
 
 /// The builder thread and the snapshot it maintains.
@@ -177,16 +175,17 @@ pub struct ViewBuilder {
     pub thread: JoinHandle<()>,
 }
 
-// === impl Balancer ===
+// === impl Lb ===
 
-impl Balancer {
-    /// The service over `initial`, with a `view-builder` thread for updates.
+impl Lb {
+    /// The shared state over `initial`, with a `view-builder` thread for
+    /// updates; `proxy` when proxy mode is on.
     pub fn new(
-        admission: Arc<Admission>,
         initial: Snapshot,
         kind: PolicyKind,
         ring: RingConfig,
-    ) -> (Balancer, ViewBuilder) {
+        proxy: Option<PinAdmin>,
+    ) -> (Lb, ViewBuilder) {
         let current = Arc::new(ArcSwap::from_pointee(initial));
         let (builds, rx) = bounded(BUILD_QUEUE);
         let thread = {
@@ -196,42 +195,23 @@ impl Balancer {
                 .spawn(move || build_views(rx, current, kind, ring))
                 .expect("spawning the view builder")
         };
-        let balancer = Balancer {
-            admission,
+        let lb = Lb {
             current: current.clone(),
             builds,
-            proxy: None,
-            reactor: None,
+            proxy,
+            reactor: OnceLock::new(),
         };
-        (balancer, ViewBuilder { current, thread })
-    }
-
-    /// The service for another reactor on the client port: the same
-    /// admission and view, no proxy (its ports stay on the first reactor).
-    pub fn sibling(&self) -> Balancer {
-        Balancer {
-            admission: self.admission.clone(),
-            current: self.current.clone(),
-            builds: self.builds.clone(),
-            proxy: None,
-            reactor: self.reactor.clone(),
-        }
-    }
-
-    /// Serves proxy mode on the listeners from [`FIRST_PROXY_PORT`].
-    pub fn with_proxy(mut self, proxy: Proxy) -> Balancer {
-        self.proxy = Some(proxy);
-        self
+        (lb, ViewBuilder { current, thread })
     }
 
     /// Where `lb.stats` reads the connection counters.
-    pub fn set_reactor_stats(&mut self, stats: Arc<ReactorStats>) {
-        self.reactor = Some(stats);
+    pub fn set_reactor_stats(&self, stats: Arc<ReactorStats>) {
+        let _ = self.reactor.set(stats);
     }
 
     /// `lb.stats`'s reply.
     pub fn stats(&self) -> Stats {
-        let reactor = self.reactor.as_deref();
+        let reactor = self.reactor.get().map(Arc::as_ref);
         Stats {
             view: self.current.load().view.version,
             conns: reactor.map_or(0, |r| {
@@ -243,66 +223,201 @@ impl Balancer {
             },
         }
     }
+}
 
-    fn resolve(&self, req: &Admitted, peer: SocketAddr) -> Result<String, Error> {
-        let body: ResolveBody = req.request.body()?;
-        let key = match &body.key {
-            Some(k) if k.len() > MAX_KEY => {
-                return Err(Error::bad_request(format!(
-                    "key: at most {MAX_KEY} bytes, got {}",
-                    k.len()
-                )))
-            }
-            Some(k) => k.clone(),
-            // No key: the peer's IP address is the key (sticky per client host).
-            None => peer.ip().to_string(),
-        };
-        if body.exclude.len() > MAX_EXCLUDE {
+/// The balancer's routes: `lb.resolve` on the client port; `lb.set_view`,
+/// `lb.pins`, `lb.unpin` (cluster secret) on the cluster port; `lb.view`
+/// and `lb.stats` on both. All run on the reactor: a lookup is one ring
+/// walk, and what takes longer (building a ring, the shared pin table)
+/// answers from its own thread.
+pub fn routes() -> Vec<Route<Lb>> {
+    vec![
+        Route::unary::<Resolve>(resolve)
+            .inline()
+            .on_ports(&[CLIENT_PORT]),
+        Route::unary::<GetView>(|call: &Call<Lb>, _| Ok(call.server().current.load().describe()))
+            .inline()
+            .on_ports(&[CLIENT_PORT, CLUSTER_PORT]),
+        Route::unary::<GetStats>(|call: &Call<Lb>, _| Ok(call.server().stats()))
+            .inline()
+            .on_ports(&[CLIENT_PORT, CLUSTER_PORT]),
+        Route::deferred::<SetView>(set_view)
+            .inline()
+            .on_ports(&[CLUSTER_PORT]),
+        Route::deferred::<Pins>(pins)
+            .inline()
+            .on_ports(&[CLUSTER_PORT]),
+        Route::deferred::<Unpin>(unpin)
+            .inline()
+            .on_ports(&[CLUSTER_PORT]),
+    ]
+}
+
+/// `lb.resolve {"key"?, "exclude"?}`.
+fn resolve(call: &Call<Lb>, body: ResolveBody) -> Result<Resolved, Error> {
+    let key = match &body.key {
+        Some(k) if k.len() > MAX_KEY => {
             return Err(Error::bad_request(format!(
-                "exclude: at most {MAX_EXCLUDE} ids, got {}",
-                body.exclude.len()
-            )));
+                "key: at most {MAX_KEY} bytes, got {}",
+                k.len()
+            )))
         }
-        let snap = self.current.load();
-        let node = snap
-            .policy
-            .pick(key.as_bytes(), &body.exclude)
-            .map_err(crate::ring_error)?;
-        let reply = Resolved {
-            node: node.id.clone(),
-            addr: node.addr.clone(),
-            view: snap.view.version,
-        };
-        Ok(serde_json::to_string(&reply).expect("strings and numbers serialise"))
+        Some(k) => k.clone(),
+        // No key: the peer's IP address is the key (sticky per client host).
+        None => call.peer().ip().to_string(),
+    };
+    if body.exclude.len() > MAX_EXCLUDE {
+        return Err(Error::bad_request(format!(
+            "exclude: at most {MAX_EXCLUDE} ids, got {}",
+            body.exclude.len()
+        )));
+    }
+    let snap = call.server().current.load();
+    let node = snap
+        .policy
+        .pick(key.as_bytes(), &body.exclude)
+        .map_err(crate::ring_error)?;
+    Ok(Resolved {
+        node: node.id.clone(),
+        addr: node.addr.clone(),
+        view: snap.view.version,
+    })
+}
+
+/// `lb.set_view`: checked here, built and answered by the builder thread.
+fn set_view(call: &Call<Lb>, view: View, responder: Responder<SetView>) -> Result<(), Error> {
+    check_view(&view)?;
+    let lb = call.server();
+    let build = Build {
+        view,
+        stats: lb.stats(),
+        responder,
+    };
+    match lb.builds.try_send(build) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(Error::Overloaded(
+            "views are arriving faster than this balancer builds rings; the next push will catch up"
+                .into(),
+        )),
+    }
+}
+
+/// Proxy mode's pins and counters, shared by the proxy (on the first
+/// reactor) and the `lb.pins` / `lb.unpin` routes (on any).
+#[derive(Clone)]
+pub struct PinAdmin {
+    pub pins: Arc<Mutex<PinTable>>,
+    pub store: Option<Arc<Store>>,
+    pub counters: Arc<Counters>,
+}
+
+/// Where a request for pins is told what to do without proxy mode.
+fn no_proxy(call: &Call<Lb>) -> Result<&PinAdmin, Error> {
+    call.server().proxy.as_ref().ok_or_else(|| {
+        Error::NotFound(
+            "this balancer has no proxy listener, so no pins (start it with --proxy-listen ADDR --proxy-protocol mqtt|tcp)".into(),
+        )
+    })
+}
+
+/// `lb.pins`: a page, from memory at once, or from the shared table on its
+/// thread.
+fn pins(call: &Call<Lb>, list: PinsBody, responder: Responder<Pins>) -> Result<(), Error> {
+    let admin = no_proxy(call)?;
+    let limit = list.limit.unwrap_or(100);
+    if limit == 0 || limit > PINS_MAX {
+        return Err(Error::bad_request(format!(
+            "limit: 1 to {PINS_MAX}, got {limit}"
+        )));
+    }
+    if let Some(Err(e)) = list.after.as_deref().map(crate::proxy::parse_cursor) {
+        return Err(Error::bad_request(e));
+    }
+    match &admin.store {
+        None => {
+            let page = admin
+                .list(list.after.as_deref(), limit as usize, list.node.as_deref())
+                .map_err(Error::bad_request)?;
+            responder.ok(&page);
+        }
+        Some(store) => store.list(
+            list.after,
+            limit as usize,
+            list.node,
+            Box::new(move |r| {
+                responder.answer(r.map_err(Error::Unavailable));
+            }),
+        ),
+    }
+    Ok(())
+}
+
+/// `lb.unpin`: drops pins by key or node, here and in the shared table.
+fn unpin(call: &Call<Lb>, unpin: UnpinBody, responder: Responder<Unpin>) -> Result<(), Error> {
+    let admin = no_proxy(call)?;
+    if unpin.key.is_none() && unpin.node.is_none() {
+        return Err(Error::bad_request(
+            "name a key or a node to unpin: {\"key\": …} or {\"node\": …}",
+        ));
+    }
+    match &admin.store {
+        None => {
+            let dropped = admin.unpin(unpin.key.as_deref(), unpin.node.as_deref());
+            log::info!(
+                "dropped {dropped} pins (key {:?}, node {:?})",
+                unpin.key,
+                unpin.node
+            );
+            responder.ok(&Unpinned { dropped });
+        }
+        Some(store) => {
+            let (key, node) = (unpin.key.clone(), unpin.node.clone());
+            store.unpin(
+                unpin.key,
+                unpin.node,
+                Box::new(move |r| {
+                    if let Ok(n) = &r {
+                        log::info!("dropped {n} pins (key {key:?}, node {node:?})");
+                    }
+                    responder.answer(
+                        r.map(|dropped| Unpinned { dropped })
+                            .map_err(Error::Unavailable),
+                    );
+                }),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The reactor-side half of the balancer: frames through the pipeline,
+/// proxy mode's connections to the proxy.
+pub struct Balancer {
+    pipeline: Arc<Pipeline<Lb>>,
+    proxy: Option<Proxy>,
+}
+
+// === impl Balancer ===
+
+impl Balancer {
+    /// The service of `pipeline`.
+    pub fn new(pipeline: Arc<Pipeline<Lb>>) -> Balancer {
+        Balancer {
+            pipeline,
+            proxy: None,
+        }
     }
 
-    fn set_view(&self, admitted: Admitted, cx: &mut Context<'_>) -> Result<(), Error> {
-        if admitted.request.app != CLUSTER_APP {
-            return Err(Error::Forbidden(format!(
-                "lb.set_view needs the cluster secret (app \"cluster\"), not app {:?}",
-                admitted.request.app
-            )));
-        }
-        let view: View = admitted.request.body()?;
-        check_view(&view)?;
-        let reply = cx.defer();
-        let build = Build {
-            view,
-            stats: self.stats(),
-            reply,
-            id: admitted.request.id,
-            nonce: admitted.request.nonce,
-            key: admitted.key,
-        };
-        match self.builds.try_send(build) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
-                cx.cancel(b.reply);
-                Err(Error::Overloaded(
-                    "views are arriving faster than this balancer builds rings; the next push will catch up".into(),
-                ))
-            }
-        }
+    /// The service for another reactor on the client port: the same
+    /// pipeline, no proxy (its ports stay on the first reactor).
+    pub fn sibling(&self) -> Balancer {
+        Balancer::new(self.pipeline.clone())
+    }
+
+    /// Serves proxy mode on the listeners from [`FIRST_PROXY_PORT`].
+    pub fn with_proxy(mut self, proxy: Proxy) -> Balancer {
+        self.proxy = Some(proxy);
+        self
     }
 }
 
@@ -313,7 +428,7 @@ impl Service for Balancer {
         };
         match proxy.protocol(cx.listener()) {
             Some(protocol) => {
-                let snap = self.current.load_full();
+                let snap = self.pipeline.server().current.load_full();
                 proxy.accept(protocol, &snap, cx)
             }
             None => Accept::Framed,
@@ -338,7 +453,7 @@ impl Service for Balancer {
     fn on_bytes(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> Sniffed {
         match self.proxy.as_mut() {
             Some(proxy) => {
-                let snap = self.current.load_full();
+                let snap = self.pipeline.server().current.load_full();
                 proxy.bytes(bytes, &snap, cx)
             }
             None => Sniffed::Close,
@@ -352,48 +467,15 @@ impl Service for Balancer {
         cx: &mut Context<'_>,
     ) -> Option<SocketAddr> {
         let proxy = self.proxy.as_mut()?;
-        let snap = self.current.load_full();
+        let snap = self.pipeline.server().current.load_full();
         proxy.failed(backend, &snap, cx)
     }
 
     fn on_frame(&mut self, payload: &[u8], cx: &mut Context<'_>) -> Dispatch {
-        let admitted = match self.admission.admit(payload) {
-            Ok(a) => a,
-            Err(refused) => {
-                cx.refuse(&refused);
-                return Dispatch::Done;
-            }
-        };
-        let port = cx.listener();
-        let answer = match (admitted.request.kind.as_str(), port) {
-            ("lb.resolve", Some(CLIENT_PORT)) => self.resolve(&admitted, cx.peer()),
-            ("lb.view", _) => Ok(self.current.load().describe()),
-            ("lb.stats", _) => Ok(serde_json::to_string(&self.stats()).expect("numbers serialise")),
-            ("lb.pins" | "lb.unpin", Some(CLUSTER_PORT)) => {
-                self.pins(admitted, cx);
-                return Dispatch::Done;
-            }
-            ("lb.set_view", Some(CLUSTER_PORT)) => {
-                let (id, nonce, key) = (
-                    admitted.request.id,
-                    admitted.request.nonce.clone(),
-                    admitted.key.clone(),
-                );
-                // Answered by the builder once the view is in force.
-                if let Err(e) = self.set_view(admitted, cx) {
-                    wire::encode_error(Some(&key), id, &nonce, &e, cx.out());
-                }
-                return Dispatch::Done;
-            }
-            (other, _) => Err(Error::UnknownType(format!(
-                "type {other:?} is not served on this port; the client port serves lb.resolve, lb.view and lb.stats, the cluster port lb.set_view, lb.pins, lb.unpin, lb.view and lb.stats"
-            ))),
-        };
-        match answer {
-            Ok(body) => admitted.ok(&body, cx.out()),
-            // A run of these closes the connection, as refused frames do.
-            Err(e) if e.code() == dsf_common::ErrorCode::UnknownType => cx.reject(&admitted, &e),
-            Err(e) => admitted.error(&e, cx.out()),
+        // Every route is inline: nothing comes back to run elsewhere.
+        match self.pipeline.on_frame(payload, cx) {
+            Front::Done => {}
+            Front::Job(call) => self.pipeline.refuse_job(call, cx),
         }
         Dispatch::Done
     }
@@ -402,126 +484,6 @@ impl Service for Balancer {
         if let Some(p) = self.proxy.as_mut() {
             p.closed(conn);
         }
-    }
-}
-
-// === impl Balancer (pins) ===
-
-impl Balancer {
-    /// `lb.pins` and `lb.unpin`, under the cluster secret: from memory at
-    /// once, or from the shared table on its thread.
-    fn pins(&mut self, admitted: Admitted, cx: &mut Context<'_>) {
-        if admitted.request.app != CLUSTER_APP {
-            let e = Error::Forbidden(format!(
-                "{} needs the cluster secret (app \"cluster\"), not app {:?}",
-                admitted.request.kind, admitted.request.app
-            ));
-            return admitted.error(&e, cx.out());
-        }
-        let Some(proxy) = self.proxy.as_ref() else {
-            let e = Error::NotFound(
-                "this balancer has no proxy listener, so no pins (start it with --proxy-listen ADDR --proxy-protocol mqtt|tcp)".into(),
-            );
-            return admitted.error(&e, cx.out());
-        };
-        if admitted.request.kind == "lb.pins" {
-            let list: PinsBody = match admitted.request.body() {
-                Ok(b) => b,
-                Err(e) => return admitted.error(&e, cx.out()),
-            };
-            let limit = list.limit.unwrap_or(100);
-            if limit == 0 || limit > PINS_MAX {
-                let e = Error::bad_request(format!("limit: 1 to {PINS_MAX}, got {limit}"));
-                return admitted.error(&e, cx.out());
-            }
-            if let Some(Err(e)) = list.after.as_deref().map(crate::proxy::parse_cursor) {
-                return admitted.error(&Error::bad_request(e), cx.out());
-            }
-            match proxy.store() {
-                None => {
-                    let page = proxy
-                        .list(list.after.as_deref(), limit as usize, list.node.as_deref())
-                        .map_err(Error::bad_request);
-                    match page {
-                        Ok(page) => admitted.ok(
-                            &serde_json::to_string(&page).expect("pins serialise"),
-                            cx.out(),
-                        ),
-                        Err(e) => admitted.error(&e, cx.out()),
-                    }
-                }
-                Some(store) => {
-                    let answer = deferred(admitted, cx);
-                    store.list(
-                        list.after,
-                        limit as usize,
-                        list.node,
-                        Box::new(move |r| {
-                            answer(r.map(|p| serde_json::to_string(&p).expect("pins serialise")))
-                        }),
-                    );
-                }
-            }
-            return;
-        }
-        let unpin: UnpinBody = match admitted.request.body() {
-            Ok(b) => b,
-            Err(e) => return admitted.error(&e, cx.out()),
-        };
-        if unpin.key.is_none() && unpin.node.is_none() {
-            let e =
-                Error::bad_request("name a key or a node to unpin: {\"key\": …} or {\"node\": …}");
-            return admitted.error(&e, cx.out());
-        }
-        match proxy.store() {
-            None => {
-                let dropped = proxy.unpin(unpin.key.as_deref(), unpin.node.as_deref());
-                log::info!(
-                    "dropped {dropped} pins (key {:?}, node {:?})",
-                    unpin.key,
-                    unpin.node
-                );
-                let body =
-                    serde_json::to_string(&Unpinned { dropped }).expect("a number serialises");
-                admitted.ok(&body, cx.out());
-            }
-            Some(store) => {
-                let answer = deferred(admitted, cx);
-                let (key, node) = (unpin.key.clone(), unpin.node.clone());
-                store.unpin(
-                    unpin.key,
-                    unpin.node,
-                    Box::new(move |r| {
-                        if let Ok(n) = &r {
-                            log::info!("dropped {n} pins (key {key:?}, node {node:?})");
-                        }
-                        answer(r.map(|dropped| {
-                            serde_json::to_string(&Unpinned { dropped })
-                                .expect("a number serialises")
-                        }))
-                    }),
-                );
-            }
-        }
-    }
-}
-
-/// An answer to `admitted` from another thread.
-fn deferred(
-    admitted: Admitted,
-    cx: &mut Context<'_>,
-) -> impl FnOnce(Result<String, String>) + Send {
-    let reply = cx.defer();
-    let (id, nonce, key) = (admitted.request.id, admitted.request.nonce, admitted.key);
-    move |r: Result<String, String>| {
-        let mut out = Vec::new();
-        match r {
-            Ok(body) => wire::encode_ok(Some(&key), id, &nonce, &body, &mut out),
-            Err(why) => {
-                wire::encode_error(Some(&key), id, &nonce, &Error::Unavailable(why), &mut out)
-            }
-        }
-        reply.send(out);
     }
 }
 
@@ -560,30 +522,25 @@ fn build_views(
         let cur = current.load_full();
         let view = std::mem::take(&mut b.view);
         let result = apply(&cur, view, kind, ring);
-        let mut out = Vec::new();
+        let applied = |version| Applied {
+            applied: version,
+            stats: Some(b.stats.clone()),
+        };
         match result {
             Ok(Some(next)) => {
                 let v = next.view.version;
                 current.store(Arc::new(next));
-                reply_applied(&b, v, &mut out);
+                b.responder.ok(&applied(v));
             }
-            Ok(None) => reply_applied(&b, cur.view.version, &mut out),
+            Ok(None) => {
+                b.responder.ok(&applied(cur.view.version));
+            }
             Err(e) => {
                 log::warn!("refused a view: {e}");
-                wire::encode_error(Some(&b.key), b.id, &b.nonce, &e, &mut out);
+                b.responder.fail(&e);
             }
         }
-        b.reply.send(out);
     }
-}
-
-fn reply_applied(b: &Build, version: u64, out: &mut Vec<u8>) {
-    let applied = Applied {
-        applied: version,
-        stats: Some(b.stats.clone()),
-    };
-    let body = serde_json::to_string(&applied).expect("numbers serialise");
-    wire::encode_ok(Some(&b.key), b.id, &b.nonce, &body, out);
 }
 
 /// The snapshot `view` leads to, or `None` when it is older than `cur`.

@@ -1,53 +1,109 @@
-//! `dsf-proto`: the message catalogue, written once and used by the servers
-//! (each route is checked against it) and by the SDK (which types it may
-//! send again, and how).
+//! `dsf-proto`: message types, written once and used by the servers (each
+//! route is declared from its type) and by the SDK (how it may send one
+//! again).
 //!
-//! For every message type: its name, who may send it ([`Auth`]), whether it
-//! *writes* (the server records `(app, nonce)` and the reply in the same
-//! transaction as the write, so the same signed request never runs twice,
-//! on any node) and whether it *streams* (events before the final reply).
-//! The table is DESIGN.md's "Message types", plus the writes of the
-//! accounts and blacklist that the design leaves implicit.
+//! A message type is a [`Message`]: its [`Type`] (name, who may send it
+//! ([`Auth`]), and its [`Kind`]: a read, a write that runs once, or a
+//! stream of events), its body, its reply, and a stream's event. Declare
+//! one with [`message!`]; a user's crate declares its own the same way:
 //!
-//! Each client-facing type is a [`Message`]: its [`Type`] entry, its body
-//! and its reply, written once here ([`sys`], [`user`], [`blacklist`],
-//! [`gate`], [`lb`], [`task`], [`msg`]). The app server parses bodies and renders replies with
-//! these types; the SDK's typed calls (`Client::send::<M>`) send and read
-//! them. The cluster's own types ([`cluster`]: `node.heartbeat`,
-//! `node.leave`, `lb.set_view`) are messages too; the two diagnostic
-//! reports, `lb.view` and `cluster.status`, are listed by name.
+//! ```
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! pub struct PlaceBody { pub item: String, pub qty: u32 }
+//! #[derive(Debug, Serialize, Deserialize)]
+//! pub struct Placed { pub id: u64 }
+//!
+//! dsf_proto::message! {
+//!     /// `order.place`: a new order of the caller's.
+//!     pub Place = "order.place", Viewer, write: PlaceBody => Placed
+//! }
+//!
+//! use dsf_proto::Message;
+//! assert_eq!(Place::TYPE.name, "order.place");
+//! assert!(Place::TYPE.writes());
+//! ```
+//!
+//! A server's catalogue is not a fixed list: it is assembled at start from
+//! the services it runs ([`Catalogue`]), and two services declaring one
+//! name refuse to start. [`CATALOGUE`] lists dsf's own types (modules
+//! [`sys`], [`user`], [`blacklist`], [`gate`], [`lb`], [`cluster`],
+//! [`task`], [`audit`], [`msg`]), which the SDK uses for a type it is
+//! given only by name.
 
 #![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// One message type with its body and reply.
-pub trait Message {
+/// One message type with its body, its reply and (for a stream) its event.
+pub trait Message: 'static {
     /// Its catalogue entry.
     const TYPE: Type;
     /// What the request carries.
-    type Body: Serialize + DeserializeOwned;
-    /// What a successful reply carries.
-    type Reply: Serialize + DeserializeOwned;
+    type Body: Serialize + DeserializeOwned + Send + 'static;
+    /// What a successful reply carries (a stream's final reply).
+    type Reply: Serialize + DeserializeOwned + Send + 'static;
+    /// The body of a stream's events ([`Empty`] for a type that does not
+    /// stream).
+    type Event: Serialize + DeserializeOwned + Send + 'static;
 }
 
-/// Declares a [`Message`]: `Name = "type", auth, writes: Body => Reply`.
+/// Declares a [`Message`]: a unit struct named `Name` whose [`Type`] is
+/// `"type"` with the given [`Auth`] and kind.
+///
+/// ```text
+/// message! { /// docs
+///     pub Name = "group.verb", Auth, read: Body => Reply }
+/// message! { pub Name = "group.verb", Auth, write: Body => Reply }
+/// message! { pub Name = "group.verb", Auth, stream: Body => Reply, event "name": Event }
+/// ```
+///
+/// `Auth` is one of [`Auth`]'s variants (`App`, `AppOrUser`, `Viewer`,
+/// `Operator`, `Admin`, `Cluster`, `Node`, `Peer`). A *write* runs once on
+/// any node: its reply is stored with its effects, and the same signed
+/// request sent again gets the stored reply. A *stream* is answered by
+/// events named `"name"` carrying `Event`, then one final `Reply`.
+///
+/// ```
+/// use dsf_proto::{Empty, Kind, Message};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)] pub struct WatchBody { pub id: u64 }
+/// # #[derive(Serialize, Deserialize)] pub struct Status { pub status: String }
+/// dsf_proto::message! {
+///     /// `order.watch`: the order's status now, then each change.
+///     pub Watch = "order.watch", Viewer, stream: WatchBody => Status, event "status": Status
+/// }
+/// assert_eq!(Watch::TYPE.kind, Kind::Stream { event: "status" });
+/// ```
+#[macro_export]
 macro_rules! message {
-    ($(#[$doc:meta])* $name:ident = $kind:literal, $auth:ident, $writes:literal: $body:ty => $reply:ty) => {
+    ($(#[$doc:meta])* $vis:vis $name:ident = $kind:literal, $auth:ident, read: $body:ty => $reply:ty $(,)?) => {
+        $crate::message!(@def [$(#[$doc])*] $vis $name, $kind, $auth, $crate::Kind::Read, $body, $reply, $crate::Empty);
+    };
+    ($(#[$doc:meta])* $vis:vis $name:ident = $kind:literal, $auth:ident, write: $body:ty => $reply:ty $(,)?) => {
+        $crate::message!(@def [$(#[$doc])*] $vis $name, $kind, $auth, $crate::Kind::Write, $body, $reply, $crate::Empty);
+    };
+    ($(#[$doc:meta])* $vis:vis $name:ident = $kind:literal, $auth:ident, stream: $body:ty => $reply:ty, event $event:literal: $ev:ty $(,)?) => {
+        $crate::message!(@def [$(#[$doc])*] $vis $name, $kind, $auth, $crate::Kind::Stream { event: $event }, $body, $reply, $ev);
+    };
+    (@def [$(#[$doc:meta])*] $vis:vis $name:ident, $kind:literal, $auth:ident, $k:expr, $body:ty, $reply:ty, $ev:ty) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy)]
-        pub struct $name;
+        $vis struct $name;
 
         impl $crate::Message for $name {
             const TYPE: $crate::Type = $crate::Type {
                 name: $kind,
                 auth: $crate::Auth::$auth,
-                writes: $writes,
-                streams: false,
+                kind: $k,
             };
             type Body = $body;
             type Reply = $reply;
+            type Event = $ev;
         }
     };
 }
@@ -81,11 +137,32 @@ pub mod sys {
 
     message!(
         /// `sys.ping`: which node answers.
-        Ping = "sys.ping", App, false: Empty => Pong
+        pub Ping = "sys.ping", App, read: Empty => Pong
     );
     message!(
         /// `sys.cancel`: ends a stream of this connection.
-        Cancel = "sys.cancel", App, false: CancelBody => Empty
+        pub Cancel = "sys.cancel", App, read: CancelBody => Empty
+    );
+
+    /// `peer.wake`'s body: topics whose state changed on the sender.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct WakeBody {
+        /// At most [`WAKE_TOPICS_MAX`] topics, each at most
+        /// [`TOPIC_MAX`] bytes.
+        pub topics: Vec<String>,
+    }
+
+    /// Most topics one `peer.wake` carries.
+    pub const WAKE_TOPICS_MAX: usize = 1000;
+    /// Longest topic, in bytes.
+    pub const TOPIC_MAX: usize = 256;
+
+    message!(
+        /// `peer.wake`: an app server tells the others that a write
+        /// committed on `topics`, so their long polls and streams waiting
+        /// on those topics look again now.
+        pub Wake = "peer.wake", Peer, read: WakeBody => Empty
     );
 }
 
@@ -197,30 +274,30 @@ pub mod user {
         /// open (`forbidden` when closed). The reply is the same for a
         /// taken name, which keeps its account and password: no message
         /// says which names exist.
-        Register = "user.register", App, true: Credentials => Registered
+        pub Register = "user.register", App, write: Credentials => Registered
     );
     message!(
         /// `user.create`: an admin makes an account (with registration
         /// closed, the only way); `conflict` if the name is taken.
-        Create = "user.create", Admin, true: CreateBody => User
+        pub Create = "user.create", Admin, write: CreateBody => User
     );
     message!(
         /// `user.login`: a session token. Not run once: its reply holds a
         /// token, which must not be kept in clear (sessions are stored
         /// hashed); a resend makes a second session, the first expires.
-        Login = "user.login", App, false: Credentials => LoggedIn
+        pub Login = "user.login", App, read: Credentials => LoggedIn
     );
     message!(
         /// `user.logout`: ends the session of the token sent.
-        Logout = "user.logout", Viewer, true: Empty => Empty
+        pub Logout = "user.logout", Viewer, write: Empty => Empty
     );
     message!(
         /// `user.me`: who the token belongs to.
-        Me = "user.me", Viewer, false: Empty => User
+        pub Me = "user.me", Viewer, read: Empty => User
     );
     message!(
         /// `user.set_role`: gives a user a role.
-        SetRole = "user.set_role", Admin, true: SetRoleBody => User
+        pub SetRole = "user.set_role", Admin, write: SetRoleBody => User
     );
 }
 
@@ -301,23 +378,23 @@ pub mod blacklist {
 
     message!(
         /// `blacklist.add`: lists a person; `conflict` if already listed.
-        Add = "blacklist.add", Operator, true: AddBody => Entry
+        pub Add = "blacklist.add", Operator, write: AddBody => Entry
     );
     message!(
         /// `blacklist.get`: the entry, or `not_found`.
-        Get = "blacklist.get", Viewer, false: IdCard => Entry
+        pub Get = "blacklist.get", Viewer, read: IdCard => Entry
     );
     message!(
         /// `blacklist.update`: the changed entry, or `not_found`.
-        Update = "blacklist.update", Operator, true: UpdateBody => Entry
+        pub Update = "blacklist.update", Operator, write: UpdateBody => Entry
     );
     message!(
         /// `blacklist.remove`: `{}`, or `not_found`.
-        Remove = "blacklist.remove", Operator, true: IdCard => Empty
+        pub Remove = "blacklist.remove", Operator, write: IdCard => Empty
     );
     message!(
         /// `blacklist.list`: keyset-paginated entries.
-        List = "blacklist.list", Viewer, false: ListBody => Page
+        pub List = "blacklist.list", Viewer, read: ListBody => Page
     );
 }
 
@@ -382,11 +459,11 @@ pub mod gate {
         /// `gate.check`: whether the id card is listed; every check is
         /// recorded. Not run once: a repeated check is one more record of
         /// what the gate would have done anyway.
-        Check = "gate.check", App, false: CheckBody => Checked
+        pub Check = "gate.check", AppOrUser, read: CheckBody => Checked
     );
     message!(
         /// `gate.history`: checks, newest first.
-        History = "gate.history", Viewer, false: HistoryBody => Checks
+        pub History = "gate.history", Viewer, read: HistoryBody => Checks
     );
 }
 
@@ -542,16 +619,21 @@ pub mod cluster {
 
     message!(
         /// `node.heartbeat`: an app server to the collector.
-        NodeHeartbeat = "node.heartbeat", Cluster, false: Heartbeat => HeartbeatReply
+        pub NodeHeartbeat = "node.heartbeat", Node, read: Heartbeat => HeartbeatReply
     );
     message!(
         /// `node.leave`: an app server leaving at the end of a graceful stop.
-        NodeLeave = "node.leave", Cluster, false: Leave => Empty
+        pub NodeLeave = "node.leave", Node, read: Leave => Empty
     );
     message!(
         /// `lb.set_view`: the collector to a balancer; older versions are
         /// ignored.
-        SetView = "lb.set_view", Cluster, false: View => Applied
+        pub SetView = "lb.set_view", Cluster, read: View => Applied
+    );
+    message!(
+        /// `cluster.status`: the collector's member table, balancers and
+        /// role; the shape is the collector's (any body is accepted).
+        pub Status = "cluster.status", App, read: serde_json::Value => serde_json::Value
     );
 }
 
@@ -588,7 +670,13 @@ pub mod lb {
 
     message!(
         /// `lb.resolve`: which node owns the key.
-        Resolve = "lb.resolve", App, false: ResolveBody => Resolved
+        pub Resolve = "lb.resolve", App, read: ResolveBody => Resolved
+    );
+    message!(
+        /// `lb.view`: the view in force with each node's exact share of the
+        /// hash space and the policy; the shape is the balancer's (any body
+        /// is accepted).
+        pub GetView = "lb.view", App, read: serde_json::Value => serde_json::Value
     );
 
     /// Largest page of pins `lb.pins` returns.
@@ -702,16 +790,16 @@ pub mod lb {
 
     message!(
         /// `lb.pins`: a page of proxy mode's stored routes (cluster secret).
-        Pins = "lb.pins", Cluster, false: PinsBody => PinPage
+        pub Pins = "lb.pins", Cluster, read: PinsBody => PinPage
     );
     message!(
         /// `lb.unpin`: drops stored routes; the next connection with the key
         /// is routed by the ring again (cluster secret).
-        Unpin = "lb.unpin", Cluster, false: UnpinBody => Unpinned
+        pub Unpin = "lb.unpin", Cluster, read: UnpinBody => Unpinned
     );
     message!(
         /// `lb.stats`: the balancer's counters, proxy mode's included.
-        GetStats = "lb.stats", App, false: Empty => Stats
+        pub GetStats = "lb.stats", App, read: Empty => Stats
     );
 }
 
@@ -910,35 +998,35 @@ pub mod task {
 
     message!(
         /// `task.submit`: a batch of tasks, into a new job or one of yours.
-        Submit = "task.submit", App, true: SubmitBody => Submitted
+        pub Submit = "task.submit", AppOrUser, write: SubmitBody => Submitted
     );
     message!(
         /// `task.claim`: up to `n` ready tasks, leased.
-        Claim = "task.claim", App, true: ClaimBody => ClaimReply
+        pub Claim = "task.claim", AppOrUser, write: ClaimBody => ClaimReply
     );
     message!(
         /// `task.heartbeat`: extends the leases still held.
-        Heartbeat = "task.heartbeat", App, false: HeartbeatBody => Extended
+        pub Heartbeat = "task.heartbeat", AppOrUser, read: HeartbeatBody => Extended
     );
     message!(
         /// `task.complete`: the result, under the lease's fence.
-        Complete = "task.complete", App, true: CompleteBody => Empty
+        pub Complete = "task.complete", AppOrUser, write: CompleteBody => Empty
     );
     message!(
         /// `task.fail`: a failed attempt, retried with backoff until the last.
-        Fail = "task.fail", App, true: FailBody => Empty
+        pub Fail = "task.fail", AppOrUser, write: FailBody => Empty
     );
     message!(
         /// `job.status`: the job's counts.
-        Status = "job.status", App, false: JobRef => JobStatus
+        pub Status = "job.status", AppOrUser, read: JobRef => JobStatus
     );
     message!(
         /// `job.results`: a page of task outcomes in submit order.
-        GetResults = "job.results", App, false: ResultsBody => Results
+        pub GetResults = "job.results", AppOrUser, read: ResultsBody => Results
     );
     message!(
         /// `job.cancel`: ready and waiting tasks are dropped, leases revoked.
-        Cancel = "job.cancel", App, true: JobRef => Empty
+        pub Cancel = "job.cancel", AppOrUser, write: JobRef => Empty
     );
 
     /// A `progress` event of `job.watch`.
@@ -956,21 +1044,11 @@ pub mod task {
     /// The name of `job.watch`'s events.
     pub const PROGRESS: &str = "progress";
 
-    /// `job.watch`: `progress` events whenever the counts change (at most
-    /// every 100 ms), then the final [`JobStatus`] when the job ends.
-    #[derive(Debug, Clone, Copy)]
-    pub struct Watch;
-
-    impl Message for Watch {
-        const TYPE: Type = Type {
-            name: "job.watch",
-            auth: Auth::App,
-            writes: false,
-            streams: true,
-        };
-        type Body = JobRef;
-        type Reply = JobStatus;
-    }
+    message!(
+        /// `job.watch`: `progress` events whenever the counts change (at most
+        /// every 100 ms), then the final [`JobStatus`] when the job ends.
+        pub Watch = "job.watch", AppOrUser, stream: JobRef => JobStatus, event "progress": Progress
+    );
 }
 
 /// `audit.list`: the audit trail of role changes, users made and blacklist
@@ -1022,7 +1100,7 @@ pub mod audit {
 
     message!(
         /// `audit.list`: a page of the audit trail (admins).
-        List = "audit.list", Admin, false: ListBody => Page
+        pub List = "audit.list", Admin, read: ListBody => Page
     );
 }
 
@@ -1179,54 +1257,52 @@ pub mod msg {
 
     message!(
         /// `msg.send`: a message to a user's inbox, or to every member of a room.
-        Send = "msg.send", Viewer, true: SendBody => Sent
+        pub Send = "msg.send", Viewer, write: SendBody => Sent
     );
     message!(
         /// `msg.ack`: the messages up to `upto` are handled; frees credit.
-        Ack = "msg.ack", Viewer, false: AckBody => Empty
+        pub Ack = "msg.ack", Viewer, read: AckBody => Empty
     );
     message!(
         /// `msg.history`: messages you sent and received, newest first.
-        GetHistory = "msg.history", Viewer, false: HistoryBody => History
+        pub GetHistory = "msg.history", Viewer, read: HistoryBody => History
     );
     message!(
         /// `msg.join`: joins a room, making it if it does not exist.
-        Join = "msg.join", Viewer, true: RoomBody => Joined
+        pub Join = "msg.join", Viewer, write: RoomBody => Joined
     );
     message!(
         /// `msg.leave`: leaves a room.
-        Leave = "msg.leave", Viewer, true: RoomBody => Empty
+        pub Leave = "msg.leave", Viewer, write: RoomBody => Empty
     );
     message!(
         /// `peer.notify`: an app server tells the one holding a user's
         /// subscription that a message is waiting.
-        Notify = "peer.notify", Cluster, false: NotifyBody => Empty
+        pub Notify = "peer.notify", Peer, read: NotifyBody => Empty
     );
 
-    /// `msg.subscribe`: the inbox's messages not yet acknowledged, in
-    /// order, then new ones as they come, at most `credit` unacknowledged
-    /// at a time. One per connection; a newer subscription of the same
-    /// user (on any node) ends this one with `conflict`.
-    #[derive(Debug, Clone, Copy)]
-    pub struct Subscribe;
-
-    impl super::Message for Subscribe {
-        const TYPE: Type = Type {
-            name: "msg.subscribe",
-            auth: Auth::Viewer,
-            writes: false,
-            streams: true,
-        };
-        type Body = SubscribeBody;
-        type Reply = serde_json::Value;
-    }
+    message!(
+        /// `msg.subscribe`: the inbox's messages not yet acknowledged, in
+        /// order, then new ones as they come, at most `credit`
+        /// unacknowledged at a time. One per connection; a newer
+        /// subscription of the same user (on any node) ends this one with
+        /// `conflict`. Its final reply is `{"cancelled":true}` after a
+        /// `sys.cancel`, or an error.
+        pub Subscribe = "msg.subscribe", Viewer, stream: SubscribeBody => serde_json::Value, event "message": Message
+    );
 }
 
-/// Who may send a message type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who may send a message type: the one rule set every dsf server checks
+/// (the pipeline's auth layer), declared with the type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Auth {
-    /// A valid app signature is enough (an app key may be scoped to fewer types).
+    /// A valid signature with an app key is enough (an app key may be
+    /// scoped to fewer types). Node keys and the peer secret sign only
+    /// their own types.
     App,
+    /// An app key; a session token, when one is sent, must be valid, and
+    /// the handler then knows the user (a job is then the user's too).
+    AppOrUser,
     /// A session token of a user with at least the viewer role.
     Viewer,
     /// ... at least operator.
@@ -1235,33 +1311,120 @@ pub enum Auth {
     Admin,
     /// The cluster secret (app id `cluster`).
     Cluster,
+    /// A node speaking for itself: its own key (app `node:<id>`, where
+    /// `<id>` is the body's `id`), or the cluster secret on a server that
+    /// takes no node keys.
+    Node,
+    /// Another app server, under the peer secret (app id `peer`).
+    Peer,
 }
 
-/// One message type of the catalogue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Type {
-    pub name: &'static str,
-    pub auth: Auth,
-    /// Runs once on any node: a resend of the same signed request gets the
-    /// stored reply.
-    pub writes: bool,
-    /// Answered by events, then a final reply.
-    pub streams: bool,
-}
+// === impl Auth ===
 
-const fn read(name: &'static str, auth: Auth) -> Type {
-    Type {
-        name,
-        auth,
-        writes: false,
-        streams: false,
+impl Auth {
+    /// The least role a session must have, for the types that need one.
+    pub const fn role(self) -> Option<user::Role> {
+        match self {
+            Auth::Viewer => Some(user::Role::Viewer),
+            Auth::Operator => Some(user::Role::Operator),
+            Auth::Admin => Some(user::Role::Admin),
+            _ => None,
+        }
+    }
+
+    /// Whether a session token is read (needed or optional).
+    pub const fn reads_session(self) -> bool {
+        matches!(
+            self,
+            Auth::AppOrUser | Auth::Viewer | Auth::Operator | Auth::Admin
+        )
+    }
+
+    /// How the README's tables name it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Auth::App => "app",
+            Auth::AppOrUser => "app (user optional)",
+            Auth::Viewer => "viewer",
+            Auth::Operator => "operator",
+            Auth::Admin => "admin",
+            Auth::Cluster => "cluster",
+            Auth::Node => "node",
+            Auth::Peer => "peer",
+        }
     }
 }
 
-/// Every message type of every part.
+impl std::fmt::Display for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a request of a type does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Changes nothing that a second run would change again: the SDK sends
+    /// it again freely, freshly signed.
+    Read,
+    /// Runs once on any node: its reply is stored with its write, and the
+    /// same signed request sent again gets the stored reply. The SDK sends
+    /// it again only with its first nonce.
+    Write,
+    /// Answered by events of this name, then one final reply.
+    Stream {
+        /// The events' name (`"progress"`, `"message"`).
+        event: &'static str,
+    },
+}
+
+/// One message type of a catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Type {
+    /// `group.verb`, e.g. `blacklist.add`.
+    pub name: &'static str,
+    pub auth: Auth,
+    pub kind: Kind,
+}
+
+// === impl Type ===
+
+impl Type {
+    /// Whether it runs once (a [`Kind::Write`]).
+    pub const fn writes(&self) -> bool {
+        matches!(self.kind, Kind::Write)
+    }
+
+    /// Whether it is answered by events, then a final reply.
+    pub const fn streams(&self) -> bool {
+        matches!(self.kind, Kind::Stream { .. })
+    }
+
+    /// A stream's event name.
+    pub const fn event(&self) -> Option<&'static str> {
+        match self.kind {
+            Kind::Stream { event } => Some(event),
+            _ => None,
+        }
+    }
+
+    /// `read`, `write` or `stream`.
+    pub const fn kind_str(&self) -> &'static str {
+        match self.kind {
+            Kind::Read => "read",
+            Kind::Write => "write",
+            Kind::Stream { .. } => "stream",
+        }
+    }
+}
+
+/// dsf's own message types, of every part. A server serves those of the
+/// services it runs ([`Catalogue`]); this list is for the SDK, which may be
+/// handed a type by name alone ([`get`], [`writes`]).
 pub const CATALOGUE: &[Type] = &[
     <sys::Ping as Message>::TYPE,
     <sys::Cancel as Message>::TYPE,
+    <sys::Wake as Message>::TYPE,
     <user::Register as Message>::TYPE,
     <user::Create as Message>::TYPE,
     <user::Login as Message>::TYPE,
@@ -1276,6 +1439,7 @@ pub const CATALOGUE: &[Type] = &[
     <gate::Check as Message>::TYPE,
     <gate::History as Message>::TYPE,
     <lb::Resolve as Message>::TYPE,
+    <lb::GetView as Message>::TYPE,
     <lb::Pins as Message>::TYPE,
     <lb::Unpin as Message>::TYPE,
     <lb::GetStats as Message>::TYPE,
@@ -1298,23 +1462,101 @@ pub const CATALOGUE: &[Type] = &[
     <msg::Notify as Message>::TYPE,
     <cluster::NodeHeartbeat as Message>::TYPE,
     <cluster::NodeLeave as Message>::TYPE,
+    <cluster::Status as Message>::TYPE,
     <cluster::SetView as Message>::TYPE,
-    // Diagnostic reports whose shape belongs to the server that makes them
-    // (the ring's shares, the collector's member table; see the README);
-    // listed by name, their replies read as JSON.
-    read("lb.view", Auth::App),
-    read("cluster.status", Auth::App),
 ];
 
-/// The catalogue's entry for `name`.
+/// dsf's own type named `name` ([`CATALOGUE`]).
 pub fn get(name: &str) -> Option<&'static Type> {
     CATALOGUE.iter().find(|t| t.name == name)
 }
 
-/// Whether `name` is a type that runs once (an unknown type is treated as
-/// one: never sent twice on a guess).
+/// Whether `name`, one of dsf's own types, runs once; a type not among
+/// them is treated as one (never sent twice on a guess).
 pub fn writes(name: &str) -> bool {
-    get(name).is_none_or(|t| t.writes)
+    get(name).is_none_or(|t| t.writes())
+}
+
+/// A server's catalogue: the types of the services it runs, each with the
+/// service that declared it. Assembled at start; a name declared twice is
+/// refused with both owners named.
+///
+/// ```
+/// use dsf_proto::{Catalogue, Message};
+/// let mut c = Catalogue::new();
+/// c.add("sys", dsf_proto::sys::Ping::TYPE).unwrap();
+/// let e = c.add("mine", dsf_proto::sys::Ping::TYPE).unwrap_err();
+/// assert_eq!(e.to_string(), "message type \"sys.ping\" is declared by service \"sys\" and by service \"mine\": each type belongs to one service (rename one of them)");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Catalogue {
+    types: BTreeMap<&'static str, (Type, String)>,
+}
+
+/// Two services declared the same message type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    pub name: &'static str,
+    pub first: String,
+    pub second: String,
+}
+
+impl std::fmt::Display for Duplicate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "message type {:?} is declared by service {:?} and by service {:?}: each type belongs to one service (rename one of them)",
+            self.name, self.first, self.second
+        )
+    }
+}
+
+impl std::error::Error for Duplicate {}
+
+// === impl Catalogue ===
+
+impl Catalogue {
+    /// An empty catalogue.
+    pub fn new() -> Catalogue {
+        Catalogue::default()
+    }
+
+    /// Adds `ty`, declared by service `owner`.
+    pub fn add(&mut self, owner: &str, ty: Type) -> Result<(), Duplicate> {
+        if let Some((_, first)) = self.types.get(ty.name) {
+            return Err(Duplicate {
+                name: ty.name,
+                first: first.clone(),
+                second: owner.to_string(),
+            });
+        }
+        self.types.insert(ty.name, (ty, owner.to_string()));
+        Ok(())
+    }
+
+    /// The type named `name`.
+    pub fn get(&self, name: &str) -> Option<&Type> {
+        self.types.get(name).map(|(t, _)| t)
+    }
+
+    /// The service that declared `name`.
+    pub fn owner(&self, name: &str) -> Option<&str> {
+        self.types.get(name).map(|(_, o)| o.as_str())
+    }
+
+    /// Every type, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&Type, &str)> + '_ {
+        self.types.values().map(|(t, o)| (t, o.as_str()))
+    }
+
+    /// How many types.
+    pub fn len(&self) -> usize {
+        self.types.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.types.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -1323,13 +1565,37 @@ mod tests {
 
     #[test]
     fn every_name_is_listed_once() {
-        for (i, t) in CATALOGUE.iter().enumerate() {
-            assert!(
-                CATALOGUE[i + 1..].iter().all(|u| u.name != t.name),
-                "{} is listed twice",
-                t.name
-            );
+        let mut c = Catalogue::new();
+        for t in CATALOGUE {
+            c.add("dsf", *t).unwrap();
         }
+        assert_eq!(c.len(), CATALOGUE.len());
+    }
+
+    #[test]
+    fn a_name_declared_twice_names_both_services() {
+        let mut c = Catalogue::new();
+        c.add("orders", <sys::Ping as Message>::TYPE).unwrap();
+        let e = c.add("billing", <sys::Ping as Message>::TYPE).unwrap_err();
+        assert_eq!((e.first.as_str(), e.second.as_str()), ("orders", "billing"));
+        assert!(e.to_string().contains("\"orders\""), "{e}");
+        assert!(e.to_string().contains("\"billing\""), "{e}");
+        assert_eq!(c.owner("sys.ping"), Some("orders"));
+    }
+
+    #[test]
+    fn the_macro_declares_each_kind() {
+        crate::message!(
+            /// A read.
+            R = "t.r", App, read: Empty => Empty
+        );
+        crate::message!(W = "t.w", Viewer, write: Empty => Empty);
+        crate::message!(S = "t.s", AppOrUser, stream: Empty => Empty, event "tick": Empty);
+        assert_eq!(R::TYPE.kind, Kind::Read);
+        assert!(W::TYPE.writes() && !W::TYPE.streams());
+        assert_eq!(W::TYPE.auth.role(), Some(user::Role::Viewer));
+        assert_eq!(S::TYPE.event(), Some("tick"));
+        assert!(S::TYPE.auth.reads_session() && S::TYPE.auth.role().is_none());
     }
 
     #[test]
@@ -1358,6 +1624,7 @@ mod tests {
         }
         listed::<sys::Ping>();
         listed::<sys::Cancel>();
+        listed::<sys::Wake>();
         listed::<user::Register>();
         listed::<user::Create>();
         listed::<user::Login>();
@@ -1372,6 +1639,20 @@ mod tests {
         listed::<gate::Check>();
         listed::<gate::History>();
         listed::<lb::Resolve>();
+        listed::<lb::GetView>();
+        listed::<lb::Pins>();
+        listed::<lb::Unpin>();
+        listed::<lb::GetStats>();
+        listed::<cluster::Status>();
+        listed::<task::Submit>();
+        listed::<task::Claim>();
+        listed::<task::Heartbeat>();
+        listed::<task::Complete>();
+        listed::<task::Fail>();
+        listed::<task::Status>();
+        listed::<task::GetResults>();
+        listed::<task::Cancel>();
+        listed::<task::Watch>();
         listed::<cluster::NodeHeartbeat>();
         listed::<cluster::NodeLeave>();
         listed::<cluster::SetView>();

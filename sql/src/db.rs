@@ -548,7 +548,7 @@ impl Db {
 
     /// Runs `f` on a pooled connection (the run-once write's transaction,
     /// inside one), mapping driver errors for `op`.
-    pub(crate) fn with_conn<T>(
+    pub fn with_conn<T>(
         &self,
         op: &'static str,
         f: impl FnOnce(&mut PooledConn) -> mysql::Result<T>,
@@ -564,6 +564,26 @@ impl Db {
         })
     }
 
+    /// [`Db::with_conn`] for a closure that says its own errors (a
+    /// handler's statements, `?` on the driver's errors).
+    pub fn with_conn_result<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut PooledConn) -> Result<T>,
+    ) -> Result<T> {
+        let f = match self.on_run_once(f) {
+            Ok(r) => return r,
+            Err(f) => f,
+        };
+        let mut conn = self.conn(op)?;
+        let r = f(&mut conn);
+        if matches!(r, Err(Error::Unavailable { .. })) {
+            // Maybe the connection broke: the pool makes a new one.
+            conn.reset_connection(true);
+        }
+        r
+    }
+
     /// Runs `f` in one transaction: the run-once write's, inside
     /// [`Writes::run_once`](crate::Writes::run_once) on this thread (it
     /// commits with the write's record, and a deadlock there is the
@@ -572,7 +592,7 @@ impl Db {
     /// again, for up to [`RETRY_CONFLICTS_FOR`], when InnoDB chose it as a
     /// deadlock's victim (it rolled the whole transaction back) or Galera
     /// failed it in certification.
-    pub(crate) fn with_tx<T>(
+    pub fn with_tx<T>(
         &self,
         op: &'static str,
         f: impl FnMut(&mut PooledConn) -> Result<T>,

@@ -35,6 +35,12 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
 
+    /// A handler's own refusal, raised inside a transaction it runs
+    /// (`call.tx(|tx| …)`): it rolls the transaction back and reaches the
+    /// client as it is.
+    #[error("{0}")]
+    Refused(dsf_common::Error),
+
     /// The row exists, and the caller may not act on it (a room they are
     /// not a member of).
     #[error("{0}")]
@@ -75,11 +81,13 @@ pub enum Error {
 
     /// An applied migration's text differs from the one in this binary.
     #[error(
-        "migration {version} ({name}) was changed after it was applied: checksum \
+        "migration {version} ({name}) of {namespace} was changed after it was applied: checksum \
          {applied} in the database, {embedded} in this binary; restore the file \
          and put the change in a new migration"
     )]
     MigrationChanged {
+        /// The service whose migration it is.
+        namespace: String,
         /// The migration's number.
         version: u32,
         /// The migration's name.
@@ -119,6 +127,7 @@ impl Error {
         match self {
             Error::Invalid { .. } => ErrorCode::BadRequest,
             Error::NotFound(_) => ErrorCode::NotFound,
+            Error::Refused(e) => e.code(),
             Error::Forbidden(_) => ErrorCode::Forbidden,
             Error::Conflict { .. } => ErrorCode::Conflict,
             Error::Unavailable { .. } | Error::PoolTimeout { .. } => ErrorCode::Unavailable,
@@ -188,7 +197,25 @@ impl Error {
 
 impl From<Error> for dsf_common::Error {
     fn from(e: Error) -> dsf_common::Error {
-        dsf_common::Error::new(e.code(), e.to_string())
+        match e {
+            Error::Refused(e) => e,
+            e => dsf_common::Error::new(e.code(), e.to_string()),
+        }
+    }
+}
+
+/// A handler's refusal inside its transaction: `Err(Error::NotFound(..).into())`.
+impl From<dsf_common::Error> for Error {
+    fn from(e: dsf_common::Error) -> Error {
+        Error::Refused(e)
+    }
+}
+
+/// A statement of a handler's own that failed, inside `call.tx(|tx| …)`:
+/// `tx.exec_drop(…)?`.
+impl From<mysql::Error> for Error {
+    fn from(e: mysql::Error) -> Error {
+        Error::from_mysql("query", e)
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! - [`db`]: [`Db`], a bounded `mysql::Pool` with connect/read timeouts,
 //!   start-up retries and a health check; [`DbConfig`] sizes it.
-//! - [`migrate`]: versioned migrations embedded from `sql/migrations/`,
-//!   recorded with checksums, serialised across processes by `GET_LOCK`.
+//! - [`migrate`]: versioned migrations embedded from `sql/migrations/`, each
+//!   service's numbered in a namespace of its own, recorded with checksums,
+//!   serialised across processes by a lease.
 //! - [`users`], [`sessions`], [`blacklist`], [`gate_checks`], [`tasks`],
 //!   [`messages`]: the
 //!   repositories, reached from a `Db` (`db.blacklist().get("…")`); typed
@@ -63,11 +64,17 @@ pub use time::now_ms;
 pub use users::{Role, User, Users};
 pub use writes::{Once, Stored, Writes};
 
+/// The MySQL driver, for a service's own statements (`Queryable` brings
+/// `exec_drop`, `exec_first`…).
+pub use mysql;
+pub use mysql::prelude::Queryable;
+pub use mysql::PooledConn;
+
 // === impl Db: repositories ===
 
 impl Db {
-    /// Applies the embedded migrations (see [`migrate`]).
-    pub fn migrate(&self) -> Result<Report> {
+    /// Applies the migrations of every dsf service (see [`migrate`]).
+    pub fn migrate(&self) -> Result<Vec<Report>> {
         migrate::migrate(self)
     }
 

@@ -1,11 +1,19 @@
 //! Versioned migrations, embedded in the binary and recorded in
-//! `schema_migrations` with a SHA-256 checksum.
+//! `schema_migrations` with a SHA-256 checksum, each under the namespace of
+//! the service it belongs to: a service's migrations are numbered on their
+//! own, so a user's service never collides with dsf's.
 //!
-//! Files live in `sql/migrations/NNNN_name.sql` and are listed in
-//! [`MIGRATIONS`] (a unit test checks the list matches the directory). Each
-//! statement ends with `;` at the end of a line. MySQL cannot roll back DDL,
-//! so a migration is recorded after all its statements ran: keep each one
-//! small, and make a failed one safe to re-run (or fix it by hand).
+//! dsf's own live in `sql/migrations/<namespace>/NNNN_name.sql` and are
+//! listed in [`DSF`] by namespace (a unit test checks the lists match the
+//! folders): `dsf` (the framework's run-once records), `accounts`,
+//! `blacklist`, `tasks`, `messaging`. Each statement ends with `;` at the
+//! end of a line. MySQL cannot roll back DDL, so a migration is recorded
+//! after all its statements ran: keep each one small, and make a failed one
+//! safe to re-run (or fix it by hand).
+//!
+//! A database migrated before namespaces (one list, versions 1 to 6) is
+//! converted once: its rows become the namespaced migrations that hold the
+//! same statements ([`LEGACY`]), and nothing runs again.
 //!
 //! Several processes may migrate at once, also through different nodes of
 //! a Galera cluster: the first takes a lease on the one row of
@@ -33,7 +41,7 @@ use crate::time::now_ms;
 /// One migration: its number, name and SQL text.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
-    /// Applied in increasing order; never reused.
+    /// Applied in increasing order within its namespace; never reused.
     pub version: u32,
     /// The part of the file name after the number.
     pub name: &'static str,
@@ -41,38 +49,74 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-/// Every migration of this version of dsf, in order.
-pub const MIGRATIONS: &[Migration] = &[
+/// The framework's own: the run-once records of writes.
+pub const CORE: &[Migration] = &[Migration {
+    version: 1,
+    name: "wire_writes",
+    sql: include_str!("../migrations/dsf/0001_wire_writes.sql"),
+}];
+
+/// Users, sessions and the audit trail.
+pub const ACCOUNTS: &[Migration] = &[
     Migration {
         version: 1,
-        name: "init",
-        sql: include_str!("../migrations/0001_init.sql"),
+        name: "users",
+        sql: include_str!("../migrations/accounts/0001_users.sql"),
     },
     Migration {
         version: 2,
-        name: "wire_writes",
-        sql: include_str!("../migrations/0002_wire_writes.sql"),
+        name: "audit",
+        sql: include_str!("../migrations/accounts/0002_audit.sql"),
     },
     Migration {
         version: 3,
-        name: "tasks",
-        sql: include_str!("../migrations/0003_tasks.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "messages",
-        sql: include_str!("../migrations/0004_messages.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "audit",
-        sql: include_str!("../migrations/0005_audit.sql"),
-    },
-    Migration {
-        version: 6,
         name: "session_app",
-        sql: include_str!("../migrations/0006_session_app.sql"),
+        sql: include_str!("../migrations/accounts/0003_session_app.sql"),
     },
+];
+
+/// The blacklist and the gate checks.
+pub const BLACKLIST: &[Migration] = &[Migration {
+    version: 1,
+    name: "blacklist",
+    sql: include_str!("../migrations/blacklist/0001_blacklist.sql"),
+}];
+
+/// The task service.
+pub const TASKS: &[Migration] = &[Migration {
+    version: 1,
+    name: "tasks",
+    sql: include_str!("../migrations/tasks/0001_tasks.sql"),
+}];
+
+/// Messaging: inboxes, rooms, presence.
+pub const MESSAGING: &[Migration] = &[Migration {
+    version: 1,
+    name: "messages",
+    sql: include_str!("../migrations/messaging/0001_messages.sql"),
+}];
+
+/// The namespace of the framework's own migrations.
+pub const CORE_NAMESPACE: &str = "dsf";
+
+/// Every migration of dsf's own services, by namespace: what
+/// [`Db::migrate`] applies.
+pub const DSF: &[(&str, &[Migration])] = &[
+    (CORE_NAMESPACE, CORE),
+    ("accounts", ACCOUNTS),
+    ("blacklist", BLACKLIST),
+    ("tasks", TASKS),
+    ("messaging", MESSAGING),
+];
+
+/// What each migration of the single list before namespaces became.
+pub const LEGACY: &[(u32, &[(&str, u32)])] = &[
+    (1, &[("accounts", 1), ("blacklist", 1)]),
+    (2, &[(CORE_NAMESPACE, 1)]),
+    (3, &[("tasks", 1)]),
+    (4, &[("messaging", 1)]),
+    (5, &[("accounts", 2)]),
+    (6, &[("accounts", 3)]),
 ];
 
 /// How long the lease on `schema_lock` runs unless renewed; renewed every
@@ -83,12 +127,13 @@ const LOCK_POLL: Duration = Duration::from_millis(200);
 /// How long a process waits for another one's migration to finish.
 const LOCK_DEADLINE: Duration = Duration::from_secs(600);
 
-/// What a migration run did.
+/// What a migration run did in one namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
+    pub namespace: String,
     /// Versions this call applied, in order.
     pub applied: Vec<u32>,
-    /// The schema version afterwards.
+    /// The namespace's version afterwards.
     pub version: u32,
 }
 
@@ -127,14 +172,24 @@ impl Migration {
     }
 }
 
-/// Applies [`MIGRATIONS`] to `db`.
-pub fn migrate(db: &Db) -> Result<Report> {
-    apply(db, MIGRATIONS)
+/// Applies dsf's own migrations ([`DSF`]) to `db`.
+pub fn migrate(db: &Db) -> Result<Vec<Report>> {
+    apply_all(db, DSF)
 }
 
-/// Applies `migrations` (sorted by version) to `db`: checks every applied
-/// one still has its recorded checksum, then runs the rest in order.
-pub fn apply(db: &Db, migrations: &[Migration]) -> Result<Report> {
+/// Applies `migrations` of `namespace` to `db`: checks every applied one
+/// still has its recorded checksum, then runs the rest in order.
+pub fn apply(db: &Db, namespace: &str, migrations: &[Migration]) -> Result<Report> {
+    let mut reports = apply_all(db, &[(namespace, migrations)])?;
+    Ok(reports.pop().expect("one report per namespace"))
+}
+
+/// Applies several namespaces' migrations under one lease, in the order
+/// given; one report each.
+pub fn apply_all(db: &Db, sets: &[(&str, &[Migration])]) -> Result<Vec<Report>> {
+    for (ns, _) in sets {
+        check_namespace(ns)?;
+    }
     let mut conn = db.conn("migrate")?;
     create_tables(&mut conn)?;
     let lease = Lease::take(&mut conn)?;
@@ -142,12 +197,32 @@ pub fn apply(db: &Db, migrations: &[Migration]) -> Result<Report> {
         let (stop, stopped) = mpsc::channel::<()>();
         let renewing = &lease;
         s.spawn(move || renewing.keep(db, &stopped));
-        let result = apply_locked(&mut conn, migrations, &lease.lost);
+        let result = convert_legacy(&mut conn).and_then(|()| {
+            sets.iter()
+                .map(|(ns, set)| apply_locked(&mut conn, ns, set, &lease.lost))
+                .collect()
+        });
         drop(stop);
         result
     });
     lease.release(&mut conn);
     result
+}
+
+/// A namespace is a service's name: 1 to 64 letters, digits, `_` or `-`.
+fn check_namespace(ns: &str) -> Result<()> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 64
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    match ok {
+        true => Ok(()),
+        false => Err(Error::Invalid {
+            field: "namespace",
+            rule: "1 to 64 ASCII letters, digits, '_' or '-' (the service's name)",
+        }),
+    }
 }
 
 /// The bookkeeping tables, before the lease: `IF NOT EXISTS` makes them
@@ -157,10 +232,12 @@ fn create_tables(conn: &mut PooledConn) -> Result<()> {
     let sql_err = |e| Error::from_mysql("migrate", e);
     conn.query_drop(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
-            version    INT UNSIGNED NOT NULL PRIMARY KEY,
+            namespace  VARCHAR(64) CHARACTER SET ascii NOT NULL,
+            version    INT UNSIGNED NOT NULL,
             name       VARCHAR(255) NOT NULL,
             checksum   CHAR(64) CHARACTER SET ascii NOT NULL,
-            applied_at BIGINT NOT NULL
+            applied_at BIGINT NOT NULL,
+            PRIMARY KEY (namespace, version)
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
     )
     .map_err(sql_err)?;
@@ -182,8 +259,71 @@ fn create_tables(conn: &mut PooledConn) -> Result<()> {
     }
 }
 
+/// A `schema_migrations` from before namespaces (no `namespace` column)
+/// becomes the namespaced one: each recorded version is recorded as the
+/// migrations that hold its statements ([`LEGACY`]). Under the lease.
+fn convert_legacy(conn: &mut PooledConn) -> Result<()> {
+    let op = "migrate";
+    let sql_err = |e| Error::from_mysql(op, e);
+    let has: Option<u32> = conn
+        .query_first(
+            "SELECT COUNT(*) FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = 'schema_migrations' \
+             AND column_name = 'namespace'",
+        )
+        .map_err(sql_err)?;
+    if has.unwrap_or(0) > 0 {
+        return Ok(());
+    }
+    let old: Vec<u32> = conn
+        .query("SELECT version FROM schema_migrations ORDER BY version")
+        .map_err(sql_err)?;
+    log::info!(
+        "schema_migrations is from before namespaces (versions {old:?}): recording them by service"
+    );
+    conn.query_drop(
+        "ALTER TABLE schema_migrations \
+         ADD COLUMN namespace VARCHAR(64) CHARACTER SET ascii NOT NULL DEFAULT '' FIRST, \
+         DROP PRIMARY KEY, ADD PRIMARY KEY (namespace, version)",
+    )
+    .map_err(sql_err)?;
+    for v in old {
+        let Some((_, became)) = LEGACY.iter().find(|(l, _)| *l == v) else {
+            log::warn!(
+                "schema_migrations has version {v}, which no dsf release had; left as it is"
+            );
+            continue;
+        };
+        for (ns, version) in became.iter() {
+            let (_, set) = DSF
+                .iter()
+                .find(|(n, _)| n == ns)
+                .expect("LEGACY names DSF's");
+            let m = set
+                .iter()
+                .find(|m| m.version == *version)
+                .expect("LEGACY names DSF's");
+            conn.exec_drop(
+                "INSERT IGNORE INTO schema_migrations (namespace, version, name, checksum, applied_at) \
+                 VALUES (?, ?, ?, ?, ?)",
+                (ns, m.version, m.name, m.checksum(), now_ms()),
+            )
+            .map_err(sql_err)?;
+        }
+        conn.exec_drop(
+            "DELETE FROM schema_migrations WHERE namespace = '' AND version = ?",
+            (v,),
+        )
+        .map_err(sql_err)?;
+    }
+    conn.query_drop("ALTER TABLE schema_migrations ALTER COLUMN namespace DROP DEFAULT")
+        .map_err(sql_err)?;
+    Ok(())
+}
+
 fn apply_locked(
     conn: &mut PooledConn,
+    namespace: &str,
     migrations: &[Migration],
     lost: &AtomicBool,
 ) -> Result<Report> {
@@ -191,8 +331,8 @@ fn apply_locked(
     let sql_err = |e| Error::from_mysql(op, e);
     let applied: Vec<(u32, String, String)> = conn
         .exec(
-            "SELECT version, name, checksum FROM schema_migrations ORDER BY version",
-            (),
+            "SELECT version, name, checksum FROM schema_migrations WHERE namespace = ? ORDER BY version",
+            (namespace,),
         )
         .map_err(sql_err)?;
 
@@ -200,6 +340,7 @@ fn apply_locked(
         match migrations.iter().find(|m| m.version == *version) {
             Some(m) if m.checksum() != *checksum => {
                 return Err(Error::MigrationChanged {
+                    namespace: namespace.to_string(),
                     version: *version,
                     name: m.name.to_string(),
                     applied: checksum.clone(),
@@ -209,13 +350,14 @@ fn apply_locked(
             Some(_) => {}
             // A newer binary migrated further; its schema is a superset.
             None => log::warn!(
-                "database has migration {version} ({name}) that this binary does not know; \
+                "database has migration {version} ({name}) of {namespace} that this binary does not know; \
                  is an older build running against a newer schema?"
             ),
         }
     }
 
     let mut report = Report {
+        namespace: namespace.to_string(),
         applied: Vec::new(),
         version: applied.iter().map(|a| a.0).max().unwrap_or(0),
     };
@@ -229,12 +371,16 @@ fn apply_locked(
             return Err(Error::Internal {
                 op,
                 message: format!(
-                    "the migration lease could not be renewed for {LEASE:?}, so another process may be migrating too; stopped before migration {} ({}): run `app-server migrate` again",
+                    "the migration lease could not be renewed for {LEASE:?}, so another process may be migrating too; stopped before migration {} ({}) of {namespace}: run `app-server migrate` again",
                     m.version, m.name
                 ),
             });
         }
-        log::info!("applying migration {} ({})", m.version, m.name);
+        log::info!(
+            "applying migration {} ({}) of {namespace}",
+            m.version,
+            m.name
+        );
         for stmt in m.statements() {
             // Migration text is a constant compiled into the binary, never
             // user input; DDL cannot be prepared anyway.
@@ -242,14 +388,17 @@ fn apply_locked(
                 .map_err(|e| match Error::from_mysql(op, e) {
                     Error::Internal { message, .. } => Error::Internal {
                         op,
-                        message: format!("migration {} ({}): {message}", m.version, m.name),
+                        message: format!(
+                            "migration {} ({}) of {namespace}: {message}",
+                            m.version, m.name
+                        ),
                     },
                     other => other,
                 })?;
         }
         conn.exec_drop(
-            "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",
-            (m.version, m.name, m.checksum(), now_ms()),
+            "INSERT INTO schema_migrations (namespace, version, name, checksum, applied_at) VALUES (?, ?, ?, ?, ?)",
+            (namespace, m.version, m.name, m.checksum(), now_ms()),
         )
         .map_err(sql_err)?;
         report.applied.push(m.version);
@@ -409,22 +558,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embedded_list_matches_the_migrations_directory() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
-        let mut files: Vec<String> = std::fs::read_dir(dir)
+    fn embedded_lists_match_the_migrations_folders() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let mut folders: Vec<String> = std::fs::read_dir(root)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|f| f.ends_with(".sql"))
             .collect();
-        files.sort();
-        let embedded: Vec<String> = MIGRATIONS
-            .iter()
-            .map(|m| format!("{:04}_{}.sql", m.version, m.name))
-            .collect();
-        assert_eq!(
-            files, embedded,
-            "add new files in sql/migrations to MIGRATIONS"
-        );
+        folders.sort();
+        let mut namespaces: Vec<String> = DSF.iter().map(|(ns, _)| ns.to_string()).collect();
+        namespaces.sort();
+        assert_eq!(folders, namespaces, "one folder per namespace of DSF");
+        for (ns, set) in DSF {
+            let mut files: Vec<String> = std::fs::read_dir(format!("{root}/{ns}"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|f| f.ends_with(".sql"))
+                .collect();
+            files.sort();
+            let embedded: Vec<String> = set
+                .iter()
+                .map(|m| format!("{:04}_{}.sql", m.version, m.name))
+                .collect();
+            assert_eq!(
+                files, embedded,
+                "add new files in sql/migrations/{ns} to its list"
+            );
+        }
+    }
+
+    #[test]
+    fn every_legacy_version_maps_to_migrations_that_exist() {
+        for (v, became) in LEGACY {
+            for (ns, version) in became.iter() {
+                let set = DSF.iter().find(|(n, _)| n == ns).map(|(_, s)| *s);
+                assert!(
+                    set.is_some_and(|s| s.iter().any(|m| m.version == *version)),
+                    "legacy {v} names {ns} {version}"
+                );
+            }
+        }
+        // Every namespaced migration stands for part of one legacy one.
+        for (ns, set) in DSF {
+            for m in set.iter() {
+                let n = LEGACY
+                    .iter()
+                    .filter(|(_, b)| b.contains(&(*ns, m.version)))
+                    .count();
+                assert_eq!(n, 1, "{ns} {}", m.version);
+            }
+        }
     }
 
     #[test]
@@ -446,8 +628,10 @@ mod tests {
 
     #[test]
     fn versions_are_increasing_and_unique() {
-        for w in MIGRATIONS.windows(2) {
-            assert!(w[0].version < w[1].version);
+        for (_, set) in DSF {
+            for w in set.windows(2) {
+                assert!(w[0].version < w[1].version);
+            }
         }
     }
 }

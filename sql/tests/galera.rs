@@ -134,7 +134,7 @@ fn migrations_through_three_nodes_at_once_run_once() {
             std::thread::spawn(move || {
                 let db = Db::connect(&cfg).unwrap();
                 barrier.wait();
-                migrate::apply(&db, &set)
+                migrate::apply(&db, "test", &set)
             })
         })
         .collect();
@@ -151,7 +151,7 @@ fn migrations_through_three_nodes_at_once_run_once() {
     let versions: Vec<u32> = db
         .checkout()
         .unwrap()
-        .query("SELECT version FROM schema_migrations ORDER BY version")
+        .query("SELECT version FROM schema_migrations WHERE namespace = 'test' ORDER BY version")
         .unwrap();
     assert_eq!(versions, vec![1, 2]);
     drop(db);

@@ -3,16 +3,37 @@
 use std::sync::{Arc, Barrier};
 
 use dsf_common::ErrorCode;
-use dsf_sql::migrate::{self, Migration, MIGRATIONS};
+use dsf_sql::migrate::{self, Migration, ACCOUNTS, DSF, LEGACY};
 use dsf_sql::{testing, Db, Error};
 use mysql::prelude::Queryable;
 
-fn applied_versions(db: &Db) -> Vec<u32> {
+/// (namespace, version) of every applied migration.
+fn applied_versions(db: &Db) -> Vec<(String, u32)> {
     db.pool()
         .get_conn()
         .unwrap()
-        .query("SELECT version FROM schema_migrations ORDER BY version")
+        .query("SELECT namespace, version FROM schema_migrations ORDER BY namespace, version")
         .unwrap()
+}
+
+/// Every (namespace, version) of dsf's own.
+fn all() -> Vec<(String, u32)> {
+    let mut all: Vec<(String, u32)> = DSF
+        .iter()
+        .flat_map(|(ns, set)| set.iter().map(|m| (ns.to_string(), m.version)))
+        .collect();
+    all.sort();
+    all
+}
+
+/// What reports say was applied, as (namespace, version).
+fn applied(reports: &[migrate::Report]) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = reports
+        .iter()
+        .flat_map(|r| r.applied.iter().map(|v| (r.namespace.clone(), *v)))
+        .collect();
+    out.sort();
+    out
 }
 
 #[test]
@@ -20,13 +41,69 @@ fn migrations_apply_once_and_rerunning_is_a_no_op() {
     let db = testing::fresh_empty();
 
     let first = db.migrate().unwrap();
-    let all: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
-    assert_eq!(first.applied, all);
+    assert_eq!(applied(&first), all());
 
     let second = db.migrate().unwrap();
-    assert!(second.applied.is_empty());
-    assert_eq!(second.version, first.version);
-    assert_eq!(applied_versions(&db), all);
+    assert!(applied(&second).is_empty());
+    let versions = |r: &[migrate::Report]| r.iter().map(|r| r.version).collect::<Vec<_>>();
+    assert_eq!(versions(&second), versions(&first));
+    assert_eq!(applied_versions(&db), all());
+}
+
+#[test]
+fn a_service_numbers_its_migrations_in_a_namespace_of_its_own() {
+    let db = testing::fresh();
+    // Version 1 again, beside dsf's own version 1s: no collision.
+    let orders = Migration {
+        version: 1,
+        name: "orders",
+        sql: "CREATE TABLE orders_t (id INT PRIMARY KEY);\n",
+    };
+    let report = migrate::apply(&db, "orders", &[orders]).unwrap();
+    assert_eq!(
+        (report.namespace.as_str(), report.applied.as_slice()),
+        ("orders", &[1][..])
+    );
+    assert!(applied_versions(&db).contains(&("orders".to_string(), 1)));
+    assert!(applied_versions(&db).contains(&("accounts".to_string(), 1)));
+    assert!(migrate::apply(&db, "orders", &[orders])
+        .unwrap()
+        .applied
+        .is_empty());
+    let e = migrate::apply(&db, "no spaces", &[orders]).unwrap_err();
+    assert!(e.to_string().contains("namespace"), "{e}");
+}
+
+/// A database migrated by a release before namespaces: one list, versions
+/// 1 to 6. The new binary records them by service and runs nothing again.
+#[test]
+fn a_database_from_before_namespaces_is_converted_and_nothing_runs_again() {
+    let db = testing::fresh_empty();
+    let reports = migrate::apply_all(&db, DSF).unwrap();
+    assert_eq!(applied(&reports), all());
+    {
+        let mut c = db.pool().get_conn().unwrap();
+        // Back to the old bookkeeping, the schema itself left as it is.
+        c.query_drop("DROP TABLE schema_migrations").unwrap();
+        c.query_drop(
+            "CREATE TABLE schema_migrations (version INT UNSIGNED NOT NULL PRIMARY KEY, \
+             name VARCHAR(255) NOT NULL, checksum CHAR(64) CHARACTER SET ascii NOT NULL, \
+             applied_at BIGINT NOT NULL)",
+        )
+        .unwrap();
+        for (v, _) in LEGACY {
+            c.exec_drop(
+                "INSERT INTO schema_migrations VALUES (?, 'old', REPEAT('0', 64), 0)",
+                (v,),
+            )
+            .unwrap();
+        }
+    }
+    // Had anything run again, its CREATE TABLE would fail: the tables exist.
+    let reports = db.migrate().unwrap();
+    assert!(applied(&reports).is_empty(), "{reports:?}");
+    assert_eq!(applied_versions(&db), all());
+    assert!(db.migrate().unwrap().iter().all(|r| r.applied.is_empty()));
 }
 
 #[test]
@@ -47,15 +124,14 @@ fn three_processes_migrating_at_once_end_with_one_applied_set() {
         .collect();
     let reports: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
 
-    let all: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
-    let appliers: Vec<_> = reports.iter().filter(|r| !r.applied.is_empty()).collect();
+    let appliers: Vec<_> = reports.iter().filter(|r| !applied(r).is_empty()).collect();
     assert_eq!(
         appliers.len(),
         1,
         "exactly one process applies: {reports:?}"
     );
-    assert_eq!(appliers[0].applied, all);
-    assert_eq!(applied_versions(&t), all);
+    assert_eq!(applied(appliers[0]), all());
+    assert_eq!(applied_versions(&t), all());
 }
 
 #[test]
@@ -63,10 +139,10 @@ fn a_changed_applied_migration_is_refused() {
     let db = testing::fresh();
     let changed = Migration {
         sql: "-- edited after release\nCREATE TABLE users (id INT);\n",
-        ..MIGRATIONS[0]
+        ..ACCOUNTS[0]
     };
 
-    let err = migrate::apply(&db, &[changed]).unwrap_err();
+    let err = migrate::apply(&db, "accounts", &[changed]).unwrap_err();
 
     assert!(
         matches!(err, Error::MigrationChanged { version: 1, .. }),
@@ -74,7 +150,10 @@ fn a_changed_applied_migration_is_refused() {
     );
     assert_eq!(err.code(), ErrorCode::Internal);
     let msg = err.to_string();
-    assert!(msg.contains("migration 1 (init) was changed"), "{msg}");
+    assert!(
+        msg.contains("migration 1 (users) of accounts was changed"),
+        "{msg}"
+    );
     assert!(msg.contains("new migration"), "{msg}");
 }
 
@@ -86,9 +165,9 @@ fn a_new_migration_is_applied_after_the_recorded_ones() {
         name: "extra",
         sql: "CREATE TABLE extra (x INT);\nINSERT INTO extra VALUES (1);\n",
     };
-    let set = [MIGRATIONS[0], extra];
+    let set = [ACCOUNTS[0], extra];
 
-    let report = migrate::apply(&db, &set).unwrap();
+    let report = migrate::apply(&db, "accounts", &set).unwrap();
 
     assert_eq!(report.applied, vec![9999]);
     assert_eq!(report.version, 9999);
@@ -99,7 +178,10 @@ fn a_new_migration_is_applied_after_the_recorded_ones() {
         .query_first("SELECT COUNT(*) FROM extra")
         .unwrap();
     assert_eq!(n, Some(1));
-    assert!(migrate::apply(&db, &set).unwrap().applied.is_empty());
+    assert!(migrate::apply(&db, "accounts", &set)
+        .unwrap()
+        .applied
+        .is_empty());
 }
 
 /// Galera replicates rows by primary key: a table without one replicates
@@ -151,7 +233,7 @@ fn a_lease_left_by_a_dead_migrator_is_taken_when_it_runs_out() {
         sql: "CREATE TABLE after_the_dead (x INT PRIMARY KEY);\n",
     };
 
-    let report = migrate::apply(&db, &[MIGRATIONS[0], extra]).unwrap();
+    let report = migrate::apply(&db, "accounts", &[ACCOUNTS[0], extra]).unwrap();
 
     assert_eq!(report.applied, vec![9998]);
     assert!(

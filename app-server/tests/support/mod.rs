@@ -57,11 +57,12 @@ pub fn settings(db: DbConfig, collector: Option<String>) -> Settings {
         session_ttl: Duration::from_secs(3600),
         heartbeat_every: Duration::from_millis(200),
         password_cost: Cost::TEST,
-        msg_poll: app_server::mailroom::POLL,
+        msg_poll: app_server::messaging::mailroom::POLL,
         reap_every: app_server::server::REAP_EVERY,
-        registration: app_server::limits::Registration::Open,
-        auth_rate_name: app_server::limits::Rate::Off,
-        auth_rate_addr: app_server::limits::Rate::Off,
+        registration: app_server::accounts::Registration::Open,
+        auth_rate_name: dsf_common::pipeline::Rate::Off,
+        auth_rate_addr: dsf_common::pipeline::Rate::Off,
+        metrics_listen: None,
     }
 }
 
@@ -122,7 +123,7 @@ pub fn introduce(servers: &[&Server]) {
         })
         .collect();
     for s in servers {
-        s.running().controller().app().peers.set_view(1, &nodes);
+        s.running().node().peers().set_view(1, &nodes);
     }
 }
 

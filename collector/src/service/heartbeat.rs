@@ -6,11 +6,12 @@
 //! their peers from the collector that feeds the balancers, not from two
 //! views numbered apart.
 
+use dsf_common::pipeline::Call;
 use dsf_common::view::{Heartbeat, MAX_WEIGHT};
-use dsf_common::wire::Admitted;
 use dsf_common::Error;
+use dsf_proto::cluster::HeartbeatReply;
 
-use crate::cluster::Cluster;
+use super::State;
 use crate::members::is_host_port;
 
 /// Longest node id or address accepted (the balancer's own limit).
@@ -41,10 +42,10 @@ pub fn validate(hb: &Heartbeat) -> Result<(), Error> {
 }
 
 /// The handler.
-pub fn handle(cluster: &Cluster, req: &Admitted) -> Result<String, Error> {
-    let hb: Heartbeat = req.request.body()?;
+pub fn handle(call: &Call<State>, hb: Heartbeat) -> Result<HeartbeatReply, Error> {
+    let cluster = call.server();
     validate(&hb)?;
-    let version = cluster.heartbeat(&hb, super::proven(req, &hb.id))?;
+    let version = cluster.heartbeat(&hb, super::proven(call, &hb.id))?;
     // The nodes only when the sender holds another version: most replies
     // stay a few bytes.
     let nodes = match hb.known_view {
@@ -55,11 +56,10 @@ pub fn handle(cluster: &Cluster, req: &Admitted) -> Result<String, Error> {
             (view.version == version).then(|| view.nodes.clone())
         }
     };
-    Ok(serde_json::to_string(&dsf_proto::cluster::HeartbeatReply {
+    Ok(HeartbeatReply {
         view: version,
         nodes,
     })
-    .expect("a view serialises"))
 }
 
 #[cfg(test)]

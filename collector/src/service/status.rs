@@ -15,12 +15,12 @@
 //! views now (not during its warm-up, nor while standing by). A standby
 //! reads its active collector's `feeding` and `role` to decide.
 
+use dsf_common::pipeline::Call;
 use dsf_common::view::{Load, Stats};
-use dsf_common::wire::Admitted;
 use dsf_common::Error;
 use serde::Serialize;
 
-use crate::cluster::{BalancerStatus, Cluster, Snapshot};
+use crate::cluster::{BalancerStatus, Snapshot};
 use crate::members::{MemberState, Source};
 
 /// `cluster.status`'s reply.
@@ -82,10 +82,13 @@ pub fn status(snap: &Snapshot) -> Status<'_> {
     }
 }
 
-/// The handler.
-pub fn handle(cluster: &Cluster, req: &Admitted) -> Result<String, Error> {
-    // Any body is accepted: there is nothing to ask for yet, and an old
-    // client sending a field we do not know should still get its table.
-    let _: serde_json::Value = req.request.body()?;
-    Ok(render(&cluster.snapshot()))
+/// The handler. Any body is accepted: there is nothing to ask for yet,
+/// and an old client sending a field we do not know should still get its
+/// table.
+pub fn handle(
+    call: &Call<super::State>,
+    _body: serde_json::Value,
+) -> Result<serde_json::Value, Error> {
+    serde_json::to_value(status(&call.server().snapshot()))
+        .map_err(|e| Error::Internal(format!("rendering the status: {e}")))
 }

@@ -125,6 +125,35 @@ impl AppKeys {
         }
     }
 
+    /// Every scoped key, with the types it may send.
+    pub fn scoped(&self) -> impl Iterator<Item = (&str, impl Iterator<Item = &str>)> + '_ {
+        self.keys.iter().filter_map(|(app, (_, allow))| {
+            let allow = allow.as_ref()?;
+            Some((app.as_str(), allow.iter().map(String::as_str)))
+        })
+    }
+
+    /// Checks that every type a scoped key allows is one `serves`: a
+    /// server's assembled catalogue. The error names the key and the type.
+    pub fn check_scopes(&self, serves: impl Fn(&str) -> bool) -> Result<(), String> {
+        let mut unknown: Vec<String> = Vec::new();
+        for (app, allow) in self.scoped() {
+            for kind in allow {
+                if !serves(kind) {
+                    unknown.push(format!("[{app}] allows {kind:?}"));
+                }
+            }
+        }
+        unknown.sort();
+        match unknown.is_empty() {
+            true => Ok(()),
+            false => Err(format!(
+                "--app-keys: {}, which no service of this server declares (a typo, or a service this server does not run)",
+                unknown.join(", ")
+            )),
+        }
+    }
+
     /// Adds the cluster secret under [`CLUSTER_APP`].
     pub fn with_cluster_secret(mut self, secret: &[u8]) -> AppKeys {
         self.insert(CLUSTER_APP, secret);
@@ -274,9 +303,11 @@ fn scoped<'t>(app: &str, t: &'t toml::Table) -> Result<(&'t str, Option<Vec<&'t 
         let kind = v
             .as_str()
             .ok_or_else(|| format!("[{app}]: `allow` holds message type names (strings)"))?;
-        if dsf_proto::get(kind).is_none() {
+        // Whether the type exists is the server's to say, once its
+        // catalogue is assembled from its services (`check_scopes`).
+        if !is_type_name(kind) {
             return Err(format!(
-                "[{app}]: `allow` names {kind:?}, which is no message type (see the catalogue in the README)"
+                "[{app}]: `allow` names {kind:?}, which is no message type name (group.verb, like gate.check)"
             ));
         }
         allow.push(kind);
@@ -287,6 +318,17 @@ fn scoped<'t>(app: &str, t: &'t toml::Table) -> Result<(&'t str, Option<Vec<&'t 
         ));
     }
     Ok((secret, Some(allow)))
+}
+
+/// Whether `s` has the shape of a message type's name: `group.verb`, of
+/// lower-case letters, digits and `_`.
+fn is_type_name(s: &str) -> bool {
+    let word = |w: &str| {
+        !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    s.len() <= 64 && s.split('.').count() >= 2 && s.split('.').all(word)
 }
 
 /// Reads a secrets file, refusing one that group or others may read.
@@ -364,8 +406,8 @@ mod tests {
             ("[g]\nsecret = \"s\"", "`allow` must list"),
             ("[g]\nsecret = \"s\"\nallow = []", "`allow` is empty"),
             (
-                "[g]\nsecret = \"s\"\nallow = [\"gate.chek\"]",
-                "\"gate.chek\", which is no message type",
+                "[g]\nsecret = \"s\"\nallow = [\"gate check\"]",
+                "\"gate check\", which is no message type name",
             ),
             ("[g]\nallow = [\"sys.ping\"]", "`secret` must be a string"),
             (
@@ -378,6 +420,21 @@ mod tests {
                 .to_string();
             assert!(msg.contains(want), "{text}: {msg}");
         }
+    }
+
+    #[test]
+    fn a_scope_naming_a_type_no_service_declares_is_refused_by_the_server() {
+        let d = tempdir();
+        let text = "[g]\nsecret = \"s\"\nallow = [\"gate.chek\", \"sys.ping\"]\n";
+        let keys = AppKeys::load(&write(&d, "keys.toml", text, 0o600)).unwrap();
+        let serves = |k: &str| k == "sys.ping" || k == "gate.check";
+        let e = keys.check_scopes(serves).unwrap_err();
+        assert!(e.contains("[g] allows \"gate.chek\""), "{e}");
+        assert!(!e.contains("sys.ping"), "{e}");
+        let mut fine = AppKeys::new();
+        fine.insert_scoped("g", b"s", &["sys.ping"]);
+        fine.insert("cli", b"t");
+        assert_eq!(fine.check_scopes(serves), Ok(()));
     }
 
     #[test]

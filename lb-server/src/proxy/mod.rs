@@ -38,6 +38,8 @@ use crate::service::Snapshot;
 use mqtt::{Level, Parsed, Reason};
 use pins::{decide, fail_over, Decision, KeyHash, Lookup, PinStats, PinTable};
 
+pub use crate::service::PinAdmin;
+
 /// Default time a device has to send its whole CONNECT.
 pub const DEFAULT_FIRST_PACKET_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -278,7 +280,7 @@ pub struct Proxy {
     /// Most proxied clients at once: (max_conns - RESERVED_CONNS) / 2.
     max_clients: usize,
     pins: Arc<Mutex<PinTable>>,
-    store: Option<store::Store>,
+    store: Option<Arc<store::Store>>,
     routes: HashMap<ConnId, Route>,
     next_sweep: Instant,
     pub counters: Arc<Counters>,
@@ -296,12 +298,12 @@ impl Proxy {
             cache,
         )));
         let store = match &settings.pins_db {
-            Some(db) => Some(store::Store::open(
+            Some(db) => Some(Arc::new(store::Store::open(
                 db,
                 &settings,
                 pins.clone(),
                 counters.clone(),
-            )?),
+            )?)),
             None => None,
         };
         Ok(Proxy {
@@ -602,6 +604,19 @@ impl Proxy {
         Placement::To(snap.proxy.targets[d.node()])
     }
 
+    /// What the `lb.pins` and `lb.unpin` routes share with it.
+    pub fn admin(&self) -> PinAdmin {
+        PinAdmin {
+            pins: self.pins.clone(),
+            store: self.store.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+// === impl PinAdmin ===
+
+impl PinAdmin {
     /// A page of pins (memory only; the store answers for `--pins-db`).
     /// `after` is the hex key hash a page ended on.
     pub fn list(
@@ -634,11 +649,6 @@ impl Proxy {
         }
         self.counters.pins.dropped.fetch_add(n, Ordering::Relaxed);
         n
-    }
-
-    /// The shared table, when there is one.
-    pub fn store(&self) -> Option<&store::Store> {
-        self.store.as_ref()
     }
 }
 

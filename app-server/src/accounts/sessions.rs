@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use dsf_sql::{now_ms, Session};
+use dsf_common::pipeline::Session;
+use dsf_sql::now_ms;
 
 /// Entries kept at most; beyond it the expired ones go, then everything
 /// (a flood of distinct tokens must not grow memory without bound).
@@ -86,7 +87,7 @@ impl SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dsf_sql::{Role, User};
+    use dsf_proto::user::{Role, User};
 
     fn session(id: u64) -> Session {
         Session {
@@ -94,7 +95,6 @@ mod tests {
                 id,
                 name: format!("u{id}"),
                 role: Role::Viewer,
-                created_at: 0,
             },
             app: Some("cli".into()),
             expires_at: now_ms() + 60_000,

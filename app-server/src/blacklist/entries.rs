@@ -3,32 +3,23 @@
 //! catalogue's (`dsf_proto::blacklist`).
 
 use dsf_common::{Error, Result};
-use dsf_proto::blacklist::{self as msg, AddBody, IdCard, ListBody, UpdateBody};
+use dsf_proto::blacklist::{AddBody, Entry, IdCard, ListBody, Page, UpdateBody};
 use dsf_proto::Empty;
 use dsf_sql::blacklist::DEFAULT_LIMIT;
 use dsf_sql::{validate, EntryChange, ListQuery, NewEntry};
 
-use crate::controller::{json, route, Call, Exec, Route};
-
-/// This group's routes.
-pub const ROUTES: &[Route] = &[
-    route::<msg::Add>(Exec::Pool, add),
-    route::<msg::Get>(Exec::Pool, get),
-    route::<msg::Update>(Exec::Pool, update),
-    route::<msg::Remove>(Exec::Pool, remove),
-    route::<msg::List>(Exec::Pool, list),
-];
+use crate::accounts::audit;
+use crate::node::{Call, CallExt};
 
 /// `blacklist.add`: lists a person; `conflict` if the id card is listed.
-pub fn add(call: &Call<'_>) -> Result<String> {
-    let b: AddBody = call.body()?;
+pub fn add(call: &Call, b: AddBody) -> Result<Entry> {
     validate::id_card(&b.id_card)?;
     validate::name("name", &b.name)?;
     if let Some(r) = &b.reason {
         validate::reason(r)?;
     }
-    let by = &call.session()?.user.name;
-    let entry = call.app.db.blacklist().add(
+    let by = &call.user()?.name;
+    let entry = call.db().blacklist().add(
         &NewEntry {
             id_card: &b.id_card,
             name: &b.name,
@@ -37,8 +28,8 @@ pub fn add(call: &Call<'_>) -> Result<String> {
         by,
     )?;
     let detail = serde_json::json!({"name": b.name, "reason": b.reason}).to_string();
-    call.audit("blacklist.add", &b.id_card, Some(&detail))?;
-    json(&entry)
+    audit(call, "blacklist.add", &b.id_card, Some(&detail))?;
+    Ok(entry)
 }
 
 fn not_found(id_card: &str) -> Error {
@@ -46,18 +37,16 @@ fn not_found(id_card: &str) -> Error {
 }
 
 /// `blacklist.get`: the entry, or `not_found`.
-pub fn get(call: &Call<'_>) -> Result<String> {
-    let b: IdCard = call.body()?;
+pub fn get(call: &Call, b: IdCard) -> Result<Entry> {
     validate::id_card(&b.id_card)?;
-    match call.app.db.blacklist().get(&b.id_card)? {
-        Some(e) => json(&e),
+    match call.db().blacklist().get(&b.id_card)? {
+        Some(e) => Ok(e),
         None => Err(not_found(&b.id_card)),
     }
 }
 
 /// `blacklist.update`: the changed entry, or `not_found`.
-pub fn update(call: &Call<'_>) -> Result<String> {
-    let b: UpdateBody = call.body()?;
+pub fn update(call: &Call, b: UpdateBody) -> Result<Entry> {
     validate::id_card(&b.id_card)?;
     if let Some(n) = &b.name {
         validate::name("name", n)?;
@@ -65,8 +54,8 @@ pub fn update(call: &Call<'_>) -> Result<String> {
     if let Some(r) = &b.reason {
         validate::reason(r)?;
     }
-    let by = &call.session()?.user.name;
-    let entry = call.app.db.blacklist().update(
+    let by = &call.user()?.name;
+    let entry = call.db().blacklist().update(
         &b.id_card,
         &EntryChange {
             name: b.name.as_deref(),
@@ -75,30 +64,27 @@ pub fn update(call: &Call<'_>) -> Result<String> {
         by,
     )?;
     let detail = serde_json::json!({"name": b.name, "reason": b.reason}).to_string();
-    call.audit("blacklist.update", &b.id_card, Some(&detail))?;
-    json(&entry)
+    audit(call, "blacklist.update", &b.id_card, Some(&detail))?;
+    Ok(entry)
 }
 
 /// `blacklist.remove`: `{}`, or `not_found`.
-pub fn remove(call: &Call<'_>) -> Result<String> {
-    let b: IdCard = call.body()?;
+pub fn remove(call: &Call, b: IdCard) -> Result<Empty> {
     validate::id_card(&b.id_card)?;
-    call.app.db.blacklist().remove(&b.id_card)?;
-    call.audit("blacklist.remove", &b.id_card, None)?;
-    json(&Empty {})
+    call.db().blacklist().remove(&b.id_card)?;
+    audit(call, "blacklist.remove", &b.id_card, None)?;
+    Ok(Empty {})
 }
 
 /// `blacklist.list`: `{"entries","next"}`, keyset-paginated.
-pub fn list(call: &Call<'_>) -> Result<String> {
-    let b: ListBody = call.body()?;
+pub fn list(call: &Call, b: ListBody) -> Result<Page> {
     validate::limit(b.limit, DEFAULT_LIMIT)?;
     if let Some(p) = &b.name_prefix {
         validate::name("name_prefix", p)?;
     }
-    let page = call.app.db.blacklist().list(&ListQuery {
+    Ok(call.db().blacklist().list(&ListQuery {
         after: b.after.as_deref(),
         limit: b.limit,
         name_prefix: b.name_prefix.as_deref(),
-    })?;
-    json(&page)
+    })?)
 }

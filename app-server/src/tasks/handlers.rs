@@ -1,50 +1,39 @@
-//! The task service: `task.submit`, `task.claim`, `task.heartbeat`,
+//! The task service's unary handlers: `task.submit`, `task.claim` (run
+//! once its wait is over, see [`super::claim_wait`]), `task.heartbeat`,
 //! `task.complete`, `task.fail`, `job.status`, `job.results` and
-//! `job.cancel` (app auth), over [`dsf_sql::tasks`]. Bodies and replies are
-//! the catalogue's (`dsf_proto::task`). A job belongs to the app that
+//! `job.cancel`, over [`dsf_sql::tasks`]. Bodies and replies are the
+//! catalogue's (`dsf_proto::task`). A job belongs to the app that
 //! submitted it, and to its user when a session token came with the
 //! submit; another's job reads as missing, except to an operator.
 
 use dsf_common::{Error, Result};
 use dsf_proto::task::{
-    self as msg, ClaimBody, ClaimReply, CompleteBody, Extended, FailBody, HeartbeatBody, JobRef,
+    ClaimBody, ClaimReply, CompleteBody, Extended, FailBody, HeartbeatBody, JobRef, JobStatus,
     Results, ResultsBody, SubmitBody, Submitted, DEFAULT_MAX_ATTEMPTS, PAYLOAD_MAX, RESULT_MAX,
     WAIT_MAX_MS,
 };
 use dsf_proto::{Empty, LIMIT_MAX};
 use dsf_sql::tasks::{NewTask, Owner};
-
 use dsf_sql::Role;
 
-use crate::controller::{json, route_maybe_user as route, Call, Exec, Route};
-
-/// This group's routes.
-pub const ROUTES: &[Route] = &[
-    route::<msg::Submit>(Exec::Pool, submit),
-    route::<msg::Claim>(Exec::Pool, claim),
-    route::<msg::Heartbeat>(Exec::Pool, heartbeat),
-    route::<msg::Complete>(Exec::Pool, complete),
-    route::<msg::Fail>(Exec::Pool, fail),
-    route::<msg::Status>(Exec::Pool, status),
-    route::<msg::GetResults>(Exec::Pool, results),
-    route::<msg::Cancel>(Exec::Pool, cancel),
-];
+use crate::node::{Call, CallExt};
 
 /// The caller: its app, and its user when a session was sent (a job
 /// submitted with one is that user's; an operator sees every app's jobs).
-fn owner<'a>(call: &'a Call<'_>) -> Owner<'a> {
+pub fn owner(call: &Call) -> Owner<'_> {
     Owner {
-        app: &call.request.app,
-        user: call.session.map(|s| s.user.id),
-        operator: call.session.is_some_and(|s| s.user.role >= Role::Operator),
+        app: call.app(),
+        user: call.session().map(|s| s.user.id),
+        operator: call
+            .session()
+            .is_some_and(|s| s.user.role >= Role::Operator),
     }
 }
 
 /// `task.submit`: a batch of up to 1,000 tasks; runs once (a resend of
 /// the same request adds nothing), and a key per task makes submitting
 /// the same batch again as a new request harmless too.
-pub fn submit(call: &Call<'_>) -> Result<String> {
-    let b: SubmitBody = call.body()?;
+pub fn submit(call: &Call, b: SubmitBody) -> Result<Submitted> {
     for (i, t) in b.tasks.iter().enumerate() {
         if t.payload.get().len() > PAYLOAD_MAX {
             return Err(Error::bad_request(format!(
@@ -62,89 +51,82 @@ pub fn submit(call: &Call<'_>) -> Result<String> {
             priority: t.priority.unwrap_or(0),
         })
         .collect();
-    let (job, accepted) = call.app.db.tasks().submit(
+    let (job, accepted) = call.db().tasks().submit(
         &owner(call),
         b.job,
         b.name.as_deref(),
         &tasks,
         b.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
     )?;
-    json(&Submitted { job, accepted })
+    // Committed, the claims waiting for this app's tasks on every node
+    // look at once.
+    call.wake(super::topic(call.app()));
+    Ok(Submitted { job, accepted })
 }
 
 /// `task.claim`: up to `n` of the app's ready tasks, leased.
-pub fn claim(call: &Call<'_>) -> Result<String> {
-    let b: ClaimBody = call.body()?;
+pub fn claim(call: &Call, b: ClaimBody) -> Result<ClaimReply> {
     // A claim that may wait and found nothing was parked before it got
-    // here (crate::waiters); this runs it.
+    // here (super::claim_wait); this runs it.
     if b.wait_ms.is_some_and(|w| w > WAIT_MAX_MS) {
         return Err(Error::bad_request(format!(
             "wait_ms: at most {WAIT_MAX_MS}, got {}",
             b.wait_ms.unwrap_or_default()
         )));
     }
-    let worker = format!("{}@{}", call.request.app, call.app.node());
+    let worker = format!("{}@{}", call.app(), call.node_id());
     let tasks = call
-        .app
-        .db
+        .db()
         .tasks()
-        .claim(&call.request.app, &worker, b.n, b.lease_ms)?;
-    json(&ClaimReply { tasks })
+        .claim(call.app(), &worker, b.n, b.lease_ms)?;
+    Ok(ClaimReply { tasks })
 }
 
 /// `task.heartbeat`: extends the leases still held.
-pub fn heartbeat(call: &Call<'_>) -> Result<String> {
-    let b: HeartbeatBody = call.body()?;
+pub fn heartbeat(call: &Call, b: HeartbeatBody) -> Result<Extended> {
     let leases: Vec<(u64, u64)> = b.leases.iter().map(|l| (l.task, l.fence)).collect();
     let (extended, lost) = call
-        .app
-        .db
+        .db()
         .tasks()
-        .heartbeat(&call.request.app, &leases, b.lease_ms)?;
-    json(&Extended { extended, lost })
+        .heartbeat(call.app(), &leases, b.lease_ms)?;
+    Ok(Extended { extended, lost })
 }
 
 /// `task.complete`: the result, under the current lease's fence.
-pub fn complete(call: &Call<'_>) -> Result<String> {
-    let b: CompleteBody = call.body()?;
+pub fn complete(call: &Call, b: CompleteBody) -> Result<Empty> {
     if b.result.get().len() > RESULT_MAX {
         return Err(Error::bad_request(format!(
             "result: at most {RESULT_MAX} bytes of JSON, got {}",
             b.result.get().len()
         )));
     }
-    call.app
-        .db
+    call.db()
         .tasks()
-        .complete(&call.request.app, b.task, b.fence, b.result.get())?;
-    json(&Empty {})
+        .complete(call.app(), b.task, b.fence, b.result.get())?;
+    Ok(Empty {})
 }
 
 /// `task.fail`: a failed attempt; retried with backoff until the last.
-pub fn fail(call: &Call<'_>) -> Result<String> {
-    let b: FailBody = call.body()?;
+pub fn fail(call: &Call, b: FailBody) -> Result<Empty> {
     if b.error.len() > RESULT_MAX {
         return Err(Error::bad_request(format!(
             "error: at most {RESULT_MAX} bytes, got {}",
             b.error.len()
         )));
     }
-    call.app
-        .db
+    call.db()
         .tasks()
-        .fail(&call.request.app, b.task, b.fence, &b.error)?;
-    json(&Empty {})
+        .fail(call.app(), b.task, b.fence, &b.error)?;
+    Ok(Empty {})
 }
 
 /// `job.status`: the job's counts.
-pub fn status(call: &Call<'_>) -> Result<String> {
-    let b: JobRef = call.body()?;
-    json(&call.app.db.tasks().status(&owner(call), b.job)?)
+pub fn status(call: &Call, b: JobRef) -> Result<JobStatus> {
+    Ok(call.db().tasks().status(&owner(call), b.job)?)
 }
 
 /// `job.results`: a page of outcomes in submit order.
-pub fn results(call: &Call<'_>) -> Result<String> {
-    let b: ResultsBody = call.body()?;
+pub fn results(call: &Call, b: ResultsBody) -> Result<Results> {
     let limit = b.limit.unwrap_or(100);
     if limit == 0 || limit > LIMIT_MAX {
         return Err(Error::bad_request(format!(
@@ -152,16 +134,14 @@ pub fn results(call: &Call<'_>) -> Result<String> {
         )));
     }
     let (results, next) = call
-        .app
-        .db
+        .db()
         .tasks()
         .results(&owner(call), b.job, b.after, limit)?;
-    json(&Results { results, next })
+    Ok(Results { results, next })
 }
 
 /// `job.cancel`: ready and waiting tasks dropped, leases revoked.
-pub fn cancel(call: &Call<'_>) -> Result<String> {
-    let b: JobRef = call.body()?;
-    call.app.db.tasks().cancel(&owner(call), b.job)?;
-    json(&Empty {})
+pub fn cancel(call: &Call, b: JobRef) -> Result<Empty> {
+    call.db().tasks().cancel(&owner(call), b.job)?;
+    Ok(Empty {})
 }

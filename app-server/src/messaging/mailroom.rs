@@ -591,7 +591,7 @@ fn deliver(inner: &Inner, user: u64) -> bool {
             seq: m.seq,
             from: m.from,
             room: m.room,
-            body: crate::handlers::messages::raw(m.body),
+            body: super::handlers::raw(m.body),
             sent_at: m.sent_at,
         };
         let body = serde_json::to_string(&event).expect("a message serialises");

@@ -1,0 +1,321 @@
+//! Wake-ups by topic: what waits on a topic on this node, and the two
+//! threads that serve it.
+//!
+//! - Long polls ([`dsf_common::pipeline::Route::long_poll`]) park here off
+//!   the workers. The `waits` thread hands one back to the pool when its
+//!   topic is woken or its wait ends (it then runs with what it finds);
+//!   at shutdown every one goes back at once.
+//! - Streams that follow a topic ([`crate::Node::follow`]) live on the
+//!   `follow` thread, which runs each one's step when its topic is woken
+//!   and every interval it asked for (a wake-up can be lost with a peer
+//!   link; the interval bounds the delay then).
+//!
+//! A topic is woken by a commit here ([`crate::CallExt::wake`]) or on
+//! another node (`peer.wake` over the peer links). Topics are free-form
+//! strings; a service names its own with a prefix (`tasks:cli`,
+//! `order:42`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use dsf_common::pipeline::{Stream, Wait};
+use dsf_common::pool::Submitter;
+use dsf_common::{ErrorCode, Result};
+use dsf_proto::Message;
+
+use crate::node::Call;
+
+/// How often the `waits` thread looks for ends of waits and for calls the
+/// pool could not take.
+const WAIT_TICK: Duration = Duration::from_millis(25);
+
+/// What a followed stream's step decides.
+#[derive(Debug)]
+pub enum Step<R> {
+    /// Go on: run again on the next wake-up or interval.
+    Wait,
+    /// End the stream with this final reply.
+    Finish(R),
+}
+
+struct Parked {
+    call: Call,
+    until: Instant,
+}
+
+#[derive(Default)]
+struct Waits {
+    /// By topic.
+    parked: HashMap<String, Vec<Parked>>,
+    /// Released, for the pool.
+    ready: Vec<Call>,
+    /// Every parked call runs now, and every later one at once.
+    release: bool,
+}
+
+/// The wait registry and its threads; see the module documentation.
+pub struct Topics {
+    waits: Arc<(Mutex<Waits>, Condvar)>,
+    pool: Arc<Mutex<Option<Submitter<Call>>>>,
+    follow: Sender<Follow>,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Topics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topics")
+            .field("parked", &self.parked())
+            .finish()
+    }
+}
+
+enum Follow {
+    Add(Follower),
+    Wake(String),
+}
+
+struct Follower {
+    topic: String,
+    every: Duration,
+    next: Instant,
+    /// Runs the step; whether the stream goes on.
+    step: Box<dyn FnMut() -> bool + Send>,
+}
+
+// === impl Topics ===
+
+impl Topics {
+    pub(crate) fn new() -> Topics {
+        let waits: Arc<(Mutex<Waits>, Condvar)> = Arc::default();
+        let pool: Arc<Mutex<Option<Submitter<Call>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (waits, pool, stop) = (waits.clone(), pool.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("waits".into())
+                .spawn(move || run_waits(&waits, &pool, &stop))
+                .expect("spawning the waits thread");
+        }
+        let (follow, rx) = unbounded();
+        {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("follow".into())
+                .spawn(move || run_follow(&rx, &stop))
+                .expect("spawning the follow thread");
+        }
+        Topics {
+            waits,
+            pool,
+            follow,
+            stop,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waits> {
+        self.waits.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where released long polls go (the pool is made after the node).
+    pub(crate) fn set_pool(&self, pool: Submitter<Call>) {
+        *self.pool.lock().unwrap_or_else(|p| p.into_inner()) = Some(pool);
+    }
+
+    /// Parks `call` until `wait.topic` is woken or `wait.until`.
+    pub(crate) fn park(&self, call: Call, wait: Wait) {
+        let mut w = self.lock();
+        if w.release {
+            // The node drains: it runs now, with what it finds.
+            w.ready.push(call);
+        } else {
+            w.parked.entry(wait.topic).or_default().push(Parked {
+                call,
+                until: wait.until,
+            });
+        }
+        drop(w);
+        self.waits.1.notify_one();
+    }
+
+    /// Wakes what waits on `topic` here.
+    pub(crate) fn wake(&self, topic: &str) {
+        let mut w = self.lock();
+        if let Some(parked) = w.parked.remove(topic) {
+            w.ready.extend(parked.into_iter().map(|p| p.call));
+            drop(w);
+            self.waits.1.notify_one();
+        } else {
+            drop(w);
+        }
+        let _ = self.follow.send(Follow::Wake(topic.to_string()));
+    }
+
+    /// The topics with parked long polls, starting with `prefix`.
+    pub(crate) fn parked_topics(&self, prefix: &str) -> Vec<String> {
+        self.lock()
+            .parked
+            .keys()
+            .filter(|t| t.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// Long polls parked now.
+    pub(crate) fn parked(&self) -> usize {
+        self.lock().parked.values().map(Vec::len).sum()
+    }
+
+    /// At shutdown, before the pool stops: every parked long poll runs now
+    /// (with what it finds), later ones at once, and the pool is let go
+    /// once they are handed over.
+    pub(crate) fn release_all(&self) {
+        let mut w = self.lock();
+        w.release = true;
+        let parked: Vec<Parked> = w.parked.drain().flat_map(|(_, v)| v).collect();
+        w.ready.extend(parked.into_iter().map(|p| p.call));
+        let ready = std::mem::take(&mut w.ready);
+        drop(w);
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for mut call in ready {
+            call.set_woken();
+            if let Some(pool) = &pool {
+                let _ = pool.try_submit(call);
+            }
+        }
+    }
+
+    pub(crate) fn follow<M: Message>(
+        &self,
+        topic: String,
+        every: Duration,
+        stream: Stream<M>,
+        mut step: impl FnMut(&mut Stream<M>) -> Result<Step<M::Reply>> + Send + 'static,
+    ) {
+        let mut stream = Some(stream);
+        let run = move || {
+            let Some(s) = stream.as_mut() else {
+                return false;
+            };
+            if s.is_ended() {
+                return false;
+            }
+            match step(s) {
+                Ok(Step::Wait) => s.flush().is_ok(),
+                Ok(Step::Finish(reply)) => {
+                    if let Some(s) = stream.take() {
+                        let _ = s.finish(&reply);
+                    }
+                    false
+                }
+                // The database is away: the stream waits for it.
+                Err(e) if e.code() == ErrorCode::Unavailable => s.flush().is_ok(),
+                Err(e) => {
+                    if let Some(s) = stream.take() {
+                        let _ = s.fail(&e);
+                    }
+                    false
+                }
+            }
+        };
+        let _ = self.follow.send(Follow::Add(Follower {
+            topic,
+            every,
+            next: Instant::now(),
+            step: Box::new(run),
+        }));
+    }
+}
+
+impl Drop for Topics {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.waits.1.notify_one();
+    }
+}
+
+fn run_waits(
+    waits: &(Mutex<Waits>, Condvar),
+    pool: &Mutex<Option<Submitter<Call>>>,
+    stop: &AtomicBool,
+) {
+    let (lock, cv) = waits;
+    let mut w = lock.lock().unwrap_or_else(|p| p.into_inner());
+    while !stop.load(Ordering::Acquire) {
+        w = cv
+            .wait_timeout(w, WAIT_TICK)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        let now = Instant::now();
+        let mut due = Vec::new();
+        w.parked.retain(|_, calls| {
+            let (over, keep): (Vec<Parked>, Vec<Parked>) = std::mem::take(calls)
+                .into_iter()
+                .partition(|p| now >= p.until);
+            due.extend(over.into_iter().map(|p| p.call));
+            *calls = keep;
+            !calls.is_empty()
+        });
+        due.append(&mut w.ready);
+        if due.is_empty() {
+            continue;
+        }
+        let pool = pool.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // No pool: the node has let it go (shutdown); nothing more runs.
+        let Some(pool) = pool else {
+            continue;
+        };
+        for mut call in due {
+            call.set_woken();
+            if let Err(call) = pool.try_submit(call) {
+                // The pool is full: next time round.
+                w.ready.push(call);
+            }
+        }
+    }
+}
+
+fn run_follow(rx: &Receiver<Follow>, stop: &AtomicBool) {
+    let mut followers: Vec<Follower> = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        let next = followers
+            .iter()
+            .map(|f| f.next)
+            .min()
+            .map_or(Duration::from_secs(1), |n| n.saturating_duration_since(now))
+            .min(Duration::from_secs(1));
+        let mut woken: Vec<String> = Vec::new();
+        match rx.recv_timeout(next) {
+            Ok(Follow::Add(f)) => followers.push(f),
+            Ok(Follow::Wake(t)) => woken.push(t),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        for m in rx.try_iter() {
+            match m {
+                Follow::Add(f) => followers.push(f),
+                Follow::Wake(t) => woken.push(t),
+            }
+        }
+        let now = Instant::now();
+        followers.retain_mut(|f| {
+            if now < f.next && !woken.contains(&f.topic) {
+                return true;
+            }
+            // A step that panics ends its stream, not the thread.
+            let go_on = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (f.step)()))
+                .unwrap_or_else(|_| {
+                    log::error!(
+                        "follow: a step of topic {} panicked; its stream ends",
+                        f.topic
+                    );
+                    false
+                });
+            f.next = Instant::now() + f.every;
+            go_on
+        });
+    }
+}

@@ -1,0 +1,641 @@
+//! The request pipeline every dsf server runs: the app servers, the
+//! balancers and the collectors alike. A server is a set of typed
+//! [`Route`]s, declared from catalogue types, behind one chain of sync
+//! [`Layer`]s:
+//!
+//! ```text
+//! reactor:  frame ─▶ admission (signature, replay) ─▶ drain ─▶ route ─▶ inline, or a worker
+//! anywhere: metrics ─▶ auth ─▶ rate limits ─▶ the server's layers ─▶ handler ─▶ reply
+//! ```
+//!
+//! - [`Call`]: one request as the layers and the handler see it.
+//! - [`Route`]: a type and its handler, of one of three kinds: unary, long
+//!   poll (parked off the workers until a topic wakes it), stream (events,
+//!   then a final reply), and the unary answered later ([`Route::deferred`]).
+//! - [`Layer`], [`Next`], [`Outcome`]: the shape of a layer.
+//! - The layers, one file each: admission is [`crate::wire::admission`];
+//!   [`drain`], [`auth`] (one [`dsf_proto::Auth`] for every server),
+//!   [`rate`] (limits declared per route), [`metrics`] (count, errors and
+//!   latency per message type). The app server adds long polls and
+//!   run-once writes ([`Builder::layer`]).
+//! - [`Builder`] assembles a server's routes into one table: its catalogue
+//!   is made from the routes' types, and two owners routing one type refuse
+//!   to start, naming both ([`BuildError`]).
+//!
+//! A server's reactor [`Service`](crate::reactor::Service) hands each frame to
+//! [`Pipeline::on_frame`]; what it returns as a job runs on a worker with
+//! [`Pipeline::run_job`].
+
+pub mod auth;
+mod call;
+pub mod drain;
+mod layer;
+pub mod metrics;
+pub mod rate;
+mod route;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use dsf_proto::{Auth, Catalogue, Duplicate};
+
+pub use auth::{AuthLayer, Sessions};
+pub use call::{Call, Session};
+pub use drain::Drain;
+pub use layer::{Layer, Next, Outcome};
+pub use metrics::{Gauges, Load, Metrics, MetricsLayer};
+pub use rate::{Limit, Per, Rate, RateLayer};
+pub use route::{parse_body, render, Exec, Responder, Route, Stream, Wait};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::reactor::{ConnId, Context};
+use crate::wire::keys::AppKeys;
+use crate::wire::streams::{Streams, DEFAULT_STREAMS_PER_CONN};
+use crate::wire::{self, Admission};
+use metrics::RouteMetrics;
+use route::Handler;
+
+/// Why a server's routes cannot make a pipeline; each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Two services declared one message type.
+    #[error(transparent)]
+    Duplicate(#[from] Duplicate),
+    /// A route's handler does not fit its type (a unary route on a stream).
+    #[error("route {0}")]
+    Mismatch(String),
+    /// Routes need a logged-in user, and no service provides sessions.
+    #[error(
+        "{types} need a logged-in user, and no service of this server provides sessions: \
+         add the accounts service (app_server::accounts())"
+    )]
+    NoSessions { types: String },
+    /// A scoped app key allows a type no route serves.
+    #[error("{0}")]
+    Scope(String),
+}
+
+/// What [`Pipeline::on_frame`] did with a frame.
+// The job is moved once, into the pool's queue, which holds calls by
+// value: boxing it would cost an allocation a request.
+#[allow(clippy::large_enum_variant)]
+pub enum Front<S: Send + Sync + 'static> {
+    /// Answered (or refused) on the reactor.
+    Done,
+    /// To run on a worker with [`Pipeline::run_job`].
+    Job(Call<S>),
+}
+
+/// The route table.
+struct Router<S: Send + Sync + 'static> {
+    routes: Vec<Route<S>>,
+    by_name: HashMap<&'static str, usize, foldhash::fast::RandomState>,
+    catalogue: Catalogue,
+}
+
+// === impl Router ===
+
+impl<S: Send + Sync + 'static> Router<S> {
+    fn find(&self, kind: &str, port: Option<usize>) -> Result<usize> {
+        match self.by_name.get(kind) {
+            Some(&i) if self.routes[i].serves(port) => Ok(i),
+            Some(_) => Err(Error::UnknownType(format!(
+                "type {kind:?} is not served on this port; this port serves {}",
+                self.describe(port)
+            ))),
+            None => Err(Error::UnknownType(format!(
+                "no message type {kind:?} on this server; this port serves {}",
+                self.describe(port)
+            ))),
+        }
+    }
+
+    /// The types served on `port`, a group of three or more as `group.*`.
+    fn describe(&self, port: Option<usize>) -> String {
+        let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for r in self.routes.iter().filter(|r| r.serves(port)) {
+            let group = r.ty.name.split('.').next().unwrap_or(r.ty.name);
+            groups.entry(group).or_default().push(r.ty.name);
+        }
+        let mut parts = Vec::new();
+        for (group, mut names) in groups {
+            if names.len() >= 3 {
+                parts.push(format!("{group}.*"));
+            } else {
+                names.sort_unstable();
+                parts.extend(names.into_iter().map(str::to_string));
+            }
+        }
+        if parts.is_empty() {
+            return "nothing".into();
+        }
+        parts.join(", ")
+    }
+
+    fn writes(&self, kind: &str) -> bool {
+        self.by_name
+            .get(kind)
+            .is_some_and(|&i| self.routes[i].ty.writes())
+    }
+
+    /// The types of routes with `auth`, for refusals.
+    fn with_auth(&self, auth: Auth) -> String {
+        let mut names: Vec<&str> = self
+            .routes
+            .iter()
+            .filter(|r| r.ty.auth == auth)
+            .map(|r| r.ty.name)
+            .collect();
+        names.sort_unstable();
+        match names.len() {
+            0 => "nothing".into(),
+            _ => names.join(", "),
+        }
+    }
+}
+
+/// The rate a server sets for a named limit.
+type RateOf = dyn Fn(&str) -> Option<Rate>;
+
+/// Assembles a pipeline: routes by owner, the server's own layers, and the
+/// settings of the standard ones.
+pub struct Builder<S: Send + Sync + 'static> {
+    routes: Vec<(String, Route<S>)>,
+    layers: Vec<Box<dyn Layer<S>>>,
+    sessions: Option<Arc<dyn Sessions>>,
+    node_keys: bool,
+    rates: Box<RateOf>,
+    load: bool,
+    streams_per_conn: usize,
+    check_scopes: bool,
+    drain: Arc<Drain>,
+}
+
+impl<S: Send + Sync + 'static> Default for Builder<S> {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+// === impl Builder ===
+
+impl<S: Send + Sync + 'static> Builder<S> {
+    /// No routes yet.
+    pub fn new() -> Builder<S> {
+        Builder {
+            routes: Vec::new(),
+            layers: Vec::new(),
+            sessions: None,
+            node_keys: false,
+            rates: Box::new(|_| None),
+            load: false,
+            streams_per_conn: DEFAULT_STREAMS_PER_CONN,
+            check_scopes: false,
+            drain: Arc::default(),
+        }
+    }
+
+    /// Adds `routes`, declared by `owner` (a service's name, in errors).
+    pub fn routes(mut self, owner: &str, routes: impl IntoIterator<Item = Route<S>>) -> Self {
+        self.routes
+            .extend(routes.into_iter().map(|r| (owner.to_string(), r)));
+        self
+    }
+
+    /// Adds a layer of the server's own, inside auth and rate limits (in
+    /// the order added).
+    pub fn layer(mut self, layer: impl Layer<S>) -> Self {
+        self.layers.push(Box::new(layer));
+        self
+    }
+
+    /// Where sessions are found, for the types that need a user.
+    pub fn sessions(mut self, sessions: Arc<dyn Sessions>) -> Self {
+        self.sessions = Some(sessions);
+        self
+    }
+
+    /// Whether `Node` types must be signed with node keys.
+    pub fn node_keys(mut self, on: bool) -> Self {
+        self.node_keys = on;
+        self
+    }
+
+    /// The rate of each named [`Limit`] the server sets (others keep their
+    /// default).
+    pub fn rates(mut self, rates: impl Fn(&str) -> Option<Rate> + 'static) -> Self {
+        self.rates = Box::new(rates);
+        self
+    }
+
+    /// Keeps the heartbeat figures ([`Load`]) as well.
+    pub fn track_load(mut self) -> Self {
+        self.load = true;
+        self
+    }
+
+    /// Open streams one connection may hold.
+    pub fn streams_per_conn(mut self, n: usize) -> Self {
+        self.streams_per_conn = n;
+        self
+    }
+
+    /// The drain switch, shared with whoever starts the drain.
+    pub fn drain(mut self, drain: Arc<Drain>) -> Self {
+        self.drain = drain;
+        self
+    }
+
+    /// Refuses to build when a scoped app key allows a type no route serves.
+    pub fn check_scopes(mut self) -> Self {
+        self.check_scopes = true;
+        self
+    }
+
+    /// The pipeline of `server` admitting with `keys`: checks every route
+    /// and assembles the layers (metrics, auth, rate limits, then the
+    /// server's own).
+    pub fn build(
+        self,
+        server: S,
+        keys: AppKeys,
+    ) -> std::result::Result<Arc<Pipeline<S>>, BuildError> {
+        let mut catalogue = Catalogue::new();
+        let mut routes = Vec::with_capacity(self.routes.len());
+        let mut by_name = HashMap::default();
+        let mut need_user = Vec::new();
+        for (owner, route) in self.routes {
+            catalogue.add(&owner, route.ty)?;
+            if let Some(m) = &route.mismatch {
+                return Err(BuildError::Mismatch(format!("{m} (service {owner:?})")));
+            }
+            if matches!(route.handler, Handler::LongPoll { .. }) && route.exec == Exec::Inline {
+                return Err(BuildError::Mismatch(format!(
+                    "{} is a long poll and cannot run inline (service {owner:?})",
+                    route.ty.name
+                )));
+            }
+            if route.ty.auth.reads_session() && route.ty.auth.role().is_some() {
+                need_user.push(route.ty.name);
+            }
+            by_name.insert(route.ty.name, routes.len());
+            routes.push(route);
+        }
+        if self.sessions.is_none() && !need_user.is_empty() {
+            need_user.sort_unstable();
+            return Err(BuildError::NoSessions {
+                types: need_user.join(", "),
+            });
+        }
+        if self.check_scopes {
+            keys.check_scopes(|k| catalogue.get(k).is_some())
+                .map_err(BuildError::Scope)?;
+        }
+        let router = Router {
+            routes,
+            by_name,
+            catalogue,
+        };
+        let metrics = Metrics::new(self.load);
+        let route_metrics = router
+            .routes
+            .iter()
+            .map(|r| metrics.route(r.ty.name))
+            .collect();
+        let mut layers: Vec<Box<dyn Layer<S>>> = vec![
+            Box::new(MetricsLayer),
+            Box::new(AuthLayer {
+                sessions: self.sessions,
+                node_keys: self.node_keys,
+                peer_types: router.with_auth(Auth::Peer),
+                node_types: router.with_auth(Auth::Node),
+            }),
+        ];
+        let rate = RateLayer::new(
+            router.routes.iter().flat_map(|r| r.limits.iter()),
+            &*self.rates,
+        );
+        if !rate.is_empty() {
+            layers.push(Box::new(rate));
+        }
+        layers.extend(self.layers);
+        Ok(Arc::new(Pipeline {
+            server,
+            router,
+            layers,
+            admission: Admission::new(keys, wire::ReplayGuard::default()),
+            streams: Streams::new(self.streams_per_conn),
+            drain: self.drain,
+            metrics,
+            route_metrics,
+        }))
+    }
+}
+
+/// A server's routes and layers; see the module documentation. Shared
+/// (`Arc`) by its reactors and workers.
+pub struct Pipeline<S: Send + Sync + 'static> {
+    server: S,
+    router: Router<S>,
+    layers: Vec<Box<dyn Layer<S>>>,
+    admission: Admission,
+    streams: Arc<Streams>,
+    drain: Arc<Drain>,
+    metrics: Metrics,
+    route_metrics: Vec<RouteMetrics>,
+}
+
+// === impl Pipeline ===
+
+impl<S: Send + Sync + 'static> Pipeline<S> {
+    /// Starts a [`Builder`].
+    pub fn builder() -> Builder<S> {
+        Builder::new()
+    }
+
+    /// The server's shared state.
+    pub fn server(&self) -> &S {
+        &self.server
+    }
+
+    /// The drain layer's switch.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
+    /// The per-type metrics (and the heartbeat figures, when kept).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The open streams, by connection.
+    pub fn streams(&self) -> &Arc<Streams> {
+        &self.streams
+    }
+
+    /// The types served, each with the service that declared it.
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.router.catalogue
+    }
+
+    /// The route of type `kind` on listener `port`, or the `unknown_type`
+    /// error a request of it gets.
+    pub fn route_of(&self, kind: &str, port: Option<usize>) -> Result<&Route<S>> {
+        self.router.find(kind, port).map(|i| &self.router.routes[i])
+    }
+
+    /// Handles one frame on the reactor: admission, drain, the route; an
+    /// inline route runs now, a pool route comes back as a [`Front::Job`]
+    /// (its reply handle taken from `cx`).
+    pub fn on_frame(self: &Arc<Self>, payload: &[u8], cx: &mut Context<'_>) -> Front<S> {
+        let received = Instant::now();
+        let admitted = match self
+            .admission
+            .admit_with(payload, |kind| self.router.writes(kind))
+        {
+            Ok(a) => a,
+            Err(refused) => {
+                log::debug!(
+                    "refused a frame from {}: {}",
+                    cx.peer(),
+                    refused.rejection.error
+                );
+                cx.refuse(&refused);
+                self.metrics.refused(received);
+                return Front::Done;
+            }
+        };
+        if self.drain.is_draining() {
+            admitted.error(&self.drain.refusal(&admitted.request.kind), cx.out());
+            self.metrics.refused(received);
+            return Front::Done;
+        }
+        let route = match self.router.find(&admitted.request.kind, cx.listener()) {
+            Ok(i) => i,
+            Err(e) => {
+                cx.reject(&admitted, &e);
+                self.metrics.refused(received);
+                return Front::Done;
+            }
+        };
+        let r = &self.router.routes[route];
+        let (inline, later) = (r.exec == Exec::Inline, r.answers_later());
+        let mut call = Call {
+            pipe: self.clone(),
+            route,
+            admitted,
+            peer: cx.peer(),
+            listener: cx.listener(),
+            conn: cx.conn(),
+            received,
+            session: None,
+            woken: false,
+            after: Default::default(),
+            reply: None,
+        };
+        if !inline {
+            call.reply = Some(cx.defer());
+            return Front::Job(call);
+        }
+        if later {
+            call.reply = Some(cx.defer());
+        }
+        let outcome = self.run(&mut call);
+        self.answer(&mut call, outcome, cx.out());
+        Front::Done
+    }
+
+    /// A job that could not be handed to the pool (it is stopping): its
+    /// reply handle goes back to `cx`, and it is answered `unavailable`.
+    pub fn refuse_job(&self, mut call: Call<S>, cx: &mut Context<'_>) {
+        if let Some(reply) = call.take_reply() {
+            cx.cancel(reply);
+        }
+        let e = Error::Unavailable("this node is shutting down: retry on another node".into());
+        call.admitted.error(&e, cx.out());
+        self.metrics.refused(call.received);
+    }
+
+    /// Runs a job on a worker and sends its reply; a long poll that parks
+    /// comes back with its [`Wait`], for the server to park and submit
+    /// again once woken ([`Call::set_woken`]).
+    pub fn run_job(&self, mut call: Call<S>) -> Option<(Call<S>, Wait)> {
+        let outcome = self.run(&mut call);
+        if let Outcome::Park(wait) = outcome {
+            return Some((call, wait));
+        }
+        let mut out = Vec::with_capacity(256);
+        self.answer(&mut call, outcome, &mut out);
+        if let Some(reply) = call.take_reply() {
+            reply.send(out);
+        }
+        None
+    }
+
+    /// The layers and the handler; a panic is an `internal` error (the
+    /// client still gets an answer for its id) and is counted.
+    fn run(&self, call: &mut Call<S>) -> Outcome {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Next { rest: &self.layers }.run(call)
+        }));
+        match ran {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let r = call.request();
+                log::error!("{} (request {}) panicked", r.kind, r.id);
+                call.forget_after_commit();
+                let outcome = Outcome::Reply(Err(Error::Internal(format!(
+                    "{} failed on this node (logged)",
+                    r.kind
+                ))));
+                let route = &self.route_metrics[call.route];
+                self.metrics.record(route, call.received, &outcome);
+                outcome
+            }
+        }
+    }
+
+    /// Writes the reply of `outcome` into `out`, then runs what the handler
+    /// asked for after its commit, if it succeeded.
+    fn answer(&self, call: &mut Call<S>, outcome: Outcome, out: &mut Vec<u8>) {
+        let a = &call.admitted;
+        let ok = match outcome {
+            Outcome::Reply(Ok(body)) => {
+                a.ok(&body, out);
+                true
+            }
+            Outcome::Reply(Err(e)) => {
+                log_refusal(call, &e);
+                a.error(&e, out);
+                false
+            }
+            Outcome::Stored { ok, payload } => {
+                let r = &a.request;
+                wire::envelope::encode_reply(Some(&a.key), r.id, &r.nonce, ok, &payload, out);
+                ok
+            }
+            Outcome::Answered { ok } => ok,
+            Outcome::Park(_) => {
+                let e = Error::Internal(format!(
+                    "{} asked to wait where no wait is possible",
+                    a.request.kind
+                ));
+                a.error(&e, out);
+                false
+            }
+        };
+        let after = std::mem::take(&mut *call.after.borrow_mut());
+        if ok {
+            for f in after {
+                f();
+            }
+        }
+    }
+
+    /// A connection closed: its streams end.
+    pub fn on_close(&self, conn: ConnId) {
+        self.streams.close_conn(conn);
+    }
+}
+
+/// The handler at the end of the chain.
+fn handle<S: Send + Sync + 'static>(call: &mut Call<S>) -> Outcome {
+    let pipe = call.pipe.clone();
+    let route = &pipe.router.routes[call.route];
+    match &route.handler {
+        Handler::Unary(f) | Handler::LongPoll { run: f, .. } => {
+            let call = &*call;
+            Outcome::Reply(f(call, call.admitted.request.body.get()))
+        }
+        Handler::Stream(f) => {
+            let Some(reply) = call.take_reply() else {
+                return Outcome::Reply(Err(Error::Internal(format!(
+                    "{} is a stream but came without a reply handle",
+                    call.kind()
+                ))));
+            };
+            let Ok(stream) = pipe.streams.open(&call.admitted, reply) else {
+                // Refused (the connection's cap of streams): answered.
+                return Outcome::Answered { ok: false };
+            };
+            let home = Arc::new(Mutex::new(None));
+            let call = &*call;
+            let ran = f(
+                call,
+                call.admitted.request.body.get(),
+                stream,
+                Arc::downgrade(&home),
+            );
+            let back = home.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match (ran, back) {
+                (Ok(()), None) => Outcome::Answered { ok: true },
+                (Ok(()), Some(stream)) => {
+                    let e = Error::Internal(format!(
+                        "{} ended its stream without a final reply (logged)",
+                        call.kind()
+                    ));
+                    log::error!("{e}");
+                    let _ = stream.fail(&e);
+                    Outcome::Answered { ok: false }
+                }
+                (Err(e), back) => {
+                    log_refusal(call, &e);
+                    match back {
+                        Some(stream) => {
+                            let _ = stream.fail(&e);
+                        }
+                        None => log::error!(
+                            "{}: the handler kept its stream and returned an error ({e}); the stream goes on",
+                            call.kind()
+                        ),
+                    }
+                    Outcome::Answered { ok: false }
+                }
+            }
+        }
+        Handler::Deferred(f) => {
+            let r = &call.admitted.request;
+            let responder = Responder {
+                slot: Arc::new(Mutex::new(call.reply.take())),
+                key: call.admitted.key.clone(),
+                id: r.id,
+                nonce: r.nonce.clone(),
+                _m: std::marker::PhantomData,
+            };
+            let keep = responder.clone();
+            let call = &*call;
+            match f(call, call.admitted.request.body.get(), responder) {
+                Ok(()) => Outcome::Answered { ok: true },
+                Err(e) => {
+                    log_refusal(call, &e);
+                    keep.fail(&e);
+                    Outcome::Answered { ok: false }
+                }
+            }
+        }
+    }
+}
+
+impl<S: Send + Sync + 'static> Call<S> {
+    /// What a long poll waits for, when it is one, has not waited yet, and
+    /// its `wait` says to (the long-poll layer asks).
+    pub fn wait(&self) -> Option<Wait> {
+        if self.woken {
+            return None;
+        }
+        match &self.route().handler {
+            Handler::LongPoll { wait, .. } => wait(self, self.admitted.request.body.get()),
+            _ => None,
+        }
+    }
+}
+
+fn log_refusal<S: Send + Sync + 'static>(call: &Call<S>, e: &Error) {
+    let r = call.request();
+    if e.code() == ErrorCode::Internal {
+        log::error!("{} (request {} from app {}): {e}", r.kind, r.id, r.app);
+    } else {
+        log::debug!("{} (request {}): {}: {e}", r.kind, r.id, e.code());
+    }
+}
