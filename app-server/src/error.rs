@@ -62,6 +62,12 @@ pub enum Error {
     #[error(transparent)]
     Pipeline(#[from] dsf_common::pipeline::BuildError),
 
+    /// The database lacks migrations of the composed services.
+    #[error(
+        "the database lacks migrations of this server's services: {0}; run this server's `migrate --db URL` first"
+    )]
+    Unmigrated(String),
+
     /// A service's start-up failed.
     #[error("service {service:?} could not start: {message}")]
     Service { service: String, message: String },

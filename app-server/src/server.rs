@@ -402,8 +402,17 @@ impl Server {
             .collect()
     }
 
-    /// Checks the composition: names unique, every required service there.
+    /// Checks the composition: names unique, every required service there,
+    /// no message type declared by two services.
     pub fn check(&self) -> Result<(), Error> {
+        let mut catalogue = dsf_proto::Catalogue::new();
+        for s in &self.services {
+            for r in &s.routes {
+                catalogue
+                    .add(&s.name, *r.ty())
+                    .map_err(|e| Error::Pipeline(e.into()))?;
+            }
+        }
         let names = self.names();
         for (i, n) in names.iter().enumerate() {
             if names[..i].contains(n) {
@@ -442,6 +451,19 @@ impl Server {
     pub fn start(self, s: Settings) -> Result<Running, Error> {
         self.check()?;
         let db = Db::connect(&s.db)?;
+        // A server whose tables are missing would answer `internal` to
+        // every request of the service: refuse to start, saying what to run.
+        match dsf_sql::migrate::pending(&db, &self.migrations()) {
+            Ok(missing) if !missing.is_empty() => {
+                let list: Vec<String> = missing
+                    .iter()
+                    .map(|(ns, v, name)| format!("{ns} {v} ({name})"))
+                    .collect();
+                return Err(Error::Unmigrated(list.join(", ")));
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("could not check the schema's migrations ({e}); starting anyway"),
+        }
         let drain = Arc::new(Drain::default());
         let node = Node::new(db, s.clone(), drain.clone());
         let mut services = self.services;

@@ -48,11 +48,11 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Whether a message type may be sent again, freshly signed, after it may
-/// have reached a server: the catalogue's reads (and `gate.check`, whose
+/// have reached a server: dsf's own reads (and `gate.check`, whose
 /// repetition records one more check the gate device would have made
-/// anyway). A write is resent too, but only with its first timestamp and
-/// nonce, so that the servers answer it with the stored reply
-/// ([`RESEND_WINDOW`]).
+/// anyway). A type dsf does not know is not: it is resent as a write.
+/// A write is resent too, but only with its first timestamp and nonce, so
+/// that the servers answer it with the stored reply ([`RESEND_WINDOW`]).
 pub fn is_idempotent(kind: &str) -> bool {
     !dsf_proto::writes(kind)
 }
@@ -300,13 +300,33 @@ impl Client {
         parse_body(&raw, self.node_id().unwrap_or("server"))
     }
 
-    /// A typed call: message `M`'s body in, its reply out, both the
-    /// catalogue's types (`dsf_proto`); resends as [`Client::call`] does.
+    /// A typed call: message `M`'s body in, its reply out, for any type
+    /// declared with [`dsf_proto::message!`] (dsf's own, or a service's
+    /// of your own). `M`'s kind says how it is resent: a read freely, to
+    /// any node; a write only with its first timestamp and nonce, so that
+    /// it runs once. A stream is opened with [`Client::stream`].
+    ///
+    /// ```no_run
+    /// # fn main() -> dsf_client::Result<()> {
+    /// use dsf_client::{Client, ClientConfig};
+    /// use dsf_proto::{sys::Ping, Empty};
+    ///
+    /// let mut c = Client::new(ClientConfig::new(vec!["127.0.0.1:7000".into()], "demo", "secret"))?;
+    /// let pong = c.send::<Ping>(&Empty {})?;
+    /// println!("answered by {}", pong.node);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn send<M: dsf_proto::Message>(&mut self, body: &M::Body) -> Result<M::Reply> {
         let kind = M::TYPE.name;
+        if M::TYPE.streams() {
+            return Err(Error::Config(format!(
+                "{kind} is a stream: open it with Client::stream"
+            )));
+        }
         let body = serde_json::to_string(body)
             .map_err(|e| Error::Config(format!("body of {kind} does not serialise: {e}")))?;
-        let raw = self.call_raw(kind, &body)?;
+        let raw = self.call_raw_as(kind, &body, !M::TYPE.writes())?;
         serde_json::from_str(raw.get()).map_err(|e| Error::BadReply {
             server: self.node_id().unwrap_or("server").to_string(),
             reason: format!("{kind} reply is not what the catalogue says: {e}"),
@@ -314,9 +334,18 @@ impl Client {
     }
 
     /// [`Client::call`] with an already-serialised body, returning the raw
-    /// reply body (exactly the bytes that were verified).
+    /// reply body (exactly the bytes that were verified). A type that is
+    /// not one of dsf's own is resent as a write ([`is_idempotent`]); say
+    /// otherwise with [`Client::call_raw_as`].
     pub fn call_raw(&mut self, kind: &str, body: &str) -> Result<Box<RawValue>> {
-        let idempotent = is_idempotent(kind);
+        self.call_raw_as(kind, body, is_idempotent(kind))
+    }
+
+    /// [`Client::call_raw`] for a type whose kind the caller knows: `read`
+    /// lets it be resent freshly signed, to any node; otherwise it is
+    /// resent only with its first timestamp and nonce.
+    pub fn call_raw_as(&mut self, kind: &str, body: &str, read: bool) -> Result<Box<RawValue>> {
+        let idempotent = read;
         // A write runs once on the servers: every attempt carries the same
         // timestamp and nonce, so a resend is answered with the stored
         // reply, never run twice.

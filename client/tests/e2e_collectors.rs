@@ -20,6 +20,7 @@ fn the_standby_collector_takes_over_a_whole_cluster_when_the_active_one_is_kille
     let mut cluster = Cluster::start_with_standby(Spec {
         apps: 3,
         balancers: 2,
+        ..Spec::default()
     });
     let standby = cluster.standby_addr.clone().unwrap();
     let all: Vec<String> = (0..3).map(|i| format!("app-{i}")).collect();

@@ -167,6 +167,7 @@ fn the_dashboard_shows_nodes_a_job_moving_and_a_killed_node_gone() {
     let mut cluster = Cluster::start(Spec {
         apps: 2,
         balancers: 1,
+        ..Spec::default()
     });
     let browser = Browser::start();
     browser.open(&cluster.dashboard_url());

@@ -13,6 +13,7 @@ fn sigterm_under_load_drains_without_unretried_errors_or_lost_writes() {
     let mut cluster = Cluster::start(Spec {
         apps: 3,
         balancers: 1,
+        ..Spec::default()
     });
     let writers = Writers::start(&cluster, 20, 1);
     writers.wait_more(500);

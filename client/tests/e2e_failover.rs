@@ -23,6 +23,7 @@ fn a_killed_node_is_evicted_within_4s_no_acknowledged_write_is_lost_and_on_resta
     let mut cluster = Cluster::start(Spec {
         apps: 3,
         balancers: 1,
+        ..Spec::default()
     });
     let keys: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();
     let before = cluster.owners(0, &keys);

@@ -68,6 +68,7 @@ fn a_job_survives_the_database_node_under_an_app_server_being_killed() {
     let mut cluster = Cluster::start(Spec {
         apps: 3,
         balancers: 1,
+        ..Spec::default()
     });
     for i in 0..3 {
         let url = cluster.app_db_url(i);

@@ -89,6 +89,7 @@ fn every_message_reaches_its_recipient_once_and_in_order_through_offline_users_a
     let mut cluster = Cluster::start(Spec {
         apps: 3,
         balancers: 1,
+        ..Spec::default()
     });
     let hash = password::hash_with(PASSWORD, Cost::TEST).unwrap();
     for i in 0..USERS {

@@ -15,6 +15,7 @@ fn balancer_and_collector_restarts_cost_clients_nothing_but_retried_resolves() {
     let mut cluster = Cluster::start(Spec {
         apps: 3,
         balancers: 1,
+        ..Spec::default()
     });
     let all: Vec<String> = ["app-0", "app-1", "app-2"].map(String::from).to_vec();
     // Each client cycles through 3 routing keys, so every write resolves

@@ -16,6 +16,7 @@ fn a_hundred_keys_spread_over_three_nodes_and_each_always_resolves_the_same() {
     let cluster = Cluster::start(Spec {
         apps: 3,
         balancers: 2,
+        ..Spec::default()
     });
     let keys = keys(100);
 

@@ -58,6 +58,7 @@ fn a_job_is_worked_by_client_workers_over_three_nodes_and_survives_a_killed_work
     let cluster = Cluster::start(Spec {
         apps: 3,
         balancers: 1,
+        ..Spec::default()
     });
     let file = cluster.dir.join("payloads.jsonl");
     let lines: Vec<String> = (0..TASKS).map(|i| format!("{{\"n\":{i}}}")).collect();
@@ -164,6 +165,7 @@ fn ten_thousand_tasks_survive_killed_workers_a_killed_node_a_database_restart_an
     let mut cluster = Cluster::start_with_own_db(Spec {
         apps: 3,
         balancers: 1,
+        ..Spec::default()
     });
     // Two submits through two nodes (routed by two keys), into one job.
     let first: Vec<String> = (0..N / 2).map(|i| format!("{{\"n\":{i}}}")).collect();

@@ -21,6 +21,7 @@ fn a_cluster_speaking_tls_serves_the_sdk_and_the_cli() {
     let cluster = Cluster::start_tls(Spec {
         apps: 2,
         balancers: 1,
+        ..Spec::default()
     });
     let ca = cluster.tls.as_ref().unwrap().join("ca.pem");
     let ports: Vec<String> = [

@@ -184,6 +184,30 @@ pub fn apply(db: &Db, namespace: &str, migrations: &[Migration]) -> Result<Repor
     Ok(reports.pop().expect("one report per namespace"))
 }
 
+/// The migrations of `sets` the database lacks, as `(namespace, version,
+/// name)`: all of them on a database never migrated, or still in the
+/// layout before namespaces (which `migrate` converts). Reads only.
+pub fn pending(db: &Db, sets: &[(&str, &[Migration])]) -> Result<Vec<(String, u32, &'static str)>> {
+    let op = "migrate";
+    let mut conn = db.conn(op)?;
+    let applied: Vec<(String, u32)> =
+        match conn.query("SELECT namespace, version FROM schema_migrations") {
+            Ok(rows) => rows,
+            // No table yet (1146), or no namespace column yet (1054).
+            Err(mysql::Error::MySqlError(m)) if m.code == 1146 || m.code == 1054 => Vec::new(),
+            Err(e) => return Err(Error::from_mysql(op, e)),
+        };
+    let mut missing = Vec::new();
+    for (ns, set) in sets {
+        for m in *set {
+            if !applied.iter().any(|(n, v)| n == ns && *v == m.version) {
+                missing.push((ns.to_string(), m.version, m.name));
+            }
+        }
+    }
+    Ok(missing)
+}
+
 /// Applies several namespaces' migrations under one lease, in the order
 /// given; one report each.
 pub fn apply_all(db: &Db, sets: &[(&str, &[Migration])]) -> Result<Vec<Report>> {

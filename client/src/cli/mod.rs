@@ -20,6 +20,7 @@ use crate::bench::{self, BenchArgs};
 use crate::client::{parse_body, Client, ClientConfig, DEFAULT_APP, DEFAULT_LB};
 use crate::error::{Error, Result};
 use crate::session::{self, Session};
+use crate::stream::RawItem;
 use dsf_proto::{blacklist, gate, sys, user, Empty, Message};
 use output::Out;
 
@@ -202,6 +203,35 @@ pub enum Command {
     /// (msg.*; logged in).
     #[command(subcommand)]
     Msg(msg::MsgCmd),
+    /// Send any message type with a JSON body and print its reply: dsf's
+    /// own, or one of a service of your own
+    /// (client call order.place '{"item":"tea","qty":2}').
+    Call(CallArgs),
+    /// Open any stream type with a JSON body and print its events as they
+    /// come, then its final reply (client stream order.watch '{"id":1}').
+    /// If its node goes away, the stream is opened again on another.
+    Stream {
+        /// The message type, e.g. job.watch.
+        kind: String,
+        /// The body, a JSON object.
+        #[arg(default_value = "{}")]
+        body: String,
+    },
+}
+
+/// `client call ...`
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// The message type, e.g. order.get.
+    pub kind: String,
+    /// The body, a JSON object.
+    #[arg(default_value = "{}")]
+    pub body: String,
+    /// The type is a read: if its node goes away it may be sent again,
+    /// to another. A type dsf does not know is otherwise taken for a
+    /// write, resent only as itself (same nonce), so that it runs once.
+    #[arg(long)]
+    pub read: bool,
 }
 
 /// A user name; the password is asked for, never taken from a flag.
@@ -571,6 +601,23 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
         }
         Command::Job(cmd) => job::run(&mut c, cmd, out)?,
         Command::Msg(cmd) => msg::run(&mut c, session.as_ref(), cmd, out)?,
+        Command::Call(args) => {
+            let body = json_body(&args.kind, &args.body)?;
+            let read = args.read || crate::is_idempotent(&args.kind);
+            let raw = c.call_raw_as(&args.kind, &body, read)?;
+            let v = parse_body(&raw, c.node_id().unwrap_or("server"))?;
+            out.reply(&v);
+        }
+        Command::Stream { kind, body } => {
+            let body = json_body(kind, body)?;
+            for item in c.stream_raw(kind, &body)? {
+                match item? {
+                    RawItem::Event { event, body } => out.stream_event(&event, &body),
+                    RawItem::Done(body) => out.stream_done(&body),
+                }
+                out.flush();
+            }
+        }
         Command::Bench(_) | Command::Pins(_) | Command::Worker(_) => unreachable!("handled above"),
     }
     Ok(exit::OK)
@@ -602,6 +649,19 @@ fn feeding_status(c: &Client, collectors: &[String]) -> Result<Value> {
 
 /// A typed call (the catalogue's body and reply), its reply as JSON for
 /// the printers.
+/// `body` as the compact JSON object the server parses, or a usage error.
+fn json_body(kind: &str, body: &str) -> Result<String> {
+    match serde_json::from_str::<Value>(body) {
+        Ok(v @ Value::Object(_)) => Ok(v.to_string()),
+        Ok(_) => Err(Error::Config(format!(
+            "the body of {kind} must be a JSON object, like '{{\"id\": 1}}'"
+        ))),
+        Err(e) => Err(Error::Config(format!(
+            "the body of {kind} is not JSON: {e} (quote it for the shell: '{{\"id\": 1}}')"
+        ))),
+    }
+}
+
 fn typed<M: Message>(c: &mut Client, body: &M::Body) -> Result<Value> {
     let reply = c.send::<M>(body)?;
     Ok(serde_json::to_value(reply).expect("a catalogue reply serialises"))

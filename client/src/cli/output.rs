@@ -67,6 +67,39 @@ impl Out {
         }
     }
 
+    /// A reply shown as it came (`client call`): indented for people, one
+    /// line with `--json`.
+    pub fn reply(&mut self, v: &Value) {
+        if self.json {
+            self.json_line(v)
+        } else {
+            let pretty = serde_json::to_string_pretty(v).expect("a JSON value prints");
+            self.line(&pretty)
+        }
+    }
+
+    /// One event of a stream (`client stream`).
+    pub fn stream_event(&mut self, event: &str, body: &serde_json::value::RawValue) {
+        if self.json {
+            self.line(&format!(
+                r#"{{"event":{},"body":{}}}"#,
+                json!(event),
+                body.get()
+            ))
+        } else {
+            self.line(&format!("{event} {}", body.get()))
+        }
+    }
+
+    /// A stream's final reply (`client stream`).
+    pub fn stream_done(&mut self, body: &serde_json::value::RawValue) {
+        if self.json {
+            self.line(&format!(r#"{{"done":{}}}"#, body.get()))
+        } else {
+            self.line(&format!("done {}", body.get()))
+        }
+    }
+
     /// A registration, confirmed by the login after it (`v` is the login's
     /// reply).
     pub fn registered(&mut self, name: &str, v: &Value, path: &Path) {

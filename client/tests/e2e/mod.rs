@@ -186,6 +186,19 @@ impl Drop for Proc {
 pub struct Spec {
     pub apps: usize,
     pub balancers: usize,
+    /// The app server binary: `app-server`, or a server composed on dsf
+    /// (`orders-server`), whose own `migrate` then runs too.
+    pub server: &'static str,
+}
+
+impl Default for Spec {
+    fn default() -> Spec {
+        Spec {
+            apps: 3,
+            balancers: 1,
+            server: "app-server",
+        }
+    }
 }
 
 /// Where the cluster's database lives.
@@ -241,6 +254,8 @@ pub struct Cluster {
     /// With TLS on every dsf port: the folder of `scripts/tls-ca`'s
     /// `ca.pem`, `cert.pem` and `key.pem`.
     pub tls: Option<PathBuf>,
+    /// The app server binary ([`Spec::server`]).
+    pub server: &'static str,
 }
 
 // === impl Cluster ===
@@ -397,6 +412,7 @@ impl Cluster {
             lbs,
             apps,
             tls: None,
+            server: "app-server",
         };
         if tls {
             let folder = c.dir.join("tls");
@@ -412,6 +428,21 @@ impl Cluster {
             );
             c.tls = Some(folder);
         }
+        if spec.server != "app-server" {
+            // dsf's schema is there; the composed server adds its own
+            // services' with its `migrate`, as its user would.
+            let out = Command::new(binary(spec.server))
+                .args(["migrate", "--db", &c.db_url])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{} migrate: {}",
+                spec.server,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        c.server = spec.server;
         for i in 0..spec.balancers {
             c.start_lb(i);
         }
@@ -561,7 +592,7 @@ impl Cluster {
         let mut env = vec![("DSF_PEER_SECRET", PEER_SECRET)];
         let url: &'static str = Box::leak(self.app_db_url(i).into_boxed_str());
         env.push(("DSF_DB", url));
-        let p = Proc::spawn(&id, "app-server", &args, &env, &self.dir);
+        let p = Proc::spawn(&id, self.server, &args, &env, &self.dir);
         self.apps[i].2 = Some(p);
         wait_for(&format!("app-{i} to listen on {addr}"), WAIT, || {
             std::net::TcpStream::connect(&addr).ok()

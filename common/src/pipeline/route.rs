@@ -148,16 +148,15 @@ impl<S: Send + Sync + 'static> Route<S> {
         handler: impl Fn(&Call<S>, M::Body, Stream<M>) -> Result<()> + Send + Sync + 'static,
     ) -> Route<S> {
         let f = move |call: &Call<S>, body: &str, inner: streams::Stream, home: Weak<Home>| {
+            // Wrapped first: a body refused here drops the stream back
+            // home, where the error becomes its final reply.
+            let stream = Stream {
+                inner: Some(inner),
+                home,
+                _m: PhantomData,
+            };
             let body: M::Body = parse_body(body)?;
-            handler(
-                call,
-                body,
-                Stream {
-                    inner: Some(inner),
-                    home,
-                    _m: PhantomData,
-                },
-            )
+            handler(call, body, stream)
         };
         Route::new(M::TYPE, Handler::Stream(Box::new(f)), "stream")
     }
