@@ -172,10 +172,12 @@ pub struct AppConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_ttl: Option<HumanDuration>,
 
+    /// The connection core's limits (`--max-frame`, `--max-conns`, ...).
     #[command(flatten)]
     #[serde(flatten)]
     pub limits: LimitArgs,
 
+    /// TLS on the client port and the links out (`--tls-cert`, ...).
     #[command(flatten)]
     #[serde(flatten)]
     pub tls: TlsArgs,

@@ -49,6 +49,7 @@ pub enum Error {
     Io {
         /// What was being done (`listening on 127.0.0.1:7000`).
         what: String,
+        /// What failed.
         source: std::io::Error,
     },
 
@@ -70,7 +71,12 @@ pub enum Error {
 
     /// A service's start-up failed.
     #[error("service {service:?} could not start: {message}")]
-    Service { service: String, message: String },
+    Service {
+        /// The service's name.
+        service: String,
+        /// What its hook said.
+        message: String,
+    },
 
     /// `create-admin` got no usable password.
     #[error("password: {0}")]

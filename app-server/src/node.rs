@@ -180,6 +180,25 @@ impl Node {
     /// with that error, except `unavailable` (the database is away: it
     /// waits for it). A stream whose connection closed or that was
     /// cancelled is dropped.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use app_server::prelude::*;
+    /// use dsf_proto::task::{JobRef, Watch};
+    ///
+    /// // Follows a job: its status each time `job:<id>` is woken (by
+    /// // `call.wake` after a commit on any node), or every second.
+    /// fn watch(call: &Call, b: JobRef, stream: Stream<Watch>) -> Result<()> {
+    ///     let db = call.db().clone();
+    ///     call.node().follow(format!("job:{}", b.job), Duration::from_secs(1), stream, move |s| {
+    ///         # let st: dsf_proto::task::JobStatus = unimplemented!();
+    ///         // read the job with `db`, send what changed with `s.update(…)`
+    ///         # let _ = (&db, &s);
+    ///         Ok(if st.state == "running" { Step::Wait } else { Step::Finish(st) })
+    ///     });
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn follow<M: Message>(
         &self,
         topic: impl Into<String>,

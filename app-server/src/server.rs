@@ -60,6 +60,7 @@ pub struct Settings {
     pub node_id: Option<String>,
     /// Share of keys on the ring.
     pub weight: u32,
+    /// The database (one URL, or a Galera cluster's list).
     pub db: DbConfig,
     /// Each collector's app-server port; none sends no heartbeats.
     pub collectors: Vec<String>,
@@ -71,12 +72,13 @@ pub struct Settings {
     pub app_keys: AppKeys,
     /// Signs heartbeats (never from a flag value); needed with `collector`.
     pub heartbeat_key: Option<HeartbeatKey>,
-    /// Signs `peer.notify` to and from the other app servers.
+    /// Signs `peer.notify` and `peer.wake` to and from the other app servers.
     pub peer_secret: Secret,
     /// The certificates trusted when connecting out (the collector, other
     /// app servers) over TLS; plain without. The server side of TLS is in
     /// `reactor.tls`.
     pub tls_ca: Option<Arc<rustls::ClientConfig>>,
+    /// The connection core's limits and the server side of TLS.
     pub reactor: ReactorConfig,
     /// Reactor threads accepting on `listen` (`SO_REUSEPORT`), sharing the
     /// workers; `reactor`'s memory budget is split between them.
@@ -100,6 +102,7 @@ pub struct Settings {
     /// Logins and registrations per user name, and per peer address (the
     /// rate limits `auth-name` and `auth-addr`).
     pub auth_rate_name: Rate,
+    /// See `auth_rate_name`.
     pub auth_rate_addr: Rate,
     /// Where `GET /metrics` is served; nowhere when `None`.
     pub metrics_listen: Option<SocketAddr>,

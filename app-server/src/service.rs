@@ -156,6 +156,27 @@ impl Service {
     /// State made at start, once the database is reached: handlers get it
     /// with `call.state::<T>()`, hooks and jobs with `node.state::<T>()`.
     /// A state maker sees no other service's state.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::time::Duration;
+    /// use app_server::prelude::*;
+    /// use dsf_proto::sys::{Ping, Pong};
+    ///
+    /// #[derive(Default)]
+    /// struct Seen(AtomicU64);
+    ///
+    /// let service = Service::new("counter")
+    ///     .state(|_node| Ok(Seen::default()))
+    ///     .unary::<Ping>(|call, _| {
+    ///         let n = call.state::<Seen>().0.fetch_add(1, Ordering::Relaxed);
+    ///         Ok(Pong { node: format!("{} ({n} before)", call.node_id()) })
+    ///     })
+    ///     .job("report", Duration::from_secs(60), |node| {
+    ///         log::info!("{} pings so far", node.state::<Seen>().0.load(Ordering::Relaxed));
+    ///     });
+    /// assert_eq!(service.name(), "counter");
+    /// ```
     pub fn state<T: Any + Send + Sync>(
         mut self,
         make: impl FnOnce(&Node) -> std::result::Result<T, BoxError> + 'static,

@@ -1383,7 +1383,9 @@ pub enum Kind {
 pub struct Type {
     /// `group.verb`, e.g. `blacklist.add`.
     pub name: &'static str,
+    /// Who may send it.
     pub auth: Auth,
+    /// Read, write (runs once) or stream.
     pub kind: Kind,
 }
 
@@ -1496,8 +1498,11 @@ pub struct Catalogue {
 /// Two services declared the same message type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Duplicate {
+    /// The type.
     pub name: &'static str,
+    /// The service that declared it first.
     pub first: String,
+    /// The one that declared it again.
     pub second: String,
 }
 

@@ -17,10 +17,18 @@ pub enum Outcome {
     Reply(Result<String>),
     /// A reply as stored by a write that ran once: `ok`, and the body or
     /// the error object as it was sent the first time.
-    Stored { ok: bool, payload: String },
+    Stored {
+        /// Whether it was a success.
+        ok: bool,
+        /// The reply's body, or the error object.
+        payload: String,
+    },
     /// Answered through its reply handle (a stream opened, a reply given
     /// later); `ok` is false when it was refused.
-    Answered { ok: bool },
+    Answered {
+        /// False when it was refused.
+        ok: bool,
+    },
     /// Park it: a long poll waits for its topic or its time.
     Park(super::Wait),
 }

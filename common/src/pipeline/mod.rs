@@ -70,7 +70,10 @@ pub enum BuildError {
         "{types} need a logged-in user, and no service of this server provides sessions: \
          add the accounts service (app_server::accounts())"
     )]
-    NoSessions { types: String },
+    NoSessions {
+        /// The types, listed.
+        types: String,
+    },
     /// A scoped app key allows a type no route serves.
     #[error("{0}")]
     Scope(String),

@@ -32,8 +32,15 @@ const SWEEP_AT: usize = 100_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Rate {
+    /// No limit.
     Off,
-    Every { burst: NonZeroU32, period: Duration },
+    /// `burst` at once, and `burst` more over each `period`.
+    Every {
+        /// Requests at once.
+        burst: NonZeroU32,
+        /// Over which `burst` more are allowed.
+        period: Duration,
+    },
 }
 
 // === impl Rate ===
@@ -119,6 +126,7 @@ pub struct Limit {
     /// Routes naming the same limit share its buckets; the server may set
     /// its rate by this name.
     pub name: &'static str,
+    /// Whose requests share a bucket.
     pub per: Per,
     /// Its rate when the server sets none.
     pub default: Rate,

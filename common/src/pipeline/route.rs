@@ -127,6 +127,20 @@ impl<S: Send + Sync + 'static> Route<S> {
     /// once. A parked request holds no worker; it runs `handler` when its
     /// topic is woken (on any node) or its wait ends, and then whatever it
     /// finds ([`Call::is_woken`]).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use dsf_common::pipeline::{Route, Wait};
+    /// use dsf_proto::{sys::{Ping, Pong}, Empty};
+    ///
+    /// // Waits up to a second for topic "news", then answers.
+    /// let route: Route<()> = Route::long_poll::<Ping>(
+    ///     |_call, _body: &Empty| {
+    ///         Some(Wait { topic: "news".into(), until: Instant::now() + Duration::from_secs(1) })
+    ///     },
+    ///     |call, _body| Ok(Pong { node: format!("woken: {}", call.is_woken()) }),
+    /// );
+    /// ```
     pub fn long_poll<M: Message>(
         wait: impl Fn(&Call<S>, &M::Body) -> Option<Wait> + Send + Sync + 'static,
         handler: impl Fn(&Call<S>, M::Body) -> Result<M::Reply> + Send + Sync + 'static,
@@ -144,6 +158,28 @@ impl<S: Send + Sync + 'static> Route<S> {
     /// ends it with [`Stream::finish`], now or later from another thread
     /// (it may keep the stream anywhere). An error it returns is the
     /// stream's final reply.
+    ///
+    /// ```
+    /// use dsf_common::pipeline::Route;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// pub struct Count { n: u64 }
+    /// #[derive(Serialize, Deserialize)]
+    /// pub struct Tick { i: u64 }
+    /// dsf_proto::message!(pub Ticks = "demo.ticks", App, stream: Count => Count, event "tick": Tick);
+    ///
+    /// // `n` events, then the final reply.
+    /// let route: Route<()> = Route::stream::<Ticks>(|_call, b, mut stream| {
+    ///     for i in 0..b.n {
+    ///         if stream.event(&Tick { i }).is_err() {
+    ///             return Ok(()); // the reader went away
+    ///         }
+    ///     }
+    ///     stream.finish(&Count { n: b.n }).ok();
+    ///     Ok(())
+    /// });
+    /// ```
     pub fn stream<M: Message>(
         handler: impl Fn(&Call<S>, M::Body, Stream<M>) -> Result<()> + Send + Sync + 'static,
     ) -> Route<S> {
@@ -191,6 +227,23 @@ impl<S: Send + Sync + 'static> Route<S> {
 
     /// Counts each request against `limit` before it runs (see
     /// [`super::rate`]); several limits are checked in the order given.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use std::time::Duration;
+    /// use dsf_common::pipeline::{Limit, Per, Rate, Route};
+    /// use dsf_proto::sys::{Ping, Pong};
+    ///
+    /// // 10 at once and 10 more a minute, per caller address; a server may
+    /// // set another rate for "pings" in its settings.
+    /// const PINGS: Limit = Limit::new(
+    ///     "pings",
+    ///     Per::Peer,
+    ///     Rate::Every { burst: NonZeroU32::new(10).unwrap(), period: Duration::from_secs(60) },
+    /// );
+    /// let route: Route<()> =
+    ///     Route::unary::<Ping>(|_, _| Ok(Pong { node: "n1".into() })).limit(PINGS);
+    /// ```
     pub fn limit(mut self, limit: Limit) -> Route<S> {
         self.limits.push(limit);
         self
