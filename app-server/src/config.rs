@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::accounts::{self, Registration};
 use crate::error::Error;
-use crate::server::{HeartbeatKey, Settings};
+use crate::settings::{HeartbeatKey, Settings};
 use dsf_common::config::Secret;
 use dsf_common::pipeline::Rate;
 
@@ -307,7 +307,7 @@ impl AppConfig {
             heartbeat_every: DEFAULT_HEARTBEAT,
             password_cost: Cost::DEFAULT,
             msg_poll: crate::messaging::mailroom::POLL,
-            reap_every: crate::server::REAP_EVERY,
+            reap_every: crate::settings::REAP_EVERY,
             registration: self.registration.unwrap_or_default(),
             auth_rate_name: self
                 .auth_rate_name

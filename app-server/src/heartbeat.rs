@@ -323,7 +323,10 @@ pub type OnView = Box<dyn Fn(u64, &[NodeView]) + Send>;
 /// reply carrying the view's nodes goes to `on_view`.
 fn beat(link: &mut Link, shared: &Shared, stats: Stats) -> bool {
     let body = heartbeat_body(&shared.identity, &shared.pipeline, stats, link.known);
-    let Some(reply) = link.send_logged("node.heartbeat", &body) else {
+    let Some(reply) = link.send_logged(
+        <dsf_proto::cluster::NodeHeartbeat as dsf_proto::Message>::TYPE.name,
+        &body,
+    ) else {
         return false;
     };
     match serde_json::from_str::<HeartbeatReply>(reply.get()) {
@@ -359,7 +362,12 @@ fn run(index: usize, mut link: Link, shared: &Shared, rx: Receiver<Command>) {
                     id: shared.identity.id.clone(),
                 })
                 .expect("a leave serialises");
-                let took = link.send_logged("node.leave", &body).is_some();
+                let took = link
+                    .send_logged(
+                        <dsf_proto::cluster::NodeLeave as dsf_proto::Message>::TYPE.name,
+                        &body,
+                    )
+                    .is_some();
                 if took {
                     log::info!(
                         "left collector {} as {}",

@@ -57,6 +57,7 @@ pub mod peers;
 pub mod reactor;
 pub mod server;
 pub mod service;
+pub mod settings;
 mod sys;
 pub mod tasks;
 pub mod topics;

@@ -18,7 +18,7 @@ use dsf_proto::Message;
 use dsf_sql::{Db, PooledConn};
 
 use crate::peers::Peers;
-use crate::server::Settings;
+use crate::settings::Settings;
 use crate::topics::{Step, Topics};
 
 /// A request to an app server: [`pipeline::Call`] over this node.
@@ -33,7 +33,7 @@ pub struct Node {
     settings: Settings,
     id: OnceLock<String>,
     peers: Peers,
-    topics: Topics,
+    topics: Topics<Node>,
     drain: Arc<Drain>,
     states: OnceLock<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     on_close: OnceLock<Vec<CloseHook>>,
@@ -96,7 +96,7 @@ impl Node {
         &self.peers
     }
 
-    pub(crate) fn topics(&self) -> &Topics {
+    pub(crate) fn topics(&self) -> &Topics<Node> {
         &self.topics
     }
 

@@ -42,7 +42,7 @@ use dsf_proto::Message;
 use dsf_sql::migrate::Migration;
 
 use crate::node::{Call, CloseHook, Node, Route};
-use crate::server::Settings;
+use crate::settings::Settings;
 use dsf_common::pipeline::Stream;
 
 /// An error a service's start-up hook returns (it stops the server from

@@ -21,12 +21,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
-use dsf_common::pipeline::{Stream, Wait};
+use dsf_common::pipeline::{Call, Stream, Wait};
 use dsf_common::pool::Submitter;
 use dsf_common::{ErrorCode, Result};
 use dsf_proto::Message;
-
-use crate::node::Call;
 
 /// How often the `waits` thread looks for ends of waits and for calls the
 /// pool could not take.
@@ -41,30 +39,42 @@ pub enum Step<R> {
     Finish(R),
 }
 
-struct Parked {
-    call: Call,
+struct Parked<S: Send + Sync + 'static> {
+    call: Call<S>,
     until: Instant,
 }
 
-#[derive(Default)]
-struct Waits {
+struct Waits<S: Send + Sync + 'static> {
     /// By topic.
-    parked: HashMap<String, Vec<Parked>>,
+    parked: HashMap<String, Vec<Parked<S>>>,
     /// Released, for the pool.
-    ready: Vec<Call>,
+    ready: Vec<Call<S>>,
     /// Every parked call runs now, and every later one at once.
     release: bool,
 }
 
-/// The wait registry and its threads; see the module documentation.
-pub struct Topics {
-    waits: Arc<(Mutex<Waits>, Condvar)>,
-    pool: Arc<Mutex<Option<Submitter<Call>>>>,
+impl<S: Send + Sync + 'static> Default for Waits<S> {
+    fn default() -> Self {
+        Waits {
+            parked: HashMap::new(),
+            ready: Vec::new(),
+            release: false,
+        }
+    }
+}
+
+/// The wait registry and its threads; see the module documentation. `S`
+/// is the server the parked calls are of (the app server's [`Node`]).
+///
+/// [`Node`]: crate::Node
+pub struct Topics<S: Send + Sync + 'static> {
+    waits: Arc<(Mutex<Waits<S>>, Condvar)>,
+    pool: Arc<Mutex<Option<Submitter<Call<S>>>>>,
     follow: Sender<Follow>,
     stop: Arc<AtomicBool>,
 }
 
-impl std::fmt::Debug for Topics {
+impl<S: Send + Sync + 'static> std::fmt::Debug for Topics<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Topics")
             .field("parked", &self.parked())
@@ -87,10 +97,10 @@ struct Follower {
 
 // === impl Topics ===
 
-impl Topics {
-    pub(crate) fn new() -> Topics {
-        let waits: Arc<(Mutex<Waits>, Condvar)> = Arc::default();
-        let pool: Arc<Mutex<Option<Submitter<Call>>>> = Arc::default();
+impl<S: Send + Sync + 'static> Topics<S> {
+    pub(crate) fn new() -> Topics<S> {
+        let waits: Arc<(Mutex<Waits<S>>, Condvar)> = Arc::default();
+        let pool: Arc<Mutex<Option<Submitter<Call<S>>>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         {
             let (waits, pool, stop) = (waits.clone(), pool.clone(), stop.clone());
@@ -115,17 +125,17 @@ impl Topics {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Waits> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waits<S>> {
         self.waits.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Where released long polls go (the pool is made after the node).
-    pub(crate) fn set_pool(&self, pool: Submitter<Call>) {
+    pub(crate) fn set_pool(&self, pool: Submitter<Call<S>>) {
         *self.pool.lock().unwrap_or_else(|p| p.into_inner()) = Some(pool);
     }
 
     /// Parks `call` until `wait.topic` is woken or `wait.until`.
-    pub(crate) fn park(&self, call: Call, wait: Wait) {
+    pub(crate) fn park(&self, call: Call<S>, wait: Wait) {
         let mut w = self.lock();
         if w.release {
             // The node drains: it runs now, with what it finds.
@@ -174,7 +184,7 @@ impl Topics {
     pub(crate) fn release_all(&self) {
         let mut w = self.lock();
         w.release = true;
-        let parked: Vec<Parked> = w.parked.drain().flat_map(|(_, v)| v).collect();
+        let parked: Vec<Parked<S>> = w.parked.drain().flat_map(|(_, v)| v).collect();
         w.ready.extend(parked.into_iter().map(|p| p.call));
         let ready = std::mem::take(&mut w.ready);
         drop(w);
@@ -229,16 +239,16 @@ impl Topics {
     }
 }
 
-impl Drop for Topics {
+impl<S: Send + Sync + 'static> Drop for Topics<S> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         self.waits.1.notify_one();
     }
 }
 
-fn run_waits(
-    waits: &(Mutex<Waits>, Condvar),
-    pool: &Mutex<Option<Submitter<Call>>>,
+fn run_waits<S: Send + Sync + 'static>(
+    waits: &(Mutex<Waits<S>>, Condvar),
+    pool: &Mutex<Option<Submitter<Call<S>>>>,
     stop: &AtomicBool,
 ) {
     let (lock, cv) = waits;
@@ -251,7 +261,7 @@ fn run_waits(
         let now = Instant::now();
         let mut due = Vec::new();
         w.parked.retain(|_, calls| {
-            let (over, keep): (Vec<Parked>, Vec<Parked>) = std::mem::take(calls)
+            let (over, keep): (Vec<Parked<S>>, Vec<Parked<S>>) = std::mem::take(calls)
                 .into_iter()
                 .partition(|p| now >= p.until);
             due.extend(over.into_iter().map(|p| p.call));

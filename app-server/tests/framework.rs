@@ -537,13 +537,7 @@ fn metrics_layer_counts_each_type_its_errors_and_latency_on_metrics() {
         page.contains("dsf_request_duration_seconds_count{type=\"test.echo\"} 4\n"),
         "{page}"
     );
-    match promtool_check(&page) {
-        Some((ok, said)) => assert!(ok, "promtool check metrics:\n{said}\n{page}"),
-        None if std::env::var_os("DSF_NEED_PROMTOOL").is_some() => {
-            panic!("promtool is missing and DSF_NEED_PROMTOOL is set: scripts/need promtool installs it")
-        }
-        None => eprintln!("promtool not installed: skipped `promtool check metrics`"),
-    }
+    dsf_common::testing::assert_promtool_accepts(&page);
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> String {
@@ -555,20 +549,4 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(head.contains(" 200 "), "{head}");
     body.to_string()
-}
-
-fn promtool_check(text: &str) -> Option<(bool, String)> {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
-    child.stdin.take()?.write_all(text.as_bytes()).ok()?;
-    let out = child.wait_with_output().ok()?;
-    let said =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    Some((out.status.success(), said))
 }

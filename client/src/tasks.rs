@@ -17,13 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use dsf_common::call::{Connection, Failure, Signer, Streamed};
-use dsf_common::wire::Key;
 use dsf_proto::task::{self as msg, Claimed, JobStatus, Lease, NewTask, Progress, SUBMIT_MAX};
 use serde_json::value::RawValue;
 
 use crate::client::{Client, ClientConfig};
 use crate::error::{Error, Result};
+use crate::stream::StreamItem;
 
 /// A submit: payloads (JSON text each) and the job's settings.
 #[derive(Debug, Clone)]
@@ -126,90 +125,18 @@ pub fn watch(
     job: u64,
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<JobStatus> {
-    let cfg = c.config().clone();
-    // A job submitted under a session is its user's: watched under it too.
-    let token = c.token().map(str::to_string);
-    let mut exclude: Vec<String> = Vec::new();
-    let mut last_error = String::new();
-    for _ in 0..5 {
-        let (server, addr) = match &cfg.node {
-            Some(n) => (n.clone(), n.clone()),
-            None => {
-                let r = c.resolve(cfg.routing_key.as_deref(), &exclude)?;
-                (r.node, r.addr)
-            }
-        };
-        match watch_at(
-            &cfg,
-            token.as_deref(),
-            &server,
-            &addr,
-            job,
-            &mut on_progress,
-        ) {
-            Ok(st) => return Ok(st),
-            Err(Failure::Server(e)) => {
-                return Err(Error::Refused {
-                    kind: "job.watch".into(),
-                    server,
-                    code: e.code(),
-                    message: e.to_string(),
-                })
-            }
-            Err(f) => {
-                log::info!("job.watch on {server} ended: {f}; watching from another node");
-                last_error = f.to_string();
-                exclude.push(server);
-                std::thread::sleep(Duration::from_millis(200));
-            }
+    // A job submitted under a session is its user's: watched under it too
+    // (the stream takes the client's token).
+    for item in c.stream::<msg::Watch>(&msg::JobRef { job })? {
+        match item? {
+            StreamItem::Event(p) => on_progress(&p),
+            StreamItem::Done(status) => return Ok(status),
         }
     }
-    Err(Error::NoNode {
-        kind: "job.watch".into(),
-        deadline: Duration::ZERO,
-        last: last_error,
+    Err(Error::BadReply {
+        server: "server".into(),
+        reason: "job.watch ended without its final status".into(),
     })
-}
-
-fn watch_at(
-    cfg: &ClientConfig,
-    token: Option<&str>,
-    server: &str,
-    addr: &str,
-    job: u64,
-    on_progress: &mut impl FnMut(&Progress),
-) -> std::result::Result<JobStatus, Failure> {
-    let signer = Signer {
-        app: cfg.app.clone(),
-        key: Key::new(&cfg.secret),
-    };
-    let mut conn = Connection::connect_tls(
-        addr,
-        server,
-        signer,
-        cfg.connect_timeout,
-        cfg.max_frame,
-        cfg.tls.as_ref(),
-    )
-    .map_err(|e| Failure::NotSent(format!("cannot connect to {addr}: {e}")))?;
-    let body = serde_json::to_string(&msg::JobRef { job }).expect("a body serialises");
-    let id = conn.send(<msg::Watch as dsf_proto::Message>::TYPE.name, &body, token)?;
-    loop {
-        // Events come only when something changes: no deadline to speak of.
-        let deadline = Instant::now() + Duration::from_secs(24 * 3600);
-        match conn.recv_stream(id, deadline)? {
-            Streamed::Event { event, body, .. } if event == msg::PROGRESS => {
-                let p: Progress = serde_json::from_str(body.get())
-                    .map_err(|e| Failure::BadReply(format!("a progress event: {e}")))?;
-                on_progress(&p);
-            }
-            Streamed::Event { .. } => {}
-            Streamed::Final(body) => {
-                return serde_json::from_str(body.get())
-                    .map_err(|e| Failure::BadReply(format!("job.watch's final reply: {e}")))
-            }
-        }
-    }
 }
 
 /// How a worker works.

@@ -116,7 +116,12 @@ impl Pusher {
         let body = serde_json::to_string(view).expect("a view serialises");
         let deadline = Instant::now() + self.cfg.reply_timeout;
         let body = conn
-            .round_trip("lb.set_view", &body, None, deadline)
+            .round_trip(
+                <dsf_proto::cluster::SetView as dsf_proto::Message>::TYPE.name,
+                &body,
+                None,
+                deadline,
+            )
             .map_err(|f| match f {
                 Failure::Server(e) => PushError::Refused(e),
                 Failure::BadReply(why) => PushError::BadReply(why),

@@ -174,7 +174,7 @@ fn ask(
     let c = conn.as_mut().expect("connected above");
     let reply = c
         .round_trip(
-            "cluster.status",
+            <dsf_proto::cluster::Status as dsf_proto::Message>::TYPE.name,
             "{}",
             None,
             Instant::now() + cfg.reply_timeout,

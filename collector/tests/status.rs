@@ -146,13 +146,7 @@ fn metrics_parse_with_a_prometheus_parser_and_have_the_per_node_series() {
             "no TYPE for {name}"
         );
     }
-    match promtool_check(&text) {
-        Some((ok, said)) => assert!(ok, "promtool check metrics:\n{said}\n{text}"),
-        None if std::env::var_os("DSF_NEED_PROMTOOL").is_some() => {
-            panic!("promtool is missing and DSF_NEED_PROMTOOL is set: scripts/need promtool installs it")
-        }
-        None => eprintln!("promtool not installed: skipped `promtool check metrics` (scripts/need promtool installs it)"),
-    }
+    dsf_common::testing::assert_promtool_accepts(&text);
 }
 
 #[test]
@@ -187,25 +181,6 @@ fn a_scraper_asking_for_openmetrics_gets_it() {
         "{text}"
     );
     assert!(!text.contains("# EOF"), "{text}");
-}
-
-/// `promtool check metrics` on the page, when Debian's `prometheus`
-/// package is installed (`scripts/test` makes sure it is).
-fn promtool_check(text: &str) -> Option<(bool, String)> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
-    child.stdin.take()?.write_all(text.as_bytes()).ok()?;
-    let out = child.wait_with_output().ok()?;
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    Some((out.status.success(), said))
 }
 
 #[test]
@@ -294,7 +269,5 @@ fn a_balancers_proxy_counters_reach_the_metrics() {
     assert!(text.contains(&refused), "{text}");
     let lines = text.lines().map(|l| Ok(l.to_string()));
     prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
-    if let Some(check) = promtool_check(&text) {
-        assert!(check.0, "promtool check metrics:\n{}", check.1);
-    }
+    dsf_common::testing::assert_promtool_accepts(&text);
 }

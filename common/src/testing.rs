@@ -1,6 +1,9 @@
-//! Help for tests that start servers as separate processes.
+//! Help for tests that start servers as separate processes, and that hold
+//! a `/metrics` page to Prometheus's own checker.
 
+use std::io::Write;
 use std::net::TcpListener;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Lowest port [`free_port`] hands out.
@@ -32,6 +35,39 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port in {LOW}..{HIGH} on 127.0.0.1");
+}
+
+/// Holds a `/metrics` page to `promtool check metrics` (Debian's
+/// `prometheus` package; `scripts/test` installs it and sets
+/// `DSF_NEED_PROMTOOL`, so that a missing promtool fails the test there
+/// rather than skipping the check).
+pub fn assert_promtool_accepts(page: &str) {
+    match promtool_check(page) {
+        Some((ok, said)) => assert!(ok, "promtool check metrics:\n{said}\n{page}"),
+        None if std::env::var_os("DSF_NEED_PROMTOOL").is_some() => {
+            panic!("promtool is missing and DSF_NEED_PROMTOOL is set: scripts/need promtool installs it")
+        }
+        None => eprintln!(
+            "promtool not installed: skipped `promtool check metrics` (scripts/need promtool installs it)"
+        ),
+    }
+}
+
+/// `promtool check metrics` on `page`: whether it passed, and what it
+/// said; `None` when promtool cannot be run.
+fn promtool_check(page: &str) -> Option<(bool, String)> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(page.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Some((out.status.success(), said))
 }
 
 #[cfg(test)]

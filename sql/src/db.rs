@@ -6,6 +6,7 @@
 //! when the one in use cannot be reached, and goes back to the first once
 //! [`Db::prefer_first`] finds it answering again.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -531,14 +532,14 @@ impl Db {
     /// even if `f` panics, so that run_once's guard rolls its transaction
     /// back instead of the pool getting one with a transaction open.
     fn on_run_once<T, F: FnOnce(&mut PooledConn) -> T>(&self, f: F) -> std::result::Result<T, F> {
-        let Some(conn) = crate::writes::take_tx(self.id()) else {
+        let Some(conn) = take_tx(self.id()) else {
             return Err(f);
         };
         struct GiveBack(usize, Option<PooledConn>);
         impl Drop for GiveBack {
             fn drop(&mut self) {
                 if let Some(c) = self.1.take() {
-                    crate::writes::put_tx(self.0, c);
+                    put_tx(self.0, c);
                 }
             }
         }
@@ -870,4 +871,27 @@ pub fn drop_database(cfg: &DbConfig, name: &str) -> Result<()> {
         "drop database",
         &format!("DROP DATABASE IF EXISTS `{name}`"),
     )
+}
+
+thread_local! {
+    /// The connection of the run-once transaction open on this thread, with
+    /// the identity of the pool it belongs to.
+    pub(crate) static TX: RefCell<Option<(usize, PooledConn)>> = const { RefCell::new(None) };
+}
+
+/// The run-once transaction's connection, if one is open on this thread
+/// for the pool `db_id`; give it back with [`put_tx`].
+pub(crate) fn take_tx(db_id: usize) -> Option<PooledConn> {
+    TX.with(|t| {
+        let mut t = t.borrow_mut();
+        match &*t {
+            Some((id, _)) if *id == db_id => t.take().map(|(_, c)| c),
+            _ => None,
+        }
+    })
+}
+
+/// Gives back what [`take_tx`] took.
+pub(crate) fn put_tx(db_id: usize, conn: PooledConn) {
+    TX.with(|t| *t.borrow_mut() = Some((db_id, conn)));
 }

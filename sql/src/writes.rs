@@ -15,19 +15,11 @@
 //! so a resend gets the same answer; errors that say "try again"
 //! (`unavailable`, `overloaded`, `internal`) are not recorded.
 
-use std::cell::RefCell;
-
 use mysql::prelude::Queryable;
 use mysql::PooledConn;
 
-use crate::db::Db;
+use crate::db::{Db, TX};
 use crate::error::{Error, Result};
-
-thread_local! {
-    /// The connection of the run-once transaction open on this thread, with
-    /// the identity of the pool it belongs to.
-    static TX: RefCell<Option<(usize, PooledConn)>> = const { RefCell::new(None) };
-}
 
 /// A reply as stored: `ok`, and the body (or the error object) as sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,23 +64,6 @@ impl Drop for TxGuard {
             crate::db::roll_back(&mut conn);
         }
     }
-}
-
-/// The run-once transaction's connection, if one is open on this thread
-/// for the pool `db_id`; give it back with [`put_tx`].
-pub(crate) fn take_tx(db_id: usize) -> Option<PooledConn> {
-    TX.with(|t| {
-        let mut t = t.borrow_mut();
-        match &*t {
-            Some((id, _)) if *id == db_id => t.take().map(|(_, c)| c),
-            _ => None,
-        }
-    })
-}
-
-/// Gives back what [`take_tx`] took.
-pub(crate) fn put_tx(db_id: usize, conn: PooledConn) {
-    TX.with(|t| *t.borrow_mut() = Some((db_id, conn)));
 }
 
 /// Records are stamped with the database's clock, which the janitor

@@ -18,7 +18,6 @@ pub mod audit;
 pub mod sessions;
 pub mod user;
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +25,10 @@ use dsf_common::pipeline::{Limit, Per, Rate, Session, Sessions};
 use dsf_common::Result;
 use dsf_sql::password::Cost;
 use dsf_sql::Db;
-use serde::{Deserialize, Serialize};
 
 use crate::node::{Call, CallExt, Route};
-use crate::server::{AUTH_ADDR, AUTH_NAME};
 use crate::service::Service;
+use crate::settings::{AUTH_ADDR, AUTH_NAME};
 use sessions::SessionCache;
 
 /// Default `--auth-rate-name`: 10 attempts, refilled over a minute.
@@ -38,28 +36,7 @@ pub const DEFAULT_PER_NAME: &str = "10/1m";
 /// Default `--auth-rate-addr`: 60 attempts, refilled over a minute.
 pub const DEFAULT_PER_ADDR: &str = "60/1m";
 
-/// Whether `user.register` makes accounts (`--registration`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Registration {
-    /// Anyone with an app key may register a viewer.
-    Open,
-    /// Only an admin makes accounts (`user.create`).
-    #[default]
-    Closed,
-}
-
-impl FromStr for Registration {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Registration, String> {
-        match s {
-            "open" => Ok(Registration::Open),
-            "closed" => Ok(Registration::Closed),
-            _ => Err(format!("{s:?}: registration is open or closed")),
-        }
-    }
-}
+pub use crate::settings::Registration;
 
 /// What the accounts' handlers share.
 #[derive(Debug)]

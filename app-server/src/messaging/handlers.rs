@@ -160,7 +160,7 @@ pub fn history(call: &Call, b: HistoryBody) -> Result<History> {
             from: e.from,
             to: e.to,
             room: e.room,
-            body: raw(e.body),
+            body: super::mailroom::raw(e.body),
             sent_at: e.sent_at,
             seq: e.seq,
         })
@@ -183,12 +183,6 @@ pub fn leave(call: &Call, b: RoomBody) -> Result<Empty> {
     let me = call.user()?;
     call.db().messages().leave(me.id, &b.room)?;
     Ok(Empty {})
-}
-
-/// Stored JSON text as a raw value (it was valid JSON when sent).
-pub fn raw(body: String) -> Box<serde_json::value::RawValue> {
-    serde_json::value::RawValue::from_string(body)
-        .unwrap_or_else(|_| serde_json::value::RawValue::from_string("null".into()).expect("JSON"))
 }
 
 /// `msg.subscribe {credit?}`, on a worker: records the user's presence on

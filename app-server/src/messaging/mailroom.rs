@@ -591,7 +591,7 @@ fn deliver(inner: &Inner, user: u64) -> bool {
             seq: m.seq,
             from: m.from,
             room: m.room,
-            body: super::handlers::raw(m.body),
+            body: raw(m.body),
             sent_at: m.sent_at,
         };
         let body = serde_json::to_string(&event).expect("a message serialises");
@@ -611,4 +611,10 @@ fn deliver(inner: &Inner, user: u64) -> bool {
         }
     }
     full
+}
+
+/// Stored JSON text as a raw value (it was valid JSON when sent).
+pub fn raw(body: String) -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string(body)
+        .unwrap_or_else(|_| serde_json::value::RawValue::from_string("null".into()).expect("JSON"))
 }
