@@ -198,19 +198,17 @@ fn advance(call: &Call, b: OrderRef) -> Result<OrderStatus> {
         let now: Option<String> =
             tx.exec_first("SELECT status FROM orders WHERE id = ? FOR UPDATE", (b.id,))?;
         let next = match now.as_deref() {
-            None => return Ok(Err(not_found(b.id))),
+            None => return Err(not_found(b.id).into()),
             Some("placed") => "shipped",
             Some("shipped") => "delivered",
             Some(_) => {
-                return Ok(Err(Error::Conflict(format!(
-                    "order {} is delivered already",
-                    b.id
-                ))))
+                let e = Error::Conflict(format!("order {} is delivered already", b.id));
+                return Err(e.into());
             }
         };
         tx.exec_drop("UPDATE orders SET status = ? WHERE id = ?", (next, b.id))?;
-        Ok(Ok(next))
-    })??;
+        Ok(next)
+    })?;
     call.wake(topic(b.id));
     Ok(OrderStatus {
         id: b.id,
