@@ -1,6 +1,9 @@
 //! The session `client login` saves and later commands attach: a small
-//! JSON file readable only by its owner, at `DSF_SESSION_FILE` or
-//! `$XDG_CONFIG_HOME/dsf/session` (`~/.config/dsf/session`).
+//! JSON file readable only by its owner, kept per cluster so that a token
+//! made on one cluster is never sent to another: at `DSF_SESSION_FILE`
+//! when set, else `$XDG_CONFIG_HOME/dsf/sessions/<cluster>`
+//! (`~/.config/dsf/sessions/…`), the cluster named by the balancers the
+//! client asks (or the node it talks to with `--node`).
 
 use std::fs;
 use std::io::Write;
@@ -25,18 +28,44 @@ pub struct Session {
     pub expires_at: serde_json::Value,
 }
 
-/// Where the session lives: `DSF_SESSION_FILE`, else the user's config dir.
-pub fn default_path() -> Result<PathBuf> {
+/// Where the session of `cluster` lives ([`cluster_key`]):
+/// `DSF_SESSION_FILE`, else a file of its own in the user's config dir.
+pub fn path_for(cluster: &str) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(SESSION_FILE_ENV).filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
     dirs::config_dir()
-        .map(|d| d.join("dsf").join("session"))
+        .map(|d| d.join("dsf").join("sessions").join(file_name(cluster)))
         .ok_or_else(|| {
             Error::Config(format!(
                 "cannot find a config directory for the session: set {SESSION_FILE_ENV}=FILE"
             ))
         })
+}
+
+/// What names a cluster for its sessions: the node the client talks to
+/// (`--node`), else its balancers, in any order.
+pub fn cluster_key(balancers: &[String], node: Option<&str>) -> String {
+    if let Some(node) = node {
+        return format!("node {node}");
+    }
+    let mut lbs: Vec<&str> = balancers.iter().map(String::as_str).collect();
+    lbs.sort_unstable();
+    lbs.dedup();
+    lbs.join(",")
+}
+
+/// `key` as a file name: letters, digits, `.` and `-` kept, the rest `_`.
+fn file_name(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 // === impl Session ===
@@ -63,37 +92,35 @@ impl Session {
     }
 
     /// Writes the session to `path` with mode 0600, creating its directory
-    /// (mode 0700). The file is written beside and renamed into place, so a
-    /// reader never sees half a token, and its mode is set before the token
-    /// is in it.
+    /// (mode 0700). The file is written beside, under a name of its own,
+    /// and renamed into place: a reader never sees half a token, and two
+    /// clients saving at once each finish (the last rename wins).
     pub fn save(&self, path: &Path) -> Result<()> {
         let ctx = |what: &str| format!("cannot {what} session {}", path.display());
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            let mut b = fs::DirBuilder::new();
-            b.recursive(true);
-            #[cfg(unix)]
-            std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-            b.create(dir)
-                .map_err(|e| Error::io(ctx("create the directory of"), e))?;
-        }
-        let tmp = path.with_extension("tmp");
-        let mut o = fs::OpenOptions::new();
-        o.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-        let mut f = o.open(&tmp).map_err(|e| Error::io(ctx("write"), e))?;
-        #[cfg(unix)]
-        {
-            // A leftover file keeps its old mode through `open`.
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(fs::Permissions::from_mode(0o600))
-                .map_err(|e| Error::io(ctx("protect"), e))?;
-        }
+        let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) => {
+                let mut b = fs::DirBuilder::new();
+                b.recursive(true);
+                #[cfg(unix)]
+                std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+                b.create(dir)
+                    .map_err(|e| Error::io(ctx("create the directory of"), e))?;
+                dir
+            }
+            None => Path::new("."),
+        };
+        // Made with mode 0600 before the token is in it.
+        let mut f = tempfile::Builder::new()
+            .prefix(".session-")
+            .tempfile_in(dir)
+            .map_err(|e| Error::io(ctx("write"), e))?;
         let text = serde_json::to_string(self).expect("session serialises");
         f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
+            .and_then(|_| f.as_file().sync_all())
             .map_err(|e| Error::io(ctx("write"), e))?;
-        fs::rename(&tmp, path).map_err(|e| Error::io(ctx("write"), e))
+        f.persist(path)
+            .map(drop)
+            .map_err(|e| Error::io(ctx("write"), e.error))
     }
 
     /// Deletes the session at `path`; no error if there is none.
@@ -111,6 +138,48 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cluster_has_its_own_file() {
+        let a = cluster_key(&["127.0.0.1:6300".into(), "10.0.0.2:6300".into()], None);
+        let b = cluster_key(&["10.0.0.2:6300".into(), "127.0.0.1:6300".into()], None);
+        assert_eq!(a, b, "the balancers' order does not matter");
+        assert_ne!(a, cluster_key(&["127.0.0.1:7300".into()], None));
+        assert_ne!(a, cluster_key(&[], Some("127.0.0.1:7000")));
+        assert_eq!(file_name(&a), "10.0.0.2_6300_127.0.0.1_6300");
+        assert_eq!(file_name("node [::1]:7000"), "node____1__7000");
+    }
+
+    #[test]
+    fn sessions_saved_at_once_all_succeed() {
+        let dir = std::env::temp_dir().join(format!("dsf-sessions-{}", std::process::id()));
+        let path = dir.join("session");
+        let savers: Vec<_> = (0..16)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let s = Session {
+                        token: format!("token-{i}"),
+                        user: format!("user-{i}"),
+                        expires_at: serde_json::json!(i),
+                    };
+                    s.save(&path)
+                })
+            })
+            .collect();
+        for s in savers {
+            s.join().unwrap().unwrap();
+        }
+        let last = Session::load(&path).unwrap().expect("one of them");
+        assert!(last.token.starts_with("token-"));
+        // Nothing left beside it.
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("session")]);
+        let _ = fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn a_saved_session_is_private_and_reads_back() {

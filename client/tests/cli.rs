@@ -432,3 +432,91 @@ fn pins_are_listed_and_dropped_with_the_cluster_secret() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("DSF_CLUSTER_SECRET"), "{}", stderr(&o));
 }
+
+/// A `client` command keeping its sessions where a user's are: under
+/// `home`'s config folder (no `DSF_SESSION_FILE`).
+fn client_at_home(home: &std::path::Path) -> Command {
+    let mut cmd = client("unused");
+    cmd.env_remove("DSF_SESSION_FILE")
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"));
+    cmd
+}
+
+#[test]
+fn sessions_are_kept_per_cluster_and_a_stale_one_is_named() {
+    let a = TestServer::app("a");
+    let (lb1, _) = fake_lb(vec![("a", a.addr_string())]);
+    let (lb2, _) = fake_lb(vec![("a", a.addr_string())]);
+    let home = session_path("home");
+    let _ = std::fs::remove_dir_all(&home);
+
+    let mut child = client_at_home(&home)
+        .args([
+            "--lb",
+            &lb1.addr_string(),
+            "login",
+            "ann",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"pw-ann\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run(client_at_home(&home).args(["--lb", &lb1.addr_string(), "whoami"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // Another cluster: ann's token is not sent there.
+    let o = run(client_at_home(&home).args(["--lb", &lb2.addr_string(), "whoami"]));
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("log in first"), "{}", stderr(&o));
+
+    // A stale session of that cluster: the refusal names its file and
+    // how to drop it; `logout --local` drops it without the servers.
+    let key = lb2.addr_string().replace([':'], "_");
+    let stale = home.join(".config/dsf/sessions").join(key);
+    std::fs::write(&stale, r#"{"token":"gone","user":"ann","expires_at":0}"#).unwrap();
+    let o = run(client_at_home(&home).args(["--lb", &lb2.addr_string(), "whoami"]));
+    assert_eq!(o.status.code(), Some(3));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&stale.display().to_string()) && err.contains("client logout --local"),
+        "{err}"
+    );
+    let o = run(client_at_home(&home).args(["--lb", &lb2.addr_string(), "logout", "--local"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stale.exists());
+    // The first cluster's session is untouched.
+    let o = run(client_at_home(&home).args(["--lb", &lb1.addr_string(), "whoami"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn times_are_local_by_default_utc_when_asked_and_ms_in_json() {
+    let a = TestServer::app("a");
+    let (lb, _) = fake_lb(vec![("a", a.addr_string())]);
+    let lbs = lb.addr_string();
+    let add = |extra: &[&str]| {
+        let mut cmd = client("times");
+        cmd.env("TZ", "JST-9")
+            .args(["--lb", &lbs, "blacklist", "add", "1101", "Li"])
+            .args(extra);
+        run(&mut cmd)
+    };
+    let o = add(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("2026-12-05 16:13:45"), "{}", stdout(&o));
+    let o = add(&["--utc"]);
+    assert!(
+        stdout(&o).contains("2026-12-05 07:13:45 UTC"),
+        "{}",
+        stdout(&o)
+    );
+    let o = add(&["--json"]);
+    assert_eq!(json(&o)["created_at"], 1_796_454_825_554u64);
+}

@@ -5,6 +5,7 @@ mod job;
 mod msg;
 mod output;
 mod pins;
+mod time;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -48,7 +49,7 @@ Examples:
   client ping                            # one sys.ping through the balancer
   client register ann                    # asks for a password twice; logs in
   client user create bob --role operator # an admin makes an account
-  client login ann                       # token saved to ~/.config/dsf/session (mode 0600)
+  client login ann                       # token saved for this cluster, ~/.config/dsf/sessions/ (mode 0600)
   client blacklist add 110101199001011234 'Li Lei' --reason 'fraud'
   client blacklist list --prefix Li --json | jq .entries
   client check 110101199001011234 'Li Lei' --gate north
@@ -57,6 +58,8 @@ Examples:
   client status --collector 127.0.0.1:6400
   client bench --op ping --conns 50 --pipeline 16 --duration 10s
   client msg send bob 'lunch at noon?'   # logged in; stored even if bob is offline
+  client call sys.ping                   # any type by name: dsf's own, or a service of yours
+  client stream job.watch '{\"job\": 7}' # any stream: its events as they come, then its reply
   client msg listen --for 1m             # your inbox, live, each message acknowledged once printed
   client job submit --name squares < tasks.jsonl && client worker --exec ./work.sh
 
@@ -107,9 +110,13 @@ pub struct Cli {
     /// in FILE (the servers run with --tls-cert).
     #[arg(long, env = "DSF_TLS_CA", value_name = "FILE", global = true)]
     pub tls_ca: Option<std::path::PathBuf>,
-    /// Print replies as JSON (one object per line) for scripts.
+    /// Print replies as JSON (one object per line) for scripts; times
+    /// stay Unix milliseconds there.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Show times in UTC instead of this machine's local time.
+    #[arg(long, global = true)]
+    pub utc: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -123,8 +130,13 @@ pub enum Command {
     Register(Credentials),
     /// Log in (user.login) and save the session token.
     Login(Credentials),
-    /// End the session (user.logout) and delete the saved token.
-    Logout,
+    /// End the session (user.logout) and delete the saved token; with
+    /// --local, only delete it (a token the servers no longer know).
+    Logout {
+        /// Only forget the saved session; send nothing.
+        #[arg(long)]
+        local: bool,
+    },
     /// Show the logged-in user (user.me).
     Whoami,
     /// Accounts made by an admin (user.create).
@@ -350,13 +362,43 @@ pub fn main() -> ExitCode {
 /// Runs one parsed command; returns its exit code after printing its
 /// result (stdout) or its error (stderr, and stdout too with `--json`).
 pub fn run(cli: Cli) -> u8 {
-    let mut out = Out::new(cli.json);
+    let mut out = Out::new(cli.json, time::Clock::new(cli.utc));
     match dispatch(&cli, &mut out) {
         Ok(code) => code,
         Err(e) => {
+            let e = name_the_session(&cli, e);
             out.error(&e);
             exit_code(&e)
         }
+    }
+}
+
+/// A session token refused: the error says which saved session was sent
+/// and how to be rid of it.
+fn name_the_session(cli: &Cli, e: Error) -> Error {
+    let Error::Refused {
+        kind,
+        server,
+        code: code @ dsf_common::ErrorCode::Unauthorized,
+        message,
+    } = e
+    else {
+        return e;
+    };
+    let saved = session_path(cli).ok().filter(|p| p.is_file());
+    let message = match saved {
+        Some(path) if message.contains("session token") => format!(
+            "{message} (the session saved at {} was sent: log in again with `client login NAME`, \
+             or forget it with `client logout --local`)",
+            path.display()
+        ),
+        _ => message,
+    };
+    Error::Refused {
+        kind,
+        server,
+        code,
+        message,
     }
 }
 
@@ -403,11 +445,16 @@ fn config(cli: &Cli) -> Result<ClientConfig> {
     Ok(cfg)
 }
 
+/// Where this cluster's session is kept (see [`session`]).
+fn session_path(cli: &Cli) -> Result<PathBuf> {
+    session::path_for(&session::cluster_key(&cli.lb, cli.node.as_deref()))
+}
+
 fn client(cli: &Cli) -> Result<(Client, Option<Session>)> {
     let mut cfg = config(cli)?;
     cfg.node = cli.node.clone();
     cfg.request_timeout = cli.timeout;
-    let session = Session::load(&session::default_path()?)?;
+    let session = Session::load(&session_path(cli)?)?;
     cfg.routing_key = cli
         .route
         .clone()
@@ -421,7 +468,7 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
     if let Command::Bench(args) = &cli.command {
         let mut cfg = config(cli)?;
         cfg.request_timeout = cli.timeout;
-        let token = Session::load(&session::default_path()?)?.map(|s| s.token);
+        let token = Session::load(&session_path(cli)?)?.map(|s| s.token);
         if args.op == bench::Op::Add && token.is_none() {
             return Err(Error::Config(
                 "--op add sends blacklist.add, which needs an operator's session: log in first (client login NAME)".into(),
@@ -493,8 +540,22 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
             )?;
             out.user_created(&v);
         }
-        Command::Logout => {
-            let path = session::default_path()?;
+        Command::Logout { local: true } => {
+            let path = session_path(cli)?;
+            if session.is_none() {
+                return Err(Error::Config(format!(
+                    "not logged in (no session at {})",
+                    path.display()
+                )));
+            }
+            Session::remove(&path)?;
+            out.value(
+                &json!({"forgotten": path.display().to_string()}),
+                &format!("forgot the session at {}", path.display()),
+            );
+        }
+        Command::Logout { local: false } => {
+            let path = session_path(cli)?;
             if session.is_none() {
                 return Err(Error::Config(format!(
                     "not logged in (no session at {})",
@@ -564,18 +625,7 @@ fn dispatch(cli: &Cli, out: &mut Out) -> Result<u8> {
                 subject: subject.clone(),
                 limit: *limit,
             };
-            let mut v = typed::<dsf_proto::audit::List>(&mut c, &body)?;
-            if !out.is_json() {
-                // Unix ms as a UTC time for people; --json keeps the number.
-                for e in v["entries"].as_array_mut().into_iter().flatten() {
-                    let at = e["at"]
-                        .as_i64()
-                        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
-                    if let Some(t) = at {
-                        e["at"] = json!(t.strftime("%F %T").to_string());
-                    }
-                }
-            }
+            let v = typed::<dsf_proto::audit::List>(&mut c, &body)?;
             out.table(
                 &v["entries"],
                 &["id", "at", "actor", "node", "action", "subject", "detail"],
@@ -807,7 +857,7 @@ fn log_in(
         server: c.node_id().unwrap_or("server").into(),
         reason: "user.login reply has no token".into(),
     })?;
-    let path = session::default_path()?;
+    let path = session_path(cli)?;
     Session {
         token: token.into(),
         user: creds.name.clone(),

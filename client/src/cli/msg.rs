@@ -159,7 +159,7 @@ pub fn run(c: &mut Client, session: Option<&Session>, cmd: &MsgCmd, out: &mut Ou
                         &format!(
                             "{}  {}  {} → {}: {}",
                             e.id,
-                            when(e.sent_at),
+                            out.clock().short(e.sent_at as i64),
                             e.from,
                             to,
                             text_of(e.body.get())
@@ -238,7 +238,11 @@ fn listen(
         };
         out.value(
             &v,
-            &format!("[{}] {from}: {}", when(m.sent_at), text_of(m.body.get())),
+            &format!(
+                "[{}] {from}: {}",
+                out.clock().short(m.sent_at as i64),
+                text_of(m.body.get())
+            ),
         );
         out.flush();
         let _ = std::io::stdout().flush();
@@ -261,28 +265,9 @@ fn text_of(body: &str) -> String {
     }
 }
 
-/// Unix ms as a UTC time: `HH:MM:SS` today, with the date otherwise.
-fn when(ms: u64) -> String {
-    let Ok(t) = jiff::Timestamp::from_millisecond(ms as i64) else {
-        return ms.to_string();
-    };
-    let today = jiff::Timestamp::now().strftime("%F").to_string();
-    if t.strftime("%F").to_string() == today {
-        t.strftime("%T").to_string()
-    } else {
-        t.strftime("%F %T").to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_show_the_date_unless_today() {
-        assert_eq!(when(951_782_400_000), "2000-02-29 00:00:00");
-        assert_eq!(when(dsf_common::wire::now_ms()).len(), "12:00:00".len());
-    }
 
     #[test]
     fn string_bodies_print_as_their_text() {

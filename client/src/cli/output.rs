@@ -11,19 +11,37 @@ use crate::bench::Report;
 use crate::client::Resolved;
 use crate::error::{Error, Result};
 
+use super::time::{is_time, Clock};
+
 /// The tool's output.
 pub struct Out {
     json: bool,
+    clock: Clock,
     stdout: std::io::Stdout,
 }
 
 // === impl Out ===
 
 impl Out {
-    pub fn new(json: bool) -> Out {
+    pub fn new(json: bool, clock: Clock) -> Out {
         Out {
             json,
+            clock,
             stdout: std::io::stdout(),
+        }
+    }
+
+    /// How times are shown (local, or UTC with `--utc`).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// A field's value for people: a time in Unix ms as a time, the rest
+    /// as [`s`] shows it.
+    fn cell(&self, field: &str, v: &Value) -> String {
+        match v.as_i64() {
+            Some(ms) if is_time(field, v) => self.clock.full(ms),
+            _ => s(v),
         }
     }
 
@@ -140,7 +158,7 @@ impl Out {
         self.line(&format!(
             "logged in as {name} (role {}) until {}; session saved to {}",
             s(&v["user"]["role"]),
-            s(&v["expires_at"]),
+            self.cell("expires_at", &v["expires_at"]),
             path.display()
         ));
     }
@@ -171,7 +189,8 @@ impl Out {
         };
         let w = o.keys().map(|k| k.len()).max().unwrap_or(0);
         for (k, val) in o {
-            self.line(&format!("{k:<w$}  {}", s(val)));
+            let cell = self.cell(k, val);
+            self.line(&format!("{k:<w$}  {cell}"));
         }
     }
 
@@ -218,7 +237,7 @@ impl Out {
             .iter()
             .map(|r| {
                 cols.iter()
-                    .map(|c| r.get(c).map(s).unwrap_or_default())
+                    .map(|c| r.get(c).map(|v| self.cell(c, v)).unwrap_or_default())
                     .collect()
             })
             .collect();

@@ -243,7 +243,10 @@ pub fn app_handler(name: &str, r: &Request) -> Action {
             body["id_card"].as_str().unwrap_or("")
         ))),
         "blacklist.add" => Action::Ok(
-            json!({"id_card": body["id_card"], "name": body["name"], "node": name}).to_string(),
+            json!({"id_card": body["id_card"], "name": body["name"], "reason": null,
+                   "created_by": name, "created_at": 1_796_454_825_554u64,
+                   "updated_by": name, "updated_at": 1_796_454_825_554u64})
+            .to_string(),
         ),
         "user.register" => Action::Ok(json!({ "name": body["name"] }).to_string()),
         "user.login" if body["name"] == "ann" && body["password"] == "pw-ann" => Action::Ok(
@@ -255,6 +258,9 @@ pub fn app_handler(name: &str, r: &Request) -> Action {
         "user.me" if r.token.as_deref() == Some("tok-ann") => {
             Action::Ok(json!({"id": 1, "name": "ann", "role": "viewer"}).to_string())
         }
+        "user.me" if r.token.is_some() => Action::Err(Error::Unauthorized(
+            "session token is unknown, expired or logged out: log in again with user.login".into(),
+        )),
         "user.me" => Action::Err(Error::Unauthorized("log in first".into())),
         "echo" => Action::Ok(r.body.get().to_string()),
         other => Action::Err(Error::UnknownType(format!("no handler for {other}"))),
