@@ -38,6 +38,7 @@ pub use dsf_proto::msg::{Entry, History, Joined, Message};
 
 use crate::client::{Client, ClientConfig};
 use crate::error::{Error, Result};
+use crate::stream::Attempt;
 
 /// `msg.send` to user `to`; `body` is JSON text.
 pub fn send(c: &mut Client, to: &str, body: &str) -> Result<Sent> {
@@ -470,40 +471,23 @@ impl Listener {
     }
 
     fn try_subscribe(&mut self) -> std::result::Result<Open, Attempt> {
-        let (node, addr) = match &self.cfg.node {
-            Some(n) => (n.clone(), n.clone()),
-            None => {
-                let mut lb = Client::new(self.cfg.clone()).map_err(Attempt::Fatal)?;
-                match lb.resolve(Some(&self.user), &self.exclude) {
-                    Ok(r) => (r.node, r.addr),
-                    Err(e) => {
-                        return Err(Attempt::Retry {
-                            node: None,
-                            why: e.to_string(),
-                        })
-                    }
-                }
-            }
-        };
+        let mut lb = Client::new(self.cfg.clone()).map_err(Attempt::Fatal)?;
+        let (node, mut conn) =
+            crate::stream::connect_next(&mut lb, &self.signer, Some(&self.user), &self.exclude)?;
         let retry = |why: String| Attempt::Retry {
             node: Some(node.clone()),
             why,
         };
-        let mut conn = Connection::connect_tls(
-            &addr,
-            &node,
-            self.signer.clone(),
-            self.cfg.connect_timeout,
-            self.cfg.max_frame,
-            self.cfg.tls.as_ref(),
-        )
-        .map_err(|e| retry(format!("cannot connect to {node} at {addr}: {e}")))?;
         let body = serde_json::to_string(&msg::SubscribeBody {
             credit: Some(self.opts.credit),
         })
         .expect("a body serialises");
         let id = conn
-            .send("msg.subscribe", &body, Some(&self.token))
+            .send(
+                <msg::Subscribe as dsf_proto::Message>::TYPE.name,
+                &body,
+                Some(&self.token),
+            )
             .map_err(|f| retry(f.to_string()))?;
         // A refusal comes at once; a subscription that opened sends events
         // only when there are messages. Either is seen by `next`.
@@ -519,9 +503,4 @@ impl Listener {
             last_frame: Instant::now(),
         })
     }
-}
-
-enum Attempt {
-    Retry { node: Option<String>, why: String },
-    Fatal(Error),
 }

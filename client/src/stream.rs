@@ -320,49 +320,69 @@ impl RawEvents {
         &mut self,
         c: &mut Client,
     ) -> std::result::Result<(String, Connection, u64), Attempt> {
-        let (node, addr) = match &self.cfg.node {
-            Some(n) => (n.clone(), n.clone()),
-            None => {
-                let key = self.cfg.routing_key.clone();
-                match c.resolve(key.as_deref(), &self.exclude) {
-                    Ok(r) => (r.node, r.addr),
-                    // No node left (or none yet): try again.
-                    Err(Error::Refused {
-                        code: ErrorCode::Unavailable,
-                        message,
-                        ..
-                    }) => {
-                        return Err(Attempt::Retry {
-                            node: None,
-                            why: format!("balancer: unavailable: {message}"),
-                        })
-                    }
-                    Err(e) => return Err(Attempt::Fatal(e)),
-                }
-            }
-        };
-        let retry = |why: String| Attempt::Retry {
-            node: Some(node.clone()),
-            why,
-        };
-        let mut conn = Connection::connect_tls(
-            &addr,
-            &node,
-            self.signer.clone(),
-            self.cfg.connect_timeout,
-            self.cfg.max_frame,
-            self.cfg.tls.as_ref(),
-        )
-        .map_err(|e| retry(format!("cannot connect to {node} at {addr}: {e}")))?;
+        let key = self.cfg.routing_key.clone();
+        let (node, mut conn) = connect_next(c, &self.signer, key.as_deref(), &self.exclude)?;
         let id = conn
             .send(&self.kind, &self.body, self.token.as_deref())
-            .map_err(|f| retry(f.to_string()))?;
+            .map_err(|f| Attempt::Retry {
+                node: Some(node.clone()),
+                why: f.to_string(),
+            })?;
         Ok((node, conn, id))
     }
 }
 
-/// How one attempt to open the stream went wrong.
-enum Attempt {
+/// One attempt to reach the node that owns `key` (avoiding `exclude`),
+/// or the node `c` is set to talk to: the node's id and a connection to
+/// it. A balancer's `unavailable` or a node that cannot be reached is
+/// worth another attempt; any other refusal is not.
+pub(crate) fn connect_next(
+    c: &mut Client,
+    signer: &Signer,
+    key: Option<&str>,
+    exclude: &[String],
+) -> std::result::Result<(String, Connection), Attempt> {
+    let cfg = c.config().clone();
+    let (node, addr) = match &cfg.node {
+        Some(n) => (n.clone(), n.clone()),
+        None => match c.resolve(key, exclude) {
+            Ok(r) => (r.node, r.addr),
+            Err(Error::Refused {
+                code: ErrorCode::Unavailable,
+                message,
+                ..
+            }) => {
+                return Err(Attempt::Retry {
+                    node: None,
+                    why: format!("balancer: unavailable: {message}"),
+                })
+            }
+            Err(e @ Error::Refused { .. }) => return Err(Attempt::Fatal(e)),
+            Err(e) => {
+                return Err(Attempt::Retry {
+                    node: None,
+                    why: e.to_string(),
+                })
+            }
+        },
+    };
+    let conn = Connection::connect_tls(
+        &addr,
+        &node,
+        signer.clone(),
+        cfg.connect_timeout,
+        cfg.max_frame,
+        cfg.tls.as_ref(),
+    )
+    .map_err(|e| Attempt::Retry {
+        node: Some(node.clone()),
+        why: format!("cannot connect to {node} at {addr}: {e}"),
+    })?;
+    Ok((node, conn))
+}
+
+/// How one attempt to reach a node went wrong.
+pub(crate) enum Attempt {
     Retry { node: Option<String>, why: String },
     Fatal(Error),
 }

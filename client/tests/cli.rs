@@ -520,3 +520,47 @@ fn times_are_local_by_default_utc_when_asked_and_ms_in_json() {
     let o = add(&["--json"]);
     assert_eq!(json(&o)["created_at"], 1_796_454_825_554u64);
 }
+
+#[test]
+fn sixteen_clients_saving_a_session_at_once_all_succeed() {
+    let a = TestServer::app("a");
+    let (lb, _) = fake_lb(vec![("a", a.addr_string())]);
+    let home = session_path("many");
+    let _ = std::fs::remove_dir_all(&home);
+    let children: Vec<_> = (0..16)
+        .map(|_| {
+            let mut child = client_at_home(&home)
+                .args([
+                    "--lb",
+                    &lb.addr_string(),
+                    "login",
+                    "ann",
+                    "--password-stdin",
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(b"pw-ann\n").unwrap();
+            child
+        })
+        .collect();
+    for child in children {
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let dir = home.join(".config/dsf/sessions");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        files.len(),
+        1,
+        "one session, nothing left beside it: {files:?}"
+    );
+    let o = run(client_at_home(&home).args(["--lb", &lb.addr_string(), "whoami"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&home);
+}

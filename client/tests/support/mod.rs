@@ -243,7 +243,7 @@ pub fn app_handler(name: &str, r: &Request) -> Action {
             body["id_card"].as_str().unwrap_or("")
         ))),
         "blacklist.add" => Action::Ok(
-            json!({"id_card": body["id_card"], "name": body["name"], "reason": null,
+            json!({"id_card": body["id_card"], "name": body["name"], "reason": null, "node": name,
                    "created_by": name, "created_at": 1_796_454_825_554u64,
                    "updated_by": name, "updated_at": 1_796_454_825_554u64})
             .to_string(),
