@@ -23,6 +23,9 @@ use super::output::Out;
 pub enum JobCmd {
     /// Submit one task per line of JSON (a file, or - for stdin); prints
     /// the job id.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  seq 1 10 | sed 's/.*/{\"n\":&}/' | client job submit --name squares"
+    )]
     Submit {
         /// The job's name.
         #[arg(long)]
@@ -43,12 +46,24 @@ pub enum JobCmd {
     },
     /// Follow a job live: a progress bar (done/total, failed, rate, ETA)
     /// until it ends; with --json, one event a line, then the final status.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client job watch 1"
+    )]
     Watch { job: u64 },
     /// A job's counts and state.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client job status 1"
+    )]
     Status { job: u64 },
     /// One task a line, in submit order: state, attempts, result or error.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client job results 1"
+    )]
     Results { job: u64 },
     /// Cancel a job: ready and waiting tasks are dropped, leases revoked.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client job cancel 1"
+    )]
     Cancel { job: u64 },
 }
 

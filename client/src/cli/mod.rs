@@ -127,22 +127,37 @@ pub enum Command {
     /// Create an account (user.register) and log in; asks for the password.
     /// Works where the servers' registration is open; otherwise an admin
     /// makes accounts with `client user create`.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  echo a-good-password | client register ann --password-stdin"
+    )]
     Register(Credentials),
     /// Log in (user.login) and save the session token.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client login admin < .dsf/admin.password"
+    )]
     Login(Credentials),
     /// End the session (user.logout) and delete the saved token; with
     /// --local, only delete it (a token the servers no longer know).
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client logout"
+    )]
     Logout {
         /// Only forget the saved session; send nothing.
         #[arg(long)]
         local: bool,
     },
     /// Show the logged-in user (user.me).
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client whoami"
+    )]
     Whoami,
     /// Accounts made by an admin (user.create).
     #[command(subcommand)]
     User(UserCmd),
     /// Give a user a role: viewer, operator or admin (user.set_role; admin only).
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client set-role ann operator"
+    )]
     SetRole {
         /// User name.
         name: String,
@@ -153,8 +168,14 @@ pub enum Command {
     #[command(subcommand)]
     Blacklist(BlacklistCmd),
     /// Check a person at a gate (gate.check), or every `id_card,name` line of stdin.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client check 110101199001011234 'Li Lei' --gate north"
+    )]
     Check(CheckArgs),
     /// Show recorded gate checks (gate.history).
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client history --gate north --limit 5"
+    )]
     History {
         /// Only checks of this id card.
         #[arg(long)]
@@ -168,6 +189,9 @@ pub enum Command {
     },
     /// Show the audit trail: role changes, users made, blacklist changes,
     /// newest first (audit.list; admin only).
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client audit --limit 5"
+    )]
     Audit {
         /// Only entries about this user name or id card.
         #[arg(long)]
@@ -180,6 +204,9 @@ pub enum Command {
         before: Option<u64>,
     },
     /// Show the cluster's members and load (cluster.status, from the collector).
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client status"
+    )]
     Status {
         /// The collector's address; with an active and a standby, both
         /// (A,B, as app servers take them): the one feeding the balancers
@@ -193,13 +220,22 @@ pub enum Command {
         collector: Vec<String>,
     },
     /// Show which node owns KEY (lb.resolve) and its share of keys (lb.view).
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client resolve ann"
+    )]
     Resolve {
         /// The routing key (user name, device id, ...).
         key: String,
     },
     /// Ping a node (sys.ping) and show which one answered and how fast.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client ping"
+    )]
     Ping,
     /// Generate load and report requests/s and latency percentiles.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client bench --op ping --duration 2s"
+    )]
     Bench(BenchArgs),
     /// Proxy mode's stored routes on a balancer: list or drop them
     /// (lb.pins, lb.unpin; needs the cluster secret).
@@ -210,6 +246,9 @@ pub enum Command {
     Job(job::JobCmd),
     /// Claim tasks and run a command for each (task.claim, task.complete):
     /// payload on stdin, stdout the result, exit 0 done.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client worker --concurrency 2 --exec 'read p; echo \"$p\"'"
+    )]
     Worker(job::WorkerArgs),
     /// Messages between users, on any node: send, listen, history, rooms
     /// (msg.*; logged in).
@@ -218,10 +257,16 @@ pub enum Command {
     /// Send any message type with a JSON body and print its reply: dsf's
     /// own, or one of a service of your own
     /// (client call order.place '{"item":"tea","qty":2}').
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client call sys.ping"
+    )]
     Call(CallArgs),
     /// Open any stream type with a JSON body and print its events as they
     /// come, then its final reply (client stream order.watch '{"id":1}').
     /// If its node goes away, the stream is opened again on another.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client stream job.watch '{\"job\": 1}'"
+    )]
     Stream {
         /// The message type, e.g. job.watch.
         kind: String,
@@ -260,6 +305,9 @@ pub struct Credentials {
 #[derive(Debug, Subcommand)]
 pub enum UserCmd {
     /// Make an account (admin); asks for its password twice.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  echo a-good-password | client user create bob --role operator --password-stdin"
+    )]
     Create {
         #[command(flatten)]
         cred: Credentials,
@@ -273,6 +321,9 @@ pub enum UserCmd {
 #[derive(Debug, Subcommand)]
 pub enum BlacklistCmd {
     /// List a person (operator).
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client blacklist add 110101199001011234 'Li Lei' --reason fraud"
+    )]
     Add {
         /// Id card number.
         id_card: String,
@@ -283,11 +334,17 @@ pub enum BlacklistCmd {
         reason: Option<String>,
     },
     /// Show one entry.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client blacklist get 110101199001011234"
+    )]
     Get {
         /// Id card number.
         id_card: String,
     },
     /// Change an entry's name or reason (operator).
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client blacklist update 110101199001011234 --reason 'fraud, twice'"
+    )]
     Update {
         /// Id card number.
         id_card: String,
@@ -300,11 +357,17 @@ pub enum BlacklistCmd {
     },
     /// Remove an entry (operator).
     #[command(alias = "remove")]
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client blacklist rm 110101199001011234"
+    )]
     Rm {
         /// Id card number.
         id_card: String,
     },
     /// List entries, a page at a time.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client blacklist list --prefix Li"
+    )]
     List {
         /// Start after this id card (the `next` of the previous page).
         #[arg(long)]

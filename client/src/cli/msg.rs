@@ -24,6 +24,9 @@ pub enum MsgCmd {
     /// members: `msg send --room ROOM TEXT` (or --body JSON for either).
     /// It is stored before this returns: an offline recipient gets it at
     /// their next `msg listen`.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client msg send bob 'lunch at noon?'"
+    )]
     Send {
         /// USER then TEXT; with --room, only TEXT.
         #[arg(value_name = "USER TEXT", num_args = 0..=2)]
@@ -39,6 +42,9 @@ pub enum MsgCmd {
     /// since you last listened), and acknowledge it once printed. Follows
     /// the subscription to another node when its node goes away. Ctrl-C
     /// stops after acknowledging what was printed.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client msg listen --for 3s"
+    )]
     Listen {
         /// Stop after this long, e.g. 30s, 10m [default: until Ctrl-C].
         #[arg(long = "for", value_name = "DURATION", value_parser = super::parse_duration)]
@@ -48,6 +54,9 @@ pub enum MsgCmd {
         credit: u32,
     },
     /// Messages you sent and received, newest first.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client msg history --with bob --limit 5"
+    )]
     History {
         /// Only the direct messages between you and this user.
         #[arg(long, value_name = "USER")]
@@ -60,8 +69,14 @@ pub enum MsgCmd {
         before: Option<u64>,
     },
     /// Join a room (it is made on its first join).
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client msg join ops"
+    )]
     Join { room: String },
     /// Leave a room.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client msg leave ops"
+    )]
     Leave { room: String },
 }
 

@@ -31,6 +31,9 @@ pub struct Target {
 #[derive(Debug, Subcommand)]
 pub enum PinsCmd {
     /// List stored routes: key, node, idle time (--all for every page).
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client pins list --cluster 127.0.0.1:6200 --cluster-secret-file .dsf/cluster.secret"
+    )]
     List {
         #[command(flatten)]
         target: Target,
@@ -49,6 +52,9 @@ pub enum PinsCmd {
     },
     /// Drop the pin of one key, or every pin to one node: the next
     /// connection with that key is routed by the ring again.
+    #[command(
+        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client pins drop sensor-1 --cluster 127.0.0.1:6200 --cluster-secret-file .dsf/cluster.secret"
+    )]
     Drop {
         #[command(flatten)]
         target: Target,
