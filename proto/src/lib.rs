@@ -36,6 +36,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,9 @@ pub trait Message: 'static {
     /// The body of a stream's events ([`Empty`] for a type that does not
     /// stream).
     type Event: Serialize + DeserializeOwned + Send + 'static;
+    /// Its doc comment (what [`message!`] was given), for generated
+    /// references such as the book's catalogue.
+    const DOC: &'static str = "";
 }
 
 /// Declares a [`Message`]: a unit struct named `Name` whose [`Type`] is
@@ -66,7 +70,9 @@ pub trait Message: 'static {
 /// `Operator`, `Admin`, `Cluster`, `Node`, `Peer`). A *write* runs once on
 /// any node: its reply is stored with its effects, and the same signed
 /// request sent again gets the stored reply. A *stream* is answered by
-/// events named `"name"` carrying `Event`, then one final `Reply`.
+/// events named `"name"` carrying `Event`, then one final `Reply`. Doc
+/// comments (and only they) may come first; they are the type's
+/// [`Message::DOC`].
 ///
 /// ```
 /// use dsf_proto::{Empty, Kind, Message};
@@ -78,20 +84,21 @@ pub trait Message: 'static {
 ///     pub Watch = "order.watch", Viewer, stream: WatchBody => Status, event "status": Status
 /// }
 /// assert_eq!(Watch::TYPE.kind, Kind::Stream { event: "status" });
+/// assert_eq!(Watch::DOC.trim(), "`order.watch`: the order's status now, then each change.");
 /// ```
 #[macro_export]
 macro_rules! message {
-    ($(#[$doc:meta])* $vis:vis $name:ident = $kind:literal, $auth:ident, read: $body:ty => $reply:ty $(,)?) => {
-        $crate::message!(@def [$(#[$doc])*] $vis $name, $kind, $auth, $crate::Kind::Read, $body, $reply, $crate::Empty);
+    ($(#[doc = $doc:literal])* $vis:vis $name:ident = $kind:literal, $auth:ident, read: $body:ty => $reply:ty $(,)?) => {
+        $crate::message!(@def [$($doc)*] $vis $name, $kind, $auth, $crate::Kind::Read, $body, $reply, $crate::Empty);
     };
-    ($(#[$doc:meta])* $vis:vis $name:ident = $kind:literal, $auth:ident, write: $body:ty => $reply:ty $(,)?) => {
-        $crate::message!(@def [$(#[$doc])*] $vis $name, $kind, $auth, $crate::Kind::Write, $body, $reply, $crate::Empty);
+    ($(#[doc = $doc:literal])* $vis:vis $name:ident = $kind:literal, $auth:ident, write: $body:ty => $reply:ty $(,)?) => {
+        $crate::message!(@def [$($doc)*] $vis $name, $kind, $auth, $crate::Kind::Write, $body, $reply, $crate::Empty);
     };
-    ($(#[$doc:meta])* $vis:vis $name:ident = $kind:literal, $auth:ident, stream: $body:ty => $reply:ty, event $event:literal: $ev:ty $(,)?) => {
-        $crate::message!(@def [$(#[$doc])*] $vis $name, $kind, $auth, $crate::Kind::Stream { event: $event }, $body, $reply, $ev);
+    ($(#[doc = $doc:literal])* $vis:vis $name:ident = $kind:literal, $auth:ident, stream: $body:ty => $reply:ty, event $event:literal: $ev:ty $(,)?) => {
+        $crate::message!(@def [$($doc)*] $vis $name, $kind, $auth, $crate::Kind::Stream { event: $event }, $body, $reply, $ev);
     };
-    (@def [$(#[$doc:meta])*] $vis:vis $name:ident, $kind:literal, $auth:ident, $k:expr, $body:ty, $reply:ty, $ev:ty) => {
-        $(#[$doc])*
+    (@def [$($doc:literal)*] $vis:vis $name:ident, $kind:literal, $auth:ident, $k:expr, $body:ty, $reply:ty, $ev:ty) => {
+        $(#[doc = $doc])*
         #[derive(Debug, Clone, Copy)]
         $vis struct $name;
 
@@ -104,6 +111,7 @@ macro_rules! message {
             type Body = $body;
             type Reply = $reply;
             type Event = $ev;
+            const DOC: &'static str = concat!($($doc, "\n"),*);
         }
     };
 }
@@ -112,7 +120,7 @@ macro_rules! message {
 pub const LIMIT_MAX: u32 = 500;
 
 /// A body or reply with nothing in it: `{}` (anything else is refused).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
@@ -121,14 +129,14 @@ pub mod sys {
     use super::*;
 
     /// `sys.ping`'s reply.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Pong {
         /// The node that answered.
         pub node: String,
     }
 
     /// `sys.cancel`'s body.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct CancelBody {
         /// The id of the streaming request to end.
@@ -145,7 +153,7 @@ pub mod sys {
     );
 
     /// `peer.wake`'s body: topics whose state changed on the sender.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct WakeBody {
         /// At most [`WAKE_TOPICS_MAX`] topics, each at most
@@ -171,7 +179,9 @@ pub mod user {
     use super::*;
 
     /// What a user may do; each role includes the ones below it.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+    #[derive(
+        Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+    )]
     #[serde(rename_all = "lowercase")]
     pub enum Role {
         /// Reads the blacklist and the gate history.
@@ -217,7 +227,7 @@ pub mod user {
     }
 
     /// `user.register` and `user.login`'s body.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Credentials {
         pub name: String,
@@ -225,7 +235,7 @@ pub mod user {
     }
 
     /// A user as replies show it.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct User {
         pub id: u64,
         pub name: String,
@@ -233,7 +243,7 @@ pub mod user {
     }
 
     /// `user.login`'s reply.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct LoggedIn {
         pub token: String,
         /// Unix ms.
@@ -244,13 +254,13 @@ pub mod user {
     /// `user.register`'s reply: the same whether the name was free (it is
     /// now this account's) or taken (nothing changed), so that registering
     /// tells no one which names exist. Log in to know.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Registered {
         pub name: String,
     }
 
     /// `user.create`'s body.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct CreateBody {
         pub name: String,
@@ -261,7 +271,7 @@ pub mod user {
     }
 
     /// `user.set_role`'s body.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct SetRoleBody {
         pub name: String,
@@ -306,7 +316,7 @@ pub mod blacklist {
     use super::*;
 
     /// A blacklisted person.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Entry {
         /// The id card, unique (case-insensitively).
         pub id_card: String,
@@ -325,7 +335,7 @@ pub mod blacklist {
     }
 
     /// A page of [`List`].
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Page {
         /// Up to `limit` entries, in id card order (or name order with a prefix).
         pub entries: Vec<Entry>,
@@ -334,7 +344,7 @@ pub mod blacklist {
     }
 
     /// `blacklist.add`'s body.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct AddBody {
         pub id_card: String,
@@ -344,7 +354,7 @@ pub mod blacklist {
     }
 
     /// `blacklist.get` and `blacklist.remove`'s body.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct IdCard {
         pub id_card: String,
@@ -352,7 +362,7 @@ pub mod blacklist {
 
     /// `blacklist.update`'s body: fields left out stay as they are;
     /// `reason: ""` clears the reason.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct UpdateBody {
         pub id_card: String,
@@ -363,7 +373,7 @@ pub mod blacklist {
     }
 
     /// `blacklist.list`'s body.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct ListBody {
         /// The `next` of the previous page.
@@ -404,7 +414,7 @@ pub mod gate {
     use crate::blacklist::Entry;
 
     /// `gate.check`'s body.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct CheckBody {
         pub id_card: String,
@@ -414,7 +424,7 @@ pub mod gate {
     }
 
     /// `gate.check`'s reply.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Checked {
         pub hit: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -422,7 +432,7 @@ pub mod gate {
     }
 
     /// `gate.history`'s body; filters combine.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct HistoryBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -435,7 +445,7 @@ pub mod gate {
     }
 
     /// One recorded check.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct GateCheck {
         /// Increasing with insertion: newest has the largest id.
         pub id: u64,
@@ -450,7 +460,7 @@ pub mod gate {
     }
 
     /// `gate.history`'s reply.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Checks {
         pub checks: Vec<GateCheck>,
     }
@@ -480,7 +490,7 @@ pub mod cluster {
     pub const MAX_WEIGHT: u32 = 1000;
 
     /// One version of the cluster's membership and load.
-    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct View {
         /// Only grows; a balancer ignores a view older than the one it holds.
@@ -489,7 +499,7 @@ pub mod cluster {
     }
 
     /// A member as the view describes it.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct NodeView {
         /// Stable id (default: the advertised address); a node restarted under
@@ -515,7 +525,9 @@ pub mod cluster {
     }
 
     /// Whether a node takes new keys.
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[derive(
+        Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema,
+    )]
     #[serde(rename_all = "lowercase")]
     pub enum NodeState {
         /// Serving and taking new keys.
@@ -526,7 +538,7 @@ pub mod cluster {
     }
 
     /// The load figures a node last reported (smoothed by the collector).
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Load {
         #[serde(default)]
@@ -541,7 +553,7 @@ pub mod cluster {
 
     /// `node.heartbeat`'s body: an app server saying it is alive, where, and
     /// how loaded. Sent to the collector every second under the cluster secret.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Heartbeat {
         /// Stable node id (default: the advertised address).
@@ -564,7 +576,7 @@ pub mod cluster {
     }
 
     /// What a node measures about itself, over the last heartbeat interval.
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Stats {
         /// Connections open now.
@@ -591,7 +603,7 @@ pub mod cluster {
     }
 
     /// `node.leave`'s body.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Leave {
         pub id: String,
@@ -600,7 +612,7 @@ pub mod cluster {
     /// `node.heartbeat`'s reply: the view version the collector holds,
     /// and its nodes when the heartbeat's `known_view` was another version
     /// (app servers find their peers in it).
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
     pub struct HeartbeatReply {
         pub view: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -608,7 +620,7 @@ pub mod cluster {
     }
 
     /// `lb.set_view`'s reply: the version the balancer holds after it.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Applied {
         pub applied: u64,
         /// The balancer's counters at the time (absent from balancers
@@ -647,7 +659,7 @@ pub mod lb {
     pub const MAX_EXCLUDE: usize = 64;
 
     /// `lb.resolve`'s body.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct ResolveBody {
         /// The routing key (at most [`MAX_KEY`] bytes); without one the
@@ -661,7 +673,7 @@ pub mod lb {
     }
 
     /// `lb.resolve`'s reply.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Resolved {
         pub node: String,
         pub addr: String,
@@ -683,7 +695,7 @@ pub mod lb {
     pub const PINS_MAX: u32 = 1000;
 
     /// `lb.pins`'s body: a page of the stored routes of proxy mode.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct PinsBody {
         /// The `next` of the page before.
@@ -698,7 +710,7 @@ pub mod lb {
     }
 
     /// One stored route.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Pin {
         /// The routing key (lossy UTF-8; a `triple` key's parts are joined
         /// by U+0000).
@@ -711,7 +723,7 @@ pub mod lb {
     }
 
     /// `lb.pins`'s reply.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct PinPage {
         pub pins: Vec<Pin>,
         /// Pass as `after` for the next page; absent on the last.
@@ -720,7 +732,7 @@ pub mod lb {
     }
 
     /// `lb.unpin`'s body: one key, or every pin to one node.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct UnpinBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -730,13 +742,13 @@ pub mod lb {
     }
 
     /// `lb.unpin`'s reply.
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Unpinned {
         pub dropped: u64,
     }
 
     /// Proxy mode's counters since start, as `lb.stats` reports them.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct ProxyStats {
         /// Connections accepted on proxy listeners.
         pub accepted: u64,
@@ -757,7 +769,7 @@ pub mod lb {
     }
 
     /// Pin events since start.
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct PinStats {
         /// Keys pinned for the first time.
         pub created: u64,
@@ -777,7 +789,7 @@ pub mod lb {
     }
 
     /// `lb.stats`'s reply.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Stats {
         /// The view in force.
         pub view: u64,
@@ -825,10 +837,11 @@ pub mod task {
     pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
     /// One task of a submit.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct NewTask {
         /// Any JSON value, at most [`PAYLOAD_MAX`] bytes as text.
+        #[schemars(with = "serde_json::Value")]
         pub payload: Box<serde_json::value::RawValue>,
         /// Unique per app: a task submitted again with a key the app holds
         /// is not added twice (running the same submit again is harmless).
@@ -840,7 +853,7 @@ pub mod task {
     }
 
     /// `task.submit`'s body.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct SubmitBody {
         /// Add to this job (yours, not cancelled); without it a new job.
@@ -855,7 +868,7 @@ pub mod task {
     }
 
     /// `task.submit`'s reply.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Submitted {
         pub job: u64,
         /// Tasks added (a key the job already held is not).
@@ -863,7 +876,7 @@ pub mod task {
     }
 
     /// `task.claim`'s body.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct ClaimBody {
         /// 1 to [`CLAIM_MAX`].
@@ -875,10 +888,11 @@ pub mod task {
     }
 
     /// A claimed task.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     pub struct Claimed {
         pub task: u64,
         pub job: u64,
+        #[schemars(with = "serde_json::Value")]
         pub payload: Box<serde_json::value::RawValue>,
         /// 1 on the first claim.
         pub attempt: u32,
@@ -891,13 +905,13 @@ pub mod task {
     }
 
     /// `task.claim`'s reply.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     pub struct ClaimReply {
         pub tasks: Vec<Claimed>,
     }
 
     /// A lease a worker holds.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Lease {
         pub task: u64,
@@ -905,7 +919,7 @@ pub mod task {
     }
 
     /// `task.heartbeat`'s body.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct HeartbeatBody {
         pub leases: Vec<Lease>,
@@ -914,23 +928,24 @@ pub mod task {
 
     /// `task.heartbeat`'s reply: tasks whose lease was extended, and those
     /// no longer this worker's.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Extended {
         pub extended: Vec<u64>,
         pub lost: Vec<u64>,
     }
 
     /// `task.complete`'s body.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct CompleteBody {
         pub task: u64,
         pub fence: u64,
+        #[schemars(with = "serde_json::Value")]
         pub result: Box<serde_json::value::RawValue>,
     }
 
     /// `task.fail`'s body.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct FailBody {
         pub task: u64,
@@ -939,14 +954,14 @@ pub mod task {
     }
 
     /// A job, by id.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct JobRef {
         pub job: u64,
     }
 
     /// `job.status`'s reply.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct JobStatus {
         pub job: u64,
         /// `running` (some task is ready, running or waiting), `done`
@@ -963,7 +978,7 @@ pub mod task {
     }
 
     /// `job.results`' body.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct ResultsBody {
         pub job: u64,
@@ -976,20 +991,21 @@ pub mod task {
     }
 
     /// One task's outcome.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     pub struct TaskResult {
         pub task: u64,
         pub seq: u64,
         pub state: String,
         pub attempts: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Option<serde_json::Value>")]
         pub result: Option<Box<serde_json::value::RawValue>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub error: Option<String>,
     }
 
     /// `job.results`' reply.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     pub struct Results {
         pub results: Vec<TaskResult>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1030,7 +1046,7 @@ pub mod task {
     );
 
     /// A `progress` event of `job.watch`.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
     pub struct Progress {
         pub done: u64,
         pub failed: u64,
@@ -1057,7 +1073,7 @@ pub mod audit {
     use super::*;
 
     /// `audit.list`'s body.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct ListBody {
         /// Entries older than this id (the `next` of the page before).
@@ -1072,7 +1088,7 @@ pub mod audit {
     }
 
     /// One entry.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     pub struct Entry {
         pub id: u64,
         /// Unix ms.
@@ -1087,11 +1103,12 @@ pub mod audit {
         /// The user name or id card acted on.
         pub subject: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Option<serde_json::Value>")]
         pub detail: Option<Box<serde_json::value::RawValue>>,
     }
 
     /// `audit.list`'s reply: newest first.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     pub struct Page {
         pub entries: Vec<Entry>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1125,7 +1142,7 @@ pub mod msg {
     pub const MESSAGE: &str = "message";
 
     /// `msg.send`'s body: to one user (`to`) or to a room's members (`room`).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct SendBody {
         /// The recipient's user name.
@@ -1135,11 +1152,12 @@ pub mod msg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub room: Option<String>,
         /// Any JSON value, at most [`BODY_MAX`] bytes as text.
+        #[schemars(with = "serde_json::Value")]
         pub body: Box<serde_json::value::RawValue>,
     }
 
     /// `msg.send`'s reply.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Sent {
         /// The message's id (one per send, however many inboxes list it).
         pub id: u64,
@@ -1153,7 +1171,7 @@ pub mod msg {
     }
 
     /// `msg.subscribe`'s body.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct SubscribeBody {
         /// Messages sent and not yet acknowledged at most, 1 to
@@ -1164,7 +1182,7 @@ pub mod msg {
 
     /// A `message` event of `msg.subscribe`: one message of the inbox, in
     /// `seq` order.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     pub struct Message {
         pub id: u64,
         /// Its number in this inbox: 1, 2, 3… with no gaps.
@@ -1174,20 +1192,21 @@ pub mod msg {
         /// The room it was sent to, if it was.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub room: Option<String>,
+        #[schemars(with = "serde_json::Value")]
         pub body: Box<serde_json::value::RawValue>,
         /// When it was stored, Unix ms (the storing app server's clock).
         pub sent_at: u64,
     }
 
     /// `msg.ack`'s body: every message up to `upto` is handled.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct AckBody {
         pub upto: u64,
     }
 
     /// `msg.history`'s body.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct HistoryBody {
         /// Only the direct messages between you and this user.
@@ -1202,7 +1221,7 @@ pub mod msg {
     }
 
     /// One message of `msg.history`, sent or received.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     pub struct Entry {
         pub id: u64,
         pub from: String,
@@ -1211,6 +1230,7 @@ pub mod msg {
         pub to: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub room: Option<String>,
+        #[schemars(with = "serde_json::Value")]
         pub body: Box<serde_json::value::RawValue>,
         pub sent_at: u64,
         /// Its number in your inbox, for a message you received.
@@ -1219,7 +1239,7 @@ pub mod msg {
     }
 
     /// `msg.history`'s reply: newest first.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     pub struct History {
         pub messages: Vec<Entry>,
         /// Pass as `before` for the next (older) page.
@@ -1228,7 +1248,7 @@ pub mod msg {
     }
 
     /// `msg.join`'s and `msg.leave`'s body.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct RoomBody {
         /// 1 to [`ROOM_MAX`] letters, digits, `.`, `_` or `-`.
@@ -1236,7 +1256,7 @@ pub mod msg {
     }
 
     /// `msg.join`'s reply.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Joined {
         pub room: String,
         /// Members now, you included.
@@ -1246,12 +1266,13 @@ pub mod msg {
     /// `peer.notify`'s body: user `user` has message `seq` waiting; the
     /// message itself rides along (the `message` event's body), so the
     /// node holding the subscription can push it without reading it back.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct NotifyBody {
         pub user: u64,
         pub seq: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Option<serde_json::Value>")]
         pub message: Option<Box<serde_json::value::RawValue>>,
     }
 
@@ -1340,7 +1361,7 @@ impl Auth {
         )
     }
 
-    /// How the README's tables name it.
+    /// How the book's tables name it.
     pub const fn as_str(self) -> &'static str {
         match self {
             Auth::App => "app",

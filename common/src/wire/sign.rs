@@ -383,7 +383,7 @@ mod tests {
         assert!(key.verify_reply(&other, &key.sign_reply(&f)).is_err());
     }
 
-    /// The golden vectors of the README's wire section, computed with
+    /// The golden vectors of the wire specification (docs/WIRE.md), computed with
     /// Python's `hmac` module (an implementation independent of ours):
     /// `hmac.new(b"gate-north-secret", msg, hashlib.md5).hexdigest()`.
     #[test]

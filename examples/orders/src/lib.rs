@@ -91,6 +91,7 @@ pub struct Status {
     pub status: String,
 }
 
+// ANCHOR: messages
 message!(
     /// Places an order for the logged-in user.
     pub Place = "order.place", Viewer, write: NewOrder => OrderStatus
@@ -111,7 +112,9 @@ message!(
     /// The caller's order's status now, then each change; ends once delivered.
     pub Watch = "order.watch", Viewer, stream: OrderRef => OrderStatus, event "status": Status
 );
+// ANCHOR_END: messages
 
+// ANCHOR: service
 /// The orders service, for `app_server::main(|s| s.service(orders::service()))`.
 pub fn service() -> Service {
     Service::new("orders")
@@ -123,11 +126,13 @@ pub fn service() -> Service {
         .unary::<Advance>(advance)
         .stream::<Watch>(watch)
 }
+// ANCHOR_END: service
 
 fn topic(id: u64) -> String {
     format!("order:{id}")
 }
 
+// ANCHOR: place
 fn place(call: &Call, b: NewOrder) -> Result<OrderStatus> {
     let chars = b.item.chars().count();
     if !(1..=ITEM_MAX).contains(&chars) {
@@ -154,6 +159,7 @@ fn place(call: &Call, b: NewOrder) -> Result<OrderStatus> {
         status: "placed".into(),
     })
 }
+// ANCHOR_END: place
 
 fn get(call: &Call, b: OrderRef) -> Result<Order> {
     let user = call.user()?;
@@ -216,6 +222,7 @@ fn advance(call: &Call, b: OrderRef) -> Result<OrderStatus> {
     })
 }
 
+// ANCHOR: watch
 fn watch(call: &Call, b: OrderRef, stream: Stream<Watch>) -> Result<()> {
     let owner = call.user()?.id;
     let id = b.id;
@@ -250,6 +257,7 @@ fn watch(call: &Call, b: OrderRef, stream: Stream<Watch>) -> Result<()> {
         });
     Ok(())
 }
+// ANCHOR_END: watch
 
 fn not_found(id: u64) -> Error {
     Error::NotFound(format!("no order {id} of yours"))
