@@ -29,6 +29,7 @@ fn orders_cluster(apps: usize) -> Cluster {
         apps,
         balancers: 1,
         server: "orders-server",
+        ..Spec::default()
     });
     let hash = password::hash_with(PASSWORD, Cost::TEST).unwrap();
     for name in ["alice", "bob"] {

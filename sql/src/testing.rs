@@ -167,6 +167,16 @@ impl PrivateServer {
         }
     }
 
+    /// The running server's process id (from its pid file), for faults
+    /// such as a stall (SIGSTOP, then SIGCONT).
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("mariadb.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Runs `scripts/mariadb CMD` (`start`, `stop`, `url`) on this server;
     /// returns what it printed.
     ///

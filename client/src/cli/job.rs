@@ -72,7 +72,8 @@ pub enum JobCmd {
 pub struct WorkerArgs {
     /// Run once per task: the payload on stdin, stdout is the result (JSON
     /// if it parses, else a string); exit 0 is done, any other exit is a
-    /// failed attempt (retried) with the end of stderr as its error.
+    /// failed attempt (retried) with the end of stderr as its error. The
+    /// worker's id is in `DSF_WORKER_ID`.
     #[arg(long)]
     pub exec: String,
     /// Tasks run at once.
@@ -239,7 +240,9 @@ pub fn worker(cfg: &ClientConfig, args: &WorkerArgs, out: &mut Out) -> Result<()
         args.lease,
         args.exec
     );
-    let report = tasks::work(cfg, &opts, &stop, |payload| exec(&args.exec, payload.get()))?;
+    let report = tasks::work(cfg, &opts, &stop, |payload| {
+        exec(&args.exec, &id, payload.get())
+    })?;
     let v = json!({"worker": id, "done": report.done, "failed": report.failed, "refused": report.refused});
     out.value(
         &v,
@@ -254,11 +257,13 @@ pub fn worker(cfg: &ClientConfig, args: &WorkerArgs, out: &mut Out) -> Result<()
 /// Most of stderr kept as a failed attempt's error.
 const STDERR_TAIL: usize = 2000;
 
-/// Runs `cmd` through `sh -c` with `payload` on stdin.
-fn exec(cmd: &str, payload: &str) -> std::result::Result<String, String> {
+/// Runs `cmd` through `sh -c` with `payload` on stdin and the worker's id
+/// in `DSF_WORKER_ID`.
+fn exec(cmd: &str, worker: &str, payload: &str) -> std::result::Result<String, String> {
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(cmd)
+        .env("DSF_WORKER_ID", worker)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

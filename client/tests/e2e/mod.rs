@@ -8,6 +8,9 @@
 
 #![allow(dead_code)]
 
+pub mod check;
+pub mod net;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -111,17 +114,43 @@ impl Proc {
         envs: &[(&str, &str)],
         dir: &Path,
     ) -> Proc {
+        Proc::spawn_as(name, bin, args, envs, dir, None)
+    }
+
+    /// [`Proc::spawn`], under user (and group) id `uid` when given.
+    pub fn spawn_as(
+        name: &str,
+        bin: &str,
+        args: &[String],
+        envs: &[(&str, &str)],
+        dir: &Path,
+        uid: Option<u32>,
+    ) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let file = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
-        let mut cmd = Command::new(binary(bin));
+        let mut exe = binary(bin);
+        if uid.is_some() {
+            // Another user may not reach into the build folder (a clone
+            // under /root): it runs a copy from the test's own folder.
+            let copy = dir.join(format!("{name}.{bin}"));
+            if !copy.exists() {
+                fs::copy(&exe, &copy).unwrap();
+            }
+            exe = copy;
+        }
+        let mut cmd = Command::new(exe);
         for (k, _) in std::env::vars() {
             if k.starts_with("DSF_") {
                 cmd.env_remove(k);
             }
+        }
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
         }
         cmd.args(args)
             .envs(envs.iter().copied())
@@ -189,6 +218,10 @@ pub struct Spec {
     /// The app server binary: `app-server`, or a server composed on dsf
     /// (`orders-server`), whose own `migrate` then runs too.
     pub server: &'static str,
+    /// Each app server runs under a user id of its own ([`app_uid`]), so
+    /// that nftables can tell its sockets apart (`meta skuid`) and cut one
+    /// server's links alone. Needs root.
+    pub own_uids: bool,
 }
 
 impl Default for Spec {
@@ -197,8 +230,14 @@ impl Default for Spec {
             apps: 3,
             balancers: 1,
             server: "app-server",
+            own_uids: false,
         }
     }
+}
+
+/// The user id app server `i` runs under with [`Spec::own_uids`].
+pub fn app_uid(i: usize) -> u32 {
+    20_000 + i as u32
 }
 
 /// Where the cluster's database lives.
@@ -256,6 +295,8 @@ pub struct Cluster {
     pub tls: Option<PathBuf>,
     /// The app server binary ([`Spec::server`]).
     pub server: &'static str,
+    /// [`Spec::own_uids`].
+    pub own_uids: bool,
 }
 
 // === impl Cluster ===
@@ -330,6 +371,14 @@ impl Cluster {
             false,
             false,
         )
+    }
+
+    /// The pid of the cluster's own MariaDB ([`Cluster::start_with_own_db`]).
+    pub fn db_pid(&self) -> u32 {
+        let Store::Private(own) = &self.store else {
+            panic!("db_pid needs Cluster::start_with_own_db");
+        };
+        own.pid().expect("the cluster's MariaDB has no pid file")
     }
 
     /// Stops the cluster's own MariaDB, waits `down`, and starts it again
@@ -413,6 +462,7 @@ impl Cluster {
             apps,
             tls: None,
             server: "app-server",
+            own_uids: false,
         };
         if tls {
             let folder = c.dir.join("tls");
@@ -443,6 +493,7 @@ impl Cluster {
             );
         }
         c.server = spec.server;
+        c.own_uids = spec.own_uids;
         for i in 0..spec.balancers {
             c.start_lb(i);
         }
@@ -592,7 +643,26 @@ impl Cluster {
         let mut env = vec![("DSF_PEER_SECRET", PEER_SECRET)];
         let url: &'static str = Box::leak(self.app_db_url(i).into_boxed_str());
         env.push(("DSF_DB", url));
-        let p = Proc::spawn(&id, self.server, &args, &env, &self.dir);
+        let p = if self.own_uids {
+            // Its own copies of the files it reads, owned by its user.
+            let uid = app_uid(i);
+            let keys = self.dir.join(format!("{id}.app-keys.toml"));
+            fs::copy(&self.keys, &keys).unwrap();
+            let node_key = self.dir.join(format!("{id}.node-key"));
+            for f in [&keys, &node_key] {
+                std::os::unix::fs::chown(f, Some(uid), Some(uid)).unwrap();
+            }
+            let args: Vec<String> = args
+                .into_iter()
+                .map(|a| match a == self.keys.display().to_string() {
+                    true => keys.display().to_string(),
+                    false => a,
+                })
+                .collect();
+            Proc::spawn_as(&id, self.server, &args, &env, &self.dir, Some(uid))
+        } else {
+            Proc::spawn(&id, self.server, &args, &env, &self.dir)
+        };
         self.apps[i].2 = Some(p);
         wait_for(&format!("app-{i} to listen on {addr}"), WAIT, || {
             std::net::TcpStream::connect(&addr).ok()
