@@ -197,6 +197,38 @@ fn one_line(doc: &str) -> String {
     plain(&first.split_whitespace().collect::<Vec<_>>().join(" ")).replace('|', "\\|")
 }
 
+/// The limits the doc comments name, with their values from the crate.
+fn constants() -> Vec<(&'static str, String)> {
+    let kib = |n: usize| format!("{} KiB", n / 1024);
+    vec![
+        ("LIMIT_MAX", LIMIT_MAX.to_string()),
+        ("WAKE_TOPICS_MAX", sys::WAKE_TOPICS_MAX.to_string()),
+        ("TOPIC_MAX", sys::TOPIC_MAX.to_string()),
+        ("DEFAULT_WEIGHT", cluster::DEFAULT_WEIGHT.to_string()),
+        ("MAX_WEIGHT", cluster::MAX_WEIGHT.to_string()),
+        ("MAX_KEY", lb::MAX_KEY.to_string()),
+        ("MAX_EXCLUDE", lb::MAX_EXCLUDE.to_string()),
+        ("PINS_MAX", lb::PINS_MAX.to_string()),
+        ("SUBMIT_MAX", task::SUBMIT_MAX.to_string()),
+        ("PAYLOAD_MAX", kib(task::PAYLOAD_MAX)),
+        ("RESULT_MAX", kib(task::RESULT_MAX)),
+        ("CLAIM_MAX", task::CLAIM_MAX.to_string()),
+        ("LEASE_MIN_MS", task::LEASE_MIN_MS.to_string()),
+        ("LEASE_MAX_MS", task::LEASE_MAX_MS.to_string()),
+        ("WAIT_MAX_MS", task::WAIT_MAX_MS.to_string()),
+        (
+            "DEFAULT_MAX_ATTEMPTS",
+            task::DEFAULT_MAX_ATTEMPTS.to_string(),
+        ),
+        ("BODY_MAX", kib(msg::BODY_MAX)),
+        ("CREDIT_DEFAULT", msg::CREDIT_DEFAULT.to_string()),
+        ("CREDIT_MAX", msg::CREDIT_MAX.to_string()),
+        ("ROOM_MEMBERS_MAX", msg::ROOM_MEMBERS_MAX.to_string()),
+        ("ROOM_MAX", msg::ROOM_MAX.to_string()),
+        ("HISTORY_DEFAULT", msg::HISTORY_DEFAULT.to_string()),
+    ]
+}
+
 /// A doc comment without rustdoc's links to items (``[`Name`]`` becomes
 /// `` `Name` ``), which mean nothing in the book.
 fn plain(doc: &str) -> String {
@@ -217,6 +249,10 @@ fn plain(doc: &str) -> String {
         }
     }
     out.push_str(rest);
+    // A limit named by its constant gets its value too.
+    for (name, value) in constants() {
+        out = out.replace(&format!("`{name}`"), &format!("{value} (`{name}`)"));
+    }
     // What brackets remain (`[default: 100]`) are text, not links; inside
     // code they stay as they are.
     let mut escaped = String::with_capacity(out.len());
