@@ -4,21 +4,11 @@
 
 mod e2e;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dsf_client::{Client, ClientConfig};
 use e2e::check::Report;
 use e2e::*;
-
-/// Sends `sig` (`STOP`, `CONT`) to `pid`.
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success(), "kill -{sig} {pid}");
-}
 
 /// Resumes a stalled process even when the test fails midway, so that
 /// nothing is left stopped.
@@ -122,36 +112,30 @@ fn a_worker_stalled_past_its_lease() {
     let job = cluster.submit_job("stall", 1);
     // The task's result names the worker that ran it.
     let work = |pause: &str| format!("read p; sleep {pause}; echo \"\\\"$DSF_WORKER_ID\\\"\"");
-    let slow = work("2");
-    let mut a = cluster.spawn_client(
-        "worker-a",
-        &[
-            "worker", "--id", "a", "--lease", "1s", "--exec", &slow, "--json",
-        ],
-    );
-    wait_for("worker a to hold the task", WAIT, || {
-        cluster
-            .job_status(job)
-            .filter(|s| s["running"] == 1)
-            .map(|_| ())
-    });
+    let worker = |id: &str, lease: &str, exec: &str| {
+        cluster.spawn_client(
+            &format!("worker-{id}"),
+            &[
+                "worker", "--id", id, "--lease", lease, "--exec", exec, "--json",
+            ],
+        )
+    };
+    let one = |what: &str, field: &str| {
+        wait_for(what, WAIT, || {
+            cluster
+                .job_status(job)
+                .filter(|s| s[field] == 1)
+                .map(|_| ())
+        })
+    };
+    let mut a = worker("a", "1s", &work("2"));
+    one("worker a to hold the task", "running");
     signal(a.pid(), "STOP");
     let stall = Stalled(a.pid());
     // Its lease (1 s) runs out while it cannot extend it; the task is
     // claimable again, and worker b takes it over.
-    let quick = work("0");
-    let mut b = cluster.spawn_client(
-        "worker-b",
-        &[
-            "worker", "--id", "b", "--lease", "30s", "--exec", &quick, "--json",
-        ],
-    );
-    wait_for("the task done by worker b", WAIT, || {
-        cluster
-            .job_status(job)
-            .filter(|s| s["done"] == 1)
-            .map(|_| ())
-    });
+    let mut b = worker("b", "30s", &work("0"));
+    one("the task done by worker b", "done");
     drop(stall);
     // Resumed, a reports its result under its old fence: refused. It
     // stops on SIGTERM and says what it did.

@@ -180,11 +180,7 @@ impl Proc {
 
     /// SIGTERM; the exit is awaited with [`Proc::wait_exit`].
     pub fn terminate(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "kill -TERM {}", self.pid());
+        signal(self.pid(), "TERM");
     }
 
     /// Waits for the exit (deadline `within`) and returns its code.
@@ -209,6 +205,15 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Sends signal `sig` (`TERM`, `STOP`, `CONT`) to `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill -{sig} {pid}");
 }
 
 /// What to start.
@@ -1037,29 +1042,12 @@ pub fn assert_no_unknown_outcomes(tallies: &[Tally], during: &str) {
 }
 
 /// Checks what the design promises about acknowledged writes: each is in
-/// MySQL exactly once, and nothing is there that was never sent.
+/// MySQL exactly once, and nothing is there that was never sent (the
+/// fault scenarios' checker, [`check::Report::writes`]).
 pub fn check_writes(cluster: &Cluster, tallies: &[Tally]) {
-    let stored = cluster.blacklist_ids();
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for id in &stored {
-        *counts.entry(id.as_str()).or_default() += 1;
-    }
-    let mut sent = 0;
-    for t in tallies {
-        for id in &t.acked {
-            assert_eq!(
-                counts.get(id.as_str()).copied().unwrap_or(0),
-                1,
-                "acknowledged write {id} must be stored exactly once"
-            );
-        }
-        sent += t.acked.len() + t.unknown.len();
-    }
-    assert!(
-        stored.len() <= sent,
-        "{} rows stored but only {sent} writes sent",
-        stored.len()
-    );
+    check::Report::default()
+        .writes(cluster, tallies)
+        .assert("writes");
 }
 
 /// Clients writing until told to stop, counting what they did.
