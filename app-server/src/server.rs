@@ -353,6 +353,8 @@ impl Server {
             Ok(_) => {}
             Err(e) => log::warn!("could not check the schema's migrations ({e}); starting anyway"),
         }
+        // Times are the database's from the first request on.
+        crate::sys::follow_db_clock(&db);
         let drain = Arc::new(Drain::default());
         let node = Node::new(db, s.clone(), drain.clone());
         let mut services = self.services;

@@ -3,6 +3,7 @@
 //! app server's wake-ups by topic), the run-once records' table
 //! (namespace `dsf`) and the `janitor` that keeps the database in order.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use dsf_common::{Error, Result};
@@ -36,9 +37,59 @@ pub fn service() -> Service {
             node.db().check_in_use();
             if Instant::now() >= next_round {
                 next_round = Instant::now() + JANITOR_EVERY;
+                follow_db_clock(node.db());
                 janitor_round(node);
             }
         })
+}
+
+/// A reading of the clock slower than this is not trusted (its error is
+/// up to half of it).
+const CLOCK_READ_MAX: Duration = Duration::from_secs(1);
+/// An offset this large is logged as a warning, and a change this large
+/// logged again.
+const CLOCK_OFF: i64 = 1_000;
+
+/// The offset last logged (`i64::MIN`: none yet).
+static CLOCK_LOGGED: AtomicI64 = AtomicI64::new(i64::MIN);
+
+/// Follows the database's clock: the server judges and stamps every `ts`
+/// by it ([`dsf_common::clock`]), so that a replayed write is refused as
+/// stale for as long as its run-once record could have expired, however
+/// wrong this host's own clock is. Read at start and by the janitor every
+/// round; a failed or slow reading keeps the last one.
+pub fn follow_db_clock(db: &dsf_sql::Db) {
+    let (offset, took) = match db.clock_offset() {
+        Ok(r) => r,
+        Err(e) => {
+            log::debug!("clock: cannot read the database's clock: {e}");
+            return;
+        }
+    };
+    if took > CLOCK_READ_MAX {
+        log::debug!("clock: the database's clock took {took:?} to read; kept the last offset");
+        return;
+    }
+    dsf_common::clock::set_offset_ms(offset);
+    let last = CLOCK_LOGGED.load(Ordering::Relaxed);
+    let changed = match last {
+        i64::MIN => offset.abs() >= CLOCK_OFF,
+        last => (offset - last).abs() >= CLOCK_OFF,
+    };
+    if !changed {
+        return;
+    }
+    CLOCK_LOGGED.store(offset, Ordering::Relaxed);
+    if offset.abs() >= CLOCK_OFF {
+        log::warn!(
+            "clock: this host's clock is {:.1} s {} the database's ({}); this server judges and stamps times by the database's clock: sync this host's clock (NTP)",
+            offset.abs() as f64 / 1000.0,
+            if offset > 0 { "behind" } else { "ahead of" },
+            db.target()
+        );
+    } else {
+        log::info!("clock: this host's clock is back within 1 s of the database's");
+    }
 }
 
 /// `sys.ping`: which node answers.

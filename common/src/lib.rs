@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod call;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod logging;

@@ -350,6 +350,21 @@ impl Db {
         self.with_conn("health", |c| c.query_drop("DO 1"))
     }
 
+    /// Reads the database's clock: how far it is ahead of this host's
+    /// (negative: behind), and the round trip it was read in (the error
+    /// is at most half of it). See [`dsf_common::clock`].
+    pub fn clock_offset(&self) -> Result<(i64, Duration)> {
+        self.with_conn("clock", |c| {
+            let started = Instant::now();
+            let before = dsf_common::clock::host_ms();
+            let db: Option<i64> =
+                c.query_first("SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)")?;
+            let after = dsf_common::clock::host_ms();
+            let offset = dsf_common::clock::offset_of(db.unwrap_or(before), before, after);
+            Ok((offset, started.elapsed()))
+        })
+    }
+
     /// `host:port/db` of the node in use, for logs (never the password).
     pub fn target(&self) -> &str {
         &self.inner.nodes[self.current()].target

@@ -1,11 +1,8 @@
 //! The clock the repositories stamp rows with.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Milliseconds since the Unix epoch, as stored in every `*_at` column.
+/// Milliseconds since the Unix epoch, as stored in every `*_at` column:
+/// the database's clock, as far as the app server measured it
+/// ([`dsf_common::clock`]).
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    dsf_common::clock::now_ms()
 }

@@ -4,8 +4,6 @@
 //! ([`RawValue`]) so signatures are verified over what was sent, never over a
 //! re-serialisation.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -182,12 +180,10 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-/// Milliseconds since the Unix epoch, as `ts` carries them.
+/// Milliseconds since the Unix epoch, as `ts` carries them, by the
+/// corrected clock ([`crate::clock`]).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::now_ms().max(0) as u64
 }
 
 /// A fresh random nonce: 16 lower-case hex characters.
