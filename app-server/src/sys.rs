@@ -19,6 +19,12 @@ const JANITOR_TICK: Duration = Duration::from_secs(1);
 /// How often the janitor goes back to the first node of a list and
 /// deletes expired run-once records.
 const JANITOR_EVERY: Duration = Duration::from_secs(10);
+/// How often the database is probed, and how long a probe waits for its
+/// answer ([`dsf_sql::Db::probe`]): a database that does not answer within
+/// it is taken for unreachable, and requests that need it are answered
+/// `unavailable` at once until it answers again.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Records are kept for twice the replay window: a resend older than the
 /// window is refused as stale before its record is looked up.
 const WRITES_KEPT: Duration = Duration::from_secs(2 * 60);
@@ -31,6 +37,9 @@ pub fn service() -> Service {
         .route(Route::unary::<Ping>(ping).inline())
         .route(Route::unary::<Cancel>(cancel).inline())
         .route(Route::unary::<Wake>(wake).inline())
+        .job("db-probe", PROBE_EVERY, |node| {
+            node.db().probe(PROBE_TIMEOUT);
+        })
         .job("janitor", JANITOR_TICK, move |node| {
             // With a --db list, move off a node that answers but cannot
             // serve (a Galera node cut off from the others).

@@ -4,9 +4,14 @@
 
 mod e2e;
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dsf_client::{Client, ClientConfig};
+use dsf_common::call::{Connection, Failure, Signer, Stamp};
+use dsf_common::wire::Key;
 use e2e::check::Report;
 use e2e::*;
 
@@ -170,4 +175,283 @@ fn a_worker_stalled_past_its_lease() {
         .writes(&cluster, &tallies)
         .no_unknown(&tallies)
         .assert("a worker stalled (SIGSTOP) past its lease, then resumed");
+}
+
+/// Whether a scenario that needs `missing` (why it cannot run, or `None`)
+/// can run: when it cannot, the test says why and is skipped, unless
+/// `DSF_NEED_FAULT_TOOLS=1` (`scripts/test` sets it as root, having
+/// installed faketime), which makes it fail instead.
+fn can_run(test: &str, missing: Option<String>) -> bool {
+    let Some(why) = missing else {
+        return true;
+    };
+    assert!(
+        std::env::var("DSF_NEED_FAULT_TOOLS").as_deref() != Ok("1"),
+        "{test}: {why}"
+    );
+    eprintln!("{test}: skipped: {why}");
+    false
+}
+
+/// A tmpfs of a given size mounted on a folder (which it makes), unmounted
+/// on drop: a disk that can be filled.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let opts = format!("size={size}");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount -t tmpfs on {}", dir.display());
+        SmallDisk(dir.to_path_buf())
+    }
+
+    /// Fills it up with a file `filler`, to the last byte it takes.
+    fn fill(&self) -> PathBuf {
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 << 10];
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        // The last partial block, byte by byte.
+        while f.write(&[0]).is_ok_and(|n| n == 1) {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Scenario 7: MariaDB's disk full (its folder on a 256 MB tmpfs, filled
+/// to the last byte) under four writing clients, then space freed. What
+/// dsf does: a statement the database cannot store is answered
+/// `unavailable` (the table is full: MariaDB error 1114), reads go on.
+/// Expected: a write sent straight to a node gets `unavailable`; reads
+/// are answered throughout; nothing acknowledged is lost or stored twice
+/// (writes in flight when the disk filled may end unknown, since no node
+/// could answer them); once the filler is deleted, writing goes on by
+/// itself.
+#[test]
+fn the_databases_disk_full() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    if !can_run(
+        "the_databases_disk_full",
+        (!root).then(|| "it mounts a tmpfs, so it needs root".to_string()),
+    ) {
+        return;
+    }
+    let mut disk = None;
+    let cluster = Cluster::start_with_own_db_in(Spec::default(), |dir| {
+        disk = Some(SmallDisk::mount(dir, "256m"));
+    });
+    let disk = disk.unwrap();
+    let writers = Writers::start(&cluster, 4, 8);
+    writers.wait_more(200);
+    let mut reader = cluster.client();
+    reader.set_token(Some(cluster.admin_token()));
+    let read =
+        |c: &mut Client| c.call("blacklist.get", &serde_json::json!({"id_card": "00000000"}));
+
+    let filler = disk.fill();
+    let full_at = Instant::now();
+    // Until the table needs a page it has no room for, writes still fit.
+    let mut direct_ok = Vec::new();
+    let direct = wait_for("a write refused on the full disk", WAIT, || {
+        let id = format!("full-{}", direct_ok.len());
+        let r = add_at(&cluster, 0, &id, &Stamp::fresh());
+        if r.is_none() {
+            direct_ok.push(id);
+        }
+        r
+    });
+    let (mut reads, mut read_errors) = (0, Vec::new());
+    while full_at.elapsed() < Duration::from_secs(5) {
+        match read(&mut reader) {
+            Ok(_) => reads += 1,
+            Err(e) => read_errors.push(e.to_string()),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_file(&filler).unwrap();
+    let freed_at = Instant::now();
+    writers.wait_more(200);
+    let resumed_after = freed_at.elapsed();
+    let mut tallies = writers.finish();
+    tallies.push(Tally {
+        acked: direct_ok,
+        ..Tally::default()
+    });
+    let unknown: usize = tallies.iter().map(|t| t.unknown.len()).sum();
+    let errors: Vec<&String> = tallies.iter().flat_map(|t| &t.errors).collect();
+
+    Report::default()
+        .line(
+            "a write on the full disk answered `unavailable`",
+            format!("a write sent straight to app-0: {direct}"),
+            direct == "unavailable",
+        )
+        .line(
+            "reads answered while the disk was full",
+            format!(
+                "{reads} reads answered, {} failed{}",
+                read_errors.len(),
+                read_errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default()
+            ),
+            reads > 0 && read_errors.is_empty(),
+        )
+        .line(
+            "writing goes on by itself once space is freed",
+            format!(
+                "200 writes within {:.1} s of freeing; while full, {unknown} writes ended unknown and {} failed{}",
+                resumed_after.as_secs_f64(),
+                errors.len(),
+                errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default()
+            ),
+            true,
+        )
+        .writes(&cluster, &tallies)
+        .assert("MariaDB's disk full, then space freed");
+}
+
+/// Sends `blacklist.add` for `id_card` to app server `i` directly, signed
+/// with `stamp`; the error code it is refused with, or `None` when it ran.
+fn add_at(cluster: &Cluster, i: usize, id_card: &str, stamp: &Stamp) -> Option<String> {
+    let (id, addr) = (&cluster.apps[i].0, &cluster.apps[i].1);
+    let signer = Signer {
+        app: APP.into(),
+        key: Key::new(APP_SECRET.as_bytes()),
+    };
+    let mut conn = Connection::connect(addr, id, signer, WAIT, 1 << 20).unwrap();
+    let body = serde_json::json!({"id_card": id_card, "name": "Replayed"}).to_string();
+    let token = cluster.admin_token();
+    match conn.round_trip_stamped(
+        "blacklist.add",
+        &body,
+        Some(&token),
+        stamp,
+        Instant::now() + WAIT,
+    ) {
+        Ok(_) => None,
+        Err(Failure::Server(e)) => Some(e.code().to_string()),
+        Err(f) => panic!("blacklist.add at {id}: {f}"),
+    }
+}
+
+/// Scenario 6: app-1 started with its clock 30 s ahead and app-2 with it
+/// 5 minutes behind, under four writing clients and a job of tasks.
+/// What dsf does: an app server judges and stamps times by its database's
+/// clock, which it reads at start and every janitor round, so a node with
+/// a wrong clock serves like the others and says in its log how far off
+/// its host is. Expected: every node comes up and serves; nothing
+/// acknowledged is lost or stored twice, no write fails; every task is
+/// done once; a write signed 5 minutes ago (a captured one, replayed
+/// after its run-once record expired) is refused as stale by every node,
+/// the one behind included, and is not stored.
+#[test]
+fn app_servers_with_their_clocks_off() {
+    if !can_run("app_servers_with_their_clocks_off", faketime().err()) {
+        return;
+    }
+    let cluster = Cluster::start(Spec {
+        clocks: vec![(1, "+30"), (2, "-5m")],
+        ..Spec::default()
+    });
+    let writers = Writers::start(&cluster, 4, 8);
+    let job = cluster.submit_job("clocks", 20);
+    let mut worker = cluster.spawn_client(
+        "worker",
+        &[
+            "worker",
+            "--id",
+            "w",
+            "--exec",
+            r#"read p; printf '{"echo":%s}' "$p""#,
+            "--json",
+        ],
+    );
+    writers.wait_more(100);
+    wait_for("the job done", WAIT, || {
+        cluster
+            .job_status(job)
+            .filter(|s| s["done"] == 20)
+            .map(|_| ())
+    });
+
+    // Each node, the skewed ones included, runs a fresh write sent to it.
+    let fresh: Vec<Option<String>> = (0..3)
+        .map(|i| add_at(&cluster, i, &format!("fresh-{i}"), &Stamp::fresh()))
+        .collect();
+    // A write signed five minutes ago, as one captured then and replayed
+    // now, after its record expired: every node refuses it as stale.
+    let old = Stamp {
+        ts: dsf_common::wire::now_ms() - 5 * 60 * 1000,
+        nonce: dsf_common::wire::new_nonce(),
+    };
+    let replayed: Vec<Option<String>> = (0..3)
+        .map(|i| add_at(&cluster, i, "replayed", &old))
+        .collect();
+    let warned = cluster.apps[2]
+        .2
+        .as_ref()
+        .unwrap()
+        .log_text()
+        .contains("clock is 300");
+    writers.wait_more(50);
+    worker.terminate();
+    worker.wait_exit(WAIT);
+    let mut tallies = writers.finish();
+    // The fresh writes were acknowledged too.
+    tallies.push(Tally {
+        acked: (0..3).map(|i| format!("fresh-{i}")).collect(),
+        ..Tally::default()
+    });
+    let stored = cluster.blacklist_ids();
+
+    Report::default()
+        .line(
+            "every node, the skewed ones included, runs a fresh write",
+            format!("refusals by app-0, app-1 (+30 s), app-2 (-5 min): {fresh:?}"),
+            fresh.iter().all(Option::is_none),
+        )
+        .line(
+            "a write signed 5 minutes ago is refused by every node and not stored",
+            format!(
+                "refusals: {replayed:?}; stored: {}",
+                stored.iter().any(|id| id == "replayed")
+            ),
+            replayed
+                .iter()
+                .all(|r| r.as_deref() == Some("stale_timestamp"))
+                && !stored.iter().any(|id| id == "replayed"),
+        )
+        .line(
+            "the node 5 minutes behind says so in its log",
+            format!("warned: {warned}"),
+            warned,
+        )
+        .tasks(
+            &cluster,
+            job,
+            20,
+            |seq| serde_json::json!({"echo": { "n": seq }}),
+        )
+        .writes(&cluster, &tallies)
+        .no_unknown(&tallies)
+        .assert("app servers with their clocks 30 s ahead and 5 minutes behind");
 }

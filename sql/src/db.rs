@@ -7,13 +7,13 @@
 //! [`Db::prefer_first`] finds it answering again.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dsf_common::config::{Secret, SecretUrl};
 use mysql::prelude::Queryable;
-use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn};
+use mysql::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn};
 
 use crate::error::{Error, Result};
 
@@ -232,6 +232,8 @@ struct Inner {
     galera: bool,
     /// The (node, connection, kind of transaction) that ran that way.
     warm: std::sync::Mutex<std::collections::HashSet<(usize, u32, u64)>>,
+    /// [`Db::probe`]'s connection to each node.
+    probe: std::sync::Mutex<Vec<Option<Conn>>>,
 }
 
 /// One database node of the list.
@@ -239,6 +241,11 @@ struct Node {
     pool: Pool,
     /// `host:port/db`, never the password: for logs and errors.
     target: String,
+    /// Its settings, for [`Db::probe`]'s own connection.
+    opts: Opts,
+    /// Whether the last [`Db::probe`] of it got no answer: a checkout then
+    /// fails at once instead of waiting on connections that hang.
+    down: AtomicBool,
 }
 
 // === impl Db ===
@@ -306,7 +313,8 @@ impl Db {
             if i > 0 {
                 one.pool_min = 0;
             }
-            let pool = Pool::new(one.opts()?).map_err(|e| Error::from_mysql("connect", e));
+            let opts = one.opts()?;
+            let pool = Pool::new(opts.clone()).map_err(|e| Error::from_mysql("connect", e));
             let pool = match pool {
                 Ok(p) => p,
                 Err(e) if each.len() > 1 => {
@@ -322,6 +330,8 @@ impl Db {
             nodes.push(Node {
                 pool,
                 target: target_of(&one),
+                opts,
+                down: AtomicBool::new(false),
             });
         }
         let db = Db {
@@ -334,6 +344,7 @@ impl Db {
                 used: Default::default(),
                 galera,
                 warm: Default::default(),
+                probe: Default::default(),
             }),
         };
         // A first node that connects but cannot serve (a Galera node cut
@@ -348,6 +359,59 @@ impl Db {
     /// A cheap health check: one round trip on a pooled connection.
     pub fn health(&self) -> Result<()> {
         self.with_conn("health", |c| c.query_drop("DO 1"))
+    }
+
+    /// Asks each node of the list for one round trip (`DO 1`) on a
+    /// connection of the probe's own, waiting at most `timeout` to connect
+    /// and to hear back, and records whether it answered: while a node does
+    /// not, a checkout from it fails at once with `unavailable` (after the
+    /// other nodes of a list are tried) instead of waiting out the I/O
+    /// timeout on a connection to a host that went silent, so that a
+    /// client's request moves to another app server at once. Call it every
+    /// second or so off the request path (the app server's `db-probe` job
+    /// does). Returns whether the node in use answered.
+    pub fn probe(&self, timeout: Duration) -> bool {
+        let mut held = self.inner.probe.lock().unwrap_or_else(|p| p.into_inner());
+        held.resize_with(self.inner.nodes.len(), || None);
+        for (node, conn) in self.inner.nodes.iter().zip(held.iter_mut()) {
+            let fresh = || {
+                Conn::new(
+                    OptsBuilder::from_opts(node.opts.clone())
+                        .tcp_connect_timeout(Some(timeout))
+                        .read_timeout(Some(timeout))
+                        .write_timeout(Some(timeout))
+                        .init(Vec::<String>::new()),
+                )
+                .and_then(|mut c| c.query_drop("DO 1").map(|_| c))
+            };
+            // The connection kept from the last round may have been closed
+            // meanwhile (a restart, an idle timeout): a fresh one decides.
+            let answer = match conn.take() {
+                Some(mut c) => c.query_drop("DO 1").map(|_| c).or_else(|_| fresh()),
+                None => fresh(),
+            };
+            let was_down = node.down.load(Ordering::Relaxed);
+            match answer {
+                Ok(c) => {
+                    *conn = Some(c);
+                    if was_down {
+                        node.down.store(false, Ordering::Relaxed);
+                        log::info!("database: {} answers again", node.target);
+                    }
+                }
+                Err(e) if !was_down => {
+                    node.down.store(true, Ordering::Relaxed);
+                    log::warn!(
+                        "database: {} did not answer within {timeout:?} ({e}); requests that need it are answered `unavailable` until it does",
+                        node.target
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+        !self.inner.nodes[self.current()]
+            .down
+            .load(Ordering::Relaxed)
     }
 
     /// Reads the database's clock: how far it is ahead of this host's
@@ -497,7 +561,14 @@ impl Db {
 
     /// [`Db::checkout`] from node `i` only.
     fn checkout_from(&self, i: usize) -> mysql::Result<PooledConn> {
-        let pool = &self.inner.nodes[i].pool;
+        let node = &self.inner.nodes[i];
+        if node.down.load(Ordering::Relaxed) {
+            return Err(mysql::Error::IoError(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{} did not answer its last health check", node.target),
+            )));
+        }
+        let pool = &node.pool;
         for _ in 0..=self.inner.pool_max {
             let mut c = pool.try_get_conn(self.inner.acquire_timeout)?;
             let now = Instant::now();

@@ -121,6 +121,18 @@ const UNAVAILABLE_CODES: [u16; 9] = [1040, 1047, 1053, 1205, 1213, 1290, 1317, 1
 /// Duplicate entry for a unique key.
 const ER_DUP_ENTRY: u16 = 1062;
 
+/// Whether a server error says the database ran out of disk space: disk
+/// full (1021), a table that cannot grow (1114, what InnoDB answers when
+/// its file cannot be extended), or a write or engine error with errno 28
+/// (ENOSPC; 3 and 1030).
+fn out_of_space(e: &mysql::MySqlError) -> bool {
+    match e.code {
+        1021 | 1114 => true,
+        3 | 1030 => e.message.contains("28"),
+        _ => false,
+    }
+}
+
 impl Error {
     /// The wire code this error is sent as.
     pub fn code(&self) -> ErrorCode {
@@ -144,6 +156,13 @@ impl Error {
                     message: format!("{op}: duplicate key: {}", server.message),
                 }
             }
+            mysql::Error::MySqlError(ref server) if out_of_space(server) => Error::Unavailable {
+                op,
+                reason: format!(
+                    "the database is out of disk space (server error {}: {}): free space on its disk; reads go on meanwhile",
+                    server.code, server.message
+                ),
+            },
             mysql::Error::MySqlError(ref server) if UNAVAILABLE_CODES.contains(&server.code) => {
                 Error::Unavailable {
                     op,
@@ -237,6 +256,34 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::Unavailable);
         assert!(e.is_deadlock());
         assert!(!Error::from_mysql("x", server_error(1205)).is_deadlock());
+    }
+
+    #[test]
+    fn a_full_disk_is_unavailable_and_says_so() {
+        let full = |code: u16, message: &str| {
+            Error::from_mysql(
+                "audit.record",
+                mysql::Error::MySqlError(mysql::MySqlError {
+                    state: "HY000".into(),
+                    message: message.into(),
+                    code,
+                }),
+            )
+        };
+        let e = full(1114, "The table 'audit' is full");
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        assert!(e.to_string().contains("out of disk space"), "{e}");
+        let e = full(
+            1030,
+            "Got error 28 \"No space left on device\" from storage engine",
+        );
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        // Another engine error is not about space.
+        let e = full(
+            1030,
+            "Got error 1 \"Operation not permitted\" from storage engine",
+        );
+        assert_eq!(e.code(), ErrorCode::Internal);
     }
 
     #[test]

@@ -167,6 +167,12 @@ impl PrivateServer {
         }
     }
 
+    /// The folder everything of this server lives in (its data, socket,
+    /// log); made by the first `start` when missing.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// The running server's process id (from its pid file), for faults
     /// such as a stall (SIGSTOP, then SIGCONT).
     pub fn pid(&self) -> Option<u32> {

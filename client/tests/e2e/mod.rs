@@ -227,6 +227,10 @@ pub struct Spec {
     /// that nftables can tell its sockets apart (`meta skuid`) and cut one
     /// server's links alone. Needs root.
     pub own_uids: bool,
+    /// App servers whose clock is off: `(i, offset)` starts app server `i`
+    /// under libfaketime with `FAKETIME=offset` (`"+30"`: 30 s ahead,
+    /// `"-5m"`: five minutes behind); see [`faketime`].
+    pub clocks: Vec<(usize, &'static str)>,
 }
 
 impl Default for Spec {
@@ -236,8 +240,21 @@ impl Default for Spec {
             balancers: 1,
             server: "app-server",
             own_uids: false,
+            clocks: Vec::new(),
         }
     }
+}
+
+/// libfaketime's library (Debian's package `faketime`, which
+/// `scripts/need faults` installs), or `None` with why, when it is not
+/// installed.
+pub fn faketime() -> Result<PathBuf, String> {
+    let dirs = fs::read_dir("/usr/lib").map_err(|e| e.to_string())?;
+    dirs.flatten()
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .chain([PathBuf::from("/usr/lib/faketime/libfaketime.so.1")])
+        .find(|p| p.exists())
+        .ok_or_else(|| "libfaketime is not installed (scripts/need faults installs it)".into())
 }
 
 /// The user id app server `i` runs under with [`Spec::own_uids`].
@@ -302,6 +319,8 @@ pub struct Cluster {
     pub server: &'static str,
     /// [`Spec::own_uids`].
     pub own_uids: bool,
+    /// [`Spec::clocks`].
+    pub clocks: Vec<(usize, &'static str)>,
 }
 
 // === impl Cluster ===
@@ -359,8 +378,16 @@ impl Cluster {
     /// Like [`Cluster::start`], on a MariaDB of its own, which
     /// [`Cluster::restart_db`] can stop and start again.
     pub fn start_with_own_db(spec: Spec) -> Cluster {
+        Cluster::start_with_own_db_in(spec, |_| {})
+    }
+
+    /// [`Cluster::start_with_own_db`], calling `prepare` with the
+    /// server's folder before it starts there (to mount a small disk on
+    /// it, say).
+    pub fn start_with_own_db_in(spec: Spec, prepare: impl FnOnce(&Path)) -> Cluster {
         let _ = dsf_sql::testing::server_url();
         let own = dsf_sql::testing::PrivateServer::new("e2e-db");
+        prepare(own.dir());
         own.script("start");
         let url = format!("{}dsf_e2e", own.script("url"));
         let cfg = dsf_sql::DbConfig::new(url.clone());
@@ -468,6 +495,7 @@ impl Cluster {
             tls: None,
             server: "app-server",
             own_uids: false,
+            clocks: Vec::new(),
         };
         if tls {
             let folder = c.dir.join("tls");
@@ -499,6 +527,7 @@ impl Cluster {
         }
         c.server = spec.server;
         c.own_uids = spec.own_uids;
+        c.clocks = spec.clocks;
         for i in 0..spec.balancers {
             c.start_lb(i);
         }
@@ -608,6 +637,12 @@ impl Cluster {
     /// App server `i`'s `--db`: on Galera, the list from node `i` round.
     pub fn app_db_url(&self, i: usize) -> String {
         let n = self.db_nodes.len();
+        if n < 2 && self.own_uids {
+            // The driver moves a connection to 127.0.0.1 onto the server's
+            // Unix socket, where no cut of the port would reach it.
+            let sep = if self.db_url.contains('?') { '&' } else { '?' };
+            return format!("{}{sep}prefer_socket=false", self.db_url);
+        }
         if n < 2 {
             return self.db_url.clone();
         }
@@ -648,6 +683,16 @@ impl Cluster {
         let mut env = vec![("DSF_PEER_SECRET", PEER_SECRET)];
         let url: &'static str = Box::leak(self.app_db_url(i).into_boxed_str());
         env.push(("DSF_DB", url));
+        if let Some((_, offset)) = self.clocks.iter().find(|(j, _)| *j == i) {
+            let lib = faketime().unwrap_or_else(|e| panic!("app-{i}'s clock: {e}"));
+            let lib: &'static str = Box::leak(lib.display().to_string().into_boxed_str());
+            env.extend([
+                ("LD_PRELOAD", lib),
+                ("FAKETIME", *offset),
+                // Only the wall clock is off; timers keep their pace.
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ]);
+        }
         let p = if self.own_uids {
             // Its own copies of the files it reads, owned by its user.
             let uid = app_uid(i);
@@ -979,6 +1024,8 @@ pub struct Tally {
     pub retried_resolves: usize,
     /// Any other error: the tests require none.
     pub errors: Vec<String>,
+    /// The longest any one write took, retries and all.
+    pub slowest: Duration,
 }
 
 /// Runs up to `n` `blacklist.add` writes as client `who`, each with a
@@ -1004,6 +1051,7 @@ pub fn write_many(
         let id_card = format!("{who:03}{j:05}");
         let body = json!({"id_card": id_card, "name": format!("Person {who}-{j}")});
         let mut resolves = 0;
+        let started = Instant::now();
         loop {
             match c.call("blacklist.add", &body) {
                 Ok(_) => t.acked.push(id_card.clone()),
@@ -1018,6 +1066,7 @@ pub fn write_many(
             }
             break;
         }
+        t.slowest = t.slowest.max(started.elapsed());
         if !progress() {
             break;
         }
