@@ -231,3 +231,171 @@ fn an_app_server_cut_from_the_database() {
         .no_unknown(&tallies)
         .assert("an app server cut from the database, not from its clients");
 }
+
+/// The version of the view balancer `i` holds.
+fn version_at(cluster: &Cluster, i: usize) -> Option<u64> {
+    cluster.view(i)?["version"].as_u64()
+}
+
+/// Scenario 3: a balancer (lb-0 of two) cut from both collectors, the
+/// active and its standby, while its clients reach it; during the cut an
+/// app server dies. Four clients write through lb-0 first.
+#[test]
+fn a_balancer_cut_from_both_collectors() {
+    if !can_cut("a_balancer_cut_from_both_collectors") {
+        return;
+    }
+    let mut net = Net::new();
+    let mut cluster = Cluster::start_with_standby(Spec {
+        own_uids: true,
+        balancers: 2,
+        ..Spec::default()
+    });
+    let lb0_cluster = port_of(&cluster.lbs[0].1);
+    let keys: Vec<String> = (0..60).map(|i| format!("key-{i}")).collect();
+    let writers = Writers::start(&cluster, 4, 8);
+    writers.wait_more(100);
+    let held = version_at(&cluster, 0).unwrap();
+
+    // The active runs as root, the standby as STANDBY_UID.
+    net.cut(0, lb0_cluster, Way::Both);
+    net.cut(STANDBY_UID, lb0_cluster, Way::Both);
+    cluster.app(2).kill();
+    let rest: Vec<String> = vec!["app-0".into(), "app-1".into()];
+    cluster.wait_view(1, &rest, WAIT);
+    let current = version_at(&cluster, 1).unwrap();
+    // lb-0 resolves from the view it held.
+    let owners = cluster.owners(0, &keys);
+    let still = version_at(&cluster, 0);
+    // `client status` says which balancer is behind.
+    let out = std::process::Command::new(binary("client"))
+        .args([
+            "--app",
+            APP,
+            "status",
+            "--collector",
+            &cluster.collector_addr,
+        ])
+        .env("DSF_APP_SECRET", APP_SECRET)
+        .env_remove("DSF_APP_SECRET_FILE")
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout).to_string();
+    let said = |addr: &str| -> String {
+        status
+            .lines()
+            .find(|l| l.contains(addr))
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (said0, said1) = (said(&cluster.lbs[0].1), said(&cluster.lbs[1].1));
+    writers.wait_more(100);
+
+    net.heal();
+    let healed_at = Instant::now();
+    wait_for("lb-0 to hold the current view", WAIT, || {
+        (version_at(&cluster, 0) >= Some(current)).then_some(())
+    });
+    let converged_after = healed_at.elapsed();
+    let after0 = cluster.owners(0, &keys);
+    let after1 = cluster.owners(1, &keys);
+    writers.wait_more(100);
+    let tallies = writers.finish();
+
+    Report::default()
+        .line(
+            "cut off, the balancer resolves from its last view",
+            format!(
+                "{} keys resolved at view {still:?} (held {held}, current {current}); {} of them to the dead app-2",
+                owners.len(),
+                owners.values().filter(|n| *n == "app-2").count()
+            ),
+            owners.len() == keys.len() && still == Some(held),
+        )
+        .line(
+            "`client status` says the view there is stale",
+            format!("lb-0: {said0:?}; lb-1: {said1:?}"),
+            said0.starts_with("stale") && said1 == "current",
+        )
+        .line(
+            "healed, it converges",
+            format!(
+                "current view {:.1} s after healing; owners as at the other balancer: {}",
+                converged_after.as_secs_f64(),
+                after0 == after1
+            ),
+            after0 == after1,
+        )
+        .writes(&cluster, &tallies)
+        .no_unknown(&tallies)
+        .assert("a balancer cut from both collectors");
+}
+
+/// Scenario 4: the active and standby collectors cut from each other
+/// (both ways) for 10 s, while both reach the balancer and every app
+/// server reaches both. Four clients writing.
+#[test]
+fn the_collectors_cut_from_each_other() {
+    if !can_cut("the_collectors_cut_from_each_other") {
+        return;
+    }
+    let mut net = Net::new();
+    let cluster = Cluster::start_with_standby(Spec {
+        own_uids: true,
+        ..Spec::default()
+    });
+    let keys: Vec<String> = (0..60).map(|i| format!("key-{i}")).collect();
+    let before = cluster.owners(0, &keys);
+    let writers = Writers::start(&cluster, 4, 8);
+    writers.wait_more(100);
+    let first = version_at(&cluster, 0).unwrap();
+
+    net.cut(STANDBY_UID, port_of(&cluster.collector_addr), Way::Both);
+    let cut_at = Instant::now();
+    let mut versions = vec![first];
+    while cut_at.elapsed() < Duration::from_secs(10) {
+        if let Some(v) = version_at(&cluster, 0) {
+            if versions.last() != Some(&v) {
+                versions.push(v);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let during = cluster.owners(0, &keys);
+    net.heal();
+    let healed_at = Instant::now();
+    while healed_at.elapsed() < Duration::from_secs(5) {
+        if let Some(v) = version_at(&cluster, 0) {
+            if versions.last() != Some(&v) {
+                versions.push(v);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = cluster.owners(0, &keys);
+    writers.wait_more(100);
+    let tallies = writers.finish();
+    let flips = versions.len() - 1;
+
+    Report::default()
+        .line(
+            "the balancer's view flipped at most once (the takeover)",
+            format!("{flips} new versions in the 10 s cut and 5 s after: {versions:?}"),
+            flips <= 1,
+        )
+        .line(
+            "no key moved",
+            format!(
+                "owners during the cut as before: {}; after: {}",
+                during == before,
+                after == before
+            ),
+            during == before && after == before,
+        )
+        .writes(&cluster, &tallies)
+        .no_unknown(&tallies)
+        .assert("the active and standby collectors cut from each other");
+}

@@ -417,9 +417,22 @@ impl Cluster {
     }
 
     /// A balancer acknowledged `sent` saying it holds `applied`. A balancer
-    /// ahead of us (a collector before a clock step) is overtaken with a
-    /// new version at once.
-    pub fn pushed(&self, lb: &str, sent: u64, applied: u64, stats: Option<dsf_proto::lb::Stats>) {
+    /// ahead of us holding our membership (`same`: the other collector fed
+    /// it, both hearing the same heartbeats) gives us its version: taken as
+    /// ours and passed on to the other balancers, no new one minted, so two
+    /// collectors feeding at once (cut from each other) settle on one
+    /// version instead of outbidding each other every push. A balancer
+    /// ahead with another membership, or not saying (a collector before a
+    /// clock step, an older balancer), is overtaken with a new version at
+    /// once.
+    pub fn pushed(
+        &self,
+        lb: &str,
+        sent: u64,
+        applied: u64,
+        same: Option<bool>,
+        stats: Option<dsf_proto::lb::Stats>,
+    ) {
         let mut inner = self.lock();
         if let Some(b) = inner.balancers.get_mut(lb) {
             b.connected = true;
@@ -428,12 +441,25 @@ impl Cluster {
             b.pushes += 1;
             b.last_error = None;
         }
-        if applied > sent && inner.clock.observe(applied) {
-            log::warn!(
-                "balancer {lb} holds view {applied}, newer than ours ({sent}); moving past it"
-            );
-            self.publish(&mut inner, true);
+        if applied <= sent || !inner.clock.observe(applied) {
+            return;
         }
+        // Only while our view is still the one pushed: a membership that
+        // changed since must go out under a version of its own.
+        if same == Some(true) && inner.view.version == sent {
+            log::info!(
+                "balancer {lb} holds view {applied} with our membership (another collector fed it); taking its version for ours ({sent})"
+            );
+            inner.view = Arc::new(View {
+                version: applied,
+                nodes: inner.view.nodes.clone(),
+            });
+            inner.seq += 1;
+            self.changed.notify_all();
+            return;
+        }
+        log::warn!("balancer {lb} holds view {applied}, newer than ours ({sent}); moving past it");
+        self.publish(&mut inner, true);
     }
 
     /// A push to `lb` failed.
@@ -571,9 +597,28 @@ mod tests {
     fn a_balancer_ahead_of_us_is_overtaken() {
         let c = Cluster::new(Duration::from_secs(3), &[], &["lb".into()]);
         let v = c.view().version;
-        c.pushed("lb", v, v + 1_000_000, None);
+        c.pushed("lb", v, v + 1_000_000, None, None);
         assert_eq!(c.view().version, v + 1_000_001);
         let snap = c.snapshot();
         assert_eq!(snap.balancers[0].applied, Some(v + 1_000_000));
+        // Another membership: overtaken too.
+        let v = c.view().version;
+        c.pushed("lb", v, v + 1_000, Some(false), None);
+        assert_eq!(c.view().version, v + 1_001);
+    }
+
+    #[test]
+    fn a_balancer_ahead_with_our_membership_gives_us_its_version() {
+        let c = Cluster::new(Duration::from_secs(3), &[], &["lb".into()]);
+        let (v, seq) = (c.view().version, c.lock().seq);
+        c.pushed("lb", v, v + 1_000, Some(true), None);
+        // Its version is ours now, and goes out to the other balancers.
+        assert_eq!(c.view().version, v + 1_000);
+        assert!(c.lock().seq > seq);
+        // The same push again (it holds what we send): nothing new.
+        c.pushed("lb", v + 1_000, v + 1_000, Some(true), None);
+        assert_eq!(c.view().version, v + 1_000);
+        // Our next change mints a version above it.
+        assert!(c.lock().clock.next(now_ms()) > v + 1_000);
     }
 }

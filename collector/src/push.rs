@@ -164,7 +164,11 @@ pub fn run_pusher(lb: String, cluster: Arc<Cluster>, key: Key, cfg: PushConfig) 
             }
         };
         match p.push(&view) {
-            Ok(Applied { applied, stats }) => {
+            Ok(Applied {
+                applied,
+                same_membership,
+                stats,
+            }) => {
                 if failing {
                     log::info!("balancer {} is reachable again", p.lb);
                     failing = false;
@@ -174,7 +178,7 @@ pub fn run_pusher(lb: String, cluster: Arc<Cluster>, key: Key, cfg: PushConfig) 
                     p.lb,
                     view.version
                 );
-                cluster.pushed(&p.lb, view.version, applied, stats);
+                cluster.pushed(&p.lb, view.version, applied, same_membership, stats);
                 sent = seq;
                 backoff = cfg.backoff_min;
             }

@@ -521,9 +521,11 @@ fn build_views(
     for mut b in rx.iter() {
         let cur = current.load_full();
         let view = std::mem::take(&mut b.view);
+        let same = (view.version < cur.view.version).then(|| same_membership(&cur.view, &view));
         let result = apply(&cur, view, kind, ring);
         let applied = |version| Applied {
             applied: version,
+            same_membership: same,
             stats: Some(b.stats.clone()),
         };
         match result {

@@ -623,6 +623,14 @@ pub mod cluster {
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     pub struct Applied {
         pub applied: u64,
+        /// When the balancer holds a newer view than the one pushed (fed
+        /// by another collector): whether its membership (ids, addresses,
+        /// weights, states) is the pushed view's. The collector then takes
+        /// that version for its own instead of minting a newer one, so
+        /// that two collectors feeding at once do not outbid each other.
+        /// Absent from older balancers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub same_membership: Option<bool>,
         /// The balancer's counters at the time (absent from balancers
         /// older than proxy mode).
         #[serde(default, skip_serializing_if = "Option::is_none")]

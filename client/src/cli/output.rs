@@ -364,6 +364,16 @@ impl Out {
             ],
             "no nodes",
         );
+        // What each balancer holds: one behind the view (cut off from the
+        // collectors, say) resolves from the view it last got.
+        let view = v["view"]["version"].as_u64().or_else(|| v["view"].as_u64());
+        let lbs: Vec<Value> = v["balancers"]
+            .as_array()
+            .map(|a| a.iter().map(|b| json!({"balancer": b["addr"], "holds": b["applied"], "state": balancer_state(b, view)})).collect())
+            .unwrap_or_default();
+        if !lbs.is_empty() {
+            self.table(&Value::Array(lbs), &["balancer", "holds", "state"], "");
+        }
     }
 
     pub fn resolved(&mut self, key: &str, r: &Resolved, view: &Value) {
@@ -413,5 +423,26 @@ fn s(v: &Value) -> String {
         Value::Null => String::new(),
         Value::String(x) => x.clone(),
         other => other.to_string(),
+    }
+}
+
+/// Whether a balancer of `cluster.status` holds the collector's view
+/// `view`: `current`, `stale (...)` saying why it may be, or `unreachable`.
+fn balancer_state(b: &Value, view: Option<u64>) -> String {
+    let why = b["last_error"].as_str();
+    match (b["applied"].as_u64(), view) {
+        (Some(a), Some(v)) if a >= v => "current".into(),
+        (Some(_), _) => format!(
+            "stale: resolves from an older view{}",
+            why.map(|w| format!(" (last push: {w})"))
+                .unwrap_or_else(
+                    || " (the current one is on its way, or the link to it is cut)".into()
+                )
+        ),
+        (None, _) => format!(
+            "no view yet{}",
+            why.map(|w| format!(" (last push: {w})"))
+                .unwrap_or_default()
+        ),
     }
 }

@@ -257,6 +257,9 @@ pub fn faketime() -> Result<PathBuf, String> {
         .ok_or_else(|| "libfaketime is not installed (scripts/need faults installs it)".into())
 }
 
+/// The user id the standby collector runs under with [`Spec::own_uids`].
+pub const STANDBY_UID: u32 = 20_100;
+
 /// The user id app server `i` runs under with [`Spec::own_uids`].
 pub fn app_uid(i: usize) -> u32 {
     20_000 + i as u32
@@ -411,6 +414,16 @@ impl Cluster {
             panic!("db_pid needs Cluster::start_with_own_db");
         };
         own.pid().expect("the cluster's MariaDB has no pid file")
+    }
+
+    /// Whether the cluster's own MariaDB is running (its pid file names a
+    /// live process).
+    pub fn db_running(&self) -> bool {
+        let Store::Private(own) = &self.store else {
+            panic!("db_running needs Cluster::start_with_own_db");
+        };
+        own.pid()
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
     }
 
     /// Stops the cluster's own MariaDB, waits `down`, and starts it again
@@ -594,6 +607,22 @@ impl Cluster {
     }
 
     fn spawn_collector(&self, name: &str, listen: &str, metrics: &str, more: &[&str]) -> Proc {
+        // With own user ids, the standby runs under STANDBY_UID, so that
+        // its links to the active can be cut alone, with copies of the key
+        // files it reads.
+        let uid = (self.own_uids && name == "standby").then_some(STANDBY_UID);
+        let (mut keys, mut node_keys) = (self.keys.clone(), self.dir.join("node-keys.toml"));
+        if let Some(uid) = uid {
+            for f in [&mut keys, &mut node_keys] {
+                let copy = self.dir.join(format!(
+                    "{name}.{}",
+                    f.file_name().unwrap().to_string_lossy()
+                ));
+                fs::copy(&*f, &copy).unwrap();
+                std::os::unix::fs::chown(&copy, Some(uid), Some(uid)).unwrap();
+                *f = copy;
+            }
+        }
         let lbs: Vec<String> = self.lbs.iter().map(|l| l.1.clone()).collect();
         let args = vec![
             "--listen".into(),
@@ -605,16 +634,16 @@ impl Cluster {
             "--dead-after".into(),
             DEAD_AFTER.into(),
             "--app-keys".into(),
-            self.keys.display().to_string(),
+            keys.display().to_string(),
             "--node-keys".into(),
-            self.dir.join("node-keys.toml").display().to_string(),
+            node_keys.display().to_string(),
         ];
         let more: Vec<String> = more.iter().map(|s| s.to_string()).collect();
         let args = [args, more, self.tls_args()].concat();
         // The app servers' database, for the dashboard's jobs.
         let url: &'static str = Box::leak(self.db_url.clone().into_boxed_str());
         let env = [self.env(), vec![("DSF_DB", url)]].concat();
-        let p = Proc::spawn(name, "collector", &args, &env, &self.dir);
+        let p = Proc::spawn_as(name, "collector", &args, &env, &self.dir, uid);
         wait_for(&format!("{name} to listen on {listen}"), WAIT, || {
             std::net::TcpStream::connect(listen).ok()
         });
