@@ -282,6 +282,7 @@ fn the_databases_disk_full() {
         }
         r
     });
+    let refused_after = full_at.elapsed();
     // Thirty reads, 100 ms apart, on the full disk. A read that fails
     // while MariaDB itself is gone (it may abort, see below) is counted
     // apart: it says nothing of dsf.
@@ -329,7 +330,10 @@ fn the_databases_disk_full() {
     Report::default()
         .line(
             "a write on the full disk answered `unavailable`",
-            format!("a write sent straight to app-0: {direct}"),
+            format!(
+                "a write sent straight to app-0: {direct}, {:.1} s after the disk filled",
+                refused_after.as_secs_f64()
+            ),
             direct == "unavailable",
         )
         .line(
