@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use dsf_client::{Client, ClientConfig};
 use dsf_common::call::{Connection, Failure, Signer, Stamp};
 use dsf_common::wire::Key;
+use e2e::chat::Chat;
 use e2e::check::Report;
 use e2e::*;
 
@@ -35,6 +36,7 @@ impl Drop for Stalled {
 fn a_database_stalled_for_5_s() {
     let cluster = Cluster::start_with_own_db(Spec::default());
     let writers = Writers::start(&cluster, 4, 1);
+    let chat = Chat::start(&cluster, 6, Duration::from_millis(20));
     writers.wait_more(100);
 
     let mut pingers: Vec<Client> = cluster
@@ -77,6 +79,7 @@ fn a_database_stalled_for_5_s() {
     let during = writers.done.load(std::sync::atomic::Ordering::Relaxed) - before;
     drop(stall);
     writers.wait_more(100);
+    let history = chat.finish();
     let tallies = writers.finish();
 
     Report::default()
@@ -100,6 +103,7 @@ fn a_database_stalled_for_5_s() {
             format!("{during} writes finished during the 5 s stall"),
             true,
         )
+        .messages(&history)
         .writes(&cluster, &tallies)
         .no_unknown(&tallies)
         .assert("MariaDB stalled (SIGSTOP) for 5 s");
@@ -404,6 +408,7 @@ fn app_servers_with_their_clocks_off() {
         ..Spec::default()
     });
     let writers = Writers::start(&cluster, 4, 8);
+    let chat = Chat::start(&cluster, 6, Duration::from_millis(20));
     let job = cluster.submit_job("clocks", 20);
     let mut worker = cluster.spawn_client(
         "worker",
@@ -446,6 +451,7 @@ fn app_servers_with_their_clocks_off() {
     writers.wait_more(50);
     worker.terminate();
     worker.wait_exit(WAIT);
+    let history = chat.finish();
     let mut tallies = writers.finish();
     // The fresh writes were acknowledged too.
     tallies.push(Tally {
@@ -482,6 +488,7 @@ fn app_servers_with_their_clocks_off() {
             20,
             |seq| serde_json::json!({"echo": { "n": seq }}),
         )
+        .messages(&history)
         .writes(&cluster, &tallies)
         .no_unknown(&tallies)
         .assert("app servers with their clocks 30 s ahead and 5 minutes behind");

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use dsf_client::{Client, ClientConfig};
 use dsf_common::call::{Connection, Failure, Signer};
 use dsf_common::wire::Key;
+use e2e::chat::Chat;
 use e2e::check::Report;
 use e2e::net::{can_cut, Net, Way};
 use e2e::*;
@@ -40,6 +41,7 @@ fn an_app_server_cut_from_the_collector() {
     let before = cluster.owners(0, &keys);
     let on_cut: Vec<&String> = keys.iter().filter(|k| before[*k] == "app-0").collect();
     let writers = Writers::start(&cluster, 4, 8);
+    let chat = Chat::start(&cluster, 6, Duration::from_millis(20));
     writers.wait_more(100);
 
     net.cut(app_uid(0), port_of(&cluster.collector_addr), Way::Both);
@@ -61,6 +63,7 @@ fn an_app_server_cut_from_the_collector() {
     let back_after = healed_at.elapsed();
     let after = cluster.owners(0, &keys);
     writers.wait_more(100);
+    let history = chat.finish();
     let tallies = writers.finish();
 
     Report::default()
@@ -83,6 +86,7 @@ fn an_app_server_cut_from_the_collector() {
             ),
             after == before,
         )
+        .messages(&history)
         .writes(&cluster, &tallies)
         .no_unknown(&tallies)
         .assert("an app server cut from the collector, not from its clients or the database");
@@ -141,6 +145,7 @@ fn an_app_server_cut_from_the_database() {
             .unwrap(),
     );
     let writers = Writers::start(&cluster, 4, 8);
+    let chat = Chat::start(&cluster, 6, Duration::from_millis(20));
     let job = cluster.submit_job("cut-db", 200);
     let mut worker = cluster.spawn_client(
         "worker",
@@ -194,6 +199,7 @@ fn an_app_server_cut_from_the_database() {
     });
     worker.terminate();
     worker.wait_exit(WAIT);
+    let history = chat.finish();
     let mut tallies = writers.finish();
     let slowest = tallies.iter().map(|t| t.slowest).max().unwrap_or_default();
     // The writes sent straight to app-0 before the probe found the cut,
@@ -227,6 +233,7 @@ fn an_app_server_cut_from_the_database() {
             true,
         )
         .tasks(&cluster, job, 200, |seq| serde_json::json!({"echo": { "n": seq }}))
+        .messages(&history)
         .writes(&cluster, &tallies)
         .no_unknown(&tallies)
         .assert("an app server cut from the database, not from its clients");
@@ -254,6 +261,7 @@ fn a_balancer_cut_from_both_collectors() {
     let lb0_cluster = port_of(&cluster.lbs[0].1);
     let keys: Vec<String> = (0..60).map(|i| format!("key-{i}")).collect();
     let writers = Writers::start(&cluster, 4, 8);
+    let chat = Chat::start(&cluster, 6, Duration::from_millis(20));
     writers.wait_more(100);
     let held = version_at(&cluster, 0).unwrap();
 
@@ -303,6 +311,7 @@ fn a_balancer_cut_from_both_collectors() {
     let after0 = cluster.owners(0, &keys);
     let after1 = cluster.owners(1, &keys);
     writers.wait_more(100);
+    let history = chat.finish();
     let tallies = writers.finish();
 
     Report::default()
@@ -329,6 +338,7 @@ fn a_balancer_cut_from_both_collectors() {
             ),
             after0 == after1,
         )
+        .messages(&history)
         .writes(&cluster, &tallies)
         .no_unknown(&tallies)
         .assert("a balancer cut from both collectors");
@@ -350,6 +360,7 @@ fn the_collectors_cut_from_each_other() {
     let keys: Vec<String> = (0..60).map(|i| format!("key-{i}")).collect();
     let before = cluster.owners(0, &keys);
     let writers = Writers::start(&cluster, 4, 8);
+    let chat = Chat::start(&cluster, 6, Duration::from_millis(20));
     writers.wait_more(100);
     let first = version_at(&cluster, 0).unwrap();
 
@@ -377,6 +388,7 @@ fn the_collectors_cut_from_each_other() {
     }
     let after = cluster.owners(0, &keys);
     writers.wait_more(100);
+    let history = chat.finish();
     let tallies = writers.finish();
     let flips = versions.len() - 1;
 
@@ -395,6 +407,7 @@ fn the_collectors_cut_from_each_other() {
             ),
             during == before && after == before,
         )
+        .messages(&history)
         .writes(&cluster, &tallies)
         .no_unknown(&tallies)
         .assert("the active and standby collectors cut from each other");

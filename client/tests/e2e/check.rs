@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use super::chat::History;
 use super::{Cluster, Tally};
 
 /// One property's counts and whether it held.
@@ -108,6 +109,64 @@ impl Report {
                 "{total} submitted, {done} done with the right result, {wrong} with another, {other} not done"
             ),
             held: done == total && wrong == 0 && other == 0,
+        });
+        self
+    }
+
+    /// Every acknowledged message delivered exactly once, in order per
+    /// sender; a message whose send ended unknown delivered at most once;
+    /// nothing delivered that was never sent; no sender or listener error.
+    pub fn messages(&mut self, h: &History) -> &mut Report {
+        let mut delivered: BTreeMap<(usize, usize, u64), usize> = BTreeMap::new();
+        let mut disorder = 0;
+        for (to, inbox) in h.inboxes.iter().enumerate() {
+            let mut last: BTreeMap<usize, u64> = BTreeMap::new();
+            for &(from, n) in inbox {
+                *delivered.entry((from, to, n)).or_default() += 1;
+                if last.insert(from, n).is_some_and(|prev| prev >= n) {
+                    disorder += 1;
+                }
+            }
+        }
+        let key = |from: usize, &(to, n): &(usize, u64)| (from, to, n);
+        let acked: Vec<_> = h
+            .sent
+            .iter()
+            .enumerate()
+            .flat_map(|(from, s)| s.acked.iter().map(move |m| key(from, m)))
+            .collect();
+        let unknown: Vec<_> = h
+            .sent
+            .iter()
+            .enumerate()
+            .flat_map(|(from, s)| s.unknown.iter().map(move |m| key(from, m)))
+            .collect();
+        let missing = acked.iter().filter(|k| !delivered.contains_key(k)).count();
+        let twice = delivered.values().filter(|&&c| c > 1).count();
+        let extra = delivered
+            .keys()
+            .filter(|k| !acked.contains(k) && !unknown.contains(k))
+            .count();
+        let errors: Vec<&String> = h
+            .sent
+            .iter()
+            .flat_map(|s| &s.errors)
+            .chain(&h.listen_errors)
+            .collect();
+        self.lines.push(Line {
+            property: "every acknowledged message delivered once, in order per sender",
+            counts: format!(
+                "{} acknowledged, {} delivered, {missing} missing, {twice} twice, {disorder} out of order, {extra} never sent; {} unknown; {} errors{}",
+                acked.len(),
+                delivered.len(),
+                unknown.len(),
+                errors.len(),
+                errors
+                    .first()
+                    .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default()
+            ),
+            held: missing == 0 && twice == 0 && disorder == 0 && extra == 0 && errors.is_empty(),
         });
         self
     }

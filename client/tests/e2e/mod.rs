@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod chat;
 pub mod check;
 pub mod net;
 
