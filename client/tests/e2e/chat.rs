@@ -34,6 +34,9 @@ pub struct Sent {
     pub errors: Vec<String>,
 }
 
+/// What one user's application got: `(from, n)` in arrival order.
+type Inbox = Arc<Mutex<Vec<(usize, u64)>>>;
+
 /// What every sender and listener recorded.
 #[derive(Debug)]
 pub struct History {
@@ -52,7 +55,7 @@ pub struct Chat {
     pub sent_count: Arc<AtomicUsize>,
     senders: Vec<JoinHandle<Sent>>,
     /// What each user's application got: `(from, n)` in arrival order.
-    pub inboxes: Vec<Arc<Mutex<Vec<(usize, u64)>>>>,
+    pub inboxes: Vec<Inbox>,
     /// Errors a listener ended on.
     pub listen_errors: Arc<Mutex<Vec<String>>>,
     listeners: Vec<JoinHandle<()>>,
@@ -95,7 +98,7 @@ impl Chat {
         let listeners = (0..users)
             .map(|i| {
                 let c = login(cluster, i);
-                let (inbox, listening, errors): (Arc<Mutex<Vec<(usize, u64)>>>, _, _) = (
+                let (inbox, listening, errors): (Inbox, _, _) = (
                     Arc::clone(&inboxes[i]),
                     listening.clone(),
                     listen_errors.clone(),
