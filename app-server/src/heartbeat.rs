@@ -307,6 +307,8 @@ fn heartbeat_body(
         weight: identity.weight,
         state: if pipeline.drain().is_draining() {
             NodeState::Draining
+        } else if !pipeline.server().db().answers() {
+            NodeState::Degraded
         } else {
             NodeState::Up
         },

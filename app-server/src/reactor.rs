@@ -44,6 +44,22 @@ impl Service for AppService {
             }
             return Dispatch::Done;
         }
+        if !self.pipeline.server().db().answers() {
+            // The database did not answer its last probe: what would take
+            // a worker is refused before it runs (the workers may be held
+            // by statements on connections that hang), so that its client
+            // sends it, a write too, to another node at once. What runs on
+            // the reactor (sys.ping) is still answered.
+            if let Front::Job(call) = self.pipeline.on_frame(payload, cx) {
+                let e = dsf_common::Error::Overloaded(format!(
+                    "node {} cannot reach its database: {} was not run; send it to another node",
+                    self.pipeline.server().id(),
+                    call.kind()
+                ));
+                self.pipeline.refuse_job_with(call, cx, &e);
+            }
+            return Dispatch::Done;
+        }
         // Before admission, which remembers the nonce: a Busy frame is
         // offered again byte for byte, and must not then look replayed.
         // The place is reserved, so with other reactors submitting too it

@@ -122,8 +122,11 @@ fn add_at(cluster: &Cluster, i: usize, id_card: &str, within: Duration) -> Strin
 /// (`Db::probe`, 2 s to answer); one that gets no answer answers
 /// `unavailable` at once to what needs the database, and the SDK sends
 /// the request to another node (a write under its first stamp, so it runs
-/// once). Expected: the cut node answers a write sent straight to it with
-/// `unavailable` within the probe's time, and `sys.ping` still; nothing
+/// once); its heartbeats say `degraded`, and the collector takes it out of
+/// the ring while others are up. Expected: the cut node answers a write
+/// sent straight to it with `unavailable` within the probe's time, and
+/// `sys.ping` still; it is `degraded` in the view, and `up` again once
+/// healed; nothing
 /// acknowledged is lost or stored twice, no write fails or ends unknown,
 /// every task is done once; healed, the node runs writes again.
 #[test]
@@ -166,17 +169,23 @@ fn an_app_server_cut_from_the_database() {
     let cut_at = Instant::now();
     // Until the probe finds it, a request there waits on a connection that
     // hangs; after, it is answered at once.
-    let mut direct_ok = Vec::new();
-    let direct = wait_for("app-0 to answer `unavailable`", WAIT, || {
-        let id = format!("direct-{}", direct_ok.len());
-        let r = add_at(&cluster, 0, &id, Duration::from_secs(5));
-        if r == "ok" {
-            direct_ok.push(id);
-            return None;
-        }
-        Some(r)
+    // Its probe finds the database gone, and its heartbeats say so: the
+    // collector takes it out of the ring while the others are up.
+    let rest: Vec<String> = vec!["app-1".into(), "app-2".into()];
+    cluster.wait_view(0, &rest, WAIT);
+    let out_after = cut_at.elapsed();
+    let state = cluster.view(0).and_then(|v| {
+        v["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == "app-0")
+            .map(|n| n["state"].as_str().unwrap_or("").to_string())
     });
-    let found_after = cut_at.elapsed();
+    // A write sent straight to it now is refused before it runs, at once,
+    // however many of its workers wait on connections that hang.
+    let direct_at = Instant::now();
+    let direct = add_at(&cluster, 0, "direct-cut", Duration::from_secs(2));
+    let direct_took = direct_at.elapsed();
     let mut ping = {
         let mut cfg = ClientConfig::new(cluster.lb_addrs(), APP, APP_SECRET.as_bytes().to_vec());
         cfg.node = Some(cluster.apps[0].1.clone());
@@ -187,6 +196,10 @@ fn an_app_server_cut_from_the_database() {
     let during = cut_at.elapsed();
 
     net.heal();
+    let healed_at = Instant::now();
+    let all: Vec<String> = cluster.apps.iter().map(|a| a.0.clone()).collect();
+    cluster.wait_view(0, &all, WAIT);
+    let back_after = healed_at.elapsed();
     wait_for("app-0 to run writes again", WAIT, || {
         (add_at(&cluster, 0, "direct-healed", Duration::from_secs(5)) == "ok").then_some(())
     });
@@ -202,26 +215,33 @@ fn an_app_server_cut_from_the_database() {
     let history = chat.finish();
     let mut tallies = writers.finish();
     let slowest = tallies.iter().map(|t| t.slowest).max().unwrap_or_default();
-    // The writes sent straight to app-0 before the probe found the cut,
-    // and the one after healing, were acknowledged too.
-    direct_ok.push("direct-healed".into());
+    // The write sent straight to app-0 after healing was acknowledged too.
     tallies.push(Tally {
-        acked: direct_ok,
+        acked: vec!["direct-healed".into()],
         ..Tally::default()
     });
 
     Report::default()
         .line(
-            "the cut node answers `unavailable` to what needs the database",
+            "the cut node refuses what needs the database, before running it",
             format!(
-                "a write sent straight to it: {direct} {:.1} s after the cut; sys.ping: {}",
-                found_after.as_secs_f64(),
+                "a write sent straight to it: {direct} in {:.0} ms; sys.ping: {}",
+                direct_took.as_secs_f64() * 1000.0,
                 match &pong {
                     Ok(_) => "answered".to_string(),
                     Err(e) => e.to_string(),
                 }
             ),
-            direct == "unavailable" && pong.is_ok(),
+            direct == "overloaded" && pong.is_ok(),
+        )
+        .line(
+            "it leaves the ring while cut, and comes back when healed",
+            format!(
+                "{state:?} in the view {:.1} s after the cut; up again {:.1} s after healing",
+                out_after.as_secs_f64(),
+                back_after.as_secs_f64()
+            ),
+            state.as_deref() == Some("degraded"),
         )
         .line(
             "the writes moved to the other nodes",
@@ -411,4 +431,188 @@ fn the_collectors_cut_from_each_other() {
         .writes(&cluster, &tallies)
         .no_unknown(&tallies)
         .assert("the active and standby collectors cut from each other");
+}
+
+/// One fault of the soak.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// App server `i` cut from both collectors.
+    AppFromCollectors(usize),
+    /// App server `i` cut from the database.
+    AppFromDatabase(usize),
+    /// Balancer 0 cut from both collectors.
+    BalancerFromCollectors,
+    /// The two collectors cut from each other.
+    CollectorsApart,
+    /// Worker `i` stalled (SIGSTOP) past its lease.
+    WorkerStalled(usize),
+}
+
+/// "90s", "10m", "1h": the soak's length.
+fn parse_length(s: &str) -> Duration {
+    let (n, unit) = s.split_at(s.trim_end_matches(char::is_alphabetic).len());
+    let n: u64 = n
+        .parse()
+        .unwrap_or_else(|_| panic!("DSF_SOAK={s}: expected a length like 90s, 10m or 1h"));
+    match unit {
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => panic!("DSF_SOAK={s}: the unit is s, m or h"),
+    }
+}
+
+/// `scripts/faults --soak LENGTH`: random faults, one at a time, for
+/// LENGTH, over a cluster of three app servers, two balancers, an active
+/// and a standby collector, with the whole workload going (four writing
+/// clients, six users messaging, a job of 20 tasks every round with two
+/// workers). Each round picks a fault (`DSF_SOAK_SEED` repeats a run),
+/// holds it 2 to 8 s, heals it, and waits until every balancer's view
+/// lists every app server again and the writes go on. At the end the one
+/// checker runs, and the report (every fault with its times, then the
+/// checker's lines) goes to target/faults/soak-report.txt.
+#[test]
+fn soak() {
+    let Ok(length) = std::env::var("DSF_SOAK") else {
+        eprintln!("soak: skipped: scripts/faults --soak 10m runs it");
+        return;
+    };
+    if !can_cut("soak") {
+        return;
+    }
+    use rand::{Rng, SeedableRng};
+    let length = parse_length(&length);
+    let seed: u64 = std::env::var("DSF_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let mut net = Net::new();
+    let cluster = Cluster::start_with_standby(Spec {
+        own_uids: true,
+        balancers: 2,
+        ..Spec::default()
+    });
+    let all: Vec<String> = cluster.apps.iter().map(|a| a.0.clone()).collect();
+    let db_port = port_of(
+        cluster
+            .db_url
+            .trim_start_matches("mysql://")
+            .split(['/', '?'])
+            .next()
+            .unwrap(),
+    );
+    let collectors = [
+        port_of(&cluster.collector_addr),
+        port_of(cluster.standby_addr.as_deref().unwrap()),
+    ];
+    let writers = Writers::start(&cluster, 4, 8);
+    let chat = Chat::start(&cluster, 6, Duration::from_millis(20));
+    let work = r#"read p; sleep 0.05; printf '{"echo":%s}' "$p""#;
+    let mut workers: Vec<Proc> = (0..2)
+        .map(|i| {
+            let id = format!("w{i}");
+            cluster.spawn_client(
+                &format!("worker-{i}"),
+                &[
+                    "worker", "--id", &id, "--lease", "2s", "--exec", work, "--json",
+                ],
+            )
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    let mut log =
+        format!("soak of {length:?}, seed {seed} (DSF_SOAK_SEED={seed} repeats the faults)\n");
+    let started = Instant::now();
+    let mut rounds = 0;
+    let mut slowest_settle = Duration::ZERO;
+    while started.elapsed() < length {
+        jobs.push((cluster.submit_job(&format!("soak-{rounds}"), 20), 20));
+        let fault = match rng.gen_range(0..5) {
+            0 => Fault::AppFromCollectors(rng.gen_range(0..3)),
+            1 => Fault::AppFromDatabase(rng.gen_range(0..3)),
+            2 => Fault::BalancerFromCollectors,
+            3 => Fault::CollectorsApart,
+            _ => Fault::WorkerStalled(rng.gen_range(0..2)),
+        };
+        let hold = Duration::from_millis(rng.gen_range(2_000..8_000));
+        let at = started.elapsed();
+        let mut stalled = None;
+        match fault {
+            Fault::AppFromCollectors(i) => {
+                for port in collectors {
+                    net.cut(app_uid(i), port, Way::Both);
+                }
+            }
+            Fault::AppFromDatabase(i) => net.cut(app_uid(i), db_port, Way::Both),
+            Fault::BalancerFromCollectors => {
+                let port = port_of(&cluster.lbs[0].1);
+                net.cut(0, port, Way::Both);
+                net.cut(STANDBY_UID, port, Way::Both);
+            }
+            Fault::CollectorsApart => net.cut(STANDBY_UID, collectors[0], Way::Both),
+            Fault::WorkerStalled(i) => {
+                signal(workers[i].pid(), "STOP");
+                stalled = Some(workers[i].pid());
+            }
+        }
+        // The fault holds; the workload goes on meanwhile.
+        let writes_before = writers.done.load(std::sync::atomic::Ordering::Relaxed);
+        let until = Instant::now() + hold;
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let writes_during = writers.done.load(std::sync::atomic::Ordering::Relaxed) - writes_before;
+        net.heal();
+        if let Some(pid) = stalled {
+            signal(pid, "CONT");
+        }
+        let healed = Instant::now();
+        for lb in 0..cluster.lbs.len() {
+            cluster.wait_view(lb, &all, WAIT);
+        }
+        writers.wait_more(20);
+        let settle = healed.elapsed();
+        slowest_settle = slowest_settle.max(settle);
+        log += &format!(
+            "  {:>7.1} s  {fault:?} for {:.1} s ({writes_during} writes meanwhile); settled {:.1} s after healing\n",
+            at.as_secs_f64(),
+            hold.as_secs_f64(),
+            settle.as_secs_f64()
+        );
+        rounds += 1;
+    }
+    wait_for("every job done", WAIT * 2, || {
+        jobs.iter()
+            .all(|(job, n)| cluster.job_status(*job).is_some_and(|s| s["done"] == *n))
+            .then_some(())
+    });
+    for w in &mut workers {
+        w.terminate();
+        w.wait_exit(WAIT);
+    }
+    let history = chat.finish();
+    let tallies = writers.finish();
+    let mut report = Report::default();
+    report
+        .line(
+            "every fault healed and settled",
+            format!(
+                "{rounds} faults; the slowest back to every node in every view with writes going on: {:.1} s",
+                slowest_settle.as_secs_f64()
+            ),
+            true,
+        )
+        .jobs(&cluster, &jobs, |seq| serde_json::json!({"echo": { "n": seq }}))
+        .messages(&history)
+        .writes(&cluster, &tallies)
+        .no_unknown(&tallies);
+    log += &report.text("soak");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/faults/soak-report.txt");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &log).unwrap();
+    println!("{log}report written to {}", path.display());
+    report.assert("soak");
 }

@@ -201,6 +201,10 @@ impl Cluster {
                 hb.state
             ),
             Beat::StateChanged(MemberState::Draining) => log::info!("node {} is draining", hb.id),
+            Beat::StateChanged(MemberState::Degraded) => log::warn!(
+                "node {} cannot reach its database: it gets no keys while another node is up",
+                hb.id
+            ),
             Beat::StateChanged(s) => log::info!("node {} is {}", hb.id, s.as_str()),
             Beat::Refreshed => log::debug!("heartbeat from {}", hb.id),
         }
@@ -336,6 +340,7 @@ impl Cluster {
                     None => "joined",
                     Some((_, _, was)) if was != state => match state {
                         dsf_common::view::NodeState::Draining => "draining",
+                        dsf_common::view::NodeState::Degraded => "degraded",
                         _ => "up",
                     },
                     Some((a, w, _)) if a != addr || w != weight => "changed",

@@ -49,6 +49,8 @@ pub enum Source {
 pub enum MemberState {
     Up,
     Draining,
+    /// Heartbeating, but cannot reach its database.
+    Degraded,
     Down,
 }
 
@@ -58,6 +60,7 @@ impl MemberState {
         match self {
             MemberState::Up => "up",
             MemberState::Draining => "draining",
+            MemberState::Degraded => "degraded",
             MemberState::Down => "down",
         }
     }
@@ -245,6 +248,7 @@ impl Members {
         let state = match hb.state {
             NodeState::Up => MemberState::Up,
             NodeState::Draining => MemberState::Draining,
+            NodeState::Degraded => MemberState::Degraded,
         };
         let m = match self.nodes.get_mut(&hb.id) {
             Some(m) if m.source == Source::Static => {
@@ -349,14 +353,20 @@ impl Members {
         dead
     }
 
-    /// The members the view holds (up or draining), by id.
+    /// The members the view holds (up, draining or degraded), by id. A
+    /// degraded node goes out as `degraded` (no keys) only while another
+    /// is up; with none up it goes out as `up`, since no node would serve
+    /// its keys better (the database itself is away, say).
     pub fn view_nodes(&self) -> Vec<NodeView> {
+        let any_up = self.nodes.values().any(|m| m.state == MemberState::Up);
         self.nodes
             .values()
             .filter_map(|m| {
                 let state = match m.state {
                     MemberState::Up => NodeState::Up,
                     MemberState::Draining => NodeState::Draining,
+                    MemberState::Degraded if any_up => NodeState::Degraded,
+                    MemberState::Degraded => NodeState::Up,
                     MemberState::Down => return None,
                 };
                 Some(NodeView {
@@ -454,6 +464,30 @@ mod tests {
                 .unwrap(),
             Beat::Refreshed
         );
+    }
+
+    #[test]
+    fn a_degraded_node_gets_no_keys_while_another_is_up() {
+        let now = Instant::now();
+        let mut m = Members::new(Duration::from_secs(3), &[]);
+        m.heartbeat(&hb("a", NodeState::Up, 0), false, now).unwrap();
+        m.heartbeat(&hb("b", NodeState::Up, 0), false, now).unwrap();
+        let states = |m: &Members| -> Vec<NodeState> {
+            m.view_nodes().into_iter().map(|n| n.state).collect()
+        };
+        assert_eq!(
+            m.heartbeat(&hb("a", NodeState::Degraded, 0), false, now)
+                .unwrap(),
+            Beat::StateChanged(MemberState::Degraded)
+        );
+        assert_eq!(states(&m), [NodeState::Degraded, NodeState::Up]);
+        // Both degraded (the database itself is away): both serve as
+        // before, neither better than the other.
+        m.heartbeat(&hb("b", NodeState::Degraded, 0), false, now)
+            .unwrap();
+        assert_eq!(states(&m), [NodeState::Up, NodeState::Up]);
+        m.heartbeat(&hb("a", NodeState::Up, 0), false, now).unwrap();
+        assert_eq!(states(&m), [NodeState::Up, NodeState::Degraded]);
     }
 
     #[test]

@@ -169,8 +169,14 @@ impl Collector for Page {
             &mut enc,
             "dsf_collector_nodes",
             Gauge,
-            "Members known, by state (down: static targets failing their checks).",
-            [MemberState::Up, MemberState::Draining, MemberState::Down].map(|state| {
+            "Members known, by state (degraded: cannot reach the database; down: static targets failing their checks).",
+            [
+                MemberState::Up,
+                MemberState::Draining,
+                MemberState::Degraded,
+                MemberState::Down,
+            ]
+            .map(|state| {
                 let n = members.iter().filter(|m| m.state == state).count() as u64;
                 (vec![("state", Escaped(state.as_str()))], n)
             }),

@@ -535,6 +535,11 @@ pub mod cluster {
         Up,
         /// Finishing what it has; gets no new keys.
         Draining,
+        /// Cannot reach its database: it answers `unavailable` to what
+        /// needs it, and gets no keys while another node is up (when none
+        /// is, the collector sends it as `up`: a degraded node is then as
+        /// good as any).
+        Degraded,
     }
 
     /// The load figures a node last reported (smoothed by the collector).

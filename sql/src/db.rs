@@ -414,6 +414,14 @@ impl Db {
             .load(Ordering::Relaxed)
     }
 
+    /// Whether the node in use answered its last [`Db::probe`] (true
+    /// before any probe).
+    pub fn answers(&self) -> bool {
+        !self.inner.nodes[self.current()]
+            .down
+            .load(Ordering::Relaxed)
+    }
+
     /// Reads the database's clock: how far it is ahead of this host's
     /// (negative: behind), and the round trip it was read in (the error
     /// is at most half of it). See [`dsf_common::clock`].

@@ -84,25 +84,38 @@ impl Report {
         total: usize,
         expect: impl Fn(usize) -> serde_json::Value,
     ) -> &mut Report {
-        let out = cluster
-            .cli("no.session")
-            .args(["job", "results", &job.to_string(), "--json"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        self.jobs(cluster, &[(job, total)], expect)
+    }
+
+    /// [`Report::tasks`] over several jobs, `(job, tasks)`, in one line.
+    pub fn jobs(
+        &mut self,
+        cluster: &Cluster,
+        jobs: &[(u64, usize)],
+        expect: impl Fn(usize) -> serde_json::Value,
+    ) -> &mut Report {
         let (mut done, mut wrong, mut other) = (0, 0, 0);
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let rows = v["results"].as_array().cloned().unwrap_or_else(|| vec![v]);
-            for r in rows {
-                let seq = r["seq"].as_u64().unwrap_or(u64::MAX) as usize;
-                match r["state"].as_str() {
-                    Some("done") if r["result"] == expect(seq) => done += 1,
-                    Some("done") => wrong += 1,
-                    _ => other += 1,
+        for (job, _) in jobs {
+            let out = cluster
+                .cli("no.session")
+                .args(["job", "results", &job.to_string(), "--json"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                let rows = v["results"].as_array().cloned().unwrap_or_else(|| vec![v]);
+                for r in rows {
+                    let seq = r["seq"].as_u64().unwrap_or(u64::MAX) as usize;
+                    match r["state"].as_str() {
+                        Some("done") if r["result"] == expect(seq) => done += 1,
+                        Some("done") => wrong += 1,
+                        _ => other += 1,
+                    }
                 }
             }
         }
+        let total: usize = jobs.iter().map(|(_, n)| n).sum();
         self.lines.push(Line {
             property: "every task done once, with its result",
             counts: format!(
@@ -181,17 +194,23 @@ impl Report {
         self
     }
 
-    /// Prints every line, then fails naming the properties broken.
-    pub fn assert(&self, scenario: &str) {
-        println!("scenario: {scenario}");
+    /// The report as printed: the scenario, then a line per property.
+    pub fn text(&self, scenario: &str) -> String {
+        let mut out = format!("scenario: {scenario}\n");
         for l in &self.lines {
-            println!(
-                "  {:<4} {}: {}",
+            out += &format!(
+                "  {:<4} {}: {}\n",
                 if l.held { "ok" } else { "FAIL" },
                 l.property,
                 l.counts
             );
         }
+        out
+    }
+
+    /// Prints every line, then fails naming the properties broken.
+    pub fn assert(&self, scenario: &str) {
+        print!("{}", self.text(scenario));
         let broken: Vec<&str> = self
             .lines
             .iter()

@@ -451,12 +451,17 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
 
     /// A job that could not be handed to the pool (it is stopping): its
     /// reply handle goes back to `cx`, and it is answered `unavailable`.
-    pub fn refuse_job(&self, mut call: Call<S>, cx: &mut Context<'_>) {
+    pub fn refuse_job(&self, call: Call<S>, cx: &mut Context<'_>) {
+        let e = Error::Unavailable("this node is shutting down: retry on another node".into());
+        self.refuse_job_with(call, cx, &e);
+    }
+
+    /// [`Pipeline::refuse_job`] with error `e`.
+    pub fn refuse_job_with(&self, mut call: Call<S>, cx: &mut Context<'_>, e: &Error) {
         if let Some(reply) = call.take_reply() {
             cx.cancel(reply);
         }
-        let e = Error::Unavailable("this node is shutting down: retry on another node".into());
-        call.admitted.error(&e, cx.out());
+        call.admitted.error(e, cx.out());
         self.metrics.refused(call.received);
     }
 
