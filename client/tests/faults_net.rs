@@ -94,7 +94,7 @@ fn an_app_server_cut_from_the_collector() {
 
 /// Sends `blacklist.add` for `id_card` straight to app server `i` and
 /// says how it ended: `ok`, the error code, or the transport failure.
-fn add_at(cluster: &Cluster, i: usize, id_card: &str, within: Duration) -> String {
+fn add_at(cluster: &Cluster, token: &str, i: usize, id_card: &str, within: Duration) -> String {
     let (id, addr) = (&cluster.apps[i].0, &cluster.apps[i].1);
     let signer = Signer {
         app: APP.into(),
@@ -102,13 +102,7 @@ fn add_at(cluster: &Cluster, i: usize, id_card: &str, within: Duration) -> Strin
     };
     let mut conn = Connection::connect(addr, id, signer, within, 1 << 20).unwrap();
     let body = serde_json::json!({"id_card": id_card, "name": "Direct"}).to_string();
-    let token = cluster.admin_token();
-    match conn.round_trip(
-        "blacklist.add",
-        &body,
-        Some(&token),
-        Instant::now() + within,
-    ) {
+    match conn.round_trip("blacklist.add", &body, Some(token), Instant::now() + within) {
         Ok(_) => "ok".into(),
         Err(Failure::Server(e)) => e.code().to_string(),
         Err(f) => f.to_string(),
@@ -183,8 +177,9 @@ fn an_app_server_cut_from_the_database() {
     });
     // A write sent straight to it now is refused before it runs, at once,
     // however many of its workers wait on connections that hang.
+    let token = cluster.admin_token();
     let direct_at = Instant::now();
-    let direct = add_at(&cluster, 0, "direct-cut", Duration::from_secs(2));
+    let direct = add_at(&cluster, &token, 0, "direct-cut", Duration::from_secs(2));
     let direct_took = direct_at.elapsed();
     let mut ping = {
         let mut cfg = ClientConfig::new(cluster.lb_addrs(), APP, APP_SECRET.as_bytes().to_vec());
@@ -201,7 +196,7 @@ fn an_app_server_cut_from_the_database() {
     cluster.wait_view(0, &all, WAIT);
     let back_after = healed_at.elapsed();
     wait_for("app-0 to run writes again", WAIT, || {
-        (add_at(&cluster, 0, "direct-healed", Duration::from_secs(5)) == "ok").then_some(())
+        (add_at(&cluster, &token, 0, "direct-healed", Duration::from_secs(5)) == "ok").then_some(())
     });
     writers.wait_more(100);
     wait_for("the job done", WAIT, || {

@@ -26,6 +26,11 @@ pub const DEFAULT_WORKERS: usize = 4;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one read or write on a connection may block.
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long data sent on a connection may go unacknowledged before the
+/// kernel gives the connection up (`TCP_USER_TIMEOUT`): a statement sent
+/// into a link that went silent fails after this, not after the I/O
+/// timeout, so its worker is free again (Linux only).
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a caller waits for a free pooled connection.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Warming runs of one kind of transaction on one connection, at most
@@ -195,6 +200,7 @@ impl DbConfig {
             .read_timeout(Some(self.io_timeout))
             .write_timeout(Some(self.io_timeout))
             .tcp_keepalive_time_ms(Some(30_000))
+            .tcp_user_timeout_ms(Some(TCP_USER_TIMEOUT.as_millis() as u32))
             .stmt_cache_size(Some(64))
             .init(self.init());
         if let Some(db) = &self.database {
@@ -385,9 +391,19 @@ impl Db {
                 .and_then(|mut c| c.query_drop("DO 1").map(|_| c))
             };
             // The connection kept from the last round may have been closed
-            // meanwhile (a restart, an idle timeout): a fresh one decides.
+            // meanwhile (a restart, an idle timeout): a fresh one decides,
+            // unless it waited out the timeout already.
             let answer = match conn.take() {
-                Some(mut c) => c.query_drop("DO 1").map(|_| c).or_else(|_| fresh()),
+                Some(mut c) => {
+                    let asked = Instant::now();
+                    c.query_drop("DO 1").map(|_| c).or_else(|e| {
+                        if asked.elapsed() >= timeout {
+                            Err(e)
+                        } else {
+                            fresh()
+                        }
+                    })
+                }
                 None => fresh(),
             };
             let was_down = node.down.load(Ordering::Relaxed);
