@@ -248,7 +248,7 @@ impl Collector for Page {
         let counts: [(&str, &str, Count); 6] = [
             (
                 "dsf_node_up",
-                "1 if the node is in the view (up or draining), 0 if down.",
+                "1 if the node is in the view (up, draining or degraded), 0 if down.",
                 |m| u64::from(m.state != MemberState::Down),
             ),
             (

@@ -196,7 +196,7 @@ fn bad_heartbeats_are_refused_with_what_to_fix() {
         (json!({"id": "a", "addr": "nowhere"}), "addr"),
         (
             json!({"id": "a", "addr": "h:1", "state": "gone"}),
-            "`up` or `draining`",
+            "expected one of `up`, `draining`, `degraded`",
         ),
         (json!({"id": "a", "addr": "h:1", "colour": 1}), "colour"),
     ] {
