@@ -113,12 +113,12 @@ fn add_at(cluster: &Cluster, token: &str, i: usize, id_card: &str, within: Durat
 /// clients and the collector still reach it, under four writing clients
 /// whose keys cover every node and a job of tasks with a worker. What dsf
 /// does: every app server probes its database each second
-/// (`Db::probe`, 2 s to answer); one that gets no answer answers
-/// `unavailable` at once to what needs the database, and the SDK sends
+/// (`Db::probe`, 2 s to answer); one that gets no answer refuses what
+/// would take a worker before running it (`overloaded`), and the SDK sends
 /// the request to another node (a write under its first stamp, so it runs
 /// once); its heartbeats say `degraded`, and the collector takes it out of
-/// the ring while others are up. Expected: the cut node answers a write
-/// sent straight to it with `unavailable` within the probe's time, and
+/// the ring while others are up. Expected: the cut node refuses a write
+/// sent straight to it with `overloaded` at once, and
 /// `sys.ping` still; it is `degraded` in the view, and `up` again once
 /// healed; nothing
 /// acknowledged is lost or stored twice, no write fails or ends unknown,
@@ -238,15 +238,13 @@ fn an_app_server_cut_from_the_database() {
             ),
             state.as_deref() == Some("degraded"),
         )
-        .line(
+        .note(
             "the writes moved to the other nodes",
             format!(
                 "300 writes in the {:.1} s after the cut; the slowest write of the run took {:.1} s",
                 during.as_secs_f64(),
                 slowest.as_secs_f64()
-            ),
-            true,
-        )
+            ))
         .tasks(&cluster, job, 200, |seq| serde_json::json!({"echo": { "n": seq }}))
         .messages(&history)
         .writes(&cluster, &tallies)
@@ -591,14 +589,12 @@ fn soak() {
     let tallies = writers.finish();
     let mut report = Report::default();
     report
-        .line(
+        .note(
             "every fault healed and settled",
             format!(
                 "{rounds} faults; the slowest back to every node in every view with writes going on: {:.1} s",
                 slowest_settle.as_secs_f64()
-            ),
-            true,
-        )
+            ))
         .jobs(&cluster, &jobs, |seq| serde_json::json!({"echo": { "n": seq }}))
         .messages(&history)
         .writes(&cluster, &tallies)

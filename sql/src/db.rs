@@ -446,7 +446,10 @@ impl Db {
             let started = Instant::now();
             let before = dsf_common::clock::host_ms();
             let db: Option<i64> =
-                c.query_first("SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)")?;
+                // UTC, and no conversion through the session's time zone
+                // (UNIX_TIMESTAMP(NOW()) is an hour off around a change of
+                // daylight saving time).
+                c.query_first("SELECT TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6)) DIV 1000")?;
             let after = dsf_common::clock::host_ms();
             let offset = dsf_common::clock::offset_of(db.unwrap_or(before), before, after);
             Ok((offset, started.elapsed()))

@@ -3,6 +3,7 @@
 //! in turn and listening to its own inbox, until told to stop. What each
 //! sent and got is kept for the checker ([`super::check::Report::messages`]).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -178,11 +179,26 @@ impl Chat {
             .into_iter()
             .map(|t| t.join().expect("a sender panicked"))
             .collect();
-        let want: usize = sent.iter().map(|s| s.acked.len()).sum();
+        // Until every acknowledged message has arrived (those whose send
+        // ended unknown, and duplicates, do not count).
+        let acked: HashSet<(usize, usize, u64)> = sent
+            .iter()
+            .enumerate()
+            .flat_map(|(from, s)| s.acked.iter().map(move |&(to, n)| (from, to, n)))
+            .collect();
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
-            let got: usize = self.inboxes.iter().map(|b| b.lock().unwrap().len()).sum();
-            if got >= want || !self.listen_errors.lock().unwrap().is_empty() {
+            let arrived: HashSet<(usize, usize, u64)> = self
+                .inboxes
+                .iter()
+                .enumerate()
+                .flat_map(|(to, b)| {
+                    let got = b.lock().unwrap().clone();
+                    got.into_iter().map(move |(from, n)| (from, to, n))
+                })
+                .filter(|m| acked.contains(m))
+                .collect();
+            if arrived.len() == acked.len() || !self.listen_errors.lock().unwrap().is_empty() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));

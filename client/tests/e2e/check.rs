@@ -5,7 +5,7 @@
 //! answer). It prints one line per property with its counts, then fails
 //! on the first property broken.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::chat::History;
 use super::{Cluster, Tally};
@@ -22,6 +22,8 @@ pub struct Line {
 #[derive(Debug, Default)]
 pub struct Report {
     pub lines: Vec<Line>,
+    /// Figures measured, not checked ([`Report::note`]).
+    pub notes: Vec<(&'static str, String)>,
 }
 
 // === impl Report ===
@@ -142,13 +144,13 @@ impl Report {
             }
         }
         let key = |from: usize, &(to, n): &(usize, u64)| (from, to, n);
-        let acked: Vec<_> = h
+        let acked: HashSet<_> = h
             .sent
             .iter()
             .enumerate()
             .flat_map(|(from, s)| s.acked.iter().map(move |m| key(from, m)))
             .collect();
-        let unknown: Vec<_> = h
+        let unknown: HashSet<_> = h
             .sent
             .iter()
             .enumerate()
@@ -184,6 +186,13 @@ impl Report {
         self
     }
 
+    /// A figure the scenario measured, printed with `--` instead of
+    /// ok or FAIL: it is not checked.
+    pub fn note(&mut self, what: &'static str, counts: String) -> &mut Report {
+        self.notes.push((what, counts));
+        self
+    }
+
     /// A property the scenario measured itself.
     pub fn line(&mut self, property: &'static str, counts: String, held: bool) -> &mut Report {
         self.lines.push(Line {
@@ -204,6 +213,9 @@ impl Report {
                 l.property,
                 l.counts
             );
+        }
+        for (what, counts) in &self.notes {
+            out += &format!("  --   {what}: {counts}\n");
         }
         out
     }
