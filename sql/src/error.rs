@@ -113,10 +113,12 @@ pub enum Error {
 /// MySQL server errors that mean "the server cannot serve you right now"
 /// rather than "your statement is wrong": too many connections (1040), a
 /// Galera node outside the primary component (1047), server shutdown
-/// (1053), lock wait timeout (1205), deadlock (1213), query interrupted
-/// (1317), connection killed (1927), read-only (1290 during a failover), and
-/// MariaDB's idle disconnect (4031).
-const UNAVAILABLE_CODES: [u16; 9] = [1040, 1047, 1053, 1205, 1213, 1290, 1317, 1927, 4031];
+/// (1053), an error during COMMIT (1180: the transaction did not commit, as
+/// when a Galera node leaves the primary component mid-commit), lock wait
+/// timeout (1205), deadlock (1213), query interrupted (1317), connection
+/// killed (1927), read-only (1290 during a failover), and MariaDB's idle
+/// disconnect (4031).
+const UNAVAILABLE_CODES: [u16; 10] = [1040, 1047, 1053, 1180, 1205, 1213, 1290, 1317, 1927, 4031];
 
 /// Duplicate entry for a unique key.
 const ER_DUP_ENTRY: u16 = 1062;
@@ -256,6 +258,21 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::Unavailable);
         assert!(e.is_deadlock());
         assert!(!Error::from_mysql("x", server_error(1205)).is_deadlock());
+    }
+
+    #[test]
+    fn a_commit_that_failed_is_unavailable() {
+        // What a Galera node cut off from the others answers a COMMIT: the
+        // transaction did not commit, so running the request again is safe.
+        let e = Error::from_mysql(
+            "wire.run_once",
+            mysql::Error::MySqlError(mysql::MySqlError {
+                state: "HY000".into(),
+                message: "Error while appending streaming replication fragment(provider status: Not connected to Primary Component)".into(),
+                code: 1180,
+            }),
+        );
+        assert_eq!(e.code(), ErrorCode::Unavailable);
     }
 
     #[test]
