@@ -1,5 +1,8 @@
-//! Help for tests that start servers as separate processes, and that hold
-//! a `/metrics` page to Prometheus's own checker.
+//! Help for tests that start servers as separate processes, that hold a
+//! `/metrics` page to Prometheus's own checker, and that need real MQTT
+//! peers ([`mqtt`]).
+
+pub mod mqtt;
 
 use std::io::Write;
 use std::net::TcpListener;

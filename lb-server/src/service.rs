@@ -188,11 +188,16 @@ impl Lb {
     ) -> (Lb, ViewBuilder) {
         let current = Arc::new(ArcSwap::from_pointee(initial));
         let (builds, rx) = bounded(BUILD_QUEUE);
+        // With --pins-db the pin table here is a cache of the shared one.
+        let cache = proxy
+            .as_ref()
+            .filter(|p| p.store.is_some())
+            .map(|p| p.pins.clone());
         let thread = {
             let current = current.clone();
             std::thread::Builder::new()
                 .name("view-builder".into())
-                .spawn(move || build_views(rx, current, kind, ring))
+                .spawn(move || build_views(rx, current, kind, ring, cache))
                 .expect("spawning the view builder")
         };
         let lb = Lb {
@@ -511,12 +516,15 @@ fn check_view(view: &View) -> Result<(), Error> {
 }
 
 /// The builder loop: applies views in arrival order; rebuilds the ring
-/// only when membership (ids, addresses, weights, states) changed.
+/// only when membership (ids, addresses, weights, states) changed. With
+/// `cache` (the local cache of `--pins-db`'s table), a node that comes
+/// back into the proxy ring first loses its cached pins ([`forget_returned`]).
 fn build_views(
     rx: Receiver<Build>,
     current: Arc<ArcSwap<Snapshot>>,
     kind: PolicyKind,
     ring: RingConfig,
+    cache: Option<Arc<Mutex<PinTable>>>,
 ) {
     for mut b in rx.iter() {
         let cur = current.load_full();
@@ -531,6 +539,9 @@ fn build_views(
         match result {
             Ok(Some(next)) => {
                 let v = next.view.version;
+                if let Some(cache) = &cache {
+                    forget_returned(cache, &cur.proxy.ring, &next.proxy.ring);
+                }
                 current.store(Arc::new(next));
                 b.responder.ok(&applied(v));
             }
@@ -540,6 +551,27 @@ fn build_views(
             Err(e) => {
                 log::warn!("refused a view: {e}");
                 b.responder.fail(&e);
+            }
+        }
+    }
+}
+
+/// Drops the cached pins to every node of `next` absent from `prev`,
+/// before `next` is in force. While a node was out of the view, another
+/// replica may have moved its devices in the shared table; a pin cached
+/// here before it left would send them back to it once it returns (until
+/// the cache TTL ran out), so a replica that saw it leave and return reads
+/// the table for them again.
+fn forget_returned(cache: &Mutex<PinTable>, prev: &Ring, next: &Ring) {
+    let mut table = cache.lock().expect("the pin table's lock");
+    for n in next.nodes() {
+        if prev.index_of(&n.id).is_none() {
+            let dropped = table.remove_node(&n.id);
+            if dropped > 0 {
+                log::info!(
+                    "node {} is back: {dropped} cached pins to it dropped (the shared table says where those devices are now)",
+                    n.id
+                );
             }
         }
     }

@@ -1,5 +1,5 @@
 //! Proxy mode with real peers: mosquitto brokers on loopback, paho-mqtt
-//! devices (tests/support/devices.py), mosquitto_pub/mosquitto_sub, and a
+//! devices (common/src/testing/devices.py), mosquitto_pub/mosquitto_sub, and a
 //! balancer with an MQTT proxy listener in front.
 
 mod support;

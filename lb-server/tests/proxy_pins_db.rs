@@ -137,31 +137,7 @@ fn replicas_move_a_leaving_nodes_devices_alike() {
     // through each, at the same time.
     let keep: Vec<String> = backends(&b).into_iter().take(2).collect();
     for lb in [&a, &r] {
-        let view = dsf_common::view::View {
-            version: 1,
-            nodes: keep
-                .iter()
-                .map(|spec| {
-                    let m: dsf_common::view::MemberSpec = spec.parse().unwrap();
-                    dsf_common::view::NodeView {
-                        id: m.id,
-                        addr: m.addr,
-                        proxy_addr: None,
-                        weight: 1,
-                        state: Default::default(),
-                        load: Default::default(),
-                    }
-                })
-                .collect(),
-        };
-        let applied = call(
-            lb.cluster_addr,
-            true,
-            "lb.set_view",
-            serde_json::to_value(view).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(applied["applied"], 1);
+        set_view(lb, 1, &keep);
     }
     let (pa, pr) = (a.proxy_addrs[0], r.proxy_addrs[0]);
     let two: Vec<&Broker> = b[..2].to_vec();
@@ -178,6 +154,79 @@ fn replicas_move_a_leaving_nodes_devices_alike() {
     wait_until("the table to agree", || {
         pins(&a) == via_a && pins(&r) == via_a
     });
+}
+
+/// Both replicas see b3 leave; its devices reconnect through A alone,
+/// which moves them in the table. Then both see b3 come back: B, whose
+/// cache (trusted for a minute here) still says b3 for them, sends them
+/// where the table says, not back to b3. Without dropping a returning
+/// node's cached pins, B would split every moved device from its pin
+/// until its cache ran out.
+#[test]
+fn a_node_back_in_the_view_gets_only_what_the_table_pins_to_it() {
+    let db = dsf_sql::testing::fresh_empty();
+    let url = url_for(db.name());
+    let brokers = [Broker::start(), Broker::start(), Broker::start()];
+    let b: Vec<&Broker> = brokers.iter().collect();
+    let all = backends(&b);
+    let trusting = || {
+        let mut s = settings(&all, &[Protocol::Mqtt]);
+        let p = s.proxy.as_mut().unwrap();
+        p.pins_db = Some(dsf_sql::DbConfig::new(url.clone()));
+        p.pins_cache = Duration::from_secs(60);
+        start_lb(s)
+    };
+    let (a, r) = (trusting(), trusting());
+    let before = served(a.proxy_addrs[0], &b);
+    assert_eq!(served(r.proxy_addrs[0], &b), before, "B read A's pins");
+    let on_b3 = before.values().filter(|n| *n == "b3").count();
+    assert!(on_b3 > 0, "some devices on b3");
+
+    for lb in [&a, &r] {
+        set_view(lb, 1, &all[..2]);
+    }
+    let moved = served(a.proxy_addrs[0], &b[..2]);
+    for lb in [&a, &r] {
+        set_view(lb, 2, &all);
+    }
+    let via_b = served(r.proxy_addrs[0], &b);
+    let back_on_b3 = via_b.values().filter(|n| *n == "b3").count();
+    assert_eq!(
+        back_on_b3, 0,
+        "{back_on_b3} of the {on_b3} devices A moved off b3 were sent back to it by B's cache"
+    );
+    assert_eq!(via_b, moved, "B routes as the table says");
+    assert_eq!(served(a.proxy_addrs[0], &b), moved, "and so does A");
+}
+
+/// Gives `lb` view `version` of the backends `specs` (`ID=HOST:PORT`),
+/// as a collector would.
+fn set_view(lb: &Running, version: u64, specs: &[String]) {
+    let view = dsf_common::view::View {
+        version,
+        nodes: specs
+            .iter()
+            .map(|spec| {
+                let m: dsf_common::view::MemberSpec = spec.parse().unwrap();
+                dsf_common::view::NodeView {
+                    id: m.id,
+                    addr: m.addr,
+                    proxy_addr: None,
+                    weight: 1,
+                    state: Default::default(),
+                    load: Default::default(),
+                }
+            })
+            .collect(),
+    };
+    let applied = call(
+        lb.cluster_addr,
+        true,
+        "lb.set_view",
+        serde_json::to_value(view).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(applied["applied"], version);
 }
 
 /// 200 devices through `proxy`, every one reaching one of `brokers`.

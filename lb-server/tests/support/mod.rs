@@ -1,13 +1,12 @@
 //! Real peers for proxy mode's tests: mosquitto brokers on loopback, the
-//! paho-mqtt devices of `devices.py`, and a balancer with proxy listeners.
+//! paho-mqtt devices (`dsf_common::testing::mqtt`), and a balancer with
+//! proxy listeners.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dsf_common::call::{Connection, Signer};
@@ -38,103 +37,7 @@ pub fn free_port() -> u16 {
     dsf_common::testing::free_port()
 }
 
-fn need(program: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
-        let p = PathBuf::from(dir).join(program);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "{program} is not installed: proxy mode is tested against real MQTT peers. \
-         Run scripts/test (it installs them), or: apt-get install mosquitto mosquitto-clients python3-paho-mqtt"
-    );
-}
-
-/// A mosquitto broker on 127.0.0.1, killed when dropped.
-pub struct Broker {
-    pub port: u16,
-    child: Child,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A directory removed when dropped.
-    pub struct Dir(pub std::path::PathBuf);
-
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!(
-                "dsf-{tag}-{}-{}",
-                std::process::id(),
-                rand::random::<u32>()
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl Broker {
-    pub fn start() -> Broker {
-        Broker::on(free_port())
-    }
-
-    /// A broker on `port` (a broker brought back where it was).
-    pub fn on(port: u16) -> Broker {
-        let dir = tempdir::Dir::new("mosquitto");
-        let conf = dir.0.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_keepalive 600\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(need("mosquitto"))
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let b = Broker {
-            port,
-            child,
-            _dir: dir,
-        };
-        wait_until(&format!("mosquitto on port {port}"), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        b
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL, as a crash.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        wait_until("the killed broker's port to close", || {
-            TcpStream::connect(("127.0.0.1", self.port)).is_err()
-        });
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use dsf_common::testing::mqtt::{Broker, Run};
 
 /// Balancer settings with one proxy listener per protocol given, in
 /// front of `backends` (`ID=HOST:PORT`).
@@ -240,15 +143,6 @@ pub fn proxy_stats(lb: &Running) -> Value {
     call(lb.client_addr, false, "lb.stats", serde_json::json!({})).unwrap()["proxy"].clone()
 }
 
-/// What a run of `devices.py` saw.
-#[derive(Debug)]
-pub struct Run {
-    /// Device id → the broker (`127.0.0.1:PORT`) its messages reached.
-    pub landed: BTreeMap<String, String>,
-    pub echoed: usize,
-    pub errors: Vec<String>,
-}
-
 /// Runs `count` paho devices `PREFIX-i` through `proxy`, observing `brokers`.
 pub fn devices(proxy: SocketAddr, brokers: &[&Broker], prefix: &str, count: usize) -> Run {
     devices_with(proxy, brokers, prefix, count, "311")
@@ -261,62 +155,8 @@ pub fn devices_with(
     count: usize,
     protocol: &str,
 ) -> Run {
-    let python = need("python3");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/devices.py");
-    let mut cmd = Command::new(python);
-    cmd.arg(script)
-        .arg("--proxy")
-        .arg(proxy.to_string())
-        .arg("--count")
-        .arg(count.to_string())
-        .arg("--prefix")
-        .arg(prefix)
-        .arg("--protocol")
-        .arg(protocol)
-        .arg("--timeout")
-        .arg(WAIT.as_secs().to_string());
-    for b in brokers {
-        cmd.arg("--broker").arg(b.addr());
-    }
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "devices.py failed: {stderr}\n(is python3-paho-mqtt installed? apt-get install python3-paho-mqtt)"
-    );
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("devices.py printed no JSON ({e}): {stderr}"));
-    Run {
-        landed: v["landed"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-            .collect(),
-        echoed: v["echoed"].as_u64().unwrap() as usize,
-        errors: v["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e.as_str().unwrap().to_string())
-            .collect(),
-    }
-}
-
-impl Run {
-    /// Asserts every device landed and got its echo.
-    pub fn all_served(&self, count: usize) {
-        assert!(self.errors.is_empty(), "device errors: {:?}", self.errors);
-        assert_eq!(
-            self.landed.len(),
-            count,
-            "devices whose messages reached a broker"
-        );
-        assert_eq!(
-            self.echoed, count,
-            "devices that got their own publish back"
-        );
-    }
+    let brokers: Vec<String> = brokers.iter().map(|b| b.addr()).collect();
+    dsf_common::testing::mqtt::devices_with(&proxy.to_string(), &brokers, prefix, count, protocol)
 }
 
 /// Raw bytes to a proxy listener; what comes back before the proxy closes.
