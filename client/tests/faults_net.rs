@@ -22,10 +22,15 @@ fn port_of(addr: &str) -> u16 {
 
 /// Scenario 1: an app server cut from the collector (both ways) while its
 /// clients and the database still reach it, under four writing clients
-/// whose keys cover every node. Expected: the collector evicts it after
-/// `--dead-after`, its keys move to the others, nothing acknowledged is
-/// lost or stored twice and no write ends unknown; healed, it comes back
-/// into the view and takes its keys back.
+/// whose keys cover every node, and MQTT devices through two balancers'
+/// proxies (a broker beside each app server, pins shared in the
+/// database). Expected: the collector evicts it after `--dead-after`, its
+/// keys move to the others, nothing acknowledged is lost or stored twice
+/// and no write ends unknown; its devices, reconnecting through the other
+/// balancer, move to other nodes and are pinned there. Healed, it comes
+/// back into the view and takes its keys back; the pins converge: both
+/// balancers send every device where the shared table pins it (the moved
+/// devices stay where they went: a node that joins moves no device).
 #[test]
 fn an_app_server_cut_from_the_collector() {
     if !can_cut("an_app_server_cut_from_the_collector") {
@@ -34,12 +39,16 @@ fn an_app_server_cut_from_the_collector() {
     let mut net = Net::new();
     let cluster = Cluster::start(Spec {
         own_uids: true,
+        balancers: 2,
+        proxy: true,
         ..Spec::default()
     });
     let all: Vec<String> = cluster.apps.iter().map(|a| a.0.clone()).collect();
     let keys: Vec<String> = (0..60).map(|i| format!("key-{i}")).collect();
     let before = cluster.owners(0, &keys);
     let on_cut: Vec<&String> = keys.iter().filter(|k| before[*k] == "app-0").collect();
+    const DEVICES: usize = 60;
+    let first = cluster.devices(0, "dev", DEVICES);
     let writers = Writers::start(&cluster, 4, 8);
     let chat = Chat::start(&cluster, 6, Duration::from_millis(20));
     writers.wait_more(100);
@@ -48,6 +57,7 @@ fn an_app_server_cut_from_the_collector() {
     let cut_at = Instant::now();
     let rest: Vec<String> = all[1..].to_vec();
     cluster.wait_view(0, &rest, WAIT);
+    cluster.wait_view(1, &rest, WAIT);
     let evicted_after = cut_at.elapsed();
     let during = cluster.owners(0, &keys);
     let moved = on_cut.iter().filter(|k| during[**k] != "app-0").count();
@@ -55,27 +65,64 @@ fn an_app_server_cut_from_the_collector() {
         .iter()
         .filter(|k| before[*k] != "app-0")
         .all(|k| during[k] == before[k]);
+    // The devices come back through the other balancer.
+    let devices_during = cluster.devices(1, "dev", DEVICES);
+    let on_app0 = first.values().filter(|n| *n == "app-0").count();
+    let devices_moved = first
+        .iter()
+        .filter(|(d, n)| *n == "app-0" && devices_during[*d] != "app-0")
+        .count();
+    let devices_stayed = first
+        .iter()
+        .filter(|(_, n)| *n != "app-0")
+        .all(|(d, n)| devices_during[d] == *n);
     writers.wait_more(100);
+    // Still cut: still out of both balancers' views.
+    let still_out = (0..2).all(|lb| {
+        cluster
+            .ids_in_view(lb)
+            .is_some_and(|ids| !ids.iter().any(|id| id == "app-0"))
+    });
+    let out_for = cut_at.elapsed() - evicted_after;
 
     net.heal();
     let healed_at = Instant::now();
     cluster.wait_view(0, &all, WAIT);
+    cluster.wait_view(1, &all, WAIT);
     let back_after = healed_at.elapsed();
     let after = cluster.owners(0, &keys);
+    // Through both balancers again: each device where the table pins it.
+    let via = [
+        cluster.devices(0, "dev", DEVICES),
+        cluster.devices(1, "dev", DEVICES),
+    ];
+    let pins = [cluster.pins(0), cluster.pins(1)];
+    let split = (0..2)
+        .flat_map(|lb| {
+            let (via, pins) = (&via[lb], &pins[lb]);
+            via.iter().filter(move |(d, n)| pins.get(*d) != Some(*n))
+        })
+        .count();
+    let moved_back = devices_during
+        .iter()
+        .filter(|(d, n)| *n != "app-0" && via.iter().any(|v| v[*d] == "app-0"))
+        .count();
+    let pins_converged = split == 0 && via[0] == devices_during && via[1] == devices_during;
     writers.wait_more(100);
     let history = chat.finish();
     let tallies = writers.finish();
 
     Report::default()
         .line(
-            "the cut node evicted, only its keys moved",
+            "the cut node evicted, out while cut, only its keys moved",
             format!(
-                "evicted {:.1} s after the cut; {moved} of its {} keys moved, the other {} stayed: {others_stayed}",
+                "evicted {:.1} s after the cut, still out {:.1} s later: {still_out}; {moved} of its {} keys moved, the other {} stayed: {others_stayed}",
                 evicted_after.as_secs_f64(),
+                out_for.as_secs_f64(),
                 on_cut.len(),
                 keys.len() - on_cut.len()
             ),
-            moved == on_cut.len() && !on_cut.is_empty() && others_stayed,
+            still_out && moved == on_cut.len() && !on_cut.is_empty() && others_stayed,
         )
         .line(
             "healed, the view and the keys converge",
@@ -85,6 +132,16 @@ fn an_app_server_cut_from_the_collector() {
                 after == before
             ),
             after == before,
+        )
+        .line(
+            "its devices moved once, and the pins converge",
+            format!(
+                "{devices_moved} of its {on_app0} devices moved while it was out, the other {} stayed: {devices_stayed}; healed, {split} of {} device connections through the two balancers went elsewhere than the table pins them, {} moved back",
+                DEVICES - on_app0,
+                2 * DEVICES,
+                moved_back
+            ),
+            devices_moved == on_app0 && on_app0 > 0 && devices_stayed && pins_converged,
         )
         .messages(&history)
         .writes(&cluster, &tallies)

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dsf_client::{Client, ClientConfig, Error};
+use dsf_common::testing::mqtt::Broker;
 use dsf_sql::password::{self, Cost};
 use dsf_sql::testing::TestDb;
 use dsf_sql::{ListQuery, Role};
@@ -232,6 +233,11 @@ pub struct Spec {
     /// under libfaketime with `FAKETIME=offset` (`"+30"`: 30 s ahead,
     /// `"-5m"`: five minutes behind); see [`faketime`].
     pub clocks: Vec<(usize, &'static str)>,
+    /// Proxy mode: a mosquitto broker beside each app server, which the
+    /// app server advertises (`--proxy-advertise`), and an MQTT proxy
+    /// listener on each balancer, its pins shared in the cluster's
+    /// database (`--pins-db`).
+    pub proxy: bool,
 }
 
 impl Default for Spec {
@@ -242,6 +248,7 @@ impl Default for Spec {
             server: "app-server",
             own_uids: false,
             clocks: Vec::new(),
+            proxy: false,
         }
     }
 }
@@ -325,6 +332,10 @@ pub struct Cluster {
     pub own_uids: bool,
     /// [`Spec::clocks`].
     pub clocks: Vec<(usize, &'static str)>,
+    /// With [`Spec::proxy`]: app server `i`'s broker, and balancer `i`'s
+    /// proxy listener.
+    pub brokers: Vec<Broker>,
+    pub proxies: Vec<String>,
 }
 
 // === impl Cluster ===
@@ -510,7 +521,15 @@ impl Cluster {
             server: "app-server",
             own_uids: false,
             clocks: Vec::new(),
+            brokers: Vec::new(),
+            proxies: Vec::new(),
         };
+        if spec.proxy {
+            c.brokers = (0..spec.apps).map(|_| Broker::start()).collect();
+            c.proxies = (0..spec.balancers)
+                .map(|_| format!("127.0.0.1:{}", free_port()))
+                .collect();
+        }
         if tls {
             let folder = c.dir.join("tls");
             let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tls-ca");
@@ -578,7 +597,17 @@ impl Cluster {
             "--bounded-load".into(),
             "off".into(),
         ];
-        let args = [args, self.tls_args()].concat();
+        let mut args = [args, self.tls_args()].concat();
+        if let Some(proxy) = self.proxies.get(i) {
+            args.extend([
+                "--proxy-listen".into(),
+                proxy.clone(),
+                "--proxy-protocol".into(),
+                "mqtt".into(),
+                "--pins-db".into(),
+                self.db_url.clone(),
+            ]);
+        }
         let p = Proc::spawn(
             &format!("lb-{i}"),
             "lb-server",
@@ -709,7 +738,10 @@ impl Cluster {
                 .display()
                 .to_string(),
         ];
-        let args = [args, self.tls_args()].concat();
+        let mut args = [args, self.tls_args()].concat();
+        if let Some(broker) = self.brokers.get(i) {
+            args.extend(["--proxy-advertise".into(), broker.addr()]);
+        }
         let mut env = vec![("DSF_PEER_SECRET", PEER_SECRET)];
         let url: &'static str = Box::leak(self.app_db_url(i).into_boxed_str());
         env.push(("DSF_DB", url));
@@ -943,6 +975,57 @@ impl Cluster {
             within,
             || (self.up_in_view(i).as_ref() == Some(&want)).then_some(()),
         );
+    }
+
+    /// Every pin balancer `lb` holds (device key → node id), listed by
+    /// `client pins list --all --json` as an operator would.
+    pub fn pins(&self, lb: usize) -> BTreeMap<String, String> {
+        let out = Command::new(binary("client"))
+            .args([
+                "pins",
+                "list",
+                "--all",
+                "--json",
+                "--cluster",
+                &self.lbs[lb].1,
+            ])
+            .env("DSF_CLUSTER_SECRET", CLUSTER_SECRET)
+            .env_remove("DSF_CLUSTER_SECRET_FILE")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "client pins list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["pins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["key"].as_str().unwrap().into(),
+                    p["node"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs `count` MQTT devices `PREFIX-k` through balancer `lb`'s proxy
+    /// ([`Spec::proxy`]), each connecting, publishing and leaving; says
+    /// which app server's broker each one reached (device → node id).
+    pub fn devices(&self, lb: usize, prefix: &str, count: usize) -> BTreeMap<String, String> {
+        let brokers: Vec<String> = self.brokers.iter().map(|b| b.addr()).collect();
+        let run = dsf_common::testing::mqtt::devices(&self.proxies[lb], &brokers, prefix, count);
+        run.all_served(count);
+        run.landed
+            .into_iter()
+            .map(|(d, at)| {
+                let i = brokers.iter().position(|b| *b == at).unwrap();
+                (d, self.apps[i].0.clone())
+            })
+            .collect()
     }
 
     /// Owner of each key according to balancer `lb` (one resolve each).

@@ -80,29 +80,24 @@ impl Net {
 
     /// Cuts the connections that user `uid` opens to `port`: new ones and
     /// those already open.
+    ///
+    /// `meta skuid` reads the owner of the socket's open file, so it stops
+    /// matching once the program closes the socket; the kernel then still
+    /// sends what the socket held (a request queued behind the cut,
+    /// retransmitted after the program gave up on it and closed). The first
+    /// packet matched therefore marks the connection in conntrack, and the
+    /// mark drops the rest, whoever owns them by then.
     pub fn cut(&mut self, uid: u32, port: u16, way: Way) {
         self.mark += 1;
         let m = self.mark;
-        // The replies belong to the connection the opener's packets mark
-        // (marked first, before the opener's own are dropped).
-        if way != Way::Out {
-            nft(&format!(
-                "add rule inet {TABLE} out meta skuid {uid} tcp dport {port} ct mark set {m}"
-            ))
-            .unwrap();
-        }
-        // Outbound, no state is needed: the socket's owner says whose it is.
+        let rule = |r: String| nft(&format!("add rule inet {TABLE} out {r}")).unwrap();
+        rule(format!("meta skuid {uid} tcp dport {port} ct mark set {m}"));
         if way != Way::Back {
-            nft(&format!(
-                "add rule inet {TABLE} out meta skuid {uid} tcp dport {port} drop"
-            ))
-            .unwrap();
+            rule(format!("meta skuid {uid} tcp dport {port} drop"));
+            rule(format!("ct mark {m} ct direction original drop"));
         }
         if way != Way::Out {
-            nft(&format!(
-                "add rule inet {TABLE} out ct mark {m} ct direction reply drop"
-            ))
-            .unwrap();
+            rule(format!("ct mark {m} ct direction reply drop"));
         }
     }
 
