@@ -496,6 +496,8 @@ enum Fault {
     CollectorsApart,
     /// Worker `i` stalled (SIGSTOP) past its lease.
     WorkerStalled(usize),
+    /// MariaDB stalled (SIGSTOP), 5 s at most.
+    DatabaseStalled,
 }
 
 /// "90s", "10m", "1h": the soak's length.
@@ -514,13 +516,14 @@ fn parse_length(s: &str) -> Duration {
 
 /// `scripts/faults --soak LENGTH`: random faults, one at a time, for
 /// LENGTH, over a cluster of three app servers, two balancers, an active
-/// and a standby collector, with the whole workload going (four writing
-/// clients, six users messaging, a job of 20 tasks every round with two
-/// workers). Each round picks a fault (`DSF_SOAK_SEED` repeats a run),
-/// holds it 2 to 8 s, heals it, and waits until every balancer's view
-/// lists every app server again and the writes go on. At the end the one
-/// checker runs, and the report (every fault with its times, then the
-/// checker's lines) goes to target/faults/soak-report.txt.
+/// and a standby collector and a MariaDB of its own, with the whole
+/// workload going (four writing clients, six users messaging, a job of 20
+/// tasks every round with two workers). Each round picks a fault
+/// (`DSF_SOAK_SEED` repeats a run), holds it 2 to 8 s (a database stall 5 s
+/// at most), heals it, and waits until every balancer's view lists every
+/// app server again and the writes go on. At the end the one checker
+/// runs, and the report (every fault with its times, then the checker's
+/// lines) goes to target/faults/soak-report.txt.
 #[test]
 fn soak() {
     let Ok(length) = std::env::var("DSF_SOAK") else {
@@ -539,9 +542,10 @@ fn soak() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
     let mut net = Net::new();
-    let cluster = Cluster::start_with_standby(Spec {
+    let cluster = Cluster::start_with_own_db(Spec {
         own_uids: true,
         balancers: 2,
+        standby: true,
         ..Spec::default()
     });
     let all: Vec<String> = cluster.apps.iter().map(|a| a.0.clone()).collect();
@@ -579,14 +583,15 @@ fn soak() {
     let mut slowest_settle = Duration::ZERO;
     while started.elapsed() < length {
         jobs.push((cluster.submit_job(&format!("soak-{rounds}"), 20), 20));
-        let fault = match rng.gen_range(0..5) {
+        let fault = match rng.gen_range(0..6) {
             0 => Fault::AppFromCollectors(rng.gen_range(0..3)),
             1 => Fault::AppFromDatabase(rng.gen_range(0..3)),
             2 => Fault::BalancerFromCollectors,
             3 => Fault::CollectorsApart,
-            _ => Fault::WorkerStalled(rng.gen_range(0..2)),
+            4 => Fault::WorkerStalled(rng.gen_range(0..2)),
+            _ => Fault::DatabaseStalled,
         };
-        let hold = Duration::from_millis(rng.gen_range(2_000..8_000));
+        let mut hold = Duration::from_millis(rng.gen_range(2_000..8_000));
         let at = started.elapsed();
         let mut stalled = None;
         match fault {
@@ -605,6 +610,12 @@ fn soak() {
             Fault::WorkerStalled(i) => {
                 signal(workers[i].pid(), "STOP");
                 stalled = Some(workers[i].pid());
+            }
+            Fault::DatabaseStalled => {
+                // As long as scenario 8's: a write's deadline outlasts it.
+                hold = hold.min(Duration::from_secs(5));
+                signal(cluster.db_pid(), "STOP");
+                stalled = Some(cluster.db_pid());
             }
         }
         // The fault holds; the workload goes on meanwhile.

@@ -238,6 +238,9 @@ pub struct Spec {
     /// listener on each balancer, its pins shared in the cluster's
     /// database (`--pins-db`).
     pub proxy: bool,
+    /// A second collector standing by for the first (`--standby-for`),
+    /// every app server heartbeating to both ([`Cluster::start_with_standby`]).
+    pub standby: bool,
 }
 
 impl Default for Spec {
@@ -249,6 +252,7 @@ impl Default for Spec {
             own_uids: false,
             clocks: Vec::new(),
             proxy: false,
+            standby: false,
         }
     }
 }
@@ -344,25 +348,31 @@ impl Cluster {
     /// Starts `spec` and waits until every app server is `up` in every
     /// balancer's view.
     pub fn start(spec: Spec) -> Cluster {
-        Cluster::start_shared(spec, false, false)
+        Cluster::start_shared(spec, false)
     }
 
     /// Like [`Cluster::start`], with a second collector standing by for the
     /// first (`--standby-for`) and every app server heartbeating to both.
     pub fn start_with_standby(spec: Spec) -> Cluster {
-        Cluster::start_shared(spec, false, true)
+        Cluster::start_shared(
+            Spec {
+                standby: true,
+                ..spec
+            },
+            false,
+        )
     }
 
     /// Like [`Cluster::start`], with TLS on every dsf port (balancers,
     /// collector, app servers, and the links between them) under a
     /// throwaway CA; [`Cluster::client`] and [`Cluster::cli`] trust it.
     pub fn start_tls(spec: Spec) -> Cluster {
-        Cluster::start_shared(spec, true, false)
+        Cluster::start_shared(spec, true)
     }
 
     /// On a throwaway database of the shared test server, or of the
     /// Galera cluster when `DSF_TEST_GALERA_URLS` names one.
-    fn start_shared(spec: Spec, tls: bool, standby: bool) -> Cluster {
+    fn start_shared(spec: Spec, tls: bool) -> Cluster {
         if let Some(nodes) = galera_nodes() {
             static N: AtomicU64 = AtomicU64::new(0);
             let name = format!(
@@ -377,7 +387,7 @@ impl Cluster {
             pool.migrate().unwrap();
             let url = list.join(",");
             let store = Store::Galera(cfg, name);
-            return Cluster::start_on(spec, pool, url, list, store, tls, standby);
+            return Cluster::start_on(spec, pool, url, list, store, tls);
         }
         let db = dsf_sql::testing::fresh();
         let db_url = format!(
@@ -387,7 +397,7 @@ impl Cluster {
         );
         let pool = (*db).clone();
         let store = Store::Shared(db);
-        Cluster::start_on(spec, pool, db_url, Vec::new(), store, tls, standby)
+        Cluster::start_on(spec, pool, db_url, Vec::new(), store, tls)
     }
 
     /// Like [`Cluster::start`], on a MariaDB of its own, which
@@ -409,15 +419,7 @@ impl Cluster {
         dsf_sql::db::ensure_database(&cfg).unwrap();
         let pool = dsf_sql::Db::connect(&cfg).unwrap();
         pool.migrate().unwrap();
-        Cluster::start_on(
-            spec,
-            pool,
-            url,
-            Vec::new(),
-            Store::Private(own),
-            false,
-            false,
-        )
+        Cluster::start_on(spec, pool, url, Vec::new(), Store::Private(own), false)
     }
 
     /// The pid of the cluster's own MariaDB ([`Cluster::start_with_own_db`]).
@@ -456,7 +458,6 @@ impl Cluster {
         db_nodes: Vec<String>,
         store: Store,
         tls: bool,
-        standby: bool,
     ) -> Cluster {
         static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -514,7 +515,7 @@ impl Cluster {
             collector_addr: format!("127.0.0.1:{}", free_port()),
             metrics_addr: format!("127.0.0.1:{}", free_port()),
             standby: None,
-            standby_addr: standby.then(|| format!("127.0.0.1:{}", free_port())),
+            standby_addr: spec.standby.then(|| format!("127.0.0.1:{}", free_port())),
             lbs,
             apps,
             tls: None,
