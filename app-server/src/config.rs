@@ -172,6 +172,14 @@ pub struct AppConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_ttl: Option<HumanDuration>,
 
+    /// How often a waiting `task.claim` looks for ready tasks itself
+    /// [default: 25ms]. A submit wakes the claims parked on every node
+    /// (over the links between app servers); this look is the fallback
+    /// for a wake-up lost with a link.
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_poll: Option<HumanDuration>,
+
     /// The connection core's limits (`--max-frame`, `--max-conns`, ...).
     #[command(flatten)]
     #[serde(flatten)]
@@ -308,6 +316,9 @@ impl AppConfig {
             password_cost: Cost::DEFAULT,
             msg_poll: crate::messaging::mailroom::POLL,
             reap_every: crate::settings::REAP_EVERY,
+            claim_poll: self
+                .claim_poll
+                .map_or(crate::tasks::CLAIM_POLL, HumanDuration::get),
             registration: self.registration.unwrap_or_default(),
             auth_rate_name: self
                 .auth_rate_name
@@ -345,6 +356,12 @@ impl Config for AppConfig {
             .is_some_and(|d| d.get() < Duration::from_secs(1))
         {
             return Err(ConfigError::invalid("session_ttl", "must be at least 1s"));
+        }
+        if self
+            .claim_poll
+            .is_some_and(|d| d.get() < Duration::from_millis(1))
+        {
+            return Err(ConfigError::invalid("claim_poll", "must be at least 1ms"));
         }
         self.limits.validate()?;
         self.tls.validate()?;

@@ -109,10 +109,12 @@ impl Peers {
         if version < view.0 {
             return;
         }
-        log::debug!(
-            "peers from view {version}: {:?}",
-            map.keys().collect::<Vec<_>>()
-        );
+        let changed = view.1.len() != map.len() || map.keys().any(|id| !view.1.contains_key(id));
+        if changed {
+            let mut ids: Vec<&String> = map.keys().collect();
+            ids.sort();
+            log::info!("peers from view {version}: {ids:?}");
+        }
         *view = (version, map);
     }
 

@@ -501,11 +501,14 @@ impl Server {
         let metrics = match s.metrics_listen {
             Some(at) => {
                 let p = pipeline.clone();
-                let server = dsf_common::pipeline::metrics::serve(at, move || p.metrics().render())
-                    .map_err(|e| Error::Io {
-                        what: format!("listening on {at} for GET /metrics (--metrics-listen)"),
-                        source: e,
-                    })?;
+                let server = dsf_common::pipeline::metrics::serve(at, move || {
+                    p.metrics().set_parked(p.server().parked());
+                    p.metrics().render()
+                })
+                .map_err(|e| Error::Io {
+                    what: format!("listening on {at} for GET /metrics (--metrics-listen)"),
+                    source: e,
+                })?;
                 log::info!("metrics on http://{}/metrics", server.addr());
                 Some(server)
             }

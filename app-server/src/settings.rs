@@ -69,6 +69,9 @@ pub struct Settings {
     /// How often the task reaper looks for expired leases and due retries
     /// ([`REAP_EVERY`]).
     pub reap_every: Duration,
+    /// How often waiting claims look for ready tasks themselves, the
+    /// fallback for a lost wake-up (`--claim-poll`, [`crate::tasks::CLAIM_POLL`]).
+    pub claim_poll: Duration,
     /// Whether `user.register` makes accounts.
     pub registration: Registration,
     /// Logins and registrations per user name, and per peer address (the

@@ -284,3 +284,50 @@ fn ten_thousand_tasks_survive_killed_workers_a_killed_node_a_database_restart_an
         "the stalled worker's late completions were refused"
     );
 }
+
+/// A submit on one node wakes a claim parked on another over the links
+/// between app servers, not by the fallback look: with `--claim-poll 1h`
+/// a claim parked on app-1 for up to 20 s gets the task submitted on
+/// app-0 before its wait runs out (without the wake-up it would run only
+/// then, 20 s after it was sent).
+#[test]
+fn a_submit_wakes_a_claim_parked_on_another_node_without_the_poll() {
+    let cluster = Cluster::start(Spec {
+        apps: 2,
+        app_args: vec!["--claim-poll", "1h"],
+        ..Spec::default()
+    });
+    // app-0 must know app-1 to wake it: the peers come with the view.
+    wait_for("app-0 to list app-1 among its peers", WAIT, || {
+        let log = cluster.apps[0].2.as_ref().unwrap().log_text();
+        log.lines()
+            .any(|l| l.contains("peers from view") && l.contains("\"app-1\""))
+            .then_some(())
+    });
+    let parked = {
+        let mut c = cluster.client_of_app(1);
+        std::thread::spawn(move || {
+            let sent = std::time::Instant::now();
+            let body = dsf_proto::task::ClaimBody {
+                n: 1,
+                lease_ms: 30_000,
+                wait_ms: Some(20_000),
+            };
+            (c.send::<dsf_proto::task::Claim>(&body), sent.elapsed())
+        })
+    };
+    wait_for("the claim to park on app-1", WAIT, || {
+        (cluster.app_metric(1, "dsf_long_polls_parked")? == 1.0).then_some(())
+    });
+    let mut submitter = cluster.client_of_app(0);
+    let body = serde_json::json!({"tasks": [{"payload": {"n": 1}}]});
+    let submitted = submitter.call("task.submit", &body).unwrap();
+    let (claimed, waited) = parked.join().unwrap();
+    let claimed = claimed.unwrap();
+    assert!(
+        waited < Duration::from_secs(15),
+        "the claim ran only when its wait ran out ({waited:?}): no wake-up came from app-0"
+    );
+    assert_eq!(claimed.tasks.len(), 1, "the parked claim got the task");
+    assert_eq!(claimed.tasks[0].job, submitted["job"].as_u64().unwrap());
+}

@@ -10,9 +10,9 @@
 //!
 //! `task.claim` with `wait_ms` is a long poll: when nothing of its app is
 //! ready it parks off the workers on the topic `tasks:<app>`, which every
-//! submit wakes on every node once it commits. A look every [`CLAIM_POLL`]
-//! at the apps with parked claims is the fallback (a wake-up lost with a
-//! peer link). The `reaper` returns expired leases to their retry.
+//! submit wakes on every node once it commits. A look every `--claim-poll`
+//! ([`CLAIM_POLL`]) at the apps with parked claims is the fallback (a
+//! wake-up lost with a peer link). The `reaper` returns expired leases to their retry.
 
 pub mod handlers;
 pub mod watch;
@@ -25,8 +25,9 @@ use dsf_proto::task::{self as msg, ClaimBody, WAIT_MAX_MS};
 use crate::node::{Call, CallExt, Node};
 use crate::service::Service;
 
-/// How often the apps with parked claims are looked at for ready tasks:
-/// the bound on a claim's wait when a wake-up was lost.
+/// How often the apps with parked claims are looked at for ready tasks by
+/// default (`--claim-poll`): the bound on a claim's wait when a wake-up
+/// was lost.
 pub const CLAIM_POLL: Duration = Duration::from_millis(25);
 
 /// What claims of app `app`'s tasks wait on.
@@ -48,7 +49,7 @@ pub fn service() -> Service {
         .unary::<msg::GetResults>(handlers::results)
         .unary::<msg::Cancel>(handlers::cancel)
         .stream::<msg::Watch>(watch::watch)
-        .job("claim-waits", CLAIM_POLL, look_for_ready)
+        .job_every("claim-waits", |s| s.claim_poll, look_for_ready)
         .job_every(
             "reaper",
             |s| s.reap_every,

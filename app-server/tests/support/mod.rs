@@ -59,6 +59,7 @@ pub fn settings(db: DbConfig, collector: Option<String>) -> Settings {
         password_cost: Cost::TEST,
         msg_poll: app_server::messaging::mailroom::POLL,
         reap_every: app_server::server::REAP_EVERY,
+        claim_poll: app_server::tasks::CLAIM_POLL,
         registration: app_server::accounts::Registration::Open,
         auth_rate_name: dsf_common::pipeline::Rate::Off,
         auth_rate_addr: dsf_common::pipeline::Rate::Off,

@@ -241,6 +241,8 @@ pub struct Spec {
     /// A second collector standing by for the first (`--standby-for`),
     /// every app server heartbeating to both ([`Cluster::start_with_standby`]).
     pub standby: bool,
+    /// More flags for every app server.
+    pub app_args: Vec<&'static str>,
 }
 
 impl Default for Spec {
@@ -253,6 +255,7 @@ impl Default for Spec {
             clocks: Vec::new(),
             proxy: false,
             standby: false,
+            app_args: Vec::new(),
         }
     }
 }
@@ -327,6 +330,8 @@ pub struct Cluster {
     pub lbs: Vec<(String, String, Option<Proc>)>,
     /// App servers by index: node id `app-{i}`, address, process.
     pub apps: Vec<(String, String, Option<Proc>)>,
+    /// App server `i`'s `--metrics-listen`.
+    app_metrics: Vec<String>,
     /// With TLS on every dsf port: the folder of `scripts/tls-ca`'s
     /// `ca.pem`, `cert.pem` and `key.pem`.
     pub tls: Option<PathBuf>,
@@ -336,6 +341,8 @@ pub struct Cluster {
     pub own_uids: bool,
     /// [`Spec::clocks`].
     pub clocks: Vec<(usize, &'static str)>,
+    /// [`Spec::app_args`].
+    pub app_args: Vec<&'static str>,
     /// With [`Spec::proxy`]: app server `i`'s broker, and balancer `i`'s
     /// proxy listener.
     pub brokers: Vec<Broker>,
@@ -504,8 +511,12 @@ impl Cluster {
             let id = format!("app-{i}");
             private(&dir.join(format!("{id}.node-key")), &node_key(&id));
         }
+        let app_metrics = (0..spec.apps)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
         let mut c = Cluster {
             dir,
+            app_metrics,
             db,
             store,
             db_url,
@@ -522,6 +533,7 @@ impl Cluster {
             server: "app-server",
             own_uids: false,
             clocks: Vec::new(),
+            app_args: spec.app_args.clone(),
             brokers: Vec::new(),
             proxies: Vec::new(),
         };
@@ -743,6 +755,8 @@ impl Cluster {
         if let Some(broker) = self.brokers.get(i) {
             args.extend(["--proxy-advertise".into(), broker.addr()]);
         }
+        args.extend(self.app_args.iter().map(|a| a.to_string()));
+        args.extend(["--metrics-listen".into(), self.app_metrics[i].clone()]);
         let mut env = vec![("DSF_PEER_SECRET", PEER_SECRET)];
         let url: &'static str = Box::leak(self.app_db_url(i).into_boxed_str());
         env.push(("DSF_DB", url));
@@ -880,6 +894,27 @@ impl Cluster {
     pub fn client(&self) -> Client {
         let mut cfg = self.client_config(self.lb_addrs());
         cfg.request_timeout = Duration::from_secs(10);
+        Client::new(cfg).unwrap()
+    }
+
+    /// The value of the unlabelled metric `name` on app server `i`'s
+    /// `/metrics` page, if it answers.
+    pub fn app_metric(&self, i: usize, name: &str) -> Option<f64> {
+        let url = format!("http://{}/metrics", self.app_metrics[i]);
+        let page = ureq::get(&url).call().ok()?.into_string().ok()?;
+        page.lines().find_map(|l| {
+            let (n, v) = l.split_once(' ')?;
+            (n == name).then(|| v.trim().parse().ok())?
+        })
+    }
+
+    /// A client that talks to app server `i` alone, never asking a
+    /// balancer, with room for a long poll of up to 20 s.
+    pub fn client_of_app(&self, i: usize) -> Client {
+        let mut cfg = self.client_config(Vec::new());
+        cfg.node = Some(self.apps[i].1.clone());
+        cfg.request_timeout = Duration::from_secs(25);
+        cfg.deadline = Duration::from_secs(30);
         Client::new(cfg).unwrap()
     }
 

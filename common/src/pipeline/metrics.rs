@@ -26,6 +26,7 @@ use hdrhistogram::Histogram as Hdr;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -59,6 +60,7 @@ pub struct Metrics {
     errors: Family<ErrorLabel, Counter>,
     latency: Family<TypeLabel, Histogram, fn() -> Histogram>,
     refused: Counter,
+    parked: Gauge,
     load: Option<Load>,
 }
 
@@ -87,6 +89,7 @@ impl Metrics {
             errors: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             refused: Counter::default(),
+            parked: Gauge::default(),
             load: load.then(Load::new),
         }
     }
@@ -100,6 +103,12 @@ impl Metrics {
             requests: self.requests.get_or_create(&label).clone(),
             latency: self.latency.get_or_create(&label).clone(),
         }
+    }
+
+    /// Sets how many long polls are parked now (sampled by the server as
+    /// a page is rendered).
+    pub fn set_parked(&self, n: usize) {
+        self.parked.set(n as i64);
     }
 
     /// Adds the families to `registry` (a page being rendered).
@@ -123,6 +132,11 @@ impl Metrics {
             "dsf_frames_refused",
             "Frames refused before they reached a route (bad signature, stale, replayed, unknown type, draining)",
             self.refused.clone(),
+        );
+        registry.register(
+            "dsf_long_polls_parked",
+            "Long polls parked now, off the workers, until a wake-up or their wait runs out",
+            self.parked.clone(),
         );
     }
 
