@@ -177,10 +177,75 @@ fn bad_task_input_gets_clear_errors_while_the_connection_serves_on() {
         ErrorCode::Conflict,
     );
     assert!(e.contains("holds no lease"), "{e}");
+    for (outcomes, says) in [
+        (json!([]), "1 to 100"),
+        (
+            json!([{"task": 1, "fence": 1, "result": 1, "error": "x"}]),
+            "either result (done) or error",
+        ),
+        (
+            json!([{"task": 1, "fence": 1}]),
+            "either result (done) or error",
+        ),
+        (
+            json!([{"task": 1, "fence": 1, "result": 1}, {"task": 1, "fence": 2, "error": "x"}]),
+            "task 1 appears twice",
+        ),
+    ] {
+        let e = c.err(
+            "task.finish",
+            json!({ "outcomes": outcomes }),
+            None,
+            ErrorCode::BadRequest,
+        );
+        assert!(e.contains(says), "{e}");
+    }
     // Still served.
     assert_eq!(
         c.ok("task.submit", json!({"tasks": tasks(1)}), None)["accepted"],
         1
+    );
+}
+
+/// `task.finish` over the wire: a worker's batch of three, one of them
+/// under a fence that is not its lease's; that one alone is refused, and
+/// its own fence finishes it after.
+#[test]
+fn a_batched_finish_refuses_only_the_stale_task() {
+    let db = testing::fresh();
+    let server = Server::start(&db);
+    let mut c = server.connect();
+    let job = c.ok("task.submit", json!({"tasks": tasks(3)}), None)["job"]
+        .as_u64()
+        .unwrap();
+    let claimed = c.ok("task.claim", json!({"n": 3, "lease_ms": 30_000}), None)["tasks"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(claimed.len(), 3);
+    let outcomes: Vec<Value> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let fence = t["fence"].as_u64().unwrap() + u64::from(i == 1);
+            json!({"task": t["task"], "fence": fence, "result": {"i": i}})
+        })
+        .collect();
+    let body = json!({ "outcomes": outcomes });
+    let reply = c.ok("task.finish", body.clone(), None);
+    assert_eq!(reply["kept"], 2, "{reply}");
+    assert_eq!(reply["refused"][0]["task"], claimed[1]["task"], "{reply}");
+    let status = c.ok("job.status", json!({"job": job}), None);
+    assert_eq!(
+        (status["done"].as_u64(), status["running"].as_u64()),
+        (Some(2), Some(1))
+    );
+    // Its own fence still finishes the refused one.
+    let last = json!({"outcomes": [{"task": claimed[1]["task"], "fence": claimed[1]["fence"], "result": 1}]});
+    assert_eq!(c.ok("task.finish", last, None)["kept"], 1);
+    assert_eq!(
+        c.ok("job.status", json!({"job": job}), None)["state"],
+        "done"
     );
 }
 

@@ -149,8 +149,10 @@ pub struct WorkerOptions {
     pub lease: Duration,
     /// Stop after this many tasks (done or failed), all threads together.
     pub max_tasks: Option<u64>,
-    /// Tasks each thread claims at once and runs one after the other (a
-    /// quick handler's throughput; their leases run while they wait).
+    /// Tasks each thread claims at once, runs one after the other, and
+    /// reports together (`task.finish`, one transaction): a quick
+    /// handler's throughput. While one runs, the leases of the whole batch
+    /// are extended.
     pub batch: u32,
 }
 
@@ -178,9 +180,11 @@ pub struct WorkReport {
 
 /// Claims and runs tasks until `stop` is set (tasks held are finished
 /// first): `handler` gets the payload and returns the result (JSON text)
-/// or an error message. Each of `concurrency` threads has its own
-/// connection; while a handler runs, its lease is extended every third of
-/// the lease.
+/// or an error message (a result that is not JSON is a failed attempt
+/// that says so). Each of `concurrency` threads has its own connection;
+/// while a handler runs, the leases of its batch are extended every third
+/// of the lease, and the batch's outcomes are reported in one
+/// `task.finish` once all have run.
 pub fn work<F>(
     cfg: &ClientConfig,
     opts: &WorkerOptions,
@@ -241,25 +245,54 @@ where
                             }
                             continue;
                         }
-                        for task in claimed {
-                            let outcome = match run_one(&mut c, &task, lease_ms, &handler) {
-                                Ok(o) => o,
-                                Err(e) => {
-                                    // Its lease runs out and the task is retried.
-                                    log::warn!(
-                                        "worker {}: task {} was run but could not be reported: {e}; it will be retried after its lease",
-                                        opts.id,
-                                        task.task
-                                    );
-                                    continue;
+                        // The batch's tasks run one after the other, and
+                        // their outcomes are reported together, in one
+                        // transaction; until then every lease of the batch
+                        // is extended with the running task's.
+                        let leases: Vec<Lease> = claimed
+                            .iter()
+                            .map(|t| Lease {
+                                task: t.task,
+                                fence: t.fence,
+                            })
+                            .collect();
+                        let mut outcomes = Vec::with_capacity(claimed.len());
+                        for task in &claimed {
+                            match run_one(&mut c, task, &leases, lease_ms, &handler) {
+                                Ok(o) => outcomes.push(o),
+                                // Its lease runs out and the task is retried.
+                                Err(e) => log::warn!(
+                                    "worker {}: task {} ran, but its lease could not be extended: {e}",
+                                    opts.id,
+                                    task.task
+                                ),
+                            }
+                        }
+                        if outcomes.is_empty() {
+                            continue;
+                        }
+                        let failures: Vec<u64> = outcomes
+                            .iter()
+                            .filter(|o| o.error.is_some())
+                            .map(|o| o.task)
+                            .collect();
+                        let n = outcomes.len() as u64;
+                        match c.send::<msg::Finish>(&msg::FinishBody { outcomes }) {
+                            Ok(f) => {
+                                for r in &f.refused {
+                                    log::warn!("task {}: {}", r.task, r.message);
                                 }
-                            };
-                            let counter = match outcome {
-                                Outcome::Done => &done,
-                                Outcome::Failed => &failed,
-                                Outcome::Refused => &refused,
-                            };
-                            counter.fetch_add(1, Ordering::Relaxed);
+                                let lost = |t: &u64| f.refused.iter().any(|r| r.task == *t);
+                                let kept_failed = failures.iter().filter(|t| !lost(t)).count() as u64;
+                                let kept_refused = f.refused.len() as u64;
+                                refused.fetch_add(kept_refused, Ordering::Relaxed);
+                                failed.fetch_add(kept_failed, Ordering::Relaxed);
+                                done.fetch_add(n - kept_refused - kept_failed, Ordering::Relaxed);
+                            }
+                            Err(e) => log::warn!(
+                                "worker {}: {n} tasks were run but could not be reported: {e}; they will be retried after their lease",
+                                opts.id
+                            ),
                         }
                     }
                     Ok(())
@@ -278,15 +311,16 @@ where
     })
 }
 
-enum Outcome {
-    Done,
-    Failed,
-    Refused,
-}
-
-/// Runs one claimed task, extending its lease while the handler runs,
-/// then reports it.
-fn run_one<F>(c: &mut Client, task: &Claimed, lease_ms: u64, handler: &F) -> Result<Outcome>
+/// Runs one claimed task, extending `held` (its lease and the rest of its
+/// batch's) every third of the lease while the handler runs; its outcome,
+/// to report.
+fn run_one<F>(
+    c: &mut Client,
+    task: &Claimed,
+    held: &[Lease],
+    lease_ms: u64,
+    handler: &F,
+) -> Result<msg::Outcome>
 where
     F: Fn(&RawValue) -> std::result::Result<String, String> + Sync,
 {
@@ -302,17 +336,13 @@ where
                 Ok(r) => return Ok(r),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let body = msg::HeartbeatBody {
-                        leases: vec![Lease {
-                            task: task.task,
-                            fence: task.fence,
-                        }],
+                        leases: held.to_vec(),
                         lease_ms,
                     };
                     let ext = c.send::<msg::Heartbeat>(&body)?;
-                    if !ext.lost.is_empty() {
+                    for t in ext.lost {
                         log::warn!(
-                            "task {}: lease lost while running (another worker may take it); its result will be refused",
-                            task.task
+                            "task {t}: lease lost (another worker may take it); its result will be refused"
                         );
                     }
                     next = Instant::now() + every;
@@ -323,35 +353,18 @@ where
             }
         }
     })?;
-    let sent = match result {
-        Ok(json) => {
-            let result = RawValue::from_string(json).map_err(|e| {
-                Error::Config(format!(
-                    "task {}: the handler's result is not JSON: {e}",
-                    task.task
-                ))
-            })?;
-            let body = msg::CompleteBody {
-                task: task.task,
-                fence: task.fence,
-                result,
-            };
-            c.send::<msg::Complete>(&body).map(|_| Outcome::Done)
-        }
-        Err(error) => {
-            let body = msg::FailBody {
-                task: task.task,
-                fence: task.fence,
-                error,
-            };
-            c.send::<msg::Fail>(&body).map(|_| Outcome::Failed)
-        }
+    let (result, error) = match result {
+        Ok(json) => match RawValue::from_string(json) {
+            Ok(r) => (Some(r), None),
+            // A failed attempt that says why, rather than a result lost.
+            Err(e) => (None, Some(format!("the handler's result is not JSON: {e}"))),
+        },
+        Err(error) => (None, Some(error)),
     };
-    match sent {
-        Err(e) if e.code() == Some(dsf_common::ErrorCode::Conflict) => {
-            log::warn!("task {}: {e}", task.task);
-            Ok(Outcome::Refused)
-        }
-        other => other,
-    }
+    Ok(msg::Outcome {
+        task: task.task,
+        fence: task.fence,
+        result,
+        error,
+    })
 }

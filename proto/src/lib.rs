@@ -957,6 +957,45 @@ pub mod task {
         pub result: Box<serde_json::value::RawValue>,
     }
 
+    /// One task's outcome in `task.finish`: its `result` (done) or its
+    /// `error` (a failed attempt), exactly one of them, under its fence.
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct Outcome {
+        pub task: u64,
+        pub fence: u64,
+        /// The result, when the task is done.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Option<serde_json::Value>")]
+        pub result: Option<Box<serde_json::value::RawValue>>,
+        /// The error, when the attempt failed (retried until the last).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub error: Option<String>,
+    }
+
+    /// `task.finish`'s body: 1 to [`CLAIM_MAX`] outcomes, each task once.
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct FinishBody {
+        pub outcomes: Vec<Outcome>,
+    }
+
+    /// A task of `task.finish` whose outcome was not kept.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+    pub struct Refused {
+        pub task: u64,
+        /// Why: its fence is not the current lease's (the lease expired
+        /// and the task went to another worker), or it holds no lease.
+        pub message: String,
+    }
+
+    /// `task.finish`'s reply: the outcomes kept, and those refused.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+    pub struct Finished {
+        pub kept: u32,
+        pub refused: Vec<Refused>,
+    }
+
     /// `task.fail`'s body.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
@@ -1044,6 +1083,12 @@ pub mod task {
     message!(
         /// `task.fail`: a failed attempt, retried with backoff until the last.
         pub Fail = "task.fail", AppOrUser, write: FailBody => Empty
+    );
+    message!(
+        /// `task.finish`: many tasks' outcomes (results or failed attempts)
+        /// in one transaction, each under its own fence; a task whose
+        /// lease was lost is refused alone, the others kept.
+        pub Finish = "task.finish", AppOrUser, write: FinishBody => Finished
     );
     message!(
         /// `job.status`: the job's counts.
@@ -1484,6 +1529,7 @@ pub const CATALOGUE: &[Type] = &[
     <task::Heartbeat as Message>::TYPE,
     <task::Complete as Message>::TYPE,
     <task::Fail as Message>::TYPE,
+    <task::Finish as Message>::TYPE,
     <task::Status as Message>::TYPE,
     <task::GetResults as Message>::TYPE,
     <task::Cancel as Message>::TYPE,
@@ -1688,6 +1734,7 @@ mod tests {
         listed::<task::Heartbeat>();
         listed::<task::Complete>();
         listed::<task::Fail>();
+        listed::<task::Finish>();
         listed::<task::Status>();
         listed::<task::GetResults>();
         listed::<task::Cancel>();

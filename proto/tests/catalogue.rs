@@ -68,6 +68,7 @@ fn entries() -> Vec<Entry> {
         entry::<task::Heartbeat>(),
         entry::<task::Complete>(),
         entry::<task::Fail>(),
+        entry::<task::Finish>(),
         entry::<task::Status>(),
         entry::<task::GetResults>(),
         entry::<task::Cancel>(),

@@ -363,6 +363,89 @@ impl<'a> Tasks<'a> {
         self.finish(app, task, fence, Err(error))
     }
 
+    /// Records many outcomes in one transaction, each under its own fence
+    /// (`Ok(result)`: done; `Err(error)`: a failed attempt). A task whose
+    /// fence is not its current lease's, or that holds no lease, is
+    /// refused alone: its message is at its index of the returned list,
+    /// and the others are kept. Each task at most once.
+    pub fn finish_many(
+        &self,
+        app: &str,
+        batch: &[(u64, u64, std::result::Result<&str, &str>)],
+    ) -> Result<Vec<Option<String>>> {
+        const OP: &str = "tasks.finish_many";
+        let q = sql(OP);
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = |n: usize| vec!["?"; n].join(",");
+        let ids: Vec<u64> = batch.iter().map(|b| b.0).collect();
+        self.db.with_tx(OP, |c| {
+            // Every row locked in one statement, in key order.
+            let held: Vec<(u64, u64, String)> = c
+                .exec(
+                    format!(
+                        "SELECT task_id, fence, app FROM claimed_tasks WHERE task_id IN ({}) ORDER BY task_id FOR UPDATE",
+                        marks(ids.len())
+                    ),
+                    ids.clone(),
+                )
+                .map_err(&q)?;
+            let held: std::collections::HashMap<u64, (u64, String)> =
+                held.into_iter().map(|(t, f, a)| (t, (f, a))).collect();
+            let refusals: Vec<Option<String>> = batch
+                .iter()
+                .map(|&(task, fence, _)| match held.get(&task) {
+                    Some((f, a)) if *f == fence && a == app => None,
+                    Some((f, a)) if a == app => Some(format!(
+                        "task {task}: fence {fence} is not the current lease's ({f}); the lease expired and the task went to another worker"
+                    )),
+                    _ => Some(format!(
+                        "task {task} holds no lease under fence {fence} (it expired, or the task is finished or cancelled)"
+                    )),
+                })
+                .collect();
+            let kept = || batch.iter().zip(&refusals).filter(|(_, r)| r.is_none()).map(|(b, _)| b);
+            let done: Vec<(u64, &str)> = kept()
+                .filter_map(|&(task, _, outcome)| outcome.ok().map(|r| (task, r)))
+                .collect();
+            if !done.is_empty() {
+                let done_ids: Vec<u64> = done.iter().map(|d| d.0).collect();
+                c.exec_drop(
+                    format!(
+                        "DELETE FROM claimed_tasks WHERE task_id IN ({})",
+                        marks(done.len())
+                    ),
+                    done_ids.clone(),
+                )
+                .map_err(&q)?;
+                // One statement for every result.
+                let mut params: Vec<mysql::Value> = Vec::with_capacity(done.len() * 3);
+                for (task, result) in &done {
+                    params.push((*task).into());
+                    params.push((*result).into());
+                }
+                params.extend(done_ids.iter().map(|t| mysql::Value::from(*t)));
+                c.exec_drop(
+                    format!(
+                        "UPDATE tasks SET state = 'done', finished_at = NOW(3),                          result = CASE id {} END WHERE id IN ({})",
+                        vec!["WHEN ? THEN ?"; done.len()].join(" "),
+                        marks(done.len())
+                    ),
+                    params,
+                )
+                .map_err(&q)?;
+                count_many(c, &done_ids, "done").map_err(&q)?;
+            }
+            for &(task, _, outcome) in kept() {
+                if let Err(error) = outcome {
+                    retry_or_bury(c, task, error).map_err(&q)?;
+                }
+            }
+            Ok(refusals.clone())
+        })
+    }
+
     fn finish(
         &self,
         app: &str,
@@ -706,6 +789,20 @@ fn count(c: &mut PooledConn, task: u64, column: &str) -> mysql::Result<()> {
              ON DUPLICATE KEY UPDATE {column} = {column} + 1"
         ),
         (task % SHARDS, task),
+    )
+}
+
+/// [`count`] for many tasks at once: one upsert per job shard they fall in.
+fn count_many(c: &mut PooledConn, tasks: &[u64], column: &str) -> mysql::Result<()> {
+    c.exec_drop(
+        format!(
+            "INSERT INTO job_counts (job_id, shard, {column}) \
+             SELECT job_id, id % {SHARDS}, COUNT(*) FROM tasks WHERE id IN ({}) \
+             GROUP BY job_id, id % {SHARDS} \
+             ON DUPLICATE KEY UPDATE {column} = {column} + VALUES({column})",
+            vec!["?"; tasks.len()].join(",")
+        ),
+        tasks.to_vec(),
     )
 }
 

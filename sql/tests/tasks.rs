@@ -149,6 +149,54 @@ fn a_stale_fence_is_refused_and_the_new_workers_result_is_kept() {
     assert_eq!(e.code(), ErrorCode::Conflict);
 }
 
+/// Five tasks finished in one call: three results, one failed attempt and
+/// one under a fence that is no longer its lease's. Only that one is
+/// refused; the job's counts and each task's state say the rest was kept.
+#[test]
+fn a_batched_finish_with_one_stale_fence_refuses_only_that_task() {
+    let db = testing::fresh();
+    let p = payloads(5);
+    let (job, _) = db
+        .tasks()
+        .submit(&APP, None, None, &new_tasks(&p), 3)
+        .unwrap();
+    let mut claimed = db.tasks().claim("cli", "w", 5, 30_000).unwrap();
+    claimed.sort_by_key(|c| c.task);
+    assert_eq!(claimed.len(), 5);
+    let results: Vec<String> = claimed
+        .iter()
+        .map(|c| format!("{{\"r\":{}}}", c.task))
+        .collect();
+    let batch: Vec<(u64, u64, Result<&str, &str>)> = vec![
+        (claimed[0].task, claimed[0].fence, Ok(&results[0])),
+        (claimed[1].task, claimed[1].fence + 1, Ok(&results[1])),
+        (claimed[2].task, claimed[2].fence, Err("boom")),
+        (claimed[3].task, claimed[3].fence, Ok(&results[3])),
+        (claimed[4].task, claimed[4].fence, Ok(&results[4])),
+    ];
+    let refused = db.tasks().finish_many("cli", &batch).unwrap();
+    assert_eq!(refused.iter().filter(|r| r.is_some()).count(), 1);
+    let why = refused[1].as_deref().unwrap();
+    assert!(why.contains("is not the current lease's"), "{why}");
+    let status = db.tasks().status(&APP, job).unwrap();
+    assert_eq!((status.done, status.failed, status.running), (3, 1, 1));
+    let (rows, _) = db.tasks().results(&APP, job, None, 10).unwrap();
+    for (i, c) in claimed.iter().enumerate() {
+        let row = rows.iter().find(|r| r.task == c.task).unwrap();
+        match i {
+            0 | 3 | 4 => assert_eq!(row.result.as_ref().unwrap().get(), results[i]),
+            _ => assert!(row.result.is_none(), "task {} has no result", c.task),
+        }
+    }
+    // The refused task's lease still holds: its own fence completes it.
+    db.tasks()
+        .complete("cli", claimed[1].task, claimed[1].fence, "1")
+        .unwrap();
+    // Finished tasks hold no lease: finishing them again is refused.
+    let again = db.tasks().finish_many("cli", &batch[..1]).unwrap();
+    assert!(again[0].as_deref().unwrap().contains("holds no lease"));
+}
+
 #[test]
 fn a_failed_task_waits_out_its_backoff_and_is_dead_after_its_last_attempt() {
     let db = testing::fresh();

@@ -8,9 +8,9 @@
 
 use dsf_common::{Error, Result};
 use dsf_proto::task::{
-    ClaimBody, ClaimReply, CompleteBody, Extended, FailBody, HeartbeatBody, JobRef, JobStatus,
-    Results, ResultsBody, SubmitBody, Submitted, DEFAULT_MAX_ATTEMPTS, PAYLOAD_MAX, RESULT_MAX,
-    WAIT_MAX_MS,
+    ClaimBody, ClaimReply, CompleteBody, Extended, FailBody, FinishBody, Finished, HeartbeatBody,
+    JobRef, JobStatus, Refused, Results, ResultsBody, SubmitBody, Submitted, CLAIM_MAX,
+    DEFAULT_MAX_ATTEMPTS, PAYLOAD_MAX, RESULT_MAX, WAIT_MAX_MS,
 };
 use dsf_proto::{Empty, LIMIT_MAX};
 use dsf_sql::tasks::{NewTask, Owner};
@@ -118,6 +118,52 @@ pub fn fail(call: &Call, b: FailBody) -> Result<Empty> {
         .tasks()
         .fail(call.app(), b.task, b.fence, &b.error)?;
     Ok(Empty {})
+}
+
+/// `task.finish`: many outcomes in one transaction, each under its own
+/// fence; a task whose lease was lost is refused alone.
+pub fn finish(call: &Call, b: FinishBody) -> Result<Finished> {
+    let n = b.outcomes.len();
+    if n == 0 || n > CLAIM_MAX as usize {
+        return Err(Error::bad_request(format!(
+            "outcomes: 1 to {CLAIM_MAX}, got {n}"
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut batch = Vec::with_capacity(n);
+    for (i, o) in b.outcomes.iter().enumerate() {
+        if !seen.insert(o.task) {
+            return Err(Error::bad_request(format!(
+                "outcomes[{i}]: task {} appears twice",
+                o.task
+            )));
+        }
+        let outcome = match (&o.result, &o.error) {
+            (Some(r), None) if r.get().len() <= RESULT_MAX => Ok(r.get()),
+            (None, Some(e)) if e.len() <= RESULT_MAX => Err(e.as_str()),
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(Error::bad_request(format!(
+                    "outcomes[{i}]: a result or error of at most {RESULT_MAX} bytes"
+                )))
+            }
+            _ => {
+                return Err(Error::bad_request(format!(
+                    "outcomes[{i}]: give either result (done) or error (a failed attempt), not both or neither"
+                )))
+            }
+        };
+        batch.push((o.task, o.fence, outcome));
+    }
+    let refusals = call.db().tasks().finish_many(call.app(), &batch)?;
+    let refused: Vec<Refused> = batch
+        .iter()
+        .zip(refusals)
+        .filter_map(|(b, r)| r.map(|message| Refused { task: b.0, message }))
+        .collect();
+    Ok(Finished {
+        kept: (n - refused.len()) as u32,
+        refused,
+    })
 }
 
 /// `job.status`: the job's counts.

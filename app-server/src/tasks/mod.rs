@@ -4,7 +4,7 @@
 //!
 //! | type | auth | where |
 //! |---|---|---|
-//! | `task.submit`, `.claim`, `.heartbeat`, `.complete`, `.fail` | app (user optional) | [`handlers`] |
+//! | `task.submit`, `.claim`, `.heartbeat`, `.complete`, `.fail`, `.finish` | app (user optional) | [`handlers`] |
 //! | `job.status`, `.results`, `.cancel` | app (user optional) | [`handlers`] |
 //! | `job.watch` | app (user optional) | [`watch`] |
 //!
@@ -45,6 +45,7 @@ pub fn service() -> Service {
         .unary::<msg::Heartbeat>(handlers::heartbeat)
         .unary::<msg::Complete>(handlers::complete)
         .unary::<msg::Fail>(handlers::fail)
+        .unary::<msg::Finish>(handlers::finish)
         .unary::<msg::Status>(handlers::status)
         .unary::<msg::GetResults>(handlers::results)
         .unary::<msg::Cancel>(handlers::cancel)
