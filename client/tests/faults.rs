@@ -1,6 +1,12 @@
 //! Faults beyond a kill, each with the workload going and the one checker
 //! (`e2e::check`) over what every client recorded. `scripts/faults` runs
 //! them; so does `cargo test`, since they need nothing but this machine.
+//!
+//! The workload: clients writing (`Writers`), six users messaging across
+//! the nodes (`Chat`), and a job of tasks worked by a `client worker`
+//! (`Work`). The full disk leaves the messages out: MariaDB may abort on
+//! it, and a subscription that loses its database is an error the
+//! messages' checker does not forgive.
 
 mod e2e;
 
@@ -37,6 +43,7 @@ fn a_database_stalled_for_5_s() {
     let cluster = Cluster::start_with_own_db(Spec::default());
     let writers = Writers::start(&cluster, 4, 1);
     let chat = Chat::start(&cluster, 6, Duration::from_millis(20));
+    let work = Work::start(&cluster, "stall-db", 100);
     writers.wait_more(100);
 
     let mut pingers: Vec<Client> = cluster
@@ -79,6 +86,7 @@ fn a_database_stalled_for_5_s() {
     let during = writers.done.load(std::sync::atomic::Ordering::Relaxed) - before;
     drop(stall);
     writers.wait_more(100);
+    let (job, tasks) = work.finish(&cluster);
     let history = chat.finish();
     let tallies = writers.finish();
 
@@ -102,6 +110,7 @@ fn a_database_stalled_for_5_s() {
             "writes waited for the database",
             format!("{during} writes finished during the 5 s stall"),
         )
+        .tasks(&cluster, job, tasks, Work::expected)
         .messages(&history)
         .writes(&cluster, &tallies)
         .no_unknown(&tallies)
@@ -117,6 +126,7 @@ fn a_database_stalled_for_5_s() {
 fn a_worker_stalled_past_its_lease() {
     let cluster = Cluster::start(Spec::default());
     let writers = Writers::start(&cluster, 2, 1);
+    let chat = Chat::start(&cluster, 6, Duration::from_millis(20));
     let job = cluster.submit_job("stall", 1);
     // The task's result names the worker that ran it.
     let work = |pause: &str| format!("read p; sleep {pause}; echo \"\\\"$DSF_WORKER_ID\\\"\"");
@@ -163,6 +173,7 @@ fn a_worker_stalled_past_its_lease() {
     };
     let (ra, rb) = (report(&a), report(&b));
     writers.wait_more(10);
+    let history = chat.finish();
     let tallies = writers.finish();
 
     Report::default()
@@ -175,6 +186,7 @@ fn a_worker_stalled_past_its_lease() {
             ra["done"] == 0 && ra["refused"] == 1 && rb["done"] == 1,
         )
         .tasks(&cluster, job, 1, |_| serde_json::json!("b"))
+        .messages(&history)
         .writes(&cluster, &tallies)
         .no_unknown(&tallies)
         .assert("a worker stalled (SIGSTOP) past its lease, then resumed");
@@ -267,6 +279,7 @@ fn the_databases_disk_full() {
     });
     let disk = disk.unwrap();
     let writers = Writers::start(&cluster, 4, 8);
+    let work = Work::start(&cluster, "full-disk", 100);
     writers.wait_more(200);
     let mut reader = cluster.client();
     reader.set_token(Some(cluster.admin_token()));
@@ -326,6 +339,7 @@ fn the_databases_disk_full() {
         Some(fatal) => format!("aborted ({fatal}) and was started again"),
     };
     let resumed_after = freed_at.elapsed();
+    let (job, tasks) = work.finish(&cluster);
     let mut tallies = writers.finish();
     tallies.push(Tally {
         acked: direct_ok,
@@ -363,6 +377,7 @@ fn the_databases_disk_full() {
                 errors.len(),
                 errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default()
             ))
+        .tasks(&cluster, job, tasks, Work::expected)
         .writes(&cluster, &tallies)
         .assert("MariaDB's disk full, then space freed");
 }

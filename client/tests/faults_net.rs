@@ -3,6 +3,10 @@
 //! (`e2e::check`) over what every client recorded. Run through
 //! `scripts/faults`, which makes the namespace; elsewhere each test says
 //! it was skipped (and fails under `DSF_NEED_FAULTS=1`).
+//!
+//! Every scenario runs the whole workload: clients writing (`Writers`),
+//! six users messaging across the nodes (`Chat`), and a job of tasks
+//! worked by a `client worker` (`Work`).
 
 mod e2e;
 
@@ -51,6 +55,7 @@ fn an_app_server_cut_from_the_collector() {
     let first = cluster.devices(0, "dev", DEVICES);
     let writers = Writers::start(&cluster, 4, 8);
     let chat = Chat::start(&cluster, 6, Duration::from_millis(20));
+    let work = Work::start(&cluster, "cut-collector", 100);
     writers.wait_more(100);
 
     net.cut(app_uid(0), port_of(&cluster.collector_addr), Way::Both);
@@ -109,6 +114,7 @@ fn an_app_server_cut_from_the_collector() {
         .count();
     let pins_converged = split == 0 && via[0] == devices_during && via[1] == devices_during;
     writers.wait_more(100);
+    let (job, tasks) = work.finish(&cluster);
     let history = chat.finish();
     let tallies = writers.finish();
 
@@ -143,6 +149,7 @@ fn an_app_server_cut_from_the_collector() {
             ),
             devices_moved == on_app0 && on_app0 > 0 && devices_stayed && pins_converged,
         )
+        .tasks(&cluster, job, tasks, Work::expected)
         .messages(&history)
         .writes(&cluster, &tallies)
         .no_unknown(&tallies)
@@ -332,6 +339,7 @@ fn a_balancer_cut_from_both_collectors() {
     let keys: Vec<String> = (0..60).map(|i| format!("key-{i}")).collect();
     let writers = Writers::start(&cluster, 4, 8);
     let chat = Chat::start(&cluster, 6, Duration::from_millis(20));
+    let work = Work::start(&cluster, "cut-balancer", 100);
     writers.wait_more(100);
     let held = version_at(&cluster, 0).unwrap();
 
@@ -381,6 +389,7 @@ fn a_balancer_cut_from_both_collectors() {
     let after0 = cluster.owners(0, &keys);
     let after1 = cluster.owners(1, &keys);
     writers.wait_more(100);
+    let (job, tasks) = work.finish(&cluster);
     let history = chat.finish();
     let tallies = writers.finish();
 
@@ -408,6 +417,7 @@ fn a_balancer_cut_from_both_collectors() {
             ),
             after0 == after1,
         )
+        .tasks(&cluster, job, tasks, Work::expected)
         .messages(&history)
         .writes(&cluster, &tallies)
         .no_unknown(&tallies)
@@ -431,6 +441,7 @@ fn the_collectors_cut_from_each_other() {
     let before = cluster.owners(0, &keys);
     let writers = Writers::start(&cluster, 4, 8);
     let chat = Chat::start(&cluster, 6, Duration::from_millis(20));
+    let work = Work::start(&cluster, "collectors-apart", 100);
     writers.wait_more(100);
     let first = version_at(&cluster, 0).unwrap();
 
@@ -458,6 +469,7 @@ fn the_collectors_cut_from_each_other() {
     }
     let after = cluster.owners(0, &keys);
     writers.wait_more(100);
+    let (job, tasks) = work.finish(&cluster);
     let history = chat.finish();
     let tallies = writers.finish();
     let flips = versions.len() - 1;
@@ -477,6 +489,7 @@ fn the_collectors_cut_from_each_other() {
             ),
             during == before && after == before,
         )
+        .tasks(&cluster, job, tasks, Work::expected)
         .messages(&history)
         .writes(&cluster, &tallies)
         .no_unknown(&tallies)

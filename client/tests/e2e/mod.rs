@@ -1248,6 +1248,57 @@ pub fn check_writes(cluster: &Cluster, tallies: &[Tally]) {
         .assert("writes");
 }
 
+/// The task part of the fault scenarios' workload: a job of `tasks` tasks
+/// (payload `{"n": SEQ}`) worked by one `client worker` of four threads,
+/// whose result is `{"echo": PAYLOAD}`.
+pub struct Work {
+    pub job: u64,
+    pub tasks: usize,
+    worker: Proc,
+}
+
+impl Work {
+    pub fn start(cluster: &Cluster, name: &str, tasks: usize) -> Work {
+        let job = cluster.submit_job(name, tasks);
+        let worker = cluster.spawn_client(
+            &format!("worker-{name}"),
+            &[
+                "worker",
+                "--id",
+                name,
+                "--lease",
+                "3s",
+                "--concurrency",
+                "4",
+                "--exec",
+                r#"read p; sleep 0.05; printf '{"echo":%s}' "$p""#,
+                "--json",
+            ],
+        );
+        Work { job, tasks, worker }
+    }
+
+    /// Waits until every task is done, then stops the worker; `(job,
+    /// tasks)` for [`check::Report::tasks`].
+    pub fn finish(mut self, cluster: &Cluster) -> (u64, usize) {
+        let (job, n) = (self.job, self.tasks);
+        wait_for(&format!("job {job}'s {n} tasks done"), WAIT * 2, || {
+            cluster
+                .job_status(job)
+                .filter(|s| s["done"] == n as u64)
+                .map(|_| ())
+        });
+        self.worker.terminate();
+        self.worker.wait_exit(WAIT);
+        (job, n)
+    }
+
+    /// What each task's result must be.
+    pub fn expected(seq: usize) -> Value {
+        json!({"echo": { "n": seq }})
+    }
+}
+
 /// Clients writing until told to stop, counting what they did.
 pub struct Writers {
     pub done: Arc<AtomicUsize>,
