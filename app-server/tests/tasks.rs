@@ -228,7 +228,13 @@ fn a_batched_finish_refuses_only_the_stale_task() {
         .enumerate()
         .map(|(i, t)| {
             let fence = t["fence"].as_u64().unwrap() + u64::from(i == 1);
-            json!({"task": t["task"], "fence": fence, "result": {"i": i}})
+            // A null result is a result: the field's presence says done.
+            let result = if i == 2 {
+                Value::Null
+            } else {
+                json!({ "i": i })
+            };
+            json!({"task": t["task"], "fence": fence, "result": result})
         })
         .collect();
     let body = json!({ "outcomes": outcomes });

@@ -289,6 +289,11 @@ where
                                 failed.fetch_add(kept_failed, Ordering::Relaxed);
                                 done.fetch_add(n - kept_refused - kept_failed, Ordering::Relaxed);
                             }
+                            // What the server refuses as malformed would be
+                            // refused again each time: say so and stop.
+                            Err(e) if e.code() == Some(dsf_common::ErrorCode::BadRequest) => {
+                                return Err(e)
+                            }
                             Err(e) => log::warn!(
                                 "worker {}: {n} tasks were run but could not be reported: {e}; they will be retried after their lease",
                                 opts.id
@@ -354,12 +359,29 @@ where
         }
     })?;
     let (result, error) = match result {
+        Ok(json) if json.len() > msg::RESULT_MAX => (
+            None,
+            Some(format!(
+                "the handler's result is {} bytes; at most {} are kept",
+                json.len(),
+                msg::RESULT_MAX
+            )),
+        ),
         Ok(json) => match RawValue::from_string(json) {
             Ok(r) => (Some(r), None),
             // A failed attempt that says why, rather than a result lost.
             Err(e) => (None, Some(format!("the handler's result is not JSON: {e}"))),
         },
-        Err(error) => (None, Some(error)),
+        Err(mut error) => {
+            if error.len() > msg::RESULT_MAX {
+                let mut end = msg::RESULT_MAX;
+                while !error.is_char_boundary(end) {
+                    end -= 1;
+                }
+                error.truncate(end);
+            }
+            (None, Some(error))
+        }
     };
     Ok(msg::Outcome {
         task: task.task,

@@ -964,13 +964,26 @@ pub mod task {
     pub struct Outcome {
         pub task: u64,
         pub fence: u64,
-        /// The result, when the task is done.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// The result, when the task is done (`null` is a result: the
+        /// field's presence says done).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present"
+        )]
         #[schemars(with = "Option<serde_json::Value>")]
         pub result: Option<Box<serde_json::value::RawValue>>,
         /// The error, when the attempt failed (retried until the last).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub error: Option<String>,
+    }
+
+    /// A field that is there, even as `null`, is `Some` (serde reads a
+    /// `null` as `None` otherwise); one that is not there is `None`.
+    fn present<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Box<serde_json::value::RawValue>>, D::Error> {
+        Box::<serde_json::value::RawValue>::deserialize(d).map(Some)
     }
 
     /// `task.finish`'s body: 1 to [`CLAIM_MAX`] outcomes, each task once.
@@ -1647,6 +1660,23 @@ impl Catalogue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_null_result_is_a_result_and_a_missing_one_is_not() {
+        let done: task::Outcome =
+            serde_json::from_str(r#"{"task":1,"fence":2,"result":null}"#).unwrap();
+        assert_eq!(done.result.as_ref().map(|r| r.get()), Some("null"));
+        let failed: task::Outcome =
+            serde_json::from_str(r#"{"task":1,"fence":2,"error":"x"}"#).unwrap();
+        assert!(failed.result.is_none());
+        // What the SDK sends for a null result reads back the same.
+        let sent = serde_json::to_string(&done).unwrap();
+        let back: task::Outcome = serde_json::from_str(&sent).unwrap();
+        assert_eq!(
+            back.result.map(|r| r.get().to_string()),
+            Some("null".into())
+        );
+    }
 
     #[test]
     fn every_name_is_listed_once() {
