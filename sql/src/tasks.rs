@@ -792,17 +792,23 @@ fn count(c: &mut PooledConn, task: u64, column: &str) -> mysql::Result<()> {
     )
 }
 
-/// [`count`] for many tasks at once: one upsert per job shard they fall in.
+/// [`count`] for many tasks at once, in one shard row per job: the shard
+/// of the first task. Which shard a count lands in does not matter (a
+/// job's count is the sum of its shards); taking one row, not one per
+/// task, keeps a batch from holding most of a job's shard rows until it
+/// commits, queueing every other batch of the job behind it.
 fn count_many(c: &mut PooledConn, tasks: &[u64], column: &str) -> mysql::Result<()> {
+    let shard = tasks.first().map_or(0, |t| t % SHARDS);
+    let mut params: Vec<mysql::Value> = vec![shard.into()];
+    params.extend(tasks.iter().map(|t| mysql::Value::from(*t)));
     c.exec_drop(
         format!(
             "INSERT INTO job_counts (job_id, shard, {column}) \
-             SELECT job_id, id % {SHARDS}, COUNT(*) FROM tasks WHERE id IN ({}) \
-             GROUP BY job_id, id % {SHARDS} \
+             SELECT job_id, ?, COUNT(*) FROM tasks WHERE id IN ({}) GROUP BY job_id \
              ON DUPLICATE KEY UPDATE {column} = {column} + VALUES({column})",
             vec!["?"; tasks.len()].join(",")
         ),
-        tasks.to_vec(),
+        params,
     )
 }
 
