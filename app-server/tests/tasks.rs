@@ -177,8 +177,20 @@ fn bad_task_input_gets_clear_errors_while_the_connection_serves_on() {
         ErrorCode::Conflict,
     );
     assert!(e.contains("holds no lease"), "{e}");
+    // An error longer than its column holds is refused, not cut.
+    let e = c.err(
+        "task.fail",
+        json!({"task": 1, "fence": 1, "error": "e".repeat(70 * 1024)}),
+        None,
+        ErrorCode::BadRequest,
+    );
+    assert!(e.contains("at most 65535 bytes"), "{e}");
     for (outcomes, says) in [
         (json!([]), "1 to 100"),
+        (
+            json!([{"task": 1, "fence": 1, "error": "e".repeat(70 * 1024)}]),
+            "an error of at most 65535",
+        ),
         (
             json!([{"task": 1, "fence": 1, "result": 1, "error": "x"}]),
             "either result (done) or error",

@@ -203,6 +203,8 @@ where
     }
     let started = AtomicU64::new(0);
     let (done, failed, refused) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    // Set by a thread that met an error the others would meet too.
+    let halt = AtomicBool::new(false);
     // A claim waits for work up to this long, within the request timeout.
     let wait_ms = cfg
         .request_timeout
@@ -216,8 +218,11 @@ where
                     let mut cfg = cfg.clone();
                     cfg.routing_key = Some(opts.id.clone());
                     let mut c = Client::new(cfg)?;
-                    while !stop.load(Ordering::Acquire) {
-                        if opts.max_tasks.is_some_and(|m| started.fetch_add(1, Ordering::AcqRel) >= m) {
+                    while !stop.load(Ordering::Acquire) && !halt.load(Ordering::Acquire) {
+                        if opts
+                            .max_tasks
+                            .is_some_and(|m| started.fetch_add(1, Ordering::AcqRel) >= m)
+                        {
                             return Ok(());
                         }
                         let body = msg::ClaimBody {
@@ -230,7 +235,10 @@ where
                             Err(e) => {
                                 // The cluster may be failing over: the
                                 // worker waits and claims again.
-                                log::warn!("worker {}: claim failed: {e}; retrying in 1 s", opts.id);
+                                log::warn!(
+                                    "worker {}: claim failed: {e}; retrying in 1 s",
+                                    opts.id
+                                );
                                 if opts.max_tasks.is_some() {
                                     started.fetch_sub(1, Ordering::AcqRel);
                                 }
@@ -256,48 +264,41 @@ where
                                 fence: t.fence,
                             })
                             .collect();
+                        // Extended when a third of the lease has passed
+                        // since the claim or the last extension, whichever
+                        // task of the batch is running then.
+                        let mut extended = Instant::now();
                         let mut outcomes = Vec::with_capacity(claimed.len());
                         for task in &claimed {
-                            match run_one(&mut c, task, &leases, lease_ms, &handler) {
-                                Ok(o) => outcomes.push(o),
-                                // Its lease runs out and the task is retried.
-                                Err(e) => log::warn!(
-                                    "worker {}: task {} ran, but its lease could not be extended: {e}",
-                                    opts.id,
-                                    task.task
-                                ),
-                            }
+                            outcomes.push(run_one(
+                                &mut c,
+                                task,
+                                &leases,
+                                lease_ms,
+                                &mut extended,
+                                &handler,
+                            ));
                         }
-                        if outcomes.is_empty() {
-                            continue;
-                        }
-                        let failures: Vec<u64> = outcomes
-                            .iter()
-                            .filter(|o| o.error.is_some())
-                            .map(|o| o.task)
-                            .collect();
-                        let n = outcomes.len() as u64;
-                        match c.send::<msg::Finish>(&msg::FinishBody { outcomes }) {
-                            Ok(f) => {
-                                for r in &f.refused {
-                                    log::warn!("task {}: {}", r.task, r.message);
-                                }
-                                let lost = |t: &u64| f.refused.iter().any(|r| r.task == *t);
-                                let kept_failed = failures.iter().filter(|t| !lost(t)).count() as u64;
-                                let kept_refused = f.refused.len() as u64;
-                                refused.fetch_add(kept_refused, Ordering::Relaxed);
-                                failed.fetch_add(kept_failed, Ordering::Relaxed);
-                                done.fetch_add(n - kept_refused - kept_failed, Ordering::Relaxed);
+                        // Reported in parts that fit a frame (results are
+                        // up to 256 KiB each).
+                        let budget = c.config().max_frame / 2;
+                        let mut rest = outcomes.into_iter().peekable();
+                        while rest.peek().is_some() {
+                            let mut part = Vec::new();
+                            let mut size = 0;
+                            while let Some(o) = rest
+                                .next_if(|o| part.is_empty() || size + outcome_size(o) <= budget)
+                            {
+                                size += outcome_size(&o);
+                                part.push(o);
                             }
-                            // What the server refuses as malformed would be
-                            // refused again each time: say so and stop.
-                            Err(e) if e.code() == Some(dsf_common::ErrorCode::BadRequest) => {
-                                return Err(e)
+                            if let Err(e) = report(&mut c, part, &done, &failed, &refused, &opts.id)
+                            {
+                                // Malformed would be refused again each
+                                // time: every thread stops, and says why.
+                                halt.store(true, Ordering::Release);
+                                return Err(e);
                             }
-                            Err(e) => log::warn!(
-                                "worker {}: {n} tasks were run but could not be reported: {e}; they will be retried after their lease",
-                                opts.id
-                            ),
                         }
                     }
                     Ok(())
@@ -316,48 +317,100 @@ where
     })
 }
 
-/// Runs one claimed task, extending `held` (its lease and the rest of its
-/// batch's) every third of the lease while the handler runs; its outcome,
-/// to report.
+/// About how many bytes `o` takes in a `task.finish` frame.
+fn outcome_size(o: &msg::Outcome) -> usize {
+    o.result.as_ref().map_or(0, |r| r.get().len()) + o.error.as_ref().map_or(0, String::len) + 96
+}
+
+/// Sends `part` in one `task.finish` and counts what was kept and refused.
+/// A refusal as malformed is returned (it would come again); any other
+/// failure is logged, and those tasks are retried after their lease.
+fn report(
+    c: &mut Client,
+    part: Vec<msg::Outcome>,
+    done: &AtomicU64,
+    failed: &AtomicU64,
+    refused: &AtomicU64,
+    worker: &str,
+) -> Result<()> {
+    let failures: Vec<u64> = part
+        .iter()
+        .filter(|o| o.error.is_some())
+        .map(|o| o.task)
+        .collect();
+    let n = part.len() as u64;
+    match c.send::<msg::Finish>(&msg::FinishBody { outcomes: part }) {
+        Ok(f) => {
+            for r in &f.refused {
+                log::warn!("task {}: {}", r.task, r.message);
+            }
+            let lost = |t: &u64| f.refused.iter().any(|r| r.task == *t);
+            let kept_failed = failures.iter().filter(|t| !lost(t)).count() as u64;
+            let kept_refused = f.refused.len() as u64;
+            refused.fetch_add(kept_refused, Ordering::Relaxed);
+            failed.fetch_add(kept_failed, Ordering::Relaxed);
+            done.fetch_add(n - kept_refused - kept_failed, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) if e.code() == Some(dsf_common::ErrorCode::BadRequest) => Err(e),
+        Err(e) => {
+            log::warn!(
+                "worker {worker}: {n} tasks were run but could not be reported: {e}; they will be retried after their lease"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Runs one claimed task; while its handler runs, extends `held` (the
+/// leases of its batch) whenever a third of the lease has passed since
+/// `extended`. Its outcome, to report.
 fn run_one<F>(
     c: &mut Client,
     task: &Claimed,
     held: &[Lease],
     lease_ms: u64,
+    extended: &mut Instant,
     handler: &F,
-) -> Result<msg::Outcome>
+) -> msg::Outcome
 where
     F: Fn(&RawValue) -> std::result::Result<String, String> + Sync,
 {
     let (tx, rx) = mpsc::channel();
+    let every = Duration::from_millis(lease_ms / 3);
     let result = std::thread::scope(|s| {
         s.spawn(|| {
             let _ = tx.send(handler(&task.payload));
         });
-        let every = Duration::from_millis(lease_ms / 3);
-        let mut next = Instant::now() + every;
         loop {
+            let next = *extended + every;
             match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                Ok(r) => return Ok(r),
+                Ok(r) => return r,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let body = msg::HeartbeatBody {
                         leases: held.to_vec(),
                         lease_ms,
                     };
-                    let ext = c.send::<msg::Heartbeat>(&body)?;
-                    for t in ext.lost {
-                        log::warn!(
-                            "task {t}: lease lost (another worker may take it); its result will be refused"
-                        );
+                    // A failed extension loses no result: the fence
+                    // decides when it is reported.
+                    match c.send::<msg::Heartbeat>(&body) {
+                        Ok(ext) => {
+                            for t in ext.lost {
+                                log::warn!(
+                                    "task {t}: lease lost (another worker may take it); its result will be refused"
+                                );
+                            }
+                        }
+                        Err(e) => log::warn!("task {}: extending its lease failed: {e}", task.task),
                     }
-                    next = Instant::now() + every;
+                    *extended = Instant::now();
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Ok(Err("the handler panicked".to_string()))
+                    return Err("the handler panicked".to_string())
                 }
             }
         }
-    })?;
+    });
     let (result, error) = match result {
         Ok(json) if json.len() > msg::RESULT_MAX => (
             None,
@@ -373,8 +426,8 @@ where
             Err(e) => (None, Some(format!("the handler's result is not JSON: {e}"))),
         },
         Err(mut error) => {
-            if error.len() > msg::RESULT_MAX {
-                let mut end = msg::RESULT_MAX;
+            if error.len() > msg::ERROR_MAX {
+                let mut end = msg::ERROR_MAX;
                 while !error.is_char_boundary(end) {
                     end -= 1;
                 }
@@ -383,10 +436,10 @@ where
             (None, Some(error))
         }
     };
-    Ok(msg::Outcome {
+    msg::Outcome {
         task: task.task,
         fence: task.fence,
         result,
         error,
-    })
+    }
 }

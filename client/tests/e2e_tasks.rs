@@ -331,3 +331,35 @@ fn a_submit_wakes_a_claim_parked_on_another_node_without_the_poll() {
     assert_eq!(claimed.tasks.len(), 1, "the parked claim got the task");
     assert_eq!(claimed.tasks[0].job, submitted["job"].as_u64().unwrap());
 }
+
+/// A claimed batch whose tasks each take less than a third of the lease,
+/// but together more than the whole lease (five of 0.8 s under a 3 s
+/// lease): the SDK worker extends the batch's leases while it runs them,
+/// so its one `task.finish` keeps every result (without the extension the
+/// reaper takes the leases back at 3 s and all five are refused).
+#[test]
+fn a_batch_longer_than_its_lease_keeps_every_result() {
+    use std::sync::atomic::AtomicBool;
+
+    use dsf_client::tasks::{work, WorkerOptions};
+
+    let cluster = Cluster::start(Spec {
+        apps: 1,
+        ..Spec::default()
+    });
+    let job = cluster.submit_job("long-batch", 5);
+    let cfg = cluster.client_config(cluster.lb_addrs());
+    let mut opts = WorkerOptions::new("long");
+    opts.lease = Duration::from_secs(3);
+    opts.batch = 5;
+    // One claim, of the five.
+    opts.max_tasks = Some(1);
+    let stop = AtomicBool::new(false);
+    let report = work(&cfg, &opts, &stop, |payload| {
+        std::thread::sleep(Duration::from_millis(800));
+        Ok(payload.get().to_string())
+    })
+    .unwrap();
+    assert_eq!((report.done, report.refused), (5, 0), "{report:?}");
+    assert_eq!(status(&cluster, job)["done"], 5);
+}

@@ -837,8 +837,10 @@ pub mod task {
     pub const SUBMIT_MAX: usize = 1000;
     /// Largest payload (its JSON), in bytes.
     pub const PAYLOAD_MAX: usize = 64 * 1024;
-    /// Largest result or error kept, in bytes.
+    /// Largest result kept, in bytes.
     pub const RESULT_MAX: usize = 256 * 1024;
+    /// Largest error of a failed attempt kept, in bytes (a `TEXT` column).
+    pub const ERROR_MAX: usize = 65_535;
     /// Most tasks one `task.claim` takes.
     pub const CLAIM_MAX: u32 = 100;
     /// Shortest and longest lease, in milliseconds.

@@ -10,7 +10,7 @@ use dsf_common::{Error, Result};
 use dsf_proto::task::{
     ClaimBody, ClaimReply, CompleteBody, Extended, FailBody, FinishBody, Finished, HeartbeatBody,
     JobRef, JobStatus, Refused, Results, ResultsBody, SubmitBody, Submitted, CLAIM_MAX,
-    DEFAULT_MAX_ATTEMPTS, PAYLOAD_MAX, RESULT_MAX, WAIT_MAX_MS,
+    DEFAULT_MAX_ATTEMPTS, ERROR_MAX, PAYLOAD_MAX, RESULT_MAX, WAIT_MAX_MS,
 };
 use dsf_proto::{Empty, LIMIT_MAX};
 use dsf_sql::tasks::{NewTask, Owner};
@@ -108,9 +108,9 @@ pub fn complete(call: &Call, b: CompleteBody) -> Result<Empty> {
 
 /// `task.fail`: a failed attempt; retried with backoff until the last.
 pub fn fail(call: &Call, b: FailBody) -> Result<Empty> {
-    if b.error.len() > RESULT_MAX {
+    if b.error.len() > ERROR_MAX {
         return Err(Error::bad_request(format!(
-            "error: at most {RESULT_MAX} bytes, got {}",
+            "error: at most {ERROR_MAX} bytes, got {}",
             b.error.len()
         )));
     }
@@ -140,10 +140,10 @@ pub fn finish(call: &Call, b: FinishBody) -> Result<Finished> {
         }
         let outcome = match (&o.result, &o.error) {
             (Some(r), None) if r.get().len() <= RESULT_MAX => Ok(r.get()),
-            (None, Some(e)) if e.len() <= RESULT_MAX => Err(e.as_str()),
+            (None, Some(e)) if e.len() <= ERROR_MAX => Err(e.as_str()),
             (Some(_), None) | (None, Some(_)) => {
                 return Err(Error::bad_request(format!(
-                    "outcomes[{i}]: a result or error of at most {RESULT_MAX} bytes"
+                    "outcomes[{i}]: a result of at most {RESULT_MAX} bytes, or an error of at most {ERROR_MAX}"
                 )))
             }
             _ => {

@@ -619,6 +619,10 @@ impl Cluster {
                 "mqtt".into(),
                 "--pins-db".into(),
                 self.db_url.clone(),
+                // Cached pins outlive the scenarios: a balancer must not
+                // need the cache to run out to follow the table.
+                "--pins-cache".into(),
+                "60s".into(),
             ]);
         }
         let p = Proc::spawn(
@@ -813,7 +817,7 @@ impl Cluster {
     }
 
     /// The SDK's settings for this cluster, trusting its CA under TLS.
-    fn client_config(&self, balancers: Vec<String>) -> ClientConfig {
+    pub fn client_config(&self, balancers: Vec<String>) -> ClientConfig {
         let cfg = ClientConfig::new(balancers, APP, APP_SECRET.as_bytes().to_vec());
         match &self.tls {
             Some(dir) => cfg.tls_ca(&dir.join("ca.pem")).unwrap(),
