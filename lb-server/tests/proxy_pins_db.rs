@@ -23,10 +23,15 @@ fn url_for(name: &str) -> String {
 }
 
 fn replica(backends: &[String], db_url: &str) -> Running {
+    replica_caching(backends, db_url, Duration::from_millis(100))
+}
+
+/// A replica that trusts a pin it read for `cache`.
+fn replica_caching(backends: &[String], db_url: &str, cache: Duration) -> Running {
     let mut s = settings(backends, &[Protocol::Mqtt]);
     let p = s.proxy.as_mut().unwrap();
     p.pins_db = Some(dsf_sql::DbConfig::new(db_url));
-    p.pins_cache = Duration::from_millis(100);
+    p.pins_cache = cache;
     start_lb(s)
 }
 
@@ -169,13 +174,7 @@ fn a_node_back_in_the_view_gets_only_what_the_table_pins_to_it() {
     let brokers = [Broker::start(), Broker::start(), Broker::start()];
     let b: Vec<&Broker> = brokers.iter().collect();
     let all = backends(&b);
-    let trusting = || {
-        let mut s = settings(&all, &[Protocol::Mqtt]);
-        let p = s.proxy.as_mut().unwrap();
-        p.pins_db = Some(dsf_sql::DbConfig::new(url.clone()));
-        p.pins_cache = Duration::from_secs(60);
-        start_lb(s)
-    };
+    let trusting = || replica_caching(&all, &url, Duration::from_secs(60));
     let (a, r) = (trusting(), trusting());
     let before = served(a.proxy_addrs[0], &b);
     assert_eq!(served(r.proxy_addrs[0], &b), before, "B read A's pins");

@@ -373,7 +373,7 @@ impl<'a> Tasks<'a> {
         app: &str,
         batch: &[(u64, u64, std::result::Result<&str, &str>)],
     ) -> Result<Vec<Option<String>>> {
-        const OP: &str = "tasks.finish_many";
+        const OP: &str = "tasks.finish";
         let q = sql(OP);
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -435,7 +435,7 @@ impl<'a> Tasks<'a> {
                     params,
                 )
                 .map_err(&q)?;
-                count_many(c, &done_ids, "done").map_err(&q)?;
+                count(c, &done_ids, "done").map_err(&q)?;
             }
             for &(task, _, outcome) in kept() {
                 if let Err(error) = outcome {
@@ -446,6 +446,7 @@ impl<'a> Tasks<'a> {
         })
     }
 
+    /// [`Tasks::finish_many`] of one task, its refusal a `conflict`.
     fn finish(
         &self,
         app: &str,
@@ -453,48 +454,17 @@ impl<'a> Tasks<'a> {
         fence: u64,
         outcome: std::result::Result<&str, &str>,
     ) -> Result<()> {
-        const OP: &str = "tasks.finish";
-        let q = sql(OP);
-        self.db.with_tx(OP, |c| {
-            let held: Option<(u64, String)> = c
-                .exec_first(
-                    "SELECT fence, app FROM claimed_tasks WHERE task_id = ? FOR UPDATE",
-                    (task,),
-                )
-                .map_err(&q)?;
-            match held {
-                Some((f, a)) if f == fence && a == app => {}
-                Some((f, a)) if a == app => {
-                    return Err(Error::Conflict {
-                        op: OP,
-                        message: format!(
-                            "task {task}: fence {fence} is not the current lease's ({f}); the lease expired and the task went to another worker"
-                        ),
-                    })
-                }
-                _ => {
-                    return Err(Error::Conflict {
-                        op: OP,
-                        message: format!(
-                            "task {task} holds no lease under fence {fence} (it expired, or the task is finished or cancelled)"
-                        ),
-                    })
-                }
-            }
-            match outcome {
-                Ok(result) => {
-                    c.exec_drop("DELETE FROM claimed_tasks WHERE task_id = ?", (task,))
-                        .map_err(&q)?;
-                    c.exec_drop(
-                        "UPDATE tasks SET state = 'done', result = ?, finished_at = NOW(3) WHERE id = ?",
-                        (result, task),
-                    )
-                    .map_err(&q)?;
-                    count(c, task, "done").map_err(&q)
-                }
-                Err(error) => retry_or_bury(c, task, error).map_err(&q),
-            }
-        })
+        match self
+            .finish_many(app, &[(task, fence, outcome)])?
+            .pop()
+            .flatten()
+        {
+            None => Ok(()),
+            Some(message) => Err(Error::Conflict {
+                op: "tasks.finish",
+                message,
+            }),
+        }
     }
 
     /// Returns expired leases' tasks to their retry (or buries them), and
@@ -779,25 +749,13 @@ fn raw(json: &str, op: &'static str) -> Result<Box<serde_json::value::RawValue>>
     })
 }
 
-/// Adds one to a job's finished count `column` (`done`, `failed` or `dead`),
-/// on the shard of `task`.
-fn count(c: &mut PooledConn, task: u64, column: &str) -> mysql::Result<()> {
-    c.exec_drop(
-        format!(
-            "INSERT INTO job_counts (job_id, shard, {column}) \
-             SELECT job_id, ?, 1 FROM tasks WHERE id = ? \
-             ON DUPLICATE KEY UPDATE {column} = {column} + 1"
-        ),
-        (task % SHARDS, task),
-    )
-}
-
-/// [`count`] for many tasks at once, in one shard row per job: the shard
-/// of the first task. Which shard a count lands in does not matter (a
-/// job's count is the sum of its shards); taking one row, not one per
-/// task, keeps a batch from holding most of a job's shard rows until it
-/// commits, queueing every other batch of the job behind it.
-fn count_many(c: &mut PooledConn, tasks: &[u64], column: &str) -> mysql::Result<()> {
+/// Adds `tasks` to their jobs' `column` count (`done`, `failed`, `dead`),
+/// in one shard row per job: the shard of the first task. Which shard a
+/// count lands in does not matter (a job's count is the sum of its
+/// shards); one row, not one per task, keeps a batch from holding most of
+/// a job's shard rows until it commits, queueing every other batch of the
+/// job behind it.
+fn count(c: &mut PooledConn, tasks: &[u64], column: &str) -> mysql::Result<()> {
     let shard = tasks.first().map_or(0, |t| t % SHARDS);
     let mut params: Vec<mysql::Value> = vec![shard.into()];
     params.extend(tasks.iter().map(|t| mysql::Value::from(*t)));
@@ -824,13 +782,13 @@ fn retry_or_bury(c: &mut PooledConn, task: u64, error: &str) -> mysql::Result<()
         return Ok(());
     };
     c.exec_drop("DELETE FROM claimed_tasks WHERE task_id = ?", (task,))?;
-    count(c, task, "failed")?;
+    count(c, &[task], "failed")?;
     if attempts >= max {
         c.exec_drop(
             "UPDATE tasks SET state = 'dead', error = ?, finished_at = NOW(3) WHERE id = ?",
             (error, task),
         )?;
-        return count(c, task, "dead");
+        return count(c, &[task], "dead");
     }
     c.exec_drop(
         "UPDATE tasks SET state = 'waiting', error = ? WHERE id = ?",
