@@ -37,7 +37,8 @@ use dsf_sql::Db;
 use crate::config::SHUTDOWN_DEADLINE;
 use crate::error::Error;
 use crate::heartbeat::{Heartbeats, Identity, Upstream};
-use crate::layers::{once::RunOnce, poll::LongPolls};
+use crate::layers::once::{GroupCommit, RunOnce};
+use crate::layers::poll::LongPolls;
 use crate::node::{Call, Node};
 use crate::reactor::AppService;
 use crate::service::{DrainFn, Job, Service};
@@ -387,7 +388,8 @@ impl Server {
             .drain(drain)
             .rates(move |name| rates.rate(name))
             .layer(LongPolls)
-            .layer(RunOnce);
+            .layer(RunOnce)
+            .group(GroupCommit(node.db().clone()));
         for svc in services {
             if let Some(f) = svc.sessions {
                 if sessions.is_some() {

@@ -14,6 +14,7 @@ use dsf_common::call::{Connection, Failure, Signer, Streamed};
 use dsf_common::wire::Key;
 use dsf_common::ErrorCode;
 use dsf_sql::testing::{self, TestDb};
+use dsf_sql::Queryable;
 use serde_json::{json, Value};
 use support::{introduce, settings, Conn, Server, WAIT};
 
@@ -606,4 +607,76 @@ fn bad_input_gets_its_error_and_a_good_client_is_served_meanwhile() {
         assert!(e.contains(says), "{body}: {e}");
         good.ok("sys.ping", json!({}), None);
     }
+}
+
+/// The page's value of the sample `name` (labels included), or 0.
+fn metric(server: &Server, name: &str) -> f64 {
+    let page = server.running().pipeline().metrics().render();
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn sends_in_flight_on_one_connection_are_stored_in_order_and_committed_together() {
+    let mut t = two(Duration::from_secs(3600), false);
+    // Another user's connection, served while the window runs.
+    let mut other = t.a.connect();
+    let cid = other.user("cid");
+    // 300 sends in flight on one connection, three in the middle bad: to
+    // a user who does not exist, or naming both a user and a room. Each
+    // breaks the group it is in (they are next to each other, so that
+    // they are in one group of more than one unless three groups of one
+    // came in a row).
+    const N: u64 = 300;
+    let bad = |n: u64| (150..153).contains(&n);
+    let ids: Vec<u64> = (0..N)
+        .map(|n| {
+            let body = match (bad(n), n % 2) {
+                (true, 0) => json!({"to": "nobody", "body": {"n": n}}),
+                (true, _) => json!({"to": "bob", "room": "r", "body": {"n": n}}),
+                (false, _) => json!({"to": "bob", "body": {"n": n}}),
+            };
+            t.ca.send("msg.send", &body, Some(&t.ann))
+        })
+        .collect();
+    let mid = send(&mut other, &cid, "bob", json!({"from": "cid"}));
+    assert!(mid["seq"].as_u64().is_some(), "{mid}");
+    let mut seqs = Vec::new();
+    for (n, id) in (0..N).zip(&ids) {
+        let (got, reply) = t.ca.recv();
+        assert_eq!(got, *id, "replies come in the order sent");
+        match reply {
+            Err(e) if bad(n) && n % 2 == 0 => assert_eq!(e.code(), ErrorCode::NotFound, "{e}"),
+            Err(e) if bad(n) => assert_eq!(e.code(), ErrorCode::BadRequest, "{e}"),
+            Ok(v) if !bad(n) => seqs.push(v["seq"].as_u64().expect("a direct send's seq")),
+            other => panic!("send {n}: {other:?}"),
+        }
+    }
+    let want: Vec<u64> = (0..N).filter(|n| !bad(*n)).collect();
+    assert_eq!(seqs.len(), want.len());
+    // Numbered in the order sent (cid's one message somewhere between).
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let committed = metric(&t.a, "dsf_grouped_requests_total");
+    let rerun = metric(&t.a, "dsf_groups_total{outcome=\"rerun\"}");
+    assert!(committed > 0.0, "some sends committed in groups");
+    assert!(
+        rerun >= 1.0,
+        "the groups with a bad send ran again one by one"
+    );
+    // Bob's inbox holds each good one once, in order.
+    let ns: Vec<u64> =
+        t.db.with_conn("test", |c| {
+            c.exec_map(
+                "SELECT m.body FROM inbox i JOIN messages m ON m.id = i.message_id \
+                 JOIN users u ON u.id = i.user_id WHERE u.name = 'bob' ORDER BY i.seq",
+                (),
+                |body: String| serde_json::from_str::<Value>(&body).unwrap()["n"].as_u64(),
+            )
+        })
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(ns, want);
 }

@@ -4,18 +4,20 @@
 //! by another one, where its subscription is, so each message crosses
 //! nodes (stored, then `peer.notify`, then pushed). Sender k sends its
 //! share of the messages, message i to recipient (k + i) mod R, each send
-//! awaited (stored) before the next. Latency is send to receipt (one
-//! clock); throughput is messages over first send to last receipt. Users
-//! are made fresh for each run. One JSON object on stdout.
+//! awaited (stored) before the next, or with `--window N` sends in flight
+//! ([`messages::send_many`]). Latency is send to receipt (one clock);
+//! throughput is messages over first send to last receipt. Users are made
+//! fresh for each run. One JSON object on stdout.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dsf_client::messages::{self, ListenOptions, Listener};
+use dsf_client::messages::{self, ListenOptions, Listener, To};
 use dsf_client::{Client, ClientConfig};
 use hdrhistogram::Histogram;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 /// Cross-node messages: senders on one app server, recipients' subscriptions
@@ -44,6 +46,9 @@ struct Args {
     /// Bytes of padding in each body.
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Sends each sender keeps in flight (1: each awaited before the next).
+    #[arg(long, default_value_t = 1)]
+    window: usize,
     /// Each subscription's credit.
     #[arg(long, default_value_t = 100)]
     credit: u32,
@@ -92,6 +97,7 @@ fn main() {
         warmup,
         size,
         credit,
+        window,
         ..
     } = args;
     let tag = now_us() % 1_000_000_000;
@@ -175,11 +181,20 @@ fn main() {
                 let (names, pad) = (&names, &pad);
                 let share = total / senders as u64 + u64::from((k as u64) < total % senders as u64);
                 s.spawn(move || {
-                    for i in 0..share {
+                    let sends = (0..share).map(|i| {
                         let to = &names[(k + i as usize) % names.len()];
                         let body = json!({"p": phase, "k": k, "i": i, "t": now_us(), "pad": pad});
-                        messages::send(c, to, &body.to_string()).unwrap();
-                    }
+                        (
+                            To::User(to),
+                            RawValue::from_string(body.to_string()).unwrap(),
+                        )
+                    });
+                    messages::send_many(c, sends, window, |i, sent| {
+                        if let Err(e) = sent {
+                            panic!("sender {k}, message {i}: {e}");
+                        }
+                    })
+                    .unwrap();
                 });
             }
         });
@@ -211,6 +226,7 @@ fn main() {
             "recipients": recipients,
             "messages": n,
             "size": size,
+            "window": window,
             "send_node": send_node.node,
             "seconds": (seconds * 1000.0).round() / 1000.0,
             "rate": (n as f64 / seconds).round(),

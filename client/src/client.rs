@@ -648,10 +648,17 @@ impl Client {
     /// body's index, in input order. Bodies are read from the iterator as
     /// the window frees, so a stream of any length runs in bounded memory.
     ///
-    /// When the connection breaks, idempotent requests still in flight are
-    /// sent again on another node; other ones are reported as
-    /// [`Error::OutcomeUnknown`]. Returns an error only when no node can be
-    /// reached at all.
+    /// A write's requests from one connection run on the server in the
+    /// order sent (and, for a batched type such as `msg.send`, commit
+    /// together), so replies come in input order.
+    ///
+    /// When the connection breaks (or its node says `unavailable`), the
+    /// requests still in flight are sent again on another node, in order:
+    /// reads freshly signed, writes with their first stamp, so that one
+    /// that ran is answered with its stored reply instead of running again
+    /// ([`RESEND_WINDOW`]; past it, and after any other failure, a write
+    /// that may have run is reported as [`Error::OutcomeUnknown`]).
+    /// Returns an error only when no node can be reached at all.
     pub fn call_many<I, F>(
         &mut self,
         kind: &str,
@@ -735,7 +742,7 @@ impl Client {
                             tries = Attempts::new(self.cfg.deadline);
                             continue;
                         }
-                        Err(f) if f.keeps_connection() && !(idempotent && is_unavailable(&f)) => {
+                        Err(f) if f.keeps_connection() && !is_unavailable(&f) => {
                             let p = pending.pop_front().expect("head exists");
                             on_reply(p.index, Err(f.into_error(kind, &node.id)));
                             continue;
@@ -748,7 +755,17 @@ impl Client {
             // what was in flight on it.
             let id = node.id.clone();
             self.node = None;
-            let resend = idempotent || matches!(failure, Failure::NotSent(_));
+            // A write resent with its stamp is answered from its record if
+            // it ran: safe while the servers still know the stamp.
+            let in_window = pending
+                .iter()
+                .filter(|p| p.id.is_some())
+                .all(|p| p.stamp.age() < RESEND_WINDOW);
+            let resend = idempotent
+                || matches!(failure, Failure::NotSent(_))
+                || (in_window
+                    && (matches!(failure, Failure::Lost(_) | Failure::TimedOut(_))
+                        || is_unavailable(&failure)));
             if !resend {
                 let why = match &failure {
                     Failure::Lost(w) | Failure::NotSent(w) | Failure::BadReply(w) => w.clone(),

@@ -58,6 +58,66 @@ pub fn send_to_room(c: &mut Client, room: &str, body: &str) -> Result<Sent> {
     })
 }
 
+/// The most sends [`send_many`] keeps in flight by default.
+pub const WINDOW_DEFAULT: usize = 64;
+
+/// Where a message goes.
+#[derive(Debug, Clone, Copy)]
+pub enum To<'a> {
+    /// A user, by name.
+    User(&'a str),
+    /// Every other member of a room.
+    Room(&'a str),
+}
+
+/// `msg.send` of each `(to, body)`, with up to `window` sends in flight
+/// on one connection: the app server runs them in this order and commits
+/// those that arrive together in one transaction, so a window of 64 sends
+/// many times what awaiting each does. `on_sent(i, result)` gets each
+/// message's outcome, in input order; a send is stored (and runs once,
+/// even when resent after a node's death) before its `Ok`. Messages are
+/// read as the window frees. Returns an error only when no app server can
+/// be reached at all.
+///
+/// ```no_run
+/// use dsf_client::messages::{self, To};
+/// use serde_json::value::RawValue;
+/// # let mut c: dsf_client::Client = todo!();
+/// let readings = (0..1000).map(|i| {
+///     (To::User("bob"), RawValue::from_string(format!(r#"{{"reading":{i}}}"#)).unwrap())
+/// });
+/// messages::send_many(&mut c, readings, messages::WINDOW_DEFAULT, |i, sent| {
+///     if let Err(e) = sent {
+///         eprintln!("message {i}: {e}");
+///     }
+/// })?;
+/// # Ok::<(), dsf_client::Error>(())
+/// ```
+pub fn send_many<'t, I, F>(c: &mut Client, messages: I, window: usize, mut on_sent: F) -> Result<()>
+where
+    I: IntoIterator<Item = (To<'t>, Box<RawValue>)>,
+    F: FnMut(usize, Result<Sent>),
+{
+    let requests = messages.into_iter().map(|(to, body)| {
+        let (to, room) = match to {
+            To::User(u) => (Some(u.to_string()), None),
+            To::Room(r) => (None, Some(r.to_string())),
+        };
+        let b = SendBody { to, room, body };
+        serde_json::to_string(&b).expect("a send body serialises")
+    });
+    let kind = <msg::Send as dsf_proto::Message>::TYPE.name;
+    c.call_many(kind, requests, window, |i, reply| {
+        let sent = reply.and_then(|raw| {
+            serde_json::from_str::<Sent>(raw.get()).map_err(|e| Error::BadReply {
+                server: "app server".into(),
+                reason: format!("msg.send reply is not what the catalogue says: {e}"),
+            })
+        });
+        on_sent(i, sent);
+    })
+}
+
 /// `msg.history`: a page of messages sent and received, newest first.
 pub fn history(c: &mut Client, q: &HistoryBody) -> Result<History> {
     c.send::<msg::GetHistory>(q)

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use dsf_client::messages::{self, ListenOptions, Listener};
 use dsf_client::{Client, Error};
 use dsf_sql::password::{self, Cost};
-use dsf_sql::Role;
+use dsf_sql::{Queryable, Role};
 use e2e::{wait_for, Cluster, Spec, WAIT};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -403,4 +403,114 @@ fn cli_send_and_listen(cluster: &Cluster) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A window of sends in flight from one client, its node SIGKILLed in
+/// the middle: the sends are committed in groups (counted on the node's
+/// metrics before the kill), the window in flight is resent elsewhere
+/// with its stamps, and every recipient's inbox holds each message once,
+/// in the order it was sent.
+#[test]
+fn a_window_of_sends_is_stored_once_and_in_order_when_its_node_dies_mid_batch() {
+    const SENDS: u64 = 3_000;
+    const RECIPIENTS: usize = 3;
+    const WINDOW: usize = 64;
+    let mut cluster = Cluster::start(Spec {
+        apps: 3,
+        balancers: 1,
+        ..Spec::default()
+    });
+    let hash = password::hash_with(PASSWORD, Cost::TEST).unwrap();
+    let names: Vec<String> = (0..=RECIPIENTS).map(|i| format!("w{i}")).collect();
+    for n in &names {
+        cluster.db.users().create(n, &hash, Role::Viewer).unwrap();
+    }
+    let owner = &cluster.owners(0, &names[..1])[&names[0]];
+    let at = cluster
+        .apps
+        .iter()
+        .position(|(id, _, _)| id == owner)
+        .expect("the sender's node is one of the cluster's");
+    let mut c = cluster.client();
+    c.set_routing_key(Some(names[0].clone()));
+    let r = c
+        .call(
+            "user.login",
+            &json!({"name": names[0], "password": PASSWORD}),
+        )
+        .unwrap();
+    c.set_token(Some(r["token"].as_str().unwrap().to_string()));
+
+    let (acked, submitted) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let sender = {
+        let (acked, submitted, names) = (acked.clone(), submitted.clone(), names.clone());
+        std::thread::spawn(move || {
+            let sends = (0..SENDS).map(|n| {
+                submitted.fetch_add(1, Ordering::Relaxed);
+                let to = &names[1 + n as usize % RECIPIENTS];
+                let body = serde_json::value::to_raw_value(&json!({ "n": n })).unwrap();
+                (messages::To::User(to), body)
+            });
+            let mut failed = Vec::new();
+            messages::send_many(&mut c, sends, WINDOW, |i, sent| {
+                acked.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = sent {
+                    failed.push(format!("send {i}: {e}"));
+                }
+            })
+            .unwrap();
+            failed
+        })
+    };
+    wait_for("a third of the sends acknowledged", WAIT * 2, || {
+        (acked.load(Ordering::Relaxed) as u64 >= SENDS / 3).then_some(())
+    });
+    let grouped = cluster
+        .app_metric(at, "dsf_grouped_requests_total")
+        .unwrap_or(0.0);
+    cluster.app(at).kill();
+    let in_flight = submitted.load(Ordering::Relaxed) - acked.load(Ordering::Relaxed);
+    let failed = sender.join().unwrap();
+    assert!(failed.is_empty(), "every send stored: {failed:?}");
+    assert!(
+        grouped > 0.0,
+        "the node committed sends in groups before the kill"
+    );
+    assert!(
+        in_flight > 1,
+        "sends were in flight when the node died ({in_flight})"
+    );
+
+    // Each recipient's inbox, in its numbering: every message once, in
+    // the order sent.
+    for (r, name) in names[1..].iter().enumerate() {
+        let ns: Vec<u64> = cluster
+            .db
+            .with_conn("test", |c| {
+                c.exec_map(
+                    "SELECT m.body FROM inbox i JOIN messages m ON m.id = i.message_id \
+                     JOIN users u ON u.id = i.user_id WHERE u.name = ? ORDER BY i.seq",
+                    (name,),
+                    |body: String| {
+                        serde_json::from_str::<Value>(&body).unwrap()["n"]
+                            .as_u64()
+                            .unwrap()
+                    },
+                )
+            })
+            .unwrap();
+        let want: Vec<u64> = (0..SENDS)
+            .filter(|n| *n as usize % RECIPIENTS == r)
+            .collect();
+        if let Some(at) = (0..ns.len().max(want.len())).find(|&i| ns.get(i) != want.get(i)) {
+            let around = |v: &[u64]| v[at.saturating_sub(3)..(at + 4).min(v.len())].to_vec();
+            panic!(
+                "{name}'s inbox ({} messages, {} sent) differs from the sends at #{at}: {:?} where {:?} was sent",
+                ns.len(),
+                want.len(),
+                around(&ns),
+                around(&want)
+            );
+        }
+    }
 }

@@ -14,6 +14,20 @@
 //! A refusal (the handler's error) is rolled back, then recorded on its own
 //! so a resend gets the same answer; errors that say "try again"
 //! (`unavailable`, `overloaded`, `internal`) are not recorded.
+//!
+//! **A group commit** ([`Writes::begin_group`], [`Writes::commit_group`])
+//! runs many writes in one transaction: each [`Writes::run_once`] on this
+//! thread while the group is open runs its handler in the group's
+//! transaction and keeps its record, and the commit inserts every record
+//! in one statement and commits once. Anything that is not a plain
+//! success (a refusal, a resend, a statement not yet prepared on Galera,
+//! a deadlock) breaks the group: its commit rolls everything back and says
+//! why, and the writes are run again one by one, each as above. So a group
+//! either stores every write with its record or none of them, and the
+//! record's unique key still keeps each to once (a duplicate fails the
+//! group's insert, and the write then meets its record on its own).
+
+use std::cell::RefCell;
 
 use mysql::prelude::Queryable;
 use mysql::PooledConn;
@@ -74,6 +88,46 @@ const INSERT: &str = "INSERT INTO wire_writes (app, nonce, kind, ok, reply, crea
 const INSERT_REFUSAL: &str = "INSERT IGNORE INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
                               VALUES (?, ?, ?, ?, ?, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))";
 
+/// A group commit open on this thread.
+struct Group {
+    /// The pool ([`Db::id`]) and node its transaction is on.
+    db: usize,
+    node: usize,
+    /// The records of the writes it ran: app, nonce, kind, reply.
+    records: Vec<[String; 4]>,
+    /// Why it cannot commit, once something broke it.
+    broken: Option<String>,
+}
+
+thread_local! {
+    static GROUP: RefCell<Option<Group>> = const { RefCell::new(None) };
+}
+
+/// Breaks the group open on this thread, if any, unless defused: a
+/// handler that panicked leaves nothing of its group.
+struct BreakOnDrop;
+
+impl Drop for BreakOnDrop {
+    fn drop(&mut self) {
+        break_group("a write panicked");
+    }
+}
+
+/// Breaks the group commit open on this thread, if any: its commit rolls
+/// back and says `why`, and its writes run again one by one.
+pub fn break_group(why: &str) {
+    GROUP.with(|g| {
+        if let Some(g) = g.borrow_mut().as_mut() {
+            g.broken.get_or_insert_with(|| why.to_string());
+        }
+    });
+}
+
+/// Whether a group commit is open on this thread.
+pub fn in_group() -> bool {
+    GROUP.with(|g| g.borrow().is_some())
+}
+
 // === impl Writes ===
 
 impl<'a> Writes<'a> {
@@ -95,6 +149,9 @@ impl<'a> Writes<'a> {
         mut handler: impl FnMut() -> (bool, String, bool),
     ) -> Result<Once> {
         const OP: &str = "wire.run_once";
+        if let Some(grouped) = self.in_group_run(app, nonce, kind, &mut handler) {
+            return grouped;
+        }
         let (node, mut conn) = self.db.conn_at(OP)?;
         let key = crate::db::op_key(kind);
         if self.db.needs_warming(node, &conn, key) {
@@ -144,6 +201,129 @@ impl<'a> Writes<'a> {
             }
         }
         Ok(Once::Ran(Stored { ok, reply }))
+    }
+
+    /// Opens a group commit on this thread (see the module documentation).
+    /// A group left open before (its commit never called) is rolled back.
+    pub fn begin_group(&self) -> Result<()> {
+        const OP: &str = "wire.group";
+        if GROUP.with(|g| g.borrow_mut().take()).is_some() {
+            log::error!("a group commit was left open on this thread; rolled back");
+            if let Some(mut conn) = crate::db::take_tx(self.db.id()) {
+                crate::db::roll_back(&mut conn);
+            }
+        }
+        let (node, mut conn) = self.db.conn_at(OP)?;
+        conn.query_drop("START TRANSACTION").map_err(|e| {
+            crate::db::forget_if_broken(&mut conn, &e);
+            Error::from_mysql(OP, e)
+        })?;
+        crate::db::put_tx(self.db.id(), conn);
+        GROUP.with(|g| {
+            *g.borrow_mut() = Some(Group {
+                db: self.db.id(),
+                node,
+                records: Vec::new(),
+                broken: None,
+            })
+        });
+        Ok(())
+    }
+
+    /// Commits the group open on this thread: every record in one
+    /// statement, then `COMMIT`. An error says why nothing of it stays
+    /// (broken, or the commit failed): run its writes again one by one.
+    pub fn commit_group(&self) -> std::result::Result<(), String> {
+        const OP: &str = "wire.group";
+        let group = GROUP.with(|g| g.borrow_mut().take());
+        let conn = crate::db::take_tx(self.db.id());
+        let (Some(group), Some(mut conn)) = (group, conn) else {
+            return Err("no group commit was open on this thread".into());
+        };
+        if let Some(why) = group.broken {
+            crate::db::roll_back(&mut conn);
+            return Err(why);
+        }
+        let done = (|| {
+            if !group.records.is_empty() {
+                // Text, not a prepared statement: on Galera a transaction
+                // that prepares one may be lost (see `db::op_key`).
+                let mut sql = String::with_capacity(128 + 96 * group.records.len());
+                sql.push_str(
+                    "INSERT INTO wire_writes (app, nonce, kind, reply, ok, created_at) VALUES ",
+                );
+                for (i, r) in group.records.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(',');
+                    }
+                    sql.push('(');
+                    for v in r {
+                        sql.push_str(&mysql::Value::from(v.as_str()).as_sql(false));
+                        sql.push(',');
+                    }
+                    sql.push_str("1, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))");
+                }
+                conn.query_drop(sql)?;
+            }
+            conn.query_drop("COMMIT")
+        })();
+        done.map_err(|e| {
+            crate::db::forget_if_broken(&mut conn, &e);
+            crate::db::roll_back(&mut conn);
+            Error::from_mysql(OP, e).to_string()
+        })
+    }
+
+    /// [`Writes::run_once`] inside the group open on this thread, if one
+    /// is open on this pool: `None` otherwise.
+    fn in_group_run(
+        &self,
+        app: &str,
+        nonce: &str,
+        kind: &str,
+        handler: &mut impl FnMut() -> (bool, String, bool),
+    ) -> Option<Result<Once>> {
+        let (node, broken) = GROUP.with(|g| {
+            g.borrow()
+                .as_ref()
+                .filter(|g| g.db == self.db.id())
+                .map(|g| (g.node, g.broken.is_some()))
+        })?;
+        let not_now = |why: &str| {
+            break_group(why);
+            Some(Err(Error::Unavailable {
+                op: "wire.group",
+                reason: format!("the batch runs again one by one: {why}"),
+            }))
+        };
+        if broken {
+            return not_now("broken before");
+        }
+        let warm = crate::db::take_tx(self.db.id()).map(|conn| {
+            let needs = self.db.needs_warming(node, &conn, crate::db::op_key(kind));
+            crate::db::put_tx(self.db.id(), conn);
+            !needs
+        });
+        match warm {
+            None => return not_now("its connection was lost"),
+            Some(false) => return not_now("a statement not yet prepared on this connection"),
+            Some(true) => {}
+        }
+        let guard = BreakOnDrop;
+        let (ok, reply, _) = handler();
+        std::mem::forget(guard);
+        if !ok {
+            // Its writes must not stay, and a group has no savepoints.
+            break_group("a refusal");
+        } else {
+            GROUP.with(|g| {
+                if let Some(g) = g.borrow_mut().as_mut() {
+                    g.records
+                        .push([app.into(), nonce.into(), kind.into(), reply.clone()]);
+                }
+            });
+        }
+        Some(Ok(Once::Ran(Stored { ok, reply })))
     }
 
     /// Opens a transaction on `conn`, runs `handler` inside it (as the

@@ -160,3 +160,93 @@ fn records_older_than_the_window_are_deleted() {
         .unwrap()
         .is_none());
 }
+
+/// Runs `cards` as one group, each a `blacklist.add` of its own nonce;
+/// the commit's result.
+fn group(db: &Db, cards: &[(&str, &str)]) -> Result<Vec<Once>, String> {
+    db.writes().begin_group().unwrap();
+    let ran: Vec<Once> = cards
+        .iter()
+        .map(|(nonce, card)| {
+            db.writes()
+                .run_once("cli", nonce, "blacklist.add", || add(db, card))
+                .unwrap_or_else(|e| {
+                    Once::Ran(Stored {
+                        ok: false,
+                        reply: e.to_string(),
+                    })
+                })
+        })
+        .collect();
+    db.writes().commit_group().map(|()| ran)
+}
+
+#[test]
+fn a_group_commits_every_write_with_its_record_and_a_resend_is_answered_from_it() {
+    let db = testing::fresh();
+    let ran = group(
+        &db,
+        &[("00000000000000g1", "G1"), ("00000000000000g2", "G2")],
+    )
+    .unwrap();
+    assert!(
+        ran.iter()
+            .all(|o| matches!(o, Once::Ran(Stored { ok: true, .. }))),
+        "{ran:?}"
+    );
+    assert!(listed(&db, "G1") && listed(&db, "G2"));
+    // A resend of the second, alone: its record answers.
+    let again = db
+        .writes()
+        .run_once("cli", "00000000000000g2", "blacklist.add", || {
+            add(&db, "G3")
+        })
+        .unwrap();
+    assert_eq!(
+        again,
+        Once::Replayed(Stored {
+            ok: true,
+            reply: "{\"id_card\":\"G2\"}".into()
+        })
+    );
+    assert!(!listed(&db, "G3"));
+    assert!(!dsf_sql::writes::in_group(), "the commit closed the group");
+}
+
+#[test]
+fn a_group_with_a_refusal_or_a_recorded_nonce_leaves_nothing() {
+    let db = testing::fresh();
+    // A refusal (a duplicate id card) breaks the group: the first write
+    // goes too.
+    let broken = group(
+        &db,
+        &[("00000000000000h1", "H1"), ("00000000000000h2", "H1")],
+    );
+    assert_eq!(broken.unwrap_err(), "a refusal");
+    assert!(!listed(&db, "H1"), "nothing of a broken group stays");
+    // A nonce recorded already: the group's insert of records fails whole.
+    db.writes()
+        .run_once("cli", "00000000000000h3", "blacklist.add", || {
+            add(&db, "H3")
+        })
+        .unwrap();
+    let dup = group(
+        &db,
+        &[("00000000000000h4", "H4"), ("00000000000000h3", "H5")],
+    );
+    assert!(
+        dup.unwrap_err().contains("Duplicate"),
+        "the duplicate record is named"
+    );
+    assert!(!listed(&db, "H4") && !listed(&db, "H5"));
+    // Both then run on their own, as the pipeline runs them: once each.
+    assert!(matches!(
+        db.writes()
+            .run_once("cli", "00000000000000h3", "blacklist.add", || add(
+                &db, "H5"
+            ))
+            .unwrap(),
+        Once::Replayed(_)
+    ));
+    assert!(!listed(&db, "H5"));
+}

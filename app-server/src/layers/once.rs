@@ -10,8 +10,12 @@
 //! recorded, runs: the record's unique key keeps it to once. What the
 //! handler asked for after its commit ([`Call::after_commit`]) is forgotten
 //! for a run rolled back, and for a resend answered from its record.
+//!
+//! [`GroupCommit`] is the app server's [`Group`]: a batch of
+//! [`Route::batched`](dsf_common::pipeline::Route::batched) writes runs in
+//! one transaction ([`dsf_sql::Writes::begin_group`]).
 
-use dsf_common::pipeline::{Layer, Next, Outcome};
+use dsf_common::pipeline::{Group, Layer, Next, Outcome};
 use dsf_common::wire;
 use dsf_common::{Error, ErrorCode};
 use dsf_sql::Once;
@@ -34,6 +38,11 @@ impl Layer<Node> for RunOnce {
             (r.app.clone(), r.nonce.clone(), r.kind.clone())
         };
         if call.is_resend() {
+            // Its record is read on its own, outside any group.
+            dsf_sql::writes::break_group("a resend");
+            if dsf_sql::writes::in_group() {
+                return Outcome::Reply(Err(Error::Unavailable("a resend runs on its own".into())));
+            }
             match writes.stored(&app, &nonce) {
                 Ok(Some(s)) => {
                     return Outcome::Stored {
@@ -93,5 +102,24 @@ impl Layer<Node> for RunOnce {
                 Outcome::Reply(Err(e.into()))
             }
         }
+    }
+}
+
+/// Batches of writes in one transaction; see the module documentation.
+pub struct GroupCommit(pub dsf_sql::Db);
+
+impl Group for GroupCommit {
+    fn begin(&self) -> bool {
+        match self.0.writes().begin_group() {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("no group commit: {e}");
+                false
+            }
+        }
+    }
+
+    fn commit(&self) -> Result<(), String> {
+        self.0.writes().commit_group()
     }
 }

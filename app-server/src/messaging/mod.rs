@@ -68,7 +68,8 @@ pub fn service() -> Service {
         .migrations(dsf_sql::migrate::MESSAGING)
         .state(|_| Ok(Messaging::default()))
         .state(|node| Ok(Mailroom::start(node.db().clone(), node.settings().msg_poll)))
-        .unary::<msg::Send>(handlers::send)
+        // A client's sends in flight run in its order and commit together.
+        .route(Route::unary::<msg::Send>(handlers::send).batched())
         .stream::<msg::Subscribe>(handlers::subscribe)
         .unary::<msg::Ack>(handlers::ack)
         .unary::<msg::GetHistory>(handlers::history)

@@ -25,7 +25,7 @@ pub enum MsgCmd {
     /// It is stored before this returns: an offline recipient gets it at
     /// their next `msg listen`.
     #[command(
-        after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client msg send bob 'lunch at noon?'"
+        after_help = "Examples, with `scripts/cluster up`'s exports, from the repository:\n  client msg send bob 'lunch at noon?'\n  seq 1000 | client msg send bob --lines      # a message a line, 64 in flight"
     )]
     Send {
         /// USER then TEXT; with --room, only TEXT.
@@ -37,6 +37,13 @@ pub enum MsgCmd {
         /// Send to every other member of this room.
         #[arg(long)]
         room: Option<String>,
+        /// Send each line of standard input as a message of its own (its
+        /// text), in order, keeping --window sends in flight.
+        #[arg(long, conflicts_with = "body")]
+        lines: bool,
+        /// With --lines: sends in flight at once.
+        #[arg(long, default_value_t = messages::WINDOW_DEFAULT, requires = "lines")]
+        window: usize,
     },
     /// Print each message of your inbox as it arrives (first those waiting
     /// since you last listened), and acknowledge it once printed. Follows
@@ -85,7 +92,16 @@ pub fn run(c: &mut Client, session: Option<&Session>, cmd: &MsgCmd, out: &mut Ou
         Error::Config("messages are a logged-in user's: log in first (client login NAME)".into())
     })?;
     match cmd {
-        MsgCmd::Send { words, body, room } => {
+        MsgCmd::Send {
+            words,
+            body,
+            room,
+            lines,
+            window,
+        } => {
+            if *lines {
+                return send_lines(c, words, room.as_deref(), *window, out);
+            }
             let (to, text) = match (room, words.as_slice()) {
                 (Some(_), [text]) => (None, Some(text)),
                 (Some(_), []) => (None, None),
@@ -195,6 +211,70 @@ pub fn run(c: &mut Client, session: Option<&Session>, cmd: &MsgCmd, out: &mut Ou
             messages::leave(c, room)?;
             out.value(&json!({}), &format!("left {room}"));
         }
+    }
+    Ok(())
+}
+
+/// `msg send --lines`: each line of stdin a message, `window` in flight.
+fn send_lines(
+    c: &mut Client,
+    words: &[String],
+    room: Option<&str>,
+    window: usize,
+    out: &mut Out,
+) -> Result<()> {
+    let to = match (room, words) {
+        (Some(r), []) => messages::To::Room(r),
+        (None, [user]) => messages::To::User(user),
+        _ => {
+            return Err(Error::Config(
+                "with --lines, name only the recipient (client msg send USER --lines) or --room ROOM; the texts come from standard input".into(),
+            ))
+        }
+    };
+    if window == 0 {
+        return Err(Error::Config("--window: at least 1 send in flight".into()));
+    }
+    let mut read_error = None;
+    let stdin = std::io::stdin();
+    let bodies = std::io::BufRead::lines(stdin.lock()).map_while(|l| match l {
+        Ok(l) => Some((
+            to,
+            serde_json::value::to_raw_value(&l).expect("a string is JSON"),
+        )),
+        Err(e) => {
+            read_error = Some(e);
+            None
+        }
+    });
+    let (mut sent, mut failed, mut last) = (0u64, 0u64, None);
+    messages::send_many(c, bodies, window, |i, r| match r {
+        Ok(s) => {
+            sent += 1;
+            last = Some(s.id);
+        }
+        Err(e) => {
+            failed += 1;
+            eprintln!("line {}: not sent: {e}", i + 1);
+        }
+    })?;
+    if let Some(e) = read_error {
+        return Err(Error::Config(format!(
+            "reading standard input stopped after {} lines: {e}",
+            sent + failed
+        )));
+    }
+    let v = json!({"sent": sent, "failed": failed, "last_id": last});
+    let whom = match to {
+        messages::To::User(u) => u.to_string(),
+        messages::To::Room(r) => format!("room {r}"),
+    };
+    out.value(&v, &format!("sent {sent} messages to {whom}, in order"));
+    if failed > 0 {
+        return Err(Error::Config(format!(
+            "{failed} of {} lines were not sent (each is named above)",
+            sent + failed
+        )));
     }
     Ok(())
 }

@@ -904,12 +904,17 @@ impl Cluster {
     /// The value of the unlabelled metric `name` on app server `i`'s
     /// `/metrics` page, if it answers.
     pub fn app_metric(&self, i: usize, name: &str) -> Option<f64> {
-        let url = format!("http://{}/metrics", self.app_metrics[i]);
-        let page = ureq::get(&url).call().ok()?.into_string().ok()?;
+        let page = self.app_metrics_page(i)?;
         page.lines().find_map(|l| {
             let (n, v) = l.split_once(' ')?;
             (n == name).then(|| v.trim().parse().ok())?
         })
+    }
+
+    /// App server `i`'s `/metrics` page, if it answers.
+    pub fn app_metrics_page(&self, i: usize) -> Option<String> {
+        let url = format!("http://{}/metrics", self.app_metrics[i]);
+        ureq::get(&url).call().ok()?.into_string().ok()
     }
 
     /// A client that talks to app server `i` alone, never asking a

@@ -5,7 +5,10 @@
 //! - `dsf_request_errors_total{type,code}`: those answered with an error;
 //! - `dsf_request_duration_seconds{type}`: a histogram of their latency;
 //! - `dsf_frames_refused_total`: frames refused before they reached a
-//!   route (bad signature, stale, replayed, unknown type, draining).
+//!   route (bad signature, stale, replayed, unknown type, draining);
+//! - `dsf_groups_total{outcome}`: batches of batched requests run in one
+//!   group (`committed`, or `rerun` one by one after it broke), and
+//!   `dsf_grouped_requests_total`: the requests of those committed.
 //!
 //! The families are `prometheus-client`'s; each route's counters are
 //! looked up once, when the server is built, so a request costs two
@@ -61,7 +64,14 @@ pub struct Metrics {
     latency: Family<TypeLabel, Histogram, fn() -> Histogram>,
     refused: Counter,
     parked: Gauge,
+    groups: Family<OutcomeLabel, Counter>,
+    grouped: Counter,
     load: Option<Load>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -90,6 +100,8 @@ impl Metrics {
             latency: Family::new_with_constructor(latency_histogram),
             refused: Counter::default(),
             parked: Gauge::default(),
+            groups: Family::default(),
+            grouped: Counter::default(),
             load: load.then(Load::new),
         }
     }
@@ -109,6 +121,16 @@ impl Metrics {
     /// a page is rendered).
     pub fn set_parked(&self, n: usize) {
         self.parked.set(n as i64);
+    }
+
+    /// Counts a batch of `n` requests run in one group: committed, or
+    /// run again one by one.
+    pub(super) fn group(&self, n: usize, committed: bool) {
+        let outcome = if committed { "committed" } else { "rerun" };
+        self.groups.get_or_create(&OutcomeLabel { outcome }).inc();
+        if committed {
+            self.grouped.inc_by(n as u64);
+        }
     }
 
     /// Adds the families to `registry` (a page being rendered).
@@ -132,6 +154,16 @@ impl Metrics {
             "dsf_frames_refused",
             "Frames refused before they reached a route (bad signature, stale, replayed, unknown type, draining)",
             self.refused.clone(),
+        );
+        registry.register(
+            "dsf_groups",
+            "Batches of batched requests run in one group: committed together, or rerun one by one",
+            self.groups.clone(),
+        );
+        registry.register(
+            "dsf_grouped_requests",
+            "Requests of the batches committed together",
+            self.grouped.clone(),
         );
         registry.register(
             "dsf_long_polls_parked",

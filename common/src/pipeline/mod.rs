@@ -18,6 +18,8 @@
 //!   [`rate`] (limits declared per route), [`metrics`] (count, errors and
 //!   latency per message type). The app server adds long polls and
 //!   run-once writes ([`Builder::layer`]).
+//! - [`Route::batched`] routes run in order per connection, in batches,
+//!   inside the server's [`Group`] (the app server's group commit).
 //! - [`Builder`] assembles a server's routes into one table: its catalogue
 //!   is made from the routes' types, and two owners routing one type refuse
 //!   to start, naming both ([`BuildError`]).
@@ -34,7 +36,7 @@ pub mod metrics;
 pub mod rate;
 mod route;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -77,6 +79,23 @@ pub enum BuildError {
     /// A scoped app key allows a type no route serves.
     #[error("{0}")]
     Scope(String),
+}
+
+/// The most requests of a [`Route::batched`] type one batch runs.
+pub const BATCH_MAX: usize = 64;
+
+/// How a server runs a batch of [`Route::batched`] requests together: the
+/// app server opens one transaction, every request of the batch joins it,
+/// and it commits once (a group commit).
+pub trait Group: Send + Sync + 'static {
+    /// Opens a group on this thread: the requests run until
+    /// [`Group::commit`] join it. False: none could be opened (they run one
+    /// by one).
+    fn begin(&self) -> bool;
+    /// Ends the group opened on this thread. `Ok`: everything its requests
+    /// did is durable, and their outcomes stand. An error (why) means none
+    /// of it is: the pipeline runs the requests again, one by one.
+    fn commit(&self) -> std::result::Result<(), String>;
 }
 
 /// What [`Pipeline::on_frame`] did with a frame.
@@ -173,6 +192,7 @@ pub struct Builder<S: Send + Sync + 'static> {
     streams_per_conn: usize,
     check_scopes: bool,
     drain: Arc<Drain>,
+    group: Option<Box<dyn Group>>,
 }
 
 impl<S: Send + Sync + 'static> Default for Builder<S> {
@@ -196,6 +216,7 @@ impl<S: Send + Sync + 'static> Builder<S> {
             streams_per_conn: DEFAULT_STREAMS_PER_CONN,
             check_scopes: false,
             drain: Arc::default(),
+            group: None,
         }
     }
 
@@ -250,6 +271,13 @@ impl<S: Send + Sync + 'static> Builder<S> {
         self
     }
 
+    /// How batches of [`Route::batched`] requests run together; without
+    /// one, a batch's requests run one after another.
+    pub fn group(mut self, group: impl Group) -> Self {
+        self.group = Some(Box::new(group));
+        self
+    }
+
     /// Refuses to build when a scoped app key allows a type no route serves.
     pub fn check_scopes(mut self) -> Self {
         self.check_scopes = true;
@@ -276,6 +304,14 @@ impl<S: Send + Sync + 'static> Builder<S> {
             if matches!(route.handler, Handler::LongPoll { .. }) && route.exec == Exec::Inline {
                 return Err(BuildError::Mismatch(format!(
                     "{} is a long poll and cannot run inline (service {owner:?})",
+                    route.ty.name
+                )));
+            }
+            if route.batched
+                && (!matches!(route.handler, Handler::Unary(_)) || route.exec == Exec::Inline)
+            {
+                return Err(BuildError::Mismatch(format!(
+                    "{} is batched, which only a unary route on the workers can be (service {owner:?})",
                     route.ty.name
                 )));
             }
@@ -332,6 +368,8 @@ impl<S: Send + Sync + 'static> Builder<S> {
             drain: self.drain,
             metrics,
             route_metrics,
+            group: self.group,
+            lanes: Mutex::default(),
         }))
     }
 }
@@ -347,6 +385,10 @@ pub struct Pipeline<S: Send + Sync + 'static> {
     drain: Arc<Drain>,
     metrics: Metrics,
     route_metrics: Vec<RouteMetrics>,
+    group: Option<Box<dyn Group>>,
+    /// The batched requests waiting, by connection, behind the batch a
+    /// worker is running for it; a connection is here while one runs.
+    lanes: Mutex<HashMap<ConnId, VecDeque<Call<S>>>>,
 }
 
 // === impl Pipeline ===
@@ -439,6 +481,20 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
         };
         if !inline {
             call.reply = Some(cx.defer());
+            if r.batched {
+                let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+                match lanes.get_mut(&call.conn) {
+                    // A batch of this connection's runs: this one waits
+                    // for the next, so that they run in the order sent.
+                    Some(waiting) => {
+                        waiting.push_back(call);
+                        return Front::Done;
+                    }
+                    None => {
+                        lanes.insert(call.conn, VecDeque::new());
+                    }
+                }
+            }
             return Front::Job(call);
         }
         if later {
@@ -456,19 +512,34 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
         self.refuse_job_with(call, cx, &e);
     }
 
-    /// [`Pipeline::refuse_job`] with error `e`.
-    pub fn refuse_job_with(&self, mut call: Call<S>, cx: &mut Context<'_>, e: &Error) {
-        if let Some(reply) = call.take_reply() {
-            cx.cancel(reply);
+    /// [`Pipeline::refuse_job`] with error `e`; a batched request takes
+    /// those of its connection waiting behind it along.
+    pub fn refuse_job_with(&self, call: Call<S>, cx: &mut Context<'_>, e: &Error) {
+        let waiting = match self.router.routes[call.route].batched {
+            true => self
+                .lanes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&call.conn),
+            false => None,
+        };
+        for mut c in std::iter::once(call).chain(waiting.into_iter().flatten()) {
+            if let Some(reply) = c.take_reply() {
+                cx.cancel(reply);
+            }
+            c.admitted.error(e, cx.out());
+            self.metrics.refused(c.received);
         }
-        call.admitted.error(e, cx.out());
-        self.metrics.refused(call.received);
     }
 
     /// Runs a job on a worker and sends its reply; a long poll that parks
     /// comes back with its [`Wait`], for the server to park and submit
     /// again once woken ([`Call::set_woken`]).
     pub fn run_job(&self, mut call: Call<S>) -> Option<(Call<S>, Wait)> {
+        if self.router.routes[call.route].batched {
+            self.run_lane(call);
+            return None;
+        }
         let outcome = self.run(&mut call);
         if let Outcome::Park(wait) = outcome {
             return Some((call, wait));
@@ -479,6 +550,62 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
             reply.send(out);
         }
         None
+    }
+
+    /// Runs `first` and then the batches of its connection's requests that
+    /// arrived meanwhile, until none is waiting.
+    fn run_lane(&self, first: Call<S>) {
+        let conn = first.conn;
+        let mut batch = vec![first];
+        loop {
+            self.run_batch(&mut batch);
+            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(waiting) = lanes.get_mut(&conn) else {
+                return;
+            };
+            if waiting.is_empty() {
+                lanes.remove(&conn);
+                return;
+            }
+            let n = waiting.len().min(BATCH_MAX);
+            batch.extend(waiting.drain(..n));
+        }
+    }
+
+    /// Runs a batch in the server's [`Group`] (or one by one, without one),
+    /// then answers each request in order. A group that fails to commit
+    /// left nothing behind: its requests run again, one by one (and are
+    /// counted again in the metrics).
+    fn run_batch(&self, batch: &mut Vec<Call<S>>) {
+        let grouped = batch.len() > 1 && self.group.as_ref().is_some_and(|g| g.begin());
+        let mut outcomes: Vec<Outcome> = batch.iter_mut().map(|c| self.run(c)).collect();
+        if grouped {
+            let group = self.group.as_ref().expect("grouped with a group");
+            let committed = group.commit();
+            self.metrics.group(batch.len(), committed.is_ok());
+            if let Err(why) = committed {
+                log::debug!(
+                    "a batch of {} {} did not commit together ({why}); running them one by one",
+                    batch.len(),
+                    batch[0].kind()
+                );
+                outcomes = batch
+                    .iter_mut()
+                    .map(|c| {
+                        c.forget_after_commit();
+                        self.run(c)
+                    })
+                    .collect();
+            }
+        }
+        let mut out = Vec::with_capacity(256);
+        for (mut call, outcome) in batch.drain(..).zip(outcomes) {
+            out.clear();
+            self.answer(&mut call, outcome, &mut out);
+            if let Some(reply) = call.take_reply() {
+                reply.send(std::mem::take(&mut out));
+            }
+        }
     }
 
     /// The layers and the handler; a panic is an `internal` error (the

@@ -75,6 +75,8 @@ pub struct Route<S: Send + Sync + 'static> {
     /// The listeners it is served on; all when `None`.
     pub(super) ports: Option<Vec<usize>>,
     pub(super) limits: Vec<Limit>,
+    /// Runs in order per connection, in batches ([`Route::batched`]).
+    pub(super) batched: bool,
     pub(super) handler: Handler<S>,
     /// What the route's constructor found wrong with it (a unary route on a
     /// stream type), reported when the server is built.
@@ -95,6 +97,7 @@ impl<S: Send + Sync + 'static> Route<S> {
             exec: Exec::Pool,
             ports: None,
             limits: Vec::new(),
+            batched: false,
             handler,
             mismatch: (!fits).then(|| {
                 format!(
@@ -215,6 +218,19 @@ impl<S: Send + Sync + 'static> Route<S> {
     /// handlers that never block.
     pub fn inline(mut self) -> Route<S> {
         self.exec = Exec::Inline;
+        self
+    }
+
+    /// Runs this type's requests from one connection in the order they
+    /// were sent, in batches: those that arrive while a batch runs make
+    /// the next one (up to [`super::BATCH_MAX`]), run by one worker inside
+    /// the server's [`super::Group`] (the app server's: one transaction, so
+    /// a batch of writes commits once). A client that keeps many requests
+    /// in flight gets them run in its order and committed together; one
+    /// that waits for each reply gets batches of one. Unary routes on the
+    /// pool only.
+    pub fn batched(mut self) -> Route<S> {
+        self.batched = true;
         self
     }
 
@@ -512,5 +528,30 @@ mod tests {
         assert!(r.mismatch.is_some());
         let r: Route<()> = Route::unary::<sys::Ping>(|_, _| unreachable!());
         assert!(r.mismatch.is_none());
+    }
+
+    #[test]
+    fn only_a_unary_route_on_the_workers_may_be_batched() {
+        use crate::wire::keys::AppKeys;
+        use dsf_proto::{sys, task};
+        let build = |r: Route<()>| {
+            super::super::Builder::new()
+                .routes("svc", [r])
+                .build((), AppKeys::default())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let e = build(
+            Route::unary::<sys::Ping>(|_, _| unreachable!())
+                .inline()
+                .batched(),
+        );
+        assert_eq!(
+            e.unwrap_err(),
+            "route sys.ping is batched, which only a unary route on the workers can be (service \"svc\")"
+        );
+        let stream = Route::stream::<task::Watch>(|_, _, _| unreachable!()).batched();
+        assert!(build(stream).unwrap_err().contains("is batched"));
+        assert!(build(Route::unary::<sys::Ping>(|_, _| unreachable!()).batched()).is_ok());
     }
 }
