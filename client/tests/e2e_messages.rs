@@ -392,6 +392,31 @@ fn cli_send_and_listen(cluster: &Cluster) {
         (m["room"].as_str(), m["body"].as_str()),
         (Some("e2e-room"), Some("to the room"))
     );
+    // Each line of stdin a message, a window in flight: all arrive, in
+    // order.
+    let texts: Vec<String> = (0..200).map(|i| format!("line {i}")).collect();
+    let sent: Value = serde_json::from_str(&run(
+        "u00",
+        &["msg", "send", "u01", "--lines", "--window", "16", "--json"],
+        &(texts.join("\n") + "\n"),
+    ))
+    .unwrap();
+    assert_eq!(
+        (sent["sent"].as_u64(), sent["failed"].as_u64()),
+        (Some(200), Some(0)),
+        "{sent}"
+    );
+    let out = run("u01", &["msg", "listen", "--for", "3s", "--json"], "");
+    let got: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["body"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(got, texts, "every line once, in order");
     // A recipient that does not exist: refused, exit 3, with the reason.
     let out = cli("u00")
         .args(["msg", "send", "nobody", "hi"])

@@ -10,15 +10,25 @@
 //!   reader that sees number n has every number before it.
 //! - A room's send does the same for every member, taking their rows in
 //!   id order (two sends to one room never wait on each other in a cycle).
-//! - Acknowledgement is a high-water mark per user (`inboxes.acked`): a
+//! - Acknowledgement is a high-water mark per user (`inbox_acks`, a table
+//!   of its own so that it never waits behind the sends to the user): a
 //!   new subscription starts after it, so what was delivered and not
 //!   acknowledged comes again (at least once on the wire; the SDK drops
 //!   numbers it has already handed over).
+//! - Sends in a group commit ([`crate::writes`]) to recipients made ready
+//!   with [`Messages::prepare_group`] are staged: the group takes every
+//!   recipient's counter row once, in id order, with one statement, and
+//!   reads their presence once; each send then stores only its message,
+//!   numbers it in memory, and the group writes the inbox rows and the
+//!   counters in two statements just before its commit. The rows stay
+//!   locked from the first send to the commit, as above.
 //! - Presence is one row per subscribed user: the node and an epoch that
 //!   every new subscription increments. Senders read it to know whom to
 //!   notify; a subscription whose epoch is gone was taken over. The holder
 //!   refreshes `seen_at`; rows older than [`PRESENCE_STALE`] are ignored.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
@@ -104,6 +114,21 @@ pub struct Subscribed {
     pub acked: u64,
 }
 
+/// Sends staged in the group commit open on this thread.
+struct Staged {
+    /// [`crate::writes::group_serial`] of its group.
+    group: u64,
+    /// Recipients made ready: the last number given out, and the node
+    /// holding their subscription.
+    inboxes: BTreeMap<u64, (u64, Option<String>)>,
+    /// Inbox rows to write: user, seq, message.
+    rows: Vec<(u64, u64, u64)>,
+}
+
+thread_local! {
+    static STAGED: RefCell<Option<Staged>> = const { RefCell::new(None) };
+}
+
 /// The messaging repository; get one with [`Db::messages`].
 #[derive(Debug, Clone, Copy)]
 pub struct Messages<'a> {
@@ -169,11 +194,148 @@ impl<'a> Messages<'a> {
         })
     }
 
+    /// Makes the group commit open on this thread ready to stage direct
+    /// sends to `recipients` (see the module documentation): takes their
+    /// counter rows, in id order, and reads their presence. Once per
+    /// group; a no-op outside one. Any send of the group to another user,
+    /// or to a room, takes its rows on its own.
+    pub fn prepare_group(&self, recipients: &[u64]) -> Result<()> {
+        const OP: &str = "msg.send";
+        let Some(group) = crate::writes::group_serial() else {
+            return Ok(());
+        };
+        let ready = STAGED.with(|s| s.borrow().as_ref().is_some_and(|s| s.group == group));
+        if ready || recipients.is_empty() {
+            return Ok(());
+        }
+        let mut ids = recipients.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        // Numbers, not text: written into the statements as they are, so
+        // nothing is prepared inside the group's transaction (on Galera a
+        // transaction that prepares a statement may be lost: `db::op_key`).
+        let list = ids
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = ids
+            .iter()
+            .map(|u| format!("({u}, 0)"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let q = sql(OP);
+        let inboxes = self.db.with_conn_result(OP, |c| {
+            c.query_drop(format!(
+                "INSERT INTO inboxes (user_id, last_seq) VALUES {rows} \
+                 ON DUPLICATE KEY UPDATE last_seq = last_seq"
+            ))
+            .map_err(&q)?;
+            let counters: Vec<(u64, u64)> = c
+                .query(format!(
+                    "SELECT user_id, last_seq FROM inboxes WHERE user_id IN ({list}) FOR UPDATE"
+                ))
+                .map_err(&q)?;
+            let nodes: Vec<(u64, String)> = c
+                .query(format!(
+                    "SELECT user_id, node FROM presence WHERE user_id IN ({list}) \
+                     AND seen_at > NOW(3) - INTERVAL {} SECOND LOCK IN SHARE MODE",
+                    PRESENCE_STALE.as_secs()
+                ))
+                .map_err(&q)?;
+            let mut nodes: BTreeMap<u64, String> = nodes.into_iter().collect();
+            Ok(counters
+                .into_iter()
+                .map(|(u, last)| (u, (last, nodes.remove(&u))))
+                .collect::<BTreeMap<_, _>>())
+        })?;
+        STAGED.with(|s| {
+            *s.borrow_mut() = Some(Staged {
+                group,
+                inboxes,
+                rows: Vec::new(),
+            })
+        });
+        let flushed = crate::writes::before_commit(move |c| {
+            let Some(staged) = STAGED.with(|s| s.borrow_mut().take()) else {
+                return Ok(());
+            };
+            if staged.group != group || staged.rows.is_empty() {
+                return Ok(());
+            }
+            let rows = staged
+                .rows
+                .iter()
+                .map(|(u, seq, m)| format!("({u}, {seq}, {m})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            c.query_drop(format!(
+                "INSERT INTO inbox (user_id, seq, message_id) VALUES {rows}"
+            ))?;
+            let counters = staged
+                .inboxes
+                .iter()
+                .map(|(u, (last, _))| format!("({u}, {last})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            c.query_drop(format!(
+                "INSERT INTO inboxes (user_id, last_seq) VALUES {counters} \
+                 ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq)"
+            ))
+        });
+        debug_assert!(flushed, "a group is open");
+        Ok(())
+    }
+
+    /// A direct send staged in this thread's group, if `to_id` was made
+    /// ready for it.
+    fn send_staged(&self, from: Sender<'_>, to_id: u64, body: &str) -> Option<Result<Stored>> {
+        const OP: &str = "msg.send";
+        let group = crate::writes::group_serial()?;
+        let ready = STAGED.with(|s| {
+            s.borrow()
+                .as_ref()
+                .is_some_and(|s| s.group == group && s.inboxes.contains_key(&to_id))
+        });
+        if !ready {
+            return None;
+        }
+        let inserted = self
+            .db
+            .with_conn_result(OP, |c| insert_message(c, OP, from, Some(to_id), None, body));
+        let (id, sent_at) = match inserted {
+            Ok(m) => m,
+            Err(e) => return Some(Err(e)),
+        };
+        let (seq, node) = STAGED.with(|s| {
+            let mut s = s.borrow_mut();
+            let s = s.as_mut().expect("checked above, on this thread");
+            let (last, node) = s.inboxes.get_mut(&to_id).expect("checked above");
+            *last += 1;
+            let seq = *last;
+            let node = node.clone();
+            s.rows.push((to_id, seq, id));
+            (seq, node)
+        });
+        Some(Ok(Stored {
+            id,
+            sent_at,
+            listed: vec![Listed {
+                user: to_id,
+                seq,
+                node,
+            }],
+        }))
+    }
+
     /// [`Messages::send`] to the user with id `to_id` (from
     /// [`Messages::user_id`]).
     pub fn send_to_id(&self, from: Sender<'_>, to_id: u64, body: &str) -> Result<Stored> {
         const OP: &str = "msg.send";
         check_body(body)?;
+        if let Some(staged) = self.send_staged(from, to_id, body) {
+            return staged;
+        }
         let q = sql(OP);
         self.db.with_tx(OP, |c| {
             c.exec_drop(
@@ -353,7 +515,7 @@ impl<'a> Messages<'a> {
             )?;
             let epoch = c.last_insert_id();
             let acked: Option<u64> =
-                c.exec_first("SELECT acked FROM inboxes WHERE user_id = ?", (user,))?;
+                c.exec_first("SELECT acked FROM inbox_acks WHERE user_id = ?", (user,))?;
             Ok(Subscribed {
                 epoch,
                 acked: acked.unwrap_or(0),
@@ -444,18 +606,27 @@ impl<'a> Messages<'a> {
             .collect())
     }
 
-    /// Marks everything up to `upto` acknowledged (a mark never goes back).
+    /// Marks everything up to `upto` acknowledged (a mark never goes back,
+    /// nor past the inbox's last number: read without a lock, so that it
+    /// never waits behind the sends to the user).
     ///
     /// In a transaction of its own, run again when it loses a deadlock or,
-    /// on Galera, certification: the inbox's row is the one every message
-    /// to the user also writes, through any node, and an acknowledgement
-    /// that failed would bring its messages back at the next subscribe.
+    /// on Galera, certification (acknowledgements of one user through two
+    /// nodes): one that failed would bring its messages back at the next
+    /// subscribe.
     pub fn ack(&self, user: u64, upto: u64) -> Result<()> {
         const OP: &str = "msg.ack";
         self.db.with_tx(OP, |c| {
+            let last: Option<u64> = c
+                .exec_first("SELECT last_seq FROM inboxes WHERE user_id = ?", (user,))
+                .map_err(sql(OP))?;
+            if last.is_none_or(|last| last < upto) {
+                return Ok(());
+            }
             c.exec_drop(
-                "UPDATE inboxes SET acked = GREATEST(acked, ?) WHERE user_id = ? AND last_seq >= ?",
-                (upto, user, upto),
+                "INSERT INTO inbox_acks (user_id, acked) VALUES (?, ?) \
+                 ON DUPLICATE KEY UPDATE acked = GREATEST(acked, VALUES(acked))",
+                (user, upto),
             )
             .map_err(sql(OP))
         })
@@ -464,7 +635,7 @@ impl<'a> Messages<'a> {
     /// The acknowledged mark of `user`'s inbox.
     pub fn acked(&self, user: u64) -> Result<u64> {
         let v: Option<u64> = self.db.with_conn("msg.acked", |c| {
-            c.exec_first("SELECT acked FROM inboxes WHERE user_id = ?", (user,))
+            c.exec_first("SELECT acked FROM inbox_acks WHERE user_id = ?", (user,))
         })?;
         Ok(v.unwrap_or(0))
     }

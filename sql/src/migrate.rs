@@ -90,11 +90,18 @@ pub const TASKS: &[Migration] = &[Migration {
 }];
 
 /// Messaging: inboxes, rooms, presence.
-pub const MESSAGING: &[Migration] = &[Migration {
-    version: 1,
-    name: "messages",
-    sql: include_str!("../migrations/messaging/0001_messages.sql"),
-}];
+pub const MESSAGING: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "messages",
+        sql: include_str!("../migrations/messaging/0001_messages.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "inbox_acks",
+        sql: include_str!("../migrations/messaging/0002_inbox_acks.sql"),
+    },
+];
 
 /// The namespace of the framework's own migrations.
 pub const CORE_NAMESPACE: &str = "dsf";

@@ -88,11 +88,18 @@ const INSERT: &str = "INSERT INTO wire_writes (app, nonce, kind, ok, reply, crea
 const INSERT_REFUSAL: &str = "INSERT IGNORE INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
                               VALUES (?, ?, ?, ?, ?, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))";
 
+/// What a repository asks a group to run just before its commit.
+type BeforeCommit = Box<dyn FnOnce(&mut PooledConn) -> mysql::Result<()>>;
+
 /// A group commit open on this thread.
 struct Group {
+    /// Tells this group from the thread's earlier ones.
+    serial: u64,
     /// The pool ([`Db::id`]) and node its transaction is on.
     db: usize,
     node: usize,
+    /// Run in order before the records are inserted.
+    before_commit: Vec<BeforeCommit>,
     /// The records of the writes it ran: app, nonce, kind, reply.
     records: Vec<[String; 4]>,
     /// Why it cannot commit, once something broke it.
@@ -101,6 +108,28 @@ struct Group {
 
 thread_local! {
     static GROUP: RefCell<Option<Group>> = const { RefCell::new(None) };
+    static SERIAL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The serial of the group commit open on this thread (unique on the
+/// thread), if one is: a repository keeps what it stages for a group under
+/// it.
+pub fn group_serial() -> Option<u64> {
+    GROUP.with(|g| g.borrow().as_ref().map(|g| g.serial))
+}
+
+/// Runs `f` on the group's connection just before the group commits (not
+/// if it breaks): a repository's writes staged across the group's
+/// requests, flushed in a few statements. False, and `f` dropped, when no
+/// group is open on this thread.
+pub fn before_commit(f: impl FnOnce(&mut PooledConn) -> mysql::Result<()> + 'static) -> bool {
+    GROUP.with(|g| match g.borrow_mut().as_mut() {
+        Some(g) => {
+            g.before_commit.push(Box::new(f));
+            true
+        }
+        None => false,
+    })
 }
 
 /// Breaks the group open on this thread, if any, unless defused: a
@@ -219,10 +248,16 @@ impl<'a> Writes<'a> {
             Error::from_mysql(OP, e)
         })?;
         crate::db::put_tx(self.db.id(), conn);
+        let serial = SERIAL.with(|s| {
+            s.set(s.get() + 1);
+            s.get()
+        });
         GROUP.with(|g| {
             *g.borrow_mut() = Some(Group {
+                serial,
                 db: self.db.id(),
                 node,
+                before_commit: Vec::new(),
                 records: Vec::new(),
                 broken: None,
             })
@@ -245,6 +280,9 @@ impl<'a> Writes<'a> {
             return Err(why);
         }
         let done = (|| {
+            for f in group.before_commit {
+                f(&mut conn)?;
+            }
             if !group.records.is_empty() {
                 // Text, not a prepared statement: on Galera a transaction
                 // that prepares one may be lost (see `db::op_key`).

@@ -238,3 +238,78 @@ fn concurrent_joins_of_a_new_room_all_land_without_deadlocks() {
     // Each join saw the ones before it: 1, 2, ... 8.
     assert_eq!(counts, (1..=8).collect::<Vec<u64>>());
 }
+
+/// Sends `to` (user ids) in one group commit made ready for `ready`, each
+/// under its own nonce; the commit's result and each send's number.
+fn group_sends(
+    db: &testing::TestDb,
+    ann: u64,
+    ready: &[u64],
+    to: &[u64],
+    tag: &str,
+) -> (Result<(), String>, Vec<u64>) {
+    db.writes().begin_group().unwrap();
+    db.messages().prepare_group(ready).unwrap();
+    let seqs = to
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut seq = 0;
+            db.writes()
+                .run_once("cli", &format!("{tag}{i:015}"), "msg.send", || {
+                    let s = db
+                        .messages()
+                        .send_to_id(from(ann, "ann"), *t, &i.to_string())
+                        .unwrap();
+                    seq = s.listed[0].seq;
+                    (true, String::new(), false)
+                })
+                .unwrap();
+            seq
+        })
+        .collect();
+    (db.writes().commit_group(), seqs)
+}
+
+#[test]
+fn sends_staged_in_a_group_are_numbered_in_order_and_written_at_its_commit() {
+    let db = testing::fresh();
+    let (ann, bob, cid) = (user(&db, "ann"), user(&db, "bob"), user(&db, "cid"));
+    let m = db.messages();
+    m.send(from(ann, "ann"), "bob", "0").unwrap();
+    // Bob made ready, cid not: cid's sends take their row on their own.
+    let (done, seqs) = group_sends(&db, ann, &[bob], &[bob, cid, bob, bob, cid], "a");
+    done.unwrap();
+    assert_eq!(seqs, [2, 1, 3, 4, 2]);
+    let bodies = |u| -> Vec<(u64, String)> {
+        m.after(u, 0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.seq, m.body))
+            .collect()
+    };
+    let want = |v: &[(u64, &str)]| {
+        v.iter()
+            .map(|(s, b)| (*s, b.to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bodies(bob), want(&[(1, "0"), (2, "0"), (3, "2"), (4, "3")]));
+    assert_eq!(bodies(cid), want(&[(1, "1"), (2, "4")]));
+    // The counter was written with the rows: the next send follows on.
+    assert_eq!(
+        m.send(from(ann, "ann"), "bob", "5").unwrap().listed[0].seq,
+        5
+    );
+
+    // A group that breaks leaves neither rows nor numbers behind.
+    db.writes().begin_group().unwrap();
+    m.prepare_group(&[bob]).unwrap();
+    m.send_to_id(from(ann, "ann"), bob, "lost").unwrap();
+    dsf_sql::writes::break_group("a test");
+    assert_eq!(db.writes().commit_group().unwrap_err(), "a test");
+    assert_eq!(
+        m.send(from(ann, "ann"), "bob", "6").unwrap().listed[0].seq,
+        6
+    );
+    assert_eq!(bodies(bob).len(), 6);
+}

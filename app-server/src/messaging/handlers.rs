@@ -39,6 +39,11 @@ pub fn send(call: &Call, b: SendBody) -> Result<Sent> {
         name: &me.name,
     };
     let m = call.db().messages();
+    // The group's first send makes it ready for all (a group whose first
+    // request is refused before it gets here is run again one by one).
+    if let Some((bodies, 0)) = call.batch() {
+        prepare_group(call, bodies)?;
+    }
     let (stored, sent) = match (&b.to, &b.room) {
         (Some(to), None) => {
             let to = call.state::<Messaging>().user_id(call.db(), to)?;
@@ -106,6 +111,30 @@ pub fn send(call: &Call, b: SendBody) -> Result<Sent> {
         });
     }
     Ok(sent)
+}
+
+/// Makes the group this send runs in ready for every direct send of it
+/// (see `dsf_sql::messages`): the recipients' counters taken at once, in
+/// one order. A group with a room's send in it is left as it is (a room's
+/// send takes its members' rows itself), and so are names that do not
+/// parse or are not users (those sends are refused on their own).
+fn prepare_group(call: &Call, bodies: &[String]) -> Result<()> {
+    let mut to = Vec::with_capacity(bodies.len());
+    for b in bodies {
+        let Ok(b) = serde_json::from_str::<SendBody>(b) else {
+            continue;
+        };
+        match (b.to, b.room) {
+            (Some(name), None) => {
+                if let Ok(id) = call.state::<Messaging>().user_id(call.db(), &name) {
+                    to.push(id);
+                }
+            }
+            (None, Some(_)) => return Ok(()),
+            _ => {}
+        }
+    }
+    Ok(call.db().messages().prepare_group(&to)?)
 }
 
 /// `msg.ack {upto}`: the subscription on this connection delivered up to

@@ -3,13 +3,16 @@ for client/benches/messages, against the cluster of nats_cluster.sh.
 
     python3 nats_bench.py --send-url nats://127.0.0.1:14222 \
         --recv-url nats://127.0.0.1:14223 --mode jetstream|core \
-        [--senders 16] [--recipients 16] [--messages 20000] [--size 64] [--warmup 1000]
+        [--senders 16] [--recipients 16] [--messages 20000] [--size 64] [--warmup 1000] \
+        [--window 1]
 
 S senders, each on its own connection to --send-url; sender k sends its share
 of the messages one at a time, message i to recipient (k + i) % R, as JSON
 {"t": time_ns at send, "k": k, "i": i, "pad": "x" * size}.
   jetstream: js.publish to inbox.<r>, awaiting the PubAck (stored on disk) before
-             the next; stream BENCH (inbox.>, file, replicas 1, recreated each
+             the next; with --window N > 1, js.publish_async with N PubAcks
+             outstanding per sender (nats-py's own window:
+             publish_async_max_pending), every PubAck awaited; stream BENCH (inbox.>, file, replicas 1, recreated each
              run, placed where the meta leader puts it), one durable pull
              consumer per recipient (filter inbox.<r>, explicit ack, max 100
              unacked) fetched in batches of 50 (timeout 1 s), each message
@@ -129,6 +132,7 @@ async def main():
     p.add_argument("--messages", type=int, default=20000)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--window", type=int, default=1, help="PubAcks outstanding per sender (jetstream)")
     a = p.parse_args()
     S, R, js_mode = a.senders, a.recipients, a.mode == "jetstream"
     pad = "x" * a.size
@@ -180,7 +184,7 @@ async def main():
                     await m.ack()
 
         tasks = [asyncio.create_task(puller(r, s)) for r, s in enumerate(subs)]
-        js = [nc.jetstream() for nc in send_nc]
+        js = [nc.jetstream(publish_async_max_pending=max(1, a.window)) for nc in send_nc]
     else:
         for r in range(R):
 
@@ -206,6 +210,7 @@ async def main():
     async def sender(k, first_i, count, firsts):
         nonlocal send_errors
         nc = send_nc[k]
+        acks = []
         for j in range(count):
             i = first_i + j
             t = time.time_ns()
@@ -214,7 +219,10 @@ async def main():
             body = json.dumps({"t": t, "k": k, "i": i, "pad": pad}).encode()
             subject = f"inbox.{(k + i) % R}"
             try:
-                if js_mode:
+                if js_mode and a.window > 1:
+                    # Waits while the window is full; the PubAck later.
+                    acks.append(await js[k].publish_async(subject, body))
+                elif js_mode:
                     await js[k].publish(subject, body)
                 else:
                     await nc.publish(subject, body)
@@ -224,6 +232,11 @@ async def main():
                 send_errors += 1
                 if send_errors <= 5:
                     log(f"sender {k}, message {i}: {e!r}")
+        for r in await asyncio.gather(*acks, return_exceptions=True):
+            if isinstance(r, Exception):
+                send_errors += 1
+                if send_errors <= 5:
+                    log(f"sender {k}: {r!r}")
         if not js_mode:
             await nc.flush()
 
@@ -271,6 +284,7 @@ async def main():
         "recipients": R,
         "messages": a.messages,
         "size": a.size,
+        "window": a.window,
         "seconds": round(seconds, 3) if seconds else None,
         "rate": round(n / seconds, 1) if seconds else None,
         "p50_ms": pct(0.50),

@@ -42,6 +42,8 @@ pub struct Call<S: Send + Sync + 'static> {
     pub(super) woken: bool,
     pub(super) after: RefCell<Vec<Box<dyn FnOnce() + Send>>>,
     pub(super) reply: Option<ReplyTo>,
+    /// The bodies of the group it runs in, and its place among them.
+    pub(super) batch: Option<(Arc<[String]>, usize)>,
 }
 
 // === impl Call ===
@@ -121,6 +123,16 @@ impl<S: Send + Sync + 'static> Call<S> {
                 self.kind()
             ))
         })
+    }
+
+    /// A [`Route::batched`] request running in a group with others: the
+    /// bodies of the group's requests (this one's included), in the order
+    /// they run, and this one's place among them. A handler may use it to
+    /// make ready for the whole group at once (take every row the group
+    /// will lock, in one order, with one statement). `None` when it runs
+    /// on its own.
+    pub fn batch(&self) -> Option<(&[String], usize)> {
+        self.batch.as_ref().map(|(b, i)| (&b[..], *i))
     }
 
     /// Whether this is a long poll run again after its wait (woken by its

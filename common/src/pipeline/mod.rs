@@ -478,6 +478,7 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
             woken: false,
             after: Default::default(),
             reply: None,
+            batch: None,
         };
         if !inline {
             call.reply = Some(cx.defer());
@@ -578,6 +579,15 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
     /// counted again in the metrics).
     fn run_batch(&self, batch: &mut Vec<Call<S>>) {
         let grouped = batch.len() > 1 && self.group.as_ref().is_some_and(|g| g.begin());
+        if grouped {
+            let bodies: Arc<[String]> = batch
+                .iter()
+                .map(|c| c.admitted.request.body.get().to_string())
+                .collect();
+            for (i, c) in batch.iter_mut().enumerate() {
+                c.batch = Some((bodies.clone(), i));
+            }
+        }
         let mut outcomes: Vec<Outcome> = batch.iter_mut().map(|c| self.run(c)).collect();
         if grouped {
             let group = self.group.as_ref().expect("grouped with a group");
@@ -593,6 +603,7 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
                     .iter_mut()
                     .map(|c| {
                         c.forget_after_commit();
+                        c.batch = None;
                         self.run(c)
                     })
                     .collect();
