@@ -15,13 +15,15 @@
 //!   new subscription starts after it, so what was delivered and not
 //!   acknowledged comes again (at least once on the wire; the SDK drops
 //!   numbers it has already handed over).
-//! - Sends in a group commit ([`crate::writes`]) to recipients made ready
-//!   with [`Messages::prepare_group`] are staged: the group takes every
-//!   recipient's counter row once, in id order, with one statement, and
-//!   reads their presence once; each send then stores only its message,
-//!   numbers it in memory, and the group writes the inbox rows and the
-//!   counters in two statements just before its commit. The rows stay
-//!   locked from the first send to the commit, as above.
+//! - Sends in a group commit ([`crate::writes`]) made ready with
+//!   [`Messages::prepare_group`] are staged: the group stores their
+//!   messages in one statement (where the database numbers a statement's
+//!   rows consecutively), then takes every recipient's counter row once,
+//!   in id order, and reads their presence once; each send
+//!   ([`Messages::send_in_group`]) numbers its message in memory, and the
+//!   group writes the inbox rows and the counters in two statements just
+//!   before its commit. The rows stay locked from then to the commit, as
+//!   above.
 //! - Presence is one row per subscribed user: the node and an epoch that
 //!   every new subscription increments. Senders read it to know whom to
 //!   notify; a subscription whose epoch is gone was taken over. The holder
@@ -123,6 +125,28 @@ struct Staged {
     inboxes: BTreeMap<u64, (u64, Option<String>)>,
     /// Inbox rows to write: user, seq, message.
     rows: Vec<(u64, u64, u64)>,
+    /// Messages stored ahead for the group's sends, by their place in it.
+    ahead: BTreeMap<usize, Ahead>,
+}
+
+/// A direct send of a group, its message stored when the group was made
+/// ready ([`Messages::prepare_group`]).
+pub struct GroupSend<'a> {
+    /// Its place in the group.
+    pub index: usize,
+    pub to: u64,
+    /// Its JSON text.
+    pub body: &'a str,
+}
+
+/// A message stored ahead for a send of the group, and for whom.
+struct Ahead {
+    from: u64,
+    to: u64,
+    body: String,
+    id: u64,
+    sent_at: u64,
+    used: bool,
 }
 
 thread_local! {
@@ -194,26 +218,31 @@ impl<'a> Messages<'a> {
         })
     }
 
-    /// Makes the group commit open on this thread ready to stage direct
-    /// sends to `recipients` (see the module documentation): takes their
-    /// counter rows, in id order, and reads their presence. Once per
-    /// group; a no-op outside one. Any send of the group to another user,
-    /// or to a room, takes its rows on its own.
-    pub fn prepare_group(&self, recipients: &[u64]) -> Result<()> {
+    /// Makes the group commit open on this thread ready for its direct
+    /// sends from `from` (see the module documentation): on a database
+    /// that numbers one statement's rows consecutively (MariaDB's default,
+    /// not Galera's), stores their messages in one statement; then takes
+    /// the recipients' counter rows, in id order, and reads their presence.
+    /// Once per group; a no-op outside one. A send of the group that was
+    /// not made ready here takes its rows on its own.
+    pub fn prepare_group(&self, from: Sender<'_>, sends: &[GroupSend<'_>]) -> Result<()> {
         const OP: &str = "msg.send";
         let Some(group) = crate::writes::group_serial() else {
             return Ok(());
         };
         let ready = STAGED.with(|s| s.borrow().as_ref().is_some_and(|s| s.group == group));
-        if ready || recipients.is_empty() {
+        let sends: Vec<&GroupSend<'_>> = sends
+            .iter()
+            .filter(|g| check_body(g.body).is_ok())
+            .collect();
+        if ready || sends.is_empty() {
             return Ok(());
         }
-        let mut ids = recipients.to_vec();
+        let mut ids: Vec<u64> = sends.iter().map(|g| g.to).collect();
         ids.sort_unstable();
         ids.dedup();
-        // Numbers, not text: written into the statements as they are, so
-        // nothing is prepared inside the group's transaction (on Galera a
-        // transaction that prepares a statement may be lost: `db::op_key`).
+        // Numbers and escaped text, not prepared statements: on Galera a
+        // transaction that prepares one may be lost (`db::op_key`).
         let list = ids
             .iter()
             .map(u64::to_string)
@@ -225,7 +254,10 @@ impl<'a> Messages<'a> {
             .collect::<Vec<_>>()
             .join(", ");
         let q = sql(OP);
-        let inboxes = self.db.with_conn_result(OP, |c| {
+        let (inboxes, ahead) = self.db.with_conn_result(OP, |c| {
+            // Before the counters are taken, so that they are held for as
+            // little as can be.
+            let ahead = store_ahead(c, from, &sends).map_err(&q)?;
             c.query_drop(format!(
                 "INSERT INTO inboxes (user_id, last_seq) VALUES {rows} \
                  ON DUPLICATE KEY UPDATE last_seq = last_seq"
@@ -244,23 +276,35 @@ impl<'a> Messages<'a> {
                 ))
                 .map_err(&q)?;
             let mut nodes: BTreeMap<u64, String> = nodes.into_iter().collect();
-            Ok(counters
+            let inboxes = counters
                 .into_iter()
                 .map(|(u, last)| (u, (last, nodes.remove(&u))))
-                .collect::<BTreeMap<_, _>>())
+                .collect::<BTreeMap<_, _>>();
+            Ok((inboxes, ahead))
         })?;
         STAGED.with(|s| {
             *s.borrow_mut() = Some(Staged {
                 group,
                 inboxes,
                 rows: Vec::new(),
+                ahead,
             })
         });
         let flushed = crate::writes::before_commit(move |c| {
             let Some(staged) = STAGED.with(|s| s.borrow_mut().take()) else {
                 return Ok(());
             };
-            if staged.group != group || staged.rows.is_empty() {
+            if staged.group != group {
+                return Ok(());
+            }
+            if staged.ahead.values().any(|a| !a.used) {
+                // Every send of a group that commits ran its handler: one
+                // that did not would leave its message unlisted.
+                return Err(mysql::Error::from(std::io::Error::other(
+                    "a message stored ahead for a send of the group was not sent",
+                )));
+            }
+            if staged.rows.is_empty() {
                 return Ok(());
             }
             let rows = staged
@@ -287,8 +331,76 @@ impl<'a> Messages<'a> {
         Ok(())
     }
 
+    /// Send `index` of this thread's group: its message stored ahead, or
+    /// stored now, numbered from the counter the group holds; `None` when
+    /// the group was not made ready for `to_id`. A message stored ahead for
+    /// another sender, recipient or body breaks the group.
+    pub fn send_in_group(
+        &self,
+        index: usize,
+        from: Sender<'_>,
+        to_id: u64,
+        body: &str,
+    ) -> Option<Result<Stored>> {
+        let group = crate::writes::group_serial()?;
+        if let Err(e) = check_body(body) {
+            return Some(Err(e));
+        }
+        let ahead = STAGED.with(|s| {
+            let mut s = s.borrow_mut();
+            let s = s.as_mut().filter(|s| s.group == group)?;
+            let a = s.ahead.get_mut(&index)?;
+            if (a.from, a.to, a.body.as_str()) != (from.id, to_id, body) || a.used {
+                return Some(Err(()));
+            }
+            a.used = true;
+            Some(Ok((a.id, a.sent_at)))
+        });
+        match ahead {
+            Some(Ok((id, sent_at))) => Some(self.number_staged(to_id, id, sent_at)),
+            Some(Err(())) => {
+                crate::writes::break_group("a send unlike the one stored ahead for it");
+                Some(Err(Error::Unavailable {
+                    op: "msg.send",
+                    reason: "the batch runs again one by one".into(),
+                }))
+            }
+            None => self.send_staged(from, to_id, body),
+        }
+    }
+
+    /// Numbers message `id` for `to_id` from the counter the group holds.
+    fn number_staged(&self, to_id: u64, id: u64, sent_at: u64) -> Result<Stored> {
+        let numbered = STAGED.with(|s| {
+            let mut s = s.borrow_mut();
+            let s = s.as_mut()?;
+            let (last, node) = s.inboxes.get_mut(&to_id)?;
+            *last += 1;
+            let seq = *last;
+            let node = node.clone();
+            s.rows.push((to_id, seq, id));
+            Some((seq, node))
+        });
+        let Some((seq, node)) = numbered else {
+            crate::writes::break_group("a send to a recipient the group does not hold");
+            return Err(Error::Unavailable {
+                op: "msg.send",
+                reason: "the batch runs again one by one".into(),
+            });
+        };
+        Ok(Stored {
+            id,
+            sent_at,
+            listed: vec![Listed {
+                user: to_id,
+                seq,
+                node,
+            }],
+        })
+    }
+
     /// A direct send staged in this thread's group, if `to_id` was made
-    /// ready for it.
+    /// ready for it: its message stored now.
     fn send_staged(&self, from: Sender<'_>, to_id: u64, body: &str) -> Option<Result<Stored>> {
         const OP: &str = "msg.send";
         let group = crate::writes::group_serial()?;
@@ -303,29 +415,7 @@ impl<'a> Messages<'a> {
         let inserted = self
             .db
             .with_conn_result(OP, |c| insert_message(c, OP, from, Some(to_id), None, body));
-        let (id, sent_at) = match inserted {
-            Ok(m) => m,
-            Err(e) => return Some(Err(e)),
-        };
-        let (seq, node) = STAGED.with(|s| {
-            let mut s = s.borrow_mut();
-            let s = s.as_mut().expect("checked above, on this thread");
-            let (last, node) = s.inboxes.get_mut(&to_id).expect("checked above");
-            *last += 1;
-            let seq = *last;
-            let node = node.clone();
-            s.rows.push((to_id, seq, id));
-            (seq, node)
-        });
-        Some(Ok(Stored {
-            id,
-            sent_at,
-            listed: vec![Listed {
-                user: to_id,
-                seq,
-                node,
-            }],
-        }))
+        Some(inserted.and_then(|(id, sent_at)| self.number_staged(to_id, id, sent_at)))
     }
 
     /// [`Messages::send`] to the user with id `to_id` (from
@@ -730,6 +820,56 @@ fn insert_message(
     )
     .map_err(sql(op))?;
     Ok((c.last_insert_id(), sent_at))
+}
+
+/// Stores the messages of a group's `sends` from `from` in one statement,
+/// when the database numbers one statement's rows consecutively (then the
+/// ids follow from the first); nothing otherwise (each send stores its
+/// own).
+fn store_ahead(
+    c: &mut PooledConn,
+    from: Sender<'_>,
+    sends: &[&GroupSend<'_>],
+) -> mysql::Result<BTreeMap<usize, Ahead>> {
+    let mode: Option<(u32, u64)> =
+        c.query_first("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")?;
+    let Some((0 | 1, step)) = mode else {
+        return Ok(BTreeMap::new());
+    };
+    let sent_at = crate::time::now_ms().max(0) as u64;
+    let name = mysql::Value::from(from.name).as_sql(false);
+    let rows = sends
+        .iter()
+        .map(|g| {
+            format!(
+                "({}, {name}, {}, NULL, {}, {sent_at})",
+                from.id,
+                g.to,
+                mysql::Value::from(g.body).as_sql(false)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    c.query_drop(format!(
+        "INSERT INTO messages (sender_id, sender_name, recipient_id, room_id, body, sent_at) \
+         VALUES {rows}"
+    ))?;
+    let first = c.last_insert_id();
+    Ok(sends
+        .iter()
+        .enumerate()
+        .map(|(k, g)| {
+            let a = Ahead {
+                from: from.id,
+                to: g.to,
+                body: g.body.to_string(),
+                id: first + k as u64 * step,
+                sent_at,
+                used: false,
+            };
+            (g.index, a)
+        })
+        .collect())
 }
 
 fn room_id(c: &mut PooledConn, op: &'static str, room: &str) -> Result<u64> {

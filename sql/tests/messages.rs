@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Barrier};
 
 use dsf_common::ErrorCode;
-use dsf_sql::messages::Sender;
+use dsf_sql::messages::{GroupSend, Sender};
+use dsf_sql::Queryable;
 use dsf_sql::{testing, Role};
 
 fn user(db: &testing::TestDb, name: &str) -> u64 {
@@ -239,8 +240,9 @@ fn concurrent_joins_of_a_new_room_all_land_without_deadlocks() {
     assert_eq!(counts, (1..=8).collect::<Vec<u64>>());
 }
 
-/// Sends `to` (user ids) in one group commit made ready for `ready`, each
-/// under its own nonce; the commit's result and each send's number.
+/// Sends `to` (user ids) in one group commit made ready for the sends to
+/// `ready`, each under its own nonce, its body its place; the commit's
+/// result and each send's number.
 fn group_sends(
     db: &testing::TestDb,
     ann: u64,
@@ -248,8 +250,21 @@ fn group_sends(
     to: &[u64],
     tag: &str,
 ) -> (Result<(), String>, Vec<u64>) {
+    let bodies: Vec<String> = (0..to.len()).map(|i| i.to_string()).collect();
+    let sends: Vec<GroupSend> = to
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| ready.contains(t))
+        .map(|(index, t)| GroupSend {
+            index,
+            to: *t,
+            body: &bodies[index],
+        })
+        .collect();
     db.writes().begin_group().unwrap();
-    db.messages().prepare_group(ready).unwrap();
+    db.messages()
+        .prepare_group(from(ann, "ann"), &sends)
+        .unwrap();
     let seqs = to
         .iter()
         .enumerate()
@@ -257,10 +272,11 @@ fn group_sends(
             let mut seq = 0;
             db.writes()
                 .run_once("cli", &format!("{tag}{i:015}"), "msg.send", || {
-                    let s = db
-                        .messages()
-                        .send_to_id(from(ann, "ann"), *t, &i.to_string())
-                        .unwrap();
+                    let m = db.messages();
+                    let s = match m.send_in_group(i, from(ann, "ann"), *t, &bodies[i]) {
+                        Some(s) => s.unwrap(),
+                        None => m.send_to_id(from(ann, "ann"), *t, &bodies[i]).unwrap(),
+                    };
                     seq = s.listed[0].seq;
                     (true, String::new(), false)
                 })
@@ -277,7 +293,7 @@ fn sends_staged_in_a_group_are_numbered_in_order_and_written_at_its_commit() {
     let (ann, bob, cid) = (user(&db, "ann"), user(&db, "bob"), user(&db, "cid"));
     let m = db.messages();
     m.send(from(ann, "ann"), "bob", "0").unwrap();
-    // Bob made ready, cid not: cid's sends take their row on their own.
+    // Bob's sends made ready, cid's not: cid's take their row on their own.
     let (done, seqs) = group_sends(&db, ann, &[bob], &[bob, cid, bob, bob, cid], "a");
     done.unwrap();
     assert_eq!(seqs, [2, 1, 3, 4, 2]);
@@ -301,15 +317,45 @@ fn sends_staged_in_a_group_are_numbered_in_order_and_written_at_its_commit() {
         5
     );
 
-    // A group that breaks leaves neither rows nor numbers behind.
+    // A group that breaks leaves neither messages, rows nor numbers.
+    let before: u64 = db
+        .with_conn("test", |c| c.query_first("SELECT COUNT(*) FROM messages"))
+        .unwrap()
+        .unwrap();
     db.writes().begin_group().unwrap();
-    m.prepare_group(&[bob]).unwrap();
-    m.send_to_id(from(ann, "ann"), bob, "lost").unwrap();
+    let lost = GroupSend {
+        index: 0,
+        to: bob,
+        body: "\"lost\"",
+    };
+    m.prepare_group(from(ann, "ann"), &[lost]).unwrap();
+    m.send_in_group(0, from(ann, "ann"), bob, "\"lost\"")
+        .unwrap()
+        .unwrap();
     dsf_sql::writes::break_group("a test");
     assert_eq!(db.writes().commit_group().unwrap_err(), "a test");
+    let after: u64 = db
+        .with_conn("test", |c| c.query_first("SELECT COUNT(*) FROM messages"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(after, before);
     assert_eq!(
         m.send(from(ann, "ann"), "bob", "6").unwrap().listed[0].seq,
         6
     );
-    assert_eq!(bodies(bob).len(), 6);
+
+    // A message stored ahead whose send never ran fails the commit.
+    db.writes().begin_group().unwrap();
+    let unsent = GroupSend {
+        index: 0,
+        to: bob,
+        body: "7",
+    };
+    m.prepare_group(from(ann, "ann"), &[unsent]).unwrap();
+    let e = db.writes().commit_group().unwrap_err();
+    assert!(e.contains("not sent"), "{e}");
+    assert_eq!(
+        m.send(from(ann, "ann"), "bob", "8").unwrap().listed[0].seq,
+        7
+    );
 }

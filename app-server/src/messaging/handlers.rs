@@ -16,7 +16,7 @@ use dsf_proto::msg::{
     Sent, Subscribe, SubscribeBody, BODY_MAX, CREDIT_DEFAULT, CREDIT_MAX, HISTORY_DEFAULT,
 };
 use dsf_proto::Empty;
-use dsf_sql::messages::Sender;
+use dsf_sql::messages::{GroupSend, Sender};
 
 use super::mailroom::{Mailroom, Sub};
 use super::Messaging;
@@ -41,13 +41,17 @@ pub fn send(call: &Call, b: SendBody) -> Result<Sent> {
     let m = call.db().messages();
     // The group's first send makes it ready for all (a group whose first
     // request is refused before it gets here is run again one by one).
-    if let Some((bodies, 0)) = call.batch() {
-        prepare_group(call, bodies)?;
+    let in_group = call.batch();
+    if let Some((bodies, 0)) = in_group {
+        prepare_group(call, from, bodies)?;
     }
     let (stored, sent) = match (&b.to, &b.room) {
         (Some(to), None) => {
             let to = call.state::<Messaging>().user_id(call.db(), to)?;
-            let s = m.send_to_id(from, to, b.body.get())?;
+            let s = match in_group.and_then(|(_, i)| m.send_in_group(i, from, to, b.body.get())) {
+                Some(s) => s?,
+                None => m.send_to_id(from, to, b.body.get())?,
+            };
             let seq = s.listed.first().map(|l| l.seq);
             let sent = Sent {
                 id: s.id,
@@ -113,28 +117,34 @@ pub fn send(call: &Call, b: SendBody) -> Result<Sent> {
     Ok(sent)
 }
 
-/// Makes the group this send runs in ready for every direct send of it
-/// (see `dsf_sql::messages`): the recipients' counters taken at once, in
-/// one order. A group with a room's send in it is left as it is (a room's
-/// send takes its members' rows itself), and so are names that do not
-/// parse or are not users (those sends are refused on their own).
-fn prepare_group(call: &Call, bodies: &[String]) -> Result<()> {
-    let mut to = Vec::with_capacity(bodies.len());
-    for b in bodies {
-        let Ok(b) = serde_json::from_str::<SendBody>(b) else {
-            continue;
-        };
-        match (b.to, b.room) {
+/// Makes the group this send runs in ready for its direct sends from
+/// this user (see `dsf_sql::messages`). A group with a room's send in it
+/// is left as it is (a room's send takes its members' rows itself), and so
+/// are bodies that do not parse and names that are not users (those sends
+/// are refused on their own).
+fn prepare_group(call: &Call, from: Sender<'_>, bodies: &[String]) -> Result<()> {
+    let parsed: Vec<Option<SendBody>> = bodies
+        .iter()
+        .map(|b| serde_json::from_str::<SendBody>(b).ok())
+        .collect();
+    let mut sends = Vec::with_capacity(bodies.len());
+    for (index, b) in parsed.iter().enumerate() {
+        let Some(b) = b else { continue };
+        match (&b.to, &b.room) {
             (Some(name), None) => {
-                if let Ok(id) = call.state::<Messaging>().user_id(call.db(), &name) {
-                    to.push(id);
+                if let Ok(to) = call.state::<Messaging>().user_id(call.db(), name) {
+                    sends.push(GroupSend {
+                        index,
+                        to,
+                        body: b.body.get(),
+                    });
                 }
             }
             (None, Some(_)) => return Ok(()),
             _ => {}
         }
     }
-    Ok(call.db().messages().prepare_group(&to)?)
+    Ok(call.db().messages().prepare_group(from, &sends)?)
 }
 
 /// `msg.ack {upto}`: the subscription on this connection delivered up to
