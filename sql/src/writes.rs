@@ -80,16 +80,35 @@ impl Drop for TxGuard {
     }
 }
 
-/// Records are stamped with the database's clock, which the janitor
-/// compares with the same clock: app servers' clocks may differ.
-const INSERT: &str = "INSERT INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
-                      VALUES (?, ?, ?, ?, ?, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))";
-/// [`INSERT`] for a refusal, recorded on its own after the rollback.
+/// A refusal's record, inserted on its own after the rollback. Records
+/// are stamped with the database's clock, which the janitor compares with
+/// the same clock: app servers' clocks may differ.
 const INSERT_REFUSAL: &str = "INSERT IGNORE INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
                               VALUES (?, ?, ?, ?, ?, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))";
 
 /// What a repository asks a group to run just before its commit.
 type BeforeCommit = Box<dyn FnOnce(&mut PooledConn) -> mysql::Result<()>>;
+
+/// The insert of successes' records (app, nonce, kind, reply), as text:
+/// not a prepared statement, which on Galera may lose its transaction
+/// (see `db::op_key`), and so that it can share a round trip with the
+/// commit.
+fn records_sql(records: &[[&str; 4]]) -> String {
+    let mut sql = String::with_capacity(128 + 96 * records.len());
+    sql.push_str("INSERT INTO wire_writes (app, nonce, kind, reply, ok, created_at) VALUES ");
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for v in r {
+            sql.push_str(&mysql::Value::from(*v).as_sql(false));
+            sql.push(',');
+        }
+        sql.push_str("1, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))");
+    }
+    sql
+}
 
 /// A group commit open on this thread.
 struct Group {
@@ -184,7 +203,6 @@ impl<'a> Writes<'a> {
         let (node, mut conn) = self.db.conn_at(OP)?;
         let key = crate::db::op_key(kind);
         if self.db.needs_warming(node, &conn, key) {
-            conn.prep(INSERT).map_err(|e| Error::from_mysql(OP, e))?;
             conn = self.in_tx(conn, &mut handler)?.1;
             crate::db::roll_back(&mut conn);
             // Even a refusal prepared what it reached; what it did not
@@ -193,13 +211,12 @@ impl<'a> Writes<'a> {
         }
         let ((ok, reply, keep_refusal), mut conn) = self.in_tx(conn, &mut handler)?;
         if ok {
-            let params = (app, nonce, kind, true, reply.as_str());
-            return match conn.exec_drop(INSERT, params) {
-                Ok(()) => {
-                    conn.query_drop("COMMIT")
-                        .map_err(|e| Error::from_mysql(OP, e))?;
-                    Ok(Once::Ran(Stored { ok, reply }))
-                }
+            // The record and the commit in one round trip. A duplicate
+            // record fails the insert, and then nothing after it runs.
+            let mut sql = records_sql(&[[app, nonce, kind, reply.as_str()]]);
+            sql.push_str("; COMMIT");
+            return match conn.query_drop(sql) {
+                Ok(()) => Ok(Once::Ran(Stored { ok, reply })),
                 Err(e) => {
                     crate::db::roll_back(&mut conn);
                     drop(conn);
@@ -283,27 +300,18 @@ impl<'a> Writes<'a> {
             for f in group.before_commit {
                 f(&mut conn)?;
             }
+            let mut sql = String::new();
             if !group.records.is_empty() {
-                // Text, not a prepared statement: on Galera a transaction
-                // that prepares one may be lost (see `db::op_key`).
-                let mut sql = String::with_capacity(128 + 96 * group.records.len());
-                sql.push_str(
-                    "INSERT INTO wire_writes (app, nonce, kind, reply, ok, created_at) VALUES ",
-                );
-                for (i, r) in group.records.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(',');
-                    }
-                    sql.push('(');
-                    for v in r {
-                        sql.push_str(&mysql::Value::from(v.as_str()).as_sql(false));
-                        sql.push(',');
-                    }
-                    sql.push_str("1, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))");
-                }
-                conn.query_drop(sql)?;
+                let records: Vec<[&str; 4]> = group
+                    .records
+                    .iter()
+                    .map(|[a, n, k, r]| [a.as_str(), n.as_str(), k.as_str(), r.as_str()])
+                    .collect();
+                sql = records_sql(&records);
+                sql.push_str("; ");
             }
-            conn.query_drop("COMMIT")
+            sql.push_str("COMMIT");
+            conn.query_drop(sql)
         })();
         done.map_err(|e| {
             crate::db::forget_if_broken(&mut conn, &e);
