@@ -76,6 +76,17 @@ message!(pub Put = "test.put", App, write: KeyBody => Empty);
 message!(pub Slow = "test.slow", App, read: Empty => Empty);
 message!(pub Count3 = "test.ticks", App, stream: Ticks => Count, event "tick": Tick);
 
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nth {
+    pub n: u64,
+}
+
+message!(pub Ordered = "test.ordered", App, write: Nth => Empty);
+
+/// The `test.ordered` that fails as if its database went away.
+const FAILS: u64 = 3;
+
 /// What the test service keeps.
 #[derive(Default)]
 struct Kept {
@@ -94,11 +105,18 @@ const LIMIT: Limit = Limit::new(
     },
 );
 
-const MIGRATIONS: &[app_server::Migration] = &[app_server::Migration {
-    version: 1,
-    name: "bumps",
-    sql: "CREATE TABLE test_bumps (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY) ENGINE = InnoDB;",
-}];
+const MIGRATIONS: &[app_server::Migration] = &[
+    app_server::Migration {
+        version: 1,
+        name: "bumps",
+        sql: "CREATE TABLE test_bumps (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY) ENGINE = InnoDB;",
+    },
+    app_server::Migration {
+        version: 2,
+        name: "ordered",
+        sql: "CREATE TABLE test_ordered (n BIGINT UNSIGNED NOT NULL PRIMARY KEY) ENGINE = InnoDB;",
+    },
+];
 
 fn test_service() -> Service {
     Service::new("test")
@@ -164,6 +182,17 @@ fn test_service() -> Service {
             }
             Ok(Empty {})
         })
+        // Batched: one connection's run in order, committed together.
+        .route(
+            Route::unary::<Ordered>(|call, b| {
+                if b.n == FAILS {
+                    return Err(Error::Unavailable("test: the database went away".into()));
+                }
+                call.tx(|tx| Ok(tx.exec_drop("INSERT INTO test_ordered (n) VALUES (?)", (b.n,))?))?;
+                Ok(Empty {})
+            })
+            .batched(),
+        )
         .stream::<Count3>(|_, b, mut stream| {
             for i in 0..b.n {
                 stream.event(&Tick { i }).ok();
@@ -549,4 +578,38 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(head.contains(" 200 "), "{head}");
     body.to_string()
+}
+
+#[test]
+fn a_batched_route_runs_nothing_after_a_request_that_must_be_sent_again() {
+    let db = testing::fresh();
+    let running = start(&db, |_| {});
+    let mut c = Conn::connect(running.addr());
+    // Ten in flight on one connection; the fourth fails with "try again".
+    let ids: Vec<u64> = (0..10)
+        .map(|n| c.send("test.ordered", &json!({ "n": n }), None))
+        .collect();
+    for (n, id) in (0..10u64).zip(&ids) {
+        let (got, reply) = c.recv();
+        assert_eq!(got, *id, "replies in the order sent");
+        match (n, reply) {
+            (0..FAILS, Ok(_)) => {}
+            (FAILS, Err(e)) => assert!(e.to_string().contains("went away"), "{e}"),
+            (_, Err(e)) => {
+                assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+                assert!(e.to_string().contains("was not run"), "{e}");
+            }
+            (n, Ok(v)) => panic!("test.ordered {n} ran after the one that failed: {v}"),
+        }
+    }
+    let stored = || -> Vec<u64> {
+        db.with_conn("test", |c| c.query("SELECT n FROM test_ordered ORDER BY n"))
+            .unwrap()
+    };
+    assert_eq!(stored(), [0, 1, 2], "nothing after the failed one stayed");
+    // Sent again, in order, they run.
+    for n in 4..7 {
+        c.ok("test.ordered", json!({ "n": n }), None);
+    }
+    assert_eq!(stored(), [0, 1, 2, 4, 5, 6]);
 }

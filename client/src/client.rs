@@ -15,10 +15,10 @@
 //! error). `overloaded` and a connection that failed
 //! before the request was written mean it never ran, and it goes
 //! elsewhere. An idle connection is checked for a close by the server
-//! before it is reused. [`Client::call_many`] sends every write under a
-//! stamp of its own, kept if it has to be sent again, but reports a write
-//! in flight when its connection breaks as unknown rather than resending
-//! it.
+//! before it is reused. [`Client::call_many`] follows the same rules for
+//! a window of requests on one connection: every write under a stamp of
+//! its own, and those in flight when the connection breaks sent again in
+//! order, with their stamps.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -173,6 +173,12 @@ impl Unseen {
     /// Whether `f`, for a resend, is the write's own answer (a stored
     /// reply), rather than something about this attempt.
     fn answered(&self, f: &Failure) -> bool {
+        Unseen::is_answer(f)
+    }
+
+    /// Whether `f` is an answer a write can get from its stored record (a
+    /// refusal recorded the first time).
+    fn is_answer(f: &Failure) -> bool {
         match f {
             Failure::Server(e) => matches!(
                 e.code(),
@@ -648,17 +654,19 @@ impl Client {
     /// body's index, in input order. Bodies are read from the iterator as
     /// the window frees, so a stream of any length runs in bounded memory.
     ///
-    /// A write's requests from one connection run on the server in the
-    /// order sent (and, for a batched type such as `msg.send`, commit
-    /// together), so replies come in input order.
+    /// A batched type's requests (`msg.send`) run on the server in the
+    /// order sent and commit together; other types' may run in any order.
     ///
-    /// When the connection breaks (or its node says `unavailable`), the
-    /// requests still in flight are sent again on another node, in order:
+    /// When the connection breaks (or its node says `unavailable`, or
+    /// `overloaded`: not run), the requests still in flight are sent again
+    /// on another node, in order:
     /// reads freshly signed, writes with their first stamp, so that one
     /// that ran is answered with its stored reply instead of running again
     /// ([`RESEND_WINDOW`]; past it, and after any other failure, a write
     /// that may have run is reported as [`Error::OutcomeUnknown`]).
-    /// Returns an error only when no node can be reached at all.
+    /// Returns an error only when no node can be reached at all, after
+    /// reporting every request not yet answered (a write that was sent as
+    /// [`Error::OutcomeUnknown`]).
     pub fn call_many<I, F>(
         &mut self,
         kind: &str,
@@ -675,9 +683,27 @@ impl Client {
             body: String,
             /// `None` until written on the current connection.
             id: Option<u64>,
+            /// The connections it was written on: more than one, and a
+            /// write's answer may be its stored one, or say nothing of it.
+            sent: u32,
             /// A write is sent again only under its first stamp.
             stamp: Stamp,
         }
+        // What is still pending when no node can be reached: the writes
+        // that were sent may have run.
+        let give_up = |pending: &mut VecDeque<Pending>, on_reply: &mut F, e: &dyn Fn() -> Error| {
+            for p in pending.drain(..) {
+                let r = match (is_idempotent(kind), p.sent) {
+                    (false, 1..) => Error::OutcomeUnknown {
+                        kind: kind.into(),
+                        server: "the last node tried".into(),
+                        reason: e().to_string(),
+                    },
+                    _ => e(),
+                };
+                on_reply(p.index, Err(r));
+            }
+        };
         let idempotent = is_idempotent(kind);
         let window = window.max(1);
         let mut input = bodies.into_iter().enumerate();
@@ -688,7 +714,11 @@ impl Client {
             if pending.is_empty() && input_done {
                 return Ok(());
             }
-            self.ensure_node(kind, &mut tries)?;
+            if let Err(e) = self.ensure_node(kind, &mut tries) {
+                let no_node = || self.no_node(kind, &tries);
+                give_up(&mut pending, &mut on_reply, &no_node);
+                return Err(e);
+            }
             let token = self.token.clone();
             let node = self.node.as_mut().expect("ensure_node connected");
             // Fill the window: first what must be (re)sent, then new input.
@@ -702,7 +732,10 @@ impl Client {
             };
             for p in pending.iter_mut().filter(|p| p.id.is_none()) {
                 match send(&mut node.conn, p) {
-                    Ok(id) => p.id = Some(id),
+                    Ok(id) => {
+                        p.id = Some(id);
+                        p.sent += 1;
+                    }
                     Err(f) => {
                         send_failed = Some(f);
                         break;
@@ -716,10 +749,14 @@ impl Client {
                             index,
                             body,
                             id: None,
+                            sent: 0,
                             stamp: Stamp::fresh(),
                         };
                         match send(&mut node.conn, &p) {
-                            Ok(id) => p.id = Some(id),
+                            Ok(id) => {
+                                p.id = Some(id);
+                                p.sent = 1;
+                            }
                             Err(f) => send_failed = Some(f),
                         }
                         pending.push_back(p);
@@ -742,9 +779,25 @@ impl Client {
                             tries = Attempts::new(self.cfg.deadline);
                             continue;
                         }
-                        Err(f) if f.keeps_connection() && !is_unavailable(&f) => {
+                        Err(f)
+                            if f.keeps_connection()
+                                && !is_unavailable(&f)
+                                && !is_overloaded(&f) =>
+                        {
                             let p = pending.pop_front().expect("head exists");
-                            on_reply(p.index, Err(f.into_error(kind, &node.id)));
+                            // A resent write's refusal is its stored answer
+                            // only if it is one a write can get; anything
+                            // else (a stale stamp, say) says nothing of
+                            // whether it ran the first time.
+                            let e = match idempotent || p.sent < 2 || Unseen::is_answer(&f) {
+                                true => f.into_error(kind, &node.id),
+                                false => Error::OutcomeUnknown {
+                                    kind: kind.into(),
+                                    server: node.id.clone(),
+                                    reason: f.into_error(kind, &node.id).to_string(),
+                                },
+                            };
+                            on_reply(p.index, Err(e));
                             continue;
                         }
                         Err(f) => f,
@@ -759,13 +812,15 @@ impl Client {
             // it ran: safe while the servers still know the stamp.
             let in_window = pending
                 .iter()
-                .filter(|p| p.id.is_some())
+                .filter(|p| p.sent > 0)
                 .all(|p| p.stamp.age() < RESEND_WINDOW);
             let resend = idempotent
-                || matches!(failure, Failure::NotSent(_))
                 || (in_window
-                    && (matches!(failure, Failure::Lost(_) | Failure::TimedOut(_))
-                        || is_unavailable(&failure)));
+                    && (matches!(
+                        failure,
+                        Failure::NotSent(_) | Failure::Lost(_) | Failure::TimedOut(_)
+                    ) || is_unavailable(&failure)
+                        || is_overloaded(&failure)));
             if !resend {
                 let why = match &failure {
                     Failure::Lost(w) | Failure::NotSent(w) | Failure::BadReply(w) => w.clone(),
@@ -775,8 +830,9 @@ impl Client {
                 // Those never written can go to the next node; the others
                 // may have been acted on.
                 let mut kept = VecDeque::new();
-                for p in pending.drain(..) {
-                    if p.id.is_none() {
+                for mut p in pending.drain(..) {
+                    if p.sent == 0 {
+                        p.id = None;
                         kept.push_back(p);
                     } else {
                         on_reply(
@@ -805,6 +861,8 @@ impl Client {
                 Failure::Server(e) => format!("{id}: {}: {e}", e.code()),
             };
             if !tries.failed(Some(&id), why) {
+                let no_node = || self.no_node(kind, &tries);
+                give_up(&mut pending, &mut on_reply, &no_node);
                 return Err(self.no_node(kind, &tries));
             }
         }
@@ -813,6 +871,12 @@ impl Client {
 
 fn is_unavailable(f: &Failure) -> bool {
     matches!(f, Failure::Server(e) if e.code() == ErrorCode::Unavailable)
+}
+
+/// A refusal before any work was done (a node at its limits, draining, or
+/// cut off from its database): any request may go to another node.
+fn is_overloaded(f: &Failure) -> bool {
+    matches!(f, Failure::Server(e) if e.code() == ErrorCode::Overloaded)
 }
 
 /// Parses a verified raw body into a JSON value.

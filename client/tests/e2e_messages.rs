@@ -501,9 +501,11 @@ fn a_window_of_sends_is_stored_once_and_in_order_when_its_node_dies_mid_batch() 
         grouped > 0.0,
         "the node committed sends in groups before the kill"
     );
+    // Taken into the window and not yet acknowledged: written to the
+    // node's connection, or about to be.
     assert!(
         in_flight > 1,
-        "sends were in flight when the node died ({in_flight})"
+        "sends were in the window when the node died ({in_flight})"
     );
 
     // Each recipient's inbox, in its numbering: every message once, in

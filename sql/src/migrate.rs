@@ -628,14 +628,19 @@ mod tests {
                 );
             }
         }
-        // Every namespaced migration stands for part of one legacy one.
+        // A namespaced migration stands for part of one legacy one at most
+        // (those written since namespaces, for none).
         for (ns, set) in DSF {
             for m in set.iter() {
                 let n = LEGACY
                     .iter()
                     .filter(|(_, b)| b.contains(&(*ns, m.version)))
                     .count();
-                assert_eq!(n, 1, "{ns} {}", m.version);
+                assert!(
+                    n <= 1,
+                    "{ns} {} stands for {n} legacy migrations",
+                    m.version
+                );
             }
         }
     }

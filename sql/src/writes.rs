@@ -117,6 +117,11 @@ struct Group {
     /// The pool ([`Db::id`]) and node its transaction is on.
     db: usize,
     node: usize,
+    /// Its transaction's connection. It is the thread's run-once
+    /// connection ([`TX`]) only while a write's handler runs, so that
+    /// what runs between handlers (the layers before them) stays out of
+    /// the group.
+    conn: Option<PooledConn>,
     /// Run in order before the records are inserted.
     before_commit: Vec<BeforeCommit>,
     /// The records of the writes it ran: app, nonce, kind, reply.
@@ -151,12 +156,35 @@ pub fn before_commit(f: impl FnOnce(&mut PooledConn) -> mysql::Result<()> + 'sta
     })
 }
 
-/// Breaks the group open on this thread, if any, unless defused: a
-/// handler that panicked leaves nothing of its group.
-struct BreakOnDrop;
+/// Lends the group's connection to a write's handler (as [`TX`]) and takes
+/// it back when dropped; dropped before [`Lent::give_back`] (the handler
+/// panicked), it also breaks the group, so that nothing of it stays.
+struct Lent(usize);
 
-impl Drop for BreakOnDrop {
+impl Lent {
+    fn lend(db: usize, conn: PooledConn) -> Lent {
+        crate::db::put_tx(db, conn);
+        Lent(db)
+    }
+
+    fn take_back(&self) {
+        let conn = crate::db::take_tx(self.0);
+        GROUP.with(|g| {
+            if let Some(g) = g.borrow_mut().as_mut() {
+                g.conn = conn;
+            }
+        });
+    }
+
+    fn give_back(self) {
+        self.take_back();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Lent {
     fn drop(&mut self) {
+        self.take_back();
         break_group("a write panicked");
     }
 }
@@ -253,9 +281,9 @@ impl<'a> Writes<'a> {
     /// A group left open before (its commit never called) is rolled back.
     pub fn begin_group(&self) -> Result<()> {
         const OP: &str = "wire.group";
-        if GROUP.with(|g| g.borrow_mut().take()).is_some() {
+        if let Some(stale) = GROUP.with(|g| g.borrow_mut().take()) {
             log::error!("a group commit was left open on this thread; rolled back");
-            if let Some(mut conn) = crate::db::take_tx(self.db.id()) {
+            if let Some(mut conn) = stale.conn {
                 crate::db::roll_back(&mut conn);
             }
         }
@@ -264,7 +292,6 @@ impl<'a> Writes<'a> {
             crate::db::forget_if_broken(&mut conn, &e);
             Error::from_mysql(OP, e)
         })?;
-        crate::db::put_tx(self.db.id(), conn);
         let serial = SERIAL.with(|s| {
             s.set(s.get() + 1);
             s.get()
@@ -274,6 +301,7 @@ impl<'a> Writes<'a> {
                 serial,
                 db: self.db.id(),
                 node,
+                conn: Some(conn),
                 before_commit: Vec::new(),
                 records: Vec::new(),
                 broken: None,
@@ -287,10 +315,11 @@ impl<'a> Writes<'a> {
     /// (broken, or the commit failed): run its writes again one by one.
     pub fn commit_group(&self) -> std::result::Result<(), String> {
         const OP: &str = "wire.group";
-        let group = GROUP.with(|g| g.borrow_mut().take());
-        let conn = crate::db::take_tx(self.db.id());
-        let (Some(group), Some(mut conn)) = (group, conn) else {
+        let Some(mut group) = GROUP.with(|g| g.borrow_mut().take()) else {
             return Err("no group commit was open on this thread".into());
+        };
+        let Some(mut conn) = group.conn.take() else {
+            return Err("the group's connection was lost".into());
         };
         if let Some(why) = group.broken {
             crate::db::roll_back(&mut conn);
@@ -345,19 +374,20 @@ impl<'a> Writes<'a> {
         if broken {
             return not_now("broken before");
         }
-        let warm = crate::db::take_tx(self.db.id()).map(|conn| {
-            let needs = self.db.needs_warming(node, &conn, crate::db::op_key(kind));
-            crate::db::put_tx(self.db.id(), conn);
-            !needs
-        });
-        match warm {
-            None => return not_now("its connection was lost"),
-            Some(false) => return not_now("a statement not yet prepared on this connection"),
-            Some(true) => {}
+        let Some(conn) = GROUP.with(|g| g.borrow_mut().as_mut().and_then(|g| g.conn.take())) else {
+            return not_now("its connection was lost");
+        };
+        if self.db.needs_warming(node, &conn, crate::db::op_key(kind)) {
+            GROUP.with(|g| {
+                if let Some(g) = g.borrow_mut().as_mut() {
+                    g.conn = Some(conn);
+                }
+            });
+            return not_now("a statement not yet prepared on this connection");
         }
-        let guard = BreakOnDrop;
+        let lent = Lent::lend(self.db.id(), conn);
         let (ok, reply, _) = handler();
-        std::mem::forget(guard);
+        lent.give_back();
         if !ok {
             // Its writes must not stay, and a group has no savepoints.
             break_group("a refusal");

@@ -242,14 +242,14 @@ fn concurrent_joins_of_a_new_room_all_land_without_deadlocks() {
 
 /// Sends `to` (user ids) in one group commit made ready for the sends to
 /// `ready`, each under its own nonce, its body its place; the commit's
-/// result and each send's number.
+/// result and each send's (number, message id).
 fn group_sends(
     db: &testing::TestDb,
     ann: u64,
     ready: &[u64],
     to: &[u64],
     tag: &str,
-) -> (Result<(), String>, Vec<u64>) {
+) -> (Result<(), String>, Vec<(u64, u64)>) {
     let bodies: Vec<String> = (0..to.len()).map(|i| i.to_string()).collect();
     let sends: Vec<GroupSend> = to
         .iter()
@@ -262,41 +262,70 @@ fn group_sends(
         })
         .collect();
     db.writes().begin_group().unwrap();
-    db.messages()
-        .prepare_group(from(ann, "ann"), &sends)
-        .unwrap();
-    let seqs = to
+    let sent = to
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let mut seq = 0;
+            let mut sent = (0, 0);
             db.writes()
                 .run_once("cli", &format!("{tag}{i:015}"), "msg.send", || {
                     let m = db.messages();
+                    // The group's first send makes it ready, as msg.send does.
+                    if i == 0 {
+                        m.prepare_group(from(ann, "ann"), &sends).unwrap();
+                    }
                     let s = match m.send_in_group(i, from(ann, "ann"), *t, &bodies[i]) {
                         Some(s) => s.unwrap(),
                         None => m.send_to_id(from(ann, "ann"), *t, &bodies[i]).unwrap(),
                     };
-                    seq = s.listed[0].seq;
+                    sent = (s.listed[0].seq, s.id);
                     (true, String::new(), false)
                 })
                 .unwrap();
-            seq
+            sent
         })
         .collect();
-    (db.writes().commit_group(), seqs)
+    (db.writes().commit_group(), sent)
+}
+
+/// Runs `f` as a write of the group open on this thread (its handler).
+fn in_group(db: &testing::TestDb, nonce: &str, f: impl FnOnce()) {
+    let mut f = Some(f);
+    db.writes()
+        .run_once("cli", nonce, "msg.send", || {
+            (f.take().expect("runs once"))();
+            (true, String::new(), false)
+        })
+        .unwrap();
 }
 
 #[test]
 fn sends_staged_in_a_group_are_numbered_in_order_and_written_at_its_commit() {
     let db = testing::fresh();
+    let mode: Option<u32> = db
+        .with_conn("test", |c| {
+            c.query_first("SELECT @@innodb_autoinc_lock_mode")
+        })
+        .unwrap();
+    assert_ne!(
+        mode,
+        Some(2),
+        "the project's MariaDB numbers a statement's rows consecutively"
+    );
     let (ann, bob, cid) = (user(&db, "ann"), user(&db, "bob"), user(&db, "cid"));
     let m = db.messages();
     m.send(from(ann, "ann"), "bob", "0").unwrap();
     // Bob's sends made ready, cid's not: cid's take their row on their own.
-    let (done, seqs) = group_sends(&db, ann, &[bob], &[bob, cid, bob, bob, cid], "a");
+    let (done, sent) = group_sends(&db, ann, &[bob], &[bob, cid, bob, bob, cid], "a");
     done.unwrap();
+    let seqs: Vec<u64> = sent.iter().map(|(seq, _)| *seq).collect();
     assert_eq!(seqs, [2, 1, 3, 4, 2]);
+    // Bob's messages were stored ahead, in one statement, before cid's.
+    let ids: Vec<u64> = sent.iter().map(|(_, id)| *id).collect();
+    assert!(
+        ids[0] < ids[2] && ids[2] < ids[3] && ids[3] < ids[1],
+        "{ids:?}"
+    );
     let bodies = |u| -> Vec<(u64, String)> {
         m.after(u, 0, 100)
             .unwrap()
@@ -318,27 +347,27 @@ fn sends_staged_in_a_group_are_numbered_in_order_and_written_at_its_commit() {
     );
 
     // A group that breaks leaves neither messages, rows nor numbers.
-    let before: u64 = db
-        .with_conn("test", |c| c.query_first("SELECT COUNT(*) FROM messages"))
-        .unwrap()
-        .unwrap();
-    db.writes().begin_group().unwrap();
-    let lost = GroupSend {
-        index: 0,
-        to: bob,
-        body: "\"lost\"",
+    let count = || -> u64 {
+        db.with_conn("test", |c| c.query_first("SELECT COUNT(*) FROM messages"))
+            .unwrap()
+            .unwrap()
     };
-    m.prepare_group(from(ann, "ann"), &[lost]).unwrap();
-    m.send_in_group(0, from(ann, "ann"), bob, "\"lost\"")
-        .unwrap()
-        .unwrap();
+    let before = count();
+    db.writes().begin_group().unwrap();
+    in_group(&db, "b000000000000000", || {
+        let lost = GroupSend {
+            index: 0,
+            to: bob,
+            body: "\"lost\"",
+        };
+        m.prepare_group(from(ann, "ann"), &[lost]).unwrap();
+        m.send_in_group(0, from(ann, "ann"), bob, "\"lost\"")
+            .unwrap()
+            .unwrap();
+    });
     dsf_sql::writes::break_group("a test");
     assert_eq!(db.writes().commit_group().unwrap_err(), "a test");
-    let after: u64 = db
-        .with_conn("test", |c| c.query_first("SELECT COUNT(*) FROM messages"))
-        .unwrap()
-        .unwrap();
-    assert_eq!(after, before);
+    assert_eq!(count(), before);
     assert_eq!(
         m.send(from(ann, "ann"), "bob", "6").unwrap().listed[0].seq,
         6
@@ -346,14 +375,17 @@ fn sends_staged_in_a_group_are_numbered_in_order_and_written_at_its_commit() {
 
     // A message stored ahead whose send never ran fails the commit.
     db.writes().begin_group().unwrap();
-    let unsent = GroupSend {
-        index: 0,
-        to: bob,
-        body: "7",
-    };
-    m.prepare_group(from(ann, "ann"), &[unsent]).unwrap();
+    in_group(&db, "c000000000000000", || {
+        let unsent = GroupSend {
+            index: 1,
+            to: bob,
+            body: "7",
+        };
+        m.prepare_group(from(ann, "ann"), &[unsent]).unwrap();
+    });
     let e = db.writes().commit_group().unwrap_err();
     assert!(e.contains("not sent"), "{e}");
+    assert_eq!(count(), before + 1);
     assert_eq!(
         m.send(from(ann, "ann"), "bob", "8").unwrap().listed[0].seq,
         7

@@ -250,3 +250,29 @@ fn a_group_with_a_refusal_or_a_recorded_nonce_leaves_nothing() {
     ));
     assert!(!listed(&db, "H5"));
 }
+
+/// The server's id of the connection this thread's statements go to now.
+fn connection_id(db: &Db) -> u64 {
+    use mysql::prelude::Queryable;
+    db.with_conn("test", |c| c.query_first("SELECT CONNECTION_ID()"))
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn a_group_lends_its_connection_only_to_its_writes_handlers() {
+    let db = testing::fresh();
+    db.writes().begin_group().unwrap();
+    let mut inside = 0;
+    db.writes()
+        .run_once("cli", "00000000000000i1", "blacklist.add", || {
+            inside = connection_id(&db);
+            add(&db, "I1")
+        })
+        .unwrap();
+    // What runs between the writes (the layers before a handler: a
+    // session looked up, say) is not part of the group.
+    assert_ne!(connection_id(&db), inside);
+    db.writes().commit_group().unwrap();
+    assert!(listed(&db, "I1"));
+}

@@ -122,4 +122,9 @@ impl Group for GroupCommit {
     fn commit(&self) -> Result<(), String> {
         self.0.writes().commit_group()
     }
+
+    fn abort(&self) {
+        dsf_sql::writes::break_group("aborted");
+        let _ = self.0.writes().commit_group();
+    }
 }

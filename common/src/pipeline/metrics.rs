@@ -226,7 +226,7 @@ impl Metrics {
 }
 
 /// The code of a stored error reply (`{"code":…,"message":…}`).
-fn stored_code(payload: &str) -> &'static str {
+pub(super) fn stored_code(payload: &str) -> &'static str {
     #[derive(serde::Deserialize)]
     struct Code<'a> {
         code: &'a str,
@@ -244,8 +244,9 @@ pub struct MetricsLayer;
 impl<S: Send + Sync + 'static> Layer<S> for MetricsLayer {
     fn call(&self, call: &mut Call<S>, next: Next<'_, S>) -> Outcome {
         let outcome = next.run(call);
-        // A parked long poll is counted when it runs.
-        if !matches!(outcome, Outcome::Park(_)) {
+        // A parked long poll is counted when it runs; a request in a group
+        // once the group is settled (committed, or run again).
+        if !matches!(outcome, Outcome::Park(_)) && call.batch.is_none() {
             let route = &call.pipe.route_metrics[call.route];
             call.pipe.metrics.record(route, call.received, &outcome);
         }

@@ -84,6 +84,10 @@ pub enum BuildError {
 /// The most requests of a [`Route::batched`] type one batch runs.
 pub const BATCH_MAX: usize = 64;
 
+/// The most requests of a [`Route::batched`] type one connection may have
+/// waiting behind the batch that runs; more are refused `overloaded`.
+pub const LANE_MAX: usize = 4 * BATCH_MAX;
+
 /// How a server runs a batch of [`Route::batched`] requests together: the
 /// app server opens one transaction, every request of the batch joins it,
 /// and it commits once (a group commit).
@@ -96,6 +100,9 @@ pub trait Group: Send + Sync + 'static {
     /// did is durable, and their outcomes stand. An error (why) means none
     /// of it is: the pipeline runs the requests again, one by one.
     fn commit(&self) -> std::result::Result<(), String>;
+    /// Ends the group opened on this thread, keeping nothing of it (a
+    /// request failed before it reached the group, with "try again").
+    fn abort(&self);
 }
 
 /// What [`Pipeline::on_frame`] did with a frame.
@@ -485,6 +492,15 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
             if r.batched {
                 let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
                 match lanes.get_mut(&call.conn) {
+                    Some(waiting) if waiting.len() >= LANE_MAX => {
+                        drop(lanes);
+                        let e = Error::Overloaded(format!(
+                            "{LANE_MAX} {} of this connection are waiting to run: wait for their replies before sending more",
+                            call.kind()
+                        ));
+                        self.refuse_one(call, cx, &e);
+                        return Front::Done;
+                    }
                     // A batch of this connection's runs: this one waits
                     // for the next, so that they run in the order sent.
                     Some(waiting) => {
@@ -524,13 +540,18 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
                 .remove(&call.conn),
             false => None,
         };
-        for mut c in std::iter::once(call).chain(waiting.into_iter().flatten()) {
-            if let Some(reply) = c.take_reply() {
-                cx.cancel(reply);
-            }
-            c.admitted.error(e, cx.out());
-            self.metrics.refused(c.received);
+        for c in std::iter::once(call).chain(waiting.into_iter().flatten()) {
+            self.refuse_one(c, cx, e);
         }
+    }
+
+    /// Answers `call` with `e` on the reactor, its reply handle given back.
+    fn refuse_one(&self, mut call: Call<S>, cx: &mut Context<'_>, e: &Error) {
+        if let Some(reply) = call.take_reply() {
+            cx.cancel(reply);
+        }
+        call.admitted.error(e, cx.out());
+        self.metrics.refused(call.received);
     }
 
     /// Runs a job on a worker and sends its reply; a long poll that parks
@@ -554,67 +575,132 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
     }
 
     /// Runs `first` and then the batches of its connection's requests that
-    /// arrived meanwhile, until none is waiting.
+    /// arrived meanwhile, until none is waiting. After a request that
+    /// failed with "try again" (not run, or rolled back and not recorded),
+    /// the ones behind it are answered `unavailable` without running: its
+    /// client sends them again after it, so that they still run in the
+    /// order sent.
     fn run_lane(&self, first: Call<S>) {
         let conn = first.conn;
+        let guard = LaneGuard { pipe: self, conn };
         let mut batch = vec![first];
         loop {
-            self.run_batch(&mut batch);
+            let halted = self.run_batch(&mut batch);
             let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
             let Some(waiting) = lanes.get_mut(&conn) else {
-                return;
+                break;
             };
-            if waiting.is_empty() {
-                lanes.remove(&conn);
-                return;
+            if halted || waiting.is_empty() {
+                let rest = lanes.remove(&conn);
+                drop(lanes);
+                self.not_run(rest.into_iter().flatten());
+                break;
             }
             let n = waiting.len().min(BATCH_MAX);
             batch.extend(waiting.drain(..n));
         }
+        std::mem::forget(guard);
     }
 
     /// Runs a batch in the server's [`Group`] (or one by one, without one),
     /// then answers each request in order. A group that fails to commit
-    /// left nothing behind: its requests run again, one by one (and are
-    /// counted again in the metrics).
-    fn run_batch(&self, batch: &mut Vec<Call<S>>) {
+    /// left nothing behind: its requests run again, one by one. Whether a
+    /// request failed with "try again" (those after it were not run).
+    fn run_batch(&self, batch: &mut Vec<Call<S>>) -> bool {
         let grouped = batch.len() > 1 && self.group.as_ref().is_some_and(|g| g.begin());
-        if grouped {
-            let bodies: Arc<[String]> = batch
-                .iter()
-                .map(|c| c.admitted.request.body.get().to_string())
-                .collect();
-            for (i, c) in batch.iter_mut().enumerate() {
-                c.batch = Some((bodies.clone(), i));
-            }
-        }
-        let mut outcomes: Vec<Outcome> = batch.iter_mut().map(|c| self.run(c)).collect();
-        if grouped {
-            let group = self.group.as_ref().expect("grouped with a group");
-            let committed = group.commit();
-            self.metrics.group(batch.len(), committed.is_ok());
-            if let Err(why) = committed {
-                log::debug!(
-                    "a batch of {} {} did not commit together ({why}); running them one by one",
-                    batch.len(),
-                    batch[0].kind()
-                );
-                outcomes = batch
-                    .iter_mut()
-                    .map(|c| {
-                        c.forget_after_commit();
-                        c.batch = None;
-                        self.run(c)
-                    })
-                    .collect();
-            }
-        }
+        let (outcomes, halted) = match grouped {
+            true => self.run_grouped(batch),
+            false => self.run_each(batch),
+        };
         let mut out = Vec::with_capacity(256);
         for (mut call, outcome) in batch.drain(..).zip(outcomes) {
             out.clear();
             self.answer(&mut call, outcome, &mut out);
             if let Some(reply) = call.take_reply() {
                 reply.send(std::mem::take(&mut out));
+            }
+        }
+        halted
+    }
+
+    /// The batch in one group (opened), or, when it does not commit, one
+    /// by one. Outcomes in the group are provisional: the metrics count
+    /// them once it committed (and count a rerun's instead).
+    fn run_grouped(&self, batch: &mut [Call<S>]) -> (Vec<Outcome>, bool) {
+        let bodies: Arc<[String]> = batch
+            .iter()
+            .map(|c| c.admitted.request.body.get().to_string())
+            .collect();
+        for (i, c) in batch.iter_mut().enumerate() {
+            c.batch = Some((bodies.clone(), i));
+        }
+        let outcomes: Vec<Outcome> = batch.iter_mut().map(|c| self.run(c)).collect();
+        let group = self.group.as_ref().expect("grouped with a group");
+        // One that must be sent again (refused before it reached the group:
+        // a rate limit, say) must not see those after it committed first.
+        let committed = match outcomes.iter().any(try_again) {
+            true => {
+                group.abort();
+                Err("a request of it failed with \"try again\"".to_string())
+            }
+            false => group.commit(),
+        };
+        self.metrics.group(batch.len(), committed.is_ok());
+        for c in batch.iter_mut() {
+            c.batch = None;
+        }
+        match committed {
+            Ok(()) => {
+                for (c, o) in batch.iter().zip(&outcomes) {
+                    self.metrics
+                        .record(&self.route_metrics[c.route], c.received, o);
+                }
+                (outcomes, false)
+            }
+            Err(why) => {
+                log::debug!(
+                    "a batch of {} {} did not commit together ({why}); running them one by one",
+                    batch.len(),
+                    batch[0].kind()
+                );
+                for c in batch.iter_mut() {
+                    c.forget_after_commit();
+                }
+                self.run_each(batch)
+            }
+        }
+    }
+
+    /// The batch one request at a time, up to the first that failed with
+    /// "try again"; those after it are answered `unavailable`, not run.
+    fn run_each(&self, batch: &mut [Call<S>]) -> (Vec<Outcome>, bool) {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut halted = false;
+        for c in batch.iter_mut() {
+            if halted {
+                let o = Outcome::Reply(Err(not_run(c.kind())));
+                self.metrics
+                    .record(&self.route_metrics[c.route], c.received, &o);
+                outcomes.push(o);
+                continue;
+            }
+            let o = self.run(c);
+            halted = try_again(&o);
+            outcomes.push(o);
+        }
+        (outcomes, halted)
+    }
+
+    /// Answers `calls` (taken from a lane) `unavailable`, not run.
+    fn not_run(&self, calls: impl IntoIterator<Item = Call<S>>) {
+        for mut c in calls {
+            let o = Outcome::Reply(Err(not_run(c.kind())));
+            self.metrics
+                .record(&self.route_metrics[c.route], c.received, &o);
+            let mut out = Vec::with_capacity(128);
+            self.answer(&mut c, o, &mut out);
+            if let Some(reply) = c.take_reply() {
+                reply.send(out);
             }
         }
     }
@@ -635,8 +721,11 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
                     "{} failed on this node (logged)",
                     r.kind
                 ))));
-                let route = &self.route_metrics[call.route];
-                self.metrics.record(route, call.received, &outcome);
+                // In a group, counted once it is settled.
+                if call.batch.is_none() {
+                    let route = &self.route_metrics[call.route];
+                    self.metrics.record(route, call.received, &outcome);
+                }
                 outcome
             }
         }
@@ -682,6 +771,53 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
     /// A connection closed: its streams end.
     pub fn on_close(&self, conn: ConnId) {
         self.streams.close_conn(conn);
+    }
+}
+
+/// Whether `o` says "try again": not run, or rolled back and not recorded
+/// (a write's refusal comes as a stored reply, recorded or not).
+fn try_again(o: &Outcome) -> bool {
+    let again = |code: &str| {
+        [
+            ErrorCode::Unavailable,
+            ErrorCode::Overloaded,
+            ErrorCode::Internal,
+        ]
+        .iter()
+        .any(|c| c.as_str() == code)
+    };
+    match o {
+        Outcome::Reply(Err(e)) => again(e.code().as_str()),
+        Outcome::Stored { ok: false, payload } => again(metrics::stored_code(payload)),
+        _ => false,
+    }
+}
+
+/// The answer of a batched request not run because one before it on its
+/// connection failed with "try again".
+fn not_run(kind: &str) -> Error {
+    Error::Unavailable(format!(
+        "this {kind} was not run: one sent before it on this connection failed; send them again, in order"
+    ))
+}
+
+/// Frees a connection's lane if its worker panics outside the handlers
+/// (answering what waits in it), so that the connection's next requests
+/// are not queued behind a batch that will never end.
+struct LaneGuard<'a, S: Send + Sync + 'static> {
+    pipe: &'a Pipeline<S>,
+    conn: ConnId,
+}
+
+impl<S: Send + Sync + 'static> Drop for LaneGuard<'_, S> {
+    fn drop(&mut self) {
+        let rest = self
+            .pipe
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.conn);
+        self.pipe.not_run(rest.into_iter().flatten());
     }
 }
 

@@ -227,8 +227,13 @@ impl<S: Send + Sync + 'static> Route<S> {
     /// the server's [`super::Group`] (the app server's: one transaction, so
     /// a batch of writes commits once). A client that keeps many requests
     /// in flight gets them run in its order and committed together; one
-    /// that waits for each reply gets batches of one. Unary routes on the
-    /// pool only.
+    /// that waits for each reply gets batches of one. After a request that
+    /// failed with "try again" (`unavailable`, `overloaded`, `internal`:
+    /// not run, or rolled back), those behind it on its connection are
+    /// answered `unavailable` without running, so that its client sends
+    /// them again in order. At most [`super::LANE_MAX`] wait per
+    /// connection (more are refused `overloaded`), and a connection with
+    /// requests waiting keeps one worker. Unary routes on the pool only.
     pub fn batched(mut self) -> Route<S> {
         self.batched = true;
         self
