@@ -837,7 +837,8 @@ fn store_ahead(
         return Ok(BTreeMap::new());
     };
     let sent_at = crate::time::now_ms().max(0) as u64;
-    let name = mysql::Value::from(from.name).as_sql(false);
+    let plain = c.no_backslash_escape();
+    let name = mysql::Value::from(from.name).as_sql(plain);
     let rows = sends
         .iter()
         .map(|g| {
@@ -845,7 +846,7 @@ fn store_ahead(
                 "({}, {name}, {}, NULL, {}, {sent_at})",
                 from.id,
                 g.to,
-                mysql::Value::from(g.body).as_sql(false)
+                mysql::Value::from(g.body).as_sql(plain)
             )
         })
         .collect::<Vec<_>>()

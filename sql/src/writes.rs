@@ -92,8 +92,10 @@ type BeforeCommit = Box<dyn FnOnce(&mut PooledConn) -> mysql::Result<()>>;
 /// The insert of successes' records (app, nonce, kind, reply), as text:
 /// not a prepared statement, which on Galera may lose its transaction
 /// (see `db::op_key`), and so that it can share a round trip with the
-/// commit.
-fn records_sql(records: &[[&str; 4]]) -> String {
+/// commit. Strings are escaped for `conn`'s session (its
+/// `NO_BACKSLASH_ESCAPES`).
+fn records_sql(conn: &PooledConn, records: &[[&str; 4]]) -> String {
+    let plain = conn.no_backslash_escape();
     let mut sql = String::with_capacity(128 + 96 * records.len());
     sql.push_str("INSERT INTO wire_writes (app, nonce, kind, reply, ok, created_at) VALUES ");
     for (i, r) in records.iter().enumerate() {
@@ -102,7 +104,7 @@ fn records_sql(records: &[[&str; 4]]) -> String {
         }
         sql.push('(');
         for v in r {
-            sql.push_str(&mysql::Value::from(*v).as_sql(false));
+            sql.push_str(&mysql::Value::from(*v).as_sql(plain));
             sql.push(',');
         }
         sql.push_str("1, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))");
@@ -241,7 +243,7 @@ impl<'a> Writes<'a> {
         if ok {
             // The record and the commit in one round trip. A duplicate
             // record fails the insert, and then nothing after it runs.
-            let mut sql = records_sql(&[[app, nonce, kind, reply.as_str()]]);
+            let mut sql = records_sql(&conn, &[[app, nonce, kind, reply.as_str()]]);
             sql.push_str("; COMMIT");
             return match conn.query_drop(sql) {
                 Ok(()) => Ok(Once::Ran(Stored { ok, reply })),
@@ -336,7 +338,7 @@ impl<'a> Writes<'a> {
                     .iter()
                     .map(|[a, n, k, r]| [a.as_str(), n.as_str(), k.as_str(), r.as_str()])
                     .collect();
-                sql = records_sql(&records);
+                sql = records_sql(&conn, &records);
                 sql.push_str("; ");
             }
             sql.push_str("COMMIT");
