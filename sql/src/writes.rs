@@ -80,19 +80,20 @@ impl Drop for TxGuard {
     }
 }
 
-/// A refusal's record, inserted on its own after the rollback. Records
-/// are stamped with the database's clock, which the janitor compares with
-/// the same clock: app servers' clocks may differ.
+/// Records are stamped with the database's clock, which the janitor
+/// compares with the same clock: app servers' clocks may differ.
+const INSERT: &str = "INSERT INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
+                      VALUES (?, ?, ?, ?, ?, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))";
+/// [`INSERT`] for a refusal, recorded on its own after the rollback.
 const INSERT_REFUSAL: &str = "INSERT IGNORE INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
                               VALUES (?, ?, ?, ?, ?, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))";
 
 /// What a repository asks a group to run just before its commit.
 type BeforeCommit = Box<dyn FnOnce(&mut PooledConn) -> mysql::Result<()>>;
 
-/// The insert of successes' records (app, nonce, kind, reply), as text:
-/// not a prepared statement, which on Galera may lose its transaction
-/// (see `db::op_key`), and so that it can share a round trip with the
-/// commit. Strings are escaped for `conn`'s session (its
+/// The insert of a group's records (app, nonce, kind, reply), as text: not
+/// a prepared statement, which on Galera may lose its transaction (see
+/// `db::op_key`). Strings are escaped for `conn`'s session (its
 /// `NO_BACKSLASH_ESCAPES`).
 fn records_sql(conn: &PooledConn, records: &[[&str; 4]]) -> String {
     let plain = conn.no_backslash_escape();
@@ -233,6 +234,7 @@ impl<'a> Writes<'a> {
         let (node, mut conn) = self.db.conn_at(OP)?;
         let key = crate::db::op_key(kind);
         if self.db.needs_warming(node, &conn, key) {
+            conn.prep(INSERT).map_err(|e| Error::from_mysql(OP, e))?;
             conn = self.in_tx(conn, &mut handler)?.1;
             crate::db::roll_back(&mut conn);
             // Even a refusal prepared what it reached; what it did not
@@ -241,12 +243,16 @@ impl<'a> Writes<'a> {
         }
         let ((ok, reply, keep_refusal), mut conn) = self.in_tx(conn, &mut handler)?;
         if ok {
-            // The record and the commit in one round trip. A duplicate
-            // record fails the insert, and then nothing after it runs.
-            let mut sql = records_sql(&conn, &[[app, nonce, kind, reply.as_str()]]);
-            sql.push_str("; COMMIT");
-            return match conn.query_drop(sql) {
-                Ok(()) => Ok(Once::Ran(Stored { ok, reply })),
+            let params = (app, nonce, kind, true, reply.as_str());
+            return match conn.exec_drop(INSERT, params) {
+                // Its own round trip: the `mysql` crate reports only the
+                // first statement's error of a multi-statement query, and
+                // on Galera a certification failure comes at COMMIT.
+                Ok(()) => {
+                    conn.query_drop("COMMIT")
+                        .map_err(|e| Error::from_mysql(OP, e))?;
+                    Ok(Once::Ran(Stored { ok, reply }))
+                }
                 Err(e) => {
                     crate::db::roll_back(&mut conn);
                     drop(conn);
@@ -331,18 +337,17 @@ impl<'a> Writes<'a> {
             for f in group.before_commit {
                 f(&mut conn)?;
             }
-            let mut sql = String::new();
             if !group.records.is_empty() {
                 let records: Vec<[&str; 4]> = group
                     .records
                     .iter()
                     .map(|[a, n, k, r]| [a.as_str(), n.as_str(), k.as_str(), r.as_str()])
                     .collect();
-                sql = records_sql(&conn, &records);
-                sql.push_str("; ");
+                conn.query_drop(records_sql(&conn, &records))?;
             }
-            sql.push_str("COMMIT");
-            conn.query_drop(sql)
+            // A round trip of its own, so that its failure is seen (see
+            // run_once).
+            conn.query_drop("COMMIT")
         })();
         done.map_err(|e| {
             crate::db::forget_if_broken(&mut conn, &e);
