@@ -524,10 +524,16 @@ fn push(inner: &Inner, user: u64, seq: u64, event: &str) -> bool {
         // credit: the inbox is read (at once, or when an ack frees credit).
         return false;
     }
-    match s.stream.offer(MESSAGE, event) {
+    // Counted before the offer, so that a reader who got the message also
+    // sees it counted; taken back if it did not go.
+    inner.counters.pushed.fetch_add(1, Ordering::Relaxed);
+    let offered = s.stream.offer(MESSAGE, event);
+    if !matches!(offered, Ok(true)) {
+        inner.counters.pushed.fetch_sub(1, Ordering::Relaxed);
+    }
+    match offered {
         Ok(true) => {
             s.sent = seq;
-            inner.counters.pushed.fetch_add(1, Ordering::Relaxed);
             true
         }
         // The reader is behind: read later.
