@@ -170,14 +170,8 @@ impl Unseen {
         }
     }
 
-    /// Whether `f`, for a resend, is the write's own answer (a stored
-    /// reply), rather than something about this attempt.
-    fn answered(&self, f: &Failure) -> bool {
-        Unseen::is_answer(f)
-    }
-
-    /// Whether `f` is an answer a write can get from its stored record (a
-    /// refusal recorded the first time).
+    /// Whether `f`, for a resend, is the write's own answer (a refusal
+    /// recorded the first time), rather than something about this attempt.
     fn is_answer(f: &Failure) -> bool {
         match f {
             Failure::Server(e) => matches!(
@@ -449,7 +443,7 @@ impl Client {
             // A resend's final word must be the write's stored answer;
             // anything else (a stale timestamp, an internal error, a reply
             // that does not verify) says nothing of whether it ran.
-            other if outcome.pending.is_some() && !outcome.answered(&other) => {
+            other if outcome.pending.is_some() && !Unseen::is_answer(&other) => {
                 let e = other.into_error(kind, node);
                 return Some(outcome.or(kind, e));
             }
@@ -689,11 +683,12 @@ impl Client {
             /// A write is sent again only under its first stamp.
             stamp: Stamp,
         }
+        let idempotent = is_idempotent(kind);
         // What is still pending when no node can be reached: the writes
         // that were sent may have run.
         let give_up = |pending: &mut VecDeque<Pending>, on_reply: &mut F, e: &dyn Fn() -> Error| {
             for p in pending.drain(..) {
-                let r = match (is_idempotent(kind), p.sent) {
+                let r = match (idempotent, p.sent) {
                     (false, 1..) => Error::OutcomeUnknown {
                         kind: kind.into(),
                         server: "the last node tried".into(),
@@ -704,7 +699,6 @@ impl Client {
                 on_reply(p.index, Err(r));
             }
         };
-        let idempotent = is_idempotent(kind);
         let window = window.max(1);
         let mut input = bodies.into_iter().enumerate();
         let mut pending: VecDeque<Pending> = VecDeque::new();

@@ -73,6 +73,16 @@ impl ErrorCode {
         ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
     }
 
+    /// Whether the error says "try again": the request was not run, or was
+    /// rolled back (`unavailable`, `overloaded`, `internal`), so a write
+    /// answered so is not recorded and may be sent again.
+    pub fn says_try_again(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Unavailable | ErrorCode::Overloaded | ErrorCode::Internal
+        )
+    }
+
     /// Whether a connection must be closed after this error is sent: the
     /// frame could not be trusted to be delimited, so the stream is lost.
     pub fn closes_connection(self) -> bool {

@@ -331,9 +331,10 @@ impl<'a> Messages<'a> {
         Ok(())
     }
 
-    /// Send `index` of this thread's group: its message stored ahead, or
-    /// stored now, numbered from the counter the group holds; `None` when
-    /// the group was not made ready for `to_id`. A message stored ahead for
+    /// Send `index` of this thread's group, its message stored ahead
+    /// ([`Messages::prepare_group`]), numbered from the counter the group
+    /// holds; `None` when none was stored ahead for it (then
+    /// [`Messages::send_to_id`] sends it). A message stored ahead for
     /// another sender, recipient or body breaks the group.
     pub fn send_in_group(
         &self,
@@ -343,9 +344,6 @@ impl<'a> Messages<'a> {
         body: &str,
     ) -> Option<Result<Stored>> {
         let group = crate::writes::group_serial()?;
-        if let Err(e) = check_body(body) {
-            return Some(Err(e));
-        }
         let ahead = STAGED.with(|s| {
             let mut s = s.borrow_mut();
             let s = s.as_mut().filter(|s| s.group == group)?;
@@ -356,16 +354,11 @@ impl<'a> Messages<'a> {
             a.used = true;
             Some(Ok((a.id, a.sent_at)))
         });
-        match ahead {
-            Some(Ok((id, sent_at))) => Some(self.number_staged(to_id, id, sent_at)),
-            Some(Err(())) => {
-                crate::writes::break_group("a send unlike the one stored ahead for it");
-                Some(Err(Error::Unavailable {
-                    op: "msg.send",
-                    reason: "the batch runs again one by one".into(),
-                }))
-            }
-            None => self.send_staged(from, to_id, body),
+        match ahead? {
+            Ok((id, sent_at)) => Some(self.number_staged(to_id, id, sent_at)),
+            Err(()) => Some(Err(crate::writes::rerun_alone(
+                "a send unlike the one stored ahead for it",
+            ))),
         }
     }
 
@@ -382,11 +375,9 @@ impl<'a> Messages<'a> {
             Some((seq, node))
         });
         let Some((seq, node)) = numbered else {
-            crate::writes::break_group("a send to a recipient the group does not hold");
-            return Err(Error::Unavailable {
-                op: "msg.send",
-                reason: "the batch runs again one by one".into(),
-            });
+            return Err(crate::writes::rerun_alone(
+                "a send to a recipient the group does not hold",
+            ));
         };
         Ok(Stored {
             id,

@@ -95,7 +95,7 @@ type BeforeCommit = Box<dyn FnOnce(&mut PooledConn) -> mysql::Result<()>>;
 /// a prepared statement, which on Galera may lose its transaction (see
 /// `db::op_key`). Strings are escaped for `conn`'s session (its
 /// `NO_BACKSLASH_ESCAPES`).
-fn records_sql(conn: &PooledConn, records: &[[&str; 4]]) -> String {
+fn records_sql(conn: &PooledConn, records: &[[String; 4]]) -> String {
     let plain = conn.no_backslash_escape();
     let mut sql = String::with_capacity(128 + 96 * records.len());
     sql.push_str("INSERT INTO wire_writes (app, nonce, kind, reply, ok, created_at) VALUES ");
@@ -105,7 +105,7 @@ fn records_sql(conn: &PooledConn, records: &[[&str; 4]]) -> String {
         }
         sql.push('(');
         for v in r {
-            sql.push_str(&mysql::Value::from(*v).as_sql(plain));
+            sql.push_str(&mysql::Value::from(v.as_str()).as_sql(plain));
             sql.push(',');
         }
         sql.push_str("1, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))");
@@ -200,6 +200,17 @@ pub fn break_group(why: &str) {
             g.broken.get_or_insert_with(|| why.to_string());
         }
     });
+}
+
+/// Breaks the group open on this thread (see [`break_group`]) and says so
+/// to the write that found why: its answer is thrown away, as the group's
+/// writes run again one by one.
+pub(crate) fn rerun_alone(why: &str) -> Error {
+    break_group(why);
+    Error::Unavailable {
+        op: "wire.group",
+        reason: format!("the batch runs again one by one: {why}"),
+    }
 }
 
 /// Whether a group commit is open on this thread.
@@ -338,12 +349,7 @@ impl<'a> Writes<'a> {
                 f(&mut conn)?;
             }
             if !group.records.is_empty() {
-                let records: Vec<[&str; 4]> = group
-                    .records
-                    .iter()
-                    .map(|[a, n, k, r]| [a.as_str(), n.as_str(), k.as_str(), r.as_str()])
-                    .collect();
-                conn.query_drop(records_sql(&conn, &records))?;
+                conn.query_drop(records_sql(&conn, &group.records))?;
             }
             // A round trip of its own, so that its failure is seen (see
             // run_once).
@@ -371,13 +377,7 @@ impl<'a> Writes<'a> {
                 .filter(|g| g.db == self.db.id())
                 .map(|g| (g.node, g.broken.is_some()))
         })?;
-        let not_now = |why: &str| {
-            break_group(why);
-            Some(Err(Error::Unavailable {
-                op: "wire.group",
-                reason: format!("the batch runs again one by one: {why}"),
-            }))
-        };
+        let not_now = |why: &str| Some(Err(rerun_alone(why)));
         if broken {
             return not_now("broken before");
         }

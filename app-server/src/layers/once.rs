@@ -38,9 +38,9 @@ impl Layer<Node> for RunOnce {
             (r.app.clone(), r.nonce.clone(), r.kind.clone())
         };
         if call.is_resend() {
-            // Its record is read on its own, outside any group.
-            dsf_sql::writes::break_group("a resend");
             if dsf_sql::writes::in_group() {
+                // Its record is read on its own, outside any group.
+                dsf_sql::writes::break_group("a resend");
                 return Outcome::Reply(Err(Error::Unavailable("a resend runs on its own".into())));
             }
             match writes.stored(&app, &nonce) {
@@ -66,10 +66,7 @@ impl Layer<Node> for RunOnce {
                     }
                     // Kept, so a resend gets the same answer; not those
                     // that say to try again.
-                    let keep = !matches!(
-                        e.code(),
-                        ErrorCode::Unavailable | ErrorCode::Overloaded | ErrorCode::Internal
-                    );
+                    let keep = !e.code().says_try_again();
                     (false, wire::envelope::error_payload(&e), keep)
                 }
                 other => {

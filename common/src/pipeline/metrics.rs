@@ -226,7 +226,12 @@ impl Metrics {
 }
 
 /// The code of a stored error reply (`{"code":…,"message":…}`).
-pub(super) fn stored_code(payload: &str) -> &'static str {
+fn stored_code(payload: &str) -> &'static str {
+    stored_error(payload).map_or("error", ErrorCode::as_str)
+}
+
+/// The code of a stored error object, if it names one this version knows.
+pub(super) fn stored_error(payload: &str) -> Option<ErrorCode> {
     #[derive(serde::Deserialize)]
     struct Code<'a> {
         code: &'a str,
@@ -234,7 +239,6 @@ pub(super) fn stored_code(payload: &str) -> &'static str {
     serde_json::from_str::<Code<'_>>(payload)
         .ok()
         .and_then(|c| ErrorCode::parse(c.code))
-        .map_or("error", ErrorCode::as_str)
 }
 
 /// The metrics layer: the outermost, so it times and counts everything a

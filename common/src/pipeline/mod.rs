@@ -777,18 +777,11 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
 /// Whether `o` says "try again": not run, or rolled back and not recorded
 /// (a write's refusal comes as a stored reply, recorded or not).
 fn try_again(o: &Outcome) -> bool {
-    let again = |code: &str| {
-        [
-            ErrorCode::Unavailable,
-            ErrorCode::Overloaded,
-            ErrorCode::Internal,
-        ]
-        .iter()
-        .any(|c| c.as_str() == code)
-    };
     match o {
-        Outcome::Reply(Err(e)) => again(e.code().as_str()),
-        Outcome::Stored { ok: false, payload } => again(metrics::stored_code(payload)),
+        Outcome::Reply(Err(e)) => e.code().says_try_again(),
+        Outcome::Stored { ok: false, payload } => {
+            metrics::stored_error(payload).is_some_and(ErrorCode::says_try_again)
+        }
         _ => false,
     }
 }
