@@ -148,18 +148,44 @@ impl Node {
     /// every other node of the view (over the peer links). Call it once
     /// the change is committed ([`CallExt::wake`] does).
     pub fn wake(&self, topic: &str) {
-        self.topics.wake(topic);
+        self.wake_limited(topic, None);
+    }
+
+    /// Like [`Node::wake`], but of the long polls parked on `topic` only
+    /// the `n` that waited longest run on each node (streams that follow
+    /// it all look): a change that `n` waiters can take, such as `n` new
+    /// tasks, wakes that many claims rather than every idle worker, who
+    /// would find nothing and wait again. A long poll woken for nothing,
+    /// or not woken at all, still runs at its deadline, and a service's own
+    /// fallback (the tasks' `--claim-poll`) bounds a wake-up lost with its
+    /// link.
+    pub fn wake_some(&self, topic: &str, n: usize) {
+        if n > 0 {
+            self.wake_limited(topic, Some(n));
+        }
+    }
+
+    fn wake_limited(&self, topic: &str, limit: Option<usize>) {
+        self.topics.wake(topic, limit);
         self.peers.broadcast::<dsf_proto::sys::Wake>(
             self.id(),
             &dsf_proto::sys::WakeBody {
                 topics: vec![topic.to_string()],
+                limit: limit.map(|n| n as u32),
             },
         );
     }
 
     /// Wakes the long polls and streams waiting on `topic` on this node only.
     pub fn wake_here(&self, topic: &str) {
-        self.topics.wake(topic);
+        self.topics.wake(topic, None);
+    }
+
+    /// Like [`Node::wake_here`], but only the `n` long polls parked longest.
+    pub fn wake_some_here(&self, topic: &str, n: usize) {
+        if n > 0 {
+            self.topics.wake(topic, Some(n));
+        }
     }
 
     /// The topics long polls are parked on here, starting with `prefix`.
@@ -255,6 +281,10 @@ pub trait CallExt {
     /// Wakes `topic` on every node once the call's write committed.
     fn wake(&self, topic: impl Into<String>);
 
+    /// Wakes at most `n` long polls on `topic` on each node (the oldest
+    /// first; see [`Node::wake_some`]) once the call's write committed.
+    fn wake_some(&self, topic: impl Into<String>, n: usize);
+
     /// The state service `T` made at start.
     fn state<T: Any + Send + Sync>(&self) -> &T {
         self.node().state::<T>()
@@ -287,5 +317,11 @@ impl CallExt for Call {
         let topic = topic.into();
         let pipeline = self.pipeline().clone();
         self.after_commit(move || pipeline.server().wake(&topic));
+    }
+
+    fn wake_some(&self, topic: impl Into<String>, n: usize) {
+        let topic = topic.into();
+        let pipeline = self.pipeline().clone();
+        self.after_commit(move || pipeline.server().wake_some(&topic, n));
     }
 }

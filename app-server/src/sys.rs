@@ -119,7 +119,8 @@ fn cancel(call: &Call, b: CancelBody) -> Result<Empty> {
     }
 }
 
-/// `peer.wake {"topics"}`: what waits on those topics here looks again.
+/// `peer.wake {"topics", "limit"?}`: what waits on those topics here
+/// looks again (of the parked long polls, the `limit` oldest).
 fn wake(call: &Call, b: WakeBody) -> Result<Empty> {
     if b.topics.len() > WAKE_TOPICS_MAX {
         return Err(Error::bad_request(format!(
@@ -138,7 +139,10 @@ fn wake(call: &Call, b: WakeBody) -> Result<Empty> {
         )));
     }
     for t in &b.topics {
-        call.node().wake_here(t);
+        match b.limit {
+            Some(n) => call.node().wake_some_here(t, n as usize),
+            None => call.node().wake_here(t),
+        }
     }
     Ok(Empty {})
 }

@@ -150,15 +150,25 @@ impl<S: Send + Sync + 'static> Topics<S> {
         self.waits.1.notify_one();
     }
 
-    /// Wakes what waits on `topic` here.
-    pub(crate) fn wake(&self, topic: &str) {
+    /// Wakes what waits on `topic` here: every stream that follows it, and
+    /// the long polls parked on it, or only the `limit` parked longest
+    /// (a submit of one task wakes one claim, not every idle worker).
+    pub(crate) fn wake(&self, topic: &str, limit: Option<usize>) {
         let mut w = self.lock();
-        if let Some(parked) = w.parked.remove(topic) {
-            w.ready.extend(parked.into_iter().map(|p| p.call));
+        let woken = match w.parked.get_mut(topic) {
+            Some(parked) if limit.is_some_and(|n| n < parked.len()) => {
+                let n = limit.unwrap_or_default();
+                parked.drain(..n).collect()
+            }
+            Some(_) => w.parked.remove(topic).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if woken.is_empty() {
+            drop(w);
+        } else {
+            w.ready.extend(woken.into_iter().map(|p| p.call));
             drop(w);
             self.waits.1.notify_one();
-        } else {
-            drop(w);
         }
         let _ = self.follow.send(Follow::Wake(topic.to_string()));
     }

@@ -313,8 +313,10 @@ fn a_waiting_claim_holds_no_worker_and_gets_a_task_submitted_on_another_node() {
     let mut other = a.connect();
     let e = other.err("job.status", json!({"job": 1}), None, ErrorCode::NotFound);
     assert!(e.contains("no job 1"), "{e}");
-    // A submit on the other node wakes them: one gets the task, the
-    // others find nothing once they run (they are all released at once).
+    // The nodes do not know each other here, so no wake-up crosses: the
+    // fallback look (`--claim-poll`) finds the task submitted on the other
+    // node and releases them all; one gets the task, the others find
+    // nothing once they run.
     let mut cb = b.connect();
     cb.ok("task.submit", json!({"tasks": tasks(1)}), None);
     let results: Vec<(Value, Duration)> = waiting.into_iter().map(|w| w.join().unwrap()).collect();
@@ -333,6 +335,53 @@ fn a_waiting_claim_holds_no_worker_and_gets_a_task_submitted_on_another_node() {
     drop(other);
     let mut a = a;
     assert!(a.stop().workers_finished);
+}
+
+#[test]
+fn a_submit_on_one_node_wakes_as_many_claims_parked_on_another_as_it_added_tasks() {
+    let db = testing::fresh();
+    // The fallback look is an hour away: only the wake-up over the peer
+    // link can answer these claims before their wait is over.
+    let mut s = support::settings(db.config(), None);
+    s.claim_poll = Duration::from_secs(3600);
+    let a = Server::with(s);
+    let b = Server::start(&db);
+    support::introduce(&[&a, &b]);
+    let wait = Duration::from_secs(20);
+    let claim = move |c: &mut support::Conn| {
+        let t0 = Instant::now();
+        let got = c.ok(
+            "task.claim",
+            json!({"n": 1, "lease_ms": 30_000, "wait_ms": wait.as_millis() as u64}),
+            None,
+        );
+        (got["tasks"].as_array().unwrap().len(), t0.elapsed())
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..3 {
+        let (mut c, tx) = (a.connect(), tx.clone());
+        std::thread::spawn(move || tx.send(claim(&mut c)).unwrap());
+    }
+    wait_until("three claims parked on a", || {
+        a.running().node().parked() == 3
+    });
+    let mut cb = b.connect();
+    // One task wakes one claim; the other two wait on, parked.
+    cb.ok("task.submit", json!({"tasks": tasks(1)}), None);
+    let (got, waited) = rx.recv_timeout(wait).expect("a claim answered");
+    assert_eq!(got, 1, "the woken claim took the task");
+    assert!(waited < wait, "woken, not timed out: {waited:?}");
+    // A woken claim leaves the parked ones before it runs, so by its
+    // answer the count says how many were woken.
+    assert_eq!(a.running().node().parked(), 2, "only one claim was woken");
+    // Two more wake the other two, each with a task.
+    cb.ok("task.submit", json!({"tasks": tasks(2)}), None);
+    for _ in 0..2 {
+        let (got, waited) = rx.recv_timeout(wait).expect("a claim answered");
+        assert_eq!(got, 1, "each woken claim took a task");
+        assert!(waited < wait, "woken, not timed out: {waited:?}");
+    }
+    assert_eq!(a.running().node().parked(), 0);
 }
 
 #[test]

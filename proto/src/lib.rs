@@ -159,6 +159,12 @@ pub mod sys {
         /// At most [`WAKE_TOPICS_MAX`] topics, each at most
         /// [`TOPIC_MAX`] bytes.
         pub topics: Vec<String>,
+        /// Of the long polls parked on each topic, wake only this many,
+        /// those that waited longest (streams that follow a topic are all
+        /// woken); absent, every one. A submit of `n` tasks wakes `n`
+        /// claims.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub limit: Option<u32>,
     }
 
     /// Most topics one `peer.wake` carries.

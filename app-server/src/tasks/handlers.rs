@@ -58,9 +58,11 @@ pub fn submit(call: &Call, b: SubmitBody) -> Result<Submitted> {
         &tasks,
         b.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
     )?;
-    // Committed, the claims waiting for this app's tasks on every node
-    // look at once.
-    call.wake(super::topic(call.app()));
+    // Committed: as many claims waiting for this app's tasks as there are
+    // new tasks look at once, on every node (the rest wait on; a claim
+    // woken for a task another node's claim took finds nothing and parks
+    // again).
+    call.wake_some(super::topic(call.app()), accepted as usize);
     Ok(Submitted { job, accepted })
 }
 

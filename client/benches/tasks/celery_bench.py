@@ -9,7 +9,8 @@ service in client/benches/tasks/run.sh.
         records how long after its submit it started.
 
 task_acks_late is on (a task is acknowledged after it ran, as dsf's are
-completed). Prints one JSON object.
+completed). CELERY_PREFETCH sets worker_prefetch_multiplier (default 4,
+Celery's own). Prints one JSON object.
 """
 
 import json
@@ -27,7 +28,8 @@ app = Celery(
     broker=f"redis://127.0.0.1:{PORT}/0",
     backend=f"redis://127.0.0.1:{PORT}/1",
 )
-app.conf.update(task_acks_late=True, result_expires=3600, broker_connection_retry_on_startup=True)
+app.conf.update(task_acks_late=True, result_expires=3600, broker_connection_retry_on_startup=True,
+                worker_prefetch_multiplier=int(os.environ.get("CELERY_PREFETCH", "4")))
 _lat = redis.Redis(port=PORT, db=2)
 
 

@@ -6,10 +6,12 @@
 #
 # dsf: the local cluster of scripts/cluster (3 app servers, a balancer, a
 # collector, MariaDB), started if it is not running; the SDK worker
-# (`task_bench`, 8 threads, no-op handler in process, claims of 10) works
-# TASKS no-op tasks submitted first. Celery: one redis-server (no
+# (`task_bench`, 8 threads, no-op handler in process) works TASKS no-op
+# tasks submitted first, with claims of 10 and then of 50 (each claim's
+# outcomes reported in one `task.finish`). Celery: one redis-server (no
 # persistence, its default on Debian is snapshots), a worker of 8 (prefork,
-# then threads), task_acks_late. Both: submit-to-start latency at 100
+# then threads), task_acks_late, Celery's default prefetch of 4 a process
+# (CELERY_PREFETCH=50 measured no faster). Both: submit-to-start latency at 100
 # tasks/s for 10 s with the workers waiting first.
 #
 # Needs redis-server (Debian) and celery[redis] (pip); installs them as root.
@@ -32,7 +34,8 @@ trap 'redis-cli -p 26379 shutdown nosave >/dev/null 2>&1 || true' EXIT
 for _ in $(seq 1 50); do redis-cli -p 26379 ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 echo "# $(date -u '+%F %T') UTC, $(nproc) cores, $N tasks; celery $(python3 -c 'import celery; print(celery.__version__)'), $(redis-server --version | awk '{print $3}')"
-echo "dsf:            $("$BENCH" throughput "${ARGS[@]}" --tasks "$N" --threads 8 --batch 10)"
+echo "dsf claims 10:  $("$BENCH" throughput "${ARGS[@]}" --tasks "$N" --threads 8 --batch 10)"
+echo "dsf claims 50:  $("$BENCH" throughput "${ARGS[@]}" --tasks "$N" --threads 8 --batch 50)"
 echo "celery prefork: $(cd "$HERE" && python3 celery_bench.py throughput "$N" prefork 8)"
 echo "celery threads: $(cd "$HERE" && python3 celery_bench.py throughput "$N" threads 8)"
 echo "dsf:            $("$BENCH" latency "${ARGS[@]}" --rate 100 --seconds 10 --threads 8)"
