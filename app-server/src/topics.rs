@@ -155,14 +155,25 @@ impl<S: Send + Sync + 'static> Topics<S> {
     /// (a submit of one task wakes one claim, not every idle worker).
     pub(crate) fn wake(&self, topic: &str, limit: Option<usize>) {
         let mut w = self.lock();
-        let woken = match w.parked.get_mut(topic) {
-            Some(parked) if limit.is_some_and(|n| n < parked.len()) => {
-                let n = limit.unwrap_or_default();
-                parked.drain(..n).collect()
+        let mut woken: Vec<Parked<S>> = match (w.parked.get_mut(topic), limit) {
+            (None, _) => Vec::new(),
+            (Some(parked), Some(n)) => {
+                // A wake-up for `n` goes to clients still there: those
+                // whose connection closed are dropped, and those that sent
+                // EOF (half-closed, or gone without the server knowing yet)
+                // come after the rest (a stable sort: oldest first within
+                // each).
+                parked.retain(|p| !p.call.client_gone());
+                parked.sort_by_key(|p| p.call.client_done_sending());
+                let taken = parked.drain(..n.min(parked.len())).collect();
+                if parked.is_empty() {
+                    w.parked.remove(topic);
+                }
+                taken
             }
-            Some(_) => w.parked.remove(topic).unwrap_or_default(),
-            None => Vec::new(),
+            (Some(_), None) => w.parked.remove(topic).unwrap_or_default(),
         };
+        woken.retain(|p| !p.call.client_gone());
         if woken.is_empty() {
             drop(w);
         } else {
@@ -271,6 +282,9 @@ fn run_waits<S: Send + Sync + 'static>(
         let now = Instant::now();
         let mut due = Vec::new();
         w.parked.retain(|_, calls| {
+            // A long poll whose client left is dropped unanswered (it never
+            // ran, so nothing of it is recorded: a resend runs afresh).
+            calls.retain(|p| !p.call.client_gone());
             let (over, keep): (Vec<Parked<S>>, Vec<Parked<S>>) = std::mem::take(calls)
                 .into_iter()
                 .partition(|p| now >= p.until);

@@ -385,6 +385,33 @@ fn a_submit_on_one_node_wakes_as_many_claims_parked_on_another_as_it_added_tasks
 }
 
 #[test]
+fn a_task_goes_to_a_parked_claim_whose_client_is_still_there() {
+    let db = testing::fresh();
+    let mut s = support::settings(db.config(), None);
+    s.claim_poll = Duration::from_secs(3600);
+    let a = Server::with(s);
+    let claim = json!({"n": 1, "lease_ms": 30_000, "wait_ms": 20_000});
+    // The oldest parked claim: its client goes away while it waits (the
+    // server sees EOF, and keeps the connection for the reply it owes: a
+    // half-closed client may still read it).
+    let mut gone = a.connect();
+    gone.send("task.claim", &claim, None);
+    wait_until("the first claim parked", || {
+        a.running().node().parked() == 1
+    });
+    drop(gone);
+    // A live claim, parked after it (the one reactor of the test server
+    // saw the EOF first), then one task: the live claim gets it.
+    let mut live = a.connect();
+    let waiter = std::thread::spawn(move || live.ok("task.claim", claim, None));
+    wait_until("the live claim parked", || a.running().node().parked() == 2);
+    a.connect()
+        .ok("task.submit", json!({"tasks": tasks(1)}), None);
+    let got = waiter.join().unwrap();
+    assert_eq!(got["tasks"].as_array().unwrap().len(), 1, "{got}");
+}
+
+#[test]
 fn a_waiting_claim_with_nothing_to_do_answers_empty_when_its_wait_is_over() {
     let db = testing::fresh();
     let server = Server::start(&db);

@@ -181,6 +181,22 @@ impl<S: Send + Sync + 'static> Call<S> {
         &self.pipe.router.routes[self.route]
     }
 
+    /// Whether the connection that sent it has closed, so that no reply
+    /// can reach it: a parked long poll in that state is dropped rather
+    /// than run (a claim would take tasks for no one).
+    pub fn client_gone(&self) -> bool {
+        self.reply.as_ref().is_some_and(|r| r.outbox().is_closed())
+    }
+
+    /// Whether the client has sent EOF since: it may still wait for this
+    /// reply (a half-close) or be gone, so a wake-up for a few long polls
+    /// goes to others first.
+    pub fn client_done_sending(&self) -> bool {
+        self.reply
+            .as_ref()
+            .is_some_and(|r| r.outbox().peer_done_sending())
+    }
+
     /// Marks the call as released from its wait.
     pub fn set_woken(&mut self) {
         self.woken = true;

@@ -443,7 +443,10 @@ impl Conn {
         if let Some(tls) = self.tls.as_mut() {
             let got = tls.read(&mut self.stream, buf, &mut self.want_read, self.peer);
             match got {
-                Got::Eof => self.read_open = false,
+                Got::Eof => {
+                    self.read_open = false;
+                    self.shared.peer_eof.store(true, Ordering::Release);
+                }
                 Got::Bytes(_) => self.last_active = now,
                 _ => {}
             }
@@ -452,6 +455,7 @@ impl Conn {
         match self.stream.read(buf) {
             Ok(0) => {
                 self.read_open = false;
+                self.shared.peer_eof.store(true, Ordering::Release);
                 Got::Eof
             }
             Ok(n) => {

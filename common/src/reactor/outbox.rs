@@ -102,6 +102,8 @@ pub(crate) struct ConnShared {
     /// last saw them.
     pub(crate) unsent: AtomicUsize,
     pub(crate) closed: AtomicBool,
+    /// The peer sent EOF: it may still read (a half-close), or be gone.
+    pub(crate) peer_eof: AtomicBool,
     /// The connection's output budget.
     pub(crate) cap: usize,
 }
@@ -112,6 +114,7 @@ impl ConnShared {
             queued: AtomicUsize::new(0),
             unsent: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            peer_eof: AtomicBool::new(false),
             cap,
         })
     }
@@ -151,6 +154,13 @@ impl Outbox {
     /// Whether the connection is gone.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the peer has sent EOF: it sends nothing more, and either
+    /// waits for the replies still owed (a half-close) or is gone, which
+    /// TCP does not tell apart until a write fails.
+    pub fn peer_done_sending(&self) -> bool {
+        self.shared.peer_eof.load(Ordering::Acquire)
     }
 
     /// Bytes sent and not yet written to the socket.
