@@ -309,6 +309,18 @@ impl<'a> Tasks<'a> {
         })
     }
 
+    /// How many of `app`'s tasks are ready to claim now, counted up to
+    /// `cap` (a cheap look, no lock).
+    pub fn ready_count(&self, app: &str, cap: u32) -> Result<u32> {
+        self.db.with_conn("tasks.ready_count", |c| {
+            c.exec_first::<u32, _, _>(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM ready_tasks WHERE app = ? LIMIT ?) r",
+                (app, cap),
+            )
+            .map(Option::unwrap_or_default)
+        })
+    }
+
     /// Whether `app` has a task ready to claim now (a cheap look, no lock).
     pub fn has_ready(&self, app: &str) -> Result<bool> {
         self.db.with_conn("tasks.has_ready", |c| {

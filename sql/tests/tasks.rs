@@ -59,6 +59,10 @@ fn concurrent_claimers_on_many_connections_take_each_task_exactly_once() {
         .submit(&APP, None, Some("once"), &new_tasks(&p), 3)
         .unwrap();
     assert_eq!(accepted, 1000);
+    // The fallback look counts what is ready, up to its cap.
+    assert_eq!(db.tasks().ready_count("cli", 100).unwrap(), 100);
+    assert_eq!(db.tasks().ready_count("cli", 5000).unwrap(), 1000);
+    assert_eq!(db.tasks().ready_count("no-such-app", 100).unwrap(), 0);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let start = Arc::new(Barrier::new(8));
     let workers: Vec<_> = (0..8)

@@ -72,18 +72,25 @@ fn claim_wait(call: &Call, b: &ClaimBody) -> Option<Wait> {
     }
 }
 
-/// The fallback: the apps whose claims are parked here, one indexed
-/// `SELECT … LIMIT 1` each, woken when something is ready.
+/// The fallback: the apps whose claims are parked here, their ready tasks
+/// counted (an indexed look, up to [`LOOK_CAP`]) and as many claims woken.
+/// Waking them all would set every idle worker on the one task a submit
+/// made ready a moment before its own wake-up arrives.
 fn look_for_ready(node: &Node) {
     for topic in node.parked_topics("tasks:") {
         let app = &topic["tasks:".len()..];
-        // A database that does not answer: let the claims run and report
-        // it, rather than wait on in silence.
-        if node.db().tasks().has_ready(app).unwrap_or(true) {
-            node.wake_here(&topic);
+        match node.db().tasks().ready_count(app, LOOK_CAP) {
+            Ok(n) => node.wake_some_here(&topic, n as usize),
+            // A database that does not answer: let the claims run and
+            // report it, rather than wait on in silence.
+            Err(_) => node.wake_here(&topic),
         }
     }
 }
+
+/// Most ready tasks the fallback look counts for one app: enough to wake
+/// every claim a node holds in practice.
+const LOOK_CAP: u32 = 1000;
 
 /// Returns tasks whose lease expired to their retry (or buries them after
 /// their last attempt) and makes due retries ready. Every app server runs
