@@ -3,17 +3,22 @@
 //!
 //! A request is admitted when its `ts` is at most `window` behind our clock
 //! and at most [`FUTURE`] ahead of it, and its nonce was not seen before
-//! from that app. Remembered nonces are forgotten once their `ts` has left
-//! the window (a replay of them is then stale anyway). Memory is bounded
-//! per app: when `capacity` nonces are held, the oldest is forgotten and the
-//! app's `floor` rises to its `ts`; from then on any request of that app
-//! with `ts <= floor` is refused as stale, so a forgotten nonce can never be
-//! replayed. Under a flood the app's window shrinks; it never opens a hole,
-//! and no other app's window moves: the floor is per app, and a `ts` can be
-//! at most [`FUTURE`] ahead, so a flooder cannot push even its own floor
-//! further than that.
+//! from that app with that `ts` (the signature covers both, so a replay
+//! carries the same pair; OAuth 1.0's rule, RFC 5849 section 3.3).
+//! Remembered nonces are kept in slices of [`SLICE_MS`] of their `ts`, and
+//! a request is checked against its own slice only: the memory a check
+//! touches is one slice's, a few hundred KiB at the highest rates, not the
+//! whole window's; and a slice whose every `ts` has left the window is
+//! dropped whole, with no per-nonce work. Memory is bounded per app: when
+//! more than `capacity` nonces are held, the oldest slice is forgotten and
+//! the app's `floor` rises to the newest `ts` in it; from then on any
+//! request of that app with `ts <= floor` is refused as stale, so a
+//! forgotten nonce can never be replayed. Under a flood the app's window
+//! shrinks; it never opens a hole, and no other app's window moves: the
+//! floor is per app, and a `ts` can be at most [`FUTURE`] ahead, so a
+//! flooder cannot push even its own floor further than that.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use foldhash::quality::RandomState;
@@ -27,16 +32,20 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 /// How far ahead of our clock a `ts` may be: 5 s.
 pub const FUTURE: Duration = Duration::from_secs(5);
 
-/// Default number of nonces remembered per app (about 40 bytes each).
+/// Default number of nonces remembered per app (about 16 bytes each).
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
+
+/// The span of `ts` whose nonces share one set.
+pub const SLICE_MS: u64 = 100;
 
 /// See the module documentation.
 ///
-/// A nonce is remembered as a 64-bit fingerprint under a key drawn at
-/// start-up, so remembering costs no allocation and an attacker cannot aim
-/// for collisions. Two different nonces sharing a fingerprint (odds about
-/// n/2^64 per request with n remembered) would make the second look
-/// replayed: a refused request, never an admitted replay.
+/// A nonce is remembered as a 64-bit fingerprint of it and its `ts` under a
+/// key drawn at start-up, so remembering costs no allocation and an
+/// attacker cannot aim for collisions. Two different requests sharing a
+/// fingerprint (odds about n/2^64 per request with n remembered in the
+/// slice) would make the second look replayed: a refused request, never an
+/// admitted replay.
 #[derive(Debug)]
 pub struct ReplayGuard {
     window_ms: u64,
@@ -46,14 +55,27 @@ pub struct ReplayGuard {
     apps: HashMap<String, AppNonces, foldhash::fast::RandomState>,
 }
 
+type Fingerprints = HashSet<u64, BuildHasherDefault<Fingerprint>>;
+
 /// One app's remembered nonces and floor.
 #[derive(Debug, Default)]
 struct AppNonces {
-    seen: HashSet<u64, BuildHasherDefault<Fingerprint>>,
-    /// Remembered fingerprints in arrival order, with their `ts`.
-    order: VecDeque<(u64, u64)>,
+    /// By slice of `ts` (`ts / SLICE_MS`), oldest first.
+    slices: BTreeMap<u64, Slice>,
+    /// Fingerprints held, across slices.
+    len: usize,
     /// Requests with `ts <= floor` are refused: their nonces may be forgotten.
     floor: u64,
+    /// The set of the last slice dropped, emptied, for the next one (its
+    /// table already grown).
+    spare: Option<Fingerprints>,
+}
+
+#[derive(Debug)]
+struct Slice {
+    seen: Fingerprints,
+    /// The newest `ts` remembered in it.
+    newest: u64,
 }
 
 // === impl ReplayGuard ===
@@ -99,7 +121,7 @@ impl ReplayGuard {
     /// request's signature verified. The app is looked up once.
     pub fn admit(&mut self, app: &str, nonce: &str, ts: u64, now_ms: u64) -> Result<()> {
         self.check_clock(ts, now_ms)?;
-        let key = self.hasher.hash_one(nonce);
+        let key = self.hasher.hash_one((nonce, ts));
         let (window_ms, capacity) = (self.window_ms, self.capacity);
         let a = match self.apps.get_mut(app) {
             Some(a) => a,
@@ -107,24 +129,30 @@ impl ReplayGuard {
         };
         a.expire(now_ms, window_ms);
         check_floor(app, ts, a.floor)?;
+        let spare = &mut a.spare;
+        let slice = a.slices.entry(ts / SLICE_MS).or_insert_with(|| Slice {
+            seen: spare.take().unwrap_or_default(),
+            newest: ts,
+        });
         // One probe both checks and remembers.
-        if !a.seen.insert(key) {
+        if !slice.seen.insert(key) {
             return Err(Error::ReplayedNonce(format!(
-                "nonce {nonce} was already used by app {app:?} within the last {} s; send a fresh random nonce with every request",
-                window_ms / 1000
+                "nonce {nonce} with ts {ts} was already used by app {app:?}; send a fresh random nonce with every request"
             )));
         }
-        // Room first, so the order never grows past its capacity.
-        while a.order.len() >= capacity {
+        slice.newest = slice.newest.max(ts);
+        a.len += 1;
+        // Within capacity again: this request's own slice may go too (it
+        // is admitted; its replay is then below the floor).
+        while a.len > capacity {
             a.forget_oldest();
         }
-        a.order.push_back((ts, key));
         Ok(())
     }
 
     /// Nonces currently remembered, across apps.
     pub fn len(&self) -> usize {
-        self.apps.values().map(|a| a.order.len()).sum()
+        self.apps.values().map(|a| a.len).sum()
     }
 
     /// Whether no nonce is remembered.
@@ -145,9 +173,10 @@ fn check_floor(app: &str, ts: u64, floor: u64) -> Result<()> {
 // === impl AppNonces ===
 
 impl AppNonces {
+    /// Drops the slices whose every `ts` has left the window.
     fn expire(&mut self, now_ms: u64, window_ms: u64) {
-        while let Some((ts, _)) = self.order.front() {
-            if ts.saturating_add(window_ms) >= now_ms {
+        while let Some((_, slice)) = self.slices.first_key_value() {
+            if slice.newest.saturating_add(window_ms) >= now_ms {
                 break;
             }
             self.forget_oldest();
@@ -155,9 +184,11 @@ impl AppNonces {
     }
 
     fn forget_oldest(&mut self) {
-        if let Some((ts, key)) = self.order.pop_front() {
-            self.seen.remove(&key);
-            self.floor = self.floor.max(ts);
+        if let Some((_, mut slice)) = self.slices.pop_first() {
+            self.len -= slice.seen.len();
+            self.floor = self.floor.max(slice.newest);
+            slice.seen.clear();
+            self.spare = Some(slice.seen);
         }
     }
 }
@@ -209,13 +240,18 @@ mod tests {
     }
 
     #[test]
-    fn a_nonce_is_refused_the_second_time_per_app() {
+    fn a_nonce_is_refused_the_second_time_per_app_and_ts() {
         let mut g = ReplayGuard::default();
         g.admit("a", "deadbeef", NOW, NOW).unwrap();
-        let e = g.admit("a", "deadbeef", NOW + 1, NOW + 1).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::ReplayedNonce);
-        // Another app may use the same nonce.
+        // The replay: the same nonce and ts, a moment or much later.
+        for now in [NOW + 1, NOW + SLICE_MS, NOW + 30_000] {
+            let e = g.admit("a", "deadbeef", NOW, now).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::ReplayedNonce, "{e}");
+        }
+        // Another app may use the same nonce, and so may another request
+        // of the app (another ts, so another signature: not a replay).
         g.admit("b", "deadbeef", NOW, NOW).unwrap();
+        g.admit("a", "deadbeef", NOW + 1, NOW + 1).unwrap();
     }
 
     #[test]
@@ -269,7 +305,7 @@ mod tests {
                 if g.admit(app, &nonce, ts, now).is_ok() {
                     proptest::prop_assert!(admitted.insert((app, nonce, ts)), "admitted twice");
                 }
-                proptest::prop_assert!(g.len() <= 2 * capacity);
+                proptest::prop_assert!(g.len() <= 2 * capacity, "two apps, each within its capacity");
             }
         }
     }
