@@ -106,6 +106,12 @@ fn a_usage_error_exits_2() {
     let o = run(client("usage").env_remove("DSF_APP_SECRET").arg("ping"));
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("DSF_APP_SECRET"), "{}", stderr(&o));
+    // A worker's claim size outside 1 to 100 is refused before it starts.
+    for bad in ["0", "101"] {
+        let o = run(client("usage").args(["worker", "--exec", "true", "--batch", bad]));
+        assert_eq!(o.status.code(), Some(2), "--batch {bad}");
+        assert!(stderr(&o).contains("--batch"), "{}", stderr(&o));
+    }
 }
 
 #[test]

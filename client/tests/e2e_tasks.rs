@@ -33,8 +33,9 @@ fn status(cluster: &Cluster, job: u64) -> Value {
     json_of(client_cmd(cluster).args(["job", "status", &job.to_string(), "--json"]))
 }
 
-fn worker(cluster: &Cluster, i: usize) -> Proc {
+fn worker(cluster: &Cluster, i: usize, batch: u32) -> Proc {
     let id = format!("w{i}");
+    let batch = batch.to_string();
     // The result is {"echo": PAYLOAD}.
     let args = [
         "worker",
@@ -44,6 +45,8 @@ fn worker(cluster: &Cluster, i: usize) -> Proc {
         "4",
         "--lease",
         "2s",
+        "--batch",
+        &batch,
         "--id",
         &id,
         "--timeout",
@@ -77,7 +80,8 @@ fn a_job_is_worked_by_client_workers_over_three_nodes_and_survives_a_killed_work
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut workers: Vec<Proc> = (0..3).map(|i| worker(&cluster, i)).collect();
+    // Claims of 1, 2 and 3 tasks: a batch's results are kept alike.
+    let mut workers: Vec<Proc> = (0..3).map(|i| worker(&cluster, i, i as u32 + 1)).collect();
     wait_for("a third of the tasks done", WAIT, || {
         (status(&cluster, job)["done"].as_u64().unwrap() >= TASKS as u64 / 3).then_some(())
     });
@@ -194,7 +198,7 @@ fn ten_thousand_tasks_survive_killed_workers_a_killed_node_a_database_restart_an
     let r = dsf_client::tasks::submit(&mut c, &s, |_| {}).unwrap();
     assert_eq!((r.job, r.accepted), (job, (N / 2) as u64));
 
-    let mut workers: Vec<Proc> = (0..8).map(|i| worker(&cluster, i)).collect();
+    let mut workers: Vec<Proc> = (0..8).map(|i| worker(&cluster, i, 1)).collect();
     let done = |cluster: &Cluster| {
         cluster
             .job_status(job)

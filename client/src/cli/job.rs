@@ -83,6 +83,12 @@ pub struct WorkerArgs {
     /// third of it while the command runs).
     #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
     pub lease: Duration,
+    /// Tasks each claim takes (1 to 100), run one after the other by the
+    /// same slot and reported together, in one transaction: for quick
+    /// commands, whose claim and report would cost more than they do
+    /// (their leases are extended while any of the batch runs).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub batch: u32,
     /// Names the worker and routes its claims [default: HOSTNAME-PID].
     #[arg(long)]
     pub id: Option<String>,
@@ -234,9 +240,11 @@ pub fn worker(cfg: &ClientConfig, args: &WorkerArgs, out: &mut Out) -> Result<()
     let mut opts = WorkerOptions::new(id.clone());
     opts.concurrency = args.concurrency;
     opts.lease = args.lease;
+    opts.batch = args.batch;
     log::info!(
-        "worker {id}: {} at a time, lease {:?}, running {:?}",
+        "worker {id}: {} at a time, claims of {}, lease {:?}, running {:?}",
         args.concurrency,
+        args.batch,
         args.lease,
         args.exec
     );
