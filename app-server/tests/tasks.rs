@@ -268,6 +268,77 @@ fn a_batched_finish_refuses_only_the_stale_task() {
 }
 
 #[test]
+fn a_claim_carries_the_last_batchs_outcomes_refuses_only_the_stale_one_and_does_not_wait() {
+    let db = testing::fresh();
+    let mut s = support::settings(db.config(), None);
+    s.claim_poll = Duration::from_secs(3600);
+    let server = Server::with(s);
+    let mut c = server.connect();
+    let job = c.ok("task.submit", json!({"tasks": tasks(5)}), None)["job"]
+        .as_u64()
+        .unwrap();
+    let claimed = c.ok("task.claim", json!({"n": 3, "lease_ms": 30_000}), None)["tasks"]
+        .as_array()
+        .unwrap()
+        .clone();
+    // The second carries a fence that is not its lease's.
+    let outcomes: Vec<Value> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let fence = t["fence"].as_u64().unwrap() + u64::from(i == 1);
+            json!({"task": t["task"], "fence": fence, "result": {"i": i}})
+        })
+        .collect();
+    let reply = c.ok(
+        "task.claim",
+        json!({"n": 3, "lease_ms": 30_000, "finish": outcomes}),
+        None,
+    );
+    assert_eq!(reply["finished"]["kept"], 2, "{reply}");
+    assert_eq!(reply["finished"]["refused"].as_array().unwrap().len(), 1);
+    assert_eq!(reply["finished"]["refused"][0]["task"], claimed[1]["task"]);
+    assert_eq!(reply["tasks"].as_array().unwrap().len(), 2, "the other two");
+    let status = c.ok("job.status", json!({"job": job}), None);
+    assert_eq!(
+        (status["done"].as_u64(), status["running"].as_u64()),
+        (Some(2), Some(3)),
+        "{status}"
+    );
+    // With nothing left to claim, a claim that carries outcomes and asks
+    // to wait answers at once: its outcomes are kept now.
+    let rest: Vec<Value> = reply["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| json!({"task": t["task"], "fence": t["fence"], "error": "boom"}))
+        .collect();
+    let t0 = Instant::now();
+    let reply = c.ok(
+        "task.claim",
+        json!({"n": 3, "lease_ms": 30_000, "wait_ms": 20_000, "finish": rest}),
+        None,
+    );
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    assert_eq!(reply["finished"]["kept"], 2, "{reply}");
+    // The failed attempts wait out their backoff (0.5 s, then the reaper
+    // makes them ready): nothing was ready for the claim.
+    assert_eq!(reply["tasks"].as_array().unwrap().len(), 0, "{reply}");
+    // A claim without outcomes has no `finished`.
+    let plain = c.ok("task.claim", json!({"n": 1, "lease_ms": 30_000}), None);
+    assert!(plain.get("finished").is_none(), "{plain}");
+    // Bad outcomes are refused whole, and nothing is claimed.
+    let twice = json!([{"task": 1, "fence": 1, "result": 1}, {"task": 1, "fence": 1, "result": 2}]);
+    let e = c.err(
+        "task.claim",
+        json!({"n": 1, "lease_ms": 30_000, "finish": twice}),
+        None,
+        ErrorCode::BadRequest,
+    );
+    assert!(e.contains("finish[1]: task 1 appears twice"), "{e}");
+}
+
+#[test]
 fn cancel_stops_claims_and_the_job_reads_cancelled() {
     let db = testing::fresh();
     let server = Server::start(&db);

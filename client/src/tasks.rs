@@ -183,8 +183,10 @@ pub struct WorkReport {
 /// or an error message (a result that is not JSON is a failed attempt
 /// that says so). Each of `concurrency` threads has its own connection;
 /// while a handler runs, the leases of its batch are extended every third
-/// of the lease, and the batch's outcomes are reported in one
-/// `task.finish` once all have run.
+/// of the lease, and once all have run the batch's outcomes ride on the
+/// thread's next `task.claim` (kept in the same transaction as that
+/// claim), or go in a `task.finish` of their own when they are too large
+/// for one frame and when the thread stops.
 pub fn work<F>(
     cfg: &ClientConfig,
     opts: &WorkerOptions,
@@ -218,20 +220,59 @@ where
                     let mut cfg = cfg.clone();
                     cfg.routing_key = Some(opts.id.clone());
                     let mut c = Client::new(cfg)?;
-                    while !stop.load(Ordering::Acquire) && !halt.load(Ordering::Acquire) {
+                    let tally = Tally {
+                        done: &done,
+                        failed: &failed,
+                        refused: &refused,
+                        worker: &opts.id,
+                    };
+                    // The last batch's outcomes ride on the next claim (one
+                    // transaction for both) when they fit in a frame; they
+                    // are reported on their own otherwise, and before the
+                    // thread stops. A server that takes none with a claim
+                    // (older than this SDK) turns it off for the thread.
+                    let mut carry: Vec<msg::Outcome> = Vec::new();
+                    let mut carrying = true;
+                    let budget = c.config().max_frame / 2;
+                    let outcome = loop {
+                        if stop.load(Ordering::Acquire) || halt.load(Ordering::Acquire) {
+                            break Ok(());
+                        }
                         if opts
                             .max_tasks
                             .is_some_and(|m| started.fetch_add(1, Ordering::AcqRel) >= m)
                         {
-                            return Ok(());
+                            break Ok(());
                         }
-                        let body = msg::ClaimBody {
+                        let mut body = msg::ClaimBody {
                             n: opts.batch.clamp(1, msg::CLAIM_MAX),
                             lease_ms,
                             wait_ms: Some(wait_ms),
+                            finish: std::mem::take(&mut carry),
                         };
                         let claimed = match c.send::<msg::Claim>(&body) {
-                            Ok(r) => r.tasks,
+                            Ok(r) => {
+                                if let Some(f) = &r.finished {
+                                    tally.count(&body.finish, f);
+                                }
+                                r.tasks
+                            }
+                            Err(e)
+                                if !body.finish.is_empty()
+                                    && e.code() == Some(dsf_common::ErrorCode::BadRequest) =>
+                            {
+                                // Outcomes this server takes only on their
+                                // own, or that it refuses: `task.finish`
+                                // tells which. Nothing was claimed.
+                                carrying = false;
+                                if opts.max_tasks.is_some() {
+                                    started.fetch_sub(1, Ordering::AcqRel);
+                                }
+                                match report(&mut c, std::mem::take(&mut body.finish), &tally) {
+                                    Ok(()) => continue,
+                                    Err(e) => break Err(e),
+                                }
+                            }
                             Err(e) => {
                                 // The cluster may be failing over: the
                                 // worker waits and claims again.
@@ -239,6 +280,7 @@ where
                                     "worker {}: claim failed: {e}; retrying in 1 s",
                                     opts.id
                                 );
+                                tally.lost(body.finish.len(), &e);
                                 if opts.max_tasks.is_some() {
                                     started.fetch_sub(1, Ordering::AcqRel);
                                 }
@@ -279,29 +321,25 @@ where
                                 &handler,
                             ));
                         }
+                        if carrying && outcomes.iter().map(outcome_size).sum::<usize>() <= budget {
+                            carry = outcomes;
+                            continue;
+                        }
                         // Reported in parts that fit a frame (results are
                         // up to 256 KiB each).
-                        let budget = c.config().max_frame / 2;
-                        let mut rest = outcomes.into_iter().peekable();
-                        while rest.peek().is_some() {
-                            let mut part = Vec::new();
-                            let mut size = 0;
-                            while let Some(o) = rest
-                                .next_if(|o| part.is_empty() || size + outcome_size(o) <= budget)
-                            {
-                                size += outcome_size(&o);
-                                part.push(o);
-                            }
-                            if let Err(e) = report(&mut c, part, &done, &failed, &refused, &opts.id)
-                            {
-                                // Malformed would be refused again each
-                                // time: every thread stops, and says why.
-                                halt.store(true, Ordering::Release);
-                                return Err(e);
-                            }
+                        if let Err(e) = report_in_parts(&mut c, outcomes, budget, &tally) {
+                            break Err(e);
                         }
+                    };
+                    // What the last claim would have carried.
+                    let outcome =
+                        outcome.and_then(|()| report_in_parts(&mut c, carry, budget, &tally));
+                    if outcome.is_err() {
+                        // Malformed would be refused again each time:
+                        // every thread stops, and says why.
+                        halt.store(true, Ordering::Release);
                     }
-                    Ok(())
+                    outcome
                 })
             })
             .collect();
@@ -322,41 +360,79 @@ fn outcome_size(o: &msg::Outcome) -> usize {
     o.result.as_ref().map_or(0, |r| r.get().len()) + o.error.as_ref().map_or(0, String::len) + 96
 }
 
+/// Where a worker's threads count what became of their tasks.
+struct Tally<'a> {
+    done: &'a AtomicU64,
+    failed: &'a AtomicU64,
+    refused: &'a AtomicU64,
+    worker: &'a str,
+}
+
+impl Tally<'_> {
+    /// Counts `sent` by the server's answer `f`: refused (the lease was
+    /// lost), failed attempts kept, and done.
+    fn count(&self, sent: &[msg::Outcome], f: &msg::Finished) {
+        for r in &f.refused {
+            log::warn!("task {}: {}", r.task, r.message);
+        }
+        let lost = |t: u64| f.refused.iter().any(|r| r.task == t);
+        let kept_failed = sent
+            .iter()
+            .filter(|o| o.error.is_some() && !lost(o.task))
+            .count() as u64;
+        let kept_refused = f.refused.len() as u64;
+        self.refused.fetch_add(kept_refused, Ordering::Relaxed);
+        self.failed.fetch_add(kept_failed, Ordering::Relaxed);
+        self.done.fetch_add(
+            sent.len() as u64 - kept_refused - kept_failed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Says that `n` tasks ran but their outcomes did not get through.
+    fn lost(&self, n: usize, e: &Error) {
+        if n > 0 {
+            log::warn!(
+                "worker {}: {n} tasks were run but could not be reported: {e}; they will be retried after their lease",
+                self.worker
+            );
+        }
+    }
+}
+
+/// Reports `outcomes` in `task.finish`es of at most about `budget` bytes.
+fn report_in_parts(
+    c: &mut Client,
+    outcomes: Vec<msg::Outcome>,
+    budget: usize,
+    tally: &Tally<'_>,
+) -> Result<()> {
+    let mut rest = outcomes.into_iter().peekable();
+    while rest.peek().is_some() {
+        let mut part = Vec::new();
+        let mut size = 0;
+        while let Some(o) = rest.next_if(|o| part.is_empty() || size + outcome_size(o) <= budget) {
+            size += outcome_size(&o);
+            part.push(o);
+        }
+        report(c, part, tally)?;
+    }
+    Ok(())
+}
+
 /// Sends `part` in one `task.finish` and counts what was kept and refused.
 /// A refusal as malformed is returned (it would come again); any other
 /// failure is logged, and those tasks are retried after their lease.
-fn report(
-    c: &mut Client,
-    part: Vec<msg::Outcome>,
-    done: &AtomicU64,
-    failed: &AtomicU64,
-    refused: &AtomicU64,
-    worker: &str,
-) -> Result<()> {
-    let failures: Vec<u64> = part
-        .iter()
-        .filter(|o| o.error.is_some())
-        .map(|o| o.task)
-        .collect();
-    let n = part.len() as u64;
-    match c.send::<msg::Finish>(&msg::FinishBody { outcomes: part }) {
+fn report(c: &mut Client, part: Vec<msg::Outcome>, tally: &Tally<'_>) -> Result<()> {
+    let body = msg::FinishBody { outcomes: part };
+    match c.send::<msg::Finish>(&body) {
         Ok(f) => {
-            for r in &f.refused {
-                log::warn!("task {}: {}", r.task, r.message);
-            }
-            let lost = |t: &u64| f.refused.iter().any(|r| r.task == *t);
-            let kept_failed = failures.iter().filter(|t| !lost(t)).count() as u64;
-            let kept_refused = f.refused.len() as u64;
-            refused.fetch_add(kept_refused, Ordering::Relaxed);
-            failed.fetch_add(kept_failed, Ordering::Relaxed);
-            done.fetch_add(n - kept_refused - kept_failed, Ordering::Relaxed);
+            tally.count(&body.outcomes, &f);
             Ok(())
         }
         Err(e) if e.code() == Some(dsf_common::ErrorCode::BadRequest) => Err(e),
         Err(e) => {
-            log::warn!(
-                "worker {worker}: {n} tasks were run but could not be reported: {e}; they will be retried after their lease"
-            );
+            tally.lost(body.outcomes.len(), &e);
             Ok(())
         }
     }

@@ -316,6 +316,7 @@ fn a_submit_wakes_a_claim_parked_on_another_node_without_the_poll() {
                 n: 1,
                 lease_ms: 30_000,
                 wait_ms: Some(20_000),
+                finish: Vec::new(),
             };
             (c.send::<dsf_proto::task::Claim>(&body), sent.elapsed())
         })

@@ -897,15 +897,21 @@ pub mod task {
     }
 
     /// `task.claim`'s body.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct ClaimBody {
         /// 1 to [`CLAIM_MAX`].
         pub n: u32,
         pub lease_ms: u64,
-        /// Wait up to this long when nothing is ready (default 0).
+        /// Wait up to this long when nothing is ready (default 0). A claim
+        /// that carries outcomes does not wait: it answers at once.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub wait_ms: Option<u64>,
+        /// The previous batch's outcomes, kept as `task.finish` keeps them
+        /// and in the same transaction as the claim (up to
+        /// [`CLAIM_MAX`]); the reply's `finished` says which were kept.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub finish: Vec<Outcome>,
     }
 
     /// A claimed task.
@@ -929,6 +935,10 @@ pub mod task {
     #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
     pub struct ClaimReply {
         pub tasks: Vec<Claimed>,
+        /// What became of the outcomes the claim carried (absent when it
+        /// carried none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub finished: Option<Finished>,
     }
 
     /// A lease a worker holds.

@@ -9,7 +9,7 @@
 use dsf_common::{Error, Result};
 use dsf_proto::task::{
     ClaimBody, ClaimReply, CompleteBody, Extended, FailBody, FinishBody, Finished, HeartbeatBody,
-    JobRef, JobStatus, Refused, Results, ResultsBody, SubmitBody, Submitted, CLAIM_MAX,
+    JobRef, JobStatus, Outcome, Refused, Results, ResultsBody, SubmitBody, Submitted, CLAIM_MAX,
     DEFAULT_MAX_ATTEMPTS, ERROR_MAX, PAYLOAD_MAX, RESULT_MAX, WAIT_MAX_MS,
 };
 use dsf_proto::{Empty, LIMIT_MAX};
@@ -66,7 +66,8 @@ pub fn submit(call: &Call, b: SubmitBody) -> Result<Submitted> {
     Ok(Submitted { job, accepted })
 }
 
-/// `task.claim`: up to `n` of the app's ready tasks, leased.
+/// `task.claim`: up to `n` of the app's ready tasks, leased; first, in the
+/// same transaction, the outcomes of the previous batch it carries.
 pub fn claim(call: &Call, b: ClaimBody) -> Result<ClaimReply> {
     // A claim that may wait and found nothing was parked before it got
     // here (super::claim_wait); this runs it.
@@ -76,12 +77,16 @@ pub fn claim(call: &Call, b: ClaimBody) -> Result<ClaimReply> {
             b.wait_ms.unwrap_or_default()
         )));
     }
+    let finished = match b.finish.is_empty() {
+        true => None,
+        false => Some(finish_outcomes(call, &b.finish, "finish")?),
+    };
     let worker = format!("{}@{}", call.app(), call.node_id());
     let tasks = call
         .db()
         .tasks()
         .claim(call.app(), &worker, b.n, b.lease_ms)?;
-    Ok(ClaimReply { tasks })
+    Ok(ClaimReply { tasks, finished })
 }
 
 /// `task.heartbeat`: extends the leases still held.
@@ -125,18 +130,24 @@ pub fn fail(call: &Call, b: FailBody) -> Result<Empty> {
 /// `task.finish`: many outcomes in one transaction, each under its own
 /// fence; a task whose lease was lost is refused alone.
 pub fn finish(call: &Call, b: FinishBody) -> Result<Finished> {
-    let n = b.outcomes.len();
+    finish_outcomes(call, &b.outcomes, "outcomes")
+}
+
+/// Keeps `outcomes` (of `task.finish`, or carried by a `task.claim` in
+/// `field`), each under its fence, in the call's transaction.
+fn finish_outcomes(call: &Call, outcomes: &[Outcome], field: &str) -> Result<Finished> {
+    let n = outcomes.len();
     if n == 0 || n > CLAIM_MAX as usize {
         return Err(Error::bad_request(format!(
-            "outcomes: 1 to {CLAIM_MAX}, got {n}"
+            "{field}: 1 to {CLAIM_MAX}, got {n}"
         )));
     }
     let mut seen = std::collections::HashSet::with_capacity(n);
     let mut batch = Vec::with_capacity(n);
-    for (i, o) in b.outcomes.iter().enumerate() {
+    for (i, o) in outcomes.iter().enumerate() {
         if !seen.insert(o.task) {
             return Err(Error::bad_request(format!(
-                "outcomes[{i}]: task {} appears twice",
+                "{field}[{i}]: task {} appears twice",
                 o.task
             )));
         }
@@ -145,12 +156,12 @@ pub fn finish(call: &Call, b: FinishBody) -> Result<Finished> {
             (None, Some(e)) if e.len() <= ERROR_MAX => Err(e.as_str()),
             (Some(_), None) | (None, Some(_)) => {
                 return Err(Error::bad_request(format!(
-                    "outcomes[{i}]: a result of at most {RESULT_MAX} bytes, or an error of at most {ERROR_MAX}"
+                    "{field}[{i}]: a result of at most {RESULT_MAX} bytes, or an error of at most {ERROR_MAX}"
                 )))
             }
             _ => {
                 return Err(Error::bad_request(format!(
-                    "outcomes[{i}]: give either result (done) or error (a failed attempt), not both or neither"
+                    "{field}[{i}]: give either result (done) or error (a failed attempt), not both or neither"
                 )))
             }
         };

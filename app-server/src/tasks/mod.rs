@@ -59,9 +59,13 @@ pub fn service() -> Service {
 }
 
 /// How long a `task.claim` may wait, when it asks to and nothing of its
-/// app is ready now; `None` to run it at once (no wait asked, something
-/// ready, or no answer from the database).
+/// app is ready now; `None` to run it at once (no wait asked, outcomes
+/// carried, something ready, or no answer from the database).
 fn claim_wait(call: &Call, b: &ClaimBody) -> Option<Wait> {
+    // Outcomes carried are kept now, not after a wait.
+    if !b.finish.is_empty() {
+        return None;
+    }
     let wait = b.wait_ms.filter(|w| *w > 0 && *w <= WAIT_MAX_MS)?;
     match call.db().tasks().has_ready(call.app()) {
         Ok(false) => Some(Wait {
