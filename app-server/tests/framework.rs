@@ -399,10 +399,12 @@ fn run_once_layer_runs_a_write_once_and_answers_a_resend_with_its_reply() {
     assert_eq!(rows, Some(1));
     let runs = |r: &Running| r.node().state::<Kept>().runs.load(Ordering::SeqCst);
     assert!(runs(&a) + runs(&b) >= 1);
-    // A read sent again is a replay, refused.
-    let read = signed("test.echo", r#"{"text":"a"}"#, &nonce);
+    // A read sent again is a replay, refused: reads do not run once.
+    let read = signed("test.echo", r#"{"text":"a"}"#, &new_nonce());
     let mut c = Conn::connect(a.addr());
-    answer(&mut c, &read).unwrap_err();
+    answer(&mut c, &read).unwrap();
+    let e = answer(&mut c, &read).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ReplayedNonce, "{e}");
     // A fresh write runs.
     assert_eq!(
         Conn::connect(a.addr()).ok("test.bump", json!({}), None)["runs"],
