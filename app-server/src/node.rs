@@ -158,7 +158,8 @@ impl Node {
     /// would find nothing and wait again. A long poll woken for nothing,
     /// or not woken at all, still runs at its deadline, and a service's own
     /// fallback (the tasks' `--claim-poll`) bounds a wake-up lost with its
-    /// link.
+    /// link. `n == 0` (nothing changed that a waiter could use) wakes
+    /// nothing, streams included.
     pub fn wake_some(&self, topic: &str, n: usize) {
         if n > 0 {
             self.wake_limited(topic, Some(n));

@@ -96,3 +96,51 @@ fn a_scoped_key_sends_only_what_it_allows_while_a_full_key_is_served() {
     gate.round_trip("sys.ping", "{}", None, Instant::now() + WAIT)
         .unwrap();
 }
+
+#[test]
+fn a_key_scoped_without_task_finish_cannot_finish_inside_a_claim() {
+    let db = testing::fresh();
+    let mut s = settings(db.config(), None);
+    s.app_keys
+        .insert_scoped("claimer", b"claim-secret", &["task.submit", "task.claim"]);
+    let server = Server::with(s);
+    let signer = Signer {
+        app: "claimer".into(),
+        key: Key::new(b"claim-secret"),
+    };
+    let addr = server.addr.to_string();
+    let mut w = Connection::connect(&addr, &addr, signer, WAIT, 1 << 20).unwrap();
+    let call = |w: &mut Connection, kind: &str, body: &str| {
+        w.round_trip(kind, body, None, Instant::now() + WAIT)
+    };
+    call(&mut w, "task.submit", r#"{"tasks":[{"payload":1}]}"#).unwrap();
+    let claimed: serde_json::Value = serde_json::from_str(
+        call(&mut w, "task.claim", r#"{"n":1,"lease_ms":30000}"#)
+            .unwrap()
+            .get(),
+    )
+    .unwrap();
+    let t = &claimed["tasks"][0];
+    let body = serde_json::json!({
+        "n": 1, "lease_ms": 30000,
+        "finish": [{"task": t["task"], "fence": t["fence"], "result": 1}],
+    });
+    match call(&mut w, "task.claim", &body.to_string()) {
+        Err(Failure::Server(e)) => {
+            assert_eq!(e.code(), ErrorCode::Forbidden, "{e}");
+            assert!(e.to_string().contains("need task.finish"), "{e}");
+        }
+        r => panic!("a claim finishing under a key without task.finish: {r:?}"),
+    }
+    // Nothing was kept: the task still runs under its lease.
+    let state: Option<String> = db
+        .with_conn_result("test", |c| {
+            use mysql::prelude::Queryable;
+            Ok(c.exec_first(
+                "SELECT state FROM tasks WHERE id = ?",
+                (t["task"].as_u64().unwrap(),),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(state.as_deref(), Some("running"));
+}

@@ -250,20 +250,40 @@ where
                             wait_ms: Some(wait_ms),
                             finish: std::mem::take(&mut carry),
                         };
+                        let refused_carry = |e: &Error| {
+                            matches!(
+                                e.code(),
+                                Some(
+                                    dsf_common::ErrorCode::BadRequest
+                                        | dsf_common::ErrorCode::Forbidden
+                                )
+                            )
+                        };
                         let claimed = match c.send::<msg::Claim>(&body) {
-                            Ok(r) => {
-                                if let Some(f) = &r.finished {
+                            Ok(r) => match (&r.finished, body.finish.is_empty()) {
+                                (Some(f), false) => {
                                     tally.count(&body.finish, f);
+                                    r.tasks
                                 }
-                                r.tasks
-                            }
-                            Err(e)
-                                if !body.finish.is_empty()
-                                    && e.code() == Some(dsf_common::ErrorCode::BadRequest) =>
-                            {
+                                // Carried, and not said kept: a server that
+                                // ignores the field. They go on their own.
+                                (None, false) => {
+                                    carrying = false;
+                                    if let Err(e) =
+                                        report(&mut c, std::mem::take(&mut body.finish), &tally)
+                                    {
+                                        break Err(e);
+                                    }
+                                    r.tasks
+                                }
+                                (_, true) => r.tasks,
+                            },
+                            Err(e) if !body.finish.is_empty() && refused_carry(&e) => {
                                 // Outcomes this server takes only on their
-                                // own, or that it refuses: `task.finish`
-                                // tells which. Nothing was claimed.
+                                // own (older than this SDK), that it
+                                // refuses, or that this key may not send in
+                                // a claim: `task.finish` tells which.
+                                // Nothing was claimed.
                                 carrying = false;
                                 if opts.max_tasks.is_some() {
                                     started.fetch_sub(1, Ordering::AcqRel);
@@ -275,12 +295,15 @@ where
                             }
                             Err(e) => {
                                 // The cluster may be failing over: the
-                                // worker waits and claims again.
+                                // worker waits and claims again, carrying
+                                // the same outcomes (their fences make a
+                                // second report harmless: one already kept
+                                // is refused, not kept twice).
                                 log::warn!(
                                     "worker {}: claim failed: {e}; retrying in 1 s",
                                     opts.id
                                 );
-                                tally.lost(body.finish.len(), &e);
+                                carry = std::mem::take(&mut body.finish);
                                 if opts.max_tasks.is_some() {
                                     started.fetch_sub(1, Ordering::AcqRel);
                                 }

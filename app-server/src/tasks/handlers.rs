@@ -79,7 +79,17 @@ pub fn claim(call: &Call, b: ClaimBody) -> Result<ClaimReply> {
     }
     let outcomes = match b.finish.is_empty() {
         true => None,
-        false => Some(checked(&b.finish, "finish")?),
+        false => {
+            // Finishing in a claim is finishing: a key scoped without
+            // task.finish may not do it this way either.
+            if let Err(allowed) = call.pipeline().keys().scope(call.app(), "task.finish") {
+                return Err(Error::Forbidden(format!(
+                    "app {:?}'s key may send only {allowed}; outcomes in a claim's finish need task.finish among them (its entry in --app-keys scopes it)",
+                    call.app()
+                )));
+            }
+            Some(checked(&b.finish, "finish")?)
+        }
     };
     let worker = format!("{}@{}", call.app(), call.node_id());
     let tasks = call

@@ -437,6 +437,13 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
         self.router.find(kind, port).map(|i| &self.router.routes[i])
     }
 
+    /// The app keys admitted, with their scopes: a handler that does what
+    /// another type does (a claim that also finishes) checks that type's
+    /// scope here.
+    pub fn keys(&self) -> &AppKeys {
+        self.admission.keys()
+    }
+
     /// Handles one frame on the reactor: admission, drain, the route; an
     /// inline route runs now, a pool route comes back as a [`Front::Job`]
     /// (its reply handle taken from `cx`).
