@@ -222,18 +222,25 @@ fn bad_task_input_gets_clear_errors_while_the_connection_serves_on() {
 /// `task.finish` over the wire: a worker's batch of three, one of them
 /// under a fence that is not its lease's; that one alone is refused, and
 /// its own fence finishes it after.
+/// Submits `submit` tasks and claims `claim` of them: the job and the
+/// claimed tasks.
+fn submit_and_claim(c: &mut support::Conn, submit: usize, claim: u32) -> (u64, Vec<Value>) {
+    let job = c.ok("task.submit", json!({"tasks": tasks(submit)}), None)["job"]
+        .as_u64()
+        .unwrap();
+    let claimed = c.ok("task.claim", json!({"n": claim, "lease_ms": 30_000}), None)["tasks"]
+        .as_array()
+        .unwrap()
+        .clone();
+    (job, claimed)
+}
+
 #[test]
 fn a_batched_finish_refuses_only_the_stale_task() {
     let db = testing::fresh();
     let server = Server::start(&db);
     let mut c = server.connect();
-    let job = c.ok("task.submit", json!({"tasks": tasks(3)}), None)["job"]
-        .as_u64()
-        .unwrap();
-    let claimed = c.ok("task.claim", json!({"n": 3, "lease_ms": 30_000}), None)["tasks"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let (job, claimed) = submit_and_claim(&mut c, 3, 3);
     assert_eq!(claimed.len(), 3);
     let outcomes: Vec<Value> = claimed
         .iter()
@@ -274,13 +281,7 @@ fn a_claim_carries_the_last_batchs_outcomes_refuses_only_the_stale_one_and_does_
     s.claim_poll = Duration::from_secs(3600);
     let server = Server::with(s);
     let mut c = server.connect();
-    let job = c.ok("task.submit", json!({"tasks": tasks(5)}), None)["job"]
-        .as_u64()
-        .unwrap();
-    let claimed = c.ok("task.claim", json!({"n": 3, "lease_ms": 30_000}), None)["tasks"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let (job, claimed) = submit_and_claim(&mut c, 5, 3);
     // The second carries a fence that is not its lease's.
     let outcomes: Vec<Value> = claimed
         .iter()
