@@ -337,6 +337,8 @@ fn a_claim_carries_the_last_batchs_outcomes_refuses_only_the_stale_one_and_does_
         ErrorCode::BadRequest,
     );
     assert!(e.contains("finish[1]: task 1 appears twice"), "{e}");
+    // Another client is served as ever.
+    server.connect().ok("sys.ping", json!({}), None);
 }
 
 #[test]

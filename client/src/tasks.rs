@@ -250,15 +250,6 @@ where
                             wait_ms: Some(wait_ms),
                             finish: std::mem::take(&mut carry),
                         };
-                        let refused_carry = |e: &Error| {
-                            matches!(
-                                e.code(),
-                                Some(
-                                    dsf_common::ErrorCode::BadRequest
-                                        | dsf_common::ErrorCode::Forbidden
-                                )
-                            )
-                        };
                         let claimed = match c.send::<msg::Claim>(&body) {
                             Ok(r) => match (&r.finished, body.finish.is_empty()) {
                                 (Some(f), false) => {
@@ -278,7 +269,7 @@ where
                                 }
                                 (_, true) => r.tasks,
                             },
-                            Err(e) if !body.finish.is_empty() && refused_carry(&e) => {
+                            Err(e) if !body.finish.is_empty() && refuses_carried(&e) => {
                                 // Outcomes this server takes only on their
                                 // own (older than this SDK), that it
                                 // refuses, or that this key may not send in
@@ -376,6 +367,16 @@ where
         failed: failed.into_inner(),
         refused: refused.into_inner(),
     })
+}
+
+/// Whether a claim's error refuses the outcomes it carried (a server older
+/// than this SDK, outcomes it will not take, a key without `task.finish`),
+/// rather than the claim failing on its way.
+fn refuses_carried(e: &Error) -> bool {
+    matches!(
+        e.code(),
+        Some(dsf_common::ErrorCode::BadRequest | dsf_common::ErrorCode::Forbidden)
+    )
 }
 
 /// About how many bytes `o` takes in a `task.finish` frame.

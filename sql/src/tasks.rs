@@ -323,10 +323,7 @@ impl<'a> Tasks<'a> {
 
     /// Whether `app` has a task ready to claim now (a cheap look, no lock).
     pub fn has_ready(&self, app: &str) -> Result<bool> {
-        self.db.with_conn("tasks.has_ready", |c| {
-            c.exec_first::<u8, _, _>("SELECT 1 FROM ready_tasks WHERE app = ? LIMIT 1", (app,))
-                .map(|r| r.is_some())
-        })
+        Ok(self.ready_count(app, 1)? > 0)
     }
 
     /// Extends the leases `(task, fence)` still held; returns the tasks
