@@ -2,11 +2,16 @@
 """Devices for dsf's proxy tests, written with paho-mqtt.
 
 Each of --count devices connects through --proxy with client id
-PREFIX-i, subscribes to echo/ID, and publishes once to echo/ID (it must
-get its own message back: publish and subscribe work end to end through
-the proxy) and once to where/ID. An observer connected straight to each
+PREFIX-i (i from --first on), subscribes to echo/ID, and publishes once
+to echo/ID (it must get its own message back: publish and subscribe work
+end to end through the proxy) and once to where/ID. An observer connected straight to each
 --broker subscribes to where/#, so the broker that sees a device's
-where/ID is the broker the device landed on.
+where/ID is the broker the device landed on. The observers' client ids
+carry this process's id, so that two runs at once against the same
+brokers do not take over each other's sessions (a broker drops the older
+of two connections with one client id, and an observer reconnecting
+misses what was published meanwhile). Two runs at once must still use
+different device ids, for the same reason.
 
 Prints one JSON object: {"landed": {ID: "host:port"}, "echoed": N,
 "errors": [...]}; exits 0 whatever happened, the caller judges.
@@ -14,6 +19,7 @@ Prints one JSON object: {"landed": {ID: "host:port"}, "echoed": N,
 
 import argparse
 import json
+import os
 import threading
 import time
 
@@ -32,6 +38,7 @@ def main():
     ap.add_argument("--proxy", required=True, help="HOST:PORT of the proxy listener")
     ap.add_argument("--broker", action="append", default=[], help="HOST:PORT of a broker to observe")
     ap.add_argument("--count", type=int, default=200)
+    ap.add_argument("--first", type=int, default=0, help="the first device's number")
     ap.add_argument("--prefix", default="dev")
     ap.add_argument("--protocol", default="311", choices=sorted(PROTOCOLS))
     ap.add_argument("--timeout", type=float, default=60.0)
@@ -53,7 +60,7 @@ def main():
             with lock:
                 landed[msg.topic.split("/", 1)[1]] = broker
 
-        o = mqtt.Client(client_id=f"observer-{args.prefix}-{b}", userdata=b, protocol=mqtt.MQTTv311)
+        o = mqtt.Client(client_id=f"observer-{os.getpid()}-{args.prefix}-{b}", userdata=b, protocol=mqtt.MQTTv311)
         o.on_connect, o.on_subscribe, o.on_message = on_connect, on_subscribe, on_message
         o.connect(*hostport(b), keepalive=30)
         o.loop_start()
@@ -66,9 +73,9 @@ def main():
 
     proto = PROTOCOLS[args.protocol]
     devices = []
-    for i in range(args.count):
-        cid = f"{args.prefix}-{i}"
-
+    ids = [f"{args.prefix}-{i}" for i in range(args.first, args.first + args.count)]
+    wanted = set(ids)
+    for cid in ids:
         def on_connect(c, cid, flags, rc, *props):
             if rc != 0:
                 with lock:
@@ -100,7 +107,7 @@ def main():
 
     while time.monotonic() < deadline:
         with lock:
-            if len(landed) >= args.count and len(echoed) >= args.count:
+            if wanted <= landed.keys() and len(echoed) >= args.count:
                 break
         time.sleep(0.02)
 
@@ -108,7 +115,7 @@ def main():
         c.disconnect()
         c.loop_stop()
     with lock:
-        mine = {k: v for k, v in landed.items() if k.startswith(args.prefix + "-")}
+        mine = {k: v for k, v in landed.items() if k in wanted}
         print(json.dumps({"landed": mine, "echoed": len(echoed), "errors": errors}))
 
 

@@ -123,11 +123,25 @@ pub fn devices_with(
     count: usize,
     protocol: &str,
 ) -> Run {
+    devices_in(proxy, brokers, prefix, 0..count, protocol)
+}
+
+/// Devices `PREFIX-i` for each `i` in `ids`, in MQTT `protocol`. Two runs
+/// at once against the same brokers need ids of their own: a broker drops
+/// the older of two connections with one client id.
+pub fn devices_in(
+    proxy: &str,
+    brokers: &[String],
+    prefix: &str,
+    ids: std::ops::Range<usize>,
+    protocol: &str,
+) -> Run {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/testing/devices.py");
     let mut cmd = Command::new(need("python3"));
     cmd.arg(script)
         .args(["--proxy", proxy])
-        .args(["--count", &count.to_string()])
+        .args(["--first", &ids.start.to_string()])
+        .args(["--count", &ids.len().to_string()])
         .args(["--prefix", prefix])
         .args(["--protocol", protocol])
         .args(["--timeout", &WAIT.as_secs().to_string()]);

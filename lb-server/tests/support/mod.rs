@@ -155,8 +155,20 @@ pub fn devices_with(
     count: usize,
     protocol: &str,
 ) -> Run {
+    devices_in(proxy, brokers, prefix, 0..count, protocol)
+}
+
+/// Devices `PREFIX-i` for each `i` in `ids`: two runs at once need ids of
+/// their own (see [`dsf_common::testing::mqtt::devices_in`]).
+pub fn devices_in(
+    proxy: SocketAddr,
+    brokers: &[&Broker],
+    prefix: &str,
+    ids: std::ops::Range<usize>,
+    protocol: &str,
+) -> Run {
     let brokers: Vec<String> = brokers.iter().map(|b| b.addr()).collect();
-    dsf_common::testing::mqtt::devices_with(&proxy.to_string(), &brokers, prefix, count, protocol)
+    dsf_common::testing::mqtt::devices_in(&proxy.to_string(), &brokers, prefix, ids, protocol)
 }
 
 /// Raw bytes to a proxy listener; what comes back before the proxy closes.
