@@ -279,6 +279,13 @@ pub trait CallExt {
     /// Runs `f` on a connection (the run-once transaction's, inside a write).
     fn conn<T>(&self, f: impl FnOnce(&mut PooledConn) -> dsf_sql::Result<T>) -> Result<T>;
 
+    /// Runs a statement whose success is all the handler needs (no rows,
+    /// no insert id): inside a write it is staged and goes out with the
+    /// write's record and `COMMIT`, one round trip for the three (see
+    /// [`Db::exec_write`]). If it fails there, the handler runs again and
+    /// meets the error here.
+    fn write(&self, sql: &str, params: impl Into<dsf_sql::mysql::Params>) -> Result<()>;
+
     /// Wakes `topic` on every node once the call's write committed.
     fn wake(&self, topic: impl Into<String>);
 
@@ -311,6 +318,12 @@ impl CallExt for Call {
     fn conn<T>(&self, f: impl FnOnce(&mut PooledConn) -> dsf_sql::Result<T>) -> Result<T> {
         self.db()
             .with_conn_result(self.ty().name, f)
+            .map_err(Error::from)
+    }
+
+    fn write(&self, sql: &str, params: impl Into<dsf_sql::mysql::Params>) -> Result<()> {
+        self.db()
+            .exec_write(self.ty().name, sql, params)
             .map_err(Error::from)
     }
 

@@ -83,6 +83,7 @@ pub struct Nth {
 }
 
 message!(pub Ordered = "test.ordered", App, write: Nth => Empty);
+message!(pub Claim = "test.claim", App, write: KeyBody => Empty);
 
 /// The `test.ordered` that fails as if its database went away.
 const FAILS: u64 = 3;
@@ -115,6 +116,11 @@ const MIGRATIONS: &[app_server::Migration] = &[
         version: 2,
         name: "ordered",
         sql: "CREATE TABLE test_ordered (n BIGINT UNSIGNED NOT NULL PRIMARY KEY) ENGINE = InnoDB;",
+    },
+    app_server::Migration {
+        version: 3,
+        name: "claims",
+        sql: "CREATE TABLE test_claims (k VARCHAR(64) NOT NULL PRIMARY KEY) ENGINE = InnoDB;",
     },
 ];
 
@@ -193,6 +199,12 @@ fn test_service() -> Service {
             })
             .batched(),
         )
+        // Staged: sent with the run-once record and COMMIT in one trip.
+        .unary::<Claim>(|call, b| {
+            call.state::<Kept>().runs.fetch_add(1, Ordering::SeqCst);
+            call.write("INSERT INTO test_claims (k) VALUES (?)", (&b.key,))?;
+            Ok(Empty {})
+        })
         .stream::<Count3>(|_, b, mut stream| {
             for i in 0..b.n {
                 stream.event(&Tick { i }).ok();
@@ -410,6 +422,44 @@ fn run_once_layer_runs_a_write_once_and_answers_a_resend_with_its_reply() {
         Conn::connect(a.addr()).ok("test.bump", json!({}), None)["runs"],
         2
     );
+}
+
+#[test]
+fn a_staged_write_commits_with_its_record_and_its_failure_reaches_the_handler_as_a_refusal() {
+    let db = testing::fresh();
+    let a = start(&db, |_| {});
+    let runs = || a.node().state::<Kept>().runs.load(Ordering::SeqCst);
+    let claim = |key: &str, nonce: &str| {
+        let body = json!({ "key": key }).to_string();
+        answer(
+            &mut Conn::connect(a.addr()),
+            &signed("test.claim", &body, nonce),
+        )
+    };
+    let first = new_nonce();
+    assert_eq!(claim("k1", &first).unwrap(), json!({}));
+    assert_eq!(runs(), 1);
+    // The same key again: the staged insert fails at the commit, the
+    // handler runs again and meets the duplicate at its call.write.
+    let second = new_nonce();
+    let e = claim("k1", &second).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Conflict, "{e}");
+    assert_eq!(runs(), 3);
+    // Both are answered from their records when sent again.
+    assert_eq!(claim("k1", &first).unwrap(), json!({}));
+    assert_eq!(
+        claim("k1", &second).unwrap_err().code(),
+        ErrorCode::Conflict
+    );
+    // Another client is served meanwhile, and one row stays.
+    let mut c = Conn::connect(a.addr());
+    assert_eq!(c.ok("test.echo", json!({"text": "b"}), None)["text"], "b");
+    let rows: Option<u64> = db
+        .with_conn_result("test", |c| {
+            Ok(c.query_first("SELECT COUNT(*) FROM test_claims")?)
+        })
+        .unwrap();
+    assert_eq!(rows, Some(1));
 }
 
 #[test]

@@ -148,13 +148,12 @@ impl<'a> Blacklist<'a> {
         validate::name("by", by)?;
         let now = now_ms();
         self.db
-            .with_conn(OP, |c| {
-                c.exec_drop(
-                    "INSERT INTO blacklist (id_card, name, reason, created_by, created_at, updated_by, updated_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (new.id_card, new.name, reason, by, now, by, now),
-                )
-            })
+            .exec_write(
+                OP,
+                "INSERT INTO blacklist (id_card, name, reason, created_by, created_at, updated_by, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (new.id_card, new.name, reason, by, now, by, now),
+            )
             .map_err(|e| e.on_conflict(|| format!("id card {} is already listed", new.id_card)))?;
         Ok(Entry {
             id_card: new.id_card.to_string(),

@@ -640,14 +640,16 @@ impl Db {
     }
 
     /// Runs `f` on the connection of the run-once write this thread is
-    /// inside ([`Writes::run_once`](crate::Writes::run_once)), if any;
-    /// gives `f` back otherwise. The connection is given back to the write
+    /// inside ([`Writes::run_once`](crate::Writes::run_once)), if any,
+    /// after the writes staged before it ([`Db::exec_write`]); gives `f`
+    /// back otherwise. The connection is given back to the write
     /// even if `f` panics, so that run_once's guard rolls its transaction
     /// back instead of the pool getting one with a transaction open.
     fn on_run_once<T, F: FnOnce(&mut PooledConn) -> T>(&self, f: F) -> std::result::Result<T, F> {
-        let Some(conn) = take_tx(self.id()) else {
+        let Some(mut conn) = take_tx(self.id()) else {
             return Err(f);
         };
+        crate::writes::send_staged(self.id(), &mut conn);
         struct GiveBack(usize, Option<PooledConn>);
         impl Drop for GiveBack {
             fn drop(&mut self) {
@@ -658,6 +660,28 @@ impl Db {
         }
         let mut held = GiveBack(self.id(), Some(conn));
         Ok(f(held.1.as_mut().expect("just put there")))
+    }
+
+    /// Runs a write whose caller needs nothing back but its success:
+    /// `sql` with positional `params`, no `?` in it but the placeholders.
+    /// Inside a run-once write ([`Writes::run_once`](crate::Writes::run_once))
+    /// it is staged instead, and goes out with the write's record and
+    /// `COMMIT` in one round trip. If it fails there, the write's handler
+    /// runs again with its statements sent as they come, and meets the
+    /// error here. So a staged write's success is a promise: act on it only
+    /// in the database and in the reply, as a run-once handler must anyway
+    /// (it may run twice).
+    pub fn exec_write(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: impl Into<mysql::Params>,
+    ) -> Result<()> {
+        let params = params.into();
+        if crate::writes::stage(self.id(), sql, &params) {
+            return Ok(());
+        }
+        self.with_conn(op, |c| c.exec_drop(sql, params))
     }
 
     /// Runs `f` on a pooled connection (the run-once write's transaction,

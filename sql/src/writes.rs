@@ -11,6 +11,19 @@
 //! dies mid-way leaves nothing: its transaction rolls back with its
 //! connection, and a resend runs afresh.
 //!
+//! **One round trip.** A handler's write that needs nothing back but its
+//! success ([`Db::exec_write`]) is not sent when the handler makes it: it
+//! is staged, and goes out as text with `START TRANSACTION`, the record's
+//! insert and `COMMIT`, all in one query. A handler whose writes are all
+//! staged (`blacklist.add`) costs one round trip with its record, as it
+//! would without. A statement the handler sends itself first sends what
+//! was staged before it, in order. If a staged write fails (a duplicate
+//! key), the run is thrown away and the handler runs again with every
+//! statement sent as it comes, so it meets its error where it made the
+//! write. Every result of the combined query is read: an error of its
+//! third statement is as visible as one of its first (dropping the result
+//! unread, as `query_drop` does, would hide it).
+//!
 //! A refusal (the handler's error) is rolled back, then recorded on its own
 //! so a resend gets the same answer; errors that say "try again"
 //! (`unavailable`, `overloaded`, `internal`) are not recorded.
@@ -65,26 +78,54 @@ pub struct Writes<'a> {
 struct TxGuard;
 
 impl TxGuard {
-    fn finish(self) -> Option<PooledConn> {
+    fn finish(self) -> (Option<PooledConn>, Option<Staged>) {
         let conn = TX.with(|t| t.borrow_mut().take()).map(|(_, c)| c);
+        let staged = STAGED.with(|s| s.borrow_mut().take());
         std::mem::forget(self);
-        conn
+        (conn, staged)
     }
 }
 
 impl Drop for TxGuard {
     fn drop(&mut self) {
+        STAGED.with(|s| s.borrow_mut().take());
         if let Some((_, mut conn)) = TX.with(|t| t.borrow_mut().take()) {
             crate::db::roll_back(&mut conn);
         }
     }
 }
 
+/// The writes a run-once handler staged ([`Db::exec_write`]), not yet sent.
+#[derive(Debug)]
+struct Staged {
+    /// The pool ([`Db::id`]) of the run-once write.
+    db: usize,
+    /// Whether `START TRANSACTION` went out (before a statement the handler
+    /// sent itself).
+    started: bool,
+    /// The staged statements as text, in order.
+    sql: Vec<String>,
+    /// Sending them before a statement of the handler's failed: this run
+    /// is thrown away.
+    failed: bool,
+}
+
+impl Staged {
+    /// A transaction started plainly, with nothing to stage.
+    fn started(db: usize) -> Staged {
+        Staged {
+            db,
+            started: true,
+            sql: Vec::new(),
+            failed: false,
+        }
+    }
+}
+
+/// A refusal's record, inserted on its own after the rollback (a
+/// success's goes in with its transaction, as text: [`records_sql`]).
 /// Records are stamped with the database's clock, which the janitor
 /// compares with the same clock: app servers' clocks may differ.
-const INSERT: &str = "INSERT INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
-                      VALUES (?, ?, ?, ?, ?, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))";
-/// [`INSERT`] for a refusal, recorded on its own after the rollback.
 const INSERT_REFUSAL: &str = "INSERT IGNORE INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
                               VALUES (?, ?, ?, ?, ?, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))";
 
@@ -134,6 +175,7 @@ struct Group {
 }
 
 thread_local! {
+    static STAGED: RefCell<Option<Staged>> = const { RefCell::new(None) };
     static GROUP: RefCell<Option<Group>> = const { RefCell::new(None) };
     static SERIAL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
@@ -218,6 +260,120 @@ pub fn in_group() -> bool {
     GROUP.with(|g| g.borrow().is_some())
 }
 
+/// Stages `sql` with `params` for the commit of the run-once write open
+/// on this thread for pool `db` ([`Db::exec_write`]); false if none is
+/// open, or it does not stage (a group's, or a warming run), or `params`
+/// are named.
+pub(crate) fn stage(db: usize, sql: &str, params: &mysql::Params) -> bool {
+    let plain = TX.with(|t| {
+        t.borrow()
+            .as_ref()
+            .filter(|(id, _)| *id == db)
+            .map(|(_, c)| c.no_backslash_escape())
+    });
+    let Some(plain) = plain else {
+        return false;
+    };
+    STAGED.with(|s| {
+        let mut s = s.borrow_mut();
+        let Some(staged) = s.as_mut().filter(|s| s.db == db) else {
+            return false;
+        };
+        if staged.failed {
+            // This run is thrown away: nothing needs sending.
+            return true;
+        }
+        match as_text(sql, params, plain) {
+            Some(text) => {
+                staged.sql.push(text);
+                true
+            }
+            None => false,
+        }
+    })
+}
+
+/// Sends what is staged for the run-once write of pool `db` on its
+/// connection `conn`, with `START TRANSACTION` first if it has not gone
+/// out: called before a statement the handler sends itself.
+pub(crate) fn send_staged(db: usize, conn: &mut PooledConn) {
+    STAGED.with(|s| {
+        let mut s = s.borrow_mut();
+        let Some(staged) = s.as_mut().filter(|s| s.db == db) else {
+            return;
+        };
+        if staged.failed || (staged.started && staged.sql.is_empty()) {
+            return;
+        }
+        let mut sql = Vec::with_capacity(staged.sql.len() + 1);
+        if !staged.started {
+            sql.push("START TRANSACTION".to_string());
+        }
+        sql.append(&mut staged.sql);
+        staged.started = true;
+        if let Err((i, e)) = run_all(conn, &sql.join(";")) {
+            log::debug!(
+                "a staged write failed ({e}) in {:?}: the write runs again",
+                sql[i]
+            );
+            crate::db::forget_if_broken(conn, &e);
+            staged.failed = true;
+        }
+    })
+}
+
+/// Sends `sql` (statements joined by `;`) in one round trip and reads
+/// every result, so that an error of any statement is seen: on one, the
+/// index of the statement and its error (the server runs none after it).
+fn run_all(conn: &mut PooledConn, sql: &str) -> std::result::Result<(), (usize, mysql::Error)> {
+    let mut result = conn.query_iter(sql).map_err(|e| (0, e))?;
+    let mut i = 0;
+    while let Some(set) = result.iter() {
+        for row in set {
+            row.map_err(|e| (i, e))?;
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// `sql` with each `?` replaced by its value of `params` as an SQL literal
+/// (escaped for a session with or without `NO_BACKSLASH_ESCAPES`, as
+/// `plain` says); `None` for named parameters or a count that does not
+/// match. `sql` must have no `?` but its placeholders.
+fn as_text(sql: &str, params: &mysql::Params, plain: bool) -> Option<String> {
+    let values: &[mysql::Value] = match params {
+        mysql::Params::Empty => &[],
+        mysql::Params::Positional(values) => values,
+        mysql::Params::Named(_) => return None,
+    };
+    let mut values = values.iter();
+    let mut text = String::with_capacity(sql.len() + 24 * values.len());
+    for (i, part) in sql.split('?').enumerate() {
+        if i > 0 {
+            text.push_str(&values.next()?.as_sql(plain));
+        }
+        text.push_str(part);
+    }
+    values.next().is_none().then_some(text)
+}
+
+/// Which statement of a write's last query failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Start,
+    Staged,
+    Record,
+    Commit,
+}
+
+/// How a try at a run-once write ended.
+enum Tried {
+    Done(Once),
+    /// A staged write failed: run the handler again, sending as it goes.
+    Again(PooledConn),
+}
+
 // === impl Writes ===
 
 impl<'a> Writes<'a> {
@@ -245,42 +401,85 @@ impl<'a> Writes<'a> {
         let (node, mut conn) = self.db.conn_at(OP)?;
         let key = crate::db::op_key(kind);
         if self.db.needs_warming(node, &conn, key) {
-            conn.prep(INSERT).map_err(|e| Error::from_mysql(OP, e))?;
-            conn = self.in_tx(conn, &mut handler)?.1;
+            conn = self.in_tx(conn, &mut handler, false)?.2;
             crate::db::roll_back(&mut conn);
             // Even a refusal prepared what it reached; what it did not
             // reach is rare enough to leave.
             self.db.warmed(node, &conn, key);
         }
-        let ((ok, reply, keep_refusal), mut conn) = self.in_tx(conn, &mut handler)?;
+        match self.try_once([app, nonce, kind], conn, &mut handler, true)? {
+            Tried::Done(once) => Ok(once),
+            Tried::Again(conn) => {
+                match self.try_once([app, nonce, kind], conn, &mut handler, false)? {
+                    Tried::Done(once) => Ok(once),
+                    Tried::Again(_) => Err(Error::Internal {
+                        op: OP,
+                        message: "a run-once write with nothing staged asked to run again".into(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// One run of [`Writes::run_once`]'s handler in a transaction on
+    /// `conn`, its writes staged if `staging`, and its end: the record and
+    /// `COMMIT` (in one round trip with what was staged), or the refusal.
+    fn try_once(
+        &self,
+        [app, nonce, kind]: [&str; 3],
+        conn: PooledConn,
+        handler: &mut impl FnMut() -> (bool, String, bool),
+        staging: bool,
+    ) -> Result<Tried> {
+        const OP: &str = "wire.run_once";
+        let ((ok, reply, keep_refusal), staged, mut conn) = self.in_tx(conn, handler, staging)?;
+        if staged.failed {
+            crate::db::roll_back(&mut conn);
+            return Ok(Tried::Again(conn));
+        }
         if ok {
-            let params = (app, nonce, kind, true, reply.as_str());
-            return match conn.exec_drop(INSERT, params) {
-                // Its own round trip: the `mysql` crate reports only the
-                // first statement's error of a multi-statement query, and
-                // on Galera a certification failure comes at COMMIT.
-                Ok(()) => {
-                    conn.query_drop("COMMIT")
-                        .map_err(|e| Error::from_mysql(OP, e))?;
-                    Ok(Once::Ran(Stored { ok, reply }))
+            let record = [app.into(), nonce.into(), kind.into(), reply.clone()];
+            let mut steps = Vec::with_capacity(staged.sql.len() + 3);
+            let mut sql = Vec::with_capacity(staged.sql.len() + 3);
+            if !staged.started {
+                steps.push(Step::Start);
+                sql.push("START TRANSACTION".to_string());
+            }
+            for s in staged.sql {
+                steps.push(Step::Staged);
+                sql.push(s);
+            }
+            steps.push(Step::Record);
+            sql.push(records_sql(&conn, &[record]));
+            steps.push(Step::Commit);
+            sql.push("COMMIT".into());
+            let Err((i, e)) = run_all(&mut conn, &sql.join(";")) else {
+                return Ok(Tried::Done(Once::Ran(Stored { ok, reply })));
+            };
+            crate::db::forget_if_broken(&mut conn, &e);
+            crate::db::roll_back(&mut conn);
+            return match (steps[i], Error::from_mysql(OP, e)) {
+                (Step::Staged, e) => {
+                    log::debug!("a staged write failed ({e}): the write runs again");
+                    Ok(Tried::Again(conn))
                 }
-                Err(e) => {
-                    crate::db::roll_back(&mut conn);
+                // The same request committed first, elsewhere.
+                (Step::Record, Error::Conflict { .. }) => {
                     drop(conn);
-                    match Error::from_mysql(OP, e) {
-                        // The same request committed first, elsewhere.
-                        Error::Conflict { .. } => self.replayed(app, nonce),
-                        other => Err(other),
-                    }
+                    self.replayed(app, nonce).map(Tried::Done)
                 }
+                (_, e) => Err(e),
             };
         }
-        // A refusal: nothing it did stays.
-        crate::db::roll_back(&mut conn);
+        // A refusal: nothing it did stays (and nothing went out if it
+        // started no transaction).
+        if staged.started {
+            crate::db::roll_back(&mut conn);
+        }
         drop(conn);
         if let Some(s) = self.stored(app, nonce)? {
             // It ran meanwhile elsewhere (this run tripped over its writes).
-            return Ok(Once::Replayed(s));
+            return Ok(Tried::Done(Once::Replayed(s)));
         }
         if keep_refusal {
             let inserted = self.db.with_conn(OP, |c| {
@@ -290,10 +489,10 @@ impl<'a> Writes<'a> {
             if inserted == 0 {
                 // A run of the same request committed meanwhile (its record
                 // was not yet visible above): its reply is the answer.
-                return self.replayed(app, nonce);
+                return self.replayed(app, nonce).map(Tried::Done);
             }
         }
-        Ok(Once::Ran(Stored { ok, reply }))
+        Ok(Tried::Done(Once::Ran(Stored { ok, reply })))
     }
 
     /// Opens a group commit on this thread (see the module documentation).
@@ -348,12 +547,12 @@ impl<'a> Writes<'a> {
             for f in group.before_commit {
                 f(&mut conn)?;
             }
+            let mut sql = String::new();
             if !group.records.is_empty() {
-                conn.query_drop(records_sql(&conn, &group.records))?;
+                sql = records_sql(&conn, &group.records) + ";";
             }
-            // A round trip of its own, so that its failure is seen (see
-            // run_once).
-            conn.query_drop("COMMIT")
+            // Every result read, so that a failed COMMIT is seen.
+            run_all(&mut conn, &(sql + "COMMIT")).map_err(|(_, e)| e)
         })();
         done.map_err(|e| {
             crate::db::forget_if_broken(&mut conn, &e);
@@ -409,25 +608,42 @@ impl<'a> Writes<'a> {
         Some(Ok(Once::Ran(Stored { ok, reply })))
     }
 
-    /// Opens a transaction on `conn`, runs `handler` inside it (as the
-    /// run-once transaction of this thread), and gives back what it said
-    /// and the connection, the transaction still open.
+    /// Runs `handler` in a transaction on `conn` (as the run-once
+    /// transaction of this thread), and gives back what it said, what it
+    /// staged and the connection, the transaction still open. If
+    /// `staging`, the transaction starts with the first statement that goes
+    /// out ([`send_staged`]), maybe only at the commit; otherwise now.
     fn in_tx<R>(
         &self,
         mut conn: PooledConn,
         handler: &mut impl FnMut() -> R,
-    ) -> Result<(R, PooledConn)> {
+        staging: bool,
+    ) -> Result<(R, Staged, PooledConn)> {
         const OP: &str = "wire.run_once";
-        conn.query_drop("START TRANSACTION").map_err(|e| {
-            crate::db::forget_if_broken(&mut conn, &e);
-            Error::from_mysql(OP, e)
-        })?;
+        if !staging {
+            conn.query_drop("START TRANSACTION").map_err(|e| {
+                crate::db::forget_if_broken(&mut conn, &e);
+                Error::from_mysql(OP, e)
+            })?;
+        }
         let guard = TxGuard;
         TX.with(|t| *t.borrow_mut() = Some((self.db.id(), conn)));
+        if staging {
+            STAGED.with(|s| {
+                *s.borrow_mut() = Some(Staged {
+                    started: false,
+                    ..Staged::started(self.db.id())
+                })
+            });
+        }
         let said = handler();
         match guard.finish() {
-            Some(conn) => Ok((said, conn)),
-            None => Err(Error::Internal {
+            (Some(conn), staged) => Ok((
+                said,
+                staged.unwrap_or_else(|| Staged::started(self.db.id())),
+                conn,
+            )),
+            (None, _) => Err(Error::Internal {
                 op: OP,
                 message: "the run-once transaction's connection was lost".into(),
             }),

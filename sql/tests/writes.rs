@@ -1,7 +1,8 @@
 //! Writes that run once (`wire_writes`) against a real MariaDB: a second run
 //! of the same `(app, nonce)` gets the stored reply and leaves no write of
 //! its own; a refusal leaves nothing but its record; two nodes running the
-//! same request at once commit one of them.
+//! same request at once commit one of them; a write staged for the commit
+//! that fails there is run again and refused.
 
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -136,6 +137,88 @@ fn the_same_request_on_two_nodes_at_once_commits_once() {
         listed(&db, "D1") != listed(&db, "D2"),
         "exactly one write stays"
     );
+}
+
+/// A run-once `blacklist.add` of `id_card` under `nonce`; how many times
+/// its handler ran, and what became of it.
+fn add_counting_runs(db: &Db, nonce: &str, id_card: &str) -> (u32, Once) {
+    let mut runs = 0;
+    let once = db
+        .writes()
+        .run_once("cli", nonce, "blacklist.add", || {
+            runs += 1;
+            add(db, id_card)
+        })
+        .unwrap();
+    (runs, once)
+}
+
+#[test]
+fn a_staged_write_that_fails_at_the_commit_runs_the_handler_again_which_meets_its_error() {
+    let db = testing::fresh();
+    assert_eq!(
+        add_counting_runs(&db, "00112233445566f1", "F1"),
+        (
+            1,
+            Once::Ran(Stored {
+                ok: true,
+                reply: "{\"id_card\":\"F1\"}".into()
+            })
+        ),
+        "staged, then sent with the record and the commit"
+    );
+    // F1 again: its staged insert fails in the commit's query, after the
+    // handler said ok. The handler runs again, its insert sent at once,
+    // and refuses; the refusal is what is recorded.
+    let conflict = Stored {
+        ok: false,
+        reply: "{\"code\":\"conflict\"}".into(),
+    };
+    assert_eq!(
+        add_counting_runs(&db, "00112233445566f2", "F1"),
+        (2, Once::Ran(conflict.clone()))
+    );
+    assert_eq!(
+        add_counting_runs(&db, "00112233445566f2", "F9"),
+        (1, Once::Replayed(conflict)),
+        "a resend is answered from the record (its handler's run undone)"
+    );
+    assert!(!listed(&db, "F9"));
+    // The connection came back clean: the next write commits.
+    assert_eq!(add_counting_runs(&db, "00112233445566f3", "F3").0, 1);
+    assert!(listed(&db, "F3"));
+}
+
+#[test]
+fn a_statement_the_handler_sends_itself_goes_after_what_it_staged() {
+    let db = testing::fresh();
+    let mut seen = None;
+    let ran = db
+        .writes()
+        .run_once("cli", "00112233445566f4", "blacklist.add", || {
+            let r = add(&db, "F4");
+            // Sent now, in the write's transaction: it sees the staged add.
+            seen = Some(listed(&db, "F4"));
+            r
+        })
+        .unwrap();
+    assert!(matches!(ran, Once::Ran(Stored { ok: true, .. })));
+    assert_eq!(seen, Some(true));
+    assert!(listed(&db, "F4"));
+    // A staged write that fails when a later statement sends it: that run
+    // is thrown away, and the handler meets the error in the next.
+    let mut runs = 0;
+    let refused = db
+        .writes()
+        .run_once("cli", "00112233445566f5", "blacklist.add", || {
+            runs += 1;
+            let r = add(&db, "F4");
+            listed(&db, "F4");
+            r
+        })
+        .unwrap();
+    assert_eq!(runs, 2);
+    assert!(matches!(refused, Once::Ran(Stored { ok: false, .. })));
 }
 
 #[test]
