@@ -35,15 +35,15 @@ impl<'a> Audit<'a> {
         Audit { db }
     }
 
-    /// Records `r` (in the run-once write's transaction, inside one).
+    /// Records `r` (in the run-once write's transaction, inside one, and
+    /// staged for its commit: [`Db::exec_write`]).
     pub fn record(&self, r: &Record<'_>) -> Result<()> {
         let at = crate::time::now_ms().max(0) as u64;
-        self.db.with_conn("audit.record", |c| {
-            c.exec_drop(
-                "INSERT INTO audit (at, actor, node, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                (at, r.actor, r.node, r.action, r.subject, r.detail),
-            )
-        })
+        self.db.exec_write(
+            "audit.record",
+            "INSERT INTO audit (at, actor, node, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (at, r.actor, r.node, r.action, r.subject, r.detail),
+        )
     }
 
     /// Up to `limit` entries older than entry `before`, newest first; only
