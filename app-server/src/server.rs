@@ -505,6 +505,9 @@ impl Server {
                 let p = pipeline.clone();
                 let server = dsf_common::pipeline::metrics::serve(at, move || {
                     p.metrics().set_parked(p.server().parked());
+                    let shared = p.server().db().writes().shared_commits();
+                    p.metrics()
+                        .set_shared_commits(shared.commits, shared.writes, shared.failed);
                     p.metrics().render()
                 })
                 .map_err(|e| Error::Io {

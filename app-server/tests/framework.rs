@@ -618,6 +618,14 @@ fn metrics_layer_counts_each_type_its_errors_and_latency_on_metrics() {
         page.contains("dsf_request_duration_seconds_count{type=\"test.echo\"} 4\n"),
         "{page}"
     );
+    // No write ran: no commit was shared (sql/tests/writes.rs counts them).
+    for family in [
+        "dsf_shared_commits_total{outcome=\"committed\"} 0\n",
+        "dsf_shared_commits_total{outcome=\"failed\"} 0\n",
+        "dsf_shared_commit_writes_total 0\n",
+    ] {
+        assert!(page.contains(family), "{family} in {page}");
+    }
     dsf_common::testing::assert_promtool_accepts(&page);
 }
 

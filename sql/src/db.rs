@@ -240,6 +240,8 @@ struct Inner {
     warm: std::sync::Mutex<std::collections::HashSet<(usize, u32, u64)>>,
     /// [`Db::probe`]'s connection to each node.
     probe: std::sync::Mutex<Vec<Option<Conn>>>,
+    /// Staged run-once writes of many threads, committed together.
+    shared: crate::writes::Shared,
 }
 
 /// One database node of the list.
@@ -351,6 +353,7 @@ impl Db {
                 galera,
                 warm: Default::default(),
                 probe: Default::default(),
+                shared: Default::default(),
             }),
         };
         // A first node that connects but cannot serve (a Galera node cut
@@ -821,6 +824,12 @@ impl Db {
     /// Identifies the pool (clones share it), for the run-once transaction.
     pub(crate) fn id(&self) -> usize {
         Arc::as_ptr(&self.inner) as usize
+    }
+
+    /// Where this pool's threads meet to commit their staged writes
+    /// together.
+    pub(crate) fn shared(&self) -> &crate::writes::Shared {
+        &self.inner.shared
     }
 }
 

@@ -22,7 +22,18 @@
 //! statement sent as it comes, so it meets its error where it made the
 //! write. Every result of the combined query is read: an error of its
 //! third statement is as visible as one of its first (dropping the result
-//! unread, as `query_drop` does, would hide it).
+//! unread, as `query_drop` does, would hide it). On Galera the `COMMIT`
+//! goes in a round trip of its own: at the end of a multi-statement query
+//! it lost writes under certification conflicts while answering OK.
+//!
+//! **Staged writes of many connections commit together.** A write whose
+//! statements were all staged is text that any thread can send, so the
+//! threads of one [`Db`] that finish such writes at the same time share
+//! one transaction: the first to find none in flight sends every waiting
+//! write's statements, their records in one `INSERT`, and one `COMMIT`;
+//! the others wait for it (up to [`SHARED_MAX`] writes a query). If that
+//! query fails anywhere, nothing of it stays, and each write is sent again
+//! on its own, as above, where its own error is its own.
 //!
 //! A refusal (the handler's error) is rolled back, then recorded on its own
 //! so a resend gets the same answer; errors that say "try again"
@@ -41,6 +52,8 @@
 //! group's insert, and the write then meets its record on its own).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use mysql::prelude::Queryable;
 use mysql::PooledConn;
@@ -337,6 +350,27 @@ fn run_all(conn: &mut PooledConn, sql: &str) -> std::result::Result<(), (usize, 
     Ok(())
 }
 
+/// Sends `sql` (statements, the last of them `COMMIT`) as [`run_all`]
+/// does, in one round trip; on Galera the `COMMIT` goes in a round trip
+/// of its own. A Galera `COMMIT` at the end of a multi-statement query
+/// lost writes under certification conflicts while answering OK, even
+/// with every result read (`sql/tests/galera.rs`, duplicate numbers);
+/// on its own it says when it fails.
+fn run_with_commit(
+    conn: &mut PooledConn,
+    galera: bool,
+    sql: &[String],
+) -> std::result::Result<(), (usize, mysql::Error)> {
+    if !galera {
+        return run_all(conn, &sql.join(";"));
+    }
+    let (commit, before) = sql.split_last().expect("a COMMIT");
+    if !before.is_empty() {
+        run_all(conn, &before.join(";"))?;
+    }
+    run_all(conn, commit).map_err(|(_, e)| (before.len(), e))
+}
+
 /// `sql` with each `?` replaced by its value of `params` as an SQL literal
 /// (escaped for a session with or without `NO_BACKSLASH_ESCAPES`, as
 /// `plain` says); `None` for named parameters or a count that does not
@@ -356,6 +390,124 @@ fn as_text(sql: &str, params: &mysql::Params, plain: bool) -> Option<String> {
         text.push_str(part);
     }
     values.next().is_none().then_some(text)
+}
+
+/// Sends a run-once write's staged statements `sql` (after `START
+/// TRANSACTION` unless `started`), its `record` and `COMMIT` in one query;
+/// the statement that failed, if one did.
+fn commit_alone(
+    conn: &mut PooledConn,
+    galera: bool,
+    started: bool,
+    sql: Vec<String>,
+    record: [String; 4],
+) -> std::result::Result<(), (Step, mysql::Error)> {
+    let mut steps = Vec::with_capacity(sql.len() + 3);
+    let mut all = Vec::with_capacity(sql.len() + 3);
+    if !started {
+        steps.push(Step::Start);
+        all.push("START TRANSACTION".to_string());
+    }
+    for s in sql {
+        steps.push(Step::Staged);
+        all.push(s);
+    }
+    steps.push(Step::Record);
+    all.push(records_sql(conn, &[record]));
+    steps.push(Step::Commit);
+    all.push("COMMIT".into());
+    run_with_commit(conn, galera, &all).map_err(|(i, e)| (steps[i], e))
+}
+
+/// Sends the staged writes of `batch` in one transaction: their
+/// statements, their records in one `INSERT`, one `COMMIT`.
+fn commit_together(conn: &mut PooledConn, galera: bool, batch: &[Waiting]) -> mysql::Result<()> {
+    let mut all = vec!["START TRANSACTION".to_string()];
+    for w in batch {
+        all.extend(w.sql.iter().cloned());
+    }
+    let records: Vec<[String; 4]> = batch.iter().map(|w| w.record.clone()).collect();
+    all.push(records_sql(conn, &records));
+    all.push("COMMIT".into());
+    run_with_commit(conn, galera, &all).map_err(|(_, e)| e)
+}
+
+/// The most staged writes one shared commit takes.
+pub const SHARED_MAX: usize = 64;
+
+/// Staged writes waiting to be committed together: one per [`Db`].
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    state: Mutex<SharedState>,
+    turn: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SharedState {
+    /// A thread is sending a shared commit.
+    leading: bool,
+    waiting: Vec<Waiting>,
+    next_ticket: u64,
+    /// How each write sent in a shared commit ended: `None` committed,
+    /// `Some` given back to be sent alone.
+    ended: HashMap<u64, Option<Waiting>>,
+    counts: SharedCommits,
+}
+
+/// What the commits shared across connections did so far
+/// ([`Writes::shared_commits`]); a write its own thread sent alone is not
+/// counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedCommits {
+    /// Shared commits that went through.
+    pub commits: u64,
+    /// The writes in them.
+    pub writes: u64,
+    /// Shared commits that failed (their writes were then sent alone).
+    pub failed: u64,
+}
+
+/// A staged write waiting for a shared commit.
+#[derive(Debug)]
+struct Waiting {
+    ticket: u64,
+    sql: Vec<String>,
+    record: [String; 4],
+}
+
+/// The batch a thread is sending as a shared commit. Dropped (also if
+/// the sending panicked), it hands the lead on and tells each write how
+/// it ended: committed, or given back to be sent alone.
+struct Leading<'a> {
+    shared: &'a Shared,
+    batch: Vec<Waiting>,
+    committed: bool,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.leading = false;
+        if !self.batch.is_empty() {
+            if self.committed {
+                state.counts.commits += 1;
+                state.counts.writes += self.batch.len() as u64;
+            } else {
+                state.counts.failed += 1;
+            }
+        }
+        for w in self.batch.drain(..) {
+            let ticket = w.ticket;
+            state.ended.insert(ticket, (!self.committed).then_some(w));
+        }
+        self.shared.turn.notify_all();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, SharedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Which statement of a write's last query failed.
@@ -439,26 +591,17 @@ impl<'a> Writes<'a> {
         }
         if ok {
             let record = [app.into(), nonce.into(), kind.into(), reply.clone()];
-            let mut steps = Vec::with_capacity(staged.sql.len() + 3);
-            let mut sql = Vec::with_capacity(staged.sql.len() + 3);
-            if !staged.started {
-                steps.push(Step::Start);
-                sql.push("START TRANSACTION".to_string());
-            }
-            for s in staged.sql {
-                steps.push(Step::Staged);
-                sql.push(s);
-            }
-            steps.push(Step::Record);
-            sql.push(records_sql(&conn, &[record]));
-            steps.push(Step::Commit);
-            sql.push("COMMIT".into());
-            let Err((i, e)) = run_all(&mut conn, &sql.join(";")) else {
+            let sent = if staged.started {
+                commit_alone(&mut conn, self.db.is_galera(), true, staged.sql, record)
+            } else {
+                self.commit_shared(&mut conn, staged.sql, record)
+            };
+            let Err((step, e)) = sent else {
                 return Ok(Tried::Done(Once::Ran(Stored { ok, reply })));
             };
             crate::db::forget_if_broken(&mut conn, &e);
             crate::db::roll_back(&mut conn);
-            return match (steps[i], Error::from_mysql(OP, e)) {
+            return match (step, Error::from_mysql(OP, e)) {
                 (Step::Staged, e) => {
                     log::debug!("a staged write failed ({e}): the write runs again");
                     Ok(Tried::Again(conn))
@@ -547,12 +690,12 @@ impl<'a> Writes<'a> {
             for f in group.before_commit {
                 f(&mut conn)?;
             }
-            let mut sql = String::new();
+            let mut sql = Vec::with_capacity(2);
             if !group.records.is_empty() {
-                sql = records_sql(&conn, &group.records) + ";";
+                sql.push(records_sql(&conn, &group.records));
             }
-            // Every result read, so that a failed COMMIT is seen.
-            run_all(&mut conn, &(sql + "COMMIT")).map_err(|(_, e)| e)
+            sql.push("COMMIT".to_string());
+            run_with_commit(&mut conn, self.db.is_galera(), &sql).map_err(|(_, e)| e)
         })();
         done.map_err(|e| {
             crate::db::forget_if_broken(&mut conn, &e);
@@ -606,6 +749,84 @@ impl<'a> Writes<'a> {
             });
         }
         Some(Ok(Once::Ran(Stored { ok, reply })))
+    }
+
+    /// What the commits shared across this pool's connections did so far.
+    pub fn shared_commits(&self) -> SharedCommits {
+        self.db.shared().lock().counts
+    }
+
+    /// How many staged writes wait for a shared commit now.
+    pub fn shared_waiting(&self) -> usize {
+        self.db.shared().lock().waiting.len()
+    }
+
+    /// Commits a write whose statements were all staged, with its record:
+    /// together with the staged writes other threads of this pool finish
+    /// meanwhile, or alone (see the module documentation). The error is
+    /// that of the write's own query, sent alone.
+    fn commit_shared(
+        &self,
+        conn: &mut PooledConn,
+        sql: Vec<String>,
+        record: [String; 4],
+    ) -> std::result::Result<(), (Step, mysql::Error)> {
+        let shared = self.db.shared();
+        let mut state = shared.lock();
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.waiting.push(Waiting {
+            ticket,
+            sql,
+            record,
+        });
+        loop {
+            match state.ended.remove(&ticket) {
+                Some(None) => return Ok(()),
+                Some(Some(mine)) => {
+                    drop(state);
+                    return commit_alone(conn, self.db.is_galera(), false, mine.sql, mine.record);
+                }
+                None => {}
+            }
+            if state.leading {
+                state = shared.turn.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            state.leading = true;
+            let n = state.waiting.len().min(SHARED_MAX);
+            let mut lead = Leading {
+                shared,
+                batch: state.waiting.drain(..n).collect(),
+                committed: false,
+            };
+            drop(state);
+            if let [only] = lead.batch.as_slice() {
+                if only.ticket == ticket {
+                    // Alone: its own query, its own error.
+                    let mine = lead.batch.pop().expect("one");
+                    // The lead is held until it is sent: writes that come
+                    // meanwhile wait, to go together after it.
+                    let sent =
+                        commit_alone(conn, self.db.is_galera(), false, mine.sql, mine.record);
+                    drop(lead);
+                    return sent;
+                }
+            }
+            match commit_together(conn, self.db.is_galera(), &lead.batch) {
+                Ok(()) => lead.committed = true,
+                Err(e) => {
+                    log::debug!(
+                        "a commit shared by {} writes failed ({e}): each is sent alone",
+                        lead.batch.len()
+                    );
+                    crate::db::forget_if_broken(conn, &e);
+                    crate::db::roll_back(conn);
+                }
+            }
+            drop(lead);
+            state = shared.lock();
+        }
     }
 
     /// Runs `handler` in a transaction on `conn` (as the run-once

@@ -221,6 +221,124 @@ fn a_statement_the_handler_sends_itself_goes_after_what_it_staged() {
     assert!(matches!(refused, Once::Ran(Stored { ok: false, .. })));
 }
 
+/// Runs `cards` (nonce, id card) at once on threads of their own, each a
+/// run-once `blacklist.add`, while the staged write of `L0` waits for a
+/// row lock this test holds: they queue for the next shared commit, which
+/// runs once the lock is let go. What became of each, in order.
+/// `other` is a pool of its own, as another node: it inserts the first
+/// write's id card and does not commit, so that write waits.
+fn queued_behind_a_lock(db: &Db, other: &Db, held: &str, cards: &[(&str, &str)]) -> Vec<Once> {
+    use mysql::prelude::Queryable;
+    other
+        .with_conn_result("test", |holder| {
+            holder.query_drop("START TRANSACTION")?;
+            holder.exec_drop(
+                "INSERT INTO blacklist (id_card, name, created_by, created_at, updated_by, updated_at) \
+                 VALUES (?, 'held', 'test', 0, 'test', 0)",
+                (held,),
+            )?;
+            Ok(std::thread::scope(|s| {
+                let nonce = format!("{:0>16}", held.to_lowercase());
+                let first = s.spawn(move || add_counting_runs(db, &nonce, held).1);
+                // Its query in flight (a user sees its own threads).
+                let pattern = format!("%INSERT INTO blacklist%'{held}'%");
+                wait_until("the first write to wait for the held row", || {
+                    let running: Option<u64> = db
+                        .with_conn_result("test", |c| {
+                            Ok(c.exec_first(
+                                "SELECT COUNT(*) FROM information_schema.processlist \
+                                 WHERE command = 'Query' AND info LIKE ? AND id <> CONNECTION_ID()",
+                                (&pattern,),
+                            )?)
+                        })
+                        .unwrap();
+                    running == Some(1)
+                });
+                let rest: Vec<_> = cards
+                    .iter()
+                    .map(|(nonce, card)| s.spawn(move || add_counting_runs(db, nonce, card).1))
+                    .collect();
+                wait_until("every other write to queue for a shared commit", || {
+                    db.writes().shared_waiting() == cards.len()
+                });
+                holder.query_drop("ROLLBACK").unwrap();
+                assert!(matches!(
+                    first.join().unwrap(),
+                    Once::Ran(Stored { ok: true, .. })
+                ));
+                rest.into_iter().map(|t| t.join().unwrap()).collect()
+            }))
+        })
+        .unwrap()
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn staged_writes_of_many_connections_commit_together_and_alone_when_one_fails() {
+    let test_db = testing::fresh();
+    // A connection for each write at once, as an app server's workers.
+    let mut cfg = test_db.config();
+    cfg.workers = 16;
+    let db = Db::connect(&cfg).unwrap();
+    let other = Db::connect(&test_db.config()).unwrap();
+    let cards: Vec<(String, String)> = (1..=8)
+        .map(|i| (format!("00000000000000m{i}"), format!("M{i}")))
+        .collect();
+    let cards: Vec<(&str, &str)> = cards
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_str()))
+        .collect();
+    let ran = queued_behind_a_lock(&db, &other, "L0", &cards);
+    assert!(
+        ran.iter()
+            .all(|o| matches!(o, Once::Ran(Stored { ok: true, .. }))),
+        "{ran:?}"
+    );
+    assert_eq!(
+        db.writes().shared_commits(),
+        dsf_sql::writes::SharedCommits {
+            commits: 1,
+            writes: 8,
+            failed: 0
+        },
+        "the eight queued writes went in one commit"
+    );
+    assert!(cards.iter().all(|(_, c)| listed(&db, c)));
+    // Eight more, one of them an id card listed already: the shared commit
+    // fails, each is sent alone, and only that one is refused.
+    let mut cards: Vec<(String, String)> = (1..=8)
+        .map(|i| (format!("00000000000000n{i}"), format!("N{i}")))
+        .collect();
+    cards[3].1 = "M2".into();
+    let cards: Vec<(&str, &str)> = cards
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_str()))
+        .collect();
+    let ran = queued_behind_a_lock(&db, &other, "L1", &cards);
+    for (i, once) in ran.iter().enumerate() {
+        let ok = i != 3;
+        assert!(
+            matches!(once, Once::Ran(Stored { ok: o, .. }) if *o == ok),
+            "write {i}: {once:?}"
+        );
+    }
+    assert_eq!(db.writes().shared_commits().failed, 1);
+    assert!(cards
+        .iter()
+        .filter(|(_, c)| *c != "M2")
+        .all(|(_, c)| listed(&db, c)));
+}
+
 #[test]
 fn records_older_than_the_window_are_deleted() {
     let db = testing::fresh();

@@ -8,7 +8,11 @@
 //!   route (bad signature, stale, replayed, unknown type, draining);
 //! - `dsf_groups_total{outcome}`: batches of batched requests run in one
 //!   group (`committed`, or `rerun` one by one after it broke), and
-//!   `dsf_grouped_requests_total`: the requests of those committed.
+//!   `dsf_grouped_requests_total`: the requests of those committed;
+//! - `dsf_shared_commits_total{outcome}`: commits that one thread sent for
+//!   the run-once writes of several connections (`committed`, or `failed`
+//!   and each write sent alone), and `dsf_shared_commit_writes_total`:
+//!   the writes of those committed.
 //!
 //! The families are `prometheus-client`'s; each route's counters are
 //! looked up once, when the server is built, so a request costs two
@@ -66,6 +70,8 @@ pub struct Metrics {
     parked: Gauge,
     groups: Family<OutcomeLabel, Counter>,
     grouped: Counter,
+    /// Shared commits: committed, their writes, failed (sampled).
+    shared: [AtomicU64; 3],
     load: Option<Load>,
 }
 
@@ -102,6 +108,7 @@ impl Metrics {
             parked: Gauge::default(),
             groups: Family::default(),
             grouped: Counter::default(),
+            shared: Default::default(),
             load: load.then(Load::new),
         }
     }
@@ -121,6 +128,15 @@ impl Metrics {
     /// a page is rendered).
     pub fn set_parked(&self, n: usize) {
         self.parked.set(n as i64);
+    }
+
+    /// Sets the totals of the commits shared across connections
+    /// (`dsf_sql::writes::SharedCommits`, sampled by the server as a page
+    /// is rendered): committed, the writes in them, failed.
+    pub fn set_shared_commits(&self, committed: u64, writes: u64, failed: u64) {
+        for (at, v) in self.shared.iter().zip([committed, writes, failed]) {
+            at.store(v, Ordering::Relaxed);
+        }
     }
 
     /// Counts a batch of `n` requests run in one group: committed, or
@@ -164,6 +180,27 @@ impl Metrics {
             "dsf_grouped_requests",
             "Requests of the batches committed together",
             self.grouped.clone(),
+        );
+        let outcomes = Family::<OutcomeLabel, Counter>::default();
+        outcomes
+            .get_or_create(&OutcomeLabel {
+                outcome: "committed",
+            })
+            .inc_by(self.shared[0].load(Ordering::Relaxed));
+        outcomes
+            .get_or_create(&OutcomeLabel { outcome: "failed" })
+            .inc_by(self.shared[2].load(Ordering::Relaxed));
+        registry.register(
+            "dsf_shared_commits",
+            "Commits one thread sent for the run-once writes of several connections: committed, or failed and each write sent alone",
+            outcomes,
+        );
+        registry.register(
+            "dsf_shared_commit_writes",
+            "Run-once writes of the shared commits that committed",
+            prometheus_client::metrics::counter::ConstCounter::new(
+                self.shared[1].load(Ordering::Relaxed),
+            ),
         );
         registry.register(
             "dsf_long_polls_parked",
