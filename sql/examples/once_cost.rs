@@ -96,4 +96,9 @@ fn main() {
             );
         }
     }
+    let shared = db.writes().shared_commits();
+    println!(
+        "# writes committed together across threads: {} in {} shared commits ({} failed)",
+        shared.writes, shared.commits, shared.failed
+    );
 }
