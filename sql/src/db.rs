@@ -68,6 +68,9 @@ pub const CAUSAL_READS: &str = "SET SESSION wsrep_sync_wait = 1";
 /// How long a pooled connection may go unused and still be handed out
 /// without a liveness check (HikariCP's `aliveBypassWindowMs`).
 pub const ALIVE_BYPASS: Duration = Duration::from_millis(500);
+/// How long a staged write waits to join a commit shared with other
+/// connections before it is sent alone (see `writes`).
+pub const SHARED_COMMIT_WAIT: Duration = Duration::from_millis(50);
 
 /// How to reach the database and how many connections to keep.
 #[derive(Debug, Clone)]
@@ -103,6 +106,11 @@ pub struct DbConfig {
     /// claimed or a message stored through another node is seen. Set by
     /// [`Db::connect_once`] when the server has `wsrep_on`.
     pub causal_reads: bool,
+    /// How long a staged run-once write waits for a commit shared with
+    /// other connections while one is in flight, before it is sent alone
+    /// (default [`SHARED_COMMIT_WAIT`]): what one write stuck on a lock
+    /// can cost the others.
+    pub shared_commit_wait: Duration,
 }
 
 // === impl DbConfig ===
@@ -123,6 +131,7 @@ impl DbConfig {
             startup_deadline: DEFAULT_STARTUP_DEADLINE,
             alive_bypass: ALIVE_BYPASS,
             causal_reads: false,
+            shared_commit_wait: SHARED_COMMIT_WAIT,
         }
     }
 
@@ -242,6 +251,7 @@ struct Inner {
     probe: std::sync::Mutex<Vec<Option<Conn>>>,
     /// Staged run-once writes of many threads, committed together.
     shared: crate::writes::Shared,
+    shared_commit_wait: Duration,
 }
 
 /// One database node of the list.
@@ -354,6 +364,7 @@ impl Db {
                 warm: Default::default(),
                 probe: Default::default(),
                 shared: Default::default(),
+                shared_commit_wait: cfg.shared_commit_wait,
             }),
         };
         // A first node that connects but cannot serve (a Galera node cut
@@ -649,10 +660,9 @@ impl Db {
     /// even if `f` panics, so that run_once's guard rolls its transaction
     /// back instead of the pool getting one with a transaction open.
     fn on_run_once<T, F: FnOnce(&mut PooledConn) -> T>(&self, f: F) -> std::result::Result<T, F> {
-        let Some(mut conn) = take_tx(self.id()) else {
+        let Some(conn) = take_tx(self.id()) else {
             return Err(f);
         };
-        crate::writes::send_staged(self.id(), &mut conn);
         struct GiveBack(usize, Option<PooledConn>);
         impl Drop for GiveBack {
             fn drop(&mut self) {
@@ -662,7 +672,9 @@ impl Db {
             }
         }
         let mut held = GiveBack(self.id(), Some(conn));
-        Ok(f(held.1.as_mut().expect("just put there")))
+        let conn = held.1.as_mut().expect("just put there");
+        crate::writes::send_staged(self.id(), conn);
+        Ok(f(conn))
     }
 
     /// Runs a write whose caller needs nothing back but its success:
@@ -830,6 +842,11 @@ impl Db {
     /// together.
     pub(crate) fn shared(&self) -> &crate::writes::Shared {
         &self.inner.shared
+    }
+
+    /// [`DbConfig::shared_commit_wait`].
+    pub(crate) fn shared_commit_wait(&self) -> Duration {
+        self.inner.shared_commit_wait
     }
 }
 

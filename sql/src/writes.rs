@@ -33,7 +33,9 @@
 //! write's statements, their records in one `INSERT`, and one `COMMIT`;
 //! the others wait for it (up to [`SHARED_MAX`] writes a query). If that
 //! query fails anywhere, nothing of it stays, and each write is sent again
-//! on its own, as above, where its own error is its own.
+//! on its own, as above, where its own error is its own. A write that has
+//! waited [`DbConfig::shared_commit_wait`](crate::DbConfig) for a commit
+//! in flight (one stuck on a lock, say) leaves the queue and is sent alone.
 //!
 //! A refusal (the handler's error) is rolled back, then recorded on its own
 //! so a resend gets the same answer; errors that say "try again"
@@ -119,8 +121,9 @@ struct Staged {
     /// The staged statements as text, in order.
     sql: Vec<String>,
     /// Sending them before a statement of the handler's failed: this run
-    /// is thrown away.
-    failed: bool,
+    /// is thrown away (and `true` if the connection is gone, so that it
+    /// is not run again on it).
+    failed: Option<bool>,
 }
 
 impl Staged {
@@ -130,7 +133,7 @@ impl Staged {
             db,
             started: true,
             sql: Vec::new(),
-            failed: false,
+            failed: None,
         }
     }
 }
@@ -292,7 +295,7 @@ pub(crate) fn stage(db: usize, sql: &str, params: &mysql::Params) -> bool {
         let Some(staged) = s.as_mut().filter(|s| s.db == db) else {
             return false;
         };
-        if staged.failed {
+        if staged.failed.is_some() {
             // This run is thrown away: nothing needs sending.
             return true;
         }
@@ -315,7 +318,7 @@ pub(crate) fn send_staged(db: usize, conn: &mut PooledConn) {
         let Some(staged) = s.as_mut().filter(|s| s.db == db) else {
             return;
         };
-        if staged.failed || (staged.started && staged.sql.is_empty()) {
+        if staged.failed.is_some() || (staged.started && staged.sql.is_empty()) {
             return;
         }
         let mut sql = Vec::with_capacity(staged.sql.len() + 1);
@@ -324,13 +327,17 @@ pub(crate) fn send_staged(db: usize, conn: &mut PooledConn) {
         }
         sql.append(&mut staged.sql);
         staged.started = true;
-        if let Err((i, e)) = run_all(conn, &sql.join(";")) {
-            log::debug!(
-                "a staged write failed ({e}) in {:?}: the write runs again",
-                sql[i]
-            );
+        if let Err((_, e)) = run_all(conn, &sql.join(";")) {
+            log::debug!("a staged write failed ({e}): the write runs again");
+            staged.failed = Some(e.is_connectivity_error());
             crate::db::forget_if_broken(conn, &e);
-            staged.failed = true;
+            // A deadlock rolled the transaction back: what the handler
+            // sends next must not commit on its own. A read-only
+            // transaction refuses its writes, and is rolled back with the
+            // run.
+            if !e.is_connectivity_error() {
+                let _ = run_all(conn, "ROLLBACK;START TRANSACTION READ ONLY");
+            }
         }
     })
 }
@@ -381,6 +388,16 @@ fn as_text(sql: &str, params: &mysql::Params, plain: bool) -> Option<String> {
         mysql::Params::Positional(values) => values,
         mysql::Params::Named(_) => return None,
     };
+    // One statement, one result: results are counted to say which
+    // statement failed. A float that is not finite has no literal.
+    let not_finite = |v: &mysql::Value| match v {
+        mysql::Value::Float(f) => !f.is_finite(),
+        mysql::Value::Double(d) => !d.is_finite(),
+        _ => false,
+    };
+    if sql.contains(';') || values.iter().any(not_finite) {
+        return None;
+    }
     let mut values = values.iter();
     let mut text = String::with_capacity(sql.len() + 24 * values.len());
     for (i, part) in sql.split('?').enumerate() {
@@ -416,7 +433,8 @@ fn commit_alone(
     all.push(records_sql(conn, &[record]));
     steps.push(Step::Commit);
     all.push("COMMIT".into());
-    run_with_commit(conn, galera, &all).map_err(|(i, e)| (steps[i], e))
+    run_with_commit(conn, galera, &all)
+        .map_err(|(i, e)| (steps.get(i).copied().unwrap_or(Step::Commit), e))
 }
 
 /// Sends the staged writes of `batch` in one transaction: their
@@ -535,10 +553,13 @@ impl<'a> Writes<'a> {
 
     /// Runs `handler` once for `(app, nonce)`: see the module documentation.
     /// `handler` returns whether it succeeded, the reply's payload (the body,
-    /// or the error object), and whether a refusal should be recorded. On
-    /// Galera it runs twice the first time a connection meets a `kind`: once
-    /// to prepare the statements, rolled back, then for real (see
-    /// `db::op_key`); it must start afresh each time.
+    /// or the error object), and whether a refusal should be recorded. It
+    /// may run up to three times, and must start afresh each time: on
+    /// Galera, the first time a connection meets a `kind`, once to prepare
+    /// the statements, rolled back (see `db::op_key`); and once more with
+    /// its statements sent as they come when a staged write failed, or
+    /// when it refused after staging writes (they might have failed, and it
+    /// would have refused for that).
     pub fn run_once(
         &self,
         app: &str,
@@ -585,8 +606,25 @@ impl<'a> Writes<'a> {
     ) -> Result<Tried> {
         const OP: &str = "wire.run_once";
         let ((ok, reply, keep_refusal), staged, mut conn) = self.in_tx(conn, handler, staging)?;
-        if staged.failed {
-            crate::db::roll_back(&mut conn);
+        let gone = || Error::Unavailable {
+            op: OP,
+            reason: "the database connection broke during the write".into(),
+        };
+        match staged.failed {
+            Some(true) => return Err(gone()),
+            Some(false) => {
+                crate::db::roll_back(&mut conn);
+                return Ok(Tried::Again(conn));
+            }
+            None => {}
+        }
+        if !ok && !staged.sql.is_empty() {
+            // A refusal made after writes that were never sent: they might
+            // have failed, and the handler would have refused for that. It
+            // decides again, its statements sent as they come.
+            if staged.started {
+                crate::db::roll_back(&mut conn);
+            }
             return Ok(Tried::Again(conn));
         }
         if ok {
@@ -599,9 +637,11 @@ impl<'a> Writes<'a> {
             let Err((step, e)) = sent else {
                 return Ok(Tried::Done(Once::Ran(Stored { ok, reply })));
             };
+            let broken = e.is_connectivity_error();
             crate::db::forget_if_broken(&mut conn, &e);
             crate::db::roll_back(&mut conn);
             return match (step, Error::from_mysql(OP, e)) {
+                (Step::Staged, _) if broken => Err(gone()),
                 (Step::Staged, e) => {
                     log::debug!("a staged write failed ({e}): the write runs again");
                     Ok(Tried::Again(conn))
@@ -790,7 +830,26 @@ impl<'a> Writes<'a> {
                 None => {}
             }
             if state.leading {
-                state = shared.turn.wait(state).unwrap_or_else(|p| p.into_inner());
+                let waited = shared
+                    .turn
+                    .wait_timeout(state, self.db.shared_commit_wait())
+                    .unwrap_or_else(|p| p.into_inner());
+                state = waited.0;
+                if waited.1.timed_out() {
+                    // The commit in flight is slow (a lock, say): not worth
+                    // waiting for. Sent alone, unless a commit took it.
+                    if let Some(at) = state.waiting.iter().position(|w| w.ticket == ticket) {
+                        let mine = state.waiting.remove(at);
+                        drop(state);
+                        return commit_alone(
+                            conn,
+                            self.db.is_galera(),
+                            false,
+                            mine.sql,
+                            mine.record,
+                        );
+                    }
+                }
                 continue;
             }
             state.leading = true;
@@ -858,16 +917,18 @@ impl<'a> Writes<'a> {
             });
         }
         let said = handler();
+        let lost = |what: &str| Error::Internal {
+            op: OP,
+            message: format!("the run-once transaction's {what} was lost"),
+        };
         match guard.finish() {
-            (Some(conn), staged) => Ok((
-                said,
-                staged.unwrap_or_else(|| Staged::started(self.db.id())),
-                conn,
-            )),
-            (None, _) => Err(Error::Internal {
-                op: OP,
-                message: "the run-once transaction's connection was lost".into(),
-            }),
+            (Some(conn), Some(staged)) => Ok((said, staged, conn)),
+            (Some(conn), None) if !staging => Ok((said, Staged::started(self.db.id()), conn)),
+            (Some(mut conn), None) => {
+                crate::db::roll_back(&mut conn);
+                Err(lost("staged writes"))
+            }
+            (None, _) => Err(lost("connection")),
         }
     }
 

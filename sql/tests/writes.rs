@@ -240,19 +240,8 @@ fn queued_behind_a_lock(db: &Db, other: &Db, held: &str, cards: &[(&str, &str)])
             Ok(std::thread::scope(|s| {
                 let nonce = format!("{:0>16}", held.to_lowercase());
                 let first = s.spawn(move || add_counting_runs(db, &nonce, held).1);
-                // Its query in flight (a user sees its own threads).
-                let pattern = format!("%INSERT INTO blacklist%'{held}'%");
                 wait_until("the first write to wait for the held row", || {
-                    let running: Option<u64> = db
-                        .with_conn_result("test", |c| {
-                            Ok(c.exec_first(
-                                "SELECT COUNT(*) FROM information_schema.processlist \
-                                 WHERE command = 'Query' AND info LIKE ? AND id <> CONNECTION_ID()",
-                                (&pattern,),
-                            )?)
-                        })
-                        .unwrap();
-                    running == Some(1)
+                    running_insert_of(db, held)
                 });
                 let rest: Vec<_> = cards
                     .iter()
@@ -272,6 +261,23 @@ fn queued_behind_a_lock(db: &Db, other: &Db, held: &str, cards: &[(&str, &str)])
         .unwrap()
 }
 
+/// Whether a query inserting `id_card` into the blacklist is running now
+/// (a user sees its own threads in the process list).
+fn running_insert_of(db: &Db, id_card: &str) -> bool {
+    use mysql::prelude::Queryable;
+    let pattern = format!("%INSERT INTO blacklist%'{id_card}'%");
+    let running: Option<u64> = db
+        .with_conn_result("test", |c| {
+            Ok(c.exec_first(
+                "SELECT COUNT(*) FROM information_schema.processlist \
+                 WHERE command = 'Query' AND info LIKE ? AND id <> CONNECTION_ID()",
+                (&pattern,),
+            )?)
+        })
+        .unwrap();
+    running == Some(1)
+}
+
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !cond() {
@@ -289,6 +295,8 @@ fn staged_writes_of_many_connections_commit_together_and_alone_when_one_fails() 
     // A connection for each write at once, as an app server's workers.
     let mut cfg = test_db.config();
     cfg.workers = 16;
+    // They wait behind the held row for as long as the test takes.
+    cfg.shared_commit_wait = Duration::from_secs(60);
     let db = Db::connect(&cfg).unwrap();
     let other = Db::connect(&test_db.config()).unwrap();
     let cards: Vec<(String, String)> = (1..=8)
@@ -337,6 +345,71 @@ fn staged_writes_of_many_connections_commit_together_and_alone_when_one_fails() 
         .iter()
         .filter(|(_, c)| *c != "M2")
         .all(|(_, c)| listed(&db, c)));
+}
+
+#[test]
+fn staged_writes_behind_a_stuck_commit_are_sent_alone_after_a_while() {
+    let test_db = testing::fresh();
+    let mut cfg = test_db.config();
+    cfg.workers = 16;
+    cfg.shared_commit_wait = Duration::from_millis(50);
+    let db = Db::connect(&cfg).unwrap();
+    let other = Db::connect(&test_db.config()).unwrap();
+    other
+        .with_conn_result("test", |holder| {
+            use mysql::prelude::Queryable;
+            holder.query_drop("START TRANSACTION")?;
+            holder.query_drop(
+                "INSERT INTO blacklist (id_card, name, created_by, created_at, updated_by, updated_at) \
+                 VALUES ('P0', 'held', 'test', 0, 'test', 0)",
+            )?;
+            std::thread::scope(|s| {
+                let first = s.spawn(|| add_counting_runs(&db, "00000000000000p0", "P0").1);
+                wait_until("the first write to wait for the held row", || {
+                    running_insert_of(&db, "P0")
+                });
+                // While it waits, three others commit, alone.
+                for i in 1..=3 {
+                    let ran = add_counting_runs(&db, &format!("00000000000000p{i}"), &format!("P{i}")).1;
+                    assert!(matches!(ran, Once::Ran(Stored { ok: true, .. })), "{ran:?}");
+                    assert!(listed(&db, &format!("P{i}")));
+                }
+                assert!(running_insert_of(&db, "P0"), "the first still waits");
+                holder.query_drop("ROLLBACK").unwrap();
+                assert!(matches!(first.join().unwrap(), Once::Ran(Stored { ok: true, .. })));
+            });
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(db.writes().shared_commits(), Default::default());
+}
+
+#[test]
+fn a_refusal_after_a_staged_write_is_decided_again_with_the_write_sent() {
+    let db = testing::fresh();
+    assert_eq!(add_counting_runs(&db, "00112233445566q1", "Q1").0, 1);
+    // Refuses "custom" when its add went through, else says why the add
+    // failed. The add of Q1 is only staged at first: the refusal must not
+    // be recorded before the add is known to fail.
+    let mut runs = 0;
+    let once = db
+        .writes()
+        .run_once("cli", "00112233445566q2", "blacklist.add", || {
+            runs += 1;
+            match add(&db, "Q1") {
+                (true, ..) => (false, "{\"code\":\"custom\"}".into(), true),
+                refused => refused,
+            }
+        })
+        .unwrap();
+    assert_eq!(runs, 2);
+    assert_eq!(
+        once,
+        Once::Ran(Stored {
+            ok: false,
+            reply: "{\"code\":\"conflict\"}".into()
+        })
+    );
 }
 
 #[test]
