@@ -289,16 +289,24 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn staged_writes_of_many_connections_commit_together_and_alone_when_one_fails() {
+/// A fresh database, a pool on it with a connection for each of sixteen
+/// writes at once (as an app server's workers) whose staged writes wait
+/// `shared_commit_wait` for a shared commit, and another pool, as another
+/// node.
+fn pools(shared_commit_wait: Duration) -> (testing::TestDb, Db, Db) {
     let test_db = testing::fresh();
-    // A connection for each write at once, as an app server's workers.
     let mut cfg = test_db.config();
     cfg.workers = 16;
-    // They wait behind the held row for as long as the test takes.
-    cfg.shared_commit_wait = Duration::from_secs(60);
+    cfg.shared_commit_wait = shared_commit_wait;
     let db = Db::connect(&cfg).unwrap();
     let other = Db::connect(&test_db.config()).unwrap();
+    (test_db, db, other)
+}
+
+#[test]
+fn staged_writes_of_many_connections_commit_together_and_alone_when_one_fails() {
+    // They wait behind the held row for as long as the test takes.
+    let (_test_db, db, other) = pools(Duration::from_secs(60));
     let cards: Vec<(String, String)> = (1..=8)
         .map(|i| (format!("00000000000000m{i}"), format!("M{i}")))
         .collect();
@@ -349,12 +357,7 @@ fn staged_writes_of_many_connections_commit_together_and_alone_when_one_fails() 
 
 #[test]
 fn staged_writes_behind_a_stuck_commit_are_sent_alone_after_a_while() {
-    let test_db = testing::fresh();
-    let mut cfg = test_db.config();
-    cfg.workers = 16;
-    cfg.shared_commit_wait = Duration::from_millis(50);
-    let db = Db::connect(&cfg).unwrap();
-    let other = Db::connect(&test_db.config()).unwrap();
+    let (_test_db, db, other) = pools(Duration::from_millis(50));
     other
         .with_conn_result("test", |holder| {
             use mysql::prelude::Queryable;
