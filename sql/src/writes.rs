@@ -152,7 +152,7 @@ type BeforeCommit = Box<dyn FnOnce(&mut PooledConn) -> mysql::Result<()>>;
 /// a prepared statement, which on Galera may lose its transaction (see
 /// `db::op_key`). Strings are escaped for `conn`'s session (its
 /// `NO_BACKSLASH_ESCAPES`).
-fn records_sql(conn: &PooledConn, records: &[[String; 4]]) -> String {
+fn records_sql(conn: &PooledConn, records: &[&[String; 4]]) -> String {
     let plain = conn.no_backslash_escape();
     let mut sql = String::with_capacity(128 + 96 * records.len());
     sql.push_str("INSERT INTO wire_writes (app, nonce, kind, reply, ok, created_at) VALUES ");
@@ -161,7 +161,7 @@ fn records_sql(conn: &PooledConn, records: &[[String; 4]]) -> String {
             sql.push(',');
         }
         sql.push('(');
-        for v in r {
+        for v in r.iter() {
             sql.push_str(&mysql::Value::from(v.as_str()).as_sql(plain));
             sql.push(',');
         }
@@ -366,7 +366,7 @@ fn run_all(conn: &mut PooledConn, sql: &str) -> std::result::Result<(), (usize, 
 fn run_with_commit(
     conn: &mut PooledConn,
     galera: bool,
-    sql: &[String],
+    sql: &[&str],
 ) -> std::result::Result<(), (usize, mysql::Error)> {
     if !galera {
         return run_all(conn, &sql.join(";"));
@@ -409,45 +409,33 @@ fn as_text(sql: &str, params: &mysql::Params, plain: bool) -> Option<String> {
     values.next().is_none().then_some(text)
 }
 
-/// Sends a run-once write's staged statements `sql` (after `START
-/// TRANSACTION` unless `started`), its `record` and `COMMIT` in one query;
-/// the statement that failed, if one did.
-fn commit_alone(
+/// Commits staged writes in one transaction: `START TRANSACTION` unless
+/// `started`, their statements `sql`, their `records` in one `INSERT` (if
+/// any), `COMMIT`; one round trip ([`run_with_commit`]). The step that
+/// failed, if one did.
+fn commit_staged(
     conn: &mut PooledConn,
     galera: bool,
     started: bool,
-    sql: Vec<String>,
-    record: [String; 4],
+    sql: &[&str],
+    records: &[&[String; 4]],
 ) -> std::result::Result<(), (Step, mysql::Error)> {
-    let mut steps = Vec::with_capacity(sql.len() + 3);
+    let records = (!records.is_empty()).then(|| records_sql(conn, records));
+    let first = usize::from(!started);
     let mut all = Vec::with_capacity(sql.len() + 3);
     if !started {
-        steps.push(Step::Start);
-        all.push("START TRANSACTION".to_string());
+        all.push("START TRANSACTION");
     }
-    for s in sql {
-        steps.push(Step::Staged);
-        all.push(s);
-    }
-    steps.push(Step::Record);
-    all.push(records_sql(conn, &[record]));
-    steps.push(Step::Commit);
-    all.push("COMMIT".into());
-    run_with_commit(conn, galera, &all)
-        .map_err(|(i, e)| (steps.get(i).copied().unwrap_or(Step::Commit), e))
-}
-
-/// Sends the staged writes of `batch` in one transaction: their
-/// statements, their records in one `INSERT`, one `COMMIT`.
-fn commit_together(conn: &mut PooledConn, galera: bool, batch: &[Waiting]) -> mysql::Result<()> {
-    let mut all = vec!["START TRANSACTION".to_string()];
-    for w in batch {
-        all.extend(w.sql.iter().cloned());
-    }
-    let records: Vec<[String; 4]> = batch.iter().map(|w| w.record.clone()).collect();
-    all.push(records_sql(conn, &records));
-    all.push("COMMIT".into());
-    run_with_commit(conn, galera, &all).map_err(|(_, e)| e)
+    all.extend_from_slice(sql);
+    all.extend(records.as_deref());
+    all.push("COMMIT");
+    let step = |i: usize| match i.checked_sub(first + sql.len()) {
+        _ if i < first => Step::Start,
+        None => Step::Staged,
+        Some(0) if records.is_some() => Step::Record,
+        Some(_) => Step::Commit,
+    };
+    run_with_commit(conn, galera, &all).map_err(|(i, e)| (step(i), e))
 }
 
 /// The most staged writes one shared commit takes.
@@ -519,6 +507,18 @@ impl Drop for Leading<'_> {
             state.ended.insert(ticket, (!self.committed).then_some(w));
         }
         self.shared.turn.notify_all();
+    }
+}
+
+impl Waiting {
+    /// Sends this write alone, as its own transaction.
+    fn send_alone(
+        &self,
+        conn: &mut PooledConn,
+        galera: bool,
+    ) -> std::result::Result<(), (Step, mysql::Error)> {
+        let sql: Vec<&str> = self.sql.iter().map(String::as_str).collect();
+        commit_staged(conn, galera, false, &sql, &[&self.record])
     }
 }
 
@@ -630,7 +630,8 @@ impl<'a> Writes<'a> {
         if ok {
             let record = [app.into(), nonce.into(), kind.into(), reply.clone()];
             let sent = if staged.started {
-                commit_alone(&mut conn, self.db.is_galera(), true, staged.sql, record)
+                let sql: Vec<&str> = staged.sql.iter().map(String::as_str).collect();
+                commit_staged(&mut conn, self.db.is_galera(), true, &sql, &[&record])
             } else {
                 self.commit_shared(&mut conn, staged.sql, record)
             };
@@ -730,12 +731,8 @@ impl<'a> Writes<'a> {
             for f in group.before_commit {
                 f(&mut conn)?;
             }
-            let mut sql = Vec::with_capacity(2);
-            if !group.records.is_empty() {
-                sql.push(records_sql(&conn, &group.records));
-            }
-            sql.push("COMMIT".to_string());
-            run_with_commit(&mut conn, self.db.is_galera(), &sql).map_err(|(_, e)| e)
+            let records: Vec<&[String; 4]> = group.records.iter().collect();
+            commit_staged(&mut conn, self.db.is_galera(), true, &[], &records).map_err(|(_, e)| e)
         })();
         done.map_err(|e| {
             crate::db::forget_if_broken(&mut conn, &e);
@@ -825,7 +822,7 @@ impl<'a> Writes<'a> {
                 Some(None) => return Ok(()),
                 Some(Some(mine)) => {
                     drop(state);
-                    return commit_alone(conn, self.db.is_galera(), false, mine.sql, mine.record);
+                    return mine.send_alone(conn, self.db.is_galera());
                 }
                 None => {}
             }
@@ -841,13 +838,7 @@ impl<'a> Writes<'a> {
                     if let Some(at) = state.waiting.iter().position(|w| w.ticket == ticket) {
                         let mine = state.waiting.remove(at);
                         drop(state);
-                        return commit_alone(
-                            conn,
-                            self.db.is_galera(),
-                            false,
-                            mine.sql,
-                            mine.record,
-                        );
+                        return mine.send_alone(conn, self.db.is_galera());
                     }
                 }
                 continue;
@@ -866,13 +857,18 @@ impl<'a> Writes<'a> {
                     let mine = lead.batch.pop().expect("one");
                     // The lead is held until it is sent: writes that come
                     // meanwhile wait, to go together after it.
-                    let sent =
-                        commit_alone(conn, self.db.is_galera(), false, mine.sql, mine.record);
+                    let sent = mine.send_alone(conn, self.db.is_galera());
                     drop(lead);
                     return sent;
                 }
             }
-            match commit_together(conn, self.db.is_galera(), &lead.batch) {
+            let sql: Vec<&str> = (lead.batch.iter())
+                .flat_map(|w| w.sql.iter().map(String::as_str))
+                .collect();
+            let records: Vec<&[String; 4]> = lead.batch.iter().map(|w| &w.record).collect();
+            match commit_staged(conn, self.db.is_galera(), false, &sql, &records)
+                .map_err(|(_, e)| e)
+            {
                 Ok(()) => lead.committed = true,
                 Err(e) => {
                     log::debug!(
