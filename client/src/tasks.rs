@@ -147,7 +147,9 @@ pub struct WorkerOptions {
     /// Tasks run at once (one thread each).
     pub concurrency: usize,
     pub lease: Duration,
-    /// Stop after this many tasks (done or failed), all threads together.
+    /// Stop after claiming this many tasks, all threads together: each is
+    /// run and reported (done, failed or refused) before `work` returns. A
+    /// thread's last claim asks for fewer than `batch` when fewer are left.
     pub max_tasks: Option<u64>,
     /// Tasks each thread claims at once, runs one after the other, and
     /// reports together (`task.finish`, one transaction): a quick
@@ -203,7 +205,10 @@ where
     if !(msg::LEASE_MIN_MS..=msg::LEASE_MAX_MS).contains(&lease_ms) {
         return Err(Error::Config("--lease: 1s to 1h".into()));
     }
-    let started = AtomicU64::new(0);
+    let slots = Slots {
+        max: opts.max_tasks,
+        taken: AtomicU64::new(0),
+    };
     let (done, failed, refused) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     // Set by a thread that met an error the others would meet too.
     let halt = AtomicBool::new(false);
@@ -238,14 +243,14 @@ where
                         if stop.load(Ordering::Acquire) || halt.load(Ordering::Acquire) {
                             break Ok(());
                         }
-                        if opts
-                            .max_tasks
-                            .is_some_and(|m| started.fetch_add(1, Ordering::AcqRel) >= m)
-                        {
-                            break Ok(());
-                        }
+                        // The tasks this claim may take: the batch, or
+                        // fewer when `max_tasks` is nearly reached.
+                        let n = match slots.take(opts.batch.clamp(1, msg::CLAIM_MAX)) {
+                            0 => break Ok(()),
+                            n => n,
+                        };
                         let mut body = msg::ClaimBody {
-                            n: opts.batch.clamp(1, msg::CLAIM_MAX),
+                            n,
                             lease_ms,
                             wait_ms: Some(wait_ms),
                             finish: std::mem::take(&mut carry),
@@ -276,9 +281,7 @@ where
                                 // a claim: `task.finish` tells which.
                                 // Nothing was claimed.
                                 carrying = false;
-                                if opts.max_tasks.is_some() {
-                                    started.fetch_sub(1, Ordering::AcqRel);
-                                }
+                                slots.give_back(n);
                                 match report(&mut c, std::mem::take(&mut body.finish), &tally) {
                                     Ok(()) => continue,
                                     Err(e) => break Err(e),
@@ -295,18 +298,15 @@ where
                                     opts.id
                                 );
                                 carry = std::mem::take(&mut body.finish);
-                                if opts.max_tasks.is_some() {
-                                    started.fetch_sub(1, Ordering::AcqRel);
-                                }
+                                slots.give_back(n);
                                 std::thread::sleep(Duration::from_secs(1));
                                 continue;
                             }
                         };
+                        // Those that did not come (none within the wait,
+                        // or fewer than asked) are free again.
+                        slots.give_back(n - claimed.len() as u32);
                         if claimed.is_empty() {
-                            // Nothing came within the wait: the slot is free again.
-                            if opts.max_tasks.is_some() {
-                                started.fetch_sub(1, Ordering::AcqRel);
-                            }
                             continue;
                         }
                         // The batch's tasks run one after the other, and
@@ -367,6 +367,37 @@ where
         failed: failed.into_inner(),
         refused: refused.into_inner(),
     })
+}
+
+/// The tasks a worker's threads may still claim under `max_tasks`, counted
+/// by the tasks claimed (a claim of a batch takes as many as it asks for
+/// and gives back those it did not get).
+struct Slots {
+    max: Option<u64>,
+    taken: AtomicU64,
+}
+
+impl Slots {
+    /// Takes up to `want` slots, and says how many it took: `want` without
+    /// a maximum, 0 once every slot is taken.
+    fn take(&self, want: u32) -> u32 {
+        let Some(max) = self.max else { return want };
+        match self
+            .taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                (t < max).then(|| t + (max - t).min(u64::from(want)))
+            }) {
+            Ok(before) => (max - before).min(u64::from(want)) as u32,
+            Err(_) => 0,
+        }
+    }
+
+    /// Frees `n` slots taken for tasks that were not claimed.
+    fn give_back(&self, n: u32) {
+        if self.max.is_some() && n > 0 {
+            self.taken.fetch_sub(u64::from(n), Ordering::AcqRel);
+        }
+    }
 }
 
 /// Whether a claim's error refuses the outcomes it carried (a server older

@@ -358,7 +358,7 @@ fn a_batch_longer_than_its_lease_keeps_every_result() {
     opts.lease = Duration::from_secs(3);
     opts.batch = 5;
     // One claim, of the five.
-    opts.max_tasks = Some(1);
+    opts.max_tasks = Some(5);
     let stop = AtomicBool::new(false);
     let report = work(&cfg, &opts, &stop, |payload| {
         std::thread::sleep(Duration::from_millis(800));
@@ -367,4 +367,34 @@ fn a_batch_longer_than_its_lease_keeps_every_result() {
     .unwrap();
     assert_eq!((report.done, report.refused), (5, 0), "{report:?}");
     assert_eq!(status(&cluster, job)["done"], 5);
+}
+
+/// `max_tasks` counts tasks, not claims: two threads claiming batches of
+/// five stop after seven tasks of twelve between them (counted by claims,
+/// they would have taken all twelve), and the other five stay ready.
+#[test]
+fn max_tasks_counts_the_tasks_of_every_batch() {
+    use std::sync::atomic::AtomicBool;
+
+    use dsf_client::tasks::{work, WorkerOptions};
+
+    let cluster = Cluster::start(Spec {
+        apps: 1,
+        ..Spec::default()
+    });
+    let job = cluster.submit_job("capped", 12);
+    let cfg = cluster.client_config(cluster.lb_addrs());
+    let mut opts = WorkerOptions::new("capped");
+    opts.concurrency = 2;
+    opts.batch = 5;
+    opts.max_tasks = Some(7);
+    let stop = AtomicBool::new(false);
+    let report = work(&cfg, &opts, &stop, |payload| Ok(payload.get().to_string())).unwrap();
+    assert_eq!((report.done, report.failed, report.refused), (7, 0, 0));
+    let s = status(&cluster, job);
+    assert_eq!(
+        (s["done"].as_u64(), s["ready"].as_u64()),
+        (Some(7), Some(5)),
+        "{s}"
+    );
 }
