@@ -37,6 +37,10 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// (see [`op_key`]).
 const WARMING_RUNS: usize = 4;
 
+/// Said before `START TRANSACTION`, it sets the isolation of that
+/// transaction only ([`Db::with_tx_read_committed`]).
+pub(crate) const READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED";
+
 /// How long a transaction chosen as a deadlock's victim, or failing
 /// certification on Galera, is run again (see [`Db::with_tx`]). On Galera
 /// a row written through several nodes at once loses often: each loser
@@ -660,6 +664,16 @@ impl Db {
     /// even if `f` panics, so that run_once's guard rolls its transaction
     /// back instead of the pool getting one with a transaction open.
     fn on_run_once<T, F: FnOnce(&mut PooledConn) -> T>(&self, f: F) -> std::result::Result<T, F> {
+        self.on_run_once_at(false, f)
+    }
+
+    /// [`Db::on_run_once`], its transaction started at READ COMMITTED if
+    /// `read_committed` and if it has not started yet.
+    fn on_run_once_at<T, F: FnOnce(&mut PooledConn) -> T>(
+        &self,
+        read_committed: bool,
+        f: F,
+    ) -> std::result::Result<T, F> {
         let Some(conn) = take_tx(self.id()) else {
             return Err(f);
         };
@@ -673,7 +687,7 @@ impl Db {
         }
         let mut held = GiveBack(self.id(), Some(conn));
         let conn = held.1.as_mut().expect("just put there");
-        crate::writes::send_staged(self.id(), conn);
+        crate::writes::send_staged(self.id(), conn, read_committed);
         Ok(f(conn))
     }
 
@@ -750,13 +764,38 @@ impl Db {
         op: &'static str,
         f: impl FnMut(&mut PooledConn) -> Result<T>,
     ) -> Result<T> {
-        let mut f = match self.on_run_once(f) {
+        self.tx_at(false, op, f)
+    }
+
+    /// [`Db::with_tx`] at READ COMMITTED: each statement reads what was
+    /// committed before it, and a locking read locks only the rows it
+    /// returns. For a transaction whose correctness rests on the rows it
+    /// locks, not on one snapshot or on gap locks: a queue's claim
+    /// (`SELECT … FOR UPDATE SKIP LOCKED`), which at REPEATABLE READ locks
+    /// every row it passes over, the deleted ones not yet purged included.
+    /// Inside a run-once write whose transaction has already started, it
+    /// runs at that transaction's level.
+    pub fn with_tx_read_committed<T>(
+        &self,
+        op: &'static str,
+        f: impl FnMut(&mut PooledConn) -> Result<T>,
+    ) -> Result<T> {
+        self.tx_at(true, op, f)
+    }
+
+    fn tx_at<T>(
+        &self,
+        read_committed: bool,
+        op: &'static str,
+        f: impl FnMut(&mut PooledConn) -> Result<T>,
+    ) -> Result<T> {
+        let mut f = match self.on_run_once_at(read_committed, f) {
             Ok(r) => return r,
             Err(f) => f,
         };
         let (started, mut tries) = (Instant::now(), 1);
         loop {
-            match self.tx_once(op, &mut f) {
+            match self.tx_once(op, read_committed, &mut f) {
                 Err(e) if e.is_deadlock() && started.elapsed() < RETRY_CONFLICTS_FOR => {
                     log::debug!("{op}: deadlock victim or certification failure, running the transaction again (try {tries}): {e}");
                     std::thread::sleep(retry_pause(tries));
@@ -770,8 +809,17 @@ impl Db {
     fn tx_once<T>(
         &self,
         op: &'static str,
+        read_committed: bool,
         f: &mut impl FnMut(&mut PooledConn) -> Result<T>,
     ) -> Result<T> {
+        let begin = if read_committed {
+            format!("{READ_COMMITTED};START TRANSACTION")
+        } else {
+            "START TRANSACTION".to_string()
+        };
+        let start = |c: &mut PooledConn| {
+            crate::writes::run_all(c, &begin).map_err(|(_, e)| Error::from_mysql(op, e))
+        };
         /// Rolls back unless committed, so a panic in `f` never returns a
         /// connection to the pool with a transaction open.
         struct Tx(PooledConn, bool);
@@ -790,16 +838,14 @@ impl Db {
             if !self.needs_warming(node, &tx.0, op_key(op)) {
                 break;
             }
-            tx.0.query_drop("START TRANSACTION")
-                .map_err(|e| Error::from_mysql(op, e))?;
+            start(&mut tx.0)?;
             let ran = f(&mut tx.0).is_ok();
             roll_back(&mut tx.0);
             if ran {
                 self.warmed(node, &tx.0, op_key(op));
             }
         }
-        tx.0.query_drop("START TRANSACTION")
-            .map_err(|e| Error::from_mysql(op, e))?;
+        start(&mut tx.0)?;
         let v = f(&mut tx.0)?;
         tx.0.query_drop("COMMIT")
             .map_err(|e| Error::from_mysql(op, e))?;

@@ -83,11 +83,18 @@ pub const BLACKLIST: &[Migration] = &[Migration {
 }];
 
 /// The task service.
-pub const TASKS: &[Migration] = &[Migration {
-    version: 1,
-    name: "tasks",
-    sql: include_str!("../migrations/tasks/0001_tasks.sql"),
-}];
+pub const TASKS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "tasks",
+        sql: include_str!("../migrations/tasks/0001_tasks.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "ready_by_primary_key",
+        sql: include_str!("../migrations/tasks/0002_ready_by_primary_key.sql"),
+    },
+];
 
 /// Messaging: inboxes, rooms, presence.
 pub const MESSAGING: &[Migration] = &[

@@ -250,7 +250,11 @@ impl<'a> Tasks<'a> {
             });
         }
         let q = sql(OP);
-        self.db.with_tx(OP, |c| {
+        // Each claim passes over the rows that claims before it deleted
+        // and that are not purged yet: at REPEATABLE READ it would lock
+        // every one of them. What it relies on is the lock of each row it
+        // takes.
+        self.db.with_tx_read_committed(OP, |c| {
             let ids: Vec<u64> = c
                 .exec(
                     "SELECT task_id FROM ready_tasks WHERE app = ? \

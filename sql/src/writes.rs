@@ -311,8 +311,9 @@ pub(crate) fn stage(db: usize, sql: &str, params: &mysql::Params) -> bool {
 
 /// Sends what is staged for the run-once write of pool `db` on its
 /// connection `conn`, with `START TRANSACTION` first if it has not gone
-/// out: called before a statement the handler sends itself.
-pub(crate) fn send_staged(db: usize, conn: &mut PooledConn) {
+/// out (at READ COMMITTED if `read_committed`): called before a statement
+/// the handler sends itself.
+pub(crate) fn send_staged(db: usize, conn: &mut PooledConn, read_committed: bool) {
     STAGED.with(|s| {
         let mut s = s.borrow_mut();
         let Some(staged) = s.as_mut().filter(|s| s.db == db) else {
@@ -321,8 +322,11 @@ pub(crate) fn send_staged(db: usize, conn: &mut PooledConn) {
         if staged.failed.is_some() || (staged.started && staged.sql.is_empty()) {
             return;
         }
-        let mut sql = Vec::with_capacity(staged.sql.len() + 1);
+        let mut sql = Vec::with_capacity(staged.sql.len() + 2);
         if !staged.started {
+            if read_committed {
+                sql.push(crate::db::READ_COMMITTED.to_string());
+            }
             sql.push("START TRANSACTION".to_string());
         }
         sql.append(&mut staged.sql);
@@ -345,7 +349,10 @@ pub(crate) fn send_staged(db: usize, conn: &mut PooledConn) {
 /// Sends `sql` (statements joined by `;`) in one round trip and reads
 /// every result, so that an error of any statement is seen: on one, the
 /// index of the statement and its error (the server runs none after it).
-fn run_all(conn: &mut PooledConn, sql: &str) -> std::result::Result<(), (usize, mysql::Error)> {
+pub(crate) fn run_all(
+    conn: &mut PooledConn,
+    sql: &str,
+) -> std::result::Result<(), (usize, mysql::Error)> {
     let mut result = conn.query_iter(sql).map_err(|e| (0, e))?;
     let mut i = 0;
     while let Some(set) = result.iter() {
