@@ -392,24 +392,79 @@ impl<'a> Tasks<'a> {
             return Ok(Vec::new());
         }
         let marks = |n: usize| vec!["?"; n].join(",");
-        let ids: Vec<u64> = batch.iter().map(|b| b.0).collect();
         self.db.with_tx(OP, |c| {
-            // Every row locked in one statement, in key order.
-            let held: Vec<(u64, u64, String)> = c
-                .exec(
-                    format!(
-                        "SELECT task_id, fence, app FROM claimed_tasks WHERE task_id IN ({}) ORDER BY task_id FOR UPDATE",
-                        marks(ids.len())
-                    ),
-                    ids.clone(),
-                )
-                .map_err(&q)?;
-            let held: std::collections::HashMap<u64, (u64, String)> =
-                held.into_iter().map(|(t, f, a)| (t, (f, a))).collect();
+            // The done ones: their leases given up in one statement, in
+            // key order, each only under its fence; what it returns is
+            // what was held.
+            let done: Vec<(u64, u64, &str)> = batch
+                .iter()
+                .filter_map(|&(task, fence, outcome)| outcome.ok().map(|r| (task, fence, r)))
+                .collect();
+            let mut kept: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+            if !done.is_empty() {
+                let mut params: Vec<mysql::Value> = vec![app.into()];
+                params.extend(done.iter().map(|d| mysql::Value::from(d.0)));
+                for &(task, fence, _) in &done {
+                    params.push(task.into());
+                    params.push(fence.into());
+                }
+                let gone: Vec<(u64, u64)> = c
+                    .exec(
+                        format!(
+                            "DELETE FROM claimed_tasks WHERE app = ? AND task_id IN ({}) \
+                             AND fence = CASE task_id {} END RETURNING task_id, job_id",
+                            marks(done.len()),
+                            vec!["WHEN ? THEN ?"; done.len()].join(" ")
+                        ),
+                        params,
+                    )
+                    .map_err(&q)?;
+                kept.extend(gone);
+            }
+            // The failed attempts: their rows locked in one statement, in
+            // key order.
+            let failed: Vec<u64> = batch
+                .iter()
+                .filter(|b| b.2.is_err())
+                .map(|b| b.0)
+                .collect();
+            let mut held: std::collections::HashMap<u64, (u64, String)> =
+                std::collections::HashMap::new();
+            if !failed.is_empty() {
+                let rows: Vec<(u64, u64, String)> = c
+                    .exec(
+                        format!(
+                            "SELECT task_id, fence, app FROM claimed_tasks WHERE task_id IN ({}) ORDER BY task_id FOR UPDATE",
+                            marks(failed.len())
+                        ),
+                        failed,
+                    )
+                    .map_err(&q)?;
+                held.extend(rows.into_iter().map(|(t, f, a)| (t, (f, a))));
+            }
+            // A done one not given up: what holds it, said in its refusal.
+            let missed: Vec<u64> = done
+                .iter()
+                .filter(|d| !kept.contains_key(&d.0))
+                .map(|d| d.0)
+                .collect();
+            if !missed.is_empty() {
+                let rows: Vec<(u64, u64, String)> = c
+                    .exec(
+                        format!(
+                            "SELECT task_id, fence, app FROM claimed_tasks WHERE task_id IN ({})",
+                            marks(missed.len())
+                        ),
+                        missed,
+                    )
+                    .map_err(&q)?;
+                held.extend(rows.into_iter().map(|(t, f, a)| (t, (f, a))));
+            }
             let refusals: Vec<Option<String>> = batch
                 .iter()
-                .map(|&(task, fence, _)| match held.get(&task) {
-                    Some((f, a)) if *f == fence && a == app => None,
+                .map(|&(task, fence, outcome)| match held.get(&task) {
+                    _ if outcome.is_ok() && kept.contains_key(&task) => None,
+                    Some((f, a)) if *f == fence && a == app && outcome.is_err() => None,
                     Some((f, a)) if a == app => Some(format!(
                         "task {task}: fence {fence} is not the current lease's ({f}); the lease expired and the task went to another worker"
                     )),
@@ -418,40 +473,39 @@ impl<'a> Tasks<'a> {
                     )),
                 })
                 .collect();
-            let kept = || batch.iter().zip(&refusals).filter(|(_, r)| r.is_none()).map(|(b, _)| b);
-            let done: Vec<(u64, &str)> = kept()
-                .filter_map(|&(task, _, outcome)| outcome.ok().map(|r| (task, r)))
+            let results: Vec<(u64, &str)> = done
+                .iter()
+                .filter(|d| kept.contains_key(&d.0))
+                .map(|d| (d.0, d.2))
                 .collect();
-            if !done.is_empty() {
-                let done_ids: Vec<u64> = done.iter().map(|d| d.0).collect();
-                c.exec_drop(
-                    format!(
-                        "DELETE FROM claimed_tasks WHERE task_id IN ({})",
-                        marks(done.len())
-                    ),
-                    done_ids.clone(),
-                )
-                .map_err(&q)?;
+            if !results.is_empty() {
                 // One statement for every result.
-                let mut params: Vec<mysql::Value> = Vec::with_capacity(done.len() * 3);
-                for (task, result) in &done {
+                let mut params: Vec<mysql::Value> = Vec::with_capacity(results.len() * 3);
+                for (task, result) in &results {
                     params.push((*task).into());
                     params.push((*result).into());
                 }
-                params.extend(done_ids.iter().map(|t| mysql::Value::from(*t)));
+                params.extend(results.iter().map(|r| mysql::Value::from(r.0)));
                 c.exec_drop(
                     format!(
-                        "UPDATE tasks SET state = 'done', finished_at = NOW(3),                          result = CASE id {} END WHERE id IN ({})",
-                        vec!["WHEN ? THEN ?"; done.len()].join(" "),
-                        marks(done.len())
+                        "UPDATE tasks SET state = 'done', finished_at = NOW(3), \
+                         result = CASE id {} END WHERE id IN ({})",
+                        vec!["WHEN ? THEN ?"; results.len()].join(" "),
+                        marks(results.len())
                     ),
                     params,
                 )
                 .map_err(&q)?;
-                count(c, &done_ids, "done").map_err(&q)?;
+                // Counted by job, from the leases' rows.
+                let mut jobs: std::collections::BTreeMap<u64, u64> =
+                    std::collections::BTreeMap::new();
+                for job in kept.values() {
+                    *jobs.entry(*job).or_default() += 1;
+                }
+                add_counts(c, results[0].0, &jobs, "done").map_err(&q)?;
             }
-            for &(task, _, outcome) in kept() {
-                if let Err(error) = outcome {
+            for (&(task, _, outcome), refusal) in batch.iter().zip(&refusals) {
+                if let (Err(error), None) = (outcome, refusal) {
                     retry_or_bury(c, task, error).map_err(&q)?;
                 }
             }
@@ -768,6 +822,29 @@ fn raw(json: &str, op: &'static str) -> Result<Box<serde_json::value::RawValue>>
 /// shards); one row, not one per task, keeps a batch from holding most of
 /// a job's shard rows until it commits, queueing every other batch of the
 /// job behind it.
+/// Adds `jobs` (job id → how many) to the job counts' `column`, in the
+/// shard of `task` (one of the tasks counted).
+fn add_counts(
+    c: &mut PooledConn,
+    task: u64,
+    jobs: &std::collections::BTreeMap<u64, u64>,
+    column: &str,
+) -> mysql::Result<()> {
+    let shard = task % SHARDS;
+    let mut params: Vec<mysql::Value> = Vec::with_capacity(jobs.len() * 3);
+    for (&job, &n) in jobs {
+        params.extend([job.into(), shard.into(), n.into()]);
+    }
+    c.exec_drop(
+        format!(
+            "INSERT INTO job_counts (job_id, shard, {column}) VALUES {} \
+             ON DUPLICATE KEY UPDATE {column} = {column} + VALUES({column})",
+            vec!["(?, ?, ?)"; jobs.len()].join(", ")
+        ),
+        params,
+    )
+}
+
 fn count(c: &mut PooledConn, tasks: &[u64], column: &str) -> mysql::Result<()> {
     let shard = tasks.first().map_or(0, |t| t % SHARDS);
     let mut params: Vec<mysql::Value> = vec![shard.into()];

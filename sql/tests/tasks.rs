@@ -201,6 +201,47 @@ fn a_batched_finish_with_one_stale_fence_refuses_only_that_task() {
     assert!(again[0].as_deref().unwrap().contains("holds no lease"));
 }
 
+/// One finish over the tasks of two jobs counts each job's own (the
+/// counts come from the leases given up), and a failed attempt under a
+/// stale fence is refused like a result is, its task still running.
+#[test]
+fn a_finish_across_two_jobs_counts_each_and_refuses_a_stale_failure() {
+    let db = testing::fresh();
+    let (p, q) = (payloads(2), payloads(3));
+    let (first, _) = db
+        .tasks()
+        .submit(&APP, None, None, &new_tasks(&p), 3)
+        .unwrap();
+    let (second, _) = db
+        .tasks()
+        .submit(&APP, None, None, &new_tasks(&q), 3)
+        .unwrap();
+    let mut claimed = db.tasks().claim("cli", "w", 5, 30_000).unwrap();
+    claimed.sort_by_key(|c| c.task);
+    assert_eq!(claimed.len(), 5);
+    let batch: Vec<(u64, u64, Result<&str, &str>)> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match i {
+            // The second job's last task: a failure under a stale fence.
+            4 => (c.task, c.fence + 1, Err("boom")),
+            _ => (c.task, c.fence, Ok("1")),
+        })
+        .collect();
+    let refused = db.tasks().finish_many("cli", &batch).unwrap();
+    assert_eq!(
+        refused.iter().filter(|r| r.is_some()).count(),
+        1,
+        "{refused:?}"
+    );
+    let why = refused[4].as_deref().unwrap();
+    assert!(why.contains("is not the current lease's"), "{why}");
+    let a = db.tasks().status(&APP, first).unwrap();
+    let b = db.tasks().status(&APP, second).unwrap();
+    assert_eq!((a.done, a.failed, a.running), (2, 0, 0));
+    assert_eq!((b.done, b.failed, b.running), (2, 0, 1));
+}
+
 #[test]
 fn a_failed_task_waits_out_its_backoff_and_is_dead_after_its_last_attempt() {
     let db = testing::fresh();
