@@ -428,38 +428,31 @@ impl<'a> Tasks<'a> {
                 .filter(|b| b.2.is_err())
                 .map(|b| b.0)
                 .collect();
+            // Each lease's fence and app, of `ids`; locked if `lock`.
             let mut held: std::collections::HashMap<u64, (u64, String)> =
                 std::collections::HashMap::new();
-            if !failed.is_empty() {
-                let rows: Vec<(u64, u64, String)> = c
-                    .exec(
-                        format!(
-                            "SELECT task_id, fence, app FROM claimed_tasks WHERE task_id IN ({}) ORDER BY task_id FOR UPDATE",
-                            marks(failed.len())
-                        ),
-                        failed,
-                    )
-                    .map_err(&q)?;
+            let mut read_held = |c: &mut PooledConn, ids: Vec<u64>, lock: &str| {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let rows: Vec<(u64, u64, String)> = c.exec(
+                    format!(
+                        "SELECT task_id, fence, app FROM claimed_tasks WHERE task_id IN ({}) {lock}",
+                        marks(ids.len())
+                    ),
+                    ids,
+                )?;
                 held.extend(rows.into_iter().map(|(t, f, a)| (t, (f, a))));
-            }
+                Ok::<_, mysql::Error>(())
+            };
+            read_held(c, failed, "ORDER BY task_id FOR UPDATE").map_err(&q)?;
             // A done one not given up: what holds it, said in its refusal.
             let missed: Vec<u64> = done
                 .iter()
                 .filter(|d| !kept.contains_key(&d.0))
                 .map(|d| d.0)
                 .collect();
-            if !missed.is_empty() {
-                let rows: Vec<(u64, u64, String)> = c
-                    .exec(
-                        format!(
-                            "SELECT task_id, fence, app FROM claimed_tasks WHERE task_id IN ({})",
-                            marks(missed.len())
-                        ),
-                        missed,
-                    )
-                    .map_err(&q)?;
-                held.extend(rows.into_iter().map(|(t, f, a)| (t, (f, a))));
-            }
+            read_held(c, missed, "").map_err(&q)?;
             let refusals: Vec<Option<String>> = batch
                 .iter()
                 .map(|&(task, fence, outcome)| match held.get(&task) {
