@@ -276,37 +276,52 @@ impl<'a> Tasks<'a> {
                 &ids,
             )
             .map_err(&q)?;
-            let mut params: Vec<mysql::Value> = vec![app.into(), worker.into(), (lease_ms * 1000).into()];
-            params.extend(ids.iter().map(|i| mysql::Value::from(*i)));
-            c.exec_drop(
-                format!(
-                    "INSERT INTO claimed_tasks (task_id, app, job_id, worker, fence, lease_until, claimed_at) \
-                     SELECT id, ?, job_id, ?, attempts, NOW(3) + INTERVAL ? MICROSECOND, NOW(3) \
-                     FROM tasks WHERE id IN ({list})"
-                ),
-                params,
-            )
-            .map_err(&q)?;
-            let rows: Vec<(u64, u64, String, u32, i64)> = c
+            let rows: Vec<(u64, u64, String, u32)> = c
                 .exec(
                     format!(
-                        "SELECT t.id, t.job_id, t.payload, t.attempts, \
-                         CAST(UNIX_TIMESTAMP(c.lease_until) * 1000 AS SIGNED) \
-                         FROM tasks t JOIN claimed_tasks c ON c.task_id = t.id \
-                         WHERE t.id IN ({list}) ORDER BY -t.priority, t.id"
+                        "SELECT id, job_id, payload, attempts FROM tasks \
+                         WHERE id IN ({list}) ORDER BY -priority, id"
                     ),
                     &ids,
                 )
                 .map_err(&q)?;
+            // The leases, from what was just read: the attempt is the fence.
+            let mut params: Vec<mysql::Value> = Vec::with_capacity(rows.len() * 6);
+            for (task, job, _, attempt) in &rows {
+                params.extend([
+                    (*task).into(),
+                    app.into(),
+                    (*job).into(),
+                    worker.into(),
+                    (*attempt).into(),
+                    (lease_ms * 1000).into(),
+                ]);
+            }
+            let ends: std::collections::HashMap<u64, i64> = c
+                .exec(
+                    format!(
+                        "INSERT INTO claimed_tasks (task_id, app, job_id, worker, fence, lease_until, claimed_at) \
+                         VALUES {} RETURNING task_id, CAST(UNIX_TIMESTAMP(lease_until) * 1000 AS SIGNED)",
+                        vec!["(?, ?, ?, ?, ?, NOW(3) + INTERVAL ? MICROSECOND, NOW(3))"; rows.len()]
+                            .join(", ")
+                    ),
+                    params,
+                )
+                .map_err(&q)?
+                .into_iter()
+                .collect();
             rows.into_iter()
-                .map(|(task, job, payload, attempt, lease_until)| {
+                .map(|(task, job, payload, attempt)| {
                     Ok(Claimed {
                         task,
                         job,
                         payload: raw(&payload, OP)?,
                         attempt,
                         fence: u64::from(attempt),
-                        lease_until,
+                        lease_until: *ends.get(&task).ok_or_else(|| Error::Internal {
+                            op: OP,
+                            message: format!("task {task}'s lease was not returned"),
+                        })?,
                     })
                 })
                 .collect()
