@@ -37,9 +37,10 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// (see [`op_key`]).
 const WARMING_RUNS: usize = 4;
 
-/// Said before `START TRANSACTION`, it sets the isolation of that
-/// transaction only ([`Db::with_tx_read_committed`]).
-pub(crate) const READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED";
+/// Starts a transaction at READ COMMITTED, that transaction only
+/// ([`Db::with_tx_read_committed`]).
+pub(crate) const BEGIN_READ_COMMITTED: &str =
+    "SET TRANSACTION ISOLATION LEVEL READ COMMITTED;START TRANSACTION";
 
 /// How long a transaction chosen as a deadlock's victim, or failing
 /// certification on Galera, is run again (see [`Db::with_tx`]). On Galera
@@ -813,12 +814,12 @@ impl Db {
         f: &mut impl FnMut(&mut PooledConn) -> Result<T>,
     ) -> Result<T> {
         let begin = if read_committed {
-            format!("{READ_COMMITTED};START TRANSACTION")
+            BEGIN_READ_COMMITTED
         } else {
-            "START TRANSACTION".to_string()
+            "START TRANSACTION"
         };
         let start = |c: &mut PooledConn| {
-            crate::writes::run_all(c, &begin).map_err(|(_, e)| Error::from_mysql(op, e))
+            crate::writes::run_all(c, begin).map_err(|(_, e)| Error::from_mysql(op, e))
         };
         /// Rolls back unless committed, so a panic in `f` never returns a
         /// connection to the pool with a transaction open.

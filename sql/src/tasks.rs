@@ -470,15 +470,19 @@ impl<'a> Tasks<'a> {
             read_held(c, missed, "").map_err(&q)?;
             let refusals: Vec<Option<String>> = batch
                 .iter()
-                .map(|&(task, fence, outcome)| match held.get(&task) {
-                    _ if outcome.is_ok() && kept.contains_key(&task) => None,
-                    Some((f, a)) if *f == fence && a == app && outcome.is_err() => None,
-                    Some((f, a)) if a == app => Some(format!(
-                        "task {task}: fence {fence} is not the current lease's ({f}); the lease expired and the task went to another worker"
-                    )),
-                    _ => Some(format!(
-                        "task {task} holds no lease under fence {fence} (it expired, or the task is finished or cancelled)"
-                    )),
+                .map(|&(task, fence, outcome)| {
+                    let holds = match outcome {
+                        Ok(_) => kept.contains_key(&task),
+                        Err(_) => held.get(&task).is_some_and(|(f, a)| *f == fence && a == app),
+                    };
+                    (!holds).then(|| match held.get(&task) {
+                        Some((f, a)) if a == app => format!(
+                            "task {task}: fence {fence} is not the current lease's ({f}); the lease expired and the task went to another worker"
+                        ),
+                        _ => format!(
+                            "task {task} holds no lease under fence {fence} (it expired, or the task is finished or cancelled)"
+                        ),
+                    })
                 })
                 .collect();
             let results: Vec<(u64, &str)> = done
@@ -824,14 +828,12 @@ fn raw(json: &str, op: &'static str) -> Result<Box<serde_json::value::RawValue>>
     })
 }
 
-/// Adds `tasks` to their jobs' `column` count (`done`, `failed`, `dead`),
-/// in one shard row per job: the shard of the first task. Which shard a
-/// count lands in does not matter (a job's count is the sum of its
-/// shards); one row, not one per task, keeps a batch from holding most of
-/// a job's shard rows until it commits, queueing every other batch of the
-/// job behind it.
-/// Adds `jobs` (job id → how many) to the job counts' `column`, in the
-/// shard of `task` (one of the tasks counted).
+/// Adds `jobs` (job id → how many) to their `column` count (`done`,
+/// `failed`, `dead`), in one shard row per job: the shard of `task`, one
+/// of the tasks counted. Which shard a count lands in does not matter (a
+/// job's count is the sum of its shards); one row, not one per task, keeps
+/// a batch from holding most of a job's shard rows until it commits,
+/// queueing every other batch of the job behind it.
 fn add_counts(
     c: &mut PooledConn,
     task: u64,
@@ -853,21 +855,6 @@ fn add_counts(
     )
 }
 
-fn count(c: &mut PooledConn, tasks: &[u64], column: &str) -> mysql::Result<()> {
-    let shard = tasks.first().map_or(0, |t| t % SHARDS);
-    let mut params: Vec<mysql::Value> = vec![shard.into()];
-    params.extend(tasks.iter().map(|t| mysql::Value::from(*t)));
-    c.exec_drop(
-        format!(
-            "INSERT INTO job_counts (job_id, shard, {column}) \
-             SELECT job_id, ?, COUNT(*) FROM tasks WHERE id IN ({}) GROUP BY job_id \
-             ON DUPLICATE KEY UPDATE {column} = {column} + VALUES({column})",
-            vec!["?"; tasks.len()].join(",")
-        ),
-        params,
-    )
-}
-
 /// A failed attempt of a claimed task: wait for a retry, or dead after the
 /// last attempt. The caller holds the claimed row's lock.
 fn retry_or_bury(c: &mut PooledConn, task: u64, error: &str) -> mysql::Result<()> {
@@ -880,13 +867,14 @@ fn retry_or_bury(c: &mut PooledConn, task: u64, error: &str) -> mysql::Result<()
         return Ok(());
     };
     c.exec_drop("DELETE FROM claimed_tasks WHERE task_id = ?", (task,))?;
-    count(c, &[task], "failed")?;
+    let one = std::collections::BTreeMap::from([(job, 1)]);
+    add_counts(c, task, &one, "failed")?;
     if attempts >= max {
         c.exec_drop(
             "UPDATE tasks SET state = 'dead', error = ?, finished_at = NOW(3) WHERE id = ?",
             (error, task),
         )?;
-        return count(c, &[task], "dead");
+        return add_counts(c, task, &one, "dead");
     }
     c.exec_drop(
         "UPDATE tasks SET state = 'waiting', error = ? WHERE id = ?",

@@ -322,12 +322,13 @@ pub(crate) fn send_staged(db: usize, conn: &mut PooledConn, read_committed: bool
         if staged.failed.is_some() || (staged.started && staged.sql.is_empty()) {
             return;
         }
-        let mut sql = Vec::with_capacity(staged.sql.len() + 2);
+        let mut sql = Vec::with_capacity(staged.sql.len() + 1);
         if !staged.started {
-            if read_committed {
-                sql.push(crate::db::READ_COMMITTED.to_string());
-            }
-            sql.push("START TRANSACTION".to_string());
+            sql.push(if read_committed {
+                crate::db::BEGIN_READ_COMMITTED.to_string()
+            } else {
+                "START TRANSACTION".to_string()
+            });
         }
         sql.append(&mut staged.sql);
         staged.started = true;
