@@ -135,14 +135,15 @@ fn a_key_scoped_without_task_finish_cannot_finish_inside_a_claim() {
     // A client with a full key is served as ever.
     server.connect().ok("sys.ping", serde_json::json!({}), None);
     // Nothing was kept: the task still runs under its lease.
-    let state: Option<String> = db
+    let held: Option<(String, u64)> = db
         .with_conn_result("test", |c| {
             use mysql::prelude::Queryable;
             Ok(c.exec_first(
-                "SELECT state FROM tasks WHERE id = ?",
+                "SELECT t.state, c.fence FROM tasks t JOIN claimed_tasks c ON c.task_id = t.id \
+                 WHERE t.id = ?",
                 (t["task"].as_u64().unwrap(),),
             )?)
         })
         .unwrap();
-    assert_eq!(state.as_deref(), Some("running"));
+    assert_eq!(held, Some(("ready".into(), t["fence"].as_u64().unwrap())));
 }

@@ -5,7 +5,10 @@
 //!   takes rows with `SELECT … FOR UPDATE SKIP LOCKED` in priority and id
 //!   order, so claimers on every node skip each other's rows instead of
 //!   queueing on them, and moves them to `claimed_tasks` with a lease and a
-//!   fence (the task's attempt number).
+//!   fence (the task's attempt number). The claim writes nothing else: the
+//!   task's row (`tasks.state`, `attempts`, `started_at`) takes the attempt
+//!   when it ends (done, failed, expired or cancelled), and a reader sees a
+//!   task with a lease as running its lease's attempt ([`Tasks::results`]).
 //! - `task.complete` / `task.fail` must name the current fence: a worker
 //!   that stalled past its lease, whose task another worker took, is
 //!   refused (`conflict`) and cannot overwrite the other's result.
@@ -255,36 +258,33 @@ impl<'a> Tasks<'a> {
         // every one of them. What it relies on is the lock of each row it
         // takes.
         self.db.with_tx_read_committed(OP, |c| {
-            let ids: Vec<u64> = c
+            // The rows to take, locked, with what their leases need: the
+            // attempt this claim makes is the one after those finished
+            // (`tasks.attempts`, brought up to date when an attempt ends:
+            // a claim does not write the task's row). Read in the ready
+            // table's key order, that table first, each task by its key,
+            // whatever the optimizer would choose: on small tables it
+            // chose a join buffer and a sort, which locks every row read
+            // before the limit, and concurrent claims skipped rows that no
+            // claim took (a woken claim found nothing).
+            let rows: Vec<(u64, u64, String, u32)> = c
                 .exec(
-                    "SELECT task_id FROM ready_tasks WHERE app = ? \
-                     ORDER BY neg_priority, task_id LIMIT ? FOR UPDATE SKIP LOCKED",
+                    "SELECT r.task_id, t.job_id, t.payload, t.attempts + 1 \
+                     FROM ready_tasks r FORCE INDEX (PRIMARY) \
+                     STRAIGHT_JOIN tasks t FORCE INDEX (PRIMARY) ON t.id = r.task_id WHERE r.app = ? \
+                     ORDER BY r.neg_priority, r.task_id LIMIT ? FOR UPDATE SKIP LOCKED",
                     (app, n),
                 )
                 .map_err(&q)?;
-            if ids.is_empty() {
+            if rows.is_empty() {
                 return Ok(Vec::new());
             }
-            let list = placeholders(ids.len());
-            c.exec_drop(format!("DELETE FROM ready_tasks WHERE task_id IN ({list})"), &ids)
-                .map_err(&q)?;
+            let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
             c.exec_drop(
-                format!(
-                    "UPDATE tasks SET state = 'running', attempts = attempts + 1, \
-                     started_at = NOW(3) WHERE id IN ({list})"
-                ),
+                format!("DELETE FROM ready_tasks WHERE task_id IN ({})", placeholders(ids.len())),
                 &ids,
             )
             .map_err(&q)?;
-            let rows: Vec<(u64, u64, String, u32)> = c
-                .exec(
-                    format!(
-                        "SELECT id, job_id, payload, attempts FROM tasks \
-                         WHERE id IN ({list}) ORDER BY -priority, id"
-                    ),
-                    &ids,
-                )
-                .map_err(&q)?;
             // The leases, from what was just read: the attempt is the fence.
             let mut params: Vec<mysql::Value> = Vec::with_capacity(rows.len() * 6);
             for (task, job, _, attempt) in &rows {
@@ -415,7 +415,9 @@ impl<'a> Tasks<'a> {
                 .iter()
                 .filter_map(|&(task, fence, outcome)| outcome.ok().map(|r| (task, fence, r)))
                 .collect();
-            let mut kept: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+            // Task → its job and when its lease began.
+            let mut kept: std::collections::HashMap<u64, (u64, mysql::Value)> =
+                std::collections::HashMap::new();
             if !done.is_empty() {
                 let mut params: Vec<mysql::Value> = vec![app.into()];
                 params.extend(done.iter().map(|d| mysql::Value::from(d.0)));
@@ -423,18 +425,18 @@ impl<'a> Tasks<'a> {
                     params.push(task.into());
                     params.push(fence.into());
                 }
-                let gone: Vec<(u64, u64)> = c
+                let gone: Vec<(u64, u64, mysql::Value)> = c
                     .exec(
                         format!(
                             "DELETE FROM claimed_tasks WHERE app = ? AND task_id IN ({}) \
-                             AND fence = CASE task_id {} END RETURNING task_id, job_id",
+                             AND fence = CASE task_id {} END RETURNING task_id, job_id, claimed_at",
                             marks(done.len()),
                             vec!["WHEN ? THEN ?"; done.len()].join(" ")
                         ),
                         params,
                     )
                     .map_err(&q)?;
-                kept.extend(gone);
+                kept.extend(gone.into_iter().map(|(task, job, at)| (task, (job, at))));
             }
             // The failed attempts: their rows locked in one statement, in
             // key order.
@@ -485,24 +487,32 @@ impl<'a> Tasks<'a> {
                     })
                 })
                 .collect();
-            let results: Vec<(u64, &str)> = done
+            let results: Vec<(u64, u64, &str)> = done
                 .iter()
                 .filter(|d| kept.contains_key(&d.0))
-                .map(|d| (d.0, d.2))
+                .copied()
                 .collect();
             if !results.is_empty() {
-                // One statement for every result.
-                let mut params: Vec<mysql::Value> = Vec::with_capacity(results.len() * 3);
-                for (task, result) in &results {
-                    params.push((*task).into());
-                    params.push((*result).into());
+                // One statement for every result; the attempt (its fence)
+                // and its start come to the task's row now, as its lease
+                // ends.
+                let mut params: Vec<mysql::Value> = Vec::with_capacity(results.len() * 7);
+                for (task, _, result) in &results {
+                    params.extend([(*task).into(), (*result).into()]);
+                }
+                for (task, fence, _) in &results {
+                    params.extend([(*task).into(), (*fence).into()]);
+                }
+                for (task, _, _) in &results {
+                    params.extend([(*task).into(), kept[task].1.clone()]);
                 }
                 params.extend(results.iter().map(|r| mysql::Value::from(r.0)));
+                let cases = vec!["WHEN ? THEN ?"; results.len()].join(" ");
                 c.exec_drop(
                     format!(
                         "UPDATE tasks SET state = 'done', finished_at = NOW(3), \
-                         result = CASE id {} END WHERE id IN ({})",
-                        vec!["WHEN ? THEN ?"; results.len()].join(" "),
+                         result = CASE id {cases} END, attempts = CASE id {cases} END, \
+                         started_at = CASE id {cases} END WHERE id IN ({})",
                         marks(results.len())
                     ),
                     params,
@@ -511,7 +521,7 @@ impl<'a> Tasks<'a> {
                 // Counted by job, from the leases' rows.
                 let mut jobs: std::collections::BTreeMap<u64, u64> =
                     std::collections::BTreeMap::new();
-                for job in kept.values() {
+                for (job, _) in kept.values() {
                     *jobs.entry(*job).or_default() += 1;
                 }
                 add_counts(c, results[0].0, &jobs, "done").map_err(&q)?;
@@ -693,9 +703,13 @@ impl<'a> Tasks<'a> {
         const OP: &str = "tasks.results";
         self.check_owner(owner, job)?;
         let rows: Vec<ResultRow> = self.db.with_conn(OP, |c| {
+            // A task holding a lease is running its lease's attempt (its
+            // row has the attempts finished).
             c.exec(
-                "SELECT id, seq, state, attempts, result, error FROM tasks \
-                     WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                "SELECT t.id, t.seq, IF(c.task_id IS NULL, t.state, 'running'), \
+                        COALESCE(c.fence, t.attempts), t.result, t.error \
+                 FROM tasks t LEFT JOIN claimed_tasks c ON c.task_id = t.id \
+                 WHERE t.job_id = ? AND t.seq > ? ORDER BY t.seq LIMIT ?",
                 (job, after.map_or(-1i64, |a| a as i64), limit),
             )
         })?;
@@ -734,16 +748,21 @@ impl<'a> Tasks<'a> {
                 Some((app, user)) if owner.may_see(&app, user) => {}
                 _ => return Err(no_job(job)),
             }
+            // A task whose lease is revoked keeps that attempt (the
+            // lease's fence), as a finished attempt would.
+            c.exec_drop(
+                "UPDATE tasks t LEFT JOIN claimed_tasks c ON c.task_id = t.id \
+                 SET t.state = 'cancelled', t.finished_at = NOW(3), \
+                     t.attempts = COALESCE(c.fence, t.attempts), \
+                     t.started_at = COALESCE(c.claimed_at, t.started_at) \
+                 WHERE t.job_id = ? AND t.state IN ('ready', 'running', 'waiting')",
+                (job,),
+            )
+            .map_err(&q)?;
             for table in ["ready_tasks", "scheduled_tasks", "claimed_tasks"] {
                 c.exec_drop(format!("DELETE FROM {table} WHERE job_id = ?"), (job,))
                     .map_err(&q)?;
             }
-            c.exec_drop(
-                "UPDATE tasks SET state = 'cancelled', finished_at = NOW(3) \
-                 WHERE job_id = ? AND state IN ('ready', 'running', 'waiting')",
-                (job,),
-            )
-            .map_err(&q)?;
             c.exec_drop("UPDATE jobs SET cancelled = TRUE WHERE id = ?", (job,))
                 .map_err(&q)?;
             Ok(())
@@ -858,12 +877,13 @@ fn add_counts(
 /// A failed attempt of a claimed task: wait for a retry, or dead after the
 /// last attempt. The caller holds the claimed row's lock.
 fn retry_or_bury(c: &mut PooledConn, task: u64, error: &str) -> mysql::Result<()> {
-    let row: Option<(u32, u32, i32, u64, String)> = c.exec_first(
-        "SELECT t.attempts, t.max_attempts, t.priority, t.job_id, c.app \
+    // The attempt that failed is the lease's fence.
+    let row: Option<(u32, mysql::Value, u32, i32, u64, String)> = c.exec_first(
+        "SELECT c.fence, c.claimed_at, t.max_attempts, t.priority, t.job_id, c.app \
          FROM tasks t JOIN claimed_tasks c ON c.task_id = t.id WHERE t.id = ?",
         (task,),
     )?;
-    let Some((attempts, max, priority, job, app)) = row else {
+    let Some((attempts, started, max, priority, job, app)) = row else {
         return Ok(());
     };
     c.exec_drop("DELETE FROM claimed_tasks WHERE task_id = ?", (task,))?;
@@ -871,14 +891,15 @@ fn retry_or_bury(c: &mut PooledConn, task: u64, error: &str) -> mysql::Result<()
     add_counts(c, task, &one, "failed")?;
     if attempts >= max {
         c.exec_drop(
-            "UPDATE tasks SET state = 'dead', error = ?, finished_at = NOW(3) WHERE id = ?",
-            (error, task),
+            "UPDATE tasks SET state = 'dead', error = ?, attempts = ?, started_at = ?, \
+             finished_at = NOW(3) WHERE id = ?",
+            (error, attempts, &started, task),
         )?;
         return add_counts(c, task, &one, "dead");
     }
     c.exec_drop(
-        "UPDATE tasks SET state = 'waiting', error = ? WHERE id = ?",
-        (error, task),
+        "UPDATE tasks SET state = 'waiting', error = ?, attempts = ?, started_at = ? WHERE id = ?",
+        (error, attempts, started, task),
     )?;
     c.exec_drop(
         "INSERT INTO scheduled_tasks (task_id, app, job_id, neg_priority, available_at) \

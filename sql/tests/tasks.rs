@@ -286,6 +286,86 @@ fn a_failed_task_waits_out_its_backoff_and_is_dead_after_its_last_attempt() {
     );
 }
 
+/// A claim writes only its lease, not the task's row: the row takes the
+/// attempt when it ends. What a reader sees through each attempt must not
+/// tell the difference.
+#[test]
+fn a_tasks_results_show_each_attempt_while_it_runs_and_after_it_ends() {
+    let db = testing::fresh();
+    let p = payloads(3);
+    let (job, _) = db
+        .tasks()
+        .submit(&APP, None, None, &new_tasks(&p), 3)
+        .unwrap();
+    let rows = |db: &testing::TestDb| -> Vec<(String, u32)> {
+        let (rows, _) = db.tasks().results(&APP, job, None, 10).unwrap();
+        rows.into_iter().map(|r| (r.state, r.attempts)).collect()
+    };
+    let at = |s: &str, n: u32| (s.to_string(), n);
+    assert_eq!(rows(&db), [at("ready", 0), at("ready", 0), at("ready", 0)]);
+    let first = db.tasks().claim("cli", "w", 3, 30_000).unwrap();
+    assert_eq!(
+        rows(&db),
+        [at("running", 1), at("running", 1), at("running", 1)]
+    );
+    // Task 0 is done, task 1 fails, task 2's lease runs out.
+    db.tasks()
+        .finish_many(
+            "cli",
+            &[
+                (first[0].task, first[0].fence, Ok("0")),
+                (first[1].task, first[1].fence, Err("boom")),
+            ],
+        )
+        .unwrap();
+    expire_leases(&db);
+    assert_eq!(db.tasks().reap(100).unwrap().expired, 1);
+    assert_eq!(
+        rows(&db),
+        [at("done", 1), at("waiting", 1), at("waiting", 1)]
+    );
+    end_backoffs(&db);
+    assert_eq!(db.tasks().reap(100).unwrap().promoted, 2);
+    assert_eq!(rows(&db), [at("done", 1), at("ready", 1), at("ready", 1)]);
+    let second = db.tasks().claim("cli", "w", 2, 30_000).unwrap();
+    assert_eq!(
+        second
+            .iter()
+            .map(|t| (t.attempt, t.fence))
+            .collect::<Vec<_>>(),
+        [(2, 2), (2, 2)]
+    );
+    assert_eq!(
+        rows(&db),
+        [at("done", 1), at("running", 2), at("running", 2)]
+    );
+    // A fence of the first attempts is stale now.
+    let e = db
+        .tasks()
+        .complete("cli", first[1].task, first[1].fence, "1")
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Conflict);
+    db.tasks()
+        .complete("cli", second[0].task, second[0].fence, "1")
+        .unwrap();
+    // A lease revoked by a cancel keeps its attempt.
+    db.tasks().cancel(&APP, job).unwrap();
+    assert_eq!(
+        rows(&db),
+        [at("done", 1), at("done", 2), at("cancelled", 2)]
+    );
+    let started: Vec<bool> = db
+        .pool()
+        .get_conn()
+        .unwrap()
+        .exec(
+            "SELECT started_at IS NOT NULL FROM tasks WHERE job_id = ? ORDER BY seq",
+            (job,),
+        )
+        .unwrap();
+    assert_eq!(started, [true, true, true], "each row has its last start");
+}
+
 #[test]
 fn keys_make_a_resubmit_harmless_and_priorities_go_first() {
     let db = testing::fresh();
