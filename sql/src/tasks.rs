@@ -267,27 +267,24 @@ impl<'a> Tasks<'a> {
             // chose a join buffer and a sort, which locks every row read
             // before the limit, and concurrent claims skipped rows that no
             // claim took (a woken claim found nothing).
-            let rows: Vec<(u64, u64, String, u32)> = c
+            let rows: Vec<(u64, u64, String, u32, i64)> = c
                 .exec(
-                    "SELECT r.task_id, t.job_id, t.payload, t.attempts + 1 \
+                    "SELECT r.task_id, t.job_id, t.payload, t.attempts + 1, \
+                            CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) \
                      FROM ready_tasks r FORCE INDEX (PRIMARY) \
                      STRAIGHT_JOIN tasks t FORCE INDEX (PRIMARY) ON t.id = r.task_id WHERE r.app = ? \
                      ORDER BY r.neg_priority, r.task_id LIMIT ? FOR UPDATE SKIP LOCKED",
                     (app, n),
                 )
                 .map_err(&q)?;
-            if rows.is_empty() {
+            let Some(&(.., now_ms)) = rows.first() else {
                 return Ok(Vec::new());
-            }
-            let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
-            c.exec_drop(
-                format!("DELETE FROM ready_tasks WHERE task_id IN ({})", placeholders(ids.len())),
-                &ids,
-            )
-            .map_err(&q)?;
-            // The leases, from what was just read: the attempt is the fence.
+            };
+            // Out of the ready table and into leases, in one round trip:
+            // the attempt is the fence.
+            let ids: Vec<String> = rows.iter().map(|r| r.0.to_string()).collect();
             let mut params: Vec<mysql::Value> = Vec::with_capacity(rows.len() * 6);
-            for (task, job, _, attempt) in &rows {
+            for (task, job, _, attempt, _) in &rows {
                 params.extend([
                     (*task).into(),
                     app.into(),
@@ -297,31 +294,31 @@ impl<'a> Tasks<'a> {
                     (lease_ms * 1000).into(),
                 ]);
             }
-            let ends: std::collections::HashMap<u64, i64> = c
-                .exec(
-                    format!(
-                        "INSERT INTO claimed_tasks (task_id, app, job_id, worker, fence, lease_until, claimed_at) \
-                         VALUES {} RETURNING task_id, CAST(UNIX_TIMESTAMP(lease_until) * 1000 AS SIGNED)",
-                        vec!["(?, ?, ?, ?, ?, NOW(3) + INTERVAL ? MICROSECOND, NOW(3))"; rows.len()]
-                            .join(", ")
-                    ),
-                    params,
-                )
-                .map_err(&q)?
-                .into_iter()
-                .collect();
+            let lease = text(
+                c,
+                OP,
+                &format!(
+                    "INSERT INTO claimed_tasks (task_id, app, job_id, worker, fence, lease_until, claimed_at) \
+                     VALUES {}",
+                    vec!["(?, ?, ?, ?, ?, NOW(3) + INTERVAL ? MICROSECOND, NOW(3))"; rows.len()]
+                        .join(", ")
+                ),
+                params,
+            )?;
+            let unready = format!("DELETE FROM ready_tasks WHERE task_id IN ({})", ids.join(","));
+            together(c, OP, &[unready, lease])?;
+            // Each lease ends `lease_ms` after the read's clock, which is
+            // at or before the insert's: the worker is told an end at or
+            // before the stored one.
             rows.into_iter()
-                .map(|(task, job, payload, attempt)| {
+                .map(|(task, job, payload, attempt, _)| {
                     Ok(Claimed {
                         task,
                         job,
                         payload: raw(&payload, OP)?,
                         attempt,
                         fence: u64::from(attempt),
-                        lease_until: *ends.get(&task).ok_or_else(|| Error::Internal {
-                            op: OP,
-                            message: format!("task {task}'s lease was not returned"),
-                        })?,
+                        lease_until: now_ms + lease_ms as i64,
                     })
                 })
                 .collect()
@@ -487,6 +484,11 @@ impl<'a> Tasks<'a> {
                     })
                 })
                 .collect();
+            for (&(task, _, outcome), refusal) in batch.iter().zip(&refusals) {
+                if let (Err(error), None) = (outcome, refusal) {
+                    retry_or_bury(c, task, error).map_err(&q)?;
+                }
+            }
             let results: Vec<(u64, u64, &str)> = done
                 .iter()
                 .filter(|d| kept.contains_key(&d.0))
@@ -508,28 +510,28 @@ impl<'a> Tasks<'a> {
                 }
                 params.extend(results.iter().map(|r| mysql::Value::from(r.0)));
                 let cases = vec!["WHEN ? THEN ?"; results.len()].join(" ");
-                c.exec_drop(
-                    format!(
+                let rows = text(
+                    c,
+                    OP,
+                    &format!(
                         "UPDATE tasks SET state = 'done', finished_at = NOW(3), \
                          result = CASE id {cases} END, attempts = CASE id {cases} END, \
                          started_at = CASE id {cases} END WHERE id IN ({})",
                         marks(results.len())
                     ),
                     params,
-                )
-                .map_err(&q)?;
+                )?;
                 // Counted by job, from the leases' rows.
                 let mut jobs: std::collections::BTreeMap<u64, u64> =
                     std::collections::BTreeMap::new();
                 for (job, _) in kept.values() {
                     *jobs.entry(*job).or_default() += 1;
                 }
-                add_counts(c, results[0].0, &jobs, "done").map_err(&q)?;
-            }
-            for (&(task, _, outcome), refusal) in batch.iter().zip(&refusals) {
-                if let (Err(error), None) = (outcome, refusal) {
-                    retry_or_bury(c, task, error).map_err(&q)?;
-                }
+                let (sql, params) = counts(results[0].0, &jobs, "done");
+                let counted = text(c, OP, &sql, params)?;
+                // They need nothing back: in a run-once write they go
+                // with its record and COMMIT.
+                last(self.db, c, OP, vec![rows, counted])?;
             }
             Ok(refusals.clone())
         })
@@ -859,19 +861,56 @@ fn add_counts(
     jobs: &std::collections::BTreeMap<u64, u64>,
     column: &str,
 ) -> mysql::Result<()> {
+    let (sql, params) = counts(task, jobs, column);
+    c.exec_drop(sql, params)
+}
+
+/// [`add_counts`]'s statement and its parameters.
+fn counts(
+    task: u64,
+    jobs: &std::collections::BTreeMap<u64, u64>,
+    column: &str,
+) -> (String, Vec<mysql::Value>) {
     let shard = task % SHARDS;
     let mut params: Vec<mysql::Value> = Vec::with_capacity(jobs.len() * 3);
     for (&job, &n) in jobs {
         params.extend([job.into(), shard.into(), n.into()]);
     }
-    c.exec_drop(
-        format!(
-            "INSERT INTO job_counts (job_id, shard, {column}) VALUES {} \
-             ON DUPLICATE KEY UPDATE {column} = {column} + VALUES({column})",
-            vec!["(?, ?, ?)"; jobs.len()].join(", ")
-        ),
-        params,
-    )
+    let sql = format!(
+        "INSERT INTO job_counts (job_id, shard, {column}) VALUES {} \
+         ON DUPLICATE KEY UPDATE {column} = {column} + VALUES({column})",
+        vec!["(?, ?, ?)"; jobs.len()].join(", ")
+    );
+    (sql, params)
+}
+
+/// `sql` with `params` as one statement of text, to go out with others.
+fn text(c: &PooledConn, op: &'static str, sql: &str, params: Vec<mysql::Value>) -> Result<String> {
+    let params = mysql::Params::Positional(params);
+    crate::writes::as_text(sql, &params, c.no_backslash_escape()).ok_or_else(|| Error::Internal {
+        op,
+        message: "a statement's placeholders and values do not match".into(),
+    })
+}
+
+/// Sends `statements` (text) in one round trip, every result read.
+fn together(c: &mut PooledConn, op: &'static str, statements: &[String]) -> Result<()> {
+    crate::writes::run_all(c, &statements.join(";")).map_err(|(_, e)| Error::from_mysql(op, e))
+}
+
+/// `statements` (text) that need nothing back but their success, the
+/// last a transaction on `c` sends: inside a run-once write they are
+/// staged, to go out with its record and `COMMIT` in one round trip (if
+/// one fails there, the write runs again with its statements sent as they
+/// come, and meets the error here); otherwise sent now, in one round trip.
+fn last(db: &Db, c: &mut PooledConn, op: &'static str, statements: Vec<String>) -> Result<()> {
+    if crate::writes::staging(db.id()) {
+        for s in statements {
+            crate::writes::stage_text(db.id(), s);
+        }
+        return Ok(());
+    }
+    together(c, op, &statements)
 }
 
 /// A failed attempt of a claimed task: wait for a retry, or dead after the

@@ -309,6 +309,27 @@ pub(crate) fn stage(db: usize, sql: &str, params: &mysql::Params) -> bool {
     })
 }
 
+/// Whether this thread is inside a run-once write of pool `db` that
+/// stages its statements ([`stage_text`]).
+pub(crate) fn staging(db: usize) -> bool {
+    STAGED.with(|s| s.borrow().as_ref().is_some_and(|s| s.db == db))
+}
+
+/// Stages `text` (one statement as text) for the run-once write of pool
+/// `db` on this thread ([`staging`]), to go out with its record and
+/// `COMMIT`. For a repository's transaction that holds the write's
+/// connection ([`Db::with_tx`]) and sends nothing after its staged
+/// statements; [`stage`] is for statements made outside one.
+pub(crate) fn stage_text(db: usize, text: String) {
+    STAGED.with(|s| {
+        if let Some(staged) = s.borrow_mut().as_mut().filter(|s| s.db == db) {
+            if staged.failed.is_none() {
+                staged.sql.push(text);
+            }
+        }
+    })
+}
+
 /// Sends what is staged for the run-once write of pool `db` on its
 /// connection `conn`, with `START TRANSACTION` first if it has not gone
 /// out (at READ COMMITTED if `read_committed`): called before a statement
@@ -390,7 +411,7 @@ fn run_with_commit(
 /// (escaped for a session with or without `NO_BACKSLASH_ESCAPES`, as
 /// `plain` says); `None` for named parameters or a count that does not
 /// match. `sql` must have no `?` but its placeholders.
-fn as_text(sql: &str, params: &mysql::Params, plain: bool) -> Option<String> {
+pub(crate) fn as_text(sql: &str, params: &mysql::Params, plain: bool) -> Option<String> {
     let values: &[mysql::Value] = match params {
         mysql::Params::Empty => &[],
         mysql::Params::Positional(values) => values,
