@@ -14,7 +14,7 @@
 //! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use dsf_proto::task::{self as msg, Claimed, JobStatus, Lease, NewTask, Progress, SUBMIT_MAX};
@@ -218,142 +218,144 @@ where
         .saturating_sub(Duration::from_secs(2))
         .min(Duration::from_millis(msg::WAIT_MAX_MS))
         .as_millis() as u64;
+    // One worker thread: claims, runs, reports; its leases extended by
+    // the heartbeat thread beside it (`beat`) while a batch runs.
+    let work_thread = |client: &Mutex<Client>, beat: &Beat| -> Result<()> {
+        let tally = Tally {
+            done: &done,
+            failed: &failed,
+            refused: &refused,
+            worker: &opts.id,
+        };
+        // The last batch's outcomes ride on the next claim (one
+        // transaction for both) when they fit in a frame; they
+        // are reported on their own otherwise, and before the
+        // thread stops. A server that takes none with a claim
+        // (older than this SDK) turns it off for the thread.
+        let mut carry: Vec<msg::Outcome> = Vec::new();
+        let mut carrying = true;
+        let budget = lock(client).config().max_frame / 2;
+        let outcome = loop {
+            if stop.load(Ordering::Acquire) || halt.load(Ordering::Acquire) {
+                break Ok(());
+            }
+            // The tasks this claim may take: the batch, or
+            // fewer when `max_tasks` is nearly reached.
+            let n = match slots.take(opts.batch.clamp(1, msg::CLAIM_MAX)) {
+                0 => break Ok(()),
+                n => n,
+            };
+            let mut body = msg::ClaimBody {
+                n,
+                lease_ms,
+                wait_ms: Some(wait_ms),
+                finish: std::mem::take(&mut carry),
+            };
+            // The client is free again before what follows uses it.
+            let sent = lock(client).send::<msg::Claim>(&body);
+            let claimed = match sent {
+                Ok(r) => match (&r.finished, body.finish.is_empty()) {
+                    (Some(f), false) => {
+                        tally.count(&body.finish, f);
+                        r.tasks
+                    }
+                    // Carried, and not said kept: a server that
+                    // ignores the field. They go on their own.
+                    (None, false) => {
+                        carrying = false;
+                        if let Err(e) =
+                            report(&mut lock(client), std::mem::take(&mut body.finish), &tally)
+                        {
+                            break Err(e);
+                        }
+                        r.tasks
+                    }
+                    (_, true) => r.tasks,
+                },
+                Err(e) if !body.finish.is_empty() && refuses_carried(&e) => {
+                    // Outcomes this server takes only on their
+                    // own (older than this SDK), that it
+                    // refuses, or that this key may not send in
+                    // a claim: `task.finish` tells which.
+                    // Nothing was claimed.
+                    carrying = false;
+                    slots.give_back(n);
+                    match report(&mut lock(client), std::mem::take(&mut body.finish), &tally) {
+                        Ok(()) => continue,
+                        Err(e) => break Err(e),
+                    }
+                }
+                Err(e) => {
+                    // The cluster may be failing over: the
+                    // worker waits and claims again, carrying
+                    // the same outcomes (their fences make a
+                    // second report harmless: one already kept
+                    // is refused, not kept twice).
+                    log::warn!("worker {}: claim failed: {e}; retrying in 1 s", opts.id);
+                    carry = std::mem::take(&mut body.finish);
+                    slots.give_back(n);
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            // Those that did not come (none within the wait,
+            // or fewer than asked) are free again.
+            slots.give_back(n - claimed.len() as u32);
+            if claimed.is_empty() {
+                continue;
+            }
+            // The batch's tasks run one after the other, and
+            // their outcomes are reported together, in one
+            // transaction; until then every lease of the batch
+            // is extended with the running task's.
+            let leases: Vec<Lease> = claimed
+                .iter()
+                .map(|t| Lease {
+                    task: t.task,
+                    fence: t.fence,
+                })
+                .collect();
+            // Extended when a third of the lease has passed
+            // since the claim or the last extension, whichever
+            // task of the batch is running then.
+            beat.running(leases);
+            let outcomes: Vec<msg::Outcome> =
+                claimed.iter().map(|task| run_one(task, &handler)).collect();
+            beat.idle();
+            if carrying && outcomes.iter().map(outcome_size).sum::<usize>() <= budget {
+                carry = outcomes;
+                continue;
+            }
+            // Reported in parts that fit a frame (results are
+            // up to 256 KiB each).
+            if let Err(e) = report_in_parts(&mut lock(client), outcomes, budget, &tally) {
+                break Err(e);
+            }
+        };
+        // What the last claim would have carried.
+        let outcome =
+            outcome.and_then(|()| report_in_parts(&mut lock(client), carry, budget, &tally));
+        if outcome.is_err() {
+            // Malformed would be refused again each time:
+            // every thread stops, and says why.
+            halt.store(true, Ordering::Release);
+        }
+        outcome
+    };
     std::thread::scope(|s| {
         let threads: Vec<_> = (0..opts.concurrency)
             .map(|_| {
                 s.spawn(|| -> Result<()> {
                     let mut cfg = cfg.clone();
                     cfg.routing_key = Some(opts.id.clone());
-                    let mut c = Client::new(cfg)?;
-                    let tally = Tally {
-                        done: &done,
-                        failed: &failed,
-                        refused: &refused,
-                        worker: &opts.id,
-                    };
-                    // The last batch's outcomes ride on the next claim (one
-                    // transaction for both) when they fit in a frame; they
-                    // are reported on their own otherwise, and before the
-                    // thread stops. A server that takes none with a claim
-                    // (older than this SDK) turns it off for the thread.
-                    let mut carry: Vec<msg::Outcome> = Vec::new();
-                    let mut carrying = true;
-                    let budget = c.config().max_frame / 2;
-                    let outcome = loop {
-                        if stop.load(Ordering::Acquire) || halt.load(Ordering::Acquire) {
-                            break Ok(());
-                        }
-                        // The tasks this claim may take: the batch, or
-                        // fewer when `max_tasks` is nearly reached.
-                        let n = match slots.take(opts.batch.clamp(1, msg::CLAIM_MAX)) {
-                            0 => break Ok(()),
-                            n => n,
-                        };
-                        let mut body = msg::ClaimBody {
-                            n,
-                            lease_ms,
-                            wait_ms: Some(wait_ms),
-                            finish: std::mem::take(&mut carry),
-                        };
-                        let claimed = match c.send::<msg::Claim>(&body) {
-                            Ok(r) => match (&r.finished, body.finish.is_empty()) {
-                                (Some(f), false) => {
-                                    tally.count(&body.finish, f);
-                                    r.tasks
-                                }
-                                // Carried, and not said kept: a server that
-                                // ignores the field. They go on their own.
-                                (None, false) => {
-                                    carrying = false;
-                                    if let Err(e) =
-                                        report(&mut c, std::mem::take(&mut body.finish), &tally)
-                                    {
-                                        break Err(e);
-                                    }
-                                    r.tasks
-                                }
-                                (_, true) => r.tasks,
-                            },
-                            Err(e) if !body.finish.is_empty() && refuses_carried(&e) => {
-                                // Outcomes this server takes only on their
-                                // own (older than this SDK), that it
-                                // refuses, or that this key may not send in
-                                // a claim: `task.finish` tells which.
-                                // Nothing was claimed.
-                                carrying = false;
-                                slots.give_back(n);
-                                match report(&mut c, std::mem::take(&mut body.finish), &tally) {
-                                    Ok(()) => continue,
-                                    Err(e) => break Err(e),
-                                }
-                            }
-                            Err(e) => {
-                                // The cluster may be failing over: the
-                                // worker waits and claims again, carrying
-                                // the same outcomes (their fences make a
-                                // second report harmless: one already kept
-                                // is refused, not kept twice).
-                                log::warn!(
-                                    "worker {}: claim failed: {e}; retrying in 1 s",
-                                    opts.id
-                                );
-                                carry = std::mem::take(&mut body.finish);
-                                slots.give_back(n);
-                                std::thread::sleep(Duration::from_secs(1));
-                                continue;
-                            }
-                        };
-                        // Those that did not come (none within the wait,
-                        // or fewer than asked) are free again.
-                        slots.give_back(n - claimed.len() as u32);
-                        if claimed.is_empty() {
-                            continue;
-                        }
-                        // The batch's tasks run one after the other, and
-                        // their outcomes are reported together, in one
-                        // transaction; until then every lease of the batch
-                        // is extended with the running task's.
-                        let leases: Vec<Lease> = claimed
-                            .iter()
-                            .map(|t| Lease {
-                                task: t.task,
-                                fence: t.fence,
-                            })
-                            .collect();
-                        // Extended when a third of the lease has passed
-                        // since the claim or the last extension, whichever
-                        // task of the batch is running then.
-                        let mut extended = Instant::now();
-                        let mut outcomes = Vec::with_capacity(claimed.len());
-                        for task in &claimed {
-                            outcomes.push(run_one(
-                                &mut c,
-                                task,
-                                &leases,
-                                lease_ms,
-                                &mut extended,
-                                &handler,
-                            ));
-                        }
-                        if carrying && outcomes.iter().map(outcome_size).sum::<usize>() <= budget {
-                            carry = outcomes;
-                            continue;
-                        }
-                        // Reported in parts that fit a frame (results are
-                        // up to 256 KiB each).
-                        if let Err(e) = report_in_parts(&mut c, outcomes, budget, &tally) {
-                            break Err(e);
-                        }
-                    };
-                    // What the last claim would have carried.
-                    let outcome =
-                        outcome.and_then(|()| report_in_parts(&mut c, carry, budget, &tally));
-                    if outcome.is_err() {
-                        // Malformed would be refused again each time:
-                        // every thread stops, and says why.
-                        halt.store(true, Ordering::Release);
-                    }
-                    outcome
+                    let client = Mutex::new(Client::new(cfg)?);
+                    let beat = Beat::default();
+                    std::thread::scope(|hs| {
+                        hs.spawn(|| beat.extend_while_running(&client, lease_ms));
+                        let outcome = work_thread(&client, &beat);
+                        beat.over();
+                        outcome
+                    })
                 })
             })
             .collect();
@@ -367,6 +369,100 @@ where
         failed: failed.into_inner(),
         refused: refused.into_inner(),
     })
+}
+
+/// `client`, whichever thread used it last (a panic while it was held
+/// leaves a client as usable as before).
+fn lock(client: &Mutex<Client>) -> MutexGuard<'_, Client> {
+    client.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a worker thread tells the thread beside it that extends the
+/// leases of its batch: the handler runs on the worker thread itself, so
+/// a task costs no thread of its own.
+#[derive(Default)]
+struct Beat {
+    state: Mutex<Beating>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Beating {
+    /// The leases of the batch running now, and when they were extended
+    /// last (or claimed).
+    batch: Option<(Vec<Lease>, Instant)>,
+    /// The worker thread has stopped.
+    over: bool,
+}
+
+impl Beat {
+    fn set(&self, f: impl FnOnce(&mut Beating)) {
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
+        self.wake.notify_one();
+    }
+
+    /// A batch holding `leases` starts running.
+    fn running(&self, leases: Vec<Lease>) {
+        self.set(|b| b.batch = Some((leases, Instant::now())));
+    }
+
+    /// The batch has run. Waits for an extension in flight, so that none
+    /// goes out after the batch is reported.
+    fn idle(&self) {
+        self.set(|b| b.batch = None);
+    }
+
+    fn over(&self) {
+        self.set(|b| b.over = true);
+    }
+
+    /// Extends the running batch's leases whenever a third of the lease
+    /// has passed since they were claimed or last extended, until
+    /// [`Beat::over`]. Holds the state while it extends, so the worker
+    /// thread's next step waits for the extension to be answered.
+    fn extend_while_running(&self, client: &Mutex<Client>, lease_ms: u64) {
+        let every = Duration::from_millis(lease_ms / 3);
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if st.over {
+                return;
+            }
+            let Some((held, extended)) = st.batch.as_mut() else {
+                st = self.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            };
+            let due = *extended + every;
+            let now = Instant::now();
+            if now < due {
+                st = self
+                    .wake
+                    .wait_timeout(st, due - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                continue;
+            }
+            let body = msg::HeartbeatBody {
+                leases: held.clone(),
+                lease_ms,
+            };
+            // A failed extension loses no result: the fence decides when
+            // it is reported.
+            match lock(client).send::<msg::Heartbeat>(&body) {
+                Ok(ext) => {
+                    for t in ext.lost {
+                        log::warn!(
+                            "task {t}: lease lost (another worker may take it); its result will be refused"
+                        );
+                    }
+                }
+                Err(e) => log::warn!(
+                    "extending the leases of tasks {:?} failed: {e}",
+                    body.leases.iter().map(|l| l.task).collect::<Vec<_>>()
+                ),
+            }
+            *extended = Instant::now();
+        }
+    }
 }
 
 /// The tasks a worker's threads may still claim under `max_tasks`, counted
@@ -493,55 +589,14 @@ fn report(c: &mut Client, part: Vec<msg::Outcome>, tally: &Tally<'_>) -> Result<
     }
 }
 
-/// Runs one claimed task; while its handler runs, extends `held` (the
-/// leases of its batch) whenever a third of the lease has passed since
-/// `extended`. Its outcome, to report.
-fn run_one<F>(
-    c: &mut Client,
-    task: &Claimed,
-    held: &[Lease],
-    lease_ms: u64,
-    extended: &mut Instant,
-    handler: &F,
-) -> msg::Outcome
+/// Runs one claimed task on this thread (a panic in its handler is a
+/// failed attempt that says so). Its outcome, to report.
+fn run_one<F>(task: &Claimed, handler: &F) -> msg::Outcome
 where
     F: Fn(&RawValue) -> std::result::Result<String, String> + Sync,
 {
-    let (tx, rx) = mpsc::channel();
-    let every = Duration::from_millis(lease_ms / 3);
-    let result = std::thread::scope(|s| {
-        s.spawn(|| {
-            let _ = tx.send(handler(&task.payload));
-        });
-        loop {
-            let next = *extended + every;
-            match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                Ok(r) => return r,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let body = msg::HeartbeatBody {
-                        leases: held.to_vec(),
-                        lease_ms,
-                    };
-                    // A failed extension loses no result: the fence
-                    // decides when it is reported.
-                    match c.send::<msg::Heartbeat>(&body) {
-                        Ok(ext) => {
-                            for t in ext.lost {
-                                log::warn!(
-                                    "task {t}: lease lost (another worker may take it); its result will be refused"
-                                );
-                            }
-                        }
-                        Err(e) => log::warn!("task {}: extending its lease failed: {e}", task.task),
-                    }
-                    *extended = Instant::now();
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err("the handler panicked".to_string())
-                }
-            }
-        }
-    });
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&task.payload)))
+        .unwrap_or_else(|_| Err("the handler panicked".to_string()));
     let (result, error) = match result {
         Ok(json) if json.len() > msg::RESULT_MAX => (
             None,

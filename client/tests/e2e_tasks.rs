@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e::{wait_for, Cluster, Proc, Spec, WAIT};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const TASKS: usize = 300;
 
@@ -367,6 +367,56 @@ fn a_batch_longer_than_its_lease_keeps_every_result() {
     .unwrap();
     assert_eq!((report.done, report.refused), (5, 0), "{report:?}");
     assert_eq!(status(&cluster, job)["done"], 5);
+}
+
+/// The handler runs on the worker's own thread: one that panics is a
+/// failed attempt that says so, and the same thread goes on with the rest
+/// of its batch and with the retry.
+#[test]
+fn a_handler_that_panics_fails_its_attempt_and_the_worker_goes_on() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use dsf_client::tasks::{work, WorkerOptions};
+
+    let cluster = Cluster::start(Spec {
+        apps: 1,
+        ..Spec::default()
+    });
+    let job = cluster.submit_job("panics", 3);
+    let cfg = cluster.client_config(cluster.lb_addrs());
+    let mut opts = WorkerOptions::new("panicky");
+    opts.batch = 3;
+    // The three, then the retry of the one that panicked.
+    opts.max_tasks = Some(4);
+    let (stop, panicked) = (AtomicBool::new(false), AtomicBool::new(false));
+    let report = work(&cfg, &opts, &stop, |payload| {
+        if payload.get() == r#"{"n":1}"# && !panicked.swap(true, Ordering::SeqCst) {
+            panic!("a bug in the handler");
+        }
+        Ok(payload.get().to_string())
+    })
+    .unwrap();
+    assert_eq!((report.done, report.failed), (3, 1), "{report:?}");
+    let st = status(&cluster, job);
+    assert_eq!(
+        (st["done"].as_u64(), st["failed"].as_u64()),
+        (Some(3), Some(1)),
+        "{st}"
+    );
+    let out = client_cmd(&cluster)
+        .args(["job", "results", &job.to_string(), "--json"])
+        .output()
+        .unwrap();
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Its first attempt's error stays beside the retry's result.
+    assert_eq!(
+        (&rows[1]["state"], &rows[1]["attempts"], &rows[1]["error"]),
+        (&json!("done"), &json!(2), &json!("the handler panicked")),
+        "{rows:?}"
+    );
 }
 
 /// `max_tasks` counts tasks, not claims: two threads claiming batches of
