@@ -219,18 +219,22 @@ impl<'a> Tasks<'a> {
                 }
             }
             let last_seq = first_seq as u64 + tasks.len() as u64;
-            c.exec_drop(
+            let ready = text(
+                c,
+                OP,
                 "INSERT INTO ready_tasks (task_id, app, job_id, neg_priority) \
                  SELECT t.id, ?, t.job_id, -t.priority FROM tasks t \
                  WHERE t.job_id = ? AND t.seq >= ? AND t.seq < ?",
-                (owner.app, job, first_seq, last_seq),
-            )
-            .map_err(&q)?;
-            c.exec_drop(
+                vec![owner.app.into(), job.into(), first_seq.into(), last_seq.into()],
+            )?;
+            let counted = text(
+                c,
+                OP,
                 "UPDATE jobs SET total = total + ?, next_seq = ? WHERE id = ?",
-                (accepted, last_seq, job),
-            )
-            .map_err(&q)?;
+                vec![accepted.into(), last_seq.into(), job.into()],
+            )?;
+            // In a run-once write, with its record and COMMIT.
+            last(self.db, c, OP, vec![ready, counted])?;
             Ok((job, accepted))
         })
     }
