@@ -352,9 +352,11 @@ where
                     let beat = Beat::default();
                     std::thread::scope(|hs| {
                         hs.spawn(|| beat.extend_while_running(&client, lease_ms));
-                        let outcome = work_thread(&client, &beat);
-                        beat.over();
-                        outcome
+                        // Over however the worker thread ends, a panic
+                        // included: the scope waits for the heartbeat
+                        // thread before it lets a panic go on.
+                        let _over = Over(&beat);
+                        work_thread(&client, &beat)
                     })
                 })
             })
@@ -393,6 +395,15 @@ struct Beating {
     batch: Option<(Vec<Lease>, Instant)>,
     /// The worker thread has stopped.
     over: bool,
+}
+
+/// Ends a [`Beat`] when dropped.
+struct Over<'a>(&'a Beat);
+
+impl Drop for Over<'_> {
+    fn drop(&mut self) {
+        self.0.over();
+    }
 }
 
 impl Beat {
