@@ -234,7 +234,7 @@ impl<'a> Tasks<'a> {
                 vec![accepted.into(), last_seq.into(), job.into()],
             )?;
             // In a run-once write, with its record and COMMIT.
-            last(self.db, c, OP, vec![ready, counted])?;
+            crate::writes::stage_last(self.db.id(), c, vec![ready, counted]).map_err(&q)?;
             Ok((job, accepted))
         })
     }
@@ -535,7 +535,7 @@ impl<'a> Tasks<'a> {
                 let counted = text(c, OP, &sql, params)?;
                 // They need nothing back: in a run-once write they go
                 // with its record and COMMIT.
-                last(self.db, c, OP, vec![rows, counted])?;
+                crate::writes::stage_last(self.db.id(), c, vec![rows, counted]).map_err(&q)?;
             }
             Ok(refusals.clone())
         })
@@ -900,21 +900,6 @@ fn text(c: &PooledConn, op: &'static str, sql: &str, params: Vec<mysql::Value>) 
 /// Sends `statements` (text) in one round trip, every result read.
 fn together(c: &mut PooledConn, op: &'static str, statements: &[String]) -> Result<()> {
     crate::writes::run_all(c, &statements.join(";")).map_err(|(_, e)| Error::from_mysql(op, e))
-}
-
-/// `statements` (text) that need nothing back but their success, the
-/// last a transaction on `c` sends: inside a run-once write they are
-/// staged, to go out with its record and `COMMIT` in one round trip (if
-/// one fails there, the write runs again with its statements sent as they
-/// come, and meets the error here); otherwise sent now, in one round trip.
-fn last(db: &Db, c: &mut PooledConn, op: &'static str, statements: Vec<String>) -> Result<()> {
-    if crate::writes::staging(db.id()) {
-        for s in statements {
-            crate::writes::stage_text(db.id(), s);
-        }
-        return Ok(());
-    }
-    together(c, op, &statements)
 }
 
 /// A failed attempt of a claimed task: wait for a retry, or dead after the

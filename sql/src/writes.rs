@@ -309,25 +309,32 @@ pub(crate) fn stage(db: usize, sql: &str, params: &mysql::Params) -> bool {
     })
 }
 
-/// Whether this thread is inside a run-once write of pool `db` that
-/// stages its statements ([`stage_text`]).
-pub(crate) fn staging(db: usize) -> bool {
-    STAGED.with(|s| s.borrow().as_ref().is_some_and(|s| s.db == db))
-}
-
-/// Stages `text` (one statement as text) for the run-once write of pool
-/// `db` on this thread ([`staging`]), to go out with its record and
-/// `COMMIT`. For a repository's transaction that holds the write's
-/// connection ([`Db::with_tx`]) and sends nothing after its staged
-/// statements; [`stage`] is for statements made outside one.
-pub(crate) fn stage_text(db: usize, text: String) {
-    STAGED.with(|s| {
-        if let Some(staged) = s.borrow_mut().as_mut().filter(|s| s.db == db) {
+/// Statements as text ([`as_text`]) that need nothing back but their
+/// success, the last a transaction on `conn` sends (a repository's, which
+/// holds the connection, [`Db::with_tx`]): inside a run-once write of pool
+/// `db` on this thread they are staged, to go out with its record and
+/// `COMMIT` (if one fails there, the write runs again with its statements
+/// sent as they come, and meets the error here); otherwise they are sent
+/// now, in one round trip. [`stage`] is for a statement made outside such
+/// a transaction.
+pub(crate) fn stage_last(
+    db: usize,
+    conn: &mut PooledConn,
+    statements: Vec<String>,
+) -> mysql::Result<()> {
+    let unstaged = STAGED.with(|s| match s.borrow_mut().as_mut().filter(|s| s.db == db) {
+        Some(staged) => {
             if staged.failed.is_none() {
-                staged.sql.push(text);
+                staged.sql.extend(statements);
             }
+            None
         }
-    })
+        None => Some(statements),
+    });
+    match unstaged {
+        None => Ok(()),
+        Some(statements) => run_all(conn, &statements.join(";")).map_err(|(_, e)| e),
+    }
 }
 
 /// Sends what is staged for the run-once write of pool `db` on its
