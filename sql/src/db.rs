@@ -688,7 +688,7 @@ impl Db {
         }
         let mut held = GiveBack(self.id(), Some(conn));
         let conn = held.1.as_mut().expect("just put there");
-        crate::writes::send_staged(self.id(), conn, read_committed);
+        crate::writes::send_staged(self, conn, read_committed);
         Ok(f(conn))
     }
 

@@ -35,6 +35,7 @@ pub mod audit;
 pub mod blacklist;
 pub mod db;
 pub mod error;
+mod forms;
 pub mod gate_checks;
 pub mod messages;
 pub mod migrate;

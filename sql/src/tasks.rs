@@ -891,7 +891,7 @@ fn counts(
 /// `sql` with `params` as one statement of text, to go out with others.
 fn text(c: &PooledConn, op: &'static str, sql: &str, params: Vec<mysql::Value>) -> Result<String> {
     let params = mysql::Params::Positional(params);
-    crate::writes::as_text(sql, &params, c.no_backslash_escape()).ok_or_else(|| Error::Internal {
+    crate::forms::as_text(sql, &params, c.no_backslash_escape()).ok_or_else(|| Error::Internal {
         op,
         message: "a statement's placeholders and values do not match".into(),
     })

@@ -62,6 +62,7 @@ use mysql::PooledConn;
 
 use crate::db::{Db, TX};
 use crate::error::{Error, Result};
+use crate::forms::Stmt;
 
 /// A reply as stored: `ok`, and the body (or the error object) as sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,8 +119,8 @@ struct Staged {
     /// Whether `START TRANSACTION` went out (before a statement the handler
     /// sent itself).
     started: bool,
-    /// The staged statements as text, in order.
-    sql: Vec<String>,
+    /// The staged statements, in order.
+    sql: Vec<Stmt>,
     /// Sending them before a statement of the handler's failed: this run
     /// is thrown away (and `true` if the connection is gone, so that it
     /// is not run again on it).
@@ -139,7 +140,7 @@ impl Staged {
 }
 
 /// A refusal's record, inserted on its own after the rollback (a
-/// success's goes in with its transaction, as text: [`records_sql`]).
+/// success's goes in with its transaction: [`crate::forms::RECORD`]).
 /// Records are stamped with the database's clock, which the janitor
 /// compares with the same clock: app servers' clocks may differ.
 const INSERT_REFUSAL: &str = "INSERT IGNORE INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
@@ -147,28 +148,6 @@ const INSERT_REFUSAL: &str = "INSERT IGNORE INTO wire_writes (app, nonce, kind, 
 
 /// What a repository asks a group to run just before its commit.
 type BeforeCommit = Box<dyn FnOnce(&mut PooledConn) -> mysql::Result<()>>;
-
-/// The insert of a group's records (app, nonce, kind, reply), as text: not
-/// a prepared statement, which on Galera may lose its transaction (see
-/// `db::op_key`). Strings are escaped for `conn`'s session (its
-/// `NO_BACKSLASH_ESCAPES`).
-fn records_sql(conn: &PooledConn, records: &[&[String; 4]]) -> String {
-    let plain = conn.no_backslash_escape();
-    let mut sql = String::with_capacity(128 + 96 * records.len());
-    sql.push_str("INSERT INTO wire_writes (app, nonce, kind, reply, ok, created_at) VALUES ");
-    for (i, r) in records.iter().enumerate() {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push('(');
-        for v in r.iter() {
-            sql.push_str(&mysql::Value::from(v.as_str()).as_sql(plain));
-            sql.push(',');
-        }
-        sql.push_str("1, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))");
-    }
-    sql
-}
 
 /// A group commit open on this thread.
 struct Group {
@@ -299,9 +278,9 @@ pub(crate) fn stage(db: usize, sql: &str, params: &mysql::Params) -> bool {
             // This run is thrown away: nothing needs sending.
             return true;
         }
-        match as_text(sql, params, plain) {
-            Some(text) => {
-                staged.sql.push(text);
+        match Stmt::new(sql, params, plain) {
+            Some(stmt) => {
+                staged.sql.push(stmt);
                 true
             }
             None => false,
@@ -309,7 +288,7 @@ pub(crate) fn stage(db: usize, sql: &str, params: &mysql::Params) -> bool {
     })
 }
 
-/// Statements as text ([`as_text`]) that need nothing back but their
+/// Statements as text ([`crate::forms::as_text`]) that need nothing back but their
 /// success, the last a transaction on `conn` sends (a repository's, which
 /// holds the connection, [`Db::with_tx`]): inside a run-once write of pool
 /// `db` on this thread they are staged, to go out with its record and
@@ -325,7 +304,7 @@ pub(crate) fn stage_last(
     let unstaged = STAGED.with(|s| match s.borrow_mut().as_mut().filter(|s| s.db == db) {
         Some(staged) => {
             if staged.failed.is_none() {
-                staged.sql.extend(statements);
+                staged.sql.extend(statements.into_iter().map(Stmt::Text));
             }
             None
         }
@@ -341,27 +320,35 @@ pub(crate) fn stage_last(
 /// connection `conn`, with `START TRANSACTION` first if it has not gone
 /// out (at READ COMMITTED if `read_committed`): called before a statement
 /// the handler sends itself.
-pub(crate) fn send_staged(db: usize, conn: &mut PooledConn, read_committed: bool) {
+pub(crate) fn send_staged(db: &Db, conn: &mut PooledConn, read_committed: bool) {
+    let pool = crate::forms::pool_of(db);
     STAGED.with(|s| {
         let mut s = s.borrow_mut();
-        let Some(staged) = s.as_mut().filter(|s| s.db == db) else {
+        let Some(staged) = s.as_mut().filter(|s| s.db == db.id()) else {
             return;
         };
         if staged.failed.is_some() || (staged.started && staged.sql.is_empty()) {
             return;
         }
+        if !staged.started {
+            crate::forms::prepare(pool, conn, &staged.sql);
+        }
         let mut sql = Vec::with_capacity(staged.sql.len() + 1);
         if !staged.started {
-            sql.push(if read_committed {
-                crate::db::BEGIN_READ_COMMITTED.to_string()
+            sql.push(std::borrow::Cow::Borrowed(if read_committed {
+                crate::db::BEGIN_READ_COMMITTED
             } else {
-                "START TRANSACTION".to_string()
-            });
+                "START TRANSACTION"
+            }));
         }
-        sql.append(&mut staged.sql);
+        sql.extend(crate::forms::render(pool, conn, &staged.sql));
+        let sent = run_all(conn, &sql.join(";"));
+        drop(sql);
+        staged.sql.clear();
         staged.started = true;
-        if let Err((_, e)) = run_all(conn, &sql.join(";")) {
+        if let Err((_, e)) = sent {
             log::debug!("a staged write failed ({e}): the write runs again");
+            crate::forms::after_error(pool, conn, &e);
             staged.failed = Some(e.is_connectivity_error());
             crate::db::forget_if_broken(conn, &e);
             // A deadlock rolled the transaction back: what the handler
@@ -414,64 +401,45 @@ fn run_with_commit(
     run_all(conn, commit).map_err(|(_, e)| (before.len(), e))
 }
 
-/// `sql` with each `?` replaced by its value of `params` as an SQL literal
-/// (escaped for a session with or without `NO_BACKSLASH_ESCAPES`, as
-/// `plain` says); `None` for named parameters or a count that does not
-/// match. `sql` must have no `?` but its placeholders.
-pub(crate) fn as_text(sql: &str, params: &mysql::Params, plain: bool) -> Option<String> {
-    let values: &[mysql::Value] = match params {
-        mysql::Params::Empty => &[],
-        mysql::Params::Positional(values) => values,
-        mysql::Params::Named(_) => return None,
-    };
-    // One statement, one result: results are counted to say which
-    // statement failed. A float that is not finite has no literal.
-    let not_finite = |v: &mysql::Value| match v {
-        mysql::Value::Float(f) => !f.is_finite(),
-        mysql::Value::Double(d) => !d.is_finite(),
-        _ => false,
-    };
-    if sql.contains(';') || values.iter().any(not_finite) {
-        return None;
-    }
-    let mut values = values.iter();
-    let mut text = String::with_capacity(sql.len() + 24 * values.len());
-    for (i, part) in sql.split('?').enumerate() {
-        if i > 0 {
-            text.push_str(&values.next()?.as_sql(plain));
-        }
-        text.push_str(part);
-    }
-    values.next().is_none().then_some(text)
-}
-
 /// Commits staged writes in one transaction: `START TRANSACTION` unless
 /// `started`, their statements `sql`, their `records` in one `INSERT` (if
-/// any), `COMMIT`; one round trip ([`run_with_commit`]). The step that
-/// failed, if one did.
+/// any), `COMMIT`; one round trip ([`run_with_commit`]), after one that prepares
+/// their forms on `conn` when it has not yet ([`crate::forms`]), if no
+/// transaction is open. The step that failed, if one did.
 fn commit_staged(
     conn: &mut PooledConn,
-    galera: bool,
+    db: &Db,
     started: bool,
-    sql: &[&str],
+    sql: &[&Stmt],
     records: &[&[String; 4]],
 ) -> std::result::Result<(), (Step, mysql::Error)> {
-    let records = (!records.is_empty()).then(|| records_sql(conn, records));
+    let pool = crate::forms::pool_of(db);
+    let records = Stmt::records(conn, records);
+    if !started {
+        crate::forms::prepare(pool, conn, sql.iter().copied().chain(&records));
+    }
     let first = usize::from(!started);
     let mut all = Vec::with_capacity(sql.len() + 3);
     if !started {
-        all.push("START TRANSACTION");
+        all.push("START TRANSACTION".into());
     }
-    all.extend_from_slice(sql);
-    all.extend(records.as_deref());
-    all.push("COMMIT");
+    all.extend(crate::forms::render(
+        pool,
+        conn,
+        sql.iter().copied().chain(&records),
+    ));
+    all.push("COMMIT".into());
     let step = |i: usize| match i.checked_sub(first + sql.len()) {
         _ if i < first => Step::Start,
         None => Step::Staged,
         Some(0) if records.is_some() => Step::Record,
         Some(_) => Step::Commit,
     };
-    run_with_commit(conn, galera, &all).map_err(|(i, e)| (step(i), e))
+    let all: Vec<&str> = all.iter().map(|s| s.as_ref()).collect();
+    run_with_commit(conn, db.is_galera(), &all).map_err(|(i, e)| {
+        crate::forms::after_error(pool, conn, &e);
+        (step(i), e)
+    })
 }
 
 /// The most staged writes one shared commit takes.
@@ -513,7 +481,7 @@ pub struct SharedCommits {
 #[derive(Debug)]
 struct Waiting {
     ticket: u64,
-    sql: Vec<String>,
+    sql: Vec<Stmt>,
     record: [String; 4],
 }
 
@@ -551,10 +519,10 @@ impl Waiting {
     fn send_alone(
         &self,
         conn: &mut PooledConn,
-        galera: bool,
+        db: &Db,
     ) -> std::result::Result<(), (Step, mysql::Error)> {
-        let sql: Vec<&str> = self.sql.iter().map(String::as_str).collect();
-        commit_staged(conn, galera, false, &sql, &[&self.record])
+        let sql: Vec<&Stmt> = self.sql.iter().collect();
+        commit_staged(conn, db, false, &sql, &[&self.record])
     }
 }
 
@@ -666,8 +634,8 @@ impl<'a> Writes<'a> {
         if ok {
             let record = [app.into(), nonce.into(), kind.into(), reply.clone()];
             let sent = if staged.started {
-                let sql: Vec<&str> = staged.sql.iter().map(String::as_str).collect();
-                commit_staged(&mut conn, self.db.is_galera(), true, &sql, &[&record])
+                let sql: Vec<&Stmt> = staged.sql.iter().collect();
+                commit_staged(&mut conn, self.db, true, &sql, &[&record])
             } else {
                 self.commit_shared(&mut conn, staged.sql, record)
             };
@@ -768,7 +736,7 @@ impl<'a> Writes<'a> {
                 f(&mut conn)?;
             }
             let records: Vec<&[String; 4]> = group.records.iter().collect();
-            commit_staged(&mut conn, self.db.is_galera(), true, &[], &records).map_err(|(_, e)| e)
+            commit_staged(&mut conn, self.db, true, &[], &records).map_err(|(_, e)| e)
         })();
         done.map_err(|e| {
             crate::db::forget_if_broken(&mut conn, &e);
@@ -841,7 +809,7 @@ impl<'a> Writes<'a> {
     fn commit_shared(
         &self,
         conn: &mut PooledConn,
-        sql: Vec<String>,
+        sql: Vec<Stmt>,
         record: [String; 4],
     ) -> std::result::Result<(), (Step, mysql::Error)> {
         let shared = self.db.shared();
@@ -858,7 +826,7 @@ impl<'a> Writes<'a> {
                 Some(None) => return Ok(()),
                 Some(Some(mine)) => {
                     drop(state);
-                    return mine.send_alone(conn, self.db.is_galera());
+                    return mine.send_alone(conn, self.db);
                 }
                 None => {}
             }
@@ -874,7 +842,7 @@ impl<'a> Writes<'a> {
                     if let Some(at) = state.waiting.iter().position(|w| w.ticket == ticket) {
                         let mine = state.waiting.remove(at);
                         drop(state);
-                        return mine.send_alone(conn, self.db.is_galera());
+                        return mine.send_alone(conn, self.db);
                     }
                 }
                 continue;
@@ -893,18 +861,14 @@ impl<'a> Writes<'a> {
                     let mine = lead.batch.pop().expect("one");
                     // The lead is held until it is sent: writes that come
                     // meanwhile wait, to go together after it.
-                    let sent = mine.send_alone(conn, self.db.is_galera());
+                    let sent = mine.send_alone(conn, self.db);
                     drop(lead);
                     return sent;
                 }
             }
-            let sql: Vec<&str> = (lead.batch.iter())
-                .flat_map(|w| w.sql.iter().map(String::as_str))
-                .collect();
+            let sql: Vec<&Stmt> = lead.batch.iter().flat_map(|w| &w.sql).collect();
             let records: Vec<&[String; 4]> = lead.batch.iter().map(|w| &w.record).collect();
-            match commit_staged(conn, self.db.is_galera(), false, &sql, &records)
-                .map_err(|(_, e)| e)
-            {
+            match commit_staged(conn, self.db, false, &sql, &records).map_err(|(_, e)| e) {
                 Ok(()) => lead.committed = true,
                 Err(e) => {
                     log::debug!(

@@ -241,7 +241,7 @@ fn queued_behind_a_lock(db: &Db, other: &Db, held: &str, cards: &[(&str, &str)])
                 let nonce = format!("{:0>16}", held.to_lowercase());
                 let first = s.spawn(move || add_counting_runs(db, &nonce, held).1);
                 wait_until("the first write to wait for the held row", || {
-                    running_insert_of(db, held)
+                    running_insert(db)
                 });
                 let rest: Vec<_> = cards
                     .iter()
@@ -261,17 +261,18 @@ fn queued_behind_a_lock(db: &Db, other: &Db, held: &str, cards: &[(&str, &str)])
         .unwrap()
 }
 
-/// Whether a query inserting `id_card` into the blacklist is running now
-/// (a user sees its own threads in the process list).
-fn running_insert_of(db: &Db, id_card: &str) -> bool {
+/// Whether an insert into this database's blacklist is running now (a
+/// user sees its own threads in the process list). Its values are not
+/// seen: an insert prepared on its connection shows as its form, with
+/// `?` for them.
+fn running_insert(db: &Db) -> bool {
     use mysql::prelude::Queryable;
-    let pattern = format!("%INSERT INTO blacklist%'{id_card}'%");
     let running: Option<u64> = db
         .with_conn_result("test", |c| {
-            Ok(c.exec_first(
+            Ok(c.query_first(
                 "SELECT COUNT(*) FROM information_schema.processlist \
-                 WHERE command = 'Query' AND info LIKE ? AND id <> CONNECTION_ID()",
-                (&pattern,),
+                 WHERE command = 'Query' AND info LIKE '%INSERT INTO blacklist%' \
+                 AND db = DATABASE() AND id <> CONNECTION_ID()",
             )?)
         })
         .unwrap();
@@ -369,7 +370,7 @@ fn staged_writes_behind_a_stuck_commit_are_sent_alone_after_a_while() {
             std::thread::scope(|s| {
                 let first = s.spawn(|| add_counting_runs(&db, "00000000000000p0", "P0").1);
                 wait_until("the first write to wait for the held row", || {
-                    running_insert_of(&db, "P0")
+                    running_insert(&db)
                 });
                 // While it waits, three others commit, alone.
                 for i in 1..=3 {
@@ -377,7 +378,7 @@ fn staged_writes_behind_a_stuck_commit_are_sent_alone_after_a_while() {
                     assert!(matches!(ran, Once::Ran(Stored { ok: true, .. })), "{ran:?}");
                     assert!(listed(&db, &format!("P{i}")));
                 }
-                assert!(running_insert_of(&db, "P0"), "the first still waits");
+                assert!(running_insert(&db), "the first still waits");
                 holder.query_drop("ROLLBACK").unwrap();
                 assert!(matches!(first.join().unwrap(), Once::Ran(Stored { ok: true, .. })));
             });
@@ -552,4 +553,53 @@ fn a_group_lends_its_connection_only_to_its_writes_handlers() {
     assert_ne!(connection_id(&db), inside);
     db.writes().commit_group().unwrap();
     assert!(listed(&db, "I1"));
+}
+
+/// Executions of prepared statements by name on the pool's connection.
+fn executes(db: &Db) -> u64 {
+    use mysql::prelude::Queryable;
+    db.with_conn_result("test", |c| {
+        let row: Option<(String, u64)> =
+            c.query_first("SHOW SESSION STATUS LIKE 'Com_execute_sql'")?;
+        Ok(row.expect("the counter").1)
+    })
+    .unwrap()
+}
+
+#[test]
+fn staged_writes_go_as_statements_prepared_on_their_connection_and_survive_their_loss() {
+    let test_db = testing::fresh();
+    let mut cfg = test_db.config();
+    (cfg.workers, cfg.pool_margin) = (1, 0);
+    let db = Db::connect(&cfg).unwrap();
+    let ran_once = |nonce: &str, card: &str| {
+        let (runs, once) = add_counting_runs(&db, nonce, card);
+        assert!(
+            matches!(once, Once::Ran(Stored { ok: true, .. })),
+            "{once:?}"
+        );
+        assert!(listed(&db, card));
+        runs
+    };
+    // The first write prepares its insert and the record's on the
+    // connection; the next executes them.
+    assert_eq!(ran_once("00000000000000e1", "E1"), 1);
+    let before = executes(&db);
+    assert_eq!(ran_once("00000000000000e2", "E2"), 1);
+    assert_eq!(
+        executes(&db) - before,
+        2,
+        "the add and its record, executed"
+    );
+    // The server forgets them (as a server that restarted and gave the
+    // connection's id again would): the write fails there, runs again
+    // with its statements sent as they come, and the next prepares them
+    // again.
+    db.with_conn_result("test", |c| Ok(c.change_user()?))
+        .unwrap();
+    assert_eq!(ran_once("00000000000000e3", "E3"), 2);
+    assert_eq!(ran_once("00000000000000e4", "E4"), 1);
+    let before = executes(&db);
+    assert_eq!(ran_once("00000000000000e5", "E5"), 1);
+    assert_eq!(executes(&db) - before, 2);
 }
