@@ -13,10 +13,11 @@
 //!
 //! **One round trip.** A handler's write that needs nothing back but its
 //! success ([`Db::exec_write`]) is not sent when the handler makes it: it
-//! is staged, and goes out as text with `START TRANSACTION`, the record's
-//! insert and `COMMIT`, all in one query. A handler whose writes are all
-//! staged (`blacklist.add`) costs one round trip with its record, as it
-//! would without. A statement the handler sends itself first sends what
+//! is staged, and goes out with `START TRANSACTION`, the record's insert
+//! and `COMMIT`, all in one query (each as the `EXECUTE` of a statement
+//! prepared on the connection where it can be; see `forms.rs`). A
+//! handler whose writes are all staged (`blacklist.add`) costs one round
+//! trip with its record, as it would without. A statement the handler sends itself first sends what
 //! was staged before it, in order. If a staged write fails (a duplicate
 //! key), the run is thrown away and the handler runs again with every
 //! statement sent as it comes, so it meets its error where it made the
