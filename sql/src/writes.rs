@@ -17,8 +17,8 @@
 //! and `COMMIT`, all in one query (each as the `EXECUTE` of a statement
 //! prepared on the connection where it can be; see `forms.rs`). A
 //! handler whose writes are all staged (`blacklist.add`) costs one round
-//! trip with its record, as it would without. A statement the handler sends itself first sends what
-//! was staged before it, in order. If a staged write fails (a duplicate
+//! trip with its record, as it would without. A statement the handler
+//! sends itself first sends what was staged before it, in order. If a staged write fails (a duplicate
 //! key), the run is thrown away and the handler runs again with every
 //! statement sent as it comes, so it meets its error where it made the
 //! write. Every result of the combined query is read: an error of its
@@ -289,13 +289,13 @@ pub(crate) fn stage(db: usize, sql: &str, params: &mysql::Params) -> bool {
     })
 }
 
-/// Statements as text ([`crate::forms::as_text`]) that need nothing back but their
-/// success, the last a transaction on `conn` sends (a repository's, which
-/// holds the connection, [`Db::with_tx`]): inside a run-once write of pool
-/// `db` on this thread they are staged, to go out with its record and
-/// `COMMIT` (if one fails there, the write runs again with its statements
-/// sent as they come, and meets the error here); otherwise they are sent
-/// now, in one round trip. [`stage`] is for a statement made outside such
+/// Statements as text ([`crate::forms::as_text`]) that need nothing back
+/// but their success, the last a transaction on `conn` sends (a
+/// repository's, which holds the connection, [`Db::with_tx`]): inside a
+/// run-once write of pool `db` on this thread they are staged, to go out
+/// with its record and `COMMIT` (if one fails there, the write runs again
+/// with its statements sent as they come, and meets the error here);
+/// otherwise they are sent now, in one round trip. [`stage`] is for a statement made outside such
 /// a transaction.
 pub(crate) fn stage_last(
     db: usize,
@@ -404,9 +404,10 @@ fn run_with_commit(
 
 /// Commits staged writes in one transaction: `START TRANSACTION` unless
 /// `started`, their statements `sql`, their `records` in one `INSERT` (if
-/// any), `COMMIT`; one round trip ([`run_with_commit`]), after one that prepares
-/// their forms on `conn` when it has not yet ([`crate::forms`]), if no
-/// transaction is open. The step that failed, if one did.
+/// any), `COMMIT`; one round trip ([`run_with_commit`]). Before it, if no
+/// transaction is open, one more to prepare on `conn` the forms it does
+/// not hold yet ([`crate::forms::prepare`]). The step that failed, if one
+/// did.
 fn commit_staged(
     conn: &mut PooledConn,
     db: &Db,
