@@ -98,7 +98,7 @@ fn main() {
     }
     let shared = db.writes().shared_commits();
     println!(
-        "# writes committed together across threads: {} in {} shared commits ({} failed)",
-        shared.writes, shared.commits, shared.failed
+        "# writes committed together across threads: {} in {} shared commits ({} failed, {} merged)",
+        shared.writes, shared.commits, shared.failed, shared.merged
     );
 }

@@ -192,6 +192,71 @@ fn splice(sql: &str, values: &[String]) -> String {
     text
 }
 
+/// The statements of several writes (each a list) as fewer statements,
+/// when they can be: if every write is the same sequence of inserts of
+/// literal values alone (`INSERT … VALUES (?, …, ?)`, nothing after the
+/// row), the writes' rows of each insert go in one multi-row `INSERT`.
+/// Rows of one write keep their order; a write's later insert goes after
+/// the other writes' earlier ones, which inserts of values alone cannot
+/// tell (a key two of them share fails the statement, as it would have
+/// failed one of the writes). `None`: sent as they are.
+pub(crate) fn merge(writes: &[&[Stmt]]) -> Option<Vec<Stmt>> {
+    let (first, rest) = writes.split_first()?;
+    if rest.is_empty() {
+        return None;
+    }
+    let forms_of = |w: &[Stmt]| -> Option<Vec<usize>> {
+        (w.iter())
+            .map(|s| match s {
+                Stmt::Form { form, .. } => Some(*form),
+                Stmt::Text(_) => None,
+            })
+            .collect()
+    };
+    let shape = forms_of(first)?;
+    if rest.iter().any(|w| forms_of(w).as_ref() != Some(&shape)) {
+        return None;
+    }
+    let f = forms();
+    let heads: Vec<&str> = (shape.iter())
+        .map(|&n| rows_insert(&f.sql[n]))
+        .collect::<Option<_>>()?;
+    let merged = (heads.iter().enumerate())
+        .map(|(i, head)| {
+            let mut sql = String::from(*head);
+            for (j, w) in writes.iter().enumerate() {
+                let Stmt::Form { values, .. } = &w[i] else {
+                    unreachable!("every write has the shape of the first");
+                };
+                if j > 0 {
+                    sql.push(',');
+                }
+                sql.push('(');
+                sql.push_str(&values.join(","));
+                sql.push(')');
+            }
+            Stmt::Text(sql)
+        })
+        .collect();
+    Some(merged)
+}
+
+/// `sql` up to its row, if it is an insert of one row of placeholders
+/// alone: `INSERT INTO t (a, b) VALUES (?, ?)` gives
+/// `INSERT INTO t (a, b) VALUES `.
+fn rows_insert(sql: &str) -> Option<&str> {
+    let at = sql.rfind(" VALUES ")? + " VALUES ".len();
+    let (head, row) = sql.split_at(at);
+    let inner = row.trim_end().strip_prefix('(')?.strip_suffix(')')?;
+    let placeholders = inner.split(',').all(|p| p.trim() == "?");
+    // `INSERT INTO t (a, b) VALUES `: a column list at most, no select.
+    let plain = head
+        .get(..12)
+        .is_some_and(|h| h.eq_ignore_ascii_case("INSERT INTO "))
+        && head.matches('(').count() <= 1;
+    (placeholders && plain).then_some(head)
+}
+
 /// Prepares on `conn`, which has no transaction open, the forms of
 /// `stmts` it does not hold yet, in one round trip. One that cannot be
 /// prepared is sent as text; the write is not refused for it.
@@ -287,5 +352,63 @@ pub(crate) fn after_error(pool: Option<usize>, conn: &PooledConn, e: &mysql::Err
             );
             forms().prepared.remove(&(pool, conn.connection_id()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(sql: &str, values: &[&str]) -> Stmt {
+        let params = mysql::Params::Positional(values.iter().map(|v| (*v).into()).collect());
+        Stmt::new(sql, &params, false).expect("a form")
+    }
+
+    fn text(s: &Stmt) -> &str {
+        match s {
+            Stmt::Text(t) => t,
+            Stmt::Form { .. } => panic!("a form, not text"),
+        }
+    }
+
+    #[test]
+    fn writes_of_the_same_inserts_of_values_merge_into_one_insert_each() {
+        let a = "INSERT INTO merge_a (k, v) VALUES (?, ?)";
+        let b = "INSERT INTO merge_b (k) VALUES (?)";
+        let one = [form(a, &["x", "1"]), form(b, &["x"])];
+        let two = [form(a, &["y", "2"]), form(b, &["y"])];
+        let merged = merge(&[&one, &two]).expect("merged");
+        assert_eq!(merged.len(), 2);
+        assert_eq!(
+            text(&merged[0]),
+            "INSERT INTO merge_a (k, v) VALUES ('x','1'),('y','2')"
+        );
+        assert_eq!(
+            text(&merged[1]),
+            "INSERT INTO merge_b (k) VALUES ('x'),('y')"
+        );
+    }
+
+    #[test]
+    fn writes_that_differ_or_do_more_than_insert_values_are_not_merged() {
+        let a = "INSERT INTO merge_c (k) VALUES (?)";
+        let one = [form(a, &["x"])];
+        assert!(merge(&[&one]).is_none(), "a write alone");
+        let other = [form(a, &["y"]), form(a, &["z"])];
+        assert!(merge(&[&one, &other]).is_none(), "another shape");
+        for sql in [
+            "INSERT INTO merge_d (k, n) VALUES (?, 1)",
+            "INSERT INTO merge_e (k) VALUES (?) ON DUPLICATE KEY UPDATE n = n + 1",
+            "INSERT INTO merge_f (k) SELECT ? FROM dual",
+            "UPDATE merge_g SET k = ? WHERE id = 1",
+            "INSERT INTO merge_h (k, id) VALUES (?, LAST_INSERT_ID())",
+        ] {
+            let n = sql.matches('?').count();
+            let one = [form(sql, &vec!["x"; n])];
+            let two = [form(sql, &vec!["y"; n])];
+            assert!(merge(&[&one, &two]).is_none(), "{sql}");
+        }
+        let text_too = [Stmt::Text("INSERT INTO merge_c (k) VALUES ('t')".into())];
+        assert!(merge(&[&text_too, &text_too]).is_none(), "text");
     }
 }

@@ -31,8 +31,10 @@
 //! statements were all staged is text that any thread can send, so the
 //! threads of one [`Db`] that finish such writes at the same time share
 //! one transaction: the first to find none in flight sends every waiting
-//! write's statements, their records in one `INSERT`, and one `COMMIT`;
-//! the others wait for it (up to [`SHARED_MAX`] writes a query). If that
+//! write's statements (as one multi-row `INSERT` for each insert they all
+//! make, when they are alike: `forms::merge`), their records in one
+//! `INSERT`, and one `COMMIT`; the others wait for it (up to
+//! [`SHARED_MAX`] writes a query). If that
 //! query fails anywhere, nothing of it stays, and each write is sent again
 //! on its own, as above, where its own error is its own. A write that has
 //! waited [`DbConfig::shared_commit_wait`](crate::DbConfig) for a commit
@@ -477,6 +479,9 @@ pub struct SharedCommits {
     pub writes: u64,
     /// Shared commits that failed (their writes were then sent alone).
     pub failed: u64,
+    /// Of `commits`, those whose writes were alike and went as one
+    /// multi-row `INSERT` for each insert they make.
+    pub merged: u64,
 }
 
 /// A staged write waiting for a shared commit.
@@ -494,6 +499,7 @@ struct Leading<'a> {
     shared: &'a Shared,
     batch: Vec<Waiting>,
     committed: bool,
+    merged: bool,
 }
 
 impl Drop for Leading<'_> {
@@ -503,6 +509,7 @@ impl Drop for Leading<'_> {
         if !self.batch.is_empty() {
             if self.committed {
                 state.counts.commits += 1;
+                state.counts.merged += u64::from(self.merged);
                 state.counts.writes += self.batch.len() as u64;
             } else {
                 state.counts.failed += 1;
@@ -855,6 +862,7 @@ impl<'a> Writes<'a> {
                 shared,
                 batch: state.waiting.drain(..n).collect(),
                 committed: false,
+                merged: false,
             };
             drop(state);
             if let [only] = lead.batch.as_slice() {
@@ -868,7 +876,13 @@ impl<'a> Writes<'a> {
                     return sent;
                 }
             }
-            let sql: Vec<&Stmt> = lead.batch.iter().flat_map(|w| &w.sql).collect();
+            let writes: Vec<&[Stmt]> = lead.batch.iter().map(|w| w.sql.as_slice()).collect();
+            let merged = crate::forms::merge(&writes);
+            lead.merged = merged.is_some();
+            let sql: Vec<&Stmt> = match &merged {
+                Some(merged) => merged.iter().collect(),
+                None => writes.iter().flat_map(|w| w.iter()).collect(),
+            };
             let records: Vec<&[String; 4]> = lead.batch.iter().map(|w| &w.record).collect();
             match commit_staged(conn, self.db, false, &sql, &records).map_err(|(_, e)| e) {
                 Ok(()) => lead.committed = true,

@@ -326,9 +326,10 @@ fn staged_writes_of_many_connections_commit_together_and_alone_when_one_fails() 
         dsf_sql::writes::SharedCommits {
             commits: 1,
             writes: 8,
-            failed: 0
+            failed: 0,
+            merged: 1,
         },
-        "the eight queued writes went in one commit"
+        "the eight queued writes went in one commit, their inserts merged"
     );
     assert!(cards.iter().all(|(_, c)| listed(&db, c)));
     // Eight more, one of them an id card listed already: the shared commit
