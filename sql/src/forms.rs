@@ -8,19 +8,19 @@
 //! one query with the transaction's `START` and `COMMIT`.
 //!
 //! Measured on one MariaDB (`blacklist.add` with its run-once record, one
-//! connection): MariaDB's CPU an add fell from 163–188 µs as text to
-//! 127–135 µs with `EXECUTE` (90–99 µs for the add alone, autocommitted).
+//! connection, `examples/statement_cost.rs`): MariaDB's CPU an add fell
+//! from 148–158 µs as text to 122–140 µs with `EXECUTE` (84–89 µs for the
+//! add alone, autocommitted).
 //!
 //! A form is prepared only where no transaction is open on the connection
 //! (before a write's `START TRANSACTION`), in a round trip of its own, the
 //! first time a connection sends it: on Galera a transaction that prepares
 //! a statement can be lost (see `db::op_key`). Which forms each connection
 //! holds is kept here, by its pool and id; if that is ever wrong (a
-//! server restarted and gave an id again), the
-//! `EXECUTE` fails with "unknown prepared statement", the write runs again
-//! with its statements sent as they come, and the connection's forms are
-//! forgotten, to be prepared again. On Galera every statement goes as
-//! text ([`pool_of`]).
+//! server restarted and gave an id again), the `EXECUTE` fails with
+//! "unknown prepared statement", the write runs again with its statements
+//! sent as they come, and the connection's forms are forgotten, to be
+//! prepared again. On Galera every statement goes as text ([`pool_of`]).
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -101,35 +101,32 @@ impl Stmt {
     }
 
     /// The insert of run-once records (app, nonce, kind, reply): one
-    /// record as the form [`RECORD`], more in one `INSERT` of text (one
-    /// statement to parse for many rows, where each `EXECUTE` is one).
-    /// Strings are escaped for `conn`'s session.
+    /// record as the form [`RECORD`], more in one multi-row `INSERT` of
+    /// text (one statement to parse for many rows, where each `EXECUTE`
+    /// is one). Strings are escaped for `conn`'s session.
     pub(crate) fn records(conn: &PooledConn, records: &[&[String; 4]]) -> Option<Stmt> {
         let plain = conn.no_backslash_escape();
-        let literal = |v: &String| mysql::Value::from(v.as_str()).as_sql(plain);
+        let literals = |r: &[String; 4]| -> Vec<String> {
+            (r.iter())
+                .map(|v| mysql::Value::from(v.as_str()).as_sql(plain))
+                .collect()
+        };
+        let form = record_form();
         match records {
             [] => None,
             [one] => Some(Stmt::Form {
-                form: record_form(),
-                values: one.iter().map(literal).collect(),
+                form,
+                values: literals(one),
             }),
             many => {
-                let mut sql = String::with_capacity(128 + 96 * many.len());
-                sql.push_str(
-                    "INSERT INTO wire_writes (app, nonce, kind, reply, ok, created_at) VALUES ",
-                );
-                for (i, r) in many.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(',');
-                    }
-                    sql.push('(');
-                    for v in r.iter() {
-                        sql.push_str(&literal(v));
-                        sql.push(',');
-                    }
-                    sql.push_str("1, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))");
-                }
-                Some(Stmt::Text(sql))
+                let rows: Vec<Vec<String>> = many.iter().map(|r| literals(r)).collect();
+                let f = forms();
+                let (head, row) = one_row_insert(&f.sql[form]).expect("RECORD inserts one row");
+                Some(Stmt::Text(rows_of(
+                    head,
+                    row,
+                    rows.iter().map(Vec::as_slice),
+                )))
             }
         }
     }
@@ -218,43 +215,54 @@ pub(crate) fn merge(writes: &[&[Stmt]]) -> Option<Vec<Stmt>> {
         return None;
     }
     let f = forms();
-    let heads: Vec<&str> = (shape.iter())
-        .map(|&n| rows_insert(&f.sql[n]))
+    // A row of placeholders alone: its values are literals, which no
+    // other row's place changes (`LAST_INSERT_ID()` would be changed).
+    let values_only = |(_, row): &(&str, &str)| {
+        let inner = &row[1..row.len() - 1];
+        inner.split(',').all(|p| p.trim() == "?")
+    };
+    let inserts: Vec<(&str, &str)> = (shape.iter())
+        .map(|&n| one_row_insert(&f.sql[n]).filter(values_only))
         .collect::<Option<_>>()?;
-    let merged = (heads.iter().enumerate())
-        .map(|(i, head)| {
-            let mut sql = String::from(*head);
-            for (j, w) in writes.iter().enumerate() {
-                let Stmt::Form { values, .. } = &w[i] else {
-                    unreachable!("every write has the shape of the first");
-                };
-                if j > 0 {
-                    sql.push(',');
-                }
-                sql.push('(');
-                sql.push_str(&values.join(","));
-                sql.push(')');
-            }
-            Stmt::Text(sql)
+    let merged = (inserts.iter().enumerate())
+        .map(|(i, (head, row))| {
+            let rows = writes.iter().map(|w| match &w[i] {
+                Stmt::Form { values, .. } => values.as_slice(),
+                Stmt::Text(_) => unreachable!("every write has the shape of the first"),
+            });
+            Stmt::Text(rows_of(head, row, rows))
         })
         .collect();
     Some(merged)
 }
 
-/// `sql` up to its row, if it is an insert of one row of placeholders
-/// alone: `INSERT INTO t (a, b) VALUES (?, ?)` gives
-/// `INSERT INTO t (a, b) VALUES `.
-fn rows_insert(sql: &str) -> Option<&str> {
+/// `sql` split before its row, if it is a plain insert of one row, the
+/// last thing in it: `INSERT INTO t (a, b) VALUES (?, ?)` gives
+/// `INSERT INTO t (a, b) VALUES ` and `(?, ?)`.
+fn one_row_insert(sql: &str) -> Option<(&str, &str)> {
     let at = sql.rfind(" VALUES ")? + " VALUES ".len();
     let (head, row) = sql.split_at(at);
-    let inner = row.trim_end().strip_prefix('(')?.strip_suffix(')')?;
-    let placeholders = inner.split(',').all(|p| p.trim() == "?");
+    let row = row.trim_end();
     // `INSERT INTO t (a, b) VALUES `: a column list at most, no select.
     let plain = head
         .get(..12)
         .is_some_and(|h| h.eq_ignore_ascii_case("INSERT INTO "))
         && head.matches('(').count() <= 1;
-    (placeholders && plain).then_some(head)
+    let one_row = row.starts_with('(') && row.ends_with(')');
+    (plain && one_row).then_some((head, row))
+}
+
+/// `head` followed by `row` once for each of `rows`, its placeholders
+/// filled with that row's values: a multi-row `INSERT`.
+fn rows_of<'v>(head: &str, row: &str, rows: impl Iterator<Item = &'v [String]>) -> String {
+    let mut sql = String::from(head);
+    for (i, values) in rows.enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&splice(row, values));
+    }
+    sql
 }
 
 /// Prepares on `conn`, which has no transaction open, the forms of
@@ -381,7 +389,7 @@ mod tests {
         assert_eq!(merged.len(), 2);
         assert_eq!(
             text(&merged[0]),
-            "INSERT INTO merge_a (k, v) VALUES ('x','1'),('y','2')"
+            "INSERT INTO merge_a (k, v) VALUES ('x', '1'),('y', '2')"
         );
         assert_eq!(
             text(&merged[1]),

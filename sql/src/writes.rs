@@ -297,8 +297,8 @@ pub(crate) fn stage(db: usize, sql: &str, params: &mysql::Params) -> bool {
 /// run-once write of pool `db` on this thread they are staged, to go out
 /// with its record and `COMMIT` (if one fails there, the write runs again
 /// with its statements sent as they come, and meets the error here);
-/// otherwise they are sent now, in one round trip. [`stage`] is for a statement made outside such
-/// a transaction.
+/// otherwise they are sent now, in one round trip. [`stage`] is for a
+/// statement made outside such a transaction.
 pub(crate) fn stage_last(
     db: usize,
     conn: &mut PooledConn,
