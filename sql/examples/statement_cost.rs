@@ -3,7 +3,10 @@
 //! alone, autocommitted and prepared (`alone`); the insert and its
 //! run-once record in one transaction as text, one round trip (`text`);
 //! the same with both statements prepared by name once and run as
-//! `EXECUTE … USING` (`execute`), as `dsf-sql` sends staged writes. Prints
+//! `EXECUTE … USING` (`execute`), as `dsf-sql` sends staged writes; and
+//! that again with the record going to a copy of `wire_writes` without
+//! its `created_at` index (`unindexed`): what expiry by primary-key order
+//! could save at most. Prints
 //! adds/s and the server's CPU an add (`mariadbd`'s utime and stime in
 //! `/proc`, so run it on the server's machine).
 //!
@@ -49,10 +52,16 @@ fn add(c: &mut mysql::Conn, how: &str, n: u64) -> mysql::Result<()> {
                 .replacen('?', &nonce, 1)
                 .replacen('?', &reply, 1)
         ),
-        _ => format!(
+        "execute" | "unindexed" => format!(
             "START TRANSACTION;EXECUTE s_insert USING {card},'Li';\
-             EXECUTE s_record USING 'bench',{nonce},{reply};COMMIT"
+             EXECUTE {} USING 'bench',{nonce},{reply};COMMIT",
+            if how == "execute" {
+                "s_record"
+            } else {
+                "s_unindexed"
+            }
         ),
+        _ => unreachable!("a way of sending: {how}"),
     };
     c.query_iter(sql)?.for_each(drop);
     Ok(())
@@ -67,17 +76,23 @@ fn main() {
     let url = std::env::var("DSF_TEST_DB_URL").expect("DSF_TEST_DB_URL");
     let url = format!("{}/{}", url.trim_end_matches('/'), db.name());
     let mut c = mysql::Conn::new(mysql::Opts::from_url(&url).expect("a URL")).expect("connecting");
+    c.query_drop(
+        "CREATE TABLE wire_writes_unindexed LIKE wire_writes;\
+         ALTER TABLE wire_writes_unindexed DROP INDEX wire_writes_created",
+    )
+    .expect("a copy of wire_writes without its created_at index");
     let quoted = |sql: &str| mysql::Value::from(sql).as_sql(c.no_backslash_escape());
     let prepare = format!(
-        "PREPARE s_insert FROM {};PREPARE s_record FROM {}",
+        "PREPARE s_insert FROM {};PREPARE s_record FROM {};PREPARE s_unindexed FROM {}",
         quoted(INSERT),
-        quoted(RECORD)
+        quoted(RECORD),
+        quoted(&RECORD.replace("wire_writes", "wire_writes_unindexed"))
     );
     c.query_iter(prepare).expect("preparing").for_each(drop);
     println!("round\thow\tadds/s\tmariadbd CPU an add (us)");
     let mut n = 0;
     for round in 1..=rounds {
-        for how in ["alone", "text", "execute"] {
+        for how in ["alone", "text", "execute", "unindexed"] {
             let (cpu, start, first) = (cpu_of(&pid), Instant::now(), n);
             while start.elapsed() < secs {
                 n += 1;
