@@ -169,6 +169,7 @@ fn run(server: Server, args: RunArgs) {
 /// app_server::main(|server| server.service(app_server::accounts()));
 /// ```
 pub fn main(compose: impl FnOnce(Server) -> Server) {
+    dsf_common::memory::return_large_frees();
     dsf_common::logging::init(dsf_common::logging::DEFAULT_FILTER);
     let server = compose(Server::new());
     let name = program();

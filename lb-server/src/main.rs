@@ -37,6 +37,7 @@ struct Cli {
 }
 
 fn main() {
+    dsf_common::memory::return_large_frees();
     dsf_common::logging::init(dsf_common::logging::DEFAULT_FILTER);
     let cli: Cli = config::parse();
     let settings = cli.files.load_or_exit(&cli.config, LbConfig::settings);
