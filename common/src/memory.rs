@@ -4,11 +4,13 @@
 //! mapping of its own, unmapped again when it is freed. But each such free
 //! raises that threshold to the freed size, up to 32 MiB, so later buffers
 //! of that size come from the heap arenas instead, and what is freed there
-//! stays resident. A server whose reactor and workers allocate in many
-//! arenas kept each arena's high-water mark: an app server held 1.5 GB after
-//! six bursts of 20,000 messages, where a fixed threshold kept it at 14 to
-//! 24 MB (docs/BENCHMARKS.md, "Memory after bursts of messages"). Setting
-//! the threshold fixes it and turns the adjustment off (`mallopt(3)`).
+//! stays resident. A server whose workers allocate in arenas of their own
+//! (argon2's 19 MiB for each login, the `mysql` crate's 4 MiB for each new
+//! connection) kept each arena's high-water mark: an app server held 1.5 GB
+//! after six bursts of 20,000 messages and their logins, where a fixed
+//! threshold kept it at 14 to 24 MB (docs/BENCHMARKS.md, "Memory after
+//! bursts of messages"). Setting the threshold fixes it and turns the
+//! adjustment off (`mallopt(3)`).
 
 /// Requests of this many bytes or more get a mapping of their own, returned
 /// when freed: glibc's own starting threshold.
