@@ -42,6 +42,12 @@ const RECORD: &str = "INSERT INTO wire_writes (app, nonce, kind, reply, ok, crea
 fn add(c: &mut mysql::Conn, how: &str, n: u64) -> mysql::Result<()> {
     let (card, nonce) = (format!("'C{n:010}'"), format!("'{n:016x}'"));
     let reply = format!("'{{\"id_card\":\"C{n:010}\"}}'");
+    let prepared = |record: &str| {
+        format!(
+            "START TRANSACTION;EXECUTE s_insert USING {card},'Li';\
+             EXECUTE {record} USING 'bench',{nonce},{reply};COMMIT"
+        )
+    };
     let sql = match how {
         "alone" => return c.exec_drop(INSERT, (format!("C{n:010}"), "Li")),
         "text" => format!(
@@ -52,15 +58,8 @@ fn add(c: &mut mysql::Conn, how: &str, n: u64) -> mysql::Result<()> {
                 .replacen('?', &nonce, 1)
                 .replacen('?', &reply, 1)
         ),
-        "execute" | "unindexed" => format!(
-            "START TRANSACTION;EXECUTE s_insert USING {card},'Li';\
-             EXECUTE {} USING 'bench',{nonce},{reply};COMMIT",
-            if how == "execute" {
-                "s_record"
-            } else {
-                "s_unindexed"
-            }
-        ),
+        "execute" => prepared("s_record"),
+        "unindexed" => prepared("s_unindexed"),
         _ => unreachable!("a way of sending: {how}"),
     };
     c.query_iter(sql)?.for_each(drop);

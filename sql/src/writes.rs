@@ -18,10 +18,10 @@
 //! prepared on the connection where it can be; see `forms.rs`). A
 //! handler whose writes are all staged (`blacklist.add`) costs one round
 //! trip with its record, as it would without. A statement the handler
-//! sends itself first sends what was staged before it, in order. If a staged write fails (a duplicate
-//! key), the run is thrown away and the handler runs again with every
-//! statement sent as it comes, so it meets its error where it made the
-//! write. Every result of the combined query is read: an error of its
+//! sends itself first sends what was staged before it, in order. If a
+//! staged write fails (a duplicate key), the run is thrown away and the
+//! handler runs again with every statement sent as it comes, so it meets
+//! its error where it made the write. Every result of the combined query is read: an error of its
 //! third statement is as visible as one of its first (dropping the result
 //! unread, as `query_drop` does, would hide it). On Galera the `COMMIT`
 //! goes in a round trip of its own: at the end of a multi-statement query
@@ -34,9 +34,9 @@
 //! write's statements (as one multi-row `INSERT` for each insert they all
 //! make, when they are alike: `forms::merge`), their records in one
 //! `INSERT`, and one `COMMIT`; the others wait for it (up to
-//! [`SHARED_MAX`] writes a query). If that
-//! query fails anywhere, nothing of it stays, and each write is sent again
-//! on its own, as above, where its own error is its own. A write that has
+//! [`SHARED_MAX`] writes a query). If that query fails anywhere, nothing
+//! of it stays, and each write is sent again on its own, as above, where
+//! its own error is its own. A write that has
 //! waited [`DbConfig::shared_commit_wait`](crate::DbConfig) for a commit
 //! in flight (one stuck on a lock, say) leaves the queue and is sent alone.
 //!
