@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use dsf_common::pipeline::metrics::MetricsServer;
-use dsf_common::pipeline::{Drain, Gauges, Pipeline};
+use dsf_common::pipeline::{Drain, Gauges, Pipeline, Ran};
 use dsf_common::pool::{Submitter, WorkerPool};
 use dsf_common::reactor::{Reactor, ReactorStats, Shutdown};
 use dsf_common::wire::keys::PEER_APP;
@@ -415,8 +415,19 @@ impl Server {
 
         let worker_pipeline = pipeline.clone();
         let pool = WorkerPool::new("worker", s.workers, s.queue, move |call: Call| {
-            if let Some((call, wait)) = worker_pipeline.run_job(call) {
-                worker_pipeline.server().topics().park(call, wait);
+            let topics = worker_pipeline.server().topics();
+            let mut call = call;
+            loop {
+                match worker_pipeline.run_job(call) {
+                    Ran::Done => return,
+                    Ran::Park(call, wait) => return topics.park(call, wait),
+                    // A connection's next batch goes behind the others'
+                    // work; with the queue full, it runs here.
+                    Ran::Again(next) => match topics.requeue(next) {
+                        None => return,
+                        Some(next) => call = next,
+                    },
+                }
             }
         });
         node.topics().set_pool(pool.submitter());

@@ -134,6 +134,16 @@ impl<S: Send + Sync + 'static> Topics<S> {
         *self.pool.lock().unwrap_or_else(|p| p.into_inner()) = Some(pool);
     }
 
+    /// Queues `call` on the pool again (a connection's next batch, behind
+    /// the others' work); hands it back when the queue is full or the pool
+    /// was let go, to run where it is.
+    pub(crate) fn requeue(&self, call: Call<S>) -> Option<Call<S>> {
+        match &*self.pool.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(pool) => pool.try_submit(call).err(),
+            None => Some(call),
+        }
+    }
+
     /// Parks `call` until `wait.topic` is woken or `wait.until`.
     pub(crate) fn park(&self, call: Call<S>, wait: Wait) {
         let mut w = self.lock();

@@ -87,6 +87,8 @@ message!(pub Claim = "test.claim", App, write: KeyBody => Empty);
 
 /// The `test.ordered` that fails as if its database went away.
 const FAILS: u64 = 3;
+/// The `test.ordered` that waits for `Kept::release` before it runs.
+const HOLD: u64 = 1000;
 
 /// What the test service keeps.
 #[derive(Default)]
@@ -95,6 +97,8 @@ struct Kept {
     values: Mutex<HashMap<String, String>>,
     started: AtomicBool,
     release: AtomicBool,
+    /// The `n` of each `test.ordered` as it ran.
+    order: Mutex<Vec<u64>>,
 }
 
 const LIMIT: Limit = Limit::new(
@@ -191,6 +195,15 @@ fn test_service() -> Service {
         // Batched: one connection's run in order, committed together.
         .route(
             Route::unary::<Ordered>(|call, b| {
+                let kept = call.state::<Kept>();
+                if b.n == HOLD {
+                    kept.started.store(true, Ordering::SeqCst);
+                    let deadline = Instant::now() + support::WAIT;
+                    while !kept.release.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                kept.order.lock().unwrap().push(b.n);
                 if b.n == FAILS {
                     return Err(Error::Unavailable("test: the database went away".into()));
                 }
@@ -638,6 +651,44 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(head.contains(" 200 "), "{head}");
     body.to_string()
+}
+
+#[test]
+fn a_busy_batched_connection_leaves_the_worker_to_others_between_batches() {
+    let db = testing::fresh();
+    let running = start(&db, |s| s.workers = 1);
+    let kept = running.pipeline().server().state::<Kept>();
+    let mut busy = Conn::connect(running.addr());
+    let mut other = Conn::connect(running.addr());
+    let held = busy.send("test.ordered", &json!({ "n": HOLD }), None);
+    wait_until("the held request to run on the one worker", || {
+        kept.started.load(Ordering::SeqCst)
+    });
+    // Its connection's next request waits behind it; then another
+    // connection's. A `sys.ping` (answered on the reactor) after each says
+    // the server has read it.
+    let next = busy.send("test.ordered", &json!({ "n": HOLD + 1 }), None);
+    let ping = busy.send("sys.ping", &json!({}), None);
+    assert_eq!(busy.recv().0, ping);
+    let theirs = other.send("test.ordered", &json!({ "n": HOLD + 2 }), None);
+    let ping = other.send("sys.ping", &json!({}), None);
+    assert_eq!(other.recv().0, ping);
+    kept.release.store(true, Ordering::SeqCst);
+    for id in [held, next] {
+        let (got, r) = busy.recv();
+        assert_eq!(got, id, "replies in the order sent");
+        r.unwrap();
+    }
+    let (got, r) = other.recv();
+    assert_eq!(got, theirs);
+    r.unwrap();
+    // The other connection's request ran between the busy one's batches,
+    // not after all of them.
+    assert_eq!(
+        *kept.order.lock().unwrap(),
+        [HOLD, HOLD + 2, HOLD + 1],
+        "the order the requests ran in"
+    );
 }
 
 #[test]

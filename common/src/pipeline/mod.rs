@@ -26,7 +26,7 @@
 //!
 //! A server's reactor [`Service`](crate::reactor::Service) hands each frame to
 //! [`Pipeline::on_frame`]; what it returns as a job runs on a worker with
-//! [`Pipeline::run_job`].
+//! [`Pipeline::run_job`], which says what the worker does next ([`Ran`]).
 
 pub mod auth;
 mod call;
@@ -114,6 +114,21 @@ pub enum Front<S: Send + Sync + 'static> {
     Done,
     /// To run on a worker with [`Pipeline::run_job`].
     Job(Call<S>),
+}
+
+/// What a worker does after [`Pipeline::run_job`].
+#[allow(clippy::large_enum_variant)]
+pub enum Ran<S: Send + Sync + 'static> {
+    /// Answered.
+    Done,
+    /// A long poll parked: hold it until its topic is woken or its wait
+    /// ends, then submit it again ([`Call::set_woken`]).
+    Park(Call<S>, Wait),
+    /// A batch of a connection ran and more of that connection's requests
+    /// wait: submit this one, the oldest, again behind what other
+    /// connections queued meanwhile (those waiting behind it go with it,
+    /// in order). A busy connection does not keep a worker to itself.
+    Again(Call<S>),
 }
 
 /// The route table.
@@ -561,52 +576,64 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
         self.metrics.refused(call.received);
     }
 
-    /// Runs a job on a worker and sends its reply; a long poll that parks
-    /// comes back with its [`Wait`], for the server to park and submit
-    /// again once woken ([`Call::set_woken`]).
-    pub fn run_job(&self, mut call: Call<S>) -> Option<(Call<S>, Wait)> {
+    /// Runs a job on a worker and sends its reply, then says what the
+    /// worker does next ([`Ran`]).
+    pub fn run_job(&self, mut call: Call<S>) -> Ran<S> {
         if self.router.routes[call.route].batched {
-            self.run_lane(call);
-            return None;
+            return match self.run_lane(call) {
+                Some(next) => Ran::Again(next),
+                None => Ran::Done,
+            };
         }
         let outcome = self.run(&mut call);
         if let Outcome::Park(wait) = outcome {
-            return Some((call, wait));
+            return Ran::Park(call, wait);
         }
         let mut out = Vec::with_capacity(256);
         self.answer(&mut call, outcome, &mut out);
         if let Some(reply) = call.take_reply() {
             reply.send(out);
         }
-        None
+        Ran::Done
     }
 
-    /// Runs `first` and then the batches of its connection's requests that
-    /// arrived meanwhile, until none is waiting. After a request that
-    /// failed with "try again" (not run, or rolled back and not recorded),
-    /// the ones behind it are answered `unavailable` without running: its
-    /// client sends them again after it, so that they still run in the
-    /// order sent.
-    fn run_lane(&self, first: Call<S>) {
+    /// Runs one batch of a connection's requests: `first` and those that
+    /// arrived behind it while it waited for a worker (up to
+    /// [`BATCH_MAX`]). Returns the oldest of those that arrived while the
+    /// batch ran, for the worker to submit again ([`Ran::Again`]): the
+    /// connection's next batch runs after what other connections queued
+    /// meanwhile, instead of keeping the worker for as long as its client
+    /// keeps sending. After a request that failed with "try again" (not
+    /// run, or rolled back and not recorded), the ones behind it are
+    /// answered `unavailable` without running: its client sends them again
+    /// after it, so that they still run in the order sent.
+    fn run_lane(&self, first: Call<S>) -> Option<Call<S>> {
         let conn = first.conn;
         let guard = LaneGuard { pipe: self, conn };
         let mut batch = vec![first];
-        loop {
-            let halted = self.run_batch(&mut batch);
-            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(waiting) = lanes.get_mut(&conn) else {
-                break;
-            };
-            if halted || waiting.is_empty() {
+        if let Some(waiting) = self
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&conn)
+        {
+            let n = waiting.len().min(BATCH_MAX - 1);
+            batch.extend(waiting.drain(..n));
+        }
+        let halted = self.run_batch(&mut batch);
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let next = match lanes.get_mut(&conn) {
+            Some(waiting) if !halted && !waiting.is_empty() => waiting.pop_front(),
+            Some(_) => {
                 let rest = lanes.remove(&conn);
                 drop(lanes);
                 self.not_run(rest.into_iter().flatten());
-                break;
+                None
             }
-            let n = waiting.len().min(BATCH_MAX);
-            batch.extend(waiting.drain(..n));
-        }
+            None => None,
+        };
         std::mem::forget(guard);
+        next
     }
 
     /// Runs a batch in the server's [`Group`] (or one by one, without one),
