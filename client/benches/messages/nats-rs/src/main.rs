@@ -186,6 +186,15 @@ async fn wait_all(
     true
 }
 
+/// A JetStream context on a connection of its own to `url`.
+async fn connect(url: &str, name: String) -> Result<jetstream::Context, async_nats::Error> {
+    let nc = async_nats::ConnectOptions::new()
+        .name(name)
+        .connect(url)
+        .await?;
+    Ok(jetstream::new(nc))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), async_nats::Error> {
     let a = Args::parse();
@@ -203,14 +212,10 @@ async fn main() -> Result<(), async_nats::Error> {
     );
     let mut send_js = Vec::new();
     for k in 0..s {
-        let nc = async_nats::ConnectOptions::new()
-            .name(format!("s{k}"))
-            .connect(&a.send_url)
-            .await?;
-        send_js.push(jetstream::new(nc));
+        send_js.push(connect(&a.send_url, format!("s{k}")).await?);
     }
     let _ = send_js[0].delete_stream("BENCH").await;
-    let bench = send_js[0]
+    let mut bench = send_js[0]
         .create_stream(stream::Config {
             name: "BENCH".into(),
             subjects: vec!["inbox.>".into()],
@@ -219,7 +224,6 @@ async fn main() -> Result<(), async_nats::Error> {
             ..Default::default()
         })
         .await?;
-    let mut bench = bench;
     let leader = bench
         .info()
         .await?
@@ -230,11 +234,7 @@ async fn main() -> Result<(), async_nats::Error> {
 
     let mut pullers = Vec::new();
     for rr in 0..r {
-        let nc = async_nats::ConnectOptions::new()
-            .name(format!("r{rr}"))
-            .connect(&a.recv_url)
-            .await?;
-        let js = jetstream::new(nc);
+        let js = connect(&a.recv_url, format!("r{rr}")).await?;
         let consumer: jetstream::consumer::Consumer<pull::Config> = js
             .create_consumer_on_stream(
                 pull::Config {
