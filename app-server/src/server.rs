@@ -414,9 +414,8 @@ impl Server {
         let node = pipeline.server();
 
         let worker_pipeline = pipeline.clone();
-        let pool = WorkerPool::new("worker", s.workers, s.queue, move |call: Call| {
+        let pool = WorkerPool::new("worker", s.workers, s.queue, move |mut call: Call| {
             let topics = worker_pipeline.server().topics();
-            let mut call = call;
             loop {
                 match worker_pipeline.run_job(call) {
                     Ran::Done => return,

@@ -21,11 +21,12 @@
 //! sends itself first sends what was staged before it, in order. If a
 //! staged write fails (a duplicate key), the run is thrown away and the
 //! handler runs again with every statement sent as it comes, so it meets
-//! its error where it made the write. Every result of the combined query is read: an error of its
-//! third statement is as visible as one of its first (dropping the result
-//! unread, as `query_drop` does, would hide it). On Galera the `COMMIT`
-//! goes in a round trip of its own: at the end of a multi-statement query
-//! it lost writes under certification conflicts while answering OK.
+//! its error where it made the write. Every result of the combined query
+//! is read: an error of its third statement is as visible as one of its
+//! first (dropping the result unread, as `query_drop` does, would hide
+//! it). On Galera the `COMMIT` goes in a round trip of its own: at the end
+//! of a multi-statement query it lost writes under certification conflicts
+//! while answering OK.
 //!
 //! **Staged writes of many connections commit together.** A write whose
 //! statements were all staged is text that any thread can send, so the
@@ -36,9 +37,9 @@
 //! `INSERT`, and one `COMMIT`; the others wait for it (up to
 //! [`SHARED_MAX`] writes a query). If that query fails anywhere, nothing
 //! of it stays, and each write is sent again on its own, as above, where
-//! its own error is its own. A write that has
-//! waited [`DbConfig::shared_commit_wait`](crate::DbConfig) for a commit
-//! in flight (one stuck on a lock, say) leaves the queue and is sent alone.
+//! its own error is its own. A write that has waited
+//! [`DbConfig::shared_commit_wait`](crate::DbConfig) for a commit in
+//! flight (one stuck on a lock, say) leaves the queue and is sent alone.
 //!
 //! A refusal (the handler's error) is rolled back, then recorded on its own
 //! so a resend gets the same answer; errors that say "try again"
