@@ -18,12 +18,15 @@
 //! - Sends in a group commit ([`crate::writes`]) made ready with
 //!   [`Messages::prepare_group`] are staged: the group stores their
 //!   messages in one statement (where the database numbers a statement's
-//!   rows consecutively), then takes every recipient's counter row once,
-//!   in id order, and reads their presence once; each send
-//!   ([`Messages::send_in_group`]) numbers its message in memory, and the
-//!   group writes the inbox rows and the counters in two statements just
-//!   before its commit. The rows stay locked from then to the commit, as
-//!   above.
+//!   rows consecutively), then, in one round trip, takes every
+//!   recipient's counter row once, in id order, and reads their presence;
+//!   each send ([`Messages::send_in_group`]) numbers its message in
+//!   memory, and the group's commit carries the inbox rows and the
+//!   counters ([`crate::writes::before_commit`]). The rows stay locked
+//!   from then to the commit, as above: the round trip that takes them,
+//!   the handlers' work, and the commit's. Every group of a connection that cycles through its
+//!   recipients takes the same rows, so such groups take turns, and how
+//!   long the rows are held is what bounds them.
 //! - Presence is one row per subscribed user: the node and an epoch that
 //!   every new subscription increments. Senders read it to know whom to
 //!   notify; a subscription whose epoch is gone was taken over. The holder
@@ -258,23 +261,22 @@ impl<'a> Messages<'a> {
             // Before the counters are taken, so that they are held for as
             // little as can be.
             let ahead = store_ahead(c, from, &sends).map_err(&q)?;
-            c.query_drop(format!(
-                "INSERT INTO inboxes (user_id, last_seq) VALUES {rows} \
-                 ON DUPLICATE KEY UPDATE last_seq = last_seq"
-            ))
-            .map_err(&q)?;
-            let counters: Vec<(u64, u64)> = c
-                .query(format!(
-                    "SELECT user_id, last_seq FROM inboxes WHERE user_id IN ({list}) FOR UPDATE"
-                ))
-                .map_err(&q)?;
-            let nodes: Vec<(u64, String)> = c
-                .query(format!(
-                    "SELECT user_id, node FROM presence WHERE user_id IN ({list}) \
+            // One round trip from the first lock to the answer.
+            let sets = crate::writes::query_all(
+                c,
+                &format!(
+                    "INSERT INTO inboxes (user_id, last_seq) VALUES {rows} \
+                     ON DUPLICATE KEY UPDATE last_seq = last_seq; \
+                     SELECT user_id, last_seq FROM inboxes WHERE user_id IN ({list}) FOR UPDATE; \
+                     SELECT user_id, node FROM presence WHERE user_id IN ({list}) \
                      AND seen_at > NOW(3) - INTERVAL {} SECOND LOCK IN SHARE MODE",
                     PRESENCE_STALE.as_secs()
-                ))
-                .map_err(&q)?;
+                ),
+            )
+            .map_err(&q)?;
+            let mut sets = sets.into_iter().skip(1);
+            let counters = rows_as::<(u64, u64)>(sets.next().unwrap_or_default()).map_err(&q)?;
+            let nodes = rows_as::<(u64, String)>(sets.next().unwrap_or_default()).map_err(&q)?;
             let mut nodes: BTreeMap<u64, String> = nodes.into_iter().collect();
             let inboxes = counters
                 .into_iter()
@@ -290,22 +292,20 @@ impl<'a> Messages<'a> {
                 ahead,
             })
         });
-        let flushed = crate::writes::before_commit(move |c| {
+        let flushed = crate::writes::before_commit(move || {
             let Some(staged) = STAGED.with(|s| s.borrow_mut().take()) else {
-                return Ok(());
+                return Ok(Vec::new());
             };
             if staged.group != group {
-                return Ok(());
+                return Ok(Vec::new());
             }
             if staged.ahead.values().any(|a| !a.used) {
                 // Every send of a group that commits ran its handler: one
                 // that did not would leave its message unlisted.
-                return Err(mysql::Error::from(std::io::Error::other(
-                    "a message stored ahead for a send of the group was not sent",
-                )));
+                return Err("a message stored ahead for a send of the group was not sent".into());
             }
             if staged.rows.is_empty() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             let rows = staged
                 .rows
@@ -313,19 +313,19 @@ impl<'a> Messages<'a> {
                 .map(|(u, seq, m)| format!("({u}, {seq}, {m})"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            c.query_drop(format!(
-                "INSERT INTO inbox (user_id, seq, message_id) VALUES {rows}"
-            ))?;
             let counters = staged
                 .inboxes
                 .iter()
                 .map(|(u, (last, _))| format!("({u}, {last})"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            c.query_drop(format!(
-                "INSERT INTO inboxes (user_id, last_seq) VALUES {counters} \
-                 ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq)"
-            ))
+            Ok(vec![
+                format!("INSERT INTO inbox (user_id, seq, message_id) VALUES {rows}"),
+                format!(
+                    "INSERT INTO inboxes (user_id, last_seq) VALUES {counters} \
+                     ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq)"
+                ),
+            ])
         });
         debug_assert!(flushed, "a group is open");
         Ok(())
@@ -862,6 +862,13 @@ fn store_ahead(
             (g.index, a)
         })
         .collect())
+}
+
+/// `rows` as `T`s.
+fn rows_as<T: mysql::prelude::FromRow>(rows: Vec<mysql::Row>) -> mysql::Result<Vec<T>> {
+    rows.into_iter()
+        .map(|r| mysql::from_row_opt(r).map_err(|e| mysql::Error::FromRowError(e.0)))
+        .collect()
 }
 
 fn room_id(c: &mut PooledConn, op: &'static str, room: &str) -> Result<u64> {

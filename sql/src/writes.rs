@@ -150,8 +150,9 @@ impl Staged {
 const INSERT_REFUSAL: &str = "INSERT IGNORE INTO wire_writes (app, nonce, kind, ok, reply, created_at) \
                               VALUES (?, ?, ?, ?, ?, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))";
 
-/// What a repository asks a group to run just before its commit.
-type BeforeCommit = Box<dyn FnOnce(&mut PooledConn) -> mysql::Result<()>>;
+/// What a repository asks a group to send with its commit: the statements
+/// (text), or why the group must not commit.
+type BeforeCommit = Box<dyn FnOnce() -> std::result::Result<Vec<String>, String>>;
 
 /// A group commit open on this thread.
 struct Group {
@@ -165,7 +166,7 @@ struct Group {
     /// what runs between handlers (the layers before them) stays out of
     /// the group.
     conn: Option<PooledConn>,
-    /// Run in order before the records are inserted.
+    /// Asked in order for the statements that go before the records.
     before_commit: Vec<BeforeCommit>,
     /// The records of the writes it ran: app, nonce, kind, reply.
     records: Vec<[String; 4]>,
@@ -186,11 +187,16 @@ pub fn group_serial() -> Option<u64> {
     GROUP.with(|g| g.borrow().as_ref().map(|g| g.serial))
 }
 
-/// Runs `f` on the group's connection just before the group commits (not
-/// if it breaks): a repository's writes staged across the group's
-/// requests, flushed in a few statements. False, and `f` dropped, when no
-/// group is open on this thread.
-pub fn before_commit(f: impl FnOnce(&mut PooledConn) -> mysql::Result<()> + 'static) -> bool {
+/// Asks `f`, when the group commits (not if it breaks), for statements to
+/// send before the records: a repository's writes staged across the
+/// group's requests, in a few statements. They go out in the commit's own
+/// round trip (`START TRANSACTION` aside, the group's last), so that rows
+/// the group locked stay locked no longer than that. `f`'s error says why
+/// the group must not commit: it rolls back, and its writes run again one
+/// by one. False, and `f` dropped, when no group is open on this thread.
+pub fn before_commit(
+    f: impl FnOnce() -> std::result::Result<Vec<String>, String> + 'static,
+) -> bool {
     GROUP.with(|g| match g.borrow_mut().as_mut() {
         Some(g) => {
             g.before_commit.push(Box::new(f));
@@ -382,6 +388,18 @@ pub(crate) fn run_all(
         i += 1;
     }
     Ok(())
+}
+
+/// Sends `sql` (statements joined by `;`) in one round trip and returns
+/// the rows of each of its results, in order; every result is read, so
+/// that an error of any statement is seen.
+pub(crate) fn query_all(conn: &mut PooledConn, sql: &str) -> mysql::Result<Vec<Vec<mysql::Row>>> {
+    let mut result = conn.query_iter(sql)?;
+    let mut sets = Vec::new();
+    while let Some(set) = result.iter() {
+        sets.push(set.collect::<mysql::Result<Vec<_>>>()?);
+    }
+    Ok(sets)
 }
 
 /// Sends `sql` (statements, the last of them `COMMIT`) as [`run_all`]
@@ -726,8 +744,9 @@ impl<'a> Writes<'a> {
         Ok(())
     }
 
-    /// Commits the group open on this thread: every record in one
-    /// statement, then `COMMIT`. An error says why nothing of it stays
+    /// Commits the group open on this thread: the statements its
+    /// repositories asked for ([`before_commit`]), every record in one
+    /// statement, and `COMMIT`, in one round trip. An error says why nothing of it stays
     /// (broken, or the commit failed): run its writes again one by one.
     pub fn commit_group(&self) -> std::result::Result<(), String> {
         const OP: &str = "wire.group";
@@ -741,14 +760,19 @@ impl<'a> Writes<'a> {
             crate::db::roll_back(&mut conn);
             return Err(why);
         }
-        let done = (|| {
-            for f in group.before_commit {
-                f(&mut conn)?;
+        let mut sql = Vec::new();
+        for f in group.before_commit {
+            match f() {
+                Ok(statements) => sql.extend(statements.into_iter().map(Stmt::Text)),
+                Err(why) => {
+                    crate::db::roll_back(&mut conn);
+                    return Err(why);
+                }
             }
-            let records: Vec<&[String; 4]> = group.records.iter().collect();
-            commit_staged(&mut conn, self.db, true, &[], &records).map_err(|(_, e)| e)
-        })();
-        done.map_err(|e| {
+        }
+        let sql: Vec<&Stmt> = sql.iter().collect();
+        let records: Vec<&[String; 4]> = group.records.iter().collect();
+        commit_staged(&mut conn, self.db, true, &sql, &records).map_err(|(_, e)| {
             crate::db::forget_if_broken(&mut conn, &e);
             crate::db::roll_back(&mut conn);
             Error::from_mysql(OP, e).to_string()
