@@ -3,7 +3,8 @@
 //! Senders all send through one app server; every recipient's key is owned
 //! by another one, where its subscription is, so each message crosses
 //! nodes (stored, then `peer.notify`, then pushed). Sender k sends its
-//! share of the messages, message i to recipient (k + i) mod R, each send
+//! share of the messages, message i to recipient (k + i) mod R (with
+//! `--pairs`, all of them to recipient k mod R), each send
 //! awaited (stored) before the next, or with `--window N` sends in flight
 //! ([`messages::send_many`]). Latency is send to receipt (one clock);
 //! throughput is messages over first send to last receipt. Users are made
@@ -52,6 +53,12 @@ struct Args {
     /// Each subscription's credit.
     #[arg(long, default_value_t = 100)]
     credit: u32,
+    /// Sender k sends only to recipient k mod R, instead of to every
+    /// recipient in turn: with as many recipients as senders, no two
+    /// senders' batches take the same recipient's counter, so none waits
+    /// for another's commit (what the rate is without that wait).
+    #[arg(long)]
+    pairs: bool,
 }
 
 fn now_us() -> u64 {
@@ -98,6 +105,7 @@ fn main() {
         size,
         credit,
         window,
+        pairs,
         ..
     } = args;
     let tag = now_us() % 1_000_000_000;
@@ -182,7 +190,7 @@ fn main() {
                 let share = total / senders as u64 + u64::from((k as u64) < total % senders as u64);
                 s.spawn(move || {
                     let sends = (0..share).map(|i| {
-                        let to = &names[(k + i as usize) % names.len()];
+                        let to = &names[(k + if pairs { 0 } else { i as usize }) % names.len()];
                         let body = json!({"p": phase, "k": k, "i": i, "t": now_us(), "pad": pad});
                         (
                             To::User(to),
@@ -227,6 +235,7 @@ fn main() {
             "messages": n,
             "size": size,
             "window": window,
+            "pairs": pairs,
             "send_node": send_node.node,
             "seconds": (seconds * 1000.0).round() / 1000.0,
             "rate": (n as f64 / seconds).round(),
