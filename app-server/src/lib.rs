@@ -36,8 +36,9 @@
 //! - [`reactor`]: the reactor's side: frames through the pipeline.
 //! - [`heartbeat`]: `node.heartbeat` to the collectors, `node.leave` at
 //!   the end.
-//! - dsf's own services: [`accounts`], [`blacklist`], [`tasks`],
-//!   [`messaging`]; the framework's own (`sys.ping`, `sys.cancel`,
+//! - dsf's own services: [`accounts`](mod@accounts),
+//!   [`blacklist`](mod@blacklist), [`tasks`](mod@tasks),
+//!   [`messaging`](mod@messaging); the framework's own (`sys.ping`, `sys.cancel`,
 //!   `peer.wake`, the run-once records) is in every server.
 //! - [`admin`]: `migrate` and `create-admin`; [`error`]: [`Error`].
 
@@ -71,22 +72,22 @@ pub use server::{start, Running, Server, Settings, StopHandle};
 pub use service::Service;
 pub use topics::Step;
 
-/// The accounts service: users, sessions, roles, audit ([`accounts`]).
+/// The accounts service: users, sessions, roles, audit ([`accounts`](mod@accounts)).
 pub fn accounts() -> Service {
     accounts::service()
 }
 
-/// The blacklist service with gate checks ([`blacklist`]); needs accounts.
+/// The blacklist service with gate checks ([`blacklist`](mod@blacklist)); needs accounts.
 pub fn blacklist() -> Service {
     blacklist::service()
 }
 
-/// The task service ([`tasks`]).
+/// The task service ([`tasks`](mod@tasks)).
 pub fn tasks() -> Service {
     tasks::service()
 }
 
-/// Messaging between users ([`messaging`]); needs accounts.
+/// Messaging between users ([`messaging`](mod@messaging)); needs accounts.
 pub fn messaging() -> Service {
     messaging::service()
 }

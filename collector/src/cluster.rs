@@ -2,7 +2,7 @@
 //! view last published, what each balancer last applied, and the mailbox
 //! the pushers wait on.
 //!
-//! Every mutation ends in [`Cluster::settle`]: when the shape of the
+//! Every mutation ends in `Cluster::settle`: when the shape of the
 //! membership (ids, addresses, weights, states) changed, a new version is
 //! published at once; load-only changes go out with the next re-send, at
 //! the same version (a balancer applies a view of the version it holds and

@@ -66,7 +66,7 @@ pub struct CollectorConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub standby_for: Option<String>,
 
-    /// A static member that sends no heartbeats, ID=HOST:PORT[,WEIGHT] (or
+    /// A static member that sends no heartbeats, `ID=HOST:PORT[,WEIGHT]` (or
     /// HOST:PORT, the id is then the address), health-checked by TCP
     /// connect: up after 2 good checks, down after 3 failed ones. Repeat
     /// for more.

@@ -2,7 +2,7 @@
 //! crate and served by `tiny_http` on a thread named `metrics`: in the
 //! OpenMetrics text format to a scraper that asks for it in `Accept` (as
 //! Prometheus does), and otherwise in the Prometheus text format 0.0.4
-//! ([`text_format`]), which curl shows and promtool checks.
+//! ([`prometheus_client::encoding::text`]), which curl shows and promtool checks.
 //!
 //! Per node, labelled `node="<id>"`: `dsf_node_up`, `dsf_node_draining`,
 //! `dsf_node_weight`, `dsf_node_connections`, `dsf_node_inflight`,

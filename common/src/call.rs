@@ -9,8 +9,9 @@
 //! order. Every reply's signature is checked over the raw bytes received.
 //!
 //! Failures are classified by whether the request can have reached the
-//! server ([`Failure`]): that is what the [`crate::Client`]'s retry rules
-//! need, and what a caller pipelining by hand needs too.
+//! server ([`Failure`]): that is what a client's retry rules need
+//! (`dsf_client::Client`'s), and what a caller pipelining by hand needs
+//! too.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, ErrorKind};

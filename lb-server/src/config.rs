@@ -45,7 +45,7 @@ pub struct LbConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reactors: Option<usize>,
 
-    /// A static member, ID=HOST:PORT[,WEIGHT] (or HOST:PORT, the id is then
+    /// A static member, `ID=HOST:PORT[,WEIGHT]` (or `HOST:PORT`, the id is then
     /// the address); repeat for more. Serves without a collector; a view
     /// from a collector replaces these.
     #[arg(long, value_name = "ID=HOST:PORT[,WEIGHT]")]

@@ -1,6 +1,6 @@
 //! Routing policies: which node a resolve answers, chosen by `--policy`.
 //!
-//! - `ring` (default): consistent hashing with bounded load ([`crate::ring`]);
+//! - `ring` (default): consistent hashing with bounded load ([`crate::Ring`]);
 //!   the same key goes to the same node while the view holds.
 //! - `round-robin`: the nodes in turn.
 //! - `random`: uniformly at random.

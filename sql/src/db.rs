@@ -45,7 +45,7 @@ pub(crate) const BEGIN_READ_COMMITTED: &str =
 /// How long a transaction chosen as a deadlock's victim, or failing
 /// certification on Galera, is run again (see [`Db::with_tx`]). On Galera
 /// a row written through several nodes at once loses often: each loser
-/// pauses a random time up to a cap that doubles ([`retry_pause`]), which
+/// pauses a random time up to a cap that doubles with each loss, which
 /// spreads the contenders out, and a budget in time rather than tries
 /// bounds the wait however hot the row.
 pub const RETRY_CONFLICTS_FOR: Duration = Duration::from_secs(1);

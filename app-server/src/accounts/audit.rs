@@ -1,6 +1,6 @@
 //! `audit.list` (admins): the audit trail of role changes, users made and
 //! blacklist changes, newest first, written by the handlers that make them
-//! ([`super::audit`]).
+//! ([`super::audit`](fn@super::audit)).
 
 use dsf_common::Result;
 use dsf_proto::audit::{ListBody, Page};

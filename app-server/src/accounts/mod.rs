@@ -5,7 +5,7 @@
 //! | `user.register`, `user.login` | app | [`user`] |
 //! | `user.logout`, `user.me` | viewer | [`user`] |
 //! | `user.create`, `user.set_role` | admin | [`user`] |
-//! | `audit.list` | admin | [`audit`] |
+//! | `audit.list` | admin | [`audit`](mod@audit) |
 //!
 //! It provides the sessions every other service's `Viewer`, `Operator`
 //! and `Admin` types are checked against ([`sessions`]: a short-lived

@@ -1,5 +1,5 @@
 //! The task service's unary handlers: `task.submit`, `task.claim` (run
-//! once its wait is over, see [`super::claim_wait`]), `task.heartbeat`,
+//! once its wait is over, see `claim_wait`), `task.heartbeat`,
 //! `task.complete`, `task.fail`, `job.status`, `job.results` and
 //! `job.cancel`, over [`dsf_sql::tasks`]. Bodies and replies are the
 //! catalogue's (`dsf_proto::task`). A job belongs to the app that

@@ -2,16 +2,16 @@
 //! listeners, the accepted and outbound sockets, the timers and the budgets,
 //! and hands bytes to a protocol adapter.
 //!
-//! - [`framed`]: the dsf adapter. Frames go to a [`Service`], which answers
+//! - `framed`: the dsf adapter. Frames go to a [`Service`], which answers
 //!   inline ([`Context::out`]) or later from any thread ([`ReplyTo`], with
 //!   events first for a stream). [`Dispatch::Busy`] parks the frame and
 //!   stops reading that connection: backpressure, not an unbounded queue.
 //!   Parked connections are served in the order they parked.
-//! - [`pipe`]: a byte pipe between two sockets, with watermarks and
+//! - `pipe`: a byte pipe between two sockets, with watermarks and
 //!   half-close. A connection accepted with [`Accept::Sniff`] shows its first
 //!   bytes to the service, which may turn it into a pipe (proxy mode) or a
 //!   framed connection.
-//! - [`outbox`]: [`Outbox`] (send on a connection from any thread, within
+//! - `outbox`: [`Outbox`] (send on a connection from any thread, within
 //!   its output budget), [`Handle`] (open an outbound framed link, shut
 //!   down).
 //!
