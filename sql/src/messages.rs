@@ -24,9 +24,10 @@
 //!   memory, and the group's commit carries the inbox rows and the
 //!   counters ([`crate::writes::before_commit`]). The rows stay locked
 //!   from then to the commit, as above: the round trip that takes them,
-//!   the handlers' work, and the commit's. Every group of a connection that cycles through its
-//!   recipients takes the same rows, so such groups take turns, and how
-//!   long the rows are held is what bounds them.
+//!   the handlers' work, and the commit's (two on Galera). Every group of
+//!   a connection that cycles through its recipients takes the same rows,
+//!   so such groups take turns, and how long the rows are held is what
+//!   bounds them.
 //! - Presence is one row per subscribed user: the node and an epoch that
 //!   every new subscription increments. Senders read it to know whom to
 //!   notify; a subscription whose epoch is gone was taken over. The holder
@@ -274,9 +275,14 @@ impl<'a> Messages<'a> {
                 ),
             )
             .map_err(&q)?;
-            let mut sets = sets.into_iter().skip(1);
-            let counters = rows_as::<(u64, u64)>(sets.next().unwrap_or_default()).map_err(&q)?;
-            let nodes = rows_as::<(u64, String)>(sets.next().unwrap_or_default()).map_err(&q)?;
+            let Ok([_, counters, nodes]) = <[Vec<mysql::Row>; 3]>::try_from(sets) else {
+                return Err(Error::Internal {
+                    op: OP,
+                    message: "the counters' query did not answer with 3 results".into(),
+                });
+            };
+            let counters = rows_as::<(u64, u64)>(counters).map_err(&q)?;
+            let nodes = rows_as::<(u64, String)>(nodes).map_err(&q)?;
             let mut nodes: BTreeMap<u64, String> = nodes.into_iter().collect();
             let inboxes = counters
                 .into_iter()

@@ -190,8 +190,9 @@ pub fn group_serial() -> Option<u64> {
 /// Asks `f`, when the group commits (not if it breaks), for statements to
 /// send before the records: a repository's writes staged across the
 /// group's requests, in a few statements. They go out in the commit's own
-/// round trip (`START TRANSACTION` aside, the group's last), so that rows
-/// the group locked stay locked no longer than that. `f`'s error says why
+/// round trip (on Galera the one just before the `COMMIT`'s own:
+/// `run_with_commit`), so that rows the group locked stay locked no longer
+/// than that. `f`'s error says why
 /// the group must not commit: it rolls back, and its writes run again one
 /// by one. False, and `f` dropped, when no group is open on this thread.
 pub fn before_commit(
@@ -746,8 +747,9 @@ impl<'a> Writes<'a> {
 
     /// Commits the group open on this thread: the statements its
     /// repositories asked for ([`before_commit`]), every record in one
-    /// statement, and `COMMIT`, in one round trip. An error says why nothing of it stays
-    /// (broken, or the commit failed): run its writes again one by one.
+    /// statement, and `COMMIT`, in one round trip (two on Galera, the
+    /// `COMMIT` alone). An error says why nothing of it stays (broken, or
+    /// the commit failed): run its writes again one by one.
     pub fn commit_group(&self) -> std::result::Result<(), String> {
         const OP: &str = "wire.group";
         let Some(mut group) = GROUP.with(|g| g.borrow_mut().take()) else {
