@@ -274,7 +274,7 @@ impl<'a> Messages<'a> {
                     PRESENCE_STALE.as_secs()
                 ),
             )
-            .map_err(&q)?;
+            .map_err(|(_, e)| q(e))?;
             let Ok([_, counters, nodes]) = <[Vec<mysql::Row>; 3]>::try_from(sets) else {
                 return Err(Error::Internal {
                     op: OP,

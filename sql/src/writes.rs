@@ -192,9 +192,9 @@ pub fn group_serial() -> Option<u64> {
 /// group's requests, in a few statements. They go out in the commit's own
 /// round trip (on Galera the one just before the `COMMIT`'s own:
 /// `run_with_commit`), so that rows the group locked stay locked no longer
-/// than that. `f`'s error says why
-/// the group must not commit: it rolls back, and its writes run again one
-/// by one. False, and `f` dropped, when no group is open on this thread.
+/// than that. `f`'s error says why the group must not commit: it rolls
+/// back, and its writes run again one by one. False, and `f` dropped, when
+/// no group is open on this thread.
 pub fn before_commit(
     f: impl FnOnce() -> std::result::Result<Vec<String>, String> + 'static,
 ) -> bool {
@@ -380,25 +380,19 @@ pub(crate) fn run_all(
     conn: &mut PooledConn,
     sql: &str,
 ) -> std::result::Result<(), (usize, mysql::Error)> {
-    let mut result = conn.query_iter(sql).map_err(|e| (0, e))?;
-    let mut i = 0;
-    while let Some(set) = result.iter() {
-        for row in set {
-            row.map_err(|e| (i, e))?;
-        }
-        i += 1;
-    }
-    Ok(())
+    query_all(conn, sql).map(drop)
 }
 
-/// Sends `sql` (statements joined by `;`) in one round trip and returns
-/// the rows of each of its results, in order; every result is read, so
-/// that an error of any statement is seen.
-pub(crate) fn query_all(conn: &mut PooledConn, sql: &str) -> mysql::Result<Vec<Vec<mysql::Row>>> {
-    let mut result = conn.query_iter(sql)?;
+/// [`run_all`], returning the rows of each result, in order.
+pub(crate) fn query_all(
+    conn: &mut PooledConn,
+    sql: &str,
+) -> std::result::Result<Vec<Vec<mysql::Row>>, (usize, mysql::Error)> {
+    let mut result = conn.query_iter(sql).map_err(|e| (0, e))?;
     let mut sets = Vec::new();
     while let Some(set) = result.iter() {
-        sets.push(set.collect::<mysql::Result<Vec<_>>>()?);
+        let i = sets.len();
+        sets.push(set.collect::<mysql::Result<Vec<_>>>().map_err(|e| (i, e))?);
     }
     Ok(sets)
 }
