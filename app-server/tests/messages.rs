@@ -683,3 +683,73 @@ fn sends_in_flight_on_one_connection_are_stored_in_order_and_committed_together(
         .collect();
     assert_eq!(ns, want);
 }
+
+#[test]
+fn a_window_resent_to_another_node_is_answered_from_its_message_rows_and_stored_once() {
+    let db = testing::fresh();
+    let (a, b) = (Server::start(&db), Server::start(&db));
+    let mut ca = a.connect();
+    let ann = ca.user("ann");
+    ca.user("bob");
+    // 64 signed sends, written to a's connection at once: they run in
+    // groups there. The same bytes go to b afterwards, as the SDK resends
+    // a window whose replies it did not see.
+    const N: u64 = 64;
+    let mut frames = Vec::new();
+    for n in 0..N {
+        let body = json!({"to": "bob", "body": {"n": n}}).to_string();
+        let mut frame = Vec::new();
+        dsf_common::wire::envelope::encode_request(
+            &Key::new(support::SECRET),
+            &dsf_common::wire::OutgoingRequest {
+                id: 1000 + n,
+                kind: "msg.send",
+                app: support::APP,
+                token: Some(&ann),
+                body: &body,
+            },
+            &mut frame,
+        );
+        frames.push(frame);
+    }
+    for f in &frames {
+        ca.send_bytes(f);
+    }
+    let first: Vec<Value> = (0..N).map(|_| ca.recv().1.unwrap()).collect();
+    let grouped = metric(&a, "dsf_grouped_requests_total") as u64;
+    assert!(grouped > 0, "some sends committed in groups");
+    let records = || -> u64 {
+        db.with_conn("test", |c| {
+            c.query_first("SELECT COUNT(*) FROM wire_writes WHERE kind = 'msg.send'")
+        })
+        .unwrap()
+        .unwrap()
+    };
+    // A grouped send's record is its message row; one run alone has its own.
+    assert_eq!(records(), N - grouped);
+
+    let mut cb = b.connect();
+    for f in &frames {
+        cb.send_bytes(f);
+    }
+    let again: Vec<Value> = (0..N).map(|_| cb.recv().1.unwrap()).collect();
+    assert_eq!(again, first, "each resend answered with its first reply");
+    let bob = db.users().get("bob").unwrap().unwrap().id;
+    let ns: Vec<u64> = db
+        .messages()
+        .after(bob, 0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            serde_json::from_str::<Value>(&m.body).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ns, (0..N).collect::<Vec<_>>(), "each stored once, in order");
+    assert_eq!(
+        records(),
+        N - grouped,
+        "no refusal recorded for the resends"
+    );
+}

@@ -22,7 +22,10 @@
 //!   recipient's counter row once, in id order, and reads their presence;
 //!   each send ([`Messages::send_in_group`]) numbers its message in
 //!   memory, and the group's commit carries the inbox rows and the
-//!   counters ([`crate::writes::before_commit`]). The rows stay locked
+//!   counters ([`crate::writes::before_commit`]). A message row holds its
+//!   request's `(app, nonce)` under a unique key, so a send stored ahead
+//!   writes no run-once record in the group: its row is the record
+//!   ([`sent_reply`]). The counter rows stay locked
 //!   from then to the commit, as above: the round trip that takes them,
 //!   the handlers' work, and the commit's (two on Galera). Every group of
 //!   a connection that cycles through its recipients takes the same rows,
@@ -141,6 +144,9 @@ pub struct GroupSend<'a> {
     pub to: u64,
     /// Its JSON text.
     pub body: &'a str,
+    /// Its request's `(app, nonce)`: its message row keeps its run-once
+    /// record ([`sent_reply`]).
+    pub key: (&'a str, &'a str),
 }
 
 /// A message stored ahead for a send of the group, and for whom.
@@ -148,6 +154,8 @@ struct Ahead {
     from: u64,
     to: u64,
     body: String,
+    /// Its request's `(app, nonce)`.
+    key: (String, String),
     id: u64,
     sent_at: u64,
     used: bool,
@@ -354,10 +362,16 @@ impl<'a> Messages<'a> {
             let mut s = s.borrow_mut();
             let s = s.as_mut().filter(|s| s.group == group)?;
             let a = s.ahead.get_mut(&index)?;
-            if (a.from, a.to, a.body.as_str()) != (from.id, to_id, body) || a.used {
+            let running = crate::writes::running();
+            let mine = running
+                .as_ref()
+                .is_some_and(|(app, nonce)| (app, nonce) == (&a.key.0, &a.key.1));
+            if (a.from, a.to, a.body.as_str()) != (from.id, to_id, body) || a.used || !mine {
                 return Some(Err(()));
             }
             a.used = true;
+            // Its row holds (app, nonce) under a unique key: its record.
+            crate::writes::record_kept();
             Some(Ok((a.id, a.sent_at)))
         });
         match ahead? {
@@ -810,10 +824,13 @@ fn insert_message(
     // The storing node's clock, so the reply and the notification carry
     // the time without a read.
     let sent_at = crate::time::now_ms().max(0) as u64;
+    // The run-once write's key, which its row holds under a unique key: a
+    // run of the same request elsewhere meets it ([`sent_reply`]).
+    let (app, nonce) = crate::writes::running().unzip();
     c.exec_drop(
-        "INSERT INTO messages (sender_id, sender_name, recipient_id, room_id, body, sent_at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
-        (from.id, from.name, to, room, body, sent_at),
+        "INSERT INTO messages (sender_id, sender_name, recipient_id, room_id, body, sent_at, app, nonce) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (from.id, from.name, to, room, body, sent_at, app, nonce),
     )
     .map_err(sql(op))?;
     Ok((c.last_insert_id(), sent_at))
@@ -840,16 +857,18 @@ fn store_ahead(
         .iter()
         .map(|g| {
             format!(
-                "({}, {name}, {}, NULL, {}, {sent_at})",
+                "({}, {name}, {}, NULL, {}, {sent_at}, {}, {})",
                 from.id,
                 g.to,
-                mysql::Value::from(g.body).as_sql(plain)
+                mysql::Value::from(g.body).as_sql(plain),
+                mysql::Value::from(g.key.0).as_sql(plain),
+                mysql::Value::from(g.key.1).as_sql(plain),
             )
         })
         .collect::<Vec<_>>()
         .join(", ");
     c.query_drop(format!(
-        "INSERT INTO messages (sender_id, sender_name, recipient_id, room_id, body, sent_at) \
+        "INSERT INTO messages (sender_id, sender_name, recipient_id, room_id, body, sent_at, app, nonce) \
          VALUES {rows}"
     ))?;
     let first = c.last_insert_id();
@@ -861,6 +880,7 @@ fn store_ahead(
                 from: from.id,
                 to: g.to,
                 body: g.body.to_string(),
+                key: (g.key.0.to_string(), g.key.1.to_string()),
                 id: first + k as u64 * step,
                 sent_at,
                 used: false,
@@ -868,6 +888,30 @@ fn store_ahead(
             (g.index, a)
         })
         .collect())
+}
+
+/// The reply of the direct send of request `(app, nonce)`, read from its
+/// message and inbox rows: `msg.send`'s finder for
+/// [`Writes::keep_records`](crate::writes::Writes::keep_records). A send
+/// committed in a group keeps its run-once record there, not in
+/// `wire_writes`: the message row holds `(app, nonce)` under a unique key,
+/// and the reply `{"id","seq"}` follows from the row and its inbox entry.
+/// A room's send keeps its record in `wire_writes` (`None` here).
+pub fn sent_reply(c: &mut PooledConn, app: &str, nonce: &str) -> mysql::Result<Option<String>> {
+    let row: Option<(u64, u64)> = c.exec_first(
+        "SELECT m.id, i.seq FROM messages m \
+         JOIN inbox i ON i.user_id = m.recipient_id AND i.message_id = m.id \
+         WHERE m.app = ? AND m.nonce = ? AND m.recipient_id IS NOT NULL",
+        (app, nonce),
+    )?;
+    Ok(row.map(|(id, seq)| {
+        let sent = dsf_proto::msg::Sent {
+            id,
+            seq: Some(seq),
+            recipients: None,
+        };
+        serde_json::to_string(&sent).expect("a reply of numbers renders")
+    }))
 }
 
 /// `rows` as `T`s.

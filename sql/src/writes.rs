@@ -56,10 +56,21 @@
 //! either stores every write with its record or none of them, and the
 //! record's unique key still keeps each to once (a duplicate fails the
 //! group's insert, and the write then meets its record on its own).
+//!
+//! **A record kept in the write's own row.** A kind whose rows can hold
+//! `(app, nonce)` under a unique key ([`Writes::keep_records`], with a
+//! finder that reads the reply back from them) writes no record in a
+//! group for a write that says it stored them ([`record_kept`]): its row
+//! is the record. A run of the same request meets that key as it would
+//! the record's (its group breaks, and alone it fails and is answered from
+//! the finder), and [`Writes::stored_as`] asks the finder first. This
+//! takes a row and two index entries out of every such write, and out of
+//! the time a group holds its locks (`msg.send`, in
+//! [`crate::messages::sent_reply`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 
 use mysql::prelude::Queryable;
 use mysql::PooledConn;
@@ -178,6 +189,49 @@ thread_local! {
     static STAGED: RefCell<Option<Staged>> = const { RefCell::new(None) };
     static GROUP: RefCell<Option<Group>> = const { RefCell::new(None) };
     static SERIAL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The `(app, nonce)` of the run-once write whose handler runs on this
+    /// thread.
+    static RUNNING: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+    /// Set by a repository: the write running in a group keeps its record
+    /// in a row of its own ([`record_kept`]).
+    static KEPT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Reads the reply of a write that kept its own record, from the write's
+/// own rows: `(connection, app, nonce)` to the reply's body, `None` if no
+/// write of that `(app, nonce)` committed. See [`Writes::keep_records`].
+pub type FindReply = fn(&mut PooledConn, &str, &str) -> mysql::Result<Option<String>>;
+
+/// The `(app, nonce)` of the run-once write whose handler runs on this
+/// thread, if one does: a repository that keeps the write's record in its
+/// own row ([`Writes::keep_records`]) stores them there.
+pub fn running() -> Option<(String, String)> {
+    RUNNING.with(|r| r.borrow().clone())
+}
+
+/// Says that the write running in a group on this thread stored its
+/// `(app, nonce)` ([`running`]) in a row of its own, under a unique key,
+/// in the group's transaction: the group then inserts no record of it if
+/// its kind has a finder ([`Writes::keep_records`]). A no-op otherwise.
+pub fn record_kept() {
+    KEPT.with(|k| k.set(true));
+}
+
+/// Sets [`RUNNING`] while a run-once write runs, and clears it when
+/// dropped, also when the handler panics.
+struct Running;
+
+impl Running {
+    fn set(app: &str, nonce: &str) -> Running {
+        RUNNING.with(|r| *r.borrow_mut() = Some((app.to_string(), nonce.to_string())));
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.with(|r| r.borrow_mut().take());
+    }
 }
 
 /// The serial of the group commit open on this thread (unique on the
@@ -468,6 +522,8 @@ pub const SHARED_MAX: usize = 64;
 pub(crate) struct Shared {
     state: Mutex<SharedState>,
     turn: Condvar,
+    /// Where writes of a kind keep their own records ([`Writes::keep_records`]).
+    finders: RwLock<HashMap<String, FindReply>>,
 }
 
 #[derive(Debug, Default)]
@@ -595,6 +651,7 @@ impl<'a> Writes<'a> {
         mut handler: impl FnMut() -> (bool, String, bool),
     ) -> Result<Once> {
         const OP: &str = "wire.run_once";
+        let _running = Running::set(app, nonce);
         if let Some(grouped) = self.in_group_run(app, nonce, kind, &mut handler) {
             return grouped;
         }
@@ -677,7 +734,7 @@ impl<'a> Writes<'a> {
                 // The same request committed first, elsewhere.
                 (Step::Record, Error::Conflict { .. }) => {
                     drop(conn);
-                    self.replayed(app, nonce).map(Tried::Done)
+                    self.replayed(app, nonce, kind).map(Tried::Done)
                 }
                 (_, e) => Err(e),
             };
@@ -688,7 +745,7 @@ impl<'a> Writes<'a> {
             crate::db::roll_back(&mut conn);
         }
         drop(conn);
-        if let Some(s) = self.stored(app, nonce)? {
+        if let Some(s) = self.stored_as(kind, app, nonce)? {
             // It ran meanwhile elsewhere (this run tripped over its writes).
             return Ok(Tried::Done(Once::Replayed(s)));
         }
@@ -700,7 +757,7 @@ impl<'a> Writes<'a> {
             if inserted == 0 {
                 // A run of the same request committed meanwhile (its record
                 // was not yet visible above): its reply is the answer.
-                return self.replayed(app, nonce).map(Tried::Done);
+                return self.replayed(app, nonce, kind).map(Tried::Done);
             }
         }
         Ok(Tried::Done(Once::Ran(Stored { ok, reply })))
@@ -806,12 +863,15 @@ impl<'a> Writes<'a> {
             return not_now("a statement not yet prepared on this connection");
         }
         let lent = Lent::lend(self.db.id(), conn);
+        KEPT.with(|k| k.set(false));
         let (ok, reply, _) = handler();
         lent.give_back();
+        // Its own row holds its record: the group inserts none.
+        let kept = KEPT.with(|k| k.replace(false)) && self.finder(kind).is_some();
         if !ok {
             // Its writes must not stay, and a group has no savepoints.
             break_group("a refusal");
-        } else {
+        } else if !kept {
             GROUP.with(|g| {
                 if let Some(g) = g.borrow_mut().as_mut() {
                     g.records
@@ -965,8 +1025,8 @@ impl<'a> Writes<'a> {
         }
     }
 
-    fn replayed(&self, app: &str, nonce: &str) -> Result<Once> {
-        self.stored(app, nonce)?
+    fn replayed(&self, app: &str, nonce: &str, kind: &str) -> Result<Once> {
+        self.stored_as(kind, app, nonce)?
             .map(Once::Replayed)
             .ok_or_else(|| Error::Internal {
                 op: "wire.run_once",
@@ -974,7 +1034,50 @@ impl<'a> Writes<'a> {
             })
     }
 
-    /// The stored reply of `(app, nonce)`, if that request ran.
+    /// Writes of `kind` keep their records in rows of their own: a write
+    /// that says so ([`record_kept`]) in a group gets no row in
+    /// `wire_writes`, and `find` reads its reply back from its own rows
+    /// ([`Writes::stored_as`]). The row must carry `(app, nonce)` under a
+    /// unique key and be written in the group's transaction, so that the
+    /// same request run again meets it as it would meet its record.
+    pub fn keep_records(&self, kind: &str, find: FindReply) {
+        let mut finders = self
+            .db
+            .shared()
+            .finders
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        finders.insert(kind.to_string(), find);
+    }
+
+    fn finder(&self, kind: &str) -> Option<FindReply> {
+        let finders = self
+            .db
+            .shared()
+            .finders
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        finders.get(kind).copied()
+    }
+
+    /// The stored reply of `(app, nonce)`, a request of `kind`, if it ran:
+    /// its record, or what the rows of a kind that keeps its own records
+    /// ([`Writes::keep_records`]) say.
+    /// Such a kind's own rows are read first: they are what committed, and
+    /// a refusal of the same request recorded on another node while they
+    /// committed (a session revoked in between, say) must not hide them.
+    pub fn stored_as(&self, kind: &str, app: &str, nonce: &str) -> Result<Option<Stored>> {
+        if let Some(find) = self.finder(kind) {
+            let reply = self.db.with_conn("wire.stored", |c| find(c, app, nonce))?;
+            if let Some(reply) = reply {
+                return Ok(Some(Stored { ok: true, reply }));
+            }
+        }
+        self.stored(app, nonce)
+    }
+
+    /// The stored reply of `(app, nonce)`, if that request ran and its
+    /// record is in `wire_writes`.
     pub fn stored(&self, app: &str, nonce: &str) -> Result<Option<Stored>> {
         self.db.with_conn("wire.stored", |c| {
             let row: Option<(bool, String)> = c.exec_first(

@@ -7,6 +7,7 @@ use std::sync::{Arc, Barrier};
 
 use dsf_common::ErrorCode;
 use dsf_sql::messages::{GroupSend, Sender};
+use dsf_sql::writes::{Once, Stored};
 use dsf_sql::Queryable;
 use dsf_sql::{testing, Role};
 
@@ -251,6 +252,7 @@ fn group_sends(
     tag: &str,
 ) -> (Result<(), String>, Vec<(u64, u64)>) {
     let bodies: Vec<String> = (0..to.len()).map(|i| i.to_string()).collect();
+    let nonces: Vec<String> = (0..to.len()).map(|i| format!("{tag}{i:015}")).collect();
     let sends: Vec<GroupSend> = to
         .iter()
         .enumerate()
@@ -259,6 +261,7 @@ fn group_sends(
             index,
             to: *t,
             body: &bodies[index],
+            key: ("cli", &nonces[index]),
         })
         .collect();
     db.writes().begin_group().unwrap();
@@ -268,7 +271,7 @@ fn group_sends(
         .map(|(i, t)| {
             let mut sent = (0, 0);
             db.writes()
-                .run_once("cli", &format!("{tag}{i:015}"), "msg.send", || {
+                .run_once("cli", &nonces[i], "msg.send", || {
                     let m = db.messages();
                     // The group's first send makes it ready, as msg.send does.
                     if i == 0 {
@@ -359,6 +362,7 @@ fn sends_staged_in_a_group_are_numbered_in_order_and_written_at_its_commit() {
             index: 0,
             to: bob,
             body: "\"lost\"",
+            key: ("cli", "b000000000000000"),
         };
         m.prepare_group(from(ann, "ann"), &[lost]).unwrap();
         m.send_in_group(0, from(ann, "ann"), bob, "\"lost\"")
@@ -380,6 +384,7 @@ fn sends_staged_in_a_group_are_numbered_in_order_and_written_at_its_commit() {
             index: 1,
             to: bob,
             body: "7",
+            key: ("cli", "c000000000000001"),
         };
         m.prepare_group(from(ann, "ann"), &[unsent]).unwrap();
     });
@@ -389,5 +394,102 @@ fn sends_staged_in_a_group_are_numbered_in_order_and_written_at_its_commit() {
     assert_eq!(
         m.send(from(ann, "ann"), "bob", "8").unwrap().listed[0].seq,
         7
+    );
+}
+
+#[test]
+fn a_grouped_send_keeps_its_record_in_its_message_row_and_a_second_run_meets_it() {
+    let db = testing::fresh();
+    db.writes()
+        .keep_records("msg.send", dsf_sql::messages::sent_reply);
+    let (ann, bob, cid) = (user(&db, "ann"), user(&db, "bob"), user(&db, "cid"));
+    let m = db.messages();
+    // Bob's sends made ready (stored ahead, their rows holding their
+    // requests' keys), cid's not.
+    let (done, sent) = group_sends(&db, ann, &[bob], &[bob, cid, bob], "k");
+    done.unwrap();
+    let records = |nonce: &str| -> u64 {
+        db.with_conn("test", |c| {
+            c.exec_first(
+                "SELECT COUNT(*) FROM wire_writes WHERE app = 'cli' AND nonce = ?",
+                (nonce,),
+            )
+        })
+        .unwrap()
+        .unwrap()
+    };
+    assert_eq!(
+        records("k000000000000000"),
+        0,
+        "its message row is its record"
+    );
+    assert_eq!(records("k000000000000002"), 0);
+    assert_eq!(
+        records("k000000000000001"),
+        1,
+        "a send not stored ahead keeps its record in wire_writes"
+    );
+    let reply = |id: u64, seq: u64| format!(r#"{{"id":{id},"seq":{seq}}}"#);
+    let theirs = Stored {
+        ok: true,
+        reply: reply(sent[2].1, sent[2].0),
+    };
+    let nonce = "k000000000000002";
+    assert_eq!(
+        db.writes().stored_as("msg.send", "cli", nonce).unwrap(),
+        Some(theirs.clone())
+    );
+    // Another kind's lookup reads wire_writes alone.
+    assert_eq!(
+        db.writes()
+            .stored_as("blacklist.add", "cli", nonce)
+            .unwrap(),
+        None
+    );
+
+    // The same request run again in a group (on another node, say) meets
+    // its row's key: the group breaks, and the send run alone is answered
+    // from the row, its message stored once.
+    let count = || -> u64 {
+        db.with_conn("test", |c| c.query_first("SELECT COUNT(*) FROM messages"))
+            .unwrap()
+            .unwrap()
+    };
+    let before = count();
+    db.writes().begin_group().unwrap();
+    let again = GroupSend {
+        index: 0,
+        to: bob,
+        body: "2",
+        key: ("cli", nonce),
+    };
+    let mut met = None;
+    db.writes()
+        .run_once("cli", nonce, "msg.send", || {
+            let e = m
+                .prepare_group(from(ann, "ann"), std::slice::from_ref(&again))
+                .unwrap_err();
+            met = Some(e.code());
+            (false, e.to_string(), true)
+        })
+        .unwrap();
+    assert!(db.writes().commit_group().is_err());
+    assert_eq!(met, Some(ErrorCode::Conflict));
+    let alone = db
+        .writes()
+        .run_once("cli", nonce, "msg.send", || {
+            match m.send_to_id(from(ann, "ann"), bob, "2") {
+                Ok(s) => (true, reply(s.id, s.listed[0].seq), false),
+                Err(e) => (false, e.to_string(), true),
+            }
+        })
+        .unwrap();
+    assert_eq!(alone, Once::Replayed(theirs));
+    assert_eq!(count(), before);
+    assert_eq!(records(nonce), 0, "no refusal recorded either");
+    // Nothing was numbered twice: bob's next number follows on.
+    assert_eq!(
+        m.send(from(ann, "ann"), "bob", "3").unwrap().listed[0].seq,
+        3
     );
 }

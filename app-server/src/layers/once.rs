@@ -43,7 +43,7 @@ impl Layer<Node> for RunOnce {
                 dsf_sql::writes::break_group("a resend");
                 return Outcome::Reply(Err(Error::Unavailable("a resend runs on its own".into())));
             }
-            match writes.stored(&app, &nonce) {
+            match writes.stored_as(&kind, &app, &nonce) {
                 Ok(Some(s)) => {
                     return Outcome::Stored {
                         ok: s.ok,

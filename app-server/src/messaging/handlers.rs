@@ -9,7 +9,7 @@
 //! notified (after the commit). A lost notification costs a poll
 //! interval, never the message.
 
-use dsf_common::pipeline::Stream;
+use dsf_common::pipeline::{Batched, Stream};
 use dsf_common::{Error, Result};
 use dsf_proto::msg::{
     self as msg, AckBody, Entry, History, HistoryBody, Joined, NotifyBody, RoomBody, SendBody,
@@ -42,8 +42,8 @@ pub fn send(call: &Call, b: SendBody) -> Result<Sent> {
     // The group's first send makes it ready for all (a group whose first
     // request is refused before it gets here is run again one by one).
     let in_group = call.batch();
-    if let Some((bodies, 0)) = in_group {
-        prepare_group(call, from, bodies)?;
+    if let Some((requests, 0)) = in_group {
+        prepare_group(call, from, requests)?;
     }
     let (stored, sent) = match (&b.to, &b.room) {
         (Some(to), None) => {
@@ -122,13 +122,13 @@ pub fn send(call: &Call, b: SendBody) -> Result<Sent> {
 /// is left as it is (a room's send takes its members' rows itself), and so
 /// are bodies that do not parse and names that are not users (those sends
 /// are refused on their own).
-fn prepare_group(call: &Call, from: Sender<'_>, bodies: &[String]) -> Result<()> {
-    let parsed: Vec<Option<SendBody>> = bodies
+fn prepare_group(call: &Call, from: Sender<'_>, requests: &[Batched]) -> Result<()> {
+    let parsed: Vec<Option<SendBody>> = requests
         .iter()
-        .map(|b| serde_json::from_str::<SendBody>(b).ok())
+        .map(|r| serde_json::from_str::<SendBody>(&r.body).ok())
         .collect();
-    let mut sends = Vec::with_capacity(bodies.len());
-    for (index, b) in parsed.iter().enumerate() {
+    let mut sends = Vec::with_capacity(requests.len());
+    for ((index, b), r) in parsed.iter().enumerate().zip(requests) {
         let Some(b) = b else { continue };
         match (&b.to, &b.room) {
             (Some(name), None) => {
@@ -137,6 +137,7 @@ fn prepare_group(call: &Call, from: Sender<'_>, bodies: &[String]) -> Result<()>
                         index,
                         to,
                         body: b.body.get(),
+                        key: (&r.app, &r.nonce),
                     });
                 }
             }

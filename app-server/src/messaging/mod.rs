@@ -66,7 +66,15 @@ pub fn service() -> Service {
     Service::new("messaging")
         .requires("accounts")
         .migrations(dsf_sql::migrate::MESSAGING)
-        .state(|_| Ok(Messaging::default()))
+        .state(|node| {
+            // A direct send committed in a group keeps its run-once record
+            // in its message row (`dsf_sql::messages::sent_reply`).
+            let kind = <msg::Send as dsf_proto::Message>::TYPE.name;
+            node.db()
+                .writes()
+                .keep_records(kind, dsf_sql::messages::sent_reply);
+            Ok(Messaging::default())
+        })
         .state(|node| Ok(Mailroom::start(node.db().clone(), node.settings().msg_poll)))
         // A client's sends in flight run in its order and commit together.
         .route(Route::unary::<msg::Send>(handlers::send).batched())

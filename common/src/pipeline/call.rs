@@ -42,8 +42,19 @@ pub struct Call<S: Send + Sync + 'static> {
     pub(super) woken: bool,
     pub(super) after: RefCell<Vec<Box<dyn FnOnce() + Send>>>,
     pub(super) reply: Option<ReplyTo>,
-    /// The bodies of the group it runs in, and its place among them.
-    pub(super) batch: Option<(Arc<[String]>, usize)>,
+    /// The requests of the group it runs in, and its place among them.
+    pub(super) batch: Option<(Arc<[Batched]>, usize)>,
+}
+
+/// A request of the group a [`Route::batched`] request runs in
+/// ([`Call::batch`]).
+#[derive(Debug, Clone)]
+pub struct Batched {
+    /// Its body, as sent.
+    pub body: String,
+    /// Its app and nonce: what its run-once record is kept under.
+    pub app: String,
+    pub nonce: String,
 }
 
 // === impl Call ===
@@ -126,12 +137,11 @@ impl<S: Send + Sync + 'static> Call<S> {
     }
 
     /// A [`Route::batched`] request running in a group with others: the
-    /// bodies of the group's requests (this one's included), in the order
-    /// they run, and this one's place among them. A handler may use it to
-    /// make ready for the whole group at once (take every row the group
-    /// will lock, in one order, with one statement). `None` when it runs
-    /// on its own.
-    pub fn batch(&self) -> Option<(&[String], usize)> {
+    /// group's requests (this one's included), in the order they run, and
+    /// this one's place among them. A handler may use it to make ready for
+    /// the whole group at once (take every row the group will lock, in one
+    /// order, with one statement). `None` when it runs on its own.
+    pub fn batch(&self) -> Option<(&[Batched], usize)> {
         self.batch.as_ref().map(|(b, i)| (&b[..], *i))
     }
 

@@ -43,7 +43,7 @@ use std::time::Instant;
 use dsf_proto::{Auth, Catalogue, Duplicate};
 
 pub use auth::{AuthLayer, Sessions};
-pub use call::{Call, Session};
+pub use call::{Batched, Call, Session};
 pub use drain::Drain;
 pub use layer::{Layer, Next, Outcome};
 pub use metrics::{Gauges, Load, Metrics, MetricsLayer};
@@ -661,12 +661,19 @@ impl<S: Send + Sync + 'static> Pipeline<S> {
     /// by one. Outcomes in the group are provisional: the metrics count
     /// them once it committed (and count a rerun's instead).
     fn run_grouped(&self, batch: &mut [Call<S>]) -> (Vec<Outcome>, bool) {
-        let bodies: Arc<[String]> = batch
+        let requests: Arc<[Batched]> = batch
             .iter()
-            .map(|c| c.admitted.request.body.get().to_string())
+            .map(|c| {
+                let r = &c.admitted.request;
+                Batched {
+                    body: r.body.get().to_string(),
+                    app: r.app.clone(),
+                    nonce: r.nonce.clone(),
+                }
+            })
             .collect();
         for (i, c) in batch.iter_mut().enumerate() {
-            c.batch = Some((bodies.clone(), i));
+            c.batch = Some((requests.clone(), i));
         }
         let outcomes: Vec<Outcome> = batch.iter_mut().map(|c| self.run(c)).collect();
         let group = self.group.as_ref().expect("grouped with a group");
