@@ -22,9 +22,9 @@
 //!   recipient's counter row once, in id order, and reads their presence;
 //!   each send ([`Messages::send_in_group`]) numbers its message in
 //!   memory, and the group's commit carries the inbox rows and the
-//!   counters ([`crate::writes::before_commit`]). A message row holds its
-//!   request's `(app, nonce)` under a unique key, so a send stored ahead
-//!   writes no run-once record in the group: its row is the record
+//!   counters ([`crate::writes::before_commit`]). The run-once records of
+//!   the sends stored ahead go in before the counters are taken, their
+//!   replies `{"id"}` completed with the number when read
 //!   ([`sent_reply`]). The counter rows stay locked
 //!   from then to the commit, as above: the round trip that takes them,
 //!   the handlers' work, and the commit's (two on Galera). Every group of
@@ -144,8 +144,8 @@ pub struct GroupSend<'a> {
     pub to: u64,
     /// Its JSON text.
     pub body: &'a str,
-    /// Its request's `(app, nonce)`: its message row keeps its run-once
-    /// record ([`sent_reply`]).
+    /// Its request's `(app, nonce)`: the group records it early, before
+    /// it takes the counters ([`sent_reply`]).
     pub key: (&'a str, &'a str),
 }
 
@@ -270,11 +270,14 @@ impl<'a> Messages<'a> {
             // Before the counters are taken, so that they are held for as
             // little as can be.
             let ahead = store_ahead(c, from, &sends).map_err(&q)?;
+            // Their records, with replies the numbers complete when read
+            // (`sent_reply`): before the counters, so not while held.
+            let records = early_records(c, &ahead);
             // One round trip from the first lock to the answer.
-            let sets = crate::writes::query_all(
+            let mut sets = crate::writes::query_all(
                 c,
                 &format!(
-                    "INSERT INTO inboxes (user_id, last_seq) VALUES {rows} \
+                    "{records}INSERT INTO inboxes (user_id, last_seq) VALUES {rows} \
                      ON DUPLICATE KEY UPDATE last_seq = last_seq; \
                      SELECT user_id, last_seq FROM inboxes WHERE user_id IN ({list}) FOR UPDATE; \
                      SELECT user_id, node FROM presence WHERE user_id IN ({list}) \
@@ -283,7 +286,9 @@ impl<'a> Messages<'a> {
                 ),
             )
             .map_err(|(_, e)| q(e))?;
-            let Ok([_, counters, nodes]) = <[Vec<mysql::Row>; 3]>::try_from(sets) else {
+            let skip = usize::from(!records.is_empty());
+            let Ok([_, counters, nodes]) = <[Vec<mysql::Row>; 3]>::try_from(sets.split_off(skip))
+            else {
                 return Err(Error::Internal {
                     op: OP,
                     message: "the counters' query did not answer with 3 results".into(),
@@ -370,7 +375,7 @@ impl<'a> Messages<'a> {
                 return Some(Err(()));
             }
             a.used = true;
-            // Its row holds (app, nonce) under a unique key: its record.
+            // prepare_group recorded it, its reply to be completed.
             crate::writes::record_kept();
             Some(Ok((a.id, a.sent_at)))
         });
@@ -824,13 +829,10 @@ fn insert_message(
     // The storing node's clock, so the reply and the notification carry
     // the time without a read.
     let sent_at = crate::time::now_ms().max(0) as u64;
-    // The run-once write's key, which its row holds under a unique key: a
-    // run of the same request elsewhere meets it ([`sent_reply`]).
-    let (app, nonce) = crate::writes::running().unzip();
     c.exec_drop(
-        "INSERT INTO messages (sender_id, sender_name, recipient_id, room_id, body, sent_at, app, nonce) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (from.id, from.name, to, room, body, sent_at, app, nonce),
+        "INSERT INTO messages (sender_id, sender_name, recipient_id, room_id, body, sent_at) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+        (from.id, from.name, to, room, body, sent_at),
     )
     .map_err(sql(op))?;
     Ok((c.last_insert_id(), sent_at))
@@ -857,18 +859,16 @@ fn store_ahead(
         .iter()
         .map(|g| {
             format!(
-                "({}, {name}, {}, NULL, {}, {sent_at}, {}, {})",
+                "({}, {name}, {}, NULL, {}, {sent_at})",
                 from.id,
                 g.to,
-                mysql::Value::from(g.body).as_sql(plain),
-                mysql::Value::from(g.key.0).as_sql(plain),
-                mysql::Value::from(g.key.1).as_sql(plain),
+                mysql::Value::from(g.body).as_sql(plain)
             )
         })
         .collect::<Vec<_>>()
         .join(", ");
     c.query_drop(format!(
-        "INSERT INTO messages (sender_id, sender_name, recipient_id, room_id, body, sent_at, app, nonce) \
+        "INSERT INTO messages (sender_id, sender_name, recipient_id, room_id, body, sent_at) \
          VALUES {rows}"
     ))?;
     let first = c.last_insert_id();
@@ -890,28 +890,62 @@ fn store_ahead(
         .collect())
 }
 
-/// The reply of the direct send of request `(app, nonce)`, read from its
-/// message and inbox rows: `msg.send`'s finder for
-/// [`Writes::keep_records`](crate::writes::Writes::keep_records). A send
-/// committed in a group keeps its run-once record there, not in
-/// `wire_writes`: the message row holds `(app, nonce)` under a unique key,
-/// and the reply `{"id","seq"}` follows from the row and its inbox entry.
-/// A room's send keeps its record in `wire_writes` (`None` here).
-pub fn sent_reply(c: &mut PooledConn, app: &str, nonce: &str) -> mysql::Result<Option<String>> {
-    let row: Option<(u64, u64)> = c.exec_first(
-        "SELECT m.id, i.seq FROM messages m \
-         JOIN inbox i ON i.user_id = m.recipient_id AND i.message_id = m.id \
-         WHERE m.app = ? AND m.nonce = ? AND m.recipient_id IS NOT NULL",
-        (app, nonce),
+/// Completes a direct send's reply recorded early, `{"id"}`, with the
+/// message's number in its recipient's inbox: `msg.send`'s completer for
+/// [`Writes::complete_replies`](crate::writes::Writes::complete_replies).
+/// A group records its stored-ahead sends before it takes the
+/// recipients' counters, when the numbers are not yet known, so that the
+/// records are not written while the counters are held. `None` for a
+/// reply recorded whole (a send that ran alone, a room's send).
+pub fn sent_reply(c: &mut PooledConn, reply: &str) -> mysql::Result<Option<String>> {
+    let Ok(sent) = serde_json::from_str::<dsf_proto::msg::Sent>(reply) else {
+        return Ok(None);
+    };
+    if sent.seq.is_some() || sent.recipients.is_some() {
+        return Ok(None);
+    }
+    let seq: Option<u64> = c.exec_first(
+        "SELECT i.seq FROM messages m \
+         JOIN inbox i ON i.user_id = m.recipient_id AND i.message_id = m.id WHERE m.id = ?",
+        (sent.id,),
     )?;
-    Ok(row.map(|(id, seq)| {
+    Ok(seq.map(|seq| {
         let sent = dsf_proto::msg::Sent {
-            id,
             seq: Some(seq),
-            recipients: None,
+            ..sent
         };
         serde_json::to_string(&sent).expect("a reply of numbers renders")
     }))
+}
+
+/// The statement that records the sends stored `ahead` (`;`-terminated),
+/// their replies `{"id"}`; empty when none was.
+fn early_records(c: &PooledConn, ahead: &BTreeMap<usize, Ahead>) -> String {
+    if ahead.is_empty() {
+        return String::new();
+    }
+    let plain = c.no_backslash_escape();
+    let text = |s: &str| mysql::Value::from(s).as_sql(plain);
+    let kind = text(<dsf_proto::msg::Send as dsf_proto::Message>::TYPE.name);
+    let rows = ahead
+        .values()
+        .map(|a| {
+            let reply = serde_json::to_string(&dsf_proto::msg::Sent {
+                id: a.id,
+                seq: None,
+                recipients: None,
+            })
+            .expect("a reply of numbers renders");
+            format!(
+                "({}, {}, {kind}, {}, 1, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))",
+                text(&a.key.0),
+                text(&a.key.1),
+                text(&reply)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("INSERT INTO wire_writes (app, nonce, kind, reply, ok, created_at) VALUES {rows}; ")
 }
 
 /// `rows` as `T`s.

@@ -108,11 +108,6 @@ pub const MESSAGING: &[Migration] = &[
         name: "inbox_acks",
         sql: include_str!("../migrations/messaging/0002_inbox_acks.sql"),
     },
-    Migration {
-        version: 3,
-        name: "message_keys",
-        sql: include_str!("../migrations/messaging/0003_message_keys.sql"),
-    },
 ];
 
 /// The namespace of the framework's own migrations.

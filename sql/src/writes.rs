@@ -57,16 +57,17 @@
 //! record's unique key still keeps each to once (a duplicate fails the
 //! group's insert, and the write then meets its record on its own).
 //!
-//! **A record kept in the write's own row.** A kind whose rows can hold
-//! `(app, nonce)` under a unique key ([`Writes::keep_records`], with a
-//! finder that reads the reply back from them) writes no record in a
-//! group for a write that says it stored them ([`record_kept`]): its row
-//! is the record. A run of the same request meets that key as it would
-//! the record's (its group breaks, and alone it fails and is answered from
-//! the finder), and [`Writes::stored_as`] asks the finder first. This
-//! takes a row and two index entries out of every such write, and out of
-//! the time a group holds its locks (`msg.send`, in
-//! [`crate::messages::sent_reply`]).
+//! **Records written early.** A group holds the rows it locks until its
+//! commit, and every statement in the commit's round trip makes that
+//! longer. A repository may insert a write's record itself, earlier in the
+//! group's transaction (before it takes its locks), with a reply that
+//! lacks what only the locked rows tell (`msg.send`'s number), and say so
+//! ([`record_kept`]): the group then inserts no record of it. Its kind
+//! registers how to complete such a reply from its rows
+//! ([`Writes::complete_replies`]), and [`Writes::stored_as`] answers with
+//! the completed reply. The record is the same row under the same key, in
+//! the same transaction: a run of the same request anywhere meets it as
+//! before (`msg.send`: [`crate::messages::sent_reply`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -192,27 +193,28 @@ thread_local! {
     /// The `(app, nonce)` of the run-once write whose handler runs on this
     /// thread.
     static RUNNING: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
-    /// Set by a repository: the write running in a group keeps its record
-    /// in a row of its own ([`record_kept`]).
+    /// Set by a repository: it inserted the record of the write running in
+    /// a group itself ([`record_kept`]).
     static KEPT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Reads the reply of a write that kept its own record, from the write's
-/// own rows: `(connection, app, nonce)` to the reply's body, `None` if no
-/// write of that `(app, nonce)` committed. See [`Writes::keep_records`].
-pub type FindReply = fn(&mut PooledConn, &str, &str) -> mysql::Result<Option<String>>;
+/// Completes a reply recorded early ([`record_kept`]) from the write's
+/// rows: `(connection, reply as recorded)` to the whole reply, or `None`
+/// when the reply needs nothing (it was recorded whole). See
+/// [`Writes::complete_replies`].
+pub type CompleteReply = fn(&mut PooledConn, &str) -> mysql::Result<Option<String>>;
 
 /// The `(app, nonce)` of the run-once write whose handler runs on this
-/// thread, if one does: a repository that keeps the write's record in its
-/// own row ([`Writes::keep_records`]) stores them there.
+/// thread, if one does: a repository that recorded a group's writes early
+/// ([`record_kept`]) checks that the write running is the one it recorded.
 pub fn running() -> Option<(String, String)> {
     RUNNING.with(|r| r.borrow().clone())
 }
 
-/// Says that the write running in a group on this thread stored its
-/// `(app, nonce)` ([`running`]) in a row of its own, under a unique key,
-/// in the group's transaction: the group then inserts no record of it if
-/// its kind has a finder ([`Writes::keep_records`]). A no-op otherwise.
+/// Says that the record of the write running in a group on this thread
+/// ([`running`]) is in the group's transaction already, inserted by its
+/// repository (with a reply its kind completes:
+/// [`Writes::complete_replies`]): the group inserts none for it.
 pub fn record_kept() {
     KEPT.with(|k| k.set(true));
 }
@@ -522,8 +524,9 @@ pub const SHARED_MAX: usize = 64;
 pub(crate) struct Shared {
     state: Mutex<SharedState>,
     turn: Condvar,
-    /// Where writes of a kind keep their own records ([`Writes::keep_records`]).
-    finders: RwLock<HashMap<String, FindReply>>,
+    /// How replies recorded early are completed, by kind
+    /// ([`Writes::complete_replies`]).
+    completers: RwLock<HashMap<String, CompleteReply>>,
 }
 
 #[derive(Debug, Default)]
@@ -866,8 +869,8 @@ impl<'a> Writes<'a> {
         KEPT.with(|k| k.set(false));
         let (ok, reply, _) = handler();
         lent.give_back();
-        // Its own row holds its record: the group inserts none.
-        let kept = KEPT.with(|k| k.replace(false)) && self.finder(kind).is_some();
+        // Its repository recorded it early: the group inserts no record.
+        let kept = KEPT.with(|k| k.replace(false));
         if !ok {
             // Its writes must not stay, and a group has no savepoints.
             break_group("a refusal");
@@ -1034,50 +1037,47 @@ impl<'a> Writes<'a> {
             })
     }
 
-    /// Writes of `kind` keep their records in rows of their own: a write
-    /// that says so ([`record_kept`]) in a group gets no row in
-    /// `wire_writes`, and `find` reads its reply back from its own rows
-    /// ([`Writes::stored_as`]). The row must carry `(app, nonce)` under a
-    /// unique key and be written in the group's transaction, so that the
-    /// same request run again meets it as it would meet its record.
-    pub fn keep_records(&self, kind: &str, find: FindReply) {
-        let mut finders = self
+    /// Writes of `kind` may be recorded early by their repository, in a
+    /// group ([`record_kept`]), with a reply that `complete` makes whole
+    /// from the write's rows when it is read ([`Writes::stored_as`]).
+    pub fn complete_replies(&self, kind: &str, complete: CompleteReply) {
+        let mut completers = self
             .db
             .shared()
-            .finders
+            .completers
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        finders.insert(kind.to_string(), find);
+        completers.insert(kind.to_string(), complete);
     }
 
-    fn finder(&self, kind: &str) -> Option<FindReply> {
-        let finders = self
+    fn completer(&self, kind: &str) -> Option<CompleteReply> {
+        let completers = self
             .db
             .shared()
-            .finders
+            .completers
             .read()
             .unwrap_or_else(|p| p.into_inner());
-        finders.get(kind).copied()
+        completers.get(kind).copied()
     }
 
-    /// The stored reply of `(app, nonce)`, a request of `kind`, if it ran:
-    /// its record, or what the rows of a kind that keeps its own records
-    /// ([`Writes::keep_records`]) say.
-    /// Such a kind's own rows are read first: they are what committed, and
-    /// a refusal of the same request recorded on another node while they
-    /// committed (a session revoked in between, say) must not hide them.
+    /// The stored reply of `(app, nonce)`, a request of `kind`, if it ran,
+    /// completed if it was recorded early ([`Writes::complete_replies`]).
     pub fn stored_as(&self, kind: &str, app: &str, nonce: &str) -> Result<Option<Stored>> {
-        if let Some(find) = self.finder(kind) {
-            let reply = self.db.with_conn("wire.stored", |c| find(c, app, nonce))?;
-            if let Some(reply) = reply {
-                return Ok(Some(Stored { ok: true, reply }));
+        let Some(mut stored) = self.stored(app, nonce)? else {
+            return Ok(None);
+        };
+        if let Some(complete) = self.completer(kind).filter(|_| stored.ok) {
+            let whole = self
+                .db
+                .with_conn("wire.stored", |c| complete(c, &stored.reply))?;
+            if let Some(whole) = whole {
+                stored.reply = whole;
             }
         }
-        self.stored(app, nonce)
+        Ok(Some(stored))
     }
 
-    /// The stored reply of `(app, nonce)`, if that request ran and its
-    /// record is in `wire_writes`.
+    /// The stored reply of `(app, nonce)` as recorded.
     pub fn stored(&self, app: &str, nonce: &str) -> Result<Option<Stored>> {
         self.db.with_conn("wire.stored", |c| {
             let row: Option<(bool, String)> = c.exec_first(

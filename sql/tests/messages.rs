@@ -398,58 +398,51 @@ fn sends_staged_in_a_group_are_numbered_in_order_and_written_at_its_commit() {
 }
 
 #[test]
-fn a_grouped_send_keeps_its_record_in_its_message_row_and_a_second_run_meets_it() {
+fn a_grouped_send_is_recorded_before_its_number_and_its_reply_completed_when_read() {
     let db = testing::fresh();
     db.writes()
-        .keep_records("msg.send", dsf_sql::messages::sent_reply);
+        .complete_replies("msg.send", dsf_sql::messages::sent_reply);
     let (ann, bob, cid) = (user(&db, "ann"), user(&db, "bob"), user(&db, "cid"));
     let m = db.messages();
-    // Bob's sends made ready (stored ahead, their rows holding their
-    // requests' keys), cid's not.
+    // Bob's sends made ready (stored ahead and recorded with the group's
+    // first), cid's not.
     let (done, sent) = group_sends(&db, ann, &[bob], &[bob, cid, bob], "k");
     done.unwrap();
-    let records = |nonce: &str| -> u64 {
+    let recorded = |nonce: &str| -> Option<String> {
         db.with_conn("test", |c| {
             c.exec_first(
-                "SELECT COUNT(*) FROM wire_writes WHERE app = 'cli' AND nonce = ?",
+                "SELECT reply FROM wire_writes WHERE app = 'cli' AND nonce = ?",
                 (nonce,),
             )
         })
         .unwrap()
-        .unwrap()
     };
-    assert_eq!(
-        records("k000000000000000"),
-        0,
-        "its message row is its record"
-    );
-    assert_eq!(records("k000000000000002"), 0);
-    assert_eq!(
-        records("k000000000000001"),
-        1,
-        "a send not stored ahead keeps its record in wire_writes"
-    );
     let reply = |id: u64, seq: u64| format!(r#"{{"id":{id},"seq":{seq}}}"#);
+    // Recorded before its number was known; cid's as its handler replied
+    // (the helper's handlers reply "").
+    let nonce = "k000000000000002";
+    assert_eq!(recorded(nonce), Some(format!(r#"{{"id":{}}}"#, sent[2].1)));
+    assert_eq!(recorded("k000000000000001").as_deref(), Some(""));
     let theirs = Stored {
         ok: true,
         reply: reply(sent[2].1, sent[2].0),
     };
-    let nonce = "k000000000000002";
     assert_eq!(
         db.writes().stored_as("msg.send", "cli", nonce).unwrap(),
         Some(theirs.clone())
     );
-    // Another kind's lookup reads wire_writes alone.
+    // Another kind's reply is read as recorded.
     assert_eq!(
         db.writes()
             .stored_as("blacklist.add", "cli", nonce)
-            .unwrap(),
-        None
+            .unwrap()
+            .map(|s| s.reply),
+        recorded(nonce)
     );
 
     // The same request run again in a group (on another node, say) meets
-    // its row's key: the group breaks, and the send run alone is answered
-    // from the row, its message stored once.
+    // its record: the group breaks, and the send run alone is answered
+    // with the completed reply, its message stored once.
     let count = || -> u64 {
         db.with_conn("test", |c| c.query_first("SELECT COUNT(*) FROM messages"))
             .unwrap()
@@ -486,7 +479,6 @@ fn a_grouped_send_keeps_its_record_in_its_message_row_and_a_second_run_meets_it(
         .unwrap();
     assert_eq!(alone, Once::Replayed(theirs));
     assert_eq!(count(), before);
-    assert_eq!(records(nonce), 0, "no refusal recorded either");
     // Nothing was numbered twice: bob's next number follows on.
     assert_eq!(
         m.send(from(ann, "ann"), "bob", "3").unwrap().listed[0].seq,

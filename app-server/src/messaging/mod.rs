@@ -67,12 +67,13 @@ pub fn service() -> Service {
         .requires("accounts")
         .migrations(dsf_sql::migrate::MESSAGING)
         .state(|node| {
-            // A direct send committed in a group keeps its run-once record
-            // in its message row (`dsf_sql::messages::sent_reply`).
+            // A group records its direct sends before it numbers them; a
+            // resend's reply gets its number when read
+            // (`dsf_sql::messages::sent_reply`).
             let kind = <msg::Send as dsf_proto::Message>::TYPE.name;
             node.db()
                 .writes()
-                .keep_records(kind, dsf_sql::messages::sent_reply);
+                .complete_replies(kind, dsf_sql::messages::sent_reply);
             Ok(Messaging::default())
         })
         .state(|node| Ok(Mailroom::start(node.db().clone(), node.settings().msg_poll)))
