@@ -354,7 +354,9 @@ impl<'a> Messages<'a> {
     /// ([`Messages::prepare_group`]), numbered from the counter the group
     /// holds; `None` when none was stored ahead for it (then
     /// [`Messages::send_to_id`] sends it). A message stored ahead for
-    /// another sender, recipient or body breaks the group.
+    /// another sender, recipient, body or request (the run-once write
+    /// running, [`crate::writes::running`]: it must run in one) breaks the
+    /// group.
     pub fn send_in_group(
         &self,
         index: usize,
@@ -896,26 +898,38 @@ fn store_ahead(
 /// A group records its stored-ahead sends before it takes the
 /// recipients' counters, when the numbers are not yet known, so that the
 /// records are not written while the counters are held. `None` for a
-/// reply recorded whole (a send that ran alone, a room's send).
-pub fn sent_reply(c: &mut PooledConn, reply: &str) -> mysql::Result<Option<String>> {
+/// reply recorded whole (a send that ran alone, a room's send); an
+/// internal error if the message's inbox entry is gone (it commits with
+/// the record, and nothing deletes it), rather than a reply unlike the
+/// first.
+pub fn sent_reply(c: &mut PooledConn, reply: &str) -> Result<Option<String>> {
+    const OP: &str = "msg.send";
     let Ok(sent) = serde_json::from_str::<dsf_proto::msg::Sent>(reply) else {
         return Ok(None);
     };
     if sent.seq.is_some() || sent.recipients.is_some() {
         return Ok(None);
     }
-    let seq: Option<u64> = c.exec_first(
-        "SELECT i.seq FROM messages m \
-         JOIN inbox i ON i.user_id = m.recipient_id AND i.message_id = m.id WHERE m.id = ?",
-        (sent.id,),
-    )?;
-    Ok(seq.map(|seq| {
-        let sent = dsf_proto::msg::Sent {
-            seq: Some(seq),
-            ..sent
-        };
-        serde_json::to_string(&sent).expect("a reply of numbers renders")
-    }))
+    let seq: Option<u64> = c
+        .exec_first(
+            "SELECT i.seq FROM messages m \
+             JOIN inbox i ON i.user_id = m.recipient_id AND i.message_id = m.id WHERE m.id = ?",
+            (sent.id,),
+        )
+        .map_err(sql(OP))?;
+    let Some(seq) = seq else {
+        return Err(Error::Internal {
+            op: OP,
+            message: format!("message {} is recorded as sent and is in no inbox", sent.id),
+        });
+    };
+    let sent = dsf_proto::msg::Sent {
+        seq: Some(seq),
+        ..sent
+    };
+    Ok(Some(
+        serde_json::to_string(&sent).expect("a reply of numbers renders"),
+    ))
 }
 
 /// The statement that records the sends stored `ahead` (`;`-terminated),

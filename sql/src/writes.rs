@@ -48,8 +48,8 @@
 //! **A group commit** ([`Writes::begin_group`], [`Writes::commit_group`])
 //! runs many writes in one transaction: each [`Writes::run_once`] on this
 //! thread while the group is open runs its handler in the group's
-//! transaction and keeps its record, and the commit inserts every record
-//! in one statement and commits once. Anything that is not a plain
+//! transaction and keeps its record, and the commit inserts the records
+//! (those not written early, below) in one statement and commits once. Anything that is not a plain
 //! success (a refusal, a resend, a statement not yet prepared on Galera,
 //! a deadlock) breaks the group: its commit rolls everything back and says
 //! why, and the writes are run again one by one, each as above. So a group
@@ -67,7 +67,12 @@
 //! ([`Writes::complete_replies`]), and [`Writes::stored_as`] answers with
 //! the completed reply. The record is the same row under the same key, in
 //! the same transaction: a run of the same request anywhere meets it as
-//! before (`msg.send`: [`crate::messages::sent_reply`]).
+//! before (`msg.send`: [`crate::messages::sent_reply`]). One new wait
+//! comes with it: a resend of a write that a group recorded early, run
+//! alone elsewhere meanwhile, may hold a row the group then waits for
+//! while it waits for the group's record; MariaDB ends that deadlock by
+//! rolling one back, which answers `unavailable` (sent again, it meets the
+//! record).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -200,9 +205,10 @@ thread_local! {
 
 /// Completes a reply recorded early ([`record_kept`]) from the write's
 /// rows: `(connection, reply as recorded)` to the whole reply, or `None`
-/// when the reply needs nothing (it was recorded whole). See
+/// when the reply needs nothing (it was recorded whole); an error when the
+/// rows that would complete it are not there. See
 /// [`Writes::complete_replies`].
-pub type CompleteReply = fn(&mut PooledConn, &str) -> mysql::Result<Option<String>>;
+pub type CompleteReply = fn(&mut PooledConn, &str) -> Result<Option<String>>;
 
 /// The `(app, nonce)` of the run-once write whose handler runs on this
 /// thread, if one does: a repository that recorded a group's writes early
@@ -800,8 +806,8 @@ impl<'a> Writes<'a> {
     }
 
     /// Commits the group open on this thread: the statements its
-    /// repositories asked for ([`before_commit`]), every record in one
-    /// statement, and `COMMIT`, in one round trip (two on Galera, the
+    /// repositories asked for ([`before_commit`]), the records not written
+    /// early ([`record_kept`]) in one statement, and `COMMIT`, in one round trip (two on Galera, the
     /// `COMMIT` alone). An error says why nothing of it stays (broken, or
     /// the commit failed): run its writes again one by one.
     pub fn commit_group(&self) -> std::result::Result<(), String> {
@@ -1063,29 +1069,24 @@ impl<'a> Writes<'a> {
     /// The stored reply of `(app, nonce)`, a request of `kind`, if it ran,
     /// completed if it was recorded early ([`Writes::complete_replies`]).
     pub fn stored_as(&self, kind: &str, app: &str, nonce: &str) -> Result<Option<Stored>> {
-        let Some(mut stored) = self.stored(app, nonce)? else {
-            return Ok(None);
-        };
-        if let Some(complete) = self.completer(kind).filter(|_| stored.ok) {
-            let whole = self
-                .db
-                .with_conn("wire.stored", |c| complete(c, &stored.reply))?;
-            if let Some(whole) = whole {
-                stored.reply = whole;
+        let complete = self.completer(kind);
+        self.db.with_conn_result("wire.stored", |c| {
+            let Some(mut stored) = read_record(c, app, nonce).map_err(sql_error)? else {
+                return Ok(None);
+            };
+            if let Some(complete) = complete.filter(|_| stored.ok) {
+                if let Some(whole) = complete(c, &stored.reply)? {
+                    stored.reply = whole;
+                }
             }
-        }
-        Ok(Some(stored))
+            Ok(Some(stored))
+        })
     }
 
     /// The stored reply of `(app, nonce)` as recorded.
     pub fn stored(&self, app: &str, nonce: &str) -> Result<Option<Stored>> {
-        self.db.with_conn("wire.stored", |c| {
-            let row: Option<(bool, String)> = c.exec_first(
-                "SELECT ok, reply FROM wire_writes WHERE app = ? AND nonce = ?",
-                (app, nonce),
-            )?;
-            Ok(row.map(|(ok, reply)| Stored { ok, reply }))
-        })
+        self.db
+            .with_conn("wire.stored", |c| read_record(c, app, nonce))
     }
 
     /// Deletes up to `limit` records older than `age` by the database's
@@ -1100,4 +1101,17 @@ impl<'a> Writes<'a> {
             Ok(c.affected_rows())
         })
     }
+}
+
+/// The record of `(app, nonce)`, as stored.
+fn read_record(c: &mut PooledConn, app: &str, nonce: &str) -> mysql::Result<Option<Stored>> {
+    let row: Option<(bool, String)> = c.exec_first(
+        "SELECT ok, reply FROM wire_writes WHERE app = ? AND nonce = ?",
+        (app, nonce),
+    )?;
+    Ok(row.map(|(ok, reply)| Stored { ok, reply }))
+}
+
+fn sql_error(e: mysql::Error) -> Error {
+    Error::from_mysql("wire.stored", e)
 }

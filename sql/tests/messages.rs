@@ -291,6 +291,13 @@ fn group_sends(
     (db.writes().commit_group(), sent)
 }
 
+/// How many messages are stored, of anyone's.
+fn stored_messages(db: &testing::TestDb) -> u64 {
+    db.with_conn("test", |c| c.query_first("SELECT COUNT(*) FROM messages"))
+        .unwrap()
+        .unwrap()
+}
+
 /// Runs `f` as a write of the group open on this thread (its handler).
 fn in_group(db: &testing::TestDb, nonce: &str, f: impl FnOnce()) {
     let mut f = Some(f);
@@ -350,11 +357,7 @@ fn sends_staged_in_a_group_are_numbered_in_order_and_written_at_its_commit() {
     );
 
     // A group that breaks leaves neither messages, rows nor numbers.
-    let count = || -> u64 {
-        db.with_conn("test", |c| c.query_first("SELECT COUNT(*) FROM messages"))
-            .unwrap()
-            .unwrap()
-    };
+    let count = || stored_messages(&db);
     let before = count();
     db.writes().begin_group().unwrap();
     in_group(&db, "b000000000000000", || {
@@ -443,11 +446,7 @@ fn a_grouped_send_is_recorded_before_its_number_and_its_reply_completed_when_rea
     // The same request run again in a group (on another node, say) meets
     // its record: the group breaks, and the send run alone is answered
     // with the completed reply, its message stored once.
-    let count = || -> u64 {
-        db.with_conn("test", |c| c.query_first("SELECT COUNT(*) FROM messages"))
-            .unwrap()
-            .unwrap()
-    };
+    let count = || stored_messages(&db);
     let before = count();
     db.writes().begin_group().unwrap();
     let again = GroupSend {
