@@ -336,6 +336,24 @@ fn rooms_fan_out_to_their_members_on_every_node() {
     assert!(e.contains("join it first"), "{e}");
 }
 
+/// A signed `msg.send` frame with `body`, under the session `token`: the
+/// same bytes can go to any node again, as a client's resend does.
+fn signed_send(token: &str, id: u64, body: Value) -> Vec<u8> {
+    let mut frame = Vec::new();
+    dsf_common::wire::envelope::encode_request(
+        &Key::new(support::SECRET),
+        &dsf_common::wire::OutgoingRequest {
+            id,
+            kind: "msg.send",
+            app: support::APP,
+            token: Some(token),
+            body: &body.to_string(),
+        },
+        &mut frame,
+    );
+    frame
+}
+
 #[test]
 fn a_send_resent_on_another_node_is_stored_once_with_the_same_reply() {
     let db = testing::fresh();
@@ -343,19 +361,7 @@ fn a_send_resent_on_another_node_is_stored_once_with_the_same_reply() {
     let mut ca = a.connect();
     let ann = ca.user("ann");
     ca.user("bob");
-    let mut frame = Vec::new();
-    let body = json!({"to": "bob", "body": "once"}).to_string();
-    dsf_common::wire::envelope::encode_request(
-        &Key::new(support::SECRET),
-        &dsf_common::wire::OutgoingRequest {
-            id: 900,
-            kind: "msg.send",
-            app: support::APP,
-            token: Some(&ann),
-            body: &body,
-        },
-        &mut frame,
-    );
+    let frame = signed_send(&ann, 900, json!({"to": "bob", "body": "once"}));
     ca.send_bytes(&frame);
     let (_, first) = ca.recv();
     let mut cb = b.connect();
@@ -695,23 +701,9 @@ fn a_window_resent_to_another_node_is_answered_with_its_first_replies_and_stored
     // groups there. The same bytes go to b afterwards, as the SDK resends
     // a window whose replies it did not see.
     const N: u64 = 64;
-    let mut frames = Vec::new();
-    for n in 0..N {
-        let body = json!({"to": "bob", "body": {"n": n}}).to_string();
-        let mut frame = Vec::new();
-        dsf_common::wire::envelope::encode_request(
-            &Key::new(support::SECRET),
-            &dsf_common::wire::OutgoingRequest {
-                id: 1000 + n,
-                kind: "msg.send",
-                app: support::APP,
-                token: Some(&ann),
-                body: &body,
-            },
-            &mut frame,
-        );
-        frames.push(frame);
-    }
+    let frames: Vec<Vec<u8>> = (0..N)
+        .map(|n| signed_send(&ann, 1000 + n, json!({"to": "bob", "body": {"n": n}})))
+        .collect();
     for f in &frames {
         ca.send_bytes(f);
     }

@@ -354,9 +354,7 @@ impl<'a> Messages<'a> {
     /// ([`Messages::prepare_group`]), numbered from the counter the group
     /// holds; `None` when none was stored ahead for it (then
     /// [`Messages::send_to_id`] sends it). A message stored ahead for
-    /// another sender, recipient, body or request (the run-once write
-    /// running, [`crate::writes::running`]: it must run in one) breaks the
-    /// group.
+    /// another sender, recipient or body breaks the group.
     pub fn send_in_group(
         &self,
         index: usize,
@@ -369,16 +367,10 @@ impl<'a> Messages<'a> {
             let mut s = s.borrow_mut();
             let s = s.as_mut().filter(|s| s.group == group)?;
             let a = s.ahead.get_mut(&index)?;
-            let running = crate::writes::running();
-            let mine = running
-                .as_ref()
-                .is_some_and(|(app, nonce)| (app, nonce) == (&a.key.0, &a.key.1));
-            if (a.from, a.to, a.body.as_str()) != (from.id, to_id, body) || a.used || !mine {
+            if (a.from, a.to, a.body.as_str()) != (from.id, to_id, body) || a.used {
                 return Some(Err(()));
             }
             a.used = true;
-            // prepare_group recorded it, its reply to be completed.
-            crate::writes::record_kept();
             Some(Ok((a.id, a.sent_at)))
         });
         match ahead? {
@@ -932,16 +924,12 @@ pub fn sent_reply(c: &mut PooledConn, reply: &str) -> Result<Option<String>> {
     ))
 }
 
-/// The statement that records the sends stored `ahead` (`;`-terminated),
-/// their replies `{"id"}`; empty when none was.
+/// The statement that records the sends stored `ahead` in the group
+/// (`;`-terminated), their replies `{"id"}` ([`crate::writes::record_early`]);
+/// empty when none was.
 fn early_records(c: &PooledConn, ahead: &BTreeMap<usize, Ahead>) -> String {
-    if ahead.is_empty() {
-        return String::new();
-    }
-    let plain = c.no_backslash_escape();
-    let text = |s: &str| mysql::Value::from(s).as_sql(plain);
-    let kind = text(<dsf_proto::msg::Send as dsf_proto::Message>::TYPE.name);
-    let rows = ahead
+    let kind = <dsf_proto::msg::Send as dsf_proto::Message>::TYPE.name;
+    let records: Vec<[String; 4]> = ahead
         .values()
         .map(|a| {
             let reply = serde_json::to_string(&dsf_proto::msg::Sent {
@@ -950,16 +938,10 @@ fn early_records(c: &PooledConn, ahead: &BTreeMap<usize, Ahead>) -> String {
                 recipients: None,
             })
             .expect("a reply of numbers renders");
-            format!(
-                "({}, {}, {kind}, {}, 1, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))",
-                text(&a.key.0),
-                text(&a.key.1),
-                text(&reply)
-            )
+            [a.key.0.clone(), a.key.1.clone(), kind.to_string(), reply]
         })
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("INSERT INTO wire_writes (app, nonce, kind, reply, ok, created_at) VALUES {rows}; ")
+        .collect();
+    crate::writes::record_early(c, &records).map_or_else(String::new, |sql| sql + "; ")
 }
 
 /// `rows` as `T`s.

@@ -49,9 +49,9 @@
 //! runs many writes in one transaction: each [`Writes::run_once`] on this
 //! thread while the group is open runs its handler in the group's
 //! transaction and keeps its record, and the commit inserts the records
-//! (those not written early, below) in one statement and commits once. Anything that is not a plain
-//! success (a refusal, a resend, a statement not yet prepared on Galera,
-//! a deadlock) breaks the group: its commit rolls everything back and says
+//! (those not written early, below) in one statement and commits once.
+//! Anything that is not a plain success (a refusal, a resend, a statement
+//! not yet prepared on Galera, a deadlock) breaks the group: its commit rolls everything back and says
 //! why, and the writes are run again one by one, each as above. So a group
 //! either stores every write with its record or none of them, and the
 //! record's unique key still keeps each to once (a duplicate fails the
@@ -59,10 +59,10 @@
 //!
 //! **Records written early.** A group holds the rows it locks until its
 //! commit, and every statement in the commit's round trip makes that
-//! longer. A repository may insert a write's record itself, earlier in the
-//! group's transaction (before it takes its locks), with a reply that
-//! lacks what only the locked rows tell (`msg.send`'s number), and say so
-//! ([`record_kept`]): the group then inserts no record of it. Its kind
+//! longer. A repository may have a write's record inserted earlier in the
+//! group's transaction, before it takes its locks ([`record_early`]), with
+//! a reply that lacks what only the locked rows tell (`msg.send`'s
+//! number): the group then inserts no record of it. Its kind
 //! registers how to complete such a reply from its rows
 //! ([`Writes::complete_replies`]), and [`Writes::stored_as`] answers with
 //! the completed reply. The record is the same row under the same key, in
@@ -187,6 +187,9 @@ struct Group {
     before_commit: Vec<BeforeCommit>,
     /// The records of the writes it ran: app, nonce, kind, reply.
     records: Vec<[String; 4]>,
+    /// The writes whose records a repository inserted ahead of them
+    /// ([`record_early`]): app, nonce.
+    early: Vec<(String, String)>,
     /// Why it cannot commit, once something broke it.
     broken: Option<String>,
 }
@@ -195,51 +198,41 @@ thread_local! {
     static STAGED: RefCell<Option<Staged>> = const { RefCell::new(None) };
     static GROUP: RefCell<Option<Group>> = const { RefCell::new(None) };
     static SERIAL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    /// The `(app, nonce)` of the run-once write whose handler runs on this
-    /// thread.
-    static RUNNING: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
-    /// Set by a repository: it inserted the record of the write running in
-    /// a group itself ([`record_kept`]).
-    static KEPT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Completes a reply recorded early ([`record_kept`]) from the write's
+/// Completes a reply recorded early ([`record_early`]) from the write's
 /// rows: `(connection, reply as recorded)` to the whole reply, or `None`
 /// when the reply needs nothing (it was recorded whole); an error when the
 /// rows that would complete it are not there. See
 /// [`Writes::complete_replies`].
 pub type CompleteReply = fn(&mut PooledConn, &str) -> Result<Option<String>>;
 
-/// The `(app, nonce)` of the run-once write whose handler runs on this
-/// thread, if one does: a repository that recorded a group's writes early
-/// ([`record_kept`]) checks that the write running is the one it recorded.
-pub fn running() -> Option<(String, String)> {
-    RUNNING.with(|r| r.borrow().clone())
-}
-
-/// Says that the record of the write running in a group on this thread
-/// ([`running`]) is in the group's transaction already, inserted by its
-/// repository (with a reply its kind completes:
-/// [`Writes::complete_replies`]): the group inserts none for it.
-pub fn record_kept() {
-    KEPT.with(|k| k.set(true));
-}
-
-/// Sets [`RUNNING`] while a run-once write runs, and clears it when
-/// dropped, also when the handler panics.
-struct Running;
-
-impl Running {
-    fn set(app: &str, nonce: &str) -> Running {
-        RUNNING.with(|r| *r.borrow_mut() = Some((app.to_string(), nonce.to_string())));
-        Running
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        RUNNING.with(|r| r.borrow_mut().take());
-    }
+/// Records, in the group open on this thread, the writes of `records`
+/// (app, nonce, kind, reply) ahead of their handlers: the statement that
+/// inserts them, for the repository to send in the group's transaction
+/// (before it takes its locks); the group then inserts no record of those
+/// writes itself. A reply recorded so may lack what only the locked rows
+/// tell: its kind completes it when it is read
+/// ([`Writes::complete_replies`]). `None` when no group is open or
+/// `records` is empty. If the statement fails, the write that sent it
+/// must fail, which breaks the group.
+pub fn record_early(conn: &PooledConn, records: &[[String; 4]]) -> Option<String> {
+    let refs: Vec<&[String; 4]> = records.iter().collect();
+    let insert = Stmt::records(conn, &refs)?;
+    GROUP.with(|g| {
+        let mut g = g.borrow_mut();
+        let g = g.as_mut()?;
+        g.early.extend(
+            records
+                .iter()
+                .map(|[app, nonce, ..]| (app.clone(), nonce.clone())),
+        );
+        Some(
+            crate::forms::render(None, conn, [&insert])
+                .remove(0)
+                .into_owned(),
+        )
+    })
 }
 
 /// The serial of the group commit open on this thread (unique on the
@@ -660,7 +653,6 @@ impl<'a> Writes<'a> {
         mut handler: impl FnMut() -> (bool, String, bool),
     ) -> Result<Once> {
         const OP: &str = "wire.run_once";
-        let _running = Running::set(app, nonce);
         if let Some(grouped) = self.in_group_run(app, nonce, kind, &mut handler) {
             return grouped;
         }
@@ -799,6 +791,7 @@ impl<'a> Writes<'a> {
                 conn: Some(conn),
                 before_commit: Vec::new(),
                 records: Vec::new(),
+                early: Vec::new(),
                 broken: None,
             })
         });
@@ -807,7 +800,7 @@ impl<'a> Writes<'a> {
 
     /// Commits the group open on this thread: the statements its
     /// repositories asked for ([`before_commit`]), the records not written
-    /// early ([`record_kept`]) in one statement, and `COMMIT`, in one round trip (two on Galera, the
+    /// early ([`record_early`]) in one statement, and `COMMIT`, in one round trip (two on Galera, the
     /// `COMMIT` alone). An error says why nothing of it stays (broken, or
     /// the commit failed): run its writes again one by one.
     pub fn commit_group(&self) -> std::result::Result<(), String> {
@@ -872,15 +865,20 @@ impl<'a> Writes<'a> {
             return not_now("a statement not yet prepared on this connection");
         }
         let lent = Lent::lend(self.db.id(), conn);
-        KEPT.with(|k| k.set(false));
         let (ok, reply, _) = handler();
         lent.give_back();
         // Its repository recorded it early: the group inserts no record.
-        let kept = KEPT.with(|k| k.replace(false));
+        let early = GROUP.with(|g| {
+            g.borrow().as_ref().is_some_and(|g| {
+                g.early
+                    .iter()
+                    .any(|(a, n)| (a.as_str(), n.as_str()) == (app, nonce))
+            })
+        });
         if !ok {
             // Its writes must not stay, and a group has no savepoints.
             break_group("a refusal");
-        } else if !kept {
+        } else if !early {
             GROUP.with(|g| {
                 if let Some(g) = g.borrow_mut().as_mut() {
                     g.records
@@ -1044,7 +1042,7 @@ impl<'a> Writes<'a> {
     }
 
     /// Writes of `kind` may be recorded early by their repository, in a
-    /// group ([`record_kept`]), with a reply that `complete` makes whole
+    /// group ([`record_early`]), with a reply that `complete` makes whole
     /// from the write's rows when it is read ([`Writes::stored_as`]).
     pub fn complete_replies(&self, kind: &str, complete: CompleteReply) {
         let mut completers = self
