@@ -5,8 +5,10 @@
 //!
 //! - `today`: the rows a batch of `messages.send` writes now (the messages,
 //!   their run-once records, the recipients' counters taken `FOR UPDATE`,
-//!   the inbox rows, the counters moved on, `COMMIT`), in the three round
-//!   trips dsf sends them in;
+//!   the inbox rows, the counters moved on, `COMMIT`), in three round
+//!   trips (dsf sends the same statements in six: it reads the
+//!   auto-increment settings first, and sends `START TRANSACTION` and
+//!   `COMMIT` alone);
 //! - `two-rows`: a message kept in its recipient's inbox row (no separate
 //!   message row, no counter row: numbered in memory, as the node owning
 //!   the recipient would number it) and its run-once record, one round trip;
@@ -30,25 +32,13 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use dsf_sql::testing::cpu_seconds;
 use mysql::prelude::Queryable;
 
 const CONNS: usize = 16;
 const RECIPIENTS: u64 = 16;
 const BATCH: u64 = 64;
 const SHAPES: [&str; 3] = ["today", "two-rows", "one-row"];
-
-/// CPU seconds of process `pid` (`self` for this one).
-fn cpu_of(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("a process's stat");
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| fields[i].parse::<f64>().expect("a tick count");
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 /// A nonce as clients draw them: 64 random-looking bits (splitmix64 of n).
 fn nonce(n: u64) -> String {
@@ -60,7 +50,8 @@ fn nonce(n: u64) -> String {
 
 /// Where the k-th send of a connection goes.
 fn recipient(conn: usize, k: u64, pairs: bool) -> u64 {
-    1 + if pairs { conn as u64 } else { k } % RECIPIENTS
+    let turn = if pairs { conn as u64 } else { k };
+    1 + turn % RECIPIENTS
 }
 
 /// One batch of a connection: its sends are numbered from `first` (their
@@ -230,7 +221,7 @@ fn main() {
     println!("round\tshape\tmsgs/s\tmariadbd CPU a message (us)\tthis program's (us)");
     for round in 1..=rounds {
         for shape in SHAPES {
-            let (db_cpu, own_cpu) = (cpu_of(&pid), cpu_of("self"));
+            let (db_cpu, own_cpu) = (cpu_seconds(&pid), cpu_seconds("self"));
             let sent = AtomicU64::new(0);
             let start = Instant::now();
             std::thread::scope(|s| {
@@ -262,8 +253,8 @@ fn main() {
             });
             let n = sent.load(Ordering::Relaxed) as f64;
             let rate = n / start.elapsed().as_secs_f64();
-            let db_us = (cpu_of(&pid) - db_cpu) * 1e6 / n;
-            let own_us = (cpu_of("self") - own_cpu) * 1e6 / n;
+            let db_us = (cpu_seconds(&pid) - db_cpu) * 1e6 / n;
+            let own_us = (cpu_seconds("self") - own_cpu) * 1e6 / n;
             println!("{round}\t{shape}\t{rate:.0}\t{db_us:.0}\t{own_us:.0}");
         }
     }

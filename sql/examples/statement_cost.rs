@@ -18,20 +18,8 @@
 
 use std::time::{Duration, Instant};
 
+use dsf_sql::testing::cpu_seconds;
 use mysql::prelude::Queryable;
-
-/// CPU seconds process `pid` has used.
-fn cpu_of(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("MARIADB_PID's stat");
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| fields[i].parse::<f64>().expect("a tick count");
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 const INSERT: &str = "INSERT INTO blacklist (id_card, name, reason, created_by, created_at, updated_by, updated_at) \
                       VALUES (?, ?, NULL, 'bench', 1, 'bench', 1)";
@@ -92,13 +80,13 @@ fn main() {
     let mut n = 0;
     for round in 1..=rounds {
         for how in ["alone", "text", "execute", "unindexed"] {
-            let (cpu, start, first) = (cpu_of(&pid), Instant::now(), n);
+            let (cpu, start, first) = (cpu_seconds(&pid), Instant::now(), n);
             while start.elapsed() < secs {
                 n += 1;
                 add(&mut c, how, n).expect("an add");
             }
             let adds = (n - first) as f64;
-            let cpu = (cpu_of(&pid) - cpu) * 1e6 / adds;
+            let cpu = (cpu_seconds(&pid) - cpu) * 1e6 / adds;
             let rate = adds / start.elapsed().as_secs_f64();
             println!("{round}\t{how}\t{rate:.0}\t{cpu:.0}");
         }

@@ -119,6 +119,24 @@ fn unique_name() -> String {
     )
 }
 
+/// CPU seconds process `pid` has used (`self` for this one), from
+/// `/proc`: for the examples that say what a statement costs the server.
+///
+/// # Panics
+/// When the process's `stat` cannot be read.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields[i].parse::<f64>().expect("a tick count");
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// A fresh database with every migration applied.
 ///
 /// # Panics
