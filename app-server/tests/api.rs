@@ -291,6 +291,15 @@ fn login_says_the_same_for_unknown_name_and_wrong_password() {
         ErrorCode::Unauthorized,
     );
     assert_eq!(wrong, unknown);
+    // A password too short to be anyone's is wrong too, not a lesson in
+    // the rules (those are for register and create).
+    let short = c.err(
+        "user.login",
+        json!({"name": "cy", "password": "short"}),
+        None,
+        ErrorCode::Unauthorized,
+    );
+    assert_eq!(short, wrong);
 }
 
 #[test]

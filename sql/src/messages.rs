@@ -483,7 +483,7 @@ impl<'a> Messages<'a> {
                 .map_err(&q)?;
             if !members.contains(&from.id) {
                 return Err(Error::Forbidden(format!(
-                    "you are not in room {room:?}: join it first (msg.join)"
+                    "you are not in room {room:?}: join it first (msg.join, `client msg join {room}`)"
                 )));
             }
             let to: Vec<u64> = members.into_iter().filter(|m| *m != from.id).collect();
@@ -957,7 +957,7 @@ fn room_id(c: &mut PooledConn, op: &'static str, room: &str) -> Result<u64> {
         .map_err(sql(op))?;
     id.ok_or_else(|| {
         Error::NotFound(format!(
-            "no room {room:?}: msg.join makes a room, and its first member"
+            "no room {room:?}: msg.join makes a room, and its first member (`client msg join {room}`)"
         ))
     })
 }

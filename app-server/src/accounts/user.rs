@@ -81,9 +81,19 @@ pub fn create(call: &Call, b: CreateBody) -> Result<msg::User> {
 /// `user.login`: a session token; `unauthorized` with the same message for
 /// an unknown name and a wrong password.
 pub fn login(call: &Call, b: Credentials) -> Result<LoggedIn> {
-    check_credentials(&b)?;
+    validate::name("name", &b.name)?;
+    if b.password.chars().count() > validate::PASSWORD_MAX {
+        // Bounded work: the hash is not run on a password of any length.
+        validate::password(&b.password)?;
+    }
     let db = call.db();
-    let Some((user, hash)) = db.users().credentials(&b.name)? else {
+    // A password too short for the rules is wrong, as any other: the
+    // rules are for choosing one (register, create), not for logging in.
+    let found = match validate::password(&b.password) {
+        Ok(()) => db.users().credentials(&b.name)?,
+        Err(_) => None,
+    };
+    let Some((user, hash)) = found else {
         // As long as a real verification, so timing does not tell either.
         password::verify_nothing(&b.password);
         return Err(Error::Unauthorized(BAD_CREDENTIALS.into()));
