@@ -10,7 +10,7 @@ use dsf_common::ErrorCode;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server answered, signed, and refused the request.
-    #[error("{kind} refused by {server}: {code}: {message}{}", hint(*code))]
+    #[error("{kind} refused by {server}: {code}: {message}{}", hint(kind, *code, message))]
     Refused {
         /// The message type that was refused.
         kind: String,
@@ -91,12 +91,18 @@ pub enum Error {
     Config(String),
 }
 
-fn hint(code: ErrorCode) -> &'static str {
+/// What to do about a refusal, when the server's message does not say it
+/// already: a role refusal needs an admin, a refused login is the name or
+/// password, not a missing login.
+fn hint(kind: &str, code: ErrorCode, message: &str) -> &'static str {
     match code {
+        ErrorCode::Unauthorized if kind == "user.login" => "",
         ErrorCode::Unauthorized => {
             " (log in with `client login NAME`, or check the app id and secret)"
         }
-        ErrorCode::Forbidden => " (this needs a user with a higher role: ask an admin)",
+        ErrorCode::Forbidden if message.contains("needs role") => {
+            " (this needs a user with a higher role: ask an admin)"
+        }
         ErrorCode::BadSignature => " (the server holds another secret for this app)",
         ErrorCode::StaleTimestamp => " (this machine's clock is off: sync it)",
         ErrorCode::Overloaded => " (the server is busy: retry later)",
@@ -141,3 +147,42 @@ impl Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(kind: &str, code: ErrorCode, message: &str) -> String {
+        Error::Refused {
+            kind: kind.into(),
+            server: "app-1".into(),
+            code,
+            message: message.into(),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_hint_is_given_only_where_it_is_what_to_do() {
+        let role = refused(
+            "user.create",
+            ErrorCode::Forbidden,
+            "user.create needs role admin or above; user \"ann\" is viewer",
+        );
+        assert!(role.ends_with("(this needs a user with a higher role: ask an admin)"));
+        let room = refused(
+            "msg.send",
+            ErrorCode::Forbidden,
+            "you are not in room \"ops\": join it first",
+        );
+        assert!(room.ends_with("join it first"), "{room}");
+        let token = refused("whoami", ErrorCode::Unauthorized, "no session");
+        assert!(token.contains("log in with `client login NAME`"), "{token}");
+        let login = refused(
+            "user.login",
+            ErrorCode::Unauthorized,
+            "wrong name or password",
+        );
+        assert!(login.ends_with("wrong name or password"), "{login}");
+    }
+}

@@ -85,6 +85,10 @@ fn the_demo_passes_with_a_stale_session_planted() {
     for step in ["client job watch", "client msg listen", "standby"] {
         assert!(stdout.contains(step), "no {step:?} in the demo:\n{stdout}");
     }
+    // It ends with what to export to go on by hand, not a pointer to
+    // output long scrolled away.
+    let end = stdout.rsplit("Done.").next().unwrap_or_default();
+    assert!(end.contains("export DSF_LB="), "the demo's end:\n{end}");
     // A refusal does not stop the demo (it shows some on purpose): none
     // may be of a session.
     for text in [&stdout, &stderr] {

@@ -348,6 +348,18 @@ fn cli_send_and_listen(cluster: &Cluster) {
         );
         String::from_utf8(out.stdout).unwrap()
     };
+    // The texts `user` is delivered in 3 s of `msg listen`, in order.
+    let texts_for = |user: &str| -> Vec<String> {
+        run(user, &["msg", "listen", "--for", "3s", "--json"], "")
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["body"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
     run("u00", &["login", "u00", "--password-stdin"], PASSWORD);
     run("u01", &["login", "u01", "--password-stdin"], PASSWORD);
     let sent: Value = serde_json::from_str(&run(
@@ -406,17 +418,7 @@ fn cli_send_and_listen(cluster: &Cluster) {
         (Some(200), Some(0)),
         "{sent}"
     );
-    let out = run("u01", &["msg", "listen", "--for", "3s", "--json"], "");
-    let got: Vec<String> = out
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["body"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(got, texts, "every line once, in order");
+    assert_eq!(texts_for("u01"), texts, "every line once, in order");
     // A recipient that does not exist: refused, exit 3, with the reason.
     let out = cli("u00")
         .args(["msg", "send", "nobody", "hi"])
@@ -428,6 +430,41 @@ fn cli_send_and_listen(cluster: &Cluster) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // An empty TEXT: refused before sending, a usage error.
+    let out = cli("u00")
+        .args(["msg", "send", "u01", ""])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("the TEXT is empty"), "{err}");
+    // A room not joined: refused, and told how to join, not to ask an
+    // admin (rooms are open).
+    run("u00", &["msg", "join", "e2e-other"], "");
+    let out = cli("u01")
+        .args(["msg", "send", "--room", "e2e-other", "hi"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("client msg join e2e-other"), "{err}");
+    assert!(!err.contains("admin"), "{err}");
+    // --lines with one line too big: that line is named, the others go,
+    // and the exit code is the server's refusal (3), not a usage error.
+    let big = "a".repeat(70_000);
+    let out = cli_with_stdin(
+        cluster,
+        "u00.session",
+        &["msg", "send", "u01", "--lines"],
+        &format!("before\n{big}\nafter\n"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("line 2: not sent"), "{err}");
+    assert!(err.contains("1 of 3 lines not sent"), "{err}");
+    // The words after the recipient are one TEXT, no quotes needed.
+    run("u00", &["msg", "send", "u01", "two", "words"], "");
+    assert_eq!(texts_for("u01"), ["before", "after", "two words"]);
 }
 
 /// A window of sends in flight from one client, its node SIGKILLed in

@@ -25,23 +25,28 @@ pub enum MsgCmd {
     /// It is stored before this returns: an offline recipient gets it at
     /// their next `msg listen`.
     #[command(
-        after_help = "Examples, with `scripts/cluster up`'s exports, from the repository:\n  client msg send bob 'lunch at noon?'\n  seq 1000 | client msg send bob --lines      # a message a line, 64 in flight"
+        after_help = "Examples, with `scripts/cluster up`'s exports, from the repository:\n  client msg send bob 'lunch at noon?'\n  client msg send --room ops deploy done\n  client msg send bob --body '{\"temp\":21.5}'\n  seq 1000 | client msg send bob --lines      # a message a line, 64 in flight"
     )]
     Send {
-        /// USER then TEXT; with --room, only TEXT.
-        #[arg(value_name = "USER TEXT", num_args = 0..=2)]
+        /// USER, then the TEXT: the words after USER, joined by spaces
+        /// (quote it to keep its own spacing). With --room, only the TEXT.
+        /// A body is at most 64 KiB as JSON (a text's quotes and escapes
+        /// count).
+        #[arg(value_name = "USER TEXT")]
         words: Vec<String>,
         /// The body as JSON instead of a TEXT, e.g. '{"temp":21.5}'.
         #[arg(long, value_name = "JSON")]
         body: Option<String>,
-        /// Send to every other member of this room.
+        /// Send to every other member of this room (join it first: `client
+        /// msg join ROOM`).
         #[arg(long)]
         room: Option<String>,
         /// Send each line of standard input as a message of its own (its
         /// text), in order, keeping --window sends in flight.
         #[arg(long, conflicts_with = "body")]
         lines: bool,
-        /// With --lines: sends in flight at once.
+        /// With --lines: sends in flight at once (a server commits up to
+        /// 64 of one connection's together; more only queue).
         #[arg(long, default_value_t = messages::WINDOW_DEFAULT, requires = "lines")]
         window: usize,
     },
@@ -56,7 +61,8 @@ pub enum MsgCmd {
         /// Stop after this long, e.g. 30s, 10m [default: until Ctrl-C].
         #[arg(long = "for", value_name = "DURATION", value_parser = super::parse_duration)]
         duration: Option<Duration>,
-        /// Messages the server may send ahead of acknowledgements.
+        /// Messages the server may send ahead of acknowledgements (1 to
+        /// 1000).
         #[arg(long, default_value_t = dsf_proto::msg::CREDIT_DEFAULT)]
         credit: u32,
     },
@@ -68,10 +74,11 @@ pub enum MsgCmd {
         /// Only the direct messages between you and this user.
         #[arg(long, value_name = "USER")]
         with: Option<String>,
-        /// How many.
+        /// How many, 1 to 500.
         #[arg(long, default_value_t = dsf_proto::msg::HISTORY_DEFAULT)]
         limit: u32,
-        /// Older than this message id (the `next` of a page).
+        /// Older than this message id: the `--before N` a page ends with
+        /// (with --json, the last entry's `id`).
         #[arg(long, value_name = "ID")]
         before: Option<u64>,
     },
@@ -79,12 +86,19 @@ pub enum MsgCmd {
     #[command(
         after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client msg join ops"
     )]
-    Join { room: String },
+    Join {
+        /// The room's name (names are case-sensitive: `ops` and `OPS` are
+        /// two rooms).
+        room: String,
+    },
     /// Leave a room.
     #[command(
         after_help = "Example, with `scripts/cluster up`'s exports, from the repository:\n  client msg leave ops"
     )]
-    Leave { room: String },
+    Leave {
+        /// The room's name, as joined.
+        room: String,
+    },
 }
 
 pub fn run(c: &mut Client, session: Option<&Session>, cmd: &MsgCmd, out: &mut Out) -> Result<()> {
@@ -103,16 +117,11 @@ pub fn run(c: &mut Client, session: Option<&Session>, cmd: &MsgCmd, out: &mut Ou
                 return send_lines(c, words, room.as_deref(), *window, out);
             }
             let (to, text) = match (room, words.as_slice()) {
-                (Some(_), [text]) => (None, Some(text)),
                 (Some(_), []) => (None, None),
-                (Some(_), _) => {
-                    return Err(Error::Config(
-                        "with --room, give only the TEXT (or --body JSON), not a user".into(),
-                    ))
-                }
+                (Some(_), text) => (None, Some(text.join(" "))),
                 (None, [to]) => (Some(to), None),
-                (None, [to, text]) => (Some(to), Some(text)),
-                (None, _) => {
+                (None, [to, text @ ..]) => (Some(to), Some(text.join(" "))),
+                (None, []) => {
                     return Err(Error::Config(
                         "give the recipient: client msg send USER TEXT (or --room ROOM TEXT)"
                             .into(),
@@ -120,6 +129,11 @@ pub fn run(c: &mut Client, session: Option<&Session>, cmd: &MsgCmd, out: &mut Ou
                 }
             };
             let body = match (text, body) {
+                (Some(t), None) if t.is_empty() => {
+                    return Err(Error::Config(
+                        "the TEXT is empty: give one, or --body JSON".into(),
+                    ))
+                }
                 (Some(t), None) => json!(t).to_string(),
                 (None, Some(b)) => {
                     serde_json::from_str::<serde::de::IgnoredAny>(b).map_err(|e| {
@@ -152,7 +166,8 @@ pub fn run(c: &mut Client, session: Option<&Session>, cmd: &MsgCmd, out: &mut Ou
                     sent.id
                 ),
                 (None, Some(n)) => {
-                    format!("sent message {} to {to_whom} ({n} recipients)", sent.id)
+                    let n = super::output::count(n, "recipient");
+                    format!("sent message {} to {to_whom} ({n})", sent.id)
                 }
                 _ => format!("sent message {}", sent.id),
             };
@@ -205,7 +220,8 @@ pub fn run(c: &mut Client, session: Option<&Session>, cmd: &MsgCmd, out: &mut Ou
         MsgCmd::Join { room } => {
             let j = messages::join(c, room)?;
             let v = serde_json::to_value(&j).expect("a reply serialises");
-            out.value(&v, &format!("joined {} ({} members)", j.room, j.members));
+            let members = super::output::count(j.members, "member");
+            out.value(&v, &format!("joined {} ({members})", j.room));
         }
         MsgCmd::Leave { room } => {
             messages::leave(c, room)?;
@@ -247,7 +263,7 @@ fn send_lines(
             None
         }
     });
-    let (mut sent, mut failed, mut last) = (0u64, 0u64, None);
+    let (mut sent, mut failed, mut last, mut first_error) = (0u64, 0u64, None, None);
     messages::send_many(c, bodies, window, |i, r| match r {
         Ok(s) => {
             sent += 1;
@@ -256,6 +272,7 @@ fn send_lines(
         Err(e) => {
             failed += 1;
             eprintln!("line {}: not sent: {e}", i + 1);
+            first_error.get_or_insert(e);
         }
     })?;
     if let Some(e) = read_error {
@@ -269,14 +286,30 @@ fn send_lines(
         messages::To::User(u) => u.to_string(),
         messages::To::Room(r) => format!("room {r}"),
     };
-    out.value(&v, &format!("sent {sent} messages to {whom}, in order"));
-    if failed > 0 {
-        return Err(Error::Config(format!(
-            "{failed} of {} lines were not sent (each is named above)",
-            sent + failed
-        )));
-    }
-    Ok(())
+    let count = super::output::count(sent, "message");
+    out.value(&v, &format!("sent {count} to {whom}, in order"));
+    let Some(first) = first_error else {
+        return Ok(());
+    };
+    let summary = format!(
+        "{failed} of {} not sent (each is named above)",
+        super::output::count(sent + failed, "line")
+    );
+    // The exit code is the first failure's: 3 when the server refused it.
+    Err(match first {
+        Error::Refused {
+            kind, server, code, ..
+        } => Error::Refused {
+            kind,
+            server,
+            code,
+            message: summary,
+        },
+        other => {
+            eprintln!("{summary}");
+            other
+        }
+    })
 }
 
 fn listen(
@@ -347,7 +380,7 @@ fn listen(
     }
     inbox.close();
     if !json {
-        eprintln!("{printed} message{}", if printed == 1 { "" } else { "s" });
+        eprintln!("{}", super::output::count(printed, "message"));
     }
     Ok(())
 }

@@ -417,6 +417,11 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// `n` of a thing, for people: "1 message", "3 messages".
+pub fn count(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// A JSON value as a table cell: strings bare, null empty.
 fn s(v: &Value) -> String {
     match v {
