@@ -154,8 +154,6 @@ struct Ahead {
     from: u64,
     to: u64,
     body: String,
-    /// Its request's `(app, nonce)`.
-    key: (String, String),
     id: u64,
     sent_at: u64,
     used: bool,
@@ -272,7 +270,7 @@ impl<'a> Messages<'a> {
             let ahead = store_ahead(c, from, &sends).map_err(&q)?;
             // Their records, with replies the numbers complete when read
             // (`sent_reply`): before the counters, so not while held.
-            let records = early_records(c, &ahead);
+            let records = early_records(c, &sends, &ahead);
             // One round trip from the first lock to the answer.
             let mut sets = crate::writes::query_all(
                 c,
@@ -874,7 +872,6 @@ fn store_ahead(
                 from: from.id,
                 to: g.to,
                 body: g.body.to_string(),
-                key: (g.key.0.to_string(), g.key.1.to_string()),
                 id: first + k as u64 * step,
                 sent_at,
                 used: false,
@@ -924,21 +921,26 @@ pub fn sent_reply(c: &mut PooledConn, reply: &str) -> Result<Option<String>> {
     ))
 }
 
-/// The statement that records the sends stored `ahead` in the group
+/// The statement that records the `sends` stored `ahead` in the group
 /// (`;`-terminated), their replies `{"id"}` ([`crate::writes::record_early`]);
 /// empty when none was.
-fn early_records(c: &PooledConn, ahead: &BTreeMap<usize, Ahead>) -> String {
+fn early_records(
+    c: &PooledConn,
+    sends: &[&GroupSend<'_>],
+    ahead: &BTreeMap<usize, Ahead>,
+) -> String {
     let kind = <dsf_proto::msg::Send as dsf_proto::Message>::TYPE.name;
-    let records: Vec<[String; 4]> = ahead
-        .values()
-        .map(|a| {
+    let records: Vec<[String; 4]> = sends
+        .iter()
+        .filter_map(|g| {
+            let a = ahead.get(&g.index)?;
             let reply = serde_json::to_string(&dsf_proto::msg::Sent {
                 id: a.id,
                 seq: None,
                 recipients: None,
             })
             .expect("a reply of numbers renders");
-            [a.key.0.clone(), a.key.1.clone(), kind.to_string(), reply]
+            Some([g.key.0.into(), g.key.1.into(), kind.into(), reply])
         })
         .collect();
     crate::writes::record_early(c, &records).map_or_else(String::new, |sql| sql + "; ")

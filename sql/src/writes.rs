@@ -51,11 +51,12 @@
 //! transaction and keeps its record, and the commit inserts the records
 //! (those not written early, below) in one statement and commits once.
 //! Anything that is not a plain success (a refusal, a resend, a statement
-//! not yet prepared on Galera, a deadlock) breaks the group: its commit rolls everything back and says
-//! why, and the writes are run again one by one, each as above. So a group
-//! either stores every write with its record or none of them, and the
-//! record's unique key still keeps each to once (a duplicate fails the
-//! group's insert, and the write then meets its record on its own).
+//! not yet prepared on Galera, a deadlock) breaks the group: its commit
+//! rolls everything back and says why, and the writes are run again one
+//! by one, each as above. So a group either stores every write with its
+//! record or none of them, and the record's unique key still keeps each to
+//! once (a duplicate fails the group's insert, and the write then meets
+//! its record on its own).
 //!
 //! **Records written early.** A group holds the rows it locks until its
 //! commit, and every statement in the commit's round trip makes that
@@ -800,8 +801,8 @@ impl<'a> Writes<'a> {
 
     /// Commits the group open on this thread: the statements its
     /// repositories asked for ([`before_commit`]), the records not written
-    /// early ([`record_early`]) in one statement, and `COMMIT`, in one round trip (two on Galera, the
-    /// `COMMIT` alone). An error says why nothing of it stays (broken, or
+    /// early ([`record_early`]) in one statement, and `COMMIT`, in one
+    /// round trip (two on Galera, the `COMMIT` alone). An error says why nothing of it stays (broken, or
     /// the commit failed): run its writes again one by one.
     pub fn commit_group(&self) -> std::result::Result<(), String> {
         const OP: &str = "wire.group";
@@ -1069,7 +1070,9 @@ impl<'a> Writes<'a> {
     pub fn stored_as(&self, kind: &str, app: &str, nonce: &str) -> Result<Option<Stored>> {
         let complete = self.completer(kind);
         self.db.with_conn_result("wire.stored", |c| {
-            let Some(mut stored) = read_record(c, app, nonce).map_err(sql_error)? else {
+            let Some(mut stored) =
+                read_record(c, app, nonce).map_err(|e| Error::from_mysql("wire.stored", e))?
+            else {
                 return Ok(None);
             };
             if let Some(complete) = complete.filter(|_| stored.ok) {
@@ -1108,8 +1111,4 @@ fn read_record(c: &mut PooledConn, app: &str, nonce: &str) -> mysql::Result<Opti
         (app, nonce),
     )?;
     Ok(row.map(|(ok, reply)| Stored { ok, reply }))
-}
-
-fn sql_error(e: mysql::Error) -> Error {
-    Error::from_mysql("wire.stored", e)
 }
